@@ -1,0 +1,203 @@
+//! Diagnostics: rustc-style reports with `file:line:col`, a snippet and a hint.
+//!
+//! Like serde_derive's `Ctxt`, checks push into a [`Diagnostics`] collection
+//! and keep going, so one run reports every mistake; the caller fails at the
+//! end if any error was recorded.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use annotate_snippets::{AnnotationKind, Group, Level, Renderer, Snippet};
+
+/// Index of a loaded source file in [`Sources`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FileId(pub usize);
+
+/// The spec files a run loaded, kept for rendering snippets.
+#[derive(Debug, Default)]
+pub struct Sources {
+    files: Vec<(PathBuf, String)>,
+}
+
+impl Sources {
+    /// Register a file's text.
+    pub fn add(&mut self, path: PathBuf, text: String) -> FileId {
+        self.files.push((path, text));
+        FileId(self.files.len() - 1)
+    }
+
+    /// Path of a file.
+    pub fn path(&self, id: FileId) -> &Path {
+        &self.files[id.0].0
+    }
+
+    /// Text of a file.
+    pub fn text(&self, id: FileId) -> &str {
+        &self.files[id.0].1
+    }
+
+    /// 1-based line and column of a byte offset.
+    pub fn line_col(&self, id: FileId, offset: usize) -> (usize, usize) {
+        let text = self.text(id);
+        let offset = offset.min(text.len());
+        let before = &text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rfind('\n').map_or(before.chars().count(), |nl| before[nl + 1..].chars().count()) + 1;
+        (line, col)
+    }
+}
+
+/// How serious a diagnostic is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// Informational: true of the spec, not wrong (a PAGE_SIZE-dependent layout).
+    Note,
+    /// Suspicious but usable.
+    Warning,
+    /// The spec cannot be used.
+    Error,
+}
+
+/// One finding, pointing into a spec file.
+#[derive(Debug, Clone)]
+pub struct Diagnostic {
+    /// Severity.
+    pub severity: Severity,
+    /// Stable short code, e.g. `implicit-padding`.
+    pub code: &'static str,
+    /// Headline.
+    pub message: String,
+    /// Where, if known.
+    pub file: Option<FileId>,
+    /// Byte range in the file.
+    pub span: Range<usize>,
+    /// Label under the snippet.
+    pub label: String,
+    /// How to fix it.
+    pub hint: Option<String>,
+}
+
+impl Diagnostic {
+    /// A new diagnostic at a place.
+    pub fn new(severity: Severity, code: &'static str, file: FileId, span: Range<usize>, message: impl Into<String>) -> Self {
+        Diagnostic { severity, code, message: message.into(), file: Some(file), span, label: String::new(), hint: None }
+    }
+
+    /// Set the label shown under the snippet.
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        self.label = label.into();
+        self
+    }
+
+    /// Set the hint.
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+/// The collected findings of a run.
+#[derive(Debug, Default)]
+pub struct Diagnostics {
+    list: Vec<Diagnostic>,
+}
+
+impl Diagnostics {
+    /// Record a finding.
+    pub fn push(&mut self, d: Diagnostic) {
+        self.list.push(d);
+    }
+
+    /// Shorthand for an error.
+    pub fn error(&mut self, code: &'static str, file: FileId, span: Range<usize>, message: impl Into<String>) -> &mut Diagnostic {
+        self.list.push(Diagnostic::new(Severity::Error, code, file, span, message));
+        self.list.last_mut().expect("just pushed")
+    }
+
+    /// Shorthand for a warning.
+    pub fn warning(&mut self, code: &'static str, file: FileId, span: Range<usize>, message: impl Into<String>) -> &mut Diagnostic {
+        self.list.push(Diagnostic::new(Severity::Warning, code, file, span, message));
+        self.list.last_mut().expect("just pushed")
+    }
+
+    /// Shorthand for a note.
+    pub fn note(&mut self, code: &'static str, file: FileId, span: Range<usize>, message: impl Into<String>) -> &mut Diagnostic {
+        self.list.push(Diagnostic::new(Severity::Note, code, file, span, message));
+        self.list.last_mut().expect("just pushed")
+    }
+
+    /// Whether any error was recorded.
+    pub fn has_errors(&self) -> bool {
+        self.list.iter().any(|d| d.severity == Severity::Error)
+    }
+
+    /// All findings, in the order found.
+    pub fn iter(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.list.iter()
+    }
+
+    /// Number of findings of a severity.
+    pub fn count(&self, severity: Severity) -> usize {
+        self.list.iter().filter(|d| d.severity == severity).count()
+    }
+
+    /// Render findings at or above `min` as plain text.
+    pub fn render(&self, sources: &Sources, min: Severity) -> String {
+        let mut out = String::new();
+        for d in self.list.iter().filter(|d| d.severity >= min) {
+            out.push_str(&render_one(d, sources));
+            out.push_str("\n\n");
+        }
+        out
+    }
+}
+
+/// Set a label and hint on a just-recorded diagnostic, fluently.
+impl Diagnostic {
+    /// In-place label.
+    pub fn with_label(&mut self, label: impl Into<String>) -> &mut Self {
+        self.label = label.into();
+        self
+    }
+
+    /// In-place hint.
+    pub fn with_hint(&mut self, hint: impl Into<String>) -> &mut Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+fn render_one(d: &Diagnostic, sources: &Sources) -> String {
+    let level = match d.severity {
+        Severity::Error => Level::ERROR,
+        Severity::Warning => Level::WARNING,
+        Severity::Note => Level::NOTE,
+    };
+    let title = level.primary_title(d.message.as_str()).id(d.code);
+    let mut groups: Vec<Group<'_>> = Vec::new();
+    match d.file {
+        Some(file) => {
+            let path = sources.path(file).display().to_string();
+            let text = sources.text(file);
+            let span = d.span.start.min(text.len())..d.span.end.min(text.len());
+            let annotation = AnnotationKind::Primary.span(span).label(d.label.as_str());
+            groups.push(title.element(Snippet::source(text).path(path).annotation(annotation)));
+        }
+        None => groups.push(Group::with_title(title)),
+    }
+    if let Some(hint) = &d.hint {
+        groups.push(Group::with_title(Level::HELP.secondary_title(hint.as_str())));
+    }
+    Renderer::plain().render(&groups)
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Note => "note",
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        })
+    }
+}

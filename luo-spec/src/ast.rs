@@ -36,7 +36,10 @@ impl<T> Spanned<T> {
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spanned<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = toml::Spanned::<T>::deserialize(d)?;
-        Ok(Spanned { span: s.span(), value: s.into_inner() })
+        Ok(Spanned {
+            span: s.span(),
+            value: s.into_inner(),
+        })
     }
 }
 
@@ -144,7 +147,7 @@ pub struct Const {
 }
 
 /// What a string constant means to the handover.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ConstRole {
     /// A `compatible` string: the exact-match version of the component.

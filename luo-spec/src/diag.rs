@@ -43,7 +43,9 @@ impl Sources {
         let offset = offset.min(text.len());
         let before = &text[..offset];
         let line = before.matches('\n').count() + 1;
-        let col = before.rfind('\n').map_or(before.chars().count(), |nl| before[nl + 1..].chars().count()) + 1;
+        let col = before.rfind('\n').map_or(before.chars().count(), |nl| {
+            before[nl + 1..].chars().count()
+        }) + 1;
         (line, col)
     }
 }
@@ -80,8 +82,22 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     /// A new diagnostic at a place.
-    pub fn new(severity: Severity, code: &'static str, file: FileId, span: Range<usize>, message: impl Into<String>) -> Self {
-        Diagnostic { severity, code, message: message.into(), file: Some(file), span, label: String::new(), hint: None }
+    pub fn new(
+        severity: Severity,
+        code: &'static str,
+        file: FileId,
+        span: Range<usize>,
+        message: impl Into<String>,
+    ) -> Self {
+        Diagnostic {
+            severity,
+            code,
+            message: message.into(),
+            file: Some(file),
+            span,
+            label: String::new(),
+            hint: None,
+        }
     }
 
     /// Set the label shown under the snippet.
@@ -110,20 +126,46 @@ impl Diagnostics {
     }
 
     /// Shorthand for an error.
-    pub fn error(&mut self, code: &'static str, file: FileId, span: Range<usize>, message: impl Into<String>) -> &mut Diagnostic {
-        self.list.push(Diagnostic::new(Severity::Error, code, file, span, message));
+    pub fn error(
+        &mut self,
+        code: &'static str,
+        file: FileId,
+        span: Range<usize>,
+        message: impl Into<String>,
+    ) -> &mut Diagnostic {
+        self.list
+            .push(Diagnostic::new(Severity::Error, code, file, span, message));
         self.list.last_mut().expect("just pushed")
     }
 
     /// Shorthand for a warning.
-    pub fn warning(&mut self, code: &'static str, file: FileId, span: Range<usize>, message: impl Into<String>) -> &mut Diagnostic {
-        self.list.push(Diagnostic::new(Severity::Warning, code, file, span, message));
+    pub fn warning(
+        &mut self,
+        code: &'static str,
+        file: FileId,
+        span: Range<usize>,
+        message: impl Into<String>,
+    ) -> &mut Diagnostic {
+        self.list.push(Diagnostic::new(
+            Severity::Warning,
+            code,
+            file,
+            span,
+            message,
+        ));
         self.list.last_mut().expect("just pushed")
     }
 
     /// Shorthand for a note.
-    pub fn note(&mut self, code: &'static str, file: FileId, span: Range<usize>, message: impl Into<String>) -> &mut Diagnostic {
-        self.list.push(Diagnostic::new(Severity::Note, code, file, span, message));
+    pub fn note(
+        &mut self,
+        code: &'static str,
+        file: FileId,
+        span: Range<usize>,
+        message: impl Into<String>,
+    ) -> &mut Diagnostic {
+        self.list
+            .push(Diagnostic::new(Severity::Note, code, file, span, message));
         self.list.last_mut().expect("just pushed")
     }
 
@@ -187,7 +229,9 @@ fn render_one(d: &Diagnostic, sources: &Sources) -> String {
         None => groups.push(Group::with_title(title)),
     }
     if let Some(hint) = &d.hint {
-        groups.push(Group::with_title(Level::HELP.secondary_title(hint.as_str())));
+        groups.push(Group::with_title(
+            Level::HELP.secondary_title(hint.as_str()),
+        ));
     }
     Renderer::plain().render(&groups)
 }

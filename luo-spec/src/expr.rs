@@ -108,7 +108,9 @@ impl fmt::Display for EvalError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             EvalError::UnknownName(n) => write!(f, "unknown constant `{n}`"),
-            EvalError::UnknownSizeof(n) => write!(f, "`sizeof({n})`: not a struct or string constant"),
+            EvalError::UnknownSizeof(n) => {
+                write!(f, "`sizeof({n})`: not a struct or string constant")
+            }
             EvalError::Arithmetic(m) => f.write_str(m),
         }
     }
@@ -128,11 +130,18 @@ impl Expr {
     /// Parse an expression.
     pub fn parse(text: &str) -> Result<Expr, ParseError> {
         let tokens = lex(text)?;
-        let mut p = Parser { tokens, pos: 0, end: text.len() };
+        let mut p = Parser {
+            tokens,
+            pos: 0,
+            end: text.len(),
+        };
         let e = p.expr(0)?;
         match p.peek() {
             None => Ok(e),
-            Some((off, t)) => Err(ParseError { offset: off, message: format!("unexpected `{}`", t.text()) }),
+            Some((off, t)) => Err(ParseError {
+                offset: off,
+                message: format!("unexpected `{}`", t.text()),
+            }),
         }
     }
 
@@ -155,7 +164,9 @@ impl Expr {
                 if a == 0 || !a.is_power_of_two() {
                     return Err(arith("ALIGN() needs a power-of-two alignment"));
                 }
-                x.checked_add(a - 1).ok_or_else(|| arith("ALIGN() overflows"))? & !(a - 1)
+                x.checked_add(a - 1)
+                    .ok_or_else(|| arith("ALIGN() overflows"))?
+                    & !(a - 1)
             }
             Expr::Unary('~', e) => !e.eval(env)?,
             Expr::Unary(_, e) => e.eval(env)?.wrapping_neg(),
@@ -173,7 +184,12 @@ impl Expr {
                     BinOp::And => Some(l & r),
                     BinOp::Or => Some(l | r),
                 };
-                v.ok_or_else(|| arith(&format!("`{l} {} {r}` overflows or divides by zero", op.symbol())))?
+                v.ok_or_else(|| {
+                    arith(&format!(
+                        "`{l} {} {r}` overflows or divides by zero",
+                        op.symbol()
+                    ))
+                })?
             }
         })
     }
@@ -255,7 +271,9 @@ impl Tok {
     }
 }
 
-const OPS: [&str; 14] = ["<<", ">>", "(", ")", ",", "+", "-", "*", "/", "%", "&", "|", "~", "\""];
+const OPS: [&str; 14] = [
+    "<<", ">>", "(", ")", ",", "+", "-", "*", "/", "%", "&", "|", "~", "\"",
+];
 
 fn lex(text: &str) -> Result<Vec<(usize, Tok)>, ParseError> {
     let bytes = text.as_bytes();
@@ -272,11 +290,17 @@ fn lex(text: &str) -> Result<Vec<(usize, Tok)>, ParseError> {
             }
             let word = &text[start..i];
             let digits = word.trim_end_matches(['u', 'U', 'l', 'L']);
-            let parsed = match digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X")) {
+            let parsed = match digits
+                .strip_prefix("0x")
+                .or_else(|| digits.strip_prefix("0X"))
+            {
                 Some(hex) => u64::from_str_radix(hex, 16),
                 None => digits.parse::<u64>(),
             };
-            let v = parsed.map_err(|_| ParseError { offset: start, message: format!("bad integer `{word}`") })?;
+            let v = parsed.map_err(|_| ParseError {
+                offset: start,
+                message: format!("bad integer `{word}`"),
+            })?;
             out.push((start, Tok::Int(v, word.to_string())));
         } else if c.is_ascii_alphabetic() || c == b'_' {
             let start = i;
@@ -296,7 +320,10 @@ fn lex(text: &str) -> Result<Vec<(usize, Tok)>, ParseError> {
             i += op.len();
         } else {
             let ch = text[i..].chars().next().unwrap_or('?');
-            return Err(ParseError { offset: i, message: format!("unexpected character `{ch}`") });
+            return Err(ParseError {
+                offset: i,
+                message: format!("unexpected character `{ch}`"),
+            });
         }
     }
     Ok(out)
@@ -330,12 +357,17 @@ impl Parser {
         if self.eat_op(op) {
             Ok(())
         } else {
-            Err(ParseError { offset: self.offset(), message: format!("expected `{op}`") })
+            Err(ParseError {
+                offset: self.offset(),
+                message: format!("expected `{op}`"),
+            })
         }
     }
 
     fn binop(&self) -> Option<BinOp> {
-        let Some((_, Tok::Op(o))) = self.peek() else { return None };
+        let Some((_, Tok::Op(o))) = self.peek() else {
+            return None;
+        };
         Some(match *o {
             "*" => BinOp::Mul,
             "/" => BinOp::Div,
@@ -376,7 +408,10 @@ impl Parser {
     fn primary(&mut self) -> Result<Expr, ParseError> {
         let offset = self.offset();
         let Some((_, tok)) = self.peek() else {
-            return Err(ParseError { offset, message: "expected an expression".into() });
+            return Err(ParseError {
+                offset,
+                message: "expected an expression".into(),
+            });
         };
         let tok = tok.clone();
         self.pos += 1;
@@ -414,7 +449,12 @@ impl Parser {
                                     self.pos += 1;
                                     Expr::SizeofStruct(n)
                                 }
-                                _ => return Err(ParseError { offset: self.offset(), message: "expected a struct name".into() }),
+                                _ => {
+                                    return Err(ParseError {
+                                        offset: self.offset(),
+                                        message: "expected a struct name".into(),
+                                    });
+                                }
                             }
                         }
                         Some((_, Tok::Ident(n))) => {
@@ -434,7 +474,10 @@ impl Parser {
                 }
                 _ => Ok(Expr::Name(name)),
             },
-            Tok::Op(o) => Err(ParseError { offset, message: format!("unexpected `{o}`") }),
+            Tok::Op(o) => Err(ParseError {
+                offset,
+                message: format!("unexpected `{o}`"),
+            }),
         }
     }
 }
@@ -453,10 +496,14 @@ mod tests {
             }
         }
         fn sizeof_struct(&self, name: &str) -> Result<u64, EvalError> {
-            (name == "hdr").then_some(16).ok_or_else(|| EvalError::UnknownSizeof(name.into()))
+            (name == "hdr")
+                .then_some(16)
+                .ok_or_else(|| EvalError::UnknownSizeof(name.into()))
         }
         fn sizeof_string(&self, name: &str) -> Result<u64, EvalError> {
-            (name == "LUO_ABI_COMPATIBLE").then_some(7).ok_or_else(|| EvalError::UnknownSizeof(name.into()))
+            (name == "LUO_ABI_COMPATIBLE")
+                .then_some(7)
+                .ok_or_else(|| EvalError::UnknownSizeof(name.into()))
         }
     }
 
@@ -477,7 +524,13 @@ mod tests {
 
     #[test]
     fn renders_as_written() {
-        for text in ["(PAGE_SIZE - 16) / 64", "ALIGN(sizeof(LUO_ABI_COMPATIBLE), 8)", "BIT(3)", "0xBA", "sizeof(struct hdr)"] {
+        for text in [
+            "(PAGE_SIZE - 16) / 64",
+            "ALIGN(sizeof(LUO_ABI_COMPATIBLE), 8)",
+            "BIT(3)",
+            "0xBA",
+            "sizeof(struct hdr)",
+        ] {
             assert_eq!(Expr::parse(text).unwrap().to_c(), text);
         }
     }
@@ -488,7 +541,12 @@ mod tests {
         assert_eq!(e.offset, 4);
         let e = Expr::parse("ALIGN(8 8)").unwrap_err();
         assert_eq!((e.offset, e.message.as_str()), (8, "expected `,`"));
-        assert!(Expr::parse("sizeof(\"luo\")").unwrap_err().message.contains("string constant"));
+        assert!(
+            Expr::parse("sizeof(\"luo\")")
+                .unwrap_err()
+                .message
+                .contains("string constant")
+        );
         let e = Expr::parse("1 / 0").unwrap().eval(&Page(4096)).unwrap_err();
         assert!(matches!(e, EvalError::Arithmetic(_)));
         assert!(Expr::parse("BIT(64)").unwrap().eval(&Page(4096)).is_err());

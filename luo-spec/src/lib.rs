@@ -1,6 +1,18 @@
-//! luo-spec
+//! The luo spec language and generator.
+//!
+//! Data flow: `spec/*.toml` → [`ast`] (serde, spans) → [`model`] (resolved
+//! names, parsed [`expr`]essions and [`ty`]pes) → [`valid`] (every check,
+//! collected into [`diag`]nostics) → [`layout`] (offsets per target) →
+//! [`render`] (C headers, Rust ABI types, JSON snapshots) → [`generate`] (the
+//! files of `generated/`). It depends on nothing generated, so a spec edit
+//! that breaks `luo-generated` never breaks the generator.
+
 pub mod ast;
-pub mod expr;
 pub mod diag;
+pub mod expr;
+pub mod generate;
+pub mod layout;
 pub mod model;
+pub mod render;
 pub mod ty;
+pub mod valid;

@@ -68,7 +68,10 @@ pub struct Named {
 
 impl From<&SStr> for Named {
     fn from(s: &SStr) -> Self {
-        Named { name: s.value.clone(), span: s.span.clone() }
+        Named {
+            name: s.value.clone(),
+            span: s.span.clone(),
+        }
     }
 }
 
@@ -356,14 +359,18 @@ pub fn load(dir: &Path) -> (Spec, Diagnostics) {
     let mut kernel_files = list_toml(&dir.join("kernels"));
     kernel_files.sort();
     for path in component_files {
-        let Some((file, text)) = read(&mut spec, &mut diags, &path) else { continue };
+        let Some((file, text)) = read(&mut spec, &mut diags, &path) else {
+            continue;
+        };
         match toml::from_str::<ast::ComponentFile>(&text) {
             Ok(raw) => spec.components.push(lower_component(file, raw, &mut diags)),
             Err(e) => toml_error(&mut diags, file, &e),
         }
     }
     for path in kernel_files {
-        let Some((file, text)) = read(&mut spec, &mut diags, &path) else { continue };
+        let Some((file, text)) = read(&mut spec, &mut diags, &path) else {
+            continue;
+        };
         match toml::from_str::<ast::KernelFile>(&text) {
             Ok(raw) => spec.kernels.push(lower_kernel(file, raw)),
             Err(e) => toml_error(&mut diags, file, &e),
@@ -397,7 +404,9 @@ pub fn load_texts(files: &[(&str, &str)]) -> (Spec, Diagnostics) {
 }
 
 fn list_toml(dir: &Path) -> Vec<std::path::PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
     entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "toml"))
@@ -409,7 +418,12 @@ fn read(spec: &mut Spec, diags: &mut Diagnostics, path: &Path) -> Option<(FileId
         Ok(text) => Some((spec.sources.add(path.to_path_buf(), text.clone()), text)),
         Err(e) => {
             let file = spec.sources.add(path.to_path_buf(), String::new());
-            diags.error("io", file, 0..0, format!("cannot read {}: {e}", path.display()));
+            diags.error(
+                "io",
+                file,
+                0..0,
+                format!("cannot read {}: {e}", path.display()),
+            );
             None
         }
     }
@@ -418,14 +432,22 @@ fn read(spec: &mut Spec, diags: &mut Diagnostics, path: &Path) -> Option<(FileId
 fn toml_error(diags: &mut Diagnostics, file: FileId, e: &toml::de::Error) {
     let message = e.message().trim().to_string();
     let hint = if message.starts_with("unknown field") {
-        Some("check the spelling; `spec/README.md` lists every key, and `spec/spec.schema.json` lets an editor check them")
+        Some(
+            "check the spelling; `spec/README.md` lists every key, and `spec/spec.schema.json` lets an editor check them",
+        )
     } else if message.starts_with("missing field") {
         Some("add the key; `spec/README.md` documents it")
     } else {
         None
     };
-    let code = if message.starts_with("unknown field") { "unknown-key" } else { "syntax" };
-    let d = diags.error(code, file, e.span().unwrap_or(0..0), message).with_label("here");
+    let code = if message.starts_with("unknown field") {
+        "unknown-key"
+    } else {
+        "syntax"
+    };
+    let d = diags
+        .error(code, file, e.span().unwrap_or(0..0), message)
+        .with_label("here");
     if let Some(h) = hint {
         d.with_hint(h);
     }
@@ -470,7 +492,10 @@ fn lower_items(
     functions: Vec<ast::Function>,
     diags: &mut Diagnostics,
 ) -> Items {
-    let consts = consts.into_iter().map(|c| lower_const(file, c, diags)).collect();
+    let consts = consts
+        .into_iter()
+        .map(|c| lower_const(file, c, diags))
+        .collect();
     let enums = enums
         .into_iter()
         .map(|e| Enum {
@@ -489,7 +514,10 @@ fn lower_items(
                 .collect(),
         })
         .collect();
-    let structs = structs.into_iter().map(|s| lower_struct(file, s, diags)).collect();
+    let structs = structs
+        .into_iter()
+        .map(|s| lower_struct(file, s, diags))
+        .collect();
     let ioctls = ioctls
         .into_iter()
         .map(|i| Ioctl {
@@ -510,15 +538,36 @@ fn lower_items(
                 Ty::Fn(sig) => sig,
                 _ => {
                     diags
-                        .error("bad-type", file, f.signature.span.clone(), "a function signature must be `fn(name: T, …) -> T`")
+                        .error(
+                            "bad-type",
+                            file,
+                            f.signature.span.clone(),
+                            "a function signature must be `fn(name: T, …) -> T`",
+                        )
                         .with_label("not a function type");
-                    FnSig { args: Vec::new(), ret: Box::new(Ty::Prim(crate::ty::Prim::Void)) }
+                    FnSig {
+                        args: Vec::new(),
+                        ret: Box::new(Ty::Prim(crate::ty::Prim::Void)),
+                    }
                 }
             };
-            Function { name: f.name.value.clone(), span: f.name.span.clone(), sig, sig_span: f.signature.span.clone(), doc: text(&f.doc) }
+            Function {
+                name: f.name.value.clone(),
+                span: f.name.span.clone(),
+                sig,
+                sig_span: f.signature.span.clone(),
+                doc: text(&f.doc),
+            }
         })
         .collect();
-    Items { consts, enums, structs, ioctls, functions, fdt_nodes: Vec::new() }
+    Items {
+        consts,
+        enums,
+        structs,
+        ioctls,
+        functions,
+        fdt_nodes: Vec::new(),
+    }
 }
 
 fn lower_const(file: FileId, c: ast::Const, diags: &mut Diagnostics) -> Const {
@@ -527,15 +576,28 @@ fn lower_const(file: FileId, c: ast::Const, diags: &mut Diagnostics) -> Const {
         (None, Some(s)) => (ConstValue::Str(s.value.clone()), s.span.clone()),
         (Some(v), Some(_)) => {
             diags
-                .error("const-value", file, v.span.clone(), format!("constant `{}` has both `value` and `string`", c.name.value))
+                .error(
+                    "const-value",
+                    file,
+                    v.span.clone(),
+                    format!("constant `{}` has both `value` and `string`", c.name.value),
+                )
                 .with_label("only one of `value` and `string`");
             (ConstValue::Int(parse_expr(diags, file, v)), v.span.clone())
         }
         (None, None) => {
             diags
-                .error("const-value", file, c.name.span.clone(), format!("constant `{}` has no value", c.name.value))
+                .error(
+                    "const-value",
+                    file,
+                    c.name.span.clone(),
+                    format!("constant `{}` has no value", c.name.value),
+                )
                 .with_label("needs `value = \"<expr>\"` or `string = \"…\"`");
-            (ConstValue::Int(Expr::Int(0, "0".into())), c.name.span.clone())
+            (
+                ConstValue::Int(Expr::Int(0, "0".into())),
+                c.name.span.clone(),
+            )
         }
     };
     let into = c
@@ -545,13 +607,26 @@ fn lower_const(file: FileId, c: ast::Const, diags: &mut Diagnostics) -> Const {
             Some((s, f)) => Some((s.to_string(), f.to_string(), t.span.clone())),
             None => {
                 diags
-                    .error("bad-into", file, t.span.clone(), format!("`into` names `struct.field`, not `{}`", t.value))
+                    .error(
+                        "bad-into",
+                        file,
+                        t.span.clone(),
+                        format!("`into` names `struct.field`, not `{}`", t.value),
+                    )
                     .with_label("expected `struct.field`");
                 None
             }
         })
         .collect();
-    Const { name: c.name.value.clone(), span: c.name.span.clone(), value, value_span, into, role: c.role.map(|r| r.value), doc: text(&c.doc) }
+    Const {
+        name: c.name.value.clone(),
+        span: c.name.span.clone(),
+        value,
+        value_span,
+        into,
+        role: c.role.map(|r| r.value),
+        doc: text(&c.doc),
+    }
 }
 
 fn lower_struct(file: FileId, s: ast::Struct, diags: &mut Diagnostics) -> Struct {
@@ -563,7 +638,10 @@ fn lower_struct(file: FileId, s: ast::Struct, diags: &mut Diagnostics) -> Struct
             span: f.name.span.clone(),
             ty: parse_ty(diags, file, &f.ty),
             ty_span: f.ty.span.clone(),
-            len: f.len.as_ref().map(|l| (parse_expr(diags, file, l), l.span.clone())),
+            len: f
+                .len
+                .as_ref()
+                .map(|l| (parse_expr(diags, file, l), l.span.clone())),
             bits: f.bits.as_ref().map(|b| (b.value, b.span.clone())),
             reserved: f.reserved || f.padding,
             padding: f.padding,
@@ -588,7 +666,15 @@ fn lower_struct(file: FileId, s: ast::Struct, diags: &mut Diagnostics) -> Struct
 
 fn lower_component(file: FileId, raw: ast::ComponentFile, diags: &mut Diagnostics) -> Component {
     let h = &raw.component;
-    let common = lower_items(file, raw.consts, raw.enums, raw.structs, raw.ioctls, raw.functions, diags);
+    let common = lower_items(
+        file,
+        raw.consts,
+        raw.enums,
+        raw.structs,
+        raw.ioctls,
+        raw.functions,
+        diags,
+    );
     let versions = raw
         .versions
         .into_iter()
@@ -600,13 +686,29 @@ fn lower_component(file: FileId, raw: ast::ComponentFile, diags: &mut Diagnostic
                     Some((c, ver)) => Some((c.to_string(), ver.to_string(), u.span.clone())),
                     None => {
                         diags
-                            .error("bad-uses", file, u.span.clone(), format!("version `uses` names `component/version`, not `{}`", u.value))
+                            .error(
+                                "bad-uses",
+                                file,
+                                u.span.clone(),
+                                format!(
+                                    "version `uses` names `component/version`, not `{}`",
+                                    u.value
+                                ),
+                            )
                             .with_label("expected `component/version`");
                         None
                     }
                 })
                 .collect();
-            let mut items = lower_items(file, v.consts, v.enums, v.structs, v.ioctls, Vec::new(), diags);
+            let mut items = lower_items(
+                file,
+                v.consts,
+                v.enums,
+                v.structs,
+                v.ioctls,
+                Vec::new(),
+                diags,
+            );
             items.fdt_nodes = v
                 .fdt_nodes
                 .iter()
@@ -635,10 +737,22 @@ fn lower_component(file: FileId, raw: ast::ComponentFile, diags: &mut Diagnostic
                 bits: f
                     .bits
                     .iter()
-                    .map(|b| FeatureBit { name: b.name.value.clone(), span: b.name.span.clone(), bit: b.bit.value, doc: text(&b.doc) })
+                    .map(|b| FeatureBit {
+                        name: b.name.value.clone(),
+                        span: b.name.span.clone(),
+                        bit: b.bit.value,
+                        doc: text(&b.doc),
+                    })
                     .collect(),
             });
-            Version { id: v.id.value.clone(), span: v.id.span.clone(), doc: text(&v.doc), uses, items, features }
+            Version {
+                id: v.id.value.clone(),
+                span: v.id.span.clone(),
+                doc: text(&v.doc),
+                uses,
+                items,
+                features,
+            }
         })
         .collect();
     Component {
@@ -663,8 +777,16 @@ fn lower_kernel(file: FileId, raw: ast::KernelFile) -> Kernel {
         name: raw.name.value,
         doc: raw.doc.map(|d| d.value),
         default: raw.default,
-        writes: raw.writes.iter().map(|(k, v)| (k.clone(), Named::from(v))).collect(),
-        reads: raw.reads.iter().map(|(k, v)| (k.clone(), v.iter().map(Named::from).collect())).collect(),
+        writes: raw
+            .writes
+            .iter()
+            .map(|(k, v)| (k.clone(), Named::from(v)))
+            .collect(),
+        reads: raw
+            .reads
+            .iter()
+            .map(|(k, v)| (k.clone(), v.iter().map(Named::from).collect()))
+            .collect(),
     }
 }
 
@@ -705,21 +827,45 @@ impl<'a> Scope<'a> {
         if let Some(v) = self.version() {
             out.push((self.origin, &v.items));
         }
-        out.push((Origin { comp: self.origin.comp, ver: None }, &comp.common));
+        out.push((
+            Origin {
+                comp: self.origin.comp,
+                ver: None,
+            },
+            &comp.common,
+        ));
         if let Some(v) = self.version() {
             for (c, ver, _) in &v.uses {
                 if let Some(ci) = spec.components.iter().position(|x| &x.name == c) {
                     let other = &spec.components[ci];
                     if let Some(vi) = other.versions.iter().position(|x| &x.id == ver) {
-                        out.push((Origin { comp: ci, ver: Some(vi) }, &other.versions[vi].items));
+                        out.push((
+                            Origin {
+                                comp: ci,
+                                ver: Some(vi),
+                            },
+                            &other.versions[vi].items,
+                        ));
                     }
-                    out.push((Origin { comp: ci, ver: None }, &other.common));
+                    out.push((
+                        Origin {
+                            comp: ci,
+                            ver: None,
+                        },
+                        &other.common,
+                    ));
                 }
             }
         }
         for u in &comp.uses {
             if let Some(ci) = spec.components.iter().position(|x| x.name == u.name) {
-                out.push((Origin { comp: ci, ver: None }, &spec.components[ci].common));
+                out.push((
+                    Origin {
+                        comp: ci,
+                        ver: None,
+                    },
+                    &spec.components[ci].common,
+                ));
             }
         }
         out
@@ -727,30 +873,48 @@ impl<'a> Scope<'a> {
 
     /// Find a struct by tag.
     pub fn find_struct(&self, name: &str) -> Option<(Origin, &'a Struct)> {
-        self.visible().into_iter().find_map(|(o, items)| items.structs.iter().find(|s| s.name == name).map(|s| (o, s)))
+        self.visible().into_iter().find_map(|(o, items)| {
+            items
+                .structs
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| (o, s))
+        })
     }
 
     /// Find a constant by name.
     pub fn find_const(&self, name: &str) -> Option<(Origin, &'a Const)> {
-        self.visible().into_iter().find_map(|(o, items)| items.consts.iter().find(|c| c.name == name).map(|c| (o, c)))
+        self.visible()
+            .into_iter()
+            .find_map(|(o, items)| items.consts.iter().find(|c| c.name == name).map(|c| (o, c)))
     }
 
     /// Find an enumerator by name.
     pub fn find_enumerator(&self, name: &str) -> Option<(Origin, &'a EnumMember)> {
-        self.visible()
-            .into_iter()
-            .find_map(|(o, items)| items.enums.iter().flat_map(|e| &e.members).find(|m| m.name == name).map(|m| (o, m)))
+        self.visible().into_iter().find_map(|(o, items)| {
+            items
+                .enums
+                .iter()
+                .flat_map(|e| &e.members)
+                .find(|m| m.name == name)
+                .map(|m| (o, m))
+        })
     }
 
     /// Whether a name is an opaque type of a visible component.
     pub fn is_opaque(&self, name: &str) -> bool {
         let spec = self.spec;
-        self.visible().iter().any(|(o, _)| spec.components[o.comp].opaque.iter().any(|x| x == name))
+        self.visible()
+            .iter()
+            .any(|(o, _)| spec.components[o.comp].opaque.iter().any(|x| x == name))
     }
 
     /// A scope at another origin.
     pub fn at(&self, origin: Origin) -> Scope<'a> {
-        Scope { spec: self.spec, origin }
+        Scope {
+            spec: self.spec,
+            origin,
+        }
     }
 }
 
@@ -759,9 +923,21 @@ impl Spec {
     pub fn scopes(&self) -> Vec<Scope<'_>> {
         let mut out = Vec::new();
         for (ci, c) in self.components.iter().enumerate() {
-            out.push(Scope { spec: self, origin: Origin { comp: ci, ver: None } });
+            out.push(Scope {
+                spec: self,
+                origin: Origin {
+                    comp: ci,
+                    ver: None,
+                },
+            });
             for vi in 0..c.versions.len() {
-                out.push(Scope { spec: self, origin: Origin { comp: ci, ver: Some(vi) } });
+                out.push(Scope {
+                    spec: self,
+                    origin: Origin {
+                        comp: ci,
+                        ver: Some(vi),
+                    },
+                });
             }
         }
         out
@@ -769,7 +945,10 @@ impl Spec {
 
     /// Find a component by name.
     pub fn component(&self, name: &str) -> Option<(usize, &Component)> {
-        self.components.iter().enumerate().find(|(_, c)| c.name == name)
+        self.components
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.name == name)
     }
 
     /// The version a kernel writes for a component.

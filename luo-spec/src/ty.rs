@@ -81,7 +81,10 @@ impl Prim {
 
     /// The spec spelling.
     pub fn name(self) -> &'static str {
-        Self::ALL.iter().find(|(_, p)| *p == self).map_or("?", |(n, _)| n)
+        Self::ALL
+            .iter()
+            .find(|(_, p)| *p == self)
+            .map_or("?", |(n, _)| n)
     }
 
     /// Whether the type is a fixed-width integer usable in a bitfield and in
@@ -89,13 +92,24 @@ impl Prim {
     pub fn is_fixed_int(self) -> bool {
         matches!(
             self,
-            Prim::U8 | Prim::U16 | Prim::U32 | Prim::U64 | Prim::S8 | Prim::S16 | Prim::S32 | Prim::S64 | Prim::AlignedU64
+            Prim::U8
+                | Prim::U16
+                | Prim::U32
+                | Prim::U64
+                | Prim::S8
+                | Prim::S16
+                | Prim::S32
+                | Prim::S64
+                | Prim::AlignedU64
         )
     }
 
     /// Whether the type is signed.
     pub fn is_signed(self) -> bool {
-        matches!(self, Prim::S8 | Prim::S16 | Prim::S32 | Prim::S64 | Prim::Int | Prim::Long)
+        matches!(
+            self,
+            Prim::S8 | Prim::S16 | Prim::S32 | Prim::S64 | Prim::Int | Prim::Long
+        )
     }
 }
 
@@ -166,7 +180,9 @@ impl fmt::Display for Ty {
             Ty::Prim(p) => f.write_str(p.name()),
             Ty::Str => f.write_str("str"),
             Ty::Phys(t) => write!(f, "phys<{t}>"),
-            Ty::Ptr { is_const, target } => write!(f, "ptr<{}{target}>", if *is_const { "const " } else { "" }),
+            Ty::Ptr { is_const, target } => {
+                write!(f, "ptr<{}{target}>", if *is_const { "const " } else { "" })
+            }
             Ty::Named(n) => f.write_str(n),
             Ty::Fn(sig) => {
                 f.write_str("fn(")?;
@@ -189,7 +205,10 @@ struct TyParser<'a> {
 
 impl TyParser<'_> {
     fn err(&self, message: impl Into<String>) -> TyError {
-        TyError { offset: self.pos, message: message.into() }
+        TyError {
+            offset: self.pos,
+            message: message.into(),
+        }
     }
 
     fn skip_ws(&mut self) {
@@ -209,13 +228,19 @@ impl TyParser<'_> {
     }
 
     fn expect(&mut self, tok: &str) -> Result<(), TyError> {
-        if self.eat(tok) { Ok(()) } else { Err(self.err(format!("expected `{tok}`"))) }
+        if self.eat(tok) {
+            Ok(())
+        } else {
+            Err(self.err(format!("expected `{tok}`")))
+        }
     }
 
     fn ident(&mut self) -> Result<String, TyError> {
         self.skip_ws();
         let rest = &self.s[self.pos..];
-        let len = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+        let len = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
         if len == 0 || rest.starts_with(|c: char| c.is_ascii_digit()) {
             return Err(self.err("expected a type name"));
         }
@@ -239,10 +264,17 @@ impl TyParser<'_> {
                 let is_const = self.eat("const ");
                 let target = self.ty()?;
                 if matches!(target, Ty::Fn(_) | Ty::Str) {
-                    return Err(TyError { offset: start, message: "a pointer must point to a struct, opaque or primitive type".into() });
+                    return Err(TyError {
+                        offset: start,
+                        message: "a pointer must point to a struct, opaque or primitive type"
+                            .into(),
+                    });
                 }
                 self.expect(">")?;
-                Ok(Ty::Ptr { is_const, target: Box::new(target) })
+                Ok(Ty::Ptr {
+                    is_const,
+                    target: Box::new(target),
+                })
             }
             "fn" => {
                 self.expect("(")?;
@@ -258,8 +290,15 @@ impl TyParser<'_> {
                         self.expect(",")?;
                     }
                 }
-                let ret = if self.eat("->") { self.ty()? } else { Ty::Prim(Prim::Void) };
-                Ok(Ty::Fn(FnSig { args, ret: Box::new(ret) }))
+                let ret = if self.eat("->") {
+                    self.ty()?
+                } else {
+                    Ty::Prim(Prim::Void)
+                };
+                Ok(Ty::Fn(FnSig {
+                    args,
+                    ret: Box::new(ret),
+                }))
             }
             _ => Ok(Prim::from_name(&word).map_or(Ty::Named(word), Ty::Prim)),
         }
@@ -273,11 +312,22 @@ mod tests {
     #[test]
     fn parses_the_grammar() {
         assert_eq!(Ty::parse("u64").unwrap(), Ty::Prim(Prim::U64));
-        assert_eq!(Ty::parse("phys<kho_vmalloc_chunk>").unwrap(), Ty::Phys("kho_vmalloc_chunk".into()));
-        let t = Ty::parse("fn(handler: ptr<const liveupdate_file_handler>, file: ptr<file>) -> bool").unwrap();
-        assert_eq!(t.to_string(), "fn(handler: ptr<const liveupdate_file_handler>, file: ptr<file>) -> bool");
+        assert_eq!(
+            Ty::parse("phys<kho_vmalloc_chunk>").unwrap(),
+            Ty::Phys("kho_vmalloc_chunk".into())
+        );
+        let t =
+            Ty::parse("fn(handler: ptr<const liveupdate_file_handler>, file: ptr<file>) -> bool")
+                .unwrap();
+        assert_eq!(
+            t.to_string(),
+            "fn(handler: ptr<const liveupdate_file_handler>, file: ptr<file>) -> bool"
+        );
         assert_eq!(Ty::parse("fn()").unwrap().to_string(), "fn() -> void");
-        assert_eq!(Ty::parse("kho_vmalloc").unwrap(), Ty::Named("kho_vmalloc".into()));
+        assert_eq!(
+            Ty::parse("kho_vmalloc").unwrap(),
+            Ty::Named("kho_vmalloc".into())
+        );
     }
 
     #[test]

@@ -1,0 +1,413 @@
+//! Layout snapshots: `generated/schema/<kernel>/<component>.json`.
+//!
+//! A snapshot is the machine-readable ABI of one component as one kernel
+//! writes it: compatible strings, features, constants, and every struct's
+//! layout on every target. Schema diffing (`luo schema diff`) compares two
+//! snapshots; `layout.schema.json` (schemars) describes the format.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::ast::{AbiKind, Direction};
+use crate::layout::{Layouts, Target};
+use crate::model::{ConstValue, Kernel, Scope};
+use crate::render::header_items;
+
+/// Format version of the snapshot files.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// One component as one kernel writes it.
+#[derive(Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct ComponentSnapshot {
+    /// Snapshot format version.
+    pub snapshot_version: u32,
+    /// Kernel release.
+    pub kernel: String,
+    /// Component name.
+    pub component: String,
+    /// `uapi`, `kho` or `kernel`.
+    pub abi: String,
+    /// Header path below `include/`.
+    pub header: String,
+    /// Version id written, if the component is versioned.
+    pub version: Option<String>,
+    /// String constants with a versioning role.
+    pub compatibles: Vec<CompatibleSnapshot>,
+    /// Feature negotiation, for feature-negotiated versions.
+    pub features: Option<FeaturesSnapshot>,
+    /// Integer constants: value per target.
+    pub constants: Vec<ConstSnapshot>,
+    /// Structs.
+    pub structs: Vec<StructSnapshot>,
+    /// ioctls (uAPI).
+    pub ioctls: Vec<IoctlSnapshot>,
+    /// FDT nodes (FDT-based handover formats).
+    pub fdt: Vec<FdtSnapshot>,
+}
+
+/// A compatible string or name.
+#[derive(Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct CompatibleSnapshot {
+    /// Macro name.
+    pub name: String,
+    /// The string.
+    pub value: String,
+    /// `compatible`, `handler-name`, `fdt-node`, `fdt-property`, `kho-entry`.
+    pub role: String,
+    /// `struct.field` it is copied into.
+    pub into: Vec<String>,
+}
+
+/// Feature bits of a feature-negotiated version.
+#[derive(Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct FeaturesSnapshot {
+    /// The struct embedding `luo_feature_hdr features`.
+    #[serde(rename = "struct")]
+    pub struct_name: String,
+    /// Supported mask.
+    pub supported: u64,
+    /// Required mask.
+    pub required: u64,
+    /// Active mask.
+    pub active: u64,
+    /// Named bits and the fields each gates.
+    pub bits: Vec<FeatureBitSnapshot>,
+}
+
+/// One feature bit.
+#[derive(Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct FeatureBitSnapshot {
+    /// Macro name.
+    pub name: String,
+    /// Bit number.
+    pub bit: u32,
+    /// `struct.field`s gated by it.
+    pub gates: Vec<String>,
+}
+
+/// An integer constant.
+#[derive(Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct ConstSnapshot {
+    /// Macro or enumerator name.
+    pub name: String,
+    /// C expression as written.
+    pub expr: String,
+    /// Whether it depends on `PAGE_SIZE`.
+    pub page_size_dependent: bool,
+    /// Value per target.
+    pub values: BTreeMap<String, u64>,
+}
+
+/// A struct and its layout per target.
+#[derive(Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct StructSnapshot {
+    /// Tag.
+    pub name: String,
+    /// `__packed`.
+    pub packed: bool,
+    /// Ops table.
+    pub ops: bool,
+    /// Minimum uAPI size (end of `min_size_field`), primary target.
+    pub min_size: Option<u64>,
+    /// Members as declared.
+    pub members: Vec<MemberSnapshot>,
+    /// Layout per target.
+    pub layouts: BTreeMap<String, LayoutSnapshot>,
+}
+
+/// A member's declaration.
+#[derive(Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct MemberSnapshot {
+    /// Name.
+    pub name: String,
+    /// Type in spec syntax.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// Array length expression.
+    pub len: Option<String>,
+    /// Bitfield width.
+    pub bits: Option<u32>,
+    /// Must be zero.
+    pub reserved: bool,
+    /// Required callback (ops tables).
+    pub required: Option<bool>,
+    /// uAPI direction.
+    pub dir: Option<Direction>,
+    /// Gating feature.
+    pub feature: Option<String>,
+}
+
+/// A struct's layout on one target.
+#[derive(Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct LayoutSnapshot {
+    /// Size.
+    pub size: u64,
+    /// Alignment.
+    pub align: u64,
+    /// Members: offset, size, count, bit position.
+    pub fields: Vec<FieldSnapshot>,
+}
+
+/// One member's place.
+#[derive(Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct FieldSnapshot {
+    /// Name.
+    pub name: String,
+    /// Offset (of the unit, for bitfields).
+    pub offset: u64,
+    /// Size.
+    pub size: u64,
+    /// Elements.
+    pub count: u64,
+    /// First bit and width, for bitfields.
+    pub bits: Option<(u32, u32)>,
+}
+
+/// An ioctl.
+#[derive(Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct IoctlSnapshot {
+    /// Macro name.
+    pub name: String,
+    /// Command number.
+    pub nr: u64,
+    /// Full command value.
+    pub value: u64,
+    /// Argument struct.
+    pub arg: String,
+    /// `device` or `session`.
+    pub on: String,
+}
+
+/// An FDT node.
+#[derive(Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct FdtSnapshot {
+    /// Path.
+    pub path: String,
+    /// Node name.
+    pub name: Option<String>,
+    /// `compatible` value.
+    pub compatible: String,
+    /// Properties: name → type; all native-endian u64.
+    pub props: BTreeMap<String, String>,
+    /// Always `native`: LUO writes raw u64s, not big-endian cells.
+    pub endian: String,
+}
+
+fn string_const(scope: Scope<'_>, name: &str) -> String {
+    match scope.find_const(name).map(|(_, c)| &c.value) {
+        Some(ConstValue::Str(s)) => s.clone(),
+        _ => String::new(),
+    }
+}
+
+/// The snapshot of a component as `kernel` writes it.
+pub fn snapshot(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> ComponentSnapshot {
+    let comp = scope.component();
+    let items = header_items(scope);
+    let mut compatibles = Vec::new();
+    let mut constants = Vec::new();
+    for c in items.iter().flat_map(|i| &i.consts) {
+        match &c.value {
+            ConstValue::Str(s) => {
+                if let Some(role) = c.role {
+                    let role = serde_json::to_value(role)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default();
+                    compatibles.push(CompatibleSnapshot {
+                        name: c.name.clone(),
+                        value: s.clone(),
+                        role,
+                        into: c.into.iter().map(|(s, f, _)| format!("{s}.{f}")).collect(),
+                    });
+                }
+            }
+            ConstValue::Int(e) => constants.push(ConstSnapshot {
+                name: c.name.clone(),
+                expr: e.to_c(),
+                page_size_dependent: Target::ALL
+                    .iter()
+                    .map(|t| layouts.eval(scope, e, *t).ok())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len()
+                    > 1,
+                values: Target::ALL
+                    .iter()
+                    .filter_map(|t| layouts.eval(scope, e, *t).ok().map(|v| (t.name(), v)))
+                    .collect(),
+            }),
+        }
+    }
+    for m in items.iter().flat_map(|i| &i.enums).flat_map(|e| &e.members) {
+        constants.push(ConstSnapshot {
+            name: m.name.clone(),
+            expr: m.value.to_c(),
+            page_size_dependent: false,
+            values: Target::ALL
+                .iter()
+                .filter_map(|t| {
+                    layouts
+                        .eval(scope, &m.value, *t)
+                        .ok()
+                        .map(|v| (t.name(), v))
+                })
+                .collect(),
+        });
+    }
+    let structs = items
+        .iter()
+        .flat_map(|i| &i.structs)
+        .map(|s| {
+            let layouts_by_target: BTreeMap<String, LayoutSnapshot> = Target::ALL
+                .iter()
+                .filter_map(|t| {
+                    layouts.layout(scope, &s.name, *t).ok().map(|l| {
+                        (
+                            t.name(),
+                            LayoutSnapshot {
+                                size: l.size,
+                                align: l.align,
+                                fields: l
+                                    .fields
+                                    .iter()
+                                    .map(|f| FieldSnapshot {
+                                        name: f.name.clone(),
+                                        offset: f.offset,
+                                        size: f.size,
+                                        count: f.count,
+                                        bits: f.bits,
+                                    })
+                                    .collect(),
+                            },
+                        )
+                    })
+                })
+                .collect();
+            let min_size = s.min_size_field.as_ref().and_then(|m| {
+                let l = layouts.layout(scope, &s.name, Target::PRIMARY).ok()?;
+                let f = l.field(&m.name)?;
+                Some(f.offset + f.size)
+            });
+            StructSnapshot {
+                name: s.name.clone(),
+                packed: s.packed,
+                ops: s.ops,
+                min_size,
+                members: s
+                    .fields
+                    .iter()
+                    .map(|f| MemberSnapshot {
+                        name: f.name.clone(),
+                        ty: f.ty.to_string(),
+                        len: f.len.as_ref().map(|(e, _)| e.to_c()),
+                        bits: f.bits.as_ref().map(|b| b.0),
+                        reserved: f.reserved,
+                        required: f.required,
+                        dir: f.dir.as_ref().map(|d| d.0),
+                        feature: f.feature.as_ref().map(|n| n.name.clone()),
+                    })
+                    .collect(),
+                layouts: layouts_by_target,
+            }
+        })
+        .collect();
+    let ioctls = items
+        .iter()
+        .flat_map(|i| &i.ioctls)
+        .map(|i| {
+            let nr = layouts.eval(scope, &i.nr.0, Target::PRIMARY).unwrap_or(0);
+            let ty = scope
+                .find_const(&i.ty.name)
+                .and_then(|(o, c)| {
+                    if let ConstValue::Int(e) = &c.value {
+                        layouts.eval(scope.at(o), e, Target::PRIMARY).ok()
+                    } else {
+                        None
+                    }
+                })
+                .unwrap_or(0);
+            IoctlSnapshot {
+                name: i.name.clone(),
+                nr,
+                value: (ty << 8) | nr,
+                arg: i.arg.name.clone(),
+                on: i.on.name.clone(),
+            }
+        })
+        .collect();
+    let fdt = items
+        .iter()
+        .flat_map(|i| &i.fdt_nodes)
+        .map(|n| FdtSnapshot {
+            path: n.path.clone(),
+            name: n.name_const.as_ref().map(|c| string_const(scope, &c.name)),
+            compatible: string_const(scope, &n.compatible.name),
+            props: n
+                .props
+                .iter()
+                .map(|p| (string_const(scope, &p.name_const.name), p.ty.to_string()))
+                .collect(),
+            endian: "native".into(),
+        })
+        .collect();
+    let features = scope
+        .version()
+        .and_then(|v| v.features.as_ref())
+        .map(|fs| FeaturesSnapshot {
+            struct_name: fs.struct_name.name.clone(),
+            supported: fs.mask(&fs.supported),
+            required: fs.mask(&fs.required),
+            active: fs.mask(&fs.active),
+            bits: fs
+                .bits
+                .iter()
+                .map(|b| FeatureBitSnapshot {
+                    name: b.name.clone(),
+                    bit: b.bit,
+                    gates: items
+                        .iter()
+                        .flat_map(|i| &i.structs)
+                        .flat_map(|s| {
+                            s.fields
+                                .iter()
+                                .filter(|f| f.feature.as_ref().is_some_and(|n| n.name == b.name))
+                                .map(move |f| format!("{}.{}", s.name, f.name))
+                        })
+                        .collect(),
+                })
+                .collect(),
+        });
+    ComponentSnapshot {
+        snapshot_version: SNAPSHOT_VERSION,
+        kernel: kernel.name.clone(),
+        component: comp.name.clone(),
+        abi: match comp.abi {
+            AbiKind::Uapi => "uapi",
+            AbiKind::Kho => "kho",
+            AbiKind::Kernel => "kernel",
+        }
+        .into(),
+        header: comp.header.clone(),
+        version: scope.version().map(|v| v.id.clone()),
+        compatibles,
+        features,
+        constants,
+        structs,
+        ioctls,
+        fdt,
+    }
+}
+
+/// JSON Schema of the snapshot format.
+pub fn snapshot_json_schema() -> String {
+    let schema = schemars::schema_for!(ComponentSnapshot);
+    serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
+}
+
+/// JSON Schema of the spec language, for editors.
+pub fn spec_json_schema() -> String {
+    let schema = schemars::schema_for!(crate::ast::ComponentFile);
+    serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
+}

@@ -6,6 +6,8 @@
 //! compiler-computed size and offsets so tests can compare them with C.
 #![no_std]
 #![allow(non_camel_case_types, non_upper_case_globals, unused_imports)]
+// Doc text is kernel-doc prose from the specs, not written for rustdoc.
+#![allow(clippy::doc_lazy_continuation, clippy::doc_overindented_list_items)]
 
 #[rustfmt::skip]
 pub mod block;

@@ -232,10 +232,13 @@ impl fmt::Display for LayoutError {
     }
 }
 
+/// A struct as seen from one place, on one target.
+type LayoutKey = (Origin, String, Target);
+
 /// Computes layouts with memoization; one per run.
 #[derive(Debug, Default)]
 pub struct Layouts {
-    cache: std::cell::RefCell<HashMap<(Origin, String, Target), Result<StructLayout, LayoutError>>>,
+    cache: std::cell::RefCell<HashMap<LayoutKey, Result<StructLayout, LayoutError>>>,
     active: std::cell::RefCell<Vec<(Origin, String)>>,
     depth: std::cell::Cell<u32>,
 }

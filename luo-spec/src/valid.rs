@@ -408,7 +408,18 @@ fn check_string_fits(
     diags: &mut Diagnostics,
 ) {
     let file = scope.component().file;
-    let Some((origin, strukt)) = scope.find_struct(st) else {
+    // The field a string is copied into may live in a header this one does
+    // not include (memfd's compatible goes into luo's `luo_file_ser`).
+    let found = scope.find_struct(st).or_else(|| {
+        scope.spec.scopes().into_iter().find_map(|sc| {
+            let own = sc.version().map_or(&sc.component().common, |v| &v.items);
+            own.structs
+                .iter()
+                .find(|s| s.name == st)
+                .map(|s| (sc.origin, s))
+        })
+    });
+    let Some((origin, strukt)) = found else {
         diags
             .error(
                 "unknown-name",
@@ -416,8 +427,7 @@ fn check_string_fits(
                 span.clone(),
                 format!("`into` names unknown struct `{st}`"),
             )
-            .with_label("not visible from here")
-            .with_hint("add the component that defines it to `uses`");
+            .with_label("no component defines it");
         return;
     };
     let Some(f) = strukt.fields.iter().find(|f| f.name == field) else {

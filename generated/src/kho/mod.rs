@@ -38,7 +38,7 @@ const _: () = {
     assert!(core::mem::offset_of!(kho_vmalloc_hdr, next) == 0);
 };
 
-#[cfg(any(target_arch = "x86"))]
+#[cfg(target_arch = "x86")]
 const _: () = {
     assert!(core::mem::size_of::<kho_vmalloc_hdr>() == 8);
     assert!(core::mem::align_of::<kho_vmalloc_hdr>() == 4);
@@ -67,7 +67,7 @@ const _: () = {
     assert!(core::mem::offset_of!(kho_vmalloc_chunk, phys) == 8);
 };
 
-#[cfg(any(target_arch = "x86"))]
+#[cfg(target_arch = "x86")]
 const _: () = {
     assert!(core::mem::size_of::<kho_vmalloc_chunk>() == 4096);
     assert!(core::mem::align_of::<kho_vmalloc_chunk>() == 4);
@@ -102,7 +102,7 @@ const _: () = {
     assert!(core::mem::offset_of!(kho_vmalloc, order) == 14);
 };
 
-#[cfg(any(target_arch = "x86"))]
+#[cfg(target_arch = "x86")]
 const _: () = {
     assert!(core::mem::size_of::<kho_vmalloc>() == 16);
     assert!(core::mem::align_of::<kho_vmalloc>() == 4);

@@ -60,7 +60,7 @@ const _: () = {
     assert!(core::mem::offset_of!(liveupdate_file_op_args, private_data) == 32);
 };
 
-#[cfg(any(target_arch = "x86"))]
+#[cfg(target_arch = "x86")]
 const _: () = {
     assert!(core::mem::size_of::<liveupdate_file_op_args>() == 24);
     assert!(core::mem::align_of::<liveupdate_file_op_args>() == 4);
@@ -117,7 +117,7 @@ const _: () = {
     assert!(core::mem::offset_of!(liveupdate_file_ops, owner) == 72);
 };
 
-#[cfg(any(target_arch = "x86"))]
+#[cfg(target_arch = "x86")]
 const _: () = {
     assert!(core::mem::size_of::<liveupdate_file_ops>() == 40);
     assert!(core::mem::align_of::<liveupdate_file_ops>() == 4);
@@ -156,7 +156,7 @@ const _: () = {
     assert!(core::mem::offset_of!(liveupdate_file_handler, compatible) == 8);
 };
 
-#[cfg(any(target_arch = "x86"))]
+#[cfg(target_arch = "x86")]
 const _: () = {
     assert!(core::mem::size_of::<liveupdate_file_handler>() == 52);
     assert!(core::mem::align_of::<liveupdate_file_handler>() == 4);
@@ -185,7 +185,7 @@ const _: () = {
     assert!(core::mem::offset_of!(liveupdate_flb_op_args, obj) == 16);
 };
 
-#[cfg(any(target_arch = "x86"))]
+#[cfg(target_arch = "x86")]
 const _: () = {
     assert!(core::mem::size_of::<liveupdate_flb_op_args>() == 16);
     assert!(core::mem::align_of::<liveupdate_flb_op_args>() == 4);
@@ -225,7 +225,7 @@ const _: () = {
     assert!(core::mem::offset_of!(liveupdate_flb_ops, owner) == 32);
 };
 
-#[cfg(any(target_arch = "x86"))]
+#[cfg(target_arch = "x86")]
 const _: () = {
     assert!(core::mem::size_of::<liveupdate_flb_ops>() == 20);
     assert!(core::mem::align_of::<liveupdate_flb_ops>() == 4);
@@ -259,7 +259,7 @@ const _: () = {
     assert!(core::mem::offset_of!(liveupdate_flb, compatible) == 8);
 };
 
-#[cfg(any(target_arch = "x86"))]
+#[cfg(target_arch = "x86")]
 const _: () = {
     assert!(core::mem::size_of::<liveupdate_flb>() == 52);
     assert!(core::mem::align_of::<liveupdate_flb>() == 4);
@@ -295,7 +295,7 @@ const _: () = {
     assert!(core::mem::offset_of!(liveupdate_fh_global_state_ops, global_state_destroy) == 16);
 };
 
-#[cfg(any(target_arch = "x86"))]
+#[cfg(target_arch = "x86")]
 const _: () = {
     assert!(core::mem::size_of::<liveupdate_fh_global_state_ops>() == 12);
     assert!(core::mem::align_of::<liveupdate_fh_global_state_ops>() == 4);
@@ -337,7 +337,7 @@ const _: () = {
     assert!(core::mem::offset_of!(liveupdate_subsystem_ops, owner) == 40);
 };
 
-#[cfg(any(target_arch = "x86"))]
+#[cfg(target_arch = "x86")]
 const _: () = {
     assert!(core::mem::size_of::<liveupdate_subsystem_ops>() == 24);
     assert!(core::mem::align_of::<liveupdate_subsystem_ops>() == 4);
@@ -371,7 +371,7 @@ const _: () = {
     assert!(core::mem::offset_of!(liveupdate_subsystem, name) == 8);
 };
 
-#[cfg(any(target_arch = "x86"))]
+#[cfg(target_arch = "x86")]
 const _: () = {
     assert!(core::mem::size_of::<liveupdate_subsystem>() == 8);
     assert!(core::mem::align_of::<liveupdate_subsystem>() == 4);

@@ -13,7 +13,6 @@
 use luo_abi::{AlignedU64, Phys, PhysAddr};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 use crate::kho::*;
-use crate::luo::*;
 
 /// MEMFD_LUO_FOLIO_DIRTY - The folio holds data written by the user, as
 /// opposed to having been allocated and never written.

@@ -13,7 +13,6 @@ use super::*;
 use crate::luo::next::*;
 use crate::luo::*;
 use crate::kho::*;
-use crate::luo::*;
 
 /// Seals covered by MEMFD_LUO_FEATURE_SEALS: F_SEAL_SEAL, F_SEAL_SHRINK,
 /// F_SEAL_GROW, F_SEAL_WRITE, F_SEAL_FUTURE_WRITE and F_SEAL_EXEC (0x3f).

@@ -8,7 +8,6 @@ use luo_abi::{AlignedU64, Phys, PhysAddr};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 use super::*;
 use crate::kho::*;
-use crate::luo::*;
 
 /// Compatible string of the memfd file handler.
 pub const MEMFD_LUO_FH_COMPATIBLE: &str = "memfd-v1";

@@ -9,7 +9,6 @@ use luo_abi::{AlignedU64, Phys, PhysAddr};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 use super::*;
 use crate::kho::*;
-use crate::luo::*;
 
 /// Seals this version can preserve; preserving a file with any other seal
 /// fails with EOPNOTSUPP. A new seal needs a new version. Upstream writes the

@@ -88,6 +88,8 @@ const LIB_HEADER: &str = "\
 //! compiler-computed size and offsets so tests can compare them with C.
 #![no_std]
 #![allow(non_camel_case_types, non_upper_case_globals, unused_imports)]
+// Doc text is kernel-doc prose from the specs, not written for rustdoc.
+#![allow(clippy::doc_lazy_continuation, clippy::doc_overindented_list_items)]
 
 ";
 
@@ -252,7 +254,7 @@ fn lit(v: u64) -> String {
     }
 }
 
-fn rust_type(ty: &Ty, scope: Scope<'_>) -> String {
+fn rust_type(ty: &Ty) -> String {
     match ty {
         Ty::Prim(p) => match p {
             Prim::U8 | Prim::Char => "u8",
@@ -279,17 +281,17 @@ fn rust_type(ty: &Ty, scope: Scope<'_>) -> String {
         Ty::Ptr { is_const, target } => format!(
             "{} {}",
             if *is_const { "*const" } else { "*mut" },
-            rust_type(target, scope)
+            rust_type(target)
         ),
         Ty::Fn(sig) => {
             let args: Vec<String> = sig
                 .args
                 .iter()
-                .map(|(n, t)| format!("{n}: {}", rust_type(t, scope)))
+                .map(|(n, t)| format!("{n}: {}", rust_type(t)))
                 .collect();
             let ret = match sig.ret.as_ref() {
                 Ty::Prim(Prim::Void) => String::new(),
-                t => format!(" -> {}", rust_type(t, scope)),
+                t => format!(" -> {}", rust_type(t)),
             };
             format!("Option<unsafe extern \"C\" fn({}){ret}>", args.join(", "))
         }
@@ -325,7 +327,10 @@ fn cfg_for(targets: &[Target]) -> Option<String> {
         })
         .map(String::from)
         .collect();
-    Some(format!("#[cfg(any({}))]", names.join(", ")))
+    Some(match names.as_slice() {
+        [one] => format!("#[cfg({one})]"),
+        _ => format!("#[cfg(any({}))]", names.join(", ")),
+    })
 }
 
 fn unit_type(size: u64) -> Option<&'static str> {
@@ -400,7 +405,7 @@ fn write_struct(
                 } else {
                     format!("(self.{unit} >> {shift})")
                 };
-                let _ = write!(accessors, "\n");
+                accessors.push('\n');
                 doc_lines(
                     &mut accessors,
                     "    ",
@@ -447,7 +452,7 @@ fn write_struct(
                 format!("`{}`.", f.name)
             },
         );
-        let ty = rust_type(&f.ty, scope);
+        let ty = rust_type(&f.ty);
         let ty = if f.len.is_some() {
             format!("[{ty}; {}]", fl.count)
         } else {
@@ -548,11 +553,12 @@ impl Registry {
                 .iter()
                 .map(|(n, v)| format!("    s.set_{n}({});\n", lit(*v)))
                 .collect();
+            let fname = format!("{}_{}", path.replace("::", "_"), s.name);
             let _ = writeln!(
                 self.probes,
                 "\n/// Bitfield probe for `{path}::{name}`: every bitfield set to `probe_value(width)`.\npub fn probe_{fname}(out: &mut [u8]) -> usize {{\n    use zerocopy::IntoBytes;\n    let mut s = <{ty} as zerocopy::FromZeros>::new_zeroed();\n{sets}    let bytes = s.as_bytes();\n    let n = bytes.len().min(out.len());\n    out[..n].copy_from_slice(&bytes[..n]);\n    bytes.len()\n}}",
                 name = s.name,
-                fname = format!("{}_{}", path.replace("::", "_"), s.name),
+                fname = fname,
             );
             let _ = writeln!(self.entries, "    // probe: {path}::{}", s.name);
         }

@@ -22,7 +22,6 @@
 #include <luo/kernel_compat.h>
 #endif
 #include <linux/kho/abi/kexec_handover.h>
-#include <linux/kho/abi/luo.h>
 
 /*
  * MEMFD_LUO_FOLIO_DIRTY - The folio holds data written by the user, as

@@ -1,0 +1,314 @@
+//! Every generated header compiles on its own with gcc (C11, pedantic),
+//! g++ (C++17) and gcc -m32; the uAPI header also under C90. A C program
+//! built against each kernel's headers prints `sizeof`/`offsetof` of every
+//! struct and the bytes of every bitfield struct written through C; the
+//! numbers must equal what rustc computed for the generated Rust types and
+//! what the spec's layout engine computed.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use luo_spec::generate::load_checked;
+use luo_spec::layout::Target;
+use luo_spec::model::{Origin, Scope};
+use luo_spec::render::c::rendered_version;
+use luo_spec::render::rust::probe_value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Every include directory: the default kernel's and each other kernel's.
+fn include_dirs() -> Vec<(String, PathBuf)> {
+    let (spec, _, diags) = load_checked(&root().join("spec"));
+    assert!(
+        !diags.has_errors(),
+        "{}",
+        diags.render(&spec.sources, luo_spec::diag::Severity::Error)
+    );
+    spec.kernels
+        .iter()
+        .map(|k| {
+            let dir = if k.default {
+                root().join("generated/include")
+            } else {
+                root()
+                    .join("generated/kernels")
+                    .join(&k.name)
+                    .join("include")
+            };
+            (k.name.clone(), dir)
+        })
+        .collect()
+}
+
+fn headers(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).expect("include dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else if p.extension().is_some_and(|x| x == "h") {
+                out.push(
+                    p.strip_prefix(base)
+                        .expect("under base")
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+fn compile(
+    compiler: &str,
+    args: &[&str],
+    lang: &str,
+    include: &Path,
+    source: &str,
+) -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("luo-hdr-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let src = dir.join(if lang == "c++" { "t.cc" } else { "t.c" });
+    std::fs::write(&src, source).map_err(|e| e.to_string())?;
+    let out = Command::new(compiler)
+        .args(args)
+        .arg("-fsyntax-only")
+        .arg("-x")
+        .arg(lang)
+        .arg("-I")
+        .arg(include)
+        .arg(&src)
+        .output()
+        .map_err(|e| format!("cannot run {compiler}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn every_header_compiles_alone() {
+    let modes: [(&str, &[&str], &str); 3] = [
+        (
+            "gcc",
+            &["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic"],
+            "c",
+        ),
+        ("g++", &["-std=c++17", "-Wall", "-Werror"], "c++"),
+        ("gcc", &["-m32", "-std=c11", "-Wall", "-Werror"], "c"),
+    ];
+    let mut failures = Vec::new();
+    let mut count = 0;
+    for (kernel, dir) in include_dirs() {
+        let hs = headers(&dir);
+        assert!(
+            hs.len() >= 5,
+            "kernel {kernel}: only {} headers in {}",
+            hs.len(),
+            dir.display()
+        );
+        for h in hs {
+            for (cc, args, lang) in modes {
+                count += 1;
+                if let Err(e) = compile(cc, args, lang, &dir, &format!("#include <{h}>\n")) {
+                    failures.push(format!("{kernel}: {h} with {cc} {}:\n{e}", args.join(" ")));
+                }
+            }
+        }
+        // The uAPI header must not break a C90 include.
+        if let Err(e) = compile(
+            "gcc",
+            &["-std=c90", "-Wall", "-Werror"],
+            "c",
+            &dir,
+            "#include <uapi/linux/liveupdate.h>\n",
+        ) {
+            failures.push(format!("{kernel}: uapi header under -std=c90:\n{e}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {count} compiles failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn a_false_assertion_fails_the_compile() {
+    // The header assertions are live: a wrong size must stop the build.
+    let (_, dir) = include_dirs().into_iter().next().expect("a kernel");
+    let bad = "#include <uapi/linux/liveupdate.h>\n_Static_assert(sizeof(struct liveupdate_session_finish) == 9, \"size\");\n";
+    assert!(compile("gcc", &["-std=c11"], "c", &dir, bad).is_err());
+}
+
+/// The C program for one kernel: prints sizes, offsets and bitfield bytes.
+fn probe_program(kernel: &str) -> (String, BTreeMap<String, u64>) {
+    let (spec, layouts, _) = load_checked(&root().join("spec"));
+    let k = spec
+        .kernels
+        .iter()
+        .find(|k| k.name == kernel)
+        .expect("kernel");
+    let mut src = String::from("#include <stdio.h>\n#include <stddef.h>\n#include <string.h>\n");
+    let mut body = String::new();
+    let mut model_sizes = BTreeMap::new();
+    for (ci, comp) in spec.components.iter().enumerate() {
+        let Some(ver) = rendered_version(comp, k) else {
+            continue;
+        };
+        let _ = writeln!(src, "#include <{}>", comp.header);
+        for items in [Some(&comp.common), ver.map(|v| &comp.versions[v].items)]
+            .into_iter()
+            .flatten()
+        {
+            let owner = if std::ptr::eq(items, &comp.common) {
+                comp.name.clone()
+            } else {
+                format!("{}::{}", comp.name, comp.versions[ver.unwrap_or(0)].id)
+            };
+            let scope = Scope {
+                spec: &spec,
+                origin: Origin { comp: ci, ver },
+            };
+            for s in &items.structs {
+                let path = format!("{owner}::{}", s.name);
+                let l = layouts
+                    .layout(scope, &s.name, Target::PRIMARY)
+                    .expect("layout");
+                model_sizes.insert(path.clone(), l.size);
+                let _ = writeln!(
+                    body,
+                    "\tprintf(\"S {path} %zu\\n\", sizeof(struct {}));",
+                    s.name
+                );
+                for f in l.fields.iter().filter(|f| f.bits.is_none()) {
+                    let _ = writeln!(
+                        body,
+                        "\tprintf(\"F {path} {} %zu\\n\", offsetof(struct {}, {}));",
+                        f.name, s.name, f.name
+                    );
+                }
+                if l.fields.iter().any(|f| f.bits.is_some()) {
+                    let _ = writeln!(
+                        body,
+                        "\t{{\n\t\tstruct {} v;\n\t\tunsigned char *p = (unsigned char *)&v;\n\t\tsize_t i;\n\t\tmemset(&v, 0, sizeof(v));",
+                        s.name
+                    );
+                    for f in l.fields.iter().filter_map(|f| f.bits.map(|(_, w)| (f, w))) {
+                        let _ = writeln!(body, "\t\tv.{} = {:#x}ULL;", f.0.name, probe_value(f.1));
+                    }
+                    let _ = writeln!(
+                        body,
+                        "\t\tprintf(\"B {path} \");\n\t\tfor (i = 0; i < sizeof(v); i++)\n\t\t\tprintf(\"%02x\", p[i]);\n\t\tprintf(\"\\n\");\n\t}}"
+                    );
+                }
+            }
+        }
+    }
+    let _ = write!(src, "\nint main(void)\n{{\n{body}\treturn 0;\n}}\n");
+    (src, model_sizes)
+}
+
+fn run_probe(kernel: &str, include: &Path, src: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("luo-probe-{}-{kernel}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let c = dir.join("probe.c");
+    let exe = dir.join("probe");
+    std::fs::write(&c, src).expect("write");
+    let out = Command::new("gcc")
+        .args(["-std=c11", "-Wall", "-Werror", "-O0", "-I"])
+        .arg(include)
+        .arg(&c)
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .expect("gcc");
+    assert!(
+        out.status.success(),
+        "probe for {kernel} does not compile:\n{}\n{src}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(&exe).output().expect("run probe");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
+#[test]
+fn c_layouts_equal_rust_layouts_for_every_kernel() {
+    let rust: BTreeMap<&str, &luo_generated::layouts::StructInfo> = luo_generated::layouts::STRUCTS
+        .iter()
+        .map(|s| (s.path, s))
+        .collect();
+    let mut checked_structs = 0;
+    let mut checked_bitfields = 0;
+    for (kernel, include) in include_dirs() {
+        let (src, model) = probe_program(&kernel);
+        let output = run_probe(&kernel, &include, &src);
+        for line in output.lines() {
+            let parts: Vec<&str> = line.split(' ').collect();
+            match parts.as_slice() {
+                ["S", path, size] => {
+                    let size: usize = size.parse().expect("size");
+                    let r = rust
+                        .get(path)
+                        .unwrap_or_else(|| panic!("{path}: no generated Rust type"));
+                    assert_eq!(
+                        size, r.size,
+                        "{kernel}: sizeof(struct {path}) C {size} != Rust {}",
+                        r.size
+                    );
+                    assert_eq!(
+                        size as u64, model[*path],
+                        "{kernel}: {path}: C size differs from the layout engine"
+                    );
+                    checked_structs += 1;
+                }
+                ["F", path, field, off] => {
+                    let off: usize = off.parse().expect("offset");
+                    let r = rust[path]
+                        .fields
+                        .iter()
+                        .find(|(n, _)| n == field)
+                        .unwrap_or_else(|| panic!("{path}.{field} missing in Rust"));
+                    assert_eq!(
+                        off, r.1,
+                        "{kernel}: offsetof({path}, {field}) C {off} != Rust {}",
+                        r.1
+                    );
+                }
+                ["B", path, hex] => {
+                    let probe = luo_generated::layouts::BITFIELD_PROBES
+                        .iter()
+                        .find(|(p, _)| p == path)
+                        .unwrap_or_else(|| panic!("no Rust probe for {path}"));
+                    let mut buf = [0u8; 256];
+                    let n = (probe.1)(&mut buf);
+                    let rust_hex: String = buf[..n].iter().map(|b| format!("{b:02x}")).collect();
+                    assert_eq!(
+                        *hex, rust_hex,
+                        "{kernel}: bitfield bytes of {path} differ between C and Rust"
+                    );
+                    checked_bitfields += 1;
+                }
+                _ => panic!("unexpected probe output `{line}`"),
+            }
+        }
+    }
+    assert!(
+        checked_structs >= 40,
+        "only {checked_structs} structs checked"
+    );
+    assert!(
+        checked_bitfields >= 4,
+        "only {checked_bitfields} bitfield structs checked"
+    );
+}

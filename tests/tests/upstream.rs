@@ -1,0 +1,91 @@
+//! The generated Rust ABI types against the numbers upstream publishes
+//! (reference/luo-upstream.md §1, §4, §8b): written out here, not taken from
+//! the spec, so a spec edit that moves a byte fails this test.
+
+use core::mem::{offset_of, size_of};
+
+use luo_generated::{kho, luo, memfd, uapi};
+
+#[test]
+fn uapi_structs_and_ioctl_numbers() {
+    assert_eq!(size_of::<uapi::liveupdate_ioctl_create_session>(), 72);
+    assert_eq!(size_of::<uapi::liveupdate_ioctl_retrieve_session>(), 72);
+    assert_eq!(size_of::<uapi::liveupdate_session_preserve_fd>(), 16);
+    assert_eq!(offset_of!(uapi::liveupdate_session_preserve_fd, token), 8);
+    assert_eq!(size_of::<uapi::liveupdate_session_retrieve_fd>(), 16);
+    assert_eq!(size_of::<uapi::liveupdate_session_finish>(), 8);
+    assert_eq!(size_of::<uapi::v2::liveupdate_session_get_name>(), 72);
+    assert_eq!(offset_of!(uapi::v2::liveupdate_session_get_name, name), 8);
+    assert_eq!(uapi::LIVEUPDATE_IOCTL_TYPE, 0xBA);
+    assert_eq!(uapi::LIVEUPDATE_IOCTL_CREATE_SESSION, 0xBA00);
+    assert_eq!(uapi::LIVEUPDATE_IOCTL_RETRIEVE_SESSION, 0xBA01);
+    assert_eq!(uapi::v2::LIVEUPDATE_SESSION_PRESERVE_FD, 0xBA40);
+    assert_eq!(uapi::v2::LIVEUPDATE_SESSION_RETRIEVE_FD, 0xBA41);
+    assert_eq!(uapi::v2::LIVEUPDATE_SESSION_FINISH, 0xBA42);
+    assert_eq!(uapi::v2::LIVEUPDATE_SESSION_GET_NAME, 0xBA43);
+    assert_eq!(uapi::LIVEUPDATE_SESSION_NAME_LENGTH, 64);
+}
+
+#[test]
+fn luo_v5_handover() {
+    assert_eq!(luo::v5::LUO_ABI_COMPATIBLE, "luo-v5");
+    assert_eq!(luo::v5::LUO_ABI_COMPAT_LEN, 8);
+    assert_eq!(size_of::<luo::v5::luo_ser>(), 32);
+    assert_eq!(offset_of!(luo::v5::luo_ser, liveupdate_num), 8);
+    assert_eq!(offset_of!(luo::v5::luo_ser, sessions_pa), 16);
+    assert_eq!(offset_of!(luo::v5::luo_ser, flbs_pa), 24);
+    assert_eq!(size_of::<luo::v5::luo_session_ser>(), 80);
+    assert_eq!(size_of::<luo::luo_file_ser>(), 64);
+    assert_eq!(offset_of!(luo::luo_file_ser, data), 48);
+    assert_eq!(offset_of!(luo::luo_file_ser, token), 56);
+    assert_eq!(size_of::<luo::v5::luo_flb_ser>(), 64);
+    assert_eq!(size_of::<luo::v5::luo_flb_header_ser>(), 16);
+    assert_eq!(luo::v5::LUO_FLB_MAX, 63);
+}
+
+#[test]
+fn older_and_next_luo_formats() {
+    assert_eq!(luo::v1::LUO_FDT_COMPATIBLE, "luo-v1");
+    assert_eq!(luo::v1::LUO_FDT_SESSION_COMPATIBLE, "luo-session-v2");
+    assert_eq!(size_of::<luo::v1::luo_session_ser>(), 80);
+    assert_eq!(size_of::<luo::session_v1::luo_session_ser>(), 88);
+    assert_eq!(luo::v1_flb::LUO_FDT_FLB_COMPATIBLE, "luo-flb-v1");
+    assert_eq!(size_of::<luo::next::luo_feature_hdr>(), 128);
+    assert_eq!(size_of::<luo::next::luo_ser>(), 152);
+    assert_eq!(offset_of!(luo::next::luo_ser, liveupdate_num), 128);
+}
+
+#[test]
+fn memfd_versions() {
+    assert_eq!(memfd::v1::MEMFD_LUO_FH_COMPATIBLE, "memfd-v1");
+    assert_eq!(memfd::v2::MEMFD_LUO_FH_COMPATIBLE, "memfd-v2");
+    assert_eq!(size_of::<memfd::v1::memfd_luo_ser>(), 40);
+    assert_eq!(size_of::<memfd::v2::memfd_luo_ser>(), 48);
+    assert_eq!(offset_of!(memfd::v2::memfd_luo_ser, seals), 16);
+    assert_eq!(offset_of!(memfd::v2::memfd_luo_ser, folios), 32);
+    assert_eq!(size_of::<memfd::next::memfd_luo_ser>(), 176);
+    assert_eq!(memfd::v2::MEMFD_LUO_ALL_SEALS, 0x3f);
+    assert_eq!(memfd::MEMFD_LUO_FOLIO_DIRTY, 1);
+    assert_eq!(memfd::MEMFD_LUO_FOLIO_UPTODATE, 2);
+    assert_eq!(size_of::<kho::kho_vmalloc>(), 16);
+    assert_eq!(size_of::<kho::kho_vmalloc_chunk>(), 4096);
+}
+
+#[test]
+fn folio_bitfields_pack_pfn_and_flags_into_one_u64() {
+    let mut f: memfd::memfd_luo_folio_ser = zerocopy::FromZeros::new_zeroed();
+    f.set_pfn(0xF_FFFF_FFFF_FFFF);
+    f.set_flags(0x3);
+    f.index = 7;
+    let bytes = zerocopy::IntoBytes::as_bytes(&f);
+    assert_eq!(size_of::<memfd::memfd_luo_folio_ser>(), 16);
+    // pfn in bits 0..52, flags in bits 52..64 (little endian, GCC order).
+    assert_eq!(
+        u64::from_le_bytes(bytes[..8].try_into().unwrap()),
+        0x003F_FFFF_FFFF_FFFF
+    );
+    assert_eq!(f.pfn(), 0xF_FFFF_FFFF_FFFF);
+    assert_eq!(f.flags(), 3);
+    f.set_pfn(u64::MAX); // bits beyond 52 are dropped, flags untouched
+    assert_eq!(f.flags(), 3);
+}

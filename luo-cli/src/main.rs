@@ -167,9 +167,11 @@ fn layout(
             .unwrap_or_default();
         let decl = match f.bits {
             Some((shift, width)) => {
-                format!("{ty} {}:{width};", f.name)
-                    + &format!("{:>1}", "")
-                    + &format!(" /* bits {shift}..{} */", shift + width)
+                format!(
+                    "{ty} {}:{width}; /* bits {shift}..{} */",
+                    f.name,
+                    shift + width
+                )
             }
             None if f.count > 1
                 || strukt

@@ -40,7 +40,7 @@ impl Sources {
     /// 1-based line and column of a byte offset.
     pub fn line_col(&self, id: FileId, offset: usize) -> (usize, usize) {
         let text = self.text(id);
-        let offset = offset.min(text.len());
+        let offset = text.floor_char_boundary(offset.min(text.len()));
         let before = &text[..offset];
         let line = before.matches('\n').count() + 1;
         let col = before.rfind('\n').map_or(before.chars().count(), |nl| {
@@ -222,7 +222,11 @@ fn render_one(d: &Diagnostic, sources: &Sources) -> String {
         Some(file) => {
             let path = sources.path(file).display().to_string();
             let text = sources.text(file);
-            let span = d.span.start.min(text.len())..d.span.end.min(text.len());
+            // Spans come from byte offsets that may fall inside a character
+            // (an error offset in an escaped string): widen to whole characters.
+            let start = text.floor_char_boundary(d.span.start.min(text.len()));
+            let end = text.ceil_char_boundary(d.span.end.min(text.len()).max(start));
+            let span = start..end;
             let annotation = AnnotationKind::Primary.span(span).label(d.label.as_str());
             groups.push(title.element(Snippet::source(text).path(path).annotation(annotation)));
         }

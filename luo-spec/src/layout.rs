@@ -240,6 +240,8 @@ type LayoutKey = (Origin, String, Target);
 pub struct Layouts {
     cache: std::cell::RefCell<HashMap<LayoutKey, Result<StructLayout, LayoutError>>>,
     active: std::cell::RefCell<Vec<(Origin, String)>>,
+    /// Constants and enumerators being evaluated, to report cycles.
+    active_names: std::cell::RefCell<Vec<(Origin, String)>>,
     depth: std::cell::Cell<u32>,
 }
 
@@ -270,6 +272,13 @@ impl Layouts {
         if self.active.borrow().contains(&(origin, name.to_string())) {
             return Err(LayoutError::Recursive(name.into()));
         }
+        if self.active.borrow().len() >= MAX_STRUCT_NESTING {
+            return Err(LayoutError::Invalid {
+                strukt: name.into(),
+                field: String::new(),
+                why: format!("structs are nested by value more than {MAX_STRUCT_NESTING} deep"),
+            });
+        }
         self.active.borrow_mut().push((origin, name.to_string()));
         let result = self.compute(scope.at(origin), strukt, target);
         self.active.borrow_mut().pop();
@@ -279,19 +288,49 @@ impl Layouts {
 
     /// Evaluate an expression in a scope on a target.
     pub fn eval(&self, scope: Scope<'_>, expr: &Expr, target: Target) -> Result<u64, EvalError> {
-        // Constants may refer to each other; a cycle must not recurse forever.
-        if self.depth.get() > 64 {
-            return Err(EvalError::Arithmetic(
-                "constants refer to each other in a cycle".into(),
-            ));
+        // Cycles are caught by `eval_named`; this bounds the recursion of
+        // long chains of constants and `sizeof`s, each costing one level
+        // plus the nesting of its expression.
+        let cost = 1 + nesting(expr);
+        if self.depth.get() + cost > MAX_EVAL_DEPTH {
+            return Err(EvalError::Arithmetic(format!(
+                "constants and their expressions nest more than {MAX_EVAL_DEPTH} levels deep"
+            )));
         }
-        self.depth.set(self.depth.get() + 1);
+        self.depth.set(self.depth.get() + cost);
         let result = expr.eval(&ScopeEnv {
             layouts: self,
             scope,
             target,
         });
-        self.depth.set(self.depth.get() - 1);
+        self.depth.set(self.depth.get() - cost);
+        result
+    }
+
+    /// Evaluate the value of constant or enumerator `name`, defined at `scope`.
+    fn eval_named(
+        &self,
+        scope: Scope<'_>,
+        name: &str,
+        expr: &Expr,
+        target: Target,
+    ) -> Result<u64, EvalError> {
+        let key = (scope.origin, name.to_string());
+        let cycle_at = self.active_names.borrow().iter().position(|k| *k == key);
+        if let Some(at) = cycle_at {
+            let path: Vec<String> = self.active_names.borrow()[at..]
+                .iter()
+                .map(|(_, n)| n.clone())
+                .chain([name.to_string()])
+                .collect();
+            return Err(EvalError::Arithmetic(format!(
+                "constants refer to each other in a cycle: {}",
+                path.join(" -> ")
+            )));
+        }
+        self.active_names.borrow_mut().push(key);
+        let result = self.eval(scope, expr, target);
+        self.active_names.borrow_mut().pop();
         result
     }
 
@@ -347,6 +386,11 @@ impl Layouts {
         let mut holes = Vec::new();
         let mut offset = 0u64;
         let mut max_align = 1u64;
+        let too_big = |field: &str| LayoutError::Invalid {
+            strukt: s.name.clone(),
+            field: field.into(),
+            why: "the struct's size overflows".into(),
+        };
         let mut i = 0;
         while i < s.fields.len() {
             let f = &s.fields[i];
@@ -362,7 +406,7 @@ impl Layouts {
                     });
                 };
                 let unit_bits = u32::try_from(elem_size * 8).unwrap_or(u32::MAX);
-                let start = align_up(offset, align);
+                let start = align_up(offset, align).ok_or_else(|| too_big(&f.name))?;
                 push_hole(&mut holes, &fields, offset, start);
                 let mut used = 0u32;
                 let mut j = i;
@@ -371,7 +415,7 @@ impl Layouts {
                     && s.fields[j].ty == Ty::Prim(*unit_ty)
                 {
                     let (width, _) = s.fields[j].bits.clone().unwrap_or((0, 0..0));
-                    if width == 0 || used + width > unit_bits {
+                    if width == 0 || width > unit_bits - used {
                         return Err(LayoutError::Bitfield {
                             strukt: s.name.clone(),
                             field: s.fields[j].name.clone(),
@@ -419,7 +463,9 @@ impl Layouts {
                     fl.size = unit_size;
                     fl.elem_size = unit_size;
                 }
-                offset = start + unit_size;
+                offset = start
+                    .checked_add(unit_size)
+                    .ok_or_else(|| too_big(&f.name))?;
                 max_align = max_align.max(align);
                 i = j;
                 continue;
@@ -442,7 +488,7 @@ impl Layouts {
                 }
                 None => 1,
             };
-            let start = align_up(offset, align);
+            let start = align_up(offset, align).ok_or_else(|| too_big(&f.name))?;
             push_hole(&mut holes, &fields, offset, start);
             let size = elem_size
                 .checked_mul(count)
@@ -460,11 +506,12 @@ impl Layouts {
                 count,
                 bits: None,
             });
-            offset = start + size;
+            offset = start.checked_add(size).ok_or_else(|| too_big(&f.name))?;
             max_align = max_align.max(align);
             i += 1;
         }
-        let size = align_up(offset, max_align);
+        let size = align_up(offset, max_align)
+            .ok_or_else(|| too_big(s.fields.last().map_or("", |f| f.name.as_str())))?;
         push_hole(&mut holes, &fields, offset, size);
         Ok(StructLayout {
             size,
@@ -475,8 +522,22 @@ impl Layouts {
     }
 }
 
-fn align_up(v: u64, a: u64) -> u64 {
-    v.div_ceil(a) * a
+/// Bound on the recursion of expression evaluation (see `Layouts::eval`).
+const MAX_EVAL_DEPTH: u32 = 128;
+/// Bound on structs nested by value, which the layout recursion follows.
+const MAX_STRUCT_NESTING: usize = 64;
+
+/// Nesting depth of an expression tree.
+fn nesting(e: &Expr) -> u32 {
+    match e {
+        Expr::Int(..) | Expr::Name(_) | Expr::SizeofStruct(_) | Expr::SizeofString(_) => 0,
+        Expr::Bit(x) | Expr::Unary(_, x) | Expr::Paren(x) => 1 + nesting(x),
+        Expr::Align(a, b) | Expr::Binary(_, a, b) => 1 + nesting(a).max(nesting(b)),
+    }
+}
+
+fn align_up(v: u64, a: u64) -> Option<u64> {
+    v.checked_next_multiple_of(a)
 }
 
 fn push_hole(holes: &mut Vec<Hole>, fields: &[FieldLayout], from: u64, to: u64) {
@@ -503,7 +564,10 @@ impl Env for ScopeEnv<'_, '_> {
         }
         if let Some((origin, c)) = self.scope.find_const(name) {
             return match &c.value {
-                ConstValue::Int(e) => self.layouts.eval(self.scope.at(origin), e, self.target),
+                ConstValue::Int(e) => {
+                    self.layouts
+                        .eval_named(self.scope.at(origin), name, e, self.target)
+                }
                 ConstValue::Str(_) => Err(EvalError::UnknownName(format!(
                     "{name}` is a string constant; use `sizeof({name})"
                 ))),
@@ -512,7 +576,7 @@ impl Env for ScopeEnv<'_, '_> {
         if let Some((origin, m)) = self.scope.find_enumerator(name) {
             return self
                 .layouts
-                .eval(self.scope.at(origin), &m.value, self.target);
+                .eval_named(self.scope.at(origin), name, &m.value, self.target);
         }
         Err(EvalError::UnknownName(name.into()))
     }
@@ -521,7 +585,17 @@ impl Env for ScopeEnv<'_, '_> {
         self.layouts
             .layout(self.scope, name, self.target)
             .map(|l| l.size)
-            .map_err(|_| EvalError::UnknownSizeof(format!("struct {name}")))
+            .map_err(|e| match e {
+                LayoutError::UnknownType { field, .. } if field.is_empty() => {
+                    EvalError::UnknownSizeof(format!("struct {name}"))
+                }
+                // The struct's own error, e.g. an array length that failed.
+                LayoutError::Eval { error, .. } => error,
+                LayoutError::Recursive(n) if n == name => EvalError::Arithmetic(format!(
+                    "the size of `{name}` depends on `sizeof(struct {name})` itself"
+                )),
+                other => EvalError::Arithmetic(format!("`sizeof(struct {name})`: {other}")),
+            })
     }
 
     fn sizeof_string(&self, name: &str) -> Result<u64, EvalError> {

@@ -457,8 +457,50 @@ fn text(s: &Option<SStr>) -> Option<String> {
     s.as_ref().map(|s| s.value.clone())
 }
 
+/// Longest expression or type text accepted, and most operators and
+/// brackets in one: the parsers, evaluation and rendering recurse, so
+/// unbounded input could overflow the stack.
+const MAX_TEXT_LEN: usize = 1024;
+const MAX_OPERATORS: usize = 64;
+
+/// Reject text the recursive parsers cannot take safely: too long, too
+/// complex (more than `MAX_OPERATORS` of `counted`), or (for types)
+/// non-ASCII.
+fn unparseable(text: &str, counted: &[char], ascii_only: bool) -> Option<(usize, String)> {
+    if text.len() > MAX_TEXT_LEN {
+        return Some((0, format!("longer than {MAX_TEXT_LEN} bytes")));
+    }
+    let mut n = 0usize;
+    for (i, c) in text.char_indices() {
+        if ascii_only && !c.is_ascii() {
+            return Some((
+                i,
+                format!("unexpected character `{c}` (U+{:04X})", u32::from(c)),
+            ));
+        }
+        if counted.contains(&c) {
+            n += 1;
+            if n > MAX_OPERATORS {
+                return Some((
+                    i,
+                    format!("more than {MAX_OPERATORS} operators and brackets"),
+                ));
+            }
+        }
+    }
+    None
+}
+
 fn parse_expr(diags: &mut Diagnostics, file: FileId, s: &SStr) -> Expr {
-    match Expr::parse(&s.value) {
+    let parsed = match unparseable(
+        &s.value,
+        &['(', '~', '-', '+', '*', '/', '%', '<', '>', '&', '|'],
+        false,
+    ) {
+        Some((offset, message)) => Err(crate::expr::ParseError { offset, message }),
+        None => Expr::parse(&s.value),
+    };
+    match parsed {
         Ok(e) => e,
         Err(e) => {
             diags
@@ -471,7 +513,11 @@ fn parse_expr(diags: &mut Diagnostics, file: FileId, s: &SStr) -> Expr {
 }
 
 fn parse_ty(diags: &mut Diagnostics, file: FileId, s: &SStr) -> Ty {
-    match Ty::parse(&s.value) {
+    let parsed = match unparseable(&s.value, &['(', '<', '>'], true) {
+        Some((offset, message)) => Err(crate::ty::TyError { offset, message }),
+        None => Ty::parse(&s.value),
+    };
+    match parsed {
         Ok(t) => t,
         Err(e) => {
             diags

@@ -212,8 +212,12 @@ impl TyParser<'_> {
     }
 
     fn skip_ws(&mut self) {
-        while self.s[self.pos..].starts_with(char::is_whitespace) {
-            self.pos += 1;
+        while let Some(c) = self.s[self.pos..]
+            .chars()
+            .next()
+            .filter(|c| c.is_whitespace())
+        {
+            self.pos += c.len_utf8();
         }
     }
 
@@ -333,7 +337,7 @@ mod tests {
     #[test]
     fn reports_offsets() {
         assert_eq!(Ty::parse("phys<>").unwrap_err().offset, 5);
-        assert_eq!(Ty::parse("u64 x").unwrap_err().offset, 3);
+        assert_eq!(Ty::parse("u64 x").unwrap_err().offset, 4);
         assert!(Ty::parse("fn(a u64)").unwrap_err().message.contains("`:`"));
     }
 }

@@ -256,18 +256,18 @@ fn check_expr(
     file: FileId,
     diags: &mut Diagnostics,
 ) {
-    if scope.component().abi == AbiKind::Uapi {
-        if let Some(what) = expr.kernel_only() {
-            diags
-                .error(
-                    "uapi-kernel-macro",
-                    file,
-                    span.clone(),
-                    format!("`{what}` is not available to userspace"),
-                )
-                .with_label("used in a uAPI header")
-                .with_hint("write the value with plain C operators");
-        }
+    if scope.component().abi == AbiKind::Uapi
+        && let Some(what) = expr.kernel_only()
+    {
+        diags
+            .error(
+                "uapi-kernel-macro",
+                file,
+                span.clone(),
+                format!("`{what}` is not available to userspace"),
+            )
+            .with_label("used in a uAPI header")
+            .with_hint("write the value with plain C operators");
     }
     if let Err(e) = layouts.eval(scope, expr, Target::PRIMARY) {
         let mut names = Vec::new();
@@ -565,7 +565,11 @@ fn check_type_names(
                         span.clone(),
                         format!("{what}: `{}` has no fixed width in the uAPI", p.name()),
                     )
-                    .with_label("size differs between 32- and 64-bit userspace")
+                    .with_label(if matches!(p, Prim::Ulong | Prim::Long) {
+                        "size differs between 32- and 64-bit userspace"
+                    } else {
+                        "uAPI headers use the fixed-width __u32/__s32 types"
+                    })
                     .with_hint("use a fixed-width type such as `s32` or `u64`");
             }
         }
@@ -618,17 +622,17 @@ fn check_struct(scope: Scope<'_>, layouts: &Layouts, s: &Struct, diags: &mut Dia
                 ),
             );
         }
-        if let Some((_, span)) = &f.dir {
-            if comp.abi != AbiKind::Uapi {
-                diags
-                    .error(
-                        "dir-outside-uapi",
-                        file,
-                        span.clone(),
-                        "`dir` only applies to uAPI structs",
-                    )
-                    .with_label("not a uAPI component");
-            }
+        if let Some((_, span)) = &f.dir
+            && comp.abi != AbiKind::Uapi
+        {
+            diags
+                .error(
+                    "dir-outside-uapi",
+                    file,
+                    span.clone(),
+                    "`dir` only applies to uAPI structs",
+                )
+                .with_label("not a uAPI component");
         }
         if let Some((_, span)) = &f.bits {
             if f.len.is_some() {
@@ -674,17 +678,17 @@ fn check_struct(scope: Scope<'_>, layouts: &Layouts, s: &Struct, diags: &mut Dia
             }
         }
     }
-    if let Some(m) = &s.min_size_field {
-        if !s.fields.iter().any(|f| f.name == m.name) {
-            diags
-                .error(
-                    "unknown-name",
-                    file,
-                    m.span.clone(),
-                    format!("`min_size_field`: `{}` has no member `{}`", s.name, m.name),
-                )
-                .with_label("no such member");
-        }
+    if let Some(m) = &s.min_size_field
+        && !s.fields.iter().any(|f| f.name == m.name)
+    {
+        diags
+            .error(
+                "unknown-name",
+                file,
+                m.span.clone(),
+                format!("`min_size_field`: `{}` has no member `{}`", s.name, m.name),
+            )
+            .with_label("no such member");
     }
     // Layout on every target.
     let mut per_target = Vec::new();
@@ -700,25 +704,26 @@ fn check_struct(scope: Scope<'_>, layouts: &Layouts, s: &Struct, diags: &mut Dia
         }
     }
     let primary = &per_target[0].1;
-    if let Some((expected, span)) = &s.size {
-        if *expected != primary.size {
-            diags
-                .error(
-                    "size-mismatch",
-                    file,
-                    span.clone(),
-                    format!(
-                        "struct `{}` is {} bytes, but the spec says {}",
-                        s.name, primary.size, expected
-                    ),
-                )
-                .with_label(format!("layout gives {} on x86_64", primary.size))
-                .with_hint("check member types, `packed` and array lengths against upstream");
-        }
+    if let Some((expected, span)) = &s.size
+        && *expected != primary.size
+    {
+        diags
+            .error(
+                "size-mismatch",
+                file,
+                span.clone(),
+                format!(
+                    "struct `{}` is {} bytes, but the spec says {}",
+                    s.name, primary.size, expected
+                ),
+            )
+            .with_label(format!("layout gives {} on x86_64", primary.size))
+            .with_hint("check member types, `packed` and array lengths against upstream");
     }
     // Implicit padding: an error where bytes cross a kexec or the uAPI.
     for (target, l) in &per_target {
-        for hole in &l.holes {
+        // The first hole only: fixing it moves the ones after it.
+        if let Some(hole) = l.holes.first() {
             let after = hole.after.as_deref().unwrap_or("(start)");
             let span = s
                 .fields
@@ -745,7 +750,6 @@ fn check_struct(scope: Scope<'_>, layouts: &Layouts, s: &Struct, diags: &mut Dia
                     .with_label(format!("{} byte hole at offset {}", hole.size, hole.offset))
                     .with_hint(hint);
             }
-            break;
         }
         if comp.abi != AbiKind::Kernel && !l.holes.is_empty() {
             break;
@@ -806,13 +810,16 @@ fn report_layout_error(scope: Scope<'_>, s: &Struct, e: &LayoutError, diags: &mu
     match e {
         LayoutError::UnknownType { .. } | LayoutError::Eval { .. } => {} // reported by the name/expression checks
         LayoutError::Recursive(name) => {
-            diags
-                .error(
-                    "recursive-struct",
-                    file,
-                    s.span.clone(),
-                    format!("struct `{name}` contains itself by value"),
+            let message = if *name == s.name {
+                format!("struct `{name}` contains itself by value")
+            } else {
+                format!(
+                    "struct `{}` contains struct `{name}`, which contains itself by value",
+                    s.name
                 )
+            };
+            diags
+                .error("recursive-struct", file, s.span.clone(), message)
                 .with_hint("use `phys<T>` to refer to another instance");
         }
         LayoutError::Invalid { field, why, .. } | LayoutError::Bitfield { field, why, .. } => {
@@ -828,9 +835,12 @@ fn report_layout_error(scope: Scope<'_>, s: &Struct, e: &LayoutError, diags: &mu
             } else {
                 "invalid-member"
             };
-            diags
-                .error(code, file, span, format!("`{}.{field}`: {why}", s.name))
-                .with_label("here");
+            let message = if field.is_empty() {
+                format!("`{}`: {why}", s.name)
+            } else {
+                format!("`{}.{field}`: {why}", s.name)
+            };
+            diags.error(code, file, span, message).with_label("here");
         }
     }
 }
@@ -1050,20 +1060,21 @@ fn check_features(scope: Scope<'_>, diags: &mut Diagnostics) {
 
 fn check_kernels(spec: &Spec, diags: &mut Diagnostics) {
     let defaults: Vec<_> = spec.kernels.iter().filter(|k| k.default).collect();
-    if spec.kernels.len() > 1 && defaults.len() != 1 {
-        if let Some(k) = spec.kernels.first() {
-            diags
-                .error(
-                    "kernel-default",
-                    k.file,
-                    0..0,
-                    format!(
-                        "{} kernels are marked `default = true`; exactly one must be",
-                        defaults.len()
-                    ),
-                )
-                .with_hint("the default kernel's headers go to generated/include/");
-        }
+    if spec.kernels.len() > 1
+        && defaults.len() != 1
+        && let Some(k) = spec.kernels.first()
+    {
+        diags
+            .error(
+                "kernel-default",
+                k.file,
+                0..0,
+                format!(
+                    "{} kernels are marked `default = true`; exactly one must be",
+                    defaults.len()
+                ),
+            )
+            .with_hint("the default kernel's headers go to generated/include/");
     }
     let mut names = BTreeSet::new();
     for k in &spec.kernels {
@@ -1083,12 +1094,16 @@ fn check_kernels(spec: &Spec, diags: &mut Diagnostics) {
         {
             let Some((_, c)) = spec.component(comp) else {
                 let span = ver.first().map_or(0..0, |v| v.span.clone());
-                diags.error(
-                    "unknown-name",
-                    k.file,
-                    span,
-                    format!("kernel `{}` names unknown component `{comp}`", k.name),
-                );
+                let known: Vec<_> = spec.components.iter().map(|c| c.name.as_str()).collect();
+                diags
+                    .error(
+                        "unknown-name",
+                        k.file,
+                        span,
+                        format!("kernel `{}` names unknown component `{comp}`", k.name),
+                    )
+                    .with_label(format!("the version of `{comp}`"))
+                    .with_hint(format!("components: {}", known.join(", ")));
                 continue;
             };
             for v in ver {
@@ -1102,7 +1117,11 @@ fn check_kernels(spec: &Spec, diags: &mut Diagnostics) {
                             format!("component `{comp}` has no version `{}`", v.name),
                         )
                         .with_label("unknown version")
-                        .with_hint(format!("versions of `{comp}`: {}", known.join(", ")));
+                        .with_hint(if known.is_empty() {
+                            format!("`{comp}` defines no `[[version]]`")
+                        } else {
+                            format!("versions of `{comp}`: {}", known.join(", "))
+                        });
                 }
             }
         }

@@ -99,18 +99,6 @@ impl Diagnostic {
             hint: None,
         }
     }
-
-    /// Set the label shown under the snippet.
-    pub fn label(mut self, label: impl Into<String>) -> Self {
-        self.label = label.into();
-        self
-    }
-
-    /// Set the hint.
-    pub fn hint(mut self, hint: impl Into<String>) -> Self {
-        self.hint = Some(hint.into());
-        self
-    }
 }
 
 /// The collected findings of a run.

@@ -241,7 +241,9 @@ fn find_scope<'a>(spec: &'a Spec, name: &str, version: Option<&str>) -> Result<S
         }
         let written = match (kernel, scope.origin.ver) {
             (_, None) => true,
-            (Some(k), Some(_)) => spec.written_version(k, scope.component()) == scope.origin.ver,
+            (Some(k), Some(_)) => {
+                spec.rendered_version(k, scope.component()) == Some(scope.origin.ver)
+            }
             (None, Some(_)) => false,
         };
         if written {

@@ -45,7 +45,7 @@ pub fn generate(spec: &Spec, layouts: &Layouts) -> Outputs {
         };
         out.insert(include.join(c::KERNEL_COMPAT_PATH), c::kernel_compat());
         for (ci, comp) in spec.components.iter().enumerate() {
-            let Some(ver) = c::rendered_version(comp, kernel) else {
+            let Some(ver) = spec.rendered_version(kernel, comp) else {
                 continue;
             };
             let scope = Scope {

@@ -334,6 +334,34 @@ impl Layouts {
         result
     }
 
+    /// The full command value of an ioctl on the primary target, as the
+    /// generic `_IOC()` encodes it: dir << 30 | size << 16 | type << 8 | nr
+    /// (`_IO` has dir 0 and size 0, so LUO's commands are `0xBA00 | nr`).
+    pub fn ioctl_value(&self, scope: Scope<'_>, ioctl: &crate::model::Ioctl) -> u64 {
+        let target = Target::PRIMARY;
+        let nr = self.eval(scope, &ioctl.nr.0, target).unwrap_or(0);
+        let ty = scope
+            .find_const(&ioctl.ty.name)
+            .and_then(|(o, c)| match &c.value {
+                ConstValue::Int(e) => self.eval(scope.at(o), e, target).ok(),
+                ConstValue::Str(_) => None,
+            })
+            .unwrap_or(0);
+        let dir: u64 = match ioctl.encoding.name.as_str() {
+            "_IOW" => 1,
+            "_IOR" => 2,
+            "_IOWR" => 3,
+            _ => 0,
+        };
+        let size = if dir == 0 {
+            0
+        } else {
+            self.layout(scope, &ioctl.arg.name, target)
+                .map_or(0, |l| l.size)
+        };
+        (dir << 30) | (size << 16) | (ty << 8) | nr
+    }
+
     /// Size and alignment of a type (one element).
     fn type_layout(
         &self,

@@ -997,10 +997,16 @@ impl Spec {
             .find(|(_, c)| c.name == name)
     }
 
-    /// The version a kernel writes for a component.
-    pub fn written_version(&self, kernel: &Kernel, comp: &Component) -> Option<usize> {
+    /// Whether a kernel has a component, and in which version: `Some(None)`
+    /// for a component without versions (every kernel has it),
+    /// `Some(Some(v))` for the version the kernel writes, `None` when the
+    /// kernel does not have the component (6.19 has no `block.h`).
+    pub fn rendered_version(&self, kernel: &Kernel, comp: &Component) -> Option<Option<usize>> {
+        if comp.versions.is_empty() {
+            return Some(None);
+        }
         let id = kernel.writes.get(&comp.name)?;
-        comp.versions.iter().position(|v| v.id == id.name)
+        comp.versions.iter().position(|v| v.id == id.name).map(Some)
     }
 
     /// The default (newest mainline) kernel.

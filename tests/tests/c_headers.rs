@@ -13,7 +13,6 @@ use std::process::Command;
 use luo_spec::generate::load_checked;
 use luo_spec::layout::Target;
 use luo_spec::model::{Origin, Scope};
-use luo_spec::render::c::rendered_version;
 use luo_spec::render::rust::probe_value;
 
 fn root() -> PathBuf {
@@ -162,7 +161,7 @@ fn probe_program(kernel: &str) -> (String, BTreeMap<String, u64>) {
     let mut body = String::new();
     let mut model_sizes = BTreeMap::new();
     for (ci, comp) in spec.components.iter().enumerate() {
-        let Some(ver) = rendered_version(comp, k) else {
+        let Some(ver) = spec.rendered_version(k, comp) else {
             continue;
         };
         let _ = writeln!(src, "#include <{}>", comp.header);

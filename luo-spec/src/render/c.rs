@@ -7,7 +7,7 @@ use askama::Template;
 
 use crate::ast::AbiKind;
 use crate::layout::{Arch, Layouts, StructLayout, Target};
-use crate::model::{Component, ConstValue, Items, Kernel, Scope, Struct};
+use crate::model::{ConstValue, Items, Kernel, Scope, Struct};
 use crate::render::{group_targets, header_items, kernel_doc, struct_doc};
 use crate::ty::{Prim, Ty};
 
@@ -268,13 +268,16 @@ fn ordered_structs<'a>(items: &[&'a Items]) -> Vec<&'a Struct> {
     out
 }
 
+/// Tabs between a `#define`'s name and value, lining values up at column
+/// 40 (tab stops of 8) where the name allows, as upstream headers do.
 fn pad(name: &str) -> String {
-    // Upstream aligns #define values with tabs; one tab is the common case.
-    if name.len() < 24 {
-        "\t".repeat((31 - name.len()) / 8 + 1 - usize::from(name.len() >= 16))
+    let column = "#define ".len() + name.len();
+    let tabs = if column >= 40 {
+        1
     } else {
-        "\t".into()
-    }
+        (40 - column / 8 * 8) / 8
+    };
+    "\t".repeat(tabs)
 }
 
 fn comment(doc: Option<&str>) -> Vec<String> {
@@ -452,13 +455,4 @@ fn assertions(scope: Scope<'_>, structs: &[&Struct], layouts: &Layouts) -> Vec<A
     }
     groups.sort_by_key(|g| g.cond.is_some());
     groups
-}
-
-/// Whether a component is rendered for a kernel, and in which version.
-pub fn rendered_version(comp: &Component, kernel: &Kernel) -> Option<Option<usize>> {
-    if comp.versions.is_empty() {
-        return Some(None);
-    }
-    let id = kernel.writes.get(&comp.name)?;
-    comp.versions.iter().position(|v| v.id == id.name).map(Some)
 }

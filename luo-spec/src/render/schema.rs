@@ -318,20 +318,10 @@ pub fn snapshot(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> Compone
         .flat_map(|i| &i.ioctls)
         .map(|i| {
             let nr = layouts.eval(scope, &i.nr.0, Target::PRIMARY).unwrap_or(0);
-            let ty = scope
-                .find_const(&i.ty.name)
-                .and_then(|(o, c)| {
-                    if let ConstValue::Int(e) = &c.value {
-                        layouts.eval(scope.at(o), e, Target::PRIMARY).ok()
-                    } else {
-                        None
-                    }
-                })
-                .unwrap_or(0);
             IoctlSnapshot {
                 name: i.name.clone(),
                 nr,
-                value: (ty << 8) | nr,
+                value: layouts.ioctl_value(scope, i),
                 arg: i.arg.name.clone(),
                 on: i.on.name.clone(),
             }

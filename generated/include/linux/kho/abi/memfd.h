@@ -27,7 +27,7 @@
  * MEMFD_LUO_FOLIO_DIRTY - The folio holds data written by the user, as
  * opposed to having been allocated and never written.
  */
-#define MEMFD_LUO_FOLIO_DIRTY	BIT(0)
+#define MEMFD_LUO_FOLIO_DIRTY		BIT(0)
 /*
  * MEMFD_LUO_FOLIO_UPTODATE - The folio has been zeroed. shmem zeroes folios
  * on first use; folios without this flag still need it. 6.19 recorded each
@@ -42,9 +42,9 @@
  * (0x0020), whose definitions this header does not include; the value is
  * 0x3f.
  */
-#define MEMFD_LUO_ALL_SEALS	(0x0001 | 0x0002 | 0x0004 | 0x0008 | 0x0010 | 0x0020)
+#define MEMFD_LUO_ALL_SEALS		(0x0001 | 0x0002 | 0x0004 | 0x0008 | 0x0010 | 0x0020)
 /* Compatible string of the memfd file handler. */
-#define MEMFD_LUO_FH_COMPATIBLE	"memfd-v2"
+#define MEMFD_LUO_FH_COMPATIBLE		"memfd-v2"
 
 /**
  * struct memfd_luo_folio_ser - One preserved folio of the file.

@@ -31,7 +31,7 @@
 #include <linux/types.h>
 
 /* ioctl type (magic) of every live update command; registered in ioctl-number.rst. */
-#define LIVEUPDATE_IOCTL_TYPE	0xBA
+#define LIVEUPDATE_IOCTL_TYPE		0xBA
 /* Size of a session name buffer, the terminating NUL included. */
 #define LIVEUPDATE_SESSION_NAME_LENGTH	64
 

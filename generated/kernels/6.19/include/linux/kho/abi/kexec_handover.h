@@ -28,7 +28,7 @@
  * header, in u64 entries (511 with 4 KiB pages). Upstream divides by
  * sizeof(u64), which is 8.
  */
-#define KHO_VMALLOC_SIZE	((PAGE_SIZE - sizeof(struct kho_vmalloc_hdr)) / 8)
+#define KHO_VMALLOC_SIZE		((PAGE_SIZE - sizeof(struct kho_vmalloc_hdr)) / 8)
 
 /**
  * struct kho_vmalloc_hdr - Link at the start of every vmalloc chunk.

@@ -27,7 +27,7 @@
  * MEMFD_LUO_FOLIO_DIRTY - The folio holds data written by the user, as
  * opposed to having been allocated and never written.
  */
-#define MEMFD_LUO_FOLIO_DIRTY	BIT(0)
+#define MEMFD_LUO_FOLIO_DIRTY		BIT(0)
 /*
  * MEMFD_LUO_FOLIO_UPTODATE - The folio has been zeroed. shmem zeroes folios
  * on first use; folios without this flag still need it. 6.19 recorded each
@@ -35,7 +35,7 @@
  */
 #define MEMFD_LUO_FOLIO_UPTODATE	BIT(1)
 /* Compatible string of the memfd file handler. */
-#define MEMFD_LUO_FH_COMPATIBLE	"memfd-v1"
+#define MEMFD_LUO_FH_COMPATIBLE		"memfd-v1"
 
 /**
  * struct memfd_luo_folio_ser - One preserved folio of the file.

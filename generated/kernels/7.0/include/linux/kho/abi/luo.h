@@ -39,25 +39,25 @@
 /* Size of the LUO FDT. */
 #define LUO_FDT_SIZE			PAGE_SIZE
 /* KHO subtree that holds the LUO FDT. */
-#define LUO_FDT_KHO_ENTRY_NAME	"LUO"
+#define LUO_FDT_KHO_ENTRY_NAME		"LUO"
 /* compatible of the LUO FDT root. */
-#define LUO_FDT_COMPATIBLE	"luo-v1"
+#define LUO_FDT_COMPATIBLE		"luo-v1"
 /* Root property: number of live updates performed on this machine. */
-#define LUO_FDT_LIVEUPDATE_NUM	"liveupdate-number"
+#define LUO_FDT_LIVEUPDATE_NUM		"liveupdate-number"
 /* Name of the FDT node describing the sessions. */
 #define LUO_FDT_SESSION_NODE_NAME	"luo-session"
 /* compatible of the session node: the session and file format version. */
 #define LUO_FDT_SESSION_COMPATIBLE	"luo-session-v2"
 /* Session node property: physical address of struct luo_session_header_ser. */
-#define LUO_FDT_SESSION_HEADER	"luo-session-header"
+#define LUO_FDT_SESSION_HEADER		"luo-session-header"
 /* Name of the FDT node describing the FLBs. */
-#define LUO_FDT_FLB_NODE_NAME	"luo-flb"
+#define LUO_FDT_FLB_NODE_NAME		"luo-flb"
 /* compatible of the FLB node: the FLB format version. */
-#define LUO_FDT_FLB_COMPATIBLE	"luo-flb-v1"
+#define LUO_FDT_FLB_COMPATIBLE		"luo-flb-v1"
 /* FLB node property: physical address of struct luo_flb_header_ser. */
-#define LUO_FDT_FLB_HEADER	"luo-flb-header"
+#define LUO_FDT_FLB_HEADER		"luo-flb-header"
 /* Pages of the session area (kernel/liveupdate/luo_session.c upstream). */
-#define LUO_SESSION_PGCNT	16ul
+#define LUO_SESSION_PGCNT		16ul
 /* Sessions the area holds (819 with 4 KiB pages). Upstream shifts by PAGE_SHIFT. */
 #define LUO_SESSION_MAX			(((LUO_SESSION_PGCNT * PAGE_SIZE) - sizeof(struct luo_session_header_ser)) / sizeof(struct luo_session_ser))
 /* Pages of each session's file array (kernel/liveupdate/luo_file.c upstream). */

@@ -41,7 +41,7 @@
  * tree it is a sub-compatible that other compatible strings are composed from,
  * so it carries no `role` here (a compatible role needs an `into` target).
  */
-#define KHO_BLOCK_COMPATIBLE	"block-v1"
+#define KHO_BLOCK_COMPATIBLE		"block-v1"
 
 /**
  * struct kho_block_header_ser - Header at the start of every block.

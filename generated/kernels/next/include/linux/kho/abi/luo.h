@@ -38,11 +38,11 @@
  */
 #define LIVEUPDATE_FLB_COMPAT_LENGTH	48
 /* KHO subtree that holds struct luo_ser. */
-#define LUO_KHO_ENTRY_NAME	"LUO"
+#define LUO_KHO_ENTRY_NAME		"LUO"
 /* Session entries per block (51 with 4 KiB pages). Not an upstream macro. */
-#define LUO_SESSIONS_PER_BLOCK	((KHO_BLOCK_SIZE - sizeof(struct kho_block_header_ser)) / sizeof(struct luo_session_ser))
+#define LUO_SESSIONS_PER_BLOCK		((KHO_BLOCK_SIZE - sizeof(struct kho_block_header_ser)) / sizeof(struct luo_session_ser))
 /* File entries per block (63 with 4 KiB pages). Not an upstream macro. */
-#define LUO_FILES_PER_BLOCK	((KHO_BLOCK_SIZE - sizeof(struct kho_block_header_ser)) / sizeof(struct luo_file_ser))
+#define LUO_FILES_PER_BLOCK		((KHO_BLOCK_SIZE - sizeof(struct kho_block_header_ser)) / sizeof(struct luo_file_ser))
 /* Pages of the FLB area (kernel/liveupdate/luo_flb.c upstream). */
 #define LUO_FLB_PGCNT			1ul
 /* FLBs the area holds, a global limit (63 with 4 KiB pages). */

@@ -28,7 +28,7 @@
  * MEMFD_LUO_FOLIO_DIRTY - The folio holds data written by the user, as
  * opposed to having been allocated and never written.
  */
-#define MEMFD_LUO_FOLIO_DIRTY	BIT(0)
+#define MEMFD_LUO_FOLIO_DIRTY		BIT(0)
 /*
  * MEMFD_LUO_FOLIO_UPTODATE - The folio has been zeroed. shmem zeroes folios
  * on first use; folios without this flag still need it. 6.19 recorded each
@@ -40,11 +40,11 @@
  * F_SEAL_GROW, F_SEAL_WRITE, F_SEAL_FUTURE_WRITE and F_SEAL_EXEC (0x3f).
  * Upstream writes the OR of the F_SEAL_* names.
  */
-#define MEMFD_LUO_BASE_SEALS	(0x0001 | 0x0002 | 0x0004 | 0x0008 | 0x0010 | 0x0020)
+#define MEMFD_LUO_BASE_SEALS		(0x0001 | 0x0002 | 0x0004 | 0x0008 | 0x0010 | 0x0020)
 /* Every seal this producer can preserve. */
-#define MEMFD_LUO_ALL_SEALS	MEMFD_LUO_BASE_SEALS
+#define MEMFD_LUO_ALL_SEALS		MEMFD_LUO_BASE_SEALS
 /* Versionless name of the memfd file handler; versions are negotiated by feature bits. */
-#define MEMFD_LUO_FH_NAME	"memfd"
+#define MEMFD_LUO_FH_NAME		"memfd"
 
 /**
  * struct memfd_luo_folio_ser - One preserved folio of the file.

@@ -1,0 +1,1 @@
+//! The Rust LUO core and KHO model (work in progress: issue 4).

@@ -1,0 +1,1 @@
+//! Procedural macros of luo (work in progress: issue 3).

@@ -8,6 +8,7 @@
 //! that breaks `luo-generated` never breaks the generator.
 
 pub mod ast;
+pub mod commands;
 pub mod diag;
 pub mod expr;
 pub mod generate;

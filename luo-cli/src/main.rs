@@ -37,6 +37,9 @@ enum Command {
         #[arg(long, short)]
         verbose: bool,
     },
+    /// Compare ABI snapshots between kernels: diff, matrix, check, freeze.
+    #[command(subcommand)]
+    Schema(SchemaCommand),
     /// Show a struct's layout: offsets, sizes, holes (like pahole).
     Layout {
         /// Struct name.
@@ -51,14 +54,79 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum SchemaCommand {
+    /// List every change between two snapshots and classify it.
+    /// OLD and NEW: a kernel (`6.19`, `7.3`, `current`), `released:<k>`,
+    /// `git:<rev>[:<kernel>]`, a snapshot directory or a `.json` file.
+    /// Exit 0 compatible, 1 breaking, 2 usage or input error.
+    Diff {
+        /// The kernel (or snapshot) updated from.
+        old: String,
+        /// The kernel (or snapshot) updated to.
+        new: String,
+        /// `text` or `json`.
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
+    /// Which kernel can live-update into which, per component.
+    Matrix {
+        /// Also write an HTML page.
+        #[arg(long)]
+        html: Option<PathBuf>,
+        /// `text` or `json`.
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
+    /// Fail on an unversioned break against the released kernels' frozen snapshots.
+    Check,
+    /// Freeze a released kernel's snapshots under schema/released/ (once).
+    Freeze {
+        /// Kernel name.
+        kernel: String,
+    },
+}
+
+fn format(name: &str) -> Option<commands::Format> {
+    match name {
+        "text" => Some(commands::Format::Text),
+        "json" => Some(commands::Format::Json),
+        _ => None,
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Gen { check, verbose } => commands::gen_command(&cli.root, check, verbose),
+        Command::Schema(cmd) => schema(&cli.root, cmd),
         Command::Layout {
             name,
             arch,
             version,
         } => commands::layout_command(&cli.root, &name, &arch, version.as_deref()),
+    }
+}
+
+fn schema(root: &std::path::Path, cmd: SchemaCommand) -> ExitCode {
+    let bad_format = |f: &str| {
+        eprintln!("error: unknown format `{f}`; use `text` or `json`");
+        ExitCode::from(2)
+    };
+    match cmd {
+        SchemaCommand::Diff {
+            old,
+            new,
+            format: f,
+        } => match format(&f) {
+            Some(fmt) => commands::schema_diff_command(root, &old, &new, fmt),
+            None => bad_format(&f),
+        },
+        SchemaCommand::Matrix { html, format: f } => match format(&f) {
+            Some(fmt) => commands::schema_matrix_command(root, html.as_deref(), fmt),
+            None => bad_format(&f),
+        },
+        SchemaCommand::Check => commands::schema_check_command(root),
+        SchemaCommand::Freeze { kernel } => commands::schema_freeze_command(root, &kernel),
     }
 }

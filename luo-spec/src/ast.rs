@@ -423,4 +423,13 @@ pub struct KernelFile {
     /// Component → version ids this release accepts from the previous kernel.
     #[serde(default)]
     pub reads: std::collections::BTreeMap<String, Vec<SStr>>,
+    /// Component → versions this release deliberately stops reading: a
+    /// declared removal, which `luo schema diff` accepts instead of a kept
+    /// reader when a compatible string is bumped.
+    #[serde(default)]
+    pub drops: std::collections::BTreeMap<String, Vec<SStr>>,
+    /// A released kernel: its snapshots are frozen under `schema/released/`
+    /// and `luo schema check` fails on any unversioned break against them.
+    #[serde(default)]
+    pub released: bool,
 }

@@ -220,3 +220,149 @@ fn find_scope<'a>(spec: &'a Spec, name: &str, version: Option<&str>) -> Result<S
     }
     fallback.ok_or_else(|| format!("no struct `{name}` in the spec"))
 }
+
+/// Output format of the schema commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// For people.
+    Text,
+    /// For tools.
+    Json,
+}
+
+/// `luo schema diff OLD NEW`: exit 0 compatible, 1 breaking, 2 input error.
+pub fn schema_diff_command(root: &Path, old: &str, new: &str, format: Format) -> ExitCode {
+    use crate::schema_diff::{diff_inputs, report, resolve};
+    let inputs = resolve(root, old).and_then(|o| Ok((o, resolve(root, new)?)));
+    let diffs = match inputs.and_then(|(o, n)| diff_inputs(&o, &n)) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match format {
+        Format::Text => print!("{}", report::render_text(&diffs)),
+        Format::Json => print!("{}", report::render_json(&diffs)),
+    }
+    ExitCode::from(report::exit_code(&diffs))
+}
+
+/// `luo schema matrix [--html FILE]`: every kernel pair; exit 0, or 2 on bad input.
+pub fn schema_matrix_command(root: &Path, html: Option<&Path>, format: Format) -> ExitCode {
+    use crate::schema_diff::{matrix, matrix_sets};
+    let sets = match matrix_sets(root) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let m = matrix::matrix(&sets);
+    match format {
+        Format::Text => print!("{}", matrix::render_text(&sets, &m)),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default()),
+    }
+    if let Some(path) = html {
+        if let Err(e) = std::fs::write(path, matrix::render_html(&sets, &m)) {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+        eprintln!("wrote {}", path.display());
+    }
+    ExitCode::SUCCESS
+}
+
+/// `luo schema check`: the current spec against every released kernel's
+/// frozen snapshots; exit 1 on any breaking change or policy error.
+pub fn schema_check_command(root: &Path) -> ExitCode {
+    use crate::schema_diff::{RELEASED_DIR, diff_sets, read_set, report, sets_from_spec};
+    let Some((spec, _)) = load(root, false) else {
+        return ExitCode::from(2);
+    };
+    let current = match sets_from_spec(&root.join("spec")) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut worst = 0u8;
+    let mut checked = 0;
+    for kernel in spec.kernels.iter().filter(|k| k.released) {
+        let dir = root.join(RELEASED_DIR).join(&kernel.name);
+        let frozen = match read_set(&dir) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!(
+                    "error: released kernel `{}` has no frozen snapshots ({e}); run `luo schema freeze {}`",
+                    kernel.name, kernel.name
+                );
+                return ExitCode::from(2);
+            }
+        };
+        let Some(now) = current.iter().find(|s| s.kernel == kernel.name) else {
+            continue;
+        };
+        let diffs = diff_sets(&frozen, now);
+        let code = report::exit_code(&diffs);
+        let changed: Vec<_> = diffs
+            .iter()
+            .filter(|d| !d.findings.is_empty())
+            .cloned()
+            .collect();
+        if changed.is_empty() {
+            println!("{}: unchanged since release", kernel.name);
+        } else {
+            println!("{}: the spec changed since release", kernel.name);
+            print!("{}", report::render_text(&changed));
+        }
+        worst = worst.max(code);
+        checked += 1;
+    }
+    println!("luo schema check: {checked} released kernel(s) checked");
+    ExitCode::from(worst)
+}
+
+/// `luo schema freeze KERNEL`: write a released kernel's snapshots once.
+pub fn schema_freeze_command(root: &Path, kernel: &str) -> ExitCode {
+    use crate::schema_diff::{RELEASED_DIR, sets_from_spec};
+    let dir = root.join(RELEASED_DIR).join(kernel);
+    if dir.exists() {
+        eprintln!(
+            "error: {} exists; released snapshots are never rewritten",
+            dir.display()
+        );
+        return ExitCode::from(2);
+    }
+    let set = match sets_from_spec(&root.join("spec"))
+        .map(|s| s.into_iter().find(|s| s.kernel == kernel))
+    {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            eprintln!("error: unknown kernel `{kernel}`");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    for (name, snap) in &set.components {
+        let json = serde_json::to_string_pretty(snap).unwrap_or_default() + "\n";
+        if let Err(e) = std::fs::write(dir.join(format!("{name}.json")), json) {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    println!(
+        "froze {} components of {kernel} in {}",
+        set.components.len(),
+        dir.display()
+    );
+    ExitCode::SUCCESS
+}

@@ -15,5 +15,6 @@ pub mod generate;
 pub mod layout;
 pub mod model;
 pub mod render;
+pub mod schema_diff;
 pub mod ty;
 pub mod valid;

@@ -332,6 +332,10 @@ pub struct Kernel {
     pub writes: BTreeMap<String, Named>,
     /// Component → versions read.
     pub reads: BTreeMap<String, Vec<Named>>,
+    /// Component → versions deliberately no longer read.
+    pub drops: BTreeMap<String, Vec<Named>>,
+    /// Released: snapshots frozen.
+    pub released: bool,
 }
 
 impl Kernel {
@@ -833,6 +837,12 @@ fn lower_kernel(file: FileId, raw: ast::KernelFile) -> Kernel {
             .iter()
             .map(|(k, v)| (k.clone(), v.iter().map(Named::from).collect()))
             .collect(),
+        drops: raw
+            .drops
+            .iter()
+            .map(|(k, v)| (k.clone(), v.iter().map(Named::from).collect()))
+            .collect(),
+        released: raw.released,
     }
 }
 

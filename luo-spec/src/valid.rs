@@ -1091,6 +1091,7 @@ fn check_kernels(spec: &Spec, diags: &mut Diagnostics) {
             .iter()
             .map(|(c, v)| (c, std::slice::from_ref(v)))
             .chain(k.reads.iter().map(|(c, v)| (c, v.as_slice())))
+            .chain(k.drops.iter().map(|(c, v)| (c, v.as_slice())))
         {
             let Some((_, c)) = spec.component(comp) else {
                 let span = ver.first().map_or(0..0, |v| v.span.clone());

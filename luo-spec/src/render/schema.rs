@@ -19,7 +19,7 @@ use crate::render::header_items;
 pub const SNAPSHOT_VERSION: u32 = 1;
 
 /// One component as one kernel writes it.
-#[derive(Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 pub struct ComponentSnapshot {
     /// Snapshot format version.
     pub snapshot_version: u32,
@@ -33,6 +33,15 @@ pub struct ComponentSnapshot {
     pub header: String,
     /// Version id written, if the component is versioned.
     pub version: Option<String>,
+    /// Whether the kernel is released (its snapshots are frozen).
+    pub released: bool,
+    /// The strings that identify the written version to a reader: its
+    /// compatible strings or handler name, and its FDT nodes' compatibles.
+    pub identity: Vec<String>,
+    /// The versions this kernel accepts from the previous one.
+    pub reads: Vec<ReaderSnapshot>,
+    /// Versions this kernel declares it no longer reads.
+    pub drops: Vec<String>,
     /// String constants with a versioning role.
     pub compatibles: Vec<CompatibleSnapshot>,
     /// Feature negotiation, for feature-negotiated versions.
@@ -47,8 +56,19 @@ pub struct ComponentSnapshot {
     pub fdt: Vec<FdtSnapshot>,
 }
 
+/// One version a kernel can read.
+#[derive(Debug, Serialize, Deserialize, JsonSchema, PartialEq, Clone)]
+pub struct ReaderSnapshot {
+    /// Version id.
+    pub version: String,
+    /// Its identifying strings (see `ComponentSnapshot::identity`).
+    pub identity: Vec<String>,
+    /// For a feature-negotiated version: every feature bit the reader knows.
+    pub known_features: Option<u64>,
+}
+
 /// A compatible string or name.
-#[derive(Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 pub struct CompatibleSnapshot {
     /// Macro name.
     pub name: String,
@@ -61,7 +81,7 @@ pub struct CompatibleSnapshot {
 }
 
 /// Feature bits of a feature-negotiated version.
-#[derive(Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 pub struct FeaturesSnapshot {
     /// The struct embedding `luo_feature_hdr features`.
     #[serde(rename = "struct")]
@@ -77,7 +97,7 @@ pub struct FeaturesSnapshot {
 }
 
 /// One feature bit.
-#[derive(Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 pub struct FeatureBitSnapshot {
     /// Macro name.
     pub name: String,
@@ -88,7 +108,7 @@ pub struct FeatureBitSnapshot {
 }
 
 /// An integer constant.
-#[derive(Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 pub struct ConstSnapshot {
     /// Macro or enumerator name.
     pub name: String,
@@ -101,7 +121,7 @@ pub struct ConstSnapshot {
 }
 
 /// A struct and its layout per target.
-#[derive(Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 pub struct StructSnapshot {
     /// Tag.
     pub name: String,
@@ -118,7 +138,7 @@ pub struct StructSnapshot {
 }
 
 /// A member's declaration.
-#[derive(Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 pub struct MemberSnapshot {
     /// Name.
     pub name: String,
@@ -140,7 +160,7 @@ pub struct MemberSnapshot {
 }
 
 /// A struct's layout on one target.
-#[derive(Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 pub struct LayoutSnapshot {
     /// Size.
     pub size: u64,
@@ -151,7 +171,7 @@ pub struct LayoutSnapshot {
 }
 
 /// One member's place.
-#[derive(Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 pub struct FieldSnapshot {
     /// Name.
     pub name: String,
@@ -166,7 +186,7 @@ pub struct FieldSnapshot {
 }
 
 /// An ioctl.
-#[derive(Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 pub struct IoctlSnapshot {
     /// Macro name.
     pub name: String,
@@ -181,7 +201,7 @@ pub struct IoctlSnapshot {
 }
 
 /// An FDT node.
-#[derive(Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 pub struct FdtSnapshot {
     /// Path.
     pub path: String,
@@ -200,6 +220,43 @@ fn string_const(scope: Scope<'_>, name: &str) -> String {
         Some(ConstValue::Str(s)) => s.clone(),
         _ => String::new(),
     }
+}
+
+/// The strings identifying a component version: compatible strings and
+/// handler names, then FDT node compatibles, in declaration order.
+pub fn version_identity(scope: Scope<'_>) -> Vec<String> {
+    use crate::ast::ConstRole;
+    let items = header_items(scope);
+    let mut out: Vec<String> = items
+        .iter()
+        .flat_map(|i| &i.consts)
+        .filter(|c| matches!(c.role, Some(ConstRole::Compatible | ConstRole::HandlerName)))
+        .filter_map(|c| match &c.value {
+            ConstValue::Str(s) => Some(s.clone()),
+            ConstValue::Int(_) => None,
+        })
+        .collect();
+    for node in items.iter().flat_map(|i| &i.fdt_nodes) {
+        let c = string_const(scope, &node.compatible.name);
+        if !c.is_empty() && !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    // A feature-negotiated format with no name of its own (luo's `next`) is
+    // identified by its KHO entry, the versionless name the reader looks up.
+    if out.is_empty() && scope.version().is_some_and(|v| v.features.is_some()) {
+        out.extend(
+            items
+                .iter()
+                .flat_map(|i| &i.consts)
+                .filter(|c| c.role == Some(ConstRole::KhoEntry))
+                .filter_map(|c| match &c.value {
+                    ConstValue::Str(s) => Some(s.clone()),
+                    ConstValue::Int(_) => None,
+                }),
+        );
+    }
+    out
 }
 
 /// The snapshot of a component as `kernel` writes it.
@@ -381,6 +438,40 @@ pub fn snapshot(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> Compone
         .into(),
         header: comp.header.clone(),
         version: scope.version().map(|v| v.id.clone()),
+        released: kernel.released,
+        identity: version_identity(scope),
+        reads: kernel
+            .reads
+            .get(&comp.name)
+            .into_iter()
+            .flatten()
+            .filter_map(|r| {
+                let vi = comp.versions.iter().position(|v| v.id == r.name)?;
+                let reader = scope.at(crate::model::Origin {
+                    comp: scope.origin.comp,
+                    ver: Some(vi),
+                });
+                Some(ReaderSnapshot {
+                    version: r.name.clone(),
+                    identity: version_identity(reader),
+                    known_features: reader
+                        .version()
+                        .and_then(|v| v.features.as_ref())
+                        .map(|fs| {
+                            fs.bits
+                                .iter()
+                                .fold(0u64, |m, b| m | 1u64.checked_shl(b.bit).unwrap_or(0))
+                        }),
+                })
+            })
+            .collect(),
+        drops: kernel
+            .drops
+            .get(&comp.name)
+            .into_iter()
+            .flatten()
+            .map(|d| d.name.clone())
+            .collect(),
         compatibles,
         features,
         constants,

@@ -1,0 +1,412 @@
+//! Schema diffing: the corpus in `tests/schema/` (one directory per case:
+//! `old.toml` and `new.toml` spec components, `case.toml` with the expected
+//! rule IDs and exit code), the real history of the upstream ABIs, the
+//! matrix (also parsed back from its HTML), and bad inputs.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use luo_spec::layout::Layouts;
+use luo_spec::model::{Origin, Scope, load_texts};
+use luo_spec::render::schema::{ComponentSnapshot, snapshot};
+use luo_spec::schema_diff::{
+    self, Severity, diff_component, diff_sets, matrix, policy, report, sets_from_spec,
+};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Snapshot of a one-component spec as a kernel writing its last version
+/// (reading `reads`, default: that version) would produce.
+fn snapshot_of(text: &str, kernel: &str, reads: &[String], drops: &[String]) -> ComponentSnapshot {
+    let (probe, _) = load_texts(&[("spec/demo.toml", text)]);
+    let comp = probe.components.first().expect("a component");
+    let list = |v: &[String]| {
+        v.iter()
+            .map(|x| format!("\"{x}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let kernel_text = match comp.versions.last() {
+        Some(last) => {
+            let reads = if reads.is_empty() {
+                vec![last.id.clone()]
+            } else {
+                reads.to_vec()
+            };
+            format!(
+                "name = \"{kernel}\"\ndefault = true\nwrites = {{ demo = \"{}\" }}\nreads = {{ demo = [{}] }}\ndrops = {{ demo = [{}] }}\n",
+                last.id,
+                list(&reads),
+                list(drops)
+            )
+        }
+        None => format!("name = \"{kernel}\"\ndefault = true\nwrites = {{}}\n"),
+    };
+    let (spec, _) = load_texts(&[("spec/demo.toml", text), ("kernels/k.toml", &kernel_text)]);
+    let layouts = Layouts::new();
+    let k = spec.kernels.first().expect("kernel");
+    let comp = &spec.components[0];
+    let ver = spec.rendered_version(k, comp).expect("rendered");
+    snapshot(
+        Scope {
+            spec: &spec,
+            origin: Origin { comp: 0, ver },
+        },
+        k,
+        &layouts,
+    )
+}
+
+struct Case {
+    name: String,
+    expect: BTreeSet<String>,
+    exit: u8,
+    rules: BTreeSet<String>,
+    judged: BTreeSet<String>,
+    code: u8,
+}
+
+fn strings(v: Option<&toml::Value>) -> Vec<String> {
+    v.and_then(toml::Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn run_corpus() -> Vec<Case> {
+    let dir = root().join("tests/schema");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("tests/schema")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|d| {
+            let meta: toml::Table = std::fs::read_to_string(d.join("case.toml"))
+                .expect("case.toml")
+                .parse()
+                .expect("case.toml parses");
+            let old = std::fs::read_to_string(d.join("old.toml")).expect("old.toml");
+            let new = std::fs::read_to_string(d.join("new.toml")).expect("new.toml");
+            let old = snapshot_of(&old, "old", &[], &[]);
+            let new = snapshot_of(
+                &new,
+                "new",
+                &strings(meta.get("reads")),
+                &strings(meta.get("drops")),
+            );
+            let diff = diff_component(&old, &new);
+            Case {
+                name: d
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                expect: strings(meta.get("expect")).into_iter().collect(),
+                exit: meta
+                    .get("exit")
+                    .and_then(toml::Value::as_integer)
+                    .and_then(|i| u8::try_from(i).ok())
+                    .expect("exit"),
+                rules: diff.findings.iter().map(|f| f.rule.to_string()).collect(),
+                judged: diff
+                    .findings
+                    .iter()
+                    .filter(|f| f.severity >= Severity::Compatible)
+                    .map(|f| f.rule.to_string())
+                    .collect(),
+                code: report::exit_code(std::slice::from_ref(&diff)),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn corpus_gives_the_expected_rules_and_exit_codes() {
+    let cases = run_corpus();
+    assert!(cases.len() >= 30, "only {} cases", cases.len());
+    let mut failures = Vec::new();
+    for c in &cases {
+        let missing: Vec<_> = c.expect.difference(&c.rules).collect();
+        let unexpected: Vec<_> = c.judged.difference(&c.expect).collect();
+        if !missing.is_empty() || !unexpected.is_empty() || c.code != c.exit {
+            failures.push(format!(
+                "{}: missing {missing:?}, unexpected {unexpected:?}, exit {} (expected {}); all rules {:?}",
+                c.name, c.code, c.exit, c.rules
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn corpus_and_history_cover_every_rule() {
+    let mut covered: BTreeSet<String> = run_corpus().into_iter().flat_map(|c| c.expect).collect();
+    covered.extend(["COMPONENT_ADDED", "COMPONENT_REMOVED"].map(String::from)); // real_history_kernel_sets
+    let missing: Vec<_> = policy::RULES
+        .iter()
+        .map(|(r, _)| r.to_string())
+        .filter(|r| !covered.contains(r))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "rules without a corpus case: {missing:?}"
+    );
+}
+
+fn real_sets() -> Vec<schema_diff::KernelSet> {
+    sets_from_spec(&root().join("spec")).expect("spec")
+}
+
+fn set<'a>(sets: &'a [schema_diff::KernelSet], k: &str) -> &'a schema_diff::KernelSet {
+    sets.iter().find(|s| s.kernel == k).expect("kernel")
+}
+
+fn rules_of(diffs: &[schema_diff::ComponentDiff], component: &str) -> BTreeSet<&'static str> {
+    diffs
+        .iter()
+        .filter(|d| d.component == component)
+        .flat_map(|d| d.findings.iter().map(|f| f.rule))
+        .collect()
+}
+
+#[test]
+fn real_history_verdicts() {
+    let sets = real_sets();
+    // memfd-v1 -> memfd-v2 and luo-v1 (FDT) -> luo-v5: bumped, and upstream
+    // 7.3 reads only its own versions, so a 6.19 image cannot be read.
+    let d = diff_sets(set(&sets, "6.19"), set(&sets, "7.3"));
+    for c in ["memfd", "luo"] {
+        let r = rules_of(&d, c);
+        assert!(
+            r.contains("COMPAT_BUMPED") && r.contains("READER_NOT_KEPT"),
+            "{c}: {r:?}"
+        );
+        assert!(!r.contains("COMPAT_NOT_BUMPED"), "{c}: {r:?}");
+    }
+    assert!(rules_of(&d, "memfd").contains("FIELD_ADDED"));
+    // GET_NAME is additive for userspace.
+    let u = rules_of(&d, "uapi");
+    assert!(
+        u.contains("IOCTL_ADDED") && u.contains("STRUCT_ADDED"),
+        "{u:?}"
+    );
+    assert!(
+        d.iter()
+            .filter(|x| x.component == "uapi")
+            .all(|x| x.findings.iter().all(|f| f.severity < Severity::Breaking))
+    );
+    assert!(rules_of(&d, "block").contains("COMPONENT_ADDED"));
+    assert!(
+        rules_of(&diff_sets(set(&sets, "7.3"), set(&sets, "6.19")), "block")
+            .contains("COMPONENT_REMOVED")
+    );
+    // luo-v5 -> feature-negotiated luo_ser, memfd-v2 -> versionless memfd.
+    let d = diff_sets(set(&sets, "7.3"), set(&sets, "next"));
+    for c in ["memfd", "luo"] {
+        let r = rules_of(&d, c);
+        assert!(
+            r.contains("NEGOTIATION_CHANGED") && r.contains("READER_NOT_KEPT"),
+            "{c}: {r:?}"
+        );
+    }
+    // 6.19 -> 7.0 adds luo-flb-v1 to the FDT.
+    let r = rules_of(&diff_sets(set(&sets, "6.19"), set(&sets, "7.0")), "luo");
+    assert!(
+        r.contains("COMPAT_BUMPED") && r.contains("FDT_CHANGED"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn luo_session_v1_to_v2_is_a_bumped_layout_change() {
+    // The two session formats of luo.h (§8a): 88-byte entries with files,
+    // pgcnt, count, then 80-byte entries with a luo_file_set_ser.
+    let (spec, diags) = luo_spec::model::load(&root().join("spec"));
+    assert!(!diags.has_errors());
+    let layouts = Layouts::new();
+    let (ci, comp) = spec.component("luo").expect("luo");
+    let k = spec.default_kernel().expect("default");
+    let snap = |id: &str| {
+        let vi = comp
+            .versions
+            .iter()
+            .position(|v| v.id == id)
+            .expect("version");
+        snapshot(
+            Scope {
+                spec: &spec,
+                origin: Origin {
+                    comp: ci,
+                    ver: Some(vi),
+                },
+            },
+            k,
+            &layouts,
+        )
+    };
+    let d = diff_component(&snap("session_v1"), &snap("v1"));
+    let r: BTreeSet<_> = d.findings.iter().map(|f| f.rule).collect();
+    assert!(r.contains("COMPAT_BUMPED"), "{r:?}");
+    assert!(r.contains("STRUCT_SIZE_CHANGED"), "{r:?}");
+    let sizes: Vec<_> = d
+        .facts
+        .iter()
+        .filter_map(|f| match f {
+            schema_diff::facts::Fact::StructSize { strukt, old, new }
+                if strukt == "luo_session_ser" =>
+            {
+                Some((*old, *new))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sizes, vec![(88, 80)]);
+}
+
+#[test]
+fn matrix_verdicts_and_html() {
+    let sets = real_sets();
+    let m = matrix::matrix(&sets);
+    let cell = |a: &str, b: &str| {
+        m.iter()
+            .flatten()
+            .find(|c| c.from == a && c.to == b)
+            .expect("cell")
+            .clone()
+    };
+    for k in ["6.19", "7.0", "7.3", "next"] {
+        assert!(cell(k, k).ok, "{k} -> {k}: {:?}", cell(k, k).components);
+    }
+    assert!(
+        !cell("6.19", "7.3").ok,
+        "upstream 7.3 cannot read a 6.19 image"
+    );
+    assert!(!cell("7.3", "next").ok);
+    assert!(!cell("7.3", "6.19").ok);
+    let reason = cell("6.19", "7.3")
+        .components
+        .iter()
+        .find(|c| c.component == "memfd")
+        .expect("memfd")
+        .reason
+        .clone();
+    assert!(
+        reason.contains("memfd-v1") && reason.contains("memfd-v2"),
+        "{reason}"
+    );
+
+    // Parse the HTML back: one cell per pair, classes match the verdicts.
+    let html = matrix::render_html(&sets, &m);
+    let mut parsed = 0;
+    for td in html.split("<td ").skip(1) {
+        let attr = |name: &str| {
+            let key = format!("{name}=\"");
+            let start = td.find(&key).expect("attribute") + key.len();
+            td[start..start + td[start..].find('"').expect("closing quote")].to_string()
+        };
+        let (from, to, ok, class) = (
+            attr("data-from"),
+            attr("data-to"),
+            attr("data-ok"),
+            attr("class"),
+        );
+        assert_eq!(ok == "true", cell(&from, &to).ok);
+        assert_eq!(class, if ok == "true" { "ok" } else { "bad" });
+        assert!(!attr("title").is_empty(), "reasons on hover");
+        parsed += 1;
+    }
+    assert_eq!(parsed, sets.len() * sets.len());
+}
+
+fn luo(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO"))
+        .args(["run", "-q", "-p", "luo-cli", "--bin", "luo", "--"])
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("cargo run");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cli_exit_codes_and_bad_inputs() {
+    let tmp = std::env::temp_dir().join(format!("luo-schema-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).expect("tmp");
+    let not_json = tmp.join("bad.json");
+    std::fs::write(&not_json, "this is not json").expect("write");
+    let wrong_version = tmp.join("old.json");
+    let mut v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("generated/schema/7.3/memfd.json")).expect("snapshot"),
+    )
+    .expect("json");
+    v["snapshot_version"] = serde_json::json!(99);
+    std::fs::write(&wrong_version, v.to_string()).expect("write");
+    let not_snapshot = tmp.join("other.json");
+    std::fs::write(&not_snapshot, "{\"hello\": 1}").expect("write");
+
+    let (code, out, _) = luo(&["schema", "diff", "7.3", "7.3"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out, _) = luo(&["schema", "diff", "6.19", "7.3"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("READER_NOT_KEPT"));
+    let (code, out, _) = luo(&["schema", "diff", "--format", "json", "6.19", "7.3"]);
+    assert_eq!(code, 1);
+    let json: serde_json::Value = serde_json::from_str(&out).expect("json output");
+    assert_eq!(json["compatible"], serde_json::json!(false));
+    for (args, needle) in [
+        (
+            vec!["schema", "diff", not_json.to_str().expect("utf8"), "7.3"],
+            "not a luo layout snapshot",
+        ),
+        (
+            vec![
+                "schema",
+                "diff",
+                wrong_version.to_str().expect("utf8"),
+                "generated/schema/7.3/memfd.json",
+            ],
+            "format version 99",
+        ),
+        (
+            vec![
+                "schema",
+                "diff",
+                not_snapshot.to_str().expect("utf8"),
+                "7.3",
+            ],
+            "no `snapshot_version`",
+        ),
+        (
+            vec!["schema", "diff", "6.19", "9.9"],
+            "unknown kernel `9.9`",
+        ),
+        (
+            vec!["schema", "diff", "generated/schema/7.3/memfd.json", "7.3"],
+            "two kernels",
+        ),
+        (
+            vec!["schema", "diff", "--format", "yaml", "6.19", "7.3"],
+            "unknown format",
+        ),
+    ] {
+        let (code, _, err) = luo(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let (code, out, _) = luo(&["schema", "check"]);
+    assert_eq!(code, 0, "{out}");
+    let _ = std::fs::remove_dir_all(&tmp);
+}

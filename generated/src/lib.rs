@@ -23,3 +23,5 @@ pub mod memfd;
 pub mod uapi;
 #[rustfmt::skip]
 pub mod layouts;
+#[rustfmt::skip]
+pub mod abi_table;

@@ -80,12 +80,34 @@ enum SchemaCommand {
     },
     /// Fail on an unversioned break against the released kernels' frozen snapshots.
     Check,
+    /// Write a kernel's `.liveupdate_features` ABI table (raw bytes).
+    Table {
+        /// Kernel name.
+        kernel: String,
+        /// Output file (default: standard output).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// From two binaries (or raw tables) alone: can OLD live-update into NEW?
+    /// Exit 0 yes, 1 no, 2 unreadable input.
+    CheckUpdate {
+        /// Binary (or table) of the running kernel.
+        old: PathBuf,
+        /// Binary (or table) of the kernel to kexec into.
+        new: PathBuf,
+    },
     /// Freeze a released kernel's snapshots under schema/released/ (once).
     Freeze {
         /// Kernel name.
         kernel: String,
     },
 }
+
+/// The ABI table of the kernel this binary plays (the default kernel of the
+/// spec it was built from), where `luo schema check-update` finds it.
+#[used]
+#[unsafe(link_section = ".liveupdate_features")]
+static LIVEUPDATE_FEATURES: [u8; luo_generated::abi_table::DEFAULT.len()] = luo_generated::abi_table::DEFAULT;
 
 fn format(name: &str) -> Option<commands::Format> {
     match name {
@@ -127,6 +149,8 @@ fn schema(root: &std::path::Path, cmd: SchemaCommand) -> ExitCode {
             None => bad_format(&f),
         },
         SchemaCommand::Check => commands::schema_check_command(root),
+        SchemaCommand::Table { kernel, output } => commands::schema_table_command(root, &kernel, output.as_deref()),
+        SchemaCommand::CheckUpdate { old, new } => commands::check_update_command(&old, &new),
         SchemaCommand::Freeze { kernel } => commands::schema_freeze_command(root, &kernel),
     }
 }

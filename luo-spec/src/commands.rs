@@ -366,3 +366,57 @@ pub fn schema_freeze_command(root: &Path, kernel: &str) -> ExitCode {
     );
     ExitCode::SUCCESS
 }
+
+/// `luo schema table KERNEL [-o FILE]`: a kernel's `.liveupdate_features`
+/// table, as a binary playing it embeds it.
+pub fn schema_table_command(root: &Path, kernel: &str, out: Option<&Path>) -> ExitCode {
+    use crate::schema_diff::{sets_from_spec, table};
+    let set = match sets_from_spec(&root.join("spec")).map(|s| s.into_iter().find(|s| s.kernel == kernel)) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            eprintln!("error: unknown kernel `{kernel}`");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let bytes = table::build(&set);
+    let written = match out {
+        Some(path) => std::fs::write(path, &bytes),
+        None => std::io::Write::write_all(&mut std::io::stdout(), &bytes),
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `luo schema check-update OLD NEW`: from two binaries (or raw tables)
+/// alone, will a live update from OLD to NEW work? Exit 0 yes, 1 no, 2 on
+/// unreadable input.
+pub fn check_update_command(old: &Path, new: &Path) -> ExitCode {
+    use crate::schema_diff::table;
+    let read = |p: &Path| -> Result<Vec<table::Entry>, String> {
+        let bytes = std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+        table::from_file_bytes(&bytes).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let (o, n) = match (read(old), read(new)) {
+        (Ok(o), Ok(n)) => (o, n),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let verdicts = table::check_update(&o, &n);
+    for v in &verdicts {
+        println!("{} {}: {}", if v.ok { "ok  " } else { "FAIL" }, v.written, v.reason);
+    }
+    let ok = verdicts.iter().all(|v| v.ok);
+    println!("{}", if ok { "live update possible" } else { "live update NOT possible" });
+    ExitCode::from(u8::from(!ok))
+}

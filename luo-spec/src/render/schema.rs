@@ -42,6 +42,10 @@ pub struct ComponentSnapshot {
     pub reads: Vec<ReaderSnapshot>,
     /// Versions this kernel declares it no longer reads.
     pub drops: Vec<String>,
+    /// FNV-1a hash of every struct's x86_64 layout: equal strings with
+    /// different fingerprints mean a layout changed without a new version.
+    #[serde(default)]
+    pub fingerprint: u64,
     /// String constants with a versioning role.
     pub compatibles: Vec<CompatibleSnapshot>,
     /// Feature negotiation, for feature-negotiated versions.
@@ -65,6 +69,9 @@ pub struct ReaderSnapshot {
     pub identity: Vec<String>,
     /// For a feature-negotiated version: every feature bit the reader knows.
     pub known_features: Option<u64>,
+    /// Layout fingerprint of the version read (see `ComponentSnapshot::fingerprint`).
+    #[serde(default)]
+    pub fingerprint: u64,
 }
 
 /// A compatible string or name.
@@ -256,7 +263,36 @@ pub fn version_identity(scope: Scope<'_>) -> Vec<String> {
                 }),
         );
     }
+    // A version with no string of its own (block.h before `block-v1`) is
+    // known by its spec id.
+    if out.is_empty()
+        && scope.component().abi == crate::ast::AbiKind::Kho
+        && let Some(v) = scope.version()
+    {
+        out.push(format!("{}/{}", scope.component().name, v.id));
+    }
     out
+}
+
+/// FNV-1a over the primary-target layout of every struct a version shows.
+pub fn layout_fingerprint(scope: Scope<'_>, layouts: &Layouts) -> u64 {
+    let mut names: Vec<&str> = header_items(scope).iter().flat_map(|i| &i.structs).map(|s| s.name.as_str()).collect();
+    names.sort_unstable();
+    let mut text = String::new();
+    for name in names {
+        if let Ok(l) = layouts.layout(scope, name, Target::PRIMARY) {
+            text.push_str(&format!("{name} {} {};", l.size, l.align));
+            for f in &l.fields {
+                text.push_str(&format!("{} {} {} {:?};", f.name, f.offset, f.size, f.bits));
+            }
+        }
+    }
+    fnv1a(text.as_bytes())
+}
+
+/// 64-bit FNV-1a.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// The snapshot of a component as `kernel` writes it.
@@ -462,6 +498,7 @@ pub fn snapshot(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> Compone
                                 .iter()
                                 .fold(0u64, |m, b| m | 1u64.checked_shl(b.bit).unwrap_or(0))
                         }),
+                    fingerprint: layout_fingerprint(reader, layouts),
                 })
             })
             .collect(),
@@ -472,6 +509,7 @@ pub fn snapshot(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> Compone
             .flatten()
             .map(|d| d.name.clone())
             .collect(),
+        fingerprint: layout_fingerprint(scope, layouts),
         compatibles,
         features,
         constants,

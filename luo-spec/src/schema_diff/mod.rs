@@ -11,6 +11,7 @@ pub mod facts;
 pub mod matrix;
 pub mod policy;
 pub mod report;
+pub mod table;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -383,7 +384,11 @@ pub fn diff_sets(old: &KernelSet, new: &KernelSet) -> Vec<ComponentDiff> {
     let mut out = Vec::new();
     for (name, o) in &old.components {
         match new.components.get(name) {
-            Some(n) => out.push(diff_component(o, n)),
+            Some(n) => {
+                let mut d = diff_component(o, n);
+                (d.old_kernel, d.new_kernel) = (old.kernel.clone(), new.kernel.clone());
+                out.push(d);
+            }
             None => out.push(ComponentDiff {
                 component: name.clone(),
                 old_kernel: old.kernel.clone(),

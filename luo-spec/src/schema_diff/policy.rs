@@ -523,6 +523,8 @@ fn uapi(cx: &mut Ctx<'_>, facts: &[Fact]) {
             StructSize { strukt, old, new } if growable(strukt) && new > old && only_appended(facts, strukt) => {
                 cx.push("UAPI_GROW_AT_END", Severity::Compatible, f.subject(), format!("size {old} → {new} bytes, all at the end"), None)
             }
+            // uAPI versions are not handed over; their ids mean nothing to userspace.
+            IdentityChanged { .. } | NegotiationChanged { .. } => {}
             IoctlAdded { name } => cx.push("IOCTL_ADDED", Severity::Compatible, name.clone(), "new ioctl".into(), None),
             IoctlRemoved { name } => cx.push(
                 "IOCTL_REMOVED",

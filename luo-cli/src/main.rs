@@ -107,7 +107,8 @@ enum SchemaCommand {
 /// spec it was built from), where `luo schema check-update` finds it.
 #[used]
 #[unsafe(link_section = ".liveupdate_features")]
-static LIVEUPDATE_FEATURES: [u8; luo_generated::abi_table::DEFAULT.len()] = luo_generated::abi_table::DEFAULT;
+static LIVEUPDATE_FEATURES: [u8; luo_generated::abi_table::DEFAULT.len()] =
+    luo_generated::abi_table::DEFAULT;
 
 fn format(name: &str) -> Option<commands::Format> {
     match name {
@@ -149,7 +150,9 @@ fn schema(root: &std::path::Path, cmd: SchemaCommand) -> ExitCode {
             None => bad_format(&f),
         },
         SchemaCommand::Check => commands::schema_check_command(root),
-        SchemaCommand::Table { kernel, output } => commands::schema_table_command(root, &kernel, output.as_deref()),
+        SchemaCommand::Table { kernel, output } => {
+            commands::schema_table_command(root, &kernel, output.as_deref())
+        }
         SchemaCommand::CheckUpdate { old, new } => commands::check_update_command(&old, &new),
         SchemaCommand::Freeze { kernel } => commands::schema_freeze_command(root, &kernel),
     }

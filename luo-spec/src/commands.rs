@@ -371,7 +371,9 @@ pub fn schema_freeze_command(root: &Path, kernel: &str) -> ExitCode {
 /// table, as a binary playing it embeds it.
 pub fn schema_table_command(root: &Path, kernel: &str, out: Option<&Path>) -> ExitCode {
     use crate::schema_diff::{sets_from_spec, table};
-    let set = match sets_from_spec(&root.join("spec")).map(|s| s.into_iter().find(|s| s.kernel == kernel)) {
+    let set = match sets_from_spec(&root.join("spec"))
+        .map(|s| s.into_iter().find(|s| s.kernel == kernel))
+    {
         Ok(Some(s)) => s,
         Ok(None) => {
             eprintln!("error: unknown kernel `{kernel}`");
@@ -414,9 +416,21 @@ pub fn check_update_command(old: &Path, new: &Path) -> ExitCode {
     };
     let verdicts = table::check_update(&o, &n);
     for v in &verdicts {
-        println!("{} {}: {}", if v.ok { "ok  " } else { "FAIL" }, v.written, v.reason);
+        println!(
+            "{} {}: {}",
+            if v.ok { "ok  " } else { "FAIL" },
+            v.written,
+            v.reason
+        );
     }
     let ok = verdicts.iter().all(|v| v.ok);
-    println!("{}", if ok { "live update possible" } else { "live update NOT possible" });
+    println!(
+        "{}",
+        if ok {
+            "live update possible"
+        } else {
+            "live update NOT possible"
+        }
+    );
     ExitCode::from(u8::from(!ok))
 }

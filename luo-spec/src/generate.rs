@@ -37,7 +37,10 @@ pub fn generate(spec: &Spec, layouts: &Layouts) -> Outputs {
     let mut out = Outputs::new();
     let mut tables = Vec::new();
     for kernel in &spec.kernels {
-        let mut set = crate::schema_diff::KernelSet { kernel: kernel.name.clone(), components: Default::default() };
+        let mut set = crate::schema_diff::KernelSet {
+            kernel: kernel.name.clone(),
+            components: Default::default(),
+        };
         let include = if kernel.default {
             PathBuf::from("generated/include")
         } else {
@@ -68,9 +71,16 @@ pub fn generate(spec: &Spec, layouts: &Layouts) -> Outputs {
             );
             set.components.insert(comp.name.clone(), snap);
         }
-        tables.push((kernel.name.clone(), kernel.default, crate::schema_diff::table::build(&set)));
+        tables.push((
+            kernel.name.clone(),
+            kernel.default,
+            crate::schema_diff::table::build(&set),
+        ));
     }
-    out.insert("generated/src/abi_table.rs".into(), rust::abi_table(&tables));
+    out.insert(
+        "generated/src/abi_table.rs".into(),
+        rust::abi_table(&tables),
+    );
     out.insert(
         "generated/schema/layout.schema.json".into(),
         schema::snapshot_json_schema(),

@@ -418,8 +418,17 @@ fn check_update_from_tables_agrees_with_the_matrix() {
     let m = matrix::matrix(&sets);
     for set in &sets {
         // The tables `luo gen` committed are the ones computed from the spec.
-        let generated = luo_generated::abi_table::KERNELS.iter().find(|(k, _)| *k == set.kernel).expect("generated table").1;
-        assert_eq!(generated, table::build(set).as_slice(), "{}: generated/src/abi_table.rs is stale", set.kernel);
+        let generated = luo_generated::abi_table::KERNELS
+            .iter()
+            .find(|(k, _)| *k == set.kernel)
+            .expect("generated table")
+            .1;
+        assert_eq!(
+            generated,
+            table::build(set).as_slice(),
+            "{}: generated/src/abi_table.rs is stale",
+            set.kernel
+        );
     }
     for a in &sets {
         for b in &sets {
@@ -428,8 +437,16 @@ fn check_update_from_tables_agrees_with_the_matrix() {
                 &table::decode(&table::build(b)).expect("table b"),
             );
             let from_tables = verdicts.iter().all(|v| v.ok);
-            let cell = m.iter().flatten().find(|c| c.from == a.kernel && c.to == b.kernel).expect("cell");
-            assert_eq!(from_tables, cell.ok, "{} -> {}: tables say {verdicts:?}, matrix says {:?}", a.kernel, b.kernel, cell.components);
+            let cell = m
+                .iter()
+                .flatten()
+                .find(|c| c.from == a.kernel && c.to == b.kernel)
+                .expect("cell");
+            assert_eq!(
+                from_tables, cell.ok,
+                "{} -> {}: tables say {verdicts:?}, matrix says {:?}",
+                a.kernel, b.kernel, cell.components
+            );
         }
     }
 }
@@ -440,17 +457,28 @@ fn check_update_reads_the_section_of_the_luo_binary() {
     // /proc/self/exe is the luo binary itself when luo opens it.
     let (code, out, err) = luo(&["schema", "check-update", "/proc/self/exe", "/proc/self/exe"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("memfd-v2") && out.contains("live update possible"), "{out}");
+    assert!(
+        out.contains("memfd-v2") && out.contains("live update possible"),
+        "{out}"
+    );
     let tmp = std::env::temp_dir().join(format!("luo-table-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).expect("tmp");
     let old = tmp.join("6.19.bin");
     let (code, _, err) = luo(&["schema", "table", "6.19", "-o", old.to_str().expect("utf8")]);
     assert_eq!(code, 0, "{err}");
-    let (code, out, _) = luo(&["schema", "check-update", old.to_str().expect("utf8"), "/proc/self/exe"]);
+    let (code, out, _) = luo(&[
+        "schema",
+        "check-update",
+        old.to_str().expect("utf8"),
+        "/proc/self/exe",
+    ]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("no reader of `memfd-v1`"), "{out}");
     let (code, _, err) = luo(&["schema", "check-update", "/proc/self/exe", "/bin/sh"]);
     assert_eq!(code, 2);
-    assert!(err.contains("no .liveupdate_features section") || err.contains("ELF"), "{err}");
+    assert!(
+        err.contains("no .liveupdate_features section") || err.contains("ELF"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -574,7 +574,12 @@ pub fn abi_table(tables: &[(String, bool, Vec<u8>)]) -> String {
     );
     let ident = |k: &str| format!("KERNEL_{}", k.replace(['.', '-'], "_").to_uppercase());
     for (kernel, _, bytes) in tables {
-        let _ = write!(m, "\n/// The table of kernel `{kernel}`.\npub const {}: [u8; {}] = [", ident(kernel), bytes.len());
+        let _ = write!(
+            m,
+            "\n/// The table of kernel `{kernel}`.\npub const {}: [u8; {}] = [",
+            ident(kernel),
+            bytes.len()
+        );
         for (i, b) in bytes.iter().enumerate() {
             if i % 16 == 0 {
                 m.push_str("\n   ");
@@ -584,7 +589,11 @@ pub fn abi_table(tables: &[(String, bool, Vec<u8>)]) -> String {
         m.push_str("\n];\n");
     }
     if let Some((kernel, _, _)) = tables.iter().find(|t| t.1) {
-        let _ = write!(m, "\n/// The default kernel's table (`{kernel}`).\npub const DEFAULT: [u8; {0}.len()] = {0};\n", ident(kernel));
+        let _ = write!(
+            m,
+            "\n/// The default kernel's table (`{kernel}`).\npub const DEFAULT: [u8; {0}.len()] = {0};\n",
+            ident(kernel)
+        );
     }
     m.push_str("\n/// Every kernel's table, by name.\npub static KERNELS: &[(&str, &[u8])] = &[\n");
     for (kernel, _, _) in tables {

@@ -276,7 +276,11 @@ pub fn version_identity(scope: Scope<'_>) -> Vec<String> {
 
 /// FNV-1a over the primary-target layout of every struct a version shows.
 pub fn layout_fingerprint(scope: Scope<'_>, layouts: &Layouts) -> u64 {
-    let mut names: Vec<&str> = header_items(scope).iter().flat_map(|i| &i.structs).map(|s| s.name.as_str()).collect();
+    let mut names: Vec<&str> = header_items(scope)
+        .iter()
+        .flat_map(|i| &i.structs)
+        .map(|s| s.name.as_str())
+        .collect();
     names.sort_unstable();
     let mut text = String::new();
     for name in names {
@@ -292,7 +296,9 @@ pub fn layout_fingerprint(scope: Scope<'_>, layouts: &Layouts) -> u64 {
 
 /// 64-bit FNV-1a.
 pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// The snapshot of a component as `kernel` writes it.

@@ -81,9 +81,14 @@ impl fmt::Display for TableError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TableError::NoSection => write!(f, "no {SECTION} section: not built with an ABI table"),
-            TableError::BadLength(n) => write!(f, "{n} bytes is not a header plus whole {ENTRY_SIZE}-byte entries"),
+            TableError::BadLength(n) => write!(
+                f,
+                "{n} bytes is not a header plus whole {ENTRY_SIZE}-byte entries"
+            ),
             TableError::BadMagic(m) => write!(f, "bad magic {m:#x} (expected {MAGIC:#x} 'LVUP')"),
-            TableError::BadVersion(v) => write!(f, "table version {v}; this luo reads version {VERSION}"),
+            TableError::BadVersion(v) => {
+                write!(f, "table version {v}; this luo reads version {VERSION}")
+            }
             TableError::BadEntry { index, why } => write!(f, "entry {index}: {why}"),
             TableError::BadElf(why) => write!(f, "malformed ELF file: {why}"),
         }
@@ -96,17 +101,49 @@ impl std::error::Error for TableError {}
 pub fn build(set: &KernelSet) -> Vec<u8> {
     let mut entries = Vec::new();
     // Unversioned shared ABIs (kexec_handover.h) have no identity to check.
-    for snap in set.components.values().filter(|s| s.abi == "kho" && s.version.is_some()) {
+    for snap in set
+        .components
+        .values()
+        .filter(|s| s.abi == "kho" && s.version.is_some())
+    {
         let name = snap.identity.join("+");
         entries.push(match &snap.features {
-            Some(f) => Entry { name, feat_bytes: 8, kind: KIND_WRITES, supp: f.supported, req: f.required, active: f.active },
-            None => Entry { name, feat_bytes: 0, kind: KIND_WRITES, supp: snap.fingerprint, req: 0, active: 0 },
+            Some(f) => Entry {
+                name,
+                feat_bytes: 8,
+                kind: KIND_WRITES,
+                supp: f.supported,
+                req: f.required,
+                active: f.active,
+            },
+            None => Entry {
+                name,
+                feat_bytes: 0,
+                kind: KIND_WRITES,
+                supp: snap.fingerprint,
+                req: 0,
+                active: 0,
+            },
         });
         for r in &snap.reads {
             let name = r.identity.join("+");
             entries.push(match r.known_features {
-                Some(known) => Entry { name, feat_bytes: 8, kind: KIND_READS, supp: known, req: 0, active: 0 },
-                None => Entry { name, feat_bytes: 0, kind: KIND_READS, supp: r.fingerprint, req: 0, active: 0 },
+                Some(known) => Entry {
+                    name,
+                    feat_bytes: 8,
+                    kind: KIND_READS,
+                    supp: known,
+                    req: 0,
+                    active: 0,
+                },
+                None => Entry {
+                    name,
+                    feat_bytes: 0,
+                    kind: KIND_READS,
+                    supp: r.fingerprint,
+                    req: 0,
+                    active: 0,
+                },
             });
         }
     }
@@ -147,7 +184,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 
 /// Parse a table (the section's bytes).
 pub fn decode(bytes: &[u8]) -> Result<Vec<Entry>, TableError> {
-    if bytes.len() < 8 || (bytes.len() - 8) % ENTRY_SIZE != 0 {
+    if bytes.len() < 8 || !(bytes.len() - 8).is_multiple_of(ENTRY_SIZE) {
         return Err(TableError::BadLength(bytes.len()));
     }
     match (u32_at(bytes, 0), u32_at(bytes, 4)) {
@@ -160,20 +197,42 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Entry>, TableError> {
         .enumerate()
         .map(|(index, e)| {
             let raw = &e[..NAME_LEN];
-            let len = raw.iter().position(|b| *b == 0).ok_or(TableError::BadEntry { index, why: "name is not NUL-terminated" })?;
+            let len = raw
+                .iter()
+                .position(|b| *b == 0)
+                .ok_or(TableError::BadEntry {
+                    index,
+                    why: "name is not NUL-terminated",
+                })?;
             let name = std::str::from_utf8(&raw[..len])
                 .ok()
                 .filter(|s| s.is_ascii())
-                .ok_or(TableError::BadEntry { index, why: "name is not ASCII" })?;
+                .ok_or(TableError::BadEntry {
+                    index,
+                    why: "name is not ASCII",
+                })?;
             let feat_bytes = u32_at(e, 48);
             let kind = u32_at(e, 52);
             if kind != KIND_WRITES && kind != KIND_READS {
-                return Err(TableError::BadEntry { index, why: "unknown entry kind" });
+                return Err(TableError::BadEntry {
+                    index,
+                    why: "unknown entry kind",
+                });
             }
             if feat_bytes != 0 && feat_bytes != 8 {
-                return Err(TableError::BadEntry { index, why: "feat_bytes must be 0 or 8" });
+                return Err(TableError::BadEntry {
+                    index,
+                    why: "feat_bytes must be 0 or 8",
+                });
             }
-            Ok(Entry { name: name.to_string(), feat_bytes, kind, supp: u64_at(e, 56), req: u64_at(e, 64), active: u64_at(e, 72) })
+            Ok(Entry {
+                name: name.to_string(),
+                feat_bytes,
+                kind,
+                supp: u64_at(e, 56),
+                req: u64_at(e, 64),
+                active: u64_at(e, 72),
+            })
         })
         .collect()
 }
@@ -189,14 +248,21 @@ pub fn from_file_bytes(bytes: &[u8]) -> Result<Vec<Entry>, TableError> {
 
 /// The contents of a named section of a 64-bit little-endian ELF file.
 pub fn elf_section<'a>(elf: &'a [u8], name: &str) -> Result<&'a [u8], TableError> {
-    let get = |at: usize, len: usize| at.checked_add(len).and_then(|end| elf.get(at..end)).ok_or(TableError::BadElf("truncated"));
+    let get = |at: usize, len: usize| {
+        at.checked_add(len)
+            .and_then(|end| elf.get(at..end))
+            .ok_or(TableError::BadElf("truncated"))
+    };
     let u16_at = |at: usize| get(at, 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     let u32le = |at: usize| get(at, 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
     let u64le = |at: usize| get(at, 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
     if get(4, 2)? != [2, 1] {
-        return Err(TableError::BadElf("only 64-bit little-endian ELF is supported"));
+        return Err(TableError::BadElf(
+            "only 64-bit little-endian ELF is supported",
+        ));
     }
-    let shoff = usize::try_from(u64le(0x28)?).map_err(|_| TableError::BadElf("section table offset"))?;
+    let shoff =
+        usize::try_from(u64le(0x28)?).map_err(|_| TableError::BadElf("section table offset"))?;
     let shentsize = usize::from(u16_at(0x3a)?);
     let shnum = usize::from(u16_at(0x3c)?);
     let shstrndx = usize::from(u16_at(0x3e)?);
@@ -204,7 +270,12 @@ pub fn elf_section<'a>(elf: &'a [u8], name: &str) -> Result<&'a [u8], TableError
         return Err(TableError::BadElf("section header table"));
     }
     let section = |i: usize| -> Result<(u32, usize, usize), TableError> {
-        let at = shoff.checked_add(i.checked_mul(shentsize).ok_or(TableError::BadElf("overflow"))?).ok_or(TableError::BadElf("overflow"))?;
+        let at = shoff
+            .checked_add(
+                i.checked_mul(shentsize)
+                    .ok_or(TableError::BadElf("overflow"))?,
+            )
+            .ok_or(TableError::BadElf("overflow"))?;
         let off = usize::try_from(u64le(at + 0x18)?).map_err(|_| TableError::BadElf("offset"))?;
         let size = usize::try_from(u64le(at + 0x20)?).map_err(|_| TableError::BadElf("size"))?;
         Ok((u32le(at)?, off, size))
@@ -214,7 +285,9 @@ pub fn elf_section<'a>(elf: &'a [u8], name: &str) -> Result<&'a [u8], TableError
     for i in 0..shnum {
         let (name_off, off, size) = section(i)?;
         let name_off = usize::try_from(name_off).map_err(|_| TableError::BadElf("name"))?;
-        let Some(rest) = strtab.get(name_off..) else { continue };
+        let Some(rest) = strtab.get(name_off..) else {
+            continue;
+        };
         let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
         if &rest[..end] == name.as_bytes() {
             return get(off, size);
@@ -271,8 +344,22 @@ mod tests {
     #[test]
     fn round_trips_and_rejects_garbage() {
         let entries = vec![
-            Entry { name: "memfd-v2".into(), feat_bytes: 0, kind: KIND_WRITES, supp: 0x1234, req: 0, active: 0 },
-            Entry { name: "memfd".into(), feat_bytes: 8, kind: KIND_READS, supp: 3, req: 0, active: 0 },
+            Entry {
+                name: "memfd-v2".into(),
+                feat_bytes: 0,
+                kind: KIND_WRITES,
+                supp: 0x1234,
+                req: 0,
+                active: 0,
+            },
+            Entry {
+                name: "memfd".into(),
+                feat_bytes: 8,
+                kind: KIND_READS,
+                supp: 3,
+                req: 0,
+                active: 0,
+            },
         ];
         let bytes = encode(&entries);
         assert_eq!(bytes.len(), 8 + 2 * ENTRY_SIZE);
@@ -283,14 +370,34 @@ mod tests {
         assert!(matches!(decode(&bad), Err(TableError::BadMagic(_))));
         let mut bad = bytes.clone();
         bad[8 + 52] = 9;
-        assert!(matches!(decode(&bad), Err(TableError::BadEntry { index: 0, .. })));
-        assert!(matches!(from_file_bytes(b"\x7fELF\x02\x01"), Err(TableError::BadElf(_))));
+        assert!(matches!(
+            decode(&bad),
+            Err(TableError::BadEntry { index: 0, .. })
+        ));
+        assert!(matches!(
+            from_file_bytes(b"\x7fELF\x02\x01"),
+            Err(TableError::BadElf(_))
+        ));
     }
 
     #[test]
     fn features_and_fingerprints_decide() {
-        let w = |name: &str, fb, supp, req| Entry { name: name.into(), feat_bytes: fb, kind: KIND_WRITES, supp, req, active: supp };
-        let r = |name: &str, fb, supp| Entry { name: name.into(), feat_bytes: fb, kind: KIND_READS, supp, req: 0, active: 0 };
+        let w = |name: &str, fb, supp, req| Entry {
+            name: name.into(),
+            feat_bytes: fb,
+            kind: KIND_WRITES,
+            supp,
+            req,
+            active: supp,
+        };
+        let r = |name: &str, fb, supp| Entry {
+            name: name.into(),
+            feat_bytes: fb,
+            kind: KIND_READS,
+            supp,
+            req: 0,
+            active: 0,
+        };
         assert!(check_update(&[w("memfd", 8, 3, 3)], &[r("memfd", 8, 7)])[0].ok);
         assert!(!check_update(&[w("memfd", 8, 7, 4)], &[r("memfd", 8, 3)])[0].ok);
         assert!(check_update(&[w("memfd-v2", 0, 9, 0)], &[r("memfd-v2", 0, 9)])[0].ok);

@@ -1,4 +1,6 @@
-//! Vocabulary for handler global state; the runtime (cells, guards, refcounts) comes later.
+//! Handler global state: the vocabulary, the typed runtime (cells and guards) and the
+//! trampoline runtime behind the generated `liveupdate_flb_ops`,
+//! `liveupdate_fh_global_state_ops` and `liveupdate_subsystem_ops` tables.
 //!
 //! A handler can keep state that is global rather than per file, in one of three forms. `luo`
 //! supports all three over one runtime, with typed, generated locking:
@@ -13,8 +15,43 @@
 //! Calling `get` from inside the state's own callbacks would deadlock (the callbacks run under
 //! the same lock): it is rejected at compile time where a capability token can express it, and
 //! at run time with `EDEADLK` otherwise.
+//!
+//! # The Rust runtime
+//!
+//! | form | declared with | cell (one per registration) | guards |
+//! |---|---|---|---|
+//! | FLB | `#[liveupdate_flb(compatible = .., abi = ..)]` + `impl FlbState` | [`FlbCell`], shared (`Arc`) by every handler that lists it in `flbs = [..]` | [`FlbOutgoing`], [`FlbIncoming`] (puts the incoming reference on drop) |
+//! | handler-scoped (seed) | `#[liveupdate_global_state(abi = ..)]` + `impl HandlerState` | [`HandlerStateCell`], inside the one handler that names it in `state = ..` | [`StateOutgoing`], [`StateIncoming`] (hold the handler-scoped lock; put on drop) |
+//! | subsystem | `#[liveupdate_subsystem(name = .., abi = ..)]` + `impl Subsystem` | [`SubsystemCell`], shared (`Arc`) by the handlers that list it in `subsystems = [..]` | [`SubsystemOutgoing`], [`SubsystemIncoming`] (hold the subsystem's lock) |
+//!
+//! Every guard is `!Send`, `#[must_use]`, borrows its cell (and, when obtained through a
+//! handler's [`crate::handler::Ctx`], that callback's context), and releases on drop.
+//!
+//! **Capability:** handler callbacks get [`crate::handler::Ctx`], whose `global::<S>()` /
+//! `state()` compile only for state the handler declared. The state's *own* callbacks get a
+//! [`StateCtx`], which has no way to reach any cell: a `get` there does not compile. A cell
+//! reached some other way (a clone of its `Arc`) still refuses, at run time, a `get` from the
+//! task that is running one of its callbacks or already holds its lock: `-EDEADLK`.
+//!
+//! The handed-over data of every form is a typed ABI struct that the runtime writes to KHO
+//! preserved memory (`alloc_preserve`) and whose physical address is the `u64` the core keeps.
 
+use alloc::sync::Arc;
+use core::ffi::c_void;
 use core::fmt;
+use core::marker::PhantomData;
+use core::mem::ManuallyDrop;
+use core::ops::{Deref, DerefMut};
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+use crate::errno::{Errno, Result};
+use crate::handler::{read_ser, HandlerAbi};
+use crate::host::{LuoHost, RawFlb};
+use crate::kho::{KhoExt, KhoService};
+use crate::lock::{Guard, Lock, LockBackend};
+use crate::phys::{Phys, PhysAddr};
 
 /// Which side of the kexec a piece of global state belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -74,6 +111,1092 @@ impl DirectionMarker for Incoming {
 
 impl DirectionMarker for Outgoing {
     const DIRECTION: Direction = Direction::Outgoing;
+}
+
+/// What kind of global state a type is, and its cell; implemented by `#[liveupdate_flb]` and
+/// `#[liveupdate_subsystem]`. Only such types can be linked to a handler.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not declared global state",
+    label = "not global state",
+    note = "declare it with #[liveupdate_flb(compatible = \"...\", abi = ...)] or #[liveupdate_subsystem(name = \"...\", abi = ...)] on the type (and the same attribute on its impl)"
+)]
+pub trait Global: Send + Sync + 'static {
+    /// The cell a handler reaches it through.
+    type Cell: Send + Sync + 'static;
+    /// Which form it is.
+    const FORM: GlobalStateForm;
+}
+
+/// The context of a global state's own callbacks: KHO and the host, and deliberately no way
+/// to reach any global-state cell (a `get` from here would deadlock).
+pub struct StateCtx<'a> {
+    host: &'a dyn LuoHost,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl<'a> StateCtx<'a> {
+    fn new(host: &'a dyn LuoHost) -> Self {
+        StateCtx {
+            host,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// The KHO service.
+    pub fn kho(&self) -> &'a dyn KhoService {
+        self.host.kho()
+    }
+
+    /// The core.
+    pub fn host(&self) -> &'a dyn LuoHost {
+        self.host
+    }
+}
+
+/// Marks the task running a state's callback (restored on drop), for the `EDEADLK` check.
+struct CallbackScope<'a> {
+    slot: &'a AtomicUsize,
+    prev: usize,
+}
+
+impl<'a> CallbackScope<'a> {
+    fn enter(slot: &'a AtomicUsize, task: usize) -> Self {
+        let prev = slot.swap(task, Ordering::SeqCst);
+        CallbackScope { slot, prev }
+    }
+}
+
+impl Drop for CallbackScope<'_> {
+    fn drop(&mut self) {
+        self.slot.store(self.prev, Ordering::SeqCst);
+    }
+}
+
+fn check_reentry(task: usize, callback: &AtomicUsize, holder: Option<&AtomicUsize>) -> Result {
+    if callback.load(Ordering::SeqCst) == task {
+        return Err(Errno::EDEADLK);
+    }
+    if let Some(h) = holder {
+        if h.load(Ordering::SeqCst) == task {
+            return Err(Errno::EDEADLK);
+        }
+    }
+    Ok(())
+}
+
+/// Writes `ser` to newly preserved memory; its physical address is the handle.
+fn preserve_ser<T: IntoBytes + Immutable>(kho: &dyn KhoService, ser: &T) -> Result<u64> {
+    Ok(kho.alloc_preserve_obj(ser)?.addr().as_u64())
+}
+
+#[cold]
+fn missing_object() -> ! {
+    unreachable!("a guard is only built over a present object")
+}
+
+// ---------------------------------------------------------------------------------------------
+// FLB
+
+/// The ABI side of an FLB; implemented by `#[liveupdate_flb(...)]` on the type.
+///
+/// # Safety
+///
+/// Implemented only by the macro: [`FlbAbi::raw`] is the generated `liveupdate_flb` whose ops
+/// table calls [`rt`] for `Self`.
+pub unsafe trait FlbAbi: Global + Sized {
+    /// The ABI struct handed over (`abi = ...`).
+    type Ser: FromBytes + IntoBytes + Immutable + Copy + 'static;
+    /// The generated `liveupdate_flb`.
+    type Raw: Copy + 'static;
+    /// The lock backend of the cell (`lock = ...`).
+    type Lock: LockBackend<State: Send + Sync>;
+    /// The compatible string (written to `luo_flb_ser.name`).
+    const COMPATIBLE: &'static str;
+    /// The raw FLB struct.
+    fn raw() -> Self::Raw;
+    /// Validates an incoming struct (reserved fields).
+    fn decode(ser: Self::Ser) -> Result<Self::Ser>;
+}
+
+/// The callbacks of an FLB (`struct liveupdate_flb_ops`); all four are required. Implement it
+/// under `#[liveupdate_flb]`.
+pub trait FlbState: FlbAbi {
+    /// The live object in the old kernel, shared by every dependent file.
+    type Outgoing: Send + Sync + 'static;
+    /// The live object in the new kernel.
+    type Incoming: Send + Sync + 'static;
+
+    /// Set by `#[liveupdate_flb]` on the impl.
+    const USE_LIVEUPDATE_FLB_ATTR: ();
+
+    /// The first dependent file is being preserved: serialize the global state.
+    fn preserve(&self, cx: &StateCtx<'_>) -> Result<(Self::Ser, Self::Outgoing)> {
+        let _ = cx;
+        Err(Errno::EOPNOTSUPP)
+    }
+
+    /// The last dependent file was unpreserved. Guards still alive keep `obj` alive.
+    fn unpreserve(&self, cx: &StateCtx<'_>, ser: Self::Ser, obj: Arc<Self::Outgoing>) {
+        let _ = (cx, ser, obj);
+    }
+
+    /// In the new kernel, on first access: rebuild the object.
+    fn retrieve(&self, cx: &StateCtx<'_>, ser: Self::Ser) -> Result<Self::Incoming> {
+        let _ = (cx, ser);
+        Err(Errno::EOPNOTSUPP)
+    }
+
+    /// The last dependent file finished. Guards still alive keep `obj` alive.
+    fn finish(&self, cx: &StateCtx<'_>, obj: Arc<Self::Incoming>) {
+        let _ = (cx, obj);
+    }
+}
+
+struct FlbSlot<S: FlbState> {
+    outgoing: Option<Arc<S::Outgoing>>,
+    incoming: Option<Arc<S::Incoming>>,
+}
+
+/// One registered FLB: the raw `struct liveupdate_flb` (first, so the core's pointer leads
+/// back here), the FLB value, its host and its objects. Shared by `Arc` among the handlers
+/// that link it.
+#[repr(C)]
+pub struct FlbCell<S: FlbState> {
+    raw: S::Raw,
+    flb: S,
+    host: Arc<dyn LuoHost>,
+    slot: Lock<FlbSlot<S>, S::Lock>,
+    callback: AtomicUsize,
+}
+
+// SAFETY: `raw` is immutable after construction and points to `'static` data; everything else
+// is `Send + Sync` (objects are `Send + Sync`, the slot is behind the lock).
+unsafe impl<S: FlbState> Send for FlbCell<S> {}
+// SAFETY: as above.
+unsafe impl<S: FlbState> Sync for FlbCell<S> {}
+
+impl<S: FlbState> FlbCell<S> {
+    /// The FLB `flb`, run by `host`.
+    pub fn new(flb: S, host: Arc<dyn LuoHost>) -> Arc<Self> {
+        Arc::new(FlbCell {
+            raw: S::raw(),
+            flb,
+            host,
+            slot: Lock::new(FlbSlot {
+                outgoing: None,
+                incoming: None,
+            }),
+            callback: AtomicUsize::new(0),
+        })
+    }
+
+    /// The `struct liveupdate_flb *` to register (`liveupdate_register_flb`).
+    pub fn raw(&self) -> RawFlb {
+        &self.raw as *const S::Raw as *mut c_void
+    }
+
+    /// The FLB value.
+    pub fn flb(&self) -> &S {
+        &self.flb
+    }
+
+    /// The outgoing object (`liveupdate_flb_get_outgoing`); `-ENODATA` while no dependent
+    /// file is preserved, `-EDEADLK` from inside this FLB's callbacks.
+    pub fn get_outgoing(&self) -> Result<FlbOutgoing<'_, S>> {
+        check_reentry(self.host.current_task(), &self.callback, None)?;
+        self.host.flb_get_outgoing(self.raw())?;
+        let obj = self.slot.lock().outgoing.clone().ok_or(Errno::ENODATA)?;
+        Ok(FlbOutgoing {
+            obj,
+            _cell: PhantomData,
+            _not_send: PhantomData,
+        })
+    }
+
+    /// The incoming object, retrieved on first use (`liveupdate_flb_get_incoming`); the
+    /// reference is put when the guard drops. `-EDEADLK` from inside this FLB's callbacks.
+    pub fn get_incoming(&self) -> Result<FlbIncoming<'_, S>> {
+        check_reentry(self.host.current_task(), &self.callback, None)?;
+        self.host.flb_get_incoming(self.raw())?;
+        let obj = self.slot.lock().incoming.clone();
+        match obj {
+            Some(obj) => Ok(FlbIncoming {
+                obj,
+                cell: self,
+                _not_send: PhantomData,
+            }),
+            None => {
+                self.host.flb_put_incoming(self.raw());
+                Err(Errno::ENODATA)
+            }
+        }
+    }
+
+    fn ctx(&self) -> StateCtx<'_> {
+        StateCtx::new(&*self.host)
+    }
+}
+
+/// The outgoing object of an FLB (`liveupdate_flb_get_outgoing`); the FLB's lock is not held,
+/// as upstream.
+#[must_use = "the object is released when the guard is dropped"]
+pub struct FlbOutgoing<'a, S: FlbState> {
+    obj: Arc<S::Outgoing>,
+    _cell: PhantomData<&'a FlbCell<S>>,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl<S: FlbState> Deref for FlbOutgoing<'_, S> {
+    type Target = S::Outgoing;
+    fn deref(&self) -> &S::Outgoing {
+        &self.obj
+    }
+}
+
+/// The incoming object of an FLB (`liveupdate_flb_get_incoming`); drop puts the reference
+/// (`liveupdate_flb_put_incoming`).
+#[must_use = "the reference is put when the guard is dropped"]
+pub struct FlbIncoming<'a, S: FlbState> {
+    obj: Arc<S::Incoming>,
+    cell: &'a FlbCell<S>,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl<S: FlbState> Deref for FlbIncoming<'_, S> {
+    type Target = S::Incoming;
+    fn deref(&self) -> &S::Incoming {
+        &self.obj
+    }
+}
+
+impl<S: FlbState> Drop for FlbIncoming<'_, S> {
+    fn drop(&mut self) {
+        self.cell.host.flb_put_incoming(self.cell.raw());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handler-scoped state (the seed)
+
+/// The ABI side of handler-scoped state; implemented by `#[liveupdate_global_state(...)]`.
+///
+/// # Safety
+///
+/// Implemented only by the macro (or by [`NoState`]).
+pub unsafe trait HandlerStateAbi: Sized + Send + Sync + 'static {
+    /// The ABI struct handed over (`abi = ...`).
+    type Ser: FromBytes + IntoBytes + Immutable + Copy + 'static;
+    /// The lock backend of the cell (`lock = ...`).
+    type Lock: LockBackend<State: Send + Sync>;
+    /// Validates an incoming struct (reserved fields).
+    fn decode(ser: Self::Ser) -> Result<Self::Ser>;
+}
+
+/// The callbacks of handler-scoped state (`struct liveupdate_fh_global_state_ops`); all three
+/// are required. Implement it under `#[liveupdate_global_state]`.
+pub trait HandlerState: HandlerStateAbi {
+    /// The live state in the old kernel.
+    type Outgoing: Send + 'static;
+    /// The live state in the new kernel.
+    type Incoming: Send + 'static;
+
+    /// Set by `#[liveupdate_global_state]` on the impl.
+    const USE_LIVEUPDATE_GLOBAL_STATE_ATTR: ();
+
+    /// First preserve of a file of the handler: create and serialize the state.
+    fn create(&self, cx: &StateCtx<'_>) -> Result<(Self::Ser, Self::Outgoing)> {
+        let _ = cx;
+        Err(Errno::EOPNOTSUPP)
+    }
+
+    /// In the new kernel, before first access: rebuild the state.
+    fn restore(&self, cx: &StateCtx<'_>, ser: Self::Ser) -> Result<Self::Incoming> {
+        let _ = (cx, ser);
+        Err(Errno::EOPNOTSUPP)
+    }
+
+    /// After the last file is unpreserved or finished.
+    fn destroy(&self, cx: &StateCtx<'_>, obj: StateObj<Self::Outgoing, Self::Incoming>) {
+        let _ = (cx, obj);
+    }
+}
+
+/// Marks a [`HandlerState`] declared with `#[liveupdate_global_state]` (so [`NoState`] is
+/// not).
+///
+/// # Safety
+///
+/// Implemented by `#[liveupdate_global_state]` only.
+#[diagnostic::on_unimplemented(
+    message = "this handler declared no handler-scoped global state",
+    label = "the handler has no `state = ...`",
+    note = "declare it: #[liveupdate_handler(..., state = MyState)] with MyState annotated #[liveupdate_global_state(abi = ...)]"
+)]
+pub unsafe trait DeclaredState: HandlerState {}
+
+/// What `destroy` gets: the state of whichever side it was.
+#[derive(Debug)]
+pub enum StateObj<O, I> {
+    /// Created in this kernel (`create`).
+    Outgoing(O),
+    /// Handed over by the previous kernel (`restore`).
+    Incoming(I),
+}
+
+/// The `State` of a handler without handler-scoped state. Never instantiated.
+pub enum NoState {}
+
+/// The lock of [`NoState`], which is never instantiated.
+pub enum NoLock {}
+
+// SAFETY: `NoLock` is uninhabited and `NoState` never builds a cell, so no lock ever exists.
+unsafe impl LockBackend for NoLock {
+    type State = ();
+    type GuardState = ();
+    fn new_state() {}
+    fn lock(_: &()) {
+        unreachable!("NoState has no lock")
+    }
+    fn try_lock(_: &()) -> Option<()> {
+        None
+    }
+    unsafe fn unlock(_: &(), _: &()) {}
+}
+
+// SAFETY: `NoState` is uninhabited; its ops table is never built.
+unsafe impl HandlerStateAbi for NoState {
+    type Ser = ();
+    type Lock = NoLock;
+    fn decode(ser: ()) -> Result<()> {
+        Ok(ser)
+    }
+}
+
+impl HandlerState for NoState {
+    type Outgoing = core::convert::Infallible;
+    type Incoming = core::convert::Infallible;
+    const USE_LIVEUPDATE_GLOBAL_STATE_ATTR: () = ();
+}
+
+type StateSlotGuard<'a, S> = Guard<'a, StateSlot<S>, <S as HandlerStateAbi>::Lock>;
+
+struct StateSlot<S: HandlerState> {
+    outgoing: Option<S::Outgoing>,
+    incoming: Option<S::Incoming>,
+    phys: u64,
+}
+
+/// Handler-scoped state of one registered handler (the seed's
+/// `global_state_create/restore/destroy`).
+pub struct HandlerStateCell<S: HandlerState> {
+    state: S,
+    slot: Lock<StateSlot<S>, S::Lock>,
+    callback: AtomicUsize,
+    holder: AtomicUsize,
+}
+
+// SAFETY: the objects are `Send` and only reached through the lock, one holder at a time.
+unsafe impl<S: HandlerState> Sync for HandlerStateCell<S> {}
+
+impl<S: HandlerState> HandlerStateCell<S> {
+    /// The state `state`; pass it in the handler's globals.
+    pub fn new(state: S) -> Self {
+        HandlerStateCell {
+            state,
+            slot: Lock::new(StateSlot {
+                outgoing: None,
+                incoming: None,
+                phys: 0,
+            }),
+            callback: AtomicUsize::new(0),
+            holder: AtomicUsize::new(0),
+        }
+    }
+
+    /// The state value.
+    pub fn state(&self) -> &S {
+        &self.state
+    }
+
+    fn get<'a>(
+        &'a self,
+        host: &'a dyn LuoHost,
+        fh: *mut c_void,
+        present: fn(&StateSlot<S>) -> bool,
+    ) -> Result<(StateSlotGuard<'a, S>, usize)> {
+        let task = host.current_task();
+        check_reentry(task, &self.callback, Some(&self.holder))?;
+        host.fh_global_state_get(fh)?;
+        let g = self.slot.lock();
+        if !present(&g) {
+            drop(g);
+            host.fh_global_state_put(fh);
+            return Err(Errno::ENODATA);
+        }
+        self.holder.store(task, Ordering::SeqCst);
+        Ok((g, task))
+    }
+
+    pub(crate) fn get_outgoing<'a>(
+        &'a self,
+        host: &'a dyn LuoHost,
+        fh: *mut c_void,
+    ) -> Result<StateOutgoing<'a, S>> {
+        let (guard, _) = self.get(host, fh, |s| s.outgoing.is_some())?;
+        Ok(StateOutgoing {
+            inner: StateGuardInner {
+                guard: ManuallyDrop::new(guard),
+                cell: self,
+                host,
+                fh,
+            },
+        })
+    }
+
+    pub(crate) fn get_incoming<'a>(
+        &'a self,
+        host: &'a dyn LuoHost,
+        fh: *mut c_void,
+    ) -> Result<StateIncoming<'a, S>> {
+        let (guard, _) = self.get(host, fh, |s| s.incoming.is_some())?;
+        Ok(StateIncoming {
+            inner: StateGuardInner {
+                guard: ManuallyDrop::new(guard),
+                cell: self,
+                host,
+                fh,
+            },
+        })
+    }
+}
+
+struct StateGuardInner<'a, S: HandlerState> {
+    guard: ManuallyDrop<Guard<'a, StateSlot<S>, S::Lock>>,
+    cell: &'a HandlerStateCell<S>,
+    host: &'a dyn LuoHost,
+    fh: *mut c_void,
+}
+
+impl<S: HandlerState> Drop for StateGuardInner<'_, S> {
+    fn drop(&mut self) {
+        self.cell.holder.store(0, Ordering::SeqCst);
+        // SAFETY: dropped exactly once, here; the field is not used afterwards.
+        unsafe { ManuallyDrop::drop(&mut self.guard) };
+        self.host.fh_global_state_put(self.fh);
+    }
+}
+
+/// The handler-scoped state in the old kernel; holds the handler-scoped lock until dropped
+/// (`liveupdate_fh_global_state_get` … `_put`).
+#[must_use = "the handler-scoped lock is released when the guard is dropped"]
+pub struct StateOutgoing<'a, S: HandlerState> {
+    inner: StateGuardInner<'a, S>,
+}
+
+impl<S: HandlerState> StateOutgoing<'_, S> {
+    /// Rewrites the handed-over struct in place (the state "may be updated by later
+    /// preserves").
+    pub fn write_ser(&mut self, ser: &S::Ser) -> Result {
+        let phys = self.inner.guard.phys;
+        self.inner
+            .host
+            .kho()
+            .write_obj(Phys::<S::Ser>::new(PhysAddr::new(phys)), ser)
+    }
+}
+
+impl<S: HandlerState> Deref for StateOutgoing<'_, S> {
+    type Target = S::Outgoing;
+    fn deref(&self) -> &S::Outgoing {
+        self.inner
+            .guard
+            .outgoing
+            .as_ref()
+            .unwrap_or_else(|| missing_object())
+    }
+}
+
+impl<S: HandlerState> DerefMut for StateOutgoing<'_, S> {
+    fn deref_mut(&mut self) -> &mut S::Outgoing {
+        self.inner
+            .guard
+            .outgoing
+            .as_mut()
+            .unwrap_or_else(|| missing_object())
+    }
+}
+
+/// The handler-scoped state in the new kernel; holds the handler-scoped lock until dropped.
+#[must_use = "the handler-scoped lock is released when the guard is dropped"]
+pub struct StateIncoming<'a, S: HandlerState> {
+    inner: StateGuardInner<'a, S>,
+}
+
+impl<S: HandlerState> Deref for StateIncoming<'_, S> {
+    type Target = S::Incoming;
+    fn deref(&self) -> &S::Incoming {
+        self.inner
+            .guard
+            .incoming
+            .as_ref()
+            .unwrap_or_else(|| missing_object())
+    }
+}
+
+impl<S: HandlerState> DerefMut for StateIncoming<'_, S> {
+    fn deref_mut(&mut self) -> &mut S::Incoming {
+        self.inner
+            .guard
+            .incoming
+            .as_mut()
+            .unwrap_or_else(|| missing_object())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subsystems
+
+/// The ABI side of a subsystem; implemented by `#[liveupdate_subsystem(...)]`.
+///
+/// # Safety
+///
+/// Implemented only by the macro: [`SubsystemAbi::raw`] is the generated
+/// `liveupdate_subsystem` whose ops table calls [`rt`] for `Self`.
+pub unsafe trait SubsystemAbi: Global + Sized {
+    /// The ABI struct handed over (`abi = ...`).
+    type Ser: FromBytes + IntoBytes + Immutable + Copy + 'static;
+    /// The generated `liveupdate_subsystem`.
+    type Raw: Copy + 'static;
+    /// The lock backend of the cell (`lock = ...`).
+    type Lock: LockBackend<State: Send + Sync>;
+    /// The subsystem's unique name.
+    const NAME: &'static str;
+    /// The raw subsystem struct.
+    fn raw() -> Self::Raw;
+    /// Validates an incoming struct (reserved fields).
+    fn decode(ser: Self::Ser) -> Result<Self::Ser>;
+}
+
+/// The callbacks of a subsystem (`struct liveupdate_subsystem_ops`). `prepare`, `cancel`,
+/// `boot` and `finish` are required (they create and release the typed state); `freeze` is
+/// optional. Implement it under `#[liveupdate_subsystem]`.
+pub trait Subsystem: SubsystemAbi {
+    /// The live state in the old kernel (after `prepare`).
+    type Outgoing: Send + 'static;
+    /// The live state in the new kernel (after `boot`).
+    type Incoming: Send + 'static;
+
+    /// Set by `#[liveupdate_subsystem]` on the impl.
+    const USE_LIVEUPDATE_SUBSYSTEM_ATTR: ();
+    /// Whether the impl defines `freeze`.
+    const HAS_FREEZE: bool = false;
+
+    /// Start serializing while the workload still runs.
+    fn prepare(&self, cx: &StateCtx<'_>) -> Result<(Self::Ser, Self::Outgoing)> {
+        let _ = cx;
+        Err(Errno::EOPNOTSUPP)
+    }
+
+    /// Final serialization on the reboot path, after the files; changes to `ser` are written
+    /// back.
+    fn freeze(&self, cx: &StateCtx<'_>, ser: &mut Self::Ser, obj: &mut Self::Outgoing) -> Result {
+        let _ = (cx, ser, obj);
+        Ok(())
+    }
+
+    /// The live update was cancelled after `prepare`.
+    fn cancel(&self, cx: &StateCtx<'_>, obj: Self::Outgoing) {
+        let _ = (cx, obj);
+    }
+
+    /// In the new kernel, at registration: restore the state eagerly.
+    fn boot(&self, cx: &StateCtx<'_>, ser: Self::Ser) -> Result<Self::Incoming> {
+        let _ = (cx, ser);
+        Err(Errno::EOPNOTSUPP)
+    }
+
+    /// After the last incoming session finished.
+    fn finish(&self, cx: &StateCtx<'_>, obj: Self::Incoming) {
+        let _ = (cx, obj);
+    }
+}
+
+type SubSlotGuard<'a, S> = Guard<'a, SubSlot<S>, <S as SubsystemAbi>::Lock>;
+
+struct SubSlot<S: Subsystem> {
+    outgoing: Option<S::Outgoing>,
+    incoming: Option<core::result::Result<S::Incoming, Errno>>,
+}
+
+/// One registered subsystem: the raw `struct liveupdate_subsystem` first, then the value, its
+/// host and its objects behind the subsystem's lock. Shared by `Arc`.
+#[repr(C)]
+pub struct SubsystemCell<S: Subsystem> {
+    raw: S::Raw,
+    sub: S,
+    host: Arc<dyn LuoHost>,
+    slot: Lock<SubSlot<S>, S::Lock>,
+    callback: AtomicUsize,
+    holder: AtomicUsize,
+}
+
+// SAFETY: `raw` is immutable and points to `'static` data; the objects are `Send` and only
+// reached through the lock.
+unsafe impl<S: Subsystem> Send for SubsystemCell<S> {}
+// SAFETY: as above.
+unsafe impl<S: Subsystem> Sync for SubsystemCell<S> {}
+
+impl<S: Subsystem> SubsystemCell<S> {
+    /// The subsystem `sub`, run by `host`.
+    pub fn new(sub: S, host: Arc<dyn LuoHost>) -> Arc<Self> {
+        Arc::new(SubsystemCell {
+            raw: S::raw(),
+            sub,
+            host,
+            slot: Lock::new(SubSlot {
+                outgoing: None,
+                incoming: None,
+            }),
+            callback: AtomicUsize::new(0),
+            holder: AtomicUsize::new(0),
+        })
+    }
+
+    /// The `struct liveupdate_subsystem *` to register (`liveupdate_register_subsystem`).
+    pub fn raw(&self) -> *mut c_void {
+        &self.raw as *const S::Raw as *mut c_void
+    }
+
+    /// The subsystem value.
+    pub fn subsystem(&self) -> &S {
+        &self.sub
+    }
+
+    fn lock_for_get(&self) -> Result<(SubSlotGuard<'_, S>, usize)> {
+        let task = self.host.current_task();
+        check_reentry(task, &self.callback, Some(&self.holder))?;
+        Ok((self.slot.lock(), task))
+    }
+
+    /// The outgoing state (after `prepare`), holding the subsystem's lock; `-ENODATA` before
+    /// `prepare` or after `cancel`, `-EDEADLK` from its own callbacks or while this task holds
+    /// a guard.
+    pub fn get_outgoing(&self) -> Result<SubsystemOutgoing<'_, S>> {
+        let (g, task) = self.lock_for_get()?;
+        if g.outgoing.is_none() {
+            return Err(Errno::ENODATA);
+        }
+        self.holder.store(task, Ordering::SeqCst);
+        Ok(SubsystemOutgoing {
+            inner: SubGuardInner {
+                guard: ManuallyDrop::new(g),
+                cell: self,
+            },
+        })
+    }
+
+    /// The incoming state (restored by `boot`), holding the subsystem's lock; `-ENODATA`
+    /// without incoming state or once finished, `boot`'s error if it failed.
+    pub fn get_incoming(&self) -> Result<SubsystemIncoming<'_, S>> {
+        let (g, task) = self.lock_for_get()?;
+        match &g.incoming {
+            None => return Err(Errno::ENODATA),
+            Some(Err(e)) => return Err(*e),
+            Some(Ok(_)) => {}
+        }
+        self.holder.store(task, Ordering::SeqCst);
+        Ok(SubsystemIncoming {
+            inner: SubGuardInner {
+                guard: ManuallyDrop::new(g),
+                cell: self,
+            },
+        })
+    }
+
+    fn ctx(&self) -> StateCtx<'_> {
+        StateCtx::new(&*self.host)
+    }
+}
+
+struct SubGuardInner<'a, S: Subsystem> {
+    guard: ManuallyDrop<Guard<'a, SubSlot<S>, S::Lock>>,
+    cell: &'a SubsystemCell<S>,
+}
+
+impl<S: Subsystem> Drop for SubGuardInner<'_, S> {
+    fn drop(&mut self) {
+        self.cell.holder.store(0, Ordering::SeqCst);
+        // SAFETY: dropped exactly once, here.
+        unsafe { ManuallyDrop::drop(&mut self.guard) };
+    }
+}
+
+/// A subsystem's outgoing state, holding its lock until dropped.
+#[must_use = "the subsystem's lock is released when the guard is dropped"]
+pub struct SubsystemOutgoing<'a, S: Subsystem> {
+    inner: SubGuardInner<'a, S>,
+}
+
+impl<S: Subsystem> Deref for SubsystemOutgoing<'_, S> {
+    type Target = S::Outgoing;
+    fn deref(&self) -> &S::Outgoing {
+        self.inner
+            .guard
+            .outgoing
+            .as_ref()
+            .unwrap_or_else(|| missing_object())
+    }
+}
+
+impl<S: Subsystem> DerefMut for SubsystemOutgoing<'_, S> {
+    fn deref_mut(&mut self) -> &mut S::Outgoing {
+        self.inner
+            .guard
+            .outgoing
+            .as_mut()
+            .unwrap_or_else(|| missing_object())
+    }
+}
+
+/// A subsystem's incoming state, holding its lock until dropped.
+#[must_use = "the subsystem's lock is released when the guard is dropped"]
+pub struct SubsystemIncoming<'a, S: Subsystem> {
+    inner: SubGuardInner<'a, S>,
+}
+
+impl<S: Subsystem> Deref for SubsystemIncoming<'_, S> {
+    type Target = S::Incoming;
+    fn deref(&self) -> &S::Incoming {
+        match &self.inner.guard.incoming {
+            Some(Ok(v)) => v,
+            _ => missing_object(),
+        }
+    }
+}
+
+impl<S: Subsystem> DerefMut for SubsystemIncoming<'_, S> {
+    fn deref_mut(&mut self) -> &mut S::Incoming {
+        match &mut self.inner.guard.incoming {
+            Some(Ok(v)) => v,
+            _ => missing_object(),
+        }
+    }
+}
+
+/// The runtime behind the trampolines of the global-state ops tables. Never unwinds; errors
+/// become `-errno`, panics `-EIO` (see [`crate::ffi`]).
+///
+/// # Safety (all functions)
+///
+/// The raw object pointer comes from the cell (or registration) of the type named, which is
+/// alive; out-pointers are valid for writes.
+// The module docs carry the `# Safety` section shared by every function.
+#[allow(clippy::missing_safety_doc)]
+pub mod rt {
+    use super::*;
+    use crate::handler::rt::shared;
+
+    const EIO: i32 = Errno::EIO.to_neg();
+
+    unsafe fn flb_cell<'a, S: FlbState>(flb: *mut c_void) -> &'a FlbCell<S> {
+        // SAFETY: module contract: `flb` points to the `raw` field, at offset 0 of the
+        // `#[repr(C)]` `FlbCell<S>`.
+        unsafe { &*flb.cast::<FlbCell<S>>() }
+    }
+
+    /// `liveupdate_flb_ops.preserve`.
+    pub unsafe fn flb_preserve<S: FlbState>(
+        flb: *mut c_void,
+        data: *mut u64,
+        obj: *mut *mut c_void,
+    ) -> i32 {
+        crate::ffi::catch(EIO, || {
+            // SAFETY: module contract.
+            let cell = unsafe { flb_cell::<S>(flb) };
+            let _scope = CallbackScope::enter(&cell.callback, cell.host.current_task());
+            let cx = cell.ctx();
+            let (ser, out) = match cell.flb.preserve(&cx) {
+                Ok(v) => v,
+                Err(e) => return e.to_neg(),
+            };
+            let out = Arc::new(out);
+            match preserve_ser(cx.kho(), &ser) {
+                Ok(handle) => {
+                    cell.slot.lock().outgoing = Some(out);
+                    // SAFETY: module contract.
+                    unsafe {
+                        *data = handle;
+                        *obj = flb;
+                    }
+                    0
+                }
+                Err(e) => {
+                    cell.flb.unpreserve(&cx, ser, out);
+                    e.to_neg()
+                }
+            }
+        })
+    }
+
+    /// `liveupdate_flb_ops.unpreserve`.
+    pub unsafe fn flb_unpreserve<S: FlbState>(flb: *mut c_void, data: u64) {
+        crate::ffi::catch((), || {
+            // SAFETY: module contract.
+            let cell = unsafe { flb_cell::<S>(flb) };
+            let _scope = CallbackScope::enter(&cell.callback, cell.host.current_task());
+            let cx = cell.ctx();
+            let out = cell.slot.lock().outgoing.take();
+            if let (Some(out), Ok(ser)) = (out, read_ser::<S::Ser>(cx.kho(), data)) {
+                cell.flb.unpreserve(&cx, ser, out);
+            }
+            if data != 0 {
+                let _ = cx.kho().unpreserve_free(PhysAddr::new(data));
+            }
+        })
+    }
+
+    /// `liveupdate_flb_ops.retrieve`.
+    pub unsafe fn flb_retrieve<S: FlbState>(
+        flb: *mut c_void,
+        data: u64,
+        obj: *mut *mut c_void,
+    ) -> i32 {
+        crate::ffi::catch(EIO, || {
+            // SAFETY: module contract.
+            let cell = unsafe { flb_cell::<S>(flb) };
+            let _scope = CallbackScope::enter(&cell.callback, cell.host.current_task());
+            let cx = cell.ctx();
+            let r = read_ser::<S::Ser>(cx.kho(), data)
+                .and_then(S::decode)
+                .and_then(|ser| cell.flb.retrieve(&cx, ser));
+            match r {
+                Ok(inc) => {
+                    cell.slot.lock().incoming = Some(Arc::new(inc));
+                    let _ = cx.kho().restore_free(PhysAddr::new(data));
+                    // SAFETY: module contract.
+                    unsafe { *obj = flb };
+                    0
+                }
+                Err(e) => e.to_neg(),
+            }
+        })
+    }
+
+    /// `liveupdate_flb_ops.finish`.
+    pub unsafe fn flb_finish<S: FlbState>(flb: *mut c_void) {
+        crate::ffi::catch((), || {
+            // SAFETY: module contract.
+            let cell = unsafe { flb_cell::<S>(flb) };
+            let _scope = CallbackScope::enter(&cell.callback, cell.host.current_task());
+            let inc = cell.slot.lock().incoming.take();
+            if let Some(inc) = inc {
+                cell.flb.finish(&cell.ctx(), inc);
+            }
+        })
+    }
+
+    unsafe fn state_cell<'a, H: HandlerAbi>(
+        fh: *mut c_void,
+    ) -> Option<(&'a HandlerStateCell<H::State>, &'a dyn LuoHost)> {
+        // SAFETY: module contract: `fh` is a raw handler of a live registration of `H`.
+        let s = unsafe { shared::<H>(fh) };
+        H::state(&s.globals).map(|c| (c, s.host()))
+    }
+
+    /// `liveupdate_fh_global_state_ops.global_state_create` of handler `H`'s state.
+    pub unsafe fn state_create<H: HandlerAbi>(
+        fh: *mut c_void,
+        obj: *mut *mut c_void,
+        data: *mut u64,
+    ) -> i32 {
+        crate::ffi::catch(EIO, || {
+            // SAFETY: module contract.
+            let Some((cell, host)) = (unsafe { state_cell::<H>(fh) }) else {
+                return Errno::EINVAL.to_neg();
+            };
+            let _scope = CallbackScope::enter(&cell.callback, host.current_task());
+            let cx = StateCtx::new(host);
+            let (ser, out) = match cell.state.create(&cx) {
+                Ok(v) => v,
+                Err(e) => return e.to_neg(),
+            };
+            match preserve_ser(cx.kho(), &ser) {
+                Ok(handle) => {
+                    let mut slot = cell.slot.lock();
+                    slot.outgoing = Some(out);
+                    slot.phys = handle;
+                    // SAFETY: module contract.
+                    unsafe {
+                        *data = handle;
+                        *obj = cell as *const HandlerStateCell<H::State> as *mut c_void;
+                    }
+                    0
+                }
+                Err(e) => {
+                    cell.state.destroy(&cx, StateObj::Outgoing(out));
+                    e.to_neg()
+                }
+            }
+        })
+    }
+
+    /// `liveupdate_fh_global_state_ops.global_state_restore` of handler `H`'s state.
+    pub unsafe fn state_restore<H: HandlerAbi>(
+        fh: *mut c_void,
+        data: u64,
+        obj: *mut *mut c_void,
+    ) -> i32 {
+        crate::ffi::catch(EIO, || {
+            // SAFETY: module contract.
+            let Some((cell, host)) = (unsafe { state_cell::<H>(fh) }) else {
+                return Errno::EINVAL.to_neg();
+            };
+            let _scope = CallbackScope::enter(&cell.callback, host.current_task());
+            let cx = StateCtx::new(host);
+            let r = read_ser::<<H::State as HandlerStateAbi>::Ser>(cx.kho(), data)
+                .and_then(<H::State as HandlerStateAbi>::decode)
+                .and_then(|ser| cell.state.restore(&cx, ser));
+            match r {
+                Ok(inc) => {
+                    cell.slot.lock().incoming = Some(inc);
+                    let _ = cx.kho().restore_free(PhysAddr::new(data));
+                    // SAFETY: module contract.
+                    unsafe { *obj = cell as *const HandlerStateCell<H::State> as *mut c_void };
+                    0
+                }
+                Err(e) => e.to_neg(),
+            }
+        })
+    }
+
+    /// `liveupdate_fh_global_state_ops.global_state_destroy` of handler `H`'s state.
+    pub unsafe fn state_destroy<H: HandlerAbi>(fh: *mut c_void, obj: *mut c_void) {
+        let _ = obj;
+        crate::ffi::catch((), || {
+            // SAFETY: module contract.
+            let Some((cell, host)) = (unsafe { state_cell::<H>(fh) }) else {
+                return;
+            };
+            let _scope = CallbackScope::enter(&cell.callback, host.current_task());
+            let cx = StateCtx::new(host);
+            let (out, inc, phys) = {
+                let mut slot = cell.slot.lock();
+                let phys = core::mem::take(&mut slot.phys);
+                (slot.outgoing.take(), slot.incoming.take(), phys)
+            };
+            if let Some(o) = out {
+                cell.state.destroy(&cx, StateObj::Outgoing(o));
+                if phys != 0 {
+                    let _ = cx.kho().unpreserve_free(PhysAddr::new(phys));
+                }
+            }
+            if let Some(i) = inc {
+                cell.state.destroy(&cx, StateObj::Incoming(i));
+            }
+        })
+    }
+
+    unsafe fn sub_cell<'a, S: Subsystem>(h: *mut c_void) -> &'a SubsystemCell<S> {
+        // SAFETY: module contract: `h` points to the `raw` field at offset 0 of the
+        // `#[repr(C)]` `SubsystemCell<S>`.
+        unsafe { &*h.cast::<SubsystemCell<S>>() }
+    }
+
+    /// `liveupdate_subsystem_ops.prepare`.
+    pub unsafe fn sub_prepare<S: Subsystem>(h: *mut c_void, data: *mut u64) -> i32 {
+        crate::ffi::catch(EIO, || {
+            // SAFETY: module contract.
+            let cell = unsafe { sub_cell::<S>(h) };
+            let _scope = CallbackScope::enter(&cell.callback, cell.host.current_task());
+            let cx = cell.ctx();
+            let (ser, out) = match cell.sub.prepare(&cx) {
+                Ok(v) => v,
+                Err(e) => return e.to_neg(),
+            };
+            match preserve_ser(cx.kho(), &ser) {
+                Ok(handle) => {
+                    cell.slot.lock().outgoing = Some(out);
+                    // SAFETY: module contract.
+                    unsafe { *data = handle };
+                    0
+                }
+                Err(e) => {
+                    cell.sub.cancel(&cx, out);
+                    e.to_neg()
+                }
+            }
+        })
+    }
+
+    /// `liveupdate_subsystem_ops.freeze`.
+    pub unsafe fn sub_freeze<S: Subsystem>(h: *mut c_void, data: *mut u64) -> i32 {
+        crate::ffi::catch(EIO, || {
+            // SAFETY: module contract.
+            let cell = unsafe { sub_cell::<S>(h) };
+            let _scope = CallbackScope::enter(&cell.callback, cell.host.current_task());
+            let cx = cell.ctx();
+            // SAFETY: module contract.
+            let handle = unsafe { *data };
+            let r = (|| {
+                let mut ser = read_ser::<S::Ser>(cx.kho(), handle)?;
+                let mut slot = cell.slot.lock();
+                let out = slot.outgoing.as_mut().ok_or(Errno::ENODATA)?;
+                cell.sub.freeze(&cx, &mut ser, out)?;
+                drop(slot);
+                cx.kho()
+                    .write_obj(Phys::<S::Ser>::new(PhysAddr::new(handle)), &ser)
+            })();
+            crate::errno::to_neg(r)
+        })
+    }
+
+    /// `liveupdate_subsystem_ops.cancel`.
+    pub unsafe fn sub_cancel<S: Subsystem>(h: *mut c_void, data: u64) {
+        crate::ffi::catch((), || {
+            // SAFETY: module contract.
+            let cell = unsafe { sub_cell::<S>(h) };
+            let _scope = CallbackScope::enter(&cell.callback, cell.host.current_task());
+            let cx = cell.ctx();
+            let out = cell.slot.lock().outgoing.take();
+            if let Some(out) = out {
+                cell.sub.cancel(&cx, out);
+            }
+            if data != 0 {
+                let _ = cx.kho().unpreserve_free(PhysAddr::new(data));
+            }
+        })
+    }
+
+    /// `liveupdate_subsystem_ops.boot`: a failure is kept and returned by `get_incoming`.
+    pub unsafe fn sub_boot<S: Subsystem>(h: *mut c_void, data: u64) {
+        crate::ffi::catch((), || {
+            // SAFETY: module contract.
+            let cell = unsafe { sub_cell::<S>(h) };
+            let _scope = CallbackScope::enter(&cell.callback, cell.host.current_task());
+            let cx = cell.ctx();
+            let r = read_ser::<S::Ser>(cx.kho(), data)
+                .and_then(S::decode)
+                .and_then(|ser| cell.sub.boot(&cx, ser));
+            if r.is_ok() {
+                let _ = cx.kho().restore_free(PhysAddr::new(data));
+            }
+            cell.slot.lock().incoming = Some(r);
+        })
+    }
+
+    /// `liveupdate_subsystem_ops.finish`.
+    pub unsafe fn sub_finish<S: Subsystem>(h: *mut c_void, data: u64) {
+        let _ = data;
+        crate::ffi::catch((), || {
+            // SAFETY: module contract.
+            let cell = unsafe { sub_cell::<S>(h) };
+            let _scope = CallbackScope::enter(&cell.callback, cell.host.current_task());
+            let inc = cell.slot.lock().incoming.take();
+            if let Some(Ok(inc)) = inc {
+                cell.sub.finish(&cell.ctx(), inc);
+            }
+        })
+    }
 }
 
 #[cfg(test)]

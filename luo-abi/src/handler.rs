@@ -1,0 +1,780 @@
+//! File handlers in Rust: the trait a handler implements, the typed context its callbacks get,
+//! the registration the core links, and the runtime behind the generated trampolines.
+//!
+//! A handler is a struct annotated with `#[liveupdate_handler(compatible = "...", abi = ...)]`
+//! plus an `impl FileHandler for ...` annotated with `#[liveupdate_handler]`:
+//!
+//! ```ignore
+//! #[liveupdate_handler(compatible = "memfd-v2", abi = luo_generated::memfd::v2::memfd_luo_ser,
+//!                      reads = ["memfd-v1"])]
+//! pub struct Memfd;
+//!
+//! #[liveupdate_handler]
+//! impl FileHandler for Memfd {
+//!     fn can_preserve(&self, file: &dyn File) -> bool { .. }
+//!     fn preserve(&self, cx: &Ctx<'_, Self>, file: &dyn File) -> Result<(memfd_luo_ser, ())> { .. }
+//!     // unpreserve, retrieve, finish (required); freeze, unfreeze, can_finish, get_id (optional)
+//! }
+//! ```
+//!
+//! The struct attribute implements [`HandlerAbi`] (compatible string, ABI type, versions read,
+//! linked global state) and builds the **generated** `liveupdate_file_ops` table, one per
+//! version, with `Some(trampoline)` for each callback the impl defines and `None` (NULL) for
+//! the optional ones it does not. The impl attribute sets the `HAS_*` constants, as the
+//! kernel's `#[vtable]` does, and rejects an impl that lacks a required callback.
+//!
+//! # What the runtime does around a callback
+//!
+//! | C op | runtime |
+//! |---|---|
+//! | `preserve` | calls [`FileHandler::preserve`]; writes the returned ABI struct into memory from [`KhoService::alloc_preserve`] and hands its physical address to the core as `serialized_data`; boxes the private data into `private_data` |
+//! | `unpreserve` | reads the struct back, calls the handler with it and the private data, frees the preserved memory |
+//! | `freeze` / `unfreeze` | read the struct; `freeze` may change it and the runtime writes it back in place |
+//! | `retrieve` | reads the struct (for a version read, reads the old type and runs the handler's [`Migrate`]), validates it (reserved fields, feature negotiation) and passes it typed; the returned file goes to the core as a [`FileCell`] |
+//! | `can_finish` / `finish` | read and validate again; after `finish` the preserved memory is released |
+//!
+//! Errors become `-errno`; a panic becomes `-EIO` / `false` / nothing (see [`crate::ffi`]).
+
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::cell::Cell;
+use core::ffi::c_void;
+use core::marker::PhantomData;
+
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+use crate::errno::{Errno, Result};
+use crate::features::{Feature, FeatureDecl};
+use crate::ffi::FileCell;
+use crate::file::{File, FileId, FileRef};
+use crate::global::{Global, HandlerState, HandlerStateCell, NoState};
+use crate::host::{LuoHost, RawFlb};
+use crate::kho::{KhoExt, KhoService};
+use crate::phys::{Phys, PhysAddr};
+
+/// What the previous kernel's retrieve attempt gave, as `retrieve_status` tells
+/// `can_finish` and `finish`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetrieveStatus {
+    /// The file was never retrieved (`0`); its state must still be released.
+    NotRetrieved,
+    /// `retrieve` succeeded (`> 0`).
+    Retrieved,
+    /// `retrieve` failed with this error (`< 0`).
+    Failed(Errno),
+}
+
+impl RetrieveStatus {
+    /// Decodes `retrieve_status`.
+    pub const fn from_raw(status: i32) -> RetrieveStatus {
+        if status == 0 {
+            RetrieveStatus::NotRetrieved
+        } else if status > 0 {
+            RetrieveStatus::Retrieved
+        } else {
+            match Errno::from_neg(status) {
+                Some(e) => RetrieveStatus::Failed(e),
+                None => RetrieveStatus::Failed(Errno::EINVAL),
+            }
+        }
+    }
+}
+
+/// The ABI side of a handler; implemented by `#[liveupdate_handler(...)]` on the struct.
+///
+/// # Safety
+///
+/// Implemented only by the macro: [`HandlerAbi::entries`] must be the generated
+/// `liveupdate_file_handler` structs whose ops tables call this crate's runtime for `Self`.
+pub unsafe trait HandlerAbi: Sized + Send + Sync + 'static {
+    /// The ABI struct this handler writes (`abi = ...`).
+    type Ser: FromBytes + IntoBytes + Immutable + Copy + 'static;
+    /// What `retrieve`, `can_finish` and `finish` receive: `Self::Ser`, or
+    /// [`crate::features::Negotiated`] for a feature-negotiated ABI.
+    type Read;
+    /// The handler-scoped global state (`state = ...`), or [`NoState`].
+    type State: HandlerState;
+    /// The FLBs and subsystems the handler declared (`flbs = [...]`, `subsystems = [...]`), as
+    /// a tuple of their cells, in declaration order.
+    type Globals: Send + Sync + 'static;
+    /// The generated `liveupdate_file_handler`.
+    type Raw: Copy + 'static;
+
+    /// The compatible string written (or the versionless name of a feature-negotiated ABI).
+    const COMPATIBLE: &'static str;
+    /// The compatible strings of the older versions read (`reads = [...]`).
+    const READS: &'static [&'static str];
+    /// The declared features of a feature-negotiated ABI.
+    const FEATURES: Option<FeatureDecl>;
+
+    /// The raw handler structs: the writer first, then one per version read.
+    fn entries() -> &'static [Self::Raw];
+
+    /// The generated `liveupdate_fh_global_state_ops` of the handler-scoped state, or NULL.
+    fn state_ops() -> *const c_void;
+
+    /// Validates a struct of the current version and turns it into what the handler reads.
+    fn decode(ser: Self::Ser) -> Result<Self::Read>;
+
+    /// Finishes a struct about to be written: the feature header, inactive fields zeroed.
+    fn encode(ser: &mut Self::Ser, active: u64);
+
+    /// The features active in a struct this handler wrote (0 without features).
+    fn active_of(ser: &Self::Ser) -> u64;
+
+    /// The handler-scoped state cell inside the globals, if the handler declared one.
+    fn state(globals: &Self::Globals) -> Option<&HandlerStateCell<Self::State>>;
+
+    /// The raw FLBs to link with this handler (`liveupdate_register_flb`).
+    fn flbs(globals: &Self::Globals) -> Vec<RawFlb>;
+}
+
+/// The callbacks of a file handler (`struct liveupdate_file_ops`).
+///
+/// Required: `can_preserve`, `preserve`, `unpreserve`, `retrieve`, `finish`. Optional: `freeze`,
+/// `unfreeze`, `can_finish`, `get_id`. Implement it under `#[liveupdate_handler]`, which sets
+/// the `HAS_*` constants; the default bodies are never called (the table holds NULL instead).
+pub trait FileHandler: HandlerAbi {
+    /// Runtime data kept with a preserved file and not handed over (`private_data`); `()` if
+    /// the impl does not say.
+    type Private: Send + 'static;
+
+    /// Set by `#[liveupdate_handler]` on the impl; an impl without the attribute fails to
+    /// compile for lack of it.
+    const USE_LIVEUPDATE_HANDLER_ATTR: ();
+
+    /// Whether the impl defines `can_preserve`.
+    const HAS_CAN_PRESERVE: bool = false;
+    /// Whether the impl defines `preserve`.
+    const HAS_PRESERVE: bool = false;
+    /// Whether the impl defines `unpreserve`.
+    const HAS_UNPRESERVE: bool = false;
+    /// Whether the impl defines `freeze`.
+    const HAS_FREEZE: bool = false;
+    /// Whether the impl defines `unfreeze`.
+    const HAS_UNFREEZE: bool = false;
+    /// Whether the impl defines `retrieve`.
+    const HAS_RETRIEVE: bool = false;
+    /// Whether the impl defines `can_finish`.
+    const HAS_CAN_FINISH: bool = false;
+    /// Whether the impl defines `finish`.
+    const HAS_FINISH: bool = false;
+    /// Whether the impl defines `get_id`.
+    const HAS_GET_ID: bool = false;
+
+    /// Whether this handler can preserve `file` (cheap; the first handler saying yes wins).
+    fn can_preserve(&self, file: &dyn File) -> bool {
+        let _ = file;
+        false
+    }
+
+    /// Serializes `file`: returns the ABI struct to hand over and the private data to keep.
+    fn preserve(&self, cx: &Ctx<'_, Self>, file: &dyn File) -> Result<(Self::Ser, Self::Private)> {
+        let _ = (cx, file);
+        Err(Errno::EOPNOTSUPP)
+    }
+
+    /// Undoes `preserve` (the outgoing session was closed before the live update).
+    fn unpreserve(
+        &self,
+        cx: &Ctx<'_, Self>,
+        file: &dyn File,
+        ser: Self::Ser,
+        private: Self::Private,
+    ) {
+        let _ = (cx, file, ser, private);
+    }
+
+    /// Last update on the reboot path; changes to `ser` are written back.
+    fn freeze(
+        &self,
+        cx: &Ctx<'_, Self>,
+        file: &dyn File,
+        ser: &mut Self::Ser,
+        private: &mut Self::Private,
+    ) -> Result {
+        let _ = (cx, file, ser, private);
+        Ok(())
+    }
+
+    /// Undoes `freeze` when a later freeze fails.
+    fn unfreeze(
+        &self,
+        cx: &Ctx<'_, Self>,
+        file: &dyn File,
+        ser: &Self::Ser,
+        private: &mut Self::Private,
+    ) {
+        let _ = (cx, file, ser, private);
+    }
+
+    /// In the new kernel, rebuilds the file from the validated handed-over state.
+    fn retrieve(&self, cx: &Ctx<'_, Self>, data: Self::Read) -> Result<FileRef> {
+        let _ = (cx, data);
+        Err(Errno::EOPNOTSUPP)
+    }
+
+    /// Whether FINISH may proceed for this file.
+    fn can_finish(
+        &self,
+        cx: &Ctx<'_, Self>,
+        file: Option<&dyn File>,
+        data: &Self::Read,
+        status: RetrieveStatus,
+    ) -> bool {
+        let _ = (cx, file, data, status);
+        true
+    }
+
+    /// Releases what is left of the handed-over state, retrieved or not.
+    fn finish(
+        &self,
+        cx: &Ctx<'_, Self>,
+        file: Option<&dyn File>,
+        data: Self::Read,
+        status: RetrieveStatus,
+    ) {
+        let _ = (cx, file, data, status);
+    }
+
+    /// The identity of the object behind `file` (double-preservation key). No `self`: the C
+    /// op gets only the file.
+    fn get_id(file: &dyn File) -> FileId {
+        file.id()
+    }
+}
+
+/// A migration from an older version's ABI struct to the one this handler reads, for each
+/// `reads = [...]` entry.
+#[diagnostic::on_unimplemented(
+    message = "handler `{Self}` reads an older version (`{Old}`) but has no migration from it",
+    label = "this version needs a migration",
+    note = "implement `luo_abi::handler::Migrate<{Old}>` for `{Self}`: `fn migrate(&self, old: {Old}) -> luo_abi::Result<Self::Ser>`"
+)]
+pub trait Migrate<Old>: HandlerAbi {
+    /// Converts an older struct into the current one (fill new fields with what the old
+    /// kernel implied).
+    fn migrate(&self, old: Old) -> Result<Self::Ser>;
+}
+
+/// How one registered version reads its handed-over data (the writer's own version is
+/// [`Current`]; `#[liveupdate_handler]` generates one type per version read).
+pub trait ReadAs<H: HandlerAbi> {
+    /// Reads, validates and (for an older version) migrates the struct at `data`.
+    fn read(handler: &H, kho: &dyn KhoService, data: u64) -> Result<H::Read>;
+}
+
+/// Reads the handler's own version.
+pub struct Current;
+
+impl<H: HandlerAbi> ReadAs<H> for Current {
+    fn read(_: &H, kho: &dyn KhoService, data: u64) -> Result<H::Read> {
+        let ser = read_ser::<H::Ser>(kho, data)?;
+        H::decode(ser)
+    }
+}
+
+/// Reads a `T` from preserved memory at the handle `data` (`EINVAL` for a NULL handle).
+pub fn read_ser<T: FromBytes + IntoBytes>(kho: &dyn KhoService, data: u64) -> Result<T> {
+    if data == 0 {
+        return Err(Errno::EINVAL);
+    }
+    kho.read_obj(Phys::<T>::new(PhysAddr::new(data)))
+}
+
+/// The typed context of a handler callback: KHO, the host, the global state the handler
+/// declared, and (for a feature-negotiated ABI) the features used.
+///
+/// Not `Send`, and borrowed for the duration of the callback only, so guards obtained through
+/// it cannot leave the callback or its thread.
+pub struct Ctx<'a, H: HandlerAbi> {
+    shared: &'a Shared<H>,
+    raw: *mut c_void,
+    active: Cell<u64>,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl<'a, H: HandlerAbi> Ctx<'a, H> {
+    fn new(shared: &'a Shared<H>, raw: *mut c_void, active: u64) -> Self {
+        Ctx {
+            shared,
+            raw,
+            active: Cell::new(active),
+            _not_send: PhantomData,
+        }
+    }
+
+    /// The KHO service.
+    pub fn kho(&self) -> &'a dyn KhoService {
+        self.shared.host.kho()
+    }
+
+    /// The core.
+    pub fn host(&self) -> &'a dyn LuoHost {
+        &*self.shared.host
+    }
+
+    /// The cell of an FLB or subsystem this handler declared (`flbs = [...]`,
+    /// `subsystems = [...]`); get guards from it.
+    pub fn global<S: Global>(&self) -> &'a S::Cell
+    where
+        H: Uses<S>,
+    {
+        H::global(&self.shared.globals)
+    }
+
+    /// The handler-scoped global state this handler declared (`state = ...`).
+    pub fn state(&self) -> StateAccess<'a, H::State>
+    where
+        H::State: crate::global::DeclaredState,
+    {
+        let cell = match H::state(&self.shared.globals) {
+            Some(c) => c,
+            // The macro returns the cell for every declared state; `NoState` is not
+            // `DeclaredState`, so this arm is unreachable in practice.
+            None => unreachable_state(),
+        };
+        StateAccess {
+            cell,
+            host: &*self.shared.host,
+            fh: self.raw,
+        }
+    }
+
+    /// Marks `feature` as used (or not) in the struct this callback writes.
+    pub fn set_feature(&self, feature: Feature, used: bool) {
+        let m = feature.mask();
+        let a = self.active.get();
+        self.active.set(if used { a | m } else { a & !m });
+    }
+
+    /// The features marked as used so far.
+    pub fn features(&self) -> u64 {
+        self.active.get()
+    }
+}
+
+#[cold]
+fn unreachable_state() -> ! {
+    unreachable!("a handler with declared state always has its cell")
+}
+
+/// Access to a handler's handler-scoped state, from [`Ctx::state`].
+pub struct StateAccess<'a, S: HandlerState> {
+    cell: &'a HandlerStateCell<S>,
+    host: &'a dyn LuoHost,
+    fh: *mut c_void,
+}
+
+impl<'a, S: HandlerState> StateAccess<'a, S> {
+    /// The outgoing state (created on the first preserve); see
+    /// [`HandlerStateCell::get_outgoing`].
+    pub fn get_outgoing(&self) -> Result<crate::global::StateOutgoing<'a, S>> {
+        self.cell.get_outgoing(self.host, self.fh)
+    }
+
+    /// The incoming state (restored before first access); see
+    /// [`HandlerStateCell::get_incoming`].
+    pub fn get_incoming(&self) -> Result<crate::global::StateIncoming<'a, S>> {
+        self.cell.get_incoming(self.host, self.fh)
+    }
+}
+
+/// A handler declared global state `S` (`flbs = [...]` or `subsystems = [...]`).
+///
+/// # Safety
+///
+/// Implemented by `#[liveupdate_handler]` only.
+#[diagnostic::on_unimplemented(
+    message = "handler `{Self}` did not declare the global state `{S}`",
+    label = "not declared by this handler",
+    note = "a handler gets only the global state it declares: add `{S}` to `flbs = [...]` or `subsystems = [...]` in its #[liveupdate_handler(...)]"
+)]
+pub unsafe trait Uses<S: Global>: HandlerAbi {
+    /// The cell of `S` inside the globals.
+    fn global(globals: &Self::Globals) -> &S::Cell;
+}
+
+/// Everything a trampoline reaches from a `struct liveupdate_file_handler *`.
+pub(crate) struct Shared<H: HandlerAbi> {
+    handler: H,
+    host: Arc<dyn LuoHost>,
+    pub(crate) globals: H::Globals,
+}
+
+impl<H: HandlerAbi> Shared<H> {
+    pub(crate) fn host(&self) -> &dyn LuoHost {
+        &*self.host
+    }
+}
+
+/// One registered `struct liveupdate_file_handler`, followed by the way back to its handler.
+/// `#[repr(C)]` with the raw struct first, so the pointer the core gets is also a pointer to
+/// the entry (`container_of`).
+#[repr(C)]
+pub struct HandlerEntry<R> {
+    raw: R,
+    shared: *const c_void,
+}
+
+/// A Rust handler ready to be registered: its raw handler structs (one per version) with
+/// stable addresses, the handler value, the host, and its global state.
+pub struct Registration<H: HandlerAbi> {
+    entries: Box<[HandlerEntry<H::Raw>]>,
+    shared: Box<Shared<H>>,
+}
+
+// SAFETY: the entries are immutable after construction; their raw pointers point to `'static`
+// ops tables and into `shared`, which is `Send + Sync` when `H` and its globals are.
+unsafe impl<H: HandlerAbi> Send for Registration<H> {}
+// SAFETY: as above; nothing is mutated through `&Registration`.
+unsafe impl<H: HandlerAbi> Sync for Registration<H> {}
+
+impl<H: HandlerAbi> Registration<H> {
+    /// Builds the registration of `handler`, run by `host`, with its declared global state
+    /// (`()` if none; else a tuple in declaration order: the handler-scoped state's
+    /// [`HandlerStateCell`] first, then each FLB's and subsystem's `Arc` cell).
+    pub fn new(handler: H, host: Arc<dyn LuoHost>, globals: H::Globals) -> Self {
+        let shared = Box::new(Shared {
+            handler,
+            host,
+            globals,
+        });
+        let sp = &*shared as *const Shared<H> as *const c_void;
+        let entries = H::entries()
+            .iter()
+            .map(|&raw| HandlerEntry { raw, shared: sp })
+            .collect::<Vec<_>>()
+            .into_boxed_slice();
+        Registration { entries, shared }
+    }
+
+    /// The raw handlers to pass to `liveupdate_register_file_handler`: the writer first, then
+    /// one per version read.
+    pub fn raw_handlers(&self) -> Vec<*mut H::Raw> {
+        self.entries
+            .iter()
+            .map(|e| &e.raw as *const H::Raw as *mut H::Raw)
+            .collect()
+    }
+
+    /// The writer's raw handler.
+    pub fn raw(&self) -> *mut H::Raw {
+        &self.entries[0].raw as *const H::Raw as *mut H::Raw
+    }
+
+    /// The `liveupdate_fh_global_state_ops` to register for the writer
+    /// (`liveupdate_fh_global_state_register`), if the handler declared handler-scoped state.
+    pub fn state_ops(&self) -> Option<*const c_void> {
+        let p = H::state_ops();
+        (!p.is_null()).then_some(p)
+    }
+
+    /// The raw FLBs to link with every raw handler (`liveupdate_register_flb`).
+    pub fn flbs(&self) -> Vec<RawFlb> {
+        H::flbs(&self.shared.globals)
+    }
+
+    /// The handler value.
+    pub fn handler(&self) -> &H {
+        &self.shared.handler
+    }
+
+    /// The declared global state.
+    pub fn globals(&self) -> &H::Globals {
+        &self.shared.globals
+    }
+
+    /// The handler-scoped state, outside any callback (e.g. at init); a `get` while this task
+    /// runs one of the state's callbacks or holds its guard gives `-EDEADLK`.
+    pub fn state(&self) -> StateAccess<'_, H::State>
+    where
+        H::State: crate::global::DeclaredState,
+    {
+        let cell = match H::state(&self.shared.globals) {
+            Some(c) => c,
+            None => unreachable_state(),
+        };
+        StateAccess {
+            cell,
+            host: &*self.shared.host,
+            fh: self.raw().cast(),
+        }
+    }
+}
+
+/// The runtime behind the trampolines `#[liveupdate_handler]` generates. Each function takes
+/// the raw C arguments (as opaque pointers: this crate cannot name the generated structs),
+/// never unwinds, and returns what the C op returns.
+///
+/// # Safety (all functions)
+///
+/// `handler` is a `struct liveupdate_file_handler *` from [`Registration::raw_handlers`] of a
+/// live registration of `H`; `file` is NULL or a live [`FileCell`]; out-pointers are valid for
+/// writes.
+// The module docs carry the `# Safety` section shared by every function.
+#[allow(clippy::missing_safety_doc)]
+pub mod rt {
+    use super::*;
+
+    pub(crate) unsafe fn shared<'a, H: HandlerAbi>(handler: *mut c_void) -> &'a Shared<H> {
+        // SAFETY: per the module contract `handler` points to the `raw` field, at offset 0,
+        // of a `HandlerEntry<H::Raw>` whose `shared` points to a live `Shared<H>`.
+        unsafe {
+            let entry = &*handler.cast::<HandlerEntry<H::Raw>>();
+            &*entry.shared.cast::<Shared<H>>()
+        }
+    }
+
+    fn status(r: Result) -> i32 {
+        crate::errno::to_neg(r)
+    }
+
+    const EIO: i32 = Errno::EIO.to_neg();
+
+    /// `can_preserve`.
+    pub unsafe fn can_preserve<H: FileHandler>(handler: *mut c_void, file: *mut c_void) -> bool {
+        crate::ffi::catch(false, || {
+            // SAFETY: module contract.
+            let s = unsafe { shared::<H>(handler) };
+            // SAFETY: module contract.
+            match unsafe { FileCell::borrow(file) } {
+                Some(f) => s.handler.can_preserve(f),
+                None => false,
+            }
+        })
+    }
+
+    /// `preserve`: on success sets `*data` to the handle of the written struct and
+    /// `*private` to the boxed private data.
+    pub unsafe fn preserve<H: FileHandler>(
+        handler: *mut c_void,
+        file: *mut c_void,
+        data: *mut u64,
+        private: *mut *mut c_void,
+    ) -> i32 {
+        crate::ffi::catch(EIO, || {
+            // SAFETY: module contract.
+            let s = unsafe { shared::<H>(handler) };
+            // SAFETY: module contract.
+            let Some(f) = (unsafe { FileCell::borrow(file) }) else {
+                return Errno::EBADF.to_neg();
+            };
+            let default = H::FEATURES.map_or(0, |d| d.active);
+            let cx = Ctx::new(s, handler, default);
+            let (mut ser, p) = match s.handler.preserve(&cx, f) {
+                Ok(v) => v,
+                Err(e) => return e.to_neg(),
+            };
+            H::encode(&mut ser, cx.features());
+            match cx.kho().alloc_preserve_obj(&ser) {
+                Ok(ptr) => {
+                    // SAFETY: module contract (valid out-pointers).
+                    unsafe {
+                        *data = ptr.addr().as_u64();
+                        *private = Box::into_raw(Box::new(p)).cast();
+                    }
+                    0
+                }
+                Err(e) => {
+                    // The core will not call unpreserve for a failed preserve: undo it here.
+                    s.handler.unpreserve(&cx, f, ser, p);
+                    e.to_neg()
+                }
+            }
+        })
+    }
+
+    /// `unpreserve`: frees the preserved struct and the private data.
+    pub unsafe fn unpreserve<H: FileHandler>(
+        handler: *mut c_void,
+        file: *mut c_void,
+        data: u64,
+        private: *mut *mut c_void,
+    ) {
+        crate::ffi::catch((), || {
+            // SAFETY: module contract.
+            let s = unsafe { shared::<H>(handler) };
+            // SAFETY: module contract; the private box was made by `preserve`.
+            let p = unsafe { take_private::<H>(private) };
+            // SAFETY: module contract.
+            let f = unsafe { FileCell::borrow(file) };
+            let cx = Ctx::new(s, handler, 0);
+            if let (Some(f), Some(p), Ok(ser)) = (f, p, read_ser::<H::Ser>(cx.kho(), data)) {
+                s.handler.unpreserve(&cx, f, ser, p);
+            }
+            if data != 0 {
+                // `void` op: a KHO error here can only be dropped.
+                let _ = cx.kho().unpreserve_free(PhysAddr::new(data));
+            }
+        })
+    }
+
+    unsafe fn take_private<H: FileHandler>(private: *mut *mut c_void) -> Option<H::Private> {
+        // SAFETY: caller contract.
+        let p = unsafe { core::mem::replace(&mut *private, core::ptr::null_mut()) };
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: a non-NULL `private_data` of this handler is a `Box<H::Private>` leaked by
+        // `preserve`, taken exactly once here.
+        Some(*unsafe { Box::from_raw(p.cast::<H::Private>()) })
+    }
+
+    unsafe fn private_mut<'a, H: FileHandler>(private: *mut c_void) -> Option<&'a mut H::Private> {
+        // SAFETY: caller contract: NULL or the live box leaked by `preserve`.
+        unsafe { private.cast::<H::Private>().as_mut() }
+    }
+
+    /// `freeze`: changes the handler makes to the struct are written back in place.
+    pub unsafe fn freeze<H: FileHandler>(
+        handler: *mut c_void,
+        file: *mut c_void,
+        data: *mut u64,
+        private: *mut c_void,
+    ) -> i32 {
+        crate::ffi::catch(EIO, || {
+            // SAFETY: module contract.
+            let s = unsafe { shared::<H>(handler) };
+            // SAFETY: module contract.
+            let (Some(f), Some(p)) = (unsafe { FileCell::borrow(file) }, unsafe {
+                private_mut::<H>(private)
+            }) else {
+                return Errno::EINVAL.to_neg();
+            };
+            // SAFETY: module contract.
+            let handle = unsafe { *data };
+            let r = (|| {
+                let mut ser = read_ser::<H::Ser>(s.host.kho(), handle)?;
+                let cx = Ctx::new(s, handler, H::active_of(&ser));
+                s.handler.freeze(&cx, f, &mut ser, p)?;
+                H::encode(&mut ser, cx.features());
+                cx.kho()
+                    .write_obj(Phys::<H::Ser>::new(PhysAddr::new(handle)), &ser)
+            })();
+            status(r)
+        })
+    }
+
+    /// `unfreeze`.
+    pub unsafe fn unfreeze<H: FileHandler>(
+        handler: *mut c_void,
+        file: *mut c_void,
+        data: u64,
+        private: *mut c_void,
+    ) {
+        crate::ffi::catch((), || {
+            // SAFETY: module contract.
+            let s = unsafe { shared::<H>(handler) };
+            // SAFETY: module contract.
+            let (Some(f), Some(p)) = (unsafe { FileCell::borrow(file) }, unsafe {
+                private_mut::<H>(private)
+            }) else {
+                return;
+            };
+            if let Ok(ser) = read_ser::<H::Ser>(s.host.kho(), data) {
+                let cx = Ctx::new(s, handler, H::active_of(&ser));
+                s.handler.unfreeze(&cx, f, &ser, p);
+            }
+        })
+    }
+
+    /// `retrieve` for the version `V` this entry reads; sets `*file_out`.
+    pub unsafe fn retrieve<H: FileHandler, V: ReadAs<H>>(
+        handler: *mut c_void,
+        data: u64,
+        file_out: *mut *mut c_void,
+    ) -> i32 {
+        crate::ffi::catch(EIO, || {
+            // SAFETY: module contract.
+            let s = unsafe { shared::<H>(handler) };
+            let r = (|| {
+                let read = V::read(&s.handler, s.host.kho(), data)?;
+                let cx = Ctx::new(s, handler, 0);
+                s.handler.retrieve(&cx, read)
+            })();
+            match r {
+                Ok(file) => {
+                    // SAFETY: module contract (valid out-pointer).
+                    unsafe { *file_out = FileCell::into_raw(file) };
+                    0
+                }
+                Err(e) => e.to_neg(),
+            }
+        })
+    }
+
+    /// `can_finish`; invalid data does not hold FINISH up (`true`).
+    pub unsafe fn can_finish<H: FileHandler, V: ReadAs<H>>(
+        handler: *mut c_void,
+        file: *mut c_void,
+        data: u64,
+        status: i32,
+    ) -> bool {
+        crate::ffi::catch(false, || {
+            // SAFETY: module contract.
+            let s = unsafe { shared::<H>(handler) };
+            // SAFETY: module contract.
+            let f = unsafe { FileCell::borrow(file) };
+            match V::read(&s.handler, s.host.kho(), data) {
+                Ok(read) => {
+                    let cx = Ctx::new(s, handler, 0);
+                    s.handler
+                        .can_finish(&cx, f, &read, RetrieveStatus::from_raw(status))
+                }
+                Err(_) => true,
+            }
+        })
+    }
+
+    /// `finish`: releases the preserved struct afterwards, even if it did not validate.
+    pub unsafe fn finish<H: FileHandler, V: ReadAs<H>>(
+        handler: *mut c_void,
+        file: *mut c_void,
+        data: u64,
+        status: i32,
+    ) {
+        crate::ffi::catch((), || {
+            // SAFETY: module contract.
+            let s = unsafe { shared::<H>(handler) };
+            // SAFETY: module contract.
+            let f = unsafe { FileCell::borrow(file) };
+            if let Ok(read) = V::read(&s.handler, s.host.kho(), data) {
+                let cx = Ctx::new(s, handler, 0);
+                s.handler
+                    .finish(&cx, f, read, RetrieveStatus::from_raw(status));
+            }
+            if data != 0 {
+                let _ = s.host.kho().restore_free(PhysAddr::new(data));
+            }
+        })
+    }
+
+    /// `get_id`; `0` for a NULL file or a panic.
+    pub unsafe fn get_id<H: FileHandler>(file: *mut c_void) -> u64 {
+        crate::ffi::catch(0, || {
+            // SAFETY: module contract.
+            match unsafe { FileCell::borrow(file) } {
+                Some(f) => H::get_id(f).0,
+                None => 0,
+            }
+        })
+    }
+
+    /// `can_preserve` of an entry that only reads an older version: never.
+    pub fn reader_can_preserve() -> bool {
+        false
+    }
+
+    /// `preserve` of an entry that only reads an older version: `-EOPNOTSUPP`.
+    pub fn reader_preserve() -> i32 {
+        Errno::EOPNOTSUPP.to_neg()
+    }
+
+    /// `unpreserve` of an entry that only reads an older version: nothing was preserved.
+    pub fn reader_unpreserve() {}
+}
+
+/// [`NoState`] is the `State` of a handler without handler-scoped state.
+pub type NoHandlerState = NoState;

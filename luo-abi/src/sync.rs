@@ -1,0 +1,58 @@
+//! A sleeping [`LockBackend`] on std primitives (feature `std`): the default lock of Rust
+//! global state in the userspace model. A kernel build names a backend over `struct mutex`
+//! instead (`lock = ...` in the global-state attributes).
+
+extern crate std;
+
+use std::sync::{Condvar, Mutex, PoisonError};
+
+use crate::lock::LockBackend;
+
+/// A sleeping lock: a locked flag under a std mutex, waiters on a condvar. Never spins.
+pub struct StdBackend;
+
+/// State of [`StdBackend`].
+pub struct StdState {
+    locked: Mutex<bool>,
+    cond: Condvar,
+}
+
+// SAFETY: `lock` returns only after it flipped `locked` from false to true under the mutex,
+// `try_lock` likewise or returns `None`; only `unlock` sets it back to false.
+unsafe impl LockBackend for StdBackend {
+    type State = StdState;
+    type GuardState = ();
+
+    fn new_state() -> StdState {
+        StdState {
+            locked: Mutex::new(false),
+            cond: Condvar::new(),
+        }
+    }
+
+    fn lock(state: &StdState) {
+        let mut locked = state.locked.lock().unwrap_or_else(PoisonError::into_inner);
+        while *locked {
+            locked = state
+                .cond
+                .wait(locked)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        *locked = true;
+    }
+
+    fn try_lock(state: &StdState) -> Option<()> {
+        let mut locked = state.locked.lock().unwrap_or_else(PoisonError::into_inner);
+        if *locked {
+            None
+        } else {
+            *locked = true;
+            Some(())
+        }
+    }
+
+    unsafe fn unlock(state: &StdState, _: &()) {
+        *state.locked.lock().unwrap_or_else(PoisonError::into_inner) = false;
+        state.cond.notify_one();
+    }
+}

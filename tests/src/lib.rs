@@ -1,1 +1,6 @@
-//! Integration tests live in `tests/`.
+//! Integration tests live in `tests/`. This library holds the fuzz target
+//! bodies, shared by the cargo-fuzz crate (`fuzz/`, nightly) and by the
+//! corpus replay test that runs on stable in CI (`tests/fuzz_corpus.rs`),
+//! so what CI replays is exactly what was fuzzed.
+
+pub mod fuzz_targets;

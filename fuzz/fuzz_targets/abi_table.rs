@@ -1,0 +1,3 @@
+#![no_main]
+//! Fuzz target `abi_table`: see `luo_tests::fuzz_targets::abi_table`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| luo_tests::fuzz_targets::abi_table(data));

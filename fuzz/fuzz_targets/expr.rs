@@ -1,0 +1,3 @@
+#![no_main]
+//! Fuzz target `expr`: see `luo_tests::fuzz_targets::expr`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| luo_tests::fuzz_targets::expr(data));

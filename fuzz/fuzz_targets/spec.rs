@@ -1,0 +1,3 @@
+#![no_main]
+//! Fuzz target `spec`: see `luo_tests::fuzz_targets::spec`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| luo_tests::fuzz_targets::spec(data));

@@ -204,6 +204,12 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Entry>, TableError> {
                     index,
                     why: "name is not NUL-terminated",
                 })?;
+            if raw[len..].iter().any(|b| *b != 0) {
+                return Err(TableError::BadEntry {
+                    index,
+                    why: "bytes after the name's NUL must be zero",
+                });
+            }
             let name = std::str::from_utf8(&raw[..len])
                 .ok()
                 .filter(|s| s.is_ascii())
@@ -378,6 +384,28 @@ mod tests {
             from_file_bytes(b"\x7fELF\x02\x01"),
             Err(TableError::BadElf(_))
         ));
+    }
+
+    #[test]
+    fn name_padding_after_the_nul_must_be_zero() {
+        // Found by the `abi_table` fuzz target: junk after the terminator
+        // decoded fine and re-encoded differently.
+        let mut bytes = encode(&[Entry {
+            name: "block/v1".into(),
+            feat_bytes: 0,
+            kind: KIND_WRITES,
+            supp: 1,
+            req: 0,
+            active: 0,
+        }]);
+        bytes[8 + 13] = 1;
+        assert_eq!(
+            decode(&bytes),
+            Err(TableError::BadEntry {
+                index: 0,
+                why: "bytes after the name's NUL must be zero"
+            })
+        );
     }
 
     #[test]

@@ -285,7 +285,7 @@ fn build_model(ident: &Ident, args: Vec<Arg>, errors: &mut Errors) -> Model {
     }
     let mut seen: Vec<(String, u32)> = Vec::new();
     for f in &m.features {
-        if let Some((n, _)) = seen.iter().find(|(n, _)| *n == f.name.to_string()) {
+        if let Some((n, _)) = seen.iter().find(|(n, _)| f.name == n) {
             errors.spanned(&f.name, format!("feature `{n}` is declared twice"));
         } else if let Some((n, _)) = seen.iter().find(|(_, b)| *b == f.bit) {
             errors.spanned(

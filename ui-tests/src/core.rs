@@ -8,6 +8,12 @@
 //! preserve and destroyed after the last unpreserve or finish, restored before first access.
 //!
 //! It is not the real core (luo-core): no sessions, no uAPI, one flat token space.
+//!
+//! Like the C API it models, the registration functions take raw pointers, which must come
+//! from live registrations or cells that outlive the core.
+
+// Raw pointers in, as in the C API; the contract is in the module docs.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 use std::collections::BTreeMap;
 use std::ffi::c_void;
@@ -673,10 +679,8 @@ impl MiniCore {
                 }
             }
             for hd in &st.handlers {
-                if let Some(s) = &hd.state {
-                    if s.files > 0 {
-                        h.states.push((hd.compat.clone(), s.data));
-                    }
+                if let Some(s) = hd.state.as_ref().filter(|s| s.files > 0) {
+                    h.states.push((hd.compat.clone(), s.data));
                 }
             }
             for s in &st.subs {

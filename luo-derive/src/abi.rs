@@ -3,7 +3,7 @@
 //! `luo_abi::abi::AbiType` with the reserved-field check run on every read.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote, quote_spanned};
+use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Data, DeriveInput, Fields, Member, Type};
 
@@ -32,8 +32,27 @@ pub fn expand(input: DeriveInput) -> TokenStream {
         );
     }
 
+    match &input.data {
+        Data::Enum(e) => {
+            errors.at(
+                e.enum_token.span(),
+                "#[derive(Abi)] supports structs only: reading an enum with an unknown value is undefined behaviour; store a fixed-width integer (u32) and define constants",
+            );
+            return errors.to_compile_errors();
+        }
+        Data::Union(u) => {
+            errors.at(
+                u.union_token.span(),
+                "#[derive(Abi)] supports structs only; a union's active member is not part of the bytes",
+            );
+            return errors.to_compile_errors();
+        }
+        Data::Struct(_) => {}
+    }
+
     // Representation.
     let mut repr_c = false;
+    let mut repr_error = false;
     let mut packed = false;
     for attr in input.attrs.iter().filter(|a| a.path().is_ident("repr")) {
         let r = attr.parse_nested_meta(|meta| {
@@ -46,6 +65,7 @@ pub fn expand(input: DeriveInput) -> TokenStream {
                     syn::parenthesized!(content in meta.input);
                     let n: syn::LitInt = content.parse()?;
                     if n.base10_parse::<u64>()? != 1 {
+                        repr_error = true;
                         errors.spanned(
                             &n,
                             "only #[repr(C, packed)] (packed(1)) matches C's __packed; packed(N) with N > 1 has no C counterpart here",
@@ -57,16 +77,19 @@ pub fn expand(input: DeriveInput) -> TokenStream {
                 let content;
                 syn::parenthesized!(content in meta.input);
                 let _: TokenStream = content.parse()?;
+                repr_error = true;
                 errors.spanned(
                     p,
                     "#[repr(align(N))] adds tail padding the C struct does not declare; keep natural alignment and add explicit reserved fields",
                 );
             } else if p.is_ident("transparent") {
+                repr_error = true;
                 errors.spanned(
                     p,
                     "an ABI struct must be #[repr(C)] (or #[repr(C, packed)]), not #[repr(transparent)]",
                 );
             } else {
+                repr_error = true;
                 errors.spanned(
                     p,
                     "an ABI struct must be #[repr(C)] or #[repr(C, packed)]",
@@ -102,22 +125,9 @@ pub fn expand(input: DeriveInput) -> TokenStream {
 
     let data = match &input.data {
         Data::Struct(s) => Some(s),
-        Data::Enum(e) => {
-            errors.at(
-                e.enum_token.span(),
-                "#[derive(Abi)] supports structs only: reading an enum with an unknown value is undefined behaviour; store a fixed-width integer (u32) and define constants",
-            );
-            None
-        }
-        Data::Union(u) => {
-            errors.at(
-                u.union_token.span(),
-                "#[derive(Abi)] supports structs only; a union's active member is not part of the bytes",
-            );
-            None
-        }
+        _ => None,
     };
-    if data.is_some() && !repr_c {
+    if !repr_c && !repr_error {
         errors.at(
             ident.span(),
             format!(
@@ -217,8 +227,8 @@ pub fn expand(input: DeriveInput) -> TokenStream {
                     format!("at the end, after the last field `{}`", f.name),
                 ),
             };
-            let tr = format_ident!("__LuoPaddingAfter_{}", f.name);
-            let check = format_ident!("__luo_no_padding_after_{}", f.name);
+            let tr = syn::Ident::new(&format!("__LuoPaddingAfter_{}", f.name), f.span);
+            let check = syn::Ident::new(&format!("__luo_no_padding_after_{}", f.name), f.span);
             let msg = format!("`{name}` has {{N}} byte(s) of implicit padding {where_}");
             let note = format!(
                 "make the padding explicit with a reserved field after `{}`: `#[abi(reserved)] _reserved{}: [u8; {{N}}]` (checked as zero on read), or use #[repr(C, packed)] if the C struct is __packed",
@@ -230,7 +240,7 @@ pub fn expand(input: DeriveInput) -> TokenStream {
                 #[allow(non_camel_case_types)]
                 trait #tr<const N: usize> {}
                 impl #tr<0> for () {}
-                #[allow(dead_code)]
+                #[allow(dead_code, non_snake_case)]
                 fn #check() where (): #tr<{ #next - (#end) }> {}
             });
         }
@@ -242,9 +252,17 @@ pub fn expand(input: DeriveInput) -> TokenStream {
 
     let size_check = declared_size.map(|(n, span)| {
         let n = n as usize;
-        let msg = format!("`{name}` is not {n} bytes as #[abi(size = {n})] declares; compare the fields with the C struct");
+        let msg = format!("`{name}` is {{N}} bytes, but #[abi(size = {n})] declares {n}");
+        let note = "compare the fields with the C struct (types, order, packing); a missing or extra field is the usual cause";
+        let tr = syn::Ident::new("__LuoDeclaredSize", span);
         quote_spanned! {span=>
-            const _: () = ::core::assert!(::core::mem::size_of::<#ident>() == #n, #msg);
+            const _: () = {
+                #[diagnostic::on_unimplemented(message = #msg, label = "declared size", note = #note)]
+                trait #tr<const N: usize> {}
+                impl #tr<#n> for () {}
+                #[allow(dead_code)]
+                fn __luo_declared_size() where (): #tr<{ ::core::mem::size_of::<#ident>() }> {}
+            };
         }
     });
 

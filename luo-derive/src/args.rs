@@ -76,10 +76,27 @@ pub fn check_keys(args: Vec<Arg>, valid: &[&str], what: &str, errors: &mut Error
     out
 }
 
+/// The expression without the invisible groups `macro_rules!` wraps fragments in
+/// (`$compat:literal` arrives as a group holding the literal).
+pub fn ungroup(e: &Expr) -> &Expr {
+    match e {
+        Expr::Group(g) => ungroup(&g.expr),
+        Expr::Paren(p) => ungroup(&p.expr),
+        other => other,
+    }
+}
+
+fn value(a: &Arg) -> Option<&Expr> {
+    match &a.value {
+        ArgValue::Expr(e) => Some(ungroup(e)),
+        _ => None,
+    }
+}
+
 /// A string literal value.
 pub fn lit_str(a: &Arg, errors: &mut Errors) -> Option<LitStr> {
-    match &a.value {
-        ArgValue::Expr(Expr::Lit(ExprLit {
+    match value(a) {
+        Some(Expr::Lit(ExprLit {
             lit: Lit::Str(s), ..
         })) => Some(s.clone()),
         _ => {
@@ -94,8 +111,8 @@ pub fn lit_str(a: &Arg, errors: &mut Errors) -> Option<LitStr> {
 
 /// A path value (`abi = some::Type`).
 pub fn path(a: &Arg, errors: &mut Errors) -> Option<Path> {
-    match &a.value {
-        ArgValue::Expr(Expr::Path(p)) if p.qself.is_none() => Some(p.path.clone()),
+    match value(a) {
+        Some(Expr::Path(p)) if p.qself.is_none() => Some(p.path.clone()),
         _ => {
             errors.at(
                 value_span(a),
@@ -109,10 +126,10 @@ pub fn path(a: &Arg, errors: &mut Errors) -> Option<Path> {
 /// An array of string literals (`reads = ["a", "b"]`).
 pub fn str_array(a: &Arg, errors: &mut Errors) -> Vec<LitStr> {
     let mut out = Vec::new();
-    match &a.value {
-        ArgValue::Expr(Expr::Array(ExprArray { elems, .. })) => {
+    match value(a) {
+        Some(Expr::Array(ExprArray { elems, .. })) => {
             for e in elems {
-                match e {
+                match ungroup(e) {
                     Expr::Lit(ExprLit {
                         lit: Lit::Str(s), ..
                     }) => out.push(s.clone()),
@@ -140,10 +157,10 @@ pub fn str_array(a: &Arg, errors: &mut Errors) -> Vec<LitStr> {
 /// An array of paths (`flbs = [A, b::B]`).
 pub fn path_array(a: &Arg, errors: &mut Errors) -> Vec<Path> {
     let mut out = Vec::new();
-    match &a.value {
-        ArgValue::Expr(Expr::Array(ExprArray { elems, .. })) => {
+    match value(a) {
+        Some(Expr::Array(ExprArray { elems, .. })) => {
             for e in elems {
-                match e {
+                match ungroup(e) {
                     Expr::Path(p) if p.qself.is_none() => out.push(p.path.clone()),
                     other => errors.spanned(
                         other,
@@ -182,8 +199,8 @@ pub fn ident_array(a: &Arg, errors: &mut Errors) -> Vec<Ident> {
 
 /// An integer literal value.
 pub fn int(a: &Arg, errors: &mut Errors) -> Option<(u64, Span)> {
-    match &a.value {
-        ArgValue::Expr(Expr::Lit(ExprLit {
+    match value(a) {
+        Some(Expr::Lit(ExprLit {
             lit: Lit::Int(i), ..
         })) => match i.base10_parse::<u64>() {
             Ok(v) => Some((v, i.span())),

@@ -100,15 +100,16 @@ pub fn expect_struct(item: &Item, attr: &str, errors: &mut Errors) -> Option<syn
             if !s.generics.params.is_empty() {
                 errors.spanned(
                     &s.generics,
-                    format!("{attr} does not support generic types; the C side needs one concrete ops table"),
+                    format!("{attr} does not support generic types; the C side needs one concrete ops table, so remove the type parameters"),
                 );
+                return None;
             }
             Some(s.clone())
         }
         other => {
             errors.at(
                 item_span(other),
-                format!("{attr}(...) goes on a struct (the handler value) and, without arguments, on its trait impl"),
+                format!("{attr} goes on a struct (the value the ops table calls into) and, without arguments, on its trait impl"),
             );
             None
         }

@@ -149,6 +149,10 @@ fn parse(
         abi: None,
         lock: None,
     };
+    let name_given = args
+        .iter()
+        .any(|a| a.key == "compatible" || a.key == "name");
+    let abi_given = args.iter().any(|a| a.key == "abi");
     for a in &args {
         match a.key.to_string().as_str() {
             "compatible" | "name" => m.name = args::lit_str(a, errors),
@@ -160,6 +164,7 @@ fn parse(
     match form {
         Form::Flb => match &m.name {
             Some(c) => check_compat(c, "the FLB compatible string", Some("liveupdate_flb.compatible"), errors),
+            None if name_given => {}
             None => errors.at(
                 Span::call_site(),
                 "#[liveupdate_flb(...)] needs `compatible = \"name-vN\"`: the string written to luo_flb_ser.name",
@@ -167,6 +172,7 @@ fn parse(
         },
         Form::Subsystem => match &m.name {
             Some(c) => check_compat(c, "the subsystem name", None, errors),
+            None if name_given => {}
             None => errors.at(
                 Span::call_site(),
                 "#[liveupdate_subsystem(...)] needs `name = \"...\"`: the subsystem's unique name, which also names its handover data",
@@ -174,7 +180,7 @@ fn parse(
         },
         Form::State => {}
     }
-    if m.abi.is_none() {
+    if m.abi.is_none() && !abi_given {
         errors.at(
             Span::call_site(),
             format!(

@@ -8,6 +8,8 @@ use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::{Ident, Item, LitStr, Path};
 
+use syn::spanned::Spanned;
+
 use crate::args::{self, Arg, ArgValue};
 use crate::common::{self, assert_impl, check_compat, path_version, split_version, with_version};
 use crate::diag::Errors;
@@ -135,6 +137,8 @@ fn build_model(ident: &Ident, args: Vec<Arg>, errors: &mut Errors) -> Model {
     let mut name_lit = None;
     let mut reads_lits = Vec::new();
     let mut features_span = None;
+    let given = |k: &str| args.iter().any(|a| a.key == k);
+    let (compat_given, name_given, abi_given) = (given("compatible"), given("name"), given("abi"));
     for a in &args {
         match a.key.to_string().as_str() {
             "compatible" => m.compat = args::lit_str(a, errors),
@@ -162,11 +166,11 @@ fn build_model(ident: &Ident, args: Vec<Arg>, errors: &mut Errors) -> Model {
             m.compat = Some(l);
             m.versionless = true;
         }
-        (None, None) => errors.at(
+        (None, None) if !compat_given && !name_given => errors.at(
             Span::call_site(),
             format!("{ATTR} needs `compatible = \"name-vN\"`: the string written to luo_file_ser.compatible and matched by the next kernel"),
         ),
-        (Some(_), None) => {}
+        _ => {}
     }
     if let Some(c) = &m.compat {
         let what = if m.versionless {
@@ -176,7 +180,7 @@ fn build_model(ident: &Ident, args: Vec<Arg>, errors: &mut Errors) -> Model {
         };
         check_compat(c, what, Some("liveupdate_file_handler.compatible"), errors);
     }
-    if m.abi.is_none() {
+    if m.abi.is_none() && !abi_given {
         errors.at(
             Span::call_site(),
             format!("{ATTR} needs `abi = path::to::Type`: the ABI struct the handler hands over (for example luo_generated::memfd::v2::memfd_luo_ser)"),
@@ -261,7 +265,7 @@ fn build_model(ident: &Ident, args: Vec<Arg>, errors: &mut Errors) -> Model {
     }
 
     // Feature negotiation.
-    if m.versionless && m.features.is_empty() {
+    if m.versionless && features_span.is_none() {
         errors.at(
             Span::call_site(),
             "a versionless `name = ...` needs `features(...)`: declare the feature bits the handler knows, e.g. features(SEALS(bit = 0, fields = [seals]))",
@@ -299,14 +303,20 @@ fn build_model(ident: &Ident, args: Vec<Arg>, errors: &mut Errors) -> Model {
         seen.push((f.name.to_string(), f.bit));
     }
 
-    let mut dup: Vec<String> = Vec::new();
-    for p in m.flbs.iter().chain(&m.subsystems) {
-        let k = quote!(#p).to_string();
-        if dup.contains(&k) {
-            errors.spanned(p, "this global state is linked twice");
-        }
-        dup.push(k);
-    }
+    let mut seen_globals: Vec<String> = Vec::new();
+    let mut dedup = |list: &mut Vec<Path>, errors: &mut Errors| {
+        list.retain(|p| {
+            let k = quote!(#p).to_string();
+            if seen_globals.contains(&k) {
+                errors.spanned(p, "this global state is linked twice; list it once");
+                return false;
+            }
+            seen_globals.push(k);
+            true
+        });
+    };
+    dedup(&mut m.flbs, errors);
+    dedup(&mut m.subsystems, errors);
     m
 }
 
@@ -350,11 +360,13 @@ fn parse_features(a: &Arg, errors: &mut Errors) -> Vec<FeatureModel> {
             }
         };
         let mut bit = None;
+        let mut bit_given = false;
         let mut fields = Vec::new();
         let mut required = false;
         for i in &inner {
             match i.key.to_string().as_str() {
                 "bit" => {
+                    bit_given = true;
                     if let Some((b, span)) = args::int(i, errors) {
                         if b >= 64 {
                             errors.at(span, format!("feature bit {b} does not fit the 64-bit feature words; use 0..=63"));
@@ -378,6 +390,7 @@ fn parse_features(a: &Arg, errors: &mut Errors) -> Vec<FeatureModel> {
                 fields,
                 required,
             }),
+            None if bit_given => {}
             None => errors.at(f.key.span(), format!("feature `{}` needs `bit = N`", f.key)),
         }
     }
@@ -390,14 +403,17 @@ struct Names {
 
 fn globals_type(m: &Model) -> (TokenStream, Vec<TokenStream>) {
     let mut tys = Vec::new();
+    // Spanned at the user's path, so a type that is not the declared form is reported there.
     if let Some(s) = &m.state {
-        tys.push(quote!(::luo_abi::global::HandlerStateCell<#s>));
+        tys.push(quote_spanned!(s.span()=> ::luo_abi::global::HandlerStateCell<#s>));
     }
     for f in &m.flbs {
-        tys.push(quote!(::luo_abi::__private::Arc<::luo_abi::global::FlbCell<#f>>));
+        tys.push(
+            quote_spanned!(f.span()=> ::luo_abi::__private::Arc<::luo_abi::global::FlbCell<#f>>),
+        );
     }
     for s in &m.subsystems {
-        tys.push(quote!(::luo_abi::__private::Arc<::luo_abi::global::SubsystemCell<#s>>));
+        tys.push(quote_spanned!(s.span()=> ::luo_abi::__private::Arc<::luo_abi::global::SubsystemCell<#s>>));
     }
     let ty = match tys.len() {
         0 => quote!(()),
@@ -531,6 +547,12 @@ fn feature_parts(
         #[allow(non_upper_case_globals)]
         impl #ident {
             #(#consts)*
+
+            /// Zeroes the fields of the features not in `active`.
+            #[doc(hidden)]
+            fn __luo_zero_inactive(ser: &mut <#ident as ::luo_abi::handler::HandlerAbi>::Ser, active: u64) {
+                #(#zero_inactive)*
+            }
         }
     };
     let decode = quote! {
@@ -547,7 +569,7 @@ fn feature_parts(
             hdr,
             ::luo_abi::abi::is_zeroed(&reserved),
         )?;
-        #(#zero_inactive)*
+        Self::__luo_zero_inactive(&mut ser, active);
         ::core::result::Result::Ok(::luo_abi::features::Negotiated::new(ser, active))
     };
     let encode = quote! {
@@ -556,8 +578,7 @@ fn feature_parts(
         ser.features.req = hdr.req;
         ser.features.active = hdr.active;
         ser.features.reserved = ::luo_abi::__private::zerocopy::FromZeros::new_zeroed();
-        let active = hdr.active;
-        #(#zero_inactive)*
+        Self::__luo_zero_inactive(ser, hdr.active);
     };
     (
         quote!(::luo_abi::features::Negotiated<Self::Ser>),
@@ -638,6 +659,8 @@ fn generate(m: &Model) -> TokenStream {
         entries.push(entry(&table, &lit.value()));
         let span = lit.span();
         let validate = common::validate(quote!(old));
+        // Spanned at the version string, so a missing `Migrate` impl is reported there.
+        let ident = Ident::new(&ident.to_string(), span);
         readers.push(quote_spanned! {span=>
             #[doc(hidden)]
             pub struct #rd;
@@ -855,7 +878,7 @@ fn uses_impls(m: &Model) -> TokenStream {
     let all = m.flbs.iter().chain(&m.subsystems);
     let impls = all.enumerate().map(|(i, p)| {
         let idx = syn::Index::from(base + i);
-        quote! {
+        quote_spanned! {p.span()=>
             // SAFETY: the cell is the declared one, in the globals tuple.
             unsafe impl ::luo_abi::handler::Uses<#p> for #ident {
                 fn global(globals: &Self::Globals) -> &<#p as ::luo_abi::global::Global>::Cell {
@@ -869,7 +892,6 @@ fn uses_impls(m: &Model) -> TokenStream {
 
 /// Compile-time checks spanned at the user's tokens.
 fn checks(m: &Model) -> TokenStream {
-    let ident = &m.ident;
     let mut out = Vec::new();
     if let Some(s) = &m.state {
         out.push(assert_impl(s, quote!(::luo_abi::global::DeclaredState)));
@@ -879,15 +901,6 @@ fn checks(m: &Model) -> TokenStream {
     }
     for s in &m.subsystems {
         out.push(assert_impl(s, quote!(::luo_abi::global::Subsystem)));
-    }
-    for (lit, old) in &m.reads {
-        let span = lit.span();
-        out.push(quote_spanned! {span=>
-            const _: () = {
-                fn __luo_assert<H: ::luo_abi::handler::Migrate<#old>>() {}
-                let _ = __luo_assert::<#ident>;
-            };
-        });
     }
     quote!(#(#out)*)
 }
@@ -899,11 +912,32 @@ fn fallback(m: &Model) -> TokenStream {
         return quote!();
     }
     let ident = &m.ident;
-    let (read_ty, decode, encode, active_of, features, inherent) = feature_parts(m);
-    let abi_items = abi_items(m, &read_ty, &decode, &encode, &active_of, &features);
+    // The handler's own signatures follow what it asked for (`name` means negotiated).
+    let read_ty = if m.versionless {
+        quote!(::luo_abi::features::Negotiated<Self::Ser>)
+    } else {
+        quote!(Self::Ser)
+    };
+    let abi_items = abi_items(
+        m,
+        &read_ty,
+        &quote! { let _ = ser; ::core::unreachable!() },
+        &quote! { let _ = (ser, active); },
+        &quote! { let _ = ser; 0 },
+        &quote!(::core::option::Option::None),
+    );
+    let consts = m.features.iter().map(|f| {
+        let n = &f.name;
+        let b = f.bit;
+        let s = n.to_string();
+        quote!(pub const #n: ::luo_abi::features::Feature = ::luo_abi::features::Feature::new(#b, #s);)
+    });
     let uses = uses_impls(m);
     quote! {
-        #inherent
+        #[allow(non_upper_case_globals)]
+        impl #ident {
+            #(#consts)*
+        }
         const _: () = {
             // SAFETY: never registered: the crate does not compile.
             unsafe impl ::luo_abi::handler::HandlerAbi for #ident {

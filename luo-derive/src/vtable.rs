@@ -56,6 +56,8 @@ pub fn expand_impl(spec: &VtableSpec, args: TokenStream, mut item: ItemImpl) -> 
                         last.unwrap_or_default()
                     ),
                 );
+                let e = errors.to_compile_errors();
+                return quote!(#item #e);
             }
             path.span()
         }
@@ -67,7 +69,8 @@ pub fn expand_impl(spec: &VtableSpec, args: TokenStream, mut item: ItemImpl) -> 
                     spec.attr, spec.trait_name
                 ),
             );
-            item.self_ty.span()
+            let e = errors.to_compile_errors();
+            return quote!(#item #e);
         }
     };
 

@@ -27,7 +27,7 @@ mod handler;
 mod vtable;
 
 #[cfg(test)]
-mod snapshots;
+mod expand_tests;
 
 use proc_macro::TokenStream;
 use proc_macro2::TokenStream as TokenStream2;

@@ -14,12 +14,16 @@
 
 use core::fmt;
 
-use zerocopy::{FromBytes, Immutable, IntoBytes};
+use zerocopy::{Immutable, IntoBytes};
 
 use crate::errno::Errno;
 use crate::phys::{AlignedU64, Phys, PhysAddr};
 
 /// A type allowed as a field of an ABI struct.
+///
+/// Reading and writing need zerocopy's `FromBytes`/`IntoBytes` besides; they are not
+/// supertraits, so that a struct `#[derive(Abi)]` rejects (for padding, say) gets that one
+/// error and not a cascade.
 ///
 /// # Safety
 ///
@@ -31,7 +35,7 @@ use crate::phys::{AlignedU64, Phys, PhysAddr};
     note = "ABI fields are u8..u64, i8..i64, arrays of them, Phys<T>/PhysAddr/AlignedU64, or structs with #[derive(Abi)]",
     note = "a type from another crate that is zerocopy FromBytes + IntoBytes + Immutable can be allowed with #[abi(foreign)] on the field"
 )]
-pub unsafe trait AbiField: FromBytes + IntoBytes + Immutable {}
+pub unsafe trait AbiField {}
 
 macro_rules! abi_fields {
     ($($t:ty),*) => { $(

@@ -220,6 +220,11 @@ pub unsafe trait FlbAbi: Global + Sized {
 
 /// The callbacks of an FLB (`struct liveupdate_flb_ops`); all four are required. Implement it
 /// under `#[liveupdate_flb]`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an FLB",
+    label = "not declared with #[liveupdate_flb]",
+    note = "`flbs = [...]` lists FLBs: a type with #[liveupdate_flb(compatible = \"...\", abi = ...)] and #[liveupdate_flb] on its `impl FlbState`; subsystems go in `subsystems = [...]`, handler-scoped state in `state = ...`"
+)]
 pub trait FlbState: FlbAbi {
     /// The live object in the old kernel, shared by every dependent file.
     type Outgoing: Send + Sync + 'static;
@@ -394,6 +399,11 @@ pub unsafe trait HandlerStateAbi: Sized + Send + Sync + 'static {
 
 /// The callbacks of handler-scoped state (`struct liveupdate_fh_global_state_ops`); all three
 /// are required. Implement it under `#[liveupdate_global_state]`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not handler-scoped global state",
+    label = "not declared with #[liveupdate_global_state]",
+    note = "`state = ...` names a type with #[liveupdate_global_state(abi = ...)] and #[liveupdate_global_state] on its `impl HandlerState`; FLBs go in `flbs = [...]`"
+)]
 pub trait HandlerState: HandlerStateAbi {
     /// The live state in the old kernel.
     type Outgoing: Send + 'static;
@@ -680,6 +690,11 @@ pub unsafe trait SubsystemAbi: Global + Sized {
 /// The callbacks of a subsystem (`struct liveupdate_subsystem_ops`). `prepare`, `cancel`,
 /// `boot` and `finish` are required (they create and release the typed state); `freeze` is
 /// optional. Implement it under `#[liveupdate_subsystem]`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a subsystem",
+    label = "not declared with #[liveupdate_subsystem]",
+    note = "`subsystems = [...]` lists types with #[liveupdate_subsystem(name = \"...\", abi = ...)] and #[liveupdate_subsystem] on their `impl Subsystem`; FLBs go in `flbs = [...]`"
+)]
 pub trait Subsystem: SubsystemAbi {
     /// The live state in the old kernel (after `prepare`).
     type Outgoing: Send + 'static;

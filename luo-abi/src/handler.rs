@@ -586,7 +586,8 @@ pub mod rt {
         })
     }
 
-    /// `unpreserve`: frees the preserved struct and the private data.
+    /// `unpreserve`: frees the preserved struct and the private data, even if the handler
+    /// panics.
     pub unsafe fn unpreserve<H: FileHandler>(
         handler: *mut c_void,
         file: *mut c_void,
@@ -602,7 +603,7 @@ pub mod rt {
             let f = unsafe { FileCell::borrow(file) };
             let cx = Ctx::new(s, handler, 0);
             if let (Some(f), Some(p), Ok(ser)) = (f, p, read_ser::<H::Ser>(cx.kho(), data)) {
-                s.handler.unpreserve(&cx, f, ser, p);
+                crate::ffi::catch((), || s.handler.unpreserve(&cx, f, ser, p));
             }
             if data != 0 {
                 // `void` op: a KHO error here can only be dropped.
@@ -728,7 +729,8 @@ pub mod rt {
         })
     }
 
-    /// `finish`: releases the preserved struct afterwards, even if it did not validate.
+    /// `finish`: releases the preserved struct afterwards, even if it did not validate or
+    /// the handler panicked.
     pub unsafe fn finish<H: FileHandler, V: ReadAs<H>>(
         handler: *mut c_void,
         file: *mut c_void,
@@ -742,8 +744,10 @@ pub mod rt {
             let f = unsafe { FileCell::borrow(file) };
             if let Ok(read) = V::read(&s.handler, s.host.kho(), data) {
                 let cx = Ctx::new(s, handler, 0);
-                s.handler
-                    .finish(&cx, f, read, RetrieveStatus::from_raw(status));
+                crate::ffi::catch((), || {
+                    s.handler
+                        .finish(&cx, f, read, RetrieveStatus::from_raw(status))
+                });
             }
             if data != 0 {
                 let _ = s.host.kho().restore_free(PhysAddr::new(data));

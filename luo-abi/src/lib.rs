@@ -55,6 +55,9 @@ pub mod sync;
 /// Re-exports for the code the macros generate; not a stable API.
 #[doc(hidden)]
 pub mod __private {
+    pub use alloc::sync::Arc;
+    pub use alloc::vec;
+    pub use alloc::vec::Vec;
     pub use zerocopy;
 
     /// Autoref specialization: `(&Validate(&x)).luo_check()` runs `AbiType::check_reserved`

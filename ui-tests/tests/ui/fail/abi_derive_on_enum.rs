@@ -1,0 +1,12 @@
+#![allow(unused_imports)]
+use luo_derive::Abi;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+#[derive(Clone, Copy, Abi)]
+#[repr(u32)]
+enum Kind {
+    A = 1,
+    B = 2,
+}
+
+fn main() {}

@@ -1,0 +1,11 @@
+#![allow(unused_imports)]
+use luo_derive::Abi;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+#[derive(Clone, Copy, Abi)]
+#[repr(C)]
+struct Ser<'a> {
+    name: &'a [u8; 8],
+}
+
+fn main() {}

@@ -1,0 +1,11 @@
+#![allow(unused_imports)]
+use luo_derive::Abi;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+#[derive(Clone, Copy, Abi)]
+#[repr(transparent)]
+struct Ser {
+    a: u64,
+}
+
+fn main() {}

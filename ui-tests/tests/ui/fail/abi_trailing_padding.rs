@@ -1,0 +1,12 @@
+#![allow(unused_imports)]
+use luo_derive::Abi;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+#[derive(Clone, Copy, Abi)]
+#[repr(C)]
+struct Ser {
+    value: u64,
+    flags: u16,
+}
+
+fn main() {}

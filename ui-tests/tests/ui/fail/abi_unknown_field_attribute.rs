@@ -1,0 +1,12 @@
+#![allow(unused_imports)]
+use luo_derive::Abi;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+#[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Abi)]
+#[repr(C)]
+struct Ser {
+    #[abi(reserve)]
+    pad: u64,
+}
+
+fn main() {}

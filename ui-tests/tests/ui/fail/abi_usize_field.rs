@@ -1,0 +1,11 @@
+#![allow(unused_imports)]
+use luo_derive::Abi;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+#[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Abi)]
+#[repr(C)]
+struct Ser {
+    len: usize,
+}
+
+fn main() {}

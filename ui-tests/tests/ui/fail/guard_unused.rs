@@ -1,0 +1,49 @@
+// Dropping a guard at once releases the state: almost always a mistake.
+#![allow(unused_imports)]
+#![deny(unused_must_use)]
+use std::sync::Arc;
+
+use luo_abi::file::{File, FileRef};
+use luo_abi::global::{FlbState, StateCtx};
+use luo_abi::handler::{Ctx, FileHandler, RetrieveStatus};
+use luo_abi::{Errno, Result};
+use luo_derive::{liveupdate_flb, liveupdate_handler};
+use luo_generated::memfd::v2::memfd_luo_ser;
+
+#[liveupdate_flb(compatible = "pool-v1", abi = memfd_luo_ser)]
+struct Pool;
+
+#[liveupdate_flb]
+impl FlbState for Pool {
+    type Outgoing = u64;
+    type Incoming = u64;
+    fn preserve(&self, _: &StateCtx<'_>) -> Result<(memfd_luo_ser, u64)> {
+        Err(Errno::EINVAL)
+    }
+    fn unpreserve(&self, _: &StateCtx<'_>, _: memfd_luo_ser, _: Arc<u64>) {}
+    fn retrieve(&self, _: &StateCtx<'_>, _: memfd_luo_ser) -> Result<u64> {
+        Err(Errno::EINVAL)
+    }
+    fn finish(&self, _: &StateCtx<'_>, _: Arc<u64>) {}
+}
+
+#[liveupdate_handler(compatible = "memfd-v2", abi = luo_generated::memfd::v2::memfd_luo_ser, flbs = [Pool])]
+struct Memfd;
+
+#[liveupdate_handler]
+impl FileHandler for Memfd {
+    fn can_preserve(&self, _: &dyn File) -> bool {
+        false
+    }
+    fn preserve(&self, _: &Ctx<'_, Self>, _: &dyn File) -> Result<(memfd_luo_ser, ())> {
+        Err(Errno::EINVAL)
+    }
+    fn unpreserve(&self, _: &Ctx<'_, Self>, _: &dyn File, _: memfd_luo_ser, _: ()) {}
+    fn finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, _: memfd_luo_ser, _: RetrieveStatus) {}
+    fn retrieve(&self, cx: &Ctx<'_, Self>, _: memfd_luo_ser) -> Result<FileRef> {
+        cx.global::<Pool>().get_incoming()?;
+        Err(Errno::EINVAL)
+    }
+}
+
+fn main() {}

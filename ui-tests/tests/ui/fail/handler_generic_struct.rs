@@ -1,0 +1,11 @@
+#![allow(unused_imports)]
+use luo_abi::file::{File, FileRef};
+use luo_abi::handler::{Ctx, FileHandler, RetrieveStatus};
+use luo_abi::{Errno, Result};
+use luo_derive::liveupdate_handler;
+use luo_generated::memfd::v2::memfd_luo_ser;
+
+#[liveupdate_handler(compatible = "memfd-v2", abi = luo_generated::memfd::v2::memfd_luo_ser)]
+struct Memfd<T>(T);
+
+fn main() {}

@@ -1,0 +1,26 @@
+#![allow(unused_imports)]
+use luo_abi::file::{File, FileRef};
+use luo_abi::handler::{Ctx, FileHandler, RetrieveStatus};
+use luo_abi::{Errno, Result};
+use luo_derive::liveupdate_handler;
+use luo_generated::memfd::v2::memfd_luo_ser;
+
+#[liveupdate_handler(compatible = "memfd-v2", abi = luo_generated::memfd::v2::memfd_luo_ser, reads = ["memfd-v2"])]
+struct Memfd;
+
+#[liveupdate_handler]
+impl FileHandler for Memfd {
+    fn can_preserve(&self, _: &dyn File) -> bool {
+        false
+    }
+    fn preserve(&self, _: &Ctx<'_, Self>, _: &dyn File) -> Result<(memfd_luo_ser, ())> {
+        Err(Errno::EINVAL)
+    }
+    fn unpreserve(&self, _: &Ctx<'_, Self>, _: &dyn File, _: memfd_luo_ser, _: ()) {}
+    fn retrieve(&self, _: &Ctx<'_, Self>, _: memfd_luo_ser) -> Result<FileRef> {
+        Err(Errno::EINVAL)
+    }
+    fn finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, _: memfd_luo_ser, _: RetrieveStatus) {}
+}
+
+fn main() {}

@@ -1,0 +1,24 @@
+#![allow(unused_imports)]
+use luo_abi::global::{StateCtx, Subsystem};
+use luo_abi::{Errno, Result};
+use luo_derive::liveupdate_subsystem;
+use luo_generated::memfd::v2::memfd_luo_ser;
+
+#[liveupdate_subsystem(abi = memfd_luo_ser)]
+struct Huge;
+
+#[liveupdate_subsystem]
+impl Subsystem for Huge {
+    type Outgoing = ();
+    type Incoming = ();
+    fn prepare(&self, _: &StateCtx<'_>) -> Result<(memfd_luo_ser, ())> {
+        Err(Errno::EINVAL)
+    }
+    fn cancel(&self, _: &StateCtx<'_>, _: ()) {}
+    fn boot(&self, _: &StateCtx<'_>, _: memfd_luo_ser) -> Result<()> {
+        Err(Errno::EINVAL)
+    }
+    fn finish(&self, _: &StateCtx<'_>, _: ()) {}
+}
+
+fn main() {}

@@ -95,9 +95,15 @@ fn every_bitfield_probe_fills_its_struct() {
     // Runs every generated bitfield setter (also under Miri): each probe
     // writes exactly the struct's size, and sets a bit in every unit.
     for (path, probe) in luo_generated::layouts::BITFIELD_PROBES {
-        let info = luo_generated::layouts::STRUCTS.iter().find(|s| s.path == *path).expect("registered");
+        let info = luo_generated::layouts::STRUCTS
+            .iter()
+            .find(|s| s.path == *path)
+            .expect("registered");
         let mut buf = [0u8; 256];
         assert_eq!(probe(&mut buf), info.size, "{path}");
-        assert!(buf[..info.size].iter().any(|b| *b != 0), "{path}: nothing written");
+        assert!(
+            buf[..info.size].iter().any(|b| *b != 0),
+            "{path}: nothing written"
+        );
     }
 }

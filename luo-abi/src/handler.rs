@@ -464,8 +464,10 @@ impl<H: HandlerAbi> Registration<H> {
         &self.entries[0].raw as *const H::Raw as *mut H::Raw
     }
 
-    /// The `liveupdate_fh_global_state_ops` to register for the writer
-    /// (`liveupdate_fh_global_state_register`), if the handler declared handler-scoped state.
+    /// The `liveupdate_fh_global_state_ops` to register (`liveupdate_fh_global_state_register`)
+    /// for **every** raw handler, if the handler declared handler-scoped state. All entries
+    /// share one state cell, so state handed over by an older version (registered under that
+    /// version's compatible string) is restored through the reader entry of that version.
     pub fn state_ops(&self) -> Option<*const c_void> {
         let p = H::state_ops();
         (!p.is_null()).then_some(p)

@@ -288,7 +288,9 @@ impl MiniCore {
             }
         }
         if let Some(ops) = reg.state_ops() {
-            self.register_state(reg.raw(), ops)?;
+            for raw in reg.raw_handlers() {
+                self.register_state(raw, ops)?;
+            }
         }
         Ok(())
     }

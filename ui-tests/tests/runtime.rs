@@ -1118,3 +1118,102 @@ fn abort_policy_aborts_the_process() {
         "{stderr}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Handler-scoped state handed over by an older version, read through the reader entry.
+
+mod counted {
+    pub mod v1 {
+        pub(crate) use crate::counter_ser;
+    }
+    pub mod v2 {
+        pub(crate) use crate::counter_ser;
+    }
+}
+
+#[liveupdate_handler(compatible = "counted-v1", abi = counted::v1::counter_ser, state = Counter)]
+struct CountedV1;
+
+#[liveupdate_handler]
+impl FileHandler for CountedV1 {
+    fn can_preserve(&self, file: &dyn File) -> bool {
+        file.kind() == FileKind::Memfd
+    }
+    fn preserve(&self, cx: &Ctx<'_, Self>, _file: &dyn File) -> Result<(counter_ser, ())> {
+        let mut g = cx.state().get_outgoing()?;
+        *g += 10;
+        let n = *g;
+        g.write_ser(&counter_ser { count: n })?;
+        Ok((counter_ser { count: n }, ()))
+    }
+    fn unpreserve(&self, _: &Ctx<'_, Self>, _: &dyn File, _: counter_ser, _: ()) {}
+    fn retrieve(&self, _: &Ctx<'_, Self>, _: counter_ser) -> Result<FileRef> {
+        Err(Errno::EINVAL)
+    }
+    fn finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, _: counter_ser, _: RetrieveStatus) {}
+}
+
+#[liveupdate_handler(
+    compatible = "counted-v2",
+    abi = counted::v2::counter_ser,
+    reads = ["counted-v1"],
+    state = Counter
+)]
+struct CountedV2;
+
+#[liveupdate_handler]
+impl FileHandler for CountedV2 {
+    fn can_preserve(&self, file: &dyn File) -> bool {
+        file.kind() == FileKind::Memfd
+    }
+    fn preserve(&self, _: &Ctx<'_, Self>, _: &dyn File) -> Result<(counter_ser, ())> {
+        Err(Errno::EINVAL)
+    }
+    fn unpreserve(&self, _: &Ctx<'_, Self>, _: &dyn File, _: counter_ser, _: ()) {}
+    fn retrieve(&self, cx: &Ctx<'_, Self>, d: counter_ser) -> Result<FileRef> {
+        let total = *cx.state().get_incoming()?;
+        Ok(TestFile::memfd(0, d.count, total, 0))
+    }
+    fn finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, _: counter_ser, _: RetrieveStatus) {}
+}
+
+impl Migrate<counter_ser> for CountedV2 {
+    fn migrate(&self, old: counter_ser) -> Result<counter_ser> {
+        Ok(counter_ser {
+            count: old.count + 1,
+        })
+    }
+}
+
+#[test]
+fn state_of_an_older_version_is_restored_through_its_reader_entry() {
+    let kho = Arc::new(VecKho::new());
+    let core = MiniCore::new(kho.clone());
+    let reg = Registration::new(
+        CountedV1,
+        host(&core),
+        (HandlerStateCell::new(Counter::default()),),
+    );
+    core.register(&reg).unwrap();
+    core.preserve(1, TestFile::memfd(1, 0, 0, 0)).unwrap();
+    core.preserve(2, TestFile::memfd(2, 0, 0, 0)).unwrap();
+    let h = core.kexec().unwrap();
+    assert_eq!(h.states[0].0, "counted-v1");
+    drop(core);
+    drop(reg);
+
+    let core = boot(&kho, h);
+    let reg = Registration::new(
+        CountedV2,
+        host(&core),
+        (HandlerStateCell::new(Counter::default()),),
+    );
+    core.register(&reg).unwrap();
+    let f = core.retrieve(1).unwrap();
+    // File 1 saw 10 (migrated to 11); the state counted 20.
+    assert_eq!(f.downcast_ref::<TestFile>().unwrap().state(), (11, 20, 0));
+    core.finish().unwrap();
+    let log = reg.globals().0.state().log.lock().unwrap().clone();
+    assert_eq!(log, ["restore 20", "destroy Incoming(20)"]);
+    assert_eq!(kho.incoming_blocks(), 0);
+}

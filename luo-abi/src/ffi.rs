@@ -12,7 +12,7 @@
 //!   the callback's failure value: `-EIO` for `int` callbacks, `false` for `bool` callbacks,
 //!   nothing for `void` callbacks (the effect of the callback is lost, and the resources it was
 //!   to release stay leaked). Without `std` (a kernel build, where `panic=abort` anyway), or
-//!   with [`set_panic_policy`]`(PanicPolicy::Abort)`, the panic reaches the `extern "C"`
+//!   with `set_panic_policy(PanicPolicy::Abort)`, the panic reaches the `extern "C"`
 //!   boundary, where Rust aborts the process (guaranteed since Rust 1.81).
 //! * **Task identity** ([`current_task`]) is what the global-state runtime compares to detect a
 //!   re-entrant `get` (`-EDEADLK`) instead of deadlocking.

@@ -368,14 +368,17 @@ pub struct StateAccess<'a, S: HandlerState> {
 }
 
 impl<'a, S: HandlerState> StateAccess<'a, S> {
-    /// The outgoing state (created on the first preserve); see
-    /// [`HandlerStateCell::get_outgoing`].
+    /// The outgoing state (created on the first preserve), holding the handler-scoped lock
+    /// until the guard drops (`liveupdate_fh_global_state_get` … `_put`); `-ENODATA` before
+    /// the first preserve, `-EDEADLK` from the state's own callbacks or while this task holds
+    /// a guard of it.
     pub fn get_outgoing(&self) -> Result<crate::global::StateOutgoing<'a, S>> {
         self.cell.get_outgoing(self.host, self.fh)
     }
 
-    /// The incoming state (restored before first access); see
-    /// [`HandlerStateCell::get_incoming`].
+    /// The incoming state (restored before first access), holding the handler-scoped lock
+    /// until the guard drops; `-ENODATA` without handed-over state, `-EDEADLK` as for
+    /// [`StateAccess::get_outgoing`].
     pub fn get_incoming(&self) -> Result<crate::global::StateIncoming<'a, S>> {
         self.cell.get_incoming(self.host, self.fh)
     }

@@ -29,7 +29,7 @@
 //! [`global`] (the three forms of global state: cells, typed guards, trampoline runtime),
 //! [`abi`] (`#[derive(Abi)]` support), [`features`] (feature negotiation), [`host`] (what the
 //! core offers at run time) and [`ffi`] (the C-ABI conventions and panic policy). With the
-//! `std` feature, [`sync`] adds a std lock backend and callback panics become `-EIO`.
+//! `std` feature, `sync` adds a std lock backend and callback panics become `-EIO`.
 
 #![no_std]
 

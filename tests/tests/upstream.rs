@@ -107,3 +107,41 @@ fn every_bitfield_probe_fills_its_struct() {
         );
     }
 }
+
+#[test]
+fn feature_bits_and_masks_of_the_next_abi() {
+    // §8b: core bits NUMBER/SESSIONS/FLBS, all supported, required and active;
+    // memfd bits SEALS/FOLIOS likewise.
+    assert_eq!(luo::next::LUO_FEATURE_NUMBER, 1);
+    assert_eq!(luo::next::LUO_FEATURE_SESSIONS, 2);
+    assert_eq!(luo::next::LUO_FEATURE_FLBS, 4);
+    assert_eq!(luo::next::LUO_CORE_FEATURES_SUPP, 0x7);
+    assert_eq!(luo::next::LUO_CORE_FEATURES_REQ, 0x7);
+    assert_eq!(luo::next::LUO_CORE_FEATURES_ACTIVE, 0x7);
+    assert_eq!(memfd::next::MEMFD_LUO_FEATURE_SEALS, 1);
+    assert_eq!(memfd::next::MEMFD_LUO_FEATURE_FOLIOS, 2);
+    assert_eq!(memfd::next::MEMFD_LUO_FEATURES_SUPP, 0x3);
+    assert_eq!(memfd::v2::COMPATIBLE, "memfd-v2");
+    assert_eq!(memfd::next::COMPATIBLE, "memfd");
+    assert_eq!(luo::v5::VERSION_ID, "v5");
+}
+
+#[test]
+fn generated_types_check_their_reserved_members() {
+    use luo_abi::abi::AbiType;
+    let mut finish: uapi::liveupdate_session_finish = zerocopy::FromZeros::new_zeroed();
+    assert!(finish.check_reserved().is_ok());
+    finish.reserved = 1;
+    let err = finish.check_reserved().unwrap_err();
+    assert_eq!(
+        (err.ty, err.field),
+        ("liveupdate_session_finish", "reserved")
+    );
+    // Nested: a non-zero reserved word of the feature header inside memfd_luo_ser.
+    let mut ser: memfd::next::memfd_luo_ser = zerocopy::FromZeros::new_zeroed();
+    assert!(ser.check_reserved().is_ok());
+    let mut hdr = ser.features;
+    hdr.reserved[12] = 9;
+    ser.features = hdr;
+    assert_eq!(ser.check_reserved().unwrap_err().field, "reserved");
+}

@@ -12,3 +12,9 @@ use super::*;
 /// tree it is a sub-compatible that other compatible strings are composed from,
 /// so it carries no `role` here (a compatible role needs an `into` target).
 pub const KHO_BLOCK_COMPATIBLE: &str = "block-v1";
+
+/// Spec id of this version.
+pub const VERSION_ID: &str = "next";
+
+/// What a reader matches: this version's compatible string (or handler name).
+pub const COMPATIBLE: &str = "block/next";

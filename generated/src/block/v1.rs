@@ -7,3 +7,9 @@
 use luo_abi::{AlignedU64, Phys, PhysAddr};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 use super::*;
+
+/// Spec id of this version.
+pub const VERSION_ID: &str = "v1";
+
+/// What a reader matches: this version's compatible string (or handler name).
+pub const COMPATIBLE: &str = "block/v1";

@@ -45,6 +45,21 @@ const _: () = {
     assert!(core::mem::offset_of!(kho_vmalloc_hdr, next) == 0);
 };
 
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for kho_vmalloc_hdr {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for kho_vmalloc_hdr {
+    const NAME: &'static str = "kho_vmalloc_hdr";
+    const PACKED: bool = false;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        Ok(())
+    }
+}
+
 /// struct kho_vmalloc_chunk - One page of the chunk list of a preserved vmalloc
 /// area.
 ///
@@ -74,6 +89,25 @@ const _: () = {
     assert!(core::mem::offset_of!(kho_vmalloc_chunk, hdr) == 0);
     assert!(core::mem::offset_of!(kho_vmalloc_chunk, phys) == 8);
 };
+
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for kho_vmalloc_chunk {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for kho_vmalloc_chunk {
+    const NAME: &'static str = "kho_vmalloc_chunk";
+    const PACKED: bool = false;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        {
+            let v = self.hdr;
+            luo_abi::abi::AbiType::check_reserved(&v)?;
+        }
+        Ok(())
+    }
+}
 
 /// struct kho_vmalloc - Descriptor of a preserved vmalloc area.
 ///
@@ -111,3 +145,18 @@ const _: () = {
     assert!(core::mem::offset_of!(kho_vmalloc, flags) == 12);
     assert!(core::mem::offset_of!(kho_vmalloc, order) == 14);
 };
+
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for kho_vmalloc {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for kho_vmalloc {
+    const NAME: &'static str = "kho_vmalloc";
+    const PACKED: bool = false;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        Ok(())
+    }
+}

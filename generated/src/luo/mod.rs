@@ -54,6 +54,21 @@ const _: () = {
     assert!(core::mem::offset_of!(luo_file_ser, token) == 56);
 };
 
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for luo_file_ser {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for luo_file_ser {
+    const NAME: &'static str = "luo_file_ser";
+    const PACKED: bool = true;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        Ok(())
+    }
+}
+
 pub mod session_v1;
 
 pub mod v1;

@@ -36,6 +36,42 @@ pub const LUO_FLB_PGCNT: u64 = 1;
 /// C: `((LUO_FLB_PGCNT * PAGE_SIZE) - sizeof(struct luo_flb_header_ser)) / sizeof(struct luo_flb_ser)` (value for 4 KiB pages)
 pub const LUO_FLB_MAX: u64 = 0x3f;
 
+/// Spec id of this version.
+pub const VERSION_ID: &str = "next";
+
+/// What a reader matches: this version's compatible string (or handler name).
+pub const COMPATIBLE: &str = "LUO";
+
+/// luo_ser.liveupdate_num is valid.
+///
+/// C: `BIT(0)`
+pub const LUO_FEATURE_NUMBER: u64 = 1;
+
+/// luo_ser.sessions_pa heads a session block chain.
+///
+/// C: `BIT(1)`
+pub const LUO_FEATURE_SESSIONS: u64 = 2;
+
+/// luo_ser.flbs_pa points at the FLB area.
+///
+/// C: `BIT(2)`
+pub const LUO_FEATURE_FLBS: u64 = 4;
+
+/// Features this kernel supports (`supp`).
+///
+/// C: `(LUO_FEATURE_NUMBER | LUO_FEATURE_SESSIONS | LUO_FEATURE_FLBS)`
+pub const LUO_CORE_FEATURES_SUPP: u64 = 7;
+
+/// Features a receiver must understand (`req`).
+///
+/// C: `(LUO_FEATURE_NUMBER | LUO_FEATURE_SESSIONS | LUO_FEATURE_FLBS)`
+pub const LUO_CORE_FEATURES_REQ: u64 = 7;
+
+/// Features used in the payload (`active`).
+///
+/// C: `(LUO_FEATURE_NUMBER | LUO_FEATURE_SESSIONS | LUO_FEATURE_FLBS)`
+pub const LUO_CORE_FEATURES_ACTIVE: u64 = 7;
+
 /// struct luo_feature_hdr - Feature negotiation header.
 ///
 /// The first member, always named `features`, of every feature-negotiated
@@ -67,6 +103,27 @@ const _: () = {
     assert!(core::mem::offset_of!(luo_feature_hdr, reserved) == 24);
 };
 
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for luo_feature_hdr {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for luo_feature_hdr {
+    const NAME: &'static str = "luo_feature_hdr";
+    const PACKED: bool = true;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        {
+            let v = self.reserved;
+            if !luo_abi::abi::is_zeroed(&v) {
+                return Err(luo_abi::abi::ReservedNonZero { ty: "luo_feature_hdr", field: "reserved" });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// struct luo_ser - Root of the preserved LUO state.
 ///
 /// Registered as the KHO entry LUO_KHO_ENTRY_NAME.
@@ -92,6 +149,25 @@ const _: () = {
     assert!(core::mem::offset_of!(luo_ser, flbs_pa) == 144);
 };
 
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for luo_ser {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for luo_ser {
+    const NAME: &'static str = "luo_ser";
+    const PACKED: bool = true;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        {
+            let v = self.features;
+            luo_abi::abi::AbiType::check_reserved(&v)?;
+        }
+        Ok(())
+    }
+}
+
 /// struct luo_file_set_ser - The files of one session.
 #[repr(C, packed)]
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -108,6 +184,21 @@ const _: () = {
     assert!(core::mem::offset_of!(luo_file_set_ser, files) == 0);
     assert!(core::mem::offset_of!(luo_file_set_ser, count) == 8);
 };
+
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for luo_file_set_ser {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for luo_file_set_ser {
+    const NAME: &'static str = "luo_file_set_ser";
+    const PACKED: bool = true;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        Ok(())
+    }
+}
 
 /// struct luo_session_ser - One preserved session, an entry of the session block chain.
 #[repr(C, packed)]
@@ -126,6 +217,25 @@ const _: () = {
     assert!(core::mem::offset_of!(luo_session_ser, file_set_ser) == 64);
 };
 
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for luo_session_ser {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for luo_session_ser {
+    const NAME: &'static str = "luo_session_ser";
+    const PACKED: bool = true;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        {
+            let v = self.file_set_ser;
+            luo_abi::abi::AbiType::check_reserved(&v)?;
+        }
+        Ok(())
+    }
+}
+
 /// struct luo_flb_header_ser - Start of the FLB area, at luo_ser.flbs_pa.
 #[repr(C, packed)]
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -142,6 +252,21 @@ const _: () = {
     assert!(core::mem::offset_of!(luo_flb_header_ser, pgcnt) == 0);
     assert!(core::mem::offset_of!(luo_flb_header_ser, count) == 8);
 };
+
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for luo_flb_header_ser {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for luo_flb_header_ser {
+    const NAME: &'static str = "luo_flb_header_ser";
+    const PACKED: bool = true;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        Ok(())
+    }
+}
 
 /// struct luo_flb_ser - One preserved file-lifecycle-bound global object.
 #[repr(C, packed)]
@@ -162,3 +287,18 @@ const _: () = {
     assert!(core::mem::offset_of!(luo_flb_ser, data) == 48);
     assert!(core::mem::offset_of!(luo_flb_ser, count) == 56);
 };
+
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for luo_flb_ser {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for luo_flb_ser {
+    const NAME: &'static str = "luo_flb_ser";
+    const PACKED: bool = true;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        Ok(())
+    }
+}

@@ -45,6 +45,12 @@ pub const LUO_SESSION_PGCNT: u64 = 0x10;
 /// C: `((LUO_SESSION_PGCNT * PAGE_SIZE) - sizeof(struct luo_session_header_ser)) / sizeof(struct luo_session_ser)` (value for 4 KiB pages)
 pub const LUO_SESSION_MAX: u64 = 0x2e8;
 
+/// Spec id of this version.
+pub const VERSION_ID: &str = "session_v1";
+
+/// What a reader matches: this version's compatible string (or handler name).
+pub const COMPATIBLE: &str = "luo-v1";
+
 /// struct luo_session_header_ser - Start of the session area.
 ///
 /// Followed directly by `count` struct luo_session_ser.
@@ -63,6 +69,21 @@ const _: () = {
     assert!(core::mem::offset_of!(luo_session_header_ser, pgcnt) == 0);
     assert!(core::mem::offset_of!(luo_session_header_ser, count) == 8);
 };
+
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for luo_session_header_ser {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for luo_session_header_ser {
+    const NAME: &'static str = "luo_session_header_ser";
+    const PACKED: bool = true;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        Ok(())
+    }
+}
 
 /// struct luo_session_ser - One preserved session and its file array.
 #[repr(C, packed)]
@@ -86,3 +107,18 @@ const _: () = {
     assert!(core::mem::offset_of!(luo_session_ser, pgcnt) == 72);
     assert!(core::mem::offset_of!(luo_session_ser, count) == 80);
 };
+
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for luo_session_ser {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for luo_session_ser {
+    const NAME: &'static str = "luo_session_ser";
+    const PACKED: bool = true;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        Ok(())
+    }
+}

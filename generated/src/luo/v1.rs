@@ -54,6 +54,12 @@ pub const LUO_FILE_PGCNT: u64 = 2;
 /// C: `(LUO_FILE_PGCNT * PAGE_SIZE) / sizeof(struct luo_file_ser)` (value for 4 KiB pages)
 pub const LUO_FILE_MAX: u64 = 0x80;
 
+/// Spec id of this version.
+pub const VERSION_ID: &str = "v1";
+
+/// What a reader matches: this version's compatible string (or handler name).
+pub const COMPATIBLE: &str = "luo-v1";
+
 /// struct luo_file_set_ser - The files of one session.
 #[repr(C, packed)]
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -70,6 +76,21 @@ const _: () = {
     assert!(core::mem::offset_of!(luo_file_set_ser, files) == 0);
     assert!(core::mem::offset_of!(luo_file_set_ser, count) == 8);
 };
+
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for luo_file_set_ser {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for luo_file_set_ser {
+    const NAME: &'static str = "luo_file_set_ser";
+    const PACKED: bool = true;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        Ok(())
+    }
+}
 
 /// struct luo_session_header_ser - Start of the session area.
 ///
@@ -88,6 +109,21 @@ const _: () = {
     assert!(core::mem::offset_of!(luo_session_header_ser, count) == 0);
 };
 
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for luo_session_header_ser {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for luo_session_header_ser {
+    const NAME: &'static str = "luo_session_header_ser";
+    const PACKED: bool = true;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        Ok(())
+    }
+}
+
 /// struct luo_session_ser - One preserved session.
 #[repr(C, packed)]
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -104,3 +140,22 @@ const _: () = {
     assert!(core::mem::offset_of!(luo_session_ser, name) == 0);
     assert!(core::mem::offset_of!(luo_session_ser, file_set_ser) == 64);
 };
+
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for luo_session_ser {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for luo_session_ser {
+    const NAME: &'static str = "luo_session_ser";
+    const PACKED: bool = true;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        {
+            let v = self.file_set_ser;
+            luo_abi::abi::AbiType::check_reserved(&v)?;
+        }
+        Ok(())
+    }
+}

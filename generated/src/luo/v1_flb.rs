@@ -73,6 +73,12 @@ pub const LUO_FLB_PGCNT: u64 = 1;
 /// C: `((LUO_FLB_PGCNT * PAGE_SIZE) - sizeof(struct luo_flb_header_ser)) / sizeof(struct luo_flb_ser)` (value for 4 KiB pages)
 pub const LUO_FLB_MAX: u64 = 0x3f;
 
+/// Spec id of this version.
+pub const VERSION_ID: &str = "v1_flb";
+
+/// What a reader matches: this version's compatible string (or handler name).
+pub const COMPATIBLE: &str = "luo-v1";
+
 /// struct luo_file_set_ser - The files of one session.
 #[repr(C, packed)]
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -90,6 +96,21 @@ const _: () = {
     assert!(core::mem::offset_of!(luo_file_set_ser, count) == 8);
 };
 
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for luo_file_set_ser {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for luo_file_set_ser {
+    const NAME: &'static str = "luo_file_set_ser";
+    const PACKED: bool = true;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        Ok(())
+    }
+}
+
 /// struct luo_session_header_ser - Start of the session area.
 ///
 /// Followed directly by `count` struct luo_session_ser.
@@ -105,6 +126,21 @@ const _: () = {
     assert!(core::mem::align_of::<luo_session_header_ser>() == 1);
     assert!(core::mem::offset_of!(luo_session_header_ser, count) == 0);
 };
+
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for luo_session_header_ser {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for luo_session_header_ser {
+    const NAME: &'static str = "luo_session_header_ser";
+    const PACKED: bool = true;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        Ok(())
+    }
+}
 
 /// struct luo_session_ser - One preserved session.
 #[repr(C, packed)]
@@ -122,6 +158,25 @@ const _: () = {
     assert!(core::mem::offset_of!(luo_session_ser, name) == 0);
     assert!(core::mem::offset_of!(luo_session_ser, file_set_ser) == 64);
 };
+
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for luo_session_ser {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for luo_session_ser {
+    const NAME: &'static str = "luo_session_ser";
+    const PACKED: bool = true;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        {
+            let v = self.file_set_ser;
+            luo_abi::abi::AbiType::check_reserved(&v)?;
+        }
+        Ok(())
+    }
+}
 
 /// struct luo_flb_header_ser - Start of the FLB area.
 ///
@@ -142,6 +197,21 @@ const _: () = {
     assert!(core::mem::offset_of!(luo_flb_header_ser, pgcnt) == 0);
     assert!(core::mem::offset_of!(luo_flb_header_ser, count) == 8);
 };
+
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for luo_flb_header_ser {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for luo_flb_header_ser {
+    const NAME: &'static str = "luo_flb_header_ser";
+    const PACKED: bool = true;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        Ok(())
+    }
+}
 
 /// struct luo_flb_ser - One preserved file-lifecycle-bound global object.
 ///
@@ -164,3 +234,18 @@ const _: () = {
     assert!(core::mem::offset_of!(luo_flb_ser, data) == 48);
     assert!(core::mem::offset_of!(luo_flb_ser, count) == 56);
 };
+
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for luo_flb_ser {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for luo_flb_ser {
+    const NAME: &'static str = "luo_flb_ser";
+    const PACKED: bool = true;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        Ok(())
+    }
+}

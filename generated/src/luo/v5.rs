@@ -47,6 +47,12 @@ pub const LUO_FLB_PGCNT: u64 = 1;
 /// C: `((LUO_FLB_PGCNT * PAGE_SIZE) - sizeof(struct luo_flb_header_ser)) / sizeof(struct luo_flb_ser)` (value for 4 KiB pages)
 pub const LUO_FLB_MAX: u64 = 0x3f;
 
+/// Spec id of this version.
+pub const VERSION_ID: &str = "v5";
+
+/// What a reader matches: this version's compatible string (or handler name).
+pub const COMPATIBLE: &str = "luo-v5";
+
 /// struct luo_ser - Root of the preserved LUO state.
 ///
 /// Registered as the KHO entry LUO_KHO_ENTRY_NAME. The next kernel compares
@@ -74,6 +80,21 @@ const _: () = {
     assert!(core::mem::offset_of!(luo_ser, flbs_pa) == 24);
 };
 
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for luo_ser {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for luo_ser {
+    const NAME: &'static str = "luo_ser";
+    const PACKED: bool = true;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        Ok(())
+    }
+}
+
 /// struct luo_file_set_ser - The files of one session.
 #[repr(C, packed)]
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -91,6 +112,21 @@ const _: () = {
     assert!(core::mem::offset_of!(luo_file_set_ser, count) == 8);
 };
 
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for luo_file_set_ser {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for luo_file_set_ser {
+    const NAME: &'static str = "luo_file_set_ser";
+    const PACKED: bool = true;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        Ok(())
+    }
+}
+
 /// struct luo_session_ser - One preserved session, an entry of the session block chain.
 #[repr(C, packed)]
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -107,6 +143,25 @@ const _: () = {
     assert!(core::mem::offset_of!(luo_session_ser, name) == 0);
     assert!(core::mem::offset_of!(luo_session_ser, file_set_ser) == 64);
 };
+
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for luo_session_ser {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for luo_session_ser {
+    const NAME: &'static str = "luo_session_ser";
+    const PACKED: bool = true;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        {
+            let v = self.file_set_ser;
+            luo_abi::abi::AbiType::check_reserved(&v)?;
+        }
+        Ok(())
+    }
+}
 
 /// struct luo_flb_header_ser - Start of the FLB area.
 ///
@@ -126,6 +181,21 @@ const _: () = {
     assert!(core::mem::offset_of!(luo_flb_header_ser, pgcnt) == 0);
     assert!(core::mem::offset_of!(luo_flb_header_ser, count) == 8);
 };
+
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for luo_flb_header_ser {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for luo_flb_header_ser {
+    const NAME: &'static str = "luo_flb_header_ser";
+    const PACKED: bool = true;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        Ok(())
+    }
+}
 
 /// struct luo_flb_ser - One preserved file-lifecycle-bound global object.
 ///
@@ -148,3 +218,18 @@ const _: () = {
     assert!(core::mem::offset_of!(luo_flb_ser, data) == 48);
     assert!(core::mem::offset_of!(luo_flb_ser, count) == 56);
 };
+
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for luo_flb_ser {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for luo_flb_ser {
+    const NAME: &'static str = "luo_flb_ser";
+    const PACKED: bool = true;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        Ok(())
+    }
+}

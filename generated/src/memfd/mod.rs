@@ -74,6 +74,21 @@ const _: () = {
     assert!(core::mem::offset_of!(memfd_luo_folio_ser, index) == 8);
 };
 
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for memfd_luo_folio_ser {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for memfd_luo_folio_ser {
+    const NAME: &'static str = "memfd_luo_folio_ser";
+    const PACKED: bool = true;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        Ok(())
+    }
+}
+
 pub mod v1;
 
 pub mod v2;

@@ -29,6 +29,37 @@ pub const MEMFD_LUO_ALL_SEALS: u64 = 0x3f;
 /// Versionless name of the memfd file handler; versions are negotiated by feature bits.
 pub const MEMFD_LUO_FH_NAME: &str = "memfd";
 
+/// Spec id of this version.
+pub const VERSION_ID: &str = "next";
+
+/// What a reader matches: this version's compatible string (or handler name).
+pub const COMPATIBLE: &str = "memfd";
+
+/// memfd_luo_ser.seals holds the file's seals (those of MEMFD_LUO_BASE_SEALS).
+///
+/// C: `BIT(0)`
+pub const MEMFD_LUO_FEATURE_SEALS: u64 = 1;
+
+/// memfd_luo_ser.nr_folios and .folios describe the file's folios.
+///
+/// C: `BIT(1)`
+pub const MEMFD_LUO_FEATURE_FOLIOS: u64 = 2;
+
+/// Features this kernel supports (`supp`).
+///
+/// C: `(MEMFD_LUO_FEATURE_SEALS | MEMFD_LUO_FEATURE_FOLIOS)`
+pub const MEMFD_LUO_FEATURES_SUPP: u64 = 3;
+
+/// Features a receiver must understand (`req`).
+///
+/// C: `(MEMFD_LUO_FEATURE_SEALS | MEMFD_LUO_FEATURE_FOLIOS)`
+pub const MEMFD_LUO_FEATURES_REQ: u64 = 3;
+
+/// Features used in the payload (`active`).
+///
+/// C: `(MEMFD_LUO_FEATURE_SEALS | MEMFD_LUO_FEATURE_FOLIOS)`
+pub const MEMFD_LUO_FEATURES_ACTIVE: u64 = 3;
+
 /// struct memfd_luo_ser - Preserved state of one memfd.
 #[repr(C, packed)]
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -60,3 +91,26 @@ const _: () = {
     assert!(core::mem::offset_of!(memfd_luo_ser, nr_folios) == 152);
     assert!(core::mem::offset_of!(memfd_luo_ser, folios) == 160);
 };
+
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for memfd_luo_ser {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for memfd_luo_ser {
+    const NAME: &'static str = "memfd_luo_ser";
+    const PACKED: bool = true;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        {
+            let v = self.features;
+            luo_abi::abi::AbiType::check_reserved(&v)?;
+        }
+        {
+            let v = self.folios;
+            luo_abi::abi::AbiType::check_reserved(&v)?;
+        }
+        Ok(())
+    }
+}

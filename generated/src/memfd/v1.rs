@@ -12,6 +12,12 @@ use crate::kho::*;
 /// Compatible string of the memfd file handler.
 pub const MEMFD_LUO_FH_COMPATIBLE: &str = "memfd-v1";
 
+/// Spec id of this version.
+pub const VERSION_ID: &str = "v1";
+
+/// What a reader matches: this version's compatible string (or handler name).
+pub const COMPATIBLE: &str = "memfd-v1";
+
 /// struct memfd_luo_ser - Preserved state of one memfd.
 #[repr(C, packed)]
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -34,3 +40,22 @@ const _: () = {
     assert!(core::mem::offset_of!(memfd_luo_ser, nr_folios) == 16);
     assert!(core::mem::offset_of!(memfd_luo_ser, folios) == 24);
 };
+
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for memfd_luo_ser {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for memfd_luo_ser {
+    const NAME: &'static str = "memfd_luo_ser";
+    const PACKED: bool = true;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        {
+            let v = self.folios;
+            luo_abi::abi::AbiType::check_reserved(&v)?;
+        }
+        Ok(())
+    }
+}

@@ -23,6 +23,12 @@ pub const MEMFD_LUO_ALL_SEALS: u64 = 0x3f;
 /// Compatible string of the memfd file handler.
 pub const MEMFD_LUO_FH_COMPATIBLE: &str = "memfd-v2";
 
+/// Spec id of this version.
+pub const VERSION_ID: &str = "v2";
+
+/// What a reader matches: this version's compatible string (or handler name).
+pub const COMPATIBLE: &str = "memfd-v2";
+
 /// struct memfd_luo_ser - Preserved state of one memfd.
 #[repr(C, packed)]
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -51,3 +57,22 @@ const _: () = {
     assert!(core::mem::offset_of!(memfd_luo_ser, nr_folios) == 24);
     assert!(core::mem::offset_of!(memfd_luo_ser, folios) == 32);
 };
+
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for memfd_luo_ser {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for memfd_luo_ser {
+    const NAME: &'static str = "memfd_luo_ser";
+    const PACKED: bool = true;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        {
+            let v = self.folios;
+            luo_abi::abi::AbiType::check_reserved(&v)?;
+        }
+        Ok(())
+    }
+}

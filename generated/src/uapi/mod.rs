@@ -77,6 +77,21 @@ const _: () = {
     assert!(core::mem::offset_of!(liveupdate_ioctl_create_session, name) == 8);
 };
 
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for liveupdate_ioctl_create_session {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for liveupdate_ioctl_create_session {
+    const NAME: &'static str = "liveupdate_ioctl_create_session";
+    const PACKED: bool = false;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        Ok(())
+    }
+}
+
 /// struct liveupdate_ioctl_retrieve_session - ioctl(LIVEUPDATE_IOCTL_RETRIEVE_SESSION)
 ///
 /// After a live update, looks up a session the previous kernel preserved by its
@@ -101,6 +116,21 @@ const _: () = {
     assert!(core::mem::offset_of!(liveupdate_ioctl_retrieve_session, fd) == 4);
     assert!(core::mem::offset_of!(liveupdate_ioctl_retrieve_session, name) == 8);
 };
+
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for liveupdate_ioctl_retrieve_session {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for liveupdate_ioctl_retrieve_session {
+    const NAME: &'static str = "liveupdate_ioctl_retrieve_session";
+    const PACKED: bool = false;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        Ok(())
+    }
+}
 
 /// struct liveupdate_session_preserve_fd - ioctl(LIVEUPDATE_SESSION_PRESERVE_FD)
 ///
@@ -128,6 +158,21 @@ const _: () = {
     assert!(core::mem::offset_of!(liveupdate_session_preserve_fd, token) == 8);
 };
 
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for liveupdate_session_preserve_fd {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for liveupdate_session_preserve_fd {
+    const NAME: &'static str = "liveupdate_session_preserve_fd";
+    const PACKED: bool = false;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        Ok(())
+    }
+}
+
 /// struct liveupdate_session_retrieve_fd - ioctl(LIVEUPDATE_SESSION_RETRIEVE_FD)
 ///
 /// After a live update, rebuilds the file preserved under a token in a
@@ -153,6 +198,21 @@ const _: () = {
     assert!(core::mem::offset_of!(liveupdate_session_retrieve_fd, token) == 8);
 };
 
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for liveupdate_session_retrieve_fd {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for liveupdate_session_retrieve_fd {
+    const NAME: &'static str = "liveupdate_session_retrieve_fd";
+    const PACKED: bool = false;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        Ok(())
+    }
+}
+
 /// struct liveupdate_session_finish - ioctl(LIVEUPDATE_SESSION_FINISH)
 ///
 /// Declares the restoration of a retrieved session complete; it should be the
@@ -175,6 +235,27 @@ const _: () = {
     assert!(core::mem::offset_of!(liveupdate_session_finish, size) == 0);
     assert!(core::mem::offset_of!(liveupdate_session_finish, reserved) == 4);
 };
+
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for liveupdate_session_finish {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for liveupdate_session_finish {
+    const NAME: &'static str = "liveupdate_session_finish";
+    const PACKED: bool = false;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        {
+            let v = self.reserved;
+            if !luo_abi::abi::is_zeroed(&v) {
+                return Err(luo_abi::abi::ReservedNonZero { ty: "liveupdate_session_finish", field: "reserved" });
+            }
+        }
+        Ok(())
+    }
+}
 
 pub mod v1;
 

@@ -8,6 +8,9 @@ use luo_abi::{AlignedU64, Phys, PhysAddr};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 use super::*;
 
+/// Spec id of this version.
+pub const VERSION_ID: &str = "v1";
+
 /// Command numbers of session file descriptors.
 pub const LIVEUPDATE_CMD_SESSION_BASE: u32 = 0x40;
 

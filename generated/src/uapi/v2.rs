@@ -8,6 +8,9 @@ use luo_abi::{AlignedU64, Phys, PhysAddr};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 use super::*;
 
+/// Spec id of this version.
+pub const VERSION_ID: &str = "v2";
+
 /// Command numbers of session file descriptors.
 pub const LIVEUPDATE_CMD_SESSION_BASE: u32 = 0x40;
 
@@ -66,3 +69,24 @@ const _: () = {
     assert!(core::mem::offset_of!(liveupdate_session_get_name, reserved) == 4);
     assert!(core::mem::offset_of!(liveupdate_session_get_name, name) == 8);
 };
+
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for liveupdate_session_get_name {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for liveupdate_session_get_name {
+    const NAME: &'static str = "liveupdate_session_get_name";
+    const PACKED: bool = false;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        {
+            let v = self.reserved;
+            if !luo_abi::abi::is_zeroed(&v) {
+                return Err(luo_abi::abi::ReservedNonZero { ty: "liveupdate_session_get_name", field: "reserved" });
+            }
+        }
+        Ok(())
+    }
+}

@@ -154,6 +154,17 @@ pub fn header(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> String {
             value,
         }
     });
+    let consts =
+        consts.chain(
+            crate::render::feature_defines(scope)
+                .into_iter()
+                .map(|f| DefineView {
+                    doc: comment(Some(&f.doc)),
+                    pad: pad(&f.name),
+                    name: f.name,
+                    value: f.c_value,
+                }),
+        );
     let enums = items.iter().flat_map(|i| &i.enums).map(|e| EnumView {
         doc: comment(e.doc.as_deref()),
         name: e.name.clone(),

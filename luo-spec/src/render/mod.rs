@@ -99,3 +99,67 @@ pub fn group_targets(per: &[(Target, StructLayout)]) -> Vec<(Vec<Target>, Struct
     }
     groups
 }
+
+/// A `#define` derived from a version's feature negotiation.
+pub struct FeatureDefine {
+    /// Macro name.
+    pub name: String,
+    /// C value (`BIT(1)`, `(A | B)`, `0`).
+    pub c_value: String,
+    /// Its value.
+    pub value: u64,
+    /// Comment.
+    pub doc: String,
+}
+
+/// The feature-bit macros of a feature-negotiated version: one per bit,
+/// then `<prefix>_FEATURES_SUPP`, `_REQ` and `_ACTIVE` (§8b).
+pub fn feature_defines(scope: Scope<'_>) -> Vec<FeatureDefine> {
+    let Some(fs) = scope.version().and_then(|v| v.features.as_ref()) else {
+        return Vec::new();
+    };
+    let mut out: Vec<FeatureDefine> = fs
+        .bits
+        .iter()
+        .map(|b| FeatureDefine {
+            name: b.name.clone(),
+            c_value: format!("BIT({})", b.bit),
+            value: 1u64.checked_shl(b.bit).unwrap_or(0),
+            doc: b
+                .doc
+                .clone()
+                .unwrap_or_else(|| format!("Feature bit {}.", b.bit)),
+        })
+        .collect();
+    for (suffix, list, what) in [
+        (
+            "SUPP",
+            &fs.supported,
+            "Features this kernel supports (`supp`).",
+        ),
+        (
+            "REQ",
+            &fs.required,
+            "Features a receiver must understand (`req`).",
+        ),
+        (
+            "ACTIVE",
+            &fs.active,
+            "Features used in the payload (`active`).",
+        ),
+    ] {
+        let names: Vec<&str> = list.iter().map(|n| n.name.as_str()).collect();
+        let c_value = match names.as_slice() {
+            [] => "0".to_string(),
+            [one] => (*one).to_string(),
+            many => format!("({})", many.join(" | ")),
+        };
+        out.push(FeatureDefine {
+            name: format!("{}_FEATURES_{suffix}", fs.macro_prefix),
+            c_value,
+            value: fs.mask(list),
+            doc: what.into(),
+        });
+    }
+    out
+}

@@ -194,6 +194,9 @@ fn write_items(
             }
         }
     }
+    if scope.origin.ver.is_some() {
+        write_version_consts(m, scope);
+    }
     for e in &items.enums {
         for mem in &e.members {
             m.push('\n');
@@ -486,6 +489,9 @@ fn write_struct(
         }
         m.push_str("};\n");
     }
+    if pod {
+        write_abi_type(m, s);
+    }
     registry.add(path, s, &primary, probe);
 }
 
@@ -601,4 +607,70 @@ pub fn abi_table(tables: &[(String, bool, Vec<u8>)]) -> String {
     }
     m.push_str("];\n");
     m
+}
+
+/// Per-version constants: the version id, the identity string a reader
+/// matches (tying the module's types to their compatible string), and the
+/// feature-bit masks of a feature-negotiated version.
+fn write_version_consts(m: &mut String, scope: Scope<'_>) {
+    let Some(v) = scope.version() else { return };
+    let _ = write!(
+        m,
+        "\n/// Spec id of this version.\npub const VERSION_ID: &str = \"{}\";\n",
+        v.id
+    );
+    if scope.component().abi == AbiKind::Kho {
+        let identity = crate::render::schema::version_identity(scope);
+        if let Some(first) = identity.first() {
+            let _ = write!(
+                m,
+                "\n/// What a reader matches: this version's compatible string (or handler name).\npub const COMPATIBLE: &str = \"{first}\";\n"
+            );
+        }
+    }
+    for f in crate::render::feature_defines(scope) {
+        m.push('\n');
+        doc_lines(m, "", Some(&f.doc), "");
+        let _ = writeln!(
+            m,
+            "///\n/// C: `{}`\npub const {}: u64 = {};",
+            f.c_value,
+            f.name,
+            lit(f.value)
+        );
+    }
+}
+
+/// `AbiField` + `AbiType` for a plain-old-data struct, so the handler
+/// runtime checks its reserved members on every read (`-EINVAL`).
+fn write_abi_type(m: &mut String, s: &Struct) {
+    let name = &s.name;
+    let mut checks = String::new();
+    for f in &s.fields {
+        let field = &f.name;
+        let fail = format!(
+            "return Err(luo_abi::abi::ReservedNonZero {{ ty: \"{name}\", field: \"{field}\" }});"
+        );
+        if f.reserved && f.bits.is_some() {
+            let _ = writeln!(
+                checks,
+                "        if self.{field}() != 0 {{\n            {fail}\n        }}"
+            );
+        } else if f.reserved {
+            let _ = writeln!(
+                checks,
+                "        {{\n            let v = self.{field};\n            if !luo_abi::abi::is_zeroed(&v) {{\n                {fail}\n            }}\n        }}"
+            );
+        } else if matches!(f.ty, Ty::Named(_)) && f.len.is_none() {
+            let _ = writeln!(
+                checks,
+                "        {{\n            let v = self.{field};\n            luo_abi::abi::AbiType::check_reserved(&v)?;\n        }}"
+            );
+        }
+    }
+    let _ = write!(
+        m,
+        "\n// SAFETY: `luo gen` laid this struct out from the spec with no implicit\n// padding and only fixed-width members (asserted above), and zerocopy's\n// derives check the same.\nunsafe impl luo_abi::abi::AbiField for {name} {{}}\n\n// SAFETY: as above.\nunsafe impl luo_abi::abi::AbiType for {name} {{\n    const NAME: &'static str = \"{name}\";\n    const PACKED: bool = {};\n\n    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {{\n{checks}        Ok(())\n    }}\n}}\n",
+        s.packed
+    );
 }

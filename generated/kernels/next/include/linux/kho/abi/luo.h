@@ -47,6 +47,18 @@
 #define LUO_FLB_PGCNT			1ul
 /* FLBs the area holds, a global limit (63 with 4 KiB pages). */
 #define LUO_FLB_MAX			(((LUO_FLB_PGCNT * PAGE_SIZE) - sizeof(struct luo_flb_header_ser)) / sizeof(struct luo_flb_ser))
+/* luo_ser.liveupdate_num is valid. */
+#define LUO_FEATURE_NUMBER		BIT(0)
+/* luo_ser.sessions_pa heads a session block chain. */
+#define LUO_FEATURE_SESSIONS		BIT(1)
+/* luo_ser.flbs_pa points at the FLB area. */
+#define LUO_FEATURE_FLBS		BIT(2)
+/* Features this kernel supports (`supp`). */
+#define LUO_CORE_FEATURES_SUPP		(LUO_FEATURE_NUMBER | LUO_FEATURE_SESSIONS | LUO_FEATURE_FLBS)
+/* Features a receiver must understand (`req`). */
+#define LUO_CORE_FEATURES_REQ		(LUO_FEATURE_NUMBER | LUO_FEATURE_SESSIONS | LUO_FEATURE_FLBS)
+/* Features used in the payload (`active`). */
+#define LUO_CORE_FEATURES_ACTIVE	(LUO_FEATURE_NUMBER | LUO_FEATURE_SESSIONS | LUO_FEATURE_FLBS)
 
 /**
  * struct luo_file_ser - One preserved file.

@@ -45,6 +45,16 @@
 #define MEMFD_LUO_ALL_SEALS		MEMFD_LUO_BASE_SEALS
 /* Versionless name of the memfd file handler; versions are negotiated by feature bits. */
 #define MEMFD_LUO_FH_NAME		"memfd"
+/* memfd_luo_ser.seals holds the file's seals (those of MEMFD_LUO_BASE_SEALS). */
+#define MEMFD_LUO_FEATURE_SEALS		BIT(0)
+/* memfd_luo_ser.nr_folios and .folios describe the file's folios. */
+#define MEMFD_LUO_FEATURE_FOLIOS	BIT(1)
+/* Features this kernel supports (`supp`). */
+#define MEMFD_LUO_FEATURES_SUPP		(MEMFD_LUO_FEATURE_SEALS | MEMFD_LUO_FEATURE_FOLIOS)
+/* Features a receiver must understand (`req`). */
+#define MEMFD_LUO_FEATURES_REQ		(MEMFD_LUO_FEATURE_SEALS | MEMFD_LUO_FEATURE_FOLIOS)
+/* Features used in the payload (`active`). */
+#define MEMFD_LUO_FEATURES_ACTIVE	(MEMFD_LUO_FEATURE_SEALS | MEMFD_LUO_FEATURE_FOLIOS)
 
 /**
  * struct memfd_luo_folio_ser - One preserved folio of the file.

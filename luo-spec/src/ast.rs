@@ -249,6 +249,10 @@ pub struct Field {
     /// Feature bit (constant name) that gates this field.
     #[serde(default)]
     pub feature: Option<SStr>,
+    /// Value a migration from the previous version gives this member when
+    /// the old version does not have it (constant expression).
+    #[serde(default)]
+    pub default: Option<SStr>,
     /// C spelling of the type where upstream uses a different name
     /// (`phys_addr_t`, `unsigned int`); layout still follows `type`.
     #[serde(default)]
@@ -319,6 +323,11 @@ pub struct Version {
     /// What changed, for readers.
     #[serde(default)]
     pub doc: Option<SStr>,
+    /// The version this one migrates from: `luo gen` emits `From<old>` for
+    /// every struct both define, copying members by name and giving new ones
+    /// their `default`.
+    #[serde(default)]
+    pub migrates_from: Option<SStr>,
     /// Versions of other components whose items this one refers to
     /// (`luo/next` for `luo_feature_hdr`).
     #[serde(default)]

@@ -103,6 +103,8 @@ pub struct Version {
     pub doc: Option<String>,
     /// `component/version` pairs whose items are visible.
     pub uses: Vec<(String, String, Span)>,
+    /// The version this one migrates from.
+    pub migrates_from: Option<Named>,
     /// Declarations.
     pub items: Items,
     /// Feature negotiation.
@@ -209,6 +211,8 @@ pub struct Field {
     pub dir: Option<(Direction, Span)>,
     /// Gating feature bit.
     pub feature: Option<Named>,
+    /// Default for migrations.
+    pub default: Option<(Expr, Span)>,
     /// C spelling override.
     pub c_type: Option<String>,
     /// Kernel-doc.
@@ -698,6 +702,10 @@ fn lower_struct(file: FileId, s: ast::Struct, diags: &mut Diagnostics) -> Struct
             required: f.required,
             dir: f.dir.as_ref().map(|d| (d.value, d.span.clone())),
             feature: f.feature.as_ref().map(Named::from),
+            default: f
+                .default
+                .as_ref()
+                .map(|d| (parse_expr(diags, file, d), d.span.clone())),
             c_type: text(&f.c_type),
             doc: text(&f.doc),
         })
@@ -800,6 +808,7 @@ fn lower_component(file: FileId, raw: ast::ComponentFile, diags: &mut Diagnostic
                 span: v.id.span.clone(),
                 doc: text(&v.doc),
                 uses,
+                migrates_from: v.migrates_from.as_ref().map(Named::from),
                 items,
                 features,
             }

@@ -230,6 +230,29 @@ fn check_duplicates(scope: Scope<'_>, items: &Items, diags: &mut Diagnostics) {
 
 fn check_uses(scope: Scope<'_>, diags: &mut Diagnostics) {
     let Some(v) = scope.version() else { return };
+    if let Some(from) = &v.migrates_from {
+        let comp = scope.component();
+        if from.name == v.id || !comp.versions.iter().any(|x| x.id == from.name) {
+            let known: Vec<&str> = comp
+                .versions
+                .iter()
+                .filter(|x| x.id != v.id)
+                .map(|x| x.id.as_str())
+                .collect();
+            diags
+                .error(
+                    "unknown-name",
+                    comp.file,
+                    from.span.clone(),
+                    format!(
+                        "`migrates_from`: `{}` has no other version `{}`",
+                        comp.name, from.name
+                    ),
+                )
+                .with_label("not a version to migrate from")
+                .with_hint(format!("versions of `{}`: {}", comp.name, known.join(", ")));
+        }
+    }
     for (c, ver, span) in &v.uses {
         let ok = scope
             .spec
@@ -591,6 +614,9 @@ fn check_struct(scope: Scope<'_>, layouts: &Layouts, s: &Struct, diags: &mut Dia
         );
         if let Some((len, span)) = &f.len {
             check_expr(scope, layouts, len, span, file, diags);
+        }
+        if let Some((default, span)) = &f.default {
+            check_expr(scope, layouts, default, span, file, diags);
         }
         if matches!(f.ty, Ty::Fn(_)) && !s.ops {
             diags

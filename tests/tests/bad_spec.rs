@@ -1089,3 +1089,21 @@ fn hostile_input_gives_errors_not_panics() {
         assert!(diags.has_errors(), "{what}: no error\n{text}");
     }
 }
+
+#[test]
+fn migrates_from_unknown_version() {
+    bad(
+        "migrates_from_unknown_version",
+        &format!(
+            r#"{KHO}{DEMO_SER}
+[[version]]
+id = "v1"
+
+[[version]]
+id = "v2"
+migrates_from = "v0"
+"#
+        ),
+        "unknown-name",
+    );
+}

@@ -145,3 +145,20 @@ fn generated_types_check_their_reserved_members() {
     ser.features = hdr;
     assert_eq!(ser.check_reserved().unwrap_err().field, "reserved");
 }
+
+#[test]
+fn generated_migration_from_memfd_v1_to_v2() {
+    // spec/memfd.toml: v2 `migrates_from = "v1"`, seals and flags default 0.
+    let mut old: memfd::v1::memfd_luo_ser = zerocopy::FromZeros::new_zeroed();
+    old.pos = 7;
+    old.size = 4096 * 3;
+    old.nr_folios = 3;
+    let new = memfd::v2::memfd_luo_ser::from(old);
+    let (pos, size, seals, flags, nr) = (new.pos, new.size, new.seals, new.flags, new.nr_folios);
+    assert_eq!((pos, size, seals, flags, nr), (7, 4096 * 3, 0, 0, 3));
+    let (new_folios, old_folios) = (new.folios, old.folios);
+    assert_eq!(
+        zerocopy::IntoBytes::as_bytes(&new_folios),
+        zerocopy::IntoBytes::as_bytes(&old_folios)
+    );
+}

@@ -37,7 +37,7 @@ pub struct memfd_luo_ser {
     pub pos: u64,
     /// File size (i_size).
     pub size: u64,
-    /// F_SEAL_* seals of the file, a subset of MEMFD_LUO_ALL_SEALS.
+    /// F_SEAL_* seals of the file, a subset of MEMFD_LUO_ALL_SEALS. memfd-v1 did not preserve seals: a migrated file has none.
     pub seals: u32,
     /// No flags are defined yet; every bit must be 0.
     pub flags: u32,
@@ -74,5 +74,20 @@ unsafe impl luo_abi::abi::AbiType for memfd_luo_ser {
             luo_abi::abi::AbiType::check_reserved(&v)?;
         }
         Ok(())
+    }
+}
+
+/// Migration from `v1`: members copied by name, new members set to
+/// their spec defaults.
+impl From<super::v1::memfd_luo_ser> for memfd_luo_ser {
+    fn from(old: super::v1::memfd_luo_ser) -> Self {
+        let mut new: Self = zerocopy::FromZeros::new_zeroed();
+        new.pos = old.pos;
+        new.size = old.size;
+        new.seals = 0; // default: 0
+        new.flags = 0; // default: 0
+        new.nr_folios = old.nr_folios;
+        new.folios = old.folios;
+        new
     }
 }

@@ -62,7 +62,7 @@ struct memfd_luo_folio_ser {
  * struct memfd_luo_ser - Preserved state of one memfd.
  * @pos: File position (f_pos).
  * @size: File size (i_size).
- * @seals: F_SEAL_* seals of the file, a subset of MEMFD_LUO_ALL_SEALS.
+ * @seals: F_SEAL_* seals of the file, a subset of MEMFD_LUO_ALL_SEALS. memfd-v1 did not preserve seals: a migrated file has none.
  * @flags: No flags are defined yet; every bit must be 0.
  * @nr_folios: Number of entries in the folio array.
  * @folios: Preserved vmalloc area holding the struct memfd_luo_folio_ser array.

@@ -67,6 +67,9 @@ pub struct ComponentFile {
     /// Constants common to every version.
     #[serde(default, rename = "const")]
     pub consts: Vec<Const>,
+    /// Function-like C macros (no layout; rendered into C only).
+    #[serde(default, rename = "macro")]
+    pub macros: Vec<CMacro>,
     /// Anonymous or named C enums common to every version.
     #[serde(default, rename = "enum")]
     pub enums: Vec<Enum>,
@@ -142,6 +145,26 @@ pub struct Const {
     #[serde(default)]
     pub role: Option<Spanned<ConstRole>>,
     /// Kernel-doc text.
+    #[serde(default)]
+    pub doc: Option<SStr>,
+}
+
+/// `[[macro]]`: a function-like C macro such as `DECLARE_KHOSER_PTR`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CMacro {
+    /// Macro name.
+    pub name: SStr,
+    /// Parameter names.
+    #[serde(default)]
+    pub params: Vec<SStr>,
+    /// Replacement text; several lines become backslash-continued lines.
+    pub body: SStr,
+    /// Only meaningful inside the kernel (uses kernel helpers): rendered
+    /// under `#ifdef __KERNEL__`.
+    #[serde(default)]
+    pub kernel_only: bool,
+    /// Comment.
     #[serde(default)]
     pub doc: Option<SStr>,
 }
@@ -249,6 +272,11 @@ pub struct Field {
     /// Feature bit (constant name) that gates this field.
     #[serde(default)]
     pub feature: Option<SStr>,
+    /// For a `phys<T>` member: render it as upstream's
+    /// `DECLARE_KHOSER_PTR(name, struct T *)`, a union of the `u64` physical
+    /// address and the kernel pointer (same bytes as `u64`).
+    #[serde(default)]
+    pub khoser: bool,
     /// Value a migration from the previous version gives this member when
     /// the old version does not have it (constant expression).
     #[serde(default)]

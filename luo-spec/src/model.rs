@@ -80,6 +80,8 @@ impl From<&SStr> for Named {
 pub struct Items {
     /// `#define`s.
     pub consts: Vec<Const>,
+    /// Function-like macros.
+    pub macros: Vec<CMacro>,
     /// Enums.
     pub enums: Vec<Enum>,
     /// Structs.
@@ -137,6 +139,23 @@ pub enum ConstValue {
     Int(Expr),
     /// String.
     Str(String),
+}
+
+/// A function-like C macro.
+#[derive(Debug)]
+pub struct CMacro {
+    /// Name.
+    pub name: String,
+    /// Span of the name.
+    pub span: Span,
+    /// Parameters.
+    pub params: Vec<String>,
+    /// Body lines.
+    pub body: String,
+    /// Kernel-only.
+    pub kernel_only: bool,
+    /// Comment.
+    pub doc: Option<String>,
 }
 
 /// An enum.
@@ -211,6 +230,8 @@ pub struct Field {
     pub dir: Option<(Direction, Span)>,
     /// Gating feature bit.
     pub feature: Option<Named>,
+    /// Render as `DECLARE_KHOSER_PTR`.
+    pub khoser: bool,
     /// Default for migrations.
     pub default: Option<(Expr, Span)>,
     /// C spelling override.
@@ -616,6 +637,7 @@ fn lower_items(
         .collect();
     Items {
         consts,
+        macros: Vec::new(),
         enums,
         structs,
         ioctls,
@@ -702,6 +724,7 @@ fn lower_struct(file: FileId, s: ast::Struct, diags: &mut Diagnostics) -> Struct
             required: f.required,
             dir: f.dir.as_ref().map(|d| (d.value, d.span.clone())),
             feature: f.feature.as_ref().map(Named::from),
+            khoser: f.khoser,
             default: f
                 .default
                 .as_ref()
@@ -724,7 +747,19 @@ fn lower_struct(file: FileId, s: ast::Struct, diags: &mut Diagnostics) -> Struct
 
 fn lower_component(file: FileId, raw: ast::ComponentFile, diags: &mut Diagnostics) -> Component {
     let h = &raw.component;
-    let common = lower_items(
+    let macros = raw
+        .macros
+        .iter()
+        .map(|m| CMacro {
+            name: m.name.value.clone(),
+            span: m.name.span.clone(),
+            params: m.params.iter().map(|p| p.value.clone()).collect(),
+            body: m.body.value.clone(),
+            kernel_only: m.kernel_only,
+            doc: text(&m.doc),
+        })
+        .collect();
+    let mut common = lower_items(
         file,
         raw.consts,
         raw.enums,
@@ -733,6 +768,7 @@ fn lower_component(file: FileId, raw: ast::ComponentFile, diags: &mut Diagnostic
         raw.functions,
         diags,
     );
+    common.macros = macros;
     let versions = raw
         .versions
         .into_iter()

@@ -154,6 +154,7 @@ fn check_duplicates(scope: Scope<'_>, items: &Items, diags: &mut Diagnostics) {
             .map(|m| (m.name.as_str(), &m.span)),
     );
     macros.extend(items.ioctls.iter().map(|i| (i.name.as_str(), &i.span)));
+    macros.extend(items.macros.iter().map(|m| (m.name.as_str(), &m.span)));
     for (name, span) in macros {
         if own.insert(name, ()).is_some() {
             diags
@@ -614,6 +615,19 @@ fn check_struct(scope: Scope<'_>, layouts: &Layouts, s: &Struct, diags: &mut Dia
         );
         if let Some((len, span)) = &f.len {
             check_expr(scope, layouts, len, span, file, diags);
+        }
+        if f.khoser && !matches!(f.ty, Ty::Phys(_)) {
+            diags
+                .error(
+                    "khoser",
+                    file,
+                    f.ty_span.clone(),
+                    format!(
+                        "`khoser` applies to `phys<T>` members; `{}.{}` is `{}`",
+                        s.name, f.name, f.ty
+                    ),
+                )
+                .with_label("not a physical address");
         }
         if let Some((default, span)) = &f.default {
             check_expr(scope, layouts, default, span, file, diags);

@@ -14,6 +14,13 @@
 {% for line in c.doc %}{{ line }}
 {% endfor %}#define {{ c.name }}{{ c.pad }}{{ c.value }}
 {%- endfor %}
+{%- for mac in macros %}
+{% for line in mac.doc %}{{ line }}
+{% endfor %}{% if mac.kernel_only %}#ifdef __KERNEL__
+{% endif %}{% for line in mac.lines %}{{ line }}
+{% endfor %}{% if mac.kernel_only %}#endif
+{% endif %}
+{%- endfor %}
 {% for e in enums %}
 {% for line in e.doc %}{{ line }}
 {% endfor %}enum {% if let Some(n) = e.name %}{{ n }} {% endif %}{

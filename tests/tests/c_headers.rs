@@ -311,3 +311,30 @@ fn c_layouts_equal_rust_layouts_for_every_kernel() {
         "only {checked_bitfields} bitfield structs checked"
     );
 }
+
+#[test]
+fn khoser_pointers_read_as_upstream() {
+    // Upstream C writes `vmalloc->first.phys` and `chunk->hdr.next.ptr`:
+    // DECLARE_KHOSER_PTR renders a union over the same 8 bytes.
+    let (_, dir) = include_dirs().into_iter().next().expect("a kernel");
+    let src = "#include <linux/kho/abi/kexec_handover.h>\n\
+               unsigned long long f(struct kho_vmalloc *v, struct kho_vmalloc_chunk *c)\n\
+               { c->hdr.next.ptr = c; return v->first.phys + sizeof(v->first); }\n\
+               _Static_assert(sizeof(((struct kho_vmalloc *)0)->first) == 8, \"8 bytes\");\n";
+    compile(
+        "gcc",
+        &["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic"],
+        "c",
+        &dir,
+        src,
+    )
+    .expect("upstream-style access compiles");
+    compile(
+        "gcc",
+        &["-m32", "-std=c11", "-Wall", "-Werror"],
+        "c",
+        &dir,
+        src,
+    )
+    .expect("and on i386");
+}

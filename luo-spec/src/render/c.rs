@@ -22,6 +22,7 @@ struct HeaderView {
     guard: String,
     includes: Vec<String>,
     consts: Vec<DefineView>,
+    macros: Vec<MacroView>,
     enums: Vec<EnumView>,
     structs: Vec<StructView>,
     ioctls: Vec<DefineView>,
@@ -34,6 +35,12 @@ struct DefineView {
     name: String,
     pad: String,
     value: String,
+}
+
+struct MacroView {
+    doc: Vec<String>,
+    kernel_only: bool,
+    lines: Vec<String>,
 }
 
 struct EnumView {
@@ -165,6 +172,26 @@ pub fn header(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> String {
                     value: f.c_value,
                 }),
         );
+    let macros = items.iter().flat_map(|i| &i.macros).map(|mac| {
+        let head = format!("#define {}({})", mac.name, mac.params.join(", "));
+        let body: Vec<&str> = mac.body.trim_end().lines().collect();
+        let lines = match body.as_slice() {
+            [one] => vec![format!("{head} {}", one.trim())],
+            many => {
+                let mut lines = vec![format!("{head} \\")];
+                for (i, l) in many.iter().enumerate() {
+                    let cont = if i + 1 < many.len() { " \\" } else { "" };
+                    lines.push(format!("\t{}{cont}", l.trim_end()));
+                }
+                lines
+            }
+        };
+        MacroView {
+            doc: comment(mac.doc.as_deref()),
+            kernel_only: mac.kernel_only,
+            lines,
+        }
+    });
     let enums = items.iter().flat_map(|i| &i.enums).map(|e| EnumView {
         doc: comment(e.doc.as_deref()),
         name: e.name.clone(),
@@ -184,7 +211,13 @@ pub fn header(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> String {
             .iter()
             .map(|f| {
                 let base = f.c_type.clone().unwrap_or_else(|| c_type(&f.ty, abi));
-                let mut decl = declarator(&base, &f.ty, &f.name, abi);
+                let mut decl = match &f.ty {
+                    // Upstream's serializable pointer: same bytes as the u64.
+                    Ty::Phys(target) if f.khoser => {
+                        format!("DECLARE_KHOSER_PTR({}, struct {target} *)", f.name)
+                    }
+                    _ => declarator(&base, &f.ty, &f.name, abi),
+                };
                 if let Some((len, _)) = &f.len {
                     decl.push_str(&format!("[{}]", len.to_c()));
                 }
@@ -241,6 +274,7 @@ pub fn header(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> String {
         guard: comp.guard.clone(),
         includes,
         consts: consts.collect(),
+        macros: macros.collect(),
         enums: enums.collect(),
         structs: struct_views.collect(),
         ioctls: ioctls.collect(),

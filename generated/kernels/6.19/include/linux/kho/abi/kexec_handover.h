@@ -29,6 +29,32 @@
  * sizeof(u64), which is 8.
  */
 #define KHO_VMALLOC_SIZE		((PAGE_SIZE - sizeof(struct kho_vmalloc_hdr)) / 8)
+/* A serializable pointer: the u64 physical address that crosses the kexec, overlaid with the kernel pointer it stands for. */
+#define DECLARE_KHOSER_PTR(name, type) \
+	union { \
+		u64 phys; \
+		type ptr; \
+	} name
+
+/* Stores the physical address of a kernel pointer in a serializable pointer. */
+#ifdef __KERNEL__
+#define KHOSER_STORE_PTR(dest, val) \
+	({ \
+		typeof(val) v = val; \
+		typecheck(typeof((dest).ptr), v); \
+		(dest).phys = virt_to_phys(v); \
+	})
+#endif
+
+/* Loads a serializable pointer back as a kernel pointer (NULL for 0). */
+#ifdef __KERNEL__
+#define KHOSER_LOAD_PTR(src) \
+	({ \
+		typeof(src) s = src; \
+		(typeof((s).ptr))((s).phys ? phys_to_virt((s).phys) : NULL); \
+	})
+#endif
+
 
 /**
  * struct kho_vmalloc_hdr - Link at the start of every vmalloc chunk.
@@ -38,7 +64,7 @@
  * chunk.
  */
 struct kho_vmalloc_hdr {
-	u64 next;
+	DECLARE_KHOSER_PTR(next, struct kho_vmalloc_chunk *);
 };
 
 /**
@@ -67,7 +93,7 @@ struct kho_vmalloc_chunk {
  * virtually contiguous area over to the next kernel.
  */
 struct kho_vmalloc {
-	u64 first;
+	DECLARE_KHOSER_PTR(first, struct kho_vmalloc_chunk *);
 	unsigned int total_pages;
 	unsigned short flags;
 	unsigned short order;

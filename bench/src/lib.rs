@@ -1,4 +1,14 @@
-//! Inputs shared by the benchmarks in `benches/`.
+//! The `luo` benchmark suite: workloads shared by the divan benchmarks in `benches/` and the
+//! report command (`cargo run -p luo-bench --release --bin luo-bench-report`), which runs
+//! every row, compares each to its baseline in the same run and writes `BENCHMARKS.md` and
+//! `target/luo-bench.json`.
+//!
+//! No timing is asserted in tests: the unit tests here only check that the variants of a row
+//! compute the same thing.
+
+pub mod dispatch;
+pub mod measure;
+pub mod ring;
 
 use std::collections::BTreeMap;
 

@@ -1,0 +1,1075 @@
+//! The KHO model: preserved-memory maps over [`crate::mem`], implementing
+//! [`luo_abi::kho::KhoService`].
+//!
+//! * `outgoing`: what this kernel preserved (phys → order), handed to the next kernel.
+//! * `incoming`: what the previous kernel preserved and nobody has restored yet. Its arena
+//!   pages are reserved at boot, so new allocations come only from outside it (KHO scratch).
+//!   Whatever is still unrestored at the next kexec is dropped (and poisoned).
+//! * At kexec, every arena page allocated since boot and not preserved is poisoned with
+//!   [`POISON`](crate::mem::POISON), and so are the unpreserved pages of carried regions; the
+//!   preserved map and the subtrees are written to a blob in arena memory that the next kernel
+//!   parses before it allocates anything.
+//!
+//! Errors follow the table of [`luo_abi::kho`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
+
+use luo_abi::kho::{KhoService, VmallocChunk, VmallocDesc};
+use luo_abi::{Errno, PAGE_SIZE, Phys, PhysAddr};
+use luo_generated::kho::{KHO_VMALLOC_SIZE, kho_vmalloc_chunk};
+use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
+
+use crate::error::ImageError;
+use crate::mem::{
+    ARENA_BASE, Backing, BackingKind, ExtRegion, POISON, PageAlloc, REGION_BASE, REGION_SPAN, lock,
+};
+
+const PAGE: u64 = PAGE_SIZE as u64;
+
+/// Largest folio order the model allocates (`MAX_PAGE_ORDER` on x86).
+pub const MAX_ORDER: u32 = 10;
+
+/// `KHO_VMALLOC_ALLOC`: the area came from vmalloc (upstream `kexec_handover.h`; not in the
+/// generated spec, see the crate docs).
+pub const KHO_VMALLOC_ALLOC: u16 = 0x0001;
+/// `KHO_VMALLOC_HUGE_VMAP`: the area is a huge vmap (upstream; not in the generated spec).
+pub const KHO_VMALLOC_HUGE_VMAP: u16 = 0x0002;
+const KHO_VMALLOC_FLAGS: u16 = KHO_VMALLOC_ALLOC | KHO_VMALLOC_HUGE_VMAP;
+
+/// Magic of the model's KHO handover blob (`"KHOMDL01"`).
+pub const BLOB_MAGIC: u64 = u64::from_le_bytes(*b"KHOMDL01");
+
+/// Header of the model's KHO handover blob: the preserved-memory map and the subtrees.
+///
+/// This is the model's stand-in for KHO's FDT and radix tree, which the spec does not cover.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct BlobHeader {
+    /// [`BLOB_MAGIC`].
+    pub magic: u64,
+    /// Number of [`BlobRange`] entries that follow.
+    pub nr_ranges: u64,
+    /// Number of [`BlobSubtree`] entries after the ranges.
+    pub nr_subtrees: u64,
+    /// Previous-kernel arena size in pages.
+    pub arena_pages: u64,
+}
+
+/// `count` preserved blocks of `PAGE_SIZE << order` bytes, back to back from `phys`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct BlobRange {
+    /// First address.
+    pub phys: u64,
+    /// Order of each block.
+    pub order: u32,
+    /// Number of blocks.
+    pub count: u32,
+}
+
+/// A named subtree (`kho_add_subtree`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct BlobSubtree {
+    /// NUL-terminated name.
+    pub name: [u8; 64],
+    /// Address of the blob.
+    pub phys: u64,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// Preserved-page accounting, so tests can prove nothing leaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KhoStats {
+    /// Pages this kernel preserves for the next one (blocks weighted by `1 << order`).
+    pub preserved_pages: u64,
+    /// Number of preserved blocks (folios and pages).
+    pub preserved_ranges: usize,
+    /// Incoming preserved pages nobody has restored yet.
+    pub incoming_pages: u64,
+    /// Arena pages in use (allocated, restored or reserved incoming).
+    pub arena_pages_in_use: u64,
+    /// Live external regions.
+    pub regions: usize,
+}
+
+struct RegionSlot {
+    weak: Weak<ExtRegion>,
+    /// A strong reference for incoming regions until their pages are claimed.
+    pin: Option<Arc<ExtRegion>>,
+}
+
+struct State {
+    alloc: PageAlloc,
+    /// Live arena allocations made with `alloc_folio`/`alloc_preserve` or restored: phys → order.
+    folios: HashMap<u64, u32>,
+    out: BTreeMap<u64, u32>,
+    inc: BTreeMap<u64, u32>,
+    sub_out: BTreeMap<String, (u64, usize)>,
+    sub_in: BTreeMap<String, (u64, usize)>,
+    regions: BTreeMap<u64, RegionSlot>,
+    next_region: u64,
+    dead: bool,
+}
+
+/// What crosses a kexec at the memory level: the arena, the regions with preserved pages and
+/// the location of the handover blob.
+pub struct MemHandover {
+    pub(crate) arena: Arc<dyn Backing>,
+    pub(crate) arena_kind: BackingKind,
+    pub(crate) regions: Vec<Arc<ExtRegion>>,
+    pub(crate) blob: u64,
+}
+
+impl MemHandover {
+    /// The arena backing kind.
+    pub fn arena_kind(&self) -> BackingKind {
+        self.arena_kind
+    }
+
+    /// Physical address of the handover blob.
+    pub fn blob(&self) -> u64 {
+        self.blob
+    }
+}
+
+/// The KHO model of one booted kernel.
+pub struct Kho {
+    arena: Arc<dyn Backing>,
+    arena_kind: BackingKind,
+    arena_pages: u64,
+    kho_boot: bool,
+    st: Mutex<State>,
+}
+
+fn order_bytes(order: u32) -> u64 {
+    PAGE << order
+}
+
+fn overlaps(map: &BTreeMap<u64, u32>, start: u64, len: u64) -> bool {
+    if let Some((&p, &o)) = map.range(..=start).next_back()
+        && p + order_bytes(o) > start
+    {
+        return true;
+    }
+    map.range(start..start.saturating_add(len)).next().is_some()
+}
+
+fn order_for_pages(pages: u64) -> u32 {
+    pages.next_power_of_two().trailing_zeros()
+}
+
+impl Kho {
+    /// A fresh kernel's KHO over a new arena of `arena_pages` pages.
+    pub fn new(kind: BackingKind, arena_pages: u64) -> Result<Kho, Errno> {
+        let arena: Arc<dyn Backing> = match kind {
+            BackingKind::Heap => Arc::new(crate::mem::HeapBacking::new(arena_pages * PAGE)),
+            BackingKind::Memfd => Arc::new(crate::mem::MmapBacking::new(arena_pages * PAGE)?),
+        };
+        Ok(Kho::with_arena(arena, kind, false))
+    }
+
+    fn with_arena(arena: Arc<dyn Backing>, arena_kind: BackingKind, kho_boot: bool) -> Kho {
+        let arena_pages = arena.len() / PAGE;
+        Kho {
+            arena,
+            arena_kind,
+            arena_pages,
+            kho_boot,
+            st: Mutex::new(State {
+                alloc: PageAlloc::new(arena_pages),
+                folios: HashMap::new(),
+                out: BTreeMap::new(),
+                inc: BTreeMap::new(),
+                sub_out: BTreeMap::new(),
+                sub_in: BTreeMap::new(),
+                regions: BTreeMap::new(),
+                next_region: 0,
+                dead: false,
+            }),
+        }
+    }
+
+    /// Boots from a handover: parses the blob, reserves incoming memory and pins the regions.
+    pub fn boot(h: MemHandover) -> Result<Kho, ImageError> {
+        let kho = Kho::with_arena(h.arena, h.arena_kind, true);
+        {
+            let mut st = lock(&kho.st);
+            for r in &h.regions {
+                st.regions.insert(
+                    r.base(),
+                    RegionSlot {
+                        weak: Arc::downgrade(r),
+                        pin: Some(Arc::clone(r)),
+                    },
+                );
+                let slot = (r.base() - REGION_BASE) / REGION_SPAN;
+                st.next_region = st.next_region.max(slot + 1);
+            }
+            let bases: Vec<u64> = st.regions.keys().copied().collect();
+            let (ranges, subtrees) = kho.parse_blob(h.blob, &bases)?;
+            for r in ranges {
+                let size = order_bytes(r.order);
+                for i in 0..u64::from(r.count) {
+                    let phys = r.phys + i * size;
+                    if overlaps(&st.inc, phys, size) {
+                        return Err(ImageError::Overlap { phys });
+                    }
+                    if let Some(idx) = kho.arena_index(phys)
+                        && !st.alloc.claim(idx, 1 << r.order)
+                    {
+                        return Err(ImageError::Overlap { phys });
+                    }
+                    st.inc.insert(phys, r.order);
+                }
+            }
+            st.sub_in = subtrees;
+        }
+        Ok(kho)
+    }
+
+    /// Validates and decodes the blob at `phys` (it lives in the arena).
+    fn parse_blob(&self, phys: u64, regions: &[u64]) -> Result<BlobContents, ImageError> {
+        let hdr: BlobHeader = self.read_arena_obj(phys, "KHO blob header")?;
+        if hdr.magic != BLOB_MAGIC {
+            return Err(ImageError::BadMagic {
+                phys,
+                found: hdr.magic,
+            });
+        }
+        parse_blob_entries(
+            &hdr,
+            phys,
+            self.arena.len(),
+            |at, buf| self.read_arena(at, buf),
+            |p, pages| {
+                let len = pages * PAGE;
+                let in_arena = p >= ARENA_BASE
+                    && p.checked_add(len)
+                        .is_some_and(|e| e <= ARENA_BASE + self.arena_pages * PAGE);
+                let in_region = regions
+                    .iter()
+                    .any(|&b| p >= b && p.checked_add(len).is_some_and(|e| e <= b + REGION_SPAN));
+                in_arena || in_region
+            },
+        )
+    }
+
+    fn read_arena(&self, phys: u64, buf: &mut [u8]) -> Result<(), ImageError> {
+        let off = phys.checked_sub(ARENA_BASE).ok_or(ImageError::Truncated {
+            what: "arena read",
+            phys,
+        })?;
+        self.arena
+            .read(off, buf)
+            .map_err(|_| ImageError::Truncated {
+                what: "arena read",
+                phys,
+            })
+    }
+
+    fn read_arena_obj<T: FromBytes + IntoBytes>(
+        &self,
+        phys: u64,
+        what: &'static str,
+    ) -> Result<T, ImageError> {
+        let mut v = T::new_zeroed();
+        self.read_arena(phys, v.as_mut_bytes())
+            .map_err(|_| ImageError::Truncated { what, phys })?;
+        Ok(v)
+    }
+
+    fn arena_index(&self, phys: u64) -> Option<u64> {
+        let off = phys.checked_sub(ARENA_BASE)?;
+        let idx = off / PAGE;
+        (idx < self.arena_pages).then_some(idx)
+    }
+
+    /// Preserved-page accounting.
+    pub fn stats(&self) -> KhoStats {
+        let st = lock(&self.st);
+        KhoStats {
+            preserved_pages: st.out.values().map(|&o| 1u64 << o).sum(),
+            preserved_ranges: st.out.len(),
+            incoming_pages: st.inc.values().map(|&o| 1u64 << o).sum(),
+            arena_pages_in_use: st.alloc.in_use(),
+            regions: st
+                .regions
+                .values()
+                .filter(|s| s.pin.is_some() || s.weak.strong_count() > 0)
+                .count(),
+        }
+    }
+
+    /// The outgoing preserved map (phys → order), for inspection.
+    pub fn outgoing_map(&self) -> Vec<(u64, u32)> {
+        lock(&self.st).out.iter().map(|(&p, &o)| (p, o)).collect()
+    }
+
+    /// The arena backing kind.
+    pub fn arena_kind(&self) -> BackingKind {
+        self.arena_kind
+    }
+
+    /// Creates a new external region (a fresh host memfd).
+    pub fn new_region(&self, name: &str) -> Result<Arc<ExtRegion>, Errno> {
+        let mut st = lock(&self.st);
+        let slot = st.next_region;
+        let base = REGION_BASE
+            .checked_add(slot.checked_mul(REGION_SPAN).ok_or(Errno::ENOMEM)?)
+            .ok_or(Errno::ENOMEM)?;
+        let r = Arc::new(ExtRegion::create(base, name)?);
+        st.next_region += 1;
+        st.regions.insert(
+            base,
+            RegionSlot {
+                weak: Arc::downgrade(&r),
+                pin: None,
+            },
+        );
+        Ok(r)
+    }
+
+    /// The live region containing `phys`, if any.
+    pub fn region_at(&self, phys: u64) -> Option<Arc<ExtRegion>> {
+        let st = lock(&self.st);
+        region_of(&st, phys)
+    }
+
+    /// Drops the boot-time pins of incoming regions that no longer hold unrestored pages
+    /// (their files have adopted them, or they were discarded), and forgets dead slots.
+    pub fn release_idle_regions(&self) {
+        let mut st = lock(&self.st);
+        let State { regions, inc, .. } = &mut *st;
+        regions.retain(|&base, slot| {
+            if slot.pin.is_some() && inc.range(base..base + REGION_SPAN).next().is_none() {
+                slot.pin = None;
+            }
+            slot.pin.is_some() || slot.weak.strong_count() > 0
+        });
+    }
+
+    /// Prepares the kexec: poisons what is not preserved, writes the handover blob, and hands
+    /// over the arena and every region with preserved pages. This KHO is dead afterwards.
+    pub fn kexec(&self) -> Result<MemHandover, Errno> {
+        let mut st = lock(&self.st);
+        if st.dead {
+            return Err(Errno::EINVAL);
+        }
+        // Arena: poison every page touched since boot that is not preserved.
+        let mut keep: HashSet<u64> = HashSet::new();
+        for (&p, &o) in st
+            .out
+            .range(ARENA_BASE..ARENA_BASE + self.arena_pages * PAGE)
+        {
+            let first = (p - ARENA_BASE) / PAGE;
+            keep.extend(first..first + (1u64 << o));
+        }
+        for i in 0..st.alloc.pages() {
+            if st.alloc.is_touched(i) && !keep.contains(&i) {
+                self.arena.fill(i * PAGE, PAGE, POISON)?;
+            }
+        }
+        // Regions: carry those with preserved pages; poison their other pages.
+        let mut carried = Vec::new();
+        for (&base, slot) in &st.regions {
+            let Some(r) = slot.weak.upgrade() else {
+                continue;
+            };
+            let pages: HashSet<u64> = st
+                .out
+                .range(base..base + REGION_SPAN)
+                .flat_map(|(&p, &o)| {
+                    let first = (p - base) / PAGE;
+                    first..first + (1u64 << o)
+                })
+                .collect();
+            if pages.is_empty() {
+                continue;
+            }
+            let size_pages = r.size()?.div_ceil(PAGE);
+            let poison = vec![POISON; PAGE_SIZE];
+            for i in 0..size_pages {
+                if !pages.contains(&i) {
+                    r.write(i * PAGE, &poison)?;
+                }
+            }
+            carried.push(r);
+        }
+        // The blob: compressed runs of the preserved map, then the subtrees.
+        let mut ranges: Vec<BlobRange> = Vec::new();
+        for (&p, &o) in &st.out {
+            if let Some(last) = ranges.last_mut()
+                && last.order == o
+                && last.count < u32::MAX
+                && last.phys + u64::from(last.count) * order_bytes(o) == p
+            {
+                last.count += 1;
+                continue;
+            }
+            ranges.push(BlobRange {
+                phys: p,
+                order: o,
+                count: 1,
+            });
+        }
+        let mut subtrees = Vec::new();
+        for (name, &(phys, size)) in &st.sub_out {
+            let mut e = BlobSubtree {
+                name: [0; 64],
+                phys,
+                size: size as u64,
+            };
+            let b = name.as_bytes();
+            if b.len() >= 64 {
+                return Err(Errno::ENAMETOOLONG);
+            }
+            e.name[..b.len()].copy_from_slice(b);
+            subtrees.push(e);
+        }
+        let hdr = BlobHeader {
+            magic: BLOB_MAGIC,
+            nr_ranges: ranges.len() as u64,
+            nr_subtrees: subtrees.len() as u64,
+            arena_pages: self.arena_pages,
+        };
+        let mut blob = hdr.as_bytes().to_vec();
+        blob.extend_from_slice(ranges.as_bytes());
+        blob.extend_from_slice(subtrees.as_bytes());
+        let pages = (blob.len() as u64).div_ceil(PAGE);
+        let idx = st.alloc.alloc(pages, 1).ok_or(Errno::ENOMEM)?;
+        self.arena.write(idx * PAGE, &blob)?;
+        st.dead = true;
+        Ok(MemHandover {
+            arena: Arc::clone(&self.arena),
+            arena_kind: self.arena_kind,
+            regions: carried,
+            blob: ARENA_BASE + idx * PAGE,
+        })
+    }
+
+    fn check_alive(st: &State) -> Result<(), Errno> {
+        if st.dead { Err(Errno::EINVAL) } else { Ok(()) }
+    }
+
+    /// Whether `phys..phys+len` is memory that can be preserved: allocated arena pages or
+    /// pages of a live region.
+    fn preservable(&self, st: &State, phys: u64, len: u64) -> bool {
+        if let Some(idx) = self.arena_index(phys) {
+            let n = len / PAGE;
+            return idx + n <= self.arena_pages && (idx..idx + n).all(|i| st.alloc.is_used(i));
+        }
+        region_of(st, phys).is_some_and(|r| phys + len <= r.base() + REGION_SPAN)
+    }
+
+    fn alloc_locked(&self, st: &mut State, order: u32) -> Result<u64, Errno> {
+        if order > MAX_ORDER {
+            return Err(Errno::EINVAL);
+        }
+        let n = 1u64 << order;
+        let idx = st.alloc.alloc(n, n).ok_or(Errno::ENOMEM)?;
+        self.arena.fill(idx * PAGE, n * PAGE, 0)?;
+        let phys = ARENA_BASE + idx * PAGE;
+        st.folios.insert(phys, order);
+        Ok(phys)
+    }
+
+    fn free_locked(&self, st: &mut State, phys: u64, order: u32) -> Result<(), Errno> {
+        if let Some(idx) = self.arena_index(phys) {
+            if st.folios.get(&phys) != Some(&order) || overlaps(&st.out, phys, order_bytes(order)) {
+                return Err(Errno::EINVAL);
+            }
+            st.folios.remove(&phys);
+            if !st.alloc.free(idx, 1 << order) {
+                return Err(Errno::EINVAL);
+            }
+            return Ok(());
+        }
+        // A region page (a restored memfd folio): nothing to free in the arena.
+        if region_of(st, phys).is_some() && !overlaps(&st.out, phys, order_bytes(order)) {
+            return Ok(());
+        }
+        Err(Errno::EINVAL)
+    }
+
+    fn preserve_locked(&self, st: &mut State, phys: u64, order: u32) -> Result<(), Errno> {
+        let size = order_bytes(order);
+        if order > MAX_ORDER || phys == 0 || !phys.is_multiple_of(size) {
+            return Err(Errno::EINVAL);
+        }
+        if !self.preservable(st, phys, size) {
+            return Err(Errno::EINVAL);
+        }
+        if overlaps(&st.out, phys, size) {
+            return Err(Errno::EEXIST);
+        }
+        st.out.insert(phys, order);
+        Ok(())
+    }
+
+    fn unpreserve_locked(st: &mut State, phys: u64, order: u32) -> Result<(), Errno> {
+        if st.out.get(&phys) != Some(&order) {
+            return Err(Errno::EINVAL);
+        }
+        st.out.remove(&phys);
+        Ok(())
+    }
+
+    fn restore_locked(&self, st: &mut State, phys: u64) -> Result<u32, Errno> {
+        let order = st.inc.remove(&phys).ok_or(Errno::EINVAL)?;
+        if self.arena_index(phys).is_some() {
+            st.folios.insert(phys, order);
+        }
+        Ok(order)
+    }
+
+    fn read_locked(&self, st: &State, phys: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        if let Some(off) = phys.checked_sub(ARENA_BASE)
+            && off < self.arena.len()
+        {
+            return self.arena.read(off, buf);
+        }
+        let r = region_of(st, phys).ok_or(Errno::EFAULT)?;
+        r.read(phys - r.base(), buf)
+    }
+
+    fn write_locked(&self, st: &State, phys: u64, buf: &[u8]) -> Result<(), Errno> {
+        if let Some(off) = phys.checked_sub(ARENA_BASE)
+            && off < self.arena.len()
+        {
+            return self.arena.write(off, buf);
+        }
+        let r = region_of(st, phys).ok_or(Errno::EFAULT)?;
+        r.write(phys - r.base(), buf)
+    }
+
+    /// Walks a vmalloc chunk chain in `map`-owned memory: returns the chunk pages and the
+    /// area's block addresses, validating the chain (no cycle, bounded length).
+    fn walk_vmalloc(
+        &self,
+        st: &State,
+        desc: &VmallocDesc,
+        incoming: bool,
+    ) -> Result<(Vec<u64>, Vec<u64>), Errno> {
+        if desc.flags & !KHO_VMALLOC_FLAGS != 0 || u32::from(desc.order) > MAX_ORDER {
+            return Err(Errno::EINVAL);
+        }
+        let per = u64::from(desc.total_pages) >> desc.order;
+        if per << desc.order != u64::from(desc.total_pages) {
+            return Err(Errno::EINVAL);
+        }
+        let max_chunks = per.div_ceil(KHO_VMALLOC_SIZE).max(1);
+        let map = if incoming { &st.inc } else { &st.out };
+        let mut chunks = Vec::new();
+        let mut entries = Vec::new();
+        let mut seen = HashSet::new();
+        let mut next = desc.first.addr().as_u64();
+        while next != 0 {
+            if !seen.insert(next) || chunks.len() as u64 >= max_chunks {
+                return Err(Errno::EINVAL);
+            }
+            if map.get(&next) != Some(&0) {
+                return Err(Errno::EINVAL);
+            }
+            let mut chunk = kho_vmalloc_chunk::new_zeroed();
+            self.read_locked(st, next, chunk.as_mut_bytes())?;
+            chunks.push(next);
+            for &p in chunk.phys.iter() {
+                if p == 0 {
+                    break;
+                }
+                entries.push(p);
+            }
+            next = chunk.hdr.next.addr().as_u64();
+        }
+        if entries.len() as u64 != per {
+            return Err(Errno::EINVAL);
+        }
+        Ok((chunks, entries))
+    }
+}
+
+type BlobContents = (Vec<BlobRange>, BTreeMap<String, (u64, usize)>);
+
+/// Decodes the ranges and subtrees after a blob header. `read` reads arena memory; `valid`
+/// says whether `pages` pages from an address exist in the handover.
+pub(crate) fn parse_blob_entries(
+    hdr: &BlobHeader,
+    phys: u64,
+    max_bytes: u64,
+    read: impl Fn(u64, &mut [u8]) -> Result<(), ImageError>,
+    valid: impl Fn(u64, u64) -> bool,
+) -> Result<BlobContents, ImageError> {
+    let hlen = size_of::<BlobHeader>() as u64;
+    let rlen = size_of::<BlobRange>() as u64;
+    let slen = size_of::<BlobSubtree>() as u64;
+    let trunc = ImageError::Truncated {
+        what: "KHO blob",
+        phys,
+    };
+    // Bound the sizes by the address space before allocating anything.
+    let nr = usize::try_from(hdr.nr_ranges).map_err(|_| trunc.clone())?;
+    let ns = usize::try_from(hdr.nr_subtrees).map_err(|_| trunc.clone())?;
+    let need = hdr
+        .nr_ranges
+        .checked_mul(rlen)
+        .and_then(|r| hdr.nr_subtrees.checked_mul(slen)?.checked_add(r))
+        .and_then(|n| n.checked_add(hlen));
+    if need.is_none_or(|n| n > max_bytes) {
+        return Err(trunc);
+    }
+    let mut ranges = vec![BlobRange::new_zeroed(); nr];
+    read(phys + hlen, ranges.as_mut_bytes())?;
+    let mut subs = vec![BlobSubtree::new_zeroed(); ns];
+    read(phys + hlen + rlen * hdr.nr_ranges, subs.as_mut_bytes())?;
+    for r in &ranges {
+        if r.order > MAX_ORDER || r.count == 0 || !r.phys.is_multiple_of(order_bytes(r.order)) {
+            return Err(ImageError::Misaligned {
+                phys: r.phys,
+                order: r.order,
+            });
+        }
+        let pages = u64::from(r.count) << r.order;
+        if r.phys == 0 || !valid(r.phys, pages) {
+            return Err(ImageError::OutOfRange {
+                phys: r.phys,
+                pages,
+            });
+        }
+    }
+    let mut subtrees = BTreeMap::new();
+    for (index, s) in subs.iter().enumerate() {
+        let name = crate::util::cstr(&s.name).ok_or(ImageError::SubtreeName { index })?;
+        let size = usize::try_from(s.size).map_err(|_| ImageError::SubtreeName { index })?;
+        subtrees.insert(name.to_owned(), (s.phys, size));
+    }
+    Ok((ranges, subtrees))
+}
+
+fn region_of(st: &State, phys: u64) -> Option<Arc<ExtRegion>> {
+    let (&base, slot) = st.regions.range(..=phys).next_back()?;
+    if phys >= base + REGION_SPAN {
+        return None;
+    }
+    slot.weak.upgrade()
+}
+
+impl KhoService for Kho {
+    fn is_enabled(&self) -> bool {
+        true
+    }
+
+    fn is_kho_boot(&self) -> bool {
+        self.kho_boot
+    }
+
+    fn alloc_folio(&self, order: u32) -> luo_abi::Result<PhysAddr> {
+        let mut st = lock(&self.st);
+        Kho::check_alive(&st)?;
+        self.alloc_locked(&mut st, order).map(PhysAddr::new)
+    }
+
+    fn free_folio(&self, phys: PhysAddr, order: u32) -> luo_abi::Result {
+        let mut st = lock(&self.st);
+        self.free_locked(&mut st, phys.as_u64(), order)
+    }
+
+    fn preserve_folio(&self, phys: PhysAddr, order: u32) -> luo_abi::Result {
+        let mut st = lock(&self.st);
+        Kho::check_alive(&st)?;
+        self.preserve_locked(&mut st, phys.as_u64(), order)
+    }
+
+    fn unpreserve_folio(&self, phys: PhysAddr, order: u32) -> luo_abi::Result {
+        let mut st = lock(&self.st);
+        Kho::unpreserve_locked(&mut st, phys.as_u64(), order)
+    }
+
+    fn restore_folio(&self, phys: PhysAddr) -> luo_abi::Result<u32> {
+        let mut st = lock(&self.st);
+        self.restore_locked(&mut st, phys.as_u64())
+    }
+
+    fn preserve_pages(&self, phys: PhysAddr, nr_pages: usize) -> luo_abi::Result {
+        let mut st = lock(&self.st);
+        Kho::check_alive(&st)?;
+        let p = phys.as_u64();
+        let len = (nr_pages as u64).checked_mul(PAGE).ok_or(Errno::EINVAL)?;
+        if nr_pages == 0 || p == 0 || !phys.is_page_aligned() || !self.preservable(&st, p, len) {
+            return Err(Errno::EINVAL);
+        }
+        if overlaps(&st.out, p, len) {
+            return Err(Errno::EEXIST);
+        }
+        for i in 0..nr_pages as u64 {
+            st.out.insert(p + i * PAGE, 0);
+        }
+        Ok(())
+    }
+
+    fn unpreserve_pages(&self, phys: PhysAddr, nr_pages: usize) -> luo_abi::Result {
+        let mut st = lock(&self.st);
+        let p = phys.as_u64();
+        if nr_pages == 0 || !(0..nr_pages as u64).all(|i| st.out.get(&(p + i * PAGE)) == Some(&0)) {
+            return Err(Errno::EINVAL);
+        }
+        for i in 0..nr_pages as u64 {
+            st.out.remove(&(p + i * PAGE));
+        }
+        Ok(())
+    }
+
+    fn restore_pages(&self, phys: PhysAddr, nr_pages: usize) -> luo_abi::Result {
+        let mut st = lock(&self.st);
+        let p = phys.as_u64();
+        if nr_pages == 0 || !(0..nr_pages as u64).all(|i| st.inc.get(&(p + i * PAGE)) == Some(&0)) {
+            return Err(Errno::EINVAL);
+        }
+        for i in 0..nr_pages as u64 {
+            self.restore_locked(&mut st, p + i * PAGE)?;
+        }
+        Ok(())
+    }
+
+    fn preserve_vmalloc(&self, pages: &[PhysAddr], order: u16) -> luo_abi::Result<VmallocDesc> {
+        let mut st = lock(&self.st);
+        Kho::check_alive(&st)?;
+        let order32 = u32::from(order);
+        let block = order_bytes(order32.min(MAX_ORDER + 1));
+        if pages.is_empty() || order32 > MAX_ORDER {
+            return Err(Errno::EINVAL);
+        }
+        let total = u32::try_from((pages.len() as u64) << order).map_err(|_| Errno::EINVAL)?;
+        let mut seen = HashSet::new();
+        for p in pages {
+            let a = p.as_u64();
+            if a == 0 || !a.is_multiple_of(block) || !self.preservable(&st, a, block) {
+                return Err(Errno::EINVAL);
+            }
+            if !seen.insert(a) || overlaps(&st.out, a, block) {
+                return Err(Errno::EEXIST);
+            }
+        }
+        // Chunk pages, allocated first so a failure leaves nothing behind.
+        let per = KHO_VMALLOC_SIZE as usize;
+        let n_chunks = pages.len().div_ceil(per);
+        let mut chunks = Vec::with_capacity(n_chunks);
+        for _ in 0..n_chunks {
+            match self.alloc_locked(&mut st, 0) {
+                Ok(c) => chunks.push(c),
+                Err(e) => {
+                    for c in chunks {
+                        let _ = self.free_locked(&mut st, c, 0);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        for (i, group) in pages.chunks(per).enumerate() {
+            let mut chunk = kho_vmalloc_chunk::new_zeroed();
+            chunk.hdr.next = Phys::new(PhysAddr::new(chunks.get(i + 1).copied().unwrap_or(0)));
+            for (slot, p) in chunk.phys.iter_mut().zip(group) {
+                *slot = p.as_u64();
+            }
+            self.write_locked(&st, chunks[i], chunk.as_bytes())?;
+        }
+        for &c in &chunks {
+            st.out.insert(c, 0);
+        }
+        for p in pages {
+            for i in 0..(1u64 << order) {
+                st.out.insert(p.as_u64() + i * PAGE, 0);
+            }
+        }
+        Ok(VmallocDesc {
+            first: Phys::<VmallocChunk>::new(PhysAddr::new(chunks[0])),
+            total_pages: total,
+            flags: KHO_VMALLOC_ALLOC,
+            order,
+        })
+    }
+
+    fn unpreserve_vmalloc(&self, desc: &VmallocDesc) -> luo_abi::Result {
+        let mut st = lock(&self.st);
+        let (chunks, entries) = self.walk_vmalloc(&st, desc, false)?;
+        let n = 1u64 << desc.order;
+        if !entries
+            .iter()
+            .all(|&e| (0..n).all(|i| st.out.get(&(e + i * PAGE)) == Some(&0)))
+        {
+            return Err(Errno::EINVAL);
+        }
+        for e in entries {
+            for i in 0..n {
+                st.out.remove(&(e + i * PAGE));
+            }
+        }
+        for c in chunks {
+            st.out.remove(&c);
+            self.free_locked(&mut st, c, 0)?;
+        }
+        Ok(())
+    }
+
+    fn restore_vmalloc(&self, desc: &VmallocDesc) -> luo_abi::Result<Vec<PhysAddr>> {
+        let mut st = lock(&self.st);
+        let (chunks, entries) = self.walk_vmalloc(&st, desc, true)?;
+        let n = 1u64 << desc.order;
+        if !entries
+            .iter()
+            .all(|&e| (0..n).all(|i| st.inc.get(&(e + i * PAGE)) == Some(&0)))
+        {
+            return Err(Errno::EINVAL);
+        }
+        for &e in &entries {
+            for i in 0..n {
+                self.restore_locked(&mut st, e + i * PAGE)?;
+            }
+            // The area's pages become one allocation of `order` each.
+            if self.arena_index(e).is_some() {
+                for i in 0..n {
+                    st.folios.remove(&(e + i * PAGE));
+                }
+                st.folios.insert(e, u32::from(desc.order));
+            }
+        }
+        for c in chunks {
+            self.restore_locked(&mut st, c)?;
+            self.free_locked(&mut st, c, 0)?;
+        }
+        Ok(entries.into_iter().map(PhysAddr::new).collect())
+    }
+
+    fn alloc_preserve(&self, size: usize) -> luo_abi::Result<PhysAddr> {
+        if size == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let order = order_for_pages(luo_abi::kho::pages_for(size) as u64);
+        let mut st = lock(&self.st);
+        Kho::check_alive(&st)?;
+        let phys = self.alloc_locked(&mut st, order)?;
+        if let Err(e) = self.preserve_locked(&mut st, phys, order) {
+            let _ = self.free_locked(&mut st, phys, order);
+            return Err(e);
+        }
+        Ok(PhysAddr::new(phys))
+    }
+
+    fn unpreserve_free(&self, phys: PhysAddr) -> luo_abi::Result {
+        let mut st = lock(&self.st);
+        let p = phys.as_u64();
+        let order = *st.out.get(&p).ok_or(Errno::EINVAL)?;
+        if st.folios.get(&p) != Some(&order) {
+            return Err(Errno::EINVAL);
+        }
+        Kho::unpreserve_locked(&mut st, p, order)?;
+        self.free_locked(&mut st, p, order)
+    }
+
+    fn restore_free(&self, phys: PhysAddr) -> luo_abi::Result {
+        let mut st = lock(&self.st);
+        let p = phys.as_u64();
+        if self.arena_index(p).is_none() {
+            return Err(Errno::EINVAL);
+        }
+        let order = self.restore_locked(&mut st, p)?;
+        self.free_locked(&mut st, p, order)
+    }
+
+    fn add_subtree(&self, name: &str, phys: PhysAddr, size: usize) -> luo_abi::Result {
+        let mut st = lock(&self.st);
+        Kho::check_alive(&st)?;
+        if name.is_empty() || name.len() >= 64 || name.contains('\0') {
+            return Err(Errno::EINVAL);
+        }
+        if st.sub_out.contains_key(name) {
+            return Err(Errno::EEXIST);
+        }
+        st.sub_out.insert(name.to_owned(), (phys.as_u64(), size));
+        Ok(())
+    }
+
+    fn remove_subtree(&self, phys: PhysAddr) -> luo_abi::Result {
+        let mut st = lock(&self.st);
+        let name = st
+            .sub_out
+            .iter()
+            .find(|(_, (p, _))| *p == phys.as_u64())
+            .map(|(n, _)| n.clone())
+            .ok_or(Errno::ENOENT)?;
+        st.sub_out.remove(&name);
+        Ok(())
+    }
+
+    fn retrieve_subtree(&self, name: &str) -> luo_abi::Result<(PhysAddr, usize)> {
+        let st = lock(&self.st);
+        st.sub_in
+            .get(name)
+            .map(|&(p, s)| (PhysAddr::new(p), s))
+            .ok_or(Errno::ENOENT)
+    }
+
+    fn read(&self, phys: PhysAddr, buf: &mut [u8]) -> luo_abi::Result {
+        let st = lock(&self.st);
+        self.read_locked(&st, phys.as_u64(), buf)
+    }
+
+    fn write(&self, phys: PhysAddr, buf: &[u8]) -> luo_abi::Result {
+        let st = lock(&self.st);
+        self.write_locked(&st, phys.as_u64(), buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use luo_abi::kho::KhoExt;
+
+    fn pa(p: u64) -> PhysAddr {
+        PhysAddr::new(p)
+    }
+
+    #[test]
+    fn folios_preserve_and_cross() {
+        let k = Kho::new(BackingKind::Heap, 256).unwrap();
+        let f = k.alloc_folio(2).unwrap();
+        assert!(f.as_u64().is_multiple_of(4 * PAGE));
+        k.write(f, b"folio data").unwrap();
+        k.preserve_folio(f, 2).unwrap();
+        assert_eq!(k.preserve_folio(f, 2), Err(Errno::EEXIST));
+        assert_eq!(
+            k.preserve_pages(pa(f.as_u64() + PAGE), 1),
+            Err(Errno::EEXIST)
+        );
+        assert_eq!(
+            k.preserve_folio(pa(f.as_u64() + PAGE), 0),
+            Err(Errno::EEXIST)
+        );
+        assert_eq!(k.unpreserve_folio(f, 1), Err(Errno::EINVAL));
+        assert_eq!(k.free_folio(f, 2), Err(Errno::EINVAL));
+        let lost = k.alloc_folio(0).unwrap();
+        k.write(lost, b"forgotten").unwrap();
+        let blob = k.alloc_preserve(100).unwrap();
+        k.write_obj(Phys::<u64>::new(blob), &0xfeed_u64).unwrap();
+        k.add_subtree("test", blob, 8).unwrap();
+        assert_eq!(k.add_subtree("test", blob, 8), Err(Errno::EEXIST));
+        assert_eq!(
+            k.stats(),
+            KhoStats {
+                preserved_pages: 5,
+                preserved_ranges: 2,
+                incoming_pages: 0,
+                arena_pages_in_use: 6,
+                regions: 0
+            }
+        );
+
+        let h = k.kexec().unwrap();
+        assert_eq!(k.alloc_folio(0), Err(Errno::EINVAL));
+        drop(k);
+        let k2 = Kho::boot(h).unwrap();
+        assert!(k2.is_kho_boot());
+        assert_eq!(k2.stats().incoming_pages, 5);
+        let mut buf = [0u8; 10];
+        k2.read(f, &mut buf).unwrap();
+        assert_eq!(&buf, b"folio data");
+        k2.read(lost, &mut buf).unwrap();
+        assert_eq!(buf, [POISON; 10]);
+        // New allocations avoid incoming memory.
+        for _ in 0..50 {
+            let p = k2.alloc_folio(0).unwrap().as_u64();
+            assert!(!(f.as_u64()..f.as_u64() + 4 * PAGE).contains(&p));
+            assert_ne!(p, blob.as_u64());
+        }
+        let (sp, ss) = k2.retrieve_subtree("test").unwrap();
+        assert_eq!((sp, ss), (blob, 8));
+        assert_eq!(k2.read_obj(Phys::<u64>::new(sp)).unwrap(), 0xfeed);
+        assert_eq!(k2.restore_folio(pa(f.as_u64() + PAGE)), Err(Errno::EINVAL));
+        assert_eq!(k2.restore_folio(f), Ok(2));
+        assert_eq!(k2.restore_folio(f), Err(Errno::EINVAL));
+        k2.restore_free(blob).unwrap();
+        k2.free_folio(f, 2).unwrap();
+        assert_eq!(k2.stats().incoming_pages, 0);
+        assert_eq!(k2.retrieve_subtree("nope"), Err(Errno::ENOENT));
+    }
+
+    #[test]
+    fn vmalloc_chains_round_trip() {
+        let k = Kho::new(BackingKind::Heap, 2048).unwrap();
+        let pages: Vec<PhysAddr> = (0..600).map(|_| k.alloc_folio(0).unwrap()).collect();
+        for (i, p) in pages.iter().enumerate() {
+            k.write(*p, &(i as u64).to_ne_bytes()).unwrap();
+        }
+        let d = k.preserve_vmalloc(&pages, 0).unwrap();
+        assert_eq!(d.total_pages, 600);
+        assert_eq!(k.stats().preserved_pages, 602);
+        assert_eq!(k.preserve_vmalloc(&pages[..1], 0), Err(Errno::EEXIST));
+        k.unpreserve_vmalloc(&d).unwrap();
+        assert_eq!(k.stats().preserved_pages, 0);
+        let d = k.preserve_vmalloc(&pages, 0).unwrap();
+        let k2 = Kho::boot(k.kexec().unwrap()).unwrap();
+        let mut bad = d;
+        bad.total_pages += 1;
+        assert_eq!(k2.restore_vmalloc(&bad), Err(Errno::EINVAL));
+        bad = d;
+        bad.flags = 0x80;
+        assert_eq!(k2.restore_vmalloc(&bad), Err(Errno::EINVAL));
+        let back = k2.restore_vmalloc(&d).unwrap();
+        assert_eq!(back, pages);
+        for (i, p) in back.iter().enumerate() {
+            let mut b = [0u8; 8];
+            k2.read(*p, &mut b).unwrap();
+            assert_eq!(u64::from_ne_bytes(b), i as u64);
+            k2.free_folio(*p, 0).unwrap();
+        }
+        assert_eq!(k2.restore_vmalloc(&d), Err(Errno::EINVAL));
+        assert_eq!(k2.stats().incoming_pages, 0);
+    }
+
+    #[test]
+    fn regions_cross_without_copy() {
+        let k = Kho::new(BackingKind::Heap, 64).unwrap();
+        let r = k.new_region("data").unwrap();
+        r.write(0, &vec![7u8; 3 * PAGE_SIZE]).unwrap();
+        let other = k.new_region("unpreserved").unwrap();
+        other.write(0, b"x").unwrap();
+        k.preserve_pages(pa(r.base()), 2).unwrap();
+        assert_eq!(k.stats().regions, 2);
+        let h = k.kexec().unwrap();
+        assert_eq!(h.regions.len(), 1);
+        drop((k, r, other));
+        let k2 = Kho::boot(h).unwrap();
+        let r2 = k2.region_at(REGION_BASE + 5).unwrap();
+        let mut b = vec![0u8; 3 * PAGE_SIZE];
+        r2.read(0, &mut b).unwrap();
+        assert!(b[..2 * PAGE_SIZE].iter().all(|&x| x == 7));
+        assert!(b[2 * PAGE_SIZE..].iter().all(|&x| x == POISON));
+        k2.restore_pages(pa(REGION_BASE), 2).unwrap();
+        drop(r2);
+        k2.release_idle_regions();
+        assert_eq!(k2.stats().regions, 0);
+    }
+
+    #[test]
+    fn corrupt_blob_is_an_error() {
+        let k = Kho::new(BackingKind::Heap, 64).unwrap();
+        let p = k.alloc_preserve(10).unwrap();
+        let h = k.kexec().unwrap();
+        // Smash the first range: misaligned address.
+        let at = h.blob + size_of::<BlobHeader>() as u64 - ARENA_BASE;
+        h.arena.write(at, &(p.as_u64() + 1).to_ne_bytes()).unwrap();
+        assert!(matches!(
+            Kho::boot(h).err(),
+            Some(ImageError::Misaligned { .. })
+        ));
+        let k = Kho::new(BackingKind::Heap, 64).unwrap();
+        let h = k.kexec().unwrap();
+        h.arena.write(h.blob - ARENA_BASE, &[0u8; 8]).unwrap();
+        assert!(matches!(
+            Kho::boot(h).err(),
+            Some(ImageError::BadMagic { .. })
+        ));
+    }
+}

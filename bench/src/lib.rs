@@ -6,7 +6,11 @@
 //! No timing is asserted in tests: the unit tests here only check that the variants of a row
 //! compute the same thing.
 
+pub mod codec;
+pub mod compile;
 pub mod dispatch;
+pub mod global;
+pub mod luo_gen;
 pub mod measure;
 pub mod ring;
 

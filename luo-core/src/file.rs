@@ -1,0 +1,589 @@
+//! The core's files: the per-kernel fd table and the objects behind fds.
+//!
+//! A [`CoreFile`] is what upstream calls a `struct file`: handlers see it as
+//! `&dyn luo_abi::file::File` (Rust) or an opaque `struct file *` (C). Kinds:
+//! * memfds: a real host memfd ([`MemfdFile`]), an external region of the KHO model;
+//! * the `/dev/liveupdate` device and session files;
+//! * synthetic test objects (a `u64` payload) for test handlers, and a `/dev/null`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use luo_abi::file::{File, FileId, FileKind, FileRef, ShmemFile, ShmemFolio, seals};
+use luo_abi::kho::KhoService;
+use luo_abi::{Errno, PAGE_SIZE, PhysAddr};
+use luo_generated::liveupdate::file as CFile;
+use rustix::fs::SealFlags;
+
+use crate::kho::Kho;
+use crate::luo::Session;
+use crate::mem::{ExtRegion, REGION_SPAN, host_err, lock};
+
+const PAGE: u64 = PAGE_SIZE as u64;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Addresses of live [`CoreFile`]s, so a `struct file *` coming back from C can be checked.
+fn live_files() -> &'static Mutex<HashSet<usize>> {
+    static LIVE: OnceLock<Mutex<HashSet<usize>>> = OnceLock::new();
+    LIVE.get_or_init(|| Mutex::new(HashSet::new()))
+}
+
+/// What is behind a [`CoreFile`].
+pub enum FileObj {
+    /// `/dev/liveupdate`.
+    Dev,
+    /// A session fd.
+    Session(Arc<Session>),
+    /// A memfd.
+    Memfd(MemfdFile),
+    /// A synthetic object for test handlers, carrying a value.
+    Test(AtomicU64),
+    /// A file no handler accepts (`/dev/null`).
+    Null,
+}
+
+/// A file of the model (`struct file`).
+pub struct CoreFile {
+    id: FileId,
+    name: String,
+    obj: FileObj,
+}
+
+impl CoreFile {
+    /// A new file. Its address is registered so that [`CoreFile::from_c`] can validate it.
+    pub fn new(name: impl Into<String>, obj: FileObj) -> Arc<CoreFile> {
+        let f = Arc::new(CoreFile {
+            id: FileId(next_id()),
+            name: name.into(),
+            obj,
+        });
+        lock(live_files()).insert(Arc::as_ptr(&f) as usize);
+        f
+    }
+
+    /// The file's name (`"[luo_session] NAME"`, `"memfd:NAME"`, ...).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The object behind the file.
+    pub fn obj(&self) -> &FileObj {
+        &self.obj
+    }
+
+    /// The memfd behind the file, if it is one.
+    pub fn memfd(&self) -> Option<&MemfdFile> {
+        match &self.obj {
+            FileObj::Memfd(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The value of a synthetic test file.
+    pub fn test_value(&self) -> Option<u64> {
+        match &self.obj {
+            FileObj::Test(v) => Some(v.load(Ordering::Relaxed)),
+            _ => None,
+        }
+    }
+
+    /// The `struct file *` C handlers see for this file (borrowed, no reference taken).
+    pub fn as_c(f: &Arc<CoreFile>) -> *mut CFile {
+        Arc::as_ptr(f).cast_mut().cast()
+    }
+
+    /// Validates a `struct file *` from C and borrows the file, `None` unless it is live.
+    ///
+    /// # Safety
+    ///
+    /// The file must stay alive while the returned reference is used, which holds while the
+    /// caller (a handler callback) runs with the reference LUO or the fd table holds.
+    pub unsafe fn from_c<'a>(p: *const CFile) -> Option<&'a CoreFile> {
+        if p.is_null() || !lock(live_files()).contains(&(p as usize)) {
+            return None;
+        }
+        // SAFETY: the address is that of a live `CoreFile` (registered in `new`, removed in
+        // `drop`), and the caller keeps it alive while the reference is used.
+        Some(unsafe { &*p.cast::<CoreFile>() })
+    }
+
+    /// Takes ownership of a reference handed over as a raw `struct file *` (a handler's
+    /// `retrieve` output), `None` unless it is a live file.
+    ///
+    /// # Safety
+    ///
+    /// `p` must carry one strong reference produced by [`CoreFile::into_c`] (or
+    /// `Arc::into_raw`), which this call consumes.
+    pub unsafe fn from_c_owned(p: *const CFile) -> Option<Arc<CoreFile>> {
+        if p.is_null() || !lock(live_files()).contains(&(p as usize)) {
+            return None;
+        }
+        // SAFETY: `p` is a live `CoreFile` allocated by `Arc` and the caller transfers one
+        // strong reference to us.
+        Some(unsafe { Arc::from_raw(p.cast::<CoreFile>()) })
+    }
+
+    /// Gives one reference away as a raw `struct file *` (for a handler's `retrieve`).
+    pub fn into_c(f: Arc<CoreFile>) -> *mut CFile {
+        Arc::into_raw(f).cast_mut().cast()
+    }
+
+    /// Converts a handler-visible [`FileRef`] back into the core's file.
+    pub fn from_ref(f: FileRef) -> Option<Arc<CoreFile>> {
+        let any: Arc<dyn std::any::Any + Send + Sync> = f;
+        any.downcast::<CoreFile>().ok()
+    }
+}
+
+impl Drop for CoreFile {
+    fn drop(&mut self) {
+        lock(live_files()).remove(&(self as *const CoreFile as usize));
+    }
+}
+
+impl File for CoreFile {
+    fn kind(&self) -> FileKind {
+        match &self.obj {
+            FileObj::Memfd(_) => FileKind::Memfd,
+            _ => FileKind::Other,
+        }
+    }
+
+    fn id(&self) -> FileId {
+        self.id
+    }
+
+    fn as_shmem(&self) -> Option<&dyn ShmemFile> {
+        match &self.obj {
+            FileObj::Memfd(m) => Some(m),
+            _ => None,
+        }
+    }
+}
+
+struct MemfdState {
+    region: Option<Arc<ExtRegion>>,
+    pending_size: Option<u64>,
+    pending_seals: u32,
+    pos: u64,
+    frozen: bool,
+    pinned: u32,
+    added: HashSet<u64>,
+}
+
+/// A shmem memfd: a host memfd that is an external region of the KHO model.
+///
+/// Created eagerly by `memfd_create`, or lazily by `memfd_alloc_file` on retrieve: the first
+/// restored folio that sits at its own index in an incoming region makes that region (the very
+/// same host memfd, no copy) this file's pages; otherwise folios are copied.
+pub struct MemfdFile {
+    inode: FileId,
+    kho: Arc<Kho>,
+    st: Mutex<MemfdState>,
+}
+
+impl MemfdFile {
+    /// A memfd over a fresh host memfd.
+    pub(crate) fn create(kho: &Arc<Kho>, name: &str) -> Result<MemfdFile, Errno> {
+        let region = kho.new_region(name)?;
+        Ok(MemfdFile::with_region(kho, Some(region)))
+    }
+
+    /// An empty memfd whose host memfd is created (or adopted) on first use.
+    pub(crate) fn lazy(kho: &Arc<Kho>) -> MemfdFile {
+        MemfdFile::with_region(kho, None)
+    }
+
+    fn with_region(kho: &Arc<Kho>, region: Option<Arc<ExtRegion>>) -> MemfdFile {
+        MemfdFile {
+            inode: FileId(next_id()),
+            kho: Arc::clone(kho),
+            st: Mutex::new(MemfdState {
+                region,
+                pending_size: None,
+                pending_seals: 0,
+                pos: 0,
+                frozen: false,
+                pinned: 0,
+                added: HashSet::new(),
+            }),
+        }
+    }
+
+    fn region_locked(&self, st: &mut MemfdState) -> Result<Arc<ExtRegion>, Errno> {
+        if let Some(r) = &st.region {
+            return Ok(Arc::clone(r));
+        }
+        let r = self.kho.new_region("memfd")?;
+        st.region = Some(Arc::clone(&r));
+        Ok(r)
+    }
+
+    /// Applies what was set before the file had pages (size, then seals).
+    fn settle_locked(&self, st: &mut MemfdState) -> Result<(), Errno> {
+        let r = self.region_locked(st)?;
+        if let Some(size) = st.pending_size.take()
+            && r.size()? != size
+        {
+            rustix::fs::ftruncate(r.fd(), size).map_err(host_err)?;
+        }
+        let pending = std::mem::take(&mut st.pending_seals);
+        let have = rustix::fs::fcntl_get_seals(r.fd())
+            .map_err(host_err)?
+            .bits();
+        let missing = pending & !have;
+        if missing != 0 {
+            rustix::fs::fcntl_add_seals(r.fd(), SealFlags::from_bits_retain(missing))
+                .map_err(host_err)?;
+        }
+        Ok(())
+    }
+
+    /// Finishes a retrieve: pending size and seals go to the host memfd.
+    pub fn settle(&self) -> Result<(), Errno> {
+        let mut st = lock(&self.st);
+        self.settle_locked(&mut st)
+    }
+
+    /// The host memfd (created if needed), for mapping or direct I/O by "userspace".
+    pub fn with_host_fd<R>(&self, f: impl FnOnce(BorrowedFd<'_>) -> R) -> Result<R, Errno> {
+        let mut st = lock(&self.st);
+        self.settle_locked(&mut st)?;
+        let r = self.region_locked(&mut st)?;
+        Ok(f(r.fd()))
+    }
+
+    /// Writes at `off` as `pwrite(2)` would; growing a frozen file fails with `EPERM`.
+    pub fn pwrite(&self, off: u64, data: &[u8]) -> Result<(), Errno> {
+        let mut st = lock(&self.st);
+        self.settle_locked(&mut st)?;
+        let r = self.region_locked(&mut st)?;
+        let end = off.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
+        if end > REGION_SPAN {
+            return Err(Errno::EFBIG);
+        }
+        if st.frozen && end > r.size()? {
+            return Err(Errno::EPERM);
+        }
+        let sealed = rustix::fs::fcntl_get_seals(r.fd())
+            .map_err(host_err)?
+            .bits();
+        if sealed & (seals::F_SEAL_WRITE | seals::F_SEAL_FUTURE_WRITE) != 0
+            || (sealed & seals::F_SEAL_GROW != 0 && end > r.size()?)
+        {
+            return Err(Errno::EPERM);
+        }
+        r.write(off, data)
+    }
+
+    /// Reads at `off` as `pread(2)` would; returns the number of bytes read.
+    pub fn pread(&self, off: u64, buf: &mut [u8]) -> Result<usize, Errno> {
+        let mut st = lock(&self.st);
+        self.settle_locked(&mut st)?;
+        let r = self.region_locked(&mut st)?;
+        let size = r.size()?;
+        if off >= size {
+            return Ok(0);
+        }
+        let n = buf
+            .len()
+            .min(usize::try_from(size - off).unwrap_or(usize::MAX));
+        r.read(off, &mut buf[..n])?;
+        Ok(n)
+    }
+
+    /// `ftruncate(2)`; `EPERM` while frozen.
+    pub fn truncate(&self, size: u64) -> Result<(), Errno> {
+        let mut st = lock(&self.st);
+        if st.frozen {
+            return Err(Errno::EPERM);
+        }
+        if size > REGION_SPAN {
+            return Err(Errno::EFBIG);
+        }
+        self.settle_locked(&mut st)?;
+        let r = self.region_locked(&mut st)?;
+        rustix::fs::ftruncate(r.fd(), size).map_err(host_err)
+    }
+
+    /// Physical address of the file's first page (its region base), if it has pages.
+    pub fn region_base(&self) -> Option<u64> {
+        lock(&self.st).region.as_ref().map(|r| r.base())
+    }
+}
+
+impl File for MemfdFile {
+    fn kind(&self) -> FileKind {
+        FileKind::Memfd
+    }
+
+    fn id(&self) -> FileId {
+        self.inode
+    }
+}
+
+impl ShmemFile for MemfdFile {
+    fn inode_id(&self) -> FileId {
+        self.inode
+    }
+
+    fn size(&self) -> u64 {
+        let st = lock(&self.st);
+        match (&st.region, st.pending_size) {
+            (_, Some(s)) => s,
+            (Some(r), None) => r.size().unwrap_or(0),
+            (None, None) => 0,
+        }
+    }
+
+    fn set_size(&self, size: u64) -> luo_abi::Result {
+        let mut st = lock(&self.st);
+        if st.frozen {
+            return Err(Errno::EPERM);
+        }
+        if size > REGION_SPAN {
+            return Err(Errno::EFBIG);
+        }
+        match &st.region {
+            Some(r) if st.added.is_empty() && st.pending_size.is_none() => {
+                rustix::fs::ftruncate(r.fd(), size).map_err(host_err)
+            }
+            _ => {
+                st.pending_size = Some(size);
+                Ok(())
+            }
+        }
+    }
+
+    fn pos(&self) -> u64 {
+        lock(&self.st).pos
+    }
+
+    fn set_pos(&self, pos: u64) {
+        lock(&self.st).pos = pos;
+    }
+
+    fn seals(&self) -> u32 {
+        let st = lock(&self.st);
+        let host = st
+            .region
+            .as_ref()
+            .and_then(|r| rustix::fs::fcntl_get_seals(r.fd()).ok())
+            .map_or(0, |s| s.bits());
+        host | st.pending_seals
+    }
+
+    fn add_seals(&self, s: u32) -> luo_abi::Result {
+        let mut st = lock(&self.st);
+        if st.region.is_none() || !st.added.is_empty() || st.pending_size.is_some() {
+            if st.pending_seals & seals::F_SEAL_SEAL != 0 {
+                return Err(Errno::EPERM);
+            }
+            st.pending_seals |= s;
+            return Ok(());
+        }
+        let r = self.region_locked(&mut st)?;
+        rustix::fs::fcntl_add_seals(r.fd(), SealFlags::from_bits_retain(s)).map_err(host_err)
+    }
+
+    fn nlink(&self) -> u32 {
+        0
+    }
+
+    fn is_frozen(&self) -> bool {
+        lock(&self.st).frozen
+    }
+
+    fn set_frozen(&self, frozen: bool) {
+        lock(&self.st).frozen = frozen;
+    }
+
+    fn pin_folios(&self) -> luo_abi::Result<Vec<ShmemFolio>> {
+        let mut st = lock(&self.st);
+        self.settle_locked(&mut st)?;
+        let r = self.region_locked(&mut st)?;
+        let pages = r.size()?.div_ceil(PAGE);
+        st.pinned += 1;
+        Ok((0..pages)
+            .map(|i| ShmemFolio {
+                index: i,
+                phys: PhysAddr::new(r.base() + i * PAGE),
+                order: 0,
+                dirty: true,
+                uptodate: true,
+            })
+            .collect())
+    }
+
+    fn unpin_folios(&self, _folios: &[ShmemFolio]) {
+        let mut st = lock(&self.st);
+        st.pinned = st.pinned.saturating_sub(1);
+    }
+
+    fn add_folio(&self, folio: ShmemFolio) -> luo_abi::Result {
+        let mut st = lock(&self.st);
+        let bytes = PAGE << folio.order;
+        let off = folio.index.checked_mul(PAGE).ok_or(Errno::EINVAL)?;
+        if off.checked_add(bytes).is_none_or(|e| e > REGION_SPAN) {
+            return Err(Errno::EFBIG);
+        }
+        let n = 1u64 << folio.order;
+        if (folio.index..folio.index + n).any(|i| st.added.contains(&i)) {
+            return Err(Errno::EEXIST);
+        }
+        let phys = folio.phys.as_u64();
+        let src = self.kho.region_at(phys);
+        let in_place = match (&st.region, &src) {
+            // Adopt the incoming region: the very same host memfd, no copy.
+            (None, Some(r)) if phys - r.base() == off => {
+                st.region = Some(Arc::clone(r));
+                true
+            }
+            (Some(mine), Some(r)) => Arc::ptr_eq(mine, r) && phys - r.base() == off,
+            _ => false,
+        };
+        let r = self.region_locked(&mut st)?;
+        if !in_place {
+            let mut buf = vec![0u8; bytes as usize];
+            self.kho.read(folio.phys, &mut buf)?;
+            r.write(off, &buf)?;
+        }
+        if !folio.uptodate {
+            r.write(off, &vec![0u8; bytes as usize])?;
+        }
+        st.added.extend(folio.index..folio.index + n);
+        Ok(())
+    }
+}
+
+/// The per-kernel fd table: userspace's view of its open files.
+#[derive(Default)]
+pub struct FdTable {
+    map: BTreeMap<i32, Arc<CoreFile>>,
+    /// Closed fds below the highest open one, so the lowest free fd is found in O(log n).
+    holes: std::collections::BTreeSet<i32>,
+}
+
+/// The lowest fd the table hands out (0-2 are stdio).
+pub const FIRST_FD: i32 = 3;
+
+impl FdTable {
+    /// Installs `f` at the lowest free fd.
+    pub fn install(&mut self, f: Arc<CoreFile>) -> Result<i32, Errno> {
+        let fd = match self.holes.pop_first() {
+            Some(fd) => fd,
+            None => match self.map.last_key_value() {
+                Some((&k, _)) => k.checked_add(1).ok_or(Errno::EMFILE)?,
+                None => FIRST_FD,
+            },
+        };
+        self.map.insert(fd, f);
+        Ok(fd)
+    }
+
+    /// The file at `fd` (`fget`), `EBADF` if none.
+    pub fn get(&self, fd: i32) -> Result<Arc<CoreFile>, Errno> {
+        self.map.get(&fd).cloned().ok_or(Errno::EBADF)
+    }
+
+    /// Removes `fd` and returns its file, `EBADF` if none.
+    pub fn remove(&mut self, fd: i32) -> Result<Arc<CoreFile>, Errno> {
+        let f = self.map.remove(&fd).ok_or(Errno::EBADF)?;
+        match self.map.last_key_value() {
+            Some((&max, _)) if fd < max => {
+                self.holes.insert(fd);
+            }
+            _ => {
+                // `fd` was the highest: holes above the new highest are not holes any more.
+                let max = self.map.last_key_value().map_or(FIRST_FD - 1, |(&k, _)| k);
+                self.holes.retain(|&h| h < max);
+            }
+        }
+        Ok(f)
+    }
+
+    /// Whether any fd refers to the same file as `f`.
+    pub fn refers_to(&self, f: &Arc<CoreFile>) -> bool {
+        // Session and device files are rarely dup'ed; the strong count says whether any other
+        // holder exists before the linear scan.
+        Arc::strong_count(f) > 1 && self.map.values().any(|g| Arc::ptr_eq(f, g))
+    }
+
+    /// Number of open fds.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether no fd is open.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Drops every fd (at kexec), returning the files.
+    pub fn drain(&mut self) -> Vec<Arc<CoreFile>> {
+        self.holes.clear();
+        std::mem::take(&mut self.map).into_values().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::BackingKind;
+
+    #[test]
+    fn memfd_data_and_freeze() {
+        let kho = Arc::new(Kho::new(BackingKind::Heap, 64).unwrap());
+        let m = MemfdFile::create(&kho, "t").unwrap();
+        m.pwrite(0, b"hello world").unwrap();
+        assert_eq!(m.size(), 11);
+        m.set_frozen(true);
+        assert_eq!(m.pwrite(8, b"rld!"), Err(Errno::EPERM));
+        m.pwrite(0, b"H").unwrap();
+        assert_eq!(m.truncate(0), Err(Errno::EPERM));
+        let mut buf = [0u8; 32];
+        assert_eq!(m.pread(0, &mut buf).unwrap(), 11);
+        assert_eq!(&buf[..11], b"Hello world");
+        let folios = m.pin_folios().unwrap();
+        assert_eq!(folios.len(), 1);
+        m.add_seals(seals::F_SEAL_GROW).unwrap();
+        assert_eq!(m.seals(), seals::F_SEAL_GROW);
+
+        let lazy = MemfdFile::lazy(&kho);
+        lazy.add_seals(seals::F_SEAL_SHRINK).unwrap();
+        lazy.set_size(11).unwrap();
+        lazy.add_folio(folios[0]).unwrap();
+        assert_eq!(lazy.add_folio(folios[0]), Err(Errno::EEXIST));
+        lazy.settle().unwrap();
+        assert_eq!(lazy.region_base(), m.region_base());
+        assert_eq!(lazy.seals(), seals::F_SEAL_GROW | seals::F_SEAL_SHRINK);
+    }
+
+    #[test]
+    fn fd_table_lowest_free() {
+        let mut t = FdTable::default();
+        let a = CoreFile::new("a", FileObj::Null);
+        assert_eq!(t.install(Arc::clone(&a)).unwrap(), 3);
+        assert_eq!(t.install(CoreFile::new("b", FileObj::Null)).unwrap(), 4);
+        t.remove(3).unwrap();
+        assert_eq!(t.get(3).err(), Some(Errno::EBADF));
+        assert_eq!(t.install(Arc::clone(&a)).unwrap(), 3);
+        assert_eq!(t.install(CoreFile::new("c", FileObj::Null)).unwrap(), 5);
+        t.remove(4).unwrap();
+        t.remove(5).unwrap();
+        assert_eq!(t.install(CoreFile::new("d", FileObj::Null)).unwrap(), 4);
+        let p = CoreFile::as_c(&a);
+        // SAFETY: `a` is alive for the whole test.
+        assert!(unsafe { CoreFile::from_c(p) }.is_some());
+        let dangling = 0x1234usize as *const CFile;
+        // SAFETY: the address is checked against the live set and rejected.
+        assert!(unsafe { CoreFile::from_c(dangling) }.is_none());
+    }
+}

@@ -1,0 +1,355 @@
+//! A booted kernel of the model: KHO, LUO, the fd table, and the kexec that ends it.
+//!
+//! Handlers have no context argument (upstream's API is global), so the kernel a handler
+//! callback or a C API call talks to is the thread's *current* kernel: every [`Kernel`] entry
+//! point makes itself current for its duration, and [`Kernel::make_current`] does so until
+//! replaced (for C programs).
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use luo_abi::Errno;
+use luo_generated::liveupdate::liveupdate_file_handler;
+
+use crate::error::ImageError;
+use crate::file::{CoreFile, FdTable, FileObj, MemfdFile};
+use crate::kho::{Kho, KhoStats, MemHandover};
+use crate::luo::{FreezeLog, Luo};
+use crate::mem::{BackingKind, lock};
+
+thread_local! {
+    static CURRENT: RefCell<Option<Weak<KernelInner>>> = const { RefCell::new(None) };
+}
+
+/// How a kernel boots.
+#[derive(Clone, Debug)]
+pub struct BootOptions {
+    /// Arena backing: heap (fast, in-process only) or memfd (can cross `execve`).
+    pub backing: BackingKind,
+    /// Arena size in pages (sparse: only touched pages cost memory).
+    pub arena_pages: u64,
+    /// `liveupdate=on`: with `false`, registration gives `EOPNOTSUPP` and there is no device.
+    pub enabled: bool,
+    /// Register the built-in memfd handler (`memfd-v2`) at boot, as upstream's late_initcall.
+    pub memfd_handler: bool,
+}
+
+impl Default for BootOptions {
+    fn default() -> Self {
+        BootOptions {
+            backing: BackingKind::Heap,
+            arena_pages: 1 << 16,
+            enabled: true,
+            memfd_handler: true,
+        }
+    }
+}
+
+pub(crate) struct KernelInner {
+    pub(crate) kho: Arc<Kho>,
+    pub(crate) luo: Luo,
+    pub(crate) fds: Mutex<FdTable>,
+    dead: AtomicBool,
+}
+
+/// A booted kernel. Cheap to clone (a shared handle).
+#[derive(Clone)]
+pub struct Kernel {
+    pub(crate) inner: Arc<KernelInner>,
+}
+
+/// What crosses a kexec: memory (the arena and the regions with preserved pages) and where
+/// the KHO handover blob is. Everything LUO hands over is inside that memory.
+pub struct Handover {
+    pub(crate) mem: MemHandover,
+}
+
+impl Handover {
+    /// The arena backing kind.
+    pub fn backing(&self) -> BackingKind {
+        self.mem.arena_kind()
+    }
+
+    /// Number of external regions (memfds) crossing.
+    pub fn regions(&self) -> usize {
+        self.mem.regions.len()
+    }
+}
+
+/// Restores the previous current kernel when dropped.
+#[must_use = "the kernel is current only while the guard lives"]
+pub struct CurrentGuard {
+    prev: Option<Weak<KernelInner>>,
+}
+
+impl Drop for CurrentGuard {
+    fn drop(&mut self) {
+        let prev = self.prev.take();
+        CURRENT.with(|c| *c.borrow_mut() = prev);
+    }
+}
+
+/// Preserved-memory accounting of a kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stats {
+    /// The KHO view.
+    pub kho: KhoStats,
+    /// Pages LUO always keeps preserved (its root and FLB area).
+    pub luo_root_pages: u64,
+    /// Outgoing sessions.
+    pub outgoing_sessions: usize,
+    /// Incoming sessions (deserialized and not yet finished and closed).
+    pub incoming_sessions: usize,
+    /// Open fds.
+    pub fds: usize,
+}
+
+impl Stats {
+    /// Preserved pages beyond LUO's own root: handler state, blocks, memfd pages.
+    pub fn preserved_beyond_root(&self) -> u64 {
+        self.kho.preserved_pages.saturating_sub(self.luo_root_pages)
+    }
+}
+
+impl Kernel {
+    /// Boots a kernel, fresh or from a handover. A corrupt handover is an [`ImageError`].
+    pub fn boot(opts: &BootOptions, handover: Option<Handover>) -> Result<Kernel, ImageError> {
+        let kho = match handover {
+            Some(h) => Kho::boot(h.mem)?,
+            None => Kho::new(opts.backing, opts.arena_pages).map_err(ImageError::Host)?,
+        };
+        let kho = Arc::new(kho);
+        let luo = Luo::boot(Arc::clone(&kho), opts.enabled)?;
+        let k = Kernel {
+            inner: Arc::new(KernelInner {
+                kho,
+                luo,
+                fds: Mutex::new(FdTable::default()),
+                dead: AtomicBool::new(false),
+            }),
+        };
+        if opts.enabled && opts.memfd_handler {
+            let _g = k.enter();
+            crate::memfd::register(&k).map_err(ImageError::Host)?;
+        }
+        Ok(k)
+    }
+
+    /// Makes this the thread's current kernel until the guard drops.
+    pub fn enter(&self) -> CurrentGuard {
+        let me = Some(Arc::downgrade(&self.inner));
+        let prev = CURRENT.with(|c| std::mem::replace(&mut *c.borrow_mut(), me));
+        CurrentGuard { prev }
+    }
+
+    /// Makes this the thread's current kernel until another one is.
+    pub fn make_current(&self) {
+        let me = Some(Arc::downgrade(&self.inner));
+        CURRENT.with(|c| *c.borrow_mut() = me);
+    }
+
+    /// The thread's current kernel, if any is alive.
+    pub fn current() -> Option<Kernel> {
+        CURRENT
+            .with(|c| c.borrow().as_ref().and_then(Weak::upgrade))
+            .map(|inner| Kernel { inner })
+    }
+
+    /// The KHO model.
+    pub fn kho(&self) -> &Arc<Kho> {
+        &self.inner.kho
+    }
+
+    /// The LUO core.
+    pub fn luo(&self) -> &Luo {
+        &self.inner.luo
+    }
+
+    /// `liveupdate_num` of this boot (0 on a fresh machine, +1 per live update).
+    pub fn liveupdate_num(&self) -> u64 {
+        self.inner.luo.liveupdate_num()
+    }
+
+    /// Preserved-memory accounting.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            kho: self.inner.kho.stats(),
+            luo_root_pages: self.inner.luo.root_pages(),
+            outgoing_sessions: self.inner.luo.outgoing().len(),
+            incoming_sessions: self.inner.luo.incoming().len(),
+            fds: lock(&self.inner.fds).len(),
+        }
+    }
+
+    fn alive(&self) -> Result<(), Errno> {
+        if self.inner.dead.load(Ordering::Acquire) {
+            Err(Errno::EIO)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// `liveupdate_register_file_handler` for a handler with a static descriptor.
+    pub fn register_file_handler(&self, fh: &'static crate::StaticHandler) -> Result<(), Errno> {
+        let _g = self.enter();
+        // SAFETY: a `StaticHandler` is a `'static`, immutable handler descriptor.
+        unsafe { self.inner.luo.register_file_handler(fh.as_ptr()) }
+    }
+
+    /// `liveupdate_unregister_file_handler`.
+    pub fn unregister_file_handler(&self, fh: &'static crate::StaticHandler) {
+        self.inner.luo.unregister_file_handler(fh.as_ptr());
+    }
+
+    /// Registers a handler descriptor given as a raw pointer (C handlers).
+    ///
+    /// # Safety
+    ///
+    /// `fh` must stay valid and unchanged while registered and while its files exist.
+    pub unsafe fn register_raw_handler(
+        &self,
+        fh: *mut liveupdate_file_handler,
+    ) -> Result<(), Errno> {
+        let _g = self.enter();
+        // SAFETY: forwarded caller guarantee.
+        unsafe { self.inner.luo.register_file_handler(fh) }
+    }
+
+    // ---- files ("userspace") -------------------------------------------------------------
+
+    pub(crate) fn install(&self, f: Arc<CoreFile>) -> Result<i32, Errno> {
+        lock(&self.inner.fds).install(f)
+    }
+
+    /// The file behind `fd` (`EBADF` if none).
+    pub fn file(&self, fd: i32) -> Result<Arc<CoreFile>, Errno> {
+        lock(&self.inner.fds).get(fd)
+    }
+
+    /// `memfd_create(name, MFD_ALLOW_SEALING)`: a real host memfd.
+    pub fn memfd_create(&self, name: &str) -> Result<i32, Errno> {
+        self.alive()?;
+        let m = MemfdFile::create(&self.inner.kho, name)?;
+        self.install(CoreFile::new(format!("memfd:{name}"), FileObj::Memfd(m)))
+    }
+
+    /// A synthetic file carrying `value`, for test handlers.
+    pub fn test_file(&self, value: u64) -> Result<i32, Errno> {
+        self.alive()?;
+        self.install(CoreFile::new(
+            "test",
+            FileObj::Test(std::sync::atomic::AtomicU64::new(value)),
+        ))
+    }
+
+    /// Opens `/dev/null`, which no handler accepts.
+    pub fn open_null(&self) -> Result<i32, Errno> {
+        self.install(CoreFile::new("/dev/null", FileObj::Null))
+    }
+
+    fn memfd(&self, fd: i32) -> Result<Arc<CoreFile>, Errno> {
+        let f = self.file(fd)?;
+        if f.memfd().is_none() {
+            return Err(Errno::EINVAL);
+        }
+        Ok(f)
+    }
+
+    /// `pwrite(2)` on a memfd.
+    pub fn pwrite(&self, fd: i32, off: u64, data: &[u8]) -> Result<(), Errno> {
+        let f = self.memfd(fd)?;
+        f.memfd().ok_or(Errno::EINVAL)?.pwrite(off, data)
+    }
+
+    /// `pread(2)` on a memfd; returns bytes read.
+    pub fn pread(&self, fd: i32, off: u64, buf: &mut [u8]) -> Result<usize, Errno> {
+        let f = self.memfd(fd)?;
+        f.memfd().ok_or(Errno::EINVAL)?.pread(off, buf)
+    }
+
+    /// `ftruncate(2)` on a memfd.
+    pub fn ftruncate(&self, fd: i32, size: u64) -> Result<(), Errno> {
+        let f = self.memfd(fd)?;
+        f.memfd().ok_or(Errno::EINVAL)?.truncate(size)
+    }
+
+    /// `dup(2)`.
+    pub fn dup(&self, fd: i32) -> Result<i32, Errno> {
+        let f = self.file(fd)?;
+        self.install(f)
+    }
+
+    /// `close(2)`: the last close of a session fd runs its release (unpreserve, or finish);
+    /// the last close of `/dev/liveupdate` frees the device for the next opener.
+    pub fn close(&self, fd: i32) -> Result<(), Errno> {
+        let _g = self.enter();
+        let f = {
+            let mut t = lock(&self.inner.fds);
+            let f = t.remove(fd)?;
+            if t.refers_to(&f) {
+                return Ok(());
+            }
+            f
+        };
+        match f.obj() {
+            FileObj::Dev => self.inner.luo.close_dev(),
+            FileObj::Session(s) => self.inner.luo.release_session(s),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Opens `/dev/liveupdate`: one opener at a time (`EBUSY`); the first open deserializes
+    /// the incoming sessions, and a failure there gives `EIO` now and on every later open.
+    pub fn open_dev(&self) -> Result<i32, Errno> {
+        self.alive()?;
+        let _g = self.enter();
+        self.inner.luo.open_dev()?;
+        match self.install(CoreFile::new("/dev/liveupdate", FileObj::Dev)) {
+            Ok(fd) => Ok(fd),
+            Err(e) => {
+                self.inner.luo.close_dev();
+                Err(e)
+            }
+        }
+    }
+
+    // ---- kexec ----------------------------------------------------------------------------
+
+    /// `reboot(LINUX_REBOOT_CMD_KEXEC)`: serializes LUO (freezing every preserved file; a
+    /// freeze error is rolled back and returned, and this kernel carries on), then hands over
+    /// memory. On success this kernel is dead: every fd is dropped without release.
+    pub fn kexec(&self) -> Result<Handover, Errno> {
+        self.kexec_logged(&mut FreezeLog::new())
+    }
+
+    /// [`Kernel::kexec`], recording each freeze/unfreeze call in `log`.
+    pub fn kexec_logged(&self, log: &mut FreezeLog) -> Result<Handover, Errno> {
+        self.alive()?;
+        let _g = self.enter();
+        self.inner.luo.serialize(log)?;
+        let mem = self.inner.kho.kexec()?;
+        self.inner.dead.store(true, Ordering::Release);
+        let files = lock(&self.inner.fds).drain();
+        drop(files);
+        Ok(Handover { mem })
+    }
+
+    /// Kexec in-process: serializes this kernel and boots the next one from the handover.
+    pub fn kexec_into(&self, opts: &BootOptions) -> Result<Kernel, KexecError> {
+        let h = self.kexec().map_err(KexecError::Reboot)?;
+        Kernel::boot(opts, Some(h)).map_err(KexecError::Boot)
+    }
+}
+
+/// Why an in-process kexec failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KexecError {
+    /// `reboot()` failed (a freeze error, rolled back); the old kernel carries on.
+    #[error("reboot failed: {0}")]
+    Reboot(Errno),
+    /// The new kernel refused the handover.
+    #[error("boot failed: {0}")]
+    Boot(ImageError),
+}

@@ -1,0 +1,291 @@
+//! A test file handler and a test FLB, for tests and `luo simulate`.
+//!
+//! The handler (`"luo-test-v1"`) preserves the synthetic files of [`Kernel::test_file`]: each
+//! file's value goes into a `kho_alloc_preserve`d page whose address is the handed-over data.
+//! Every callback is logged, and freeze (or preserve, or can_finish) can be made to fail for a
+//! chosen value, per thread, so rollback orders can be checked. Its FLB (`"luo-test-flb-v1"`)
+//! stores `0xFEEDF00DCAFEBEE0` as upstream's in-kernel test does.
+
+use std::cell::{Cell, RefCell};
+use std::ffi::{c_int, c_ulong};
+use std::sync::atomic::AtomicU64;
+
+use luo_abi::kho::{KhoExt, KhoService};
+use luo_abi::{Errno, Phys, PhysAddr};
+use luo_generated::liveupdate::{
+    file as CFile, liveupdate_file_handler, liveupdate_file_op_args, liveupdate_file_ops,
+    liveupdate_flb_op_args, liveupdate_flb_ops,
+};
+
+use crate::file::{CoreFile, FileObj};
+use crate::kernel::Kernel;
+use crate::{StaticFlb, StaticFlbOps, StaticHandler, StaticOps};
+
+/// The FLB's magic data value.
+pub const FLB_MAGIC: u64 = 0xFEED_F00D_CAFE_BEE0;
+
+/// One logged callback: `(op, value)`; FLB ops log the FLB data as value.
+pub type Call = (&'static str, u64);
+
+thread_local! {
+    static LOG: RefCell<Vec<Call>> = const { RefCell::new(Vec::new()) };
+    static FAIL_FREEZE: Cell<Option<(u64, Errno)>> = const { Cell::new(None) };
+    static FAIL_PRESERVE: Cell<Option<(u64, Errno)>> = const { Cell::new(None) };
+    static FAIL_RETRIEVE: Cell<Option<(u64, Errno)>> = const { Cell::new(None) };
+    static REFUSE_FINISH: Cell<Option<u64>> = const { Cell::new(None) };
+    static FAIL_FLB_PRESERVE: Cell<Option<Errno>> = const { Cell::new(None) };
+}
+
+/// Takes this thread's call log.
+pub fn take_log() -> Vec<Call> {
+    LOG.with(|l| std::mem::take(&mut *l.borrow_mut()))
+}
+
+fn log(op: &'static str, v: u64) {
+    LOG.with(|l| l.borrow_mut().push((op, v)));
+}
+
+/// Makes `freeze` of the file with `value` fail with `e` (on this thread).
+pub fn fail_freeze(value: Option<(u64, Errno)>) {
+    FAIL_FREEZE.with(|c| c.set(value));
+}
+
+/// Makes `preserve` of the file with `value` fail with `e` (on this thread).
+pub fn fail_preserve(value: Option<(u64, Errno)>) {
+    FAIL_PRESERVE.with(|c| c.set(value));
+}
+
+/// Makes `retrieve` of the file with `value` fail with `e` (on this thread).
+pub fn fail_retrieve(value: Option<(u64, Errno)>) {
+    FAIL_RETRIEVE.with(|c| c.set(value));
+}
+
+/// Makes `can_finish` of the file with `value` say no (on this thread).
+pub fn refuse_finish(value: Option<u64>) {
+    REFUSE_FINISH.with(|c| c.set(value));
+}
+
+/// Makes the FLB's `preserve` fail with `e` (on this thread).
+pub fn fail_flb_preserve(e: Option<Errno>) {
+    FAIL_FLB_PRESERVE.with(|c| c.set(e));
+}
+
+static OPS: StaticOps = StaticOps(liveupdate_file_ops {
+    can_preserve: Some(can_preserve),
+    preserve: Some(preserve),
+    unpreserve: Some(unpreserve),
+    freeze: Some(freeze),
+    unfreeze: Some(unfreeze),
+    retrieve: Some(retrieve),
+    can_finish: Some(can_finish),
+    finish: Some(finish),
+    get_id: Some(get_id),
+    owner: std::ptr::null_mut(),
+});
+
+/// The test file handler.
+pub static TEST_HANDLER: StaticHandler = StaticHandler::new(&OPS, "luo-test-v1");
+
+static FLB_OPS: StaticFlbOps = StaticFlbOps(liveupdate_flb_ops {
+    preserve: Some(flb_preserve),
+    unpreserve: Some(flb_unpreserve),
+    retrieve: Some(flb_retrieve),
+    finish: Some(flb_finish),
+    owner: std::ptr::null_mut(),
+});
+
+/// The test FLB.
+pub static TEST_FLB: StaticFlb = StaticFlb::new(&FLB_OPS, "luo-test-flb-v1");
+
+/// Registers the test handler, and links the test FLB to it when `flb`.
+pub fn register(k: &Kernel, flb: bool) -> Result<(), Errno> {
+    k.register_file_handler(&TEST_HANDLER)?;
+    if flb {
+        let _g = k.enter();
+        // SAFETY: both descriptors are immutable statics.
+        unsafe {
+            k.luo()
+                .register_flb(TEST_HANDLER.as_ptr(), TEST_FLB.as_ptr())
+        }?;
+    }
+    Ok(())
+}
+
+fn kernel() -> Result<Kernel, Errno> {
+    Kernel::current().ok_or(Errno::EOPNOTSUPP)
+}
+
+fn value_of(p: *mut CFile) -> Option<u64> {
+    // SAFETY: LUO passes files it holds a reference to for the whole callback.
+    unsafe { CoreFile::from_c(p) }.and_then(CoreFile::test_value)
+}
+
+fn args<'a>(a: *mut liveupdate_file_op_args) -> &'a mut liveupdate_file_op_args {
+    // SAFETY: LUO passes a valid argument block, exclusively ours for the call.
+    unsafe { &mut *a }
+}
+
+fn stored(data: u64) -> Result<u64, Errno> {
+    kernel()?
+        .kho()
+        .read_obj(Phys::<u64>::new(PhysAddr::new(data)))
+}
+
+unsafe extern "C" fn can_preserve(_h: *mut liveupdate_file_handler, f: *mut CFile) -> bool {
+    value_of(f).is_some()
+}
+
+unsafe extern "C" fn get_id(f: *mut CFile) -> c_ulong {
+    f as c_ulong
+}
+
+unsafe extern "C" fn preserve(a: *mut liveupdate_file_op_args) -> c_int {
+    let a = args(a);
+    let Some(v) = value_of(a.file) else {
+        return Errno::EINVAL.to_neg();
+    };
+    log("preserve", v);
+    if let Some((fv, e)) = FAIL_PRESERVE.with(Cell::get)
+        && fv == v
+    {
+        return e.to_neg();
+    }
+    match kernel().and_then(|k| k.kho().alloc_preserve_obj(&v)) {
+        Ok(p) => {
+            a.serialized_data = p.addr().as_u64();
+            0
+        }
+        Err(e) => e.to_neg(),
+    }
+}
+
+unsafe extern "C" fn unpreserve(a: *mut liveupdate_file_op_args) {
+    let a = args(a);
+    log("unpreserve", stored(a.serialized_data).unwrap_or(0));
+    if let Ok(k) = kernel() {
+        let _ = k.kho().unpreserve_free(PhysAddr::new(a.serialized_data));
+    }
+}
+
+unsafe extern "C" fn freeze(a: *mut liveupdate_file_op_args) -> c_int {
+    let a = args(a);
+    let v = stored(a.serialized_data).unwrap_or(0);
+    log("freeze", v);
+    match FAIL_FREEZE.with(Cell::get) {
+        Some((fv, e)) if fv == v => e.to_neg(),
+        _ => 0,
+    }
+}
+
+unsafe extern "C" fn unfreeze(a: *mut liveupdate_file_op_args) {
+    let a = args(a);
+    log("unfreeze", stored(a.serialized_data).unwrap_or(0));
+}
+
+unsafe extern "C" fn retrieve(a: *mut liveupdate_file_op_args) -> c_int {
+    let a = args(a);
+    let r = (|| {
+        let k = kernel()?;
+        let v = stored(a.serialized_data)?;
+        log("retrieve", v);
+        if let Some((fv, e)) = FAIL_RETRIEVE.with(Cell::get)
+            && fv == v
+        {
+            return Err(e);
+        }
+        k.kho().restore_free(PhysAddr::new(a.serialized_data))?;
+        Ok::<_, Errno>(CoreFile::new("test", FileObj::Test(AtomicU64::new(v))))
+    })();
+    match r {
+        Ok(f) => {
+            a.file = CoreFile::into_c(f);
+            0
+        }
+        Err(e) => e.to_neg(),
+    }
+}
+
+unsafe extern "C" fn can_finish(a: *mut liveupdate_file_op_args) -> bool {
+    let a = args(a);
+    let v = if a.retrieve_status > 0 {
+        value_of(a.file).unwrap_or(0)
+    } else {
+        stored(a.serialized_data).unwrap_or(0)
+    };
+    log("can_finish", v);
+    REFUSE_FINISH.with(Cell::get) != Some(v)
+}
+
+unsafe extern "C" fn finish(a: *mut liveupdate_file_op_args) {
+    let a = args(a);
+    if a.retrieve_status > 0 {
+        log("finish", value_of(a.file).unwrap_or(0));
+        return;
+    }
+    log("finish", stored(a.serialized_data).unwrap_or(0));
+    if a.retrieve_status == 0
+        && let Ok(k) = kernel()
+    {
+        let _ = k.kho().restore_free(PhysAddr::new(a.serialized_data));
+    }
+}
+
+fn flb_args<'a>(a: *mut liveupdate_flb_op_args) -> &'a mut liveupdate_flb_op_args {
+    // SAFETY: LUO passes a valid argument block, exclusively ours for the call.
+    unsafe { &mut *a }
+}
+
+unsafe extern "C" fn flb_preserve(a: *mut liveupdate_flb_op_args) -> c_int {
+    let a = flb_args(a);
+    log("flb_preserve", 0);
+    if let Some(e) = FAIL_FLB_PRESERVE.with(Cell::get) {
+        return e.to_neg();
+    }
+    match kernel().and_then(|k| k.kho().alloc_preserve_obj(&FLB_MAGIC)) {
+        Ok(p) => {
+            a.data = p.addr().as_u64();
+            a.obj = Box::into_raw(Box::new(FLB_MAGIC)).cast();
+            0
+        }
+        Err(e) => e.to_neg(),
+    }
+}
+
+unsafe extern "C" fn flb_unpreserve(a: *mut liveupdate_flb_op_args) {
+    let a = flb_args(a);
+    log("flb_unpreserve", a.data);
+    if !a.obj.is_null() {
+        // SAFETY: `obj` is the box flb_preserve leaked, handed back once.
+        drop(unsafe { Box::from_raw(a.obj.cast::<u64>()) });
+    }
+    if let Ok(k) = kernel() {
+        let _ = k.kho().unpreserve_free(PhysAddr::new(a.data));
+    }
+}
+
+unsafe extern "C" fn flb_retrieve(a: *mut liveupdate_flb_op_args) -> c_int {
+    let a = flb_args(a);
+    match stored(a.data) {
+        Ok(v) if v == FLB_MAGIC => {
+            log("flb_retrieve", v);
+            a.obj = Box::into_raw(Box::new(v)).cast();
+            0
+        }
+        Ok(_) => Errno::EINVAL.to_neg(),
+        Err(e) => e.to_neg(),
+    }
+}
+
+unsafe extern "C" fn flb_finish(a: *mut liveupdate_flb_op_args) {
+    let a = flb_args(a);
+    let v = if a.obj.is_null() {
+        0
+    } else {
+        // SAFETY: `obj` is the box flb_retrieve leaked, handed back once.
+        *unsafe { Box::from_raw(a.obj.cast::<u64>()) }
+    };
+    log("flb_finish", v);
+    if let Ok(k) = kernel() {
+        let _ = k.kho().restore_free(PhysAddr::new(a.data));
+    }
+}

@@ -12,12 +12,14 @@
 
 pub mod blocks;
 pub mod error;
+pub mod exec;
 pub mod file;
 pub mod kernel;
 pub mod kho;
 pub mod luo;
 pub mod mem;
 pub mod memfd;
+pub mod simulate;
 pub mod testing;
 pub mod uapi;
 pub mod util;

@@ -1,0 +1,70 @@
+//! `luo-sim`: the model's live update, end to end, across two processes.
+//!
+//! ```text
+//! luo-sim simulate [--sessions N] [--files N] [--size BYTES] [--seed N] [--next PATH] [--json]
+//! luo-sim stage2          (run by stage 1 through execve, with the handover inherited)
+//! ```
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use luo_core::simulate::{self, Options};
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: luo-sim simulate [--sessions N] [--files N] [--size BYTES] [--seed N] \
+         [--next PATH] [--json]\n       luo-sim stage2"
+    );
+    ExitCode::from(2)
+}
+
+fn parse(args: &[OsString]) -> Option<Options> {
+    let mut o = Options::default();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let a = a.to_str()?;
+        if a == "--json" {
+            o.json = true;
+            continue;
+        }
+        let v = it.next()?;
+        match a {
+            "--sessions" => o.sessions = v.to_str()?.parse().ok()?,
+            "--files" => o.files = v.to_str()?.parse().ok()?,
+            "--size" => o.size = v.to_str()?.parse().ok()?,
+            "--seed" => o.seed = v.to_str()?.parse().ok()?,
+            "--next" => o.next = Some(v.into()),
+            _ => return None,
+        }
+    }
+    Some(o)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let mut out = std::io::stdout();
+    match args.first().and_then(|a| a.to_str()) {
+        Some("simulate") => {
+            let Some(opts) = parse(&args[1..]) else {
+                return usage();
+            };
+            // Returns only if something failed before or at execve.
+            if let Err(e) = simulate::stage1(&opts, &mut out) {
+                eprintln!("luo-sim: stage 1: {e}");
+            }
+            ExitCode::FAILURE
+        }
+        Some("stage2") => match simulate::stage2(&mut out) {
+            Ok(r) => {
+                let json = serde_json::to_string(&r).unwrap_or_default();
+                println!("report {json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("luo-sim: stage 2: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        _ => usage(),
+    }
+}

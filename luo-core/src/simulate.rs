@@ -1,0 +1,381 @@
+//! `luo simulate`: a live update end to end, across two processes.
+//!
+//! Stage 1 boots a kernel with a memfd-backed arena, creates sessions with memfds full of
+//! known data, preserves them, reboots (serializes) and `execve`s the next binary with the
+//! handover. Stage 2 (in the new process) boots from the handover, retrieves every session and
+//! file, checks every byte, finishes, and checks that no preserved page is left. Each phase
+//! is printed with its duration.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use luo_abi::Errno;
+
+use crate::error::ImageError;
+use crate::kernel::{BootOptions, Handover, Kernel};
+use crate::mem::BackingKind;
+
+/// Environment variable carrying the plan and stage-1 timings to stage 2.
+pub const PLAN_ENV: &str = "LUO_SIM_PLAN";
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Number of sessions.
+    pub sessions: u32,
+    /// memfds per session.
+    pub files: u32,
+    /// Bytes per memfd.
+    pub size: u64,
+    /// Seed of the data pattern.
+    pub seed: u64,
+    /// The binary to `execve` for stage 2 (default: this one).
+    pub next: Option<PathBuf>,
+    /// Arguments that make `next` run stage 2 (for `luo-sim`: `["stage2"]`).
+    pub stage2_args: Vec<OsString>,
+    /// Print one JSON object per phase instead of text.
+    pub json: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            sessions: 4,
+            files: 4,
+            size: 1 << 20,
+            seed: 0x5eed,
+            next: None,
+            stage2_args: vec!["stage2".into()],
+            json: false,
+        }
+    }
+}
+
+/// Why a simulation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// A kernel operation failed.
+    #[error("{what}: {errno}")]
+    Op {
+        /// What was being done.
+        what: String,
+        /// The error.
+        errno: Errno,
+    },
+    /// The handover could not be booted.
+    #[error("boot from the handover: {0}")]
+    Boot(#[from] ImageError),
+    /// A byte differed after the live update.
+    #[error("session {session} file {file}: byte {offset} is {got:#04x}, expected {want:#04x}")]
+    Mismatch {
+        /// Session index.
+        session: u32,
+        /// File index.
+        file: u32,
+        /// Offset in the file.
+        offset: u64,
+        /// Read.
+        got: u8,
+        /// Expected.
+        want: u8,
+    },
+    /// Stage 2 ran without a handover or a plan.
+    #[error("stage 2 needs {0} (run `simulate` instead)")]
+    NoHandover(&'static str),
+    /// Something was left behind.
+    #[error("{0} preserved pages left after FINISH")]
+    Leak(u64),
+    /// Writing the report failed.
+    #[error("output: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn op<T>(what: impl FnOnce() -> String, r: Result<T, Errno>) -> Result<T, SimError> {
+    r.map_err(|errno| SimError::Op {
+        what: what(),
+        errno,
+    })
+}
+
+/// The byte at `off` of file `f` of session `s`.
+pub fn pattern_byte(seed: u64, s: u32, f: u32, off: u64) -> u8 {
+    let mut x = seed ^ (u64::from(s) << 40) ^ (u64::from(f) << 20) ^ (off / 8);
+    x = x.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 29;
+    (x >> ((off % 8) * 8)) as u8
+}
+
+fn fill(seed: u64, s: u32, f: u32, start: u64, buf: &mut [u8]) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = pattern_byte(seed, s, f, start + i as u64);
+    }
+}
+
+struct Reporter<'a> {
+    out: &'a mut dyn Write,
+    json: bool,
+    stage: u8,
+}
+
+impl Reporter<'_> {
+    fn phase(&mut self, name: &str, took: Duration, detail: &str) -> std::io::Result<()> {
+        if self.json {
+            let v = serde_json::json!({
+                "stage": self.stage, "phase": name,
+                "micros": took.as_micros() as u64, "detail": detail,
+            });
+            writeln!(self.out, "{v}")
+        } else {
+            writeln!(
+                self.out,
+                "[stage {}] {:<10} {:>10.3} ms  {}",
+                self.stage,
+                name,
+                took.as_secs_f64() * 1e3,
+                detail
+            )
+        }
+    }
+}
+
+fn timed<T>(f: impl FnOnce() -> Result<T, SimError>) -> Result<(T, Duration), SimError> {
+    let t = Instant::now();
+    let v = f()?;
+    Ok((v, t.elapsed()))
+}
+
+fn session_name(s: u32) -> String {
+    format!("sim-session-{s}")
+}
+
+fn token(s: u32, f: u32) -> u64 {
+    (u64::from(s) << 32) | u64::from(f)
+}
+
+/// Stage 1: preserve, reboot, `execve` stage 2. Returns only on failure.
+pub fn stage1(opts: &Options, out: &mut dyn Write) -> Result<(), SimError> {
+    let mut rep = Reporter {
+        out,
+        json: opts.json,
+        stage: 1,
+    };
+    let boot = BootOptions {
+        backing: BackingKind::Memfd,
+        ..BootOptions::default()
+    };
+    let (k, t) = timed(|| Ok(Kernel::boot(&boot, None)?))?;
+    rep.phase("boot", t, "fresh kernel, memfd-backed arena")?;
+    let bytes = u64::from(opts.sessions) * u64::from(opts.files) * opts.size;
+    let (sessions, t) = timed(|| {
+        let dev = op(|| "open /dev/liveupdate".into(), k.open_dev())?;
+        let mut sessions = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        for s in 0..opts.sessions {
+            let sfd = op(
+                || format!("create session {s}"),
+                k.create_session(dev, &session_name(s)),
+            )?;
+            let mut files = Vec::new();
+            for f in 0..opts.files {
+                let m = op(|| "memfd_create".into(), k.memfd_create("sim"))?;
+                let mut off = 0;
+                while off < opts.size {
+                    let n = (opts.size - off).min(buf.len() as u64) as usize;
+                    fill(opts.seed, s, f, off, &mut buf[..n]);
+                    op(|| "write".into(), k.pwrite(m, off, &buf[..n]))?;
+                    off += n as u64;
+                }
+                files.push(m);
+            }
+            sessions.push((sfd, files));
+        }
+        Ok(sessions)
+    })?;
+    rep.phase(
+        "populate",
+        t,
+        &format!(
+            "{} sessions x {} memfds x {} bytes = {bytes} bytes",
+            opts.sessions, opts.files, opts.size
+        ),
+    )?;
+    let (_, t) = timed(|| {
+        for (s, (sfd, files)) in sessions.iter().enumerate() {
+            for (f, &m) in files.iter().enumerate() {
+                op(
+                    || format!("preserve session {s} file {f}"),
+                    k.preserve_fd(*sfd, m, token(s as u32, f as u32)),
+                )?;
+                op(|| "close".into(), k.close(m))?;
+            }
+        }
+        Ok(())
+    })?;
+    let st = k.stats();
+    rep.phase(
+        "preserve",
+        t,
+        &format!("{} pages preserved", st.kho.preserved_pages),
+    )?;
+    let (h, t) = timed(|| op(|| "reboot".into(), k.kexec()))?;
+    rep.phase(
+        "reboot",
+        t,
+        &format!("serialized (luo-v5); {} memfd regions cross", h.regions()),
+    )?;
+    drop(k);
+    let next = match &opts.next {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?,
+    };
+    rep.phase("exec", Duration::ZERO, &next.display().to_string())?;
+    rep.out.flush()?;
+    let plan = format!(
+        "{} {} {} {} {}",
+        opts.sessions,
+        opts.files,
+        opts.size,
+        opts.seed,
+        u8::from(opts.json)
+    );
+    let errno = h.exec(&next, &opts.stage2_args, &[(PLAN_ENV.into(), plan)]);
+    Err(SimError::Op {
+        what: format!("execve {}", next.display()),
+        errno,
+    })
+}
+
+/// What stage 2 found.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Report {
+    /// `liveupdate_num` of the new kernel.
+    pub liveupdate_num: u64,
+    /// Sessions retrieved.
+    pub sessions: u32,
+    /// Files retrieved.
+    pub files: u32,
+    /// Bytes checked.
+    pub verified_bytes: u64,
+    /// Preserved pages left (beyond LUO's root) plus incoming pages never restored.
+    pub preserved_pages_left: u64,
+}
+
+/// Stage 2: boot from the inherited handover, retrieve, verify every byte, finish.
+pub fn stage2(out: &mut dyn Write) -> Result<Report, SimError> {
+    let plan = std::env::var(PLAN_ENV).map_err(|_| SimError::NoHandover(PLAN_ENV))?;
+    let p: Vec<u64> = plan
+        .split_ascii_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [sessions, files, size, seed, json] = p[..] else {
+        return Err(SimError::NoHandover(PLAN_ENV));
+    };
+    let (sessions, files) = (
+        u32::try_from(sessions).map_err(|_| SimError::NoHandover(PLAN_ENV))?,
+        u32::try_from(files).map_err(|_| SimError::NoHandover(PLAN_ENV))?,
+    );
+    let mut rep = Reporter {
+        out,
+        json: json != 0,
+        stage: 2,
+    };
+    let (k, t) = timed(|| {
+        let h = Handover::from_env()?.ok_or(SimError::NoHandover(crate::exec::HANDOVER_ENV))?;
+        Ok(Kernel::boot(&BootOptions::default(), Some(h))?)
+    })?;
+    rep.phase(
+        "boot",
+        t,
+        &format!(
+            "liveupdate_num {}; {} incoming pages",
+            k.liveupdate_num(),
+            k.stats().kho.incoming_pages
+        ),
+    )?;
+    let (fds, t) = timed(|| {
+        let dev = op(|| "open /dev/liveupdate".into(), k.open_dev())?;
+        let mut all = Vec::new();
+        for s in 0..sessions {
+            let sfd = op(
+                || format!("retrieve session {s}"),
+                k.retrieve_session(dev, &session_name(s)),
+            )?;
+            let mut v = Vec::new();
+            for f in 0..files {
+                v.push(op(
+                    || format!("retrieve session {s} file {f}"),
+                    k.retrieve_fd(sfd, token(s, f)),
+                )?);
+            }
+            all.push((sfd, v));
+        }
+        Ok(all)
+    })?;
+    rep.phase(
+        "retrieve",
+        t,
+        &format!("{sessions} sessions, {} files", sessions * files),
+    )?;
+    let (verified, t) = timed(|| {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut want = vec![0u8; 1 << 16];
+        let mut total = 0u64;
+        for (s, (_, v)) in fds.iter().enumerate() {
+            for (f, &fd) in v.iter().enumerate() {
+                let (s, f) = (s as u32, f as u32);
+                let mut off = 0u64;
+                loop {
+                    let n = op(|| "read".into(), k.pread(fd, off, &mut buf))?;
+                    if n == 0 {
+                        break;
+                    }
+                    fill(seed, s, f, off, &mut want[..n]);
+                    if let Some(i) = (0..n).find(|&i| buf[i] != want[i]) {
+                        return Err(SimError::Mismatch {
+                            session: s,
+                            file: f,
+                            offset: off + i as u64,
+                            got: buf[i],
+                            want: want[i],
+                        });
+                    }
+                    off += n as u64;
+                }
+                if off != size {
+                    return Err(SimError::Op {
+                        what: format!("session {s} file {f}: size {off}, expected {size}"),
+                        errno: Errno::EIO,
+                    });
+                }
+                total += off;
+            }
+        }
+        Ok(total)
+    })?;
+    rep.phase("verify", t, &format!("{verified} bytes, every one checked"))?;
+    let (_, t) = timed(|| {
+        for (s, (sfd, v)) in fds.iter().enumerate() {
+            op(|| format!("finish session {s}"), k.finish_session(*sfd))?;
+            op(|| "close".into(), k.close(*sfd))?;
+            for &fd in v {
+                op(|| "close".into(), k.close(fd))?;
+            }
+        }
+        Ok(())
+    })?;
+    let st = k.stats();
+    let left = st.preserved_beyond_root() + st.kho.incoming_pages;
+    rep.phase("finish", t, &format!("{left} preserved pages left"))?;
+    if left != 0 {
+        return Err(SimError::Leak(left));
+    }
+    Ok(Report {
+        liveupdate_num: k.liveupdate_num(),
+        sessions,
+        files: sessions * files,
+        verified_bytes: verified,
+        preserved_pages_left: left,
+    })
+}

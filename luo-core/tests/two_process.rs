@@ -1,0 +1,74 @@
+//! Kexec across processes: stage 1 preserves sessions of memfds with known data and
+//! `execve`s stage 2, which retrieves every file, checks every byte and finishes; afterwards
+//! no preserved page remains.
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_luo-sim");
+
+#[test]
+fn two_process_live_update() {
+    let out = Command::new(BIN)
+        .args([
+            "simulate",
+            "--sessions",
+            "5",
+            "--files",
+            "3",
+            "--size",
+            "70001",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    // Every phase of both stages reported, as JSON lines.
+    for (stage, phase) in [
+        (1, "boot"),
+        (1, "populate"),
+        (1, "preserve"),
+        (1, "reboot"),
+        (1, "exec"),
+        (2, "boot"),
+        (2, "retrieve"),
+        (2, "verify"),
+        (2, "finish"),
+    ] {
+        let needle = format!("\"phase\":\"{phase}\"");
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.contains(&needle) && l.contains(&format!("\"stage\":{stage}"))),
+            "missing stage {stage} {phase}:\n{stdout}"
+        );
+    }
+    let report = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("report "))
+        .expect("a report line");
+    let v: serde_json::Value = serde_json::from_str(report).unwrap();
+    assert_eq!(v["liveupdate_num"], 1);
+    assert_eq!(v["sessions"], 5);
+    assert_eq!(v["files"], 15);
+    assert_eq!(v["verified_bytes"], 15 * 70001);
+    assert_eq!(v["preserved_pages_left"], 0);
+}
+
+#[test]
+fn stage2_refuses_a_bad_handover() {
+    let out = Command::new(BIN)
+        .arg("stage2")
+        .env("LUO_SIM_PLAN", "1 1 10 1 0")
+        .env("LUO_MODEL_HANDOVER", "luo-handover-v1 arena=0:4096 blob=1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("standard stream"), "{stderr}");
+
+    let out = Command::new(BIN).arg("stage2").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LUO_SIM_PLAN"));
+}

@@ -76,7 +76,7 @@ pub fn gen_source(n: usize) -> String {
         let _ = write!(
             s,
             r#"
-#[liveupdate_handler(compatible = "bench-{i}-v1", abi = luo_generated::memfd::v2::memfd_luo_ser)]
+#[liveupdate_handler(compatible = "bench-{i}-v2", abi = luo_generated::memfd::v2::memfd_luo_ser)]
 pub struct Handler{i};
 
 #[liveupdate_handler]
@@ -161,7 +161,7 @@ pub mod handler{i} {{
         Box::new(HandHandler {{
             raw: liveupdate_file_handler {{
                 ops: &OPS,
-                compatible: luo_abi::abi::compat_bytes("bench-{i}-v1"),
+                compatible: luo_abi::abi::compat_bytes("bench-{i}-v2"),
             }},
             host,
         }})
@@ -361,6 +361,6 @@ mod tests {
         let h = hand_source(3);
         assert_eq!(g.matches("#[liveupdate_handler(").count(), 3);
         assert_eq!(h.matches("pub mod handler").count(), 3);
-        assert!(h.contains("bench-2-v1") && g.contains("bench-2-v1"));
+        assert!(h.contains("bench-2-v2") && g.contains("bench-2-v2"));
     }
 }

@@ -183,6 +183,48 @@ struct Machine {
     quick: bool,
 }
 
+/// What each id measures, for BENCHMARKS.md.
+const ROW_DOCS: &[(&str, &str)] = &[
+    (
+        "dispatch",
+        "one `preserve` call through `handler->ops->preserve`, handler and file pointers through \
+         `black_box`: the `#[liveupdate_handler]` table (`generated`) against the same handler \
+         written by hand in Rust (`#[repr(C)]` struct, hand-filled table: the baseline) and in C \
+         (`gcc -O2`, context). Each writes a 48-byte `memfd_luo_ser` into the same KHO ring. \
+         `wall` in ns per call, `instructions` per call from callgrind (100,000 calls). \
+         Target: same instruction count as hand-written Rust, ratio <= 1.05.",
+    ),
+    (
+        "abi_codec",
+        "encode / decode of 262,144 `memfd_luo_folio_ser` records (1 GiB of 4 KiB folios), per \
+         record: generated bitfield accessors + `AbiType` check (`ours`) against a hand-written \
+         zerocopy struct (the baseline); postcard for context. Target <= 1.1x zerocopy.",
+    ),
+    (
+        "global_get_put",
+        "uncontended get + guard drop of each global-state form (FLB, handler-scoped state, \
+         subsystem; outgoing and incoming) through luo-abi's runtime, with the default lock \
+         backend (`std_backend`) and a one-mutex backend (`mutex_backend`), against \
+         `std::sync::Mutex` lock + unlock timed in the same rounds. The host returns at once \
+         (the core's own locking is luo-core's, pending). Target ratio <= 1.5.",
+    ),
+    (
+        "gen",
+        "`luo gen` over every spec, in memory (`load_checked` + `generate`). Target <= 100 ms.",
+    ),
+    (
+        "schema_diff",
+        "`luo schema diff` of two synthetic snapshots (every tenth struct gains a member), as \
+         the CLI runs it (facts and policy). No target.",
+    ),
+    (
+        "macro_compile",
+        "non-incremental debug `cargo build` of a scratch crate with 50 handlers written with \
+         `#[liveupdate_handler]` against the same 50 written by hand (ops table and `extern \
+         \"C\"` callbacks), dependencies prebuilt, builds alternating. Ratio reported.",
+    ),
+];
+
 const COMMAND: &str = "cargo run -p luo-bench --release --bin luo-bench-report";
 
 fn main() {
@@ -837,11 +879,10 @@ fn markdown(rep: &Report) -> String {
                 .join(", ")
         );
     }
-    let _ = writeln!(s, "\n### What each row measures\n");
-    let mut seen = std::collections::BTreeSet::new();
-    for r in &rep.rows {
-        if seen.insert(r.name.clone()) {
-            let _ = writeln!(s, "- `{}` ({}): {}", r.name, r.method, r.what);
+    let _ = writeln!(s, "\n### What the rows measure\n");
+    for (id, what) in ROW_DOCS {
+        if rep.rows.iter().any(|r| r.id == *id) {
+            let _ = writeln!(s, "- `{id}`: {what}");
         }
     }
     let _ = writeln!(

@@ -107,6 +107,7 @@ mod policy {
         ABORT.store(p == PanicPolicy::Abort, Ordering::SeqCst);
     }
 
+    #[inline]
     pub fn get() -> PanicPolicy {
         if ABORT.load(Ordering::SeqCst) {
             PanicPolicy::Abort
@@ -119,6 +120,7 @@ mod policy {
         PANICS.load(Ordering::SeqCst)
     }
 
+    #[inline(always)]
     pub fn catch<R>(on_panic: R, f: impl FnOnce() -> R) -> R {
         if get() == PanicPolicy::Abort {
             return f();
@@ -167,6 +169,7 @@ pub fn panic_count() -> usize {
 /// Runs `f`; if it panics (and the policy is [`PanicPolicy::Errno`]), returns `on_panic`.
 ///
 /// Every runtime function behind a trampoline runs its body through this.
+#[inline(always)]
 pub fn catch<R>(on_panic: R, f: impl FnOnce() -> R) -> R {
     #[cfg(feature = "std")]
     return policy::catch(on_panic, f);

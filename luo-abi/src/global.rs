@@ -173,11 +173,11 @@ impl Drop for CallbackScope<'_> {
 }
 
 fn check_reentry(task: usize, callback: &AtomicUsize, holder: Option<&AtomicUsize>) -> Result {
-    if callback.load(Ordering::SeqCst) == task {
+    if callback.load(Ordering::Relaxed) == task {
         return Err(Errno::EDEADLK);
     }
     if let Some(h) = holder {
-        if h.load(Ordering::SeqCst) == task {
+        if h.load(Ordering::Relaxed) == task {
             return Err(Errno::EDEADLK);
         }
     }
@@ -543,7 +543,7 @@ impl<S: HandlerState> HandlerStateCell<S> {
             host.fh_global_state_put(fh);
             return Err(Errno::ENODATA);
         }
-        self.holder.store(task, Ordering::SeqCst);
+        self.holder.store(task, Ordering::Relaxed);
         Ok((g, task))
     }
 
@@ -589,7 +589,7 @@ struct StateGuardInner<'a, S: HandlerState> {
 
 impl<S: HandlerState> Drop for StateGuardInner<'_, S> {
     fn drop(&mut self) {
-        self.cell.holder.store(0, Ordering::SeqCst);
+        self.cell.holder.store(0, Ordering::Relaxed);
         // SAFETY: dropped exactly once, here; the field is not used afterwards.
         unsafe { ManuallyDrop::drop(&mut self.guard) };
         self.host.fh_global_state_put(self.fh);
@@ -801,7 +801,7 @@ impl<S: Subsystem> SubsystemCell<S> {
         if g.outgoing.is_none() {
             return Err(Errno::ENODATA);
         }
-        self.holder.store(task, Ordering::SeqCst);
+        self.holder.store(task, Ordering::Relaxed);
         Ok(SubsystemOutgoing {
             inner: SubGuardInner {
                 guard: ManuallyDrop::new(g),
@@ -819,7 +819,7 @@ impl<S: Subsystem> SubsystemCell<S> {
             Some(Err(e)) => return Err(*e),
             Some(Ok(_)) => {}
         }
-        self.holder.store(task, Ordering::SeqCst);
+        self.holder.store(task, Ordering::Relaxed);
         Ok(SubsystemIncoming {
             inner: SubGuardInner {
                 guard: ManuallyDrop::new(g),
@@ -840,7 +840,7 @@ struct SubGuardInner<'a, S: Subsystem> {
 
 impl<S: Subsystem> Drop for SubGuardInner<'_, S> {
     fn drop(&mut self) {
-        self.cell.holder.store(0, Ordering::SeqCst);
+        self.cell.holder.store(0, Ordering::Relaxed);
         // SAFETY: dropped exactly once, here.
         unsafe { ManuallyDrop::drop(&mut self.guard) };
     }

@@ -13,7 +13,8 @@ pub struct StdBackend;
 
 /// State of [`StdBackend`].
 pub struct StdState {
-    locked: Mutex<bool>,
+    /// (locked, waiters)
+    locked: Mutex<(bool, u32)>,
     cond: Condvar,
 }
 
@@ -25,34 +26,43 @@ unsafe impl LockBackend for StdBackend {
 
     fn new_state() -> StdState {
         StdState {
-            locked: Mutex::new(false),
+            locked: Mutex::new((false, 0)),
             cond: Condvar::new(),
         }
     }
 
     fn lock(state: &StdState) {
         let mut locked = state.locked.lock().unwrap_or_else(PoisonError::into_inner);
-        while *locked {
+        while locked.0 {
+            locked.1 += 1;
             locked = state
                 .cond
                 .wait(locked)
                 .unwrap_or_else(PoisonError::into_inner);
+            locked.1 -= 1;
         }
-        *locked = true;
+        locked.0 = true;
     }
 
     fn try_lock(state: &StdState) -> Option<()> {
         let mut locked = state.locked.lock().unwrap_or_else(PoisonError::into_inner);
-        if *locked {
+        if locked.0 {
             None
         } else {
-            *locked = true;
+            locked.0 = true;
             Some(())
         }
     }
 
     unsafe fn unlock(state: &StdState, _: &()) {
-        *state.locked.lock().unwrap_or_else(PoisonError::into_inner) = false;
-        state.cond.notify_one();
+        let mut locked = state.locked.lock().unwrap_or_else(PoisonError::into_inner);
+        locked.0 = false;
+        let waiters = locked.1;
+        drop(locked);
+        // std's notify makes a futex syscall even with nobody waiting; an
+        // uncontended get/put must not pay it (bench `global_get_put`).
+        if waiters > 0 {
+            state.cond.notify_one();
+        }
     }
 }

@@ -11,9 +11,11 @@
 //!   [`testing`]: a test handler and FLB with failure injection.
 
 pub mod blocks;
+pub mod capi;
 pub mod error;
 pub mod exec;
 pub mod file;
+pub mod global;
 pub mod kernel;
 pub mod kho;
 pub mod luo;

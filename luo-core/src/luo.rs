@@ -77,6 +77,7 @@ pub(crate) struct Handler {
     pub(crate) compatible: String,
     pub(crate) compat_buf: [u8; 48],
     pub(crate) flbs: Mutex<Vec<Arc<Flb>>>,
+    pub(crate) global: Mutex<Option<Arc<crate::global::GlobalState>>>,
 }
 
 impl Handler {
@@ -333,6 +334,7 @@ pub struct Luo {
     flb_area: u64,
     liveupdate_num: u64,
     frozen: AtomicBool,
+    ext: crate::global::Ext,
 }
 
 /// A call the freeze/rollback path made, for tests of the rollback order.
@@ -472,7 +474,9 @@ impl Luo {
             flb_area,
             liveupdate_num,
             frozen: AtomicBool::new(false),
+            ext: crate::global::Ext::default(),
         };
+        luo.read_incoming_ext()?;
         luo.write_root(0).map_err(host)?;
         luo.write_flb_header(0).map_err(host)?;
         luo.kho
@@ -500,6 +504,53 @@ impl Luo {
             count,
         };
         self.kho.write(PhysAddr::new(self.flb_area), h.as_bytes())
+    }
+
+    pub(crate) fn ext(&self) -> &crate::global::Ext {
+        &self.ext
+    }
+
+    pub(crate) fn kho(&self) -> &Arc<Kho> {
+        &self.kho
+    }
+
+    pub(crate) fn handler_by_ptr(&self, fh: *mut liveupdate_file_handler) -> Option<Arc<Handler>> {
+        lock(&self.reg)
+            .handlers
+            .iter()
+            .find(|h| std::ptr::eq(h.ptr.0, fh))
+            .cloned()
+    }
+
+    pub(crate) fn handler_global_states(&self) -> Vec<(String, Arc<crate::global::GlobalState>)> {
+        lock(&self.reg)
+            .handlers
+            .iter()
+            .filter_map(|h| Some((h.compatible.clone(), lock(&h.global).clone()?)))
+            .collect()
+    }
+
+    /// Unfinished incoming files bound to the handler with `compat`.
+    pub(crate) fn incoming_files_of(&self, compat: &str) -> u64 {
+        let inc = lock(&self.lists).inc.clone();
+        inc.iter()
+            .map(|s| {
+                lock(&s.st)
+                    .files
+                    .iter()
+                    .filter(|f| f.handler.compatible == compat)
+                    .count() as u64
+            })
+            .sum()
+    }
+
+    /// Whether the incoming sessions were deserialized and none has unfinished files.
+    pub(crate) fn incoming_all_finished(&self) -> bool {
+        if !matches!(*lock(&self.deser), Deser::Done(Ok(()))) {
+            return false;
+        }
+        let inc = lock(&self.lists).inc.clone();
+        inc.iter().all(|s| lock(&s.st).files.is_empty())
     }
 
     /// This kernel's `liveupdate_num`.
@@ -573,6 +624,7 @@ impl Luo {
             compatible,
             compat_buf: h.compatible,
             flbs: Mutex::new(Vec::new()),
+            global: Mutex::new(None),
         }));
         Ok(())
     }
@@ -890,6 +942,14 @@ impl Luo {
         };
         let r = self.deserialize_sessions(pending);
         *d = Deser::Done(r);
+        drop(d);
+        if r.is_ok() {
+            // Bind the incoming files to handler global states registered before.
+            for (compat, g) in self.handler_global_states() {
+                g.add_files(self.incoming_files_of(&compat));
+            }
+            self.maybe_finish_subsystems();
+        }
         r.map_err(|_| Errno::EIO)
     }
 
@@ -1034,9 +1094,15 @@ impl Luo {
             lock(&self.ids).remove(&id);
             return Err(e);
         }
+        if let Err(e) = self.global_state_file_get(h.ptr.0) {
+            self.flb_file_unpreserve(&h);
+            lock(&self.ids).remove(&id);
+            return Err(e);
+        }
         let mut a = h.args();
         a.file = CoreFile::as_c(&file);
         if let Err(e) = h.call(h.ops.0.preserve, &mut a) {
+            self.global_state_file_put(h.ptr.0);
             self.flb_file_unpreserve(&h);
             lock(&self.ids).remove(&id);
             return Err(e);
@@ -1121,6 +1187,7 @@ impl Luo {
             let mut a = f.args();
             f.handler.call_void(f.handler.ops.0.finish, &mut a);
             self.flb_file_finish(&f.handler);
+            self.global_state_file_put(f.handler.ptr.0);
             if let Some(id) = f.id {
                 lock(&self.ids).remove(&id);
             }
@@ -1130,6 +1197,7 @@ impl Luo {
         }
         drop(st);
         self.kho.release_idle_regions();
+        self.maybe_finish_subsystems();
         Ok(())
     }
 
@@ -1151,6 +1219,7 @@ impl Luo {
                 let mut a = f.args();
                 f.handler.call_void(f.handler.ops.0.unpreserve, &mut a);
                 self.flb_file_unpreserve(&f.handler);
+                self.global_state_file_put(f.handler.ptr.0);
                 if let Some(id) = f.id {
                     lock(&self.ids).remove(&id);
                 }
@@ -1210,8 +1279,19 @@ impl Luo {
                 }
             }
         }
+        if let Err(err) = self.freeze_subsystems() {
+            for s in l.out.iter().rev() {
+                let st = lock(&s.st);
+                for f in st.files.iter() {
+                    Self::unfreeze(s, f, log);
+                }
+            }
+            l.blocks.clear(&*self.kho);
+            return Err(err);
+        }
         let head = l.blocks.write(&*self.kho, entries.as_bytes())?;
         self.flb_serialize()?;
+        self.write_ext()?;
         self.write_root(head)?;
         self.frozen.store(true, Ordering::Release);
         Ok(())

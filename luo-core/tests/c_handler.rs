@@ -11,10 +11,34 @@ fn target_dir() -> PathBuf {
     exe.parent().unwrap().parent().unwrap().to_path_buf()
 }
 
+/// The core's static library: `cargo build` puts it in target/<profile>,
+/// `cargo test` only in target/<profile>/deps with a hash; take the newest.
+fn static_lib() -> PathBuf {
+    let dir = target_dir();
+    let mut candidates: Vec<PathBuf> = std::iter::once(dir.join("libluo_core.a"))
+        .chain(
+            std::fs::read_dir(dir.join("deps"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("libluo_core-") && n.ends_with(".a"))
+                }),
+        )
+        .filter(|p| p.exists())
+        .collect();
+    candidates.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    candidates
+        .pop()
+        .unwrap_or_else(|| panic!("libluo_core.a not built under {}", dir.display()))
+}
+
 #[test]
 fn c_handler_across_kexec() {
-    let lib = target_dir().join("libluo_core.a");
-    assert!(lib.exists(), "{} not built", lib.display());
+    let lib = static_lib();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let c = root.join("tests/c");
     let out = std::env::temp_dir().join(format!("luo-c-handler-test-{}", std::process::id()));

@@ -16,6 +16,8 @@ pub mod error;
 pub mod exec;
 pub mod file;
 pub mod global;
+pub mod image;
+pub mod inspect;
 pub mod kernel;
 pub mod kho;
 pub mod luo;

@@ -777,13 +777,12 @@ impl Luo {
         if inc.finished {
             return Err(Errno::ENODATA);
         }
-        let (data, count) = Self::flb_entry(map, &f, &mut inc).ok_or(Errno::ENOENT)?;
+        let (data, _) = Self::flb_entry(map, &f, &mut inc).ok_or(Errno::ENOENT)?;
         if !inc.retrieved {
             let mut a = f.args(data, 0);
             f.call(f.ops.0.retrieve, &mut a)?;
             inc.obj = a.obj as usize;
             inc.retrieved = true;
-            inc.count = count;
         }
         inc.count += 1;
         Ok(inc.obj as *mut c_void)

@@ -37,6 +37,8 @@ pub struct Options {
     pub stage2_args: Vec<OsString>,
     /// Print one JSON object per phase instead of text.
     pub json: bool,
+    /// Save the handover image here before `execve` (for `luo inspect`).
+    pub save_image: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -49,6 +51,7 @@ impl Default for Options {
             next: None,
             stage2_args: vec!["stage2".into()],
             json: false,
+            save_image: None,
         }
     }
 }
@@ -226,6 +229,13 @@ pub fn stage1(opts: &Options, out: &mut dyn Write) -> Result<(), SimError> {
         &format!("serialized (luo-v5); {} memfd regions cross", h.regions()),
     )?;
     drop(k);
+    if let Some(path) = &opts.save_image {
+        let (_, t) = timed(|| {
+            crate::image::Image::from_handover(&h)?.save(path)?;
+            Ok(())
+        })?;
+        rep.phase("image", t, &format!("saved to {}", path.display()))?;
+    }
     let next = match &opts.next {
         Some(p) => p.clone(),
         None => std::env::current_exe()?,

@@ -72,3 +72,47 @@ fn stage2_refuses_a_bad_handover() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("LUO_SIM_PLAN"));
 }
+
+#[test]
+fn saved_image_inspects() {
+    let img = std::env::temp_dir().join(format!("luo-sim-{}.img", std::process::id()));
+    let out = Command::new(BIN)
+        .args([
+            "simulate",
+            "--sessions",
+            "2",
+            "--files",
+            "2",
+            "--size",
+            "9000",
+        ])
+        .arg("--save-image")
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = Command::new(BIN).arg("inspect").arg(&img).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(text.contains("\"sim-session-1\": 2 files"), "{text}");
+    assert!(text.contains("memfd-v2"), "{text}");
+    let json = Command::new(BIN)
+        .arg("inspect")
+        .arg(&img)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&img);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["liveupdate_num"], 0);
+    assert_eq!(v["sessions"][0]["files"][1]["memfd"]["size"], 9000);
+    assert_eq!(v["preserved"]["regions"], 4);
+    let bad = Command::new(BIN)
+        .args(["inspect", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+}

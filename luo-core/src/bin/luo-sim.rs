@@ -3,6 +3,7 @@
 //! ```text
 //! luo-sim simulate [--sessions N] [--files N] [--size BYTES] [--seed N] [--next PATH] [--json]
 //! luo-sim stage2          (run by stage 1 through execve, with the handover inherited)
+//! luo-sim inspect IMAGE [--json]
 //! ```
 
 use std::ffi::OsString;
@@ -13,7 +14,8 @@ use luo_core::simulate::{self, Options};
 fn usage() -> ExitCode {
     eprintln!(
         "usage: luo-sim simulate [--sessions N] [--files N] [--size BYTES] [--seed N] \
-         [--next PATH] [--json]\n       luo-sim stage2"
+         [--next PATH] [--save-image PATH] [--json]\n       luo-sim stage2\n       \
+         luo-sim inspect IMAGE [--json]"
     );
     ExitCode::from(2)
 }
@@ -34,6 +36,7 @@ fn parse(args: &[OsString]) -> Option<Options> {
             "--size" => o.size = v.to_str()?.parse().ok()?,
             "--seed" => o.seed = v.to_str()?.parse().ok()?,
             "--next" => o.next = Some(v.into()),
+            "--save-image" => o.save_image = Some(v.into()),
             _ => return None,
         }
     }
@@ -65,6 +68,28 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("inspect") => {
+            let json = args.iter().any(|a| a == "--json");
+            let Some(path) = args[1..].iter().find(|a| *a != "--json") else {
+                return usage();
+            };
+            let report = luo_core::image::Image::load(std::path::Path::new(path))
+                .and_then(|img| luo_core::inspect::inspect(&img));
+            match report {
+                Ok(r) if json => {
+                    println!("{}", r.to_json());
+                    ExitCode::SUCCESS
+                }
+                Ok(r) => {
+                    print!("{}", r.to_text());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("luo-sim: inspect: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         _ => usage(),
     }
 }

@@ -72,7 +72,10 @@ fn compile(
     include: &Path,
     source: &str,
 ) -> Result<(), String> {
-    let dir = std::env::temp_dir().join(format!("luo-hdr-{}", std::process::id()));
+    // Tests run in parallel threads of one process: every compile gets its own file.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("luo-hdr-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let src = dir.join(if lang == "c++" { "t.cc" } else { "t.c" });
     std::fs::write(&src, source).map_err(|e| e.to_string())?;
@@ -86,6 +89,7 @@ fn compile(
         .arg(&src)
         .output()
         .map_err(|e| format!("cannot run {compiler}: {e}"))?;
+    let _ = std::fs::remove_dir_all(&dir);
     if out.status.success() {
         Ok(())
     } else {

@@ -47,6 +47,9 @@ pub enum FileObj {
     Test(AtomicU64),
     /// A file no handler accepts (`/dev/null`).
     Null,
+    /// A synthetic object of another kind (iommufd, vfio-pci, KVM VM, guest_memfd, ...),
+    /// with a payload the handlers of that kind downcast.
+    Synthetic(FileKind, Box<dyn std::any::Any + Send + Sync>),
 }
 
 /// A file of the model (`struct file`).
@@ -82,6 +85,14 @@ impl CoreFile {
     pub fn memfd(&self) -> Option<&MemfdFile> {
         match &self.obj {
             FileObj::Memfd(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The payload of a synthetic file, if it is a `T`.
+    pub fn synthetic<T: 'static>(&self) -> Option<&T> {
+        match &self.obj {
+            FileObj::Synthetic(_, p) => p.downcast_ref::<T>(),
             _ => None,
         }
     }
@@ -152,6 +163,7 @@ impl File for CoreFile {
     fn kind(&self) -> FileKind {
         match &self.obj {
             FileObj::Memfd(_) => FileKind::Memfd,
+            FileObj::Synthetic(k, _) => *k,
             _ => FileKind::Other,
         }
     }

@@ -243,6 +243,17 @@ impl Kernel {
         ))
     }
 
+    /// Installs a synthetic file of `kind` (iommufd, vfio-pci, ...) carrying `payload`.
+    pub fn open_synthetic(
+        &self,
+        kind: luo_abi::file::FileKind,
+        name: &str,
+        payload: Box<dyn std::any::Any + Send + Sync>,
+    ) -> Result<i32, Errno> {
+        self.alive()?;
+        self.install(CoreFile::new(name, FileObj::Synthetic(kind, payload)))
+    }
+
     /// Opens `/dev/null`, which no handler accepts.
     pub fn open_null(&self) -> Result<i32, Errno> {
         self.install(CoreFile::new("/dev/null", FileObj::Null))
@@ -340,6 +351,14 @@ impl Kernel {
     pub fn kexec_into(&self, opts: &BootOptions) -> Result<Kernel, KexecError> {
         let h = self.kexec().map_err(KexecError::Reboot)?;
         Kernel::boot(opts, Some(h)).map_err(KexecError::Boot)
+    }
+}
+
+impl luo_abi::file::MemfdService for Kernel {
+    fn memfd_alloc_file(&self, name: &str, flags: u32) -> luo_abi::Result<luo_abi::file::FileRef> {
+        let _ = flags;
+        let m = MemfdFile::lazy(&self.inner.kho);
+        Ok(CoreFile::new(format!("memfd:{name}"), FileObj::Memfd(m)))
     }
 }
 

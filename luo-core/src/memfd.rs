@@ -12,7 +12,7 @@
 use std::ffi::{c_int, c_ulong};
 use std::sync::Arc;
 
-use luo_abi::file::{File, ShmemFolio};
+use luo_abi::file::{File, MFD_ALLOW_SEALING, MemfdService, ShmemFolio};
 use luo_abi::kho::{KhoExt, KhoService, VmallocChunk, VmallocDesc};
 use luo_abi::{Errno, PAGE_SIZE, Phys, PhysAddr};
 use luo_generated::kho::kho_vmalloc;
@@ -23,7 +23,7 @@ use luo_generated::memfd::v2::{MEMFD_LUO_ALL_SEALS, MEMFD_LUO_FH_COMPATIBLE, mem
 use luo_generated::memfd::{MEMFD_LUO_FOLIO_DIRTY, MEMFD_LUO_FOLIO_UPTODATE, memfd_luo_folio_ser};
 use zerocopy::{FromZeros, IntoBytes};
 
-use crate::file::{CoreFile, FileObj, MemfdFile};
+use crate::file::CoreFile;
 use crate::kernel::Kernel;
 use crate::kho::Kho;
 use crate::{StaticHandler, StaticOps};
@@ -289,7 +289,9 @@ fn do_retrieve(data: u64) -> Result<Arc<CoreFile>, Errno> {
     if ser.flags != 0 {
         return Err(Errno::EINVAL);
     }
-    let file = CoreFile::new("memfd:", FileObj::Memfd(MemfdFile::lazy(&kho)));
+    let k = Kernel::current().ok_or(Errno::EOPNOTSUPP)?;
+    let file =
+        CoreFile::from_ref(k.memfd_alloc_file("", MFD_ALLOW_SEALING)?).ok_or(Errno::EINVAL)?;
     let shm = file.as_shmem().ok_or(Errno::EINVAL)?;
     shm.add_seals(ser.seals)?;
     shm.set_pos(ser.pos);

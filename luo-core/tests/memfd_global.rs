@@ -150,3 +150,27 @@ fn failing_subsystem_freeze_rolls_back_the_files() {
     let fd = k2.retrieve_fd(s, 5).unwrap();
     assert_eq!(k2.file(fd).unwrap().test_value(), Some(5));
 }
+
+#[test]
+fn synthetic_files_and_memfd_service() {
+    use luo_abi::file::{FileKind, MemfdService};
+    let k = boot();
+    let fd = k
+        .open_synthetic(FileKind::Iommufd, "/dev/iommu", Box::new(42u32))
+        .unwrap();
+    let f = k.file(fd).unwrap();
+    assert_eq!(luo_abi::file::File::kind(&*f), FileKind::Iommufd);
+    assert_eq!(f.synthetic::<u32>(), Some(&42));
+    assert_eq!(f.synthetic::<u64>(), None);
+    // No handler accepts it yet.
+    let dev = k.open_dev().unwrap();
+    let s = k.create_session(dev, "s").unwrap();
+    assert_eq!(k.preserve_fd(s, fd, 1), Err(Errno::ENOENT));
+    let m = k
+        .memfd_alloc_file("x", luo_abi::file::MFD_ALLOW_SEALING)
+        .unwrap();
+    assert_eq!(m.kind(), FileKind::Memfd);
+    assert_eq!(m.as_shmem().unwrap().size(), 0);
+    let core = luo_core::file::CoreFile::from_ref(m).unwrap();
+    assert!(core.memfd().is_some());
+}

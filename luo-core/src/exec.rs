@@ -170,7 +170,10 @@ fn parse(desc: &str) -> Result<Parsed, ImageError> {
             "blob" => blob = Some(num(v)?),
             "region" => {
                 let base = num(a)?;
-                if base < REGION_BASE || !(base - REGION_BASE).is_multiple_of(REGION_SPAN) {
+                if base < REGION_BASE
+                    || !(base - REGION_BASE).is_multiple_of(REGION_SPAN)
+                    || base.checked_add(REGION_SPAN).is_none()
+                {
                     return Err(bad(format!("bad region base {base:#x}")));
                 }
                 regions.push((base, fd_num(b)?));

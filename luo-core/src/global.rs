@@ -91,7 +91,12 @@ pub fn read_ext<M: PhysRead + ?Sized>(mem: &M, phys: u64) -> Result<ExtIncoming,
     }
     let mut inc = ExtIncoming::default();
     for i in 0..h.count {
-        let at = phys + (size_of::<ExtHeader>() + i as usize * size_of::<ExtEntry>()) as u64;
+        let at = phys
+            .checked_add((size_of::<ExtHeader>() + i as usize * size_of::<ExtEntry>()) as u64)
+            .ok_or(ImageError::Truncated {
+                what: "LUO ext entries",
+                phys,
+            })?;
         let e: ExtEntry = read_obj(mem, at, "LUO ext entry")?;
         let name = cstr(&e.name)
             .ok_or(ImageError::Truncated {

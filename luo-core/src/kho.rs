@@ -144,8 +144,9 @@ pub struct Kho {
     st: Mutex<State>,
 }
 
+/// Bytes in a block of `order`; saturates for orders no memory can have.
 fn order_bytes(order: u32) -> u64 {
-    PAGE << order
+    if order > 40 { u64::MAX } else { PAGE << order }
 }
 
 fn overlaps(map: &BTreeMap<u64, u32>, start: u64, len: u64) -> bool {
@@ -157,8 +158,8 @@ fn overlaps(map: &BTreeMap<u64, u32>, start: u64, len: u64) -> bool {
     map.range(start..start.saturating_add(len)).next().is_some()
 }
 
-fn order_for_pages(pages: u64) -> u32 {
-    pages.next_power_of_two().trailing_zeros()
+fn order_for_pages(pages: u64) -> Option<u32> {
+    pages.checked_next_power_of_two().map(u64::trailing_zeros)
 }
 
 impl Kho {
@@ -459,9 +460,13 @@ impl Kho {
     fn preservable(&self, st: &State, phys: u64, len: u64) -> bool {
         if let Some(idx) = self.arena_index(phys) {
             let n = len / PAGE;
-            return idx + n <= self.arena_pages && (idx..idx + n).all(|i| st.alloc.is_used(i));
+            return idx.checked_add(n).is_some_and(|e| e <= self.arena_pages)
+                && (idx..idx + n).all(|i| st.alloc.is_used(i));
         }
-        region_of(st, phys).is_some_and(|r| phys + len <= r.base() + REGION_SPAN)
+        region_of(st, phys).is_some_and(|r| {
+            phys.checked_add(len)
+                .is_some_and(|e| e <= r.base() + REGION_SPAN)
+        })
     }
 
     fn alloc_locked(&self, st: &mut State, order: u32) -> Result<u64, Errno> {
@@ -846,7 +851,7 @@ impl KhoService for Kho {
         if size == 0 {
             return Err(Errno::EINVAL);
         }
-        let order = order_for_pages(luo_abi::kho::pages_for(size) as u64);
+        let order = order_for_pages(luo_abi::kho::pages_for(size) as u64).ok_or(Errno::EINVAL)?;
         let mut st = lock(&self.st);
         Kho::check_alive(&st)?;
         let phys = self.alloc_locked(&mut st, order)?;
@@ -1050,6 +1055,33 @@ mod tests {
         drop(r2);
         k2.release_idle_regions();
         assert_eq!(k2.stats().regions, 0);
+    }
+
+    #[test]
+    fn absurd_arguments_are_errors() {
+        let k = Kho::new(BackingKind::Heap, 16).unwrap();
+        let top = PhysAddr::new(!(PAGE - 1));
+        assert_eq!(k.preserve_pages(top, usize::MAX), Err(Errno::EINVAL));
+        assert_eq!(
+            k.preserve_pages(pa(ARENA_BASE), usize::MAX / 2),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(k.preserve_folio(top, 0), Err(Errno::EINVAL));
+        assert_eq!(k.preserve_folio(pa(ARENA_BASE), 64), Err(Errno::EINVAL));
+        assert_eq!(k.alloc_folio(40), Err(Errno::EINVAL));
+        assert_eq!(k.restore_pages(top, usize::MAX), Err(Errno::EINVAL));
+        assert_eq!(k.unpreserve_pages(top, 3), Err(Errno::EINVAL));
+        let mut b = [0u8; 16];
+        assert_eq!(k.read(top, &mut b), Err(Errno::EFAULT));
+        assert_eq!(k.write(pa(u64::MAX - 3), &b), Err(Errno::EFAULT));
+        assert_eq!(k.alloc_preserve(usize::MAX), Err(Errno::EINVAL));
+        let d = VmallocDesc {
+            first: Phys::new(top),
+            total_pages: u32::MAX,
+            flags: 0,
+            order: 9,
+        };
+        assert_eq!(k.restore_vmalloc(&d), Err(Errno::EINVAL));
     }
 
     #[test]

@@ -409,9 +409,12 @@ pub fn read_incoming<M: PhysRead + ?Sized>(
         }
         let mut map = BTreeMap::new();
         for i in 0..h.count {
-            let at = flbs_pa
-                + size_of::<luo_flb_header_ser>() as u64
-                + i * size_of::<luo_flb_ser>() as u64;
+            let at = (size_of::<luo_flb_header_ser>() as u64 + i * size_of::<luo_flb_ser>() as u64)
+                .checked_add(flbs_pa)
+                .ok_or(ImageError::Truncated {
+                    what: "luo_flb_ser",
+                    phys: flbs_pa,
+                })?;
             let e: luo_flb_ser = read_obj(mem, at, "luo_flb_ser")?;
             let name = cstr(&e.name).ok_or(ImageError::FlbHeader {
                 phys: flbs_pa,

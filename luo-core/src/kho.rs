@@ -6,7 +6,7 @@
 //!   pages are reserved at boot, so new allocations come only from outside it (KHO scratch).
 //!   Whatever is still unrestored at the next kexec is dropped (and poisoned).
 //! * At kexec, every arena page allocated since boot and not preserved is poisoned with
-//!   [`POISON`](crate::mem::POISON), and so are the unpreserved pages of carried regions; the
+//!   [`POISON`], and so are the unpreserved pages of carried regions; the
 //!   preserved map and the subtrees are written to a blob in arena memory that the next kernel
 //!   parses before it allocates anything.
 //!

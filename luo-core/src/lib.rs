@@ -1,14 +1,48 @@
 //! The Rust LUO core and the KHO model.
 //!
+//! A [`Kernel`] is one booted kernel of the model: KHO over modelled physical memory, the LUO
+//! core running handlers through the generated ops tables, and an fd table standing in for
+//! userspace. [`Kernel::kexec`] serializes LUO (`luo-v5`) and hands memory over; the next
+//! kernel boots from the [`Handover`], in the same process or, through `execve`, in another.
+//!
+//! ```
+//! use luo_core::{BootOptions, Kernel};
+//!
+//! let k = Kernel::boot(&BootOptions::default(), None)?;
+//! let dev = k.open_dev()?;
+//! let session = k.create_session(dev, "vm-1")?;
+//! let ram = k.memfd_create("guest-ram")?;
+//! k.pwrite(ram, 0, b"guest memory")?;
+//! k.preserve_fd(session, ram, 42)?;
+//!
+//! let k = k.kexec_into(&BootOptions::default())?;
+//! assert_eq!(k.liveupdate_num(), 1);
+//! let dev = k.open_dev()?;
+//! let session = k.retrieve_session(dev, "vm-1")?;
+//! let ram = k.retrieve_fd(session, 42)?;
+//! let mut buf = [0u8; 12];
+//! k.pread(ram, 0, &mut buf)?;
+//! assert_eq!(&buf, b"guest memory");
+//! k.finish_session(session)?;
+//! assert_eq!(k.stats().kho.incoming_pages, 0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Modules:
 //! * [`mem`]: physical memory: a metadata arena (heap or memfd+mmap backing) and external
 //!   regions (host memfds with synthetic pfns).
 //! * [`kho`]: Kexec HandOver over that memory, implementing [`luo_abi::kho::KhoService`].
 //! * [`blocks`]: KHO block chains.
-//! * [`file`]: the fd table and the files behind fds (memfds, sessions, synthetic objects).
-//! * [`luo`]: the LUO core: registry, sessions, files, FLBs, `luo-v5` serialization.
-//! * [`kernel`]: a booted kernel and its kexec; [`uapi`]: the `/dev/liveupdate` ioctls.
+//! * [`file`](mod@file): the fd table and the files behind fds (memfds, sessions, synthetic objects).
+//! * [`luo`]: the LUO core: registry, sessions, files, FLBs, `luo-v5` serialization;
+//!   [`global`]: the seed's handler global state and v4-style subsystems.
+//! * [`kernel`]: a booted kernel and its kexec; [`uapi`]: the `/dev/liveupdate` ioctls, byte
+//!   for byte, and a typed API; [`exec`]: the handover across `execve`.
 //! * [`memfd`]: a minimal `memfd-v2` handler written against the generated ops table;
 //!   [`testing`]: a test handler and FLB with failure injection.
+//! * [`capi`]: the `extern "C"` API of `linux/liveupdate.h`, KHO calls for C handlers and a
+//!   model driver for C programs (`tests/c/luo_model.h`).
+//! * [`simulate`]: `luo simulate` (two processes); [`image`] and [`inspect`]: `luo inspect`.
 
 pub mod blocks;
 pub mod capi;

@@ -143,3 +143,61 @@ fn flb_lifecycle_across_kexec() {
         "{st:?}"
     );
 }
+
+#[test]
+fn concurrent_sessions_from_several_threads() {
+    let k = boot();
+    testing::register(&k, true).unwrap();
+    let dev = k.open_dev().unwrap();
+    std::thread::scope(|sc| {
+        for t in 0..4u64 {
+            let k = k.clone();
+            sc.spawn(move || {
+                let s = k.create_session(dev, &format!("t{t}")).unwrap();
+                for i in 0..40u64 {
+                    let v = t * 1000 + i;
+                    let fd = if i % 2 == 0 {
+                        let m = k.memfd_create("m").unwrap();
+                        k.pwrite(m, 0, &v.to_ne_bytes()).unwrap();
+                        m
+                    } else {
+                        k.test_file(v).unwrap()
+                    };
+                    k.preserve_fd(s, fd, v).unwrap();
+                    k.close(fd).unwrap();
+                }
+            });
+        }
+    });
+    let k2 = Kernel::boot(&BootOptions::default(), Some(k.kexec().unwrap())).unwrap();
+    testing::register(&k2, true).unwrap();
+    let dev = k2.open_dev().unwrap();
+    std::thread::scope(|sc| {
+        for t in 0..4u64 {
+            let k2 = k2.clone();
+            sc.spawn(move || {
+                let s = k2.retrieve_session(dev, &format!("t{t}")).unwrap();
+                for i in 0..40u64 {
+                    let v = t * 1000 + i;
+                    let fd = k2.retrieve_fd(s, v).unwrap();
+                    if i % 2 == 0 {
+                        let mut b = [0u8; 8];
+                        k2.pread(fd, 0, &mut b).unwrap();
+                        assert_eq!(u64::from_ne_bytes(b), v);
+                    } else {
+                        assert_eq!(k2.file(fd).unwrap().test_value(), Some(v));
+                    }
+                    k2.close(fd).unwrap();
+                }
+                k2.close(s).unwrap();
+            });
+        }
+    });
+    let st = k2.stats();
+    assert_eq!(
+        (st.kho.incoming_pages, st.preserved_beyond_root()),
+        (0, 0),
+        "{st:?}"
+    );
+    testing::take_log();
+}

@@ -3,8 +3,9 @@
 //! Stage 1 boots a kernel with a memfd-backed arena, creates sessions with memfds full of
 //! known data, preserves them, reboots (serializes) and `execve`s the next binary with the
 //! handover. Stage 2 (in the new process) boots from the handover, retrieves every session and
-//! file, checks every byte, finishes, and checks that no preserved page is left. Each phase
-//! is printed with its duration.
+//! file, checks every byte, finishes, and checks that no preserved page is left. With
+//! `hops > 1` each later stage preserves fresh data again and `execve`s the next one, so
+//! several live updates run in a row. Each phase is printed with its duration.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -39,6 +40,8 @@ pub struct Options {
     pub json: bool,
     /// Save the handover image here before `execve` (for `luo inspect`).
     pub save_image: Option<PathBuf>,
+    /// Number of live updates in a row (each one a new process).
+    pub hops: u32,
 }
 
 impl Default for Options {
@@ -52,6 +55,7 @@ impl Default for Options {
             stage2_args: vec!["stage2".into()],
             json: false,
             save_image: None,
+            hops: 1,
         }
     }
 }
@@ -157,36 +161,85 @@ fn token(s: u32, f: u32) -> u64 {
     (u64::from(s) << 32) | u64::from(f)
 }
 
-/// Stage 1: preserve, reboot, `execve` stage 2. Returns only on failure.
-pub fn stage1(opts: &Options, out: &mut dyn Write) -> Result<(), SimError> {
-    let mut rep = Reporter {
-        out,
-        json: opts.json,
-        stage: 1,
-    };
-    let boot = BootOptions {
-        backing: BackingKind::Memfd,
-        ..BootOptions::default()
-    };
-    let (k, t) = timed(|| Ok(Kernel::boot(&boot, None)?))?;
-    rep.phase("boot", t, "fresh kernel, memfd-backed arena")?;
-    let bytes = u64::from(opts.sessions) * u64::from(opts.files) * opts.size;
+/// The data seed of hop `hop` (the data stage `hop + 1` writes).
+fn hop_seed(seed: u64, hop: u32) -> u64 {
+    seed.wrapping_add(u64::from(hop).wrapping_mul(0x1000_0001))
+}
+
+/// What every stage needs to know, passed to the next one in [`PLAN_ENV`].
+#[derive(Clone, Debug)]
+struct Plan {
+    sessions: u32,
+    files: u32,
+    size: u64,
+    seed: u64,
+    json: bool,
+    hops: u32,
+    /// Live updates done so far (0 in stage 1).
+    hop: u32,
+    next: PathBuf,
+    stage2_args: Vec<OsString>,
+    save_image: Option<PathBuf>,
+}
+
+impl Plan {
+    fn env(&self) -> String {
+        format!(
+            "{} {} {} {} {} {} {}",
+            self.sessions,
+            self.files,
+            self.size,
+            self.seed,
+            u8::from(self.json),
+            self.hops,
+            self.hop
+        )
+    }
+
+    fn from_env() -> Result<Plan, SimError> {
+        let plan = std::env::var(PLAN_ENV).map_err(|_| SimError::NoHandover(PLAN_ENV))?;
+        let p: Vec<u64> = plan
+            .split_ascii_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        let [sessions, files, size, seed, json, hops, hop] = p[..] else {
+            return Err(SimError::NoHandover(PLAN_ENV));
+        };
+        let small = |v: u64| u32::try_from(v).map_err(|_| SimError::NoHandover(PLAN_ENV));
+        Ok(Plan {
+            sessions: small(sessions)?,
+            files: small(files)?,
+            size,
+            seed,
+            json: json != 0,
+            hops: small(hops)?,
+            hop: small(hop)?,
+            next: std::env::current_exe()?,
+            stage2_args: std::env::args_os().skip(1).collect(),
+            save_image: None,
+        })
+    }
+}
+
+fn populate(k: &Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<(), SimError> {
+    let seed = hop_seed(p.seed, p.hop);
+    let bytes = u64::from(p.sessions) * u64::from(p.files) * p.size;
     let (sessions, t) = timed(|| {
         let dev = op(|| "open /dev/liveupdate".into(), k.open_dev())?;
         let mut sessions = Vec::new();
         let mut buf = vec![0u8; 1 << 16];
-        for s in 0..opts.sessions {
+        for s in 0..p.sessions {
             let sfd = op(
                 || format!("create session {s}"),
                 k.create_session(dev, &session_name(s)),
             )?;
             let mut files = Vec::new();
-            for f in 0..opts.files {
+            for f in 0..p.files {
                 let m = op(|| "memfd_create".into(), k.memfd_create("sim"))?;
                 let mut off = 0;
-                while off < opts.size {
-                    let n = (opts.size - off).min(buf.len() as u64) as usize;
-                    fill(opts.seed, s, f, off, &mut buf[..n]);
+                while off < p.size {
+                    let n = (p.size - off).min(buf.len() as u64) as usize;
+                    fill(seed, s, f, off, &mut buf[..n]);
                     op(|| "write".into(), k.pwrite(m, off, &buf[..n]))?;
                     off += n as u64;
                 }
@@ -194,6 +247,7 @@ pub fn stage1(opts: &Options, out: &mut dyn Write) -> Result<(), SimError> {
             }
             sessions.push((sfd, files));
         }
+        op(|| "close /dev/liveupdate".into(), k.close(dev))?;
         Ok(sessions)
     })?;
     rep.phase(
@@ -201,7 +255,7 @@ pub fn stage1(opts: &Options, out: &mut dyn Write) -> Result<(), SimError> {
         t,
         &format!(
             "{} sessions x {} memfds x {} bytes = {bytes} bytes",
-            opts.sessions, opts.files, opts.size
+            p.sessions, p.files, p.size
         ),
     )?;
     let (_, t) = timed(|| {
@@ -222,6 +276,11 @@ pub fn stage1(opts: &Options, out: &mut dyn Write) -> Result<(), SimError> {
         t,
         &format!("{} pages preserved", st.kho.preserved_pages),
     )?;
+    Ok(())
+}
+
+/// Reboots `k` and `execve`s the next stage. Returns only on failure.
+fn reboot_and_exec(k: Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<(), SimError> {
     let (h, t) = timed(|| op(|| "reboot".into(), k.kexec()))?;
     rep.phase(
         "reboot",
@@ -229,81 +288,77 @@ pub fn stage1(opts: &Options, out: &mut dyn Write) -> Result<(), SimError> {
         &format!("serialized (luo-v5); {} memfd regions cross", h.regions()),
     )?;
     drop(k);
-    if let Some(path) = &opts.save_image {
+    if let Some(path) = &p.save_image {
         let (_, t) = timed(|| {
             crate::image::Image::from_handover(&h)?.save(path)?;
             Ok(())
         })?;
         rep.phase("image", t, &format!("saved to {}", path.display()))?;
     }
-    let next = match &opts.next {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?,
-    };
-    rep.phase("exec", Duration::ZERO, &next.display().to_string())?;
+    rep.phase("exec", Duration::ZERO, &p.next.display().to_string())?;
     rep.out.flush()?;
-    let plan = format!(
-        "{} {} {} {} {}",
-        opts.sessions,
-        opts.files,
-        opts.size,
-        opts.seed,
-        u8::from(opts.json)
-    );
-    let errno = h.exec(&next, &opts.stage2_args, &[(PLAN_ENV.into(), plan)]);
+    let next = Plan {
+        hop: p.hop + 1,
+        ..p.clone()
+    };
+    let errno = h.exec(&p.next, &p.stage2_args, &[(PLAN_ENV.into(), next.env())]);
     Err(SimError::Op {
-        what: format!("execve {}", next.display()),
+        what: format!("execve {}", p.next.display()),
         errno,
     })
 }
 
-/// What stage 2 found.
+/// Stage 1: preserve, reboot, `execve` stage 2. Returns only on failure.
+pub fn stage1(opts: &Options, out: &mut dyn Write) -> Result<(), SimError> {
+    let mut rep = Reporter {
+        out,
+        json: opts.json,
+        stage: 1,
+    };
+    let plan = Plan {
+        sessions: opts.sessions,
+        files: opts.files,
+        size: opts.size,
+        seed: opts.seed,
+        json: opts.json,
+        hops: opts.hops.max(1),
+        hop: 0,
+        next: match &opts.next {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?,
+        },
+        stage2_args: opts.stage2_args.clone(),
+        save_image: opts.save_image.clone(),
+    };
+    let boot = BootOptions {
+        backing: BackingKind::Memfd,
+        ..BootOptions::default()
+    };
+    let (k, t) = timed(|| Ok(Kernel::boot(&boot, None)?))?;
+    rep.phase("boot", t, "fresh kernel, memfd-backed arena")?;
+    populate(&k, &plan, &mut rep)?;
+    reboot_and_exec(k, &plan, &mut rep)
+}
+
+/// What the last stage found.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Report {
-    /// `liveupdate_num` of the new kernel.
+    /// `liveupdate_num` of the last kernel.
     pub liveupdate_num: u64,
-    /// Sessions retrieved.
+    /// Sessions retrieved (in the last stage).
     pub sessions: u32,
-    /// Files retrieved.
+    /// Files retrieved (in the last stage).
     pub files: u32,
-    /// Bytes checked.
+    /// Bytes checked (in the last stage).
     pub verified_bytes: u64,
     /// Preserved pages left (beyond LUO's root) plus incoming pages never restored.
     pub preserved_pages_left: u64,
 }
 
-/// Stage 2: boot from the inherited handover, retrieve, verify every byte, finish.
-pub fn stage2(out: &mut dyn Write) -> Result<Report, SimError> {
-    let plan = std::env::var(PLAN_ENV).map_err(|_| SimError::NoHandover(PLAN_ENV))?;
-    let p: Vec<u64> = plan
-        .split_ascii_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    let [sessions, files, size, seed, json] = p[..] else {
-        return Err(SimError::NoHandover(PLAN_ENV));
-    };
-    let (sessions, files) = (
-        u32::try_from(sessions).map_err(|_| SimError::NoHandover(PLAN_ENV))?,
-        u32::try_from(files).map_err(|_| SimError::NoHandover(PLAN_ENV))?,
-    );
-    let mut rep = Reporter {
-        out,
-        json: json != 0,
-        stage: 2,
-    };
-    let (k, t) = timed(|| {
-        let h = Handover::from_env()?.ok_or(SimError::NoHandover(crate::exec::HANDOVER_ENV))?;
-        Ok(Kernel::boot(&BootOptions::default(), Some(h))?)
-    })?;
-    rep.phase(
-        "boot",
-        t,
-        &format!(
-            "liveupdate_num {}; {} incoming pages",
-            k.liveupdate_num(),
-            k.stats().kho.incoming_pages
-        ),
-    )?;
+fn retrieve_and_verify(k: &Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<u64, SimError> {
+    // The data the previous stage wrote.
+    let seed = hop_seed(p.seed, p.hop - 1);
+    let (sessions, files, size) = (p.sessions, p.files, p.size);
     let (fds, t) = timed(|| {
         let dev = op(|| "open /dev/liveupdate".into(), k.open_dev())?;
         let mut all = Vec::new();
@@ -321,6 +376,7 @@ pub fn stage2(out: &mut dyn Write) -> Result<Report, SimError> {
             }
             all.push((sfd, v));
         }
+        op(|| "close /dev/liveupdate".into(), k.close(dev))?;
         Ok(all)
     })?;
     rep.phase(
@@ -381,11 +437,44 @@ pub fn stage2(out: &mut dyn Write) -> Result<Report, SimError> {
     if left != 0 {
         return Err(SimError::Leak(left));
     }
+    Ok(verified)
+}
+
+/// A later stage: boot from the inherited handover, retrieve, verify every byte, finish; then
+/// either preserve again and `execve` the next stage, or (last hop) return the report.
+pub fn stage2(out: &mut dyn Write) -> Result<Report, SimError> {
+    let plan = Plan::from_env()?;
+    let mut rep = Reporter {
+        out,
+        json: plan.json,
+        stage: u8::try_from(plan.hop + 1).unwrap_or(u8::MAX),
+    };
+    let (k, t) = timed(|| {
+        let h = Handover::from_env()?.ok_or(SimError::NoHandover(crate::exec::HANDOVER_ENV))?;
+        Ok(Kernel::boot(&BootOptions::default(), Some(h))?)
+    })?;
+    rep.phase(
+        "boot",
+        t,
+        &format!(
+            "liveupdate_num {}; {} incoming pages",
+            k.liveupdate_num(),
+            k.stats().kho.incoming_pages
+        ),
+    )?;
+    let verified = retrieve_and_verify(&k, &plan, &mut rep)?;
+    if plan.hop < plan.hops {
+        populate(&k, &plan, &mut rep)?;
+        // Returns only on failure.
+        reboot_and_exec(k, &plan, &mut rep)?;
+        return Err(SimError::NoHandover("a successful execve"));
+    }
+    let st = k.stats();
     Ok(Report {
         liveupdate_num: k.liveupdate_num(),
-        sessions,
-        files: sessions * files,
+        sessions: plan.sessions,
+        files: plan.sessions * plan.files,
         verified_bytes: verified,
-        preserved_pages_left: left,
+        preserved_pages_left: st.preserved_beyond_root() + st.kho.incoming_pages,
     })
 }

@@ -60,7 +60,7 @@ fn two_process_live_update() {
 fn stage2_refuses_a_bad_handover() {
     let out = Command::new(BIN)
         .arg("stage2")
-        .env("LUO_SIM_PLAN", "1 1 10 1 0")
+        .env("LUO_SIM_PLAN", "1 1 10 1 0 1 1")
         .env("LUO_MODEL_HANDOVER", "luo-handover-v1 arena=0:4096 blob=1")
         .output()
         .unwrap();
@@ -115,4 +115,43 @@ fn saved_image_inspects() {
         .output()
         .unwrap();
     assert!(!bad.status.success());
+}
+
+#[test]
+fn three_live_updates_in_a_row_across_processes() {
+    let out = Command::new(BIN)
+        .args([
+            "simulate",
+            "--sessions",
+            "2",
+            "--files",
+            "2",
+            "--size",
+            "12345",
+            "--hops",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for stage in 1..=4 {
+        assert!(
+            stdout.contains(&format!("[stage {stage}] boot")),
+            "{stdout}"
+        );
+    }
+    assert!(stdout.contains("[stage 4] verify"), "{stdout}");
+    let report = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("report "))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(report).unwrap();
+    assert_eq!(v["liveupdate_num"], 3);
+    assert_eq!(v["verified_bytes"], 4 * 12345);
+    assert_eq!(v["preserved_pages_left"], 0);
 }

@@ -1,7 +1,7 @@
 //! `luo-sim`: the model's live update, end to end, across two processes.
 //!
 //! ```text
-//! luo-sim simulate [--sessions N] [--files N] [--size BYTES] [--seed N] [--next PATH] [--json]
+//! luo-sim simulate [--sessions N] [--files N] [--size BYTES] [--seed N] [--hops N] [--next PATH] [--save-image PATH] [--json]
 //! luo-sim stage2          (run by stage 1 through execve, with the handover inherited)
 //! luo-sim inspect IMAGE [--json]
 //! ```
@@ -14,7 +14,7 @@ use luo_core::simulate::{self, Options};
 fn usage() -> ExitCode {
     eprintln!(
         "usage: luo-sim simulate [--sessions N] [--files N] [--size BYTES] [--seed N] \
-         [--next PATH] [--save-image PATH] [--json]\n       luo-sim stage2\n       \
+         [--hops N] [--next PATH] [--save-image PATH] [--json]\n       luo-sim stage2\n       \
          luo-sim inspect IMAGE [--json]"
     );
     ExitCode::from(2)
@@ -35,6 +35,7 @@ fn parse(args: &[OsString]) -> Option<Options> {
             "--files" => o.files = v.to_str()?.parse().ok()?,
             "--size" => o.size = v.to_str()?.parse().ok()?,
             "--seed" => o.seed = v.to_str()?.parse().ok()?,
+            "--hops" => o.hops = v.to_str()?.parse().ok()?,
             "--next" => o.next = Some(v.into()),
             "--save-image" => o.save_image = Some(v.into()),
             _ => return None,

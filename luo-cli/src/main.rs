@@ -37,6 +37,46 @@ enum Command {
         #[arg(long, short)]
         verbose: bool,
     },
+    /// A live update end to end on the model: sessions and memfds with data,
+    /// freeze and serialize, kexec into a new process (`execve`, the memory
+    /// inherited), retrieve and verify every byte, finish; each phase timed.
+    Simulate {
+        /// Sessions to create.
+        #[arg(long, default_value_t = 4)]
+        sessions: u32,
+        /// memfds per session.
+        #[arg(long, default_value_t = 4)]
+        files: u32,
+        /// Bytes per memfd.
+        #[arg(long, default_value_t = 1 << 20)]
+        size: u64,
+        /// Seed of the data pattern.
+        #[arg(long, default_value_t = 0x5eed)]
+        seed: u64,
+        /// Live updates in a row, each into a new process.
+        #[arg(long, default_value_t = 1)]
+        hops: u32,
+        /// Binary to kexec into (default: this one; another build plays another kernel).
+        #[arg(long)]
+        next: Option<PathBuf>,
+        /// Save the handover image here before the kexec (for `luo inspect`).
+        #[arg(long)]
+        save_image: Option<PathBuf>,
+        /// One JSON object per phase.
+        #[arg(long)]
+        json: bool,
+        /// Internal: the second stage, run by the first through execve.
+        #[arg(long, hide = true)]
+        stage2: bool,
+    },
+    /// Decode a handover image (sessions, files, FLBs, preserved ranges).
+    Inspect {
+        /// Image saved by `luo simulate --save-image`.
+        image: PathBuf,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Compare ABI snapshots between kernels: diff, matrix, check, freeze.
     #[command(subcommand)]
     Schema(SchemaCommand),
@@ -123,6 +163,31 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Gen { check, verbose } => commands::gen_command(&cli.root, check, verbose),
         Command::Schema(cmd) => schema(&cli.root, cmd),
+        Command::Simulate {
+            sessions,
+            files,
+            size,
+            seed,
+            hops,
+            next,
+            save_image,
+            json,
+            stage2,
+        } => {
+            let opts = luo_core::simulate::Options {
+                sessions,
+                files,
+                size,
+                seed,
+                hops,
+                next,
+                save_image,
+                json,
+                stage2_args: vec!["simulate".into(), "--stage2".into()],
+            };
+            simulate(&opts, stage2)
+        }
+        Command::Inspect { image, json } => inspect(&image, json),
         Command::Layout {
             name,
             arch,
@@ -155,5 +220,46 @@ fn schema(root: &std::path::Path, cmd: SchemaCommand) -> ExitCode {
         }
         SchemaCommand::CheckUpdate { old, new } => commands::check_update_command(&old, &new),
         SchemaCommand::Freeze { kernel } => commands::schema_freeze_command(root, &kernel),
+    }
+}
+
+fn simulate(opts: &luo_core::simulate::Options, stage2: bool) -> ExitCode {
+    let mut out = std::io::stdout();
+    if stage2 {
+        return match luo_core::simulate::stage2(&mut out) {
+            Ok(report) => {
+                println!(
+                    "report {}",
+                    serde_json::to_string(&report).unwrap_or_default()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("luo simulate: stage 2: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // Stage 1 returns only if something failed before or at the execve.
+    if let Err(e) = luo_core::simulate::stage1(opts, &mut out) {
+        eprintln!("luo simulate: {e}");
+    }
+    ExitCode::FAILURE
+}
+
+fn inspect(image: &std::path::Path, json: bool) -> ExitCode {
+    match luo_core::image::Image::load(image).and_then(|img| luo_core::inspect::inspect(&img)) {
+        Ok(report) if json => {
+            println!("{}", report.to_json());
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            print!("{}", report.to_text());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("luo inspect: {e}");
+            ExitCode::from(2)
+        }
     }
 }

@@ -1,0 +1,1 @@
+//! LUO file handlers and global state (issues 5 and 6).

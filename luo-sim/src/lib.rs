@@ -1,0 +1,1 @@
+//! luo-sim: the simulated /dev/liveupdate (issue 10).

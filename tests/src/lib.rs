@@ -3,4 +3,5 @@
 //! corpus replay test that runs on stable in CI (`tests/fuzz_corpus.rs`),
 //! so what CI replays is exactly what was fuzzed.
 
+pub mod cli;
 pub mod fuzz_targets;

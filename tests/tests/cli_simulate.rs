@@ -2,23 +2,7 @@
 //! across two processes (execve of the luo binary itself), every byte
 //! verified, nothing left preserved; then the saved image decoded.
 
-use std::path::Path;
-use std::process::Command;
-
-fn luo(args: &[&str]) -> (i32, String, String) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = Command::new(env!("CARGO"))
-        .args(["run", "-q", "-p", "luo-cli", "--bin", "luo", "--"])
-        .args(args)
-        .current_dir(root)
-        .output()
-        .expect("cargo run");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use luo_tests::cli::luo;
 
 #[test]
 fn simulate_then_inspect() {

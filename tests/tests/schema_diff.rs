@@ -5,7 +5,6 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use luo_spec::layout::Layouts;
 use luo_spec::model::{Origin, Scope, load_texts};
@@ -13,6 +12,7 @@ use luo_spec::render::schema::{ComponentSnapshot, snapshot};
 use luo_spec::schema_diff::{
     self, Severity, diff_component, diff_sets, matrix, policy, report, sets_from_spec,
 };
+use luo_tests::cli::luo;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -325,20 +325,6 @@ fn matrix_verdicts_and_html() {
         parsed += 1;
     }
     assert_eq!(parsed, sets.len() * sets.len());
-}
-
-fn luo(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO"))
-        .args(["run", "-q", "-p", "luo-cli", "--bin", "luo", "--"])
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("cargo run");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

@@ -119,6 +119,28 @@ pub fn snapshot_diff(data: &[u8]) {
 /// A fuzz target body.
 pub type Target = fn(&[u8]);
 
+/// A saved handover image (the model's KHO state plus the LUO subtree):
+/// decode and inspect must never panic; an image that decodes re-encodes
+/// to one that inspects the same.
+pub fn handover_image(data: &[u8]) {
+    let Ok(img) = luo_core::image::Image::from_bytes(data) else {
+        return;
+    };
+    let first = luo_core::inspect::inspect(&img);
+    let again =
+        luo_core::image::Image::from_bytes(&img.to_bytes()).expect("a decoded image re-encodes");
+    let second = luo_core::inspect::inspect(&again);
+    match (first, second) {
+        (Ok(a), Ok(b)) => assert_eq!(a.to_json(), b.to_json()),
+        (Err(_), Err(_)) => {}
+        (a, b) => panic!(
+            "re-encoding changed the verdict: {:?} vs {:?}",
+            a.is_ok(),
+            b.is_ok()
+        ),
+    }
+}
+
 /// Every target by name, for the corpus replay.
 pub const TARGETS: &[(&str, Target)] = &[
     ("spec", spec),
@@ -126,4 +148,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("ty", ty),
     ("abi_table", abi_table),
     ("snapshot_diff", snapshot_diff),
+    ("handover_image", handover_image),
 ];

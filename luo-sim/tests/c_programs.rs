@@ -116,3 +116,67 @@ fn no_daemon_means_no_device() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+fn two_stage(d: &Daemon, dir: &Path, nsess: u32, nfiles: u32) {
+    let s1 = build(dir, "stage1");
+    let s2 = build(dir, "stage2");
+    let (ns, nf) = (nsess.to_string(), nfiles.to_string());
+    let out = d.run_ok(&s1, &[&ns, &nf]);
+    let child: i32 = out.trim().parse().expect("child pid");
+    let report =
+        luo_sim::kexec(&d.socket, None).unwrap_or_else(|e| panic!("kexec: {e}\n{}", d.log_tail()));
+    assert!(report.contains("kexec done"), "{report}");
+    let out = d.run_ok(&s2, &[&ns, &nf]);
+    assert!(out.contains("stage2: ok"), "{out}");
+    let _ = Command::new("kill").arg(child.to_string()).status();
+}
+
+#[test]
+fn two_stage_kexec() {
+    let dir = scratch("twostage");
+    let d = Daemon::start(&dir);
+    two_stage(&d, &dir, 1, 1);
+    two_stage(&d, &dir, 5, 20);
+    two_stage(&d, &dir, 2000, 500);
+}
+
+#[test]
+fn fuzz_and_crashes_leave_the_daemon_working() {
+    let dir = scratch("fuzz");
+    let d = Daemon::start(&dir);
+    let fuzz = build(&dir, "fuzz");
+    let basic = build(&dir, "basic");
+    let out = d.run_ok(&fuzz, &["10000", "12345"]);
+    assert!(out.contains("survived"), "{out}");
+    // A client killed in the middle of its calls.
+    let mut c = Command::new(&fuzz)
+        .args(["100000000", "7"])
+        .env("LD_PRELOAD", luo_sim::PRELOAD)
+        .env("LUO_SIM_SOCKET", &d.socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    c.kill().unwrap();
+    c.wait().unwrap();
+    // Garbage packets straight to the socket get an errno, not a crash.
+    for len in [0usize, 1, 3, 4, 15, 16, 17, 100, 5000] {
+        let s = std::os::unix::net::UnixStream::connect(&d.socket);
+        drop(s); // wrong socket type: refused or dropped
+        let sock = rustix::net::socket(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            None,
+        )
+        .unwrap();
+        rustix::net::connect(&sock, &rustix::net::SocketAddrUnix::new(&d.socket).unwrap()).unwrap();
+        let junk: Vec<u8> = (0..len).map(|i| (i * 131 + 7) as u8).collect();
+        let _ = rustix::net::send(&sock, &junk, rustix::net::SendFlags::empty());
+        let mut b = [0u8; 64];
+        let _ = rustix::io::read(&sock, &mut b);
+    }
+    assert!(luo_sim::ping(&d.socket));
+    let out = d.run_ok(&basic, &[]);
+    assert!(out.contains("basic: ok"), "{out}");
+}

@@ -1,1 +1,9 @@
 //! LUO file handlers and global state (issues 5 and 6).
+//!
+//! Handlers here are written against the generated C ops tables and reach the core that runs
+//! them through [`host::Host`], which the core installs once ([`host::set_host`]); they do
+//! not depend on the core crate.
+
+pub mod host;
+pub mod memfd;
+pub mod test_flb;

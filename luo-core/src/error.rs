@@ -73,6 +73,36 @@ pub enum ImageError {
         /// What this kernel reads.
         expected: &'static str,
     },
+    /// The image's LUO format is one this kernel does not read. Upstream `panic()`s at boot
+    /// (`luo_restore_fail`); here the boot fails cleanly.
+    #[error("LUO handover format {found} is not read by kernel {kernel} (it reads {reads})")]
+    UnsupportedFormat {
+        /// The format found (`luo-v1`, `luo-v5`, `next`, or what the compatible said).
+        found: String,
+        /// The kernel booting.
+        kernel: &'static str,
+        /// The formats it reads.
+        reads: String,
+    },
+    /// A feature-negotiated header requires bits this kernel does not know (upstream would
+    /// panic at boot).
+    #[error("{component}: unknown required feature bits {bits:#x} (this kernel knows {known:#x})")]
+    UnknownFeature {
+        /// The component (`luo`).
+        component: &'static str,
+        /// The unknown required bits.
+        bits: u64,
+        /// The bits this kernel knows.
+        known: u64,
+    },
+    /// A feature header is malformed (non-zero reserved words, active bits not supported).
+    #[error("{component}: bad feature header: {why}")]
+    BadFeatures {
+        /// The component.
+        component: &'static str,
+        /// What is wrong.
+        why: String,
+    },
     /// A block chain visits a block twice.
     #[error("{what} block chain has a cycle at {phys:#x}")]
     BlockCycle {

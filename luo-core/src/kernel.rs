@@ -31,8 +31,14 @@ pub struct BootOptions {
     pub arena_pages: u64,
     /// `liveupdate=on`: with `false`, registration gives `EOPNOTSUPP` and there is no device.
     pub enabled: bool,
-    /// Register the built-in memfd handler (`memfd-v2`) at boot, as upstream's late_initcall.
+    /// Register the memfd handler (`luo-handlers`) at boot, as upstream's late_initcall: the
+    /// version [`BootOptions::version`] writes, plus readers of the older versions it reads.
     pub memfd_handler: bool,
+    /// The kernel played: the handover format written, and the ones read at boot.
+    pub version: crate::version::KernelVersion,
+    /// Link the upstream in-kernel test's three FLBs (`liveupdate-test-flb-v0/1/2`) to every
+    /// handler registered at boot (`CONFIG_LIVEUPDATE_TEST`).
+    pub test_flbs: bool,
 }
 
 impl Default for BootOptions {
@@ -42,6 +48,8 @@ impl Default for BootOptions {
             arena_pages: 1 << 16,
             enabled: true,
             memfd_handler: true,
+            version: crate::version::KernelVersion::default(),
+            test_flbs: false,
         }
     }
 }
@@ -120,7 +128,7 @@ impl Kernel {
             None => Kho::new(opts.backing, opts.arena_pages).map_err(ImageError::Host)?,
         };
         let kho = Arc::new(kho);
-        let luo = Luo::boot(Arc::clone(&kho), opts.enabled)?;
+        let luo = Luo::boot(Arc::clone(&kho), opts.enabled, opts.version)?;
         let k = Kernel {
             inner: Arc::new(KernelInner {
                 kho,
@@ -131,7 +139,17 @@ impl Kernel {
         };
         if opts.enabled && opts.memfd_handler {
             let _g = k.enter();
-            crate::memfd::register(&k).map_err(ImageError::Host)?;
+            crate::host::install();
+            let v = opts.version;
+            let hs = luo_handlers::memfd::register(v.memfd_writes(), v.memfd_reads())
+                .map_err(ImageError::Host)?;
+            if opts.test_flbs {
+                for h in hs {
+                    // SAFETY: `h` is a registered `'static` handler.
+                    unsafe { luo_handlers::test_flb::link(h.as_ptr()) }
+                        .map_err(ImageError::Host)?;
+                }
+            }
         }
         Ok(k)
     }
@@ -159,6 +177,11 @@ impl Kernel {
     /// The KHO model.
     pub fn kho(&self) -> &Arc<Kho> {
         &self.inner.kho
+    }
+
+    /// The kernel this boot plays.
+    pub fn version(&self) -> crate::version::KernelVersion {
+        self.inner.luo.version()
     }
 
     /// The LUO core.

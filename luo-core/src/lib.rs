@@ -34,12 +34,15 @@
 //! * [`kho`]: Kexec HandOver over that memory, implementing [`luo_abi::kho::KhoService`].
 //! * [`blocks`]: KHO block chains.
 //! * [`file`](mod@file): the fd table and the files behind fds (memfds, sessions, synthetic objects).
-//! * [`luo`]: the LUO core: registry, sessions, files, FLBs, `luo-v5` serialization;
+//! * [`luo`]: the LUO core: registry, sessions, files, FLBs, `luo-v5` and `next`
+//!   serialization, and readers of older formats ([`fdt_luo`]: the 6.19/7.0 FDT);
 //!   [`global`]: the seed's handler global state and v4-style subsystems.
 //! * [`kernel`]: a booted kernel and its kexec; [`uapi`]: the `/dev/liveupdate` ioctls, byte
 //!   for byte, and a typed API; [`exec`]: the handover across `execve`.
-//! * [`memfd`]: a minimal `memfd-v2` handler written against the generated ops table;
-//!   [`testing`]: a test handler and FLB with failure injection.
+//! * the memfd handler (every version) and the upstream test FLBs live in `luo-handlers`;
+//!   [`host`] is what they see of the core; [`version`]: the kernel a boot plays (6.19, 7.0,
+//!   7.3, next: the formats written and read); [`testing`]: a test handler and FLB with
+//!   failure injection.
 //! * [`capi`]: the `extern "C"` API of `linux/liveupdate.h`, KHO calls for C handlers and a
 //!   model driver for C programs (`tests/c/luo_model.h`).
 //! * [`simulate`]: `luo simulate` (two processes); [`image`] and [`inspect`]: `luo inspect`.
@@ -48,23 +51,26 @@ pub mod blocks;
 pub mod capi;
 pub mod error;
 pub mod exec;
+pub mod fdt_luo;
 pub mod file;
 pub mod global;
+pub mod host;
 pub mod image;
 pub mod inspect;
 pub mod kernel;
 pub mod kho;
 pub mod luo;
 pub mod mem;
-pub mod memfd;
 pub mod simulate;
 pub mod testing;
 pub mod uapi;
 pub mod util;
+pub mod version;
 
 pub use error::ImageError;
 pub use kernel::{BootOptions, Handover, Kernel, KexecError, Stats};
 pub use mem::BackingKind;
+pub use version::{KernelVersion, LuoFormat};
 
 use luo_generated::liveupdate::{
     liveupdate_file_handler, liveupdate_file_ops, liveupdate_flb, liveupdate_flb_ops,

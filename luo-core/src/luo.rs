@@ -30,6 +30,9 @@ use crate::file::CoreFile;
 use crate::kho::Kho;
 use crate::mem::lock;
 use crate::util::{cstr, lossy};
+use crate::version::{KernelVersion, LuoFormat};
+use luo_generated::luo::next;
+use luo_handlers::memfd::format::FeatureError;
 
 /// A raw pointer that may cross threads; what it points to is the registrant's to keep alive.
 #[derive(Debug)]
@@ -283,6 +286,15 @@ impl Session {
     pub fn tokens(&self) -> Vec<u64> {
         lock(&self.st).files.iter().map(|f| f.token).collect()
     }
+
+    /// The handler's serialized-data handle of the file under `token` (its `luo_file_ser.data`).
+    pub fn file_data(&self, token: u64) -> Option<u64> {
+        lock(&self.st)
+            .files
+            .iter()
+            .find(|f| f.token == token)
+            .map(|f| f.data)
+    }
 }
 
 /// A session as read at boot, before its files are bound to handlers.
@@ -335,39 +347,165 @@ pub struct Luo {
     liveupdate_num: u64,
     frozen: AtomicBool,
     ext: crate::global::Ext,
+    version: KernelVersion,
 }
 
 /// A call the freeze/rollback path made, for tests of the rollback order.
 pub type FreezeLog = Vec<(String, u64, &'static str)>;
 
-/// Reads the incoming LUO state (early boot). No `"LUO"` subtree is a fresh start.
+/// Reads the incoming LUO state (early boot), in any format the model knows. No `"LUO"`
+/// subtree is a fresh start.
 pub fn read_incoming<M: PhysRead + ?Sized>(
     mem: &M,
     subtree: Option<(u64, usize)>,
 ) -> Result<(Incoming, Vec<u64>), ImageError> {
-    let Some((root, size)) = subtree else {
-        return Ok((Incoming::default(), Vec::new()));
-    };
-    if size < size_of::<luo_ser>() {
+    read_incoming_as(mem, subtree, KernelVersion::Next)
+}
+
+/// Which format a `"LUO"` subtree holds (FDT magic, `luo-v5` compatible, else a
+/// feature-negotiated `luo_ser`).
+pub fn detect_format<M: PhysRead + ?Sized>(
+    mem: &M,
+    root: u64,
+    size: usize,
+) -> Result<LuoFormat, ImageError> {
+    if size < 8 {
         return Err(ImageError::LuoTooSmall {
             size,
             need: size_of::<luo_ser>(),
         });
     }
-    let ser: luo_ser = read_obj(mem, root, "luo_ser")?;
+    let head: [u8; 8] = read_obj(mem, root, "LUO root")?;
+    if head[..4] == crate::fdt_luo::FDT_MAGIC.to_be_bytes() {
+        return Ok(LuoFormat::V1);
+    }
     let mut want = [0u8; LUO_ABI_COMPAT_LEN as usize];
     want[..LUO_ABI_COMPATIBLE.len()].copy_from_slice(LUO_ABI_COMPATIBLE.as_bytes());
-    if ser.compatible != want {
+    if head == want {
+        return Ok(LuoFormat::V5);
+    }
+    if head.starts_with(b"luo-") {
         return Err(ImageError::Compatible {
-            found: lossy(&ser.compatible),
+            found: lossy(&head),
             expected: LUO_ABI_COMPATIBLE,
         });
     }
+    if size >= size_of::<next::luo_ser>() {
+        return Ok(LuoFormat::Next);
+    }
+    Err(ImageError::Compatible {
+        found: lossy(&head),
+        expected: LUO_ABI_COMPATIBLE,
+    })
+}
+
+fn format_name(f: LuoFormat) -> &'static str {
+    match f {
+        LuoFormat::V1 => "luo-v1 (FDT, luo-session-v2)",
+        LuoFormat::V1Flb => "luo-v1 (FDT, luo-session-v2, luo-flb-v1)",
+        LuoFormat::V5 => "luo-v5",
+        LuoFormat::Next => "next (feature-negotiated luo_ser)",
+    }
+}
+
+/// Reads the incoming LUO state as kernel `kernel` does: a format it does not read is an
+/// [`ImageError::UnsupportedFormat`] (upstream: panic).
+pub fn read_incoming_as<M: PhysRead + ?Sized>(
+    mem: &M,
+    subtree: Option<(u64, usize)>,
+    kernel: KernelVersion,
+) -> Result<(Incoming, Vec<u64>), ImageError> {
+    let Some((root, size)) = subtree else {
+        return Ok((Incoming::default(), Vec::new()));
+    };
+    let mut found = detect_format(mem, root, size)?;
+    if found == LuoFormat::V1 {
+        found = crate::fdt_luo::flavour(mem, root, size)?;
+    }
+    let reads = kernel.luo_reads();
+    if !reads.contains(&found) {
+        return Err(ImageError::UnsupportedFormat {
+            found: format_name(found).to_owned(),
+            kernel: kernel.name(),
+            reads: reads
+                .iter()
+                .map(|f| format_name(*f))
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    match found {
+        LuoFormat::V1 | LuoFormat::V1Flb => crate::fdt_luo::read(mem, root, size),
+        LuoFormat::V5 => {
+            if size < size_of::<luo_ser>() {
+                return Err(ImageError::LuoTooSmall {
+                    size,
+                    need: size_of::<luo_ser>(),
+                });
+            }
+            let ser: luo_ser = read_obj(mem, root, "luo_ser")?;
+            read_chains(
+                mem,
+                root,
+                ser.liveupdate_num,
+                ser.sessions_pa.addr().as_u64(),
+                ser.flbs_pa.addr().as_u64(),
+            )
+        }
+        LuoFormat::Next => {
+            let ser: next::luo_ser = read_obj(mem, root, "luo_ser (next)")?;
+            let known = next::LUO_CORE_FEATURES_SUPP;
+            let h = ser.features;
+            match luo_handlers::memfd::format::check_features(&h, known) {
+                Ok(_) => {}
+                Err(FeatureError::UnknownRequired(bits)) => {
+                    return Err(ImageError::UnknownFeature {
+                        component: "luo",
+                        bits,
+                        known,
+                    });
+                }
+                Err(e) => {
+                    return Err(ImageError::BadFeatures {
+                        component: "luo",
+                        why: format!("{e:?}"),
+                    });
+                }
+            }
+            let active = h.active;
+            let num = if active & next::LUO_FEATURE_NUMBER != 0 {
+                ser.liveupdate_num
+            } else {
+                0
+            };
+            let sessions = if active & next::LUO_FEATURE_SESSIONS != 0 {
+                ser.sessions_pa.addr().as_u64()
+            } else {
+                0
+            };
+            let flbs = if active & next::LUO_FEATURE_FLBS != 0 {
+                ser.flbs_pa.addr().as_u64()
+            } else {
+                0
+            };
+            read_chains(mem, root, num, sessions, flbs)
+        }
+    }
+}
+
+/// Reads the session and FLB block chains of a `luo-v5` or `next` root.
+fn read_chains<M: PhysRead + ?Sized>(
+    mem: &M,
+    root: u64,
+    liveupdate_num: u64,
+    sessions_pa: u64,
+    flbs_pa: u64,
+) -> Result<(Incoming, Vec<u64>), ImageError> {
     // Pages the incoming metadata occupies (to restore and free once read).
     let mut pages = vec![root];
     let chain = read_chain(
         mem,
-        ser.sessions_pa.addr().as_u64(),
+        sessions_pa,
         size_of::<luo_session_ser>(),
         LUO_SESSIONS_PER_BLOCK,
         "session",
@@ -395,7 +533,6 @@ pub fn read_incoming<M: PhysRead + ?Sized>(
             count: s.file_set_ser.count,
         });
     }
-    let flbs_pa = ser.flbs_pa.addr().as_u64();
     let flbs = if flbs_pa == 0 {
         None
     } else {
@@ -428,7 +565,7 @@ pub fn read_incoming<M: PhysRead + ?Sized>(
     };
     Ok((
         Incoming {
-            liveupdate_num: Some(ser.liveupdate_num),
+            liveupdate_num: Some(liveupdate_num),
             sessions,
             flbs,
         },
@@ -439,12 +576,16 @@ pub fn read_incoming<M: PhysRead + ?Sized>(
 impl Luo {
     /// Boots LUO: reads the incoming state (early_initcall), then sets up the outgoing root
     /// (late_initcall).
-    pub(crate) fn boot(kho: Arc<Kho>, enabled: bool) -> Result<Luo, ImageError> {
+    pub(crate) fn boot(
+        kho: Arc<Kho>,
+        enabled: bool,
+        version: KernelVersion,
+    ) -> Result<Luo, ImageError> {
         let subtree = kho
             .retrieve_subtree(LUO_KHO_ENTRY_NAME)
             .ok()
             .map(|(p, s)| (p.as_u64(), s));
-        let (inc, pages) = read_incoming(&*kho, subtree)?;
+        let (inc, pages) = read_incoming_as(&*kho, subtree, version)?;
         for p in pages {
             kho.restore_free(PhysAddr::new(p))
                 .map_err(|_| ImageError::NotPreserved {
@@ -454,10 +595,8 @@ impl Luo {
         }
         let liveupdate_num = inc.liveupdate_num.map_or(0, |n| n.wrapping_add(1));
         let host = ImageError::Host;
-        let root = kho
-            .alloc_preserve(size_of::<luo_ser>())
-            .map_err(host)?
-            .as_u64();
+        let root_size = Self::root_size(version);
+        let root = kho.alloc_preserve(root_size).map_err(host)?.as_u64();
         let flb_area = kho.alloc_preserve(PAGE_SIZE).map_err(host)?.as_u64();
         let luo = Luo {
             kho,
@@ -478,21 +617,46 @@ impl Luo {
             liveupdate_num,
             frozen: AtomicBool::new(false),
             ext: crate::global::Ext::default(),
+            version,
         };
         luo.read_incoming_ext()?;
         luo.write_root(0).map_err(host)?;
         luo.write_flb_header(0).map_err(host)?;
         luo.kho
-            .add_subtree(
-                LUO_KHO_ENTRY_NAME,
-                PhysAddr::new(root),
-                size_of::<luo_ser>(),
-            )
+            .add_subtree(LUO_KHO_ENTRY_NAME, PhysAddr::new(root), root_size)
             .map_err(host)?;
         Ok(luo)
     }
 
+    fn root_size(version: KernelVersion) -> usize {
+        match version.luo_writes() {
+            LuoFormat::V5 => size_of::<luo_ser>(),
+            LuoFormat::Next => size_of::<next::luo_ser>(),
+            LuoFormat::V1 | LuoFormat::V1Flb => PAGE_SIZE,
+        }
+    }
+
+    /// The kernel this LUO plays.
+    pub fn version(&self) -> KernelVersion {
+        self.version
+    }
+
     fn write_root(&self, sessions_pa: u64) -> Result<(), Errno> {
+        match self.version.luo_writes() {
+            LuoFormat::V5 => {}
+            LuoFormat::Next => {
+                let mut ser = next::luo_ser::new_zeroed();
+                ser.features.supp = next::LUO_CORE_FEATURES_SUPP;
+                ser.features.req = next::LUO_CORE_FEATURES_REQ;
+                ser.features.active = next::LUO_CORE_FEATURES_ACTIVE;
+                ser.liveupdate_num = self.liveupdate_num;
+                ser.sessions_pa = luo_abi::Phys::new(PhysAddr::new(sessions_pa));
+                ser.flbs_pa = luo_abi::Phys::new(PhysAddr::new(self.flb_area));
+                return self.kho.write(PhysAddr::new(self.root), ser.as_bytes());
+            }
+            // The FDT writer is pending: `serialize` refuses; nothing to write at boot.
+            LuoFormat::V1 | LuoFormat::V1Flb => return Ok(()),
+        }
         let mut ser = luo_ser::new_zeroed();
         ser.compatible[..LUO_ABI_COMPATIBLE.len()].copy_from_slice(LUO_ABI_COMPATIBLE.as_bytes());
         ser.liveupdate_num = self.liveupdate_num;
@@ -1252,6 +1416,10 @@ impl Luo {
     /// `log` records every freeze/unfreeze call.
     pub(crate) fn serialize(&self, log: &mut FreezeLog) -> Result<(), Errno> {
         self.check_live()?;
+        if matches!(self.version.luo_writes(), LuoFormat::V1 | LuoFormat::V1Flb) {
+            // The `luo-v1` FDT writer is pending.
+            return Err(Errno::EOPNOTSUPP);
+        }
         let l = lock(&self.lists);
         let mut entries: Vec<luo_session_ser> = Vec::with_capacity(l.out.len());
         for (si, s) in l.out.iter().enumerate() {

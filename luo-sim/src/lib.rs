@@ -1,1 +1,892 @@
-//! luo-sim: the simulated /dev/liveupdate (issue 10).
+//! luo-sim: run unmodified `/dev/liveupdate` programs against the Rust LUO core (issue 10).
+//!
+//! * [`serve`] runs the daemon: one simulated machine (a [`Kernel`] with a memfd-backed arena,
+//!   so it can cross `execve`) behind a `SOCK_SEQPACKET` Unix socket ([`default_socket_path`]).
+//! * [`PRELOAD`] is the `LD_PRELOAD` library (`libluo_sim_preload.so`, built from
+//!   `csrc/preload.c`) that makes `/dev/liveupdate` appear to a program. Each device open is one
+//!   connection to the daemon, each session fd one socketpair end, so `fork`, `dup` and the last
+//!   close behave as with real fds.
+//! * [`kexec`] asks the daemon for the reboot path: freeze and serialize (a freeze error is
+//!   reported and the machine carries on), drop every connection, re-exec the daemon (or another
+//!   build) booting from the preserved memory.
+//!
+//! Memfds: PRESERVE_FD receives the program's real memfd (SCM_RIGHTS); the daemon mirrors it in
+//! a core memfd (size, data, seals, position) at preserve time and refreshes the data again just
+//! before the kexec. RETRIEVE_FD sends back the core's host memfd itself: the very pages that
+//! crossed the kexec, with the preserved size, data and seals.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::io::IoSliceMut;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use luo_abi::Errno;
+use luo_abi::file::ShmemFile;
+use luo_core::{BackingKind, BootOptions, Handover, Kernel};
+use rustix::event::{PollFd, PollFlags, poll};
+use rustix::fs::SealFlags;
+use rustix::io::FdFlags;
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
+};
+
+#[allow(missing_docs)]
+mod proto;
+use proto::*;
+pub use proto::{SOCKET_ENV, default_socket_path};
+
+/// Path of the preload library built with this crate.
+pub const PRELOAD: &str = env!("LUO_SIM_PRELOAD");
+
+/// Environment variable a re-exec'd daemon finds its inherited listener and requester in.
+pub const INHERIT_ENV: &str = "LUO_SIM_INHERIT";
+
+const CREATE_SESSION: u32 = 0xBA00;
+const RETRIEVE_SESSION: u32 = 0xBA01;
+const PRESERVE_FD: u32 = 0xBA40;
+const RETRIEVE_FD: u32 = 0xBA41;
+const FINISH: u32 = 0xBA42;
+const GET_NAME: u32 = 0xBA43;
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+/// Errors of the daemon and its client calls.
+#[derive(Debug)]
+pub enum SimError {
+    /// A host call failed.
+    Io(std::io::Error),
+    /// The daemon refused or failed.
+    Daemon(String),
+}
+
+impl std::fmt::Display for SimError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SimError::Io(e) => write!(f, "{e}"),
+            SimError::Daemon(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+impl std::error::Error for SimError {}
+
+impl From<std::io::Error> for SimError {
+    fn from(e: std::io::Error) -> Self {
+        SimError::Io(e)
+    }
+}
+
+impl From<rustix::io::Errno> for SimError {
+    fn from(e: rustix::io::Errno) -> Self {
+        SimError::Io(e.into())
+    }
+}
+
+/// How the daemon runs.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// The socket path.
+    pub socket: PathBuf,
+    /// Log each uAPI call to stderr.
+    pub verbose: bool,
+    /// Arena pages of the simulated machine (sparse).
+    pub arena_pages: u64,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            socket: default_socket_path(),
+            verbose: true,
+            arena_pages: 1 << 16,
+        }
+    }
+}
+
+fn cmd_name(cmd: u32) -> String {
+    match cmd {
+        CREATE_SESSION => "CREATE_SESSION".into(),
+        RETRIEVE_SESSION => "RETRIEVE_SESSION".into(),
+        PRESERVE_FD => "SESSION_PRESERVE_FD".into(),
+        RETRIEVE_FD => "SESSION_RETRIEVE_FD".into(),
+        FINISH => "SESSION_FINISH".into(),
+        GET_NAME => "SESSION_GET_NAME".into(),
+        c => format!("{c:#x}"),
+    }
+}
+
+fn op_size(cmd: u32) -> usize {
+    match cmd {
+        CREATE_SESSION | RETRIEVE_SESSION | GET_NAME => 72,
+        PRESERVE_FD | RETRIEVE_FD => 16,
+        _ => 8,
+    }
+}
+
+enum Kind {
+    Fresh,
+    Dev(i32),
+    Session(i32),
+}
+
+struct Conn {
+    sock: OwnedFd,
+    kind: Kind,
+    pid: i32,
+}
+
+/// A core memfd standing for a host file the programs see.
+struct Mirror {
+    core_fd: i32,
+    /// The program's memfd this core memfd copies; `None` when the host file *is* the core's.
+    client: Option<OwnedFd>,
+}
+
+struct Daemon {
+    kernel: Kernel,
+    listener: OwnedFd,
+    conns: BTreeMap<u64, Conn>,
+    next_id: u64,
+    mirrors: HashMap<(u64, u64), Mirror>,
+    verbose: bool,
+    nonce: String,
+    pairs: u64,
+}
+
+type Reply = (i32, Vec<u8>, Option<OwnedFd>);
+
+fn err(e: Errno) -> Reply {
+    (e.to_neg(), Vec::new(), None)
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    b.get(off..off + 4)
+        .map_or(0, |s| u32::from_ne_bytes(s.try_into().unwrap_or([0; 4])))
+}
+
+fn put_i32(b: &mut [u8], off: usize, v: i32) {
+    if let Some(s) = b.get_mut(off..off + 4) {
+        s.copy_from_slice(&v.to_ne_bytes());
+    }
+}
+
+/// `f_type` is `i64` on some targets and narrower on others.
+#[allow(clippy::unnecessary_cast)]
+fn is_tmpfs(s: &rustix::fs::StatFs) -> bool {
+    s.f_type as i64 == TMPFS_MAGIC
+}
+
+fn host_errno(e: rustix::io::Errno) -> Errno {
+    Errno::from_raw(e.raw_os_error()).unwrap_or(Errno::EIO)
+}
+
+/// Sends one packet, with at most one fd.
+fn send_pkt(
+    sock: BorrowedFd<'_>,
+    data: &[u8],
+    fd: Option<BorrowedFd<'_>>,
+) -> rustix::io::Result<()> {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut cmsg = SendAncillaryBuffer::new(&mut space);
+    let fds;
+    if let Some(f) = fd {
+        fds = [f];
+        cmsg.push(SendAncillaryMessage::ScmRights(&fds));
+    }
+    rustix::net::sendmsg(
+        sock,
+        &[std::io::IoSlice::new(data)],
+        &mut cmsg,
+        SendFlags::NOSIGNAL,
+    )?;
+    Ok(())
+}
+
+/// Receives one packet and the fds it carries: `None` at end of stream.
+/// A received packet: bytes, passed fds, truncated.
+type Packet = (Vec<u8>, Vec<OwnedFd>, bool);
+
+fn recv_pkt(sock: BorrowedFd<'_>) -> rustix::io::Result<Option<Packet>> {
+    let mut buf = vec![0u8; MAX_PACKET];
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(8))];
+    let mut cmsg = RecvAncillaryBuffer::new(&mut space);
+    let r = loop {
+        match rustix::net::recvmsg(
+            sock,
+            &mut [IoSliceMut::new(&mut buf)],
+            &mut cmsg,
+            RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+        ) {
+            Err(rustix::io::Errno::INTR) => continue,
+            r => break r?,
+        }
+    };
+    let mut fds = Vec::new();
+    for m in cmsg.drain() {
+        if let RecvAncillaryMessage::ScmRights(it) = m {
+            fds.extend(it);
+        }
+    }
+    if r.bytes == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    buf.truncate(r.bytes);
+    let trunc = r.flags.contains(rustix::net::ReturnFlags::TRUNC)
+        || r.flags.contains(rustix::net::ReturnFlags::CTRUNC);
+    Ok(Some((buf, fds, trunc)))
+}
+
+fn raise_nofile() {
+    if let Ok(l) = Some(rustix::process::getrlimit(
+        rustix::process::Resource::Nofile,
+    ))
+    .ok_or(())
+        && let Some(max) = l.maximum
+    {
+        let _ = rustix::process::setrlimit(
+            rustix::process::Resource::Nofile,
+            rustix::process::Rlimit {
+                current: Some(max),
+                maximum: Some(max),
+            },
+        );
+    }
+}
+
+fn bind_listener(path: &Path) -> Result<OwnedFd, SimError> {
+    let addr = SocketAddrUnix::new(path)?;
+    if path.exists() {
+        let probe = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )?;
+        if rustix::net::connect(&probe, &addr).is_ok() {
+            return Err(SimError::Daemon(format!(
+                "a luo-sim daemon already listens on {}",
+                path.display()
+            )));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let l = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::bind(&l, &addr)?;
+    rustix::net::listen(&l, 128)?;
+    Ok(l)
+}
+
+/// Runs the daemon until killed. When started by [`kexec`]'s re-exec, boots from the handover
+/// and keeps the inherited listening socket.
+pub fn serve(opts: &ServeOptions) -> Result<(), SimError> {
+    raise_nofile();
+    let boot = BootOptions {
+        backing: BackingKind::Memfd,
+        arena_pages: opts.arena_pages,
+        ..BootOptions::default()
+    };
+    let inherit = std::env::var(INHERIT_ENV).ok().filter(|s| !s.is_empty());
+    let (listener, requester) = match &inherit {
+        Some(s) => {
+            let mut it = s.split_ascii_whitespace().map(str::parse::<RawFd>);
+            let (Some(Ok(l)), Some(Ok(r))) = (it.next(), it.next()) else {
+                return Err(SimError::Daemon(format!("bad {INHERIT_ENV}={s:?}")));
+            };
+            // SAFETY: the previous daemon cleared CLOEXEC on exactly these two fds for us and
+            // nothing else in this fresh process owns them.
+            let (l, r) = unsafe { (OwnedFd::from_raw_fd(l), OwnedFd::from_raw_fd(r)) };
+            rustix::io::fcntl_setfd(&l, FdFlags::CLOEXEC)?;
+            rustix::io::fcntl_setfd(&r, FdFlags::CLOEXEC)?;
+            (l, Some(r))
+        }
+        None => (bind_listener(&opts.socket)?, None),
+    };
+    let handover = if inherit.is_some() {
+        Handover::from_env().map_err(|e| SimError::Daemon(format!("handover: {e}")))?
+    } else {
+        None
+    };
+    let booted = Kernel::boot(&boot, handover);
+    let kernel = match booted {
+        Ok(k) => k,
+        Err(e) => {
+            let msg = format!("boot from the preserved memory failed: {e}");
+            if let Some(r) = &requester {
+                let mut b = Errno::EIO.to_neg().to_ne_bytes().to_vec();
+                b.extend_from_slice(msg.as_bytes());
+                let _ = send_pkt(r.as_fd(), &b, None);
+            }
+            return Err(SimError::Daemon(msg));
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut d = Daemon {
+        kernel,
+        listener,
+        conns: BTreeMap::new(),
+        next_id: 1,
+        mirrors: HashMap::new(),
+        verbose: opts.verbose,
+        nonce: format!("{}:{now:x}", std::process::id()),
+        pairs: 0,
+    };
+    let num = d.kernel.liveupdate_num();
+    d.log(format_args!(
+        "machine up (liveupdate_num {num}), listening on {}",
+        opts.socket.display()
+    ));
+    if let Some(r) = requester {
+        let mut b = 0i32.to_ne_bytes().to_vec();
+        let st = d.kernel.stats();
+        b.extend_from_slice(
+            format!(
+                "kexec done: liveupdate_num {num}, {} incoming sessions",
+                st.incoming_sessions
+            )
+            .as_bytes(),
+        );
+        let _ = send_pkt(r.as_fd(), &b, None);
+    }
+    d.run()
+}
+
+impl Daemon {
+    fn log(&self, args: std::fmt::Arguments<'_>) {
+        if self.verbose {
+            eprintln!("[luo-sim] {args}");
+        }
+    }
+
+    fn run(&mut self) -> Result<(), SimError> {
+        loop {
+            let ids: Vec<u64> = self.conns.keys().copied().collect();
+            let ready: Vec<(usize, PollFlags)> = {
+                let mut pfds = Vec::with_capacity(ids.len() + 1);
+                pfds.push(PollFd::new(&self.listener, PollFlags::IN));
+                for id in &ids {
+                    pfds.push(PollFd::new(&self.conns[id].sock, PollFlags::IN));
+                }
+                match poll(&mut pfds, None) {
+                    Ok(_) => {}
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+                pfds.iter()
+                    .enumerate()
+                    .filter(|(_, p)| !p.revents().is_empty())
+                    .map(|(i, p)| (i, p.revents()))
+                    .collect()
+            };
+            // Hang-ups first: a program's close happened before any request it sent after.
+            let (hup, rest): (Vec<_>, Vec<_>) = ready
+                .into_iter()
+                .partition(|(i, r)| *i > 0 && r.intersects(PollFlags::HUP | PollFlags::ERR));
+            for (i, _) in hup.into_iter().chain(rest) {
+                if i == 0 {
+                    self.accept();
+                } else {
+                    self.serve_conn(ids[i - 1]);
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        let Ok(s) = rustix::net::accept_with(&self.listener, SocketFlags::CLOEXEC) else {
+            return;
+        };
+        let pid =
+            rustix::net::sockopt::socket_peercred(&s).map_or(0, |c| c.pid.as_raw_nonzero().get());
+        let id = self.next_id;
+        self.next_id += 1;
+        self.conns.insert(
+            id,
+            Conn {
+                sock: s,
+                kind: Kind::Fresh,
+                pid,
+            },
+        );
+    }
+
+    fn drop_conn(&mut self, id: u64) {
+        if let Some(c) = self.conns.remove(&id) {
+            match c.kind {
+                Kind::Dev(fd) => {
+                    let _ = self.kernel.close(fd);
+                    self.log(format_args!("pid {}: close /dev/liveupdate", c.pid));
+                }
+                Kind::Session(fd) => {
+                    let name = self.kernel.file(fd).map(|f| f.name().to_owned());
+                    let _ = self.kernel.close(fd);
+                    self.log(format_args!(
+                        "pid {}: last close of {}",
+                        c.pid,
+                        name.unwrap_or_default()
+                    ));
+                }
+                Kind::Fresh => {}
+            }
+        }
+    }
+
+    fn serve_conn(&mut self, id: u64) {
+        let sock = match self.conns.get(&id) {
+            Some(c) => c.sock.as_fd().as_raw_fd(),
+            None => return,
+        };
+        // SAFETY: the connection (and its fd) stays in `conns` for this borrow's use below.
+        let sock = unsafe { BorrowedFd::borrow_raw(sock) };
+        let (msg, mut fds, trunc) = match recv_pkt(sock) {
+            Ok(Some(m)) => m,
+            Err(rustix::io::Errno::AGAIN) => return,
+            Ok(None) | Err(_) => return self.drop_conn(id),
+        };
+        let op = u32_at(&msg, 0);
+        let passed = if fds.is_empty() {
+            None
+        } else {
+            Some(fds.swap_remove(0))
+        };
+        drop(fds);
+        let (ret, data, fd) = if trunc || msg.len() < 4 {
+            err(Errno::EINVAL)
+        } else {
+            match op {
+                OP_OPEN => self.open(id),
+                OP_IOCTL => self.ioctl(id, &msg, passed),
+                OP_KEXEC => {
+                    let into = String::from_utf8_lossy(&msg[4..]).into_owned();
+                    return self.kexec(id, (!into.is_empty()).then(|| PathBuf::from(into)));
+                }
+                OP_PING => (0, Vec::new(), None),
+                _ => err(Errno::EINVAL),
+            }
+        };
+        let mut out = ret.to_ne_bytes().to_vec();
+        out.extend_from_slice(&data);
+        if send_pkt(sock, &out, fd.as_ref().map(|f| f.as_fd())).is_err() {
+            self.drop_conn(id);
+        }
+    }
+
+    fn open(&mut self, id: u64) -> Reply {
+        let pid = self.conns.get(&id).map_or(0, |c| c.pid);
+        if let Some(c) = self.conns.get(&id)
+            && !matches!(c.kind, Kind::Fresh)
+        {
+            return err(Errno::EINVAL);
+        }
+        let r = self.kernel.open_dev();
+        self.log(format_args!("pid {pid}: open /dev/liveupdate -> {r:?}"));
+        match r {
+            Ok(fd) => {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.kind = Kind::Dev(fd);
+                }
+                (0, Vec::new(), None)
+            }
+            Err(e) => err(e),
+        }
+    }
+
+    fn ioctl(&mut self, id: u64, msg: &[u8], passed: Option<OwnedFd>) -> Reply {
+        let (core_fd, is_session, pid) = match self.conns.get(&id) {
+            Some(Conn {
+                kind: Kind::Dev(fd),
+                pid,
+                ..
+            }) => (*fd, false, *pid),
+            Some(Conn {
+                kind: Kind::Session(fd),
+                pid,
+                ..
+            }) => (*fd, true, *pid),
+            _ => return err(Errno::EBADF),
+        };
+        if msg.len() < IOCTL_HDR {
+            return err(Errno::EINVAL);
+        }
+        let cmd = u32_at(msg, 4);
+        let flags = u32_at(msg, 8);
+        let size = u32_at(msg, 12);
+        let mut data: Vec<u8> = if flags & F_READABLE != 0 {
+            msg[IOCTL_HDR..msg.len().min(IOCTL_HDR + MAX_DATA)].to_vec()
+        } else {
+            Vec::new()
+        };
+        let r = self.ioctl_inner(
+            core_fd, is_session, pid, cmd, flags, size, &mut data, passed,
+        );
+        let shown = match &r {
+            Ok(x) => format!(
+                "ok{}",
+                x.as_ref().map_or(String::new(), |_| " (+fd)".into())
+            ),
+            Err(e) => format!("{e:?}"),
+        };
+        let what = self
+            .kernel
+            .file(core_fd)
+            .map(|f| f.name().to_owned())
+            .unwrap_or_default();
+        self.log(format_args!(
+            "pid {pid}: {what}: {} size={size} -> {shown}",
+            cmd_name(cmd)
+        ));
+        match r {
+            Ok(fd) => {
+                let n = (size as usize).min(op_size(cmd)).min(data.len());
+                data.truncate(n);
+                (0, data, fd)
+            }
+            Err(e) => err(e),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn ioctl_inner(
+        &mut self,
+        core_fd: i32,
+        is_session: bool,
+        pid: i32,
+        cmd: u32,
+        flags: u32,
+        size: u32,
+        data: &mut [u8],
+        passed: Option<OwnedFd>,
+    ) -> Result<Option<OwnedFd>, Errno> {
+        let big = data.len() == MAX_DATA && size as usize > MAX_DATA;
+        if big && flags & (F_TAIL_FAULT | F_TAIL_NONZERO) != 0 {
+            // The dispatcher's checks (nr, cmd, minimum size) come first: a short buffer
+            // gets past them to the EFAULT of reading the struct.
+            return match self.kernel.ioctl(core_fd, cmd, &mut data.to_vec()) {
+                Err(Errno::EFAULT) if flags & F_TAIL_FAULT == 0 => Err(Errno::E2BIG),
+                Err(e) => Err(e),
+                Ok(()) => Err(Errno::EFAULT),
+            };
+        }
+        if big {
+            // A zero tail past MAX_DATA changes nothing: show the core a MAX_DATA struct.
+            data[..4].copy_from_slice(&(MAX_DATA as u32).to_ne_bytes());
+        }
+        let preserve = is_session && cmd == PRESERVE_FD && data.len() >= 8;
+        let orig_fd = u32_at(data, 4) as i32;
+        let mut temp = None;
+        if preserve {
+            let target = match passed {
+                Some(f) => match self.adopt(f) {
+                    Ok((fd, is_temp)) => {
+                        if is_temp {
+                            temp = Some(fd);
+                        }
+                        fd
+                    }
+                    Err(e) => return Err(e),
+                },
+                None => -1,
+            };
+            put_i32(data, 4, target);
+        }
+        let r = self.kernel.ioctl(core_fd, cmd, data);
+        if let Some(t) = temp {
+            let _ = self.kernel.close(t);
+        }
+        if big {
+            data[..4].copy_from_slice(&size.to_ne_bytes());
+        }
+        if preserve {
+            put_i32(data, 4, orig_fd);
+        }
+        r?;
+        match (is_session, cmd) {
+            (false, CREATE_SESSION | RETRIEVE_SESSION) => {
+                let sfd = u32_at(data, 4) as i32;
+                match self.session_conn(sfd, pid) {
+                    Ok(client) => Ok(Some(client)),
+                    Err(e) => {
+                        let _ = self.kernel.close(sfd);
+                        Err(e)
+                    }
+                }
+            }
+            (true, RETRIEVE_FD) => {
+                let ffd = u32_at(data, 4) as i32;
+                self.export_memfd(ffd).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// A session connection: our end (bound to an abstract name the preload recognizes) is
+    /// served, the other end goes to the program.
+    fn session_conn(&mut self, core_fd: i32, pid: i32) -> Result<OwnedFd, Errno> {
+        let (mine, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(host_errno)?;
+        self.pairs += 1;
+        let name = format!(
+            "{}{}:{}",
+            String::from_utf8_lossy(SESSION_PREFIX),
+            self.nonce,
+            self.pairs
+        );
+        let addr = SocketAddrUnix::new_abstract_name(name.as_bytes()).map_err(host_errno)?;
+        rustix::net::bind(&mine, &addr).map_err(host_errno)?;
+        let id = self.next_id;
+        self.next_id += 1;
+        self.conns.insert(
+            id,
+            Conn {
+                sock: mine,
+                kind: Kind::Session(core_fd),
+                pid,
+            },
+        );
+        Ok(theirs)
+    }
+
+    /// The core fd standing for a program's file (PRESERVE_FD): a core memfd mirroring a
+    /// shmem file (refreshed now unless preserved), else a temporary `/dev/null` (ENOENT).
+    fn adopt(&mut self, f: OwnedFd) -> Result<(i32, bool), Errno> {
+        let st = rustix::fs::fstat(&f).map_err(host_errno)?;
+        let shmem = rustix::fs::fstatfs(&f).is_ok_and(|s| is_tmpfs(&s))
+            && rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+            && st.st_nlink == 0;
+        if !shmem {
+            return Ok((self.kernel.open_null()?, true));
+        }
+        let key = (st.st_dev, st.st_ino);
+        if let Some(m) = self.mirrors.get(&key) {
+            if m.client.is_some() {
+                self.sync(m, false);
+            }
+            return Ok((m.core_fd, false));
+        }
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let name = link
+            .strip_prefix("/memfd:")
+            .map(|s| s.strip_suffix(" (deleted)").unwrap_or(s))
+            .unwrap_or("shmem")
+            .to_owned();
+        let core_fd = self.kernel.memfd_create(&name)?;
+        let m = Mirror {
+            core_fd,
+            client: Some(f),
+        };
+        self.sync(&m, false);
+        self.mirrors.insert(key, m);
+        Ok((core_fd, false))
+    }
+
+    /// Copies a program's memfd into its core mirror: everything (size, data, seals, position)
+    /// while it is not preserved; at kexec, only the data within the preserved size.
+    fn sync(&self, m: &Mirror, at_kexec: bool) {
+        let Some(client) = &m.client else { return };
+        let Ok(file) = self.kernel.file(m.core_fd) else {
+            return;
+        };
+        let Some(mf) = file.memfd() else { return };
+        let frozen = mf.is_frozen();
+        if frozen != at_kexec {
+            return;
+        }
+        if let Ok(pos) = rustix::fs::seek(client, rustix::fs::SeekFrom::Current(0)) {
+            mf.set_pos(pos);
+        }
+        let csize = rustix::fs::fstat(client).map_or(0, |s| s.st_size as u64);
+        let cseals = rustix::fs::fcntl_get_seals(client).map_or(SealFlags::SEAL, |s| s);
+        let _ = mf.with_host_fd(|h| {
+            let hseals = rustix::fs::fcntl_get_seals(h).unwrap_or(SealFlags::empty());
+            if hseals.intersects(SealFlags::WRITE | SealFlags::FUTURE_WRITE) {
+                return;
+            }
+            let size = if at_kexec {
+                rustix::fs::fstat(h)
+                    .map_or(0, |s| s.st_size as u64)
+                    .min(csize)
+            } else {
+                if !hseals.intersects(SealFlags::SHRINK | SealFlags::GROW) {
+                    let _ = rustix::fs::ftruncate(h, 0);
+                    let _ = rustix::fs::ftruncate(h, csize);
+                }
+                csize
+            };
+            let mut buf = vec![0u8; 1 << 16];
+            let mut off = 0u64;
+            while off < size {
+                let want = ((size - off) as usize).min(buf.len());
+                let Ok(n) = rustix::io::pread(client, &mut buf[..want], off) else {
+                    break;
+                };
+                if n == 0 {
+                    break;
+                }
+                if at_kexec || buf[..n].iter().any(|&b| b != 0) {
+                    let _ = rustix::io::pwrite(h, &buf[..n], off);
+                }
+                off += n as u64;
+            }
+            if !at_kexec {
+                let missing = cseals.difference(hseals);
+                if !missing.is_empty() {
+                    let _ = rustix::fs::fcntl_add_seals(h, missing);
+                }
+            }
+        });
+    }
+
+    /// RETRIEVE_FD: the program gets the core memfd's host file itself.
+    fn export_memfd(&mut self, core_fd: i32) -> Result<OwnedFd, Errno> {
+        let file = self.kernel.file(core_fd)?;
+        let Some(mf) = file.memfd() else {
+            let _ = self.kernel.close(core_fd);
+            return Err(Errno::EINVAL);
+        };
+        mf.settle()?;
+        let pos = mf.pos();
+        let host = mf
+            .with_host_fd(|h| rustix::io::fcntl_dupfd_cloexec(h, 0))?
+            .map_err(host_errno)?;
+        let st = rustix::fs::fstat(&host).map_err(host_errno)?;
+        let key = (st.st_dev, st.st_ino);
+        if let std::collections::hash_map::Entry::Vacant(v) = self.mirrors.entry(key) {
+            let _ = rustix::fs::seek(&host, rustix::fs::SeekFrom::Start(pos));
+            v.insert(Mirror {
+                core_fd,
+                client: None,
+            });
+        } else {
+            let _ = self.kernel.close(core_fd);
+        }
+        Ok(host)
+    }
+
+    fn kexec(&mut self, id: u64, into: Option<PathBuf>) {
+        let Some(req) = self.conns.remove(&id) else {
+            return;
+        };
+        for m in self.mirrors.values() {
+            self.sync(m, true);
+        }
+        self.log(format_args!("kexec requested (pid {})", req.pid));
+        let h = match self.kernel.kexec() {
+            Ok(h) => h,
+            Err(e) => {
+                let msg = format!("reboot failed: {e:?}; the machine carries on");
+                self.log(format_args!("{msg}"));
+                let mut b = e.to_neg().to_ne_bytes().to_vec();
+                b.extend_from_slice(msg.as_bytes());
+                let _ = send_pkt(req.sock.as_fd(), &b, None);
+                self.conns.insert(id, req);
+                return;
+            }
+        };
+        self.conns.clear();
+        self.mirrors.clear();
+        let program = into.unwrap_or_else(|| {
+            std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"))
+        });
+        let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+        let ok = rustix::io::fcntl_setfd(&self.listener, FdFlags::empty()).is_ok()
+            && rustix::io::fcntl_setfd(&req.sock, FdFlags::empty()).is_ok();
+        let e = if ok {
+            let env = [(
+                INHERIT_ENV.to_owned(),
+                format!("{} {}", self.listener.as_raw_fd(), req.sock.as_raw_fd()),
+            )];
+            self.log(format_args!("re-exec {}", program.display()));
+            h.exec(&program, &args, &env)
+        } else {
+            Errno::EIO
+        };
+        let msg = format!("re-exec of {} failed: {e:?}", program.display());
+        let mut b = Errno::EIO.to_neg().to_ne_bytes().to_vec();
+        b.extend_from_slice(msg.as_bytes());
+        let _ = send_pkt(req.sock.as_fd(), &b, None);
+        eprintln!("[luo-sim] {msg}");
+        std::process::exit(1);
+    }
+}
+
+fn connect(socket: &Path) -> Result<OwnedFd, SimError> {
+    let s = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::connect(&s, &SocketAddrUnix::new(socket)?)?;
+    Ok(s)
+}
+
+fn request(socket: &Path, msg: &[u8]) -> Result<String, SimError> {
+    let s = connect(socket)?;
+    send_pkt(s.as_fd(), msg, None)?;
+    let mut buf = vec![0u8; MAX_PACKET];
+    let n = loop {
+        match rustix::io::read(&s, &mut buf) {
+            Err(rustix::io::Errno::INTR) => continue,
+            r => break r?,
+        }
+    };
+    if n < 4 {
+        return Err(SimError::Daemon("the daemon went away".into()));
+    }
+    let ret = i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    let text = String::from_utf8_lossy(&buf[4..n]).into_owned();
+    if ret != 0 {
+        return Err(SimError::Daemon(if text.is_empty() {
+            format!("errno {}", -ret)
+        } else {
+            text
+        }));
+    }
+    Ok(text)
+}
+
+/// `luo sim kexec [--into PATH]`: asks the daemon on `socket` for a live update and waits
+/// until the next daemon has booted. Returns its report line.
+pub fn kexec(socket: &Path, into: Option<&Path>) -> Result<String, SimError> {
+    let mut msg = OP_KEXEC.to_ne_bytes().to_vec();
+    if let Some(p) = into {
+        let p = std::fs::canonicalize(p)?;
+        msg.extend_from_slice(p.as_os_str().as_encoded_bytes());
+    }
+    request(socket, &msg)
+}
+
+/// Whether a daemon answers on `socket`.
+pub fn ping(socket: &Path) -> bool {
+    request(socket, &OP_PING.to_ne_bytes()).is_ok()
+}
+
+/// Waits until a daemon answers on `socket` (`false` on timeout).
+pub fn wait_ready(socket: &Path, timeout: std::time::Duration) -> bool {
+    let end = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < end {
+        if ping(socket) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    false
+}

@@ -1,0 +1,99 @@
+//! What a handler needs from the core that runs it: KHO, the files behind `struct file *`,
+//! and new memfds. The core installs its [`Host`] once with [`set_host`].
+
+use std::sync::{Arc, OnceLock};
+
+use luo_abi::Errno;
+use luo_abi::file::{File, FileRef};
+use luo_abi::kho::KhoService;
+use luo_generated::liveupdate::{file as CFile, liveupdate_file_handler, liveupdate_flb};
+
+/// The core as the handlers see it. Calls reach the *current* kernel (the one whose callback
+/// is running, upstream's global state).
+pub trait Host: Send + Sync {
+    /// The current kernel's KHO (`EOPNOTSUPP` without a current kernel).
+    fn kho(&self) -> Result<Arc<dyn KhoService + Send + Sync>, Errno>;
+
+    /// The file behind a `struct file *` LUO passed to a callback.
+    ///
+    /// # Safety
+    ///
+    /// `f` is NULL or a file the caller (a handler callback) holds a reference to for as long
+    /// as the returned reference is used.
+    unsafe fn file<'a>(&self, f: *mut CFile) -> Option<&'a dyn File>;
+
+    /// `memfd_alloc_file(name, flags)` in the current kernel.
+    fn memfd_alloc_file(&self, name: &str, flags: u32) -> Result<FileRef, Errno>;
+
+    /// Gives one reference to `f` away as a `struct file *` (a retrieve's output).
+    fn file_to_c(&self, f: FileRef) -> Result<*mut CFile, Errno>;
+
+    /// `liveupdate_register_file_handler` in the current kernel.
+    ///
+    /// # Safety
+    ///
+    /// `fh` points to a `'static`, immutable handler.
+    unsafe fn register_file_handler(&self, fh: *mut liveupdate_file_handler) -> Result<(), Errno>;
+
+    /// `liveupdate_register_flb(fh, flb)` in the current kernel.
+    ///
+    /// # Safety
+    ///
+    /// Both point to `'static`, immutable descriptors; `fh` is registered.
+    unsafe fn register_flb(
+        &self,
+        fh: *mut liveupdate_file_handler,
+        flb: *mut liveupdate_flb,
+    ) -> Result<(), Errno>;
+
+    /// `liveupdate_flb_get_incoming(flb)` in the current kernel.
+    fn flb_get_incoming(&self, flb: *mut liveupdate_flb) -> Result<*mut core::ffi::c_void, Errno>;
+
+    /// `liveupdate_flb_put_incoming(flb)` in the current kernel.
+    fn flb_put_incoming(&self, flb: *mut liveupdate_flb);
+}
+
+static HOST: OnceLock<&'static dyn Host> = OnceLock::new();
+
+/// Installs the core (once per process; later calls are ignored).
+pub fn set_host(h: &'static dyn Host) {
+    let _ = HOST.set(h);
+}
+
+/// The installed core (`EOPNOTSUPP` if none).
+pub fn host() -> Result<&'static dyn Host, Errno> {
+    HOST.get().copied().ok_or(Errno::EOPNOTSUPP)
+}
+
+/// A file handler descriptor in a `static` (the generated struct holds raw pointers).
+#[repr(transparent)]
+pub struct StaticHandler(pub liveupdate_file_handler);
+
+// SAFETY: immutable after construction; its ops pointer is to a `'static` table.
+unsafe impl Sync for StaticHandler {}
+
+impl StaticHandler {
+    /// The `struct liveupdate_file_handler *` the core keys on (never written through).
+    pub fn as_ptr(&'static self) -> *mut liveupdate_file_handler {
+        (&self.0 as *const liveupdate_file_handler).cast_mut()
+    }
+
+    /// The compatible string.
+    pub fn compatible(&self) -> &str {
+        let c = &self.0.compatible;
+        let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
+        std::str::from_utf8(&c[..end]).unwrap_or("")
+    }
+}
+
+/// Copies `s` into a NUL-padded 48-byte buffer at compile time (truncating to 47 bytes).
+pub const fn compat48(s: &str) -> [u8; 48] {
+    let b = s.as_bytes();
+    let mut out = [0u8; 48];
+    let mut i = 0;
+    while i < b.len() && i < 47 {
+        out[i] = b[i];
+        i += 1;
+    }
+    out
+}

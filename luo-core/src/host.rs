@@ -1,0 +1,73 @@
+//! The core as `luo-handlers` sees it ([`luo_handlers::host::Host`]): the current kernel's
+//! KHO, its files and its LUO registry.
+
+use std::sync::Arc;
+
+use luo_abi::Errno;
+use luo_abi::file::{File, FileRef, MemfdService};
+use luo_abi::kho::KhoService;
+use luo_generated::liveupdate::{file as CFile, liveupdate_file_handler, liveupdate_flb};
+use luo_handlers::host::Host;
+
+use crate::file::CoreFile;
+use crate::kernel::Kernel;
+
+struct CoreHost;
+
+fn current() -> Result<Kernel, Errno> {
+    Kernel::current().ok_or(Errno::EOPNOTSUPP)
+}
+
+impl Host for CoreHost {
+    fn kho(&self) -> Result<Arc<dyn KhoService + Send + Sync>, Errno> {
+        Ok(Arc::clone(current()?.kho()) as Arc<dyn KhoService + Send + Sync>)
+    }
+
+    unsafe fn file<'a>(&self, f: *mut CFile) -> Option<&'a dyn File> {
+        // SAFETY: the caller keeps the file alive while the reference is used.
+        unsafe { CoreFile::from_c(f) }.map(|f| f as &dyn File)
+    }
+
+    fn memfd_alloc_file(&self, name: &str, flags: u32) -> Result<FileRef, Errno> {
+        current()?.memfd_alloc_file(name, flags)
+    }
+
+    fn file_to_c(&self, f: FileRef) -> Result<*mut CFile, Errno> {
+        CoreFile::from_ref(f)
+            .map(CoreFile::into_c)
+            .ok_or(Errno::EINVAL)
+    }
+
+    unsafe fn register_file_handler(&self, fh: *mut liveupdate_file_handler) -> Result<(), Errno> {
+        let k = current()?;
+        // SAFETY: the caller guarantees a `'static`, immutable handler.
+        unsafe { k.luo().register_file_handler(fh) }
+    }
+
+    unsafe fn register_flb(
+        &self,
+        fh: *mut liveupdate_file_handler,
+        flb: *mut liveupdate_flb,
+    ) -> Result<(), Errno> {
+        let k = current()?;
+        // SAFETY: the caller guarantees `'static`, immutable descriptors.
+        unsafe { k.luo().register_flb(fh, flb) }
+    }
+
+    fn flb_get_incoming(&self, flb: *mut liveupdate_flb) -> Result<*mut core::ffi::c_void, Errno> {
+        current()?.luo().flb_get_incoming(flb)
+    }
+
+    fn flb_put_incoming(&self, flb: *mut liveupdate_flb) {
+        if let Ok(k) = current() {
+            k.luo().flb_put_incoming(flb);
+        }
+    }
+}
+
+static HOST: CoreHost = CoreHost;
+
+/// Installs the core as the handlers' host (idempotent).
+pub fn install() {
+    luo_handlers::host::set_host(&HOST);
+}

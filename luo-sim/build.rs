@@ -1,0 +1,26 @@
+//! Builds the LD_PRELOAD library `libluo_sim_preload.so` from `csrc/preload.c` with the C
+//! compiler the `cc` crate finds, and exposes its path as `LUO_SIM_PRELOAD`.
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-changed=csrc/preload.c");
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
+    let so = out.join("libluo_sim_preload.so");
+    let compiler = cc::Build::new().cargo_metadata(false).get_compiler();
+    let status = compiler
+        .to_command()
+        .args([
+            "-shared",
+            "-fPIC",
+            "-O2",
+            "-Wall",
+            "-U_FORTIFY_SOURCE",
+            "-o",
+        ])
+        .arg(&so)
+        .arg("csrc/preload.c")
+        .status()
+        .expect("run the C compiler");
+    assert!(status.success(), "building libluo_sim_preload.so failed");
+    println!("cargo:rustc-env=LUO_SIM_PRELOAD={}", so.display());
+}

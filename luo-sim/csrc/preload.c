@@ -1,0 +1,344 @@
+/* libluo_sim_preload.so: makes /dev/liveupdate appear to an unmodified program.
+ *
+ * open("/dev/liveupdate") connects a SOCK_SEQPACKET socket to the luo-sim daemon; session fds
+ * are socketpair ends the daemon sends back (bound to an abstract name "luo-sim:..."). So fork,
+ * dup and last close behave as with real fds: the daemon sees the close. ioctl on one of these
+ * sockets is forwarded (argument struct read with process_vm_readv, so a bad pointer gives
+ * EFAULT, never a crash); PRESERVE_FD sends the program's real fd with SCM_RIGHTS; RETRIEVE_FD
+ * and the session ioctls receive a real fd the same way. Everything else is a raw syscall.
+ *
+ * The wire format is documented in luo-sim/src/proto.rs. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define EXPORT __attribute__((visibility("default")))
+
+#define OP_OPEN 1u
+#define OP_IOCTL 2u
+#define F_READABLE 1u
+#define F_TAIL_FAULT 2u
+#define F_TAIL_NONZERO 4u
+#define MAX_DATA 4096
+#define IOCTL_HDR 16
+#define MAX_PACKET (IOCTL_HDR + MAX_DATA + 256)
+#define PRESERVE_FD 0xBA40u
+#define SESSION_PREFIX "luo-sim:"
+
+static int socket_path(char *buf, size_t len)
+{
+	const char *p = getenv("LUO_SIM_SOCKET");
+	if (p && *p)
+		return snprintf(buf, len, "%s", p) < (int)len ? 0 : -1;
+	p = getenv("XDG_RUNTIME_DIR");
+	if (p && *p)
+		return snprintf(buf, len, "%s/luo-sim.sock", p) < (int)len ? 0 : -1;
+	p = getenv("TMPDIR");
+	if (!p || !*p)
+		p = "/tmp";
+	return snprintf(buf, len, "%s/luo-sim-%u.sock", p, (unsigned)getuid()) < (int)len ? 0 : -1;
+}
+
+/* Is fd a connection to the daemon (device or session)? */
+static int is_ours(int fd)
+{
+	struct stat st;
+	if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode))
+		return 0;
+	struct sockaddr_un a;
+	socklen_t al = sizeof(a);
+	memset(&a, 0, sizeof(a));
+	if (getpeername(fd, (struct sockaddr *)&a, &al) != 0 || a.sun_family != AF_UNIX)
+		return 0;
+	size_t n = al > offsetof(struct sockaddr_un, sun_path) ? al - offsetof(struct sockaddr_un, sun_path) : 0;
+	if (n > 0 && a.sun_path[0] == 0)
+		return n - 1 >= strlen(SESSION_PREFIX) &&
+		       memcmp(a.sun_path + 1, SESSION_PREFIX, strlen(SESSION_PREFIX)) == 0;
+	char path[sizeof(a.sun_path) + 1];
+	if (socket_path(path, sizeof(path)) != 0)
+		return 0;
+	return n > 0 && strnlen(a.sun_path, n) == strlen(path) && memcmp(a.sun_path, path, strlen(path)) == 0;
+}
+
+/* Reads len bytes of our own memory at addr; 0 or -EFAULT. */
+static int peek(const void *addr, void *dst, size_t len)
+{
+	if (len == 0)
+		return 0;
+	struct iovec l = { dst, len }, r = { (void *)addr, len };
+	ssize_t n = process_vm_readv(getpid(), &l, 1, &r, 1, 0);
+	return n == (ssize_t)len ? 0 : -EFAULT;
+}
+
+static int poke(void *addr, const void *src, size_t len)
+{
+	if (len == 0)
+		return 0;
+	struct iovec l = { (void *)src, len }, r = { addr, len };
+	ssize_t n = process_vm_writev(getpid(), &l, 1, &r, 1, 0);
+	return n == (ssize_t)len ? 0 : -EFAULT;
+}
+
+static int send_pkt(int sock, const void *buf, size_t len, int fd)
+{
+	struct iovec iov = { (void *)buf, len };
+	union {
+		struct cmsghdr h;
+		char b[CMSG_SPACE(sizeof(int))];
+	} c;
+	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
+	if (fd >= 0) {
+		memset(&c, 0, sizeof(c));
+		m.msg_control = c.b;
+		m.msg_controllen = sizeof(c.b);
+		struct cmsghdr *h = CMSG_FIRSTHDR(&m);
+		h->cmsg_level = SOL_SOCKET;
+		h->cmsg_type = SCM_RIGHTS;
+		h->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(h), &fd, sizeof(int));
+	}
+	ssize_t n;
+	do
+		n = sendmsg(sock, &m, MSG_NOSIGNAL);
+	while (n < 0 && errno == EINTR);
+	return n == (ssize_t)len ? 0 : -errno;
+}
+
+/* Receives one reply: its length, or -errno; *fd gets a passed descriptor or -1. */
+static ssize_t recv_pkt(int sock, void *buf, size_t len, int *fd)
+{
+	struct iovec iov = { buf, len };
+	union {
+		struct cmsghdr h;
+		char b[CMSG_SPACE(4 * sizeof(int))];
+	} c;
+	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = c.b, .msg_controllen = sizeof(c.b) };
+	ssize_t n;
+	*fd = -1;
+	do
+		n = recvmsg(sock, &m, MSG_CMSG_CLOEXEC);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return -errno;
+	for (struct cmsghdr *h = CMSG_FIRSTHDR(&m); h; h = CMSG_NXTHDR(&m, h)) {
+		if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
+			continue;
+		int cnt = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		for (int i = 0; i < cnt; i++) {
+			int f;
+			memcpy(&f, CMSG_DATA(h) + i * sizeof(int), sizeof(int));
+			if (*fd < 0)
+				*fd = f;
+			else
+				syscall(SYS_close, f);
+		}
+	}
+	return n;
+}
+
+EXPORT int luo_sim_open(int flags)
+{
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	if (socket_path(path, sizeof(path)) != 0)
+		return -ENOENT;
+	int s = socket(AF_UNIX, SOCK_SEQPACKET | ((flags & O_CLOEXEC) ? SOCK_CLOEXEC : 0), 0);
+	if (s < 0)
+		return -errno;
+	struct sockaddr_un a;
+	memset(&a, 0, sizeof(a));
+	a.sun_family = AF_UNIX;
+	memcpy(a.sun_path, path, strlen(path));
+	if (connect(s, (struct sockaddr *)&a, sizeof(a)) != 0) {
+		syscall(SYS_close, s);
+		return -ENOENT; /* no simulated machine: no device */
+	}
+	uint32_t op = OP_OPEN;
+	int32_t ret = -EIO;
+	int fd = -1;
+	if (send_pkt(s, &op, sizeof(op), -1) == 0 && recv_pkt(s, &ret, sizeof(ret), &fd) == sizeof(ret)) {
+		if (fd >= 0)
+			syscall(SYS_close, fd);
+		if (ret == 0)
+			return s;
+	}
+	syscall(SYS_close, s);
+	return ret < 0 ? ret : -EIO;
+}
+
+EXPORT int luo_sim_ioctl(int fd, unsigned long req, void *arg, int *handled)
+{
+	*handled = 0;
+	if (!is_ours(fd))
+		return 0;
+	*handled = 1;
+	static __thread unsigned char pkt[MAX_PACKET];
+	uint32_t hdr[4] = { OP_IOCTL, (uint32_t)req, 0, 0 };
+	size_t dlen = 0;
+	uint32_t size;
+	unsigned char *data = pkt + IOCTL_HDR;
+	if (peek(arg, &size, 4) == 0) {
+		hdr[2] |= F_READABLE;
+		hdr[3] = size;
+		size_t want = size < 4 ? 4 : (size > MAX_DATA ? MAX_DATA : size);
+		if (peek(arg, data, want) == 0) {
+			dlen = want;
+			if (size > MAX_DATA) {
+				unsigned char chunk[4096];
+				for (uint64_t off = MAX_DATA; off < size; off += sizeof(chunk)) {
+					size_t c = size - off < sizeof(chunk) ? size - off : sizeof(chunk);
+					if (peek((char *)arg + off, chunk, c) != 0) {
+						hdr[2] |= F_TAIL_FAULT;
+						break;
+					}
+					for (size_t i = 0; i < c; i++)
+						if (chunk[i]) {
+							hdr[2] |= F_TAIL_NONZERO;
+							break;
+						}
+					if (hdr[2] & F_TAIL_NONZERO)
+						break;
+				}
+			}
+		} else {
+			memcpy(data, &size, 4);
+			dlen = 4;
+		}
+	}
+	memcpy(pkt, hdr, sizeof(hdr));
+	int pass = -1;
+	if ((uint32_t)req == PRESERVE_FD && dlen >= 8) {
+		int32_t target;
+		memcpy(&target, data + 4, 4);
+		if (target >= 0 && fcntl(target, F_GETFD) >= 0)
+			pass = target;
+	}
+	int r = send_pkt(fd, pkt, IOCTL_HDR + dlen, pass);
+	if (r < 0)
+		return r == -EPIPE || r == -ECONNRESET || r == -ENOTCONN ? -EIO : r;
+	int got = -1;
+	ssize_t n = recv_pkt(fd, pkt, sizeof(pkt), &got);
+	if (n < 4) {
+		if (got >= 0)
+			syscall(SYS_close, got);
+		return n < 0 && n != -ECONNRESET ? (int)n : -EIO; /* the machine went away (kexec) */
+	}
+	int32_t ret;
+	memcpy(&ret, pkt, 4);
+	size_t rlen = n - 4;
+	if (got >= 0 && rlen >= 8)
+		memcpy(pkt + 4 + 4, &got, 4);
+	if (ret == 0 && poke(arg, pkt + 4, rlen) != 0) {
+		ret = -EFAULT;
+		if (got >= 0)
+			syscall(SYS_close, got);
+	} else if (ret != 0 && got >= 0) {
+		syscall(SYS_close, got);
+	}
+	return ret;
+}
+
+static int is_dev(const char *path)
+{
+	return path && strcmp(path, "/dev/liveupdate") == 0;
+}
+
+static int need_mode(int flags)
+{
+	return (flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE;
+}
+
+static int do_openat(int dirfd, const char *path, int flags, unsigned int mode)
+{
+	if (is_dev(path)) {
+		int r = luo_sim_open(flags);
+		if (r < 0) {
+			errno = -r;
+			return -1;
+		}
+		return r;
+	}
+	return (int)syscall(SYS_openat, dirfd, path, flags, mode);
+}
+
+#define MODE_ARG(flags, last)                                   \
+	unsigned int mode = 0;                                  \
+	if (need_mode(flags)) {                                 \
+		va_list ap;                                     \
+		va_start(ap, last);                             \
+		mode = va_arg(ap, unsigned int);                \
+		va_end(ap);                                     \
+	}
+
+EXPORT int open(const char *path, int flags, ...)
+{
+	MODE_ARG(flags, flags);
+	return do_openat(AT_FDCWD, path, flags, mode);
+}
+
+EXPORT int open64(const char *path, int flags, ...)
+{
+	MODE_ARG(flags, flags);
+	return do_openat(AT_FDCWD, path, flags, mode);
+}
+
+EXPORT int openat(int dirfd, const char *path, int flags, ...)
+{
+	MODE_ARG(flags, flags);
+	return do_openat(dirfd, path, flags, mode);
+}
+
+EXPORT int openat64(int dirfd, const char *path, int flags, ...)
+{
+	MODE_ARG(flags, flags);
+	return do_openat(dirfd, path, flags, mode);
+}
+
+EXPORT int __open_2(const char *path, int flags)
+{
+	return do_openat(AT_FDCWD, path, flags, 0);
+}
+
+EXPORT int __open64_2(const char *path, int flags)
+{
+	return do_openat(AT_FDCWD, path, flags, 0);
+}
+
+EXPORT int __openat_2(int dirfd, const char *path, int flags)
+{
+	return do_openat(dirfd, path, flags, 0);
+}
+
+EXPORT int __openat64_2(int dirfd, const char *path, int flags)
+{
+	return do_openat(dirfd, path, flags, 0);
+}
+
+EXPORT int ioctl(int fd, unsigned long req, ...)
+{
+	va_list ap;
+	va_start(ap, req);
+	void *arg = va_arg(ap, void *);
+	va_end(ap);
+	int handled = 0;
+	int r = luo_sim_ioctl(fd, req, arg, &handled);
+	if (handled) {
+		if (r < 0) {
+			errno = -r;
+			return -1;
+		}
+		return r;
+	}
+	return (int)syscall(SYS_ioctl, fd, req, arg);
+}

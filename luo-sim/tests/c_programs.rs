@@ -1,0 +1,182 @@
+//! Unmodified C programs (tests/c/sim) against the daemon, through the preload library.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("luo-sim-test-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Compiles `tests/c/sim/NAME.c` into `dir`.
+fn build(dir: &Path, name: &str) -> PathBuf {
+    let out = dir.join(name);
+    let src = root().join(format!("tests/c/sim/{name}.c"));
+    let st = Command::new("gcc")
+        .args(["-O1", "-Wall", "-Werror", "-I"])
+        .arg(root().join("generated/include/uapi"))
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("gcc");
+    assert!(st.success(), "gcc {}", src.display());
+    out
+}
+
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(dir: &Path) -> Daemon {
+        let socket = dir.join("sim.sock");
+        let log = dir.join("daemon.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_luo-sim-daemon"))
+            .arg("serve")
+            .arg("--socket")
+            .arg(&socket)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        assert!(
+            luo_sim::wait_ready(&socket, Duration::from_secs(10)),
+            "daemon did not come up"
+        );
+        Daemon { child, socket, log }
+    }
+
+    fn run(&self, prog: &Path, args: &[&str]) -> std::process::Output {
+        Command::new(prog)
+            .args(args)
+            .env("LD_PRELOAD", luo_sim::PRELOAD)
+            .env("LUO_SIM_SOCKET", &self.socket)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn run_ok(&self, prog: &Path, args: &[&str]) -> String {
+        let o = self.run(prog, args);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success(),
+            "{} {args:?} failed: {}\nstdout: {out}\nstderr: {}\ndaemon log tail: {}",
+            prog.display(),
+            o.status,
+            String::from_utf8_lossy(&o.stderr),
+            self.log_tail()
+        );
+        out
+    }
+
+    fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn basic_uapi_behaviours() {
+    let dir = scratch("basic");
+    let prog = build(&dir, "basic");
+    let d = Daemon::start(&dir);
+    let out = d.run_ok(&prog, &[]);
+    assert!(out.contains("basic: ok"), "{out}");
+    // The daemon logged the calls.
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    assert!(log.contains("CREATE_SESSION"), "{log}");
+}
+
+#[test]
+fn no_daemon_means_no_device() {
+    let dir = scratch("nodaemon");
+    let prog = build(&dir, "nodev");
+    let o = Command::new(&prog)
+        .env("LD_PRELOAD", luo_sim::PRELOAD)
+        .env("LUO_SIM_SOCKET", dir.join("absent.sock"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn two_stage(d: &Daemon, dir: &Path, nsess: u32, nfiles: u32) {
+    let s1 = build(dir, "stage1");
+    let s2 = build(dir, "stage2");
+    let (ns, nf) = (nsess.to_string(), nfiles.to_string());
+    let out = d.run_ok(&s1, &[&ns, &nf]);
+    let child: i32 = out.trim().parse().expect("child pid");
+    let report =
+        luo_sim::kexec(&d.socket, None).unwrap_or_else(|e| panic!("kexec: {e}\n{}", d.log_tail()));
+    assert!(report.contains("kexec done"), "{report}");
+    let out = d.run_ok(&s2, &[&ns, &nf]);
+    assert!(out.contains("stage2: ok"), "{out}");
+    let _ = Command::new("kill").arg(child.to_string()).status();
+}
+
+#[test]
+fn two_stage_kexec() {
+    let dir = scratch("twostage");
+    let d = Daemon::start(&dir);
+    two_stage(&d, &dir, 1, 1);
+    two_stage(&d, &dir, 5, 20);
+    two_stage(&d, &dir, 2000, 500);
+}
+
+#[test]
+fn fuzz_and_crashes_leave_the_daemon_working() {
+    let dir = scratch("fuzz");
+    let d = Daemon::start(&dir);
+    let fuzz = build(&dir, "fuzz");
+    let basic = build(&dir, "basic");
+    let out = d.run_ok(&fuzz, &["10000", "12345"]);
+    assert!(out.contains("survived"), "{out}");
+    // A client killed in the middle of its calls.
+    let mut c = Command::new(&fuzz)
+        .args(["100000000", "7"])
+        .env("LD_PRELOAD", luo_sim::PRELOAD)
+        .env("LUO_SIM_SOCKET", &d.socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    c.kill().unwrap();
+    c.wait().unwrap();
+    // Garbage packets straight to the socket get an errno, not a crash.
+    for len in [0usize, 1, 3, 4, 15, 16, 17, 100, 5000] {
+        let s = std::os::unix::net::UnixStream::connect(&d.socket);
+        drop(s); // wrong socket type: refused or dropped
+        let sock = rustix::net::socket(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            None,
+        )
+        .unwrap();
+        rustix::net::connect(&sock, &rustix::net::SocketAddrUnix::new(&d.socket).unwrap()).unwrap();
+        let junk: Vec<u8> = (0..len).map(|i| (i * 131 + 7) as u8).collect();
+        let _ = rustix::net::send(&sock, &junk, rustix::net::SendFlags::empty());
+        let mut b = [0u8; 64];
+        let _ = rustix::io::read(&sock, &mut b);
+    }
+    assert!(luo_sim::ping(&d.socket));
+    let out = d.run_ok(&basic, &[]);
+    assert!(out.contains("basic: ok"), "{out}");
+}

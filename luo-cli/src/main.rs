@@ -69,6 +69,9 @@ enum Command {
         #[arg(long, hide = true)]
         stage2: bool,
     },
+    /// The simulated /dev/liveupdate: run unmodified programs against the core.
+    #[command(subcommand)]
+    Sim(SimCommand),
     /// Decode a handover image (sessions, files, FLBs, preserved ranges).
     Inspect {
         /// Image saved by `luo simulate --save-image`.
@@ -92,6 +95,32 @@ enum Command {
         #[arg(long)]
         version: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum SimCommand {
+    /// Run the daemon: one simulated machine on a Unix socket
+    /// ($LUO_SIM_SOCKET, else $XDG_RUNTIME_DIR/luo-sim.sock, else the temp dir).
+    Serve {
+        /// Socket path.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Do not log each uAPI call.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Live-update the daemon's machine: freeze, serialize, drop every session
+    /// connection and re-exec (this binary, or `--into` another build).
+    Kexec {
+        /// Socket path.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Binary to boot into.
+        #[arg(long)]
+        into: Option<PathBuf>,
+    },
+    /// Print the path of the LD_PRELOAD library.
+    Preload,
 }
 
 #[derive(Subcommand)]
@@ -188,6 +217,7 @@ fn main() -> ExitCode {
             simulate(&opts, stage2)
         }
         Command::Inspect { image, json } => inspect(&image, json),
+        Command::Sim(cmd) => sim(cmd),
         Command::Layout {
             name,
             arch,
@@ -260,6 +290,44 @@ fn inspect(image: &std::path::Path, json: bool) -> ExitCode {
         Err(e) => {
             eprintln!("luo inspect: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+fn sim(cmd: SimCommand) -> ExitCode {
+    match cmd {
+        SimCommand::Serve { socket, quiet } => {
+            let opts = luo_sim::ServeOptions {
+                socket: socket.unwrap_or_else(luo_sim::default_socket_path),
+                verbose: !quiet,
+                ..Default::default()
+            };
+            // A kexec re-runs this binary with the same arguments; `serve`
+            // finds the inherited machine by itself.
+            match luo_sim::serve(&opts) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("luo sim serve: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        SimCommand::Kexec { socket, into } => {
+            let socket = socket.unwrap_or_else(luo_sim::default_socket_path);
+            match luo_sim::kexec(&socket, into.as_deref()) {
+                Ok(line) => {
+                    println!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("luo sim kexec: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        SimCommand::Preload => {
+            println!("{}", luo_sim::PRELOAD);
+            ExitCode::SUCCESS
         }
     }
 }

@@ -103,6 +103,22 @@ pub enum ImageError {
         /// What is wrong.
         why: String,
     },
+    /// The 6.19/7.0 `luo-v1` FDT is malformed or lacks a node or property.
+    #[error("luo-v1 FDT: {why}")]
+    Fdt {
+        /// What is wrong.
+        why: String,
+    },
+    /// A 6.19/7.0 session or file array holds more entries than its fixed area.
+    #[error("{what}: count {count} above the maximum {max}")]
+    TooMany {
+        /// Which array.
+        what: &'static str,
+        /// The count found.
+        count: u64,
+        /// The limit.
+        max: u64,
+    },
     /// A block chain visits a block twice.
     #[error("{what} block chain has a cycle at {phys:#x}")]
     BlockCycle {

@@ -51,6 +51,7 @@ pub mod blocks;
 pub mod capi;
 pub mod error;
 pub mod exec;
+pub mod fdt;
 pub mod fdt_luo;
 pub mod file;
 pub mod global;

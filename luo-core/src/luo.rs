@@ -31,7 +31,7 @@ use crate::kho::Kho;
 use crate::mem::lock;
 use crate::util::{cstr, lossy};
 use crate::version::{KernelVersion, LuoFormat};
-use luo_generated::luo::next;
+use luo_generated::luo::{next, v1};
 use luo_handlers::memfd::format::FeatureError;
 
 /// A raw pointer that may cross threads; what it points to is the registrant's to keep alive.
@@ -248,7 +248,10 @@ pub(crate) struct SessionSt {
     pub(crate) files: Vec<LuoFile>,
     pub(crate) retrieved: bool,
     blocks: BlockSet,
-    in_blocks: Vec<u64>,
+    /// Incoming metadata pages of the session's files (phys, order), freed at finish.
+    in_blocks: Vec<(u64, u32)>,
+    /// The outgoing `luo-v1` file area (6.19/7.0: one contiguous 2-page array).
+    flat: Option<u64>,
 }
 
 /// A session (outgoing, or incoming from the previous kernel).
@@ -268,6 +271,7 @@ impl Session {
                 retrieved: false,
                 blocks: BlockSet::new(size_of::<luo_file_ser>(), LUO_FILES_PER_BLOCK),
                 in_blocks: Vec::new(),
+                flat: None,
             }),
         }
     }
@@ -306,6 +310,8 @@ pub struct SessionImage {
     pub files: u64,
     /// Its file count.
     pub count: u64,
+    /// `files` is a contiguous `luo_file_ser[]` (6.19/7.0), not a block chain.
+    pub flat: bool,
 }
 
 /// What the previous kernel handed over, as read at early boot.
@@ -348,6 +354,7 @@ pub struct Luo {
     frozen: AtomicBool,
     ext: crate::global::Ext,
     version: KernelVersion,
+    v1_area: Mutex<Option<u64>>,
 }
 
 /// A call the freeze/rollback path made, for tests of the rollback order.
@@ -531,6 +538,7 @@ fn read_chains<M: PhysRead + ?Sized>(
             name: s.name[..end].to_vec(),
             files: s.file_set_ser.files.addr().as_u64(),
             count: s.file_set_ser.count,
+            flat: false,
         });
     }
     let flbs = if flbs_pa == 0 {
@@ -597,7 +605,14 @@ impl Luo {
         let host = ImageError::Host;
         let root_size = Self::root_size(version);
         let root = kho.alloc_preserve(root_size).map_err(host)?.as_u64();
-        let flb_area = kho.alloc_preserve(PAGE_SIZE).map_err(host)?.as_u64();
+        // 6.19 has no FLBs: its FLB area (kept for the FLB code) is not handed over.
+        let flb_area = if version.luo_writes() == LuoFormat::V1 {
+            kho.alloc_folio(0)
+        } else {
+            kho.alloc_preserve(PAGE_SIZE)
+        }
+        .map_err(host)?
+        .as_u64();
         let luo = Luo {
             kho,
             enabled,
@@ -618,6 +633,7 @@ impl Luo {
             frozen: AtomicBool::new(false),
             ext: crate::global::Ext::default(),
             version,
+            v1_area: Mutex::new(None),
         };
         luo.read_incoming_ext()?;
         luo.write_root(0).map_err(host)?;
@@ -641,6 +657,38 @@ impl Luo {
         self.version
     }
 
+    fn writes_fdt(&self) -> bool {
+        matches!(self.version.luo_writes(), LuoFormat::V1 | LuoFormat::V1Flb)
+    }
+
+    /// 6.19/7.0: the session area (`luo_session_header_ser` + `luo_session_ser[]`,
+    /// `LUO_SESSION_PGCNT` pages), allocated once.
+    fn write_session_area(&self, entries: &[luo_session_ser]) -> Result<u64, Errno> {
+        if entries.len() as u64 > v1::LUO_SESSION_MAX {
+            return Err(Errno::ENOSPC);
+        }
+        let mut a = lock(&self.v1_area);
+        let area = match *a {
+            Some(x) => x,
+            None => {
+                let x = self
+                    .kho
+                    .alloc_preserve(v1::LUO_SESSION_PGCNT as usize * PAGE_SIZE)?
+                    .as_u64();
+                *a = Some(x);
+                x
+            }
+        };
+        let h = v1::luo_session_header_ser {
+            count: entries.len() as u64,
+        };
+        self.kho.write(PhysAddr::new(area), h.as_bytes())?;
+        // `luo_session_ser` of luo-session-v2 and of luo-v5 have the same 80-byte layout.
+        self.kho
+            .write(PhysAddr::new(area + 8), entries.as_bytes())?;
+        Ok(area)
+    }
+
     fn write_root(&self, sessions_pa: u64) -> Result<(), Errno> {
         match self.version.luo_writes() {
             LuoFormat::V5 => {}
@@ -654,8 +702,14 @@ impl Luo {
                 ser.flbs_pa = luo_abi::Phys::new(PhysAddr::new(self.flb_area));
                 return self.kho.write(PhysAddr::new(self.root), ser.as_bytes());
             }
-            // The FDT writer is pending: `serialize` refuses; nothing to write at boot.
-            LuoFormat::V1 | LuoFormat::V1Flb => return Ok(()),
+            LuoFormat::V1 | LuoFormat::V1Flb => {
+                let flbs = (self.version.luo_writes() == LuoFormat::V1Flb).then_some(self.flb_area);
+                let fdt = crate::fdt_luo::build(self.liveupdate_num, sessions_pa, flbs);
+                if fdt.len() > PAGE_SIZE {
+                    return Err(Errno::ENOSPC);
+                }
+                return self.kho.write(PhysAddr::new(self.root), &fdt);
+            }
         }
         let mut ser = luo_ser::new_zeroed();
         ser.compatible[..LUO_ABI_COMPATIBLE.len()].copy_from_slice(LUO_ABI_COMPATIBLE.as_bytes());
@@ -1123,13 +1177,25 @@ impl Luo {
         let handlers = lock(&self.reg).handlers.clone();
         let mut sessions = Vec::new();
         for img in images {
-            let chain = read_chain(
-                &*self.kho,
-                img.files,
-                size_of::<luo_file_ser>(),
-                LUO_FILES_PER_BLOCK,
-                "file",
-            )?;
+            let chain = if img.flat {
+                let mut entries = vec![0u8; img.count as usize * size_of::<luo_file_ser>()];
+                let mut blocks = Vec::new();
+                if img.files != 0 {
+                    self.kho.read(PhysAddr::new(img.files), &mut entries)?;
+                    blocks.push(img.files);
+                } else if img.count != 0 {
+                    return Err(Errno::EINVAL);
+                }
+                crate::blocks::Chain { entries, blocks }
+            } else {
+                read_chain(
+                    &*self.kho,
+                    img.files,
+                    size_of::<luo_file_ser>(),
+                    LUO_FILES_PER_BLOCK,
+                    "file",
+                )?
+            };
             let found = (chain.entries.len() / size_of::<luo_file_ser>()) as u64;
             if found != img.count {
                 return Err(Errno::EINVAL);
@@ -1157,9 +1223,9 @@ impl Luo {
                     });
                 }
                 for &b in &chain.blocks {
-                    self.kho.restore_folio(PhysAddr::new(b))?;
+                    let order = self.kho.restore_folio(PhysAddr::new(b))?;
+                    st.in_blocks.push((b, order));
                 }
-                st.in_blocks = chain.blocks;
             }
             sessions.push(Arc::new(s));
         }
@@ -1185,7 +1251,9 @@ impl Luo {
             return Err(Errno::EEXIST);
         }
         let n = l.out.len() as u64 + 1;
-        l.blocks.ensure(&*self.kho, n)?;
+        if !self.writes_fdt() {
+            l.blocks.ensure(&*self.kho, n)?;
+        }
         let s = Arc::new(Session::new(name.to_vec(), false));
         l.out.push(Arc::clone(&s));
         l.names.insert(name.to_vec());
@@ -1227,7 +1295,9 @@ impl Luo {
             return Err(Errno::EEXIST);
         }
         let n = st.files.len() as u64;
-        st.blocks.ensure(&*self.kho, n + 1)?;
+        if !self.writes_fdt() {
+            st.blocks.ensure(&*self.kho, n + 1)?;
+        }
         let r = self.preserve_file(token, file);
         match r {
             Ok(f) => {
@@ -1358,8 +1428,8 @@ impl Luo {
                 lock(&self.ids).remove(&id);
             }
         }
-        for b in std::mem::take(&mut st.in_blocks) {
-            let _ = self.kho.free_folio(PhysAddr::new(b), 0);
+        for (b, order) in std::mem::take(&mut st.in_blocks) {
+            let _ = self.kho.free_folio(PhysAddr::new(b), order);
         }
         drop(st);
         self.kho.release_idle_regions();
@@ -1391,6 +1461,9 @@ impl Luo {
                 }
             }
             st.blocks.free_all(&*self.kho);
+            if let Some(a) = st.flat.take() {
+                let _ = self.kho.unpreserve_free(PhysAddr::new(a));
+            }
         }
         let mut l = lock(&self.lists);
         l.out.retain(|x| !Arc::ptr_eq(x, s));
@@ -1416,10 +1489,7 @@ impl Luo {
     /// `log` records every freeze/unfreeze call.
     pub(crate) fn serialize(&self, log: &mut FreezeLog) -> Result<(), Errno> {
         self.check_live()?;
-        if matches!(self.version.luo_writes(), LuoFormat::V1 | LuoFormat::V1Flb) {
-            // The `luo-v1` FDT writer is pending.
-            return Err(Errno::EOPNOTSUPP);
-        }
+
         let l = lock(&self.lists);
         let mut entries: Vec<luo_session_ser> = Vec::with_capacity(l.out.len());
         for (si, s) in l.out.iter().enumerate() {
@@ -1459,7 +1529,11 @@ impl Luo {
             l.blocks.clear(&*self.kho);
             return Err(err);
         }
-        let head = l.blocks.write(&*self.kho, entries.as_bytes())?;
+        let head = if self.writes_fdt() {
+            self.write_session_area(&entries)?
+        } else {
+            l.blocks.write(&*self.kho, entries.as_bytes())?
+        };
         self.flb_serialize()?;
         self.write_ext()?;
         self.write_root(head)?;
@@ -1503,6 +1577,28 @@ impl Luo {
                 token: f.token,
             })
             .collect();
+        if self.writes_fdt() {
+            // 6.19/7.0: one contiguous area of LUO_FILE_PGCNT pages per session.
+            if entries.len() as u64 > v1::LUO_FILE_MAX {
+                for g in st.files.iter() {
+                    Self::unfreeze(s, g, log);
+                }
+                return Err(Errno::ENOSPC);
+            }
+            let area = match st.flat {
+                Some(a) => a,
+                None => {
+                    let a = self
+                        .kho
+                        .alloc_preserve(v1::LUO_FILE_PGCNT as usize * PAGE_SIZE)?
+                        .as_u64();
+                    st.flat = Some(a);
+                    a
+                }
+            };
+            self.kho.write(PhysAddr::new(area), entries.as_bytes())?;
+            return Ok((area, entries.len() as u64));
+        }
         let head = st.blocks.write(&*self.kho, entries.as_bytes())?;
         Ok((head, entries.len() as u64))
     }

@@ -65,6 +65,12 @@ enum Command {
         /// One JSON object per phase.
         #[arg(long)]
         json: bool,
+        /// Kernel the first stage plays (6.19, 7.0, 7.3, next).
+        #[arg(long, default_value = "7.3")]
+        from: luo_core::KernelVersion,
+        /// Kernel(s) the later stages play, in order (`--to 7.3 --to next`; the last repeats).
+        #[arg(long)]
+        to: Vec<luo_core::KernelVersion>,
         /// Internal: the second stage, run by the first through execve.
         #[arg(long, hide = true)]
         stage2: bool,
@@ -201,6 +207,8 @@ fn main() -> ExitCode {
             next,
             save_image,
             json,
+            from,
+            to,
             stage2,
         } => {
             let opts = luo_core::simulate::Options {
@@ -213,6 +221,7 @@ fn main() -> ExitCode {
                 save_image,
                 json,
                 stage2_args: vec!["simulate".into(), "--stage2".into()],
+                kernels: std::iter::once(from).chain(to).collect(),
             };
             simulate(&opts, stage2)
         }

@@ -17,9 +17,13 @@ use luo_abi::Errno;
 use crate::error::ImageError;
 use crate::kernel::{BootOptions, Handover, Kernel};
 use crate::mem::BackingKind;
+use crate::version::{KernelVersion, LuoFormat};
 
 /// Environment variable carrying the plan and stage-1 timings to stage 2.
 pub const PLAN_ENV: &str = "LUO_SIM_PLAN";
+
+/// Environment variable carrying the kernel each stage plays (`6.19,7.3,next`).
+pub const KERNELS_ENV: &str = "LUO_SIM_KERNELS";
 
 /// What to simulate.
 #[derive(Clone, Debug)]
@@ -42,6 +46,9 @@ pub struct Options {
     pub save_image: Option<PathBuf>,
     /// Number of live updates in a row (each one a new process).
     pub hops: u32,
+    /// The kernel each stage plays, stage 1 first (`--from`, then `--to`); stages past the
+    /// end of the list play its last kernel. Empty: 7.3 throughout.
+    pub kernels: Vec<KernelVersion>,
 }
 
 impl Default for Options {
@@ -56,6 +63,7 @@ impl Default for Options {
             json: false,
             save_image: None,
             hops: 1,
+            kernels: Vec::new(),
         }
     }
 }
@@ -74,6 +82,10 @@ pub enum SimError {
     /// The handover could not be booted.
     #[error("boot from the handover: {0}")]
     Boot(#[from] ImageError),
+    /// Kernel `.0` refused the handover at boot. Upstream `panic()`s here
+    /// (`luo_restore_fail`); the model stops cleanly.
+    #[error("kernel {0} refused the handover at boot (upstream: panic): {1}")]
+    BootAs(KernelVersion, ImageError),
     /// A byte differed after the live update.
     #[error("session {session} file {file}: byte {offset} is {got:#04x}, expected {want:#04x}")]
     Mismatch {
@@ -180,6 +192,7 @@ struct Plan {
     next: PathBuf,
     stage2_args: Vec<OsString>,
     save_image: Option<PathBuf>,
+    kernels: Vec<KernelVersion>,
 }
 
 impl Plan {
@@ -194,6 +207,23 @@ impl Plan {
             self.hops,
             self.hop
         )
+    }
+
+    /// The kernel stage `hop + 1` plays.
+    fn kernel(&self, hop: u32) -> KernelVersion {
+        self.kernels
+            .get(hop as usize)
+            .or(self.kernels.last())
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn kernels_env(&self) -> String {
+        self.kernels
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     fn from_env() -> Result<Plan, SimError> {
@@ -217,6 +247,12 @@ impl Plan {
             next: std::env::current_exe()?,
             stage2_args: std::env::args_os().skip(1).collect(),
             save_image: None,
+            kernels: std::env::var(KERNELS_ENV)
+                .unwrap_or_default()
+                .split(',')
+                .filter(|w| !w.is_empty())
+                .map(|w| w.parse().map_err(|_| SimError::NoHandover(KERNELS_ENV)))
+                .collect::<Result<_, _>>()?,
         })
     }
 }
@@ -281,11 +317,26 @@ fn populate(k: &Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<(), SimError
 
 /// Reboots `k` and `execve`s the next stage. Returns only on failure.
 fn reboot_and_exec(k: Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<(), SimError> {
+    let kernel = k.version();
     let (h, t) = timed(|| op(|| "reboot".into(), k.kexec()))?;
+    let format = match kernel.luo_writes() {
+        LuoFormat::V1 => "luo-v1 FDT, luo-session-v2",
+        LuoFormat::V1Flb => "luo-v1 FDT, luo-session-v2, luo-flb-v1",
+        LuoFormat::V5 => "luo-v5",
+        LuoFormat::Next => "feature-negotiated luo_ser",
+    };
+    let memfd = match kernel.memfd_writes() {
+        luo_handlers::memfd::Version::V1 => "memfd-v1",
+        luo_handlers::memfd::Version::V2 => "memfd-v2",
+        luo_handlers::memfd::Version::Next => "memfd (features)",
+    };
     rep.phase(
         "reboot",
         t,
-        &format!("serialized (luo-v5); {} memfd regions cross", h.regions()),
+        &format!(
+            "kernel {kernel} serialized ({format}; {memfd}); {} memfd regions cross",
+            h.regions()
+        ),
     )?;
     drop(k);
     if let Some(path) = &p.save_image {
@@ -301,7 +352,14 @@ fn reboot_and_exec(k: Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<(), Si
         hop: p.hop + 1,
         ..p.clone()
     };
-    let errno = h.exec(&p.next, &p.stage2_args, &[(PLAN_ENV.into(), next.env())]);
+    let errno = h.exec(
+        &p.next,
+        &p.stage2_args,
+        &[
+            (PLAN_ENV.into(), next.env()),
+            (KERNELS_ENV.into(), next.kernels_env()),
+        ],
+    );
     Err(SimError::Op {
         what: format!("execve {}", p.next.display()),
         errno,
@@ -329,13 +387,19 @@ pub fn stage1(opts: &Options, out: &mut dyn Write) -> Result<(), SimError> {
         },
         stage2_args: opts.stage2_args.clone(),
         save_image: opts.save_image.clone(),
+        kernels: opts.kernels.clone(),
     };
     let boot = BootOptions {
         backing: BackingKind::Memfd,
+        version: plan.kernel(0),
         ..BootOptions::default()
     };
     let (k, t) = timed(|| Ok(Kernel::boot(&boot, None)?))?;
-    rep.phase("boot", t, "fresh kernel, memfd-backed arena")?;
+    rep.phase(
+        "boot",
+        t,
+        &format!("fresh kernel {}, memfd-backed arena", boot.version),
+    )?;
     populate(&k, &plan, &mut rep)?;
     reboot_and_exec(k, &plan, &mut rep)
 }
@@ -449,15 +513,21 @@ pub fn stage2(out: &mut dyn Write) -> Result<Report, SimError> {
         json: plan.json,
         stage: u8::try_from(plan.hop + 1).unwrap_or(u8::MAX),
     };
+    let kernel = plan.kernel(plan.hop);
     let (k, t) = timed(|| {
         let h = Handover::from_env()?.ok_or(SimError::NoHandover(crate::exec::HANDOVER_ENV))?;
-        Ok(Kernel::boot(&BootOptions::default(), Some(h))?)
+        let boot = BootOptions {
+            version: kernel,
+            ..BootOptions::default()
+        };
+        // A format this kernel does not read is a clean error here (upstream: panic).
+        Kernel::boot(&boot, Some(h)).map_err(|e| SimError::BootAs(kernel, e))
     })?;
     rep.phase(
         "boot",
         t,
         &format!(
-            "liveupdate_num {}; {} incoming pages",
+            "kernel {kernel}; liveupdate_num {}; {} incoming pages",
             k.liveupdate_num(),
             k.stats().kho.incoming_pages
         ),

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! luo-sim simulate [--sessions N] [--files N] [--size BYTES] [--seed N] [--hops N] [--next PATH] [--save-image PATH] [--json]
+//!                  [--from KERNEL] [--to KERNEL]...   (6.19, 7.0, 7.3, next)
 //! luo-sim stage2          (run by stage 1 through execve, with the handover inherited)
 //! luo-sim inspect IMAGE [--json]
 //! ```
@@ -14,7 +15,7 @@ use luo_core::simulate::{self, Options};
 fn usage() -> ExitCode {
     eprintln!(
         "usage: luo-sim simulate [--sessions N] [--files N] [--size BYTES] [--seed N] \
-         [--hops N] [--next PATH] [--save-image PATH] [--json]\n       luo-sim stage2\n       \
+         [--hops N] [--next PATH] [--save-image PATH] [--json] [--from K] [--to K]...\n       luo-sim stage2\n       \
          luo-sim inspect IMAGE [--json]"
     );
     ExitCode::from(2)
@@ -38,6 +39,20 @@ fn parse(args: &[OsString]) -> Option<Options> {
             "--hops" => o.hops = v.to_str()?.parse().ok()?,
             "--next" => o.next = Some(v.into()),
             "--save-image" => o.save_image = Some(v.into()),
+            "--from" => {
+                let k = v.to_str()?.parse().ok()?;
+                if o.kernels.is_empty() {
+                    o.kernels.push(k);
+                } else {
+                    o.kernels[0] = k;
+                }
+            }
+            "--to" => {
+                if o.kernels.is_empty() {
+                    o.kernels.push(luo_core::KernelVersion::default());
+                }
+                o.kernels.push(v.to_str()?.parse().ok()?);
+            }
             _ => return None,
         }
     }

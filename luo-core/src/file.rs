@@ -208,6 +208,12 @@ impl MemfdFile {
         Ok(MemfdFile::with_region(kho, Some(region)))
     }
 
+    /// A memfd over a host memfd created elsewhere (see [`Kho::adopt_region`]).
+    pub(crate) fn adopt(kho: &Arc<Kho>, fd: std::os::fd::OwnedFd) -> Result<MemfdFile, Errno> {
+        let region = kho.adopt_region(fd)?;
+        Ok(MemfdFile::with_region(kho, Some(region)))
+    }
+
     /// An empty memfd whose host memfd is created (or adopted) on first use.
     pub(crate) fn lazy(kho: &Arc<Kho>) -> MemfdFile {
         MemfdFile::with_region(kho, None)

@@ -257,6 +257,15 @@ impl Kernel {
         self.install(CoreFile::new(format!("memfd:{name}"), FileObj::Memfd(m)))
     }
 
+    /// Installs a host memfd made outside the core (luo-sim passes the
+    /// programs' own) as a core memfd over the very same pages: preserving
+    /// it copies nothing, and after the kexec the retrieved file is it.
+    pub fn memfd_adopt(&self, fd: std::os::fd::OwnedFd, name: &str) -> Result<i32, Errno> {
+        self.alive()?;
+        let m = MemfdFile::adopt(&self.inner.kho, fd)?;
+        self.install(CoreFile::new(format!("memfd:{name}"), FileObj::Memfd(m)))
+    }
+
     /// A synthetic file carrying `value`, for test handlers.
     pub fn test_file(&self, value: u64) -> Result<i32, Errno> {
         self.alive()?;

@@ -22,7 +22,8 @@ use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
 use crate::error::ImageError;
 use crate::mem::{
-    ARENA_BASE, Backing, BackingKind, ExtRegion, POISON, PageAlloc, REGION_BASE, REGION_SPAN, lock,
+    ARENA_BASE, Backing, BackingKind, ExtRegion, POISON, PageAlloc, REGION_BASE, REGION_SPAN,
+    host_err, lock,
 };
 
 const PAGE: u64 = PAGE_SIZE as u64;
@@ -316,12 +317,29 @@ impl Kho {
 
     /// Creates a new external region (a fresh host memfd).
     pub fn new_region(&self, name: &str) -> Result<Arc<ExtRegion>, Errno> {
+        self.add_region(|base| ExtRegion::create(base, name))
+    }
+
+    /// Makes a host memfd created elsewhere (a program's, passed over
+    /// SCM_RIGHTS to luo-sim) a region: its pages become the file's, no copy.
+    pub fn adopt_region(&self, fd: std::os::fd::OwnedFd) -> Result<Arc<ExtRegion>, Errno> {
+        let size = rustix::fs::fstat(&fd).map_err(host_err)?.st_size;
+        if u64::try_from(size).map_or(true, |s| s > REGION_SPAN) {
+            return Err(Errno::EFBIG);
+        }
+        self.add_region(|base| Ok(ExtRegion::from_fd(base, fd)))
+    }
+
+    fn add_region(
+        &self,
+        make: impl FnOnce(u64) -> Result<ExtRegion, Errno>,
+    ) -> Result<Arc<ExtRegion>, Errno> {
         let mut st = lock(&self.st);
         let slot = st.next_region;
         let base = REGION_BASE
             .checked_add(slot.checked_mul(REGION_SPAN).ok_or(Errno::ENOMEM)?)
             .ok_or(Errno::ENOMEM)?;
-        let r = Arc::new(ExtRegion::create(base, name)?);
+        let r = Arc::new(make(base)?);
         st.next_region += 1;
         st.regions.insert(
             base,

@@ -10,10 +10,10 @@
 //!   reported and the machine carries on), drop every connection, re-exec the daemon (or another
 //!   build) booting from the preserved memory.
 //!
-//! Memfds: PRESERVE_FD receives the program's real memfd (SCM_RIGHTS); the daemon mirrors it in
-//! a core memfd (size, data, seals, position) at preserve time and refreshes the data again just
-//! before the kexec. RETRIEVE_FD sends back the core's host memfd itself: the very pages that
-//! crossed the kexec, with the preserved size, data and seals.
+//! Memfds: PRESERVE_FD receives the program's real memfd (SCM_RIGHTS) and the core adopts it
+//! (`Kernel::memfd_adopt`): the preserved file *is* the program's, so size, data and seals are
+//! its own and nothing is copied; only the file position is read from the program's open file
+//! description before freezing. RETRIEVE_FD after the kexec sends back that same host memfd.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
@@ -26,7 +26,6 @@ use luo_abi::Errno;
 use luo_abi::file::ShmemFile;
 use luo_core::{BackingKind, BootOptions, Handover, Kernel};
 use rustix::event::{PollFd, PollFlags, poll};
-use rustix::fs::SealFlags;
 use rustix::io::FdFlags;
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
@@ -140,7 +139,8 @@ struct Conn {
 /// A core memfd standing for a host file the programs see.
 struct Mirror {
     core_fd: i32,
-    /// The program's memfd this core memfd copies; `None` when the host file *is* the core's.
+    /// A duplicate of the program's fd (same open file description), read for its position;
+    /// `None` for files the core made itself (retrieved ones).
     client: Option<OwnedFd>,
 }
 
@@ -675,7 +675,7 @@ impl Daemon {
         let key = (st.st_dev, st.st_ino);
         if let Some(m) = self.mirrors.get(&key) {
             if m.client.is_some() {
-                self.sync(m, false);
+                self.sync(m);
             }
             return Ok((m.core_fd, false));
         }
@@ -687,71 +687,28 @@ impl Daemon {
             .map(|s| s.strip_suffix(" (deleted)").unwrap_or(s))
             .unwrap_or("shmem")
             .to_owned();
-        let core_fd = self.kernel.memfd_create(&name)?;
+        let pos_fd = rustix::io::fcntl_dupfd_cloexec(&f, 0).map_err(host_errno)?;
+        let core_fd = self.kernel.memfd_adopt(f, &name)?;
         let m = Mirror {
             core_fd,
-            client: Some(f),
+            client: Some(pos_fd),
         };
-        self.sync(&m, false);
+        self.sync(&m);
         self.mirrors.insert(key, m);
         Ok((core_fd, false))
     }
 
-    /// Copies a program's memfd into its core mirror: everything (size, data, seals, position)
-    /// while it is not preserved; at kexec, only the data within the preserved size.
-    fn sync(&self, m: &Mirror, at_kexec: bool) {
+    /// Reads the program's file position into the core memfd (the pages, size and seals are
+    /// shared: the core adopted the program's memfd).
+    fn sync(&self, m: &Mirror) {
         let Some(client) = &m.client else { return };
         let Ok(file) = self.kernel.file(m.core_fd) else {
             return;
         };
         let Some(mf) = file.memfd() else { return };
-        let frozen = mf.is_frozen();
-        if frozen != at_kexec {
-            return;
-        }
         if let Ok(pos) = rustix::fs::seek(client, rustix::fs::SeekFrom::Current(0)) {
             mf.set_pos(pos);
         }
-        let csize = rustix::fs::fstat(client).map_or(0, |s| s.st_size as u64);
-        let cseals = rustix::fs::fcntl_get_seals(client).map_or(SealFlags::SEAL, |s| s);
-        let _ = mf.with_host_fd(|h| {
-            let hseals = rustix::fs::fcntl_get_seals(h).unwrap_or(SealFlags::empty());
-            if hseals.intersects(SealFlags::WRITE | SealFlags::FUTURE_WRITE) {
-                return;
-            }
-            let size = if at_kexec {
-                rustix::fs::fstat(h)
-                    .map_or(0, |s| s.st_size as u64)
-                    .min(csize)
-            } else {
-                if !hseals.intersects(SealFlags::SHRINK | SealFlags::GROW) {
-                    let _ = rustix::fs::ftruncate(h, 0);
-                    let _ = rustix::fs::ftruncate(h, csize);
-                }
-                csize
-            };
-            let mut buf = vec![0u8; 1 << 16];
-            let mut off = 0u64;
-            while off < size {
-                let want = ((size - off) as usize).min(buf.len());
-                let Ok(n) = rustix::io::pread(client, &mut buf[..want], off) else {
-                    break;
-                };
-                if n == 0 {
-                    break;
-                }
-                if at_kexec || buf[..n].iter().any(|&b| b != 0) {
-                    let _ = rustix::io::pwrite(h, &buf[..n], off);
-                }
-                off += n as u64;
-            }
-            if !at_kexec {
-                let missing = cseals.difference(hseals);
-                if !missing.is_empty() {
-                    let _ = rustix::fs::fcntl_add_seals(h, missing);
-                }
-            }
-        });
     }
 
     /// RETRIEVE_FD: the program gets the core memfd's host file itself.
@@ -785,7 +742,7 @@ impl Daemon {
             return;
         };
         for m in self.mirrors.values() {
-            self.sync(m, true);
+            self.sync(m);
         }
         self.log(format_args!("kexec requested (pid {})", req.pid));
         let h = match self.kernel.kexec() {

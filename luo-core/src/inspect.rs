@@ -116,15 +116,17 @@ fn decode_memfd(
     data: u64,
 ) -> Option<luo_handlers::memfd::format::Ser> {
     use luo_handlers::memfd::{Format, Next, V1, V2};
-    let (size, decode): (usize, fn(&[u8]) -> Result<_, luo_abi::Errno>) = match compatible {
-        c if c == V1::COMPAT => (V1::SIZE, V1::decode),
-        c if c == V2::COMPAT => (V2::SIZE, V2::decode),
-        c if c == Next::COMPAT => (Next::SIZE, Next::decode),
-        _ => return None,
-    };
-    let mut b = vec![0u8; size];
-    img.read_phys(data, &mut b).ok()?;
-    decode(&b).ok()
+    fn read<F: Format>(img: &Image, data: u64) -> Option<luo_handlers::memfd::format::Ser> {
+        let mut b = vec![0u8; F::SIZE];
+        img.read_phys(data, &mut b).ok()?;
+        F::decode(&b).ok()
+    }
+    match compatible {
+        c if c == V1::COMPAT => read::<V1>(img, data),
+        c if c == V2::COMPAT => read::<V2>(img, data),
+        c if c == Next::COMPAT => read::<Next>(img, data),
+        _ => None,
+    }
 }
 
 /// Decodes `img`.

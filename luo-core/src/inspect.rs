@@ -5,10 +5,9 @@ use std::fmt::Write as _;
 
 use luo_generated::luo::luo_file_ser;
 use luo_generated::luo::v5::{LUO_FILES_PER_BLOCK, LUO_KHO_ENTRY_NAME};
-use luo_generated::memfd::v2::{MEMFD_LUO_FH_COMPATIBLE, memfd_luo_ser};
 use serde::Serialize;
 
-use crate::blocks::{read_chain, read_obj};
+use crate::blocks::{PhysRead, read_chain};
 use crate::error::ImageError;
 use crate::global::{EXT_SUBTREE, read_ext};
 use crate::image::Image;
@@ -19,6 +18,9 @@ use crate::util::lossy;
 /// A decoded image.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
+    /// The LUO format found (`luo-v1`, `luo-v1+flb`, `luo-v5`, `next`; `None` without a
+    /// `"LUO"` subtree).
+    pub format: Option<String>,
     /// `luo_ser.liveupdate_num` (`None` without a `"LUO"` subtree).
     pub liveupdate_num: Option<u64>,
     /// Sessions in handover order.
@@ -53,11 +55,11 @@ pub struct FileReport {
     pub compatible: String,
     /// The handler's data handle.
     pub data: u64,
-    /// For `memfd-v2` files: the decoded `memfd_luo_ser`.
+    /// For memfd files (`memfd-v1`, `memfd-v2`, `memfd`): the decoded `memfd_luo_ser`.
     pub memfd: Option<MemfdReport>,
 }
 
-/// A decoded `memfd_luo_ser` (memfd-v2).
+/// A decoded `memfd_luo_ser` (any version; `memfd-v1` has no seals).
 #[derive(Clone, Debug, Serialize)]
 pub struct MemfdReport {
     /// File position.
@@ -107,19 +109,55 @@ pub struct PreservedReport {
     pub regions: usize,
 }
 
+/// Decodes a memfd's `memfd_luo_ser` of any version (`memfd-v1`, `memfd-v2`, `memfd`).
+fn decode_memfd(
+    img: &Image,
+    compatible: &str,
+    data: u64,
+) -> Option<luo_handlers::memfd::format::Ser> {
+    use luo_handlers::memfd::{Format, Next, V1, V2};
+    fn read<F: Format>(img: &Image, data: u64) -> Option<luo_handlers::memfd::format::Ser> {
+        let mut b = vec![0u8; F::SIZE];
+        img.read_phys(data, &mut b).ok()?;
+        F::decode(&b).ok()
+    }
+    match compatible {
+        c if c == V1::COMPAT => read::<V1>(img, data),
+        c if c == V2::COMPAT => read::<V2>(img, data),
+        c if c == Next::COMPAT => read::<Next>(img, data),
+        _ => None,
+    }
+}
+
 /// Decodes `img`.
 pub fn inspect(img: &Image) -> Result<Report, ImageError> {
     let luo = img.subtrees.get(LUO_KHO_ENTRY_NAME).copied();
     let (inc, _) = read_incoming(img, luo)?;
     let mut sessions = Vec::new();
     for s in &inc.sessions {
-        let chain = read_chain(
-            img,
-            s.files,
-            size_of::<luo_file_ser>(),
-            LUO_FILES_PER_BLOCK,
-            "file",
-        )?;
+        let chain = if s.flat {
+            // 6.19/7.0: one contiguous `luo_file_ser[]`.
+            let mut entries = vec![0u8; s.count as usize * size_of::<luo_file_ser>()];
+            if !entries.is_empty() {
+                img.read_phys(s.files, &mut entries)
+                    .map_err(|_| ImageError::Truncated {
+                        what: "luo_file_ser[]",
+                        phys: s.files,
+                    })?;
+            }
+            crate::blocks::Chain {
+                blocks: vec![s.files],
+                entries,
+            }
+        } else {
+            read_chain(
+                img,
+                s.files,
+                size_of::<luo_file_ser>(),
+                LUO_FILES_PER_BLOCK,
+                "file",
+            )?
+        };
         let found = (chain.entries.len() / size_of::<luo_file_ser>()) as u64;
         if found != s.count {
             return Err(ImageError::FileCount {
@@ -136,15 +174,12 @@ pub fn inspect(img: &Image) -> Result<Report, ImageError> {
                     phys: s.files,
                 })?;
             let compatible = lossy(&f.compatible);
-            let memfd = (compatible == MEMFD_LUO_FH_COMPATIBLE)
-                .then(|| read_obj::<memfd_luo_ser, _>(img, f.data, "memfd_luo_ser").ok())
-                .flatten()
-                .map(|m| MemfdReport {
-                    pos: m.pos,
-                    size: m.size,
-                    seals: m.seals,
-                    nr_folios: m.nr_folios,
-                });
+            let memfd = decode_memfd(img, &compatible, f.data).map(|m| MemfdReport {
+                pos: m.pos,
+                size: m.size,
+                seals: m.seals,
+                nr_folios: m.nr_folios,
+            });
             files.push(FileReport {
                 token: f.token,
                 compatible,
@@ -175,7 +210,21 @@ pub fn inspect(img: &Image) -> Result<Report, ImageError> {
             arena_pages += n;
         }
     }
+    let format = match luo {
+        Some((root, size)) => Some(match crate::luo::detect_format(img, root, size)? {
+            crate::LuoFormat::V1 | crate::LuoFormat::V1Flb => {
+                match crate::fdt_luo::flavour(img, root, size)? {
+                    crate::LuoFormat::V1Flb => "luo-v1+flb",
+                    _ => "luo-v1",
+                }
+            }
+            crate::LuoFormat::V5 => "luo-v5",
+            crate::LuoFormat::Next => "next",
+        }),
+        None => None,
+    };
     Ok(Report {
+        format: format.map(str::to_owned),
         liveupdate_num: inc.liveupdate_num,
         sessions,
         flbs,
@@ -210,7 +259,8 @@ impl Report {
         let mut s = String::new();
         match self.liveupdate_num {
             Some(n) => {
-                let _ = writeln!(s, "LUO (luo-v5): liveupdate_num {n}");
+                let f = self.format.as_deref().unwrap_or("?");
+                let _ = writeln!(s, "LUO ({f}): liveupdate_num {n}");
             }
             None => {
                 let _ = writeln!(s, "no LUO state (fresh boot)");

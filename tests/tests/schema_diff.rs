@@ -178,12 +178,18 @@ fn rules_of(diffs: &[schema_diff::ComponentDiff], component: &str) -> BTreeSet<&
         .collect()
 }
 
+/// Upstream's view of a released kernel: its frozen snapshots.
+fn released(k: &str) -> schema_diff::KernelSet {
+    schema_diff::read_set(&root().join(schema_diff::RELEASED_DIR).join(k))
+        .expect("frozen snapshots")
+}
+
 #[test]
 fn real_history_verdicts() {
-    let sets = real_sets();
-    // memfd-v1 -> memfd-v2 and luo-v1 (FDT) -> luo-v5: bumped, and upstream
-    // 7.3 reads only its own versions, so a 6.19 image cannot be read.
-    let d = diff_sets(set(&sets, "6.19"), set(&sets, "7.3"));
+    // Upstream (frozen, exact-match readers): memfd-v1 -> memfd-v2 and the
+    // luo-v1 FDT -> luo-v5 are bumped, and 7.3 reads only its own versions,
+    // so a 6.19 image cannot be read.
+    let d = diff_sets(&released("6.19"), &released("7.3"));
     for c in ["memfd", "luo"] {
         let r = rules_of(&d, c);
         assert!(
@@ -206,24 +212,38 @@ fn real_history_verdicts() {
     );
     assert!(rules_of(&d, "block").contains("COMPONENT_ADDED"));
     assert!(
-        rules_of(&diff_sets(set(&sets, "7.3"), set(&sets, "6.19")), "block")
+        rules_of(&diff_sets(&released("7.3"), &released("6.19")), "block")
             .contains("COMPONENT_REMOVED")
     );
+    // 6.19 -> 7.0 adds luo-flb-v1 to the FDT.
+    let r = rules_of(&diff_sets(&released("6.19"), &released("7.0")), "luo");
+    assert!(
+        r.contains("COMPAT_BUMPED") && r.contains("FDT_CHANGED"),
+        "{r:?}"
+    );
+
+    // This tree's kernels keep readers of the older versions.
+    let sets = real_sets();
+    let d = diff_sets(set(&sets, "6.19"), set(&sets, "7.3"));
+    for c in ["memfd", "luo"] {
+        let r = rules_of(&d, c);
+        assert!(
+            r.contains("COMPAT_BUMPED") && r.contains("READER_KEPT"),
+            "{c}: {r:?}"
+        );
+    }
     // luo-v5 -> feature-negotiated luo_ser, memfd-v2 -> versionless memfd.
     let d = diff_sets(set(&sets, "7.3"), set(&sets, "next"));
     for c in ["memfd", "luo"] {
         let r = rules_of(&d, c);
         assert!(
-            r.contains("NEGOTIATION_CHANGED") && r.contains("READER_NOT_KEPT"),
+            r.contains("NEGOTIATION_CHANGED") && r.contains("READER_KEPT"),
             "{c}: {r:?}"
         );
     }
-    // 6.19 -> 7.0 adds luo-flb-v1 to the FDT.
-    let r = rules_of(&diff_sets(set(&sets, "6.19"), set(&sets, "7.0")), "luo");
-    assert!(
-        r.contains("COMPAT_BUMPED") && r.contains("FDT_CHANGED"),
-        "{r:?}"
-    );
+    // Going back is never possible: 7.3 does not read next.
+    let r = rules_of(&diff_sets(set(&sets, "next"), set(&sets, "7.3")), "memfd");
+    assert!(r.contains("READER_NOT_KEPT"), "{r:?}");
 }
 
 #[test]
@@ -286,13 +306,22 @@ fn matrix_verdicts_and_html() {
     for k in ["6.19", "7.0", "7.3", "next"] {
         assert!(cell(k, k).ok, "{k} -> {k}: {:?}", cell(k, k).components);
     }
+    // This tree's kernels: forward with our readers, never backward.
     assert!(
-        !cell("6.19", "7.3").ok,
-        "upstream 7.3 cannot read a 6.19 image"
+        cell("6.19", "7.3").ok,
+        "{:?}",
+        cell("6.19", "7.3").components
     );
-    assert!(!cell("7.3", "next").ok);
+    assert!(
+        cell("7.3", "next").ok,
+        "{:?}",
+        cell("7.3", "next").components
+    );
+    assert!(cell("6.19", "next").ok);
     assert!(!cell("7.3", "6.19").ok);
-    let reason = cell("6.19", "7.3")
+    assert!(!cell("next", "7.3").ok);
+    assert!(!cell("6.19", "7.0").ok, "7.0 is exact-match");
+    let reason = cell("7.3", "6.19")
         .components
         .iter()
         .find(|c| c.component == "memfd")
@@ -449,8 +478,8 @@ fn check_update_reads_the_section_of_the_luo_binary() {
     );
     let tmp = std::env::temp_dir().join(format!("luo-table-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).expect("tmp");
-    let old = tmp.join("6.19.bin");
-    let (code, _, err) = luo(&["schema", "table", "6.19", "-o", old.to_str().expect("utf8")]);
+    let old = tmp.join("next.bin");
+    let (code, _, err) = luo(&["schema", "table", "next", "-o", old.to_str().expect("utf8")]);
     assert_eq!(code, 0, "{err}");
     let (code, out, _) = luo(&[
         "schema",
@@ -459,7 +488,7 @@ fn check_update_reads_the_section_of_the_luo_binary() {
         "/proc/self/exe",
     ]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("no reader of `memfd-v1`"), "{out}");
+    assert!(out.contains("no reader of `memfd`"), "{out}");
     let (code, _, err) = luo(&["schema", "check-update", "/proc/self/exe", "/bin/sh"]);
     assert_eq!(code, 2);
     assert!(

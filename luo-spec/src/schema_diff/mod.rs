@@ -315,19 +315,12 @@ fn pick(sets: Vec<KernelSet>, name: &str) -> Result<KernelSet, InputError> {
         })
 }
 
-/// Every kernel for the matrix: released kernels from their frozen
-/// snapshots, others from the current spec, plus `current` (the tree's
-/// default kernel as the spec now describes it).
+/// Every kernel for the matrix, as this tree builds it (what each kernel's
+/// spec says it writes and reads, our multi-version readers included), plus
+/// `current` (the default kernel). Upstream's exact-match view of a released
+/// kernel is its frozen snapshot: `luo schema diff released:A released:B`.
 pub fn matrix_sets(root: &Path) -> Result<Vec<KernelSet>, InputError> {
-    let mut out = Vec::new();
-    for set in sets_from_spec(&root.join("spec"))? {
-        let frozen = root.join(RELEASED_DIR).join(&set.kernel);
-        out.push(if frozen.is_dir() {
-            read_set(&frozen)?
-        } else {
-            set
-        });
-    }
+    let mut out = sets_from_spec(&root.join("spec"))?;
     out.push(current_set(&root.join("spec"), "current")?);
     Ok(out)
 }

@@ -170,6 +170,12 @@ enum SchemaCommand {
         old: PathBuf,
         /// Binary (or table) of the kernel to kexec into.
         new: PathBuf,
+        /// The kernel OLD plays, for a binary that plays several (`.luo_kernels`).
+        #[arg(long)]
+        old_kernel: Option<String>,
+        /// The kernel NEW plays.
+        #[arg(long)]
+        new_kernel: Option<String>,
     },
     /// Freeze a released kernel's snapshots under schema/released/ (once).
     Freeze {
@@ -184,6 +190,12 @@ enum SchemaCommand {
 #[unsafe(link_section = ".liveupdate_features")]
 static LIVEUPDATE_FEATURES: [u8; luo_generated::abi_table::DEFAULT.len()] =
     luo_generated::abi_table::DEFAULT;
+
+/// The tables of every kernel this binary can play (`luo simulate --from/--to`).
+#[used]
+#[unsafe(link_section = ".luo_kernels")]
+static LUO_KERNELS: [u8; luo_generated::abi_table::ALL_KERNELS.len()] =
+    luo_generated::abi_table::ALL_KERNELS;
 
 fn format(name: &str) -> Option<commands::Format> {
     match name {
@@ -257,7 +269,14 @@ fn schema(root: &std::path::Path, cmd: SchemaCommand) -> ExitCode {
         SchemaCommand::Table { kernel, output } => {
             commands::schema_table_command(root, &kernel, output.as_deref())
         }
-        SchemaCommand::CheckUpdate { old, new } => commands::check_update_command(&old, &new),
+        SchemaCommand::CheckUpdate {
+            old,
+            new,
+            old_kernel,
+            new_kernel,
+        } => {
+            commands::check_update_command(&old, &new, old_kernel.as_deref(), new_kernel.as_deref())
+        }
         SchemaCommand::Freeze { kernel } => commands::schema_freeze_command(root, &kernel),
     }
 }

@@ -398,16 +398,22 @@ pub fn schema_table_command(root: &Path, kernel: &str, out: Option<&Path>) -> Ex
     }
 }
 
-/// `luo schema check-update OLD NEW`: from two binaries (or raw tables)
-/// alone, will a live update from OLD to NEW work? Exit 0 yes, 1 no, 2 on
-/// unreadable input.
-pub fn check_update_command(old: &Path, new: &Path) -> ExitCode {
+/// `luo schema check-update OLD NEW [--old-kernel K] [--new-kernel K]`: from
+/// two binaries (or raw tables) alone, will a live update from OLD to NEW
+/// work? A binary that plays several kernels is asked for one by name.
+/// Exit 0 yes, 1 no, 2 on unreadable input.
+pub fn check_update_command(
+    old: &Path,
+    new: &Path,
+    old_kernel: Option<&str>,
+    new_kernel: Option<&str>,
+) -> ExitCode {
     use crate::schema_diff::table;
-    let read = |p: &Path| -> Result<Vec<table::Entry>, String> {
+    let read = |p: &Path, k: Option<&str>| -> Result<Vec<table::Entry>, String> {
         let bytes = std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-        table::from_file_bytes(&bytes).map_err(|e| format!("{}: {e}", p.display()))
+        table::from_file_for_kernel(&bytes, k).map_err(|e| format!("{}: {e}", p.display()))
     };
-    let (o, n) = match (read(old), read(new)) {
+    let (o, n) = match (read(old, old_kernel), read(new, new_kernel)) {
         (Ok(o), Ok(n)) => (o, n),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("error: {e}");

@@ -79,6 +79,8 @@ pub fn ty(data: &[u8]) {
 /// table that decodes re-encodes to the same bytes, and checking an update
 /// against itself never fails for feature reasons it cannot explain.
 pub fn abi_table(data: &[u8]) {
+    // The multi-kernel section is parsed by the same code paths.
+    let _ = table::decode_kernels(data);
     if let Ok(entries) = table::from_file_bytes(data) {
         if !data.starts_with(b"\x7fELF") {
             assert_eq!(table::encode(&entries), data, "decode/encode round trip");

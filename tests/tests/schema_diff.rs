@@ -497,3 +497,67 @@ fn check_update_reads_the_section_of_the_luo_binary() {
     );
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+#[test]
+fn check_update_from_the_binary_agrees_with_the_matrix_and_with_real_updates() {
+    // One luo build plays every kernel (`simulate --from/--to`); its
+    // `.luo_kernels` section holds each kernel's table. For every ordered
+    // pair: what check-update decides from the binary alone, what the matrix
+    // says, and whether the cross-process live update really works agree.
+    let sets = real_sets();
+    let m = matrix::matrix(&sets);
+    let kernels = ["6.19", "7.0", "7.3", "next"];
+    for a in kernels {
+        for b in kernels {
+            let (check, out, err) = luo(&[
+                "schema",
+                "check-update",
+                "/proc/self/exe",
+                "/proc/self/exe",
+                "--old-kernel",
+                a,
+                "--new-kernel",
+                b,
+            ]);
+            assert!(check == 0 || check == 1, "{a} -> {b}: {out}{err}");
+            let cell = m
+                .iter()
+                .flatten()
+                .find(|c| c.from == a && c.to == b)
+                .expect("cell");
+            assert_eq!(
+                check == 0,
+                cell.ok,
+                "{a} -> {b}: check-update vs matrix\n{out}"
+            );
+            let (sim, sout, serr) = luo(&[
+                "simulate",
+                "--from",
+                a,
+                "--to",
+                b,
+                "--sessions",
+                "1",
+                "--files",
+                "2",
+                "--size",
+                "8192",
+            ]);
+            assert_eq!(
+                sim == 0,
+                cell.ok,
+                "{a} -> {b}: simulate vs matrix\n{sout}{serr}"
+            );
+        }
+    }
+    let (code, _, err) = luo(&[
+        "schema",
+        "check-update",
+        "/proc/self/exe",
+        "/proc/self/exe",
+        "--old-kernel",
+        "5.10",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("does not play kernel `5.10`"), "{err}");
+}

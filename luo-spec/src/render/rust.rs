@@ -602,6 +602,24 @@ pub fn abi_table(tables: &[(String, bool, Vec<u8>)]) -> String {
             ident(kernel)
         );
     }
+    let all = crate::schema_diff::table::encode_kernels(
+        &tables
+            .iter()
+            .map(|(k, _, b)| (k.clone(), b.clone()))
+            .collect::<Vec<_>>(),
+    );
+    let _ = write!(
+        m,
+        "\n/// Every kernel's table in the `.luo_kernels` section format, for a binary\n/// that plays any of them (chosen at run time).\npub const ALL_KERNELS: [u8; {}] = [",
+        all.len()
+    );
+    for (i, b) in all.iter().enumerate() {
+        if i % 16 == 0 {
+            m.push_str("\n   ");
+        }
+        let _ = write!(m, " {b:#04x},");
+    }
+    m.push_str("\n];\n");
     m.push_str("\n/// Every kernel's table, by name.\npub static KERNELS: &[(&str, &[u8])] = &[\n");
     for (kernel, _, _) in tables {
         let _ = writeln!(m, "    (\"{kernel}\", &{}),", ident(kernel));

@@ -38,6 +38,14 @@ pub const KIND_WRITES: u32 = 1;
 /// Entry describes what the binary can read.
 pub const KIND_READS: u32 = 2;
 
+/// Section holding the tables of every kernel a binary can play (ours: one
+/// build plays 6.19, 7.0, 7.3 or next, chosen at run time).
+pub const KERNELS_SECTION: &str = ".luo_kernels";
+/// Magic of [`KERNELS_SECTION`]: `'LUOK'`.
+pub const KERNELS_MAGIC: u32 = 0x4c55_4f4b;
+/// Bytes of a kernel name in [`KERNELS_SECTION`].
+pub const KERNEL_NAME_LEN: usize = 16;
+
 /// One entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -75,6 +83,8 @@ pub enum TableError {
     },
     /// A malformed ELF file.
     BadElf(&'static str),
+    /// The binary does not play that kernel.
+    UnknownKernel(String),
 }
 
 impl fmt::Display for TableError {
@@ -91,6 +101,7 @@ impl fmt::Display for TableError {
             }
             TableError::BadEntry { index, why } => write!(f, "entry {index}: {why}"),
             TableError::BadElf(why) => write!(f, "malformed ELF file: {why}"),
+            TableError::UnknownKernel(k) => write!(f, "the binary does not play kernel `{k}`"),
         }
     }
 }
@@ -148,6 +159,80 @@ pub fn build(set: &KernelSet) -> Vec<u8> {
         }
     }
     encode(&entries)
+}
+
+/// The [`KERNELS_SECTION`] contents: `u32 magic, u32 count`, then per kernel
+/// `char name[16]`, `u32 len` and a `.liveupdate_features` table of `len` bytes.
+pub fn encode_kernels(tables: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&KERNELS_MAGIC.to_ne_bytes());
+    out.extend_from_slice(
+        &u32::try_from(tables.len())
+            .unwrap_or(u32::MAX)
+            .to_ne_bytes(),
+    );
+    for (name, table) in tables {
+        let mut n = [0u8; KERNEL_NAME_LEN];
+        let bytes = name.as_bytes();
+        let len = bytes.len().min(KERNEL_NAME_LEN - 1);
+        n[..len].copy_from_slice(&bytes[..len]);
+        out.extend_from_slice(&n);
+        out.extend_from_slice(&u32::try_from(table.len()).unwrap_or(u32::MAX).to_ne_bytes());
+        out.extend_from_slice(table);
+    }
+    out
+}
+
+/// Parse [`KERNELS_SECTION`] contents: kernel name and its entries.
+pub fn decode_kernels(bytes: &[u8]) -> Result<Vec<(String, Vec<Entry>)>, TableError> {
+    if bytes.len() < 8 {
+        return Err(TableError::BadLength(bytes.len()));
+    }
+    if u32_at(bytes, 0) != KERNELS_MAGIC {
+        return Err(TableError::BadMagic(u32_at(bytes, 0)));
+    }
+    let count = u32_at(bytes, 4) as usize;
+    let mut at = 8;
+    let mut out = Vec::new();
+    for index in 0..count {
+        let bad = TableError::BadEntry {
+            index,
+            why: "truncated kernel table",
+        };
+        let head = bytes.get(at..at + KERNEL_NAME_LEN + 4).ok_or(bad.clone())?;
+        let name_end = head[..KERNEL_NAME_LEN]
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(KERNEL_NAME_LEN);
+        let name = String::from_utf8_lossy(&head[..name_end]).into_owned();
+        let len = u32_at(head, KERNEL_NAME_LEN) as usize;
+        at += KERNEL_NAME_LEN + 4;
+        let table = bytes
+            .get(at..at.checked_add(len).ok_or(bad.clone())?)
+            .ok_or(bad)?;
+        out.push((name, decode(table)?));
+        at += len;
+    }
+    Ok(out)
+}
+
+/// The table of `kernel` from a file: the ELF section of every kernel the
+/// binary plays, or a raw table when no kernel is named.
+pub fn from_file_for_kernel(bytes: &[u8], kernel: Option<&str>) -> Result<Vec<Entry>, TableError> {
+    let Some(kernel) = kernel else {
+        return from_file_bytes(bytes);
+    };
+    if !bytes.starts_with(b"\x7fELF") {
+        return Err(TableError::BadElf(
+            "a kernel can only be chosen in a binary",
+        ));
+    }
+    let kernels = decode_kernels(elf_section(bytes, KERNELS_SECTION)?)?;
+    kernels
+        .into_iter()
+        .find(|(k, _)| k == kernel)
+        .map(|(_, e)| e)
+        .ok_or(TableError::UnknownKernel(kernel.to_string()))
 }
 
 /// Serialize entries behind the header.

@@ -191,6 +191,11 @@ unsafe extern "C" fn retrieve(a: *mut liveupdate_file_op_args) -> c_int {
         if let Some((fv, e)) = FAIL_RETRIEVE.with(Cell::get)
             && fv == v
         {
+            // A failed retrieve releases what it was handed, as upstream's
+            // memfd does: finish() skips files whose retrieve failed, so the
+            // page would otherwise stay until the next kexec (the fault
+            // sweep in tests/fault_sweep.rs caught this).
+            let _ = k.kho().restore_free(PhysAddr::new(a.serialized_data));
             return Err(e);
         }
         k.kho().restore_free(PhysAddr::new(a.serialized_data))?;

@@ -12,7 +12,15 @@
 #[rustfmt::skip]
 pub mod block;
 #[rustfmt::skip]
+pub mod hugetlb;
+#[rustfmt::skip]
+pub mod iommu;
+#[rustfmt::skip]
+pub mod iommufd;
+#[rustfmt::skip]
 pub mod kho;
+#[rustfmt::skip]
+pub mod kvm;
 #[rustfmt::skip]
 pub mod liveupdate;
 #[rustfmt::skip]
@@ -20,7 +28,11 @@ pub mod luo;
 #[rustfmt::skip]
 pub mod memfd;
 #[rustfmt::skip]
+pub mod pci;
+#[rustfmt::skip]
 pub mod uapi;
+#[rustfmt::skip]
+pub mod vfio_pci;
 #[rustfmt::skip]
 pub mod layouts;
 #[rustfmt::skip]

@@ -1,12 +1,16 @@
 //! What a handler needs from the core that runs it: KHO, the files behind `struct file *`,
 //! and new memfds. The core installs its [`Host`] once with [`set_host`].
 
+use std::any::Any;
 use std::sync::{Arc, OnceLock};
 
 use luo_abi::Errno;
+use luo_abi::file::FileKind;
 use luo_abi::file::{File, FileRef};
 use luo_abi::kho::KhoService;
-use luo_generated::liveupdate::{file as CFile, liveupdate_file_handler, liveupdate_flb};
+use luo_generated::liveupdate::{
+    file as CFile, liveupdate_file_handler, liveupdate_flb, liveupdate_subsystem,
+};
 
 /// The core as the handlers see it. Calls reach the *current* kernel (the one whose callback
 /// is running, upstream's global state).
@@ -51,6 +55,38 @@ pub trait Host: Send + Sync {
 
     /// `liveupdate_flb_put_incoming(flb)` in the current kernel.
     fn flb_put_incoming(&self, flb: *mut liveupdate_flb);
+
+    /// `liveupdate_register_subsystem(h)` in the current kernel (the model's v4-style
+    /// subsystems; `boot` runs now if the previous kernel handed data over for it).
+    ///
+    /// # Safety
+    ///
+    /// `h` points to a `'static`, immutable subsystem with a NUL-terminated name.
+    unsafe fn register_subsystem(&self, h: *mut liveupdate_subsystem) -> Result<(), Errno> {
+        let _ = h;
+        Err(Errno::EOPNOTSUPP)
+    }
+
+    /// The payload of a synthetic file (iommufd, vfio-pci, KVM, guest_memfd, HugeTLB memfd).
+    ///
+    /// # Safety
+    ///
+    /// As [`Host::file`].
+    unsafe fn synthetic<'a>(&self, f: *mut CFile) -> Option<&'a (dyn Any + Send + Sync)> {
+        let _ = f;
+        None
+    }
+
+    /// A new synthetic file of `kind` in the current kernel (a retrieve's output).
+    fn open_synthetic(
+        &self,
+        kind: FileKind,
+        name: &str,
+        payload: Box<dyn Any + Send + Sync>,
+    ) -> Result<FileRef, Errno> {
+        let _ = (kind, name, payload);
+        Err(Errno::EOPNOTSUPP)
+    }
 }
 
 static HOST: OnceLock<&'static dyn Host> = OnceLock::new();

@@ -5,5 +5,6 @@
 //! not depend on the core crate.
 
 pub mod host;
+pub mod hugetlb;
 pub mod memfd;
 pub mod test_flb;

@@ -4,12 +4,16 @@
 use std::sync::Arc;
 
 use luo_abi::Errno;
-use luo_abi::file::{File, FileRef, MemfdService};
+use std::any::Any;
+
+use luo_abi::file::{File, FileKind, FileRef, MemfdService};
 use luo_abi::kho::KhoService;
-use luo_generated::liveupdate::{file as CFile, liveupdate_file_handler, liveupdate_flb};
+use luo_generated::liveupdate::{
+    file as CFile, liveupdate_file_handler, liveupdate_flb, liveupdate_subsystem,
+};
 use luo_handlers::host::Host;
 
-use crate::file::CoreFile;
+use crate::file::{CoreFile, FileObj};
 use crate::kernel::Kernel;
 
 struct CoreHost;
@@ -62,6 +66,30 @@ impl Host for CoreHost {
         if let Ok(k) = current() {
             k.luo().flb_put_incoming(flb);
         }
+    }
+
+    unsafe fn register_subsystem(&self, h: *mut liveupdate_subsystem) -> Result<(), Errno> {
+        let k = current()?;
+        // SAFETY: the caller guarantees a `'static` subsystem with a NUL-terminated name.
+        unsafe { k.luo().register_subsystem(h) }
+    }
+
+    unsafe fn synthetic<'a>(&self, f: *mut CFile) -> Option<&'a (dyn Any + Send + Sync)> {
+        // SAFETY: the caller keeps the file alive while the reference is used.
+        match unsafe { CoreFile::from_c(f) }?.obj() {
+            FileObj::Synthetic(_, p) => Some(&**p),
+            _ => None,
+        }
+    }
+
+    fn open_synthetic(
+        &self,
+        kind: FileKind,
+        name: &str,
+        payload: Box<dyn Any + Send + Sync>,
+    ) -> Result<FileRef, Errno> {
+        current()?;
+        Ok(CoreFile::new(name, FileObj::Synthetic(kind, payload)))
     }
 }
 

@@ -406,7 +406,8 @@ fn write_struct(
                 );
                 let _ = writeln!(
                     accessors,
-                    "    #[inline]\n    pub const fn {name}(&self) -> {uty} {{\n        {shifted} & {}\n    }}",
+                    "    #[inline]\n    pub const fn {}(&self) -> {uty} {{\n        {shifted} & {}\n    }}",
+                    rust_ident(name),
                     lit(mask)
                 );
                 let place = if shift == 0 {
@@ -444,7 +445,7 @@ fn write_struct(
         } else {
             ty
         };
-        let _ = writeln!(m, "    pub {}: {ty},", f.name);
+        let _ = writeln!(m, "    pub {}: {ty},", rust_ident(&f.name));
         i += 1;
     }
     m.push_str("}\n");
@@ -476,7 +477,7 @@ fn write_struct(
             let name = if f.bits.is_some() {
                 format!("bitfield_{}", f.offset)
             } else {
-                f.name.clone()
+                rust_ident(&f.name)
             };
             if seen_units.contains(&name) {
                 continue;
@@ -525,7 +526,7 @@ impl Registry {
             let member = if f.bits.is_some() {
                 format!("bitfield_{}", f.offset)
             } else {
-                f.name.clone()
+                rust_ident(&f.name)
             };
             if f.bits.is_none() || !seen.contains(&member) {
                 let _ = write!(
@@ -667,23 +668,24 @@ fn write_abi_type(m: &mut String, s: &Struct) {
     let mut checks = String::new();
     for f in &s.fields {
         let field = &f.name;
+        let ident = rust_ident(field);
         let fail = format!(
             "return Err(luo_abi::abi::ReservedNonZero {{ ty: \"{name}\", field: \"{field}\" }});"
         );
         if f.reserved && f.bits.is_some() {
             let _ = writeln!(
                 checks,
-                "        if self.{field}() != 0 {{\n            {fail}\n        }}"
+                "        if self.{ident}() != 0 {{\n            {fail}\n        }}"
             );
         } else if f.reserved {
             let _ = writeln!(
                 checks,
-                "        {{\n            let v = self.{field};\n            if !luo_abi::abi::is_zeroed(&v) {{\n                {fail}\n            }}\n        }}"
+                "        {{\n            let v = self.{ident};\n            if !luo_abi::abi::is_zeroed(&v) {{\n                {fail}\n            }}\n        }}"
             );
         } else if matches!(f.ty, Ty::Named(_)) && f.len.is_none() {
             let _ = writeln!(
                 checks,
-                "        {{\n            let v = self.{field};\n            luo_abi::abi::AbiType::check_reserved(&v)?;\n        }}"
+                "        {{\n            let v = self.{ident};\n            luo_abi::abi::AbiType::check_reserved(&v)?;\n        }}"
             );
         }
     }
@@ -742,10 +744,15 @@ fn write_migrations(m: &mut String, scope: Scope<'_>, items: &Items, layouts: &L
             };
             match (counterpart.filter(|o| same_len(o)), &f.default) {
                 (Some(_), _) if f.bits.is_some() => {
-                    let _ = writeln!(body, "        new.set_{0}(old.{0}());", f.name);
+                    let _ = writeln!(
+                        body,
+                        "        new.set_{}(old.{}());",
+                        f.name,
+                        rust_ident(&f.name)
+                    );
                 }
                 (Some(_), _) => {
-                    let _ = writeln!(body, "        new.{0} = old.{0};", f.name);
+                    let _ = writeln!(body, "        new.{0} = old.{0};", rust_ident(&f.name));
                 }
                 (None, Some((default, _))) => match layouts.eval(scope, default, Target::PRIMARY) {
                     Ok(value) if f.bits.is_some() => {
@@ -761,7 +768,7 @@ fn write_migrations(m: &mut String, scope: Scope<'_>, items: &Items, layouts: &L
                         let _ = writeln!(
                             body,
                             "        new.{} = {}; // default: {}",
-                            f.name,
+                            rust_ident(&f.name),
                             lit(value),
                             default.to_c()
                         );
@@ -794,5 +801,22 @@ fn write_migrations(m: &mut String, scope: Scope<'_>, items: &Items, layouts: &L
             from = from.name,
             name = s.name,
         );
+    }
+}
+
+/// A member name as a Rust identifier: C names that are Rust keywords
+/// (upstream's `type`) become raw identifiers (`r#type`).
+fn rust_ident(name: &str) -> String {
+    const KEYWORDS: &[&str] = &[
+        "as", "async", "await", "break", "const", "continue", "dyn", "else", "enum", "extern",
+        "false", "fn", "for", "gen", "if", "impl", "in", "let", "loop", "match", "mod", "move",
+        "mut", "pub", "ref", "return", "static", "struct", "trait", "true", "try", "type",
+        "unsafe", "use", "where", "while", "yield", "abstract", "become", "box", "do", "final",
+        "macro", "override", "priv", "typeof", "unsized", "virtual",
+    ];
+    if KEYWORDS.contains(&name) {
+        format!("r#{name}")
+    } else {
+        name.to_string()
     }
 }

@@ -60,11 +60,14 @@ fn run(seed: u64) {
                 let f = k.test_file(value).expect("file");
                 let got = k.preserve_fd(s, f, token);
                 let tokens = model.sessions.get_mut(&name).expect("modelled");
-                if tokens.contains_key(&token) {
-                    assert_eq!(got, Err(Errno::EEXIST), "{ctx}: token reuse");
-                } else {
-                    assert_eq!(got, Ok(()), "{ctx}: preserve");
-                    tokens.insert(token, value);
+                match tokens.entry(token) {
+                    std::collections::btree_map::Entry::Occupied(_) => {
+                        assert_eq!(got, Err(Errno::EEXIST), "{ctx}: token reuse");
+                    }
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        assert_eq!(got, Ok(()), "{ctx}: preserve");
+                        v.insert(value);
+                    }
                 }
                 k.close(f).expect("close file");
             }

@@ -43,14 +43,14 @@ fn run(seed: u64) {
         match rng.next(8) {
             0 | 1 => {
                 let got = k.create_session(dev, &name);
-                if model.sessions.contains_key(&name) {
-                    assert_eq!(got, Err(Errno::EEXIST), "{ctx}: duplicate name");
-                } else {
-                    fds.insert(
-                        name.clone(),
-                        got.unwrap_or_else(|e| panic!("{ctx}: create: {e}")),
-                    );
-                    model.sessions.insert(name, BTreeMap::new());
+                match model.sessions.entry(name.clone()) {
+                    std::collections::btree_map::Entry::Occupied(_) => {
+                        assert_eq!(got, Err(Errno::EEXIST), "{ctx}: duplicate name");
+                    }
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        fds.insert(name, got.unwrap_or_else(|e| panic!("{ctx}: create: {e}")));
+                        v.insert(BTreeMap::new());
+                    }
                 }
             }
             2..=4 => {

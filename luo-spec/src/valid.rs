@@ -7,7 +7,7 @@ use crate::ast::{AbiKind, ConstRole};
 use crate::diag::{Diagnostics, FileId};
 use crate::expr::Expr;
 use crate::layout::{LayoutError, Layouts, Target};
-use crate::model::{ConstValue, Items, Scope, Span, Spec, Struct};
+use crate::model::{ConstValue, Field, Items, Scope, Span, Spec, Struct};
 use crate::ty::{Prim, Ty};
 
 /// Run every check.
@@ -538,16 +538,18 @@ fn check_type_names(
             }
         }
         Ty::Ptr { target, .. } => {
-            if abi != AbiKind::Kernel {
+            // Pointers in handover structs are reported by `check_handover_member`, with the
+            // field's name; a `kho` component's functions are kernel-side declarations.
+            if abi == AbiKind::Uapi {
                 diags
                     .error(
                         "pointer-in-abi",
                         file,
                         span.clone(),
-                        format!("{what}: pointers cannot cross a kexec or the uAPI"),
+                        format!("{what}: pointers cannot cross the uAPI"),
                     )
                     .with_label("a pointer")
-                    .with_hint("use `phys<T>` for handover memory, or a u64 handle");
+                    .with_hint("use a u64 handle or an `aligned_u64` user address");
             }
             match target.as_ref() {
                 Ty::Named(n) if scope.find_struct(n).is_none() && !scope.is_opaque(n) => {
@@ -601,10 +603,91 @@ fn check_type_names(
     }
 }
 
+/// A member of a handover struct (`abi = "kho"`: bytes read by the next kernel) must mean the
+/// same thing there: no kernel pointer, no function pointer, no C `bool` and no integer whose
+/// width is up to the C ABI. (The kernel C API, `abi = "kernel"`, never crosses the kexec and
+/// may hold all of these.)
+fn check_handover_member(scope: Scope<'_>, s: &Struct, f: &Field, diags: &mut Diagnostics) {
+    let file = scope.component().file;
+    let (field, strukt) = (&f.name, &s.name);
+    match &f.ty {
+        Ty::Ptr { target, .. } => {
+            let phys = match target.as_ref() {
+                Ty::Named(n) if scope.find_struct(n).is_some() => format!("phys<{n}>"),
+                _ => "phys<T>".to_string(),
+            };
+            diags
+                .error(
+                    "pointer-in-handover",
+                    file,
+                    f.ty_span.clone(),
+                    format!(
+                        "field `{field}` of `{strukt}` is a kernel pointer: pointers do not survive a kexec"
+                    ),
+                )
+                .with_label("a kernel pointer in handover data")
+                .with_hint(format!(
+                    "store a physical address (`{phys}`) and rebuild the pointer in the new kernel, or drop it; to keep upstream's offsets, declare it {{ name = \"reserved_{field}\", type = \"u64\", reserved = true }} and say so in `doc`"
+                ));
+        }
+        Ty::Fn(_) => {
+            diags
+                .error(
+                    "pointer-in-handover",
+                    file,
+                    f.ty_span.clone(),
+                    format!(
+                        "field `{field}` of `{strukt}` is a function pointer: code addresses do not survive a kexec"
+                    ),
+                )
+                .with_label("a function pointer in handover data")
+                .with_hint("hand over what selects the callback (a u32 kind, a compatible string) and look it up in the new kernel, or drop it");
+        }
+        Ty::Prim(Prim::Bool) => {
+            diags
+                .error(
+                    "bool-in-handover",
+                    file,
+                    f.ty_span.clone(),
+                    format!(
+                        "field `{field}` of `{strukt}` is a C `bool`: it has no fixed representation across compilers and architectures"
+                    ),
+                )
+                .with_label("size and valid values of `_Bool` are up to the C ABI")
+                .with_hint("use `u8` (0 or 1), or a bit of a flags member");
+        }
+        Ty::Prim(p @ (Prim::Int | Prim::Uint | Prim::Ushort | Prim::Long | Prim::Ulong)) => {
+            let (fixed, why) = match p {
+                Prim::Int => ("s32", "its width is up to the C ABI"),
+                Prim::Uint => ("u32", "its width is up to the C ABI"),
+                Prim::Ushort => ("u16", "its width is up to the C ABI"),
+                Prim::Long => ("s64", "it is 4 bytes on 32-bit and 8 on 64-bit kernels"),
+                _ => ("u64", "it is 4 bytes on 32-bit and 8 on 64-bit kernels"),
+            };
+            diags
+                .error(
+                    "handover-type",
+                    file,
+                    f.ty_span.clone(),
+                    format!(
+                        "field `{field}` of `{strukt}` is `{}`, which has no fixed width in handover data",
+                        p.name()
+                    ),
+                )
+                .with_label(why)
+                .with_hint(format!("use the fixed-width `{fixed}`"));
+        }
+        _ => {}
+    }
+}
+
 fn check_struct(scope: Scope<'_>, layouts: &Layouts, s: &Struct, diags: &mut Diagnostics) {
     let comp = scope.component();
     let file = comp.file;
     for f in &s.fields {
+        if comp.abi == AbiKind::Kho {
+            check_handover_member(scope, s, f, diags);
+        }
         check_type_names(
             scope,
             &f.ty,

@@ -152,6 +152,16 @@ ops = true
 fields = [
     {{ name = "open", type = "fn(file: ptr<file>) -> int", required = true }},
 ]
+
+# The kernel C API never crosses the kexec: pointers and bool are fine.
+[[struct]]
+name = "demo_args"
+fields = [
+    {{ name = "file", type = "ptr<file>" }},
+    {{ name = "ops", type = "ptr<const demo_ops>" }},
+    {{ name = "retrieved", type = "bool" }},
+    {{ name = "id", type = "ulong" }},
+]
 "#
         ),
     ];
@@ -555,8 +565,94 @@ fields = [
 ]
 "#
         ),
-        "pointer-in-abi",
+        "pointer-in-handover",
     );
+}
+
+/// Upstream's proposed `iommu_domain_ser` ends with `struct iommu_domain *restored_domain`
+/// (reference/luo-upstream.md §8c); spec/iommu.toml models it as a reserved u64 instead.
+#[test]
+fn kernel_pointer_in_handover_struct() {
+    let diags = bad(
+        "kernel_pointer_in_handover_struct",
+        &format!(
+            r#"{KHO}opaque = ["iommu_domain"]
+
+[[struct]]
+name = "iommu_domain_ser"
+packed = true
+fields = [
+    {{ name = "top_table_phys", type = "u64" }},
+    {{ name = "top_level", type = "u64" }},
+    {{ name = "restored_domain", type = "ptr<iommu_domain>" }},
+]
+"#
+        ),
+        "pointer-in-handover",
+    );
+    assert_eq!(count(&diags, "pointer-in-handover"), 1);
+}
+
+#[test]
+fn function_pointer_in_handover_struct() {
+    bad(
+        "function_pointer_in_handover_struct",
+        &format!(
+            r#"{KHO}
+[[struct]]
+name = "demo_ser"
+packed = true
+ops = true
+fields = [
+    {{ name = "data", type = "u64" }},
+    {{ name = "release", type = "fn(data: u64)", required = true }},
+]
+"#
+        ),
+        "pointer-in-handover",
+    );
+}
+
+#[test]
+fn bool_in_handover_struct() {
+    // As in one proposed dma_alloc serialization: `bool is_folio, is_contiguous`.
+    let diags = bad(
+        "bool_in_handover_struct",
+        &format!(
+            r#"{KHO}
+[[struct]]
+name = "demo_dma_ser"
+packed = true
+fields = [
+    {{ name = "iova", type = "u64" }},
+    {{ name = "nr_pages", type = "u64" }},
+    {{ name = "is_folio", type = "bool" }},
+    {{ name = "is_contiguous", type = "bool" }},
+]
+"#
+        ),
+        "bool-in-handover",
+    );
+    assert_eq!(count(&diags, "bool-in-handover"), 2);
+}
+
+#[test]
+fn pointer_sized_integer_in_handover_struct() {
+    let diags = bad(
+        "pointer_sized_integer_in_handover_struct",
+        &format!(
+            r#"{KHO}
+[[struct]]
+name = "demo_ser"
+fields = [
+    {{ name = "nr", type = "ulong" }},
+    {{ name = "flags", type = "uint", len = "2" }},
+]
+"#
+        ),
+        "handover-type",
+    );
+    assert_eq!(count(&diags, "handover-type"), 2);
 }
 
 #[test]

@@ -8,6 +8,7 @@
 use std::ffi::{c_int, c_uint, c_ulong, c_void};
 use std::sync::Mutex;
 
+use luo_abi::file::FileKind;
 use luo_abi::kho::KhoService;
 use luo_abi::{Errno, PhysAddr};
 use luo_generated::liveupdate::{
@@ -336,6 +337,62 @@ pub extern "C" fn luo_file_id(file: *mut CFile) -> c_ulong {
     file as c_ulong
 }
 
+/// The HugeTLB memfd payload `huge-memfd-v1` handlers read (`luo_handlers::hugetlb::Backing`).
+fn huge_backing(order: c_uint, nr: u64) -> Box<luo_handlers::hugetlb::Backing> {
+    Box::new(luo_handlers::hugetlb::Backing {
+        hugetlb: true,
+        order,
+        nr,
+    })
+}
+
+/// A new synthetic HugeTLB memfd holding `nr` huge pages of `order` (the file the Rust
+/// `huge-memfd-v1` handler preserves too), returned with one reference (what a handler's
+/// `retrieve` hands to LUO). NULL without a current kernel.
+#[unsafe(no_mangle)]
+pub extern "C" fn luo_huge_memfd_alloc(order: c_uint, nr: u64) -> *mut CFile {
+    if Kernel::current().is_none() {
+        return std::ptr::null_mut();
+    }
+    CoreFile::into_c(CoreFile::new(
+        "huge-memfd",
+        FileObj::Synthetic(FileKind::HugeMemfd, huge_backing(order, nr)),
+    ))
+}
+
+/// The huge page order and count of a synthetic HugeTLB memfd: 0, or `-EINVAL` for any other
+/// file.
+///
+/// # Safety
+///
+/// `file` must be a file LUO passed to the caller (or NULL); `order` and `nr` valid for writes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn luo_huge_memfd_backing(
+    file: *mut CFile,
+    order: *mut c_uint,
+    nr: *mut u64,
+) -> c_int {
+    // SAFETY: `from_c` validates the address against the live files.
+    let Some(f) = (unsafe { CoreFile::from_c(file) }) else {
+        return Errno::EINVAL.to_neg();
+    };
+    neg(huge_out(f, order, nr))
+}
+
+fn huge_out(f: &CoreFile, order: *mut c_uint, nr: *mut u64) -> Result<(), Errno> {
+    use luo_abi::file::File as _;
+    if f.kind() != FileKind::HugeMemfd || order.is_null() {
+        return Err(Errno::EINVAL);
+    }
+    let b = f
+        .synthetic::<luo_handlers::hugetlb::Backing>()
+        .ok_or(Errno::EINVAL)?;
+    put_u64(nr, b.nr)?;
+    // SAFETY: non-NULL (checked) and valid for a write (caller contract).
+    unsafe { *order = b.order };
+    Ok(())
+}
+
 // ---- the model driver (C test programs) -----------------------------------------------------
 
 static KERNEL: Mutex<Option<Kernel>> = Mutex::new(None);
@@ -443,6 +500,38 @@ pub unsafe extern "C" fn luo_model_test_file_value(fd: c_int, value: *mut u64) -
         let v = k.file(fd)?.test_value().ok_or(Errno::EINVAL)?;
         put_u64(value, v)
     }))
+}
+
+/// A synthetic HugeTLB memfd of `nr` huge pages of `order`: an fd or `-errno`.
+#[unsafe(no_mangle)]
+pub extern "C" fn luo_model_huge_memfd(order: c_uint, nr: u64) -> c_int {
+    fd_or_neg(with_kernel(|k| {
+        k.open_synthetic(FileKind::HugeMemfd, "huge-memfd", huge_backing(order, nr))
+    }))
+}
+
+/// The order and page count of the HugeTLB memfd behind `fd`.
+///
+/// # Safety
+///
+/// `order` and `nr` must be valid for writes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn luo_model_huge_memfd_backing(
+    fd: c_int,
+    order: *mut c_uint,
+    nr: *mut u64,
+) -> c_int {
+    neg(with_kernel(|k| {
+        let f = k.file(fd)?;
+        huge_out(&f, order, nr)
+    }))
+}
+
+/// Makes the model's kernel current on the calling thread, so that a thread the C program
+/// started can call the kernel API (`liveupdate_fh_global_state_get`, KHO) directly.
+#[unsafe(no_mangle)]
+pub extern "C" fn luo_model_enter() -> c_int {
+    neg(with_kernel(|_| Ok(())))
 }
 
 /// Preserved pages beyond LUO's root plus incoming pages never restored (0 = nothing leaked).

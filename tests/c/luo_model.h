@@ -30,6 +30,10 @@ struct file *luo_test_file_alloc(u64 value);
 int luo_test_file_value(struct file *file, u64 *value);
 unsigned long luo_file_id(struct file *file);
 
+/* Synthetic HugeTLB memfds (the files huge-memfd-v1 handlers preserve): nr huge pages of order. */
+struct file *luo_huge_memfd_alloc(unsigned int order, u64 nr);
+int luo_huge_memfd_backing(struct file *file, unsigned int *order, u64 *nr);
+
 /* The model driver. */
 int luo_model_boot(void);
 int luo_model_kexec(void);
@@ -39,6 +43,10 @@ int luo_model_ioctl(int fd, unsigned long cmd, void *arg);
 int luo_model_close(int fd);
 int luo_model_test_file(u64 value);
 int luo_model_test_file_value(int fd, u64 *value);
+int luo_model_huge_memfd(unsigned int order, u64 nr);
+int luo_model_huge_memfd_backing(int fd, unsigned int *order, u64 *nr);
+/* Make the model's kernel current on the calling thread (threads the program starts). */
+int luo_model_enter(void);
 int64_t luo_model_preserved_pages(void);
 void luo_model_shutdown(void);
 

@@ -202,6 +202,12 @@ static int check_ser(const struct hugetlb_ser *ser)
 	return 0;
 }
 
+/*
+ * The handle of handed-over state this kernel refused. The core asks again at the next get,
+ * but the memory is freed by then: refuse without reading it.
+ */
+static u64 twin_rejected;
+
 static int twin_gs_restore(struct liveupdate_file_handler *h, u64 data, void **obj)
 {
 	struct hugetlb_ser ser;
@@ -211,12 +217,18 @@ static int twin_gs_restore(struct liveupdate_file_handler *h, u64 data, void **o
 
 	(void)h;
 	twin_calls[TWIN_GS_RESTORE]++;
+	if (data == twin_rejected)
+		return -EINVAL;
 	r = luo_kho_read(data, &ser, sizeof(ser));
 	if (r)
 		return r;
 	r = check_ser(&ser);
-	if (r)
+	if (r) {
+		/* Nothing can be rebuilt from it, and destroy only runs for live state. */
+		twin_rejected = data;
+		luo_kho_restore_free(data);
 		return r;
+	}
 	gs = calloc(1, sizeof(*gs));
 	if (!gs)
 		return -ENOMEM;
@@ -268,6 +280,21 @@ static const struct liveupdate_fh_global_state_ops twin_gs_ops = {
 	.global_state_restore = twin_gs_restore,
 	.global_state_destroy = twin_gs_destroy,
 };
+
+int huge_twin_data(u64 *phys)
+{
+	struct twin_gs *gs;
+	void *obj;
+	int r;
+
+	r = liveupdate_fh_global_state_get(&huge_twin, &obj);
+	if (r)
+		return r;
+	gs = obj;
+	*phys = gs->phys;
+	liveupdate_fh_global_state_put(&huge_twin);
+	return 0;
+}
 
 int huge_twin_sync(u64 *syncs)
 {
@@ -498,6 +525,7 @@ int huge_twin_register(void)
 	memset(hstates.pool, 0, sizeof(hstates.pool));
 	pthread_mutex_unlock(&hstates.lock);
 	memset(twin_calls, 0, sizeof(twin_calls));
+	twin_rejected = 0;
 	r = liveupdate_register_file_handler(&huge_twin);
 	if (!r)
 		r = liveupdate_fh_global_state_register(&huge_twin, &twin_gs_ops);

@@ -42,6 +42,9 @@ void huge_twin_free(unsigned int order, u64 nr);
 /* The pool of `order`, zeroed with -ENOENT when the kernel has none. */
 int huge_twin_pool(unsigned int order, struct twin_pool *out);
 
+/* The global state's data handle: the physical address of its struct hugetlb_ser. */
+int huge_twin_data(u64 *phys);
+
 /*
  * Rewrites the handed-over struct hugetlb_ser from the pools under the global state's lock
  * (what a pool change does while files are preserved). Each call also bumps a counter with

@@ -11,6 +11,8 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -160,11 +162,12 @@ static int hugetlb_backing_is(int fd, unsigned int order, u64 nr)
 	return luo_model_huge_memfd_backing(fd, &o, &n) == 0 && o == order && n == nr;
 }
 
-int main(void)
+/* The main scenario: three kernels, the second carrying one retrieved file on to the third. */
+static void scenario(void)
 {
 	struct worker workers[NTHREADS];
 	struct twin_pool p;
-	int dev, a, b, c, x, fd, i, fd_a1;
+	int dev, a, b, c, d, x, fd, i, fd_a1;
 	u64 syncs = 0;
 
 	CHECK(luo_model_boot() == 0);
@@ -234,8 +237,8 @@ int main(void)
 	a = retrieve_session(dev, "a");
 	CHECK(a >= 0);
 	CHECK(retrieve_session(dev, "c") == -ENOENT);
-	fd = retrieve_fd(a, 1);
-	CHECK(fd >= 0 && hugetlb_backing_is(fd, ORDER_2M, 2));
+	fd_a1 = retrieve_fd(a, 1);
+	CHECK(fd_a1 >= 0 && hugetlb_backing_is(fd_a1, ORDER_2M, 2));
 	CHECK(twin_calls[TWIN_GS_RESTORE] == 1);
 	/* Every page is back: B1's 3 held for it, C1's and X1's (not preserved) free again. */
 	CHECK(pool_is(ORDER_2M, 8, 3, 3));
@@ -258,8 +261,99 @@ int main(void)
 	CHECK(pool_is(ORDER_2M, 8, 6, 0));
 	print_pools("new-finished");
 	CHECK(luo_model_preserved_pages() == 0);
-	luo_model_shutdown();
 
+	/* A second live update: the retrieved 2 MiB file goes on; the state is created anew. */
+	d = create_session(dev, "d");
+	CHECK(d >= 0);
+	CHECK(preserve(d, fd_a1, 1) == 0);
+	CHECK(twin_calls[TWIN_GS_CREATE] == 1);
+	CHECK(luo_model_kexec() == 0);
+	CHECK(huge_twin_register() == 0);
+	dev = luo_model_open_dev();
+	d = retrieve_session(dev, "d");
+	CHECK(d >= 0);
+	fd = retrieve_fd(d, 1);
+	CHECK(fd >= 0 && hugetlb_backing_is(fd, ORDER_2M, 2));
+	/* Only what the second kernel preserved is held; A2's 1 GiB page is free again. */
+	CHECK(pool_is(ORDER_2M, 8, 6, 0));
+	CHECK(pool_is(ORDER_1G, 2, 2, 0));
+	print_pools("third-retrieved");
+	CHECK(finish(d) == 0);
+	CHECK(twin_calls[TWIN_GS_RESTORE] == 1 && twin_calls[TWIN_GS_DESTROY] == 1);
+	CHECK(luo_model_preserved_pages() == 0);
+	luo_model_shutdown();
+}
+
+/* A hugetlb_ser member to corrupt, and the value written there. */
+struct corruption {
+	const char *what;
+	size_t offset;
+	u64 value;
+	size_t len;
+};
+
+#define HSTATE0(member) (offsetof(struct hugetlb_ser, hstates) + \
+			 offsetof(struct hugetlb_hstate_ser, member))
+
+static const struct corruption corruptions[] = {
+	{ "nr_hstates past the array", offsetof(struct hugetlb_ser, nr_hstates), 5, 8 },
+	{ "nr_hstates huge", offsetof(struct hugetlb_ser, nr_hstates), UINT64_MAX, 8 },
+	{ "reserved flags set", HSTATE0(flags), 1, 4 },
+	{ "order past 64-bit sizes", HSTATE0(order), 64, 4 },
+	{ "more preserved than pages", HSTATE0(nr_preserved), 9, 8 },
+	{ "more free than pages", HSTATE0(free_huge_pages), 9, 8 },
+	/* hstates[1] (order 18) takes hstates[0]'s order. */
+	{ "two pools of one size", HSTATE0(order) + sizeof(struct hugetlb_hstate_ser), ORDER_2M, 4 },
+};
+
+/*
+ * The handed-over pool state is corrupted before the new kernel uses it: the restore refuses
+ * it with -EINVAL, retrieve fails with that error, the never-retrieved files are still
+ * finished, and nothing stays preserved.
+ */
+static void corrupt_sweep(void)
+{
+	unsigned int i;
+
+	for (i = 0; i < sizeof(corruptions) / sizeof(corruptions[0]); i++) {
+		const struct corruption *k = &corruptions[i];
+		int dev, a, before = failures;
+		struct twin_pool p;
+		u64 phys = 0;
+
+		CHECK(luo_model_boot() == 0);
+		CHECK(huge_twin_register() == 0);
+		CHECK(huge_twin_configure(ORDER_2M, 8) == 0);
+		CHECK(huge_twin_configure(ORDER_1G, 2) == 0);
+		dev = luo_model_open_dev();
+		a = create_session(dev, "a");
+		CHECK(preserve_huge(a, ORDER_2M, 2, 1) == 0);
+		CHECK(preserve_huge(a, ORDER_1G, 1, 2) == 0);
+		CHECK(huge_twin_data(&phys) == 0 && phys != 0);
+		CHECK(luo_model_kexec() == 0);
+		CHECK(huge_twin_register() == 0);
+		CHECK(luo_kho_write(phys + k->offset, &k->value, k->len) == 0);
+		dev = luo_model_open_dev();
+		a = retrieve_session(dev, "a");
+		CHECK(a >= 0);
+		CHECK(retrieve_fd(a, 1) == -EINVAL);
+		/* Asked again, the state is refused again without reading freed memory. */
+		CHECK(retrieve_fd(a, 2) == -EINVAL);
+		CHECK(twin_calls[TWIN_GS_RESTORE] == 2);
+		CHECK(huge_twin_pool(ORDER_2M, &p) == -ENOENT);
+		CHECK(luo_model_close(a) == 0);
+		CHECK(twin_calls[TWIN_FINISH] == 2);
+		CHECK(twin_calls[TWIN_GS_DESTROY] == 0);
+		CHECK(luo_model_preserved_pages() == 0);
+		luo_model_shutdown();
+		printf("corrupt %s: %s\n", k->what, failures == before ? "refused" : "FAILED");
+	}
+}
+
+int main(void)
+{
+	scenario();
+	corrupt_sweep();
 	if (failures) {
 		fprintf(stderr, "huge memfd twin test: %d failures\n", failures);
 		return 1;

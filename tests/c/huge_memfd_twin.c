@@ -233,15 +233,20 @@ static int twin_gs_restore(struct liveupdate_file_handler *h, u64 data, void **o
 	if (!gs)
 		return -ENOMEM;
 	pthread_mutex_lock(&hstates.lock);
-	if (hstates.nr + ser.nr_hstates > HUGETLB_SER_MAX_HSTATES) {
-		/* Only sizes this kernel lacks need a slot; check them all before changing any. */
-		unsigned int missing = 0;
+	/*
+	 * Check everything before changing anything: sizes this kernel lacks need a free slot,
+	 * and pools it already has (boot-time nr_hugepages) must not overflow.
+	 */
+	for (i = 0, k = 0; i < ser.nr_hstates; i++) {
+		int at = pool_index(ser.hstates[i].order);
 
-		for (i = 0; i < ser.nr_hstates; i++)
-			missing += pool_index(ser.hstates[i].order) < 0;
-		if (hstates.nr + missing > HUGETLB_SER_MAX_HSTATES)
-			r = -ENOSPC;
+		if (at < 0)
+			k++;
+		else if (hstates.pool[at].total > UINT64_MAX - ser.hstates[i].nr_huge_pages)
+			r = -EOVERFLOW;
 	}
+	if (!r && hstates.nr + (unsigned int)k > HUGETLB_SER_MAX_HSTATES)
+		r = -ENOSPC;
 	for (i = 0; !r && i < ser.nr_hstates; i++) {
 		const struct hugetlb_hstate_ser *hs = &ser.hstates[i];
 		u64 total = hs->nr_huge_pages, held = hs->nr_preserved;

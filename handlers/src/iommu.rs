@@ -438,7 +438,7 @@ fn chain_slots(kho: &Kho, head: u64, cap: u64, size: usize) -> Result<(Vec<u64>,
     let (mut slots, mut pages) = (Vec::new(), Vec::new());
     let mut p = head;
     while p != 0 {
-        if pages.contains(&p) || pages.len() >= MAX_CHAIN_PAGES || p % PAGE != 0 {
+        if pages.contains(&p) || pages.len() >= MAX_CHAIN_PAGES || !p.is_multiple_of(PAGE) {
             return Err(Errno::EINVAL);
         }
         let h: iommu_array_hdr_ser = kho.read_obj(Phys::new(PhysAddr::new(p)))?;

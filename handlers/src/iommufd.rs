@@ -40,7 +40,7 @@ use luo_generated::liveupdate::{
 };
 use zerocopy::FromZeros;
 
-use crate::host::{StaticHandler, compat48, host};
+use crate::host::{DependsOn, StaticHandler, compat48, host};
 use crate::iommu::{self, Domain, HwUnit, IommuDevice, Kho, rc};
 
 /// The seals an IOAS mapping's memfd must carry.
@@ -352,10 +352,20 @@ static OPS: Ops = Ops(liveupdate_file_ops {
     owner: std::ptr::null_mut(),
 });
 
+/// What an iommufd may depend on: the memfds its IOAS maps, whichever memfd version the
+/// kernel writes.
+static DEPENDS_ON: DependsOn = DependsOn(&[
+    c"memfd".as_ptr().cast(),
+    c"memfd-v2".as_ptr().cast(),
+    c"memfd-v1".as_ptr().cast(),
+    std::ptr::null(),
+]);
+
 /// The `iommufd-v1` handler.
 pub static IOMMUFD: StaticHandler = StaticHandler(liveupdate_file_handler {
     ops: &OPS.0,
     compatible: compat48(IOMMUFD_LUO_FH_COMPATIBLE),
+    depends_on: DEPENDS_ON.0.as_ptr(),
 });
 
 /// The iommufd behind a `struct file *` LUO passed (`None` if it is not one).
@@ -384,10 +394,11 @@ fn check_mapping(a: &liveupdate_file_op_args, m: &Mapping) -> Result<(), Errno> 
     token_outgoing(a, &m.file).map(|_| ())
 }
 
-/// `liveupdate_get_token_outgoing` for the session of the file being preserved.
+/// `liveupdate_get_token_outgoing` in the session of the file being preserved: `ENOENT`
+/// unless `f` is preserved there (the core also records the iommufd as depending on it, so
+/// it is unpreserved and finished before the memfd).
 fn token_outgoing(a: &liveupdate_file_op_args, f: &FileRef) -> Result<u64, Errno> {
-    let _ = (a, f);
-    Err(Errno::EOPNOTSUPP)
+    host()?.get_token_outgoing(a.session, &**f)
 }
 
 unsafe extern "C" fn preserve(a: *mut liveupdate_file_op_args) -> c_int {

@@ -164,6 +164,7 @@ static OPS: Ops = Ops(liveupdate_file_ops {
 pub static VFIO_PCI: StaticHandler = StaticHandler(liveupdate_file_handler {
     ops: &OPS.0,
     compatible: compat48(VFIO_PCI_LUO_FH_COMPATIBLE),
+    depends_on: std::ptr::null(),
 });
 
 fn device_of<'a>(f: *mut CFile) -> Option<&'a VfioDevice> {

@@ -98,6 +98,17 @@ struct Shared {
     inner: Mutex<Inner>,
 }
 
+impl Drop for Shared {
+    /// The last reference to the iommufd is gone: its HWPTs' page tables are freed. KHO
+    /// refuses to free a table that is still preserved, which is what the FLB wants.
+    fn drop(&mut self) {
+        let i = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        for h in i.hwpts.values() {
+            let _ = self.kho.free_folio(PhysAddr::new(h.domain.top_table), 0);
+        }
+    }
+}
+
 /// A synthetic iommufd (`/dev/iommu`): the payload of a [`FileKind::Iommufd`] file. A
 /// handle: clones are the same iommufd (a vfio device bound to it keeps one).
 #[derive(Clone)]

@@ -14,6 +14,8 @@
 //! * retrieve: the device must be in the PCI FLB's incoming entries (`ENOENT` otherwise); a
 //!   new, unattached device file.
 //! * finish: `pci_liveupdate_finish` (refcounts decremented up the path) and the data freed.
+//! * opening a preserved device's cdev the normal way after the kexec ([`VfioDevice::open`])
+//!   is `EBUSY` until its file is finished.
 //!
 //! A never-retrieved device: v5 of the series has `can_finish` return `retrieve_status > 0`,
 //! so FINISH is `EBUSY` until it is retrieved ([`CanFinish::Upstream`]). With
@@ -93,6 +95,24 @@ impl VfioDevice {
             retrieved: false,
             attach: Mutex::new(None),
         }
+    }
+
+    /// Opens the device's cdev in the current kernel (the normal path, not LUO's retrieve):
+    /// `EBUSY` while the previous kernel's preservation still holds it (it is among the PCI
+    /// FLB's incoming entries, until its file is finished). Reading the entries retrieves the
+    /// PCI FLB if nothing did yet, as enumeration marks incoming devices upstream.
+    pub fn open(domain: u32, bdf: u16, hw: HwUnit) -> Result<VfioDevice, Errno> {
+        match pci::get_incoming() {
+            Ok(inc) => {
+                pci::put_incoming();
+                if inc.contains_key(&(domain, bdf)) {
+                    return Err(Errno::EBUSY);
+                }
+            }
+            Err(Errno::ENODATA | Errno::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(VfioDevice::new(domain, bdf, hw))
     }
 
     fn attached(&self) -> MutexGuard<'_, Option<(Iommufd, u32)>> {

@@ -423,3 +423,81 @@ fn corrupt_handover_is_refused_not_a_panic() {
     let s = k.retrieve_session(dev, "s").unwrap();
     assert_eq!(k.retrieve_fd(s, 2), Err(Errno::EINVAL));
 }
+
+#[test]
+fn full_pages_chain_and_units_are_written_once() {
+    use luo_handlers::iommu::IommuDevice;
+    const HWPTS: u32 = 120; // domains: 110 a page
+    const UNITS: u64 = 40; // units: 36 a page
+    const DEVICES: u16 = 70; // devices: 63 a page
+    let k = boot(None);
+    let dev = k.open_dev().unwrap();
+    let s = k.create_session(dev, "big").unwrap();
+    let m = memfd(&k, 1, REQUIRED_SEALS);
+    let (ifd, fd) = open_iommufd(&k);
+    fd.ioas_map(file(&k, m), 0, PAGE).unwrap();
+    let ids: Vec<u32> = (0..HWPTS).map(|_| fd.hwpt_alloc(HW).unwrap()).collect();
+    for (t, id) in ids.iter().enumerate() {
+        fd.hwpt_mark_preserve(*id, t as u64).unwrap();
+    }
+    k.preserve_fd(s, m, 1).unwrap();
+    k.preserve_fd(s, ifd, 2).unwrap();
+    // A domain is preserved once.
+    let d0 = fd.hwpts()[&ids[0]].domain;
+    assert_eq!(iommu::iommu_preserve_domain(&d0), Err(Errno::EBUSY));
+    // 70 devices behind 40 units, all on the first HWPT (iommufd_device_preserve).
+    for i in 0..DEVICES {
+        let d = IommuDevice {
+            pci_domain: 0,
+            devid: 0x100 + i,
+            hw: HwUnit {
+                token: 0x1000 * (u64::from(i) % UNITS + 1),
+            },
+        };
+        fd.device_preserve(ids[0], &d).unwrap();
+        assert_eq!(fd.device_preserve(ids[0], &d), Err(Errno::EBUSY));
+    }
+    let out = iommu::decode(&kho(&k), iommu::outgoing_data().unwrap().unwrap()).unwrap();
+    assert_eq!(
+        (out.hws.len(), out.domains.len(), out.devices.len()),
+        (UNITS as usize, HWPTS as usize, DEVICES as usize)
+    );
+    // Units 1..=30 have two devices each, 31..=40 one.
+    assert!(out.hws[..30].iter().all(|h| h.ref_count == 2));
+    assert!(out.hws[30..].iter().all(|h| h.ref_count == 1));
+    assert_eq!(out.domains[0].ref_count, 1 + u32::from(DEVICES));
+
+    let k = boot(Some(k.kexec().unwrap()));
+    let dev = k.open_dev().unwrap();
+    let s = k.retrieve_session(dev, "big").unwrap();
+    let ifd = k.retrieve_fd(s, 2).unwrap();
+    let got = retrieved_iommufd(&k, ifd).restore_all(HW).unwrap();
+    assert_eq!(got.len(), HWPTS as usize);
+    assert!(got.values().all(|r| r == &vec![(0, PAGE)]));
+    let inc = iommu::get_incoming().unwrap();
+    iommu::put_incoming();
+    assert_eq!(inc, {
+        let mut want = out.clone();
+        for d in &mut want.domains {
+            d.flags |= luo_generated::iommu::IOMMU_SER_FLAG_INCOMING as u32;
+            d.restored = true;
+        }
+        want
+    });
+    k.finish_session(s).unwrap();
+    assert_eq!((calls().retrieve, calls().finish), (1, 1));
+}
+
+#[test]
+fn closing_an_iommufd_frees_its_page_tables() {
+    let k = boot(None);
+    let before = k.stats().kho;
+    let (ifd, fd) = open_iommufd(&k);
+    for _ in 0..5 {
+        fd.hwpt_alloc(HW).unwrap();
+    }
+    assert_ne!(k.stats().kho, before);
+    drop(fd);
+    k.close(ifd).unwrap();
+    assert_eq!(k.stats().kho, before);
+}

@@ -320,6 +320,9 @@ fn kexec_retrieve_finish() {
         ]
     );
 
+    // A preserved device cannot be opened the normal way; an unpreserved one can.
+    assert!(matches!(VfioDevice::open(0, EP_A, HW), Err(Errno::EBUSY)));
+    VfioDevice::open(0, VF, HW).unwrap();
     let dev = k.open_dev().unwrap();
     let s1 = k.retrieve_session(dev, "vm1").unwrap();
     let s2 = k.retrieve_session(dev, "vm2").unwrap();
@@ -341,6 +344,8 @@ fn kexec_retrieve_finish() {
         (pci_calls().finish, iommu::flb_calls().unwrap().finish),
         (0, 0)
     );
+    VfioDevice::open(0, EP_A, HW).unwrap();
+    assert!(matches!(VfioDevice::open(0, EP_B, HW), Err(Errno::EBUSY)));
     // vm2: B never retrieved: upstream's can_finish refuses FINISH.
     k.retrieve_fd(s2, 4).unwrap();
     let fd2 = k.retrieve_fd(s2, 2).unwrap();
@@ -363,6 +368,7 @@ fn kexec_retrieve_finish() {
         );
     }
     assert_eq!(pci::get_incoming().err(), Some(Errno::ENODATA), "finished");
+    VfioDevice::open(0, EP_B, HW).unwrap();
     assert_eq!(
         vfio_pci::stats().unwrap(),
         Stats {

@@ -12,14 +12,14 @@
 //!
 //! Upstream's `iommu_domain_ser.restored_domain` is a kernel pointer; the spec models it as
 //! the reserved `reserved_restored_domain` (written zero) and the new kernel keeps its
-//! restored domains here, in [`State`], instead.
+//! restored domains in this module's per-kernel state instead ([`restore_domain`]).
 //!
 //! The model's hardware: a domain's I/O page table is one page (the top-level table) listing
 //! the mapped IOVA ranges (see [`domain_map`]); a VT-d unit's root-entry page is allocated
 //! when the unit is first preserved. What crosses the kexec are those very pages, preserved by
 //! [`iommu_preserve_domain`] / [`iommu_preserve_device`] and restored by the FLB's retrieve.
 //!
-//! [`PerKernel`] (state per kernel, keyed by its KHO service) and [`Flb`] (an FLB in a
+//! `PerKernel` (state per kernel, keyed by its KHO service) and `Flb` (an FLB in a
 //! `static`) are shared with the iommufd, PCI and vfio-pci modules.
 
 use std::collections::{BTreeMap, HashMap};

@@ -22,6 +22,18 @@
 //! [`CanFinish::DropUnretrieved`] the model instead lets FINISH drop the device's state
 //! (its PCI entries are finished like a retrieved device's, counted in
 //! [`Stats::dropped`]).
+//!
+//! # Driving a VM's devices (tests, `luo simulate --scenario vm`)
+//!
+//! In each kernel, after boot: [`boot_devices`] (iommufd handler + IOMMU FLB, the PCI bus,
+//! this handler + PCI FLB). Old kernel: a sealed memfd (`F_SEAL_SEAL | F_SEAL_GROW |
+//! F_SEAL_SHRINK`) preserved first; [`crate::iommufd::open`], then on the
+//! [`crate::iommufd::Iommufd`] handle `ioas_map(memfd file, iova, len)`, `hwpt_alloc`,
+//! `hwpt_mark_preserve(id, token)`, and record `marked_ranges()`; preserve the iommufd; [`open`]
+//! a [`VfioDevice`] [`VfioDevice::attach`]ed to the HWPT and preserve it. New kernel: retrieve
+//! the memfd, the iommufd (`restore_all(hw)` must give the recorded ranges, read from the very
+//! page tables handed over) and the devices ([`VfioDevice::is_retrieved`], same `domain`/`bdf`),
+//! then FINISH.
 
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -332,6 +344,21 @@ pub fn register(mode: CanFinish) -> Result<(), Errno> {
     // SAFETY: a `'static`, immutable handler.
     unsafe { h.register_file_handler(VFIO_PCI.as_ptr()) }?;
     pci::register_flb(VFIO_PCI.as_ptr())
+}
+
+/// Registers everything a VM's devices need in the current kernel, in order: the iommufd
+/// handler with the IOMMU FLB, the PCI bus `bus` (`(domain, bdf, parent bridge, kind)`,
+/// parents first) and this handler with the PCI FLB. Once per boot, after the memfd handler.
+pub fn boot_devices(
+    mode: CanFinish,
+    bus: &[(u32, u16, Option<u16>, pci::PciKind)],
+) -> Result<(), Errno> {
+    crate::iommufd::register()?;
+    pci::reset()?;
+    for (domain, bdf, parent, kind) in bus {
+        pci::add_device(*domain, *bdf, *parent, *kind)?;
+    }
+    register(mode)
 }
 
 /// The handler's finish counts in the current kernel.

@@ -38,20 +38,19 @@ fn boot(h: Option<Handover>, mode: CanFinish) -> Kernel {
     };
     let k = Kernel::boot(&opts, h).unwrap();
     k.make_current();
-    iommufd::register().unwrap();
-    pci::reset().unwrap();
-    for (bdf, parent, kind) in [
-        (RP1, None, PciKind::Bridge),
-        (SW, Some(RP1), PciKind::Bridge),
-        (EP_A, Some(SW), PciKind::Endpoint),
-        (VF, Some(SW), PciKind::Vf),
-        (EP_B, Some(SW), PciKind::Endpoint),
-        (RP2, None, PciKind::Bridge),
-        (EP_C, Some(RP2), PciKind::Endpoint),
-    ] {
-        pci::add_device(0, bdf, parent, kind).unwrap();
-    }
-    vfio_pci::register(mode).unwrap();
+    vfio_pci::boot_devices(
+        mode,
+        &[
+            (0, RP1, None, PciKind::Bridge),
+            (0, SW, Some(RP1), PciKind::Bridge),
+            (0, EP_A, Some(SW), PciKind::Endpoint),
+            (0, VF, Some(SW), PciKind::Vf),
+            (0, EP_B, Some(SW), PciKind::Endpoint),
+            (0, RP2, None, PciKind::Bridge),
+            (0, EP_C, Some(RP2), PciKind::Endpoint),
+        ],
+    )
+    .unwrap();
     k
 }
 

@@ -22,7 +22,7 @@
 //! `PerKernel` (state per kernel, keyed by its KHO service) and `Flb` (an FLB in a
 //! `static`) are shared with the iommufd, PCI and vfio-pci modules.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -717,19 +717,25 @@ pub fn iommu_preserve_domain(d: &Domain) -> Result<Phys<iommu_domain_ser>, Errno
 pub fn iommu_unpreserve_domain(d: &Domain) {
     let _ = STATE.with(|s, kho| {
         let Some(out) = s.out.as_mut() else { return };
-        let Some(&(slot, top)) = out.doms.get(&d.id) else {
-            return;
-        };
-        let mut gone = false;
-        let _ = update_hdr(kho, slot, |h| {
-            release(h);
-            gone = h.ref_count == 0;
-        });
-        if gone {
-            out.doms.remove(&d.id);
-            let _ = kho.unpreserve_folio(PhysAddr::new(top), 0);
-        }
+        release_domain(out, kho, d.id);
     });
+}
+
+/// Drops one reference on a preserved domain; the last one marks its slot deleted and
+/// unpreserves its page table.
+fn release_domain(out: &mut Out, kho: &Kho, id: u64) {
+    let Some(&(slot, top)) = out.doms.get(&id) else {
+        return;
+    };
+    let mut gone = false;
+    let _ = update_hdr(kho, slot, |h| {
+        release(h);
+        gone = h.ref_count == 0;
+    });
+    if gone {
+        out.doms.remove(&id);
+        let _ = kho.unpreserve_folio(PhysAddr::new(top), 0);
+    }
 }
 
 /// `iommu_preserve_device`: records a device attached to the preserved domain `domain_id`,
@@ -814,10 +820,14 @@ pub fn iommu_preserve_device(dev: &IommuDevice, domain_id: u64) -> Result<(), Er
             if !new_hw {
                 hw.bitmap[bit / 64] |= 1 << (bit % 64);
                 let bitmap = hw.bitmap;
-                update_hdr(kho, hw_slot, |h| h.ref_count += 1)?;
+                update_hdr(kho, hw_slot, |h| {
+                    h.ref_count = h.ref_count.saturating_add(1)
+                })?;
                 write_bitmap(kho, hw_slot, bitmap)?;
             }
-            update_hdr(kho, dom_slot, |h| h.ref_count += 1)?;
+            update_hdr(kho, dom_slot, |h| {
+                h.ref_count = h.ref_count.saturating_add(1)
+            })?;
             out.devs.insert(*dev, (slot, domain_id));
             Ok(())
         })
@@ -852,9 +862,7 @@ pub fn iommu_unpreserve_device(dev: &IommuDevice) {
                 let _ = kho.unpreserve_free(PhysAddr::new(h.root_table));
             }
         }
-        if let Some(&(dslot, _)) = out.doms.get(&dom) {
-            let _ = update_hdr(kho, dslot, release);
-        }
+        release_domain(out, kho, dom);
     });
 }
 
@@ -888,16 +896,6 @@ pub fn restore_domain(phys: u64) -> Result<Domain, Errno> {
         .and_then(|r| r);
     put_incoming();
     r
-}
-
-/// Where each outgoing slot is, by domain id (for tests of the outgoing bytes).
-pub fn outgoing_domains() -> Result<BTreeMap<u64, u64>, Errno> {
-    STATE.with(|s, _| {
-        s.out
-            .as_ref()
-            .map(|o| o.doms.iter().map(|(k, v)| (*k, v.0)).collect())
-            .unwrap_or_default()
-    })
 }
 
 /// The outgoing FLB data's address (`iommu_flb_ser`), if preserved.

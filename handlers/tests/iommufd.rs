@@ -192,6 +192,11 @@ fn preserve_kexec_restore_finish() {
             finish: 1
         }
     );
+    assert_eq!(
+        k.stats().kho.incoming_pages,
+        0,
+        "every handed-over page claimed"
+    );
 }
 
 #[test]
@@ -391,6 +396,7 @@ fn never_retrieved_iommufds() {
     retrieved_iommufd(&k, ifd).restore_all(HW).unwrap();
     k.finish_session(s).unwrap();
     assert_eq!((calls().retrieve, calls().finish), (1, 1));
+    assert_eq!(k.stats().kho.incoming_pages, 0);
 }
 
 #[test]
@@ -486,6 +492,7 @@ fn full_pages_chain_and_units_are_written_once() {
     });
     k.finish_session(s).unwrap();
     assert_eq!((calls().retrieve, calls().finish), (1, 1));
+    assert_eq!(k.stats().kho.incoming_pages, 0);
 }
 
 #[test]

@@ -367,6 +367,11 @@ fn kexec_retrieve_finish() {
         );
     }
     assert_eq!(pci::get_incoming().err(), Some(Errno::ENODATA), "finished");
+    assert_eq!(
+        k.stats().kho.incoming_pages,
+        0,
+        "every handed-over page claimed"
+    );
     VfioDevice::open(0, EP_B, HW).unwrap();
     assert_eq!(
         vfio_pci::stats().unwrap(),
@@ -403,6 +408,7 @@ fn never_retrieved_device_dropped() {
     );
     assert_eq!((pci_calls().retrieve, pci_calls().finish), (1, 1));
     assert_eq!(iommu::flb_calls().unwrap().finish, 1);
+    assert_eq!(k.stats().kho.incoming_pages, 0, "dropped state freed too");
 }
 
 #[test]
@@ -485,4 +491,43 @@ fn flb_get_put_from_eight_threads() {
         (iommu::flb_calls().unwrap().finish, pci_calls().finish),
         (1, 1)
     );
+}
+
+#[test]
+fn a_domain_outlives_its_iommufd_while_a_device_uses_it() {
+    let k = boot(None, CanFinish::Upstream);
+    let dev = k.open_dev().unwrap();
+    let s1 = k.create_session(dev, "iommufd1").unwrap();
+    let s2 = k.create_session(dev, "iommufd2").unwrap();
+    let s3 = k.create_session(dev, "device").unwrap();
+    let (m1, ifd1, fd1, h1) = iommufd_setup(&k, 1);
+    k.preserve_fd(s1, m1, 1).unwrap();
+    k.preserve_fd(s1, ifd1, 2).unwrap();
+    let (m2, ifd2, _, _) = iommufd_setup(&k, 2);
+    k.preserve_fd(s2, m2, 1).unwrap();
+    k.preserve_fd(s2, ifd2, 2).unwrap();
+    let b = vfio(&k, EP_B, HW, Some((&fd1, h1)));
+    k.preserve_fd(s3, b, 1).unwrap();
+    let data = iommu::outgoing_data().unwrap().unwrap();
+    let flags = |i: usize| {
+        let d = &iommu::decode(&kho(&k), data).unwrap().domains[i];
+        (d.ref_count, d.flags)
+    };
+    assert_eq!(flags(0), (2, 0));
+    // iommufd 1 unpreserved: its HWPT's reference goes, B's keeps the domain.
+    k.close(s1).unwrap();
+    assert_eq!(flags(0), (1, 0));
+    // B unpreserved: the domain is gone (iommufd 2 keeps the FLB alive).
+    k.close(s3).unwrap();
+    assert_eq!(flags(0), (0, IOMMU_SER_FLAG_DELETED as u32));
+    assert_eq!(flags(1), (1, 0));
+    // Across the kexec nothing of it is left behind: once iommufd 2 is finished, every
+    // page the old kernel preserved has been claimed.
+    let k = boot(Some(k.kexec().unwrap()), CanFinish::Upstream);
+    let dev = k.open_dev().unwrap();
+    let s = k.retrieve_session(dev, "iommufd2").unwrap();
+    retrieve_all(&k, s, 2);
+    k.finish_session(s).unwrap();
+    assert_eq!(iommu::flb_calls().unwrap().finish, 1);
+    assert_eq!(k.stats().kho.incoming_pages, 0);
 }

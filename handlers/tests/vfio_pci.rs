@@ -531,3 +531,90 @@ fn a_domain_outlives_its_iommufd_while_a_device_uses_it() {
     assert_eq!(iommu::flb_calls().unwrap().finish, 1);
     assert_eq!(k.stats().kho.incoming_pages, 0);
 }
+
+/// Where the old kernel's device state is, to corrupt it: (what, address, length).
+fn device_state_bytes(k: &Kernel, ifd_data: u64) -> Vec<(&'static str, u64, u64)> {
+    let iommu = iommu::outgoing_data().unwrap().unwrap();
+    let out = iommu::decode(&kho(k), iommu).unwrap();
+    let mut v = vec![
+        ("pci_ser", pci::outgoing_data().unwrap().unwrap(), 8 + 8 * 7),
+        ("iommufd_ser", ifd_data, 8 + 24),
+        ("iommu_flb_ser", iommu, 24),
+    ];
+    let page = |p: u64| p & !(PAGE - 1);
+    v.push(("hw page", page(out.hws[0].phys), 16 + 112));
+    v.push(("domain page", page(out.domains[0].phys), 16 + 37));
+    v
+}
+
+#[test]
+fn corrupt_device_state_gives_errors_never_a_panic() {
+    // One live update per corrupted byte (every byte of the PCI data, the iommufd data, the
+    // IOMMU FLB's root and the first slot of its unit and domain chains): the new kernel
+    // retrieves and finishes what it can; a refusal is an errno, never a panic.
+    let mut cases = 0u64;
+    let mut refused = 0u64;
+    let mut per = BTreeMap::new();
+    let plan = {
+        let k = boot(None, CanFinish::DropUnretrieved);
+        let dev = k.open_dev().unwrap();
+        let s = k.create_session(dev, "vm").unwrap();
+        let (m, ifd, fd, h) = iommufd_setup(&k, 7);
+        k.preserve_fd(s, m, 1).unwrap();
+        k.preserve_fd(s, ifd, 2).unwrap();
+        let a = vfio(&k, EP_A, HW, Some((&fd, h)));
+        k.preserve_fd(s, a, 3).unwrap();
+        let data = k.luo().outgoing()[0].file_data(2).unwrap();
+        device_state_bytes(&k, data)
+            .into_iter()
+            .map(|(what, at, len)| (what, at.wrapping_sub(data), len))
+            .collect::<Vec<_>>()
+    };
+    for (what, rel, len) in plan {
+        for i in 0..len {
+            let k = boot(None, CanFinish::DropUnretrieved);
+            let dev = k.open_dev().unwrap();
+            let s = k.create_session(dev, "vm").unwrap();
+            let (m, ifd, fd, h) = iommufd_setup(&k, 7);
+            k.preserve_fd(s, m, 1).unwrap();
+            k.preserve_fd(s, ifd, 2).unwrap();
+            let a = vfio(&k, EP_A, HW, Some((&fd, h)));
+            k.preserve_fd(s, a, 3).unwrap();
+            // The same allocation order every time: the same addresses.
+            let data = k.luo().outgoing()[0].file_data(2).unwrap();
+            let at = data.wrapping_add(rel) + i;
+            let mut b = [0u8];
+            kho(&k).read(luo_abi::PhysAddr::new(at), &mut b).unwrap();
+            kho(&k)
+                .write(luo_abi::PhysAddr::new(at), &[b[0] ^ 0xa5])
+                .unwrap();
+            let k = boot(Some(k.kexec().unwrap()), CanFinish::DropUnretrieved);
+            cases += 1;
+            let ok = (|| -> Result<(), Errno> {
+                let _ = pci::get_incoming().map(|_| pci::put_incoming());
+                let _ = iommu::get_incoming().map(|_| iommu::put_incoming());
+                let dev = k.open_dev()?;
+                let s = k.retrieve_session(dev, "vm")?;
+                let _ = k.retrieve_fd(s, 3);
+                let ifd = k.retrieve_fd(s, 2)?;
+                let fd = k
+                    .file(ifd)?
+                    .synthetic::<Iommufd>()
+                    .cloned()
+                    .ok_or(Errno::EINVAL)?;
+                fd.restore_all(HW)?;
+                k.finish_session(s)
+            })();
+            if ok.is_err() {
+                refused += 1;
+                *per.entry(what).or_insert(0u64) += 1;
+            }
+        }
+    }
+    assert!(cases > 200, "{cases}");
+    assert!(
+        per.contains_key("pci_ser") && per.contains_key("iommu_flb_ser"),
+        "{per:?}"
+    );
+    assert!(refused > 0, "some corruptions must be refused");
+}

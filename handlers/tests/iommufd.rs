@@ -508,3 +508,51 @@ fn closing_an_iommufd_frees_its_page_tables() {
     k.close(ifd).unwrap();
     assert_eq!(k.stats().kho, before);
 }
+
+#[test]
+fn eight_threads_one_flb_object_each_way() {
+    // 8 threads each preserve a memfd and an iommufd in their own session: one FLB preserve.
+    let k = boot(None);
+    let dev = k.open_dev().unwrap();
+    let want: Vec<_> = std::thread::scope(|t| {
+        let hs: Vec<_> = (0..8u64)
+            .map(|i| {
+                let k = k.clone();
+                t.spawn(move || {
+                    k.make_current();
+                    let s = k.create_session(dev, &format!("t{i}")).unwrap();
+                    let m = memfd(&k, 1, REQUIRED_SEALS);
+                    let (ifd, fd) = open_iommufd(&k);
+                    fd.ioas_map(file(&k, m), i * PAGE, PAGE).unwrap();
+                    let h = fd.hwpt_alloc(HW).unwrap();
+                    fd.hwpt_mark_preserve(h, 100 + i).unwrap();
+                    k.preserve_fd(s, m, 1).unwrap();
+                    k.preserve_fd(s, ifd, 2).unwrap();
+                    fd.marked_ranges().unwrap()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    k.make_current();
+    assert_eq!(calls().preserve, 1);
+    // 8 threads each retrieve and finish their session: one FLB retrieve, one finish, after
+    // the last.
+    let k = boot(Some(k.kexec().unwrap()));
+    let dev = k.open_dev().unwrap();
+    std::thread::scope(|t| {
+        for (i, want) in want.iter().enumerate() {
+            let k = k.clone();
+            t.spawn(move || {
+                k.make_current();
+                let s = k.retrieve_session(dev, &format!("t{i}")).unwrap();
+                let ifd = k.retrieve_fd(s, 2).unwrap();
+                assert_eq!(&retrieved_iommufd(&k, ifd).restore_all(HW).unwrap(), want);
+                k.finish_session(s).unwrap();
+            });
+        }
+    });
+    k.make_current();
+    assert_eq!((calls().retrieve, calls().finish), (1, 1));
+    assert_eq!(k.stats().kho.incoming_pages, 0);
+}

@@ -4,7 +4,9 @@
 //! refcounts and IOMMU device entries checked from the handed-over bytes, retrieve, finish
 //! (refcounts down the path), unpreserve on session close, never-retrieved devices both ways,
 //! the FLBs created once for several files across handlers and sessions and finished once
-//! after the last, and FLB get/put from 8 threads.
+//! after the last, FLB get/put from 8 threads, a domain kept by a device after its iommufd is
+//! gone, leak checks (every handed-over page claimed), and one live update per corrupted byte
+//! of the device state.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

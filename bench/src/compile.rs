@@ -162,6 +162,7 @@ pub mod handler{i} {{
             raw: liveupdate_file_handler {{
                 ops: &OPS,
                 compatible: luo_abi::abi::compat_bytes("bench-{i}-v2"),
+                depends_on: ptr::null(),
             }},
             host,
         }})

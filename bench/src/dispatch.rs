@@ -230,6 +230,7 @@ const HAND_OPS: liveupdate_file_ops = liveupdate_file_ops {
 const HAND_RAW: liveupdate_file_handler = liveupdate_file_handler {
     ops: &HAND_OPS,
     compatible: luo_abi::abi::compat_bytes("memfd-v2"),
+    depends_on: ptr::null(),
 };
 
 impl HandMemfd {
@@ -396,6 +397,7 @@ pub unsafe fn call_preserve(h: *mut liveupdate_file_handler, f: *mut file) -> u6
         file: f,
         serialized_data: 0,
         private_data: ptr::null_mut(),
+        session: ptr::null_mut(),
     };
     // SAFETY: caller contract.
     let op = unsafe { (*(*h).ops).preserve };

@@ -9,7 +9,8 @@ use luo_abi::file::FileKind;
 use luo_abi::file::{File, FileRef};
 use luo_abi::kho::KhoService;
 use luo_generated::liveupdate::{
-    file as CFile, liveupdate_file_handler, liveupdate_flb, liveupdate_subsystem,
+    file as CFile, liveupdate_file_handler, liveupdate_flb, liveupdate_session,
+    liveupdate_subsystem,
 };
 
 /// The core as the handlers see it. Calls reach the *current* kernel (the one whose callback
@@ -67,6 +68,33 @@ pub trait Host: Send + Sync {
         Err(Errno::EOPNOTSUPP)
     }
 
+    /// `liveupdate_get_token_outgoing(session, file)`: from a preserve or freeze callback
+    /// (`session` is its `args.session`), the token of `file` in that outgoing session,
+    /// recorded by the core as a dependency of the calling file. `ENOENT` if `file` is not
+    /// preserved there, `EINVAL` if its handler is not in the caller's `depends_on` or outside
+    /// such a callback.
+    fn get_token_outgoing(
+        &self,
+        session: *mut liveupdate_session,
+        file: &dyn File,
+    ) -> Result<u64, Errno> {
+        let _ = (session, file);
+        Err(Errno::EOPNOTSUPP)
+    }
+
+    /// `liveupdate_get_file_incoming(session, token)`: from a retrieve callback, the file
+    /// preserved under `token` in that incoming session, retrieved first if needed, with a
+    /// reference the caller may keep. `ENOENT` for an unknown token, `EINVAL` for a file of a
+    /// handler not in the caller's `depends_on`, `EDEADLK` for a cycle.
+    fn get_file_incoming(
+        &self,
+        session: *mut liveupdate_session,
+        token: u64,
+    ) -> Result<FileRef, Errno> {
+        let _ = (session, token);
+        Err(Errno::EOPNOTSUPP)
+    }
+
     /// The payload of a synthetic file (iommufd, vfio-pci, KVM, guest_memfd, HugeTLB memfd).
     ///
     /// # Safety
@@ -100,6 +128,13 @@ pub fn set_host(h: &'static dyn Host) {
 pub fn host() -> Result<&'static dyn Host, Errno> {
     HOST.get().copied().ok_or(Errno::EOPNOTSUPP)
 }
+
+/// A `depends_on` array in a `static`: pointers to NUL-terminated compatibles, then NULL.
+#[repr(transparent)]
+pub struct DependsOn(pub &'static [*const u8]);
+
+// SAFETY: the pointers are to `'static`, immutable strings.
+unsafe impl Sync for DependsOn {}
 
 /// A file handler descriptor in a `static` (the generated struct holds raw pointers).
 #[repr(transparent)]

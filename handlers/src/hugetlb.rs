@@ -373,12 +373,14 @@ static GMEM_OPS: Ops = Ops(ops(1));
 pub static HUGE_MEMFD: StaticHandler = StaticHandler(liveupdate_file_handler {
     ops: &HUGE_OPS.0,
     compatible: compat48(HUGEMFD_LUO_FH_COMPATIBLE),
+    depends_on: std::ptr::null(),
 });
 
 /// The `guest_memfd_luo_v1` handler.
 pub static GUEST_MEMFD: StaticHandler = StaticHandler(liveupdate_file_handler {
     ops: &GMEM_OPS.0,
     compatible: compat48(GUEST_MEMFD_LUO_FH_COMPATIBLE),
+    depends_on: std::ptr::null(),
 });
 
 fn backing(f: *mut CFile) -> Result<Backing, Errno> {

@@ -6,5 +6,9 @@
 
 pub mod host;
 pub mod hugetlb;
+pub mod iommu;
+pub mod iommufd;
 pub mod memfd;
+pub mod pci;
 pub mod test_flb;
+pub mod vfio_pci;

@@ -13,7 +13,7 @@ use luo_abi::kho::KhoService;
 use luo_abi::{Errno, PhysAddr};
 use luo_generated::liveupdate::{
     file as CFile, liveupdate_fh_global_state_ops, liveupdate_file_handler, liveupdate_flb,
-    liveupdate_subsystem,
+    liveupdate_session, liveupdate_subsystem,
 };
 
 use crate::file::{CoreFile, FileObj};
@@ -54,6 +54,47 @@ pub unsafe extern "C" fn liveupdate_register_file_handler(
 pub extern "C" fn liveupdate_unregister_file_handler(fh: *mut liveupdate_file_handler) {
     if let Ok(k) = current() {
         k.luo().unregister_file_handler(fh);
+    }
+}
+
+/// `liveupdate_get_token_outgoing()`: see [`crate::depend`].
+///
+/// # Safety
+///
+/// `tokenp` must be valid for a write; `s` and `file` are only compared, never dereferenced.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn liveupdate_get_token_outgoing(
+    s: *mut liveupdate_session,
+    file: *mut CFile,
+    tokenp: *mut u64,
+) -> c_int {
+    neg(current()
+        .and_then(|k| k.luo().get_token_outgoing(s, file))
+        .and_then(|t| put_u64(tokenp, t)))
+}
+
+/// `liveupdate_get_file_incoming()`: see [`crate::depend`]. The file is borrowed: the session
+/// holds it until it finishes, after the caller.
+///
+/// # Safety
+///
+/// `filep` must be valid for a write; `s` is only compared, never dereferenced.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn liveupdate_get_file_incoming(
+    s: *mut liveupdate_session,
+    token: u64,
+    filep: *mut *mut CFile,
+) -> c_int {
+    if filep.is_null() {
+        return Errno::EFAULT.to_neg();
+    }
+    match current().and_then(|k| k.luo().get_file_incoming(s, token)) {
+        Ok(f) => {
+            // SAFETY: non-NULL (checked) and valid for a write (caller contract).
+            unsafe { *filep = CoreFile::as_c(&f) };
+            0
+        }
+        Err(e) => e.to_neg(),
     }
 }
 

@@ -9,7 +9,8 @@ use std::any::Any;
 use luo_abi::file::{File, FileKind, FileRef, MemfdService};
 use luo_abi::kho::KhoService;
 use luo_generated::liveupdate::{
-    file as CFile, liveupdate_file_handler, liveupdate_flb, liveupdate_subsystem,
+    file as CFile, liveupdate_file_handler, liveupdate_flb, liveupdate_session,
+    liveupdate_subsystem,
 };
 use luo_handlers::host::Host;
 
@@ -72,6 +73,27 @@ impl Host for CoreHost {
         let k = current()?;
         // SAFETY: the caller guarantees a `'static` subsystem with a NUL-terminated name.
         unsafe { k.luo().register_subsystem(h) }
+    }
+
+    fn get_token_outgoing(
+        &self,
+        session: *mut liveupdate_session,
+        file: &dyn File,
+    ) -> Result<u64, Errno> {
+        let f = (file as &dyn Any)
+            .downcast_ref::<CoreFile>()
+            .ok_or(Errno::EINVAL)?;
+        current()?
+            .luo()
+            .get_token_outgoing(session, (f as *const CoreFile).cast())
+    }
+
+    fn get_file_incoming(
+        &self,
+        session: *mut liveupdate_session,
+        token: u64,
+    ) -> Result<FileRef, Errno> {
+        Ok(current()?.luo().get_file_incoming(session, token)? as FileRef)
     }
 
     unsafe fn synthetic<'a>(&self, f: *mut CFile) -> Option<&'a (dyn Any + Send + Sync)> {

@@ -49,6 +49,7 @@
 
 pub mod blocks;
 pub mod capi;
+pub mod depend;
 pub mod error;
 pub mod exec;
 pub mod fdt;
@@ -110,6 +111,20 @@ impl StaticHandler {
         StaticHandler(liveupdate_file_handler {
             ops: &ops.0,
             compatible: compat48(compatible),
+            depends_on: std::ptr::null(),
+        })
+    }
+
+    /// A handler whose files may depend on files of the handlers in `depends_on`.
+    pub const fn with_deps(
+        ops: &'static StaticOps,
+        compatible: &str,
+        depends_on: &'static DependsOn,
+    ) -> StaticHandler {
+        StaticHandler(liveupdate_file_handler {
+            ops: &ops.0,
+            compatible: compat48(compatible),
+            depends_on: depends_on.0.as_ptr(),
         })
     }
 
@@ -118,6 +133,13 @@ impl StaticHandler {
         (&self.0 as *const liveupdate_file_handler).cast_mut()
     }
 }
+
+/// A `depends_on` array in a `static`: NUL-terminated compatibles, then NULL.
+#[repr(transparent)]
+pub struct DependsOn(pub &'static [*const u8]);
+
+// SAFETY: the pointers are to `'static`, immutable strings.
+unsafe impl Sync for DependsOn {}
 
 /// An FLB ops table in a `static`.
 #[repr(transparent)]

@@ -7,14 +7,14 @@
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::ThreadId;
 
 use luo_abi::kho::KhoService;
 use luo_abi::{Errno, PAGE_SIZE, PhysAddr};
 use luo_generated::liveupdate::{
     liveupdate_file_handler, liveupdate_file_op_args, liveupdate_file_ops, liveupdate_flb,
-    liveupdate_flb_op_args, liveupdate_flb_ops,
+    liveupdate_flb_op_args, liveupdate_flb_ops, liveupdate_session,
 };
 use luo_generated::luo::luo_file_ser;
 use luo_generated::luo::v5::{
@@ -81,16 +81,20 @@ pub(crate) struct Handler {
     pub(crate) compat_buf: [u8; 48],
     pub(crate) flbs: Mutex<Vec<Arc<Flb>>>,
     pub(crate) global: Mutex<Option<Arc<crate::global::GlobalState>>>,
+    /// Compatibles of the handlers whose files this handler's files may depend on
+    /// (`depends_on`, see [`crate::depend`]).
+    pub(crate) depends_on: Vec<String>,
 }
 
 impl Handler {
-    fn args(&self) -> liveupdate_file_op_args {
+    fn args(&self, s: &Session) -> liveupdate_file_op_args {
         liveupdate_file_op_args {
             handler: self.ptr.0,
             retrieve_status: 0,
             file: std::ptr::null_mut(),
             serialized_data: 0,
             private_data: std::ptr::null_mut(),
+            session: s.as_c(),
         }
     }
 
@@ -228,11 +232,16 @@ pub(crate) struct LuoFile {
     private: Ptr<c_void>,
     pub(crate) status: i32,
     id: Option<u64>,
+    /// Tokens of the files of the same session this one depends on, as recorded by
+    /// `liveupdate_get_token_outgoing` / `liveupdate_get_file_incoming` ([`crate::depend`]).
+    pub(crate) deps: Vec<u64>,
+    /// Its retrieve is running (on the thread owning the session's retrieval).
+    retrieving: bool,
 }
 
 impl LuoFile {
-    fn args(&self) -> liveupdate_file_op_args {
-        let mut a = self.handler.args();
+    fn args(&self, s: &Session) -> liveupdate_file_op_args {
+        let mut a = self.handler.args(s);
         a.retrieve_status = self.status;
         a.file = self
             .file
@@ -259,11 +268,33 @@ pub struct Session {
     name: Vec<u8>,
     incoming: bool,
     pub(crate) st: Mutex<SessionSt>,
+    /// The thread retrieving files of the session and its nesting depth: a retrieve may
+    /// retrieve its dependencies ([`crate::depend`]), so retrieval is owned by one thread at a
+    /// time (upstream holds the session mutex across it) and re-entrant on that thread.
+    owner: Mutex<Option<(ThreadId, u32)>>,
+    owner_cv: Condvar,
+}
+
+/// Ownership of a session's retrieval, released on drop.
+pub(crate) struct RetrieveOwner<'a>(&'a Session);
+
+impl Drop for RetrieveOwner<'_> {
+    fn drop(&mut self) {
+        let mut o = lock(&self.0.owner);
+        if let Some((t, n)) = *o {
+            *o = (n > 1).then_some((t, n - 1));
+        }
+        if o.is_none() {
+            self.0.owner_cv.notify_all();
+        }
+    }
 }
 
 impl Session {
     fn new(name: Vec<u8>, incoming: bool) -> Session {
         Session {
+            owner: Mutex::new(None),
+            owner_cv: Condvar::new(),
             name,
             incoming,
             st: Mutex::new(SessionSt {
@@ -274,6 +305,37 @@ impl Session {
                 flat: None,
             }),
         }
+    }
+
+    /// The `struct liveupdate_session *` handlers see (`liveupdate_file_op_args.session`).
+    pub(crate) fn as_c(&self) -> *mut liveupdate_session {
+        (self as *const Session).cast_mut().cast()
+    }
+
+    /// Takes ownership of the session's retrieval: waits while another thread has it,
+    /// nests on this one.
+    pub(crate) fn own_retrieval(&self) -> RetrieveOwner<'_> {
+        let me = std::thread::current().id();
+        let mut o = lock(&self.owner);
+        loop {
+            match *o {
+                None => {
+                    *o = Some((me, 1));
+                    break;
+                }
+                Some((t, n)) if t == me => {
+                    *o = Some((t, n + 1));
+                    break;
+                }
+                Some(_) => {
+                    o = self
+                        .owner_cv
+                        .wait(o)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+            }
+        }
+        RetrieveOwner(self)
     }
 
     /// The session name (without NUL).
@@ -289,6 +351,15 @@ impl Session {
     /// Tokens of its files, in preservation order.
     pub fn tokens(&self) -> Vec<u64> {
         lock(&self.st).files.iter().map(|f| f.token).collect()
+    }
+
+    /// Tokens of the files the file under `token` depends on, as recorded by LUO.
+    pub fn file_deps(&self, token: u64) -> Option<Vec<u64>> {
+        lock(&self.st)
+            .files
+            .iter()
+            .find(|f| f.token == token)
+            .map(|f| f.deps.clone())
     }
 
     /// The handler's serialized-data handle of the file under `token` (its `luo_file_ser.data`).
@@ -832,6 +903,8 @@ impl Luo {
         if compatible.is_empty() {
             return Err(Errno::EINVAL);
         }
+        // SAFETY: the caller guarantees the handler's `depends_on` array is valid.
+        let depends_on = unsafe { crate::depend::read_depends_on(h.depends_on) }?;
         let mut reg = lock(&self.reg);
         if reg.handlers.iter().any(|x| x.compatible == compatible) {
             return Err(Errno::EEXIST);
@@ -846,6 +919,7 @@ impl Luo {
             compat_buf: h.compatible,
             flbs: Mutex::new(Vec::new()),
             global: Mutex::new(None),
+            depends_on,
         }));
         Ok(())
     }
@@ -1220,6 +1294,8 @@ impl Luo {
                         private: Ptr(std::ptr::null_mut()),
                         status: 0,
                         id: None,
+                        deps: Vec::new(),
+                        retrieving: false,
                     });
                 }
                 for &b in &chain.blocks {
@@ -1282,7 +1358,7 @@ impl Luo {
     /// PRESERVE_FD, in the newest order of checks.
     pub(crate) fn preserve_fd(
         &self,
-        s: &Session,
+        s: &Arc<Session>,
         token: u64,
         file: Result<Arc<CoreFile>, Errno>,
     ) -> Result<(), Errno> {
@@ -1298,7 +1374,8 @@ impl Luo {
         if !self.writes_fdt() {
             st.blocks.ensure(&*self.kho, n + 1)?;
         }
-        let r = self.preserve_file(token, file);
+        let index = crate::depend::outgoing_index(&st.files);
+        let r = self.preserve_file(s, index, token, file);
         match r {
             Ok(f) => {
                 st.files.push(f);
@@ -1313,6 +1390,8 @@ impl Luo {
 
     fn preserve_file(
         &self,
+        s: &Arc<Session>,
+        index: Vec<crate::depend::Indexed>,
         token: u64,
         file: Result<Arc<CoreFile>, Errno>,
     ) -> Result<LuoFile, Errno> {
@@ -1335,9 +1414,11 @@ impl Luo {
             lock(&self.ids).remove(&id);
             return Err(e);
         }
-        let mut a = h.args();
+        let mut a = h.args(s);
         a.file = CoreFile::as_c(&file);
-        if let Err(e) = h.call(h.ops.0.preserve, &mut a) {
+        let frame = crate::depend::Frame::new(s, &h, index);
+        let (r, deps) = crate::depend::in_frame(frame, || h.call(h.ops.0.preserve, &mut a));
+        if let Err(e) = r {
             self.global_state_file_put(h.ptr.0);
             self.flb_file_unpreserve(&h);
             lock(&self.ids).remove(&id);
@@ -1351,32 +1432,65 @@ impl Luo {
             private: Ptr(a.private_data),
             status: 0,
             id: Some(id),
+            deps,
+            retrieving: false,
         })
     }
 
     /// RETRIEVE_FD: returns the file to install (another reference on later calls).
-    pub(crate) fn retrieve_fd(&self, s: &Session, token: u64) -> Result<Arc<CoreFile>, Errno> {
+    pub(crate) fn retrieve_fd(&self, s: &Arc<Session>, token: u64) -> Result<Arc<CoreFile>, Errno> {
         self.check_live()?;
         if !s.incoming {
             return Err(Errno::EINVAL);
         }
-        let mut st = lock(&s.st);
-        if !st.retrieved {
+        if !lock(&s.st).retrieved {
             return Err(Errno::EINVAL);
         }
+        let _own = s.own_retrieval();
+        self.retrieve_file(s, token)
+    }
+
+    /// Retrieves the file under `token` once (later calls return it again), with the
+    /// session's retrieval owned by this thread. The session lock is not held across the
+    /// handler's retrieve, which may retrieve the file's dependencies
+    /// (`liveupdate_get_file_incoming`); asking for a file whose retrieve is running is a
+    /// cycle (`EDEADLK`).
+    pub(crate) fn retrieve_file(
+        &self,
+        s: &Arc<Session>,
+        token: u64,
+    ) -> Result<Arc<CoreFile>, Errno> {
+        let (mut a, h) = {
+            let mut st = lock(&s.st);
+            let f = st
+                .files
+                .iter_mut()
+                .find(|f| f.token == token)
+                .ok_or(Errno::ENOENT)?;
+            if f.status < 0 {
+                return Err(Errno::from_neg(f.status).unwrap_or(Errno::EIO));
+            }
+            if let Some(file) = &f.file {
+                return Ok(Arc::clone(file));
+            }
+            if f.retrieving {
+                return Err(Errno::EDEADLK);
+            }
+            f.retrieving = true;
+            (f.args(s), Arc::clone(&f.handler))
+        };
+        let frame = crate::depend::Frame::new(s, &h, Vec::new());
+        let (r, deps) = crate::depend::in_frame(frame, || h.call(h.ops.0.retrieve, &mut a));
+        let mut st = lock(&s.st);
+        // Still there: finishing the session needs its retrieval, which this thread owns.
         let f = st
             .files
             .iter_mut()
             .find(|f| f.token == token)
-            .ok_or(Errno::ENOENT)?;
-        if f.status < 0 {
-            return Err(Errno::from_neg(f.status).unwrap_or(Errno::EIO));
-        }
-        if let Some(file) = &f.file {
-            return Ok(Arc::clone(file));
-        }
-        let mut a = f.args();
-        if let Err(e) = f.handler.call(f.handler.ops.0.retrieve, &mut a) {
+            .ok_or(Errno::EINVAL)?;
+        f.retrieving = false;
+        crate::depend::merge(&mut f.deps, deps);
+        if let Err(e) = r {
             f.status = e.to_neg();
             return Err(e);
         }
@@ -1403,6 +1517,7 @@ impl Luo {
         if !s.incoming {
             return Err(Errno::EINVAL);
         }
+        let _own = s.own_retrieval();
         let mut st = lock(&s.st);
         if !st.retrieved {
             return Err(Errno::EINVAL);
@@ -1412,15 +1527,15 @@ impl Luo {
         }
         for f in &st.files {
             if let Some(cb) = f.handler.ops.0.can_finish {
-                let mut a = f.args();
+                let mut a = f.args(s);
                 // SAFETY: `a` is a valid, exclusive argument block for the call.
                 if !unsafe { cb(&mut a) } {
                     return Err(Errno::EBUSY);
                 }
             }
         }
-        while let Some(f) = st.files.pop() {
-            let mut a = f.args();
+        for f in crate::depend::take_in_release_order(&mut st.files, true) {
+            let mut a = f.args(s);
             f.handler.call_void(f.handler.ops.0.finish, &mut a);
             self.flb_file_finish(&f.handler);
             self.global_state_file_put(f.handler.ptr.0);
@@ -1451,8 +1566,8 @@ impl Luo {
         }
         {
             let mut st = lock(&s.st);
-            while let Some(f) = st.files.pop() {
-                let mut a = f.args();
+            for f in crate::depend::take_in_release_order(&mut st.files, false) {
+                let mut a = f.args(s);
                 f.handler.call_void(f.handler.ops.0.unpreserve, &mut a);
                 self.flb_file_unpreserve(&f.handler);
                 self.global_state_file_put(f.handler.ptr.0);
@@ -1542,22 +1657,27 @@ impl Luo {
     }
 
     fn unfreeze(s: &Session, f: &LuoFile, log: &mut FreezeLog) {
-        let mut a = f.args();
+        let mut a = f.args(s);
         log.push((lossy(&s.name), f.token, "unfreeze"));
         f.handler.call_void(f.handler.ops.0.unfreeze, &mut a);
     }
 
     fn freeze_session(
         &self,
-        s: &Session,
+        s: &Arc<Session>,
         st: &mut SessionSt,
         log: &mut FreezeLog,
     ) -> Result<(u64, u64), Errno> {
+        let index = crate::depend::outgoing_index(&st.files);
         for i in 0..st.files.len() {
             let f = &mut st.files[i];
-            let mut a = f.args();
+            let mut a = f.args(s);
             log.push((lossy(&s.name), f.token, "freeze"));
-            match f.handler.call(f.handler.ops.0.freeze, &mut a) {
+            let h = Arc::clone(&f.handler);
+            let frame = crate::depend::Frame::new(s, &h, index.clone());
+            let (r, deps) = crate::depend::in_frame(frame, || h.call(h.ops.0.freeze, &mut a));
+            crate::depend::merge(&mut f.deps, deps);
+            match r {
                 Ok(()) => f.data = a.serialized_data,
                 Err(e) => {
                     for g in &st.files[..i] {

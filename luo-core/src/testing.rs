@@ -5,11 +5,16 @@
 //! Every callback is logged, and freeze (or preserve, or can_finish) can be made to fail for a
 //! chosen value, per thread, so rollback orders can be checked. Its FLB (`"luo-test-flb-v1"`)
 //! stores `0xFEEDF00DCAFEBEE0` as upstream's in-kernel test does.
+//!
+//! A second handler (`"luo-test-dep-v1"`) preserves files that depend on other files of their
+//! session: its record names them by token, through the core's dependency API.
 
 use std::cell::{Cell, RefCell};
 use std::ffi::{c_int, c_ulong};
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
+use luo_abi::file::FileKind;
 use luo_abi::kho::{KhoExt, KhoService};
 use luo_abi::{Errno, Phys, PhysAddr};
 use luo_generated::liveupdate::{
@@ -19,7 +24,9 @@ use luo_generated::liveupdate::{
 
 use crate::file::{CoreFile, FileObj};
 use crate::kernel::Kernel;
-use crate::{StaticFlb, StaticFlbOps, StaticHandler, StaticOps};
+use crate::mem::lock;
+use crate::{DependsOn, StaticFlb, StaticFlbOps, StaticHandler, StaticOps};
+use zerocopy::IntoBytes;
 
 /// The FLB's magic data value.
 pub const FLB_MAGIC: u64 = 0xFEED_F00D_CAFE_BEE0;
@@ -292,5 +299,218 @@ unsafe extern "C" fn flb_finish(a: *mut liveupdate_flb_op_args) {
     log("flb_finish", v);
     if let Ok(k) = kernel() {
         let _ = k.kho().restore_free(PhysAddr::new(a.data));
+    }
+}
+
+// ---- a dependent test handler ---------------------------------------------------------------
+
+/// Compatible of the dependent test handler, whose files depend on other files of their
+/// session (test files or its own), named by token ([`crate::depend`]).
+pub const DEP_COMPATIBLE: &str = "luo-test-dep-v1";
+
+/// Most dependencies a dependent test file hands over (its record is one page).
+pub const DEP_MAX: usize = 64;
+
+/// The payload of a dependent test file: a value, the files it depends on, and tokens it
+/// names as they are (to name a token the session does not have).
+pub struct DepFile {
+    /// The value handed over.
+    pub value: u64,
+    /// The files it depends on; resolved to tokens at preserve and again at freeze.
+    pub deps: Mutex<Vec<Arc<CoreFile>>>,
+    /// Tokens handed over without resolution.
+    pub raw_tokens: Mutex<Vec<u64>>,
+}
+
+static DEP_OPS: StaticOps = StaticOps(liveupdate_file_ops {
+    can_preserve: Some(dep_can_preserve),
+    preserve: Some(dep_preserve),
+    unpreserve: Some(dep_unpreserve),
+    freeze: Some(dep_freeze),
+    unfreeze: None,
+    retrieve: Some(dep_retrieve),
+    can_finish: None,
+    finish: Some(dep_finish),
+    get_id: None,
+    owner: std::ptr::null_mut(),
+});
+
+static DEP_ON: DependsOn = DependsOn(&[
+    c"luo-test-v1".as_ptr().cast(),
+    c"luo-test-dep-v1".as_ptr().cast(),
+    std::ptr::null(),
+]);
+
+/// The dependent test handler: `depends_on` = `luo-test-v1` and itself.
+pub static TEST_DEP_HANDLER: StaticHandler =
+    StaticHandler::with_deps(&DEP_OPS, DEP_COMPATIBLE, &DEP_ON);
+
+/// Registers the dependent test handler.
+pub fn register_dep(k: &Kernel) -> Result<(), Errno> {
+    k.register_file_handler(&TEST_DEP_HANDLER)
+}
+
+/// Opens a dependent test file with `value`, depending on the files behind `deps`.
+pub fn dep_file(k: &Kernel, value: u64, deps: &[i32]) -> Result<i32, Errno> {
+    let deps = deps
+        .iter()
+        .map(|&fd| k.file(fd))
+        .collect::<Result<_, _>>()?;
+    k.open_synthetic(
+        FileKind::Other,
+        "luo-test-dep",
+        Box::new(DepFile {
+            value,
+            deps: Mutex::new(deps),
+            raw_tokens: Mutex::new(Vec::new()),
+        }),
+    )
+}
+
+/// Replaces what the dependent test file behind `fd` depends on (seen at its next freeze).
+pub fn set_deps(k: &Kernel, fd: i32, deps: &[i32], raw_tokens: &[u64]) -> Result<(), Errno> {
+    let f = k.file(fd)?;
+    let d = f.synthetic::<DepFile>().ok_or(Errno::EINVAL)?;
+    let files = deps
+        .iter()
+        .map(|&fd| k.file(fd))
+        .collect::<Result<_, _>>()?;
+    *lock(&d.deps) = files;
+    *lock(&d.raw_tokens) = raw_tokens.to_vec();
+    Ok(())
+}
+
+/// The value and dependencies of a (retrieved) dependent test file.
+pub fn dep_of(k: &Kernel, fd: i32) -> Result<(u64, Vec<Arc<CoreFile>>), Errno> {
+    let f = k.file(fd)?;
+    let d = f.synthetic::<DepFile>().ok_or(Errno::EINVAL)?;
+    Ok((d.value, lock(&d.deps).clone()))
+}
+
+fn dep_payload<'a>(p: *mut CFile) -> Option<&'a DepFile> {
+    // SAFETY: LUO passes files it holds a reference to for the whole callback.
+    unsafe { CoreFile::from_c(p) }.and_then(|f| f.synthetic::<DepFile>())
+}
+
+unsafe extern "C" fn dep_can_preserve(_h: *mut liveupdate_file_handler, f: *mut CFile) -> bool {
+    dep_payload(f).is_some()
+}
+
+/// Writes the file's record (value, count, tokens) into the page at `data`, naming each
+/// dependency through the core.
+fn dep_write(a: &liveupdate_file_op_args, data: u64) -> Result<(), Errno> {
+    let k = kernel()?;
+    let d = dep_payload(a.file).ok_or(Errno::EINVAL)?;
+    let mut tokens = Vec::new();
+    for f in lock(&d.deps).iter() {
+        tokens.push(
+            k.luo()
+                .get_token_outgoing(a.session, Arc::as_ptr(f).cast())?,
+        );
+    }
+    tokens.extend(lock(&d.raw_tokens).iter());
+    if tokens.len() > DEP_MAX {
+        return Err(Errno::E2BIG);
+    }
+    let mut rec = vec![d.value, tokens.len() as u64];
+    rec.extend(tokens);
+    k.kho().write(PhysAddr::new(data), rec.as_bytes())
+}
+
+fn dep_read(data: u64) -> Result<(u64, Vec<u64>), Errno> {
+    let k = kernel()?;
+    let head: [u64; 2] = k.kho().read_obj(Phys::new(PhysAddr::new(data)))?;
+    let n = usize::try_from(head[1]).map_err(|_| Errno::EINVAL)?;
+    if n > DEP_MAX {
+        return Err(Errno::EINVAL);
+    }
+    let mut tokens = vec![0u64; n];
+    k.kho()
+        .read(PhysAddr::new(data + 16), tokens.as_mut_bytes())?;
+    Ok((head[0], tokens))
+}
+
+unsafe extern "C" fn dep_preserve(a: *mut liveupdate_file_op_args) -> c_int {
+    let a = args(a);
+    let r = (|| {
+        let d = dep_payload(a.file).ok_or(Errno::EINVAL)?;
+        log("dep_preserve", d.value);
+        let k = kernel()?;
+        let page = k.kho().alloc_preserve((DEP_MAX + 2) * 8)?.as_u64();
+        if let Err(e) = dep_write(a, page) {
+            let _ = k.kho().unpreserve_free(PhysAddr::new(page));
+            return Err(e);
+        }
+        a.serialized_data = page;
+        Ok(())
+    })();
+    r.map_or_else(Errno::to_neg, |()| 0)
+}
+
+unsafe extern "C" fn dep_freeze(a: *mut liveupdate_file_op_args) -> c_int {
+    let a = args(a);
+    if let Some(d) = dep_payload(a.file) {
+        log("dep_freeze", d.value);
+    }
+    dep_write(a, a.serialized_data).map_or_else(Errno::to_neg, |()| 0)
+}
+
+unsafe extern "C" fn dep_unpreserve(a: *mut liveupdate_file_op_args) {
+    let a = args(a);
+    log("dep_unpreserve", dep_payload(a.file).map_or(0, |d| d.value));
+    if let Ok(k) = kernel() {
+        let _ = k.kho().unpreserve_free(PhysAddr::new(a.serialized_data));
+    }
+}
+
+unsafe extern "C" fn dep_retrieve(a: *mut liveupdate_file_op_args) -> c_int {
+    let a = args(a);
+    let r = (|| {
+        let k = kernel()?;
+        let (value, tokens) = dep_read(a.serialized_data)?;
+        log("dep_retrieve", value);
+        let mut deps = Vec::new();
+        for t in tokens {
+            deps.push(k.luo().get_file_incoming(a.session, t)?);
+        }
+        Ok::<_, Errno>(CoreFile::new(
+            "luo-test-dep",
+            FileObj::Synthetic(
+                FileKind::Other,
+                Box::new(DepFile {
+                    value,
+                    deps: Mutex::new(deps),
+                    raw_tokens: Mutex::new(Vec::new()),
+                }),
+            ),
+        ))
+    })();
+    // Retrieved or not, the record page goes: finish skips files whose retrieve failed.
+    if let Ok(k) = kernel() {
+        let _ = k.kho().restore_free(PhysAddr::new(a.serialized_data));
+    }
+    match r {
+        Ok(f) => {
+            a.file = CoreFile::into_c(f);
+            0
+        }
+        Err(e) => e.to_neg(),
+    }
+}
+
+unsafe extern "C" fn dep_finish(a: *mut liveupdate_file_op_args) {
+    let a = args(a);
+    if a.retrieve_status > 0 {
+        log("dep_finish", dep_payload(a.file).map_or(0, |d| d.value));
+        return;
+    }
+    log(
+        "dep_finish",
+        dep_read(a.serialized_data).map_or(0, |(v, _)| v),
+    );
+    if a.retrieve_status == 0
+        && let Ok(k) = kernel()
+    {
+        let _ = k.kho().restore_free(PhysAddr::new(a.serialized_data));
     }
 }

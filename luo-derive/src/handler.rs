@@ -868,6 +868,7 @@ fn entry(table: &Ident, compat: &str) -> TokenStream {
         __lu::liveupdate_file_handler {
             ops: &#table,
             compatible: ::luo_abi::abi::compat_bytes(#compat),
+            depends_on: ::core::ptr::null(),
         }
     }
 }

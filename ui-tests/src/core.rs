@@ -409,6 +409,7 @@ impl MiniCore {
             file: ptr::null_mut(),
             serialized_data: 0,
             private_data: ptr::null_mut(),
+            session: ptr::null_mut(),
         }
     }
 

@@ -116,6 +116,7 @@ const fn handler(ops: &'static Ops, compat: &str) -> StaticHandler {
     StaticHandler(liveupdate_file_handler {
         ops: &ops.0,
         compatible: compat48(compat),
+        depends_on: std::ptr::null(),
     })
 }
 

@@ -12,6 +12,17 @@
  * its own. Each is a small struct with an ops table, registered with the
  * functions below. Every entry point fails with -EOPNOTSUPP when LUO is
  * disabled.
+ *
+ * A preserved file may depend on another file preserved in the same session
+ * (a guest_memfd on its KVM VM): its handler lists the compatibles it may
+ * depend on in liveupdate_file_handler.depends_on, names the dependency by its
+ * token with liveupdate_get_token_outgoing() (preserve and freeze) and gets it
+ * back in the new kernel with liveupdate_get_file_incoming() (retrieve), which
+ * retrieves the dependency first. LUO records each such edge, releases
+ * dependents before their dependencies (unpreserve when the session is closed,
+ * finish) and refuses a dependency of an undeclared compatible (-EINVAL), a
+ * file not preserved in the session (-ENOENT) and a retrieve cycle
+ * (-EDEADLK).
  */
 
 #ifndef _LINUX_LIVEUPDATE_H
@@ -27,6 +38,7 @@
 
 struct file;
 struct module;
+struct liveupdate_session;
 struct liveupdate_file_op_args;
 struct liveupdate_file_ops;
 struct liveupdate_file_handler;
@@ -37,6 +49,8 @@ struct liveupdate_fh_global_state_ops;
 struct liveupdate_subsystem_ops;
 struct liveupdate_subsystem;
 
+/* Most compatibles one handler's depends_on may list. */
+#define LIVEUPDATE_DEPENDS_MAX		8
 
 /**
  * struct liveupdate_file_op_args - Arguments of the file handler callbacks.
@@ -45,6 +59,7 @@ struct liveupdate_subsystem;
  * @file: Input to every op except retrieve, which outputs the rebuilt file; NULL in can_finish and finish for a file never retrieved.
  * @serialized_data: Opaque handle to the handler's serialized state: output of preserve (freeze may update it), input to the others. Stored in luo_file_ser.data.
  * @private_data: Runtime state that is not handed over: set by preserve, released by unpreserve.
+ * @session: The session the file is preserved in (outgoing) or comes from (incoming). Not in upstream's struct (its handlers get the session from the caller); the handle for liveupdate_get_token_outgoing() and liveupdate_get_file_incoming(), valid for the duration of the callback.
  *
  * LUO fills the inputs of each call and keeps the outputs only when the
  * callback succeeds.
@@ -55,6 +70,7 @@ struct liveupdate_file_op_args {
 	struct file *file;
 	u64 serialized_data;
 	void *private_data;
+	struct liveupdate_session *session;
 };
 
 /**
@@ -91,16 +107,19 @@ struct liveupdate_file_ops {
  * struct liveupdate_file_handler - A file handler, registered with
  * @ops: The handler's callbacks.
  * @compatible: Compatible string (for example "memfd-v2"), written to luo_file_ser.compatible and matched exactly in the next kernel; unique among registered handlers.
+ * @depends_on: NULL, or a NULL-terminated array of the compatibles of the handlers whose files this handler's files may depend on (at most LIVEUPDATE_DEPENDS_MAX entries, each non-empty and shorter than LIVEUPDATE_HNDL_COMPAT_LENGTH, else registration fails with -EINVAL). liveupdate_get_token_outgoing() and liveupdate_get_file_incoming() refuse any other file with -EINVAL.
  *
  * liveupdate_register_file_handler().
  *
  * Upstream also has two private list heads here (the registry link and the
  * list of linked FLBs). The Rust core keeps that state in a side table, so
- * the struct stops after `compatible`.
+ * the struct stops after `depends_on`, which is this model's (upstream's
+ * guest_memfd names its VM without declaring it).
  */
 struct liveupdate_file_handler {
 	const struct liveupdate_file_ops *ops;
 	const char compatible[LIVEUPDATE_HNDL_COMPAT_LENGTH];
+	const char **depends_on;
 };
 
 /**
@@ -222,6 +241,29 @@ int liveupdate_register_file_handler(struct liveupdate_file_handler *fh);
 void liveupdate_unregister_file_handler(struct liveupdate_file_handler *fh);
 
 /**
+ * From the preserve or freeze callback of a file of session s (args->session):
+ * the token under which file is preserved in s, and a recorded dependency of
+ * the calling file on it, so LUO unpreserves the caller first. -ENOENT if file
+ * is not preserved in s (a dependent cannot be preserved or frozen without its
+ * dependency), -EINVAL if its handler's compatible is not in the caller's
+ * depends_on, or when not called from such a callback of s.
+ */
+int liveupdate_get_token_outgoing(struct liveupdate_session *s, struct file *file, u64 *tokenp);
+
+/**
+ * From the retrieve callback of a file of incoming session s (args->session):
+ * the file preserved under token in s, retrieved first if it was not yet (a
+ * later LIVEUPDATE_SESSION_RETRIEVE_FD of the token returns the same file), and
+ * a recorded dependency of the calling file on it, so LUO finishes the caller
+ * first. No reference is taken: s holds the file until it finishes, which is
+ * after the caller. -ENOENT for an unknown token, -EINVAL if the file's handler
+ * compatible is not in the caller's depends_on or when not called from such a
+ * callback of s, -EDEADLK if retrieving it needs the caller itself (a cycle),
+ * or the error its retrieve returned.
+ */
+int liveupdate_get_file_incoming(struct liveupdate_session *s, u64 token, struct file **filep);
+
+/**
  * Make files of a registered handler depend on an FLB. -EEXIST if already linked or the compatible is taken by another FLB, -ENOSPC past LUO_FLB_MAX FLBs.
  */
 int liveupdate_register_flb(struct liveupdate_file_handler *fh, struct liveupdate_flb *flb);
@@ -291,12 +333,13 @@ int liveupdate_unregister_subsystem(struct liveupdate_subsystem *h);
 
 #ifdef __LUO_ASSERT
 #if defined(__x86_64__) || defined(__aarch64__)
-__LUO_ASSERT(sizeof(struct liveupdate_file_op_args) == 40);
+__LUO_ASSERT(sizeof(struct liveupdate_file_op_args) == 48);
 __LUO_ASSERT(offsetof(struct liveupdate_file_op_args, handler) == 0);
 __LUO_ASSERT(offsetof(struct liveupdate_file_op_args, retrieve_status) == 8);
 __LUO_ASSERT(offsetof(struct liveupdate_file_op_args, file) == 16);
 __LUO_ASSERT(offsetof(struct liveupdate_file_op_args, serialized_data) == 24);
 __LUO_ASSERT(offsetof(struct liveupdate_file_op_args, private_data) == 32);
+__LUO_ASSERT(offsetof(struct liveupdate_file_op_args, session) == 40);
 __LUO_ASSERT(sizeof(struct liveupdate_file_ops) == 80);
 __LUO_ASSERT(offsetof(struct liveupdate_file_ops, can_preserve) == 0);
 __LUO_ASSERT(offsetof(struct liveupdate_file_ops, preserve) == 8);
@@ -308,9 +351,10 @@ __LUO_ASSERT(offsetof(struct liveupdate_file_ops, can_finish) == 48);
 __LUO_ASSERT(offsetof(struct liveupdate_file_ops, finish) == 56);
 __LUO_ASSERT(offsetof(struct liveupdate_file_ops, get_id) == 64);
 __LUO_ASSERT(offsetof(struct liveupdate_file_ops, owner) == 72);
-__LUO_ASSERT(sizeof(struct liveupdate_file_handler) == 56);
+__LUO_ASSERT(sizeof(struct liveupdate_file_handler) == 64);
 __LUO_ASSERT(offsetof(struct liveupdate_file_handler, ops) == 0);
 __LUO_ASSERT(offsetof(struct liveupdate_file_handler, compatible) == 8);
+__LUO_ASSERT(offsetof(struct liveupdate_file_handler, depends_on) == 56);
 __LUO_ASSERT(sizeof(struct liveupdate_flb_op_args) == 24);
 __LUO_ASSERT(offsetof(struct liveupdate_flb_op_args, flb) == 0);
 __LUO_ASSERT(offsetof(struct liveupdate_flb_op_args, data) == 8);
@@ -341,12 +385,13 @@ __LUO_ASSERT(offsetof(struct liveupdate_subsystem, name) == 8);
 #endif
 
 #if defined(__i386__)
-__LUO_ASSERT(sizeof(struct liveupdate_file_op_args) == 24);
+__LUO_ASSERT(sizeof(struct liveupdate_file_op_args) == 28);
 __LUO_ASSERT(offsetof(struct liveupdate_file_op_args, handler) == 0);
 __LUO_ASSERT(offsetof(struct liveupdate_file_op_args, retrieve_status) == 4);
 __LUO_ASSERT(offsetof(struct liveupdate_file_op_args, file) == 8);
 __LUO_ASSERT(offsetof(struct liveupdate_file_op_args, serialized_data) == 12);
 __LUO_ASSERT(offsetof(struct liveupdate_file_op_args, private_data) == 20);
+__LUO_ASSERT(offsetof(struct liveupdate_file_op_args, session) == 24);
 __LUO_ASSERT(sizeof(struct liveupdate_file_ops) == 40);
 __LUO_ASSERT(offsetof(struct liveupdate_file_ops, can_preserve) == 0);
 __LUO_ASSERT(offsetof(struct liveupdate_file_ops, preserve) == 4);
@@ -358,9 +403,10 @@ __LUO_ASSERT(offsetof(struct liveupdate_file_ops, can_finish) == 24);
 __LUO_ASSERT(offsetof(struct liveupdate_file_ops, finish) == 28);
 __LUO_ASSERT(offsetof(struct liveupdate_file_ops, get_id) == 32);
 __LUO_ASSERT(offsetof(struct liveupdate_file_ops, owner) == 36);
-__LUO_ASSERT(sizeof(struct liveupdate_file_handler) == 52);
+__LUO_ASSERT(sizeof(struct liveupdate_file_handler) == 56);
 __LUO_ASSERT(offsetof(struct liveupdate_file_handler, ops) == 0);
 __LUO_ASSERT(offsetof(struct liveupdate_file_handler, compatible) == 4);
+__LUO_ASSERT(offsetof(struct liveupdate_file_handler, depends_on) == 52);
 __LUO_ASSERT(sizeof(struct liveupdate_flb_op_args) == 16);
 __LUO_ASSERT(offsetof(struct liveupdate_flb_op_args, flb) == 0);
 __LUO_ASSERT(offsetof(struct liveupdate_flb_op_args, data) == 4);

@@ -1,0 +1,622 @@
+//! The `vfio-pci-v1` handler, the PCI FLB and the IOMMU FLB through the core: the order
+//! memfd → iommufd → vfio cdev with upstream's errors, PCI refcounts up to the root port
+//! (EBUSY, ENOSPC, VFs, after shutdown), freeze refused with interrupts on, kexec with the
+//! refcounts and IOMMU device entries checked from the handed-over bytes, retrieve, finish
+//! (refcounts down the path), unpreserve on session close, never-retrieved devices both ways,
+//! the FLBs created once for several files across handlers and sessions and finished once
+//! after the last, FLB get/put from 8 threads, a domain kept by a device after its iommufd is
+//! gone, leak checks (every handed-over page claimed), and one live update per corrupted byte
+//! of the device state.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use luo_abi::Errno;
+use luo_abi::file::{File, FileRef};
+use luo_abi::kho::KhoService;
+use luo_core::{BootOptions, Handover, Kernel, KernelVersion};
+use luo_generated::iommu::IOMMU_SER_FLAG_DELETED;
+use luo_handlers::iommu::{self, FlbCalls, HwUnit, Kho};
+use luo_handlers::iommufd::{self, Iommufd, REQUIRED_SEALS};
+use luo_handlers::pci::{self, PciAddr, PciKind};
+use luo_handlers::vfio_pci::{self, CanFinish, Stats, VfioDevice};
+
+const PAGE: u64 = 4096;
+const HW: HwUnit = HwUnit { token: 0xfed9_0000 };
+const HW2: HwUnit = HwUnit { token: 0xfed9_1000 };
+const RP1: u16 = 0x0008;
+const SW: u16 = 0x0100;
+const EP_A: u16 = 0x0200;
+const VF: u16 = 0x0201;
+const EP_B: u16 = 0x0208;
+const RP2: u16 = 0x0010;
+const EP_C: u16 = 0x0300;
+
+/// Boots and enumerates: RP1 → switch → {A, A's VF, B}; RP2 → C.
+fn boot(h: Option<Handover>, mode: CanFinish) -> Kernel {
+    let opts = BootOptions {
+        version: KernelVersion::Next,
+        ..BootOptions::default()
+    };
+    let k = Kernel::boot(&opts, h).unwrap();
+    k.make_current();
+    vfio_pci::boot_devices(
+        mode,
+        &[
+            (0, RP1, None, PciKind::Bridge),
+            (0, SW, Some(RP1), PciKind::Bridge),
+            (0, EP_A, Some(SW), PciKind::Endpoint),
+            (0, VF, Some(SW), PciKind::Vf),
+            (0, EP_B, Some(SW), PciKind::Endpoint),
+            (0, RP2, None, PciKind::Bridge),
+            (0, EP_C, Some(RP2), PciKind::Endpoint),
+        ],
+    )
+    .unwrap();
+    k
+}
+
+fn kho(k: &Kernel) -> Kho {
+    Arc::clone(k.kho()) as Arc<dyn KhoService + Send + Sync>
+}
+
+fn file(k: &Kernel, fd: i32) -> FileRef {
+    k.file(fd).unwrap()
+}
+
+fn sealed_memfd(k: &Kernel) -> i32 {
+    let fd = k.memfd_create("ram").unwrap();
+    k.ftruncate(fd, 4 * PAGE).unwrap();
+    let f = k.file(fd).unwrap();
+    File::as_shmem(&*f)
+        .unwrap()
+        .add_seals(REQUIRED_SEALS)
+        .unwrap();
+    fd
+}
+
+/// An iommufd mapping a sealed memfd, with one HWPT marked `token`: (memfd, iommufd fd,
+/// handle, hwpt id). Nothing preserved.
+fn iommufd_setup(k: &Kernel, token: u64) -> (i32, i32, Iommufd, u32) {
+    let m = sealed_memfd(k);
+    let ifd = iommufd::open(|kind, name, p| k.open_synthetic(kind, name, p)).unwrap();
+    let fd = k.file(ifd).unwrap().synthetic::<Iommufd>().unwrap().clone();
+    fd.ioas_map(file(k, m), 0, 4 * PAGE).unwrap();
+    let h = fd.hwpt_alloc(HW).unwrap();
+    fd.hwpt_mark_preserve(h, token).unwrap();
+    (m, ifd, fd, h)
+}
+
+/// A vfio device file, attached to `attach` if given.
+fn vfio(k: &Kernel, bdf: u16, hw: HwUnit, attach: Option<(&Iommufd, u32)>) -> i32 {
+    let d = VfioDevice::new(0, bdf, hw);
+    if let Some((fd, h)) = attach {
+        d.attach(fd, h).unwrap();
+    }
+    vfio_pci::open(d, |kind, name, p| k.open_synthetic(kind, name, p)).unwrap()
+}
+
+fn device(k: &Kernel, fd: i32) -> Arc<luo_core::file::CoreFile> {
+    let f = k.file(fd).unwrap();
+    assert!(f.synthetic::<VfioDevice>().is_some());
+    f
+}
+
+fn refs(v: &[(u16, u16)]) -> BTreeMap<PciAddr, u16> {
+    v.iter().map(|(b, r)| ((0, *b), *r)).collect()
+}
+
+fn pci_calls() -> FlbCalls {
+    pci::flb_calls().unwrap()
+}
+
+#[test]
+fn order_memfd_then_iommufd_then_vfio() {
+    let k = boot(None, CanFinish::Upstream);
+    let dev = k.open_dev().unwrap();
+    let s = k.create_session(dev, "vm").unwrap();
+    let (m, ifd, fd, h) = iommufd_setup(&k, 1);
+    let unmarked = fd.hwpt_alloc(HW).unwrap();
+    let a = vfio(&k, EP_A, HW, Some((&fd, h)));
+    // vfio first: no outgoing IOMMU FLB (no iommufd preserved).
+    assert_eq!(k.preserve_fd(s, a, 3), Err(Errno::EINVAL));
+    // iommufd before its memfd: the memfd is not preserved in the session.
+    assert_eq!(k.preserve_fd(s, ifd, 2), Err(Errno::ENOENT));
+    k.preserve_fd(s, m, 1).unwrap();
+    k.preserve_fd(s, ifd, 2).unwrap();
+    // A device on an unmarked HWPT: its domain is not preserved.
+    let b = vfio(&k, EP_B, HW, Some((&fd, unmarked)));
+    assert_eq!(k.preserve_fd(s, b, 4), Err(Errno::EINVAL));
+    // A device on another iommufd that is not preserved: same.
+    let (_, _, fd2, h2) = iommufd_setup(&k, 1);
+    let c = vfio(&k, EP_C, HW2, Some((&fd2, h2)));
+    assert_eq!(k.preserve_fd(s, c, 5), Err(Errno::EINVAL));
+    // Every refused vfio preserve rolled the PCI FLB back and left no PCI entry.
+    assert_eq!(pci_calls().preserve, pci_calls().unpreserve);
+    assert_eq!(pci::outgoing_data().unwrap(), None);
+    // In order: preserved, and the IOMMU FLB has the device behind its unit.
+    k.preserve_fd(s, a, 3).unwrap();
+    assert_eq!(
+        device(&k, a)
+            .synthetic::<VfioDevice>()
+            .unwrap()
+            .attach(&fd, h),
+        Err(Errno::EBUSY),
+        "attachment is fixed while preserved"
+    );
+    let out = iommu::decode(&kho(&k), iommu::outgoing_data().unwrap().unwrap()).unwrap();
+    assert_eq!(out.devices.len(), 1);
+    assert_eq!(out.devices[0].devid, u32::from(EP_A));
+    assert_eq!(out.devices[0].domain_phys, out.domains[0].phys);
+    assert_eq!(out.domains[0].ref_count, 2, "the HWPT and the device");
+    assert_eq!(
+        pci::outgoing().unwrap(),
+        refs(&[(RP1, 1), (SW, 1), (EP_A, 1)])
+    );
+}
+
+#[test]
+fn pci_refcounts_and_errors() {
+    let k = boot(None, CanFinish::Upstream);
+    let dev = k.open_dev().unwrap();
+    let s = k.create_session(dev, "s").unwrap();
+    let s2 = k.create_session(dev, "s2").unwrap();
+    // Devices without an IOMMU attachment: PCI only.
+    let a = vfio(&k, EP_A, HW, None);
+    let b = vfio(&k, EP_B, HW, None);
+    let c = vfio(&k, EP_C, HW, None);
+    k.preserve_fd(s, a, 1).unwrap();
+    k.preserve_fd(s2, b, 1).unwrap();
+    k.preserve_fd(s, c, 2).unwrap();
+    let want = refs(&[(RP1, 2), (SW, 2), (EP_A, 1), (EP_B, 1), (RP2, 1), (EP_C, 1)]);
+    assert_eq!(pci::outgoing().unwrap(), want);
+    // The same from the FLB's bytes; the array is sized for the 7 present functions.
+    let (max, bytes) = pci::decode(&kho(&k), pci::outgoing_data().unwrap().unwrap()).unwrap();
+    assert_eq!((max, &bytes), (7, &want));
+    assert_eq!(
+        pci_calls().preserve,
+        1,
+        "one PCI FLB object for three devices"
+    );
+    // The endpoint twice (another file on the same device).
+    let a2 = vfio(&k, EP_A, HW, None);
+    assert_eq!(k.preserve_fd(s, a2, 3), Err(Errno::EBUSY));
+    // A VF, and a function not on the bus.
+    let vf = vfio(&k, VF, HW, None);
+    assert_eq!(k.preserve_fd(s, vf, 3), Err(Errno::EINVAL));
+    let ghost = vfio(&k, 0x0500, HW, None);
+    assert_eq!(k.preserve_fd(s, ghost, 3), Err(Errno::ENODEV));
+    // Hot-added after the array was sized: the 7th slot fits, the 8th does not.
+    pci::add_device(0, 0x0018, Some(RP2), PciKind::Endpoint).unwrap();
+    pci::add_device(0, 0x0020, Some(RP2), PciKind::Endpoint).unwrap();
+    let d = vfio(&k, 0x0018, HW, None);
+    k.preserve_fd(s, d, 4).unwrap();
+    let e = vfio(&k, 0x0020, HW, None);
+    assert_eq!(k.preserve_fd(s, e, 5), Err(Errno::ENOSPC));
+    // Unpreserve on session close: B's path goes down by one, its slot stays at 0.
+    k.close(s2).unwrap();
+    let mut now = want.clone();
+    now.insert((0, RP1), 1);
+    now.insert((0, SW), 1);
+    now.insert((0, EP_B), 0);
+    now.insert((0, RP2), 2);
+    now.insert((0, 0x0018), 1);
+    assert_eq!(pci::outgoing().unwrap(), now);
+    // B can be preserved again (its slot is reused for itself).
+    let s3 = k.create_session(dev, "s3").unwrap();
+    k.preserve_fd(s3, b, 1).unwrap();
+    assert_eq!(pci::outgoing().unwrap()[&(0, EP_B)], 1);
+    // After the kexec's device shutdown the PCI core refuses.
+    k.close(s3).unwrap();
+    pci::device_shutdown().unwrap();
+    assert_eq!(k.preserve_fd(s, b, 9), Err(Errno::EBUSY));
+}
+
+#[test]
+fn freeze_refused_with_interrupts_enabled() {
+    let k = boot(None, CanFinish::Upstream);
+    let dev = k.open_dev().unwrap();
+    let s = k.create_session(dev, "s").unwrap();
+    let a = vfio(&k, EP_A, HW, None);
+    k.preserve_fd(s, a, 1).unwrap();
+    device(&k, a)
+        .synthetic::<VfioDevice>()
+        .unwrap()
+        .set_irqs(true);
+    assert_eq!(k.kexec().err(), Some(Errno::EINVAL));
+    // The reboot failed; this kernel carries on with the device preserved.
+    assert_eq!(
+        pci::outgoing().unwrap(),
+        refs(&[(RP1, 1), (SW, 1), (EP_A, 1)])
+    );
+    device(&k, a)
+        .synthetic::<VfioDevice>()
+        .unwrap()
+        .set_irqs(false);
+    let _new = boot(Some(k.kexec().unwrap()), CanFinish::Upstream);
+    assert_eq!(
+        pci::get_incoming().unwrap(),
+        refs(&[(RP1, 1), (SW, 1), (EP_A, 1)])
+    );
+    pci::put_incoming();
+}
+
+/// Old kernel: session "vm1" = memfd + iommufd 1 (HWPT token 7) + A on it; session "vm2" =
+/// memfd + iommufd 2 (HWPT token 8), B on iommufd 1's HWPT (across sessions), C on iommufd
+/// 2's, behind HW2. Returns the new kernel and what the marked HWPTs mapped.
+fn vm_across(mode: CanFinish) -> (Kernel, BTreeMap<u64, Vec<(u64, u64)>>) {
+    let k = boot(None, mode);
+    let dev = k.open_dev().unwrap();
+    let s1 = k.create_session(dev, "vm1").unwrap();
+    let s2 = k.create_session(dev, "vm2").unwrap();
+    let (m1, ifd1, fd1, h1) = iommufd_setup(&k, 7);
+    k.preserve_fd(s1, m1, 1).unwrap();
+    k.preserve_fd(s1, ifd1, 2).unwrap();
+    let a = vfio(&k, EP_A, HW, Some((&fd1, h1)));
+    k.preserve_fd(s1, a, 3).unwrap();
+    let (m2, ifd2, fd2, h2) = iommufd_setup(&k, 8);
+    k.preserve_fd(s2, m2, 1).unwrap();
+    k.preserve_fd(s2, ifd2, 2).unwrap();
+    let b = vfio(&k, EP_B, HW, Some((&fd1, h1)));
+    let c = vfio(&k, EP_C, HW2, Some((&fd2, h2)));
+    k.preserve_fd(s2, b, 3).unwrap();
+    k.preserve_fd(s2, c, 4).unwrap();
+    assert_eq!(
+        (iommu::flb_calls().unwrap().preserve, pci_calls().preserve),
+        (1, 1),
+        "each FLB preserved once for all its files, across handlers and sessions"
+    );
+    let mut ranges = fd1.marked_ranges().unwrap();
+    ranges.extend(fd2.marked_ranges().unwrap());
+    (boot(Some(k.kexec().unwrap()), mode), ranges)
+}
+
+/// Retrieves every file of incoming session `name` (tokens 1..=n) and rebuilds the HWPTs
+/// of its iommufd; returns what they map.
+fn retrieve_all(k: &Kernel, s: i32, n: u64) -> BTreeMap<u64, Vec<(u64, u64)>> {
+    let mut got = BTreeMap::new();
+    for t in 1..=n {
+        let fd = k.retrieve_fd(s, t).unwrap();
+        if let Some(i) = k.file(fd).unwrap().synthetic::<Iommufd>() {
+            got.extend(i.restore_all(HW).unwrap());
+        }
+    }
+    got
+}
+
+#[test]
+fn kexec_retrieve_finish() {
+    let (k, ranges) = vm_across(CanFinish::Upstream);
+    // From the handed-over bytes: PCI refcounts up to each root port.
+    assert_eq!(
+        pci::get_incoming().unwrap(),
+        refs(&[(RP1, 2), (SW, 2), (EP_A, 1), (EP_B, 1), (RP2, 1), (EP_C, 1)])
+    );
+    pci::put_incoming();
+    // IOMMU: two units, HW written once with A and B behind it; two domains.
+    let inc = iommu::get_incoming().unwrap();
+    iommu::put_incoming();
+    assert_eq!(inc.hws.len(), 2);
+    assert_eq!((inc.hws[0].token, inc.hws[0].ref_count), (HW.token, 2));
+    assert_eq!((inc.hws[1].token, inc.hws[1].ref_count), (HW2.token, 1));
+    // VT-d context tables: bus 2 (A and B, devfn < 0x80) and bus 3 (C).
+    assert_eq!(inc.hws[0].context_tables_bitmap[0], 1 << 4);
+    assert_eq!(inc.hws[1].context_tables_bitmap[0], 1 << 6);
+    assert_eq!(inc.domains.len(), 2);
+    assert_eq!(inc.domains[0].ref_count, 3, "HWPT 7, A and B");
+    assert_eq!(inc.domains[1].ref_count, 2, "HWPT 8 and C");
+    let devs: Vec<_> = inc
+        .devices
+        .iter()
+        .map(|d| (d.devid, d.iommu_phys, d.domain_phys))
+        .collect();
+    let (d0, d1) = (inc.domains[0].phys, inc.domains[1].phys);
+    let (h0, h1) = (inc.hws[0].phys, inc.hws[1].phys);
+    assert_eq!(
+        devs,
+        vec![
+            (u32::from(EP_A), h0, d0),
+            (u32::from(EP_B), h0, d0),
+            (u32::from(EP_C), h1, d1)
+        ]
+    );
+
+    // A preserved device cannot be opened the normal way; an unpreserved one can.
+    assert!(matches!(VfioDevice::open(0, EP_A, HW), Err(Errno::EBUSY)));
+    VfioDevice::open(0, VF, HW).unwrap();
+    let dev = k.open_dev().unwrap();
+    let s1 = k.retrieve_session(dev, "vm1").unwrap();
+    let s2 = k.retrieve_session(dev, "vm2").unwrap();
+    let a = k.retrieve_fd(s1, 3).unwrap();
+    let a = device(&k, a);
+    let a = a.synthetic::<VfioDevice>().unwrap();
+    assert!(a.is_retrieved());
+    assert_eq!((a.domain, a.bdf), (0, EP_A));
+    let got = retrieve_all(&k, s1, 3);
+    assert_eq!(got, [(7, ranges[&7].clone())].into());
+    k.finish_session(s1).unwrap();
+    // vm1 finished: A's path goes down by one; both FLBs stay for vm2's files.
+    assert_eq!(
+        pci::get_incoming().unwrap(),
+        refs(&[(RP1, 1), (SW, 1), (EP_B, 1), (RP2, 1), (EP_C, 1)])
+    );
+    pci::put_incoming();
+    assert_eq!(
+        (pci_calls().finish, iommu::flb_calls().unwrap().finish),
+        (0, 0)
+    );
+    VfioDevice::open(0, EP_A, HW).unwrap();
+    assert!(matches!(VfioDevice::open(0, EP_B, HW), Err(Errno::EBUSY)));
+    // vm2: B never retrieved: upstream's can_finish refuses FINISH.
+    k.retrieve_fd(s2, 4).unwrap();
+    let fd2 = k.retrieve_fd(s2, 2).unwrap();
+    let fd2 = k.file(fd2).unwrap().synthetic::<Iommufd>().unwrap().clone();
+    assert_eq!(
+        fd2.restore_all(HW2).unwrap(),
+        [(8, ranges[&8].clone())].into()
+    );
+    assert_eq!(k.finish_session(s2), Err(Errno::EBUSY));
+    k.retrieve_fd(s2, 3).unwrap();
+    k.finish_session(s2).unwrap();
+    for calls in [pci_calls(), iommu::flb_calls().unwrap()] {
+        assert_eq!(
+            calls,
+            FlbCalls {
+                retrieve: 1,
+                finish: 1,
+                ..FlbCalls::default()
+            }
+        );
+    }
+    assert_eq!(pci::get_incoming().err(), Some(Errno::ENODATA), "finished");
+    assert_eq!(
+        k.stats().kho.incoming_pages,
+        0,
+        "every handed-over page claimed"
+    );
+    VfioDevice::open(0, EP_B, HW).unwrap();
+    assert_eq!(
+        vfio_pci::stats().unwrap(),
+        Stats {
+            finished: 3,
+            dropped: 0
+        }
+    );
+}
+
+#[test]
+fn never_retrieved_device_dropped() {
+    let (k, ranges) = vm_across(CanFinish::DropUnretrieved);
+    let dev = k.open_dev().unwrap();
+    let s1 = k.retrieve_session(dev, "vm1").unwrap();
+    let s2 = k.retrieve_session(dev, "vm2").unwrap();
+    // Only the iommufds (and what they need) are retrieved; A, B and C never are: their
+    // state is dropped at FINISH.
+    let mut got = BTreeMap::new();
+    for s in [s1, s2] {
+        let ifd = k.retrieve_fd(s, 2).unwrap();
+        let fd = k.file(ifd).unwrap().synthetic::<Iommufd>().unwrap().clone();
+        got.extend(fd.restore_all(HW).unwrap());
+    }
+    assert_eq!(got, ranges);
+    k.finish_session(s1).unwrap();
+    k.finish_session(s2).unwrap();
+    assert_eq!(
+        vfio_pci::stats().unwrap(),
+        Stats {
+            finished: 0,
+            dropped: 3
+        }
+    );
+    assert_eq!((pci_calls().retrieve, pci_calls().finish), (1, 1));
+    assert_eq!(iommu::flb_calls().unwrap().finish, 1);
+    assert_eq!(k.stats().kho.incoming_pages, 0, "dropped state freed too");
+}
+
+#[test]
+fn unpreserve_on_close_releases_iommu_and_pci_entries() {
+    let k = boot(None, CanFinish::Upstream);
+    let dev = k.open_dev().unwrap();
+    let baseline = k.stats().preserved_beyond_root();
+    let s1 = k.create_session(dev, "vm1").unwrap();
+    let s2 = k.create_session(dev, "vm2").unwrap();
+    let (m, ifd, fd, h) = iommufd_setup(&k, 7);
+    k.preserve_fd(s1, m, 1).unwrap();
+    k.preserve_fd(s1, ifd, 2).unwrap();
+    let a = vfio(&k, EP_A, HW, Some((&fd, h)));
+    k.preserve_fd(s1, a, 3).unwrap();
+    let b = vfio(&k, EP_B, HW, Some((&fd, h)));
+    k.preserve_fd(s2, b, 1).unwrap();
+    let data = iommu::outgoing_data().unwrap().unwrap();
+    k.close(s2).unwrap();
+    let out = iommu::decode(&kho(&k), data).unwrap();
+    assert_eq!(out.devices.len(), 2, "slots are never reused");
+    assert_eq!(out.devices[1].flags, IOMMU_SER_FLAG_DELETED as u32);
+    assert_eq!(out.hws[0].ref_count, 1, "B's reference on the unit dropped");
+    assert_eq!(out.domains[0].ref_count, 2);
+    assert_eq!(pci::outgoing().unwrap()[&(0, SW)], 1);
+    assert_eq!(pci_calls().unpreserve, 0, "A still holds the PCI FLB");
+    // Closing vm1 unpreserves A, the iommufd, the memfd, and both FLBs.
+    k.close(s1).unwrap();
+    assert_eq!(
+        (
+            pci_calls().unpreserve,
+            iommu::flb_calls().unwrap().unpreserve
+        ),
+        (1, 1)
+    );
+    assert_eq!(k.stats().preserved_beyond_root(), baseline);
+}
+
+#[test]
+fn flb_get_put_from_eight_threads() {
+    let (k, _) = vm_across(CanFinish::Upstream);
+    let want = refs(&[(RP1, 2), (SW, 2), (EP_A, 1), (EP_B, 1), (RP2, 1), (EP_C, 1)]);
+    std::thread::scope(|t| {
+        for _ in 0..8 {
+            let (k, want) = (k.clone(), &want);
+            t.spawn(move || {
+                k.make_current();
+                for _ in 0..200 {
+                    let inc = iommu::get_incoming().unwrap();
+                    assert_eq!(inc.devices.len(), 3);
+                    let p = pci::get_incoming().unwrap();
+                    assert_eq!(&p, want);
+                    pci::put_incoming();
+                    iommu::put_incoming();
+                }
+            });
+        }
+    });
+    k.make_current();
+    // Retrieved exactly once each; the files still hold both FLBs.
+    assert_eq!(
+        (iommu::flb_calls().unwrap(), pci_calls()),
+        (
+            FlbCalls {
+                retrieve: 1,
+                ..FlbCalls::default()
+            },
+            FlbCalls {
+                retrieve: 1,
+                ..FlbCalls::default()
+            }
+        )
+    );
+    let dev = k.open_dev().unwrap();
+    for (name, n) in [("vm1", 3), ("vm2", 4)] {
+        let s = k.retrieve_session(dev, name).unwrap();
+        retrieve_all(&k, s, n);
+        k.finish_session(s).unwrap();
+    }
+    assert_eq!(
+        (iommu::flb_calls().unwrap().finish, pci_calls().finish),
+        (1, 1)
+    );
+}
+
+#[test]
+fn a_domain_outlives_its_iommufd_while_a_device_uses_it() {
+    let k = boot(None, CanFinish::Upstream);
+    let dev = k.open_dev().unwrap();
+    let s1 = k.create_session(dev, "iommufd1").unwrap();
+    let s2 = k.create_session(dev, "iommufd2").unwrap();
+    let s3 = k.create_session(dev, "device").unwrap();
+    let (m1, ifd1, fd1, h1) = iommufd_setup(&k, 1);
+    k.preserve_fd(s1, m1, 1).unwrap();
+    k.preserve_fd(s1, ifd1, 2).unwrap();
+    let (m2, ifd2, _, _) = iommufd_setup(&k, 2);
+    k.preserve_fd(s2, m2, 1).unwrap();
+    k.preserve_fd(s2, ifd2, 2).unwrap();
+    let b = vfio(&k, EP_B, HW, Some((&fd1, h1)));
+    k.preserve_fd(s3, b, 1).unwrap();
+    let data = iommu::outgoing_data().unwrap().unwrap();
+    let flags = |i: usize| {
+        let d = &iommu::decode(&kho(&k), data).unwrap().domains[i];
+        (d.ref_count, d.flags)
+    };
+    assert_eq!(flags(0), (2, 0));
+    // iommufd 1 unpreserved: its HWPT's reference goes, B's keeps the domain.
+    k.close(s1).unwrap();
+    assert_eq!(flags(0), (1, 0));
+    // B unpreserved: the domain is gone (iommufd 2 keeps the FLB alive).
+    k.close(s3).unwrap();
+    assert_eq!(flags(0), (0, IOMMU_SER_FLAG_DELETED as u32));
+    assert_eq!(flags(1), (1, 0));
+    // Across the kexec nothing of it is left behind: once iommufd 2 is finished, every
+    // page the old kernel preserved has been claimed.
+    let k = boot(Some(k.kexec().unwrap()), CanFinish::Upstream);
+    let dev = k.open_dev().unwrap();
+    let s = k.retrieve_session(dev, "iommufd2").unwrap();
+    retrieve_all(&k, s, 2);
+    k.finish_session(s).unwrap();
+    assert_eq!(iommu::flb_calls().unwrap().finish, 1);
+    assert_eq!(k.stats().kho.incoming_pages, 0);
+}
+
+/// Where the old kernel's device state is, to corrupt it: (what, address, length).
+fn device_state_bytes(k: &Kernel, ifd_data: u64) -> Vec<(&'static str, u64, u64)> {
+    let iommu = iommu::outgoing_data().unwrap().unwrap();
+    let out = iommu::decode(&kho(k), iommu).unwrap();
+    let mut v = vec![
+        ("pci_ser", pci::outgoing_data().unwrap().unwrap(), 8 + 8 * 7),
+        ("iommufd_ser", ifd_data, 8 + 24),
+        ("iommu_flb_ser", iommu, 24),
+    ];
+    let page = |p: u64| p & !(PAGE - 1);
+    v.push(("hw page", page(out.hws[0].phys), 16 + 112));
+    v.push(("domain page", page(out.domains[0].phys), 16 + 37));
+    v
+}
+
+#[test]
+fn corrupt_device_state_gives_errors_never_a_panic() {
+    // One live update per corrupted byte (every byte of the PCI data, the iommufd data, the
+    // IOMMU FLB's root and the first slot of its unit and domain chains): the new kernel
+    // retrieves and finishes what it can; a refusal is an errno, never a panic.
+    let mut cases = 0u64;
+    let mut refused = 0u64;
+    let mut per = BTreeMap::new();
+    let plan = {
+        let k = boot(None, CanFinish::DropUnretrieved);
+        let dev = k.open_dev().unwrap();
+        let s = k.create_session(dev, "vm").unwrap();
+        let (m, ifd, fd, h) = iommufd_setup(&k, 7);
+        k.preserve_fd(s, m, 1).unwrap();
+        k.preserve_fd(s, ifd, 2).unwrap();
+        let a = vfio(&k, EP_A, HW, Some((&fd, h)));
+        k.preserve_fd(s, a, 3).unwrap();
+        let data = k.luo().outgoing()[0].file_data(2).unwrap();
+        device_state_bytes(&k, data)
+            .into_iter()
+            .map(|(what, at, len)| (what, at.wrapping_sub(data), len))
+            .collect::<Vec<_>>()
+    };
+    for (what, rel, len) in plan {
+        for i in 0..len {
+            let k = boot(None, CanFinish::DropUnretrieved);
+            let dev = k.open_dev().unwrap();
+            let s = k.create_session(dev, "vm").unwrap();
+            let (m, ifd, fd, h) = iommufd_setup(&k, 7);
+            k.preserve_fd(s, m, 1).unwrap();
+            k.preserve_fd(s, ifd, 2).unwrap();
+            let a = vfio(&k, EP_A, HW, Some((&fd, h)));
+            k.preserve_fd(s, a, 3).unwrap();
+            // The same allocation order every time: the same addresses.
+            let data = k.luo().outgoing()[0].file_data(2).unwrap();
+            let at = data.wrapping_add(rel) + i;
+            let mut b = [0u8];
+            kho(&k).read(luo_abi::PhysAddr::new(at), &mut b).unwrap();
+            kho(&k)
+                .write(luo_abi::PhysAddr::new(at), &[b[0] ^ 0xa5])
+                .unwrap();
+            let k = boot(Some(k.kexec().unwrap()), CanFinish::DropUnretrieved);
+            cases += 1;
+            let ok = (|| -> Result<(), Errno> {
+                let _ = pci::get_incoming().map(|_| pci::put_incoming());
+                let _ = iommu::get_incoming().map(|_| iommu::put_incoming());
+                let dev = k.open_dev()?;
+                let s = k.retrieve_session(dev, "vm")?;
+                let _ = k.retrieve_fd(s, 3);
+                let ifd = k.retrieve_fd(s, 2)?;
+                let fd = k
+                    .file(ifd)?
+                    .synthetic::<Iommufd>()
+                    .cloned()
+                    .ok_or(Errno::EINVAL)?;
+                fd.restore_all(HW)?;
+                k.finish_session(s)
+            })();
+            if ok.is_err() {
+                refused += 1;
+                *per.entry(what).or_insert(0u64) += 1;
+            }
+        }
+    }
+    assert!(cases > 200, "{cases}");
+    assert!(
+        per.contains_key("pci_ser") && per.contains_key("iommu_flb_ser"),
+        "{per:?}"
+    );
+    assert!(refused > 0, "some corruptions must be refused");
+}

@@ -15,6 +15,21 @@
 //!
 //! HugeTLB-backed guest_memfds (this project's `GUEST_MEMFD_LUO_FLAG_HUGETLB`) take their
 //! pages from the HugeTLB pools ([`crate::hugetlb`]) and account them there.
+//!
+//! The handlers are registered by [`crate::hugetlb::register`]. Driving them from the core
+//! (`luo_core::Kernel`), e.g. for a simulation:
+//!
+//! ```text
+//! let vm = k.open_synthetic(FileKind::KvmVm, kvm::VM_FILE_NAME, Box::new(Vm::new(0)?))?;
+//! let g = GuestMemfd::new(k.file(vm)?, size, GUEST_MEMFD_LUO_FLAG_MMAP)?;
+//! g.pages().write(off, data)?;
+//! let (digest, folios) = (g.pages().digest()?, g.pages().folios());
+//! let gfd = k.open_synthetic(FileKind::GuestMemfd, GMEM_FILE_NAME, Box::new(g))?;
+//! // preserve vm then gfd in one session, kexec, retrieve gfd (the VM comes with it):
+//! let g = gmem_of(&*k2.file(fd)?).unwrap();
+//! assert_eq!((g.pages().digest()?, g.pages().folios()), (digest, folios));
+//! assert_eq!(vm_of(&**g.vm()).unwrap().vm_type(), 0);
+//! ```
 
 use std::any::Any;
 use std::collections::BTreeMap;

@@ -11,9 +11,9 @@
 //! * **resolved** — `liveupdate_get_file_incoming` retrieves the dependency first (a retrieve
 //!   that needs itself, directly or through others, is a cycle: `EDEADLK`), and dependents are
 //!   released before their dependencies: unpreserve when an outgoing session is closed and
-//!   finish of an incoming one ([`take_in_release_order`]).
+//!   finish of an incoming one (`take_in_release_order`).
 //!
-//! Which callback is running is a per-thread stack of [`Frame`]s (callbacks nest: a retrieve
+//! Which callback is running is a per-thread stack of `Frame`s (callbacks nest: a retrieve
 //! retrieves its dependencies). An outgoing frame carries an index of the session's preserved
 //! files taken before the callback, because the core holds the session lock across preserve
 //! and freeze.

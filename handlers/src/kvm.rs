@@ -6,7 +6,8 @@
 //! the reboot path. guest_memfds name their VM by its token ([`crate::guest_memfd`]).
 //!
 //! The model's VM ([`Vm`]) is a synthetic file of [`FileKind::KvmVm`]; create one with
-//! [`Vm::new`] and install it with the core's `open_synthetic`.
+//! [`Vm::new`] and install it with the core's `open_synthetic`. The handler is registered by
+//! [`crate::hugetlb::register`], with guest_memfd's.
 
 use std::any::Any;
 use std::ffi::c_int;
@@ -169,7 +170,8 @@ unsafe extern "C" fn preserve(a: *mut liveupdate_file_op_args) -> c_int {
     let a = unsafe { &mut *a };
     rc((|| {
         let vm = vm_ptr(a.file).ok_or(Errno::EINVAL)?;
-        // Upstream: a dead or bugged VM cannot be preserved.
+        // Upstream: a dead or bugged VM cannot be preserved. The errno is the model's: EIO,
+        // what KVM's ioctls return on a dead VM.
         if !vm.usable() {
             return Err(Errno::EIO);
         }

@@ -105,6 +105,13 @@ pub trait Host: Send + Sync {
         None
     }
 
+    /// The payload of a synthetic file given as a [`File`] (one a handler keeps, such as a
+    /// guest_memfd's VM).
+    fn payload<'a>(&self, f: &'a dyn File) -> Option<&'a (dyn Any + Send + Sync)> {
+        let _ = f;
+        None
+    }
+
     /// A new synthetic file of `kind` in the current kernel (a retrieve's output).
     fn open_synthetic(
         &self,

@@ -1,6 +1,6 @@
 //! HugeTLB global state both ways (issue 6, the seed's question), shared by two file types:
-//! HugeTLB memfds (`huge-memfd-v1`) and guest_memfd (`guest_memfd_luo_v1`, HugeTLB-backed or
-//! not).
+//! HugeTLB memfds (`huge-memfd-v1`, here) and guest_memfd (`guest_memfd_luo_v1`,
+//! [`crate::guest_memfd`], HugeTLB-backed or not).
 //!
 //! The pools (per huge page size: pages, free pages, pages of preserved files) are handed over
 //! as `struct hugetlb_ser` (spec `hugetlb/v1`) in one of two forms, chosen at [`register`]:
@@ -15,9 +15,11 @@
 //!   (before any file is retrieved, so the free pages are back in the pool), finished after the
 //!   last incoming session.
 //!
-//! The model's huge pages are counts per size, not page frames: a file holds `nr` pages of one
-//! order, a never-retrieved file's pages go back to the free pool at finish, a retrieved file
-//! keeps them. The folio arrays of `hugemfd_ser` / `guest_memfd_luo_ser` are left empty.
+//! The pools are counts per size; a file's pages are taken from its pool when it is created and
+//! are real folios of the KHO model ([`crate::pages`]), listed in the file's handed-over folio
+//! array (`hugemfd_folio_ser` here, `guest_memfd_luo_folio_ser` in [`crate::guest_memfd`]). A
+//! never-retrieved file's pages go back to the free pool at finish; a retrieved file keeps
+//! them.
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
@@ -27,14 +29,11 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use luo_abi::Errno;
 use luo_abi::file::FileKind;
 use luo_abi::kho::{KhoExt, KhoService};
-use luo_abi::{Phys, PhysAddr};
-use luo_generated::hugetlb::hugetlb_hstate_ser;
+use luo_abi::{PAGE_SIZE, Phys, PhysAddr};
 use luo_generated::hugetlb::v1::{
     HUGEMFD_LUO_FH_COMPATIBLE, HUGETLB_LUO_FLB_COMPATIBLE, hugemfd_ser, hugetlb_ser,
 };
-use luo_generated::kho::kho_vmalloc;
-use luo_generated::kvm::GUEST_MEMFD_LUO_FLAG_HUGETLB;
-use luo_generated::kvm::v1::{GUEST_MEMFD_LUO_FH_COMPATIBLE, guest_memfd_luo_ser};
+use luo_generated::hugetlb::{hugemfd_folio_ser, hugetlb_hstate_ser};
 use luo_generated::liveupdate::{
     file as CFile, liveupdate_file_handler, liveupdate_file_op_args, liveupdate_file_ops,
     liveupdate_flb, liveupdate_flb_op_args, liveupdate_flb_ops, liveupdate_subsystem,
@@ -42,7 +41,11 @@ use luo_generated::liveupdate::{
 };
 use zerocopy::FromZeros;
 
+use crate::folio_array;
+use crate::guest_memfd::GUEST_MEMFD;
 use crate::host::{StaticHandler, compat48, host};
+use crate::kvm::KVM_VM;
+use crate::pages::{self, Folio, Pages};
 
 type Kho = Arc<dyn KhoService + Send + Sync>;
 
@@ -91,17 +94,6 @@ pub struct State {
     out_data: u64,
 }
 
-/// The payload of a HugeTLB memfd or guest_memfd synthetic file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Backing {
-    /// Backed by HugeTLB pages (always for a HugeTLB memfd).
-    pub hugetlb: bool,
-    /// Page order (9 = 2 MiB).
-    pub order: u32,
-    /// Pages the file holds.
-    pub nr: u64,
-}
-
 fn states() -> MutexGuard<'static, HashMap<usize, State>> {
     static S: OnceLock<Mutex<HashMap<usize, State>>> = OnceLock::new();
     S.get_or_init(Default::default)
@@ -140,19 +132,66 @@ pub fn configure(order: u32, nr: u64) -> Result<(), Errno> {
 }
 
 /// Takes `nr` pages of `order` from the current kernel's pool for a new file (`ENOMEM`).
-pub fn alloc(order: u32, nr: u64) -> Result<Backing, Errno> {
+pub(crate) fn alloc(order: u32, nr: u64) -> Result<(), Errno> {
     with(|s, _| {
         let p = s.pools.get_mut(&order).ok_or(Errno::ENOMEM)?;
         if p.free < nr {
             return Err(Errno::ENOMEM);
         }
         p.free -= nr;
-        Ok(Backing {
-            hugetlb: true,
-            order,
-            nr,
-        })
+        Ok(())
     })?
+}
+
+/// `nr` pages of `order` now belong to a preserved file (kept in step with the FLB data).
+pub(crate) fn preserve_pages(order: u32, nr: u64) -> Result<(), Errno> {
+    with(|s, kho| {
+        *s.preserved.entry(order).or_default() += nr;
+        sync_outgoing(s, kho)
+    })?
+}
+
+/// Undoes [`preserve_pages`].
+pub(crate) fn unpreserve_pages(order: u32, nr: u64) -> Result<(), Errno> {
+    with(|s, kho| {
+        if let Some(n) = s.preserved.get_mut(&order) {
+            *n = n.saturating_sub(nr);
+        }
+        sync_outgoing(s, kho)
+    })?
+}
+
+/// In the FLB form, the pools exist only once the FLB is retrieved.
+fn ensure_pools() -> Result<(), Errno> {
+    if with(|s, _| s.form)? == Some(Form::Flb) {
+        let h = host()?;
+        h.flb_get_incoming(flb_ptr())?;
+        h.flb_put_incoming(flb_ptr());
+    }
+    Ok(())
+}
+
+/// A retrieved file takes its `nr` pages of `order` held for it (`EINVAL` if the pool holds
+/// fewer).
+pub(crate) fn claim_incoming(order: u32, nr: u64) -> Result<(), Errno> {
+    ensure_pools()?;
+    with(|s, _| {
+        let p = s.pools.get_mut(&order).ok_or(Errno::EINVAL)?;
+        p.held_incoming = p.held_incoming.checked_sub(nr).ok_or(Errno::EINVAL)?;
+        Ok(())
+    })?
+}
+
+/// A file that is not coming back returns its `nr` pages of `order` to the free pool.
+pub(crate) fn release_incoming(order: u32, nr: u64) -> Result<(), Errno> {
+    ensure_pools()?;
+    with(|s, _| {
+        if let Some(p) = s.pools.get_mut(&order) {
+            let n = nr.min(p.held_incoming);
+            p.held_incoming -= n;
+            p.free += n;
+        }
+    })
 }
 
 fn snapshot(s: &State) -> hugetlb_ser {
@@ -336,38 +375,52 @@ unsafe extern "C" fn sub_finish(_h: *mut liveupdate_subsystem, _data: u64) {
     let _ = with(|s, _| s.sub_finished += 1);
 }
 
-// ---- the two file handlers -------------------------------------------------------------
+// ---- the HugeTLB memfd handler ----------------------------------------------------------
+
+/// A HugeTLB memfd (`memfd_create(MFD_HUGETLB)`): the payload of a [`FileKind::HugeMemfd`]
+/// synthetic file. Its pages come from the HugeTLB pool at creation, all faulted in.
+pub struct HugeMemfd {
+    pages: Pages,
+}
+
+impl HugeMemfd {
+    /// A HugeTLB memfd of `nr` huge pages of `order` from the current kernel's pool
+    /// (`ENOMEM` if it has too few).
+    pub fn new(order: u32, nr: u64) -> Result<HugeMemfd, Errno> {
+        if order == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let pages = Pages::new(order, nr)?;
+        alloc(order, nr)?;
+        for i in 0..nr {
+            pages.populate(i)?;
+        }
+        Ok(HugeMemfd { pages })
+    }
+
+    /// Its memory.
+    pub fn pages(&self) -> &Pages {
+        &self.pages
+    }
+}
 
 #[repr(transparent)]
 struct Ops(liveupdate_file_ops);
 // SAFETY: immutable function pointers.
 unsafe impl Sync for Ops {}
 
-const fn ops(kind: u8) -> liveupdate_file_ops {
-    liveupdate_file_ops {
-        can_preserve: Some(if kind == 0 { can_huge } else { can_gmem }),
-        preserve: Some(if kind == 0 {
-            preserve::<0>
-        } else {
-            preserve::<1>
-        }),
-        unpreserve: Some(unpreserve),
-        freeze: None,
-        unfreeze: None,
-        retrieve: Some(if kind == 0 {
-            retrieve::<0>
-        } else {
-            retrieve::<1>
-        }),
-        can_finish: None,
-        finish: Some(finish),
-        get_id: None,
-        owner: std::ptr::null_mut(),
-    }
-}
-
-static HUGE_OPS: Ops = Ops(ops(0));
-static GMEM_OPS: Ops = Ops(ops(1));
+static HUGE_OPS: Ops = Ops(liveupdate_file_ops {
+    can_preserve: Some(can_preserve),
+    preserve: Some(preserve),
+    unpreserve: Some(unpreserve),
+    freeze: None,
+    unfreeze: None,
+    retrieve: Some(retrieve),
+    can_finish: None,
+    finish: Some(finish),
+    get_id: None,
+    owner: std::ptr::null_mut(),
+});
 
 /// The `huge-memfd-v1` handler.
 pub static HUGE_MEMFD: StaticHandler = StaticHandler(liveupdate_file_handler {
@@ -376,17 +429,10 @@ pub static HUGE_MEMFD: StaticHandler = StaticHandler(liveupdate_file_handler {
     depends_on: std::ptr::null(),
 });
 
-/// The `guest_memfd_luo_v1` handler.
-pub static GUEST_MEMFD: StaticHandler = StaticHandler(liveupdate_file_handler {
-    ops: &GMEM_OPS.0,
-    compatible: compat48(GUEST_MEMFD_LUO_FH_COMPATIBLE),
-    depends_on: std::ptr::null(),
-});
-
-fn backing(f: *mut CFile) -> Result<Backing, Errno> {
+fn huge_of<'a>(f: *mut CFile) -> Option<&'a HugeMemfd> {
     // SAFETY: LUO holds the file for the whole callback.
-    let p: &(dyn Any + Send + Sync) = unsafe { host()?.synthetic(f) }.ok_or(Errno::EINVAL)?;
-    p.downcast_ref::<Backing>().copied().ok_or(Errno::EINVAL)
+    let p: &(dyn Any + Send + Sync) = unsafe { host().ok()?.synthetic(f) }?;
+    p.downcast_ref::<HugeMemfd>()
 }
 
 fn kind_of(f: *mut CFile) -> Option<FileKind> {
@@ -394,169 +440,229 @@ fn kind_of(f: *mut CFile) -> Option<FileKind> {
     unsafe { host().ok()?.file(f) }.map(|f| f.kind())
 }
 
-unsafe extern "C" fn can_huge(_h: *mut liveupdate_file_handler, f: *mut CFile) -> bool {
-    kind_of(f) == Some(FileKind::HugeMemfd) && backing(f).is_ok()
+unsafe extern "C" fn can_preserve(_h: *mut liveupdate_file_handler, f: *mut CFile) -> bool {
+    kind_of(f) == Some(FileKind::HugeMemfd) && huge_of(f).is_some()
 }
 
-unsafe extern "C" fn can_gmem(_h: *mut liveupdate_file_handler, f: *mut CFile) -> bool {
-    kind_of(f) == Some(FileKind::GuestMemfd) && backing(f).is_ok()
+/// What preserve keeps for unpreserve: the folio array.
+struct Private {
+    array: folio_array::Preserved,
 }
 
-const HUGE_PAGE_BYTES: u64 = 4096;
+fn ser_at(data: u64) -> Phys<hugemfd_ser> {
+    Phys::new(PhysAddr::new(data))
+}
 
-unsafe extern "C" fn preserve<const K: u8>(a: *mut liveupdate_file_op_args) -> c_int {
+unsafe extern "C" fn preserve(a: *mut liveupdate_file_op_args) -> c_int {
     // SAFETY: LUO passes a valid argument block, exclusively ours for the call.
     let a = unsafe { &mut *a };
     rc((|| {
-        let b = backing(a.file)?;
+        let m = huge_of(a.file).ok_or(Errno::EINVAL)?;
         let kho = host()?.kho()?;
-        let size = b.nr * (HUGE_PAGE_BYTES << b.order);
-        let data = if K == 0 {
-            kho.alloc_preserve_obj(&hugemfd_ser {
-                size,
-                pos: 0,
-                nr_folios: b.nr,
-                folios: kho_vmalloc::new_zeroed(),
-                order: b.order as u8,
-            })?
-            .addr()
-            .as_u64()
-        } else {
-            let mut flags = 0;
-            if b.hugetlb {
-                flags |= GUEST_MEMFD_LUO_FLAG_HUGETLB;
+        let (order, folios) = (m.pages.order(), m.pages.folios());
+        let mut records = Vec::with_capacity(folios.len());
+        for (done, (index, f)) in folios.iter().enumerate() {
+            if let Err(e) = kho.preserve_folio(f.phys, order) {
+                for (_, g) in &folios[..done] {
+                    let _ = kho.unpreserve_folio(g.phys, order);
+                }
+                return Err(e);
             }
-            kho.alloc_preserve_obj(&guest_memfd_luo_ser {
-                size,
-                flags,
-                nr_folios: b.nr,
-                vm_token: 0,
-                folios: kho_vmalloc::new_zeroed(),
-            })?
-            .addr()
-            .as_u64()
-        };
-        if b.hugetlb {
-            with(|s, kho| {
-                *s.preserved.entry(b.order).or_default() += b.nr;
-                sync_outgoing(s, kho)
-            })??;
+            let mut r = hugemfd_folio_ser::new_zeroed();
+            r.set_pfn(f.phys.pfn());
+            r.index = *index;
+            records.push(r);
         }
-        a.serialized_data = data;
-        Ok(())
+        let undo_folios = || {
+            for (_, f) in &folios {
+                let _ = kho.unpreserve_folio(f.phys, order);
+            }
+        };
+        let array = folio_array::preserve(&*kho, &records).inspect_err(|_| undo_folios())?;
+        let ser = hugemfd_ser {
+            size: m.pages.size(),
+            pos: 0,
+            nr_folios: records.len() as u64,
+            folios: array.abi(),
+            order: order as u8,
+        };
+        let r = kho
+            .alloc_preserve_obj(&ser)
+            .and_then(|p| preserve_pages(order, m.pages.nr()).map(|()| p));
+        match r {
+            Ok(p) => {
+                a.serialized_data = p.addr().as_u64();
+                a.private_data = Box::into_raw(Box::new(Private { array })).cast();
+                Ok(())
+            }
+            Err(e) => {
+                folio_array::unpreserve(&*kho, array);
+                undo_folios();
+                Err(e)
+            }
+        }
     })())
 }
 
 unsafe extern "C" fn unpreserve(a: *mut liveupdate_file_op_args) {
     // SAFETY: as above.
     let a = unsafe { &mut *a };
-    if let Ok(b) = backing(a.file) {
-        if b.hugetlb {
-            let _ = with(|s, kho| {
-                if let Some(n) = s.preserved.get_mut(&b.order) {
-                    *n = n.saturating_sub(b.nr);
+    let (Some(m), Ok(kho)) = (huge_of(a.file), host().and_then(|h| h.kho())) else {
+        return;
+    };
+    if !a.private_data.is_null() {
+        // SAFETY: `private_data` is the `Box<Private>` preserve leaked; LUO hands it back once.
+        let p = unsafe { Box::from_raw(a.private_data.cast::<Private>()) };
+        a.private_data = std::ptr::null_mut();
+        folio_array::unpreserve(&*kho, p.array);
+    }
+    for (_, f) in m.pages.folios() {
+        let _ = kho.unpreserve_folio(f.phys, m.pages.order());
+    }
+    let _ = unpreserve_pages(m.pages.order(), m.pages.nr());
+    let _ = kho.unpreserve_free(PhysAddr::new(a.serialized_data));
+}
+
+/// A handed-over HugeTLB memfd: its state and folio records (the array claimed).
+struct Incoming {
+    ser: hugemfd_ser,
+    records: Vec<hugemfd_folio_ser>,
+}
+
+fn read_incoming(kho: &Kho, data: u64) -> Result<Incoming, Errno> {
+    let ser = kho.read_obj(ser_at(data))?;
+    let records = folio_array::restore(&**kho, &{ ser.folios }, ser.nr_folios)?;
+    Ok(Incoming { ser, records })
+}
+
+impl Incoming {
+    fn order(&self) -> u32 {
+        u32::from(self.ser.order)
+    }
+
+    /// Folio slots of the file (its size in huge pages); `EINVAL` unless the size is a
+    /// nonzero multiple of the huge page size.
+    fn slots(&self) -> Result<u64, Errno> {
+        let order = self.order();
+        if order == 0 || order > 18 {
+            return Err(Errno::EINVAL);
+        }
+        let fb = (PAGE_SIZE as u64) << order;
+        let size = self.ser.size;
+        if size == 0 || !size.is_multiple_of(fb) {
+            return Err(Errno::EINVAL);
+        }
+        Ok(size / fb)
+    }
+
+    /// Claims every folio after checking every record (reserved bits clear, index inside the
+    /// file, once each, a folio of the file's order). On failure the claimed folios are freed.
+    fn restore_folios(&self, kho: &Kho) -> Result<BTreeMap<u64, Folio>, Errno> {
+        let slots = self.slots()?;
+        let mut seen = std::collections::BTreeSet::new();
+        for r in &self.records {
+            if r.reserved() != 0
+                || r.index >= slots
+                || !seen.insert(r.index)
+                || PhysAddr::from_pfn(r.pfn()).is_none()
+            {
+                return Err(Errno::EINVAL);
+            }
+        }
+        let mut out = BTreeMap::new();
+        let mut claimed = Vec::new();
+        let r = (|| {
+            for r in &self.records {
+                let phys = PhysAddr::from_pfn(r.pfn()).ok_or(Errno::EINVAL)?;
+                let o = kho.restore_folio(phys)?;
+                claimed.push((phys, o));
+                if o != self.order() {
+                    return Err(Errno::EINVAL);
                 }
-                sync_outgoing(s, kho)
-            });
+                out.insert(
+                    r.index,
+                    Folio {
+                        phys,
+                        uptodate: true,
+                    },
+                );
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => Ok(out),
+            Err(e) => {
+                pages::release_claimed(kho, &claimed, true);
+                Err(e)
+            }
         }
-        if let Ok(kho) = host().and_then(|h| h.kho()) {
-            let _ = kho.unpreserve_free(PhysAddr::new(a.serialized_data));
-        }
+    }
+
+    /// Claims and frees every folio that can be claimed, their pages back to the free pool.
+    fn discard(&self, kho: &Kho) {
+        pages::discard(kho, self.records.iter().map(|r| r.pfn()), true);
     }
 }
 
-/// What a preserved file's data says: its backing.
-fn read_backing<const K: u8>(kho: &Kho, data: u64) -> Result<Backing, Errno> {
-    if K == 0 {
-        let s: hugemfd_ser = kho.read_obj(Phys::new(PhysAddr::new(data)))?;
-        Ok(Backing {
-            hugetlb: true,
-            order: u32::from(s.order),
-            nr: s.nr_folios,
-        })
-    } else {
-        let s: guest_memfd_luo_ser = kho.read_obj(Phys::new(PhysAddr::new(data)))?;
-        let huge = s.flags & GUEST_MEMFD_LUO_FLAG_HUGETLB != 0;
-        Ok(Backing {
-            hugetlb: huge,
-            order: if huge {
-                (s.size / s.nr_folios.max(1) / HUGE_PAGE_BYTES).trailing_zeros()
-            } else {
-                0
-            },
-            nr: s.nr_folios,
-        })
-    }
-}
-
-/// In the FLB form, the pools exist only once the FLB is retrieved.
-fn ensure_pools(hugetlb: bool) -> Result<(), Errno> {
-    if hugetlb && with(|s, _| s.form)? == Some(Form::Flb) {
-        let h = host()?;
-        h.flb_get_incoming(flb_ptr())?;
-        h.flb_put_incoming(flb_ptr());
-    }
-    Ok(())
-}
-
-unsafe extern "C" fn retrieve<const K: u8>(a: *mut liveupdate_file_op_args) -> c_int {
+unsafe extern "C" fn retrieve(a: *mut liveupdate_file_op_args) -> c_int {
     // SAFETY: as above.
     let a = unsafe { &mut *a };
     rc((|| {
         let h = host()?;
         let kho = h.kho()?;
-        let b = read_backing::<K>(&kho, a.serialized_data)?;
-        ensure_pools(b.hugetlb)?;
-        if b.hugetlb {
-            with(|s, _| {
-                let p = s.pools.get_mut(&b.order).ok_or(Errno::EINVAL)?;
-                p.held_incoming = p.held_incoming.checked_sub(b.nr).ok_or(Errno::EINVAL)?;
-                Ok::<(), Errno>(())
-            })??;
-        }
-        let (kind, name) = if K == 0 {
-            (FileKind::HugeMemfd, "huge-memfd")
-        } else {
-            (FileKind::GuestMemfd, "guest_memfd")
-        };
-        let f = h.open_synthetic(kind, name, Box::new(b))?;
-        a.file = h.file_to_c(f)?;
+        let inc = read_incoming(&kho, a.serialized_data);
+        // Rebuilt or not, the handed-over state goes now: finish skips a failed retrieve.
         let _ = kho.restore_free(PhysAddr::new(a.serialized_data));
-        Ok(())
+        let inc = inc?;
+        let r = (|| {
+            let slots = inc.slots()?;
+            let folios = inc.restore_folios(&kho)?;
+            let n = folios.len() as u64;
+            let claimed: Vec<_> = folios.values().map(|f| (f.phys, inc.order())).collect();
+            let pages = Pages::restored(inc.order(), slots, folios)
+                .inspect_err(|_| pages::release_claimed(&kho, &claimed, true))?;
+            // The file keeps the pages held for it; on failure dropping `pages` frees them.
+            claim_incoming(inc.order(), n)?;
+            Ok(pages)
+        })();
+        match r {
+            Ok(pages) => {
+                let f = h.open_synthetic(
+                    FileKind::HugeMemfd,
+                    "memfd:huge",
+                    Box::new(HugeMemfd { pages }),
+                )?;
+                a.file = h.file_to_c(f)?;
+                Ok(())
+            }
+            Err(e) => {
+                inc.discard(&kho);
+                Err(e)
+            }
+        }
     })())
 }
 
 unsafe extern "C" fn finish(a: *mut liveupdate_file_op_args) {
     // SAFETY: as above.
     let a = unsafe { &mut *a };
-    if a.retrieve_status > 0 {
+    if a.retrieve_status != 0 {
         return;
     }
     // Never retrieved: its pages go back to the free pool.
     let Ok(kho) = host().and_then(|h| h.kho()) else {
         return;
     };
-    let b = if std::ptr::eq(a.handler.cast_const(), &HUGE_MEMFD.0) {
-        read_backing::<0>(&kho, a.serialized_data)
-    } else {
-        read_backing::<1>(&kho, a.serialized_data)
-    };
-    let Ok(b) = b else { return };
-    let _ = kho.restore_free(PhysAddr::new(a.serialized_data));
-    let _ = kho.unpreserve_free(PhysAddr::new(a.serialized_data));
-    if b.hugetlb && ensure_pools(true).is_ok() {
-        let _ = with(|s, _| {
-            if let Some(p) = s.pools.get_mut(&b.order) {
-                let n = b.nr.min(p.held_incoming);
-                p.held_incoming -= n;
-                p.free += n;
-            }
-        });
+    if let Ok(inc) = read_incoming(&kho, a.serialized_data) {
+        inc.discard(&kho);
     }
+    let _ = kho.restore_free(PhysAddr::new(a.serialized_data));
 }
 
-/// Registers both handlers in the current kernel, with the HugeTLB state in `form`; call it
-/// once per boot, before anything else touches HugeTLB (it resets the kernel's state).
+/// Registers, in the current kernel, the HugeTLB state in `form` and the handlers of the
+/// files that use it: `huge-memfd-v1`, `guest_memfd_luo_v1` and the `kvm_vm_luo_v1` handler
+/// guest_memfd depends on. Call it once per boot, before anything else touches HugeTLB (it
+/// resets the kernel's state).
 pub fn register(form: Form) -> Result<(), Errno> {
     let h = host()?;
     // A fresh kernel (a dead kernel's KHO may have had the same address).
@@ -566,7 +672,7 @@ pub fn register(form: Form) -> Result<(), Errno> {
             ..State::default()
         }
     })?;
-    for fh in [&HUGE_MEMFD, &GUEST_MEMFD] {
+    for fh in [&HUGE_MEMFD, &KVM_VM, &GUEST_MEMFD] {
         // SAFETY: `'static`, immutable handlers.
         unsafe { h.register_file_handler(fh.as_ptr()) }?;
     }

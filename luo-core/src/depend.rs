@@ -7,13 +7,15 @@
 //! * **checked** — `liveupdate_get_token_outgoing` (from preserve or freeze) and
 //!   `liveupdate_get_file_incoming` (from retrieve) only work from a callback of a file of the
 //!   session they name, refuse a file whose handler is not declared (`EINVAL`) and a file not
-//!   in the session (`ENOENT`); every successful call records an edge on the calling file;
+//!   in the session (`ENOENT`); every successful call records an edge on the calling file, and
+//!   a failed one fails the callback even if the handler goes on and returns success (the core
+//!   then undoes the callback: unpreserve, unfreeze, or dropping the retrieved file);
 //! * **resolved** — `liveupdate_get_file_incoming` retrieves the dependency first (a retrieve
 //!   that needs itself, directly or through others, is a cycle: `EDEADLK`), and dependents are
 //!   released before their dependencies: unpreserve when an outgoing session is closed and
-//!   finish of an incoming one ([`take_in_release_order`]).
+//!   finish of an incoming one (`take_in_release_order`).
 //!
-//! Which callback is running is a per-thread stack of [`Frame`]s (callbacks nest: a retrieve
+//! Which callback is running is a per-thread stack of `Frame`s (callbacks nest: a retrieve
 //! retrieves its dependencies). An outgoing frame carries an index of the session's preserved
 //! files taken before the callback, because the core holds the session lock across preserve
 //! and freeze.
@@ -52,13 +54,14 @@ pub(crate) fn outgoing_index(files: &[LuoFile]) -> Vec<Indexed> {
         .collect()
 }
 
-/// A running file callback: its session, its handler, the session's index (outgoing) and the
-/// dependencies it named so far.
+/// A running file callback: its session, its handler, the session's index (outgoing), the
+/// dependencies it named so far and the first lookup of its that failed.
 pub(crate) struct Frame {
     session: Arc<Session>,
     handler: Arc<Handler>,
     index: Vec<Indexed>,
     edges: Vec<u64>,
+    failed: Option<Errno>,
 }
 
 impl Frame {
@@ -68,6 +71,7 @@ impl Frame {
             handler: Arc::clone(handler),
             index,
             edges: Vec::new(),
+            failed: None,
         }
     }
 }
@@ -76,15 +80,51 @@ thread_local! {
     static FRAMES: RefCell<Vec<Frame>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs a callback inside `frame`; returns its result and the tokens it depended on.
-pub(crate) fn in_frame<R>(frame: Frame, f: impl FnOnce() -> R) -> (R, Vec<u64>) {
+/// What a callback run in a [`Frame`] came to.
+pub(crate) struct Called {
+    /// Its result, or the error of a dependency lookup of its that failed.
+    pub(crate) r: Result<(), Errno>,
+    /// The tokens it depended on.
+    pub(crate) edges: Vec<u64>,
+    /// It succeeded although one of its lookups failed: `r` is the lookup's error, and the
+    /// core undoes what the callback did.
+    pub(crate) overruled: bool,
+}
+
+/// Runs a callback inside `frame`. A dependency lookup that failed fails the callback
+/// whatever the handler returned: a file does not cross the live update with a dependency
+/// that is missing, undeclared or unretrievable.
+pub(crate) fn in_frame(frame: Frame, f: impl FnOnce() -> Result<(), Errno>) -> Called {
     FRAMES.with(|s| s.borrow_mut().push(frame));
     let r = f();
-    let edges = FRAMES
+    let (edges, failed) = FRAMES
         .with(|s| s.borrow_mut().pop())
-        .map(|f| f.edges)
+        .map(|f| (f.edges, f.failed))
         .unwrap_or_default();
-    (r, edges)
+    match (r, failed) {
+        (Ok(()), Some(e)) => Called {
+            r: Err(e),
+            edges,
+            overruled: true,
+        },
+        (r, _) => Called {
+            r,
+            edges,
+            overruled: false,
+        },
+    }
+}
+
+/// Notes a failed lookup on the innermost frame (the first one counts).
+fn failed<T>(r: Result<T, Errno>) -> Result<T, Errno> {
+    if let Err(e) = &r {
+        FRAMES.with(|f| {
+            if let Some(top) = f.borrow_mut().last_mut() {
+                top.failed.get_or_insert(*e);
+            }
+        });
+    }
+    r
 }
 
 /// Adds the newly recorded `edges` to `deps` (once each).
@@ -215,7 +255,7 @@ impl Luo {
         if !self.enabled() {
             return Err(Errno::EOPNOTSUPP);
         }
-        let token = FRAMES.with(|f| {
+        let token = failed(FRAMES.with(|f| {
             let f = f.borrow();
             let top = f.last().ok_or(Errno::EINVAL)?;
             if !std::ptr::eq(top.session.as_c().cast_const(), s) || top.session.is_incoming() {
@@ -230,7 +270,7 @@ impl Luo {
                 return Err(Errno::EINVAL);
             }
             Ok(e.token)
-        })?;
+        }))?;
         record(token);
         Ok(token)
     }
@@ -246,6 +286,14 @@ impl Luo {
         if !self.enabled() {
             return Err(Errno::EOPNOTSUPP);
         }
+        failed(self.file_incoming(s, token))
+    }
+
+    fn file_incoming(
+        &self,
+        s: *const liveupdate_session,
+        token: u64,
+    ) -> Result<Arc<CoreFile>, Errno> {
         let (session, handler) = caller(s)?;
         if !session.is_incoming() {
             return Err(Errno::EINVAL);

@@ -96,6 +96,13 @@ impl Host for CoreHost {
         Ok(current()?.luo().get_file_incoming(session, token)? as FileRef)
     }
 
+    fn payload<'a>(&self, f: &'a dyn File) -> Option<&'a (dyn Any + Send + Sync)> {
+        match (f as &dyn Any).downcast_ref::<CoreFile>()?.obj() {
+            FileObj::Synthetic(_, p) => Some(&**p),
+            _ => None,
+        }
+    }
+
     unsafe fn synthetic<'a>(&self, f: *mut CFile) -> Option<&'a (dyn Any + Send + Sync)> {
         // SAFETY: the caller keeps the file alive while the reference is used.
         match unsafe { CoreFile::from_c(f) }?.obj() {

@@ -1417,8 +1417,12 @@ impl Luo {
         let mut a = h.args(s);
         a.file = CoreFile::as_c(&file);
         let frame = crate::depend::Frame::new(s, &h, index);
-        let (r, deps) = crate::depend::in_frame(frame, || h.call(h.ops.0.preserve, &mut a));
-        if let Err(e) = r {
+        let c = crate::depend::in_frame(frame, || h.call(h.ops.0.preserve, &mut a));
+        if c.overruled {
+            h.call_void(h.ops.0.unpreserve, &mut a);
+        }
+        let deps = c.edges;
+        if let Err(e) = c.r {
             self.global_state_file_put(h.ptr.0);
             self.flb_file_unpreserve(&h);
             lock(&self.ids).remove(&id);
@@ -1480,7 +1484,13 @@ impl Luo {
             (f.args(s), Arc::clone(&f.handler))
         };
         let frame = crate::depend::Frame::new(s, &h, Vec::new());
-        let (r, deps) = crate::depend::in_frame(frame, || h.call(h.ops.0.retrieve, &mut a));
+        let c = crate::depend::in_frame(frame, || h.call(h.ops.0.retrieve, &mut a));
+        if c.overruled {
+            // SAFETY: the retrieve succeeded, so it handed over one reference to its file,
+            // which is dropped here.
+            drop(unsafe { CoreFile::from_c_owned(a.file.cast_const()) });
+        }
+        let (r, deps) = (c.r, c.edges);
         let mut st = lock(&s.st);
         // Still there: finishing the session needs its retrieval, which this thread owns.
         let f = st
@@ -1675,9 +1685,12 @@ impl Luo {
             log.push((lossy(&s.name), f.token, "freeze"));
             let h = Arc::clone(&f.handler);
             let frame = crate::depend::Frame::new(s, &h, index.clone());
-            let (r, deps) = crate::depend::in_frame(frame, || h.call(h.ops.0.freeze, &mut a));
-            crate::depend::merge(&mut f.deps, deps);
-            match r {
+            let c = crate::depend::in_frame(frame, || h.call(h.ops.0.freeze, &mut a));
+            crate::depend::merge(&mut f.deps, c.edges);
+            if c.overruled {
+                Self::unfreeze(s, f, log);
+            }
+            match c.r {
                 Ok(()) => f.data = a.serialized_data,
                 Err(e) => {
                     for g in &st.files[..i] {

@@ -268,6 +268,43 @@ fn retrieve_cycle_is_edeadlk_not_a_hang() {
 }
 
 #[test]
+fn a_failed_lookup_fails_the_callback_even_if_the_handler_ignores_it() {
+    testing::ignore_dep_errors(true);
+    let k = boot();
+    let dev = k.open_dev().unwrap();
+    let s = k.create_session(dev, "s").unwrap();
+    let t = k.test_file(1).unwrap();
+    let d = testing::dep_file(&k, 2, &[t]).unwrap();
+    // Preserve: the handler skips the missing dependency and says yes; the core says ENOENT
+    // and undoes the preserve (the handler's unpreserve frees its page).
+    let pages = k.stats().kho.preserved_pages;
+    testing::take_log();
+    assert_eq!(k.preserve_fd(s, d, 20), Err(Errno::ENOENT));
+    assert_eq!(
+        ops_of(&testing::take_log(), &["dep_preserve", "dep_unpreserve"]),
+        vec![("dep_preserve", 2), ("dep_unpreserve", 2)]
+    );
+    assert!(k.luo().outgoing()[0].tokens().is_empty());
+    assert_eq!(k.stats().kho.preserved_pages, pages);
+    // Freeze: likewise, and the reboot is rolled back.
+    testing::set_deps(&k, d, &[], &[]).unwrap();
+    k.preserve_fd(s, d, 20).unwrap();
+    testing::set_deps(&k, d, &[t], &[]).unwrap();
+    assert_eq!(k.kexec().err(), Some(Errno::ENOENT));
+    // Retrieve: an unknown token the handler skips.
+    testing::set_deps(&k, d, &[], &[999]).unwrap();
+    let k2 = kexec(k);
+    let dev = k2.open_dev().unwrap();
+    let s = k2.retrieve_session(dev, "s").unwrap();
+    assert_eq!(k2.retrieve_fd(s, 20), Err(Errno::ENOENT));
+    assert_eq!(k2.retrieve_fd(s, 20), Err(Errno::ENOENT));
+    testing::ignore_dep_errors(false);
+    k2.finish_session(s).unwrap();
+    k2.close(s).unwrap();
+    no_leak(&k2);
+}
+
+#[test]
 fn concurrent_retrieves_of_dependent_and_dependency_share_one_file() {
     const N: u64 = 8;
     let k = boot();

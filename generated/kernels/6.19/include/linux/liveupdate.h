@@ -22,7 +22,9 @@
  * dependents before their dependencies (unpreserve when the session is closed,
  * finish) and refuses a dependency of an undeclared compatible (-EINVAL), a
  * file not preserved in the session (-ENOENT) and a retrieve cycle
- * (-EDEADLK).
+ * (-EDEADLK). A lookup that fails fails the calling preserve, freeze or
+ * retrieve with its error, whatever the handler returns (LUO then undoes the
+ * callback: unpreserve, unfreeze, or drops the retrieved file).
  */
 
 #ifndef _LINUX_LIVEUPDATE_H

@@ -10,8 +10,11 @@
  * new kernel creates a new VM of that type. A guest_memfd is a packed struct
  * guest_memfd_luo_ser with its folios in a preserved vmalloc array of struct
  * guest_memfd_luo_folio_ser. It names its VM by the VM file's LUO token in the
- * same session and retrieves the VM through LUO. Upstream's header also
- * includes linux/bits.h; BIT() comes from linux/types.h here.
+ * same session and retrieves the VM through LUO: the guest_memfd handler lists
+ * "kvm_vm_luo_v1" in its depends_on (linux/liveupdate.h), takes vm_token from
+ * liveupdate_get_token_outgoing() at freeze and gets the VM back with
+ * liveupdate_get_file_incoming(), which retrieves it first if needed. Upstream's
+ * header also includes linux/bits.h; BIT() comes from linux/types.h here.
  */
 
 #ifndef _LINUX_KHO_ABI_KVM_H

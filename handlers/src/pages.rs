@@ -1,0 +1,236 @@
+//! The memory of a synthetic memory file (a HugeTLB memfd, a guest_memfd): real folios of the
+//! KHO model, one per file index, allocated on first write (a fault) or all at creation.
+//!
+//! Contents are bytes in the model's memory, so a preserved folio keeps them across the kexec
+//! at the same physical address, and a test can check them there.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use luo_abi::kho::KhoService;
+use luo_abi::{Errno, PAGE_SIZE, PhysAddr};
+
+use crate::host::host;
+
+type Kho = Arc<dyn KhoService + Send + Sync>;
+
+/// One folio of a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Folio {
+    /// Its physical address.
+    pub phys: PhysAddr,
+    /// Written (or zeroed) since it was allocated: its contents are valid.
+    pub uptodate: bool,
+}
+
+struct St {
+    folios: BTreeMap<u64, Folio>,
+    frozen: bool,
+}
+
+/// The folios of one file: `nr` slots of `PAGE_SIZE << order` bytes.
+pub struct Pages {
+    kho: Kho,
+    order: u32,
+    nr: u64,
+    st: Mutex<St>,
+}
+
+impl Pages {
+    /// No folio yet, in the current kernel.
+    pub fn new(order: u32, nr: u64) -> Result<Pages, Errno> {
+        if order > 18 || nr == 0 {
+            return Err(Errno::EINVAL);
+        }
+        Ok(Pages {
+            kho: host()?.kho()?,
+            order,
+            nr,
+            st: Mutex::new(St {
+                folios: BTreeMap::new(),
+                frozen: false,
+            }),
+        })
+    }
+
+    /// Folios restored in the new kernel (already claimed from KHO), at their indices.
+    pub(crate) fn restored(
+        order: u32,
+        nr: u64,
+        folios: BTreeMap<u64, Folio>,
+    ) -> Result<Pages, Errno> {
+        let p = Pages::new(order, nr)?;
+        p.lock().folios = folios;
+        Ok(p)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, St> {
+        self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Page order of each folio.
+    pub fn order(&self) -> u32 {
+        self.order
+    }
+
+    /// Number of folio slots (the file size in folios).
+    pub fn nr(&self) -> u64 {
+        self.nr
+    }
+
+    /// Bytes per folio.
+    pub fn folio_bytes(&self) -> u64 {
+        (PAGE_SIZE as u64) << self.order
+    }
+
+    /// File size in bytes.
+    pub fn size(&self) -> u64 {
+        self.nr * self.folio_bytes()
+    }
+
+    /// The folios, by index.
+    pub fn folios(&self) -> Vec<(u64, Folio)> {
+        self.lock().folios.iter().map(|(i, f)| (*i, *f)).collect()
+    }
+
+    /// Whether the mapping is frozen (preserved): no folio can be added.
+    pub fn is_frozen(&self) -> bool {
+        self.lock().frozen
+    }
+
+    pub(crate) fn set_frozen(&self, frozen: bool) {
+        self.lock().frozen = frozen;
+    }
+
+    /// Allocates the folio at `index` (zeroed, up to date) unless it exists: a fault.
+    /// `EPERM` while frozen, `EINVAL` past the end.
+    pub fn populate(&self, index: u64) -> Result<PhysAddr, Errno> {
+        let mut st = self.lock();
+        self.populate_locked(&mut st, index)
+    }
+
+    fn populate_locked(&self, st: &mut St, index: u64) -> Result<PhysAddr, Errno> {
+        if index >= self.nr {
+            return Err(Errno::EINVAL);
+        }
+        if let Some(f) = st.folios.get(&index) {
+            return Ok(f.phys);
+        }
+        if st.frozen {
+            return Err(Errno::EPERM);
+        }
+        let phys = self.kho.alloc_folio(self.order)?;
+        st.folios.insert(
+            index,
+            Folio {
+                phys,
+                uptodate: true,
+            },
+        );
+        Ok(phys)
+    }
+
+    /// Writes `data` at byte offset `off`, faulting folios in.
+    pub fn write(&self, off: u64, data: &[u8]) -> Result<(), Errno> {
+        let mut st = self.lock();
+        self.span(off, data.len(), |index, at, range| {
+            let phys = self.populate_locked(&mut st, index)?;
+            self.kho
+                .write(PhysAddr::new(phys.as_u64() + at), &data[range])
+        })
+    }
+
+    /// Reads `buf.len()` bytes at byte offset `off`; holes read as zeroes.
+    pub fn read(&self, off: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        let st = self.lock();
+        self.span(off, buf.len(), |index, at, range| {
+            match st.folios.get(&index) {
+                Some(f) => self
+                    .kho
+                    .read(PhysAddr::new(f.phys.as_u64() + at), &mut buf[range]),
+                None => {
+                    buf[range].fill(0);
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    /// A digest of the contents (FNV-1a over each folio's index and bytes, in index order):
+    /// equal before and after a live update when every folio came back intact and in place.
+    pub fn digest(&self) -> Result<u64, Errno> {
+        let st = self.lock();
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |b: &[u8]| {
+            for &x in b {
+                h = (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        let mut buf = vec![0u8; self.folio_bytes() as usize];
+        for (i, f) in &st.folios {
+            self.kho.read(f.phys, &mut buf)?;
+            eat(&i.to_le_bytes());
+            eat(&buf);
+        }
+        Ok(h)
+    }
+
+    /// Calls `f(index, offset in folio, range in the buffer)` for each folio `off..off+len`
+    /// touches; `EINVAL` past the end of the file.
+    fn span(
+        &self,
+        off: u64,
+        len: usize,
+        mut f: impl FnMut(u64, u64, std::ops::Range<usize>) -> Result<(), Errno>,
+    ) -> Result<(), Errno> {
+        let end = off.checked_add(len as u64).ok_or(Errno::EINVAL)?;
+        if end > self.size() {
+            return Err(Errno::EINVAL);
+        }
+        let fb = self.folio_bytes();
+        let mut pos = off;
+        while pos < end {
+            let at = pos % fb;
+            let n = (fb - at).min(end - pos);
+            let b = (pos - off) as usize;
+            f(pos / fb, at, b..b + n as usize)?;
+            pos += n;
+        }
+        Ok(())
+    }
+}
+
+/// Frees folios claimed from KHO for a file that is not coming back (never retrieved, or its
+/// retrieve failed); the pages of a HugeTLB file go back to the free pool of their size.
+pub(crate) fn release_claimed(kho: &Kho, claimed: &[(PhysAddr, u32)], hugetlb: bool) {
+    let mut freed = BTreeMap::<u32, u64>::new();
+    for &(phys, order) in claimed {
+        let _ = kho.free_folio(phys, order);
+        *freed.entry(order).or_default() += 1;
+    }
+    if hugetlb {
+        for (order, n) in freed {
+            let _ = crate::hugetlb::release_incoming(order, n);
+        }
+    }
+}
+
+/// Claims every folio at `pfns` that can be claimed and releases them ([`release_claimed`]).
+pub(crate) fn discard(kho: &Kho, pfns: impl Iterator<Item = u64>, hugetlb: bool) {
+    let claimed: Vec<_> = pfns
+        .filter_map(PhysAddr::from_pfn)
+        .filter_map(|p| Some((p, kho.restore_folio(p).ok()?)))
+        .collect();
+    release_claimed(kho, &claimed, hugetlb);
+}
+
+impl Drop for Pages {
+    fn drop(&mut self) {
+        // The file goes away: its folios go back to the allocator. A folio still preserved
+        // (its kernel kexec'ed) is refused, harmlessly: that memory belongs to the next kernel.
+        let st = self.st.get_mut().unwrap_or_else(|e| e.into_inner());
+        for f in st.folios.values() {
+            let _ = self.kho.free_folio(f.phys, self.order);
+        }
+    }
+}

@@ -398,6 +398,18 @@ impl HugeMemfd {
         Ok(HugeMemfd { pages })
     }
 
+    /// A HugeTLB memfd of `nr` huge pages of `order` whose pages belong to pools kept
+    /// elsewhere — a C handler's own global state (`tests/c/huge_memfd_twin.c`): nothing is
+    /// taken from this module's pools and folios are allocated on first write.
+    pub fn accounted_elsewhere(order: u32, nr: u64) -> Result<HugeMemfd, Errno> {
+        if order == 0 {
+            return Err(Errno::EINVAL);
+        }
+        Ok(HugeMemfd {
+            pages: Pages::new(order, nr)?,
+        })
+    }
+
     /// Its memory.
     pub fn pages(&self) -> &Pages {
         &self.pages

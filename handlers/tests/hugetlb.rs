@@ -14,10 +14,8 @@ use luo_handlers::hugetlb::{self, Form, HugeMemfd, Pool};
 use luo_handlers::kvm::Vm;
 use luo_handlers::pages::Pages;
 
-/// 1 MiB huge pages. (2 MiB, order 9, would be x86's; the KHO model's allocator returns
-/// order-9 folios aligned to 2 MiB in the arena, not in physical memory, since the arena
-/// starts at 1 MiB, so `kho_preserve_folio` refuses them.)
-const ORDER: u32 = 8;
+/// 2 MiB huge pages, x86's.
+const ORDER: u32 = 9;
 
 fn boot(h: Option<luo_core::Handover>, form: Form) -> Kernel {
     let opts = BootOptions {

@@ -15,8 +15,8 @@ use luo_handlers::kvm::{KVM_X86_SW_PROTECTED_VM, VM_FILE_NAME, Vm, vm_of};
 use zerocopy::{FromZeros, IntoBytes};
 
 const PAGE: u64 = 4096;
-/// 1 MiB huge pages (see handlers/tests/hugetlb.rs for why not 2 MiB).
-const ORDER: u32 = 8;
+/// 2 MiB huge pages, x86's.
+const ORDER: u32 = 9;
 const VM: u64 = 1;
 const GMEM: u64 = 2;
 

@@ -15,6 +15,7 @@ use luo_generated::liveupdate::{
     file as CFile, liveupdate_fh_global_state_ops, liveupdate_file_handler, liveupdate_flb,
     liveupdate_session, liveupdate_subsystem,
 };
+use luo_handlers::hugetlb::HugeMemfd;
 
 use crate::file::{CoreFile, FileObj};
 use crate::kernel::{BootOptions, Kernel};
@@ -378,13 +379,10 @@ pub extern "C" fn luo_file_id(file: *mut CFile) -> c_ulong {
     file as c_ulong
 }
 
-/// The HugeTLB memfd payload `huge-memfd-v1` handlers read (`luo_handlers::hugetlb::Backing`).
-fn huge_backing(order: c_uint, nr: u64) -> Box<luo_handlers::hugetlb::Backing> {
-    Box::new(luo_handlers::hugetlb::Backing {
-        hugetlb: true,
-        order,
-        nr,
-    })
+/// The HugeTLB memfd payload `huge-memfd-v1` handlers read: its pages are the C handler's
+/// to account for (see `HugeMemfd::accounted_elsewhere`).
+fn huge_memfd(order: c_uint, nr: u64) -> Result<Box<HugeMemfd>, Errno> {
+    HugeMemfd::accounted_elsewhere(order, nr).map(Box::new)
 }
 
 /// A new synthetic HugeTLB memfd holding `nr` huge pages of `order` (the file the Rust
@@ -395,10 +393,13 @@ pub extern "C" fn luo_huge_memfd_alloc(order: c_uint, nr: u64) -> *mut CFile {
     if Kernel::current().is_none() {
         return std::ptr::null_mut();
     }
-    CoreFile::into_c(CoreFile::new(
-        "huge-memfd",
-        FileObj::Synthetic(FileKind::HugeMemfd, huge_backing(order, nr)),
-    ))
+    match huge_memfd(order, nr) {
+        Ok(m) => CoreFile::into_c(CoreFile::new(
+            "huge-memfd",
+            FileObj::Synthetic(FileKind::HugeMemfd, m),
+        )),
+        Err(_) => std::ptr::null_mut(),
+    }
 }
 
 /// The huge page order and count of a synthetic HugeTLB memfd: 0, or `-EINVAL` for any other
@@ -425,12 +426,10 @@ fn huge_out(f: &CoreFile, order: *mut c_uint, nr: *mut u64) -> Result<(), Errno>
     if f.kind() != FileKind::HugeMemfd || order.is_null() {
         return Err(Errno::EINVAL);
     }
-    let b = f
-        .synthetic::<luo_handlers::hugetlb::Backing>()
-        .ok_or(Errno::EINVAL)?;
-    put_u64(nr, b.nr)?;
+    let m = f.synthetic::<HugeMemfd>().ok_or(Errno::EINVAL)?;
+    put_u64(nr, m.pages().nr())?;
     // SAFETY: non-NULL (checked) and valid for a write (caller contract).
-    unsafe { *order = b.order };
+    unsafe { *order = m.pages().order() };
     Ok(())
 }
 
@@ -547,7 +546,7 @@ pub unsafe extern "C" fn luo_model_test_file_value(fd: c_int, value: *mut u64) -
 #[unsafe(no_mangle)]
 pub extern "C" fn luo_model_huge_memfd(order: c_uint, nr: u64) -> c_int {
     fd_or_neg(with_kernel(|k| {
-        k.open_synthetic(FileKind::HugeMemfd, "huge-memfd", huge_backing(order, nr))
+        k.open_synthetic(FileKind::HugeMemfd, "huge-memfd", huge_memfd(order, nr)?)
     }))
 }
 

@@ -17,8 +17,9 @@ use std::sync::{Mutex, PoisonError};
 use luo_abi::{Errno, PAGE_SIZE};
 use rustix::fs::MemfdFlags;
 
-/// Physical address of the first arena page; address 0 stays NULL.
-pub const ARENA_BASE: u64 = 0x10_0000;
+/// Physical address of the first arena page: address 0 stays NULL, and 4 MiB keeps every
+/// folio up to `kho::MAX_ORDER` naturally aligned in physical memory, as KHO requires.
+pub const ARENA_BASE: u64 = 0x40_0000;
 /// Physical address of the first external region.
 pub const REGION_BASE: u64 = 1 << 40;
 /// Address space reserved for each external region (the largest memfd the model supports).

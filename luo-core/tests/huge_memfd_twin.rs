@@ -12,12 +12,12 @@ use std::collections::BTreeMap;
 
 use luo_abi::file::FileKind;
 use luo_core::{BootOptions, Handover, Kernel};
-use luo_handlers::hugetlb::{self, Form, Pool};
+use luo_handlers::hugetlb::{self, Form, HugeMemfd, Pool};
 
 /// Pools by phase and page order.
 type Pools = BTreeMap<String, BTreeMap<u32, Pool>>;
 
-const ORDERS: [u32; 3] = [9, 10, 18];
+const ORDERS: [u32; 3] = [8, 9, 10];
 
 /// The phases the C program prints, in order.
 const PHASES: [&str; 6] = [
@@ -78,9 +78,9 @@ fn boot(h: Option<Handover>, form: Form) -> Kernel {
 /// A HugeTLB memfd of `nr` pages of `order` from the pool, preserved as `token`.
 fn preserve_huge(k: &Kernel, session: i32, order: u32, nr: u64, token: u64) {
     k.make_current();
-    let b = hugetlb::alloc(order, nr).unwrap();
+    let m = HugeMemfd::new(order, nr).unwrap();
     let fd = k
-        .open_synthetic(FileKind::HugeMemfd, "f", Box::new(b))
+        .open_synthetic(FileKind::HugeMemfd, "f", Box::new(m))
         .unwrap();
     k.preserve_fd(session, fd, token).unwrap();
     k.close(fd).unwrap();
@@ -93,7 +93,7 @@ fn rust_scenario(form: Form) -> Pools {
     let k = boot(None, form);
     hugetlb::configure(9, 8).unwrap();
     hugetlb::configure(10, 4).unwrap();
-    hugetlb::configure(18, 2).unwrap();
+    hugetlb::configure(8, 2).unwrap();
     let dev = k.open_dev().unwrap();
     let x = k.create_session(dev, "x").unwrap();
     preserve_huge(&k, x, 9, 1, 9);
@@ -102,7 +102,7 @@ fn rust_scenario(form: Form) -> Pools {
     let b = k.create_session(dev, "b").unwrap();
     let c = k.create_session(dev, "c").unwrap();
     preserve_huge(&k, a, 9, 2, 1);
-    preserve_huge(&k, a, 18, 1, 2);
+    preserve_huge(&k, a, 8, 1, 2);
     preserve_huge(&k, b, 9, 3, 3);
     preserve_huge(&k, c, 9, 1, 4);
     k.close(c).unwrap();
@@ -188,7 +188,7 @@ fn c_twin_across_kexec_matches_the_rust_handler() {
             twin["new-boot"].values().all(|p| *p == Pool::default()),
             "{stdout}"
         );
-        let rebuilt: BTreeMap<u32, Pool> = [(9, 8, 3, 5), (10, 4, 4, 0), (18, 2, 1, 1)]
+        let rebuilt: BTreeMap<u32, Pool> = [(9, 8, 3, 5), (10, 4, 4, 0), (8, 2, 1, 1)]
             .into_iter()
             .map(|(order, total, free, held_incoming)| {
                 (

@@ -24,7 +24,7 @@
 /* 2 MiB, 4 MiB and 1 GiB pages with 4 KiB base pages. */
 #define ORDER_2M 9
 #define ORDER_4M 10
-#define ORDER_1G 18
+#define ORDER_1M 8
 
 static int failures;
 
@@ -102,7 +102,7 @@ static int preserve_huge(int session, unsigned int order, u64 nr, u64 token)
 
 static void print_pools(const char *phase)
 {
-	static const unsigned int orders[] = { ORDER_2M, ORDER_4M, ORDER_1G };
+	static const unsigned int orders[] = { ORDER_2M, ORDER_4M, ORDER_1M };
 	struct twin_pool p;
 	unsigned int i;
 
@@ -175,7 +175,7 @@ static void scenario(void)
 	CHECK(liveupdate_register_file_handler(&huge_twin) == -EEXIST);
 	CHECK(huge_twin_configure(ORDER_2M, 8) == 0);
 	CHECK(huge_twin_configure(ORDER_4M, NTHREADS) == 0);
-	CHECK(huge_twin_configure(ORDER_1G, 2) == 0);
+	CHECK(huge_twin_configure(ORDER_1M, 2) == 0);
 	dev = luo_model_open_dev();
 	CHECK(dev >= 0);
 
@@ -204,7 +204,7 @@ static void scenario(void)
 		workers[i].errors = 0;
 		CHECK(pthread_create(&workers[i].tid, NULL, worker, &workers[i]) == 0);
 	}
-	CHECK(preserve_huge(a, ORDER_1G, 1, 2) == 0);
+	CHECK(preserve_huge(a, ORDER_1M, 1, 2) == 0);
 	CHECK(preserve_huge(b, ORDER_2M, 3, 3) == 0);
 	CHECK(preserve_huge(c, ORDER_2M, 1, 4) == 0);
 	CHECK(preserve(a, fd_a1, 5) == -EBUSY);
@@ -244,8 +244,8 @@ static void scenario(void)
 	CHECK(pool_is(ORDER_2M, 8, 3, 3));
 	print_pools("new-retrieved-1");
 	fd = retrieve_fd(a, 2);
-	CHECK(fd >= 0 && hugetlb_backing_is(fd, ORDER_1G, 1));
-	CHECK(pool_is(ORDER_1G, 2, 1, 0));
+	CHECK(fd >= 0 && hugetlb_backing_is(fd, ORDER_1M, 1));
+	CHECK(pool_is(ORDER_1M, 2, 1, 0));
 	print_pools("new-retrieved-2");
 	CHECK(retrieve_fd(a, 4) == -ENOENT);
 	CHECK(finish(a) == 0);
@@ -276,7 +276,7 @@ static void scenario(void)
 	CHECK(fd >= 0 && hugetlb_backing_is(fd, ORDER_2M, 2));
 	/* Only what the second kernel preserved is held; A2's 1 GiB page is free again. */
 	CHECK(pool_is(ORDER_2M, 8, 6, 0));
-	CHECK(pool_is(ORDER_1G, 2, 2, 0));
+	CHECK(pool_is(ORDER_1M, 2, 2, 0));
 	print_pools("third-retrieved");
 	CHECK(finish(d) == 0);
 	CHECK(twin_calls[TWIN_GS_RESTORE] == 1 && twin_calls[TWIN_GS_DESTROY] == 1);
@@ -302,7 +302,7 @@ static const struct corruption corruptions[] = {
 	{ "order past 64-bit sizes", HSTATE0(order), 64, 4 },
 	{ "more preserved than pages", HSTATE0(nr_preserved), 9, 8 },
 	{ "more free than pages", HSTATE0(free_huge_pages), 9, 8 },
-	/* hstates[1] (order 18) takes hstates[0]'s order. */
+	/* hstates[1] (order 8) takes hstates[0]'s order. */
 	{ "two pools of one size", HSTATE0(order) + sizeof(struct hugetlb_hstate_ser), ORDER_2M, 4 },
 };
 
@@ -324,11 +324,11 @@ static void corrupt_sweep(void)
 		CHECK(luo_model_boot() == 0);
 		CHECK(huge_twin_register() == 0);
 		CHECK(huge_twin_configure(ORDER_2M, 8) == 0);
-		CHECK(huge_twin_configure(ORDER_1G, 2) == 0);
+		CHECK(huge_twin_configure(ORDER_1M, 2) == 0);
 		dev = luo_model_open_dev();
 		a = create_session(dev, "a");
 		CHECK(preserve_huge(a, ORDER_2M, 2, 1) == 0);
-		CHECK(preserve_huge(a, ORDER_1G, 1, 2) == 0);
+		CHECK(preserve_huge(a, ORDER_1M, 1, 2) == 0);
 		CHECK(huge_twin_data(&phys) == 0 && phys != 0);
 		CHECK(luo_model_kexec() == 0);
 		CHECK(huge_twin_register() == 0);

@@ -7,9 +7,9 @@
 //! `hops > 1` each later stage preserves fresh data again and `execve`s the next one, so
 //! several live updates run in a row. Each phase is printed with its duration.
 //!
-//! That is the `basic` [`Scenario`]; the `vm` one ([`vm`]) hands over a virtual machine's
-//! files instead (guest RAM memfd, HugeTLB memfd, KVM VM, guest_memfds, iommufd, vfio-pci
-//! devices) through the same two stages, [`Plan`] and [`Reporter`].
+//! That is the `basic` [`Scenario`]. The `vm` one (module `vm`, [`VmReport`]) hands over a
+//! virtual machine's files instead (guest RAM memfd, HugeTLB memfd, KVM VM, guest_memfds,
+//! iommufd, vfio-pci devices) through the same two stages, plan and reporter.
 
 mod vm;
 

@@ -245,12 +245,18 @@ fn expected_pci() -> BTreeMap<PciAddr, u16> {
     [((0, RP), 2), ((0, SW), 2), ((0, EP_A), 1), ((0, EP_B), 1)].into()
 }
 
-fn synthetic<T: 'static>(k: &Kernel, fd: i32, what: &str) -> Result<Arc<CoreFile>, SimError> {
-    let f = op(|| format!("{what}: fd {fd}"), k.file(fd))?;
-    check_that(f.synthetic::<T>().is_some(), || {
-        format!("{what}: fd {fd} is a {:?} file", f.kind())
-    })?;
-    Ok(f)
+/// Runs `f` on the payload of the synthetic file at `fd`, a `T` (else [`SimError::Check`]).
+fn with_payload<T: 'static, R>(
+    k: &Kernel,
+    fd: i32,
+    what: &str,
+    f: impl FnOnce(&T) -> Result<R, SimError>,
+) -> Result<R, SimError> {
+    let file = op(|| format!("{what}: fd {fd}"), k.file(fd))?;
+    let payload = file
+        .synthetic::<T>()
+        .ok_or_else(|| SimError::Check(format!("{what}: fd {fd} is a {:?} file", file.kind())))?;
+    f(payload)
 }
 
 fn pool() -> Result<Pool, SimError> {
@@ -349,11 +355,7 @@ fn make(k: &Kernel, p: &Plan) -> Result<Made, SimError> {
         || "open /dev/iommu".into(),
         iommufd::open(|kind, name, pl| k.open_synthetic(kind, name, pl)),
     )?;
-    let fd = synthetic::<Iommufd>(k, ifd, "iommufd")?;
-    let fd = fd
-        .synthetic::<Iommufd>()
-        .cloned()
-        .ok_or_else(|| SimError::Check("iommufd lost its payload".into()))?;
+    let fd = with_payload(k, ifd, "iommufd", |fd: &Iommufd| Ok(fd.clone()))?;
     op(
         || "IOMMU_IOAS_MAP_FILE".into(),
         fd.ioas_map(ram_file.clone(), 0, p.size),
@@ -401,10 +403,10 @@ fn make(k: &Kernel, p: &Plan) -> Result<Made, SimError> {
 
 fn set_irqs(k: &Kernel, m: &Made, on: bool) -> Result<(), SimError> {
     for &(_, b, fd) in &m.devices {
-        let f = synthetic::<VfioDevice>(k, fd, &bdf(b))?;
-        if let Some(d) = f.synthetic::<VfioDevice>() {
+        with_payload(k, fd, &bdf(b), |d: &VfioDevice| {
             d.set_irqs(on);
-        }
+            Ok(())
+        })?;
     }
     Ok(())
 }
@@ -548,11 +550,15 @@ fn retrieved(k: &Kernel, token: u64) -> bool {
         .is_some_and(|s| k.luo().file_of(s, token).is_some())
 }
 
-fn file(k: &Kernel, got: &Got, token: u64) -> Result<Arc<CoreFile>, SimError> {
-    let fd = *got
-        .fds
+fn fd_of(got: &Got, token: u64) -> Result<i32, SimError> {
+    got.fds
         .get(&token)
-        .ok_or_else(|| SimError::Check(format!("file {token} was not retrieved")))?;
+        .copied()
+        .ok_or_else(|| SimError::Check(format!("file {token} was not retrieved")))
+}
+
+fn file(k: &Kernel, got: &Got, token: u64) -> Result<Arc<CoreFile>, SimError> {
+    let fd = fd_of(got, token)?;
     op(|| format!("file {token}"), k.file(fd))
 }
 
@@ -692,11 +698,9 @@ pub(super) fn retrieve_and_verify(
     })?;
     // The HWPT restore ioctl is part of getting the iommufd back: timed on its own line.
     let ((), t) = timed(|| {
-        let f = file(k, &got, IOMMUFD)?;
-        let fd = f
-            .synthetic::<Iommufd>()
-            .cloned()
-            .ok_or_else(|| SimError::Check("token 6 is not an iommufd".into()))?;
+        let fd = with_payload(k, fd_of(&got, IOMMUFD)?, "iommufd", |fd: &Iommufd| {
+            Ok(fd.clone())
+        })?;
         got.hwpts = op(|| "restore HWPTs".into(), fd.restore_all(HW))?;
         got.iommufd = Some(fd);
         Ok(())
@@ -731,7 +735,7 @@ pub(super) fn retrieve_and_verify(
                 sh.seals()
             )
         })?;
-        let fd = got.fds[&RAM];
+        let fd = fd_of(&got, RAM)?;
         verify_bytes(seed, "guest RAM", RAM, p.size, |off, b| {
             let n = k.pread(fd, off, b)?;
             if n == b.len() {
@@ -748,23 +752,21 @@ pub(super) fn retrieve_and_verify(
     )?;
 
     let (huge_bytes, t) = timed(|| {
-        let f = synthetic::<HugeMemfd>(k, got.fds[&HUGE], "huge-memfd")?;
-        let m = f
-            .synthetic::<HugeMemfd>()
-            .ok_or_else(|| SimError::Check("huge-memfd".into()))?;
-        let pages = m.pages();
-        check_that(
-            pages.order() == ORDER && pages.folios().len() as u64 == HUGE_PAGES,
-            || {
-                format!(
-                    "huge-memfd: {} folios of order {}",
-                    pages.folios().len(),
-                    pages.order()
-                )
-            },
-        )?;
-        verify_bytes(seed, "huge-memfd", HUGE, pages.size(), |off, b| {
-            pages.read(off, b)
+        with_payload(k, fd_of(&got, HUGE)?, "huge-memfd", |m: &HugeMemfd| {
+            let pages = m.pages();
+            check_that(
+                pages.order() == ORDER && pages.folios().len() as u64 == HUGE_PAGES,
+                || {
+                    format!(
+                        "huge-memfd: {} folios of order {}",
+                        pages.folios().len(),
+                        pages.order()
+                    )
+                },
+            )?;
+            verify_bytes(seed, "huge-memfd", HUGE, pages.size(), |off, b| {
+                pages.read(off, b)
+            })
         })
     })?;
     rep.phase(
@@ -842,18 +844,16 @@ pub(super) fn retrieve_and_verify(
 
     let (pci_refs, t) = timed(|| {
         for (token, b) in DEVICES {
-            let f = synthetic::<VfioDevice>(k, got.fds[&token], &bdf(b))?;
-            let d = f
-                .synthetic::<VfioDevice>()
-                .ok_or_else(|| SimError::Check(bdf(b)))?;
-            check_that(d.is_retrieved() && (d.domain, d.bdf) == (0, b), || {
-                format!(
-                    "vfio-pci {}: retrieved {}, {:04x}:{}",
-                    bdf(b),
-                    d.is_retrieved(),
-                    d.domain,
-                    bdf(d.bdf)
-                )
+            with_payload(k, fd_of(&got, token)?, &bdf(b), |d: &VfioDevice| {
+                check_that(d.is_retrieved() && (d.domain, d.bdf) == (0, b), || {
+                    format!(
+                        "vfio-pci {}: retrieved {}, {:04x}:{}",
+                        bdf(b),
+                        d.is_retrieved(),
+                        d.domain,
+                        bdf(d.bdf)
+                    )
+                })
             })?;
             // Still held by the previous kernel's preservation until FINISH.
             check_that(

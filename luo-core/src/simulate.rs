@@ -335,8 +335,15 @@ impl Plan {
     fn from_env() -> Result<Plan, SimError> {
         let plan = std::env::var(PLAN_ENV).map_err(|_| SimError::NoHandover(PLAN_ENV))?;
         let words: Vec<&str> = plan.split_ascii_whitespace().collect();
-        let [nums @ .., scenario, form] = &words[..] else {
-            return Err(SimError::BadPlan(format!("`{plan}`: too few fields")));
+        // Seven numbers, then the scenario and the HugeTLB form (absent: basic, as plans
+        // written before scenarios existed).
+        let (nums, scenario, form) = match &words[..] {
+            [nums @ .., scenario, form] if nums.len() == 7 => (
+                nums,
+                scenario.parse().map_err(SimError::BadPlan)?,
+                parse_hugetlb_form(form).map_err(SimError::BadPlan)?,
+            ),
+            nums => (nums, Scenario::Basic, Form::Subsystem),
         };
         let p: Vec<u64> = nums
             .iter()
@@ -344,9 +351,12 @@ impl Plan {
             .collect::<Result<_, _>>()
             .map_err(|_| SimError::BadPlan(format!("`{plan}`: not a number")))?;
         let [sessions, files, size, seed, json, hops, hop] = p[..] else {
-            return Err(SimError::BadPlan(format!("`{plan}`: 9 fields expected")));
+            return Err(SimError::BadPlan(format!(
+                "`{plan}`: 7 numbers expected, then the scenario and the HugeTLB form"
+            )));
         };
-        let small = |v: u64| u32::try_from(v).map_err(|_| SimError::BadPlan(format!("{v}")));
+        let small =
+            |v: u64| u32::try_from(v).map_err(|_| SimError::BadPlan(format!("{v} is too large")));
         let plan = Plan {
             sessions: small(sessions)?,
             files: small(files)?,
@@ -364,8 +374,8 @@ impl Plan {
                 .filter(|w| !w.is_empty())
                 .map(|w| w.parse().map_err(|_| SimError::NoHandover(KERNELS_ENV)))
                 .collect::<Result<_, _>>()?,
-            scenario: scenario.parse().map_err(SimError::BadPlan)?,
-            hugetlb_form: parse_hugetlb_form(form).map_err(SimError::BadPlan)?,
+            scenario,
+            hugetlb_form: form,
         };
         plan.check()?;
         Ok(plan)

@@ -188,7 +188,8 @@ fn simulate_vm_scenario_refusals() {
     for (plan, want) in [
         ("4 4 8192 1 0 1 1 vmm subsystem", "unknown scenario `vmm`"),
         ("4 4 8192 1 0 1 1 vm hugepages", "unknown HugeTLB form"),
-        ("4 4 8192 1 0 1 1", "9 fields expected"),
+        ("4 4 8192 1 0 1", "7 numbers expected"),
+        ("4 4 8192 1 0 1 1 vm", "not a number"),
         ("4 4 x 1 0 1 1 vm flb", "not a number"),
     ] {
         let (code, out, err) = luo_stage2(plan);

@@ -515,7 +515,6 @@ pub(super) fn populate(k: &Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<(
 struct Got {
     s: i32,
     fds: BTreeMap<u64, i32>,
-    iommufd: Option<Iommufd>,
     hwpts: BTreeMap<u64, Vec<(u64, u64)>>,
 }
 
@@ -659,7 +658,6 @@ pub(super) fn retrieve_and_verify(
     let mut got = Got {
         s,
         fds: BTreeMap::new(),
-        iommufd: None,
         hwpts: BTreeMap::new(),
     };
 
@@ -702,7 +700,6 @@ pub(super) fn retrieve_and_verify(
             Ok(fd.clone())
         })?;
         got.hwpts = op(|| "restore HWPTs".into(), fd.restore_all(HW))?;
-        got.iommufd = Some(fd);
         Ok(())
     })?;
     rep.phase(
@@ -907,7 +904,6 @@ pub(super) fn retrieve_and_verify(
     // ---- finish ----
     let ((), t) = timed(|| {
         op(|| format!("finish session {SESSION}"), k.finish_session(s))?;
-        got.iommufd = None;
         for (_, fd) in std::mem::take(&mut got.fds) {
             op(|| "close".into(), k.close(fd))?;
         }

@@ -40,14 +40,23 @@ enum Command {
     /// A live update end to end on the model: sessions and memfds with data,
     /// freeze and serialize, kexec into a new process (`execve`, the memory
     /// inherited), retrieve and verify every byte, finish; each phase timed.
+    /// `--scenario vm`: one VM's memfd, HugeTLB memfd, KVM VM, guest_memfds,
+    /// iommufd and vfio-pci devices instead, every file verified after the kexec.
     Simulate {
+        /// What crosses: `basic` (sessions of memfds) or `vm` (one VM's files, kernel next).
+        #[arg(long, default_value = "basic")]
+        scenario: luo_core::simulate::Scenario,
+        /// How the HugeTLB pools cross in the vm scenario: `subsystem` (the seed's) or `flb`
+        /// (upstream's RFC).
+        #[arg(long, default_value = "subsystem", value_parser = luo_core::simulate::parse_hugetlb_form)]
+        hugetlb_form: luo_core::simulate::HugetlbForm,
         /// Sessions to create.
         #[arg(long, default_value_t = 4)]
         sessions: u32,
         /// memfds per session.
         #[arg(long, default_value_t = 4)]
         files: u32,
-        /// Bytes per memfd.
+        /// Bytes per memfd (vm: bytes of guest RAM, a multiple of 4096).
         #[arg(long, default_value_t = 1 << 20)]
         size: u64,
         /// Seed of the data pattern.
@@ -65,9 +74,10 @@ enum Command {
         /// One JSON object per phase.
         #[arg(long)]
         json: bool,
-        /// Kernel the first stage plays (6.19, 7.0, 7.3, next).
-        #[arg(long, default_value = "7.3")]
-        from: luo_core::KernelVersion,
+        /// Kernel the first stage plays (6.19, 7.0, 7.3, next) [default: 7.3; vm: next, the
+        /// only kernel it runs on].
+        #[arg(long)]
+        from: Option<luo_core::KernelVersion>,
         /// Kernel(s) the later stages play, in order (`--to 7.3 --to next`; the last repeats).
         #[arg(long)]
         to: Vec<luo_core::KernelVersion>,
@@ -211,6 +221,8 @@ fn main() -> ExitCode {
         Command::Gen { check, verbose } => commands::gen_command(&cli.root, check, verbose),
         Command::Schema(cmd) => schema(&cli.root, cmd),
         Command::Simulate {
+            scenario,
+            hugetlb_form,
             sessions,
             files,
             size,
@@ -223,6 +235,11 @@ fn main() -> ExitCode {
             to,
             stage2,
         } => {
+            use luo_core::simulate::Scenario;
+            let from = from.unwrap_or(match scenario {
+                Scenario::Basic => luo_core::KernelVersion::default(),
+                Scenario::Vm => luo_core::KernelVersion::Next,
+            });
             let opts = luo_core::simulate::Options {
                 sessions,
                 files,
@@ -234,6 +251,8 @@ fn main() -> ExitCode {
                 json,
                 stage2_args: vec!["simulate".into(), "--stage2".into()],
                 kernels: std::iter::once(from).chain(to).collect(),
+                scenario,
+                hugetlb_form,
             };
             simulate(&opts, stage2)
         }

@@ -6,6 +6,14 @@
 //! file, checks every byte, finishes, and checks that no preserved page is left. With
 //! `hops > 1` each later stage preserves fresh data again and `execve`s the next one, so
 //! several live updates run in a row. Each phase is printed with its duration.
+//!
+//! That is the `basic` [`Scenario`]. The `vm` one (module `vm`, [`VmReport`]) hands over a
+//! virtual machine's files instead (guest RAM memfd, HugeTLB memfd, KVM VM, guest_memfds,
+//! iommufd, vfio-pci devices) through the same two stages, plan and reporter.
+
+mod vm;
+
+pub use vm::VmReport;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -13,6 +21,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use luo_abi::Errno;
+/// How the HugeTLB pools cross (`--hugetlb-form`), re-exported for front ends.
+pub use luo_handlers::hugetlb::Form as HugetlbForm;
+
+use HugetlbForm as Form;
 
 use crate::error::ImageError;
 use crate::kernel::{BootOptions, Handover, Kernel};
@@ -24,6 +36,56 @@ pub const PLAN_ENV: &str = "LUO_SIM_PLAN";
 
 /// Environment variable carrying the kernel each stage plays (`6.19,7.3,next`).
 pub const KERNELS_ENV: &str = "LUO_SIM_KERNELS";
+
+/// Which files cross the live update.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Scenario {
+    /// Sessions of memfds full of known data.
+    #[default]
+    Basic,
+    /// One VM: a sealed guest-RAM memfd, a HugeTLB memfd, a KVM VM, its guest_memfds, an
+    /// iommufd mapping the RAM and two vfio-pci devices behind a bridge (kernel `next`).
+    Vm,
+}
+
+impl Scenario {
+    /// The name used by `--scenario` and in the plan.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Basic => "basic",
+            Scenario::Vm => "vm",
+        }
+    }
+}
+
+impl std::str::FromStr for Scenario {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "basic" => Ok(Scenario::Basic),
+            "vm" => Ok(Scenario::Vm),
+            _ => Err(format!("unknown scenario `{s}` (basic, vm)")),
+        }
+    }
+}
+
+/// The name of a HugeTLB form, as `--hugetlb-form` and the plan spell it.
+pub fn hugetlb_form_name(form: Form) -> &'static str {
+    match form {
+        Form::Flb => "flb",
+        Form::Subsystem => "subsystem",
+    }
+}
+
+/// Parses `flb` or `subsystem` (`--hugetlb-form`).
+pub fn parse_hugetlb_form(s: &str) -> Result<Form, String> {
+    match s {
+        "flb" => Ok(Form::Flb),
+        "subsystem" => Ok(Form::Subsystem),
+        _ => Err(format!("unknown HugeTLB form `{s}` (flb, subsystem)")),
+    }
+}
 
 /// What to simulate.
 #[derive(Clone, Debug)]
@@ -47,8 +109,13 @@ pub struct Options {
     /// Number of live updates in a row (each one a new process).
     pub hops: u32,
     /// The kernel each stage plays, stage 1 first (`--from`, then `--to`); stages past the
-    /// end of the list play its last kernel. Empty: 7.3 throughout.
+    /// end of the list play its last kernel. Empty: 7.3 throughout (`next` for
+    /// [`Scenario::Vm`], whose handlers only `next` has).
     pub kernels: Vec<KernelVersion>,
+    /// Which files cross.
+    pub scenario: Scenario,
+    /// How the HugeTLB pools cross ([`Scenario::Vm`]): the seed's subsystem or the RFC's FLB.
+    pub hugetlb_form: Form,
 }
 
 impl Default for Options {
@@ -64,6 +131,8 @@ impl Default for Options {
             save_image: None,
             hops: 1,
             kernels: Vec::new(),
+            scenario: Scenario::Basic,
+            hugetlb_form: Form::Subsystem,
         }
     }
 }
@@ -103,6 +172,15 @@ pub enum SimError {
     /// Stage 2 ran without a handover or a plan.
     #[error("stage 2 needs {0} (run `simulate` instead)")]
     NoHandover(&'static str),
+    /// The plan stage 2 inherited is not one stage 1 writes.
+    #[error("bad {PLAN_ENV}: {0}")]
+    BadPlan(String),
+    /// Options that do not go together.
+    #[error("{0}")]
+    Usage(String),
+    /// A file came back different ([`Scenario::Vm`]): what differed.
+    #[error("after the live update: {0}")]
+    Check(String),
     /// Something was left behind.
     #[error("{0} preserved pages left after FINISH")]
     Leak(u64),
@@ -136,6 +214,8 @@ struct Reporter<'a> {
     out: &'a mut dyn Write,
     json: bool,
     stage: u8,
+    /// Width of the phase-name column in text.
+    width: usize,
 }
 
 impl Reporter<'_> {
@@ -149,11 +229,12 @@ impl Reporter<'_> {
         } else {
             writeln!(
                 self.out,
-                "[stage {}] {:<10} {:>10.3} ms  {}",
+                "[stage {}] {:<w$} {:>10.3} ms  {}",
                 self.stage,
                 name,
                 took.as_secs_f64() * 1e3,
-                detail
+                detail,
+                w = self.width
             )
         }
     }
@@ -193,20 +274,45 @@ struct Plan {
     stage2_args: Vec<OsString>,
     save_image: Option<PathBuf>,
     kernels: Vec<KernelVersion>,
+    scenario: Scenario,
+    hugetlb_form: Form,
 }
 
 impl Plan {
     fn env(&self) -> String {
         format!(
-            "{} {} {} {} {} {} {}",
+            "{} {} {} {} {} {} {} {} {}",
             self.sessions,
             self.files,
             self.size,
             self.seed,
             u8::from(self.json),
             self.hops,
-            self.hop
+            self.hop,
+            self.scenario.name(),
+            hugetlb_form_name(self.hugetlb_form)
         )
+    }
+
+    /// Refuses what the scenario cannot run, in stage 1 and again on the plan stage 2
+    /// inherited.
+    fn check(&self) -> Result<(), SimError> {
+        match self.scenario {
+            Scenario::Basic => Ok(()),
+            Scenario::Vm => vm::check(self),
+        }
+    }
+
+    fn reporter<'a>(&self, out: &'a mut dyn Write, stage: u8) -> Reporter<'a> {
+        Reporter {
+            out,
+            json: self.json,
+            stage,
+            width: match self.scenario {
+                Scenario::Basic => 10,
+                Scenario::Vm => vm::PHASE_WIDTH,
+            },
+        }
     }
 
     /// The kernel stage `hop + 1` plays.
@@ -228,15 +334,30 @@ impl Plan {
 
     fn from_env() -> Result<Plan, SimError> {
         let plan = std::env::var(PLAN_ENV).map_err(|_| SimError::NoHandover(PLAN_ENV))?;
-        let p: Vec<u64> = plan
-            .split_ascii_whitespace()
-            .filter_map(|w| w.parse().ok())
-            .collect();
-        let [sessions, files, size, seed, json, hops, hop] = p[..] else {
-            return Err(SimError::NoHandover(PLAN_ENV));
+        let words: Vec<&str> = plan.split_ascii_whitespace().collect();
+        // Seven numbers, then the scenario and the HugeTLB form (absent: basic, as plans
+        // written before scenarios existed).
+        let (nums, scenario, form) = match &words[..] {
+            [nums @ .., scenario, form] if nums.len() == 7 => (
+                nums,
+                scenario.parse().map_err(SimError::BadPlan)?,
+                parse_hugetlb_form(form).map_err(SimError::BadPlan)?,
+            ),
+            nums => (nums, Scenario::Basic, Form::Subsystem),
         };
-        let small = |v: u64| u32::try_from(v).map_err(|_| SimError::NoHandover(PLAN_ENV));
-        Ok(Plan {
+        let p: Vec<u64> = nums
+            .iter()
+            .map(|w| w.parse())
+            .collect::<Result<_, _>>()
+            .map_err(|_| SimError::BadPlan(format!("`{plan}`: not a number")))?;
+        let [sessions, files, size, seed, json, hops, hop] = p[..] else {
+            return Err(SimError::BadPlan(format!(
+                "`{plan}`: 7 numbers expected, then the scenario and the HugeTLB form"
+            )));
+        };
+        let small =
+            |v: u64| u32::try_from(v).map_err(|_| SimError::BadPlan(format!("{v} is too large")));
+        let plan = Plan {
             sessions: small(sessions)?,
             files: small(files)?,
             size,
@@ -253,7 +374,11 @@ impl Plan {
                 .filter(|w| !w.is_empty())
                 .map(|w| w.parse().map_err(|_| SimError::NoHandover(KERNELS_ENV)))
                 .collect::<Result<_, _>>()?,
-        })
+            scenario,
+            hugetlb_form: form,
+        };
+        plan.check()?;
+        Ok(plan)
     }
 }
 
@@ -368,11 +493,6 @@ fn reboot_and_exec(k: Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<(), Si
 
 /// Stage 1: preserve, reboot, `execve` stage 2. Returns only on failure.
 pub fn stage1(opts: &Options, out: &mut dyn Write) -> Result<(), SimError> {
-    let mut rep = Reporter {
-        out,
-        json: opts.json,
-        stage: 1,
-    };
     let plan = Plan {
         sessions: opts.sessions,
         files: opts.files,
@@ -387,8 +507,15 @@ pub fn stage1(opts: &Options, out: &mut dyn Write) -> Result<(), SimError> {
         },
         stage2_args: opts.stage2_args.clone(),
         save_image: opts.save_image.clone(),
-        kernels: opts.kernels.clone(),
+        kernels: match opts.scenario {
+            Scenario::Vm if opts.kernels.is_empty() => vec![KernelVersion::Next],
+            _ => opts.kernels.clone(),
+        },
+        scenario: opts.scenario,
+        hugetlb_form: opts.hugetlb_form,
     };
+    plan.check()?;
+    let mut rep = plan.reporter(out, 1);
     let boot = BootOptions {
         backing: BackingKind::Memfd,
         version: plan.kernel(0),
@@ -400,7 +527,10 @@ pub fn stage1(opts: &Options, out: &mut dyn Write) -> Result<(), SimError> {
         t,
         &format!("fresh kernel {}, memfd-backed arena", boot.version),
     )?;
-    populate(&k, &plan, &mut rep)?;
+    match plan.scenario {
+        Scenario::Basic => populate(&k, &plan, &mut rep)?,
+        Scenario::Vm => vm::populate(&k, &plan, &mut rep)?,
+    }
     reboot_and_exec(k, &plan, &mut rep)
 }
 
@@ -417,6 +547,9 @@ pub struct Report {
     pub verified_bytes: u64,
     /// Preserved pages left (beyond LUO's root) plus incoming pages never restored.
     pub preserved_pages_left: u64,
+    /// What the `vm` scenario checked, file type by file type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm: Option<vm::VmReport>,
 }
 
 fn retrieve_and_verify(k: &Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<u64, SimError> {
@@ -508,11 +641,7 @@ fn retrieve_and_verify(k: &Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<u
 /// either preserve again and `execve` the next stage, or (last hop) return the report.
 pub fn stage2(out: &mut dyn Write) -> Result<Report, SimError> {
     let plan = Plan::from_env()?;
-    let mut rep = Reporter {
-        out,
-        json: plan.json,
-        stage: u8::try_from(plan.hop + 1).unwrap_or(u8::MAX),
-    };
+    let mut rep = plan.reporter(out, u8::try_from(plan.hop + 1).unwrap_or(u8::MAX));
     let kernel = plan.kernel(plan.hop);
     let (k, t) = timed(|| {
         let h = Handover::from_env()?.ok_or(SimError::NoHandover(crate::exec::HANDOVER_ENV))?;
@@ -532,6 +661,10 @@ pub fn stage2(out: &mut dyn Write) -> Result<Report, SimError> {
             k.stats().kho.incoming_pages
         ),
     )?;
+    if plan.scenario == Scenario::Vm {
+        // One hop (`Plan::check`): this is the last stage.
+        return vm::retrieve_and_verify(&k, &plan, &mut rep);
+    }
     let verified = retrieve_and_verify(&k, &plan, &mut rep)?;
     if plan.hop < plan.hops {
         populate(&k, &plan, &mut rep)?;
@@ -546,5 +679,6 @@ pub fn stage2(out: &mut dyn Write) -> Result<Report, SimError> {
         files: plan.sessions * plan.files,
         verified_bytes: verified,
         preserved_pages_left: st.preserved_beyond_root() + st.kho.incoming_pages,
+        vm: None,
     })
 }

@@ -150,13 +150,17 @@ fn order_bytes(order: u32) -> u64 {
     if order > 40 { u64::MAX } else { PAGE << order }
 }
 
+/// Whether a block of `map` intersects `start..start + len`.
+///
+/// The blocks of a map are disjoint (every insertion is checked with this function first), so
+/// only the last block starting before the end can reach into the range: any earlier one ends
+/// before that block starts. One descent instead of two: this check runs once per preserved
+/// folio (the `memfd_preserve` benchmark).
 fn overlaps(map: &BTreeMap<u64, u32>, start: u64, len: u64) -> bool {
-    if let Some((&p, &o)) = map.range(..=start).next_back()
-        && p + order_bytes(o) > start
-    {
-        return true;
-    }
-    map.range(start..start.saturating_add(len)).next().is_some()
+    let end = start.saturating_add(len.max(1));
+    map.range(..end)
+        .next_back()
+        .is_some_and(|(&p, &o)| p.saturating_add(order_bytes(o)) > start)
 }
 
 fn order_for_pages(pages: u64) -> Option<u32> {
@@ -397,24 +401,11 @@ impl Kho {
             let Some(r) = slot.weak.upgrade() else {
                 continue;
             };
-            let pages: HashSet<u64> = st
-                .out
-                .range(base..base + REGION_SPAN)
-                .flat_map(|(&p, &o)| {
-                    let first = (p - base) / PAGE;
-                    first..first + (1u64 << o)
-                })
-                .collect();
-            if pages.is_empty() {
+            let blocks = st.out.range(base..base + REGION_SPAN);
+            if blocks.clone().next().is_none() {
                 continue;
             }
-            let size_pages = r.size()?.div_ceil(PAGE);
-            let poison = vec![POISON; PAGE_SIZE];
-            for i in 0..size_pages {
-                if !pages.contains(&i) {
-                    r.write(i * PAGE, &poison)?;
-                }
-            }
+            poison_region_gaps(&r, blocks)?;
             carried.push(r);
         }
         // The blob: compressed runs of the preserved map, then the subtrees.
@@ -612,6 +603,30 @@ impl Kho {
         }
         Ok((chunks, entries))
     }
+}
+
+/// Poisons the pages of region `r` that no block of `blocks` (its preserved blocks, in
+/// address order) covers. Walks the ordered blocks and writes the gaps between them, so a
+/// kexec costs O(preserved blocks + poisoned pages) without a set of every preserved page
+/// (for a 16 GiB memfd that set held 4 Mi entries; the `blackout` benchmark).
+fn poison_region_gaps<'a>(
+    r: &ExtRegion,
+    blocks: impl Iterator<Item = (&'a u64, &'a u32)>,
+) -> Result<(), Errno> {
+    let size_pages = r.size()?.div_ceil(PAGE);
+    let poison = vec![POISON; PAGE_SIZE];
+    let mut next = 0u64;
+    for (&p, &o) in blocks {
+        let first = (p - r.base()) / PAGE;
+        for i in next..first.min(size_pages) {
+            r.write(i * PAGE, &poison)?;
+        }
+        next = next.max(first.saturating_add(1u64 << o));
+    }
+    for i in next..size_pages {
+        r.write(i * PAGE, &poison)?;
+    }
+    Ok(())
 }
 
 type BlobContents = (Vec<BlobRange>, BTreeMap<String, (u64, usize)>);

@@ -154,13 +154,16 @@ fn order_bytes(order: u32) -> u64 {
 ///
 /// The blocks of a map are disjoint (every insertion is checked with this function first), so
 /// only the last block starting before the end can reach into the range: any earlier one ends
-/// before that block starts. One descent instead of two: this check runs once per preserved
-/// folio (the `memfd_preserve` benchmark).
+/// before that block starts. This check runs once per preserved folio (the `memfd_preserve`
+/// benchmark), and folios usually come in ascending order: when the map's last block starts
+/// before the end it is that block, found without a search; otherwise one descent finds it.
 fn overlaps(map: &BTreeMap<u64, u32>, start: u64, len: u64) -> bool {
     let end = start.saturating_add(len.max(1));
-    map.range(..end)
-        .next_back()
-        .is_some_and(|(&p, &o)| p.saturating_add(order_bytes(o)) > start)
+    let last_before_end = match map.last_key_value() {
+        Some(last) if *last.0 < end => Some(last),
+        _ => map.range(..end).next_back(),
+    };
+    last_before_end.is_some_and(|(&p, &o)| p.saturating_add(order_bytes(o)) > start)
 }
 
 fn order_for_pages(pages: u64) -> Option<u32> {

@@ -198,7 +198,45 @@ struct MemfdState {
     pos: u64,
     frozen: bool,
     pinned: u32,
-    added: HashSet<u64>,
+    added: PageSet,
+}
+
+/// Page indices of a retrieved memfd that already hold a restored folio: one bit per page,
+/// grown on demand (indices stay below `REGION_SPAN / PAGE`, so at most 2 MiB). A bitmap
+/// rather than a hash set: `add_folio` runs once per restored folio (the `memfd_retrieve`
+/// benchmark), and hashing plus rehashing was most of its cost.
+#[derive(Default)]
+struct PageSet {
+    bits: Vec<u64>,
+    len: u64,
+}
+
+impl PageSet {
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn contains(&self, i: u64) -> bool {
+        usize::try_from(i / 64)
+            .ok()
+            .and_then(|w| self.bits.get(w))
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    /// Adds every index of `r` (callers bound them by `REGION_SPAN / PAGE`).
+    fn insert_range(&mut self, r: std::ops::Range<u64>) {
+        for i in r {
+            let w = (i / 64) as usize;
+            if w >= self.bits.len() {
+                self.bits.resize(w + 1, 0);
+            }
+            let b = 1u64 << (i % 64);
+            if self.bits[w] & b == 0 {
+                self.bits[w] |= b;
+                self.len += 1;
+            }
+        }
+    }
 }
 
 /// A shmem memfd: a host memfd that is an external region of the KHO model.
@@ -241,7 +279,7 @@ impl MemfdFile {
                 pos: 0,
                 frozen: false,
                 pinned: 0,
-                added: HashSet::new(),
+                added: PageSet::default(),
             }),
         }
     }
@@ -464,7 +502,7 @@ impl ShmemFile for MemfdFile {
             return Err(Errno::EFBIG);
         }
         let n = 1u64 << folio.order;
-        if (folio.index..folio.index + n).any(|i| st.added.contains(&i)) {
+        if (folio.index..folio.index + n).any(|i| st.added.contains(i)) {
             return Err(Errno::EEXIST);
         }
         let phys = folio.phys.as_u64();
@@ -488,7 +526,7 @@ impl ShmemFile for MemfdFile {
         if !folio.uptodate {
             r.write(off, &vec![0u8; bytes as usize])?;
         }
-        st.added.extend(folio.index..folio.index + n);
+        st.added.insert_range(folio.index..folio.index + n);
         Ok(())
     }
 }

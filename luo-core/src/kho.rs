@@ -384,17 +384,24 @@ impl Kho {
         if st.dead {
             return Err(Errno::EINVAL);
         }
-        // Arena: poison every page touched since boot that is not preserved.
-        let mut keep: HashSet<u64> = HashSet::new();
-        for (&p, &o) in st
+        // Arena: poison every page touched since boot that is not preserved. The preserved
+        // blocks are walked in address order alongside the pages (they are disjoint, so page
+        // `i` is kept iff it lies below the furthest end of the blocks starting at or before
+        // it), without a set of every preserved page.
+        let mut blocks = st
             .out
             .range(ARENA_BASE..ARENA_BASE + self.arena_pages * PAGE)
-        {
-            let first = (p - ARENA_BASE) / PAGE;
-            keep.extend(first..first + (1u64 << o));
-        }
+            .map(|(&p, &o)| ((p - ARENA_BASE) / PAGE, 1u64 << o))
+            .peekable();
+        let mut kept_until = 0u64;
         for i in 0..st.alloc.pages() {
-            if st.alloc.is_touched(i) && !keep.contains(&i) {
+            while let Some(&(first, n)) = blocks.peek()
+                && first <= i
+            {
+                kept_until = kept_until.max(first + n);
+                blocks.next();
+            }
+            if st.alloc.is_touched(i) && i >= kept_until {
                 self.arena.fill(i * PAGE, PAGE, POISON)?;
             }
         }

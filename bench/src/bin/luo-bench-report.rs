@@ -764,6 +764,36 @@ fn memcpy_ns(m: &mut Memcpy, copies: usize) -> f64 {
     med(&v)
 }
 
+/// Instructions per unit of `child handover <op> 1`, counted inside `toggles` only.
+fn handover_instructions(
+    o: &Opts,
+    id: &str,
+    op: &str,
+    toggles: &[&str],
+    units: f64,
+    unit: &str,
+    what: String,
+) -> Result<Option<Row>, String> {
+    if !o.callgrind {
+        return Ok(None);
+    }
+    let args: Vec<String> = ["child", "handover", op, "1"].map(String::from).to_vec();
+    let total = measure::callgrind_collect(&exe()?, &args, toggles)?;
+    Ok(Some(row(
+        RowSpec {
+            id,
+            name: format!("{id}/instructions"),
+            what,
+            unit,
+            method: "callgrind",
+            target: Target::None,
+            samples: 1,
+        },
+        total as f64 / units,
+        None,
+    )))
+}
+
 fn memfd_preserve(o: &Opts) -> Result<Vec<Row>, String> {
     let folios = FOLIOS_1G;
     let mut fx = handover::MemfdFixture::new(KernelVersion::V7_3, folios)?;
@@ -780,6 +810,15 @@ fn memfd_preserve(o: &Opts) -> Result<Vec<Row>, String> {
         base.push(memcpy_ns(&mut m, 5) / f);
     }
     let b = med(&base);
+    let ins = handover_instructions(
+        o,
+        "memfd_preserve",
+        "preserve",
+        &["luo_core::uapi::<impl luo_core::kernel::Kernel>::preserve_fd"],
+        folios as f64,
+        "instructions/folio",
+        "instructions per folio of one PRESERVE_FD of the 1 GiB memfd (callgrind; pinning included)".into(),
+    )?;
     let spec = |name: &str, what: String, target| RowSpec {
         id: "memfd_preserve",
         name: format!("memfd_preserve/{name}"),
@@ -813,7 +852,10 @@ fn memfd_preserve(o: &Opts) -> Result<Vec<Row>, String> {
             med(&pin),
             None,
         ),
-    ])
+    ]
+    .into_iter()
+    .chain(ins)
+    .collect())
 }
 
 fn memfd_retrieve(o: &Opts) -> Result<Vec<Row>, String> {
@@ -849,6 +891,15 @@ fn memfd_retrieve(o: &Opts) -> Result<Vec<Row>, String> {
             Some(("memcpy", med(&base))),
         ));
     }
+    rows.extend(handover_instructions(
+        o,
+        "memfd_retrieve",
+        "retrieve",
+        &["luo_core::uapi::<impl luo_core::kernel::Kernel>::retrieve_fd"],
+        FOLIOS_1G as f64,
+        "instructions/folio",
+        "instructions per folio of one RETRIEVE_FD of the 1 GiB memfd (callgrind)".into(),
+    )?);
     Ok(rows)
 }
 
@@ -929,7 +980,22 @@ fn sessions(o: &Opts) -> Result<Vec<Row>, String> {
             med(&de),
             Some(("memcpy", b / 2.0)),
         ),
-    ])
+    ]
+    .into_iter()
+    .chain(handover_instructions(
+        o,
+        "sessions",
+        "sessions",
+        &[
+            "luo_core::kernel::Kernel::kexec",
+            "luo_core::kernel::Kernel::boot",
+            "luo_core::kernel::Kernel::open_dev",
+        ],
+        entries,
+        "instructions/entry",
+        "instructions per entry of reboot() + boot + first open (callgrind; includes the fixture's own fresh boot and open, a few thousand instructions in all)".into(),
+    )?)
+    .collect())
 }
 
 fn blackout(o: &Opts) -> Result<Vec<Row>, String> {

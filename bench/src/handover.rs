@@ -310,7 +310,7 @@ pub struct Blackout {
     pub boot_ms: f64,
     /// Open `/dev/liveupdate` (deserialize), retrieve every session and every file, ms.
     pub retrieve_ms: f64,
-    /// The whole blackout, ms.
+    /// The whole blackout (the three phases above), ms.
     pub total_ms: f64,
     /// FINISH of every session after the workload is back (outside the blackout), ms.
     pub finish_ms: f64,
@@ -328,6 +328,11 @@ pub struct Blackout {
     pub peak_rss: u64,
     /// VmRSS before the kernel booted, bytes.
     pub start_rss: u64,
+    /// VmHWM just before `reboot()` (the old kernel with everything preserved), bytes.
+    pub peak_rss_before_kexec: u64,
+    /// KHO arena memory in use just before `reboot()` (everything handed over besides the
+    /// memfd's own pages: folio array, LUO blocks, one page per test file), bytes.
+    pub arena_bytes: u64,
 }
 
 /// A `/proc/self/status` field in bytes (`VmHWM`, `VmRSS`), 0 if unavailable.
@@ -354,7 +359,7 @@ fn host_ino(k: &Kernel, fd: i32) -> Result<(u64, u64), String> {
     .map_err(err("host fd"))?
 }
 
-/// The blackout of a machine with a memfd of `folios` 4 KiB folios (4 KiB folios) and `sessions` sessions
+/// The blackout of a machine with a memfd of `folios` 4 KiB folios and `sessions` sessions
 /// holding `files` test files: freeze -> in-process kexec -> retrieve every session and file.
 /// `touched` pages spread over the memfd are written before and checked after.
 pub fn blackout(folios: u64, sessions: u64, files: u64, touched: u64) -> Result<Blackout, String> {
@@ -376,9 +381,14 @@ pub fn blackout(folios: u64, sessions: u64, files: u64, touched: u64) -> Result<
     let copied0 = luo_core::file::file_data_copied();
     let h0 = luo_handlers::memfd::stats();
 
+    let peak_rss_before_kexec = proc_status_bytes("VmHWM:");
+    let arena_bytes = k.stats().kho.arena_pages_in_use * PAGE;
     let t = Instant::now();
     let h = k.kexec().map_err(err("kexec"))?;
     let freeze_kexec = t.elapsed();
+    // The old kernel's memory vanishes at a real kexec; here its structures are freed, outside
+    // the timed phases, so they do not count in the next kernel's time or peak memory.
+    drop(fx);
     let t1 = Instant::now();
     let k2 =
         Kernel::boot(&boot_opts(version, folios, files), Some(h)).map_err(|e| e.to_string())?;
@@ -401,7 +411,7 @@ pub fn blackout(folios: u64, sessions: u64, files: u64, touched: u64) -> Result<
         sfds.push(s);
     }
     let retrieve = t2.elapsed();
-    let total = t.elapsed();
+    let total = freeze_kexec + boot + retrieve;
     let ram = ram.ok_or("no memfd retrieved")?;
     let file_bytes_copied = luo_core::file::file_data_copied() - copied0;
     let h1 = luo_handlers::memfd::stats();
@@ -437,6 +447,8 @@ pub fn blackout(folios: u64, sessions: u64, files: u64, touched: u64) -> Result<
         metadata_bytes: folios * FOLIO_RECORD + entry_bytes(sessions, files),
         peak_rss: proc_status_bytes("VmHWM:"),
         start_rss,
+        peak_rss_before_kexec,
+        arena_bytes,
     })
 }
 

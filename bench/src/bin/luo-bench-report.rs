@@ -210,8 +210,10 @@ const ROW_DOCS: &[(&str, &str)] = &[
          (`luo_core::file::file_data_copied`) plus the memfd handler's copied/zeroed folios, and \
          the whole file if the retrieved memfd were not the very same host file (device and \
          inode compared); the written pages are read back and checked. `peak_rss` is VmHWM of \
-         the child against the handed-over metadata (folio records + session and file entries) \
-         plus the touched pages. The full run adds a 16 GiB memfd.",
+         the child against the KHO arena memory handed over (folio array, LUO blocks, the test \
+         handler's page per file) plus the touched pages; the old kernel is freed after \
+         `reboot()`, outside the timed phases. `total` is the sum of the three timed phases. \
+         The full run adds a 16 GiB memfd.",
     ),
     (
         "gen",
@@ -1098,17 +1100,19 @@ fn blackout(o: &Opts) -> Result<Vec<Row>, String> {
             spec(
                 "peak_rss",
                 format!(
-                    "peak RSS (VmHWM) of the run, vs handed-over metadata {:.1} MiB + touched pages {:.1} MiB; file data {} MiB; RSS at start {:.1} MiB",
+                    "peak RSS (VmHWM) of the run, vs the KHO arena handed over (folio array, LUO blocks, a page per test file: {:.1} MiB, of which {:.1} MiB of records and entries) + touched memfd pages {:.1} MiB; file data {} MiB; RSS at start {:.1} MiB, peak before reboot() {:.1} MiB",
+                    mib(b.arena_bytes),
                     mib(b.metadata_bytes),
                     mib(b.touched_pages * 4096),
                     gib * 1024,
-                    mib(b.start_rss)
+                    mib(b.start_rss),
+                    mib(b.peak_rss_before_kexec)
                 ),
                 "MiB",
                 Target::None,
             ),
             mib(b.peak_rss),
-            Some(("metadata+touched", mib(b.metadata_bytes + b.touched_pages * 4096))),
+            Some(("arena+touched", mib(b.arena_bytes + b.touched_pages * 4096))),
         ));
     }
     Ok(rows)

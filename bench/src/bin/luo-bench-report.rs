@@ -136,6 +136,20 @@ struct Machine {
     rustc: String,
     valgrind: Option<String>,
     quick: bool,
+    /// 1-minute load average (`/proc/loadavg`) when the suite started and when it ended: the
+    /// machine is shared, and wall values move with it.
+    load_start: Option<f64>,
+    load_end: Option<f64>,
+}
+
+/// The 1-minute load average, if `/proc/loadavg` is readable.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// What each id measures, for BENCHMARKS.md.
@@ -284,6 +298,7 @@ fn main() {
     o.callgrind = valgrind.is_some();
 
     let mut rows = Vec::new();
+    let load_start = load_average();
     let t0 = Instant::now();
     if o.wants("dispatch") {
         step("dispatch", &mut rows, dispatch(&o));
@@ -328,6 +343,8 @@ fn main() {
             rustc: command_line("rustc", &["-V"]).unwrap_or_default(),
             valgrind,
             quick: o.quick,
+            load_start,
+            load_end: load_average(),
         },
         rows,
     };
@@ -1262,12 +1279,23 @@ fn markdown(rep: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "Run on {} on a {}-CPU machine, {}{}{}. Wall-clock values are medians over rounds in \
+        "Run on {} on a {}-CPU machine{}, {}{}{}. Wall-clock values are medians over rounds in \
          which the variants of a row alternate, and every ratio compares numbers from **the same \
          run**; instruction counts come from `valgrind --tool=callgrind` and do not depend on load. \
          Raw numbers: `target/luo-bench.json`.\n",
         rep.date,
         rep.machine.cpus,
+        match (rep.machine.load_start, rep.machine.load_end) {
+            (Some(a), Some(b)) => format!(
+                " (shared: 1-minute load average {a:.1} at the start, {b:.1} at the end{})",
+                if a.max(b) > rep.machine.cpus as f64 {
+                    ", so the machine was **loaded** and wall values are noisy"
+                } else {
+                    ""
+                }
+            ),
+            _ => String::new(),
+        },
         rep.machine.rustc,
         rep.machine.valgrind.as_ref().map_or(
             ", no valgrind (instruction counts skipped)".to_string(),

@@ -482,9 +482,9 @@ impl Kho {
             return idx.checked_add(n).is_some_and(|e| e <= self.arena_pages)
                 && (idx..idx + n).all(|i| st.alloc.is_used(i));
         }
-        region_of(st, phys).is_some_and(|r| {
+        region_base_of(st, phys).is_some_and(|base| {
             phys.checked_add(len)
-                .is_some_and(|e| e <= r.base() + REGION_SPAN)
+                .is_some_and(|e| e <= base + REGION_SPAN)
         })
     }
 
@@ -512,7 +512,7 @@ impl Kho {
             return Ok(());
         }
         // A region page (a restored memfd folio): nothing to free in the arena.
-        if region_of(st, phys).is_some() && !overlaps(&st.out, phys, order_bytes(order)) {
+        if region_base_of(st, phys).is_some() && !overlaps(&st.out, phys, order_bytes(order)) {
             return Ok(());
         }
         Err(Errno::EINVAL)
@@ -694,6 +694,16 @@ pub(crate) fn parse_blob_entries(
         subtrees.insert(name.to_owned(), (s.phys, size));
     }
     Ok((ranges, subtrees))
+}
+
+/// The base of the live region containing `phys`, if any: [`region_of`] without taking a
+/// reference (no `Arc` upgrade and drop, two atomic read-modify-writes), for the checks that
+/// run once per preserved or freed folio (the `memfd_preserve` / `memfd_retrieve` benchmarks).
+/// Like `region_of`, it answers for this instant only (a file may drop the region's last
+/// reference right after); callers only check an address with it.
+fn region_base_of(st: &State, phys: u64) -> Option<u64> {
+    let (&base, slot) = st.regions.range(..=phys).next_back()?;
+    (phys < base + REGION_SPAN && slot.weak.strong_count() > 0).then_some(base)
 }
 
 fn region_of(st: &State, phys: u64) -> Option<Arc<ExtRegion>> {

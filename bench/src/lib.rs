@@ -10,6 +10,7 @@ pub mod codec;
 pub mod compile;
 pub mod dispatch;
 pub mod global;
+pub mod handover;
 pub mod luo_gen;
 pub mod measure;
 pub mod ring;

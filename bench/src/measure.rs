@@ -92,11 +92,18 @@ pub fn callgrind_available() -> bool {
 /// Instructions executed by `exe args` under callgrind (its `Collected` total), or an error
 /// message.
 pub fn callgrind_total(exe: &Path, args: &[String]) -> Result<u64, String> {
+    callgrind_collect(exe, args, &[])
+}
+
+/// Instructions executed by `exe args` inside the functions named in `toggles` (callgrind's
+/// `--toggle-collect`: only those calls and what they call are counted).
+pub fn callgrind_collect(exe: &Path, args: &[String], toggles: &[&str]) -> Result<u64, String> {
     let out_file =
         std::env::temp_dir().join(format!("luo-bench-callgrind.{}.out", std::process::id()));
     let out = Command::new("valgrind")
         .arg("--tool=callgrind")
         .arg(format!("--callgrind-out-file={}", out_file.display()))
+        .args(toggles.iter().map(|t| format!("--toggle-collect={t}")))
         .arg(exe)
         .args(args)
         .output()

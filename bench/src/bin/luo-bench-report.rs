@@ -2,8 +2,9 @@
 //! the same run**, and writes `BENCHMARKS.md` (repository root) and `target/luo-bench.json`.
 //!
 //! ```sh
-//! cargo run -p luo-bench --release --bin luo-bench-report            # everything (~3-5 min)
-//! cargo run -p luo-bench --release --bin luo-bench-report -- --quick # fewer rounds, no macro_compile
+//! cargo run -p luo-bench --release --bin luo-bench-report            # everything (~5 min)
+//! cargo run -p luo-bench --release --bin luo-bench-report -- --quick # fewer rounds, no
+//!                                                                    # macro_compile, no 16 GiB
 //! ```
 //!
 //! Options: `--quick`, `--no-callgrind`, `--no-compile`, `--only dispatch,gen,...`,
@@ -23,7 +24,9 @@ use std::time::Instant;
 use luo_bench::codec::{Codec, CodecBench, FOLIOS};
 use luo_bench::dispatch::{Dispatch, Variant};
 use luo_bench::global::{Backend, Op, mutex_lock_unlock};
+use luo_bench::handover::{self, FOLIOS_1G, Memcpy};
 use luo_bench::measure::{self, Samples};
+use luo_core::KernelVersion;
 use serde::Serialize;
 
 #[derive(Clone, Debug, Default)]
@@ -120,59 +123,11 @@ fn row(spec: RowSpec<'_>, value: f64, baseline: Option<(&str, f64)>) -> Row {
 }
 
 #[derive(Serialize)]
-struct Pending {
-    id: &'static str,
-    what: &'static str,
-    baseline: &'static str,
-    target: &'static str,
-    reason: &'static str,
-}
-
-const PENDING: &[Pending] = &[
-    Pending {
-        id: "memfd_preserve",
-        what: "record 262,144 folios (1 GiB of 4 KiB pages) into preserved memory, host faulting and pinning excluded",
-        baseline: "memcpy of the same metadata bytes",
-        target: "ratio <= 3",
-        reason: "needs the memfd handler of issue 5 and the KHO model of luo-core (in progress)",
-    },
-    Pending {
-        id: "memfd_retrieve",
-        what: "validate and restore the same folios in the new kernel (and scaling at 2^14, 2^18, 2^22 folios)",
-        baseline: "memcpy of the same bytes",
-        target: "ratio <= 3",
-        reason: "needs the memfd handler and luo-core's kexec model",
-    },
-    Pending {
-        id: "migrate_v1",
-        what: "read memfd-v1 data into the newest handler",
-        baseline: "native memfd-v2 read",
-        target: "ratio <= 1.3",
-        reason: "needs the memfd handler (v1 reader with Migrate) over luo-core",
-    },
-    Pending {
-        id: "sessions",
-        what: "serialize + deserialize 2,000 sessions and 10,000 files (ns/entry)",
-        baseline: "memcpy of the entry bytes",
-        target: "ratio <= 5",
-        reason: "needs luo-core's session serialization (luo_ser / session_v1)",
-    },
-    Pending {
-        id: "blackout",
-        what: "freeze -> in-process kexec -> retrieve all, 4 GiB memfd + 2,000 sessions; peak memory; bytes of file data copied",
-        baseline: "-",
-        target: "ms; 0 bytes copied",
-        reason: "needs luo-core end to end (freeze, kexec model, retrieve)",
-    },
-];
-
-#[derive(Serialize)]
 struct Report {
     command: &'static str,
     date: String,
     machine: Machine,
     rows: Vec<Row>,
-    pending: &'static [Pending],
 }
 
 #[derive(Serialize)]
@@ -181,6 +136,20 @@ struct Machine {
     rustc: String,
     valgrind: Option<String>,
     quick: bool,
+    /// 1-minute load average (`/proc/loadavg`) when the suite started and when it ended: the
+    /// machine is shared, and wall values move with it.
+    load_start: Option<f64>,
+    load_end: Option<f64>,
+}
+
+/// The 1-minute load average, if `/proc/loadavg` is readable.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// What each id measures, for BENCHMARKS.md.
@@ -204,9 +173,62 @@ const ROW_DOCS: &[(&str, &str)] = &[
         "global_get_put",
         "uncontended get + guard drop of each global-state form (FLB, handler-scoped state, \
          subsystem; outgoing and incoming) through luo-abi's runtime, with the default lock \
-         backend (`std_backend`) and a one-mutex backend (`mutex_backend`), against \
+         backend (`std_backend`, which carries the target) and, as a diagnostic variant \
+         without target, a one-mutex backend (`mutex_backend`), against \
          `std::sync::Mutex` lock + unlock timed in the same rounds. The host returns at once \
-         (the core's own locking is luo-core's, pending). Target ratio <= 1.5.",
+         (luo-core's own locking around FLB and state lookups is not in this row). Target ratio \
+         <= 1.5.",
+    ),
+    (
+        "memfd_preserve",
+        "`PRESERVE_FD` of a 1 GiB memfd (262,144 4 KiB folios) on a 7.3 kernel of the model \
+         (`luo-core` + the memfd handler writing `memfd-v2`): every folio preserved in KHO and its \
+         16-byte `memfd_luo_folio_ser` record written into a preserved vmalloc area. `record` is \
+         the whole call minus the host-side listing and pinning of the folios \
+         (`ShmemFile::pin_folios` + unpin, timed separately in the same round: `pin`), per folio, \
+         against a `memcpy` of the 4 MiB of records between pre-faulted buffers. The memfd is a \
+         sparse host memfd (its pages are never faulted). Target ratio <= 3.",
+    ),
+    (
+        "memfd_retrieve",
+        "`RETRIEVE_FD` in the next kernel (in-process kexec) of the memfd preserved as above: \
+         read and validate the `memfd_luo_ser`, restore and walk the vmalloc area, validate and \
+         restore every folio and install it in the new file (the very same host memfd, no data \
+         copied). Per folio, against `memcpy` of the records. 2^18 folios (1 GiB) carries the \
+         target (ratio <= 3); 2^14 (64 MiB) and 2^22 (16 GiB) show the scaling.",
+    ),
+    (
+        "migrate_v1",
+        "`RETRIEVE_FD` of a 1 GiB memfd that a 7.0 kernel preserved as `memfd-v1` (LUO `luo-v1` \
+         FDT; the reading kernel's `memfd-v1` reader migrates the struct through the generated \
+         `From<v1::memfd_luo_ser>`), against the same memfd preserved by 7.3 as `memfd-v2`, \
+         rounds alternating; read by 7.3 (whose own format is `memfd-v2`) and by next (the \
+         newest handler). Target ratio <= 1.3.",
+    ),
+    (
+        "sessions",
+        "2,000 sessions holding 10,000 files of the core's test handler (`luo-test-v1`, 5 per \
+         session): `reboot()` on the 7.3 kernel (freeze every file through its ops table, write \
+         the `luo_session_ser` and `luo_file_ser` block chains, the KHO handover), then the next \
+         kernel's boot (read the LUO root and the session chain) and first open of \
+         `/dev/liveupdate` (deserialize every session and bind every file to its handler); every \
+         session and file checked to come back. Per entry (12,000), against `memcpy` of the \
+         entry bytes (2,000 x 80 + 10,000 x 64 bytes) once out and once back. Target ratio <= 5.",
+    ),
+    (
+        "blackout",
+        "one run in a child process (so its peak RSS is its own): a 7.3 kernel with a 4 GiB \
+         memfd (4 KiB folios; 1,024 pages spread over it written with a pattern) in the first of \
+         2,000 sessions, plus 10,000 test files; `reboot()` -> boot of the next kernel from the \
+         handover (in-process kexec) -> open `/dev/liveupdate`, retrieve every session and every \
+         file. `bytes_copied` is file data copied into retrieved memfds: the core's counter \
+         (`luo_core::file::file_data_copied`) plus the memfd handler's copied/zeroed folios, and \
+         the whole file if the retrieved memfd were not the very same host file (device and \
+         inode compared); the written pages are read back and checked. `peak_rss` is VmHWM of \
+         the child against the KHO arena memory handed over (folio array, LUO blocks, the test \
+         handler's page per file) plus the touched pages; the old kernel is freed after \
+         `reboot()`, outside the timed phases. `total` is the sum of the three timed phases. \
+         The full run adds a 16 GiB memfd.",
     ),
     (
         "gen",
@@ -277,6 +299,7 @@ fn main() {
     o.callgrind = valgrind.is_some();
 
     let mut rows = Vec::new();
+    let load_start = load_average();
     let t0 = Instant::now();
     if o.wants("dispatch") {
         step("dispatch", &mut rows, dispatch(&o));
@@ -286,6 +309,21 @@ fn main() {
     }
     if o.wants("global_get_put") {
         step("global_get_put", &mut rows, global_get_put(&o));
+    }
+    if o.wants("memfd_preserve") {
+        step("memfd_preserve", &mut rows, memfd_preserve(&o));
+    }
+    if o.wants("memfd_retrieve") {
+        step("memfd_retrieve", &mut rows, memfd_retrieve(&o));
+    }
+    if o.wants("migrate_v1") {
+        step("migrate_v1", &mut rows, migrate_v1(&o));
+    }
+    if o.wants("sessions") {
+        step("sessions", &mut rows, sessions(&o));
+    }
+    if o.wants("blackout") {
+        step("blackout", &mut rows, blackout(&o));
     }
     if o.wants("gen") {
         step("gen", &mut rows, gen_rows(&o));
@@ -306,9 +344,10 @@ fn main() {
             rustc: command_line("rustc", &["-V"]).unwrap_or_default(),
             valgrind,
             quick: o.quick,
+            load_start,
+            load_end: load_average(),
         },
         rows,
-        pending: PENDING,
     };
     let md = markdown(&report);
     print!("{}", summary_table(&report.rows));
@@ -397,6 +436,21 @@ fn today() -> String {
 // Children run under callgrind.
 
 fn child(args: &[String]) {
+    if args.first().map(String::as_str) == Some("blackout") {
+        let num = |i: usize| -> u64 {
+            args.get(i)
+                .and_then(|s| s.parse().ok())
+                .expect("child blackout <folios> <sessions> <files> <touched>")
+        };
+        match handover::blackout(num(1), num(2), num(3), num(4)) {
+            Ok(b) => println!("{}", serde_json::to_string(&b).expect("serializable")),
+            Err(e) => {
+                eprintln!("blackout: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     let n: u64 = args
         .last()
         .and_then(|s| s.parse().ok())
@@ -419,6 +473,24 @@ fn child(args: &[String]) {
                     other => panic!("codec op {other}"),
                 }
             }
+        }
+        // Profiling targets (`valgrind --tool=callgrind ... child handover preserve 1`).
+        "handover" => {
+            let r = match arg(1) {
+                "preserve" => handover::MemfdFixture::new(KernelVersion::V7_3, FOLIOS_1G)
+                    .and_then(|mut f| (0..n).try_for_each(|_| f.time_preserve().map(drop))),
+                "retrieve" => (0..n).try_for_each(|_| {
+                    handover::time_retrieve(KernelVersion::V7_3, KernelVersion::V7_3, FOLIOS_1G)
+                        .map(drop)
+                }),
+                "sessions" => (0..n).try_for_each(|_| {
+                    handover::SessionsFixture::new(KernelVersion::V7_3, SESSIONS, FILES, 0)
+                        .and_then(handover::time_sessions)
+                        .map(drop)
+                }),
+                other => panic!("handover op {other}"),
+            };
+            r.expect("workload");
         }
         "global" => {
             if arg(1) == "mutex" {
@@ -666,7 +738,13 @@ fn global_get_put(o: &Opts) -> Result<Vec<Row>, String> {
                     unit: "ns",
                     names: &[name.as_str(), "std_mutex"],
                     baseline: 1,
-                    target: Target::MaxRatio(1.5),
+                    // The target is the default backend's, what handlers get; the one-mutex
+                    // backend is a diagnostic variant (context).
+                    target: if b == Backend::Std {
+                        Target::MaxRatio(1.5)
+                    } else {
+                        Target::None
+                    },
                     context: &[],
                 },
                 &s,
@@ -694,6 +772,374 @@ fn global_get_put(o: &Opts) -> Result<Vec<Row>, String> {
                 ));
             }
         }
+    }
+    Ok(rows)
+}
+
+/// Median over rounds of a per-round value.
+fn med(v: &[f64]) -> f64 {
+    measure::median(v)
+}
+
+fn ns(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e9
+}
+
+/// ns per folio of the median memcpy of `folios` folio records, timed `copies` times.
+fn memcpy_ns(m: &mut Memcpy, copies: usize) -> f64 {
+    let v: Vec<f64> = (0..copies).map(|_| ns(m.time())).collect();
+    med(&v)
+}
+
+/// Instructions per unit of `child handover <op> 1`, counted inside `toggles` only.
+fn handover_instructions(
+    o: &Opts,
+    id: &str,
+    op: &str,
+    toggles: &[&str],
+    units: f64,
+    unit: &str,
+    what: String,
+) -> Result<Option<Row>, String> {
+    if !o.callgrind {
+        return Ok(None);
+    }
+    let args: Vec<String> = ["child", "handover", op, "1"].map(String::from).to_vec();
+    let total = measure::callgrind_collect(&exe()?, &args, toggles)?;
+    Ok(Some(row(
+        RowSpec {
+            id,
+            name: format!("{id}/instructions"),
+            what,
+            unit,
+            method: "callgrind",
+            target: Target::None,
+            samples: 1,
+        },
+        total as f64 / units,
+        None,
+    )))
+}
+
+fn memfd_preserve(o: &Opts) -> Result<Vec<Row>, String> {
+    let folios = FOLIOS_1G;
+    let mut fx = handover::MemfdFixture::new(KernelVersion::V7_3, folios)?;
+    let mut m = Memcpy::new((folios * handover::FOLIO_RECORD) as usize);
+    let (mut rec, mut total, mut pin, mut base) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let rounds = o.rounds(21);
+    fx.time_preserve()?; // warm-up
+    for _ in 0..rounds {
+        let (p, q) = fx.time_preserve()?;
+        let f = folios as f64;
+        total.push(ns(p) / f);
+        pin.push(ns(q) / f);
+        rec.push((ns(p) - ns(q)).max(0.0) / f);
+        base.push(memcpy_ns(&mut m, 5) / f);
+    }
+    let b = med(&base);
+    let ins = handover_instructions(
+        o,
+        "memfd_preserve",
+        "preserve",
+        &["luo_core::uapi::<impl luo_core::kernel::Kernel>::preserve_fd"],
+        folios as f64,
+        "instructions/folio",
+        "instructions per folio of one PRESERVE_FD of the 1 GiB memfd (callgrind; pinning included)".into(),
+    )?;
+    let spec = |name: &str, what: String, target| RowSpec {
+        id: "memfd_preserve",
+        name: format!("memfd_preserve/{name}"),
+        what,
+        unit: "ns/folio",
+        method: "wall-median",
+        target,
+        samples: rounds as u64,
+    };
+    Ok(vec![
+        row(
+            spec(
+                "record",
+                "PRESERVE_FD of a 1 GiB memfd (262,144 folios) minus the host-side listing and pinning of its folios, per folio, vs memcpy of its 16-byte records".into(),
+                Target::MaxRatio(3.0),
+            ),
+            med(&rec),
+            Some(("memcpy", b)),
+        ),
+        row(
+            spec(
+                "preserve_fd",
+                "the whole PRESERVE_FD (pinning included), per folio".into(),
+                Target::None,
+            ),
+            med(&total),
+            Some(("memcpy", b)),
+        ),
+        row(
+            spec("pin", "the host-side pin_folios + unpin alone, per folio".into(), Target::None),
+            med(&pin),
+            None,
+        ),
+    ]
+    .into_iter()
+    .chain(ins)
+    .collect())
+}
+
+fn memfd_retrieve(o: &Opts) -> Result<Vec<Row>, String> {
+    let mut rows = Vec::new();
+    let sizes: &[(u32, usize)] = if o.quick {
+        &[(14, 5), (18, 5), (22, 1)]
+    } else {
+        &[(14, 15), (18, 11), (22, 3)]
+    };
+    for &(log2, rounds) in sizes {
+        let folios = 1u64 << log2;
+        let mut m = Memcpy::new((folios * handover::FOLIO_RECORD) as usize);
+        let (mut v, mut base) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let d = handover::time_retrieve(KernelVersion::V7_3, KernelVersion::V7_3, folios)?;
+            v.push(ns(d) / folios as f64);
+            base.push(memcpy_ns(&mut m, 5) / folios as f64);
+        }
+        let main = folios == FOLIOS_1G;
+        rows.push(row(
+            RowSpec {
+                id: "memfd_retrieve",
+                name: format!("memfd_retrieve/2^{log2}"),
+                what: format!(
+                    "RETRIEVE_FD of a memfd of {folios} folios in the next kernel (validate the folio array, restore every folio), per folio, vs memcpy of its records"
+                ),
+                unit: "ns/folio",
+                method: "wall-median",
+                target: if main { Target::MaxRatio(3.0) } else { Target::None },
+                samples: rounds as u64,
+            },
+            med(&v),
+            Some(("memcpy", med(&base))),
+        ));
+    }
+    rows.extend(handover_instructions(
+        o,
+        "memfd_retrieve",
+        "retrieve",
+        &["luo_core::uapi::<impl luo_core::kernel::Kernel>::retrieve_fd"],
+        FOLIOS_1G as f64,
+        "instructions/folio",
+        "instructions per folio of one RETRIEVE_FD of the 1 GiB memfd (callgrind)".into(),
+    )?);
+    Ok(rows)
+}
+
+fn migrate_v1(o: &Opts) -> Result<Vec<Row>, String> {
+    let folios = FOLIOS_1G;
+    let rounds = o.rounds(11);
+    let mut rows = Vec::new();
+    // The reading kernel: 7.3 (memfd-v2 is its own format) and next (the newest handler,
+    // which reads memfd-v2 through its reader registration).
+    for (to, name) in [(KernelVersion::V7_3, "7.3"), (KernelVersion::Next, "next")] {
+        let (mut v1, mut v2) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let d = handover::time_retrieve(KernelVersion::V7_0, to, folios)?;
+            v1.push(ns(d) / folios as f64);
+            let d = handover::time_retrieve(KernelVersion::V7_3, to, folios)?;
+            v2.push(ns(d) / folios as f64);
+        }
+        rows.push(row(
+            RowSpec {
+                id: "migrate_v1",
+                name: format!("migrate_v1/retrieve_in_{name}"),
+                what: format!(
+                    "RETRIEVE_FD in a {name} kernel of a 1 GiB memfd a 7.0 kernel preserved as memfd-v1 (read through the generated v1 -> v2 migration), per folio, vs the same memfd preserved by 7.3 as memfd-v2"
+                ),
+                unit: "ns/folio",
+                method: "wall-median",
+                target: Target::MaxRatio(1.3),
+                samples: rounds as u64,
+            },
+            med(&v1),
+            Some(("memfd-v2", med(&v2))),
+        ));
+    }
+    Ok(rows)
+}
+
+const SESSIONS: u64 = 2_000;
+const FILES: u64 = 10_000;
+
+fn sessions(o: &Opts) -> Result<Vec<Row>, String> {
+    let rounds = o.rounds(15);
+    let entries = (SESSIONS + FILES) as f64;
+    let bytes = handover::entry_bytes(SESSIONS, FILES);
+    let mut m = Memcpy::new(bytes as usize);
+    let (mut both, mut ser, mut de, mut base) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let f = handover::SessionsFixture::new(KernelVersion::V7_3, SESSIONS, FILES, 0)?;
+        let t = handover::time_sessions(f)?;
+        ser.push(ns(t.serialize) / entries);
+        de.push(ns(t.deserialize) / entries);
+        both.push((ns(t.serialize) + ns(t.deserialize)) / entries);
+        // One copy out and one back, the memcpy equivalent of serialize + deserialize.
+        base.push(2.0 * memcpy_ns(&mut m, 21) / entries);
+    }
+    let b = med(&base);
+    let spec = |name: &str, what: &str, target| RowSpec {
+        id: "sessions",
+        name: format!("sessions/{name}"),
+        what: what.into(),
+        unit: "ns/entry",
+        method: "wall-median",
+        target,
+        samples: rounds as u64,
+    };
+    Ok(vec![
+        row(
+            spec(
+                "serialize+deserialize",
+                "2,000 sessions + 10,000 files: reboot() (freeze each file, write the session and file chains, KHO handover) + the next kernel's boot and first /dev/liveupdate open (deserialize), per entry, vs memcpy of the entry bytes out and back",
+                Target::MaxRatio(5.0),
+            ),
+            med(&both),
+            Some(("memcpy x2", b)),
+        ),
+        row(
+            spec("serialize", "reboot() alone, per entry", Target::None),
+            med(&ser),
+            Some(("memcpy", b / 2.0)),
+        ),
+        row(
+            spec(
+                "deserialize",
+                "boot + first open alone, per entry",
+                Target::None,
+            ),
+            med(&de),
+            Some(("memcpy", b / 2.0)),
+        ),
+    ]
+    .into_iter()
+    .chain(handover_instructions(
+        o,
+        "sessions",
+        "sessions",
+        &[
+            "luo_core::kernel::Kernel::kexec",
+            "luo_core::kernel::Kernel::boot",
+            "luo_core::kernel::Kernel::open_dev",
+        ],
+        entries,
+        "instructions/entry",
+        "instructions per entry of reboot() + boot + first open (callgrind; includes the fixture's own fresh boot and open, a few thousand instructions in all)".into(),
+    )?)
+    .collect())
+}
+
+fn blackout(o: &Opts) -> Result<Vec<Row>, String> {
+    let mut rows = Vec::new();
+    let sizes: &[u64] = if o.quick { &[4] } else { &[4, 16] };
+    for &gib in sizes {
+        let folios = gib << 18;
+        let touched = 1024u64;
+        let out = std::process::Command::new(exe()?)
+            .args(["child", "blackout"])
+            .args([folios, SESSIONS, FILES, touched].map(|n| n.to_string()))
+            .output()
+            .map_err(|e| format!("blackout child: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "blackout child failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let b: handover::Blackout = serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("blackout child output: {e}"))?;
+        let tag = format!("{gib}GiB");
+        let what = format!(
+            "{gib} GiB memfd ({} folios, {touched} pages written and checked) + {} sessions / {} files",
+            b.folios, b.sessions, b.files
+        );
+        let spec = |name: &str, what: String, unit, target| RowSpec {
+            id: "blackout",
+            name: format!("blackout/{tag}/{name}"),
+            what,
+            unit,
+            method: "wall",
+            target,
+            samples: 1,
+        };
+        rows.push(row(
+            spec(
+                "total",
+                format!("{what}: freeze -> kexec -> boot -> retrieve every session and file"),
+                "ms",
+                Target::None,
+            ),
+            b.total_ms,
+            None,
+        ));
+        rows.push(row(
+            spec(
+                "freeze_kexec",
+                "reboot(): freeze, serialize, KHO handover".into(),
+                "ms",
+                Target::None,
+            ),
+            b.freeze_kexec_ms,
+            None,
+        ));
+        rows.push(row(
+            spec(
+                "boot",
+                "next kernel's KHO + LUO boot".into(),
+                "ms",
+                Target::None,
+            ),
+            b.boot_ms,
+            None,
+        ));
+        rows.push(row(
+            spec(
+                "retrieve",
+                "open /dev/liveupdate, retrieve every session and file".into(),
+                "ms",
+                Target::None,
+            ),
+            b.retrieve_ms,
+            None,
+        ));
+        rows.push(row(
+            spec(
+                "bytes_copied",
+                format!(
+                    "bytes of file data copied (core counter; handler copied/zeroed {} folios; retrieved memfd is the same host file: {})",
+                    b.handler_folios_copied,
+                    if b.same_host_file { "yes" } else { "NO" }
+                ),
+                "bytes",
+                Target::MaxValue(0.0),
+            ),
+            (b.file_bytes_copied + b.handler_folios_copied * 4096) as f64
+                + if b.same_host_file { 0.0 } else { (b.folios * 4096) as f64 },
+            None,
+        ));
+        let mib = |x: u64| x as f64 / (1024.0 * 1024.0);
+        rows.push(row(
+            spec(
+                "peak_rss",
+                format!(
+                    "peak RSS (VmHWM) of the run, vs the KHO arena handed over (folio array, LUO blocks, a page per test file: {:.1} MiB, of which {:.1} MiB of records and entries) + touched memfd pages {:.1} MiB; file data {} MiB; RSS at start {:.1} MiB, peak before reboot() {:.1} MiB",
+                    mib(b.arena_bytes),
+                    mib(b.metadata_bytes),
+                    mib(b.touched_pages * 4096),
+                    gib * 1024,
+                    mib(b.start_rss),
+                    mib(b.peak_rss_before_kexec)
+                ),
+                "MiB",
+                Target::None,
+            ),
+            mib(b.peak_rss),
+            Some(("arena+touched", mib(b.arena_bytes + b.touched_pages * 4096))),
+        ));
     }
     Ok(rows)
 }
@@ -842,12 +1288,23 @@ fn markdown(rep: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "Run on {} on a {}-CPU machine, {}{}{}. Wall-clock values are medians over rounds in \
+        "Run on {} on a {}-CPU machine{}, {}{}{}. Wall-clock values are medians over rounds in \
          which the variants of a row alternate, and every ratio compares numbers from **the same \
          run**; instruction counts come from `valgrind --tool=callgrind` and do not depend on load. \
          Raw numbers: `target/luo-bench.json`.\n",
         rep.date,
         rep.machine.cpus,
+        match (rep.machine.load_start, rep.machine.load_end) {
+            (Some(a), Some(b)) => format!(
+                " (shared: 1-minute load average {a:.1} at the start, {b:.1} at the end{})",
+                if a.max(b) > rep.machine.cpus as f64 {
+                    ", so the machine was **loaded** and wall values are noisy"
+                } else {
+                    ""
+                }
+            ),
+            _ => String::new(),
+        },
         rep.machine.rustc,
         rep.machine.valgrind.as_ref().map_or(
             ", no valgrind (instruction counts skipped)".to_string(),
@@ -861,7 +1318,7 @@ fn markdown(rep: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "Reproduce: `{COMMAND}` (add `-- --quick` for a short run without `macro_compile`). Divan benches of the same workloads: `cargo bench -p luo-bench`.\n"
+        "Reproduce: `{COMMAND}` (add `-- --quick` for a short run without `macro_compile` and the 16 GiB `blackout`). Divan benches of the same workloads: `cargo bench -p luo-bench`.\n"
     );
     let _ = writeln!(s, "## Results\n");
     s.push_str(&summary_table(&rep.rows));
@@ -884,17 +1341,6 @@ fn markdown(rep: &Report) -> String {
         if rep.rows.iter().any(|r| r.id == *id) {
             let _ = writeln!(s, "- `{id}`: {what}");
         }
-    }
-    let _ = writeln!(
-        s,
-        "\n## Pending (need the LUO core)\n\n| id | what | baseline | target | why pending |\n|---|---|---|---|---|"
-    );
-    for p in rep.pending {
-        let _ = writeln!(
-            s,
-            "| `{}` | {} | {} | {} | {} |",
-            p.id, p.what, p.baseline, p.target, p.reason
-        );
     }
     let analysis = repo_root().join("bench/ANALYSIS.md");
     if let Ok(a) = std::fs::read_to_string(&analysis) {

@@ -455,16 +455,28 @@ impl Luo {
             }
             *lock(&s.data) = data;
             if r != 0 {
-                for t in subs[..=i].iter().rev() {
-                    if let Some(cb) = t.ops.0.cancel {
-                        // SAFETY: registered callback with its own subsystem.
-                        unsafe { cb(t.ptr.0, *lock(&t.data)) };
-                    }
-                }
+                Self::cancel_subsystems(&subs[..=i]);
                 return Err(Errno::from_neg(r).unwrap_or(Errno::EINVAL));
             }
         }
         Ok(())
+    }
+
+    /// Cancels the subsystems `subs`, in reverse.
+    fn cancel_subsystems(subs: &[Arc<Subsystem>]) {
+        for t in subs.iter().rev() {
+            if let Some(cb) = t.ops.0.cancel {
+                // SAFETY: registered callback with its own subsystem.
+                unsafe { cb(t.ptr.0, *lock(&t.data)) };
+            }
+        }
+    }
+
+    /// Rollback of a reboot that failed after [`Luo::freeze_subsystems`] succeeded: cancels
+    /// every subsystem, in reverse.
+    pub(crate) fn cancel_frozen_subsystems(&self) {
+        let subs = lock(&self.ext().subsystems).clone();
+        Self::cancel_subsystems(&subs);
     }
 
     /// Writes [`EXT_SUBTREE`] if there is anything to hand over.
@@ -501,8 +513,14 @@ impl Luo {
         };
         let mut bytes = h.as_bytes().to_vec();
         bytes.extend_from_slice(entries.as_bytes());
-        kho.write(page, &bytes)?;
-        kho.add_subtree(EXT_SUBTREE, page, bytes.len())
+        let r = kho
+            .write(page, &bytes)
+            .and_then(|()| kho.add_subtree(EXT_SUBTREE, page, bytes.len()));
+        if r.is_err() {
+            // Nothing hands the page over: release it (KHO fault sweep).
+            let _ = kho.unpreserve_free(page);
+        }
+        r
     }
 
     /// Boot: reads and frees the incoming [`EXT_SUBTREE`].

@@ -143,7 +143,8 @@ impl Kernel {
             let v = opts.version;
             let hs = luo_handlers::memfd::register(v.memfd_writes(), v.memfd_reads())
                 .map_err(ImageError::Host)?;
-            if opts.test_flbs {
+            // 6.19 has no FLBs (nor upstream's test FLBs).
+            if opts.test_flbs && v.luo_writes() != crate::version::LuoFormat::V1 {
                 for h in hs {
                     // SAFETY: `h` is a registered `'static` handler.
                     unsafe { luo_handlers::test_flb::link(h.as_ptr()) }

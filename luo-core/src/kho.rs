@@ -12,7 +12,9 @@
 //!
 //! Errors follow the table of [`luo_abi::kho`].
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use luo_abi::kho::{KhoService, VmallocChunk, VmallocDesc};
@@ -79,6 +81,77 @@ pub struct BlobSubtree {
     pub phys: u64,
     /// Its size in bytes.
     pub size: u64,
+}
+
+/// Fault injection for KHO allocations (issue 9): every call that allocates KHO memory or
+/// tracking state (`alloc_folio`, `preserve_folio`, `preserve_pages`, `preserve_vmalloc`,
+/// `alloc_preserve`, `add_subtree`) is an allocation site, and the n-th one on a thread can be
+/// made to fail, as upstream's xarray, radix-tree and FDT allocations can. The model's handover
+/// blob written at kexec is not a site: upstream builds its radix tree as pages are preserved
+/// and has no allocation left at reboot (newest; 6.19's `kho_finalize` is not modelled). The plan is per thread (an in-process kernel runs on its caller's thread,
+/// and it then spans both kernels of a kexec); when no thread has one armed, a site costs one
+/// relaxed atomic load.
+struct AllocFaults {
+    /// The sites reached so far, in order.
+    calls: Vec<&'static str>,
+    /// Index (from 0) of the call to fail.
+    fail_at: Option<usize>,
+    errno: Errno,
+}
+
+/// Threads with an armed [`AllocFaults`] plan.
+static ALLOC_FAULTS_ARMED: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static ALLOC_FAULTS: RefCell<Option<AllocFaults>> = const { RefCell::new(None) };
+}
+
+/// Arms KHO allocation fault injection on this thread: from now on every allocation site is
+/// recorded, and the one at index `fail_at` (counting from 0) fails with `errno`. `None` only
+/// counts. Re-arming resets the count.
+pub fn inject_alloc_faults(fail_at: Option<usize>, errno: Errno) {
+    ALLOC_FAULTS.with(|f| {
+        let mut f = f.borrow_mut();
+        if f.is_none() {
+            ALLOC_FAULTS_ARMED.fetch_add(1, Ordering::Relaxed);
+        }
+        *f = Some(AllocFaults {
+            calls: Vec::new(),
+            fail_at,
+            errno,
+        });
+    });
+}
+
+/// Disarms this thread's plan; returns the allocation sites reached while it was armed.
+pub fn take_alloc_faults() -> Vec<&'static str> {
+    ALLOC_FAULTS.with(|f| {
+        let taken = f.borrow_mut().take();
+        if taken.is_some() {
+            ALLOC_FAULTS_ARMED.fetch_sub(1, Ordering::Relaxed);
+        }
+        taken.map(|t| t.calls).unwrap_or_default()
+    })
+}
+
+/// An allocation site: fails when this thread's plan says so.
+#[inline]
+fn alloc_site(site: &'static str) -> Result<(), Errno> {
+    if ALLOC_FAULTS_ARMED.load(Ordering::Relaxed) == 0 {
+        return Ok(());
+    }
+    ALLOC_FAULTS.with(|f| match f.borrow_mut().as_mut() {
+        Some(plan) => {
+            let n = plan.calls.len();
+            plan.calls.push(site);
+            if plan.fail_at == Some(n) {
+                Err(plan.errno)
+            } else {
+                Ok(())
+            }
+        }
+        None => Ok(()),
+    })
 }
 
 /// Preserved-page accounting, so tests can prove nothing leaks.
@@ -691,6 +764,7 @@ impl KhoService for Kho {
     fn alloc_folio(&self, order: u32) -> luo_abi::Result<PhysAddr> {
         let mut st = lock(&self.st);
         Kho::check_alive(&st)?;
+        alloc_site("alloc_folio")?;
         self.alloc_locked(&mut st, order).map(PhysAddr::new)
     }
 
@@ -702,6 +776,7 @@ impl KhoService for Kho {
     fn preserve_folio(&self, phys: PhysAddr, order: u32) -> luo_abi::Result {
         let mut st = lock(&self.st);
         Kho::check_alive(&st)?;
+        alloc_site("preserve_folio")?;
         self.preserve_locked(&mut st, phys.as_u64(), order)
     }
 
@@ -718,6 +793,7 @@ impl KhoService for Kho {
     fn preserve_pages(&self, phys: PhysAddr, nr_pages: usize) -> luo_abi::Result {
         let mut st = lock(&self.st);
         Kho::check_alive(&st)?;
+        alloc_site("preserve_pages")?;
         let p = phys.as_u64();
         let len = (nr_pages as u64).checked_mul(PAGE).ok_or(Errno::EINVAL)?;
         if nr_pages == 0 || p == 0 || !phys.is_page_aligned() || !self.preservable(&st, p, len) {
@@ -759,6 +835,7 @@ impl KhoService for Kho {
     fn preserve_vmalloc(&self, pages: &[PhysAddr], order: u16) -> luo_abi::Result<VmallocDesc> {
         let mut st = lock(&self.st);
         Kho::check_alive(&st)?;
+        alloc_site("preserve_vmalloc")?;
         let order32 = u32::from(order);
         let block = order_bytes(order32.min(MAX_ORDER + 1));
         if pages.is_empty() || order32 > MAX_ORDER {
@@ -872,6 +949,7 @@ impl KhoService for Kho {
         let order = order_for_pages(luo_abi::kho::pages_for(size) as u64).ok_or(Errno::EINVAL)?;
         let mut st = lock(&self.st);
         Kho::check_alive(&st)?;
+        alloc_site("alloc_preserve")?;
         let phys = self.alloc_locked(&mut st, order)?;
         if let Err(e) = self.preserve_locked(&mut st, phys, order) {
             let _ = self.free_locked(&mut st, phys, order);
@@ -910,6 +988,7 @@ impl KhoService for Kho {
         if st.sub_out.contains_key(name) {
             return Err(Errno::EEXIST);
         }
+        alloc_site("add_subtree")?;
         st.sub_out.insert(name.to_owned(), (phys.as_u64(), size));
         Ok(())
     }

@@ -892,6 +892,11 @@ impl Luo {
         flb: *mut liveupdate_flb,
     ) -> Result<(), Errno> {
         self.check_enabled()?;
+        if self.version.luo_writes() == LuoFormat::V1 {
+            // 6.19 has no FLBs: their data could not be handed over (it stayed an unclaimed
+            // incoming page; found by `fault_sweep::kho_allocation_failure_at_every_site`).
+            return Err(Errno::EOPNOTSUPP);
+        }
         if flb.is_null() {
             return Err(Errno::EINVAL);
         }
@@ -1529,14 +1534,30 @@ impl Luo {
             l.blocks.clear(&*self.kho);
             return Err(err);
         }
-        let head = if self.writes_fdt() {
-            self.write_session_area(&entries)?
-        } else {
-            l.blocks.write(&*self.kho, entries.as_bytes())?
-        };
-        self.flb_serialize()?;
-        self.write_ext()?;
-        self.write_root(head)?;
+        let written = (|| {
+            let head = if self.writes_fdt() {
+                self.write_session_area(&entries)?
+            } else {
+                l.blocks.write(&*self.kho, entries.as_bytes())?
+            };
+            self.flb_serialize()?;
+            self.write_ext()?;
+            self.write_root(head)
+        })();
+        if let Err(err) = written {
+            // An allocation after the freeze failed (6.19/7.0's session area, the
+            // global-state page): roll back as for a failed freeze, so this kernel carries on
+            // (found by `fault_sweep::kho_allocation_failure_at_every_site`).
+            self.cancel_frozen_subsystems();
+            for s in l.out.iter().rev() {
+                let st = lock(&s.st);
+                for f in st.files.iter() {
+                    Self::unfreeze(s, f, log);
+                }
+            }
+            l.blocks.clear(&*self.kho);
+            return Err(err);
+        }
         self.frozen.store(true, Ordering::Release);
         Ok(())
     }
@@ -1586,18 +1607,29 @@ impl Luo {
                 return Err(Errno::ENOSPC);
             }
             let area = match st.flat {
-                Some(a) => a,
-                None => {
-                    let a = self
-                        .kho
-                        .alloc_preserve(v1::LUO_FILE_PGCNT as usize * PAGE_SIZE)?
-                        .as_u64();
-                    st.flat = Some(a);
-                    a
+                Some(a) => Ok(a),
+                None => self
+                    .kho
+                    .alloc_preserve(v1::LUO_FILE_PGCNT as usize * PAGE_SIZE)
+                    .map(|p| p.as_u64()),
+            };
+            let written = area.and_then(|a| {
+                st.flat = Some(a);
+                self.kho
+                    .write(PhysAddr::new(a), entries.as_bytes())
+                    .map(|()| a)
+            });
+            return match written {
+                Ok(a) => Ok((a, entries.len() as u64)),
+                Err(e) => {
+                    // This session's files are frozen already: unfreeze them, as for a failed
+                    // freeze (found by `fault_sweep::kho_allocation_failure_at_every_site`).
+                    for g in st.files.iter() {
+                        Self::unfreeze(s, g, log);
+                    }
+                    Err(e)
                 }
             };
-            self.kho.write(PhysAddr::new(area), entries.as_bytes())?;
-            return Ok((area, entries.len() as u64));
         }
         let head = st.blocks.write(&*self.kho, entries.as_bytes())?;
         Ok((head, entries.len() as u64))

@@ -154,6 +154,29 @@ fn alloc_site(site: &'static str) -> Result<(), Errno> {
     })
 }
 
+/// A breach of the rules for the previous kernel's memory, recorded by a kernel booted from a
+/// handover (see [`Kho::violations`]): the corrupt-image sweep asserts that reading any image
+/// never reads outside preserved memory and never claims a page twice.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KhoViolation {
+    /// A restore of a page that was already restored since boot; refused (`EINVAL`, as a
+    /// restore of any page that is not incoming).
+    #[error("page {phys:#x} claimed a second time (refused)")]
+    DoubleClaim {
+        /// The page.
+        phys: u64,
+    },
+    /// A read of arena memory this kernel neither owns nor received preserved, or of a page
+    /// of a carried region that was not preserved: a dereference outside the handover.
+    #[error("read of {len} bytes at {phys:#x} outside preserved or owned memory")]
+    StrayRead {
+        /// First byte read.
+        phys: u64,
+        /// Length of the read.
+        len: usize,
+    },
+}
+
 /// Preserved-page accounting, so tests can prove nothing leaks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KhoStats {
@@ -184,6 +207,10 @@ struct State {
     sub_out: BTreeMap<String, (u64, usize)>,
     sub_in: BTreeMap<String, (u64, usize)>,
     regions: BTreeMap<u64, RegionSlot>,
+    /// Bases of the regions carried from the previous kernel.
+    carried: HashSet<u64>,
+    /// Every page restored since boot (incoming pages leave `inc` as they are claimed).
+    claimed: HashSet<u64>,
     next_region: u64,
     dead: bool,
 }
@@ -216,6 +243,8 @@ pub struct Kho {
     arena_pages: u64,
     kho_boot: bool,
     st: Mutex<State>,
+    /// Recorded [`KhoViolation`]s (a leaf lock, taken under `st`).
+    violations: Mutex<Vec<KhoViolation>>,
 }
 
 /// Bytes in a block of `order`; saturates for orders no memory can have.
@@ -261,9 +290,12 @@ impl Kho {
                 sub_out: BTreeMap::new(),
                 sub_in: BTreeMap::new(),
                 regions: BTreeMap::new(),
+                carried: HashSet::new(),
+                claimed: HashSet::new(),
                 next_region: 0,
                 dead: false,
             }),
+            violations: Mutex::new(Vec::new()),
         }
     }
 
@@ -280,6 +312,7 @@ impl Kho {
                         pin: Some(Arc::clone(r)),
                     },
                 );
+                st.carried.insert(r.base());
                 let slot = (r.base() - REGION_BASE) / REGION_SPAN;
                 st.next_region = st.next_region.max(slot + 1);
             }
@@ -376,6 +409,42 @@ impl Kho {
                 .filter(|s| s.pin.is_some() || s.weak.strong_count() > 0)
                 .count(),
         }
+    }
+
+    /// The [`KhoViolation`]s recorded since boot.
+    pub fn violations(&self) -> Vec<KhoViolation> {
+        lock(&self.violations).clone()
+    }
+
+    /// Number of pages restored since boot.
+    pub fn claimed_pages(&self) -> usize {
+        lock(&self.st).claimed.len()
+    }
+
+    fn violation(&self, v: KhoViolation) {
+        lock(&self.violations).push(v);
+    }
+
+    /// Whether a read of `len` bytes at `phys` stays inside memory this kernel may read: its
+    /// own allocations, incoming preserved pages (restored or not), pages of its own regions,
+    /// and the preserved pages of carried regions.
+    fn read_allowed(&self, st: &State, phys: u64, len: usize) -> bool {
+        let (first, last) = (
+            phys / PAGE,
+            phys.saturating_add(len.max(1) as u64 - 1) / PAGE,
+        );
+        if self.arena_index(phys).is_some() {
+            let base = ARENA_BASE / PAGE;
+            return (first..=last).all(|p| st.alloc.is_used(p - base));
+        }
+        let Some((&base, _)) = st.regions.range(..=phys).next_back() else {
+            return false;
+        };
+        !st.carried.contains(&base)
+            || (first..=last).all(|p| {
+                let a = p * PAGE;
+                st.claimed.contains(&a) || overlaps(&st.inc, a, PAGE)
+            })
     }
 
     /// The outgoing preserved map (phys → order), for inspection.
@@ -614,7 +683,14 @@ impl Kho {
     }
 
     fn restore_locked(&self, st: &mut State, phys: u64) -> Result<u32, Errno> {
+        if st.claimed.contains(&phys) {
+            self.violation(KhoViolation::DoubleClaim { phys });
+            return Err(Errno::EINVAL);
+        }
         let order = st.inc.remove(&phys).ok_or(Errno::EINVAL)?;
+        for i in 0..1u64 << order {
+            st.claimed.insert(phys + i * PAGE);
+        }
         if self.arena_index(phys).is_some() {
             st.folios.insert(phys, order);
         }
@@ -622,6 +698,12 @@ impl Kho {
     }
 
     fn read_locked(&self, st: &State, phys: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        if self.kho_boot && !self.read_allowed(st, phys, buf.len()) {
+            self.violation(KhoViolation::StrayRead {
+                phys,
+                len: buf.len(),
+            });
+        }
         if let Some(off) = phys.checked_sub(ARENA_BASE)
             && off < self.arena.len()
         {
@@ -750,6 +832,28 @@ fn region_of(st: &State, phys: u64) -> Option<Arc<ExtRegion>> {
         return None;
     }
     slot.weak.upgrade()
+}
+
+impl crate::blocks::PhysRead for Kho {
+    fn read_phys(&self, phys: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        self.read(PhysAddr::new(phys), buf)
+    }
+
+    /// Incoming preserved pages not restored yet, or restored and not freed since (and this
+    /// kernel's own outgoing preserved pages).
+    fn is_preserved(&self, phys: u64, len: usize) -> bool {
+        let st = lock(&self.st);
+        let Some(end) = phys.checked_add(len.max(1) as u64) else {
+            return false;
+        };
+        (phys / PAGE..end.div_ceil(PAGE)).all(|p| {
+            let a = p * PAGE;
+            let live = self.arena_index(a).is_none_or(|i| st.alloc.is_used(i));
+            overlaps(&st.inc, a, PAGE)
+                || (st.claimed.contains(&a) && live)
+                || overlaps(&st.out, a, PAGE)
+        })
+    }
 }
 
 impl KhoService for Kho {
@@ -1095,6 +1199,31 @@ mod tests {
         k2.free_folio(f, 2).unwrap();
         assert_eq!(k2.stats().incoming_pages, 0);
         assert_eq!(k2.retrieve_subtree("nope"), Err(Errno::ENOENT));
+    }
+
+    #[test]
+    fn a_second_claim_is_refused_and_named() {
+        let k = Kho::new(BackingKind::Heap, 64).unwrap();
+        let p = k.alloc_preserve(8).unwrap();
+        let k2 = Kho::boot(k.kexec().unwrap()).unwrap();
+        assert!(crate::blocks::PhysRead::is_preserved(&k2, p.as_u64(), 8));
+        k2.restore_free(p).unwrap();
+        // Freed: no longer readable as handed-over memory, and not claimable again.
+        assert!(!crate::blocks::PhysRead::is_preserved(&k2, p.as_u64(), 8));
+        assert_eq!(k2.restore_free(p), Err(Errno::EINVAL));
+        let mut b = [0u8; 8];
+        k2.read(p, &mut b).unwrap();
+        assert_eq!(
+            k2.violations(),
+            vec![
+                KhoViolation::DoubleClaim { phys: p.as_u64() },
+                KhoViolation::StrayRead {
+                    phys: p.as_u64(),
+                    len: 8
+                }
+            ]
+        );
+        assert_eq!(k2.claimed_pages(), 1);
     }
 
     #[test]

@@ -1186,7 +1186,7 @@ impl Luo {
                 let mut entries = vec![0u8; img.count as usize * size_of::<luo_file_ser>()];
                 let mut blocks = Vec::new();
                 if img.files != 0 {
-                    self.kho.read(PhysAddr::new(img.files), &mut entries)?;
+                    crate::blocks::read_preserved(&*self.kho, img.files, &mut entries, "file")?;
                     blocks.push(img.files);
                 } else if img.count != 0 {
                     return Err(Errno::EINVAL);

@@ -6,7 +6,6 @@
 //! one, LUO is "disabled" and the calls fail with `-EOPNOTSUPP`.
 
 use std::ffi::{c_int, c_uint, c_ulong, c_void};
-use std::sync::Mutex;
 
 use luo_abi::kho::KhoService;
 use luo_abi::{Errno, PhysAddr};
@@ -17,6 +16,7 @@ use luo_generated::liveupdate::{
 
 use crate::file::{CoreFile, FileObj};
 use crate::kernel::{BootOptions, Kernel};
+use crate::lock_order::{Level, Ordered, lock};
 
 fn neg(r: Result<(), Errno>) -> c_int {
     match r {
@@ -338,10 +338,10 @@ pub extern "C" fn luo_file_id(file: *mut CFile) -> c_ulong {
 
 // ---- the model driver (C test programs) -----------------------------------------------------
 
-static KERNEL: Mutex<Option<Kernel>> = Mutex::new(None);
+static KERNEL: Ordered<Option<Kernel>> = Ordered::new(Level::CapiKernel, None);
 
 fn with_kernel<R>(f: impl FnOnce(&Kernel) -> Result<R, Errno>) -> Result<R, Errno> {
-    let g = crate::mem::lock(&KERNEL);
+    let g = lock(&KERNEL);
     let k = g.as_ref().ok_or(Errno::ENODEV)?;
     k.make_current();
     f(k)
@@ -353,7 +353,7 @@ pub extern "C" fn luo_model_boot() -> c_int {
     match Kernel::boot(&BootOptions::default(), None) {
         Ok(k) => {
             k.make_current();
-            *crate::mem::lock(&KERNEL) = Some(k);
+            *lock(&KERNEL) = Some(k);
             0
         }
         Err(e) => e.errno().to_neg(),
@@ -364,7 +364,7 @@ pub extern "C" fn luo_model_boot() -> c_int {
 /// keeps the old kernel.
 #[unsafe(no_mangle)]
 pub extern "C" fn luo_model_kexec() -> c_int {
-    let mut g = crate::mem::lock(&KERNEL);
+    let mut g = lock(&KERNEL);
     let Some(k) = g.as_ref() else {
         return Errno::ENODEV.to_neg();
     };
@@ -458,5 +458,5 @@ pub extern "C" fn luo_model_preserved_pages() -> i64 {
 /// Drops the current kernel.
 #[unsafe(no_mangle)]
 pub extern "C" fn luo_model_shutdown() {
-    *crate::mem::lock(&KERNEL) = None;
+    *lock(&KERNEL) = None;
 }

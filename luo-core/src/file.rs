@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use luo_abi::file::{File, FileId, FileKind, FileRef, ShmemFile, ShmemFolio, seals};
 use luo_abi::kho::KhoService;
@@ -18,8 +18,9 @@ use luo_generated::liveupdate::file as CFile;
 use rustix::fs::SealFlags;
 
 use crate::kho::Kho;
+use crate::lock_order::{Level, Ordered, lock};
 use crate::luo::Session;
-use crate::mem::{ExtRegion, REGION_SPAN, host_err, lock};
+use crate::mem::{ExtRegion, REGION_SPAN, host_err};
 
 const PAGE: u64 = PAGE_SIZE as u64;
 
@@ -30,9 +31,9 @@ fn next_id() -> u64 {
 }
 
 /// Addresses of live [`CoreFile`]s, so a `struct file *` coming back from C can be checked.
-fn live_files() -> &'static Mutex<HashSet<usize>> {
-    static LIVE: OnceLock<Mutex<HashSet<usize>>> = OnceLock::new();
-    LIVE.get_or_init(|| Mutex::new(HashSet::new()))
+fn live_files() -> &'static Ordered<HashSet<usize>> {
+    static LIVE: OnceLock<Ordered<HashSet<usize>>> = OnceLock::new();
+    LIVE.get_or_init(|| Ordered::new(Level::LiveFiles, HashSet::new()))
 }
 
 /// What is behind a [`CoreFile`].
@@ -198,7 +199,7 @@ struct MemfdState {
 pub struct MemfdFile {
     inode: FileId,
     kho: Arc<Kho>,
-    st: Mutex<MemfdState>,
+    st: Ordered<MemfdState>,
 }
 
 impl MemfdFile {
@@ -223,15 +224,18 @@ impl MemfdFile {
         MemfdFile {
             inode: FileId(next_id()),
             kho: Arc::clone(kho),
-            st: Mutex::new(MemfdState {
-                region,
-                pending_size: None,
-                pending_seals: 0,
-                pos: 0,
-                frozen: false,
-                pinned: 0,
-                added: HashSet::new(),
-            }),
+            st: Ordered::new(
+                Level::Memfd,
+                MemfdState {
+                    region,
+                    pending_size: None,
+                    pending_seals: 0,
+                    pos: 0,
+                    frozen: false,
+                    pinned: 0,
+                    added: HashSet::new(),
+                },
+            ),
         }
     }
 

@@ -28,8 +28,8 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::blocks::{PhysRead, read_obj};
 use crate::error::ImageError;
+use crate::lock_order::{Level, Ordered, lock};
 use crate::luo::{Luo, Ops, Ptr};
-use crate::mem::lock;
 use crate::util::{cstr, to_cbuf};
 
 /// Name of the model's KHO subtree for global state and subsystems.
@@ -130,10 +130,11 @@ struct GsData {
 /// A handler's global state (the seed's proposal).
 pub(crate) struct GlobalState {
     ops: Ops<liveupdate_fh_global_state_ops>,
-    data: Mutex<GsData>,
+    data: Ordered<GsData>,
+    /// Outside the lock order: held only for the condvar handshake, nothing is taken under it.
     holder: Mutex<Option<ThreadId>>,
     freed: Condvar,
-    in_cb: Mutex<Option<ThreadId>>,
+    in_cb: Ordered<Option<ThreadId>>,
 }
 
 impl GlobalState {
@@ -231,15 +232,23 @@ pub(crate) struct Subsystem {
     ptr: Ptr<liveupdate_subsystem>,
     ops: Ops<liveupdate_subsystem_ops>,
     name: String,
-    data: Mutex<u64>,
-    incoming: Mutex<Option<u64>>,
+    data: Ordered<u64>,
+    incoming: Ordered<Option<u64>>,
 }
 
 /// Global-state and subsystem bookkeeping of a [`Luo`].
-#[derive(Default)]
 pub(crate) struct Ext {
-    pub(crate) subsystems: Mutex<Vec<Arc<Subsystem>>>,
-    pub(crate) incoming: Mutex<ExtIncoming>,
+    pub(crate) subsystems: Ordered<Vec<Arc<Subsystem>>>,
+    pub(crate) incoming: Ordered<ExtIncoming>,
+}
+
+impl Default for Ext {
+    fn default() -> Self {
+        Ext {
+            subsystems: Ordered::new(Level::Subsystems, Vec::new()),
+            incoming: Ordered::new(Level::ExtIncoming, ExtIncoming::default()),
+        }
+    }
 }
 
 impl Luo {
@@ -274,6 +283,10 @@ impl Luo {
             return Err(Errno::EINVAL);
         }
         let h = self.handler_by_ptr(fh).ok_or(Errno::EINVAL)?;
+        // Counted before taking `h.global`: reboot takes the session lists, then each
+        // handler's global state; taking them the other way round could deadlock (found by
+        // the lock-order check, `crate::lock_order`).
+        let files = self.incoming_files_of(&h.compatible);
         let mut g = lock(&h.global);
         if g.is_some() {
             return Err(Errno::EEXIST);
@@ -284,14 +297,17 @@ impl Luo {
             .copied();
         *g = Some(Arc::new(GlobalState {
             ops: Ops(o),
-            data: Mutex::new(GsData {
-                files: self.incoming_files_of(&h.compatible),
-                incoming,
-                ..GsData::default()
-            }),
+            data: Ordered::new(
+                Level::GlobalState,
+                GsData {
+                    files,
+                    incoming,
+                    ..GsData::default()
+                },
+            ),
             holder: Mutex::new(None),
             freed: Condvar::new(),
-            in_cb: Mutex::new(None),
+            in_cb: Ordered::new(Level::GlobalCb, None),
         }));
         Ok(())
     }
@@ -393,8 +409,8 @@ impl Luo {
             ptr: Ptr(h),
             ops: Ops(ops),
             name,
-            data: Mutex::new(0),
-            incoming: Mutex::new(incoming),
+            data: Ordered::new(Level::SubsystemData, 0),
+            incoming: Ordered::new(Level::SubsystemData, incoming),
         });
         list.push(Arc::clone(&sub));
         drop(list);

@@ -15,7 +15,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 
 use luo_abi::kho::{KhoService, VmallocChunk, VmallocDesc};
 use luo_abi::{Errno, PAGE_SIZE, Phys, PhysAddr};
@@ -23,6 +23,7 @@ use luo_generated::kho::{KHO_VMALLOC_SIZE, kho_vmalloc_chunk};
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
 use crate::error::ImageError;
+use crate::lock_order::{Level, Ordered};
 use crate::mem::{
     ARENA_BASE, Backing, BackingKind, ExtRegion, POISON, PageAlloc, REGION_BASE, REGION_SPAN,
     host_err, lock,
@@ -242,9 +243,9 @@ pub struct Kho {
     arena_kind: BackingKind,
     arena_pages: u64,
     kho_boot: bool,
-    st: Mutex<State>,
+    st: Ordered<State>,
     /// Recorded [`KhoViolation`]s (a leaf lock, taken under `st`).
-    violations: Mutex<Vec<KhoViolation>>,
+    violations: Ordered<Vec<KhoViolation>>,
 }
 
 /// Bytes in a block of `order`; saturates for orders no memory can have.
@@ -282,20 +283,23 @@ impl Kho {
             arena_kind,
             arena_pages,
             kho_boot,
-            st: Mutex::new(State {
-                alloc: PageAlloc::new(arena_pages),
-                folios: HashMap::new(),
-                out: BTreeMap::new(),
-                inc: BTreeMap::new(),
-                sub_out: BTreeMap::new(),
-                sub_in: BTreeMap::new(),
-                regions: BTreeMap::new(),
-                carried: HashSet::new(),
-                claimed: HashSet::new(),
-                next_region: 0,
-                dead: false,
-            }),
-            violations: Mutex::new(Vec::new()),
+            st: Ordered::new(
+                Level::Kho,
+                State {
+                    alloc: PageAlloc::new(arena_pages),
+                    folios: HashMap::new(),
+                    out: BTreeMap::new(),
+                    inc: BTreeMap::new(),
+                    sub_out: BTreeMap::new(),
+                    sub_in: BTreeMap::new(),
+                    regions: BTreeMap::new(),
+                    carried: HashSet::new(),
+                    claimed: HashSet::new(),
+                    next_region: 0,
+                    dead: false,
+                },
+            ),
+            violations: Ordered::new(Level::KhoViolations, Vec::new()),
         }
     }
 

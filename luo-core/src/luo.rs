@@ -6,8 +6,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::c_void;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 
 use luo_abi::kho::KhoService;
@@ -28,7 +28,7 @@ use crate::blocks::{BlockSet, PhysRead, read_chain, read_obj};
 use crate::error::ImageError;
 use crate::file::CoreFile;
 use crate::kho::Kho;
-use crate::mem::lock;
+use crate::lock_order::{Level, Ordered, lock};
 use crate::util::{cstr, lossy};
 use crate::version::{KernelVersion, LuoFormat};
 use luo_generated::luo::{next, v1};
@@ -79,8 +79,8 @@ pub(crate) struct Handler {
     pub(crate) ops: Ops<liveupdate_file_ops>,
     pub(crate) compatible: String,
     pub(crate) compat_buf: [u8; 48],
-    pub(crate) flbs: Mutex<Vec<Arc<Flb>>>,
-    pub(crate) global: Mutex<Option<Arc<crate::global::GlobalState>>>,
+    pub(crate) flbs: Ordered<Vec<Arc<Flb>>>,
+    pub(crate) global: Ordered<Option<Arc<crate::global::GlobalState>>>,
 }
 
 impl Handler {
@@ -158,11 +158,11 @@ pub(crate) struct Flb {
     pub(crate) ptr: Ptr<liveupdate_flb>,
     ops: Ops<liveupdate_flb_ops>,
     pub(crate) compatible: String,
-    users: Mutex<usize>,
-    out: Mutex<FlbOut>,
-    inc: Mutex<FlbIn>,
+    users: Ordered<usize>,
+    out: Ordered<FlbOut>,
+    inc: Ordered<FlbIn>,
     /// The thread running this FLB's callbacks, to refuse re-entrant get/put (`EDEADLK`).
-    busy: Mutex<Option<ThreadId>>,
+    busy: Ordered<Option<ThreadId>>,
 }
 
 impl Flb {
@@ -258,7 +258,7 @@ pub(crate) struct SessionSt {
 pub struct Session {
     name: Vec<u8>,
     incoming: bool,
-    pub(crate) st: Mutex<SessionSt>,
+    pub(crate) st: Ordered<SessionSt>,
 }
 
 impl Session {
@@ -266,13 +266,16 @@ impl Session {
         Session {
             name,
             incoming,
-            st: Mutex::new(SessionSt {
-                files: Vec::new(),
-                retrieved: false,
-                blocks: BlockSet::new(size_of::<luo_file_ser>(), LUO_FILES_PER_BLOCK),
-                in_blocks: Vec::new(),
-                flat: None,
-            }),
+            st: Ordered::new(
+                Level::Session,
+                SessionSt {
+                    files: Vec::new(),
+                    retrieved: false,
+                    blocks: BlockSet::new(size_of::<luo_file_ser>(), LUO_FILES_PER_BLOCK),
+                    in_blocks: Vec::new(),
+                    flat: None,
+                },
+            ),
         }
     }
 
@@ -342,11 +345,11 @@ enum Deser {
 pub struct Luo {
     kho: Arc<Kho>,
     enabled: bool,
-    reg: Mutex<Registry>,
-    lists: Mutex<Lists>,
-    ids: Mutex<HashSet<u64>>,
+    reg: Ordered<Registry>,
+    lists: Ordered<Lists>,
+    ids: Ordered<HashSet<u64>>,
     dev_in_use: AtomicBool,
-    deser: Mutex<Deser>,
+    deser: Ordered<Deser>,
     flb_in: Option<BTreeMap<String, (u64, u64)>>,
     root: u64,
     flb_area: u64,
@@ -354,7 +357,7 @@ pub struct Luo {
     frozen: AtomicBool,
     ext: crate::global::Ext,
     version: KernelVersion,
-    v1_area: Mutex<Option<u64>>,
+    v1_area: Ordered<Option<u64>>,
 }
 
 /// A call the freeze/rollback path made, for tests of the rollback order.
@@ -616,16 +619,19 @@ impl Luo {
         let luo = Luo {
             kho,
             enabled,
-            reg: Mutex::new(Registry::default()),
-            lists: Mutex::new(Lists {
-                out: Vec::new(),
-                names: HashSet::new(),
-                inc: Vec::new(),
-                blocks: BlockSet::new(size_of::<luo_session_ser>(), LUO_SESSIONS_PER_BLOCK),
-            }),
-            ids: Mutex::new(HashSet::new()),
+            reg: Ordered::new(Level::Registry, Registry::default()),
+            lists: Ordered::new(
+                Level::Lists,
+                Lists {
+                    out: Vec::new(),
+                    names: HashSet::new(),
+                    inc: Vec::new(),
+                    blocks: BlockSet::new(size_of::<luo_session_ser>(), LUO_SESSIONS_PER_BLOCK),
+                },
+            ),
+            ids: Ordered::new(Level::Ids, HashSet::new()),
             dev_in_use: AtomicBool::new(false),
-            deser: Mutex::new(Deser::Pending(inc.sessions)),
+            deser: Ordered::new(Level::Deser, Deser::Pending(inc.sessions)),
             flb_in: inc.flbs,
             root,
             flb_area,
@@ -633,7 +639,7 @@ impl Luo {
             frozen: AtomicBool::new(false),
             ext: crate::global::Ext::default(),
             version,
-            v1_area: Mutex::new(None),
+            v1_area: Ordered::new(Level::V1Area, None),
         };
         luo.read_incoming_ext()?;
         luo.write_root(0).map_err(host)?;
@@ -844,8 +850,8 @@ impl Luo {
             ops: Ops(ops),
             compatible,
             compat_buf: h.compatible,
-            flbs: Mutex::new(Vec::new()),
-            global: Mutex::new(None),
+            flbs: Ordered::new(Level::HandlerFlbs, Vec::new()),
+            global: Ordered::new(Level::HandlerFlbs, None),
         }));
         Ok(())
     }
@@ -939,10 +945,10 @@ impl Luo {
                     ptr: Ptr(flb),
                     ops: Ops(ops),
                     compatible,
-                    users: Mutex::new(0),
-                    out: Mutex::new(FlbOut::default()),
-                    inc: Mutex::new(FlbIn::default()),
-                    busy: Mutex::new(None),
+                    users: Ordered::new(Level::Flb, 0),
+                    out: Ordered::new(Level::Flb, FlbOut::default()),
+                    inc: Ordered::new(Level::Flb, FlbIn::default()),
+                    busy: Ordered::new(Level::FlbBusy, None),
                 });
                 reg.flbs.push(Arc::clone(&e));
                 e

@@ -12,7 +12,6 @@
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::{Mutex, PoisonError};
 
 use luo_abi::{Errno, PAGE_SIZE};
 use rustix::fs::MemfdFlags;
@@ -33,11 +32,8 @@ pub(crate) fn host_err(e: rustix::io::Errno) -> Errno {
     Errno::from_raw(e.raw_os_error()).unwrap_or(Errno::EIO)
 }
 
-/// Locks a std mutex, ignoring poisoning (a panicking holder cannot leave model state
-/// half-written in a way that matters more than the panic itself).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
+pub(crate) use crate::lock_order::lock;
+use crate::lock_order::{Level, Ordered};
 
 /// Storage behind the arena.
 pub trait Backing: Send + Sync {
@@ -68,7 +64,7 @@ fn check_range(off: u64, len: usize, total: u64) -> Result<(), Errno> {
 /// Sparse pages on the heap; never-written pages read as zero.
 pub struct HeapBacking {
     len: u64,
-    pages: Mutex<HashMap<u64, Box<[u8]>>>,
+    pages: Ordered<HashMap<u64, Box<[u8]>>>,
 }
 
 impl HeapBacking {
@@ -76,7 +72,7 @@ impl HeapBacking {
     pub fn new(len: u64) -> HeapBacking {
         HeapBacking {
             len: len.div_ceil(PAGE) * PAGE,
-            pages: Mutex::new(HashMap::new()),
+            pages: Ordered::new(Level::Backing, HashMap::new()),
         }
     }
 
@@ -161,7 +157,7 @@ pub struct MmapBacking {
     ptr: NonNull<u8>,
     len: usize,
     /// Serialises copies, so concurrent callers never race on the same bytes.
-    guard: Mutex<()>,
+    guard: Ordered<()>,
 }
 
 // SAFETY: the mapping is owned by this value and only touched through `read`/`write`/`fill`,
@@ -206,7 +202,7 @@ impl MmapBacking {
             fd,
             ptr,
             len: ulen,
-            guard: Mutex::new(()),
+            guard: Ordered::new(Level::Backing, ()),
         })
     }
 }

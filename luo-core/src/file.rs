@@ -561,6 +561,7 @@ mod tests {
     use crate::mem::BackingKind;
 
     #[test]
+    #[cfg_attr(miri, ignore = "host memfd syscalls")]
     fn memfd_data_and_freeze() {
         let kho = Arc::new(Kho::new(BackingKind::Heap, 64).unwrap());
         let m = MemfdFile::create(&kho, "t").unwrap();

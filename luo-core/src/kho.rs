@@ -1264,6 +1264,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "host memfd syscalls")]
     fn regions_cross_without_copy() {
         let k = Kho::new(BackingKind::Heap, 64).unwrap();
         let r = k.new_region("data").unwrap();

@@ -538,6 +538,8 @@ impl World {
                             assert_eq!(&got[..d.len()], &d[..], "memfd contents");
                         }
                     }
+                    // A retrieved file can be preserved again, into a new session.
+                    self.files.insert(a.fd, want);
                     self.fds.push(a.fd);
                 }
             }

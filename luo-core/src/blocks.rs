@@ -17,23 +17,40 @@ const HDR: usize = size_of::<kho_block_header_ser>();
 pub trait PhysRead {
     /// Copies memory at `phys` into `buf`.
     fn read_phys(&self, phys: u64, buf: &mut [u8]) -> Result<(), Errno>;
-}
 
-impl<K: KhoService + ?Sized> PhysRead for K {
-    fn read_phys(&self, phys: u64, buf: &mut [u8]) -> Result<(), Errno> {
-        self.read(PhysAddr::new(phys), buf)
+    /// Whether `len` bytes at `phys` lie in memory the previous kernel preserved. The readers
+    /// here check it before every dereference, so a corrupt pointer is a typed error rather
+    /// than a read of whatever the memory holds (upstream reads it). Memory that holds only
+    /// preserved pages (a saved image) need not override it.
+    fn is_preserved(&self, phys: u64, len: usize) -> bool {
+        let _ = (phys, len);
+        true
     }
 }
 
-/// Reads a `T` at `phys`, as a typed error if it cannot.
+/// Reads `buf.len()` bytes of preserved memory at `phys`: [`ImageError::NotPreserved`]
+/// outside it, [`ImageError::Truncated`] if the memory cannot be read.
+pub fn read_preserved<M: PhysRead + ?Sized>(
+    mem: &M,
+    phys: u64,
+    buf: &mut [u8],
+    what: &'static str,
+) -> Result<(), ImageError> {
+    if !mem.is_preserved(phys, buf.len()) {
+        return Err(ImageError::NotPreserved { what, phys });
+    }
+    mem.read_phys(phys, buf)
+        .map_err(|_| ImageError::Truncated { what, phys })
+}
+
+/// Reads a `T` at `phys` of preserved memory, as a typed error if it cannot.
 pub fn read_obj<T: FromBytes + IntoBytes, M: PhysRead + ?Sized>(
     mem: &M,
     phys: u64,
     what: &'static str,
 ) -> Result<T, ImageError> {
     let mut v = T::new_zeroed();
-    mem.read_phys(phys, v.as_mut_bytes())
-        .map_err(|_| ImageError::Truncated { what, phys })?;
+    read_preserved(mem, phys, v.as_mut_bytes(), what)?;
     Ok(v)
 }
 
@@ -181,8 +198,7 @@ pub fn read_chain<M: PhysRead + ?Sized>(
         }
         let at = entries.len();
         entries.resize(at + count as usize * entry, 0);
-        mem.read_phys(next + HDR as u64, &mut entries[at..])
-            .map_err(|_| ImageError::Truncated { what, phys: next })?;
+        read_preserved(mem, next + HDR as u64, &mut entries[at..], what)?;
         blocks.push(next);
         next = hdr.next.addr().as_u64();
     }

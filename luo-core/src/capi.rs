@@ -6,7 +6,6 @@
 //! one, LUO is "disabled" and the calls fail with `-EOPNOTSUPP`.
 
 use std::ffi::{c_int, c_uint, c_ulong, c_void};
-use std::sync::Mutex;
 
 use luo_abi::file::FileKind;
 use luo_abi::kho::KhoService;
@@ -19,6 +18,7 @@ use luo_handlers::hugetlb::HugeMemfd;
 
 use crate::file::{CoreFile, FileObj};
 use crate::kernel::{BootOptions, Kernel};
+use crate::lock_order::{Level, Ordered, lock};
 
 fn neg(r: Result<(), Errno>) -> c_int {
     match r {
@@ -435,10 +435,10 @@ fn huge_out(f: &CoreFile, order: *mut c_uint, nr: *mut u64) -> Result<(), Errno>
 
 // ---- the model driver (C test programs) -----------------------------------------------------
 
-static KERNEL: Mutex<Option<Kernel>> = Mutex::new(None);
+static KERNEL: Ordered<Option<Kernel>> = Ordered::new(Level::CapiKernel, None);
 
 fn with_kernel<R>(f: impl FnOnce(&Kernel) -> Result<R, Errno>) -> Result<R, Errno> {
-    let g = crate::mem::lock(&KERNEL);
+    let g = lock(&KERNEL);
     let k = g.as_ref().ok_or(Errno::ENODEV)?;
     k.make_current();
     f(k)
@@ -450,7 +450,7 @@ pub extern "C" fn luo_model_boot() -> c_int {
     match Kernel::boot(&BootOptions::default(), None) {
         Ok(k) => {
             k.make_current();
-            *crate::mem::lock(&KERNEL) = Some(k);
+            *lock(&KERNEL) = Some(k);
             0
         }
         Err(e) => e.errno().to_neg(),
@@ -461,7 +461,7 @@ pub extern "C" fn luo_model_boot() -> c_int {
 /// keeps the old kernel.
 #[unsafe(no_mangle)]
 pub extern "C" fn luo_model_kexec() -> c_int {
-    let mut g = crate::mem::lock(&KERNEL);
+    let mut g = lock(&KERNEL);
     let Some(k) = g.as_ref() else {
         return Errno::ENODEV.to_neg();
     };
@@ -587,5 +587,5 @@ pub extern "C" fn luo_model_preserved_pages() -> i64 {
 /// Drops the current kernel.
 #[unsafe(no_mangle)]
 pub extern "C" fn luo_model_shutdown() {
-    *crate::mem::lock(&KERNEL) = None;
+    *lock(&KERNEL) = None;
 }

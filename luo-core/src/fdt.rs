@@ -123,7 +123,10 @@ fn emit(n: &Node, st: &mut Vec<u8>, strings: &mut Vec<u8>) {
 
 fn find_or_add(strings: &mut Vec<u8>, name: &str) -> u32 {
     let mut at = 0;
-    for s in strings.split(|&b| b == 0) {
+    // Only NUL-terminated pieces are strings: the empty piece after the last NUL is not (an
+    // empty name used to be "found" there, past the end of the block; found by fuzzing).
+    let terminated = strings.iter().filter(|&&b| b == 0).count();
+    for s in strings.split(|&b| b == 0).take(terminated) {
         if s == name.as_bytes() {
             return at as u32;
         }
@@ -280,6 +283,15 @@ pub fn parse(b: &[u8]) -> Result<Node, FdtError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_property_name_pointed_past_the_strings_block() {
+        let t = Node::new("")
+            .prop_str("compatible", "x")
+            .prop_u64("", 7)
+            .child(Node::new("c").prop_u64("", 8));
+        assert_eq!(parse(&write(&t)), Ok(t));
+    }
 
     #[test]
     fn round_trip_and_corruptions() {

@@ -16,7 +16,7 @@ use luo_generated::luo::v1_flb::{
     luo_flb_header_ser, luo_flb_ser,
 };
 
-use crate::blocks::{PhysRead, read_obj};
+use crate::blocks::{PhysRead, read_obj, read_preserved};
 use crate::error::ImageError;
 use crate::fdt::{self, Node};
 use crate::luo::{Incoming, SessionImage};
@@ -52,11 +52,7 @@ pub fn build(liveupdate_num: u64, sessions: u64, flbs: Option<u64>) -> Vec<u8> {
 
 fn load<M: PhysRead + ?Sized>(mem: &M, root: u64, size: usize) -> Result<Node, ImageError> {
     let mut b = vec![0u8; size];
-    mem.read_phys(root, &mut b)
-        .map_err(|_| ImageError::Truncated {
-            what: "luo-v1 FDT",
-            phys: root,
-        })?;
+    read_preserved(mem, root, &mut b, "luo-v1 FDT")?;
     let t = fdt::parse(&b).map_err(|e| bad(e.to_string()))?;
     match t.prop_as_str("compatible") {
         Some(c) if c == LUO_FDT_COMPATIBLE => Ok(t),

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use luo_abi::file::{File, FileId, FileKind, FileRef, ShmemFile, ShmemFolio, seals};
 use luo_abi::kho::KhoService;
@@ -18,8 +18,9 @@ use luo_generated::liveupdate::file as CFile;
 use rustix::fs::SealFlags;
 
 use crate::kho::Kho;
+use crate::lock_order::{Level, Ordered, lock};
 use crate::luo::Session;
-use crate::mem::{ExtRegion, REGION_SPAN, host_err, lock};
+use crate::mem::{ExtRegion, REGION_SPAN, host_err};
 
 const PAGE: u64 = PAGE_SIZE as u64;
 
@@ -41,9 +42,9 @@ pub fn file_data_copied() -> u64 {
 }
 
 /// Addresses of live [`CoreFile`]s, so a `struct file *` coming back from C can be checked.
-fn live_files() -> &'static Mutex<HashSet<usize>> {
-    static LIVE: OnceLock<Mutex<HashSet<usize>>> = OnceLock::new();
-    LIVE.get_or_init(|| Mutex::new(HashSet::new()))
+fn live_files() -> &'static Ordered<HashSet<usize>> {
+    static LIVE: OnceLock<Ordered<HashSet<usize>>> = OnceLock::new();
+    LIVE.get_or_init(|| Ordered::new(Level::LiveFiles, HashSet::new()))
 }
 
 /// What is behind a [`CoreFile`].
@@ -247,7 +248,7 @@ impl PageSet {
 pub struct MemfdFile {
     inode: FileId,
     kho: Arc<Kho>,
-    st: Mutex<MemfdState>,
+    st: Ordered<MemfdState>,
 }
 
 impl MemfdFile {
@@ -272,15 +273,18 @@ impl MemfdFile {
         MemfdFile {
             inode: FileId(next_id()),
             kho: Arc::clone(kho),
-            st: Mutex::new(MemfdState {
-                region,
-                pending_size: None,
-                pending_seals: 0,
-                pos: 0,
-                frozen: false,
-                pinned: 0,
-                added: PageSet::default(),
-            }),
+            st: Ordered::new(
+                Level::Memfd,
+                MemfdState {
+                    region,
+                    pending_size: None,
+                    pending_seals: 0,
+                    pos: 0,
+                    frozen: false,
+                    pinned: 0,
+                    added: PageSet::default(),
+                },
+            ),
         }
     }
 
@@ -611,6 +615,7 @@ mod tests {
     use crate::mem::BackingKind;
 
     #[test]
+    #[cfg_attr(miri, ignore = "host memfd syscalls")]
     fn memfd_data_and_freeze() {
         let kho = Arc::new(Kho::new(BackingKind::Heap, 64).unwrap());
         let m = MemfdFile::create(&kho, "t").unwrap();

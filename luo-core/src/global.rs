@@ -28,8 +28,8 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::blocks::{PhysRead, read_obj};
 use crate::error::ImageError;
+use crate::lock_order::{Level, Ordered, lock};
 use crate::luo::{Luo, Ops, Ptr};
-use crate::mem::lock;
 use crate::util::{cstr, to_cbuf};
 
 /// Name of the model's KHO subtree for global state and subsystems.
@@ -130,10 +130,11 @@ struct GsData {
 /// A handler's global state (the seed's proposal).
 pub(crate) struct GlobalState {
     ops: Ops<liveupdate_fh_global_state_ops>,
-    data: Mutex<GsData>,
+    data: Ordered<GsData>,
+    /// Outside the lock order: held only for the condvar handshake, nothing is taken under it.
     holder: Mutex<Option<ThreadId>>,
     freed: Condvar,
-    in_cb: Mutex<Option<ThreadId>>,
+    in_cb: Ordered<Option<ThreadId>>,
 }
 
 impl GlobalState {
@@ -175,9 +176,11 @@ impl GlobalState {
         lock(&self.data).files += n;
     }
 
-    fn callback<R>(&self, f: impl FnOnce() -> R) -> R {
+    fn callback<R>(&self, fh: *mut liveupdate_file_handler, f: impl FnOnce() -> R) -> R {
         *lock(&self.in_cb) = Some(Self::me());
+        IN_CALLBACK.with_borrow_mut(|v| v.push(fh as usize));
         let r = f();
+        IN_CALLBACK.with_borrow_mut(|v| v.pop());
         *lock(&self.in_cb) = None;
         r
     }
@@ -191,12 +194,12 @@ impl GlobalState {
         let r = match d.incoming {
             Some(handle) => match self.ops.0.global_state_restore {
                 // SAFETY: registered callbacks, valid out-pointer for the call.
-                Some(cb) => self.callback(|| unsafe { cb(fh, handle, &mut obj) }),
+                Some(cb) => self.callback(fh, || unsafe { cb(fh, handle, &mut obj) }),
                 None => Errno::EINVAL.to_neg(),
             },
             None => match self.ops.0.global_state_create {
                 // SAFETY: registered callbacks, valid out-pointers for the call.
-                Some(cb) => self.callback(|| unsafe { cb(fh, &mut obj, &mut d.data) }),
+                Some(cb) => self.callback(fh, || unsafe { cb(fh, &mut obj, &mut d.data) }),
                 None => Errno::EINVAL.to_neg(),
             },
         };
@@ -216,7 +219,7 @@ impl GlobalState {
             if let Some(cb) = self.ops.0.global_state_destroy {
                 let obj = d.obj as *mut c_void;
                 // SAFETY: registered callback with the object it created or restored.
-                self.callback(|| unsafe { cb(fh, obj) });
+                self.callback(fh, || unsafe { cb(fh, obj) });
             }
             *d = GsData {
                 incoming: d.incoming,
@@ -231,15 +234,34 @@ pub(crate) struct Subsystem {
     ptr: Ptr<liveupdate_subsystem>,
     ops: Ops<liveupdate_subsystem_ops>,
     name: String,
-    data: Mutex<u64>,
-    incoming: Mutex<Option<u64>>,
+    data: Ordered<u64>,
+    incoming: Ordered<Option<u64>>,
 }
 
 /// Global-state and subsystem bookkeeping of a [`Luo`].
-#[derive(Default)]
 pub(crate) struct Ext {
-    pub(crate) subsystems: Mutex<Vec<Arc<Subsystem>>>,
-    pub(crate) incoming: Mutex<ExtIncoming>,
+    pub(crate) subsystems: Ordered<Vec<Arc<Subsystem>>>,
+    pub(crate) incoming: Ordered<ExtIncoming>,
+}
+
+impl Default for Ext {
+    fn default() -> Self {
+        Ext {
+            subsystems: Ordered::new(Level::Subsystems, Vec::new()),
+            incoming: Ordered::new(Level::ExtIncoming, ExtIncoming::default()),
+        }
+    }
+}
+
+thread_local! {
+    /// Handlers whose global-state callback (create, restore, destroy) runs on this thread.
+    /// The callback runs under the state's lock, which comes after the registry in the lock
+    /// order, so a get/put from inside it is answered before any lookup takes a lock.
+    static IN_CALLBACK: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn in_own_callback(fh: *mut liveupdate_file_handler) -> bool {
+    IN_CALLBACK.with_borrow(|v| v.contains(&(fh as usize)))
 }
 
 impl Luo {
@@ -274,6 +296,10 @@ impl Luo {
             return Err(Errno::EINVAL);
         }
         let h = self.handler_by_ptr(fh).ok_or(Errno::EINVAL)?;
+        // Counted before taking `h.global`: reboot takes the session lists, then each
+        // handler's global state; taking them the other way round could deadlock (found by
+        // the lock-order check, `crate::lock_order`).
+        let files = self.incoming_files_of(&h.compatible);
         let mut g = lock(&h.global);
         if g.is_some() {
             return Err(Errno::EEXIST);
@@ -284,14 +310,17 @@ impl Luo {
             .copied();
         *g = Some(Arc::new(GlobalState {
             ops: Ops(o),
-            data: Mutex::new(GsData {
-                files: self.incoming_files_of(&h.compatible),
-                incoming,
-                ..GsData::default()
-            }),
+            data: Ordered::new(
+                Level::GlobalState,
+                GsData {
+                    files,
+                    incoming,
+                    ..GsData::default()
+                },
+            ),
             holder: Mutex::new(None),
             freed: Condvar::new(),
-            in_cb: Mutex::new(None),
+            in_cb: Ordered::new(Level::GlobalCb, None),
         }));
         Ok(())
     }
@@ -301,6 +330,9 @@ impl Luo {
     pub fn global_state_get(&self, fh: *mut liveupdate_file_handler) -> Result<*mut c_void, Errno> {
         if !self.enabled() {
             return Err(Errno::EOPNOTSUPP);
+        }
+        if in_own_callback(fh) {
+            return Err(Errno::EDEADLK);
         }
         let g = self.handler_gs(fh)?;
         g.acquire()?;
@@ -315,6 +347,10 @@ impl Luo {
 
     /// `liveupdate_fh_global_state_put`.
     pub fn global_state_put(&self, fh: *mut liveupdate_file_handler) {
+        // The state's own callback holds no reference of its own to give back.
+        if in_own_callback(fh) {
+            return;
+        }
         if let Ok(g) = self.handler_gs(fh) {
             g.release();
         }
@@ -393,8 +429,8 @@ impl Luo {
             ptr: Ptr(h),
             ops: Ops(ops),
             name,
-            data: Mutex::new(0),
-            incoming: Mutex::new(incoming),
+            data: Ordered::new(Level::SubsystemData, 0),
+            incoming: Ordered::new(Level::SubsystemData, incoming),
         });
         list.push(Arc::clone(&sub));
         drop(list);
@@ -455,16 +491,28 @@ impl Luo {
             }
             *lock(&s.data) = data;
             if r != 0 {
-                for t in subs[..=i].iter().rev() {
-                    if let Some(cb) = t.ops.0.cancel {
-                        // SAFETY: registered callback with its own subsystem.
-                        unsafe { cb(t.ptr.0, *lock(&t.data)) };
-                    }
-                }
+                Self::cancel_subsystems(&subs[..=i]);
                 return Err(Errno::from_neg(r).unwrap_or(Errno::EINVAL));
             }
         }
         Ok(())
+    }
+
+    /// Cancels the subsystems `subs`, in reverse.
+    fn cancel_subsystems(subs: &[Arc<Subsystem>]) {
+        for t in subs.iter().rev() {
+            if let Some(cb) = t.ops.0.cancel {
+                // SAFETY: registered callback with its own subsystem.
+                unsafe { cb(t.ptr.0, *lock(&t.data)) };
+            }
+        }
+    }
+
+    /// Rollback of a reboot that failed after [`Luo::freeze_subsystems`] succeeded: cancels
+    /// every subsystem, in reverse.
+    pub(crate) fn cancel_frozen_subsystems(&self) {
+        let subs = lock(&self.ext().subsystems).clone();
+        Self::cancel_subsystems(&subs);
     }
 
     /// Writes [`EXT_SUBTREE`] if there is anything to hand over.
@@ -501,8 +549,14 @@ impl Luo {
         };
         let mut bytes = h.as_bytes().to_vec();
         bytes.extend_from_slice(entries.as_bytes());
-        kho.write(page, &bytes)?;
-        kho.add_subtree(EXT_SUBTREE, page, bytes.len())
+        let r = kho
+            .write(page, &bytes)
+            .and_then(|()| kho.add_subtree(EXT_SUBTREE, page, bytes.len()));
+        if r.is_err() {
+            // Nothing hands the page over: release it (KHO fault sweep).
+            let _ = kho.unpreserve_free(page);
+        }
+        r
     }
 
     /// Boot: reads and frees the incoming [`EXT_SUBTREE`].

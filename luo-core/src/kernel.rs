@@ -7,7 +7,7 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 
 use luo_abi::Errno;
 use luo_generated::liveupdate::liveupdate_file_handler;
@@ -15,8 +15,9 @@ use luo_generated::liveupdate::liveupdate_file_handler;
 use crate::error::ImageError;
 use crate::file::{CoreFile, FdTable, FileObj, MemfdFile};
 use crate::kho::{Kho, KhoStats, MemHandover};
+use crate::lock_order::{Level, Ordered, lock};
 use crate::luo::{FreezeLog, Luo};
-use crate::mem::{BackingKind, lock};
+use crate::mem::BackingKind;
 
 thread_local! {
     static CURRENT: RefCell<Option<Weak<KernelInner>>> = const { RefCell::new(None) };
@@ -57,7 +58,7 @@ impl Default for BootOptions {
 pub(crate) struct KernelInner {
     pub(crate) kho: Arc<Kho>,
     pub(crate) luo: Luo,
-    pub(crate) fds: Mutex<FdTable>,
+    pub(crate) fds: Ordered<FdTable>,
     dead: AtomicBool,
 }
 
@@ -133,7 +134,7 @@ impl Kernel {
             inner: Arc::new(KernelInner {
                 kho,
                 luo,
-                fds: Mutex::new(FdTable::default()),
+                fds: Ordered::new(Level::FdTable, FdTable::default()),
                 dead: AtomicBool::new(false),
             }),
         };
@@ -143,7 +144,8 @@ impl Kernel {
             let v = opts.version;
             let hs = luo_handlers::memfd::register(v.memfd_writes(), v.memfd_reads())
                 .map_err(ImageError::Host)?;
-            if opts.test_flbs {
+            // 6.19 has no FLBs (nor upstream's test FLBs).
+            if opts.test_flbs && v.luo_writes() != crate::version::LuoFormat::V1 {
                 for h in hs {
                     // SAFETY: `h` is a registered `'static` handler.
                     unsafe { luo_handlers::test_flb::link(h.as_ptr()) }

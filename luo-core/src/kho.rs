@@ -12,8 +12,10 @@
 //!
 //! Errors follow the table of [`luo_abi::kho`].
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 
 use luo_abi::kho::{KhoService, VmallocChunk, VmallocDesc};
 use luo_abi::{Errno, PAGE_SIZE, Phys, PhysAddr};
@@ -21,6 +23,7 @@ use luo_generated::kho::{KHO_VMALLOC_SIZE, kho_vmalloc_chunk};
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
 use crate::error::ImageError;
+use crate::lock_order::{Level, Ordered};
 use crate::mem::{
     ARENA_BASE, Backing, BackingKind, ExtRegion, POISON, PageAlloc, REGION_BASE, REGION_SPAN,
     host_err, lock,
@@ -81,6 +84,100 @@ pub struct BlobSubtree {
     pub size: u64,
 }
 
+/// Fault injection for KHO allocations (issue 9): every call that allocates KHO memory or
+/// tracking state (`alloc_folio`, `preserve_folio`, `preserve_pages`, `preserve_vmalloc`,
+/// `alloc_preserve`, `add_subtree`) is an allocation site, and the n-th one on a thread can be
+/// made to fail, as upstream's xarray, radix-tree and FDT allocations can. The model's handover
+/// blob written at kexec is not a site: upstream builds its radix tree as pages are preserved
+/// and has no allocation left at reboot (newest; 6.19's `kho_finalize` is not modelled). The plan is per thread (an in-process kernel runs on its caller's thread,
+/// and it then spans both kernels of a kexec); when no thread has one armed, a site costs one
+/// relaxed atomic load.
+struct AllocFaults {
+    /// The sites reached so far, in order.
+    calls: Vec<&'static str>,
+    /// Index (from 0) of the call to fail.
+    fail_at: Option<usize>,
+    errno: Errno,
+}
+
+/// Threads with an armed [`AllocFaults`] plan.
+static ALLOC_FAULTS_ARMED: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static ALLOC_FAULTS: RefCell<Option<AllocFaults>> = const { RefCell::new(None) };
+}
+
+/// Arms KHO allocation fault injection on this thread: from now on every allocation site is
+/// recorded, and the one at index `fail_at` (counting from 0) fails with `errno`. `None` only
+/// counts. Re-arming resets the count.
+pub fn inject_alloc_faults(fail_at: Option<usize>, errno: Errno) {
+    ALLOC_FAULTS.with(|f| {
+        let mut f = f.borrow_mut();
+        if f.is_none() {
+            ALLOC_FAULTS_ARMED.fetch_add(1, Ordering::Relaxed);
+        }
+        *f = Some(AllocFaults {
+            calls: Vec::new(),
+            fail_at,
+            errno,
+        });
+    });
+}
+
+/// Disarms this thread's plan; returns the allocation sites reached while it was armed.
+pub fn take_alloc_faults() -> Vec<&'static str> {
+    ALLOC_FAULTS.with(|f| {
+        let taken = f.borrow_mut().take();
+        if taken.is_some() {
+            ALLOC_FAULTS_ARMED.fetch_sub(1, Ordering::Relaxed);
+        }
+        taken.map(|t| t.calls).unwrap_or_default()
+    })
+}
+
+/// An allocation site: fails when this thread's plan says so.
+#[inline]
+fn alloc_site(site: &'static str) -> Result<(), Errno> {
+    if ALLOC_FAULTS_ARMED.load(Ordering::Relaxed) == 0 {
+        return Ok(());
+    }
+    ALLOC_FAULTS.with(|f| match f.borrow_mut().as_mut() {
+        Some(plan) => {
+            let n = plan.calls.len();
+            plan.calls.push(site);
+            if plan.fail_at == Some(n) {
+                Err(plan.errno)
+            } else {
+                Ok(())
+            }
+        }
+        None => Ok(()),
+    })
+}
+
+/// A breach of the rules for the previous kernel's memory, recorded by a kernel booted from a
+/// handover (see [`Kho::violations`]): the corrupt-image sweep asserts that reading any image
+/// never reads outside preserved memory and never claims a page twice.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KhoViolation {
+    /// A restore of a page that was already restored since boot; refused (`EINVAL`, as a
+    /// restore of any page that is not incoming).
+    #[error("page {phys:#x} claimed a second time (refused)")]
+    DoubleClaim {
+        /// The page.
+        phys: u64,
+    },
+    /// A read of arena memory this kernel neither owns nor received preserved, or of a page
+    /// of a carried region that was not preserved: a dereference outside the handover.
+    #[error("read of {len} bytes at {phys:#x} outside preserved or owned memory")]
+    StrayRead {
+        /// First byte read.
+        phys: u64,
+        /// Length of the read.
+        len: usize,
+    },
+}
+
 /// Preserved-page accounting, so tests can prove nothing leaks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KhoStats {
@@ -111,6 +208,10 @@ struct State {
     sub_out: BTreeMap<String, (u64, usize)>,
     sub_in: BTreeMap<String, (u64, usize)>,
     regions: BTreeMap<u64, RegionSlot>,
+    /// Bases of the regions carried from the previous kernel.
+    carried: HashSet<u64>,
+    /// Every page restored since boot (incoming pages leave `inc` as they are claimed).
+    claimed: HashSet<u64>,
     next_region: u64,
     dead: bool,
 }
@@ -142,7 +243,9 @@ pub struct Kho {
     arena_kind: BackingKind,
     arena_pages: u64,
     kho_boot: bool,
-    st: Mutex<State>,
+    st: Ordered<State>,
+    /// Recorded [`KhoViolation`]s (a leaf lock, taken under `st`).
+    violations: Ordered<Vec<KhoViolation>>,
 }
 
 /// Bytes in a block of `order`; saturates for orders no memory can have.
@@ -187,17 +290,23 @@ impl Kho {
             arena_kind,
             arena_pages,
             kho_boot,
-            st: Mutex::new(State {
-                alloc: PageAlloc::new(arena_pages),
-                folios: HashMap::new(),
-                out: BTreeMap::new(),
-                inc: BTreeMap::new(),
-                sub_out: BTreeMap::new(),
-                sub_in: BTreeMap::new(),
-                regions: BTreeMap::new(),
-                next_region: 0,
-                dead: false,
-            }),
+            st: Ordered::new(
+                Level::Kho,
+                State {
+                    alloc: PageAlloc::new(arena_pages),
+                    folios: HashMap::new(),
+                    out: BTreeMap::new(),
+                    inc: BTreeMap::new(),
+                    sub_out: BTreeMap::new(),
+                    sub_in: BTreeMap::new(),
+                    regions: BTreeMap::new(),
+                    carried: HashSet::new(),
+                    claimed: HashSet::new(),
+                    next_region: 0,
+                    dead: false,
+                },
+            ),
+            violations: Ordered::new(Level::KhoViolations, Vec::new()),
         }
     }
 
@@ -214,6 +323,7 @@ impl Kho {
                         pin: Some(Arc::clone(r)),
                     },
                 );
+                st.carried.insert(r.base());
                 let slot = (r.base() - REGION_BASE) / REGION_SPAN;
                 st.next_region = st.next_region.max(slot + 1);
             }
@@ -310,6 +420,42 @@ impl Kho {
                 .filter(|s| s.pin.is_some() || s.weak.strong_count() > 0)
                 .count(),
         }
+    }
+
+    /// The [`KhoViolation`]s recorded since boot.
+    pub fn violations(&self) -> Vec<KhoViolation> {
+        lock(&self.violations).clone()
+    }
+
+    /// Number of pages restored since boot.
+    pub fn claimed_pages(&self) -> usize {
+        lock(&self.st).claimed.len()
+    }
+
+    fn violation(&self, v: KhoViolation) {
+        lock(&self.violations).push(v);
+    }
+
+    /// Whether a read of `len` bytes at `phys` stays inside memory this kernel may read: its
+    /// own allocations, incoming preserved pages (restored or not), pages of its own regions,
+    /// and the preserved pages of carried regions.
+    fn read_allowed(&self, st: &State, phys: u64, len: usize) -> bool {
+        let (first, last) = (
+            phys / PAGE,
+            phys.saturating_add(len.max(1) as u64 - 1) / PAGE,
+        );
+        if self.arena_index(phys).is_some() {
+            let base = ARENA_BASE / PAGE;
+            return (first..=last).all(|p| st.alloc.is_used(p - base));
+        }
+        let Some((&base, _)) = st.regions.range(..=phys).next_back() else {
+            return false;
+        };
+        !st.carried.contains(&base)
+            || (first..=last).all(|p| {
+                let a = p * PAGE;
+                st.claimed.contains(&a) || overlaps(&st.inc, a, PAGE)
+            })
     }
 
     /// The outgoing preserved map (phys → order), for inspection.
@@ -542,7 +688,14 @@ impl Kho {
     }
 
     fn restore_locked(&self, st: &mut State, phys: u64) -> Result<u32, Errno> {
+        if st.claimed.contains(&phys) {
+            self.violation(KhoViolation::DoubleClaim { phys });
+            return Err(Errno::EINVAL);
+        }
         let order = st.inc.remove(&phys).ok_or(Errno::EINVAL)?;
+        for i in 0..1u64 << order {
+            st.claimed.insert(phys + i * PAGE);
+        }
         if self.arena_index(phys).is_some() {
             st.folios.insert(phys, order);
         }
@@ -550,6 +703,12 @@ impl Kho {
     }
 
     fn read_locked(&self, st: &State, phys: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        if self.kho_boot && !self.read_allowed(st, phys, buf.len()) {
+            self.violation(KhoViolation::StrayRead {
+                phys,
+                len: buf.len(),
+            });
+        }
         if let Some(off) = phys.checked_sub(ARENA_BASE)
             && off < self.arena.len()
         {
@@ -714,6 +873,28 @@ fn region_of(st: &State, phys: u64) -> Option<Arc<ExtRegion>> {
     slot.weak.upgrade()
 }
 
+impl crate::blocks::PhysRead for Kho {
+    fn read_phys(&self, phys: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        self.read(PhysAddr::new(phys), buf)
+    }
+
+    /// Incoming preserved pages not restored yet, or restored and not freed since (and this
+    /// kernel's own outgoing preserved pages).
+    fn is_preserved(&self, phys: u64, len: usize) -> bool {
+        let st = lock(&self.st);
+        let Some(end) = phys.checked_add(len.max(1) as u64) else {
+            return false;
+        };
+        (phys / PAGE..end.div_ceil(PAGE)).all(|p| {
+            let a = p * PAGE;
+            let live = self.arena_index(a).is_none_or(|i| st.alloc.is_used(i));
+            overlaps(&st.inc, a, PAGE)
+                || (st.claimed.contains(&a) && live)
+                || overlaps(&st.out, a, PAGE)
+        })
+    }
+}
+
 impl KhoService for Kho {
     fn is_enabled(&self) -> bool {
         true
@@ -726,6 +907,7 @@ impl KhoService for Kho {
     fn alloc_folio(&self, order: u32) -> luo_abi::Result<PhysAddr> {
         let mut st = lock(&self.st);
         Kho::check_alive(&st)?;
+        alloc_site("alloc_folio")?;
         self.alloc_locked(&mut st, order).map(PhysAddr::new)
     }
 
@@ -737,6 +919,7 @@ impl KhoService for Kho {
     fn preserve_folio(&self, phys: PhysAddr, order: u32) -> luo_abi::Result {
         let mut st = lock(&self.st);
         Kho::check_alive(&st)?;
+        alloc_site("preserve_folio")?;
         self.preserve_locked(&mut st, phys.as_u64(), order)
     }
 
@@ -753,6 +936,7 @@ impl KhoService for Kho {
     fn preserve_pages(&self, phys: PhysAddr, nr_pages: usize) -> luo_abi::Result {
         let mut st = lock(&self.st);
         Kho::check_alive(&st)?;
+        alloc_site("preserve_pages")?;
         let p = phys.as_u64();
         let len = (nr_pages as u64).checked_mul(PAGE).ok_or(Errno::EINVAL)?;
         if nr_pages == 0 || p == 0 || !phys.is_page_aligned() || !self.preservable(&st, p, len) {
@@ -794,6 +978,7 @@ impl KhoService for Kho {
     fn preserve_vmalloc(&self, pages: &[PhysAddr], order: u16) -> luo_abi::Result<VmallocDesc> {
         let mut st = lock(&self.st);
         Kho::check_alive(&st)?;
+        alloc_site("preserve_vmalloc")?;
         let order32 = u32::from(order);
         let block = order_bytes(order32.min(MAX_ORDER + 1));
         if pages.is_empty() || order32 > MAX_ORDER {
@@ -907,6 +1092,7 @@ impl KhoService for Kho {
         let order = order_for_pages(luo_abi::kho::pages_for(size) as u64).ok_or(Errno::EINVAL)?;
         let mut st = lock(&self.st);
         Kho::check_alive(&st)?;
+        alloc_site("alloc_preserve")?;
         let phys = self.alloc_locked(&mut st, order)?;
         if let Err(e) = self.preserve_locked(&mut st, phys, order) {
             let _ = self.free_locked(&mut st, phys, order);
@@ -945,6 +1131,7 @@ impl KhoService for Kho {
         if st.sub_out.contains_key(name) {
             return Err(Errno::EEXIST);
         }
+        alloc_site("add_subtree")?;
         st.sub_out.insert(name.to_owned(), (phys.as_u64(), size));
         Ok(())
     }
@@ -1054,6 +1241,31 @@ mod tests {
     }
 
     #[test]
+    fn a_second_claim_is_refused_and_named() {
+        let k = Kho::new(BackingKind::Heap, 64).unwrap();
+        let p = k.alloc_preserve(8).unwrap();
+        let k2 = Kho::boot(k.kexec().unwrap()).unwrap();
+        assert!(crate::blocks::PhysRead::is_preserved(&k2, p.as_u64(), 8));
+        k2.restore_free(p).unwrap();
+        // Freed: no longer readable as handed-over memory, and not claimable again.
+        assert!(!crate::blocks::PhysRead::is_preserved(&k2, p.as_u64(), 8));
+        assert_eq!(k2.restore_free(p), Err(Errno::EINVAL));
+        let mut b = [0u8; 8];
+        k2.read(p, &mut b).unwrap();
+        assert_eq!(
+            k2.violations(),
+            vec![
+                KhoViolation::DoubleClaim { phys: p.as_u64() },
+                KhoViolation::StrayRead {
+                    phys: p.as_u64(),
+                    len: 8
+                }
+            ]
+        );
+        assert_eq!(k2.claimed_pages(), 1);
+    }
+
+    #[test]
     fn vmalloc_chains_round_trip() {
         let k = Kho::new(BackingKind::Heap, 2048).unwrap();
         let pages: Vec<PhysAddr> = (0..600).map(|_| k.alloc_folio(0).unwrap()).collect();
@@ -1087,6 +1299,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "host memfd syscalls")]
     fn regions_cross_without_copy() {
         let k = Kho::new(BackingKind::Heap, 64).unwrap();
         let r = k.new_region("data").unwrap();

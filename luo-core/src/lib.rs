@@ -61,6 +61,7 @@ pub mod image;
 pub mod inspect;
 pub mod kernel;
 pub mod kho;
+mod lock_order;
 pub mod luo;
 pub mod mem;
 pub mod simulate;

@@ -6,8 +6,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::c_void;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Condvar, Mutex};
 use std::thread::ThreadId;
 
 use luo_abi::kho::KhoService;
@@ -28,7 +29,7 @@ use crate::blocks::{BlockSet, PhysRead, read_chain, read_obj};
 use crate::error::ImageError;
 use crate::file::CoreFile;
 use crate::kho::Kho;
-use crate::mem::lock;
+use crate::lock_order::{Level, Ordered, lock};
 use crate::util::{cstr, lossy};
 use crate::version::{KernelVersion, LuoFormat};
 use luo_generated::luo::{next, v1};
@@ -79,8 +80,8 @@ pub(crate) struct Handler {
     pub(crate) ops: Ops<liveupdate_file_ops>,
     pub(crate) compatible: String,
     pub(crate) compat_buf: [u8; 48],
-    pub(crate) flbs: Mutex<Vec<Arc<Flb>>>,
-    pub(crate) global: Mutex<Option<Arc<crate::global::GlobalState>>>,
+    pub(crate) flbs: Ordered<Vec<Arc<Flb>>>,
+    pub(crate) global: Ordered<Option<Arc<crate::global::GlobalState>>>,
     /// Compatibles of the handlers whose files this handler's files may depend on
     /// (`depends_on`, see [`crate::depend`]).
     pub(crate) depends_on: Vec<String>,
@@ -162,11 +163,11 @@ pub(crate) struct Flb {
     pub(crate) ptr: Ptr<liveupdate_flb>,
     ops: Ops<liveupdate_flb_ops>,
     pub(crate) compatible: String,
-    users: Mutex<usize>,
-    out: Mutex<FlbOut>,
-    inc: Mutex<FlbIn>,
+    users: Ordered<usize>,
+    out: Ordered<FlbOut>,
+    inc: Ordered<FlbIn>,
     /// The thread running this FLB's callbacks, to refuse re-entrant get/put (`EDEADLK`).
-    busy: Mutex<Option<ThreadId>>,
+    busy: Ordered<Option<ThreadId>>,
 }
 
 impl Flb {
@@ -267,7 +268,7 @@ pub(crate) struct SessionSt {
 pub struct Session {
     name: Vec<u8>,
     incoming: bool,
-    pub(crate) st: Mutex<SessionSt>,
+    pub(crate) st: Ordered<SessionSt>,
     /// The thread retrieving files of the session and its nesting depth: a retrieve may
     /// retrieve its dependencies ([`crate::depend`]), so retrieval is owned by one thread at a
     /// time (upstream holds the session mutex across it) and re-entrant on that thread.
@@ -297,13 +298,16 @@ impl Session {
             owner_cv: Condvar::new(),
             name,
             incoming,
-            st: Mutex::new(SessionSt {
-                files: Vec::new(),
-                retrieved: false,
-                blocks: BlockSet::new(size_of::<luo_file_ser>(), LUO_FILES_PER_BLOCK),
-                in_blocks: Vec::new(),
-                flat: None,
-            }),
+            st: Ordered::new(
+                Level::Session,
+                SessionSt {
+                    files: Vec::new(),
+                    retrieved: false,
+                    blocks: BlockSet::new(size_of::<luo_file_ser>(), LUO_FILES_PER_BLOCK),
+                    in_blocks: Vec::new(),
+                    flat: None,
+                },
+            ),
         }
     }
 
@@ -413,11 +417,11 @@ enum Deser {
 pub struct Luo {
     kho: Arc<Kho>,
     enabled: bool,
-    reg: Mutex<Registry>,
-    lists: Mutex<Lists>,
-    ids: Mutex<HashSet<u64>>,
+    reg: Ordered<Registry>,
+    lists: Ordered<Lists>,
+    ids: Ordered<HashSet<u64>>,
     dev_in_use: AtomicBool,
-    deser: Mutex<Deser>,
+    deser: Ordered<Deser>,
     flb_in: Option<BTreeMap<String, (u64, u64)>>,
     root: u64,
     flb_area: u64,
@@ -425,7 +429,7 @@ pub struct Luo {
     frozen: AtomicBool,
     ext: crate::global::Ext,
     version: KernelVersion,
-    v1_area: Mutex<Option<u64>>,
+    v1_area: Ordered<Option<u64>>,
 }
 
 /// A call the freeze/rollback path made, for tests of the rollback order.
@@ -687,16 +691,19 @@ impl Luo {
         let luo = Luo {
             kho,
             enabled,
-            reg: Mutex::new(Registry::default()),
-            lists: Mutex::new(Lists {
-                out: Vec::new(),
-                names: HashSet::new(),
-                inc: Vec::new(),
-                blocks: BlockSet::new(size_of::<luo_session_ser>(), LUO_SESSIONS_PER_BLOCK),
-            }),
-            ids: Mutex::new(HashSet::new()),
+            reg: Ordered::new(Level::Registry, Registry::default()),
+            lists: Ordered::new(
+                Level::Lists,
+                Lists {
+                    out: Vec::new(),
+                    names: HashSet::new(),
+                    inc: Vec::new(),
+                    blocks: BlockSet::new(size_of::<luo_session_ser>(), LUO_SESSIONS_PER_BLOCK),
+                },
+            ),
+            ids: Ordered::new(Level::Ids, HashSet::new()),
             dev_in_use: AtomicBool::new(false),
-            deser: Mutex::new(Deser::Pending(inc.sessions)),
+            deser: Ordered::new(Level::Deser, Deser::Pending(inc.sessions)),
             flb_in: inc.flbs,
             root,
             flb_area,
@@ -704,7 +711,7 @@ impl Luo {
             frozen: AtomicBool::new(false),
             ext: crate::global::Ext::default(),
             version,
-            v1_area: Mutex::new(None),
+            v1_area: Ordered::new(Level::V1Area, None),
         };
         luo.read_incoming_ext()?;
         luo.write_root(0).map_err(host)?;
@@ -917,8 +924,8 @@ impl Luo {
             ops: Ops(ops),
             compatible,
             compat_buf: h.compatible,
-            flbs: Mutex::new(Vec::new()),
-            global: Mutex::new(None),
+            flbs: Ordered::new(Level::HandlerFlbs, Vec::new()),
+            global: Ordered::new(Level::HandlerFlbs, None),
             depends_on,
         }));
         Ok(())
@@ -966,6 +973,11 @@ impl Luo {
         flb: *mut liveupdate_flb,
     ) -> Result<(), Errno> {
         self.check_enabled()?;
+        if self.version.luo_writes() == LuoFormat::V1 {
+            // 6.19 has no FLBs: their data could not be handed over (it stayed an unclaimed
+            // incoming page; found by `fault_sweep::kho_allocation_failure_at_every_site`).
+            return Err(Errno::EOPNOTSUPP);
+        }
         if flb.is_null() {
             return Err(Errno::EINVAL);
         }
@@ -1008,10 +1020,10 @@ impl Luo {
                     ptr: Ptr(flb),
                     ops: Ops(ops),
                     compatible,
-                    users: Mutex::new(0),
-                    out: Mutex::new(FlbOut::default()),
-                    inc: Mutex::new(FlbIn::default()),
-                    busy: Mutex::new(None),
+                    users: Ordered::new(Level::Flb, 0),
+                    out: Ordered::new(Level::Flb, FlbOut::default()),
+                    inc: Ordered::new(Level::Flb, FlbIn::default()),
+                    busy: Ordered::new(Level::FlbBusy, None),
                 });
                 reg.flbs.push(Arc::clone(&e));
                 e
@@ -1255,7 +1267,7 @@ impl Luo {
                 let mut entries = vec![0u8; img.count as usize * size_of::<luo_file_ser>()];
                 let mut blocks = Vec::new();
                 if img.files != 0 {
-                    self.kho.read(PhysAddr::new(img.files), &mut entries)?;
+                    crate::blocks::read_preserved(&*self.kho, img.files, &mut entries, "file")?;
                     blocks.push(img.files);
                 } else if img.count != 0 {
                     return Err(Errno::EINVAL);
@@ -1654,14 +1666,30 @@ impl Luo {
             l.blocks.clear(&*self.kho);
             return Err(err);
         }
-        let head = if self.writes_fdt() {
-            self.write_session_area(&entries)?
-        } else {
-            l.blocks.write(&*self.kho, entries.as_bytes())?
-        };
-        self.flb_serialize()?;
-        self.write_ext()?;
-        self.write_root(head)?;
+        let written = (|| {
+            let head = if self.writes_fdt() {
+                self.write_session_area(&entries)?
+            } else {
+                l.blocks.write(&*self.kho, entries.as_bytes())?
+            };
+            self.flb_serialize()?;
+            self.write_ext()?;
+            self.write_root(head)
+        })();
+        if let Err(err) = written {
+            // An allocation after the freeze failed (6.19/7.0's session area, the
+            // global-state page): roll back as for a failed freeze, so this kernel carries on
+            // (found by `fault_sweep::kho_allocation_failure_at_every_site`).
+            self.cancel_frozen_subsystems();
+            for s in l.out.iter().rev() {
+                let st = lock(&s.st);
+                for f in st.files.iter() {
+                    Self::unfreeze(s, f, log);
+                }
+            }
+            l.blocks.clear(&*self.kho);
+            return Err(err);
+        }
         self.frozen.store(true, Ordering::Release);
         Ok(())
     }
@@ -1719,18 +1747,29 @@ impl Luo {
                 return Err(Errno::ENOSPC);
             }
             let area = match st.flat {
-                Some(a) => a,
-                None => {
-                    let a = self
-                        .kho
-                        .alloc_preserve(v1::LUO_FILE_PGCNT as usize * PAGE_SIZE)?
-                        .as_u64();
-                    st.flat = Some(a);
-                    a
+                Some(a) => Ok(a),
+                None => self
+                    .kho
+                    .alloc_preserve(v1::LUO_FILE_PGCNT as usize * PAGE_SIZE)
+                    .map(|p| p.as_u64()),
+            };
+            let written = area.and_then(|a| {
+                st.flat = Some(a);
+                self.kho
+                    .write(PhysAddr::new(a), entries.as_bytes())
+                    .map(|()| a)
+            });
+            return match written {
+                Ok(a) => Ok((a, entries.len() as u64)),
+                Err(e) => {
+                    // This session's files are frozen already: unfreeze them, as for a failed
+                    // freeze (found by `fault_sweep::kho_allocation_failure_at_every_site`).
+                    for g in st.files.iter() {
+                        Self::unfreeze(s, g, log);
+                    }
+                    Err(e)
                 }
             };
-            self.kho.write(PhysAddr::new(area), entries.as_bytes())?;
-            return Ok((area, entries.len() as u64));
         }
         let head = st.blocks.write(&*self.kho, entries.as_bytes())?;
         Ok((head, entries.len() as u64))

@@ -12,7 +12,6 @@
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::{Mutex, PoisonError};
 
 use luo_abi::{Errno, PAGE_SIZE};
 use rustix::fs::MemfdFlags;
@@ -34,11 +33,8 @@ pub(crate) fn host_err(e: rustix::io::Errno) -> Errno {
     Errno::from_raw(e.raw_os_error()).unwrap_or(Errno::EIO)
 }
 
-/// Locks a std mutex, ignoring poisoning (a panicking holder cannot leave model state
-/// half-written in a way that matters more than the panic itself).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
+pub(crate) use crate::lock_order::lock;
+use crate::lock_order::{Level, Ordered};
 
 /// Storage behind the arena.
 pub trait Backing: Send + Sync {
@@ -69,7 +65,7 @@ fn check_range(off: u64, len: usize, total: u64) -> Result<(), Errno> {
 /// Sparse pages on the heap; never-written pages read as zero.
 pub struct HeapBacking {
     len: u64,
-    pages: Mutex<HashMap<u64, Box<[u8]>>>,
+    pages: Ordered<HashMap<u64, Box<[u8]>>>,
 }
 
 impl HeapBacking {
@@ -77,7 +73,7 @@ impl HeapBacking {
     pub fn new(len: u64) -> HeapBacking {
         HeapBacking {
             len: len.div_ceil(PAGE) * PAGE,
-            pages: Mutex::new(HashMap::new()),
+            pages: Ordered::new(Level::Backing, HashMap::new()),
         }
     }
 
@@ -162,7 +158,7 @@ pub struct MmapBacking {
     ptr: NonNull<u8>,
     len: usize,
     /// Serialises copies, so concurrent callers never race on the same bytes.
-    guard: Mutex<()>,
+    guard: Ordered<()>,
 }
 
 // SAFETY: the mapping is owned by this value and only touched through `read`/`write`/`fill`,
@@ -207,7 +203,7 @@ impl MmapBacking {
             fd,
             ptr,
             len: ulen,
-            guard: Mutex::new(()),
+            guard: Ordered::new(Level::Backing, ()),
         })
     }
 }
@@ -484,6 +480,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "host memfd syscalls")]
     fn mmap_backing_round_trips() {
         let b = MmapBacking::new(3 * PAGE).unwrap();
         b.write(PAGE + 1, b"hello").unwrap();
@@ -507,6 +504,10 @@ mod tests {
         assert!(!a.free(4, 1));
         assert!(a.is_touched(5) && !a.is_used(5));
         assert_eq!(a.alloc(200, 1), None);
+        if cfg!(miri) {
+            // Regions are host memfds.
+            return;
+        }
         let r = ExtRegion::create(REGION_BASE, "t").unwrap();
         r.write(10, b"abc").unwrap();
         let mut buf = [9u8; 6];

@@ -42,6 +42,8 @@ thread_local! {
     static REFUSE_FINISH: Cell<Option<u64>> = const { Cell::new(None) };
     static FAIL_FLB_PRESERVE: Cell<Option<Errno>> = const { Cell::new(None) };
     static IGNORE_DEP_ERRORS: Cell<bool> = const { Cell::new(false) };
+    /// Values of files whose retrieve failed (their page is released): serialized_data → value.
+    static FAILED: RefCell<std::collections::HashMap<u64, u64>> = RefCell::default();
 }
 
 /// Takes this thread's call log.
@@ -139,6 +141,14 @@ fn stored(data: u64) -> Result<u64, Errno> {
         .read_obj(Phys::<u64>::new(PhysAddr::new(data)))
 }
 
+/// [`stored`] for data handed over by the previous kernel: refused (`EINVAL`) unless it lies
+/// in preserved memory, so a corrupt `serialized_data` is never dereferenced (the bit-flip
+/// sweep in tests/bitflip.rs checks every read).
+fn stored_incoming(data: u64) -> Result<u64, Errno> {
+    crate::blocks::read_obj(&**kernel()?.kho(), data, "test handler data")
+        .map_err(|_| Errno::EINVAL)
+}
+
 unsafe extern "C" fn can_preserve(_h: *mut liveupdate_file_handler, f: *mut CFile) -> bool {
     value_of(f).is_some()
 }
@@ -194,7 +204,7 @@ unsafe extern "C" fn retrieve(a: *mut liveupdate_file_op_args) -> c_int {
     let a = args(a);
     let r = (|| {
         let k = kernel()?;
-        let v = stored(a.serialized_data)?;
+        let v = stored_incoming(a.serialized_data)?;
         log("retrieve", v);
         if let Some((fv, e)) = FAIL_RETRIEVE.with(Cell::get)
             && fv == v
@@ -204,6 +214,7 @@ unsafe extern "C" fn retrieve(a: *mut liveupdate_file_op_args) -> c_int {
             // page would otherwise stay until the next kexec (the fault
             // sweep in tests/fault_sweep.rs caught this).
             let _ = k.kho().restore_free(PhysAddr::new(a.serialized_data));
+            FAILED.with(|f| f.borrow_mut().insert(a.serialized_data, v));
             return Err(e);
         }
         k.kho().restore_free(PhysAddr::new(a.serialized_data))?;
@@ -222,8 +233,11 @@ unsafe extern "C" fn can_finish(a: *mut liveupdate_file_op_args) -> bool {
     let a = args(a);
     let v = if a.retrieve_status > 0 {
         value_of(a.file).unwrap_or(0)
+    } else if a.retrieve_status < 0 {
+        // The failed retrieve released the page: never read it again.
+        FAILED.with(|f| f.borrow().get(&a.serialized_data).copied().unwrap_or(0))
     } else {
-        stored(a.serialized_data).unwrap_or(0)
+        stored_incoming(a.serialized_data).unwrap_or(0)
     };
     log("can_finish", v);
     REFUSE_FINISH.with(Cell::get) != Some(v)
@@ -235,7 +249,12 @@ unsafe extern "C" fn finish(a: *mut liveupdate_file_op_args) {
         log("finish", value_of(a.file).unwrap_or(0));
         return;
     }
-    log("finish", stored(a.serialized_data).unwrap_or(0));
+    if a.retrieve_status < 0 {
+        let v = FAILED.with(|f| f.borrow_mut().remove(&a.serialized_data));
+        log("finish", v.unwrap_or(0));
+        return;
+    }
+    log("finish", stored_incoming(a.serialized_data).unwrap_or(0));
     if a.retrieve_status == 0
         && let Ok(k) = kernel()
     {
@@ -278,7 +297,7 @@ unsafe extern "C" fn flb_unpreserve(a: *mut liveupdate_flb_op_args) {
 
 unsafe extern "C" fn flb_retrieve(a: *mut liveupdate_flb_op_args) -> c_int {
     let a = flb_args(a);
-    match stored(a.data) {
+    match stored_incoming(a.data) {
         Ok(v) if v == FLB_MAGIC => {
             log("flb_retrieve", v);
             a.obj = Box::into_raw(Box::new(v)).cast();

@@ -66,10 +66,13 @@ fn bad_luo_root() {
 
     let h = handover();
     let root = luo_ser(&h);
-    // sessions_pa pointing outside memory.
+    // sessions_pa pointing outside memory: refused before the read.
     h.write_phys(root + 16, &0x7fff_ffff_f000u64.to_ne_bytes())
         .unwrap();
-    assert!(matches!(boot(h).err(), Some(ImageError::Truncated { .. })));
+    assert!(matches!(
+        boot(h).err(),
+        Some(ImageError::NotPreserved { .. })
+    ));
 }
 
 #[test]

@@ -102,3 +102,75 @@ fn eight_threads_ten_thousand_operations_each() {
         "{st:?}"
     );
 }
+
+unsafe extern "C" fn gs_create(
+    _: *mut luo_generated::liveupdate::liveupdate_file_handler,
+    obj: *mut *mut std::ffi::c_void,
+    data: *mut u64,
+) -> std::ffi::c_int {
+    // SAFETY: the core passes valid out-pointers.
+    unsafe {
+        *obj = std::ptr::null_mut();
+        *data = 0;
+    }
+    0
+}
+
+unsafe extern "C" fn gs_restore(
+    _: *mut luo_generated::liveupdate::liveupdate_file_handler,
+    _: u64,
+    obj: *mut *mut std::ffi::c_void,
+) -> std::ffi::c_int {
+    // SAFETY: as above.
+    unsafe { *obj = std::ptr::null_mut() };
+    0
+}
+
+unsafe extern "C" fn gs_destroy(
+    _: *mut luo_generated::liveupdate::liveupdate_file_handler,
+    _: *mut std::ffi::c_void,
+) {
+}
+
+struct SyncGsOps(luo_generated::liveupdate::liveupdate_fh_global_state_ops);
+// SAFETY: immutable after construction.
+unsafe impl Sync for SyncGsOps {}
+static GS_OPS: SyncGsOps = SyncGsOps(luo_generated::liveupdate::liveupdate_fh_global_state_ops {
+    global_state_create: Some(gs_create),
+    global_state_restore: Some(gs_restore),
+    global_state_destroy: Some(gs_destroy),
+});
+
+/// Regression for the lock-order check's finding: registering a handler's
+/// global state while incoming sessions exist counted their files (taking
+/// the session lists) under the handler's global-state lock, the reverse of
+/// reboot's order. In a debug build the check panics if it comes back;
+/// here a reboot also runs on another thread at the same time.
+#[test]
+fn global_state_register_took_the_session_lists_under_its_lock() {
+    let k = Kernel::boot(&BootOptions::default(), None).expect("boot");
+    testing::register(&k, false).expect("register");
+    let dev = k.open_dev().expect("open");
+    let s = k.create_session(dev, "s").expect("create");
+    let fd = k.test_file(1).expect("file");
+    k.preserve_fd(s, fd, 1).expect("preserve");
+    let k2 = k.kexec_into(&BootOptions::default()).expect("kexec");
+    testing::register(&k2, false).expect("register 2");
+    // The first open deserializes: the incoming file is counted at registration.
+    let dev2 = k2.open_dev().expect("open 2");
+    let s2 = k2.create_session(dev2, "out").expect("create 2");
+    let f2 = k2.test_file(2).expect("file 2");
+    k2.preserve_fd(s2, f2, 2).expect("preserve 2");
+    std::thread::scope(|t| {
+        let kr = k2.clone();
+        let reboot = t.spawn(move || kr.kexec().map(drop));
+        let _g = k2.enter();
+        // SAFETY: a registered static handler and static ops.
+        let r = unsafe {
+            k2.luo()
+                .global_state_register(testing::TEST_HANDLER.as_ptr(), &GS_OPS.0)
+        };
+        assert!(matches!(r, Ok(()) | Err(luo_abi::Errno::EBUSY)), "{r:?}");
+        reboot.join().expect("reboot thread").expect("reboot");
+    });
+}

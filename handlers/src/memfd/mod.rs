@@ -206,6 +206,23 @@ fn read_ser<F: Format>(kho: &Kho, data: u64) -> Result<format::Ser, Errno> {
     F::decode(&b)
 }
 
+/// Claims the page of a handed-over `memfd_luo_ser` (KHO refuses an address that is not an
+/// incoming preserved page, so a corrupt `serialized_data` is never dereferenced) and reads
+/// it; returns it with the page's order, for [`KhoService::free_folio`]. A record that does
+/// not decode is released at once.
+fn claim_ser<F: Format>(kho: &Kho, data: u64) -> Result<(format::Ser, u32), Errno> {
+    if data == 0 {
+        return Err(Errno::EINVAL);
+    }
+    let at = PhysAddr::new(data);
+    let order = kho.restore_folio(at)?;
+    let r = read_ser::<F>(kho, data);
+    if r.is_err() {
+        let _ = kho.free_folio(at, order);
+    }
+    r.map(|s| (s, order))
+}
+
 fn desc_to_abi(d: &VmallocDesc) -> kho_vmalloc {
     kho_vmalloc {
         first: d.first.cast(),
@@ -434,13 +451,25 @@ unsafe extern "C" fn retrieve<F: Format>(args: *mut liveupdate_file_op_args) -> 
 fn do_retrieve<F: Format>(data: u64) -> Result<*mut CFile, Errno> {
     let h = host()?;
     let kho = kho()?;
-    let ser = read_ser::<F>(&kho, data)?;
+    let (ser, ser_order) = claim_ser::<F>(&kho, data)?;
+    let r = retrieve_claimed(h, &kho, &ser);
+    // The record is consumed either way (found by the bit-flip sweep, which read records
+    // at corrupt addresses before they were claimed).
+    let _ = kho.free_folio(PhysAddr::new(data), ser_order);
+    r
+}
+
+fn retrieve_claimed(
+    h: &dyn crate::host::Host,
+    kho: &Kho,
+    ser: &format::Ser,
+) -> Result<*mut CFile, Errno> {
     let file = h.memfd_alloc_file("", MFD_ALLOW_SEALING)?;
     let shm = file.as_shmem().ok_or(Errno::EINVAL)?;
     shm.add_seals(ser.seals)?;
     shm.set_pos(ser.pos);
     shm.set_size(ser.size)?;
-    let (entries, pages) = restore_array(&kho, &ser).map_err(|_| Errno::EINVAL)?;
+    let (entries, pages) = restore_array(kho, ser).map_err(|_| Errno::EINVAL)?;
     for e in &entries {
         let phys = PhysAddr::from_pfn(e.pfn()).ok_or(Errno::EIO)?;
         let order = kho.restore_folio(phys).map_err(|_| Errno::EIO)?;
@@ -466,7 +495,6 @@ fn do_retrieve<F: Format>(data: u64) -> Result<*mut CFile, Errno> {
     for p in pages {
         kho.free_folio(p, order)?;
     }
-    kho.restore_free(PhysAddr::new(data))?;
     h.file_to_c(file)
 }
 
@@ -479,8 +507,7 @@ unsafe extern "C" fn finish<F: Format>(args: *mut liveupdate_file_op_args) {
     let Ok(kho) = kho() else {
         return;
     };
-    let Ok(ser) = read_ser::<F>(&kho, a.serialized_data) else {
-        let _ = kho.restore_free(PhysAddr::new(a.serialized_data));
+    let Ok((ser, ser_order)) = claim_ser::<F>(&kho, a.serialized_data) else {
         return;
     };
     if let Ok((entries, pages)) = restore_array(&kho, &ser) {
@@ -497,5 +524,5 @@ unsafe extern "C" fn finish<F: Format>(args: *mut liveupdate_file_op_args) {
             let _ = kho.free_folio(p, order);
         }
     }
-    let _ = kho.restore_free(PhysAddr::new(a.serialized_data));
+    let _ = kho.free_folio(PhysAddr::new(a.serialized_data), ser_order);
 }

@@ -1,0 +1,3 @@
+#![no_main]
+//! Fuzz target `memfd_format`: see `luo_tests::fuzz_targets::memfd_format`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| luo_tests::fuzz_targets::memfd_format(data));

@@ -37,6 +37,7 @@ use alloc::vec::Vec;
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use crate::errno::{Errno, Result};
+use crate::file::ShmemFolio;
 use crate::phys::{Phys, PhysAddr, PAGE_SIZE};
 
 /// Marker for the page-sized `struct kho_vmalloc_chunk` of the KHO ABI, whose layout is
@@ -84,6 +85,40 @@ pub trait KhoService {
     /// Claims an incoming preserved folio in the new kernel (`kho_restore_folio`); returns
     /// its order as recorded in the preserved map.
     fn restore_folio(&self, phys: PhysAddr) -> Result<u32>;
+
+    /// Preserves every folio of `folios`, as a loop of [`KhoService::preserve_folio`] (the
+    /// preserve loop of `memfd_luo`), all or nothing: on an error the folios this call
+    /// preserved are unpreserved again and the error is returned.
+    ///
+    /// Not an upstream call: the default makes one call per folio; a service overrides it to
+    /// take its lock and find the memory once per batch instead of once per folio (the
+    /// `memfd_preserve` benchmark).
+    fn preserve_folios(&self, folios: &[ShmemFolio]) -> Result {
+        for (done, f) in folios.iter().enumerate() {
+            if let Err(e) = self.preserve_folio(f.phys, f.order) {
+                for g in &folios[..done] {
+                    let _ = self.unpreserve_folio(g.phys, g.order);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims the incoming folios at `phys` in order, as a loop of
+    /// [`KhoService::restore_folio`], appending each one's order to `orders`. Stops at the
+    /// first error and returns it; the folios before it stay restored (their orders are in
+    /// `orders`), as they would after the loop.
+    ///
+    /// Not an upstream call: a service overrides it to take its lock once per batch (the
+    /// `memfd_retrieve` benchmark).
+    fn restore_folios(&self, phys: &[PhysAddr], orders: &mut Vec<u32>) -> Result {
+        orders.reserve(phys.len());
+        for &p in phys {
+            orders.push(self.restore_folio(p)?);
+        }
+        Ok(())
+    }
 
     /// Preserves `nr_pages` order-0 pages starting at `phys` (`kho_preserve_pages`).
     fn preserve_pages(&self, phys: PhysAddr, nr_pages: usize) -> Result;

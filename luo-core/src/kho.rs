@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
+use luo_abi::file::ShmemFolio;
 use luo_abi::kho::{KhoService, VmallocChunk, VmallocDesc};
 use luo_abi::{Errno, PAGE_SIZE, Phys, PhysAddr};
 use luo_generated::kho::{KHO_VMALLOC_SIZE, kho_vmalloc_chunk};
@@ -24,6 +25,10 @@ use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
 use crate::error::ImageError;
 use crate::lock_order::{Level, Ordered};
+mod track;
+
+use track::MemTrack;
+
 use crate::mem::{
     ARENA_BASE, Backing, BackingKind, ExtRegion, POISON, PageAlloc, REGION_BASE, REGION_SPAN,
     host_err, lock,
@@ -203,16 +208,20 @@ struct State {
     alloc: PageAlloc,
     /// Live arena allocations made with `alloc_folio`/`alloc_preserve` or restored: phys → order.
     folios: HashMap<u64, u32>,
-    out: BTreeMap<u64, u32>,
-    inc: BTreeMap<u64, u32>,
+    /// This kernel's preserved blocks, handed to the next kernel (`kho_out`).
+    out: MemTrack,
+    /// The previous kernel's preserved blocks not restored yet.
+    inc: MemTrack,
     sub_out: BTreeMap<String, (u64, usize)>,
     sub_in: BTreeMap<String, (u64, usize)>,
     regions: BTreeMap<u64, RegionSlot>,
     /// Bases of the regions carried from the previous kernel.
     carried: HashSet<u64>,
-    /// Every page restored since boot (incoming pages leave `inc` as they are claimed).
-    claimed: HashSet<u64>,
+    /// Every block restored since boot (incoming blocks leave `inc` as they are claimed).
+    claimed: MemTrack,
     next_region: u64,
+    /// A carried region's base is not `REGION_BASE` plus a multiple of `REGION_SPAN`.
+    odd_region_base: bool,
     dead: bool,
 }
 
@@ -253,22 +262,6 @@ fn order_bytes(order: u32) -> u64 {
     if order > 40 { u64::MAX } else { PAGE << order }
 }
 
-/// Whether a block of `map` intersects `start..start + len`.
-///
-/// The blocks of a map are disjoint (every insertion is checked with this function first), so
-/// only the last block starting before the end can reach into the range: any earlier one ends
-/// before that block starts. This check runs once per preserved folio (the `memfd_preserve`
-/// benchmark), and folios usually come in ascending order: when the map's last block starts
-/// before the end it is that block, found without a search; otherwise one descent finds it.
-fn overlaps(map: &BTreeMap<u64, u32>, start: u64, len: u64) -> bool {
-    let end = start.saturating_add(len.max(1));
-    let last_before_end = match map.last_key_value() {
-        Some(last) if *last.0 < end => Some(last),
-        _ => map.range(..end).next_back(),
-    };
-    last_before_end.is_some_and(|(&p, &o)| p.saturating_add(order_bytes(o)) > start)
-}
-
 fn order_for_pages(pages: u64) -> Option<u32> {
     pages.checked_next_power_of_two().map(u64::trailing_zeros)
 }
@@ -295,14 +288,15 @@ impl Kho {
                 State {
                     alloc: PageAlloc::new(arena_pages),
                     folios: HashMap::new(),
-                    out: BTreeMap::new(),
-                    inc: BTreeMap::new(),
+                    out: MemTrack::new(),
+                    inc: MemTrack::new(),
                     sub_out: BTreeMap::new(),
                     sub_in: BTreeMap::new(),
                     regions: BTreeMap::new(),
                     carried: HashSet::new(),
-                    claimed: HashSet::new(),
+                    claimed: MemTrack::new(),
                     next_region: 0,
+                    odd_region_base: false,
                     dead: false,
                 },
             ),
@@ -324,6 +318,10 @@ impl Kho {
                     },
                 );
                 st.carried.insert(r.base());
+                st.odd_region_base |= r
+                    .base()
+                    .checked_sub(REGION_BASE)
+                    .is_none_or(|off| !off.is_multiple_of(REGION_SPAN));
                 let slot = (r.base() - REGION_BASE) / REGION_SPAN;
                 st.next_region = st.next_region.max(slot + 1);
             }
@@ -333,7 +331,7 @@ impl Kho {
                 let size = order_bytes(r.order);
                 for i in 0..u64::from(r.count) {
                     let phys = r.phys + i * size;
-                    if overlaps(&st.inc, phys, size) {
+                    if !st.inc.insert(phys, r.order) {
                         return Err(ImageError::Overlap { phys });
                     }
                     if let Some(idx) = kho.arena_index(phys)
@@ -341,7 +339,6 @@ impl Kho {
                     {
                         return Err(ImageError::Overlap { phys });
                     }
-                    st.inc.insert(phys, r.order);
                 }
             }
             st.sub_in = subtrees;
@@ -410,9 +407,9 @@ impl Kho {
     pub fn stats(&self) -> KhoStats {
         let st = lock(&self.st);
         KhoStats {
-            preserved_pages: st.out.values().map(|&o| 1u64 << o).sum(),
+            preserved_pages: st.out.pages(),
             preserved_ranges: st.out.len(),
-            incoming_pages: st.inc.values().map(|&o| 1u64 << o).sum(),
+            incoming_pages: st.inc.pages(),
             arena_pages_in_use: st.alloc.in_use(),
             regions: st
                 .regions
@@ -429,7 +426,7 @@ impl Kho {
 
     /// Number of pages restored since boot.
     pub fn claimed_pages(&self) -> usize {
-        lock(&self.st).claimed.len()
+        lock(&self.st).claimed.pages() as usize
     }
 
     fn violation(&self, v: KhoViolation) {
@@ -454,13 +451,13 @@ impl Kho {
         !st.carried.contains(&base)
             || (first..=last).all(|p| {
                 let a = p * PAGE;
-                st.claimed.contains(&a) || overlaps(&st.inc, a, PAGE)
+                st.claimed.contains_page(a) || st.inc.contains_page(a)
             })
     }
 
     /// The outgoing preserved map (phys → order), for inspection.
     pub fn outgoing_map(&self) -> Vec<(u64, u32)> {
-        lock(&self.st).out.iter().map(|(&p, &o)| (p, o)).collect()
+        lock(&self.st).out.iter().collect()
     }
 
     /// The arena backing kind.
@@ -516,7 +513,7 @@ impl Kho {
         let mut st = lock(&self.st);
         let State { regions, inc, .. } = &mut *st;
         regions.retain(|&base, slot| {
-            if slot.pin.is_some() && inc.range(base..base + REGION_SPAN).next().is_none() {
+            if slot.pin.is_some() && !inc.overlaps(base, REGION_SPAN) {
                 slot.pin = None;
             }
             slot.pin.is_some() || slot.weak.strong_count() > 0
@@ -536,8 +533,8 @@ impl Kho {
         // it), without a set of every preserved page.
         let mut blocks = st
             .out
-            .range(ARENA_BASE..ARENA_BASE + self.arena_pages * PAGE)
-            .map(|(&p, &o)| ((p - ARENA_BASE) / PAGE, 1u64 << o))
+            .range(ARENA_BASE, ARENA_BASE + self.arena_pages * PAGE)
+            .map(|(p, o)| ((p - ARENA_BASE) / PAGE, 1u64 << o))
             .peekable();
         let mut kept_until = 0u64;
         for i in 0..st.alloc.pages() {
@@ -551,22 +548,22 @@ impl Kho {
                 self.arena.fill(i * PAGE, PAGE, POISON)?;
             }
         }
+        drop(blocks);
         // Regions: carry those with preserved pages; poison their other pages.
         let mut carried = Vec::new();
         for (&base, slot) in &st.regions {
             let Some(r) = slot.weak.upgrade() else {
                 continue;
             };
-            let blocks = st.out.range(base..base + REGION_SPAN);
-            if blocks.clone().next().is_none() {
+            if !st.out.overlaps(base, REGION_SPAN) {
                 continue;
             }
-            poison_region_gaps(&r, blocks)?;
+            poison_region_gaps(&r, st.out.range(base, base + REGION_SPAN))?;
             carried.push(r);
         }
         // The blob: compressed runs of the preserved map, then the subtrees.
         let mut ranges: Vec<BlobRange> = Vec::new();
-        for (&p, &o) in &st.out {
+        for (p, o) in st.out.iter() {
             if let Some(last) = ranges.last_mut()
                 && last.order == o
                 && last.count < u32::MAX
@@ -623,15 +620,30 @@ impl Kho {
     /// Whether `phys..phys+len` is memory that can be preserved: allocated arena pages or
     /// pages of a live region.
     fn preservable(&self, st: &State, phys: u64, len: u64) -> bool {
+        self.preservable_in(st, phys, len, &mut None)
+    }
+
+    /// [`Kho::preservable`] for a batch under one hold of the lock: `region` remembers the base
+    /// of the live region found last, and an address inside it needs no lookup (the folios of
+    /// one memfd all lie in its region; regions only come and go under the lock).
+    fn preservable_in(&self, st: &State, phys: u64, len: u64, region: &mut Option<u64>) -> bool {
         if let Some(idx) = self.arena_index(phys) {
             let n = len / PAGE;
             return idx.checked_add(n).is_some_and(|e| e <= self.arena_pages)
                 && (idx..idx + n).all(|i| st.alloc.is_used(i));
         }
-        region_base_of(st, phys).is_some_and(|base| {
-            phys.checked_add(len)
-                .is_some_and(|e| e <= base + REGION_SPAN)
-        })
+        let base = match *region {
+            Some(b) if phys >= b && phys - b < REGION_SPAN => b,
+            _ => match region_base_of(st, phys) {
+                Some(b) => {
+                    *region = Some(b);
+                    b
+                }
+                None => return false,
+            },
+        };
+        phys.checked_add(len)
+            .is_some_and(|e| e <= base + REGION_SPAN)
     }
 
     fn alloc_locked(&self, st: &mut State, order: u32) -> Result<u64, Errno> {
@@ -648,7 +660,7 @@ impl Kho {
 
     fn free_locked(&self, st: &mut State, phys: u64, order: u32) -> Result<(), Errno> {
         if let Some(idx) = self.arena_index(phys) {
-            if st.folios.get(&phys) != Some(&order) || overlaps(&st.out, phys, order_bytes(order)) {
+            if st.folios.get(&phys) != Some(&order) || st.out.overlaps(phys, order_bytes(order)) {
                 return Err(Errno::EINVAL);
             }
             st.folios.remove(&phys);
@@ -658,44 +670,53 @@ impl Kho {
             return Ok(());
         }
         // A region page (a restored memfd folio): nothing to free in the arena.
-        if region_base_of(st, phys).is_some() && !overlaps(&st.out, phys, order_bytes(order)) {
+        if region_base_of(st, phys).is_some() && !st.out.overlaps(phys, order_bytes(order)) {
             return Ok(());
         }
         Err(Errno::EINVAL)
     }
 
     fn preserve_locked(&self, st: &mut State, phys: u64, order: u32) -> Result<(), Errno> {
+        self.preserve_in(st, phys, order, &mut None)
+    }
+
+    /// [`Kho::preserve_locked`] with [`Kho::preservable_in`]'s region cache.
+    fn preserve_in(
+        &self,
+        st: &mut State,
+        phys: u64,
+        order: u32,
+        region: &mut Option<u64>,
+    ) -> Result<(), Errno> {
         let size = order_bytes(order);
         if order > MAX_ORDER || phys == 0 || !phys.is_multiple_of(size) {
             return Err(Errno::EINVAL);
         }
-        if !self.preservable(st, phys, size) {
+        if !self.preservable_in(st, phys, size, region) {
             return Err(Errno::EINVAL);
         }
-        if overlaps(&st.out, phys, size) {
+        if !st.out.insert(phys, order) {
             return Err(Errno::EEXIST);
         }
-        st.out.insert(phys, order);
         Ok(())
     }
 
     fn unpreserve_locked(st: &mut State, phys: u64, order: u32) -> Result<(), Errno> {
-        if st.out.get(&phys) != Some(&order) {
+        if st.out.get(phys) != Some(order) {
             return Err(Errno::EINVAL);
         }
-        st.out.remove(&phys);
+        st.out.remove(phys);
         Ok(())
     }
 
     fn restore_locked(&self, st: &mut State, phys: u64) -> Result<u32, Errno> {
-        if st.claimed.contains(&phys) {
+        if st.claimed.contains_page(phys) {
             self.violation(KhoViolation::DoubleClaim { phys });
             return Err(Errno::EINVAL);
         }
-        let order = st.inc.remove(&phys).ok_or(Errno::EINVAL)?;
-        for i in 0..1u64 << order {
-            st.claimed.insert(phys + i * PAGE);
-        }
+        let order = st.inc.remove(phys).ok_or(Errno::EINVAL)?;
+        // Incoming blocks are disjoint and leave `inc` once claimed, so this cannot overlap.
+        st.claimed.insert(phys, order);
         if self.arena_index(phys).is_some() {
             st.folios.insert(phys, order);
         }
@@ -753,7 +774,7 @@ impl Kho {
             if !seen.insert(next) || chunks.len() as u64 >= max_chunks {
                 return Err(Errno::EINVAL);
             }
-            if map.get(&next) != Some(&0) {
+            if map.get(next) != Some(0) {
                 return Err(Errno::EINVAL);
             }
             let mut chunk = kho_vmalloc_chunk::new_zeroed();
@@ -778,14 +799,14 @@ impl Kho {
 /// address order) covers. Walks the ordered blocks and writes the gaps between them, so a
 /// kexec costs O(preserved blocks + poisoned pages) without a set of every preserved page
 /// (for a 16 GiB memfd that set held 4 Mi entries; the `blackout` benchmark).
-fn poison_region_gaps<'a>(
+fn poison_region_gaps(
     r: &ExtRegion,
-    blocks: impl Iterator<Item = (&'a u64, &'a u32)>,
+    blocks: impl Iterator<Item = (u64, u32)>,
 ) -> Result<(), Errno> {
     let size_pages = r.size()?.div_ceil(PAGE);
     let poison = vec![POISON; PAGE_SIZE];
     let mut next = 0u64;
-    for (&p, &o) in blocks {
+    for (p, o) in blocks {
         let first = (p - r.base()) / PAGE;
         for i in next..first.min(size_pages) {
             r.write(i * PAGE, &poison)?;
@@ -861,16 +882,26 @@ pub(crate) fn parse_blob_entries(
 /// Like `region_of`, it answers for this instant only (a file may drop the region's last
 /// reference right after); callers only check an address with it.
 fn region_base_of(st: &State, phys: u64) -> Option<u64> {
-    let (&base, slot) = st.regions.range(..=phys).next_back()?;
-    (phys < base + REGION_SPAN && slot.weak.strong_count() > 0).then_some(base)
+    let (base, slot) = region_slot(st, phys)?;
+    (slot.weak.strong_count() > 0).then_some(base)
 }
 
 fn region_of(st: &State, phys: u64) -> Option<Arc<ExtRegion>> {
-    let (&base, slot) = st.regions.range(..=phys).next_back()?;
-    if phys >= base + REGION_SPAN {
-        return None;
+    region_slot(st, phys)?.1.weak.upgrade()
+}
+
+/// The slot of the region whose span contains `phys` (the last region starting at or below
+/// it). Regions sit at `REGION_BASE` plus a multiple of `REGION_SPAN` (`add_region`), so the
+/// base is computed and looked up as one key, unless a handover brought a region based
+/// elsewhere (a corrupt image or descriptor): then the ordered search, as for any base.
+fn region_slot(st: &State, phys: u64) -> Option<(u64, &RegionSlot)> {
+    if !st.odd_region_base {
+        let off = phys.checked_sub(REGION_BASE)?;
+        let base = REGION_BASE + off / REGION_SPAN * REGION_SPAN;
+        return st.regions.get(&base).map(|slot| (base, slot));
     }
-    slot.weak.upgrade()
+    let (&base, slot) = st.regions.range(..=phys).next_back()?;
+    (phys < base + REGION_SPAN).then_some((base, slot))
 }
 
 impl crate::blocks::PhysRead for Kho {
@@ -888,9 +919,9 @@ impl crate::blocks::PhysRead for Kho {
         (phys / PAGE..end.div_ceil(PAGE)).all(|p| {
             let a = p * PAGE;
             let live = self.arena_index(a).is_none_or(|i| st.alloc.is_used(i));
-            overlaps(&st.inc, a, PAGE)
-                || (st.claimed.contains(&a) && live)
-                || overlaps(&st.out, a, PAGE)
+            st.inc.contains_page(a)
+                || (st.claimed.contains_page(a) && live)
+                || st.out.contains_page(a)
         })
     }
 }
@@ -933,6 +964,35 @@ impl KhoService for Kho {
         self.restore_locked(&mut st, phys.as_u64())
     }
 
+    /// One hold of the lock and one region lookup for the whole batch; each folio is still
+    /// an allocation site and gets every check of [`KhoService::preserve_folio`].
+    fn preserve_folios(&self, folios: &[ShmemFolio]) -> luo_abi::Result {
+        let mut st = lock(&self.st);
+        Kho::check_alive(&st)?;
+        let mut region = None;
+        for (done, f) in folios.iter().enumerate() {
+            let r = alloc_site("preserve_folio")
+                .and_then(|()| self.preserve_in(&mut st, f.phys.as_u64(), f.order, &mut region));
+            if let Err(e) = r {
+                for g in &folios[..done] {
+                    let _ = Kho::unpreserve_locked(&mut st, g.phys.as_u64(), g.order);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// One hold of the lock for the whole batch.
+    fn restore_folios(&self, phys: &[PhysAddr], orders: &mut Vec<u32>) -> luo_abi::Result {
+        let mut st = lock(&self.st);
+        orders.reserve(phys.len());
+        for p in phys {
+            orders.push(self.restore_locked(&mut st, p.as_u64())?);
+        }
+        Ok(())
+    }
+
     fn preserve_pages(&self, phys: PhysAddr, nr_pages: usize) -> luo_abi::Result {
         let mut st = lock(&self.st);
         Kho::check_alive(&st)?;
@@ -942,7 +1002,7 @@ impl KhoService for Kho {
         if nr_pages == 0 || p == 0 || !phys.is_page_aligned() || !self.preservable(&st, p, len) {
             return Err(Errno::EINVAL);
         }
-        if overlaps(&st.out, p, len) {
+        if st.out.overlaps(p, len) {
             return Err(Errno::EEXIST);
         }
         for i in 0..nr_pages as u64 {
@@ -954,11 +1014,11 @@ impl KhoService for Kho {
     fn unpreserve_pages(&self, phys: PhysAddr, nr_pages: usize) -> luo_abi::Result {
         let mut st = lock(&self.st);
         let p = phys.as_u64();
-        if nr_pages == 0 || !(0..nr_pages as u64).all(|i| st.out.get(&(p + i * PAGE)) == Some(&0)) {
+        if nr_pages == 0 || !(0..nr_pages as u64).all(|i| st.out.get(p + i * PAGE) == Some(0)) {
             return Err(Errno::EINVAL);
         }
         for i in 0..nr_pages as u64 {
-            st.out.remove(&(p + i * PAGE));
+            st.out.remove(p + i * PAGE);
         }
         Ok(())
     }
@@ -966,7 +1026,7 @@ impl KhoService for Kho {
     fn restore_pages(&self, phys: PhysAddr, nr_pages: usize) -> luo_abi::Result {
         let mut st = lock(&self.st);
         let p = phys.as_u64();
-        if nr_pages == 0 || !(0..nr_pages as u64).all(|i| st.inc.get(&(p + i * PAGE)) == Some(&0)) {
+        if nr_pages == 0 || !(0..nr_pages as u64).all(|i| st.inc.get(p + i * PAGE) == Some(0)) {
             return Err(Errno::EINVAL);
         }
         for i in 0..nr_pages as u64 {
@@ -991,7 +1051,7 @@ impl KhoService for Kho {
             if a == 0 || !a.is_multiple_of(block) || !self.preservable(&st, a, block) {
                 return Err(Errno::EINVAL);
             }
-            if !seen.insert(a) || overlaps(&st.out, a, block) {
+            if !seen.insert(a) || st.out.overlaps(a, block) {
                 return Err(Errno::EEXIST);
             }
         }
@@ -1040,17 +1100,17 @@ impl KhoService for Kho {
         let n = 1u64 << desc.order;
         if !entries
             .iter()
-            .all(|&e| (0..n).all(|i| st.out.get(&(e + i * PAGE)) == Some(&0)))
+            .all(|&e| (0..n).all(|i| st.out.get(e + i * PAGE) == Some(0)))
         {
             return Err(Errno::EINVAL);
         }
         for e in entries {
             for i in 0..n {
-                st.out.remove(&(e + i * PAGE));
+                st.out.remove(e + i * PAGE);
             }
         }
         for c in chunks {
-            st.out.remove(&c);
+            st.out.remove(c);
             self.free_locked(&mut st, c, 0)?;
         }
         Ok(())
@@ -1062,7 +1122,7 @@ impl KhoService for Kho {
         let n = 1u64 << desc.order;
         if !entries
             .iter()
-            .all(|&e| (0..n).all(|i| st.inc.get(&(e + i * PAGE)) == Some(&0)))
+            .all(|&e| (0..n).all(|i| st.inc.get(e + i * PAGE) == Some(0)))
         {
             return Err(Errno::EINVAL);
         }
@@ -1104,7 +1164,7 @@ impl KhoService for Kho {
     fn unpreserve_free(&self, phys: PhysAddr) -> luo_abi::Result {
         let mut st = lock(&self.st);
         let p = phys.as_u64();
-        let order = *st.out.get(&p).ok_or(Errno::EINVAL)?;
+        let order = st.out.get(p).ok_or(Errno::EINVAL)?;
         if st.folios.get(&p) != Some(&order) {
             return Err(Errno::EINVAL);
         }
@@ -1238,6 +1298,102 @@ mod tests {
         k2.free_folio(f, 2).unwrap();
         assert_eq!(k2.stats().incoming_pages, 0);
         assert_eq!(k2.retrieve_subtree("nope"), Err(Errno::ENOENT));
+    }
+
+    fn folio(phys: PhysAddr, order: u32) -> ShmemFolio {
+        ShmemFolio {
+            index: 0,
+            phys,
+            order,
+            dirty: false,
+            uptodate: true,
+        }
+    }
+
+    /// `preserve_folios` is a loop of `preserve_folio` that undoes itself on an error;
+    /// `restore_folios` a loop of `restore_folio` that stops at the first error.
+    #[test]
+    fn batched_folio_calls_match_the_per_folio_calls() {
+        let k = Kho::new(BackingKind::Heap, 256).unwrap();
+        let a = k.alloc_folio(0).unwrap();
+        let b = k.alloc_folio(2).unwrap();
+        let c = k.alloc_folio(0).unwrap();
+        let unallocated = pa(ARENA_BASE + 200 * PAGE);
+        for (bad, err) in [
+            (folio(a, 0), Errno::EEXIST),
+            (folio(pa(b.as_u64() + PAGE), 0), Errno::EEXIST),
+            (folio(pa(c.as_u64() + 8), 0), Errno::EINVAL),
+            (folio(c, 1), Errno::EINVAL),
+            (folio(unallocated, 0), Errno::EINVAL),
+        ] {
+            let batch = [folio(a, 0), folio(b, 2), bad, folio(c, 0)];
+            assert_eq!(k.preserve_folios(&batch), Err(err), "{bad:?}");
+            assert!(k.outgoing_map().is_empty(), "{bad:?}");
+        }
+        // Every folio is an allocation site; a fault at any of them undoes the batch.
+        let all = [folio(a, 0), folio(b, 2), folio(c, 0)];
+        for n in 0..all.len() {
+            inject_alloc_faults(Some(n), Errno::ENOMEM);
+            assert_eq!(k.preserve_folios(&all), Err(Errno::ENOMEM));
+            assert_eq!(take_alloc_faults(), vec!["preserve_folio"; n + 1]);
+            assert!(k.outgoing_map().is_empty());
+        }
+        k.preserve_folios(&all).unwrap();
+        let mut want = vec![(a.as_u64(), 0), (b.as_u64(), 2), (c.as_u64(), 0)];
+        want.sort();
+        assert_eq!(k.outgoing_map(), want);
+        assert_eq!(k.preserve_folios(&[folio(c, 0)]), Err(Errno::EEXIST));
+        assert_eq!(k.stats().preserved_pages, 6);
+
+        let k2 = Kho::boot(k.kexec().unwrap()).unwrap();
+        let mut orders = Vec::new();
+        assert_eq!(
+            k2.restore_folios(&[b, unallocated, a], &mut orders),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(orders, [2]);
+        orders.clear();
+        assert_eq!(
+            k2.restore_folios(&[a, c, pa(b.as_u64() + PAGE)], &mut orders),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(orders, [0, 0]);
+        assert_eq!(
+            k2.violations(),
+            vec![KhoViolation::DoubleClaim {
+                phys: b.as_u64() + PAGE
+            }]
+        );
+        assert_eq!((k2.stats().incoming_pages, k2.claimed_pages()), (0, 6));
+        assert_eq!(k2.restore_folios(&[], &mut orders), Ok(()));
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "host memfd syscalls")]
+    fn batched_preserve_over_regions() {
+        let k = Kho::new(BackingKind::Heap, 64).unwrap();
+        let r1 = k.new_region("one").unwrap();
+        let r2 = k.new_region("two").unwrap();
+        let f = |p: u64, order| folio(pa(p), order);
+        k.preserve_folios(&[
+            f(r1.base(), 0),
+            f(r1.base() + 4 * PAGE, 2),
+            f(r2.base() + PAGE, 0),
+            f(r1.base() + REGION_SPAN - PAGE, 0),
+        ])
+        .unwrap();
+        assert_eq!(k.stats().preserved_pages, 7);
+        // The region found for the first folio does not vouch for an address past its span,
+        // nor does a region whose last reference is gone.
+        let gone = r2.base();
+        drop(r2);
+        for bad in [f(gone + 8 * PAGE, 0), f(REGION_BASE + 5 * REGION_SPAN, 0)] {
+            assert_eq!(
+                k.preserve_folios(&[f(r1.base() + PAGE, 0), bad]),
+                Err(Errno::EINVAL)
+            );
+        }
+        assert_eq!(k.stats().preserved_pages, 7);
     }
 
     #[test]

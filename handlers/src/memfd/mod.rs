@@ -18,7 +18,7 @@ use std::ffi::{c_int, c_ulong};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use luo_abi::file::{File, MFD_ALLOW_SEALING, ShmemFolio};
+use luo_abi::file::{File, MFD_ALLOW_SEALING, ShmemFile, ShmemFolio};
 use luo_abi::kho::{KhoService, VmallocChunk, VmallocDesc};
 use luo_abi::{Errno, PAGE_SIZE, Phys, PhysAddr};
 use luo_generated::kho::kho_vmalloc;
@@ -317,14 +317,8 @@ fn preserve_steps<F: Format>(kho: &Kho, file: &dyn File, p: &mut Private) -> Res
     };
     p.ser = kho.alloc_preserve(F::SIZE)?;
     p.folios = shm.pin_folios()?;
-    for (done, f) in p.folios.iter().enumerate() {
-        if let Err(e) = kho.preserve_folio(f.phys, f.order) {
-            for g in &p.folios[..done] {
-                let _ = kho.unpreserve_folio(g.phys, g.order);
-            }
-            return Err(e);
-        }
-    }
+    // All or nothing: on an error none of them stays preserved.
+    kho.preserve_folios(&p.folios)?;
     PRESERVED.fetch_add(p.folios.len() as u64, Ordering::Relaxed);
     if !p.folios.is_empty() {
         let mut bytes = Vec::with_capacity(p.folios.len() * ENTRY);
@@ -459,6 +453,31 @@ fn do_retrieve<F: Format>(data: u64) -> Result<*mut CFile, Errno> {
     r
 }
 
+/// Makes a restored folio the file's, zeroing it first when it was never written.
+fn install_folio(
+    kho: &Kho,
+    shm: &dyn ShmemFile,
+    e: &memfd_luo_folio_ser,
+    phys: PhysAddr,
+    order: u32,
+) -> Result<(), Errno> {
+    if e.flags() & MEMFD_LUO_FOLIO_UPTODATE == 0 {
+        // A memfd-v1 writer recorded the folio's real flags: one never written holds
+        // garbage, so zero it before it becomes visible (§8a).
+        kho.write(phys, &vec![0u8; (PAGE << order) as usize])?;
+        ZEROED.fetch_add(1, Ordering::Relaxed);
+    }
+    shm.add_folio(ShmemFolio {
+        index: e.index,
+        phys,
+        order,
+        dirty: true,
+        uptodate: true,
+    })?;
+    RESTORED.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
 fn retrieve_claimed(
     h: &dyn crate::host::Host,
     kho: &Kho,
@@ -470,27 +489,24 @@ fn retrieve_claimed(
     shm.set_pos(ser.pos);
     shm.set_size(ser.size)?;
     let (entries, pages) = restore_array(kho, ser).map_err(|_| Errno::EINVAL)?;
-    for e in &entries {
-        let phys = PhysAddr::from_pfn(e.pfn()).ok_or(Errno::EIO)?;
-        let order = kho.restore_folio(phys).map_err(|_| Errno::EIO)?;
-        let uptodate = e.flags() & MEMFD_LUO_FOLIO_UPTODATE != 0;
-        if !uptodate {
-            // A memfd-v1 writer recorded the folio's real flags: one never written holds
-            // garbage, so zero it before it becomes visible (§8a).
-            kho.write(phys, &vec![0u8; (PAGE << order) as usize])?;
-            ZEROED.fetch_add(1, Ordering::Relaxed);
+    let phys = entries
+        .iter()
+        .map(|e| PhysAddr::from_pfn(e.pfn()).ok_or(Errno::EIO))
+        .collect::<Result<Vec<_>, _>>()?;
+    // One call for every folio (`kho_restore_folio` each). After an error the folios
+    // already claimed are still released below: the file that would hold them is dropped.
+    let mut orders = Vec::with_capacity(phys.len());
+    let mut r = kho
+        .restore_folios(&phys, &mut orders)
+        .map_err(|_| Errno::EIO);
+    for ((e, &phys), &order) in entries.iter().zip(&phys).zip(&orders) {
+        if r.is_ok() {
+            r = install_folio(kho, shm, e, phys, order);
         }
-        shm.add_folio(ShmemFolio {
-            index: e.index,
-            phys,
-            order,
-            dirty: true,
-            uptodate: true,
-        })?;
-        RESTORED.fetch_add(1, Ordering::Relaxed);
         // In the model the folio now belongs to the file's region; nothing to free.
         let _ = kho.free_folio(phys, order);
     }
+    r?;
     let order = u32::from({ ser.folios }.order);
     for p in pages {
         kho.free_folio(p, order)?;

@@ -120,6 +120,26 @@ pub trait KhoService {
         Ok(())
     }
 
+    /// Frees the folios at `phys`, of `orders[i]` each, as a loop of
+    /// [`KhoService::free_folio`]: every folio is tried, and the first error is returned.
+    /// `EINVAL` without freeing anything when the two slices differ in length.
+    ///
+    /// Not an upstream call: a service overrides it to take its lock once per batch (the
+    /// `memfd_retrieve` benchmark, which releases every restored folio).
+    fn free_folios(&self, phys: &[PhysAddr], orders: &[u32]) -> Result {
+        if phys.len() != orders.len() {
+            return Err(Errno::EINVAL);
+        }
+        let mut r = Ok(());
+        for (&p, &o) in phys.iter().zip(orders) {
+            let e = self.free_folio(p, o);
+            if r.is_ok() {
+                r = e;
+            }
+        }
+        r
+    }
+
     /// Preserves `nr_pages` order-0 pages starting at `phys` (`kho_preserve_pages`).
     fn preserve_pages(&self, phys: PhysAddr, nr_pages: usize) -> Result;
 

@@ -623,27 +623,17 @@ impl Kho {
         self.preservable_in(st, phys, len, &mut None)
     }
 
-    /// [`Kho::preservable`] for a batch under one hold of the lock: `region` remembers the base
-    /// of the live region found last, and an address inside it needs no lookup (the folios of
-    /// one memfd all lie in its region; regions only come and go under the lock).
+    /// [`Kho::preservable`] with [`live_region_base`]'s cache.
     fn preservable_in(&self, st: &State, phys: u64, len: u64, region: &mut Option<u64>) -> bool {
         if let Some(idx) = self.arena_index(phys) {
             let n = len / PAGE;
             return idx.checked_add(n).is_some_and(|e| e <= self.arena_pages)
                 && (idx..idx + n).all(|i| st.alloc.is_used(i));
         }
-        let base = match *region {
-            Some(b) if phys >= b && phys - b < REGION_SPAN => b,
-            _ => match region_base_of(st, phys) {
-                Some(b) => {
-                    *region = Some(b);
-                    b
-                }
-                None => return false,
-            },
-        };
-        phys.checked_add(len)
-            .is_some_and(|e| e <= base + REGION_SPAN)
+        live_region_base(st, phys, region).is_some_and(|base| {
+            phys.checked_add(len)
+                .is_some_and(|e| e <= base + REGION_SPAN)
+        })
     }
 
     fn alloc_locked(&self, st: &mut State, order: u32) -> Result<u64, Errno> {
@@ -659,6 +649,17 @@ impl Kho {
     }
 
     fn free_locked(&self, st: &mut State, phys: u64, order: u32) -> Result<(), Errno> {
+        self.free_in(st, phys, order, &mut None)
+    }
+
+    /// [`Kho::free_locked`] with [`live_region_base`]'s cache.
+    fn free_in(
+        &self,
+        st: &mut State,
+        phys: u64,
+        order: u32,
+        region: &mut Option<u64>,
+    ) -> Result<(), Errno> {
         if let Some(idx) = self.arena_index(phys) {
             if st.folios.get(&phys) != Some(&order) || st.out.overlaps(phys, order_bytes(order)) {
                 return Err(Errno::EINVAL);
@@ -670,7 +671,9 @@ impl Kho {
             return Ok(());
         }
         // A region page (a restored memfd folio): nothing to free in the arena.
-        if region_base_of(st, phys).is_some() && !st.out.overlaps(phys, order_bytes(order)) {
+        if live_region_base(st, phys, region).is_some()
+            && !st.out.overlaps(phys, order_bytes(order))
+        {
             return Ok(());
         }
         Err(Errno::EINVAL)
@@ -886,6 +889,22 @@ fn region_base_of(st: &State, phys: u64) -> Option<u64> {
     (slot.weak.strong_count() > 0).then_some(base)
 }
 
+/// [`region_base_of`] with a cache for batches under one hold of the lock: `region` holds the
+/// base of the live region found last, and an address inside its span needs no lookup (the
+/// folios of one memfd all lie in its region; regions only come and go under the lock, and
+/// with regions at their usual bases spans do not overlap).
+fn live_region_base(st: &State, phys: u64, region: &mut Option<u64>) -> Option<u64> {
+    if let Some(b) = *region
+        && !st.odd_region_base
+        && phys >= b
+        && phys - b < REGION_SPAN
+    {
+        return Some(b);
+    }
+    *region = region_base_of(st, phys);
+    *region
+}
+
 fn region_of(st: &State, phys: u64) -> Option<Arc<ExtRegion>> {
     region_slot(st, phys)?.1.weak.upgrade()
 }
@@ -981,6 +1000,23 @@ impl KhoService for Kho {
             }
         }
         Ok(())
+    }
+
+    /// One hold of the lock and one region lookup for the whole batch.
+    fn free_folios(&self, phys: &[PhysAddr], orders: &[u32]) -> luo_abi::Result {
+        if phys.len() != orders.len() {
+            return Err(Errno::EINVAL);
+        }
+        let mut st = lock(&self.st);
+        let mut region = None;
+        let mut r = Ok(());
+        for (&p, &o) in phys.iter().zip(orders) {
+            let e = self.free_in(&mut st, p.as_u64(), o, &mut region);
+            if r.is_ok() {
+                r = e;
+            }
+        }
+        r
     }
 
     /// One hold of the lock for the whole batch.
@@ -1366,6 +1402,15 @@ mod tests {
         );
         assert_eq!((k2.stats().incoming_pages, k2.claimed_pages()), (0, 6));
         assert_eq!(k2.restore_folios(&[], &mut orders), Ok(()));
+        // `free_folios` tries every folio and returns the first error.
+        assert_eq!(k2.free_folios(&[a, c], &[0]), Err(Errno::EINVAL));
+        let in_use = k2.stats().arena_pages_in_use;
+        assert_eq!(
+            k2.free_folios(&[a, unallocated, c, b], &[0, 0, 0, 2]),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(k2.stats().arena_pages_in_use, in_use - 6);
+        assert_eq!(k2.free_folios(&[a], &[0]), Err(Errno::EINVAL));
     }
 
     #[test]

@@ -503,9 +503,10 @@ fn retrieve_claimed(
         if r.is_ok() {
             r = install_folio(kho, shm, e, phys, order);
         }
-        // In the model the folio now belongs to the file's region; nothing to free.
-        let _ = kho.free_folio(phys, order);
     }
+    // In the model a folio now belongs to the file's region (after an error, to nobody): the
+    // restore's reference is dropped, which frees nothing there.
+    let _ = kho.free_folios(&phys[..orders.len()], &orders);
     r?;
     let order = u32::from({ ser.folios }.order);
     for p in pages {

@@ -624,6 +624,7 @@ impl Kho {
     }
 
     /// [`Kho::preservable`] with [`live_region_base`]'s cache.
+    #[inline]
     fn preservable_in(&self, st: &State, phys: u64, len: u64, region: &mut Option<u64>) -> bool {
         if let Some(idx) = self.arena_index(phys) {
             let n = len / PAGE;
@@ -653,6 +654,7 @@ impl Kho {
     }
 
     /// [`Kho::free_locked`] with [`live_region_base`]'s cache.
+    #[inline]
     fn free_in(
         &self,
         st: &mut State,
@@ -684,6 +686,7 @@ impl Kho {
     }
 
     /// [`Kho::preserve_locked`] with [`Kho::preservable_in`]'s region cache.
+    #[inline]
     fn preserve_in(
         &self,
         st: &mut State,
@@ -893,6 +896,7 @@ fn region_base_of(st: &State, phys: u64) -> Option<u64> {
 /// base of the live region found last, and an address inside its span needs no lookup (the
 /// folios of one memfd all lie in its region; regions only come and go under the lock, and
 /// with regions at their usual bases spans do not overlap).
+#[inline]
 fn live_region_base(st: &State, phys: u64, region: &mut Option<u64>) -> Option<u64> {
     if let Some(b) = *region
         && !st.odd_region_base

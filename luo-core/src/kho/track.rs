@@ -82,26 +82,29 @@ impl Chunk {
             || self.used[w1] & hi != 0
     }
 
-    /// Marks pages `from..to` used (`on`) or free.
+    /// Whether any page of the aligned block of `1 << order` pages at `page` is used (as
+    /// `any_used`, with one word for blocks up to 64 pages).
     #[inline]
-    fn set_used(&mut self, from: usize, to: usize, on: bool) {
-        let (w0, w1, lo, hi) = words(from, to);
-        let mut apply = |w: usize, m: u64| {
-            if on {
-                self.used[w] |= m;
-            } else {
-                self.used[w] &= !m;
-            }
-        };
-        if w0 == w1 {
-            apply(w0, lo & hi);
+    fn block_used(&self, page: usize, order: u32) -> bool {
+        if order < 6 {
+            let mask = ((1u64 << (1 << order)) - 1) << (page % 64);
+            return self.used[page / 64] & mask != 0;
+        }
+        self.used[page / 64..(page + (1 << order)) / 64]
+            .iter()
+            .any(|&w| w != 0)
+    }
+
+    /// Marks the aligned block of `1 << order` pages at `page` used (`on`) or free.
+    #[inline]
+    fn mark_block(&mut self, page: usize, order: u32, on: bool) {
+        if order < 6 {
+            let mask = ((1u64 << (1 << order)) - 1) << (page % 64);
+            let w = &mut self.used[page / 64];
+            *w = if on { *w | mask } else { *w & !mask };
             return;
         }
-        apply(w0, lo);
-        for w in w0 + 1..w1 {
-            apply(w, !0);
-        }
-        apply(w1, hi);
+        self.used[page / 64..(page + (1 << order)) / 64].fill(if on { !0 } else { 0 });
     }
 
     /// The order of the block starting at `page`.
@@ -140,12 +143,17 @@ pub(super) struct MemTrack {
     /// as upstream's bitmaps (bounded by the memory ever preserved).
     index: BTreeMap<u64, usize>,
     chunks: Vec<Chunk>,
-    /// The last chunk looked up: (chunk number, its slot or `None` for no chunk). Every new
-    /// chunk replaces it, so a cached miss stays true.
-    hint: Cell<Option<(u64, Option<usize>)>>,
+    /// The chunk number looked up last ([`NO_KEY`] at first: chunk numbers are below 2^42).
+    hint_key: Cell<u64>,
+    /// Its slot, or [`NO_SLOT`] when it has no chunk. Every new chunk becomes the hint, so a
+    /// cached miss stays true.
+    hint_slot: Cell<usize>,
     blocks: usize,
     pages: u64,
 }
+
+const NO_KEY: u64 = u64::MAX;
+const NO_SLOT: usize = usize::MAX;
 
 /// (chunk number, page in the chunk) of an address.
 fn split(phys: u64) -> (u64, usize) {
@@ -160,7 +168,8 @@ impl MemTrack {
         MemTrack {
             index: BTreeMap::new(),
             chunks: Vec::new(),
-            hint: Cell::new(None),
+            hint_key: Cell::new(NO_KEY),
+            hint_slot: Cell::new(NO_SLOT),
             blocks: 0,
             pages: 0,
         }
@@ -177,13 +186,13 @@ impl MemTrack {
     }
 
     fn slot(&self, key: u64) -> Option<usize> {
-        if let Some((k, s)) = self.hint.get()
-            && k == key
-        {
-            return s;
+        if self.hint_key.get() == key {
+            let s = self.hint_slot.get();
+            return (s != NO_SLOT).then_some(s);
         }
         let s = self.index.get(&key).copied();
-        self.hint.set(Some((key, s)));
+        self.hint_key.set(key);
+        self.hint_slot.set(s.unwrap_or(NO_SLOT));
         s
     }
 
@@ -198,7 +207,8 @@ impl MemTrack {
         let s = self.chunks.len();
         self.chunks.push(Chunk::EMPTY);
         self.index.insert(key, s);
-        self.hint.set(Some((key, Some(s))));
+        self.hint_key.set(key);
+        self.hint_slot.set(s);
         s
     }
 
@@ -217,7 +227,7 @@ impl MemTrack {
             return false;
         }
         let (key, page) = split(phys);
-        self.chunk(key).is_some_and(|c| c.any_used(page, page + 1))
+        self.chunk(key).is_some_and(|c| c.block_used(page, 0))
     }
 
     /// Whether a block intersects `start..start + len` (`len` 0 counts as 1 byte).
@@ -248,10 +258,10 @@ impl MemTrack {
         let n = 1usize << order;
         let s = self.slot_or_insert(key);
         let c = &mut self.chunks[s];
-        if c.any_used(page, page + n) {
+        if c.block_used(page, order) {
             return false;
         }
-        c.set_used(page, page + n, true);
+        c.mark_block(page, order, true);
         c.flip_start(order, page);
         self.blocks += 1;
         self.pages += n as u64;
@@ -268,7 +278,7 @@ impl MemTrack {
         let c = &mut self.chunks[s];
         let order = c.order_at(page)?;
         let n = 1usize << order;
-        c.set_used(page, page + n, false);
+        c.mark_block(page, order, false);
         c.flip_start(order, page);
         self.blocks -= 1;
         self.pages -= n as u64;

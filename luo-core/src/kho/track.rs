@@ -39,7 +39,7 @@ struct Chunk {
 
 /// Index of the start bit of the order-`order` block at page `page` of a chunk.
 fn start_bit(order: u32, page: usize) -> usize {
-    2 * CHUNK_PAGES - (2 * CHUNK_PAGES >> order) + (page >> order)
+    2 * CHUNK_PAGES - ((2 * CHUNK_PAGES) >> order) + (page >> order)
 }
 
 /// The first and last word of bits `from..to` (`from < to`) and the masks of their bits.
@@ -413,7 +413,7 @@ mod tests {
         assert_eq!(t.iter().count(), 0);
         assert!(!t.insert(PAGE, MAX_ORDER + 1));
         assert!(!t.insert(PAGE, 1));
-        let top = u64::MAX & !((PAGE << MAX_ORDER) - 1);
+        let top = !((PAGE << MAX_ORDER) - 1);
         assert!(t.insert(top, MAX_ORDER));
         assert!(t.overlaps(u64::MAX, 0));
         assert!(t.overlaps(0, u64::MAX));

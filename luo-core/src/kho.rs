@@ -716,12 +716,15 @@ impl Kho {
     }
 
     fn restore_locked(&self, st: &mut State, phys: u64) -> Result<u32, Errno> {
-        if st.claimed.contains_page(phys) {
-            self.violation(KhoViolation::DoubleClaim { phys });
+        // A claimed page is never incoming (blocks leave `inc` as they are claimed), so the
+        // claimed set is consulted only for an address that is not incoming.
+        let Some(order) = st.inc.remove(phys) else {
+            if phys.is_multiple_of(PAGE) && st.claimed.contains_page(phys) {
+                self.violation(KhoViolation::DoubleClaim { phys });
+            }
             return Err(Errno::EINVAL);
-        }
-        let order = st.inc.remove(phys).ok_or(Errno::EINVAL)?;
-        // Incoming blocks are disjoint and leave `inc` once claimed, so this cannot overlap.
+        };
+        // Incoming blocks are disjoint, so this cannot overlap a claimed block.
         st.claimed.insert(phys, order);
         if self.arena_index(phys).is_some() {
             st.folios.insert(phys, order);

@@ -11,7 +11,10 @@
 //! The host ([`GlobalHost`]) is the cheapest correct one: its `flb_get_*` and
 //! `fh_global_state_get/put` return at once (the objects were created before the first get).
 //! The real core's side of those calls (upstream takes the FLB's or the handler's mutex)
-//! belongs to luo-core and is not measured here.
+//! belongs to luo-core and is not measured here. An FLB get does not call the host at all
+//! once its object is live (the cell lends it, see `luo_abi::global::FlbCell`), so the FLB
+//! rows cost the same through the real core; handler-scoped state still calls
+//! `fh_global_state_get/put` on every get + put.
 
 use std::cell::UnsafeCell;
 use std::ffi::c_void;

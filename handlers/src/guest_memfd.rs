@@ -31,7 +31,6 @@
 //! assert_eq!(vm_of(&**g.vm()).unwrap().vm_type(), 0);
 //! ```
 
-use std::any::Any;
 use std::collections::BTreeMap;
 use std::ffi::c_int;
 use std::sync::Arc;
@@ -52,7 +51,7 @@ use luo_generated::liveupdate::{
 use zerocopy::FromZeros;
 
 use crate::folio_array;
-use crate::host::{DependsOn, StaticHandler, compat48, host};
+use crate::host::{DependsOn, FileOps, StaticHandler, compat48, host, kind_of, rc, synthetic_of};
 use crate::hugetlb;
 use crate::kvm::vm_of;
 use crate::pages::{self, Folio, Pages};
@@ -148,22 +147,10 @@ pub fn gmem_of(f: &dyn File) -> Option<&GuestMemfd> {
 }
 
 fn gmem_ptr<'a>(f: *mut CFile) -> Option<&'a GuestMemfd> {
-    // SAFETY: LUO holds the file for the whole callback.
-    let p: &(dyn Any + Send + Sync) = unsafe { host().ok()?.synthetic(f) }?;
-    p.downcast_ref::<GuestMemfd>()
+    synthetic_of::<GuestMemfd>(f)
 }
 
-fn kind_of(f: *mut CFile) -> Option<FileKind> {
-    // SAFETY: as above.
-    unsafe { host().ok()?.file(f) }.map(|f| f.kind())
-}
-
-#[repr(transparent)]
-struct Ops(liveupdate_file_ops);
-// SAFETY: immutable function pointers.
-unsafe impl Sync for Ops {}
-
-static OPS: Ops = Ops(liveupdate_file_ops {
+static OPS: FileOps = FileOps(liveupdate_file_ops {
     can_preserve: Some(can_preserve),
     preserve: Some(preserve),
     unpreserve: Some(unpreserve),
@@ -185,10 +172,6 @@ pub static GUEST_MEMFD: StaticHandler = StaticHandler(liveupdate_file_handler {
     compatible: compat48(GUEST_MEMFD_LUO_FH_COMPATIBLE),
     depends_on: DEPENDS_ON.0.as_ptr(),
 });
-
-fn rc(r: Result<(), Errno>) -> c_int {
-    r.map_or_else(Errno::to_neg, |()| 0)
-}
 
 unsafe extern "C" fn can_preserve(_h: *mut liveupdate_file_handler, f: *mut CFile) -> bool {
     kind_of(f) == Some(FileKind::GuestMemfd)
@@ -235,16 +218,7 @@ unsafe extern "C" fn preserve(a: *mut liveupdate_file_op_args) -> c_int {
 /// KHO-preserves every folio, writes the folio array and the `guest_memfd_luo_ser`; on
 /// failure undoes what it did.
 fn preserve_steps(kho: &Kho, g: &GuestMemfd) -> Result<(u64, Private), Errno> {
-    let order = g.pages.order();
-    let folios = g.pages.folios();
-    let mut records = Vec::with_capacity(folios.len());
-    for (done, (index, f)) in folios.iter().enumerate() {
-        if let Err(e) = kho.preserve_folio(f.phys, order) {
-            for (_, g) in &folios[..done] {
-                let _ = kho.unpreserve_folio(g.phys, order);
-            }
-            return Err(e);
-        }
+    let records = g.pages.preserve_folios(|index, f| {
         let mut r = guest_memfd_luo_folio_ser::new_zeroed();
         r.set_pfn(f.phys.pfn());
         r.set_flags(if f.uptodate {
@@ -252,21 +226,11 @@ fn preserve_steps(kho: &Kho, g: &GuestMemfd) -> Result<(u64, Private), Errno> {
         } else {
             0
         });
-        r.index = *index;
-        records.push(r);
-    }
-    let undo_folios = || {
-        for (_, f) in &folios {
-            let _ = kho.unpreserve_folio(f.phys, order);
-        }
-    };
-    let array = match folio_array::preserve(&**kho, &records) {
-        Ok(a) => a,
-        Err(e) => {
-            undo_folios();
-            return Err(e);
-        }
-    };
+        r.index = index;
+        r
+    })?;
+    let array =
+        folio_array::preserve(&**kho, &records).inspect_err(|_| g.pages.unpreserve_folios())?;
     let ser = guest_memfd_luo_ser {
         size: g.pages.size(),
         flags: g.flags,
@@ -277,7 +241,7 @@ fn preserve_steps(kho: &Kho, g: &GuestMemfd) -> Result<(u64, Private), Errno> {
     };
     let r = kho.alloc_preserve_obj(&ser).and_then(|p| {
         if g.is_hugetlb() {
-            hugetlb::preserve_pages(order, g.pages.nr())?;
+            hugetlb::preserve_pages(g.pages.order(), g.pages.nr())?;
         }
         Ok(p)
     });
@@ -285,7 +249,7 @@ fn preserve_steps(kho: &Kho, g: &GuestMemfd) -> Result<(u64, Private), Errno> {
         Ok(p) => Ok((p.addr().as_u64(), Private { array })),
         Err(e) => {
             folio_array::unpreserve(&**kho, array);
-            undo_folios();
+            g.pages.unpreserve_folios();
             Err(e)
         }
     }
@@ -303,9 +267,7 @@ unsafe extern "C" fn unpreserve(a: *mut liveupdate_file_op_args) {
         a.private_data = std::ptr::null_mut();
         folio_array::unpreserve(&*kho, p.array);
     }
-    for (_, f) in g.pages.folios() {
-        let _ = kho.unpreserve_folio(f.phys, g.pages.order());
-    }
+    g.pages.unpreserve_folios();
     if g.is_hugetlb() {
         let _ = hugetlb::unpreserve_pages(g.pages.order(), g.pages.nr());
     }
@@ -370,41 +332,34 @@ impl Incoming {
 
     /// Claims every folio; all must be of one order, at an index inside the file, and a
     /// HugeTLB one must be fully populated. On failure the claimed folios are freed.
-    fn restore_folios(&self, kho: &Kho) -> Result<(u32, BTreeMap<u64, Folio>), Errno> {
+    fn restore_folios<'k>(
+        &self,
+        kho: &'k Kho,
+    ) -> Result<(pages::Claimed<'k>, u32, BTreeMap<u64, Folio>), Errno> {
+        let mut claimed = pages::Claimed::new(kho, self.hugetlb());
         let mut out = BTreeMap::new();
-        let mut claimed = Vec::new();
-        let r = (|| {
-            for r in &self.records {
-                let phys = PhysAddr::from_pfn(r.pfn()).ok_or(Errno::EINVAL)?;
-                let o = kho.restore_folio(phys)?;
-                claimed.push((phys, o));
-                if o != claimed[0].1 {
-                    return Err(Errno::EINVAL);
-                }
-                let uptodate = r.flags() & GUEST_MEMFD_LUO_FOLIO_UPTODATE != 0;
-                if !uptodate {
-                    // Never written: what the page holds is not the guest's, zero it.
-                    kho.write(phys, &vec![0u8; PAGE_SIZE << o])?;
-                }
-                out.insert(r.index, Folio { phys, uptodate });
-            }
-            let order = claimed.first().map_or(0, |c| c.1);
-            let slots = self.ser.size / ((PAGE_SIZE as u64) << order);
-            if (self.hugetlb() && (order == 0 || self.ser.nr_folios != slots))
-                || (!self.hugetlb() && order != 0)
-                || out.keys().any(|&i| i >= slots)
-            {
+        let mut order = None;
+        for r in &self.records {
+            let (phys, o) = claimed.claim(r.pfn())?;
+            if *order.get_or_insert(o) != o {
                 return Err(Errno::EINVAL);
             }
-            Ok(order)
-        })();
-        match r {
-            Ok(order) => Ok((order, out)),
-            Err(e) => {
-                pages::release_claimed(kho, &claimed, self.hugetlb());
-                Err(e)
+            let uptodate = r.flags() & GUEST_MEMFD_LUO_FOLIO_UPTODATE != 0;
+            if !uptodate {
+                // Never written: what the page holds is not the guest's, zero it.
+                kho.write(phys, &vec![0u8; PAGE_SIZE << o])?;
             }
+            out.insert(r.index, Folio { phys, uptodate });
         }
+        let order = order.unwrap_or(0);
+        let slots = self.ser.size / ((PAGE_SIZE as u64) << order);
+        if (self.hugetlb() && (order == 0 || self.ser.nr_folios != slots))
+            || (!self.hugetlb() && order != 0)
+            || out.keys().any(|&i| i >= slots)
+        {
+            return Err(Errno::EINVAL);
+        }
+        Ok((claimed, order, out))
     }
 
     /// Claims and frees every folio that can be claimed (a guest_memfd that is not coming
@@ -447,12 +402,11 @@ fn rebuild(a: &liveupdate_file_op_args, kho: &Kho, inc: &Incoming) -> Result<*mu
     if vm_of(&*vm).is_none() {
         return Err(Errno::EINVAL);
     }
-    let (order, folios) = inc.restore_folios(kho)?;
+    let (claimed, order, folios) = inc.restore_folios(kho)?;
     let slots = inc.ser.size / ((PAGE_SIZE as u64) << order);
     let n = folios.len() as u64;
-    let claimed: Vec<_> = folios.values().map(|f| (f.phys, order)).collect();
-    let pages = Pages::restored(order, slots, folios)
-        .inspect_err(|_| pages::release_claimed(kho, &claimed, inc.hugetlb()))?;
+    let pages = Pages::restored(order, slots, folios)?;
+    claimed.keep();
     if inc.hugetlb() {
         // The file keeps the pages held for it; on failure dropping `pages` frees them.
         hugetlb::claim_incoming(order, n)?;

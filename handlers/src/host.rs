@@ -9,8 +9,8 @@ use luo_abi::file::FileKind;
 use luo_abi::file::{File, FileRef};
 use luo_abi::kho::KhoService;
 use luo_generated::liveupdate::{
-    file as CFile, liveupdate_file_handler, liveupdate_flb, liveupdate_session,
-    liveupdate_subsystem,
+    file as CFile, liveupdate_file_handler, liveupdate_file_ops, liveupdate_flb,
+    liveupdate_flb_ops, liveupdate_session, liveupdate_subsystem,
 };
 
 /// The core as the handlers see it. Calls reach the *current* kernel (the one whose callback
@@ -162,6 +162,52 @@ impl StaticHandler {
         let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
         std::str::from_utf8(&c[..end]).unwrap_or("")
     }
+}
+
+/// A file handler's ops table in a `static` (the generated struct holds raw pointers).
+#[repr(transparent)]
+pub struct FileOps(pub liveupdate_file_ops);
+
+// SAFETY: function pointers and a NULL owner, never written after construction.
+unsafe impl Sync for FileOps {}
+
+/// An FLB's ops table in a `static`.
+#[repr(transparent)]
+pub struct FlbOps(pub liveupdate_flb_ops);
+
+// SAFETY: function pointers and a NULL owner, never written after construction.
+unsafe impl Sync for FlbOps {}
+
+/// An FLB descriptor in a `static`.
+#[repr(transparent)]
+pub struct StaticFlb(pub liveupdate_flb);
+
+// SAFETY: immutable after construction; its ops pointer is to a `'static` table.
+unsafe impl Sync for StaticFlb {}
+
+impl StaticFlb {
+    /// The `struct liveupdate_flb *` the core keys on (never written through).
+    pub fn as_ptr(&'static self) -> *mut liveupdate_flb {
+        (&self.0 as *const liveupdate_flb).cast_mut()
+    }
+}
+
+/// `0` or `-errno`, what a C callback returns.
+pub fn rc(r: Result<(), Errno>) -> core::ffi::c_int {
+    r.map_or_else(Errno::to_neg, |()| 0)
+}
+
+/// The kind of the file LUO passed to a callback.
+pub(crate) fn kind_of(f: *mut CFile) -> Option<FileKind> {
+    // SAFETY: LUO holds the file for the whole callback.
+    unsafe { host().ok()?.file(f) }.map(|f| f.kind())
+}
+
+/// The synthetic object of type `T` behind the file LUO passed to a callback.
+pub(crate) fn synthetic_of<'a, T: Any>(f: *mut CFile) -> Option<&'a T> {
+    // SAFETY: LUO holds the file for the whole callback.
+    let p: &(dyn Any + Send + Sync) = unsafe { host().ok()?.synthetic(f) }?;
+    p.downcast_ref::<T>()
 }
 
 /// Copies `s` into a NUL-padded 48-byte buffer at compile time (truncating to 47 bytes).

@@ -21,7 +21,6 @@
 //! never-retrieved file's pages go back to the free pool at finish; a retrieved file keeps
 //! them.
 
-use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{c_int, c_void};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -43,7 +42,9 @@ use zerocopy::FromZeros;
 
 use crate::folio_array;
 use crate::guest_memfd::GUEST_MEMFD;
-use crate::host::{StaticHandler, compat48, host};
+use crate::host::{
+    FileOps, FlbOps, StaticFlb, StaticHandler, compat48, host, kind_of, rc, synthetic_of,
+};
 use crate::kvm::KVM_VM;
 use crate::pages::{self, Folio, Pages};
 
@@ -233,15 +234,6 @@ fn rebuild(s: &mut State, kho: &Kho, data: u64) -> Result<(), Errno> {
 
 // ---- the FLB form ----------------------------------------------------------------------
 
-#[repr(transparent)]
-struct FlbOps(liveupdate_flb_ops);
-// SAFETY: immutable function pointers.
-unsafe impl Sync for FlbOps {}
-#[repr(transparent)]
-struct StaticFlb(liveupdate_flb);
-// SAFETY: immutable after construction.
-unsafe impl Sync for StaticFlb {}
-
 static FLB_OPS: FlbOps = FlbOps(liveupdate_flb_ops {
     preserve: Some(flb_preserve),
     unpreserve: Some(flb_unpreserve),
@@ -256,11 +248,7 @@ static HUGETLB_FLB: StaticFlb = StaticFlb(liveupdate_flb {
 });
 
 fn flb_ptr() -> *mut liveupdate_flb {
-    (&HUGETLB_FLB.0 as *const liveupdate_flb).cast_mut()
-}
-
-fn rc(r: Result<(), Errno>) -> c_int {
-    r.map_or_else(Errno::to_neg, |()| 0)
+    HUGETLB_FLB.as_ptr()
 }
 
 unsafe extern "C" fn flb_preserve(a: *mut liveupdate_flb_op_args) -> c_int {
@@ -416,12 +404,7 @@ impl HugeMemfd {
     }
 }
 
-#[repr(transparent)]
-struct Ops(liveupdate_file_ops);
-// SAFETY: immutable function pointers.
-unsafe impl Sync for Ops {}
-
-static HUGE_OPS: Ops = Ops(liveupdate_file_ops {
+static HUGE_OPS: FileOps = FileOps(liveupdate_file_ops {
     can_preserve: Some(can_preserve),
     preserve: Some(preserve),
     unpreserve: Some(unpreserve),
@@ -442,14 +425,7 @@ pub static HUGE_MEMFD: StaticHandler = StaticHandler(liveupdate_file_handler {
 });
 
 fn huge_of<'a>(f: *mut CFile) -> Option<&'a HugeMemfd> {
-    // SAFETY: LUO holds the file for the whole callback.
-    let p: &(dyn Any + Send + Sync) = unsafe { host().ok()?.synthetic(f) }?;
-    p.downcast_ref::<HugeMemfd>()
-}
-
-fn kind_of(f: *mut CFile) -> Option<FileKind> {
-    // SAFETY: as above.
-    unsafe { host().ok()?.file(f) }.map(|f| f.kind())
+    synthetic_of::<HugeMemfd>(f)
 }
 
 unsafe extern "C" fn can_preserve(_h: *mut liveupdate_file_handler, f: *mut CFile) -> bool {
@@ -471,26 +447,15 @@ unsafe extern "C" fn preserve(a: *mut liveupdate_file_op_args) -> c_int {
     rc((|| {
         let m = huge_of(a.file).ok_or(Errno::EINVAL)?;
         let kho = host()?.kho()?;
-        let (order, folios) = (m.pages.order(), m.pages.folios());
-        let mut records = Vec::with_capacity(folios.len());
-        for (done, (index, f)) in folios.iter().enumerate() {
-            if let Err(e) = kho.preserve_folio(f.phys, order) {
-                for (_, g) in &folios[..done] {
-                    let _ = kho.unpreserve_folio(g.phys, order);
-                }
-                return Err(e);
-            }
+        let order = m.pages.order();
+        let records = m.pages.preserve_folios(|index, f| {
             let mut r = hugemfd_folio_ser::new_zeroed();
             r.set_pfn(f.phys.pfn());
-            r.index = *index;
-            records.push(r);
-        }
-        let undo_folios = || {
-            for (_, f) in &folios {
-                let _ = kho.unpreserve_folio(f.phys, order);
-            }
-        };
-        let array = folio_array::preserve(&*kho, &records).inspect_err(|_| undo_folios())?;
+            r.index = index;
+            r
+        })?;
+        let array =
+            folio_array::preserve(&*kho, &records).inspect_err(|_| m.pages.unpreserve_folios())?;
         let ser = hugemfd_ser {
             size: m.pages.size(),
             pos: 0,
@@ -509,7 +474,7 @@ unsafe extern "C" fn preserve(a: *mut liveupdate_file_op_args) -> c_int {
             }
             Err(e) => {
                 folio_array::unpreserve(&*kho, array);
-                undo_folios();
+                m.pages.unpreserve_folios();
                 Err(e)
             }
         }
@@ -528,9 +493,7 @@ unsafe extern "C" fn unpreserve(a: *mut liveupdate_file_op_args) {
         a.private_data = std::ptr::null_mut();
         folio_array::unpreserve(&*kho, p.array);
     }
-    for (_, f) in m.pages.folios() {
-        let _ = kho.unpreserve_folio(f.phys, m.pages.order());
-    }
+    m.pages.unpreserve_folios();
     let _ = unpreserve_pages(m.pages.order(), m.pages.nr());
     let _ = kho.unpreserve_free(PhysAddr::new(a.serialized_data));
 }
@@ -569,7 +532,10 @@ impl Incoming {
 
     /// Claims every folio after checking every record (reserved bits clear, index inside the
     /// file, once each, a folio of the file's order). On failure the claimed folios are freed.
-    fn restore_folios(&self, kho: &Kho) -> Result<BTreeMap<u64, Folio>, Errno> {
+    fn restore_folios<'k>(
+        &self,
+        kho: &'k Kho,
+    ) -> Result<(pages::Claimed<'k>, BTreeMap<u64, Folio>), Errno> {
         let slots = self.slots()?;
         let mut seen = std::collections::BTreeSet::new();
         for r in &self.records {
@@ -581,33 +547,22 @@ impl Incoming {
                 return Err(Errno::EINVAL);
             }
         }
+        let mut claimed = pages::Claimed::new(kho, true);
         let mut out = BTreeMap::new();
-        let mut claimed = Vec::new();
-        let r = (|| {
-            for r in &self.records {
-                let phys = PhysAddr::from_pfn(r.pfn()).ok_or(Errno::EINVAL)?;
-                let o = kho.restore_folio(phys)?;
-                claimed.push((phys, o));
-                if o != self.order() {
-                    return Err(Errno::EINVAL);
-                }
-                out.insert(
-                    r.index,
-                    Folio {
-                        phys,
-                        uptodate: true,
-                    },
-                );
+        for r in &self.records {
+            let (phys, o) = claimed.claim(r.pfn())?;
+            if o != self.order() {
+                return Err(Errno::EINVAL);
             }
-            Ok(())
-        })();
-        match r {
-            Ok(()) => Ok(out),
-            Err(e) => {
-                pages::release_claimed(kho, &claimed, true);
-                Err(e)
-            }
+            out.insert(
+                r.index,
+                Folio {
+                    phys,
+                    uptodate: true,
+                },
+            );
         }
+        Ok((claimed, out))
     }
 
     /// Claims and frees every folio that can be claimed, their pages back to the free pool.
@@ -628,11 +583,10 @@ unsafe extern "C" fn retrieve(a: *mut liveupdate_file_op_args) -> c_int {
         let inc = inc?;
         let r = (|| {
             let slots = inc.slots()?;
-            let folios = inc.restore_folios(&kho)?;
+            let (claimed, folios) = inc.restore_folios(&kho)?;
             let n = folios.len() as u64;
-            let claimed: Vec<_> = folios.values().map(|f| (f.phys, inc.order())).collect();
-            let pages = Pages::restored(inc.order(), slots, folios)
-                .inspect_err(|_| pages::release_claimed(&kho, &claimed, true))?;
+            let pages = Pages::restored(inc.order(), slots, folios)?;
+            claimed.keep();
             // The file keeps the pages held for it; on failure dropping `pages` frees them.
             claim_incoming(inc.order(), n)?;
             Ok(pages)

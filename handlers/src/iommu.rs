@@ -19,8 +19,8 @@
 //! when the unit is first preserved. What crosses the kexec are those very pages, preserved by
 //! [`iommu_preserve_domain`] / [`iommu_preserve_device`] and restored by the FLB's retrieve.
 //!
-//! `PerKernel` (state per kernel, keyed by its KHO service) and `Flb` (an FLB in a
-//! `static`) are shared with the iommufd, PCI and vfio-pci modules.
+//! `PerKernel` (state per kernel, keyed by its KHO service) is shared with the iommufd, PCI
+//! and vfio-pci modules.
 
 use std::collections::HashMap;
 use std::ffi::{c_int, c_void};
@@ -41,7 +41,7 @@ use luo_generated::liveupdate::{
 };
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes};
 
-use crate::host::{compat48, host};
+use crate::host::{FlbOps, StaticFlb, compat48, host, rc};
 
 /// The current kernel's KHO.
 pub type Kho = Arc<dyn KhoService + Send + Sync>;
@@ -76,32 +76,6 @@ impl<T: Default> PerKernel<T> {
     pub(crate) fn reset(&self) -> Result<(), Errno> {
         self.with(|s, _| *s = T::default())
     }
-}
-
-/// An FLB descriptor in a `static` (the generated struct holds raw pointers).
-#[repr(transparent)]
-pub(crate) struct Flb(pub(crate) liveupdate_flb);
-
-// SAFETY: immutable after construction; its ops pointer is to a `'static` table.
-unsafe impl Sync for Flb {}
-
-impl Flb {
-    /// The `struct liveupdate_flb *` the core keys on (never written through).
-    pub(crate) fn as_ptr(&'static self) -> *mut liveupdate_flb {
-        (&self.0 as *const liveupdate_flb).cast_mut()
-    }
-}
-
-/// An FLB ops table in a `static`.
-#[repr(transparent)]
-pub(crate) struct FlbOps(pub(crate) liveupdate_flb_ops);
-
-// SAFETY: immutable function pointers.
-unsafe impl Sync for FlbOps {}
-
-/// `0` or `-errno`, for the C callbacks.
-pub(crate) fn rc(r: Result<(), Errno>) -> c_int {
-    r.map_or_else(Errno::to_neg, |()| 0)
 }
 
 /// How often each FLB callback ran in one kernel.
@@ -571,7 +545,7 @@ static FLB_OPS: FlbOps = FlbOps(liveupdate_flb_ops {
 });
 
 /// The FLB `"iommu-liveupdate-v1"`.
-pub(crate) static IOMMU_FLB: Flb = Flb(liveupdate_flb {
+pub(crate) static IOMMU_FLB: StaticFlb = StaticFlb(liveupdate_flb {
     ops: &FLB_OPS.0,
     compatible: compat48(IOMMU_LUO_FLB_COMPATIBLE),
 });

@@ -40,8 +40,8 @@ use luo_generated::liveupdate::{
 };
 use zerocopy::FromZeros;
 
-use crate::host::{DependsOn, StaticHandler, compat48, host};
-use crate::iommu::{self, Domain, HwUnit, IommuDevice, Kho, rc};
+use crate::host::{DependsOn, FileOps, StaticHandler, compat48, host, kind_of, rc, synthetic_of};
+use crate::iommu::{self, Domain, HwUnit, IommuDevice, Kho};
 
 /// The seals an IOAS mapping's memfd must carry.
 pub const REQUIRED_SEALS: u32 = seals::F_SEAL_SEAL | seals::F_SEAL_GROW | seals::F_SEAL_SHRINK;
@@ -345,12 +345,7 @@ pub fn decode(kho: &Kho, data: u64) -> Result<Vec<PreservedHwpt>, Errno> {
 
 // ---- the handler -----------------------------------------------------------------------
 
-#[repr(transparent)]
-struct Ops(liveupdate_file_ops);
-// SAFETY: immutable function pointers.
-unsafe impl Sync for Ops {}
-
-static OPS: Ops = Ops(liveupdate_file_ops {
+static OPS: FileOps = FileOps(liveupdate_file_ops {
     can_preserve: Some(can_preserve),
     preserve: Some(preserve),
     unpreserve: Some(unpreserve),
@@ -381,15 +376,9 @@ pub static IOMMUFD: StaticHandler = StaticHandler(liveupdate_file_handler {
 
 /// The iommufd behind a `struct file *` LUO passed (`None` if it is not one).
 fn iommufd_of<'a>(f: *mut CFile) -> Option<&'a Iommufd> {
-    // SAFETY: LUO holds the file for the whole callback, which is as long as the reference
-    // is used.
-    let h = host().ok()?;
-    // SAFETY: as above.
-    if unsafe { h.file(f) }?.kind() != FileKind::Iommufd {
-        return None;
-    }
-    // SAFETY: as above.
-    unsafe { h.synthetic(f) }?.downcast_ref::<Iommufd>()
+    (kind_of(f)? == FileKind::Iommufd)
+        .then(|| synthetic_of::<Iommufd>(f))
+        .flatten()
 }
 
 unsafe extern "C" fn can_preserve(_h: *mut liveupdate_file_handler, f: *mut CFile) -> bool {

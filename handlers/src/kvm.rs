@@ -9,7 +9,6 @@
 //! [`Vm::new`] and install it with the core's `open_synthetic`. The handler is registered by
 //! [`crate::hugetlb::register`], with guest_memfd's.
 
-use std::any::Any;
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -21,7 +20,7 @@ use luo_generated::liveupdate::{
     file as CFile, liveupdate_file_handler, liveupdate_file_op_args, liveupdate_file_ops,
 };
 
-use crate::host::{StaticHandler, compat48, host};
+use crate::host::{FileOps, StaticHandler, compat48, host, kind_of, rc, synthetic_of};
 
 /// `KVM_X86_DEFAULT_VM`.
 pub const KVM_X86_DEFAULT_VM: u64 = 0;
@@ -122,22 +121,10 @@ pub fn vm_of(f: &dyn File) -> Option<&Vm> {
 }
 
 fn vm_ptr<'a>(f: *mut CFile) -> Option<&'a Vm> {
-    // SAFETY: LUO holds the file for the whole callback.
-    let p: &(dyn Any + Send + Sync) = unsafe { host().ok()?.synthetic(f) }?;
-    p.downcast_ref::<Vm>()
+    synthetic_of::<Vm>(f)
 }
 
-fn kind_of(f: *mut CFile) -> Option<FileKind> {
-    // SAFETY: as above.
-    unsafe { host().ok()?.file(f) }.map(|f| f.kind())
-}
-
-#[repr(transparent)]
-struct Ops(liveupdate_file_ops);
-// SAFETY: immutable function pointers.
-unsafe impl Sync for Ops {}
-
-static OPS: Ops = Ops(liveupdate_file_ops {
+static OPS: FileOps = FileOps(liveupdate_file_ops {
     can_preserve: Some(can_preserve),
     preserve: Some(preserve),
     unpreserve: Some(unpreserve),
@@ -156,10 +143,6 @@ pub static KVM_VM: StaticHandler = StaticHandler(liveupdate_file_handler {
     compatible: compat48(KVM_LUO_FH_COMPATIBLE),
     depends_on: std::ptr::null(),
 });
-
-fn rc(r: Result<(), Errno>) -> c_int {
-    r.map_or_else(Errno::to_neg, |()| 0)
-}
 
 unsafe extern "C" fn can_preserve(_h: *mut liveupdate_file_handler, f: *mut CFile) -> bool {
     kind_of(f) == Some(FileKind::KvmVm) && vm_ptr(f).is_some()

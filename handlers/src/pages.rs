@@ -200,9 +200,79 @@ impl Pages {
     }
 }
 
+impl Pages {
+    /// KHO-preserves every folio (upstream: `kho_preserve_folio` for each) and returns their
+    /// handed-over records, made by `record(index, folio)`. If one cannot be preserved, those
+    /// preserved before it are unpreserved.
+    pub(crate) fn preserve_folios<R>(
+        &self,
+        record: impl Fn(u64, &Folio) -> R,
+    ) -> Result<Vec<R>, Errno> {
+        let folios = self.folios();
+        let mut records = Vec::with_capacity(folios.len());
+        for (done, (index, f)) in folios.iter().enumerate() {
+            if let Err(e) = self.kho.preserve_folio(f.phys, self.order) {
+                for (_, g) in &folios[..done] {
+                    let _ = self.kho.unpreserve_folio(g.phys, self.order);
+                }
+                return Err(e);
+            }
+            records.push(record(*index, f));
+        }
+        Ok(records)
+    }
+
+    /// Undoes [`Pages::preserve_folios`]: the file is unpreserved, or a later step of its
+    /// preserve failed.
+    pub(crate) fn unpreserve_folios(&self) {
+        for (_, f) in self.folios() {
+            let _ = self.kho.unpreserve_folio(f.phys, self.order);
+        }
+    }
+}
+
+/// Folios claimed from KHO while a file is retrieved. Dropped before [`Claimed::keep`] (a
+/// record was bad, the file cannot be rebuilt), they are released again with
+/// [`release_claimed`], so a failed retrieve leaves no folio behind.
+pub(crate) struct Claimed<'a> {
+    kho: &'a Kho,
+    hugetlb: bool,
+    folios: Vec<(PhysAddr, u32)>,
+}
+
+impl<'a> Claimed<'a> {
+    /// Nothing claimed yet; `hugetlb`: the pages go back to the HugeTLB pool on release.
+    pub(crate) fn new(kho: &'a Kho, hugetlb: bool) -> Claimed<'a> {
+        Claimed {
+            kho,
+            hugetlb,
+            folios: Vec::new(),
+        }
+    }
+
+    /// Claims the folio at `pfn` (`kho_restore_folio`): its address and order.
+    pub(crate) fn claim(&mut self, pfn: u64) -> Result<(PhysAddr, u32), Errno> {
+        let phys = PhysAddr::from_pfn(pfn).ok_or(Errno::EINVAL)?;
+        let order = self.kho.restore_folio(phys)?;
+        self.folios.push((phys, order));
+        Ok((phys, order))
+    }
+
+    /// The file is rebuilt: its folios stay claimed.
+    pub(crate) fn keep(mut self) {
+        self.folios.clear();
+    }
+}
+
+impl Drop for Claimed<'_> {
+    fn drop(&mut self) {
+        release_claimed(self.kho, &self.folios, self.hugetlb);
+    }
+}
+
 /// Frees folios claimed from KHO for a file that is not coming back (never retrieved, or its
 /// retrieve failed); the pages of a HugeTLB file go back to the free pool of their size.
-pub(crate) fn release_claimed(kho: &Kho, claimed: &[(PhysAddr, u32)], hugetlb: bool) {
+fn release_claimed(kho: &Kho, claimed: &[(PhysAddr, u32)], hugetlb: bool) {
     let mut freed = BTreeMap::<u32, u64>::new();
     for &(phys, order) in claimed {
         let _ = kho.free_folio(phys, order);

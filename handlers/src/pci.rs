@@ -25,8 +25,8 @@ use luo_generated::liveupdate::{
 };
 use luo_generated::pci::v3::{PCI_LUO_FLB_COMPATIBLE, pci_dev_ser, pci_ser};
 
-use crate::host::{compat48, host};
-use crate::iommu::{Flb, FlbCalls, FlbOps, Kho, PerKernel, rc};
+use crate::host::{FlbOps, StaticFlb, compat48, host, rc};
+use crate::iommu::{FlbCalls, Kho, PerKernel};
 
 /// What a PCI function is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -242,7 +242,7 @@ static FLB_OPS: FlbOps = FlbOps(liveupdate_flb_ops {
 });
 
 /// The FLB `"pci-v3"`.
-pub(crate) static PCI_FLB: Flb = Flb(liveupdate_flb {
+pub(crate) static PCI_FLB: StaticFlb = StaticFlb(liveupdate_flb {
     ops: &FLB_OPS.0,
     compatible: compat48(PCI_LUO_FLB_COMPATIBLE),
 });

@@ -12,31 +12,14 @@ use luo_generated::liveupdate::{
     liveupdate_file_handler, liveupdate_flb, liveupdate_flb_op_args, liveupdate_flb_ops,
 };
 
-use crate::host::{compat48, host};
+pub use crate::host::StaticFlb;
+use crate::host::{FlbOps, compat48, host};
 
 /// The magic base: FLB `i` stores `TEST_FLB_MAGIC_BASE + i`.
 pub const TEST_FLB_MAGIC_BASE: u64 = 0xFEED_F00D_CAFE_BEE0;
 
 /// Number of test FLBs.
 pub const TEST_FLB_COUNT: usize = 3;
-
-#[repr(transparent)]
-struct FlbOps(liveupdate_flb_ops);
-// SAFETY: immutable; the function pointers may be called from any thread.
-unsafe impl Sync for FlbOps {}
-
-/// An FLB descriptor in a `static`.
-#[repr(transparent)]
-pub struct StaticFlb(liveupdate_flb);
-// SAFETY: immutable after construction; the core only reads it.
-unsafe impl Sync for StaticFlb {}
-
-impl StaticFlb {
-    /// The `struct liveupdate_flb *` the core keys on (never written through).
-    pub fn as_ptr(&'static self) -> *mut liveupdate_flb {
-        (&self.0 as *const liveupdate_flb).cast_mut()
-    }
-}
 
 static OPS: FlbOps = FlbOps(liveupdate_flb_ops {
     preserve: Some(preserve),

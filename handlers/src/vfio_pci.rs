@@ -48,8 +48,8 @@ use luo_generated::liveupdate::{
 };
 use luo_generated::vfio_pci::v1::{VFIO_PCI_LUO_FH_COMPATIBLE, vfio_pci_core_device_ser};
 
-use crate::host::{StaticHandler, compat48, host};
-use crate::iommu::{HwUnit, IommuDevice, PerKernel, rc};
+use crate::host::{FileOps, StaticHandler, compat48, host, kind_of, rc, synthetic_of};
+use crate::iommu::{HwUnit, IommuDevice, PerKernel};
 use crate::iommufd::Iommufd;
 use crate::pci;
 
@@ -174,12 +174,7 @@ impl VfioDevice {
 
 // ---- the handler -----------------------------------------------------------------------
 
-#[repr(transparent)]
-struct Ops(liveupdate_file_ops);
-// SAFETY: immutable function pointers.
-unsafe impl Sync for Ops {}
-
-static OPS: Ops = Ops(liveupdate_file_ops {
+static OPS: FileOps = FileOps(liveupdate_file_ops {
     can_preserve: Some(can_preserve),
     preserve: Some(preserve),
     unpreserve: Some(unpreserve),
@@ -200,14 +195,9 @@ pub static VFIO_PCI: StaticHandler = StaticHandler(liveupdate_file_handler {
 });
 
 fn device_of<'a>(f: *mut CFile) -> Option<&'a VfioDevice> {
-    let h = host().ok()?;
-    // SAFETY: LUO holds the file for the whole callback, which is as long as the reference
-    // is used.
-    if unsafe { h.file(f) }?.kind() != FileKind::VfioPci {
-        return None;
-    }
-    // SAFETY: as above.
-    unsafe { h.synthetic(f) }?.downcast_ref::<VfioDevice>()
+    (kind_of(f)? == FileKind::VfioPci)
+        .then(|| synthetic_of::<VfioDevice>(f))
+        .flatten()
 }
 
 unsafe extern "C" fn can_preserve(_h: *mut liveupdate_file_handler, f: *mut CFile) -> bool {

@@ -9,64 +9,8 @@
 #include <string.h>
 
 #include "luo_model.h"
+#include "luo_model_uapi.h"
 #include "test_handler.h"
-
-static int failures;
-
-#define CHECK(cond)                                                            \
-	do {                                                                   \
-		if (!(cond)) {                                                 \
-			fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, \
-				__LINE__, #cond);                              \
-			failures++;                                            \
-		}                                                              \
-	} while (0)
-
-static int create_session(int dev, const char *name)
-{
-	struct liveupdate_ioctl_create_session a;
-	int r;
-
-	memset(&a, 0, sizeof(a));
-	a.size = sizeof(a);
-	strncpy((char *)a.name, name, sizeof(a.name) - 1);
-	r = luo_model_ioctl(dev, LIVEUPDATE_IOCTL_CREATE_SESSION, &a);
-	return r ? r : a.fd;
-}
-
-static int retrieve_session(int dev, const char *name)
-{
-	struct liveupdate_ioctl_retrieve_session a;
-	int r;
-
-	memset(&a, 0, sizeof(a));
-	a.size = sizeof(a);
-	strncpy((char *)a.name, name, sizeof(a.name) - 1);
-	r = luo_model_ioctl(dev, LIVEUPDATE_IOCTL_RETRIEVE_SESSION, &a);
-	return r ? r : a.fd;
-}
-
-static int preserve(int session, int fd, u64 token)
-{
-	struct liveupdate_session_preserve_fd a = { sizeof(a), fd, token };
-
-	return luo_model_ioctl(session, LIVEUPDATE_SESSION_PRESERVE_FD, &a);
-}
-
-static int retrieve_fd(int session, u64 token)
-{
-	struct liveupdate_session_retrieve_fd a = { sizeof(a), -1, token };
-	int r = luo_model_ioctl(session, LIVEUPDATE_SESSION_RETRIEVE_FD, &a);
-
-	return r ? r : a.fd;
-}
-
-static int finish(int session)
-{
-	struct liveupdate_session_finish a = { sizeof(a), 0 };
-
-	return luo_model_ioctl(session, LIVEUPDATE_SESSION_FINISH, &a);
-}
 
 static const struct liveupdate_file_ops missing_ops = { 0 };
 static struct liveupdate_file_handler broken = {

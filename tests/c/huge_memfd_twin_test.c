@@ -18,70 +18,14 @@
 
 #include "huge_memfd_twin.h"
 #include "luo_model.h"
+#include "luo_model_uapi.h"
 
 #define NTHREADS 4
 #define ITERS 200
-/* 2 MiB, 4 MiB and 1 GiB pages with 4 KiB base pages. */
+/* 2 MiB, 4 MiB and 1 MiB pages with 4 KiB base pages. */
 #define ORDER_2M 9
 #define ORDER_4M 10
 #define ORDER_1M 8
-
-static int failures;
-
-#define CHECK(cond)                                                            \
-	do {                                                                   \
-		if (!(cond)) {                                                 \
-			fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, \
-				__LINE__, #cond);                              \
-			failures++;                                            \
-		}                                                              \
-	} while (0)
-
-static int create_session(int dev, const char *name)
-{
-	struct liveupdate_ioctl_create_session a;
-	int r;
-
-	memset(&a, 0, sizeof(a));
-	a.size = sizeof(a);
-	strncpy((char *)a.name, name, sizeof(a.name) - 1);
-	r = luo_model_ioctl(dev, LIVEUPDATE_IOCTL_CREATE_SESSION, &a);
-	return r ? r : a.fd;
-}
-
-static int retrieve_session(int dev, const char *name)
-{
-	struct liveupdate_ioctl_retrieve_session a;
-	int r;
-
-	memset(&a, 0, sizeof(a));
-	a.size = sizeof(a);
-	strncpy((char *)a.name, name, sizeof(a.name) - 1);
-	r = luo_model_ioctl(dev, LIVEUPDATE_IOCTL_RETRIEVE_SESSION, &a);
-	return r ? r : a.fd;
-}
-
-static int preserve(int session, int fd, u64 token)
-{
-	struct liveupdate_session_preserve_fd a = { sizeof(a), fd, token };
-
-	return luo_model_ioctl(session, LIVEUPDATE_SESSION_PRESERVE_FD, &a);
-}
-
-static int retrieve_fd(int session, u64 token)
-{
-	struct liveupdate_session_retrieve_fd a = { sizeof(a), -1, token };
-	int r = luo_model_ioctl(session, LIVEUPDATE_SESSION_RETRIEVE_FD, &a);
-
-	return r ? r : a.fd;
-}
-
-static int finish(int session)
-{
-	struct liveupdate_session_finish a = { sizeof(a), 0 };
-
-	return luo_model_ioctl(session, LIVEUPDATE_SESSION_FINISH, &a);
-}
 
 /* A HugeTLB memfd of nr pages taken from the pool, preserved in `session` as `token`. */
 static int preserve_huge(int session, unsigned int order, u64 nr, u64 token)

@@ -176,8 +176,8 @@ const ROW_DOCS: &[(&str, &str)] = &[
          backend (`std_backend`, which carries the target) and, as a diagnostic variant \
          without target, a one-mutex backend (`mutex_backend`), against \
          `std::sync::Mutex` lock + unlock timed in the same rounds. The host returns at once \
-         (luo-core's own locking around FLB and state lookups is not in this row). Target ratio \
-         <= 1.5.",
+         (luo-core's own locking around handler-scoped state lookups is not in this row; an \
+         FLB get whose object is live does not call the host). Target ratio <= 1.5.",
     ),
     (
         "memfd_preserve",

@@ -10,6 +10,9 @@
 //!   preserved map and the subtrees are written to a blob in arena memory that the next kernel
 //!   parses before it allocates anything.
 //!
+//! Both maps are bitmap trackers (module `track`, as upstream's `kho_mem_track`); so is the
+//! set of blocks restored since boot, which catches a second claim of any of their pages.
+//!
 //! Errors follow the table of [`luo_abi::kho`].
 
 use std::cell::RefCell;

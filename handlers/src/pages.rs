@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use luo_abi::file::ShmemFolio;
 use luo_abi::kho::KhoService;
 use luo_abi::{Errno, PAGE_SIZE, PhysAddr};
 
@@ -201,25 +202,26 @@ impl Pages {
 }
 
 impl Pages {
-    /// KHO-preserves every folio (upstream: `kho_preserve_folio` for each) and returns their
-    /// handed-over records, made by `record(index, folio)`. If one cannot be preserved, those
-    /// preserved before it are unpreserved.
+    /// KHO-preserves every folio (upstream: `kho_preserve_folio` for each, here one batched
+    /// call, all or nothing) and returns their handed-over records, made by
+    /// `record(index, folio)`.
     pub(crate) fn preserve_folios<R>(
         &self,
         record: impl Fn(u64, &Folio) -> R,
     ) -> Result<Vec<R>, Errno> {
         let folios = self.folios();
-        let mut records = Vec::with_capacity(folios.len());
-        for (done, (index, f)) in folios.iter().enumerate() {
-            if let Err(e) = self.kho.preserve_folio(f.phys, self.order) {
-                for (_, g) in &folios[..done] {
-                    let _ = self.kho.unpreserve_folio(g.phys, self.order);
-                }
-                return Err(e);
-            }
-            records.push(record(*index, f));
-        }
-        Ok(records)
+        let batch: Vec<ShmemFolio> = folios
+            .iter()
+            .map(|&(index, f)| ShmemFolio {
+                index,
+                phys: f.phys,
+                order: self.order,
+                dirty: false,
+                uptodate: f.uptodate,
+            })
+            .collect();
+        self.kho.preserve_folios(&batch)?;
+        Ok(folios.iter().map(|(index, f)| record(*index, f)).collect())
     }
 
     /// Undoes [`Pages::preserve_folios`]: the file is unpreserved, or a later step of its

@@ -155,3 +155,32 @@ fn three_live_updates_in_a_row_across_processes() {
     assert_eq!(v["verified_bytes"], 4 * 12345);
     assert_eq!(v["preserved_pages_left"], 0);
 }
+
+/// The standalone binary runs the vm scenario too (kernel next by default), with either
+/// HugeTLB form, and its report says what crossed.
+#[test]
+fn vm_scenario_across_processes() {
+    for form in ["subsystem", "flb"] {
+        let out = Command::new(BIN)
+            .args(["simulate", "--scenario", "vm", "--hugetlb-form", form])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+        let report = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("report "))
+            .expect("a report line");
+        let v: serde_json::Value = serde_json::from_str(report).unwrap();
+        assert_eq!(v["files"], 8, "{report}");
+        assert_eq!(v["preserved_pages_left"], 0, "{report}");
+        assert_eq!(v["vm"]["hugetlb_form"], form, "{report}");
+    }
+    // Another kernel is refused before anything is preserved.
+    let out = Command::new(BIN)
+        .args(["simulate", "--scenario", "vm", "--from", "7.3"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

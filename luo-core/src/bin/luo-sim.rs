@@ -3,6 +3,7 @@
 //! ```text
 //! luo-sim simulate [--sessions N] [--files N] [--size BYTES] [--seed N] [--hops N] [--next PATH] [--save-image PATH] [--json]
 //!                  [--from KERNEL] [--to KERNEL]...   (6.19, 7.0, 7.3, next)
+//!                  [--scenario basic|vm] [--hugetlb-form subsystem|flb]   (vm: kernel next)
 //! luo-sim stage2          (run by stage 1 through execve, with the handover inherited)
 //! luo-sim inspect IMAGE [--json]
 //! ```
@@ -15,7 +16,8 @@ use luo_core::simulate::{self, Options};
 fn usage() -> ExitCode {
     eprintln!(
         "usage: luo-sim simulate [--sessions N] [--files N] [--size BYTES] [--seed N] \
-         [--hops N] [--next PATH] [--save-image PATH] [--json] [--from K] [--to K]...\n       luo-sim stage2\n       \
+         [--hops N] [--next PATH] [--save-image PATH] [--json] [--from K] [--to K]... \
+         [--scenario basic|vm] [--hugetlb-form subsystem|flb]\n       luo-sim stage2\n       \
          luo-sim inspect IMAGE [--json]"
     );
     ExitCode::from(2)
@@ -47,6 +49,8 @@ fn parse(args: &[OsString]) -> Option<Options> {
                     o.kernels[0] = k;
                 }
             }
+            "--scenario" => o.scenario = v.to_str()?.parse().ok()?,
+            "--hugetlb-form" => o.hugetlb_form = simulate::parse_hugetlb_form(v.to_str()?).ok()?,
             "--to" => {
                 if o.kernels.is_empty() {
                     o.kernels.push(luo_core::KernelVersion::default());
@@ -55,6 +59,10 @@ fn parse(args: &[OsString]) -> Option<Options> {
             }
             _ => return None,
         }
+    }
+    // The vm scenario's handlers are kernel next's (as `luo simulate` defaults it).
+    if o.scenario == simulate::Scenario::Vm && o.kernels.is_empty() {
+        o.kernels.push(luo_core::KernelVersion::Next);
     }
     Some(o)
 }

@@ -40,8 +40,13 @@ pub(crate) struct Indexed {
     compatible: String,
 }
 
-/// The index of an outgoing session's files for lookups made while its lock is held.
-pub(crate) fn outgoing_index(files: &[LuoFile]) -> Vec<Indexed> {
+/// The index of an outgoing session's files for the lookups of a callback of `handler`, made
+/// while the session's lock is held. Only a handler that declares dependencies can name one,
+/// so the others get an empty index and no per-callback copy of the session's files.
+pub(crate) fn outgoing_index(handler: &Handler, files: &[LuoFile]) -> Arc<[Indexed]> {
+    if handler.depends_on.is_empty() {
+        return Arc::from([]);
+    }
     files
         .iter()
         .filter_map(|f| {
@@ -59,13 +64,17 @@ pub(crate) fn outgoing_index(files: &[LuoFile]) -> Vec<Indexed> {
 pub(crate) struct Frame {
     session: Arc<Session>,
     handler: Arc<Handler>,
-    index: Vec<Indexed>,
+    index: Arc<[Indexed]>,
     edges: Vec<u64>,
     failed: Option<Errno>,
 }
 
 impl Frame {
-    pub(crate) fn new(session: &Arc<Session>, handler: &Arc<Handler>, index: Vec<Indexed>) -> Self {
+    pub(crate) fn new(
+        session: &Arc<Session>,
+        handler: &Arc<Handler>,
+        index: Arc<[Indexed]>,
+    ) -> Self {
         Frame {
             session: Arc::clone(session),
             handler: Arc::clone(handler),
@@ -258,7 +267,10 @@ impl Luo {
         let token = failed(FRAMES.with(|f| {
             let f = f.borrow();
             let top = f.last().ok_or(Errno::EINVAL)?;
-            if !std::ptr::eq(top.session.as_c().cast_const(), s) || top.session.is_incoming() {
+            if !std::ptr::eq(top.session.as_c().cast_const(), s)
+                || top.session.is_incoming()
+                || top.handler.depends_on.is_empty()
+            {
                 return Err(Errno::EINVAL);
             }
             let e = top

@@ -1386,8 +1386,7 @@ impl Luo {
         if !self.writes_fdt() {
             st.blocks.ensure(&*self.kho, n + 1)?;
         }
-        let index = crate::depend::outgoing_index(&st.files);
-        let r = self.preserve_file(s, index, token, file);
+        let r = self.preserve_file(s, &st.files, token, file);
         match r {
             Ok(f) => {
                 st.files.push(f);
@@ -1403,7 +1402,7 @@ impl Luo {
     fn preserve_file(
         &self,
         s: &Arc<Session>,
-        index: Vec<crate::depend::Indexed>,
+        preserved: &[LuoFile],
         token: u64,
         file: Result<Arc<CoreFile>, Errno>,
     ) -> Result<LuoFile, Errno> {
@@ -1428,6 +1427,7 @@ impl Luo {
         }
         let mut a = h.args(s);
         a.file = CoreFile::as_c(&file);
+        let index = crate::depend::outgoing_index(&h, preserved);
         let frame = crate::depend::Frame::new(s, &h, index);
         let c = crate::depend::in_frame(frame, || h.call(h.ops.0.preserve, &mut a));
         if c.overruled {
@@ -1495,7 +1495,7 @@ impl Luo {
             f.retrieving = true;
             (f.args(s), Arc::clone(&f.handler))
         };
-        let frame = crate::depend::Frame::new(s, &h, Vec::new());
+        let frame = crate::depend::Frame::new(s, &h, Arc::from([]));
         let c = crate::depend::in_frame(frame, || h.call(h.ops.0.retrieve, &mut a));
         if c.overruled {
             // SAFETY: the retrieve succeeded, so it handed over one reference to its file,
@@ -1706,13 +1706,21 @@ impl Luo {
         st: &mut SessionSt,
         log: &mut FreezeLog,
     ) -> Result<(u64, u64), Errno> {
-        let index = crate::depend::outgoing_index(&st.files);
+        // Built once, for the first file whose handler declares dependencies.
+        let mut index = None;
         for i in 0..st.files.len() {
+            let h = Arc::clone(&st.files[i].handler);
+            let idx = if h.depends_on.is_empty() {
+                Arc::from([])
+            } else {
+                Arc::clone(
+                    index.get_or_insert_with(|| crate::depend::outgoing_index(&h, &st.files)),
+                )
+            };
             let f = &mut st.files[i];
             let mut a = f.args(s);
             log.push((lossy(&s.name), f.token, "freeze"));
-            let h = Arc::clone(&f.handler);
-            let frame = crate::depend::Frame::new(s, &h, index.clone());
+            let frame = crate::depend::Frame::new(s, &h, idx);
             let c = crate::depend::in_frame(frame, || h.call(h.ops.0.freeze, &mut a));
             crate::depend::merge(&mut f.deps, c.edges);
             if c.overruled {

@@ -8,7 +8,7 @@
 //! | form | lifetime | lock | API |
 //! |---|---|---|---|
 //! | [`GlobalStateForm::FileBound`] (the v4 seed): `global_state_create/restore/destroy` + `liveupdate_fh_global_state_get/put` | per file handler; created on the first preserve, destroyed after the last unpreserve or finish; restored before first access in the new kernel | held from get until put (handler-scoped) | C API of the core |
-//! | [`GlobalStateForm::Flb`] (upstream): `liveupdate_register_flb`, `liveupdate_flb_get_incoming/outgoing` (+ `put_incoming` in the newest) | shared by every linked handler; preserved on the first dependent file, unpreserved on the last, retrieved lazily, finished on the last | not held after get returns; incoming data reference-counted | C API of the core |
+//! | [`GlobalStateForm::Flb`] (upstream): `liveupdate_register_flb`, `liveupdate_flb_get_incoming/outgoing` (+ `put_incoming` in the newest) | shared by every linked handler; preserved on the first dependent file, unpreserved on the last, retrieved lazily, finished on the last | not held after get returns; the core counts dependent files, a Rust guard is counted by its cell (`finish` may run while one lives: the object outlives it) | C API of the core |
 //! | [`GlobalStateForm::Subsystem`] (v4 style; the choice for HugeTLB) | independent of files: frozen on the reboot path after the files (unfrozen on rollback), restored eagerly at boot, finished after the last incoming session finishes; serialized in its own KHO subtree | handler-scoped | C API and Rust |
 //! | Rust, all three | typed: `get` returns a guard (`!Send`, `#[must_use]`) that puts on drop; incoming and outgoing are different types ([`Incoming`], [`Outgoing`]) | held by the guard | `luo-abi` + macros |
 //!
@@ -321,6 +321,11 @@ impl<T, L: LockBackend> Lent<T, L> {
     /// The fast path: lends the published object, or `None` (take [`Lent::lend_slow`]).
     #[inline]
     fn lend(&self) -> Option<Loan<'_, T, L>> {
+        // Nothing to lend: do not count (a count that passes through a withdrawal makes it
+        // park the object and hand its drop to this task).
+        if self.state.load(Ordering::Relaxed) & LIVE == 0 {
+            return None;
+        }
         let prev = self.state.fetch_add(LENT, Ordering::Acquire);
         if prev & LIVE != 0 && prev < LENT_MAX {
             // `Acquire` read a `state` in the release sequence of the `fetch_or` that set
@@ -425,7 +430,8 @@ struct Loan<'a, T, L: LockBackend> {
 
 // SAFETY: a `Loan` gives `&T` (shared access, so `T: Sync`) and may drop an `Arc<T>` (so
 // `T: Send`); its `Lent` is only touched through atomics and its lock (`Sync` state). The FLB
-// guards wrapping it are `!Send` on purpose, by their own marker.
+// guards wrapping it are `!Send` on purpose, by their own marker, which is then the one
+// reason a compiler diagnostic gives (pinned by ui-tests `guard_not_send`).
 unsafe impl<T: Send + Sync, L: LockBackend> Send for Loan<'_, T, L> where L::State: Sync {}
 // SAFETY: as above.
 unsafe impl<T: Send + Sync, L: LockBackend> Sync for Loan<'_, T, L> where L::State: Sync {}
@@ -459,7 +465,11 @@ pub struct FlbCell<S: FlbState> {
     host: Arc<dyn LuoHost>,
     outgoing: Lent<S::Outgoing, S::Lock>,
     incoming: Lent<S::Incoming, S::Lock>,
-    callback: AtomicUsize,
+    /// The task running `preserve`/`unpreserve`, and the one running `retrieve`/`finish`:
+    /// one word per direction, because the core serializes each direction's callbacks but
+    /// may run an outgoing one and an incoming one at once on two tasks.
+    callback_out: AtomicUsize,
+    callback_in: AtomicUsize,
 }
 
 // SAFETY: `raw` is immutable after construction and points to `'static` data; everything else
@@ -477,8 +487,24 @@ impl<S: FlbState> FlbCell<S> {
             host,
             outgoing: Lent::new(),
             incoming: Lent::new(),
-            callback: AtomicUsize::new(0),
+            callback_out: AtomicUsize::new(0),
+            callback_in: AtomicUsize::new(0),
         })
+    }
+
+    /// No callback of this FLB runs on any task, so none on this one: a get cannot be a
+    /// re-entry and may take the fast path.
+    #[inline]
+    fn no_callback_running(&self) -> bool {
+        self.callback_out.load(Ordering::Relaxed) == 0
+            && self.callback_in.load(Ordering::Relaxed) == 0
+    }
+
+    /// `EDEADLK` when this task is running one of this FLB's callbacks.
+    fn check_reentry(&self) -> Result {
+        let task = self.host.current_task();
+        check_reentry(task, &self.callback_out, None)?;
+        check_reentry(task, &self.callback_in, None)
     }
 
     /// The `struct liveupdate_flb *` to register (`liveupdate_register_flb`).
@@ -498,8 +524,7 @@ impl<S: FlbState> FlbCell<S> {
     /// without asking the core (see [`FlbOutgoing`]); otherwise the core answers.
     #[inline]
     pub fn get_outgoing(&self) -> Result<FlbOutgoing<'_, S>> {
-        // No callback of this FLB runs on any task, so none on this one: no re-entry.
-        if self.callback.load(Ordering::Relaxed) == 0 {
+        if self.no_callback_running() {
             if let Some(loan) = self.outgoing.lend() {
                 return Ok(FlbOutgoing {
                     loan,
@@ -512,7 +537,7 @@ impl<S: FlbState> FlbCell<S> {
 
     #[cold]
     fn get_outgoing_slow(&self) -> Result<FlbOutgoing<'_, S>> {
-        check_reentry(self.host.current_task(), &self.callback, None)?;
+        self.check_reentry()?;
         self.host.flb_get_outgoing(self.raw())?;
         let loan = self.outgoing.lend_slow().ok_or(Errno::ENODATA)?;
         Ok(FlbOutgoing {
@@ -530,8 +555,7 @@ impl<S: FlbState> FlbCell<S> {
     /// [`FlbIncoming`]).
     #[inline]
     pub fn get_incoming(&self) -> Result<FlbIncoming<'_, S>> {
-        // As in `get_outgoing`.
-        if self.callback.load(Ordering::Relaxed) == 0 {
+        if self.no_callback_running() {
             if let Some(loan) = self.incoming.lend() {
                 return Ok(FlbIncoming {
                     loan,
@@ -544,7 +568,7 @@ impl<S: FlbState> FlbCell<S> {
 
     #[cold]
     fn get_incoming_slow(&self) -> Result<FlbIncoming<'_, S>> {
-        check_reentry(self.host.current_task(), &self.callback, None)?;
+        self.check_reentry()?;
         self.host.flb_get_incoming(self.raw())?;
         // The core's reference covered the lazy retrieve; from here the cell's own count (or
         // `Arc`) keeps the object alive for the guard, so the reference goes back at once.
@@ -582,7 +606,7 @@ impl<S: FlbState> Deref for FlbOutgoing<'_, S> {
 /// The guard is counted by the cell rather than by a reference of the core: if the last
 /// dependent file finishes while it lives, `finish` runs and the object is dropped after the
 /// last guard, and later gets return `-ENODATA`.
-#[must_use = "the reference is put when the guard is dropped"]
+#[must_use = "the object is released when the guard is dropped"]
 pub struct FlbIncoming<'a, S: FlbState> {
     loan: Loan<'a, S::Incoming, S::Lock>,
     _not_send: PhantomData<*mut ()>,
@@ -1144,7 +1168,7 @@ pub mod rt {
         crate::ffi::catch(EIO, || {
             // SAFETY: module contract.
             let cell = unsafe { flb_cell::<S>(flb) };
-            let _scope = CallbackScope::enter(&cell.callback, cell.host.current_task());
+            let _scope = CallbackScope::enter(&cell.callback_out, cell.host.current_task());
             let cx = cell.ctx();
             let (ser, out) = match cell.flb.preserve(&cx) {
                 Ok(v) => v,
@@ -1176,7 +1200,7 @@ pub mod rt {
         crate::ffi::catch((), || {
             // SAFETY: module contract.
             let cell = unsafe { flb_cell::<S>(flb) };
-            let _scope = CallbackScope::enter(&cell.callback, cell.host.current_task());
+            let _scope = CallbackScope::enter(&cell.callback_out, cell.host.current_task());
             let cx = cell.ctx();
             let out = cell.outgoing.withdraw();
             if let (Some(out), Ok(ser)) = (out, read_ser::<S::Ser>(cx.kho(), data)) {
@@ -1197,7 +1221,7 @@ pub mod rt {
         crate::ffi::catch(EIO, || {
             // SAFETY: module contract.
             let cell = unsafe { flb_cell::<S>(flb) };
-            let _scope = CallbackScope::enter(&cell.callback, cell.host.current_task());
+            let _scope = CallbackScope::enter(&cell.callback_in, cell.host.current_task());
             let cx = cell.ctx();
             let r = read_ser::<S::Ser>(cx.kho(), data)
                 .and_then(S::decode)
@@ -1220,7 +1244,7 @@ pub mod rt {
         crate::ffi::catch((), || {
             // SAFETY: module contract.
             let cell = unsafe { flb_cell::<S>(flb) };
-            let _scope = CallbackScope::enter(&cell.callback, cell.host.current_task());
+            let _scope = CallbackScope::enter(&cell.callback_in, cell.host.current_task());
             let inc = cell.incoming.withdraw();
             if let Some(inc) = inc {
                 cell.flb.finish(&cell.ctx(), inc);

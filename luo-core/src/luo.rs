@@ -166,23 +166,30 @@ pub(crate) struct Flb {
     users: Ordered<usize>,
     out: Ordered<FlbOut>,
     inc: Ordered<FlbIn>,
-    /// The thread running this FLB's callbacks, to refuse re-entrant get/put (`EDEADLK`).
-    busy: Ordered<Option<ThreadId>>,
+    /// Threads running one of this FLB's callbacks (for `EDEADLK`).
+    busy: Ordered<Vec<ThreadId>>,
 }
 
 impl Flb {
     fn enter(&self) -> Result<(), Errno> {
         let me = std::thread::current().id();
-        if *lock(&self.busy) == Some(me) {
+        if lock(&self.busy).contains(&me) {
             return Err(Errno::EDEADLK);
         }
         Ok(())
     }
 
+    /// Runs one of the FLB's callbacks, marking this thread as inside it. An outgoing and an
+    /// incoming callback may run at once on two threads (each direction has its own lock), so
+    /// every thread inside one is recorded, not just the last to enter.
     fn run<R>(&self, f: impl FnOnce() -> R) -> R {
-        *lock(&self.busy) = Some(std::thread::current().id());
+        let me = std::thread::current().id();
+        lock(&self.busy).push(me);
         let r = f();
-        *lock(&self.busy) = None;
+        let mut busy = lock(&self.busy);
+        if let Some(i) = busy.iter().rposition(|t| *t == me) {
+            busy.swap_remove(i);
+        }
         r
     }
 
@@ -1023,7 +1030,7 @@ impl Luo {
                     users: Ordered::new(Level::Flb, 0),
                     out: Ordered::new(Level::Flb, FlbOut::default()),
                     inc: Ordered::new(Level::Flb, FlbIn::default()),
-                    busy: Ordered::new(Level::FlbBusy, None),
+                    busy: Ordered::new(Level::FlbBusy, Vec::new()),
                 });
                 reg.flbs.push(Arc::clone(&e));
                 e

@@ -15,7 +15,6 @@
 //! | `Registry` | `Luo::reg` | handlers and FLBs registered; looked up from session operations |
 //! | `HandlerFlbs` | the FLBs and global state linked to one handler | read while a session op runs |
 //! | `Flb` | `Flb::users`, `out`, `inc` | FLB refcount and data, held across FLB callbacks |
-//! | `FlbBusy` | `Flb::busy` | marks the thread inside an FLB callback, set under the above |
 //! | `GlobalState` | a handler global state's `data` | taken from handler callbacks |
 //! | `GlobalCb` | a handler global state's `in_cb` | set under `data` around its callbacks |
 //! | `Subsystems` | the registered subsystems | reboot and boot walk them |
@@ -51,7 +50,6 @@ pub(crate) enum Level {
     Registry,
     HandlerFlbs,
     Flb,
-    FlbBusy,
     GlobalState,
     GlobalCb,
     Subsystems,

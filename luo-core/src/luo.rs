@@ -166,30 +166,32 @@ pub(crate) struct Flb {
     users: Ordered<usize>,
     out: Ordered<FlbOut>,
     inc: Ordered<FlbIn>,
-    /// Threads running one of this FLB's callbacks (for `EDEADLK`).
-    busy: Ordered<Vec<ThreadId>>,
+}
+
+thread_local! {
+    /// The FLBs whose callback runs on this thread, innermost last. Re-entry is a matter of
+    /// this thread alone: an outgoing and an incoming callback of one FLB may run at once on
+    /// two threads (each direction has its own lock), and a get from inside a callback must
+    /// be refused before it takes any lock (the callback holds the FLB's, which comes after
+    /// the registry the lookup takes).
+    static IN_FLB_CALLBACK: std::cell::RefCell<Vec<usize>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `EDEADLK` when this thread is running one of `flb`'s callbacks.
+fn flb_reentry(flb: *mut liveupdate_flb) -> Result<(), Errno> {
+    if IN_FLB_CALLBACK.with_borrow(|v| v.contains(&(flb as usize))) {
+        return Err(Errno::EDEADLK);
+    }
+    Ok(())
 }
 
 impl Flb {
-    fn enter(&self) -> Result<(), Errno> {
-        let me = std::thread::current().id();
-        if lock(&self.busy).contains(&me) {
-            return Err(Errno::EDEADLK);
-        }
-        Ok(())
-    }
-
-    /// Runs one of the FLB's callbacks, marking this thread as inside it. An outgoing and an
-    /// incoming callback may run at once on two threads (each direction has its own lock), so
-    /// every thread inside one is recorded, not just the last to enter.
+    /// Runs one of the FLB's callbacks, marking this thread as inside it.
     fn run<R>(&self, f: impl FnOnce() -> R) -> R {
-        let me = std::thread::current().id();
-        lock(&self.busy).push(me);
+        IN_FLB_CALLBACK.with_borrow_mut(|v| v.push(self.ptr.0 as usize));
         let r = f();
-        let mut busy = lock(&self.busy);
-        if let Some(i) = busy.iter().rposition(|t| *t == me) {
-            busy.swap_remove(i);
-        }
+        IN_FLB_CALLBACK.with_borrow_mut(|v| v.pop());
         r
     }
 
@@ -1030,7 +1032,6 @@ impl Luo {
                     users: Ordered::new(Level::Flb, 0),
                     out: Ordered::new(Level::Flb, FlbOut::default()),
                     inc: Ordered::new(Level::Flb, FlbIn::default()),
-                    busy: Ordered::new(Level::FlbBusy, Vec::new()),
                 });
                 reg.flbs.push(Arc::clone(&e));
                 e
@@ -1076,16 +1077,16 @@ impl Luo {
     /// `liveupdate_flb_get_outgoing`: the live object (NULL if not preserved).
     pub fn flb_get_outgoing(&self, flb: *mut liveupdate_flb) -> Result<*mut c_void, Errno> {
         self.check_enabled()?;
+        flb_reentry(flb)?;
         let f = self.find_flb(flb)?;
-        f.enter()?;
         Ok(lock(&f.out).obj as *mut c_void)
     }
 
     /// `liveupdate_flb_get_incoming`: retrieves lazily and takes a reference.
     pub fn flb_get_incoming(&self, flb: *mut liveupdate_flb) -> Result<*mut c_void, Errno> {
         self.check_enabled()?;
+        flb_reentry(flb)?;
         let f = self.find_flb(flb)?;
-        f.enter()?;
         let map = self.flb_in.as_ref().ok_or(Errno::ENODATA)?;
         let mut inc = lock(&f.inc);
         if inc.finished {
@@ -1119,8 +1120,8 @@ impl Luo {
 
     /// `liveupdate_flb_put_incoming`: drops a reference; the last one finishes the FLB.
     pub fn flb_put_incoming(&self, flb: *mut liveupdate_flb) {
-        if let Ok(f) = self.find_flb(flb)
-            && f.enter().is_ok()
+        if flb_reentry(flb).is_ok()
+            && let Ok(f) = self.find_flb(flb)
         {
             self.flb_put(&f);
         }

@@ -151,6 +151,28 @@ pub struct StaticHandler(pub liveupdate_file_handler);
 unsafe impl Sync for StaticHandler {}
 
 impl StaticHandler {
+    /// A handler with `ops` and `compatible`.
+    pub const fn new(ops: &'static FileOps, compatible: &str) -> StaticHandler {
+        StaticHandler(liveupdate_file_handler {
+            ops: &ops.0,
+            compatible: compat48(compatible),
+            depends_on: core::ptr::null(),
+        })
+    }
+
+    /// A handler whose files may depend on files of the handlers in `depends_on`.
+    pub const fn with_deps(
+        ops: &'static FileOps,
+        compatible: &str,
+        depends_on: &'static DependsOn,
+    ) -> StaticHandler {
+        StaticHandler(liveupdate_file_handler {
+            ops: &ops.0,
+            compatible: compat48(compatible),
+            depends_on: depends_on.0.as_ptr(),
+        })
+    }
+
     /// The `struct liveupdate_file_handler *` the core keys on (never written through).
     pub fn as_ptr(&'static self) -> *mut liveupdate_file_handler {
         (&self.0 as *const liveupdate_file_handler).cast_mut()
@@ -186,6 +208,14 @@ pub struct StaticFlb(pub liveupdate_flb);
 unsafe impl Sync for StaticFlb {}
 
 impl StaticFlb {
+    /// An FLB with `ops` and `compatible`.
+    pub const fn new(ops: &'static FlbOps, compatible: &str) -> StaticFlb {
+        StaticFlb(liveupdate_flb {
+            ops: &ops.0,
+            compatible: compat48(compatible),
+        })
+    }
+
     /// The `struct liveupdate_flb *` the core keys on (never written through).
     pub fn as_ptr(&'static self) -> *mut liveupdate_flb {
         (&self.0 as *const liveupdate_flb).cast_mut()

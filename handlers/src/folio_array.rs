@@ -17,6 +17,24 @@ pub struct Preserved {
 }
 
 impl Preserved {
+    /// Hands the array to LUO as the file's `private_data`, which LUO gives back to
+    /// unpreserve ([`Preserved::take_private`]).
+    pub(crate) fn into_private(self) -> *mut core::ffi::c_void {
+        Box::into_raw(Box::new(self)).cast()
+    }
+
+    /// Takes back the array [`Preserved::into_private`] handed to LUO, leaving NULL.
+    ///
+    /// # Safety
+    ///
+    /// `*private` is NULL or a value of [`Preserved::into_private`] not taken back yet.
+    pub(crate) unsafe fn take_private(private: &mut *mut core::ffi::c_void) -> Option<Preserved> {
+        let p = core::mem::replace(private, core::ptr::null_mut());
+        // SAFETY: a `Box<Preserved>` leaked by `into_private`, taken back once (the caller's
+        // contract; the slot is NULL from now on).
+        (!p.is_null()).then(|| *unsafe { Box::from_raw(p.cast::<Preserved>()) })
+    }
+
     /// The descriptor as handed over.
     pub fn abi(&self) -> kho_vmalloc {
         self.desc

@@ -181,11 +181,6 @@ unsafe extern "C" fn can_preserve(_h: *mut liveupdate_file_handler, f: *mut CFil
         })
 }
 
-/// What preserve keeps for unpreserve: the folio array.
-struct Private {
-    array: folio_array::Preserved,
-}
-
 fn ser_at(data: u64) -> Phys<guest_memfd_luo_ser> {
     Phys::new(PhysAddr::new(data))
 }
@@ -202,9 +197,9 @@ unsafe extern "C" fn preserve(a: *mut liveupdate_file_op_args) -> c_int {
         // Upstream freezes the mapping first: no folio comes or goes while preserved.
         g.pages.set_frozen(true);
         match preserve_steps(&kho, g) {
-            Ok((data, p)) => {
+            Ok((data, array)) => {
                 a.serialized_data = data;
-                a.private_data = Box::into_raw(Box::new(p)).cast();
+                a.private_data = array.into_private();
                 Ok(())
             }
             Err(e) => {
@@ -217,7 +212,7 @@ unsafe extern "C" fn preserve(a: *mut liveupdate_file_op_args) -> c_int {
 
 /// KHO-preserves every folio, writes the folio array and the `guest_memfd_luo_ser`; on
 /// failure undoes what it did.
-fn preserve_steps(kho: &Kho, g: &GuestMemfd) -> Result<(u64, Private), Errno> {
+fn preserve_steps(kho: &Kho, g: &GuestMemfd) -> Result<(u64, folio_array::Preserved), Errno> {
     let records = g.pages.preserve_folios(|index, f| {
         let mut r = guest_memfd_luo_folio_ser::new_zeroed();
         r.set_pfn(f.phys.pfn());
@@ -246,7 +241,7 @@ fn preserve_steps(kho: &Kho, g: &GuestMemfd) -> Result<(u64, Private), Errno> {
         Ok(p)
     });
     match r {
-        Ok(p) => Ok((p.addr().as_u64(), Private { array })),
+        Ok(p) => Ok((p.addr().as_u64(), array)),
         Err(e) => {
             folio_array::unpreserve(&**kho, array);
             g.pages.unpreserve_folios();
@@ -261,11 +256,9 @@ unsafe extern "C" fn unpreserve(a: *mut liveupdate_file_op_args) {
     let (Some(g), Ok(kho)) = (gmem_ptr(a.file), host().and_then(|h| h.kho())) else {
         return;
     };
-    if !a.private_data.is_null() {
-        // SAFETY: `private_data` is the `Box<Private>` preserve leaked; LUO hands it back once.
-        let p = unsafe { Box::from_raw(a.private_data.cast::<Private>()) };
-        a.private_data = std::ptr::null_mut();
-        folio_array::unpreserve(&*kho, p.array);
+    // SAFETY: `private_data` is NULL or the array preserve handed to LUO, given back once.
+    if let Some(array) = unsafe { folio_array::Preserved::take_private(&mut a.private_data) } {
+        folio_array::unpreserve(&*kho, array);
     }
     g.pages.unpreserve_folios();
     if g.is_hugetlb() {

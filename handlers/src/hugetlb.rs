@@ -432,11 +432,6 @@ unsafe extern "C" fn can_preserve(_h: *mut liveupdate_file_handler, f: *mut CFil
     kind_of(f) == Some(FileKind::HugeMemfd) && huge_of(f).is_some()
 }
 
-/// What preserve keeps for unpreserve: the folio array.
-struct Private {
-    array: folio_array::Preserved,
-}
-
 fn ser_at(data: u64) -> Phys<hugemfd_ser> {
     Phys::new(PhysAddr::new(data))
 }
@@ -469,7 +464,7 @@ unsafe extern "C" fn preserve(a: *mut liveupdate_file_op_args) -> c_int {
         match r {
             Ok(p) => {
                 a.serialized_data = p.addr().as_u64();
-                a.private_data = Box::into_raw(Box::new(Private { array })).cast();
+                a.private_data = array.into_private();
                 Ok(())
             }
             Err(e) => {
@@ -487,11 +482,9 @@ unsafe extern "C" fn unpreserve(a: *mut liveupdate_file_op_args) {
     let (Some(m), Ok(kho)) = (huge_of(a.file), host().and_then(|h| h.kho())) else {
         return;
     };
-    if !a.private_data.is_null() {
-        // SAFETY: `private_data` is the `Box<Private>` preserve leaked; LUO hands it back once.
-        let p = unsafe { Box::from_raw(a.private_data.cast::<Private>()) };
-        a.private_data = std::ptr::null_mut();
-        folio_array::unpreserve(&*kho, p.array);
+    // SAFETY: `private_data` is NULL or the array preserve handed to LUO, given back once.
+    if let Some(array) = unsafe { folio_array::Preserved::take_private(&mut a.private_data) } {
+        folio_array::unpreserve(&*kho, array);
     }
     m.pages.unpreserve_folios();
     let _ = unpreserve_pages(m.pages.order(), m.pages.nr());

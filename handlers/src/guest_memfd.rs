@@ -167,11 +167,8 @@ static KVM_COMPAT: [u8; 48] = compat48(KVM_LUO_FH_COMPATIBLE);
 static DEPENDS_ON: DependsOn = DependsOn(&[KVM_COMPAT.as_ptr(), std::ptr::null()]);
 
 /// The `guest_memfd_luo_v1` handler; its files depend on `kvm_vm_luo_v1` files.
-pub static GUEST_MEMFD: StaticHandler = StaticHandler(liveupdate_file_handler {
-    ops: &OPS.0,
-    compatible: compat48(GUEST_MEMFD_LUO_FH_COMPATIBLE),
-    depends_on: DEPENDS_ON.0.as_ptr(),
-});
+pub static GUEST_MEMFD: StaticHandler =
+    StaticHandler::with_deps(&OPS, GUEST_MEMFD_LUO_FH_COMPATIBLE, &DEPENDS_ON);
 
 unsafe extern "C" fn can_preserve(_h: *mut liveupdate_file_handler, f: *mut CFile) -> bool {
     kind_of(f) == Some(FileKind::GuestMemfd)

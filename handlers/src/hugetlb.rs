@@ -42,9 +42,7 @@ use zerocopy::FromZeros;
 
 use crate::folio_array;
 use crate::guest_memfd::GUEST_MEMFD;
-use crate::host::{
-    FileOps, FlbOps, StaticFlb, StaticHandler, compat48, host, kind_of, rc, synthetic_of,
-};
+use crate::host::{FileOps, FlbOps, StaticFlb, StaticHandler, host, kind_of, rc, synthetic_of};
 use crate::kvm::KVM_VM;
 use crate::pages::{self, Folio, Pages};
 
@@ -242,10 +240,7 @@ static FLB_OPS: FlbOps = FlbOps(liveupdate_flb_ops {
     owner: std::ptr::null_mut(),
 });
 
-static HUGETLB_FLB: StaticFlb = StaticFlb(liveupdate_flb {
-    ops: &FLB_OPS.0,
-    compatible: compat48(HUGETLB_LUO_FLB_COMPATIBLE),
-});
+static HUGETLB_FLB: StaticFlb = StaticFlb::new(&FLB_OPS, HUGETLB_LUO_FLB_COMPATIBLE);
 
 fn flb_ptr() -> *mut liveupdate_flb {
     HUGETLB_FLB.as_ptr()
@@ -418,11 +413,7 @@ static HUGE_OPS: FileOps = FileOps(liveupdate_file_ops {
 });
 
 /// The `huge-memfd-v1` handler.
-pub static HUGE_MEMFD: StaticHandler = StaticHandler(liveupdate_file_handler {
-    ops: &HUGE_OPS.0,
-    compatible: compat48(HUGEMFD_LUO_FH_COMPATIBLE),
-    depends_on: std::ptr::null(),
-});
+pub static HUGE_MEMFD: StaticHandler = StaticHandler::new(&HUGE_OPS, HUGEMFD_LUO_FH_COMPATIBLE);
 
 fn huge_of<'a>(f: *mut CFile) -> Option<&'a HugeMemfd> {
     synthetic_of::<HugeMemfd>(f)

@@ -37,11 +37,11 @@ use luo_generated::iommu::{
     iommu_intel_ser,
 };
 use luo_generated::liveupdate::{
-    liveupdate_file_handler, liveupdate_flb, liveupdate_flb_op_args, liveupdate_flb_ops,
+    liveupdate_file_handler, liveupdate_flb_op_args, liveupdate_flb_ops,
 };
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes};
 
-use crate::host::{FlbOps, StaticFlb, compat48, host, rc};
+use crate::host::{FlbOps, StaticFlb, host, rc};
 
 /// The current kernel's KHO.
 pub type Kho = Arc<dyn KhoService + Send + Sync>;
@@ -545,10 +545,7 @@ static FLB_OPS: FlbOps = FlbOps(liveupdate_flb_ops {
 });
 
 /// The FLB `"iommu-liveupdate-v1"`.
-pub(crate) static IOMMU_FLB: StaticFlb = StaticFlb(liveupdate_flb {
-    ops: &FLB_OPS.0,
-    compatible: compat48(IOMMU_LUO_FLB_COMPATIBLE),
-});
+pub(crate) static IOMMU_FLB: StaticFlb = StaticFlb::new(&FLB_OPS, IOMMU_LUO_FLB_COMPATIBLE);
 
 unsafe extern "C" fn flb_preserve(a: *mut liveupdate_flb_op_args) -> c_int {
     // SAFETY: LUO passes a valid argument block, exclusively ours for the call.

@@ -40,7 +40,7 @@ use luo_generated::liveupdate::{
 };
 use zerocopy::FromZeros;
 
-use crate::host::{DependsOn, FileOps, StaticHandler, compat48, host, kind_of, rc, synthetic_of};
+use crate::host::{DependsOn, FileOps, StaticHandler, host, kind_of, rc, synthetic_of};
 use crate::iommu::{self, Domain, HwUnit, IommuDevice, Kho};
 
 /// The seals an IOAS mapping's memfd must carry.
@@ -368,11 +368,8 @@ static DEPENDS_ON: DependsOn = DependsOn(&[
 ]);
 
 /// The `iommufd-v1` handler.
-pub static IOMMUFD: StaticHandler = StaticHandler(liveupdate_file_handler {
-    ops: &OPS.0,
-    compatible: compat48(IOMMUFD_LUO_FH_COMPATIBLE),
-    depends_on: DEPENDS_ON.0.as_ptr(),
-});
+pub static IOMMUFD: StaticHandler =
+    StaticHandler::with_deps(&OPS, IOMMUFD_LUO_FH_COMPATIBLE, &DEPENDS_ON);
 
 /// The iommufd behind a `struct file *` LUO passed (`None` if it is not one).
 fn iommufd_of<'a>(f: *mut CFile) -> Option<&'a Iommufd> {

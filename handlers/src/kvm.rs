@@ -20,7 +20,7 @@ use luo_generated::liveupdate::{
     file as CFile, liveupdate_file_handler, liveupdate_file_op_args, liveupdate_file_ops,
 };
 
-use crate::host::{FileOps, StaticHandler, compat48, host, kind_of, rc, synthetic_of};
+use crate::host::{FileOps, StaticHandler, host, kind_of, rc, synthetic_of};
 
 /// `KVM_X86_DEFAULT_VM`.
 pub const KVM_X86_DEFAULT_VM: u64 = 0;
@@ -138,11 +138,7 @@ static OPS: FileOps = FileOps(liveupdate_file_ops {
 });
 
 /// The `kvm_vm_luo_v1` handler.
-pub static KVM_VM: StaticHandler = StaticHandler(liveupdate_file_handler {
-    ops: &OPS.0,
-    compatible: compat48(KVM_LUO_FH_COMPATIBLE),
-    depends_on: std::ptr::null(),
-});
+pub static KVM_VM: StaticHandler = StaticHandler::new(&OPS, KVM_LUO_FH_COMPATIBLE);
 
 unsafe extern "C" fn can_preserve(_h: *mut liveupdate_file_handler, f: *mut CFile) -> bool {
     kind_of(f) == Some(FileKind::KvmVm) && vm_ptr(f).is_some()

@@ -21,11 +21,11 @@ use std::ffi::{c_int, c_void};
 use luo_abi::kho::KhoExt;
 use luo_abi::{Errno, Phys, PhysAddr};
 use luo_generated::liveupdate::{
-    liveupdate_file_handler, liveupdate_flb, liveupdate_flb_op_args, liveupdate_flb_ops,
+    liveupdate_file_handler, liveupdate_flb_op_args, liveupdate_flb_ops,
 };
 use luo_generated::pci::v3::{PCI_LUO_FLB_COMPATIBLE, pci_dev_ser, pci_ser};
 
-use crate::host::{FlbOps, StaticFlb, compat48, host, rc};
+use crate::host::{FlbOps, StaticFlb, host, rc};
 use crate::iommu::{FlbCalls, Kho, PerKernel};
 
 /// What a PCI function is.
@@ -242,10 +242,7 @@ static FLB_OPS: FlbOps = FlbOps(liveupdate_flb_ops {
 });
 
 /// The FLB `"pci-v3"`.
-pub(crate) static PCI_FLB: StaticFlb = StaticFlb(liveupdate_flb {
-    ops: &FLB_OPS.0,
-    compatible: compat48(PCI_LUO_FLB_COMPATIBLE),
-});
+pub(crate) static PCI_FLB: StaticFlb = StaticFlb::new(&FLB_OPS, PCI_LUO_FLB_COMPATIBLE);
 
 unsafe extern "C" fn flb_preserve(a: *mut liveupdate_flb_op_args) -> c_int {
     // SAFETY: LUO passes a valid argument block, exclusively ours for the call.

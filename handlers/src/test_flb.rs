@@ -13,7 +13,7 @@ use luo_generated::liveupdate::{
 };
 
 pub use crate::host::StaticFlb;
-use crate::host::{FlbOps, compat48, host};
+use crate::host::{FlbOps, host};
 
 /// The magic base: FLB `i` stores `TEST_FLB_MAGIC_BASE + i`.
 pub const TEST_FLB_MAGIC_BASE: u64 = 0xFEED_F00D_CAFE_BEE0;
@@ -31,18 +31,9 @@ static OPS: FlbOps = FlbOps(liveupdate_flb_ops {
 
 /// The three test FLBs.
 pub static TEST_FLBS: [StaticFlb; TEST_FLB_COUNT] = [
-    StaticFlb(liveupdate_flb {
-        ops: &OPS.0,
-        compatible: compat48("liveupdate-test-flb-v0"),
-    }),
-    StaticFlb(liveupdate_flb {
-        ops: &OPS.0,
-        compatible: compat48("liveupdate-test-flb-v1"),
-    }),
-    StaticFlb(liveupdate_flb {
-        ops: &OPS.0,
-        compatible: compat48("liveupdate-test-flb-v2"),
-    }),
+    StaticFlb::new(&OPS, "liveupdate-test-flb-v0"),
+    StaticFlb::new(&OPS, "liveupdate-test-flb-v1"),
+    StaticFlb::new(&OPS, "liveupdate-test-flb-v2"),
 ];
 
 /// What the test FLBs saw (process-wide).

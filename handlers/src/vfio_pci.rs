@@ -48,7 +48,7 @@ use luo_generated::liveupdate::{
 };
 use luo_generated::vfio_pci::v1::{VFIO_PCI_LUO_FH_COMPATIBLE, vfio_pci_core_device_ser};
 
-use crate::host::{FileOps, StaticHandler, compat48, host, kind_of, rc, synthetic_of};
+use crate::host::{FileOps, StaticHandler, host, kind_of, rc, synthetic_of};
 use crate::iommu::{HwUnit, IommuDevice, PerKernel};
 use crate::iommufd::Iommufd;
 use crate::pci;
@@ -188,11 +188,7 @@ static OPS: FileOps = FileOps(liveupdate_file_ops {
 });
 
 /// The `vfio-pci-v1` handler.
-pub static VFIO_PCI: StaticHandler = StaticHandler(liveupdate_file_handler {
-    ops: &OPS.0,
-    compatible: compat48(VFIO_PCI_LUO_FH_COMPATIBLE),
-    depends_on: std::ptr::null(),
-});
+pub static VFIO_PCI: StaticHandler = StaticHandler::new(&OPS, VFIO_PCI_LUO_FH_COMPATIBLE);
 
 fn device_of<'a>(f: *mut CFile) -> Option<&'a VfioDevice> {
     (kind_of(f)? == FileKind::VfioPci)

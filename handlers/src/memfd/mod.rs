@@ -30,7 +30,7 @@ use zerocopy::{FromZeros, IntoBytes};
 
 pub use format::{Format, Next, V1, V2};
 
-use crate::host::{StaticHandler, compat48, host};
+use crate::host::{FileOps, StaticHandler, host};
 
 const PAGE: u64 = PAGE_SIZE as u64;
 const ENTRY: usize = size_of::<memfd_luo_folio_ser>();
@@ -69,13 +69,6 @@ pub fn stats() -> Stats {
     }
 }
 
-/// An ops table in a `static`.
-#[repr(transparent)]
-struct Ops(liveupdate_file_ops);
-
-// SAFETY: immutable; the function pointers may be called from any thread.
-unsafe impl Sync for Ops {}
-
 const fn writer_ops<F: Format>() -> liveupdate_file_ops {
     liveupdate_file_ops {
         can_preserve: Some(can_preserve),
@@ -106,30 +99,22 @@ const fn reader_ops<F: Format>() -> liveupdate_file_ops {
     }
 }
 
-static V1_OPS: Ops = Ops(writer_ops::<V1>());
-static V2_OPS: Ops = Ops(writer_ops::<V2>());
-static NEXT_OPS: Ops = Ops(writer_ops::<Next>());
-static V1_READ_OPS: Ops = Ops(reader_ops::<V1>());
-static V2_READ_OPS: Ops = Ops(reader_ops::<V2>());
-
-const fn handler(ops: &'static Ops, compat: &str) -> StaticHandler {
-    StaticHandler(liveupdate_file_handler {
-        ops: &ops.0,
-        compatible: compat48(compat),
-        depends_on: std::ptr::null(),
-    })
-}
+static V1_OPS: FileOps = FileOps(writer_ops::<V1>());
+static V2_OPS: FileOps = FileOps(writer_ops::<V2>());
+static NEXT_OPS: FileOps = FileOps(writer_ops::<Next>());
+static V1_READ_OPS: FileOps = FileOps(reader_ops::<V1>());
+static V2_READ_OPS: FileOps = FileOps(reader_ops::<V2>());
 
 /// The 6.19/7.0 handler: writes `memfd-v1`.
-pub static MEMFD_V1: StaticHandler = handler(&V1_OPS, V1::COMPAT);
+pub static MEMFD_V1: StaticHandler = StaticHandler::new(&V1_OPS, V1::COMPAT);
 /// The 7.3 handler: writes `memfd-v2`.
-pub static MEMFD_V2: StaticHandler = handler(&V2_OPS, V2::COMPAT);
+pub static MEMFD_V2: StaticHandler = StaticHandler::new(&V2_OPS, V2::COMPAT);
 /// The next handler: writes the feature-negotiated `memfd`.
-pub static MEMFD_NEXT: StaticHandler = handler(&NEXT_OPS, Next::COMPAT);
+pub static MEMFD_NEXT: StaticHandler = StaticHandler::new(&NEXT_OPS, Next::COMPAT);
 /// Reads `memfd-v1` in a newer kernel (migration; never preserves).
-pub static MEMFD_V1_READER: StaticHandler = handler(&V1_READ_OPS, V1::COMPAT);
+pub static MEMFD_V1_READER: StaticHandler = StaticHandler::new(&V1_READ_OPS, V1::COMPAT);
 /// Reads `memfd-v2` in a newer kernel (never preserves).
-pub static MEMFD_V2_READER: StaticHandler = handler(&V2_READ_OPS, V2::COMPAT);
+pub static MEMFD_V2_READER: StaticHandler = StaticHandler::new(&V2_READ_OPS, V2::COMPAT);
 
 /// A memfd format version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -108,7 +108,7 @@ pub fn hand_source(n: usize) -> String {
 use std::ptr;
 
 use luo_abi::abi::AbiType;
-use luo_abi::ffi::FileCell;
+use luo_abi::file::FileCell;
 use luo_abi::host::LuoHost;
 use luo_abi::kho::KhoExt;
 use luo_abi::{Phys, PhysAddr};
@@ -170,14 +170,14 @@ pub mod handler{i} {{
 
     unsafe extern "C" fn can_preserve(_h: *mut liveupdate_file_handler, f: *mut file) -> bool {{
         // SAFETY: the core passes a live file cell.
-        unsafe {{ FileCell::borrow(f.cast()) }}.is_some_and(|f| f.kind() == FileKind::Memfd)
+        unsafe {{ luo_abi::file::FileHead::borrow(f.cast()) }}.is_some_and(|f| f.kind() == FileKind::Memfd)
     }}
 
     unsafe extern "C" fn preserve(args: *mut liveupdate_file_op_args) -> c_int {{
         // SAFETY: core contract.
         let (a, h) = unsafe {{ handler(args) }};
         // SAFETY: the core passes a live file cell.
-        let Some(file) = (unsafe {{ FileCell::borrow(a.file.cast()) }}) else {{
+        let Some(file) = (unsafe {{ luo_abi::file::FileHead::borrow(a.file.cast()) }}) else {{
             return Errno::EBADF.to_neg();
         }};
         let Some(f) = file.downcast_ref::<BenchFile>() else {{

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use luo_abi::Errno;
-use luo_abi::ffi::FileCell;
+use luo_abi::file::FileCell;
 use luo_abi::file::{File, FileId, FileKind, FileRef};
 use luo_abi::handler::{Ctx, FileHandler, Registration, RetrieveStatus};
 use luo_abi::host::LuoHost;
@@ -105,6 +105,13 @@ pub struct BenchHost {
 }
 
 impl LuoHost for BenchHost {
+    fn file_into_raw(
+        &self,
+        file: luo_abi::file::FileRef,
+    ) -> luo_abi::Result<*mut core::ffi::c_void> {
+        Ok(luo_abi::file::FileCell::into_raw(file))
+    }
+
     fn kho(&self) -> &dyn KhoService {
         self.kho
     }
@@ -250,7 +257,8 @@ impl HandMemfd {
 
 unsafe extern "C" fn hand_can_preserve(_h: *mut liveupdate_file_handler, f: *mut file) -> bool {
     // SAFETY: the core passes a live file cell.
-    unsafe { FileCell::borrow(f.cast()) }.is_some_and(|f| f.kind() == FileKind::Memfd)
+    unsafe { luo_abi::file::FileHead::borrow(f.cast()) }
+        .is_some_and(|f| f.kind() == FileKind::Memfd)
 }
 
 unsafe extern "C" fn hand_preserve(args: *mut liveupdate_file_op_args) -> c_int {
@@ -259,7 +267,7 @@ unsafe extern "C" fn hand_preserve(args: *mut liveupdate_file_op_args) -> c_int 
     // SAFETY: as above.
     let h = unsafe { &*a.handler.cast::<HandMemfd>() };
     // SAFETY: the core passes a live file cell.
-    let Some(file) = (unsafe { FileCell::borrow(a.file.cast()) }) else {
+    let Some(file) = (unsafe { luo_abi::file::FileHead::borrow(a.file.cast()) }) else {
         return EBADF;
     };
     let Some(f) = file.downcast_ref::<BenchFile>() else {

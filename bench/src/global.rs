@@ -115,6 +115,13 @@ pub struct GlobalHost {
 }
 
 impl LuoHost for GlobalHost {
+    fn file_into_raw(
+        &self,
+        file: luo_abi::file::FileRef,
+    ) -> luo_abi::Result<*mut core::ffi::c_void> {
+        Ok(luo_abi::file::FileCell::into_raw(file))
+    }
+
     fn kho(&self) -> &dyn KhoService {
         &self.kho
     }

@@ -30,7 +30,7 @@
 //! | `preserve` | calls [`FileHandler::preserve`]; writes the returned ABI struct into memory from [`KhoService::alloc_preserve`] and hands its physical address to the core as `serialized_data`; boxes the private data into `private_data` |
 //! | `unpreserve` | reads the struct back, calls the handler with it and the private data, frees the preserved memory |
 //! | `freeze` / `unfreeze` | read the struct; `freeze` may change it and the runtime writes it back in place |
-//! | `retrieve` | reads the struct (for a version read, reads the old type and runs the handler's [`Migrate`]), validates it (reserved fields, feature negotiation) and passes it typed; the returned file goes to the core as a [`FileCell`] |
+//! | `retrieve` | reads the struct (for a version read, reads the old type and runs the handler's [`Migrate`]), validates it (reserved fields, feature negotiation) and passes it typed; the returned file goes to the core through [`LuoHost::file_into_raw`] |
 //! | `can_finish` / `finish` | read and validate again; after `finish` the preserved memory is released |
 //!
 //! Errors become `-errno`; a panic becomes `-EIO` / `false` / nothing (see [`crate::ffi`]).
@@ -46,10 +46,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use crate::errno::{Errno, Result};
 use crate::features::{Feature, FeatureDecl};
-use crate::ffi::FileCell;
-use crate::file::{File, FileId, FileRef};
+use crate::file::{File, FileHead, FileId, FileRef};
 use crate::global::{Global, HandlerState, HandlerStateCell, NoState};
-use crate::host::{LuoHost, RawFlb};
+use crate::host::{LuoHost, RawFlb, RawSession};
 use crate::kho::{KhoExt, KhoService};
 use crate::phys::{Phys, PhysAddr};
 
@@ -291,18 +290,46 @@ pub fn read_ser<T: FromBytes + IntoBytes>(kho: &dyn KhoService, data: u64) -> Re
 pub struct Ctx<'a, H: HandlerAbi> {
     shared: &'a Shared<H>,
     raw: *mut c_void,
+    session: RawSession,
     active: Cell<u64>,
     _not_send: PhantomData<*mut ()>,
 }
 
 impl<'a, H: HandlerAbi> Ctx<'a, H> {
-    fn new(shared: &'a Shared<H>, raw: *mut c_void, active: u64) -> Self {
+    fn new(shared: &'a Shared<H>, raw: *mut c_void, session: RawSession, active: u64) -> Self {
         Ctx {
             shared,
             raw,
+            session,
             active: Cell::new(active),
             _not_send: PhantomData,
         }
+    }
+
+    /// The session this callback runs for: the outgoing one in `preserve`, `unpreserve`,
+    /// `freeze` and `unfreeze`, the incoming one in `retrieve`, `can_finish` and `finish`.
+    pub fn session(&self) -> Session<'a> {
+        Session {
+            host: &*self.shared.host,
+            raw: self.session,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// `memfd_alloc_file(name, flags)` in the kernel running this handler.
+    pub fn memfd_alloc_file(&self, name: &str, flags: u32) -> Result<FileRef> {
+        self.shared.host.memfd_alloc_file(name, flags)
+    }
+
+    /// A new synthetic file of `kind` around `payload` (what a `retrieve` of a file without a
+    /// host counterpart returns); the payload comes back through [`File::payload`].
+    pub fn open_synthetic(
+        &self,
+        kind: crate::file::FileKind,
+        name: &str,
+        payload: Box<dyn core::any::Any + Send + Sync>,
+    ) -> Result<FileRef> {
+        self.shared.host.open_synthetic(kind, name, payload)
     }
 
     /// The KHO service.
@@ -352,6 +379,32 @@ impl<'a, H: HandlerAbi> Ctx<'a, H> {
     /// The features marked as used so far.
     pub fn features(&self) -> u64 {
         self.active.get()
+    }
+}
+
+/// The session of a file callback ([`Ctx::session`]): file-to-file dependencies.
+///
+/// A handler that declares `depends_on = [...]` names, at preserve or freeze, the files its
+/// file depends on by their tokens in the same session, and gets them back at retrieve; the
+/// core records the dependencies and retrieves dependencies first.
+#[derive(Clone, Copy)]
+pub struct Session<'a> {
+    host: &'a dyn LuoHost,
+    raw: RawSession,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl<'a> Session<'a> {
+    /// `liveupdate_get_token_outgoing`: the token of `file` in this outgoing session (see
+    /// [`LuoHost::get_token_outgoing`] for the errors).
+    pub fn get_token_outgoing(&self, file: &dyn File) -> Result<u64> {
+        self.host.get_token_outgoing(self.raw, file)
+    }
+
+    /// `liveupdate_get_file_incoming`: the file preserved under `token` in this incoming
+    /// session, retrieved first if needed (see [`LuoHost::get_file_incoming`] for the errors).
+    pub fn get_file_incoming(&self, token: u64) -> Result<FileRef> {
+        self.host.get_file_incoming(self.raw, token)
     }
 }
 
@@ -462,6 +515,22 @@ impl<H: HandlerAbi> Registration<H> {
             .collect()
     }
 
+    /// The raw handlers of a kernel that reads only the versions in `reads` of those the
+    /// handler can read: the writer, then the readers chosen, in declaration order.
+    /// `-EINVAL` if `reads` names a version the handler does not read.
+    pub fn raw_handlers_reading(&self, reads: &[&str]) -> Result<Vec<*mut H::Raw>> {
+        if let Some(_unknown) = reads.iter().find(|r| !H::READS.contains(r)) {
+            return Err(Errno::EINVAL);
+        }
+        Ok(self
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i == 0 || H::READS.get(i - 1).is_some_and(|r| reads.contains(r)))
+            .map(|(_, e)| &e.raw as *const H::Raw as *mut H::Raw)
+            .collect())
+    }
+
     /// The writer's raw handler.
     pub fn raw(&self) -> *mut H::Raw {
         &self.entries[0].raw as *const H::Raw as *mut H::Raw
@@ -516,7 +585,8 @@ impl<H: HandlerAbi> Registration<H> {
 /// # Safety (all functions)
 ///
 /// `handler` is a `struct liveupdate_file_handler *` from [`Registration::raw_handlers`] of a
-/// live registration of `H`; `file` is NULL or a live [`FileCell`]; out-pointers are valid for
+/// live registration of `H`; `file` is NULL or a live file (a [`FileHead`]); `session` is the
+/// callback's session (or NULL); out-pointers are valid for
 /// writes.
 // The module docs carry the `# Safety` section shared by every function.
 #[allow(clippy::missing_safety_doc)]
@@ -544,7 +614,7 @@ pub mod rt {
             // SAFETY: module contract.
             let s = unsafe { shared::<H>(handler) };
             // SAFETY: module contract.
-            match unsafe { FileCell::borrow(file) } {
+            match unsafe { FileHead::borrow(file) } {
                 Some(f) => s.handler.can_preserve(f),
                 None => false,
             }
@@ -555,6 +625,7 @@ pub mod rt {
     /// `*private` to the boxed private data.
     pub unsafe fn preserve<H: FileHandler>(
         handler: *mut c_void,
+        session: RawSession,
         file: *mut c_void,
         data: *mut u64,
         private: *mut *mut c_void,
@@ -563,11 +634,11 @@ pub mod rt {
             // SAFETY: module contract.
             let s = unsafe { shared::<H>(handler) };
             // SAFETY: module contract.
-            let Some(f) = (unsafe { FileCell::borrow(file) }) else {
+            let Some(f) = (unsafe { FileHead::borrow(file) }) else {
                 return Errno::EBADF.to_neg();
             };
             let default = H::FEATURES.map_or(0, |d| d.active);
-            let cx = Ctx::new(s, handler, default);
+            let cx = Ctx::new(s, handler, session, default);
             let (mut ser, p) = match s.handler.preserve(&cx, f) {
                 Ok(v) => v,
                 Err(e) => return e.to_neg(),
@@ -595,6 +666,7 @@ pub mod rt {
     /// panics.
     pub unsafe fn unpreserve<H: FileHandler>(
         handler: *mut c_void,
+        session: RawSession,
         file: *mut c_void,
         data: u64,
         private: *mut *mut c_void,
@@ -605,8 +677,8 @@ pub mod rt {
             // SAFETY: module contract; the private box was made by `preserve`.
             let p = unsafe { take_private::<H>(private) };
             // SAFETY: module contract.
-            let f = unsafe { FileCell::borrow(file) };
-            let cx = Ctx::new(s, handler, 0);
+            let f = unsafe { FileHead::borrow(file) };
+            let cx = Ctx::new(s, handler, session, 0);
             if let (Some(f), Some(p), Ok(ser)) = (f, p, read_ser::<H::Ser>(cx.kho(), data)) {
                 crate::ffi::catch((), || s.handler.unpreserve(&cx, f, ser, p));
             }
@@ -636,6 +708,7 @@ pub mod rt {
     /// `freeze`: changes the handler makes to the struct are written back in place.
     pub unsafe fn freeze<H: FileHandler>(
         handler: *mut c_void,
+        session: RawSession,
         file: *mut c_void,
         data: *mut u64,
         private: *mut c_void,
@@ -644,7 +717,7 @@ pub mod rt {
             // SAFETY: module contract.
             let s = unsafe { shared::<H>(handler) };
             // SAFETY: module contract.
-            let (Some(f), Some(p)) = (unsafe { FileCell::borrow(file) }, unsafe {
+            let (Some(f), Some(p)) = (unsafe { FileHead::borrow(file) }, unsafe {
                 private_mut::<H>(private)
             }) else {
                 return Errno::EINVAL.to_neg();
@@ -653,7 +726,7 @@ pub mod rt {
             let handle = unsafe { *data };
             let r = (|| {
                 let mut ser = read_ser::<H::Ser>(s.host.kho(), handle)?;
-                let cx = Ctx::new(s, handler, H::active_of(&ser));
+                let cx = Ctx::new(s, handler, session, H::active_of(&ser));
                 s.handler.freeze(&cx, f, &mut ser, p)?;
                 H::encode(&mut ser, cx.features());
                 cx.kho()
@@ -666,6 +739,7 @@ pub mod rt {
     /// `unfreeze`.
     pub unsafe fn unfreeze<H: FileHandler>(
         handler: *mut c_void,
+        session: RawSession,
         file: *mut c_void,
         data: u64,
         private: *mut c_void,
@@ -674,13 +748,13 @@ pub mod rt {
             // SAFETY: module contract.
             let s = unsafe { shared::<H>(handler) };
             // SAFETY: module contract.
-            let (Some(f), Some(p)) = (unsafe { FileCell::borrow(file) }, unsafe {
+            let (Some(f), Some(p)) = (unsafe { FileHead::borrow(file) }, unsafe {
                 private_mut::<H>(private)
             }) else {
                 return;
             };
             if let Ok(ser) = read_ser::<H::Ser>(s.host.kho(), data) {
-                let cx = Ctx::new(s, handler, H::active_of(&ser));
+                let cx = Ctx::new(s, handler, session, H::active_of(&ser));
                 s.handler.unfreeze(&cx, f, &ser, p);
             }
         })
@@ -689,6 +763,7 @@ pub mod rt {
     /// `retrieve` for the version `V` this entry reads; sets `*file_out`.
     pub unsafe fn retrieve<H: FileHandler, V: ReadAs<H>>(
         handler: *mut c_void,
+        session: RawSession,
         data: u64,
         file_out: *mut *mut c_void,
     ) -> i32 {
@@ -697,13 +772,13 @@ pub mod rt {
             let s = unsafe { shared::<H>(handler) };
             let r = (|| {
                 let read = V::read(&s.handler, s.host.kho(), data)?;
-                let cx = Ctx::new(s, handler, 0);
+                let cx = Ctx::new(s, handler, session, 0);
                 s.handler.retrieve(&cx, read)
             })();
-            match r {
-                Ok(file) => {
+            match r.and_then(|file| s.host.file_into_raw(file)) {
+                Ok(raw) => {
                     // SAFETY: module contract (valid out-pointer).
-                    unsafe { *file_out = FileCell::into_raw(file) };
+                    unsafe { *file_out = raw };
                     0
                 }
                 Err(e) => e.to_neg(),
@@ -714,6 +789,7 @@ pub mod rt {
     /// `can_finish`; invalid data does not hold FINISH up (`true`).
     pub unsafe fn can_finish<H: FileHandler, V: ReadAs<H>>(
         handler: *mut c_void,
+        session: RawSession,
         file: *mut c_void,
         data: u64,
         status: i32,
@@ -722,10 +798,10 @@ pub mod rt {
             // SAFETY: module contract.
             let s = unsafe { shared::<H>(handler) };
             // SAFETY: module contract.
-            let f = unsafe { FileCell::borrow(file) };
+            let f = unsafe { FileHead::borrow(file) };
             match V::read(&s.handler, s.host.kho(), data) {
                 Ok(read) => {
-                    let cx = Ctx::new(s, handler, 0);
+                    let cx = Ctx::new(s, handler, session, 0);
                     s.handler
                         .can_finish(&cx, f, &read, RetrieveStatus::from_raw(status))
                 }
@@ -738,6 +814,7 @@ pub mod rt {
     /// the handler panicked.
     pub unsafe fn finish<H: FileHandler, V: ReadAs<H>>(
         handler: *mut c_void,
+        session: RawSession,
         file: *mut c_void,
         data: u64,
         status: i32,
@@ -746,9 +823,9 @@ pub mod rt {
             // SAFETY: module contract.
             let s = unsafe { shared::<H>(handler) };
             // SAFETY: module contract.
-            let f = unsafe { FileCell::borrow(file) };
+            let f = unsafe { FileHead::borrow(file) };
             if let Ok(read) = V::read(&s.handler, s.host.kho(), data) {
-                let cx = Ctx::new(s, handler, 0);
+                let cx = Ctx::new(s, handler, session, 0);
                 crate::ffi::catch((), || {
                     s.handler
                         .finish(&cx, f, read, RetrieveStatus::from_raw(status))
@@ -764,7 +841,7 @@ pub mod rt {
     pub unsafe fn get_id<H: FileHandler>(file: *mut c_void) -> u64 {
         crate::ffi::catch(0, || {
             // SAFETY: module contract.
-            match unsafe { FileCell::borrow(file) } {
+            match unsafe { FileHead::borrow(file) } {
                 Some(f) => H::get_id(f).0,
                 None => 0,
             }

@@ -21,7 +21,7 @@ use std::ptr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use luo_abi::abi::compat_str;
-use luo_abi::ffi::FileCell;
+use luo_abi::file::FileCell;
 use luo_abi::file::FileRef;
 use luo_abi::host::{LuoHost, RawFileHandler, RawFlb};
 use luo_abi::kho::KhoService;
@@ -910,6 +910,10 @@ impl MiniCore {
 impl LuoHost for MiniCore {
     fn kho(&self) -> &dyn KhoService {
         &*self.kho
+    }
+
+    fn file_into_raw(&self, file: FileRef) -> Result<*mut c_void> {
+        Ok(FileCell::into_raw(file))
     }
 
     fn flb_get_incoming(&self, flb: RawFlb) -> Result<*mut c_void> {

@@ -5,7 +5,7 @@
 use std::ffi::CString;
 use std::sync::Arc;
 
-use luo_abi::ffi::FileCell;
+use luo_abi::file::FileCell;
 use luo_abi::file::{File, FileKind, FileRef};
 use luo_abi::global::{
     FlbCell, FlbState, HandlerState, HandlerStateCell, StateCtx, StateObj, Subsystem, SubsystemCell,

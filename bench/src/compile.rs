@@ -70,7 +70,7 @@ fn file_of(d: &memfd_luo_ser) -> FileRef {
 pub fn gen_source(n: usize) -> String {
     let mut s = String::from(PRELUDE);
     s.push_str(
-        "use luo_abi::handler::{Ctx, FileHandler, RetrieveStatus};\nuse luo_derive::liveupdate_handler;\n",
+        "use luo_abi::handler::{Ctx, FileHandler, Finish, RetrieveStatus};\nuse luo_derive::liveupdate_handler;\n",
     );
     for i in 0..n {
         let _ = write!(
@@ -92,7 +92,7 @@ impl FileHandler for Handler{i} {{
     fn retrieve(&self, _: &Ctx<'_, Self>, d: memfd_luo_ser) -> luo_abi::Result<FileRef> {{
         Ok(file_of(&d))
     }}
-    fn finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, _: memfd_luo_ser, _: RetrieveStatus) {{}}
+    fn finish(&self, _: &Ctx<'_, Self>, _: Finish<'_, memfd_luo_ser>) {{}}
 }}
 "#
         );

@@ -24,7 +24,7 @@ use std::sync::atomic::AtomicU64;
 use luo_abi::Errno;
 use luo_abi::file::FileCell;
 use luo_abi::file::{File, FileId, FileKind, FileRef};
-use luo_abi::handler::{Ctx, FileHandler, Registration, RetrieveStatus};
+use luo_abi::handler::{Ctx, FileHandler, Finish, Registration};
 use luo_abi::host::LuoHost;
 use luo_abi::kho::{KhoExt, KhoService};
 use luo_derive::liveupdate_handler;
@@ -202,8 +202,7 @@ impl FileHandler for GenMemfd {
         }))
     }
 
-    fn finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, _: memfd_luo_ser, _: RetrieveStatus) {
-    }
+    fn finish(&self, _: &Ctx<'_, Self>, _: Finish<'_, memfd_luo_ser>) {}
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -214,33 +214,57 @@ pub trait FileHandler: HandlerAbi {
         Err(Errno::EOPNOTSUPP)
     }
 
-    /// Whether FINISH may proceed for this file.
+    /// Whether FINISH may proceed for this file (asked for every file of the session before
+    /// any `finish`). `file` is the retrieved file, if any. Gets no record: a record not yet
+    /// retrieved is claimed only once, by `finish`.
     fn can_finish(
         &self,
         cx: &Ctx<'_, Self>,
         file: Option<&dyn File>,
-        data: &Self::Read,
         status: RetrieveStatus,
     ) -> bool {
-        let _ = (cx, file, data, status);
+        let _ = (cx, file, status);
         true
     }
 
-    /// Releases what is left of the handed-over state, retrieved or not.
-    fn finish(
-        &self,
-        cx: &Ctx<'_, Self>,
-        file: Option<&dyn File>,
-        data: Self::Read,
-        status: RetrieveStatus,
-    ) {
-        let _ = (cx, file, data, status);
+    /// Releases what is left of the handed-over state once the session finishes; `how` says
+    /// whether the file was retrieved, never retrieved (then it carries the record), or
+    /// failed to retrieve.
+    fn finish(&self, cx: &Ctx<'_, Self>, how: Finish<'_, Self::Read>) {
+        let _ = (cx, how);
     }
 
     /// The identity of the object behind `file` (double-preservation key). No `self`: the C
     /// op gets only the file.
     fn get_id(file: &dyn File) -> FileId {
         file.id()
+    }
+}
+
+/// How a handed-over file ends, as [`FileHandler::finish`] sees it.
+///
+/// The runtime claims a file's record from KHO exactly once: at `retrieve` (and releases it
+/// there, whatever the outcome) or, for a file never retrieved, at `finish`. So only
+/// [`Finish::NotRetrieved`] carries the record, claimed and validated; the runtime releases
+/// it after `finish` returns.
+pub enum Finish<'a, R> {
+    /// `retrieve` succeeded: the file it built owns the state now.
+    Retrieved(&'a dyn File),
+    /// The file was never retrieved: release what the record names (upstream's memfd frees
+    /// its folios here).
+    NotRetrieved(R),
+    /// `retrieve` failed with this error; its record was released then.
+    Failed(Errno),
+}
+
+impl<R> Finish<'_, R> {
+    /// The [`RetrieveStatus`] this outcome corresponds to.
+    pub fn status(&self) -> RetrieveStatus {
+        match self {
+            Finish::Retrieved(_) => RetrieveStatus::Retrieved,
+            Finish::NotRetrieved(_) => RetrieveStatus::NotRetrieved,
+            Finish::Failed(e) => RetrieveStatus::Failed(*e),
+        }
     }
 }
 
@@ -260,6 +284,8 @@ pub trait Migrate<Old>: HandlerAbi {
 /// How one registered version reads its handed-over data (the writer's own version is
 /// [`Current`]; `#[liveupdate_handler]` generates one type per version read).
 pub trait ReadAs<H: HandlerAbi> {
+    /// The size of the struct this version hands over.
+    const SIZE: usize;
     /// Reads, validates and (for an older version) migrates the struct at `data`.
     fn read(handler: &H, kho: &dyn KhoService, data: u64) -> Result<H::Read>;
 }
@@ -268,6 +294,7 @@ pub trait ReadAs<H: HandlerAbi> {
 pub struct Current;
 
 impl<H: HandlerAbi> ReadAs<H> for Current {
+    const SIZE: usize = size_of::<H::Ser>();
     fn read(_: &H, kho: &dyn KhoService, data: u64) -> Result<H::Read> {
         let ser = read_ser::<H::Ser>(kho, data)?;
         H::decode(ser)
@@ -760,7 +787,8 @@ pub mod rt {
         })
     }
 
-    /// `retrieve` for the version `V` this entry reads; sets `*file_out`.
+    /// `retrieve` for the version `V` this entry reads; sets `*file_out`. The record is
+    /// claimed before it is read and released afterwards, whatever the outcome.
     pub unsafe fn retrieve<H: FileHandler, V: ReadAs<H>>(
         handler: *mut c_void,
         session: RawSession,
@@ -771,6 +799,7 @@ pub mod rt {
             // SAFETY: module contract.
             let s = unsafe { shared::<H>(handler) };
             let r = (|| {
+                let _record = Claimed::new(s.host.kho(), data, V::SIZE)?;
                 let read = V::read(&s.handler, s.host.kho(), data)?;
                 let cx = Ctx::new(s, handler, session, 0);
                 s.handler.retrieve(&cx, read)
@@ -786,12 +815,12 @@ pub mod rt {
         })
     }
 
-    /// `can_finish`; invalid data does not hold FINISH up (`true`).
+    /// `can_finish`.
     pub unsafe fn can_finish<H: FileHandler, V: ReadAs<H>>(
         handler: *mut c_void,
         session: RawSession,
         file: *mut c_void,
-        data: u64,
+        _data: u64,
         status: i32,
     ) -> bool {
         crate::ffi::catch(false, || {
@@ -799,19 +828,14 @@ pub mod rt {
             let s = unsafe { shared::<H>(handler) };
             // SAFETY: module contract.
             let f = unsafe { FileHead::borrow(file) };
-            match V::read(&s.handler, s.host.kho(), data) {
-                Ok(read) => {
-                    let cx = Ctx::new(s, handler, session, 0);
-                    s.handler
-                        .can_finish(&cx, f, &read, RetrieveStatus::from_raw(status))
-                }
-                Err(_) => true,
-            }
+            let cx = Ctx::new(s, handler, session, 0);
+            s.handler
+                .can_finish(&cx, f, RetrieveStatus::from_raw(status))
         })
     }
 
-    /// `finish`: releases the preserved struct afterwards, even if it did not validate or
-    /// the handler panicked.
+    /// `finish`: for a file never retrieved, claims the record, passes it to the handler and
+    /// releases it afterwards, even if it did not validate or the handler panicked.
     pub unsafe fn finish<H: FileHandler, V: ReadAs<H>>(
         handler: *mut c_void,
         session: RawSession,
@@ -824,17 +848,61 @@ pub mod rt {
             let s = unsafe { shared::<H>(handler) };
             // SAFETY: module contract.
             let f = unsafe { FileHead::borrow(file) };
-            if let Ok(read) = V::read(&s.handler, s.host.kho(), data) {
-                let cx = Ctx::new(s, handler, session, 0);
-                crate::ffi::catch((), || {
-                    s.handler
-                        .finish(&cx, f, read, RetrieveStatus::from_raw(status))
-                });
-            }
-            if data != 0 {
-                let _ = s.host.kho().restore_free(PhysAddr::new(data));
+            let cx = Ctx::new(s, handler, session, 0);
+            match RetrieveStatus::from_raw(status) {
+                RetrieveStatus::Retrieved => {
+                    if let Some(f) = f {
+                        s.handler.finish(&cx, Finish::Retrieved(f));
+                    }
+                }
+                RetrieveStatus::Failed(e) => s.handler.finish(&cx, Finish::Failed(e)),
+                RetrieveStatus::NotRetrieved => {
+                    let Ok(_record) = Claimed::new(s.host.kho(), data, V::SIZE) else {
+                        return;
+                    };
+                    if let Ok(read) = V::read(&s.handler, s.host.kho(), data) {
+                        crate::ffi::catch((), || s.handler.finish(&cx, Finish::NotRetrieved(read)));
+                    }
+                }
             }
         })
+    }
+
+    /// A handed-over record claimed from KHO (`kho_restore_folio`), released (freed) on drop.
+    ///
+    /// KHO refuses an address that is not an incoming preserved folio, so a corrupt
+    /// `serialized_data` is never read, and a record is claimed once: a second claim fails.
+    struct Claimed<'a> {
+        kho: &'a dyn KhoService,
+        at: PhysAddr,
+        order: u32,
+    }
+
+    impl<'a> Claimed<'a> {
+        fn new(kho: &'a dyn KhoService, data: u64, size: usize) -> Result<Claimed<'a>> {
+            if data == 0 {
+                return Err(Errno::EINVAL);
+            }
+            let at = PhysAddr::new(data);
+            let order = kho.restore_folio(at)?;
+            let c = Claimed { kho, at, order };
+            // A folio smaller than the record would make the read stray past it.
+            let fits = 1usize
+                .checked_shl(order)
+                .and_then(|n| n.checked_mul(crate::PAGE_SIZE))
+                .is_some_and(|bytes| bytes >= size);
+            if !fits || !at.is_page_aligned() {
+                return Err(Errno::EINVAL);
+            }
+            Ok(c)
+        }
+    }
+
+    impl Drop for Claimed<'_> {
+        fn drop(&mut self) {
+            // Nothing to report from a release; KHO keeps its own accounting.
+            let _ = self.kho.free_folio(self.at, self.order);
+        }
     }
 
     /// `get_id`; `0` for a NULL file or a panic.

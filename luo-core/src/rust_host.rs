@@ -5,7 +5,7 @@
 //! `liveupdate_file_handler` structs (the writer, then one reader per older version) whose ops
 //! tables call the `luo-abi` runtime, plus the handler value and its global state. The layer
 //! that builds a machine (the simulator, a test) makes the registration with the kernel's
-//! [`Kernel::host`] and gives it to [`Kernel::register_handler`]; from then on the kernel owns
+//! [`Registry::host`] and gives it to [`Registry::register_handler`]; from then on the kernel owns
 //! it and runs it through the same C tables as a C handler (`luo_file.c`'s
 //! `liveupdate_register_file_handler`). The host reaches its kernel through a weak reference,
 //! so a registration never keeps a dead kernel alive and several kernels (one per simulated
@@ -16,10 +16,11 @@ use std::ffi::c_void;
 use std::sync::{Arc, Weak};
 
 use luo_abi::file::{File, FileKind, FileRef};
-use luo_abi::global::{FlbCell, FlbState, Subsystem, SubsystemCell};
+use luo_abi::global::{Subsystem, SubsystemCell};
 use luo_abi::handler::{FileHandler, Registration};
 use luo_abi::host::{LuoHost, RawFileHandler, RawFlb, RawSession};
 use luo_abi::kho::KhoService;
+use luo_abi::registry::Registry;
 use luo_abi::{Errno, Result};
 use luo_generated::liveupdate::{
     liveupdate_fh_global_state_ops, liveupdate_file_handler, liveupdate_flb, liveupdate_session,
@@ -127,25 +128,12 @@ impl LuoHost for KernelHost {
     }
 }
 
-impl Kernel {
-    /// The host this kernel's Rust handlers, FLBs and subsystems are built with
-    /// ([`Registration::new`], [`FlbCell::new`], [`SubsystemCell::new`]).
-    pub fn host(&self) -> Arc<dyn LuoHost> {
+impl Registry for Kernel {
+    fn host(&self) -> Arc<dyn LuoHost> {
         Arc::clone(&self.inner.host) as Arc<dyn LuoHost>
     }
 
-    /// `liveupdate_register_file_handler` for a Rust handler: registers the writer and a
-    /// reader for every version in the handler's `reads = [...]`, with its handler-scoped
-    /// state and its FLBs; the kernel then owns the registration.
-    pub fn register_handler<H: FileHandler>(&self, reg: Registration<H>) -> Result<()> {
-        let all: Vec<&str> = H::READS.to_vec();
-        self.register_handler_reading(reg, &all)
-    }
-
-    /// As [`Kernel::register_handler`], with readers only for the versions in `reads` (a
-    /// kernel that reads fewer of the handler's older versions). `-EINVAL` for a version the
-    /// handler cannot read.
-    pub fn register_handler_reading<H: FileHandler>(
+    fn register_handler_reading<H: FileHandler>(
         &self,
         reg: Registration<H>,
         reads: &[&str],
@@ -189,9 +177,7 @@ impl Kernel {
         Ok(())
     }
 
-    /// `liveupdate_register_subsystem` for a Rust subsystem; the kernel keeps the cell alive.
-    /// If the previous kernel handed data over for it, its `boot` runs now.
-    pub fn register_subsystem<S: Subsystem>(&self, cell: &Arc<SubsystemCell<S>>) -> Result<()> {
+    fn register_subsystem<S: Subsystem>(&self, cell: &Arc<SubsystemCell<S>>) -> Result<()> {
         let _g = self.enter();
         // SAFETY: the cell's `liveupdate_subsystem` is immutable and lives as long as the
         // cell, which the kernel keeps until it drops its LUO.
@@ -201,18 +187,6 @@ impl Kernel {
         }?;
         lock(&self.inner.registrations).push(Box::new(Arc::clone(cell)));
         Ok(())
-    }
-
-    /// A new FLB cell run by this kernel; link it by naming it in a handler's
-    /// `flbs = [...]` and passing the cell in the handler's globals.
-    pub fn new_flb<S: FlbState>(&self, flb: S) -> Arc<FlbCell<S>> {
-        FlbCell::new(flb, self.host())
-    }
-
-    /// A new subsystem cell run by this kernel; register it with
-    /// [`Kernel::register_subsystem`].
-    pub fn new_subsystem<S: Subsystem>(&self, sub: S) -> Arc<SubsystemCell<S>> {
-        SubsystemCell::new(sub, self.host())
     }
 }
 

@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use luo_abi::file::{File, FileKind, FileRef};
 use luo_abi::global::{FlbState, StateCtx, Subsystem};
-use luo_abi::handler::{Ctx, FileHandler, Registration, RetrieveStatus};
+use luo_abi::handler::{Ctx, FileHandler, Finish, Registration};
+use luo_abi::registry::Registry;
 use luo_abi::{Errno, Result};
 use luo_core::{BackingKind, BootOptions, Handover, Kernel};
 use luo_derive::{Abi, liveupdate_flb, liveupdate_handler, liveupdate_subsystem};
@@ -148,7 +149,7 @@ impl FileHandler for CounterHandler {
         }
         cx.open_synthetic(FileKind::Other, "counter", Box::new(Counter(ser.value)))
     }
-    fn finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, _: counter_ser, _: RetrieveStatus) {}
+    fn finish(&self, _: &Ctx<'_, Self>, _: Finish<'_, counter_ser>) {}
 }
 
 /// Registers the subsystem, then the handler with its FLB, as a machine's boot would.

@@ -58,7 +58,7 @@ pub const IMPL: VtableSpec = VtableSpec {
         ),
         (
             "finish",
-            "fn finish(&self, cx: &Ctx<'_, Self>, file: Option<&dyn File>, data: Self::Read, status: RetrieveStatus)",
+            "fn finish(&self, cx: &Ctx<'_, Self>, how: Finish<'_, Self::Read>)",
         ),
     ],
     optional: &["freeze", "unfreeze", "can_finish", "get_id"],
@@ -688,6 +688,7 @@ fn generate(m: &Model) -> TokenStream {
             #[doc(hidden)]
             pub struct #rd;
             impl ::luo_abi::handler::ReadAs<#ident> for #rd {
+                const SIZE: usize = ::core::mem::size_of::<#old>();
                 fn read(
                     handler: &#ident,
                     kho: &dyn ::luo_abi::kho::KhoService,

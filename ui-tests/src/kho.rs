@@ -13,6 +13,7 @@ struct State {
     mem: Vec<u8>,
     outgoing: BTreeMap<u64, usize>,
     incoming: BTreeMap<u64, usize>,
+    claimed: BTreeMap<u64, usize>,
     kexecs: u64,
 }
 
@@ -55,9 +56,11 @@ impl VecKho {
         self.st().outgoing.len()
     }
 
-    /// Blocks handed over by the previous kernel and not restored.
+    /// Blocks handed over by the previous kernel and not restored (claimed and not released
+    /// count as not restored).
     pub fn incoming_blocks(&self) -> usize {
-        self.st().incoming.len()
+        let s = self.st();
+        s.incoming.len() + s.claimed.len()
     }
 
     fn range(s: &State, phys: PhysAddr, len: usize) -> Result<std::ops::Range<usize>> {
@@ -80,8 +83,13 @@ impl KhoService for VecKho {
     fn alloc_folio(&self, _: u32) -> Result<PhysAddr> {
         Err(Errno::EOPNOTSUPP)
     }
-    fn free_folio(&self, _: PhysAddr, _: u32) -> Result {
-        Err(Errno::EOPNOTSUPP)
+    /// Releases a block claimed by `restore_folio`.
+    fn free_folio(&self, phys: PhysAddr, _: u32) -> Result {
+        self.st()
+            .claimed
+            .remove(&phys.as_u64())
+            .map(drop)
+            .ok_or(Errno::EINVAL)
     }
     fn preserve_folio(&self, _: PhysAddr, _: u32) -> Result {
         Err(Errno::EOPNOTSUPP)
@@ -89,8 +97,12 @@ impl KhoService for VecKho {
     fn unpreserve_folio(&self, _: PhysAddr, _: u32) -> Result {
         Err(Errno::EOPNOTSUPP)
     }
-    fn restore_folio(&self, _: PhysAddr) -> Result<u32> {
-        Err(Errno::EOPNOTSUPP)
+    /// Claims an incoming block (once): its order is that of its page count.
+    fn restore_folio(&self, phys: PhysAddr) -> Result<u32> {
+        let mut s = self.st();
+        let len = s.incoming.remove(&phys.as_u64()).ok_or(Errno::EINVAL)?;
+        s.claimed.insert(phys.as_u64(), len);
+        Ok((len / PAGE_SIZE).next_power_of_two().trailing_zeros())
     }
     fn preserve_pages(&self, _: PhysAddr, _: usize) -> Result {
         Err(Errno::EOPNOTSUPP)

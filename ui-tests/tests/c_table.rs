@@ -10,7 +10,7 @@ use luo_abi::file::{File, FileKind, FileRef};
 use luo_abi::global::{
     FlbCell, FlbState, HandlerState, HandlerStateCell, StateCtx, StateObj, Subsystem, SubsystemCell,
 };
-use luo_abi::handler::{Ctx, FileHandler, Registration, RetrieveStatus};
+use luo_abi::handler::{Ctx, FileHandler, Finish, Registration, RetrieveStatus};
 use luo_abi::host::LuoHost;
 use luo_abi::{Errno, Result};
 use luo_derive::{
@@ -57,7 +57,7 @@ impl FileHandler for RequiredOnly {
     fn retrieve(&self, _: &Ctx<'_, Self>, d: one_ser) -> Result<FileRef> {
         Ok(TestFile::memfd(d.v, 0, 0, 0))
     }
-    fn finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, _: one_ser, _: RetrieveStatus) {}
+    fn finish(&self, _: &Ctx<'_, Self>, _: Finish<'_, one_ser>) {}
 }
 
 /// Versions of a hand-written ABI, laid out as the generated crate lays them out
@@ -87,16 +87,10 @@ impl FileHandler for SomeOptional {
     fn retrieve(&self, _: &Ctx<'_, Self>, _: one_ser) -> Result<FileRef> {
         Err(Errno::EINVAL)
     }
-    fn can_finish(
-        &self,
-        _: &Ctx<'_, Self>,
-        _: Option<&dyn File>,
-        _: &one_ser,
-        _: RetrieveStatus,
-    ) -> bool {
+    fn can_finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, _: RetrieveStatus) -> bool {
         true
     }
-    fn finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, _: one_ser, _: RetrieveStatus) {}
+    fn finish(&self, _: &Ctx<'_, Self>, _: Finish<'_, one_ser>) {}
 }
 
 impl luo_abi::handler::Migrate<one_ser> for SomeOptional {
@@ -213,16 +207,10 @@ impl FileHandler for All {
     fn retrieve(&self, _: &Ctx<'_, Self>, _: one_ser) -> Result<FileRef> {
         Err(Errno::EINVAL)
     }
-    fn can_finish(
-        &self,
-        _: &Ctx<'_, Self>,
-        _: Option<&dyn File>,
-        _: &one_ser,
-        _: RetrieveStatus,
-    ) -> bool {
+    fn can_finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, _: RetrieveStatus) -> bool {
         true
     }
-    fn finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, _: one_ser, _: RetrieveStatus) {}
+    fn finish(&self, _: &Ctx<'_, Self>, _: Finish<'_, one_ser>) {}
     fn get_id(file: &dyn File) -> luo_abi::file::FileId {
         file.id()
     }

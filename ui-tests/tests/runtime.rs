@@ -11,7 +11,9 @@ use luo_abi::file::{File, FileId, FileKind, FileRef};
 use luo_abi::global::{
     FlbCell, FlbState, HandlerState, HandlerStateCell, StateCtx, StateObj, Subsystem, SubsystemCell,
 };
-use luo_abi::handler::{Ctx, FileHandler, HandlerAbi, Migrate, Registration, RetrieveStatus};
+use luo_abi::handler::{
+    Ctx, FileHandler, Finish, HandlerAbi, Migrate, Registration, RetrieveStatus,
+};
 use luo_abi::host::LuoHost;
 use luo_abi::kho::{KhoExt, KhoService};
 use luo_abi::{Errno, Phys, PhysAddr, Result};
@@ -129,23 +131,24 @@ impl FileHandler for Memfd {
         &self,
         _cx: &Ctx<'_, Self>,
         _file: Option<&dyn File>,
-        _data: &v2::memfd_luo_ser,
         status: RetrieveStatus,
     ) -> bool {
         status != RetrieveStatus::NotRetrieved || self.log.lock().unwrap().len() < 100
     }
 
-    fn finish(
-        &self,
-        _cx: &Ctx<'_, Self>,
-        file: Option<&dyn File>,
-        data: v2::memfd_luo_ser,
-        status: RetrieveStatus,
-    ) {
-        let size = data.size;
+    fn finish(&self, _cx: &Ctx<'_, Self>, how: Finish<'_, v2::memfd_luo_ser>) {
+        let status = how.status();
+        // A retrieved file carries its size; a file never retrieved, its record.
+        let (retrieved, size) = match how {
+            Finish::Retrieved(f) => (
+                true,
+                f.downcast_ref::<TestFile>().map_or(0, |t| t.state().1),
+            ),
+            Finish::NotRetrieved(data) => (false, data.size),
+            Finish::Failed(_) => (false, 0),
+        };
         self.log(format!(
-            "finish retrieved={} status={status:?} size={size}",
-            file.is_some()
+            "finish retrieved={retrieved} status={status:?} size={size}"
         ));
     }
 
@@ -194,14 +197,7 @@ impl FileHandler for MemfdV1 {
     fn retrieve(&self, _: &Ctx<'_, Self>, d: v1::memfd_luo_ser) -> Result<FileRef> {
         Ok(TestFile::memfd(1, d.pos, d.size, 0))
     }
-    fn finish(
-        &self,
-        _: &Ctx<'_, Self>,
-        _: Option<&dyn File>,
-        _: v1::memfd_luo_ser,
-        _: RetrieveStatus,
-    ) {
-    }
+    fn finish(&self, _: &Ctx<'_, Self>, _: Finish<'_, v1::memfd_luo_ser>) {}
 }
 
 fn boot(kho: &Arc<VecKho>, h: Handover) -> Arc<MiniCore> {
@@ -334,10 +330,10 @@ fn a_newer_handler_reads_the_older_version_through_its_migration() {
     assert_eq!(
         log,
         [
-            "migrate v1", // retrieve
+            // The record is claimed and read once, at retrieve; can_finish and finish of a
+            // retrieved file do not read it again.
+            "migrate v1",
             "retrieve",
-            "migrate v1", // can_finish
-            "migrate v1", // finish
             "finish retrieved=true status=Retrieved size=4096"
         ]
     );
@@ -379,9 +375,10 @@ fn corrupt_handles_are_errors_not_panics() {
     let reg = Registration::new(Memfd::default(), host(&core), ());
     core.register(&reg).unwrap();
     assert_eq!(core.retrieve(1).err(), Some(Errno::EINVAL));
-    assert_eq!(core.retrieve(2).err(), Some(Errno::EFAULT));
+    // An address KHO did not hand over is refused before anything is read there.
+    assert_eq!(core.retrieve(2).err(), Some(Errno::EINVAL));
     // The error is cached.
-    assert_eq!(core.retrieve(2).err(), Some(Errno::EFAULT));
+    assert_eq!(core.retrieve(2).err(), Some(Errno::EINVAL));
     core.finish().unwrap();
 }
 
@@ -498,7 +495,7 @@ impl FileHandler for Pooled {
         let pool = cx.global::<Pool>().get_incoming()?;
         Ok(TestFile::memfd(d.token, d.pages_seen, *pool, 0))
     }
-    fn finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, _: pooled_ser, _: RetrieveStatus) {}
+    fn finish(&self, _: &Ctx<'_, Self>, _: Finish<'_, pooled_ser>) {}
 }
 
 #[test]
@@ -637,7 +634,7 @@ impl FileHandler for Counted {
         let total = *cx.state().get_incoming()?;
         Ok(TestFile::memfd(0, d.count, total, 0))
     }
-    fn finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, _: counter_ser, _: RetrieveStatus) {}
+    fn finish(&self, _: &Ctx<'_, Self>, _: Finish<'_, counter_ser>) {}
 }
 
 #[test]
@@ -759,7 +756,7 @@ impl FileHandler for HugeMemfd {
         h[0] -= 2;
         Ok(TestFile::memfd(d.count, h[0], 0, 0))
     }
-    fn finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, _: counter_ser, _: RetrieveStatus) {}
+    fn finish(&self, _: &Ctx<'_, Self>, _: Finish<'_, counter_ser>) {}
 }
 
 #[test]
@@ -884,14 +881,7 @@ impl FileHandler for MemfdNext {
             seals.unwrap_or(0),
         ))
     }
-    fn finish(
-        &self,
-        _: &Ctx<'_, Self>,
-        _: Option<&dyn File>,
-        _: Negotiated<next::memfd_luo_ser>,
-        _: RetrieveStatus,
-    ) {
-    }
+    fn finish(&self, _: &Ctx<'_, Self>, _: Finish<'_, Negotiated<next::memfd_luo_ser>>) {}
 }
 
 fn preserve_next(no_folios: bool) -> (Arc<VecKho>, Handover) {
@@ -1037,7 +1027,7 @@ impl FileHandler for Panicky {
     fn retrieve(&self, _: &Ctx<'_, Self>, _: counter_ser) -> Result<FileRef> {
         panic!("retrieve panics");
     }
-    fn finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, _: counter_ser, _: RetrieveStatus) {}
+    fn finish(&self, _: &Ctx<'_, Self>, _: Finish<'_, counter_ser>) {}
 }
 
 static PANIC_TESTS: Mutex<()> = Mutex::new(());
@@ -1150,7 +1140,7 @@ impl FileHandler for CountedV1 {
     fn retrieve(&self, _: &Ctx<'_, Self>, _: counter_ser) -> Result<FileRef> {
         Err(Errno::EINVAL)
     }
-    fn finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, _: counter_ser, _: RetrieveStatus) {}
+    fn finish(&self, _: &Ctx<'_, Self>, _: Finish<'_, counter_ser>) {}
 }
 
 #[liveupdate_handler(
@@ -1174,7 +1164,7 @@ impl FileHandler for CountedV2 {
         let total = *cx.state().get_incoming()?;
         Ok(TestFile::memfd(0, d.count, total, 0))
     }
-    fn finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, _: counter_ser, _: RetrieveStatus) {}
+    fn finish(&self, _: &Ctx<'_, Self>, _: Finish<'_, counter_ser>) {}
 }
 
 impl Migrate<counter_ser> for CountedV2 {

@@ -2,7 +2,7 @@
 // writer and the reader of memfd-v1) carries the NULL-terminated `depends_on` array, and the
 // callbacks reach the session's dependency calls through `Ctx::session`.
 use luo_abi::file::{File, FileRef};
-use luo_abi::handler::{Ctx, FileHandler, HandlerAbi, Migrate, RetrieveStatus};
+use luo_abi::handler::{Ctx, FileHandler, HandlerAbi, Migrate, Finish};
 use luo_abi::{Errno, Result};
 use luo_derive::liveupdate_handler;
 use luo_generated::memfd::{v1, v2};
@@ -29,7 +29,7 @@ impl FileHandler for VfioPci {
         let _iommufd: FileRef = cx.session().get_file_incoming(ser.pos)?;
         Err(Errno::EOPNOTSUPP)
     }
-    fn finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, _: v2::memfd_luo_ser, _: RetrieveStatus) {}
+    fn finish(&self, _: &Ctx<'_, Self>, _: Finish<'_, v2::memfd_luo_ser>) {}
 }
 
 impl Migrate<v1::memfd_luo_ser> for VfioPci {

@@ -48,7 +48,7 @@ use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use crate::errno::{Errno, Result};
-use crate::handler::{read_ser, HandlerAbi};
+use crate::handler::{read_ser, Claimed, HandlerAbi};
 use crate::host::{LuoHost, RawFlb};
 use crate::kho::{KhoExt, KhoService};
 use crate::lock::{Guard, Lock, LockBackend};
@@ -190,6 +190,16 @@ fn preserve_ser<T: IntoBytes + Immutable>(kho: &dyn KhoService, ser: &T) -> Resu
     Ok(kho.alloc_preserve_obj(ser)?.addr().as_u64())
 }
 
+/// The data word of an immediate FLB: its 8-byte `Ser`, bit for bit.
+fn word_of<T: IntoBytes + Immutable>(ser: &T) -> Result<u64> {
+    u64::read_from_bytes(ser.as_bytes()).map_err(|_| Errno::EINVAL)
+}
+
+/// The `Ser` of an immediate FLB from its data word.
+fn ser_of_word<T: FromBytes>(word: u64) -> Result<T> {
+    T::read_from_bytes(&word.to_ne_bytes()).map_err(|_| Errno::EINVAL)
+}
+
 #[cold]
 fn missing_object() -> ! {
     unreachable!("a guard is only built over a present object")
@@ -213,6 +223,9 @@ pub unsafe trait FlbAbi: Global + Sized {
     type Lock: LockBackend<State: Send + Sync>;
     /// The compatible string (written to `luo_flb_ser.name`).
     const COMPATIBLE: &'static str;
+    /// `immediate`: the FLB's data word is the 8-byte `Ser` itself, not the address of a
+    /// preserved copy (upstream's test FLBs store a value in `data`).
+    const IMMEDIATE: bool = false;
     /// The raw FLB struct.
     fn raw() -> Self::Raw;
     /// Validates an incoming struct (reserved fields).
@@ -1175,7 +1188,12 @@ pub mod rt {
                 Err(e) => return e.to_neg(),
             };
             let out = Arc::new(out);
-            match preserve_ser(cx.kho(), &ser) {
+            let handle = if S::IMMEDIATE {
+                word_of(&ser)
+            } else {
+                preserve_ser(cx.kho(), &ser)
+            };
+            match handle {
                 Ok(handle) => {
                     // A replaced object (only if the core called preserve twice) is dropped
                     // after its guards.
@@ -1203,10 +1221,15 @@ pub mod rt {
             let _scope = CallbackScope::enter(&cell.callback_out, cell.host.current_task());
             let cx = cell.ctx();
             let out = cell.outgoing.withdraw();
-            if let (Some(out), Ok(ser)) = (out, read_ser::<S::Ser>(cx.kho(), data)) {
+            let ser = if S::IMMEDIATE {
+                ser_of_word::<S::Ser>(data)
+            } else {
+                read_ser::<S::Ser>(cx.kho(), data)
+            };
+            if let (Some(out), Ok(ser)) = (out, ser) {
                 cell.flb.unpreserve(&cx, ser, out);
             }
-            if data != 0 {
+            if data != 0 && !S::IMMEDIATE {
                 let _ = cx.kho().unpreserve_free(PhysAddr::new(data));
             }
         })
@@ -1223,13 +1246,20 @@ pub mod rt {
             let cell = unsafe { flb_cell::<S>(flb) };
             let _scope = CallbackScope::enter(&cell.callback_in, cell.host.current_task());
             let cx = cell.ctx();
-            let r = read_ser::<S::Ser>(cx.kho(), data)
+            let r = if S::IMMEDIATE {
+                ser_of_word::<S::Ser>(data)
+            } else {
+                // Claimed before it is read, released once retrieve has run, whatever the
+                // outcome: as a file's record (see `Claimed`).
+                Claimed::new(cx.kho(), data, size_of::<S::Ser>())
+                    .and_then(|_record| read_ser::<S::Ser>(cx.kho(), data))
+            };
+            let r = r
                 .and_then(S::decode)
                 .and_then(|ser| cell.flb.retrieve(&cx, ser));
             match r {
                 Ok(inc) => {
                     drop(cell.incoming.publish(Arc::new(inc)));
-                    let _ = cx.kho().restore_free(PhysAddr::new(data));
                     // SAFETY: module contract.
                     unsafe { *obj = flb };
                     0

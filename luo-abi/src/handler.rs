@@ -506,6 +506,33 @@ pub struct HandlerEntry<R> {
 pub struct Registration<H: HandlerAbi> {
     entries: Box<[HandlerEntry<H::Raw>]>,
     shared: Box<Shared<H>>,
+    linked: Vec<LinkedFlb>,
+}
+
+/// An FLB linked to a handler at run time rather than declared in its `flbs = [...]`: the
+/// core runs its lifecycle with the handler's files, but the handler gets no guards of it.
+/// Upstream's in-kernel test (`CONFIG_LIVEUPDATE_TEST`) links its FLBs to every handler this
+/// way. Keeps the FLB's cell alive as long as the registration.
+#[derive(Clone)]
+pub struct LinkedFlb {
+    raw: RawFlb,
+    _cell: Arc<dyn core::any::Any + Send + Sync>,
+}
+
+// SAFETY: `raw` points into the cell `_cell` keeps alive, which is `Send + Sync`; the pointer
+// is only handed to the core, never dereferenced here.
+unsafe impl Send for LinkedFlb {}
+// SAFETY: as above.
+unsafe impl Sync for LinkedFlb {}
+
+impl LinkedFlb {
+    /// The FLB of `cell`, to link with [`Registration::link_flb`].
+    pub fn new<S: crate::global::FlbState>(cell: &Arc<crate::global::FlbCell<S>>) -> LinkedFlb {
+        LinkedFlb {
+            raw: cell.raw(),
+            _cell: Arc::clone(cell) as Arc<dyn core::any::Any + Send + Sync>,
+        }
+    }
 }
 
 // SAFETY: the entries are immutable after construction; their raw pointers point to `'static`
@@ -530,7 +557,16 @@ impl<H: HandlerAbi> Registration<H> {
             .map(|&raw| HandlerEntry { raw, shared: sp })
             .collect::<Vec<_>>()
             .into_boxed_slice();
-        Registration { entries, shared }
+        Registration {
+            entries,
+            shared,
+            linked: Vec::new(),
+        }
+    }
+
+    /// Links `flb` to every raw handler of this registration as well (see [`LinkedFlb`]).
+    pub fn link_flb(&mut self, flb: LinkedFlb) {
+        self.linked.push(flb);
     }
 
     /// The raw handlers to pass to `liveupdate_register_file_handler`: the writer first, then
@@ -572,9 +608,12 @@ impl<H: HandlerAbi> Registration<H> {
         (!p.is_null()).then_some(p)
     }
 
-    /// The raw FLBs to link with every raw handler (`liveupdate_register_flb`).
+    /// The raw FLBs to link with every raw handler (`liveupdate_register_flb`): the declared
+    /// ones, then those linked at run time.
     pub fn flbs(&self) -> Vec<RawFlb> {
-        H::flbs(&self.shared.globals)
+        let mut v = H::flbs(&self.shared.globals);
+        v.extend(self.linked.iter().map(|l| l.raw));
+        v
     }
 
     /// The handler value.
@@ -602,6 +641,43 @@ impl<H: HandlerAbi> Registration<H> {
             host: &*self.shared.host,
             fh: self.raw().cast(),
         }
+    }
+}
+
+/// A handed-over record claimed from KHO (`kho_restore_folio`), released (freed) on drop.
+///
+/// KHO refuses an address that is not an incoming preserved folio, so a corrupt
+/// `serialized_data` is never read, and a record is claimed once: a second claim fails.
+pub(crate) struct Claimed<'a> {
+    kho: &'a dyn KhoService,
+    at: PhysAddr,
+    order: u32,
+}
+
+impl<'a> Claimed<'a> {
+    pub(crate) fn new(kho: &'a dyn KhoService, data: u64, size: usize) -> Result<Claimed<'a>> {
+        if data == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let at = PhysAddr::new(data);
+        let order = kho.restore_folio(at)?;
+        let c = Claimed { kho, at, order };
+        // A folio smaller than the record would make the read stray past it.
+        let fits = 1usize
+            .checked_shl(order)
+            .and_then(|n| n.checked_mul(crate::PAGE_SIZE))
+            .is_some_and(|bytes| bytes >= size);
+        if !fits {
+            return Err(Errno::EINVAL);
+        }
+        Ok(c)
+    }
+}
+
+impl Drop for Claimed<'_> {
+    fn drop(&mut self) {
+        // Nothing to report from a release; KHO keeps its own accounting.
+        let _ = self.kho.free_folio(self.at, self.order);
     }
 }
 
@@ -866,43 +942,6 @@ pub mod rt {
                 }
             }
         })
-    }
-
-    /// A handed-over record claimed from KHO (`kho_restore_folio`), released (freed) on drop.
-    ///
-    /// KHO refuses an address that is not an incoming preserved folio, so a corrupt
-    /// `serialized_data` is never read, and a record is claimed once: a second claim fails.
-    struct Claimed<'a> {
-        kho: &'a dyn KhoService,
-        at: PhysAddr,
-        order: u32,
-    }
-
-    impl<'a> Claimed<'a> {
-        fn new(kho: &'a dyn KhoService, data: u64, size: usize) -> Result<Claimed<'a>> {
-            if data == 0 {
-                return Err(Errno::EINVAL);
-            }
-            let at = PhysAddr::new(data);
-            let order = kho.restore_folio(at)?;
-            let c = Claimed { kho, at, order };
-            // A folio smaller than the record would make the read stray past it.
-            let fits = 1usize
-                .checked_shl(order)
-                .and_then(|n| n.checked_mul(crate::PAGE_SIZE))
-                .is_some_and(|bytes| bytes >= size);
-            if !fits || !at.is_page_aligned() {
-                return Err(Errno::EINVAL);
-            }
-            Ok(c)
-        }
-    }
-
-    impl Drop for Claimed<'_> {
-        fn drop(&mut self) {
-            // Nothing to report from a release; KHO keeps its own accounting.
-            let _ = self.kho.free_folio(self.at, self.order);
-        }
     }
 
     /// `get_id`; `0` for a NULL file or a panic.

@@ -152,16 +152,16 @@ impl Kernel {
             let _g = k.enter();
             crate::host::install();
             let v = opts.version;
-            let hs = luo_handlers::memfd::register(v.memfd_writes(), v.memfd_reads())
-                .map_err(ImageError::Host)?;
             // 6.19 has no FLBs (nor upstream's test FLBs).
-            if opts.test_flbs && v.luo_writes() != crate::version::LuoFormat::V1 {
-                for h in hs {
-                    // SAFETY: `h` is a registered `'static` handler.
-                    unsafe { luo_handlers::test_flb::link(h.as_ptr()) }
-                        .map_err(ImageError::Host)?;
-                }
-            }
+            let test_flbs = (opts.test_flbs && v.luo_writes() != crate::version::LuoFormat::V1)
+                .then(|| luo_handlers::test_flb::TestFlbs::new(&k));
+            luo_handlers::memfd::register(
+                &k,
+                v.memfd_writes(),
+                v.memfd_reads(),
+                test_flbs.as_ref(),
+            )
+            .map_err(ImageError::Host)?;
         }
         Ok(k)
     }

@@ -229,14 +229,9 @@ fn build_model(ident: &Ident, args: Vec<Arg>, errors: &mut Errors) -> Model {
         }
     }
 
-    // Versions read.
-    if !reads_lits.is_empty() && m.versionless {
-        errors.spanned(
-            &reads_lits[0],
-            "a feature-negotiated handler (`name = ...`) has no older versions to read: old payloads are read through feature bits; remove `reads`",
-        );
-        reads_lits.clear();
-    }
+    // Versions read. A feature-negotiated handler (`name = "memfd"`) came after the
+    // exact-match versions of the same name (`memfd-v1`, `memfd-v2`): it may read any of them,
+    // each from the `vN` module beside the one of its own ABI (`...::next::T` → `...::v2::T`).
     let mut seen_reads: Vec<String> = Vec::new();
     for r in reads_lits {
         let v = r.value();
@@ -245,43 +240,62 @@ fn build_model(ident: &Ident, args: Vec<Arg>, errors: &mut Errors) -> Model {
             continue;
         }
         seen_reads.push(v.clone());
-        let Some((base, n)) = &written else {
-            if m.compat.is_some() {
-                errors.spanned(
-                    &r,
-                    "`reads` needs a compatible string of the form `name-vN` to order versions",
-                );
+        let (base, n) = match (&written, &m.compat) {
+            (Some((base, n)), _) => (base.clone(), Some(*n)),
+            (None, Some(name)) if m.versionless => (name.value(), None),
+            (None, _) => {
+                if m.compat.is_some() {
+                    errors.spanned(
+                        &r,
+                        "`reads` needs a compatible string of the form `name-vN` to order versions",
+                    );
+                }
+                continue;
             }
-            continue;
         };
         let Some((rbase, rn)) = split_version(&v) else {
+            let hint = match n {
+                Some(n) => format!("`{base}-vN` with N below {n}"),
+                None => format!("`{base}-vN`, the exact-match versions before `{base}`"),
+            };
             errors.spanned(
                 &r,
-                format!("unknown version `{v}`: versions read are compatible strings of this handler, `{base}-vN` with N below {n}"),
+                format!("unknown version `{v}`: versions read are compatible strings of this handler, {hint}"),
             );
             continue;
         };
         if rbase != base {
+            let own = match n {
+                Some(n) => format!("the compatible string is `{base}-v{n}`"),
+                None => format!("the handler's name is `{base}`"),
+            };
             errors.spanned(
                 &r,
-                format!("unknown version `{v}`: it is not a version of `{base}` (the compatible string is `{base}-v{n}`)"),
+                format!("unknown version `{v}`: it is not a version of `{base}` ({own})"),
             );
             continue;
         }
-        if rn >= *n {
-            errors.spanned(
-                &r,
-                format!("`{v}` is not older than the version written (`{base}-v{n}`); a handler reads only older versions, list only `{base}-vN` with N < {n}"),
-            );
-            continue;
+        if let Some(n) = n {
+            if rn >= n {
+                errors.spanned(
+                    &r,
+                    format!("`{v}` is not older than the version written (`{base}-v{n}`); a handler reads only older versions, list only `{base}-vN` with N < {n}"),
+                );
+                continue;
+            }
         }
         let Some(abi) = &m.abi else { continue };
-        let Some((idx, _)) = path_version(abi) else {
-            errors.spanned(
-                abi,
-                "`reads` finds each older ABI type next to this one, so `abi` must name its version module (`...::v2::Type`)",
-            );
-            continue;
+        let idx = match (path_version(abi), m.versionless) {
+            (Some((idx, _)), _) => idx,
+            // `...::next::T`: the module holding the type stands for the version.
+            (None, true) if abi.segments.len() >= 2 => abi.segments.len() - 2,
+            _ => {
+                errors.spanned(
+                    abi,
+                    "`reads` finds each older ABI type next to this one, so `abi` must name its version module (`...::v2::Type`)",
+                );
+                continue;
+            }
         };
         m.reads
             .push((r.clone(), with_version(abi, idx, rn, r.span())));

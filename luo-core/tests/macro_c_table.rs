@@ -348,10 +348,7 @@ fn c_sees_null_exactly_where_optional_callbacks_are_missing() {
 
     // luo-core accepts both tables: the writer and the reader of the older version.
     k.register_handler(some).unwrap();
-    assert_eq!(
-        k.luo().handlers(),
-        ["some-optional-v3", "some-optional-v2"]
-    );
+    assert_eq!(k.luo().handlers(), ["some-optional-v3", "some-optional-v2"]);
 }
 
 #[test]
@@ -392,10 +389,7 @@ fn c_calls_through_the_table() {
     let other = k.open_null().unwrap();
     // The `struct file *` the core hands its handlers: the address of its own file object.
     let (memfd, other) = (k.file(memfd).unwrap(), k.file(other).unwrap());
-    let (memfd_c, other_c) = (
-        CoreFile::as_c(&memfd),
-        CoreFile::as_c(&other),
-    );
+    let (memfd_c, other_c) = (CoreFile::as_c(&memfd), CoreFile::as_c(&other));
     // SAFETY: a live handler and live core files (held by `memfd` and `other`).
     unsafe {
         assert_eq!((c().call_can_preserve)(reg.raw(), memfd_c), 1);

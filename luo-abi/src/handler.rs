@@ -506,6 +506,14 @@ pub struct HandlerEntry<R> {
 pub struct Registration<H: HandlerAbi> {
     entries: Box<[HandlerEntry<H::Raw>]>,
     shared: Box<Shared<H>>,
+    /// FLBs linked at run time ([`Registration::link_flb`]), kept alive with the registration.
+    linked: Vec<LinkedFlb>,
+}
+
+/// An FLB linked to a registration at run time: its raw struct and the cell that owns it.
+struct LinkedFlb {
+    raw: RawFlb,
+    _cell: Arc<dyn core::any::Any + Send + Sync>,
 }
 
 // SAFETY: the entries are immutable after construction; their raw pointers point to `'static`
@@ -530,7 +538,11 @@ impl<H: HandlerAbi> Registration<H> {
             .map(|&raw| HandlerEntry { raw, shared: sp })
             .collect::<Vec<_>>()
             .into_boxed_slice();
-        Registration { entries, shared }
+        Registration {
+            entries,
+            shared,
+            linked: Vec::new(),
+        }
     }
 
     /// The raw handlers to pass to `liveupdate_register_file_handler`: the writer first, then
@@ -572,9 +584,12 @@ impl<H: HandlerAbi> Registration<H> {
         (!p.is_null()).then_some(p)
     }
 
-    /// The raw FLBs to link with every raw handler (`liveupdate_register_flb`).
+    /// The raw FLBs to link with every raw handler (`liveupdate_register_flb`): the declared
+    /// ones (`flbs = [...]`), then those linked with [`Registration::link_flb`].
     pub fn flbs(&self) -> Vec<RawFlb> {
-        H::flbs(&self.shared.globals)
+        let mut flbs = H::flbs(&self.shared.globals);
+        flbs.extend(self.linked.iter().map(|l| l.raw));
+        flbs
     }
 
     /// The handler value.
@@ -602,6 +617,28 @@ impl<H: HandlerAbi> Registration<H> {
             host: &*self.shared.host,
             fh: self.raw().cast(),
         }
+    }
+}
+
+impl<H: HandlerAbi> Registration<H> {
+    /// Links `flb` with every raw handler of this registration as well, for an FLB chosen at
+    /// run time rather than declared in `flbs = [...]`: the kernel configuration decides
+    /// whether HugeTLB's pools cross as an FLB or as a subsystem, so its handlers link the
+    /// FLB only in the first case.
+    ///
+    /// The core then treats it exactly as a declared FLB (preserved with the first dependent
+    /// file, finished with the last); the registration keeps the cell alive. [`Ctx::global`]
+    /// reaches declared state only: the handler keeps its own `Arc` of a linked cell (it chose
+    /// it) and takes guards from that. Linking an FLB twice, or one the handler also declares,
+    /// makes the registration fail (`-EEXIST` from the core).
+    #[must_use = "the registration must still be registered"]
+    pub fn link_flb<S: crate::global::FlbState>(
+        mut self,
+        flb: Arc<crate::global::FlbCell<S>>,
+    ) -> Self {
+        let raw = flb.raw();
+        self.linked.push(LinkedFlb { raw, _cell: flb });
+        self
     }
 }
 

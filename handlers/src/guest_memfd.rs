@@ -72,12 +72,7 @@ impl GuestMemfd {
     /// bytes (nonzero, page aligned), `flags` a subset of
     /// `GUEST_MEMFD_LUO_FLAG_MMAP | GUEST_MEMFD_LUO_FLAG_INIT_SHARED`; folios are allocated on
     /// first write. `EINVAL` otherwise, or when `vm` is not a VM.
-    pub fn new(
-        host: Arc<dyn LuoHost>,
-        vm: FileRef,
-        size: u64,
-        flags: u64,
-    ) -> Result<GuestMemfd> {
+    pub fn new(host: Arc<dyn LuoHost>, vm: FileRef, size: u64, flags: u64) -> Result<GuestMemfd> {
         if vm_of(&*vm).is_none()
             || flags & !(GUEST_MEMFD_LUO_FLAG_MMAP | GUEST_MEMFD_LUO_FLAG_INIT_SHARED) != 0
             || size == 0
@@ -189,7 +184,11 @@ impl FileHandler for GuestMemfdHandler {
         })
     }
 
-    fn preserve(&self, cx: &Ctx<'_, Self>, file: &dyn File) -> Result<(guest_memfd_luo_ser, Array)> {
+    fn preserve(
+        &self,
+        cx: &Ctx<'_, Self>,
+        file: &dyn File,
+    ) -> Result<(guest_memfd_luo_ser, Array)> {
         let g = gmem_of(file).ok_or(Errno::EINVAL)?;
         // The VM must be preserved in the same session (the core says ENOENT otherwise).
         cx.session().get_token_outgoing(&*g.vm)?;
@@ -273,7 +272,8 @@ impl GuestMemfdHandler {
             r.index = index;
             r
         })?;
-        let array = FolioArray::preserve(kho, &records).inspect_err(|_| g.pages.unpreserve_folios())?;
+        let array =
+            FolioArray::preserve(kho, &records).inspect_err(|_| g.pages.unpreserve_folios())?;
         let ser = guest_memfd_luo_ser {
             size: g.pages.size(),
             flags: g.flags,

@@ -613,13 +613,7 @@ pub fn register(k: &impl Registry, form: Form) -> Result<Hugetlb> {
         })
     });
     let h = Hugetlb { pools, flb };
-    let huge = Registration::new(
-        HugeMemfdHandler {
-            hugetlb: h.clone(),
-        },
-        host,
-        (),
-    );
+    let huge = Registration::new(HugeMemfdHandler { hugetlb: h.clone() }, host, ());
     k.register_handler(h.link(huge))?;
     crate::kvm::register(k)?;
     crate::guest_memfd::register(k, &h)?;

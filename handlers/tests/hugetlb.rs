@@ -124,11 +124,7 @@ fn only_a_plain_guest_memfd() {
             held_incoming: 0
         }
     );
-    assert_eq!(
-        ht.state().flb_finished,
-        0,
-        "pinned by the guest_memfd"
-    );
+    assert_eq!(ht.state().flb_finished, 0, "pinned by the guest_memfd");
     let dev = k.open_dev().unwrap();
     let s = k.retrieve_session(dev, "s").unwrap();
     k.retrieve_fd(s, toks[0]).unwrap();
@@ -219,7 +215,7 @@ fn huge_memfd_and_hugetlb_guest_memfd_both_forms() {
             },
             "{form:?}"
         );
-            let st = ht.state();
+        let st = ht.state();
         match form {
             Form::Flb => assert_eq!((st.flb_retrieved, st.flb_finished), (1, 1)),
             Form::Subsystem => assert_eq!((st.sub_booted, st.sub_finished), (1, 1)),

@@ -58,8 +58,13 @@ fn vm_ref(k: &Kernel, fd: i32) -> FileRef {
 
 /// A 64-page guest_memfd of the VM at `vm` with pages 0, 3, 17 and 63 written.
 fn open_gmem(k: &Kernel, vm: i32) -> i32 {
-    let g = GuestMemfd::new(k.host(), vm_ref(k, vm), 64 * PAGE, GUEST_MEMFD_LUO_FLAG_MMAP)
-        .unwrap();
+    let g = GuestMemfd::new(
+        k.host(),
+        vm_ref(k, vm),
+        64 * PAGE,
+        GUEST_MEMFD_LUO_FLAG_MMAP,
+    )
+    .unwrap();
     for i in [0u64, 3, 17, 63] {
         let data: Vec<u8> = (0..PAGE).map(|b| (b as u8) ^ (i as u8) ^ 0x5a).collect();
         g.pages().write(i * PAGE, &data).unwrap();

@@ -81,12 +81,12 @@ impl FileHandler for TallyHandler {
         Ok((tally_ser { value: t.0 }, ()))
     }
     fn unpreserve(&self, _: &Ctx<'_, Self>, _: &dyn File, _: tally_ser, _: ()) {
-        if let Some(table) = &self.table {
-            if let Ok(out) = table.get_outgoing() {
-                let files = out.fetch_sub(1, Ordering::SeqCst) - 1;
-                // The last file's unpreserve runs before the FLB's: still preserved here.
-                let _ = table.write_outgoing(&tally_table_ser { files });
-            }
+        if let Some(table) = &self.table
+            && let Ok(out) = table.get_outgoing()
+        {
+            let files = out.fetch_sub(1, Ordering::SeqCst) - 1;
+            // The last file's unpreserve runs before the FLB's: still preserved here.
+            let _ = table.write_outgoing(&tally_table_ser { files });
         }
     }
     fn retrieve(&self, cx: &Ctx<'_, Self>, ser: tally_ser) -> Result<FileRef> {

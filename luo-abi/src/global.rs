@@ -35,6 +35,13 @@
 //!
 //! The handed-over data of every form is a typed ABI struct that the runtime writes to KHO
 //! preserved memory (`alloc_preserve`) and whose physical address is the `u64` the core keeps.
+//! Data that changes after it was first written is rewritten in place: a subsystem's in
+//! `freeze`, handler-scoped state's with [`StateOutgoing::write_ser`], an FLB's with
+//! [`FlbCell::write_outgoing`] (from its dependent files' callbacks).
+//!
+//! An FLB chosen at run time (linked or not depending on the kernel's configuration) is not
+//! declared in `flbs = [...]`: it is linked with
+//! [`Registration::link_flb`](crate::handler::Registration::link_flb).
 
 use alloc::sync::Arc;
 use core::ffi::c_void;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use luo_abi::global::{FlbCell, FlbState, StateCtx};
-use luo_abi::handler::{FileHandler, LinkedFlb, Registration};
+use luo_abi::handler::{FileHandler, Registration};
 use luo_abi::host::RawFlb;
 use luo_abi::registry::Registry;
 use luo_abi::{Errno, Result};
@@ -117,10 +117,10 @@ impl TestFlbs {
     }
 
     /// Links the three FLBs to `reg`'s handlers (upstream: at every handler registration).
-    pub fn link<H: FileHandler>(&self, reg: &mut Registration<H>) {
-        reg.link_flb(LinkedFlb::new(&self.flb0));
-        reg.link_flb(LinkedFlb::new(&self.flb1));
-        reg.link_flb(LinkedFlb::new(&self.flb2));
+    pub fn link<H: FileHandler>(&self, reg: Registration<H>) -> Registration<H> {
+        reg.link_flb(Arc::clone(&self.flb0))
+            .link_flb(Arc::clone(&self.flb1))
+            .link_flb(Arc::clone(&self.flb2))
     }
 
     /// What upstream's test does once its FLBs are linked: `get_incoming` on each, which

@@ -35,6 +35,13 @@
 //!
 //! The handed-over data of every form is a typed ABI struct that the runtime writes to KHO
 //! preserved memory (`alloc_preserve`) and whose physical address is the `u64` the core keeps.
+//! Data that changes after it was first written is rewritten in place: a subsystem's in
+//! `freeze`, handler-scoped state's with [`StateOutgoing::write_ser`], an FLB's with
+//! [`FlbCell::write_outgoing`] (from its dependent files' callbacks).
+//!
+//! An FLB chosen at run time (linked or not depending on the kernel's configuration) is not
+//! declared in `flbs = [...]`: it is linked with
+//! [`Registration::link_flb`](crate::handler::Registration::link_flb).
 
 use alloc::sync::Arc;
 use core::ffi::c_void;
@@ -483,6 +490,10 @@ pub struct FlbCell<S: FlbState> {
     /// may run an outgoing one and an incoming one at once on two tasks.
     callback_out: AtomicUsize,
     callback_in: AtomicUsize,
+    /// The handle of the outgoing handed-over struct while preserved (0 otherwise), for
+    /// [`FlbCell::write_outgoing`]. Behind a lock so that a rewrite never writes memory that
+    /// `unpreserve` is freeing.
+    out_data: Lock<u64, S::Lock>,
 }
 
 // SAFETY: `raw` is immutable after construction and points to `'static` data; everything else
@@ -502,6 +513,7 @@ impl<S: FlbState> FlbCell<S> {
             incoming: Lent::new(),
             callback_out: AtomicUsize::new(0),
             callback_in: AtomicUsize::new(0),
+            out_data: Lock::new(0),
         })
     }
 
@@ -595,6 +607,26 @@ impl<S: FlbState> FlbCell<S> {
 
     fn ctx(&self) -> StateCtx<'_> {
         StateCtx::new(&*self.host)
+    }
+}
+
+impl<S: FlbState> FlbCell<S> {
+    /// Rewrites the outgoing handed-over struct in place: for FLB data that changes after the
+    /// first dependent file's preserve, as upstream's users write through the object
+    /// `liveupdate_flb_get_outgoing` returns (HugeTLB's count of preserved pages grows with
+    /// every preserved file). The next kernel's `retrieve` reads the last struct written.
+    ///
+    /// `-ENODATA` while the FLB is not preserved. Serialized with the FLB's `preserve` and
+    /// `unpreserve`, so it never writes memory that is being freed; not to be called from the
+    /// FLB's own callbacks (they return the struct instead).
+    pub fn write_outgoing(&self, ser: &S::Ser) -> Result {
+        let handle = self.out_data.lock();
+        if *handle == 0 {
+            return Err(Errno::ENODATA);
+        }
+        self.host
+            .kho()
+            .write_obj(Phys::<S::Ser>::new(PhysAddr::new(*handle)), ser)
     }
 }
 
@@ -1195,6 +1227,7 @@ pub mod rt {
             };
             match handle {
                 Ok(handle) => {
+                    *cell.out_data.lock() = handle;
                     // A replaced object (only if the core called preserve twice) is dropped
                     // after its guards.
                     drop(cell.outgoing.publish(out));
@@ -1218,6 +1251,8 @@ pub mod rt {
         crate::ffi::catch((), || {
             // SAFETY: module contract.
             let cell = unsafe { flb_cell::<S>(flb) };
+            // No rewrite from now on: the struct is about to be freed.
+            *cell.out_data.lock() = 0;
             let _scope = CallbackScope::enter(&cell.callback_out, cell.host.current_task());
             let cx = cell.ctx();
             let out = cell.outgoing.withdraw();

@@ -506,33 +506,14 @@ pub struct HandlerEntry<R> {
 pub struct Registration<H: HandlerAbi> {
     entries: Box<[HandlerEntry<H::Raw>]>,
     shared: Box<Shared<H>>,
+    /// FLBs linked at run time ([`Registration::link_flb`]), kept alive with the registration.
     linked: Vec<LinkedFlb>,
 }
 
-/// An FLB linked to a handler at run time rather than declared in its `flbs = [...]`: the
-/// core runs its lifecycle with the handler's files, but the handler gets no guards of it.
-/// Upstream's in-kernel test (`CONFIG_LIVEUPDATE_TEST`) links its FLBs to every handler this
-/// way. Keeps the FLB's cell alive as long as the registration.
-#[derive(Clone)]
-pub struct LinkedFlb {
+/// An FLB linked to a registration at run time: its raw struct and the cell that owns it.
+struct LinkedFlb {
     raw: RawFlb,
     _cell: Arc<dyn core::any::Any + Send + Sync>,
-}
-
-// SAFETY: `raw` points into the cell `_cell` keeps alive, which is `Send + Sync`; the pointer
-// is only handed to the core, never dereferenced here.
-unsafe impl Send for LinkedFlb {}
-// SAFETY: as above.
-unsafe impl Sync for LinkedFlb {}
-
-impl LinkedFlb {
-    /// The FLB of `cell`, to link with [`Registration::link_flb`].
-    pub fn new<S: crate::global::FlbState>(cell: &Arc<crate::global::FlbCell<S>>) -> LinkedFlb {
-        LinkedFlb {
-            raw: cell.raw(),
-            _cell: Arc::clone(cell) as Arc<dyn core::any::Any + Send + Sync>,
-        }
-    }
 }
 
 // SAFETY: the entries are immutable after construction; their raw pointers point to `'static`
@@ -562,11 +543,6 @@ impl<H: HandlerAbi> Registration<H> {
             shared,
             linked: Vec::new(),
         }
-    }
-
-    /// Links `flb` to every raw handler of this registration as well (see [`LinkedFlb`]).
-    pub fn link_flb(&mut self, flb: LinkedFlb) {
-        self.linked.push(flb);
     }
 
     /// The raw handlers to pass to `liveupdate_register_file_handler`: the writer first, then
@@ -609,11 +585,11 @@ impl<H: HandlerAbi> Registration<H> {
     }
 
     /// The raw FLBs to link with every raw handler (`liveupdate_register_flb`): the declared
-    /// ones, then those linked at run time.
+    /// ones (`flbs = [...]`), then those linked with [`Registration::link_flb`].
     pub fn flbs(&self) -> Vec<RawFlb> {
-        let mut v = H::flbs(&self.shared.globals);
-        v.extend(self.linked.iter().map(|l| l.raw));
-        v
+        let mut flbs = H::flbs(&self.shared.globals);
+        flbs.extend(self.linked.iter().map(|l| l.raw));
+        flbs
     }
 
     /// The handler value.
@@ -678,6 +654,28 @@ impl Drop for Claimed<'_> {
     fn drop(&mut self) {
         // Nothing to report from a release; KHO keeps its own accounting.
         let _ = self.kho.free_folio(self.at, self.order);
+    }
+}
+
+impl<H: HandlerAbi> Registration<H> {
+    /// Links `flb` with every raw handler of this registration as well, for an FLB chosen at
+    /// run time rather than declared in `flbs = [...]`: the kernel configuration decides
+    /// whether HugeTLB's pools cross as an FLB or as a subsystem, so its handlers link the
+    /// FLB only in the first case.
+    ///
+    /// The core then treats it exactly as a declared FLB (preserved with the first dependent
+    /// file, finished with the last); the registration keeps the cell alive. [`Ctx::global`]
+    /// reaches declared state only: the handler keeps its own `Arc` of a linked cell (it chose
+    /// it) and takes guards from that. Linking an FLB twice, or one the handler also declares,
+    /// makes the registration fail (`-EEXIST` from the core).
+    #[must_use = "the registration must still be registered"]
+    pub fn link_flb<S: crate::global::FlbState>(
+        mut self,
+        flb: Arc<crate::global::FlbCell<S>>,
+    ) -> Self {
+        let raw = flb.raw();
+        self.linked.push(LinkedFlb { raw, _cell: flb });
+        self
     }
 }
 

@@ -139,7 +139,7 @@ pub fn register(
             .collect();
         let mut reg = Registration::new(handler, k.host(), ());
         if let Some(t) = test_flbs {
-            t.link(&mut reg);
+            reg = t.link(reg);
         }
         k.register_handler_reading(reg, &older)
     }

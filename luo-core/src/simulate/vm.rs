@@ -29,9 +29,10 @@ use std::sync::Arc;
 
 use luo_abi::Errno;
 use luo_abi::file::{File, FileKind, FileRef};
+use luo_abi::registry::Registry;
 use luo_generated::kvm::GUEST_MEMFD_LUO_FLAG_MMAP;
 use luo_handlers::guest_memfd::{GMEM_FILE_NAME, GuestMemfd, gmem_of};
-use luo_handlers::hugetlb::{self, Form, HugeMemfd, Pool};
+use luo_handlers::hugetlb::{self, Form, HugeMemfd, Hugetlb, Pool};
 use luo_handlers::iommu::{self, HwUnit};
 use luo_handlers::iommufd::{self, Iommufd, REQUIRED_SEALS};
 use luo_handlers::kvm::{KVM_X86_SW_PROTECTED_VM, VM_FILE_NAME, Vm, vm_of};
@@ -259,23 +260,23 @@ fn with_payload<T: 'static, R>(
     f(payload)
 }
 
-fn pool() -> Result<Pool, SimError> {
-    let st = op(|| "HugeTLB state".into(), hugetlb::state())?;
-    Ok(st.pools.get(&ORDER).copied().unwrap_or_default())
+fn pool(h: &Hugetlb) -> Pool {
+    h.state().pools.get(&ORDER).copied().unwrap_or_default()
 }
 
 /// Registers what both kernels need beyond the memfd handler (registered at boot): HugeTLB
 /// in `form` with huge-memfd, kvm and guest_memfd; iommufd with the IOMMU FLB, the PCI bus
-/// and vfio-pci with the PCI FLB.
-fn register(form: Form) -> Result<(), SimError> {
-    op(
+/// and vfio-pci with the PCI FLB. Returns the kernel's HugeTLB pools.
+fn register(k: &Kernel, form: Form) -> Result<Hugetlb, SimError> {
+    let h = op(
         || "register HugeTLB, kvm, guest_memfd".into(),
-        hugetlb::register(form),
+        hugetlb::register(k, form),
     )?;
     op(
         || "register iommufd, PCI bus, vfio-pci".into(),
         vfio_pci::boot_devices(CanFinish::Upstream, &BUS),
-    )
+    )?;
+    Ok(h)
 }
 
 /// The VM's files in stage 1, before anything is preserved.
@@ -289,7 +290,7 @@ struct Made {
     devices: Vec<(u64, u16, i32)>,
 }
 
-fn make(k: &Kernel, p: &Plan) -> Result<Made, SimError> {
+fn make(k: &Kernel, h: &Hugetlb, p: &Plan) -> Result<Made, SimError> {
     let seed = p.seed;
     let open = |kind, name: &str, payload: Box<dyn std::any::Any + Send + Sync>| {
         op(
@@ -307,10 +308,10 @@ fn make(k: &Kernel, p: &Plan) -> Result<Made, SimError> {
         .ok_or_else(|| SimError::Check("guest RAM is not shmem".into()))?;
     op(|| "F_ADD_SEALS".into(), shmem.add_seals(REQUIRED_SEALS))?;
 
-    op(|| "nr_hugepages".into(), hugetlb::configure(ORDER, POOL))?;
+    op(|| "nr_hugepages".into(), h.configure(ORDER, POOL))?;
     let m = op(
         || "memfd_create(MFD_HUGETLB)".into(),
-        HugeMemfd::new(ORDER, HUGE_PAGES),
+        HugeMemfd::new(h, ORDER, HUGE_PAGES),
     )?;
     let len = m.pages().size();
     write_pattern(seed, HUGE, len, |off, d| m.pages().write(off, d))?;
@@ -328,6 +329,7 @@ fn make(k: &Kernel, p: &Plan) -> Result<Made, SimError> {
     let g = op(
         || "KVM_CREATE_GUEST_MEMFD".into(),
         GuestMemfd::new(
+            k.host(),
             vm_file.clone(),
             GMEM_PAGES * PAGE,
             GUEST_MEMFD_LUO_FLAG_MMAP,
@@ -344,7 +346,7 @@ fn make(k: &Kernel, p: &Plan) -> Result<Made, SimError> {
     let gmem = open(FileKind::GuestMemfd, GMEM_FILE_NAME, Box::new(g))?;
     let gh = op(
         || "KVM_CREATE_GUEST_MEMFD (HugeTLB)".into(),
-        GuestMemfd::new_hugetlb(vm_file, ORDER, HUGE_PAGES, GUEST_MEMFD_LUO_FLAG_MMAP),
+        GuestMemfd::new_hugetlb(h, vm_file, ORDER, HUGE_PAGES, GUEST_MEMFD_LUO_FLAG_MMAP),
     )?;
     let len = gh.pages().size();
     write_pattern(seed, GMEM_HUGE, len, |off, d| gh.pages().write(off, d))?;
@@ -415,7 +417,7 @@ fn set_irqs(k: &Kernel, m: &Made, on: bool) -> Result<(), SimError> {
 /// type by type, show the freeze refused with interrupts on, turn them off.
 pub(super) fn populate(k: &Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<(), SimError> {
     let _current = k.enter();
-    let ((), t) = timed(|| register(p.hugetlb_form))?;
+    let (h, t) = timed(|| register(k, p.hugetlb_form))?;
     rep.phase(
         "register",
         t,
@@ -426,7 +428,7 @@ pub(super) fn populate(k: &Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<(
             BUS.len()
         ),
     )?;
-    let (m, t) = timed(|| make(k, p))?;
+    let (m, t) = timed(|| make(k, &h, p))?;
     rep.phase(
         "create",
         t,
@@ -612,8 +614,8 @@ pub(super) fn retrieve_and_verify(
 ) -> Result<super::Report, SimError> {
     let _current = k.enter();
     let seed = p.seed;
-    let ((), t) = timed(|| register(p.hugetlb_form))?;
-    let booted = pool()?;
+    let (h, t) = timed(|| register(k, p.hugetlb_form))?;
+    let booted = pool(&h);
     let want = Pool {
         total: POOL,
         free: POOL - 2 * HUGE_PAGES,
@@ -882,7 +884,7 @@ pub(super) fn retrieve_and_verify(
     )?;
 
     let (after, t) = timed(|| {
-        let now = pool()?;
+        let now = pool(&h);
         let want = Pool {
             held_incoming: 0,
             ..booted
@@ -914,7 +916,7 @@ pub(super) fn retrieve_and_verify(
     let st = k.stats();
     let left = st.preserved_beyond_root() + st.kho.incoming_pages;
     let vfio = op(|| "vfio-pci stats".into(), vfio_pci::stats())?;
-    let hs = op(|| "HugeTLB state".into(), hugetlb::state())?;
+    let hs = h.state();
     let iommu_finished = op(|| "IOMMU FLB".into(), iommu::flb_calls())?.finish;
     let pci_finished = op(|| "PCI FLB".into(), pci::flb_calls())?.finish;
     let hugetlb_finished = match p.hugetlb_form {

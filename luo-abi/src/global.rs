@@ -37,13 +37,14 @@
 //! preserved memory (`alloc_preserve`) and whose physical address is the `u64` the core keeps.
 
 use alloc::sync::Arc;
+use core::cell::Cell;
 use core::ffi::c_void;
 use core::fmt;
 use core::marker::PhantomData;
 use core::mem::ManuallyDrop;
 use core::ops::{Deref, DerefMut};
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
@@ -132,15 +133,41 @@ pub trait Global: Send + Sync + 'static {
 /// to reach any global-state cell (a `get` from here would deadlock).
 pub struct StateCtx<'a> {
     host: &'a dyn LuoHost,
+    /// Bytes to allocate after the ABI struct ([`StateCtx::reserve_trailer`]).
+    trailer: Cell<usize>,
+    /// The handed-over data of the callback, 0 for none ([`StateCtx::data`]).
+    data: u64,
     _not_send: PhantomData<*mut ()>,
 }
 
 impl<'a> StateCtx<'a> {
     fn new(host: &'a dyn LuoHost) -> Self {
+        StateCtx::with_data(host, 0)
+    }
+
+    fn with_data(host: &'a dyn LuoHost, data: u64) -> Self {
         StateCtx {
             host,
+            trailer: Cell::new(0),
+            data,
             _not_send: PhantomData,
         }
+    }
+
+    /// From an FLB's `preserve`: makes the handed-over allocation `bytes` longer than the ABI
+    /// struct, zeroed, for a variable-length record (a header followed by entries, such as
+    /// `struct pci_ser` and its `pci_dev_ser` array). The FLB writes the entries later through
+    /// [`FlbCell::outgoing_data`] and reads them in `retrieve` through [`StateCtx::data`].
+    /// Ignored by the other callbacks.
+    pub fn reserve_trailer(&self, bytes: usize) {
+        self.trailer.set(bytes);
+    }
+
+    /// In an FLB's `retrieve` and `unpreserve`: the address of the handed-over ABI struct (the
+    /// start of a variable-length record), which the runtime frees after the callback. `None`
+    /// in the other callbacks.
+    pub fn data(&self) -> Option<PhysAddr> {
+        (self.data != 0).then(|| PhysAddr::new(self.data))
     }
 
     /// The KHO service.
@@ -188,6 +215,24 @@ fn check_reentry(task: usize, callback: &AtomicUsize, holder: Option<&AtomicUsiz
 /// Writes `ser` to newly preserved memory; its physical address is the handle.
 fn preserve_ser<T: IntoBytes + Immutable>(kho: &dyn KhoService, ser: &T) -> Result<u64> {
     Ok(kho.alloc_preserve_obj(ser)?.addr().as_u64())
+}
+
+/// Writes `ser` to newly preserved memory `trailer` bytes longer than `T` (zeroed past it).
+fn preserve_ser_with_trailer<T: IntoBytes + Immutable>(
+    kho: &dyn KhoService,
+    ser: &T,
+    trailer: usize,
+) -> Result<u64> {
+    if trailer == 0 {
+        return preserve_ser(kho, ser);
+    }
+    let size = size_of::<T>().checked_add(trailer).ok_or(Errno::ENOMEM)?;
+    let at = kho.alloc_preserve(size)?;
+    if let Err(e) = kho.write_obj(Phys::<T>::new(at), ser) {
+        let _ = kho.unpreserve_free(at);
+        return Err(e);
+    }
+    Ok(at.as_u64())
 }
 
 #[cold]
@@ -470,6 +515,8 @@ pub struct FlbCell<S: FlbState> {
     /// may run an outgoing one and an incoming one at once on two tasks.
     callback_out: AtomicUsize,
     callback_in: AtomicUsize,
+    /// The handle of the outgoing data while preserved, else 0 ([`FlbCell::outgoing_data`]).
+    out_data: AtomicU64,
 }
 
 // SAFETY: `raw` is immutable after construction and points to `'static` data; everything else
@@ -489,7 +536,17 @@ impl<S: FlbState> FlbCell<S> {
             incoming: Lent::new(),
             callback_out: AtomicUsize::new(0),
             callback_in: AtomicUsize::new(0),
+            out_data: AtomicU64::new(0),
         })
+    }
+
+    /// The address of the handed-over ABI struct while the FLB is preserved (between its
+    /// `preserve` and `unpreserve`), else `None`: for FLB data rewritten after the preserve
+    /// (refcounts, entries of a variable-length record, see [`StateCtx::reserve_trailer`]).
+    /// The outgoing object's users write it under the object's own lock.
+    pub fn outgoing_data(&self) -> Option<PhysAddr> {
+        let d = self.out_data.load(Ordering::Acquire);
+        (d != 0).then(|| PhysAddr::new(d))
     }
 
     /// No callback of this FLB runs on any task, so none on this one: a get cannot be a
@@ -1175,8 +1232,10 @@ pub mod rt {
                 Err(e) => return e.to_neg(),
             };
             let out = Arc::new(out);
-            match preserve_ser(cx.kho(), &ser) {
+            match preserve_ser_with_trailer(cx.kho(), &ser, cx.trailer.get()) {
                 Ok(handle) => {
+                    // Before publishing: whoever gets the object may rewrite the data.
+                    cell.out_data.store(handle, Ordering::Release);
                     // A replaced object (only if the core called preserve twice) is dropped
                     // after its guards.
                     drop(cell.outgoing.publish(out));
@@ -1201,8 +1260,9 @@ pub mod rt {
             // SAFETY: module contract.
             let cell = unsafe { flb_cell::<S>(flb) };
             let _scope = CallbackScope::enter(&cell.callback_out, cell.host.current_task());
-            let cx = cell.ctx();
+            let cx = StateCtx::with_data(&*cell.host, data);
             let out = cell.outgoing.withdraw();
+            cell.out_data.store(0, Ordering::Release);
             if let (Some(out), Ok(ser)) = (out, read_ser::<S::Ser>(cx.kho(), data)) {
                 cell.flb.unpreserve(&cx, ser, out);
             }
@@ -1222,7 +1282,7 @@ pub mod rt {
             // SAFETY: module contract.
             let cell = unsafe { flb_cell::<S>(flb) };
             let _scope = CallbackScope::enter(&cell.callback_in, cell.host.current_task());
-            let cx = cell.ctx();
+            let cx = StateCtx::with_data(&*cell.host, data);
             let r = read_ser::<S::Ser>(cx.kho(), data)
                 .and_then(S::decode)
                 .and_then(|ser| cell.flb.retrieve(&cx, ser));

@@ -9,7 +9,10 @@
 //! * [`memfd`]: memfd, every version; [`hugetlb`]: the HugeTLB pools (FLB or subsystem) and
 //!   `huge-memfd-v1`; [`kvm`] and [`guest_memfd`] (which depends on its VM's file);
 //!   [`pages`] and [`folio_array`]: the folios of those files and their handed-over arrays.
-//! * [`iommu`] (the IOMMU FLB) and [`iommufd`]; [`pci`] (the PCI FLB) and [`vfio_pci`].
+//! * [`iommu`] (the IOMMU FLB) and [`iommufd`]; [`pci`] (the PCI FLB) and [`vfio_pci`]:
+//!   written with `#[liveupdate_flb]` / `#[liveupdate_handler]`, registered per kernel through
+//!   [`luo_abi::registry::Registry`] ([`vfio_pci::boot_devices`]), with no process-global
+//!   state (the other handlers still go through [`host::Host`] until their ports land).
 //! * [`test_flb`]: upstream's test FLBs.
 
 pub mod folio_array;

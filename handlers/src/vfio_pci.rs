@@ -13,7 +13,8 @@
 //! * freeze: refused with `EINVAL` while the device's interrupts are enabled.
 //! * retrieve: the device must be in the PCI FLB's incoming entries (`ENOENT` otherwise); a
 //!   new, unattached device file.
-//! * finish: `pci_liveupdate_finish` (refcounts decremented up the path) and the data freed.
+//! * finish: `pci_liveupdate_finish` (refcounts decremented up the path), for the retrieved
+//!   device's `domain`/`bdf` or, never retrieved, the record's; the runtime frees the record.
 //! * opening a preserved device's cdev the normal way after the kexec ([`VfioDevice::open`])
 //!   is `EBUSY` until its file is finished.
 //!
@@ -26,8 +27,9 @@
 //! # Driving a VM's devices (tests, `luo simulate --scenario vm`)
 //!
 //! In each kernel, after boot: [`boot_devices`] (iommufd handler + IOMMU FLB, the PCI bus,
-//! this handler + PCI FLB). Old kernel: a sealed memfd (`F_SEAL_SEAL | F_SEAL_GROW |
-//! F_SEAL_SHRINK`) preserved first; [`crate::iommufd::open`], then on the
+//! this handler + PCI FLB, all written with the macros and registered through
+//! [`luo_abi::registry::Registry`]), which returns the kernel's [`Devices`]. Old kernel: a sealed memfd (`F_SEAL_SEAL | F_SEAL_GROW |
+//! F_SEAL_SHRINK`) preserved first; [`crate::iommufd::open`] on `Devices::iommu`, then on the
 //! [`crate::iommufd::Iommufd`] handle `ioas_map(memfd file, iova, len)`, `hwpt_alloc`,
 //! `hwpt_mark_preserve(id, token)`, and record `marked_ranges()`; preserve the iommufd; [`open`]
 //! a [`VfioDevice`] [`VfioDevice::attach`]ed to the HWPT and preserve it. New kernel: retrieve
@@ -254,11 +256,12 @@ impl FileHandler for VfioPci {
     }
 
     fn can_finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, status: RetrieveStatus) -> bool {
-        match (self.mode, status) {
-            (_, RetrieveStatus::Retrieved) => true,
-            (CanFinish::DropUnretrieved, RetrieveStatus::NotRetrieved) => true,
-            _ => false,
-        }
+        // v5: `retrieve_status > 0`; dropping the unretrieved: `retrieve_status >= 0`.
+        matches!(
+            (self.mode, status),
+            (_, RetrieveStatus::Retrieved)
+                | (CanFinish::DropUnretrieved, RetrieveStatus::NotRetrieved)
+        )
     }
 
     fn finish(&self, cx: &Ctx<'_, Self>, how: Finish<'_, vfio_pci_core_device_ser>) {

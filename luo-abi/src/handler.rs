@@ -27,11 +27,13 @@
 //!
 //! | C op | runtime |
 //! |---|---|
-//! | `preserve` | calls [`FileHandler::preserve`]; writes the returned ABI struct into memory from [`KhoService::alloc_preserve`] and hands its physical address to the core as `serialized_data`; boxes the private data into `private_data` |
+//! | `preserve` | calls [`FileHandler::preserve`]; writes the returned ABI struct (followed by the bytes of [`Ctx::set_trailer`], if any: a variable-length record) into memory from [`KhoService::alloc_preserve`] and hands its physical address to the core as `serialized_data`; boxes the private data into `private_data` |
 //! | `unpreserve` | reads the struct back, calls the handler with it and the private data, frees the preserved memory |
 //! | `freeze` / `unfreeze` | read the struct; `freeze` may change it and the runtime writes it back in place |
 //! | `retrieve` | reads the struct (for a version read, reads the old type and runs the handler's [`Migrate`]), validates it (reserved fields, feature negotiation) and passes it typed; the returned file goes to the core through [`LuoHost::file_into_raw`] |
-//! | `can_finish` / `finish` | read and validate again; after `finish` the preserved memory is released |
+//! | `retrieve` (record) | claims the record before reading it and releases it after the callback; [`Ctx::record_entries`] / [`Ctx::read_record`] read what follows the struct, within the claimed folio |
+//! | `can_finish` | gets no record; for a file never retrieved, [`Ctx::read_record`] may read its first page without claiming it |
+//! | `finish` | for a file never retrieved, claims the record, validates it, passes it ([`Finish::NotRetrieved`]) and releases it afterwards |
 //!
 //! Errors become `-errno`; a panic becomes `-EIO` / `false` / nothing (see [`crate::ffi`]).
 

@@ -364,7 +364,7 @@ pub struct IncomingDomain {
     pub top_level: u64,
     /// `vasz`.
     pub vasz: u32,
-    /// Rebuilt by this kernel ([`restore_domain`]).
+    /// Rebuilt by this kernel ([`Iommu::restore_domain`]).
     pub restored: bool,
 }
 

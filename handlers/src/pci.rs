@@ -99,7 +99,7 @@ fn write_out(kho: &dyn KhoService, data: PhysAddr, out: &Out) -> Result<(), Errn
 
 /// `pci_liveupdate_preserve`: enters the device and bumps every bridge above it.
 /// `EINVAL` without an outgoing PCI FLB or for a VF, `ENODEV` if not on the bus, `EBUSY` if
-/// already preserved or after [`device_shutdown`], `ENOSPC` when the array is full.
+/// already preserved or after [`Pci::device_shutdown`], `ENOSPC` when the array is full.
 pub fn pci_liveupdate_preserve(
     flb: &FlbCell<PciFlb>,
     kho: &dyn KhoService,

@@ -119,48 +119,44 @@ pub fn pci_liveupdate_preserve(
         _ => return Err(Errno::EINVAL),
     };
     let out = &mut *out;
+    let dev = s.topo.get(&(domain, bdf)).ok_or(Errno::ENODEV)?;
+    if dev.kind == PciKind::Vf {
+        return Err(Errno::EINVAL);
+    }
+    let path = path(&s.topo, (domain, bdf))?;
+    let slot = |out: &Out, a: PciAddr| {
+        out.slots
+            .iter()
+            .position(|e| e.domain == a.0 && e.bdf == a.1)
+    };
+    if let Some(i) = path.first().and_then(|a| slot(out, *a))
+        && out.slots[i].refcount > 0
     {
-        {
-            let dev = s.topo.get(&(domain, bdf)).ok_or(Errno::ENODEV)?;
-            if dev.kind == PciKind::Vf {
-                return Err(Errno::EINVAL);
+        return Err(Errno::EBUSY);
+    }
+    if path
+        .iter()
+        .any(|a| slot(out, *a).is_some_and(|i| out.slots[i].refcount == u16::MAX))
+    {
+        return Err(Errno::EOVERFLOW);
+    }
+    let new = path.iter().filter(|a| slot(out, **a).is_none()).count();
+    if out.slots.len() + new > out.max as usize {
+        return Err(Errno::ENOSPC);
+    }
+    for a in &path {
+        match slot(out, *a) {
+            Some(i) => {
+                out.slots[i].refcount += 1;
             }
-            let path = path(&s.topo, (domain, bdf))?;
-            let slot = |out: &Out, a: PciAddr| {
-                out.slots
-                    .iter()
-                    .position(|e| e.domain == a.0 && e.bdf == a.1)
-            };
-            if let Some(i) = slot(out, path[0])
-                && out.slots[i].refcount > 0
-            {
-                return Err(Errno::EBUSY);
-            }
-            if path
-                .iter()
-                .any(|a| slot(out, *a).is_some_and(|i| out.slots[i].refcount == u16::MAX))
-            {
-                return Err(Errno::EOVERFLOW);
-            }
-            let new = path.iter().filter(|a| slot(out, **a).is_none()).count();
-            if out.slots.len() + new > out.max as usize {
-                return Err(Errno::ENOSPC);
-            }
-            for a in &path {
-                match slot(out, *a) {
-                    Some(i) => {
-                        out.slots[i].refcount += 1;
-                    }
-                    None => out.slots.push(pci_dev_ser {
-                        domain: a.0,
-                        bdf: a.1,
-                        refcount: 1,
-                    }),
-                }
-            }
-            write_out(kho, data, out)
+            None => out.slots.push(pci_dev_ser {
+                domain: a.0,
+                bdf: a.1,
+                refcount: 1,
+            }),
         }
     }
+    write_out(kho, data, out)
 }
 
 /// `pci_liveupdate_unpreserve`: decrements the device's entry and every bridge above it
@@ -180,15 +176,13 @@ pub fn pci_liveupdate_unpreserve(
     if out.freed {
         return;
     }
-    {
-        for a in path {
-            if let Some(e) = out
-                .slots
-                .iter_mut()
-                .find(|e| e.domain == a.0 && e.bdf == a.1)
-            {
-                e.refcount = e.refcount.saturating_sub(1);
-            }
+    for a in path {
+        if let Some(e) = out
+            .slots
+            .iter_mut()
+            .find(|e| e.domain == a.0 && e.bdf == a.1)
+        {
+            e.refcount = e.refcount.saturating_sub(1);
         }
         let _ = write_out(kho, data, &out);
     }
@@ -397,20 +391,16 @@ pub fn pci_liveupdate_finish(flb: &FlbCell<PciFlb>, domain: u32, bdf: u16) -> Re
     let path =
         path(&lock(&flb.flb().bus).topo, (domain, bdf)).unwrap_or_else(|_| vec![(domain, bdf)]);
     let mut inc = lock(&g.0);
-    {
-        {
-            if !inc.contains_key(&(domain, bdf)) {
-                return Err(Errno::ENOENT);
+    if !inc.contains_key(&(domain, bdf)) {
+        return Err(Errno::ENOENT);
+    }
+    for a in path {
+        if let Some(r) = inc.get_mut(&a) {
+            *r = r.saturating_sub(1);
+            if *r == 0 {
+                inc.remove(&a);
             }
-            for a in path {
-                if let Some(r) = inc.get_mut(&a) {
-                    *r = r.saturating_sub(1);
-                    if *r == 0 {
-                        inc.remove(&a);
-                    }
-                }
-            }
-            Ok(())
         }
     }
+    Ok(())
 }

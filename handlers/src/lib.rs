@@ -6,14 +6,10 @@
 //! iommufd, a VFIO cdev) or real memfds; what they hand over is written with the generated
 //! types into KHO-preserved memory.
 //!
-//! * [`memfd`]: memfd, every version.
+//! * [`memfd`]: memfd, every version; [`test_flb`]: upstream's test FLBs.
 //! * [`hugetlb`]: the HugeTLB pools (FLB or subsystem, chosen per kernel) and `huge-memfd-v1`;
 //!   [`kvm`] and [`guest_memfd`] (which depends on its VM's file); [`pages`] and
-//!   [`folio_array`]: the folios of those files and their handed-over arrays. These are
-//!   written with the macros (`#[liveupdate_handler]`, `#[liveupdate_flb]`,
-//!   `#[liveupdate_subsystem]`) and registered with a kernel given explicitly
-//!   ([`hugetlb::register`] takes any `luo_abi::registry::Registry`); they do not use
-//!   [`host`].
+//!   [`folio_array`]: the folios of those files and their handed-over arrays.
 //! * [`iommu`] (the IOMMU FLB) and [`iommufd`]; [`pci`] (the PCI FLB) and [`vfio_pci`].
 //! * [`test_flb`]: upstream's test FLBs.
 

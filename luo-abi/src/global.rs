@@ -44,6 +44,7 @@
 //! [`Registration::link_flb`](crate::handler::Registration::link_flb).
 
 use alloc::sync::Arc;
+use core::cell::Cell;
 use core::ffi::c_void;
 use core::fmt;
 use core::marker::PhantomData;
@@ -139,15 +140,41 @@ pub trait Global: Send + Sync + 'static {
 /// to reach any global-state cell (a `get` from here would deadlock).
 pub struct StateCtx<'a> {
     host: &'a dyn LuoHost,
+    /// Bytes to allocate after the ABI struct ([`StateCtx::reserve_trailer`]).
+    trailer: Cell<usize>,
+    /// The handed-over data of the callback, 0 for none ([`StateCtx::data`]).
+    data: u64,
     _not_send: PhantomData<*mut ()>,
 }
 
 impl<'a> StateCtx<'a> {
     fn new(host: &'a dyn LuoHost) -> Self {
+        StateCtx::with_data(host, 0)
+    }
+
+    fn with_data(host: &'a dyn LuoHost, data: u64) -> Self {
         StateCtx {
             host,
+            trailer: Cell::new(0),
+            data,
             _not_send: PhantomData,
         }
+    }
+
+    /// From an FLB's `preserve`: makes the handed-over allocation `bytes` longer than the ABI
+    /// struct, zeroed, for a variable-length record (a header followed by entries, such as
+    /// `struct pci_ser` and its `pci_dev_ser` array). The FLB writes the entries later through
+    /// [`FlbCell::outgoing_data`] and reads them in `retrieve` through [`StateCtx::data`].
+    /// Ignored by the other callbacks.
+    pub fn reserve_trailer(&self, bytes: usize) {
+        self.trailer.set(bytes);
+    }
+
+    /// In an FLB's `retrieve` and `unpreserve`: the address of the handed-over ABI struct (the
+    /// start of a variable-length record), which the runtime frees after the callback. `None`
+    /// in the other callbacks.
+    pub fn data(&self) -> Option<PhysAddr> {
+        (self.data != 0).then(|| PhysAddr::new(self.data))
     }
 
     /// The KHO service.
@@ -205,6 +232,24 @@ fn word_of<T: IntoBytes + Immutable>(ser: &T) -> Result<u64> {
 /// The `Ser` of an immediate FLB from its data word.
 fn ser_of_word<T: FromBytes>(word: u64) -> Result<T> {
     T::read_from_bytes(&word.to_ne_bytes()).map_err(|_| Errno::EINVAL)
+}
+
+/// Writes `ser` to newly preserved memory `trailer` bytes longer than `T` (zeroed past it).
+fn preserve_ser_with_trailer<T: IntoBytes + Immutable>(
+    kho: &dyn KhoService,
+    ser: &T,
+    trailer: usize,
+) -> Result<u64> {
+    if trailer == 0 {
+        return preserve_ser(kho, ser);
+    }
+    let size = size_of::<T>().checked_add(trailer).ok_or(Errno::ENOMEM)?;
+    let at = kho.alloc_preserve(size)?;
+    if let Err(e) = kho.write_obj(Phys::<T>::new(at), ser) {
+        let _ = kho.unpreserve_free(at);
+        return Err(e);
+    }
+    Ok(at.as_u64())
 }
 
 #[cold]
@@ -491,8 +536,9 @@ pub struct FlbCell<S: FlbState> {
     callback_out: AtomicUsize,
     callback_in: AtomicUsize,
     /// The handle of the outgoing handed-over struct while preserved (0 otherwise), for
-    /// [`FlbCell::write_outgoing`]. Behind a lock so that a rewrite never writes memory that
-    /// `unpreserve` is freeing.
+    /// [`FlbCell::write_outgoing`] and [`FlbCell::outgoing_data`]. Behind a lock so that a
+    /// rewrite never writes memory that `unpreserve` is freeing. Always 0 for an immediate
+    /// FLB, which has no memory.
     out_data: Lock<u64, S::Lock>,
 }
 
@@ -515,6 +561,15 @@ impl<S: FlbState> FlbCell<S> {
             callback_in: AtomicUsize::new(0),
             out_data: Lock::new(0),
         })
+    }
+
+    /// The address of the handed-over ABI struct while the FLB is preserved (between its
+    /// `preserve` and `unpreserve`), else `None`: for FLB data rewritten after the preserve
+    /// (refcounts, entries of a variable-length record, see [`StateCtx::reserve_trailer`]).
+    /// The outgoing object's users write it under the object's own lock.
+    pub fn outgoing_data(&self) -> Option<PhysAddr> {
+        let d = *self.out_data.lock();
+        (d != 0).then(|| PhysAddr::new(d))
     }
 
     /// No callback of this FLB runs on any task, so none on this one: a get cannot be a
@@ -1223,11 +1278,14 @@ pub mod rt {
             let handle = if S::IMMEDIATE {
                 word_of(&ser)
             } else {
-                preserve_ser(cx.kho(), &ser)
+                preserve_ser_with_trailer(cx.kho(), &ser, cx.trailer.get())
             };
             match handle {
                 Ok(handle) => {
-                    *cell.out_data.lock() = handle;
+                    // Before publishing: whoever gets the object may rewrite the data.
+                    if !S::IMMEDIATE {
+                        *cell.out_data.lock() = handle;
+                    }
                     // A replaced object (only if the core called preserve twice) is dropped
                     // after its guards.
                     drop(cell.outgoing.publish(out));
@@ -1254,7 +1312,7 @@ pub mod rt {
             // No rewrite from now on: the struct is about to be freed.
             *cell.out_data.lock() = 0;
             let _scope = CallbackScope::enter(&cell.callback_out, cell.host.current_task());
-            let cx = cell.ctx();
+            let cx = StateCtx::with_data(&*cell.host, data);
             let out = cell.outgoing.withdraw();
             let ser = if S::IMMEDIATE {
                 ser_of_word::<S::Ser>(data)
@@ -1280,16 +1338,24 @@ pub mod rt {
             // SAFETY: module contract.
             let cell = unsafe { flb_cell::<S>(flb) };
             let _scope = CallbackScope::enter(&cell.callback_in, cell.host.current_task());
-            let cx = cell.ctx();
-            let r = if S::IMMEDIATE {
+            let cx = StateCtx::with_data(&*cell.host, data);
+            // A record is claimed before it is read and released once retrieve has run,
+            // whatever the outcome, as a file's record (see `Claimed`); the callback may read
+            // past the struct (a trailer) while it is claimed.
+            let _record = if S::IMMEDIATE {
+                None
+            } else {
+                match Claimed::new(cx.kho(), data, size_of::<S::Ser>()) {
+                    Ok(c) => Some(c),
+                    Err(e) => return e.to_neg(),
+                }
+            };
+            let ser = if S::IMMEDIATE {
                 ser_of_word::<S::Ser>(data)
             } else {
-                // Claimed before it is read, released once retrieve has run, whatever the
-                // outcome: as a file's record (see `Claimed`).
-                Claimed::new(cx.kho(), data, size_of::<S::Ser>())
-                    .and_then(|_record| read_ser::<S::Ser>(cx.kho(), data))
+                read_ser::<S::Ser>(cx.kho(), data)
             };
-            let r = r
+            let r = ser
                 .and_then(S::decode)
                 .and_then(|ser| cell.flb.retrieve(&cx, ser));
             match r {

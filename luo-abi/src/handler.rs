@@ -27,11 +27,13 @@
 //!
 //! | C op | runtime |
 //! |---|---|
-//! | `preserve` | calls [`FileHandler::preserve`]; writes the returned ABI struct into memory from [`KhoService::alloc_preserve`] and hands its physical address to the core as `serialized_data`; boxes the private data into `private_data` |
+//! | `preserve` | calls [`FileHandler::preserve`]; writes the returned ABI struct (followed by the bytes of [`Ctx::set_trailer`], if any: a variable-length record) into memory from [`KhoService::alloc_preserve`] and hands its physical address to the core as `serialized_data`; boxes the private data into `private_data` |
 //! | `unpreserve` | reads the struct back, calls the handler with it and the private data, frees the preserved memory |
 //! | `freeze` / `unfreeze` | read the struct; `freeze` may change it and the runtime writes it back in place |
 //! | `retrieve` | reads the struct (for a version read, reads the old type and runs the handler's [`Migrate`]), validates it (reserved fields, feature negotiation) and passes it typed; the returned file goes to the core through [`LuoHost::file_into_raw`] |
-//! | `can_finish` / `finish` | read and validate again; after `finish` the preserved memory is released |
+//! | `retrieve` (record) | claims the record before reading it and releases it after the callback; [`Ctx::record_entries`] / [`Ctx::read_record`] read what follows the struct, within the claimed folio |
+//! | `can_finish` | gets no record; for a file never retrieved, [`Ctx::read_record`] may read its first page without claiming it |
+//! | `finish` | for a file never retrieved, claims the record, validates it, passes it ([`Finish::NotRetrieved`]) and releases it afterwards |
 //!
 //! Errors become `-errno`; a panic becomes `-EIO` / `false` / nothing (see [`crate::ffi`]).
 
@@ -319,7 +321,20 @@ pub struct Ctx<'a, H: HandlerAbi> {
     raw: *mut c_void,
     session: RawSession,
     active: Cell<u64>,
+    /// Bytes written after the ABI struct ([`Ctx::set_trailer`]).
+    trailer: Cell<Vec<u8>>,
+    /// The handed-over record this callback may read ([`Ctx::read_record`]).
+    record: Cell<Record>,
     _not_send: PhantomData<*mut ()>,
+}
+
+/// A handed-over record as [`Ctx::read_record`] sees it: `len` readable bytes at `at`, of
+/// which the first `header` are the ABI struct. `len == 0`: no record.
+#[derive(Clone, Copy, Default)]
+struct Record {
+    at: u64,
+    len: usize,
+    header: usize,
 }
 
 impl<'a, H: HandlerAbi> Ctx<'a, H> {
@@ -329,8 +344,60 @@ impl<'a, H: HandlerAbi> Ctx<'a, H> {
             raw,
             session,
             active: Cell::new(active),
+            trailer: Cell::new(Vec::new()),
+            record: Cell::new(Record::default()),
             _not_send: PhantomData,
         }
+    }
+
+    /// From `preserve`: bytes the runtime writes right after the ABI struct, in the same
+    /// allocation, for a variable-length record (a header followed by entries, such as
+    /// `struct iommufd_ser` and its `iommufd_hwpt_ser` array). The new kernel reads them with
+    /// [`Ctx::record_entries`]. Ignored by the other callbacks.
+    pub fn set_trailer(&self, bytes: Vec<u8>) {
+        self.trailer.set(bytes);
+    }
+
+    /// Reads `buf.len()` bytes at `offset` into this callback's handed-over record (the ABI
+    /// struct first, then what follows it): in `retrieve` and in `finish` of a file never
+    /// retrieved, within the folio the runtime claimed; in `can_finish` of a file never
+    /// retrieved, within the record's first page, read without claiming it (the record is
+    /// claimed once, by `finish`; upstream's `can_finish` reads `serialized_data` the same
+    /// way). `-EINVAL` outside those bounds or in other callbacks.
+    pub fn read_record(&self, offset: usize, buf: &mut [u8]) -> Result {
+        let r = self.record.get();
+        let end = offset.checked_add(buf.len()).ok_or(Errno::EINVAL)?;
+        if r.len == 0 || end > r.len {
+            return Err(Errno::EINVAL);
+        }
+        let at = PhysAddr::new(r.at)
+            .checked_add(offset as u64)
+            .ok_or(Errno::EINVAL)?;
+        self.kho().read(at, buf)
+    }
+
+    /// The `n` entries of `E` that follow the ABI struct in this callback's record (see
+    /// [`Ctx::read_record`] for where a record can be read); `-EINVAL` if they do not fit.
+    pub fn record_entries<E: FromBytes + IntoBytes>(&self, n: usize) -> Result<Vec<E>> {
+        let header = self.record.get().header;
+        let size = size_of::<E>();
+        let len = n.checked_mul(size).ok_or(Errno::EINVAL)?;
+        if header
+            .checked_add(len)
+            .is_none_or(|end| end > self.record.get().len)
+        {
+            return Err(Errno::EINVAL);
+        }
+        let mut buf = alloc::vec![0u8; len];
+        self.read_record(header, &mut buf)?;
+        buf.chunks_exact(size.max(1))
+            .take(n)
+            .map(|c| E::read_from_bytes(c).map_err(|_| Errno::EINVAL))
+            .collect()
+    }
+
+    fn set_record(&self, at: u64, len: usize, header: usize) {
+        self.record.set(Record { at, len, header });
     }
 
     /// The session this callback runs for: the outgoing one in `preserve`, `unpreserve`,
@@ -650,6 +717,15 @@ impl<'a> Claimed<'a> {
     }
 }
 
+impl Claimed<'_> {
+    /// The bytes of the claimed folio.
+    pub(crate) fn bytes(&self) -> usize {
+        1usize
+            .checked_shl(self.order)
+            .map_or(0, |n| n.saturating_mul(crate::PAGE_SIZE))
+    }
+}
+
 impl Drop for Claimed<'_> {
     fn drop(&mut self) {
         // Nothing to report from a release; KHO keeps its own accounting.
@@ -745,11 +821,11 @@ pub mod rt {
                 Err(e) => return e.to_neg(),
             };
             H::encode(&mut ser, cx.features());
-            match cx.kho().alloc_preserve_obj(&ser) {
-                Ok(ptr) => {
+            match write_record(cx.kho(), &ser, &cx.trailer.take()) {
+                Ok(at) => {
                     // SAFETY: module contract (valid out-pointers).
                     unsafe {
-                        *data = ptr.addr().as_u64();
+                        *data = at;
                         *private = Box::into_raw(Box::new(p)).cast();
                     }
                     0
@@ -873,9 +949,10 @@ pub mod rt {
             // SAFETY: module contract.
             let s = unsafe { shared::<H>(handler) };
             let r = (|| {
-                let _record = Claimed::new(s.host.kho(), data, V::SIZE)?;
+                let record = Claimed::new(s.host.kho(), data, V::SIZE)?;
                 let read = V::read(&s.handler, s.host.kho(), data)?;
                 let cx = Ctx::new(s, handler, session, 0);
+                cx.set_record(data, record.bytes(), V::SIZE);
                 s.handler.retrieve(&cx, read)
             })();
             match r.and_then(|file| s.host.file_into_raw(file)) {
@@ -894,7 +971,7 @@ pub mod rt {
         handler: *mut c_void,
         session: RawSession,
         file: *mut c_void,
-        _data: u64,
+        data: u64,
         status: i32,
     ) -> bool {
         crate::ffi::catch(false, || {
@@ -903,8 +980,16 @@ pub mod rt {
             // SAFETY: module contract.
             let f = unsafe { FileHead::borrow(file) };
             let cx = Ctx::new(s, handler, session, 0);
-            s.handler
-                .can_finish(&cx, f, RetrieveStatus::from_raw(status))
+            let status = RetrieveStatus::from_raw(status);
+            // A record not retrieved is still the previous kernel's, unclaimed: its first
+            // page may be read. A retrieved one was released at retrieve.
+            if status == RetrieveStatus::NotRetrieved
+                && data != 0
+                && PhysAddr::new(data).is_page_aligned()
+            {
+                cx.set_record(data, crate::PAGE_SIZE, V::SIZE);
+            }
+            s.handler.can_finish(&cx, f, status)
         })
     }
 
@@ -931,15 +1016,41 @@ pub mod rt {
                 }
                 RetrieveStatus::Failed(e) => s.handler.finish(&cx, Finish::Failed(e)),
                 RetrieveStatus::NotRetrieved => {
-                    let Ok(_record) = Claimed::new(s.host.kho(), data, V::SIZE) else {
+                    let Ok(record) = Claimed::new(s.host.kho(), data, V::SIZE) else {
                         return;
                     };
+                    cx.set_record(data, record.bytes(), V::SIZE);
                     if let Ok(read) = V::read(&s.handler, s.host.kho(), data) {
                         crate::ffi::catch((), || s.handler.finish(&cx, Finish::NotRetrieved(read)));
                     }
                 }
             }
         })
+    }
+
+    /// Writes `ser`, then `trailer` right after it, to newly preserved memory; returns its
+    /// address (the record's handle).
+    fn write_record<T: IntoBytes + Immutable>(
+        kho: &dyn KhoService,
+        ser: &T,
+        trailer: &[u8],
+    ) -> Result<u64> {
+        if trailer.is_empty() {
+            return Ok(kho.alloc_preserve_obj(ser)?.addr().as_u64());
+        }
+        let size = size_of::<T>()
+            .checked_add(trailer.len())
+            .ok_or(Errno::ENOMEM)?;
+        let at = kho.alloc_preserve(size)?;
+        let w = kho.write_obj(Phys::<T>::new(at), ser).and_then(|()| {
+            let tail = at.checked_add(size_of::<T>() as u64).ok_or(Errno::ENOMEM)?;
+            kho.write(tail, trailer)
+        });
+        if let Err(e) = w {
+            let _ = kho.unpreserve_free(at);
+            return Err(e);
+        }
+        Ok(at.as_u64())
     }
 
     /// `get_id`; `0` for a NULL file or a panic.

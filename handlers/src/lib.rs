@@ -1,10 +1,11 @@
 //! LUO file handlers and global state (issues 5 and 6).
 //!
-//! Handlers here do not depend on the core crate. Those not yet ported to the macros are
-//! written against the generated C ops tables and reach the core that runs them through
-//! [`host::Host`], which the core installs once ([`host::set_host`]). Their files are the model's synthetic objects (a VM, an
-//! iommufd, a VFIO cdev) or real memfds; what they hand over is written with the generated
-//! types into KHO-preserved memory.
+//! Every handler here is written with the macros (`#[liveupdate_handler]`,
+//! `#[liveupdate_flb]`, `#[liveupdate_subsystem]`) and registered with a kernel given
+//! explicitly (functions generic over [`luo_abi::registry::Registry`]); the crate does not
+//! depend on the core. Files are the model's synthetic objects (a VM, an iommufd, a VFIO cdev)
+//! or real memfds; what handlers hand over is written with the generated types into
+//! KHO-preserved memory by the runtime the macros expand against.
 //!
 //! * [`memfd`]: memfd, every version; [`test_flb`]: upstream's test FLBs.
 //! * [`hugetlb`]: the HugeTLB pools (FLB or subsystem, chosen per kernel) and `huge-memfd-v1`;
@@ -15,7 +16,6 @@
 
 pub mod folio_array;
 pub mod guest_memfd;
-pub mod host;
 pub mod hugetlb;
 pub mod iommu;
 pub mod iommufd;

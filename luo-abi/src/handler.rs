@@ -320,6 +320,8 @@ pub struct Ctx<'a, H: HandlerAbi> {
     shared: &'a Shared<H>,
     raw: *mut c_void,
     session: RawSession,
+    /// `serialized_data` of the file this callback runs for (0 in `preserve`).
+    handle: u64,
     active: Cell<u64>,
     /// Bytes written after the ABI struct ([`Ctx::set_trailer`]).
     trailer: Cell<Vec<u8>>,
@@ -338,11 +340,18 @@ struct Record {
 }
 
 impl<'a, H: HandlerAbi> Ctx<'a, H> {
-    fn new(shared: &'a Shared<H>, raw: *mut c_void, session: RawSession, active: u64) -> Self {
+    fn new(
+        shared: &'a Shared<H>,
+        raw: *mut c_void,
+        session: RawSession,
+        handle: u64,
+        active: u64,
+    ) -> Self {
         Ctx {
             shared,
             raw,
             session,
+            handle,
             active: Cell::new(active),
             trailer: Cell::new(Vec::new()),
             record: Cell::new(Record::default()),
@@ -398,6 +407,14 @@ impl<'a, H: HandlerAbi> Ctx<'a, H> {
 
     fn set_record(&self, at: u64, len: usize, header: usize) {
         self.record.set(Record { at, len, header });
+    }
+
+    /// The handle of this file's handed-over record (`serialized_data`; 0 in `preserve`): the
+    /// file's identity across its callbacks, also after the record was released (a failed
+    /// retrieve). Only an identity: the record is reached through the typed arguments and
+    /// [`Ctx::read_record`], never through this address.
+    pub fn handle(&self) -> u64 {
+        self.handle
     }
 
     /// The session this callback runs for: the outgoing one in `preserve`, `unpreserve`,
@@ -815,7 +832,7 @@ pub mod rt {
                 return Errno::EBADF.to_neg();
             };
             let default = H::FEATURES.map_or(0, |d| d.active);
-            let cx = Ctx::new(s, handler, session, default);
+            let cx = Ctx::new(s, handler, session, 0, default);
             let (mut ser, p) = match s.handler.preserve(&cx, f) {
                 Ok(v) => v,
                 Err(e) => return e.to_neg(),
@@ -855,7 +872,7 @@ pub mod rt {
             let p = unsafe { take_private::<H>(private) };
             // SAFETY: module contract.
             let f = unsafe { FileHead::borrow(file) };
-            let cx = Ctx::new(s, handler, session, 0);
+            let cx = Ctx::new(s, handler, session, data, 0);
             if let (Some(f), Some(p), Ok(ser)) = (f, p, read_ser::<H::Ser>(cx.kho(), data)) {
                 crate::ffi::catch((), || s.handler.unpreserve(&cx, f, ser, p));
             }
@@ -903,7 +920,7 @@ pub mod rt {
             let handle = unsafe { *data };
             let r = (|| {
                 let mut ser = read_ser::<H::Ser>(s.host.kho(), handle)?;
-                let cx = Ctx::new(s, handler, session, H::active_of(&ser));
+                let cx = Ctx::new(s, handler, session, handle, H::active_of(&ser));
                 s.handler.freeze(&cx, f, &mut ser, p)?;
                 H::encode(&mut ser, cx.features());
                 cx.kho()
@@ -931,7 +948,7 @@ pub mod rt {
                 return;
             };
             if let Ok(ser) = read_ser::<H::Ser>(s.host.kho(), data) {
-                let cx = Ctx::new(s, handler, session, H::active_of(&ser));
+                let cx = Ctx::new(s, handler, session, data, H::active_of(&ser));
                 s.handler.unfreeze(&cx, f, &ser, p);
             }
         })
@@ -951,7 +968,7 @@ pub mod rt {
             let r = (|| {
                 let record = Claimed::new(s.host.kho(), data, V::SIZE)?;
                 let read = V::read(&s.handler, s.host.kho(), data)?;
-                let cx = Ctx::new(s, handler, session, 0);
+                let cx = Ctx::new(s, handler, session, data, 0);
                 cx.set_record(data, record.bytes(), V::SIZE);
                 s.handler.retrieve(&cx, read)
             })();
@@ -979,7 +996,7 @@ pub mod rt {
             let s = unsafe { shared::<H>(handler) };
             // SAFETY: module contract.
             let f = unsafe { FileHead::borrow(file) };
-            let cx = Ctx::new(s, handler, session, 0);
+            let cx = Ctx::new(s, handler, session, data, 0);
             let status = RetrieveStatus::from_raw(status);
             // A record not retrieved is still the previous kernel's, unclaimed: its first
             // page may be read. A retrieved one was released at retrieve.
@@ -1007,7 +1024,7 @@ pub mod rt {
             let s = unsafe { shared::<H>(handler) };
             // SAFETY: module contract.
             let f = unsafe { FileHead::borrow(file) };
-            let cx = Ctx::new(s, handler, session, 0);
+            let cx = Ctx::new(s, handler, session, data, 0);
             match RetrieveStatus::from_raw(status) {
                 RetrieveStatus::Retrieved => {
                     if let Some(f) = f {

@@ -150,7 +150,6 @@ impl Kernel {
         };
         if opts.enabled && opts.memfd_handler {
             let _g = k.enter();
-            crate::host::install();
             let v = opts.version;
             // 6.19 has no FLBs (nor upstream's test FLBs).
             let test_flbs = (opts.test_flbs && v.luo_writes() != crate::version::LuoFormat::V1)

@@ -39,10 +39,11 @@
 //!   [`global`]: the seed's handler global state and v4-style subsystems.
 //! * [`kernel`]: a booted kernel and its kexec; [`uapi`]: the `/dev/liveupdate` ioctls, byte
 //!   for byte, and a typed API; [`exec`]: the handover across `execve`.
-//! * the memfd handler (every version) and the upstream test FLBs live in `luo-handlers`;
-//!   [`host`] is what they see of the core; [`version`]: the kernel a boot plays (6.19, 7.0,
-//!   7.3, next: the formats written and read); [`testing`]: a test handler and FLB with
-//!   failure injection.
+//! * [`rust_host`]: what Rust handlers see of the core (each kernel's `LuoHost`) and the
+//!   registrations a kernel owns ([`luo_abi::registry::Registry`]); [`version`]: the kernel a
+//!   boot plays (6.19, 7.0, 7.3, next: the formats written and read); [`testing`]: a test
+//!   handler and FLB with failure injection, written with the macros; [`static_desc`]:
+//!   handler descriptors in `static`s, for code that drives the C paths directly.
 //! * [`capi`]: the `extern "C"` API of `linux/liveupdate.h`, KHO calls for C handlers and a
 //!   model driver for C programs (`tests/c/luo_model.h`).
 //! * [`simulate`]: `luo simulate` (two processes); [`image`] and [`inspect`]: `luo inspect`.
@@ -56,7 +57,6 @@ pub mod fdt;
 pub mod fdt_luo;
 pub mod file;
 pub mod global;
-pub mod host;
 pub mod image;
 pub mod inspect;
 pub mod kernel;
@@ -66,6 +66,7 @@ pub mod luo;
 pub mod mem;
 pub mod rust_host;
 pub mod simulate;
+pub mod static_desc;
 pub mod testing;
 pub mod uapi;
 pub mod util;
@@ -76,8 +77,6 @@ pub use kernel::{BootOptions, Handover, Kernel, KexecError, Stats};
 pub use mem::BackingKind;
 pub use version::{KernelVersion, LuoFormat};
 
-// The descriptors handlers put in `static`s are the handlers crate's (the core runs the same
-// tables); the core's tests and C glue know them by these names.
-pub use luo_handlers::host::{
+pub use static_desc::{
     DependsOn, FileOps as StaticOps, FlbOps as StaticFlbOps, StaticFlb, StaticHandler, compat48,
 };

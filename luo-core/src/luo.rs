@@ -991,6 +991,16 @@ impl Luo {
             .map(|h| h.ptr.0)
     }
 
+    /// The registered `struct liveupdate_flb *` with `compatible`, if any FLB of that name is
+    /// linked to a handler.
+    pub fn flb_ptr(&self, compatible: &str) -> Option<*mut liveupdate_flb> {
+        lock(&self.reg)
+            .flbs
+            .iter()
+            .find(|f| f.compatible == compatible)
+            .map(|f| f.ptr.0)
+    }
+
     /// `liveupdate_register_flb`.
     ///
     /// # Safety

@@ -190,5 +190,12 @@ impl Registry for Kernel {
     }
 }
 
+impl Kernel {
+    /// Keeps `obj` alive as long as the kernel (an FLB cell linked through the C API).
+    pub(crate) fn keep(&self, obj: Box<dyn Any + Send + Sync>) {
+        lock(&self.inner.registrations).push(obj);
+    }
+}
+
 /// What a kernel keeps alive for its Rust handlers: registrations and subsystem cells.
 pub(crate) type Owned = Vec<Box<dyn Any + Send + Sync>>;

@@ -10,23 +10,21 @@
 //! session: its record names them by token, through the core's dependency API.
 
 use std::cell::{Cell, RefCell};
-use std::ffi::{c_int, c_ulong};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use luo_abi::file::FileKind;
-use luo_abi::kho::{KhoExt, KhoService};
-use luo_abi::{Errno, Phys, PhysAddr};
-use luo_generated::liveupdate::{
-    file as CFile, liveupdate_file_handler, liveupdate_file_op_args, liveupdate_file_ops,
-    liveupdate_flb_op_args, liveupdate_flb_ops,
-};
+use luo_abi::file::{File, FileKind, FileRef};
+use luo_abi::global::{FlbState, StateCtx};
+use luo_abi::handler::{Ctx, FileHandler, Finish, Registration, RetrieveStatus};
+use luo_abi::registry::Registry;
+use luo_abi::{Errno, Result};
+use luo_derive::{Abi, liveupdate_flb, liveupdate_handler};
+use luo_generated::liveupdate::{liveupdate_file_handler, liveupdate_flb};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::file::{CoreFile, FileObj};
 use crate::kernel::Kernel;
 use crate::mem::lock;
-use crate::{DependsOn, StaticFlb, StaticFlbOps, StaticHandler, StaticOps};
-use zerocopy::IntoBytes;
 
 /// The FLB's magic data value.
 pub const FLB_MAGIC: u64 = 0xFEED_F00D_CAFE_BEE0;
@@ -42,7 +40,7 @@ thread_local! {
     static REFUSE_FINISH: Cell<Option<u64>> = const { Cell::new(None) };
     static FAIL_FLB_PRESERVE: Cell<Option<Errno>> = const { Cell::new(None) };
     static IGNORE_DEP_ERRORS: Cell<bool> = const { Cell::new(false) };
-    /// Values of files whose retrieve failed (their page is released): serialized_data → value.
+    /// Values of files whose retrieve failed (their record is released): handle → value.
     static FAILED: RefCell<std::collections::HashMap<u64, u64>> = RefCell::default();
 }
 
@@ -80,245 +78,159 @@ pub fn fail_flb_preserve(e: Option<Errno>) {
     FAIL_FLB_PRESERVE.with(|c| c.set(e));
 }
 
-static OPS: StaticOps = StaticOps(liveupdate_file_ops {
-    can_preserve: Some(can_preserve),
-    preserve: Some(preserve),
-    unpreserve: Some(unpreserve),
-    freeze: Some(freeze),
-    unfreeze: Some(unfreeze),
-    retrieve: Some(retrieve),
-    can_finish: Some(can_finish),
-    finish: Some(finish),
-    get_id: Some(get_id),
-    owner: std::ptr::null_mut(),
-});
+/// The test file handler: a file's value is its handed-over record.
+#[liveupdate_handler(compatible = "luo-test-v1", abi = u64)]
+pub struct TestHandler;
 
-/// The test file handler.
-pub static TEST_HANDLER: StaticHandler = StaticHandler::new(&OPS, "luo-test-v1");
+/// The test FLB: stores [`FLB_MAGIC`] in a preserved page, as upstream's in-kernel test does.
+#[liveupdate_flb(compatible = "luo-test-flb-v1", abi = u64)]
+pub struct TestFlb;
 
-static FLB_OPS: StaticFlbOps = StaticFlbOps(liveupdate_flb_ops {
-    preserve: Some(flb_preserve),
-    unpreserve: Some(flb_unpreserve),
-    retrieve: Some(flb_retrieve),
-    finish: Some(flb_finish),
-    owner: std::ptr::null_mut(),
-});
-
-/// The test FLB.
-pub static TEST_FLB: StaticFlb = StaticFlb::new(&FLB_OPS, "luo-test-flb-v1");
-
-/// Registers the test handler, and links the test FLB to it when `flb`.
-pub fn register(k: &Kernel, flb: bool) -> Result<(), Errno> {
-    k.register_file_handler(&TEST_HANDLER)?;
+/// Registers the test handler, with the test FLB linked to it when `flb`.
+pub fn register(k: &Kernel, flb: bool) -> Result {
     if flb {
-        let _g = k.enter();
-        // SAFETY: both descriptors are immutable statics.
-        unsafe {
-            k.luo()
-                .register_flb(TEST_HANDLER.as_ptr(), TEST_FLB.as_ptr())
-        }?;
+        let reg = Registration::new(TestHandler, k.host(), ()).link_flb(k.new_flb(TestFlb));
+        k.register_handler(reg)
+    } else {
+        k.register_handler(Registration::new(TestHandler, k.host(), ()))
     }
+}
+
+/// Links a new test FLB to the test handler already registered in `k`, through the core's
+/// `liveupdate_register_flb` (as a C caller would, after the registration); `k` keeps it.
+pub fn link_flb(k: &Kernel) -> Result {
+    let fh = handler_ptr(k).ok_or(Errno::ENOENT)?;
+    let cell = k.new_flb(TestFlb);
+    let _g = k.enter();
+    // SAFETY: a registered handler of `k`, and an FLB cell `k` keeps alive below.
+    unsafe { k.luo().register_flb(fh, cell.raw().cast()) }?;
+    k.keep(Box::new(cell));
     Ok(())
 }
 
-fn kernel() -> Result<Kernel, Errno> {
-    Kernel::current().ok_or(Errno::EOPNOTSUPP)
+/// The test handler's `struct liveupdate_file_handler *` in `k` (for tests of the core's C
+/// API), if registered.
+pub fn handler_ptr(k: &Kernel) -> Option<*mut liveupdate_file_handler> {
+    k.luo().handler_ptr("luo-test-v1")
 }
 
-fn value_of(p: *mut CFile) -> Option<u64> {
-    // SAFETY: LUO passes files it holds a reference to for the whole callback.
-    unsafe { CoreFile::from_c(p) }.and_then(CoreFile::test_value)
+/// The test FLB's `struct liveupdate_flb *` in `k`, if linked.
+pub fn flb_ptr(k: &Kernel) -> Option<*mut liveupdate_flb> {
+    k.luo().flb_ptr("luo-test-flb-v1")
 }
 
-fn args<'a>(a: *mut liveupdate_file_op_args) -> &'a mut liveupdate_file_op_args {
-    // SAFETY: LUO passes a valid argument block, exclusively ours for the call.
-    unsafe { &mut *a }
+/// The value of a test file ([`Kernel::test_file`]).
+fn value_of(f: &dyn File) -> Option<u64> {
+    f.payload()?
+        .downcast_ref::<AtomicU64>()
+        .map(|v| v.load(Ordering::Relaxed))
 }
 
-fn stored(data: u64) -> Result<u64, Errno> {
-    kernel()?
-        .kho()
-        .read_obj(Phys::<u64>::new(PhysAddr::new(data)))
-}
-
-/// [`stored`] for data handed over by the previous kernel: refused (`EINVAL`) unless it lies
-/// in preserved memory, so a corrupt `serialized_data` is never dereferenced (the bit-flip
-/// sweep in tests/bitflip.rs checks every read).
-fn stored_incoming(data: u64) -> Result<u64, Errno> {
-    crate::blocks::read_obj(&**kernel()?.kho(), data, "test handler data")
-        .map_err(|_| Errno::EINVAL)
-}
-
-unsafe extern "C" fn can_preserve(_h: *mut liveupdate_file_handler, f: *mut CFile) -> bool {
-    value_of(f).is_some()
-}
-
-unsafe extern "C" fn get_id(f: *mut CFile) -> c_ulong {
-    f as c_ulong
-}
-
-unsafe extern "C" fn preserve(a: *mut liveupdate_file_op_args) -> c_int {
-    let a = args(a);
-    let Some(v) = value_of(a.file) else {
-        return Errno::EINVAL.to_neg();
-    };
-    log("preserve", v);
-    if let Some((fv, e)) = FAIL_PRESERVE.with(Cell::get)
-        && fv == v
-    {
-        return e.to_neg();
+#[liveupdate_handler]
+impl FileHandler for TestHandler {
+    fn can_preserve(&self, file: &dyn File) -> bool {
+        value_of(file).is_some()
     }
-    match kernel().and_then(|k| k.kho().alloc_preserve_obj(&v)) {
-        Ok(p) => {
-            a.serialized_data = p.addr().as_u64();
-            0
+
+    fn preserve(&self, _: &Ctx<'_, Self>, file: &dyn File) -> Result<(u64, ())> {
+        let v = value_of(file).ok_or(Errno::EINVAL)?;
+        log("preserve", v);
+        match FAIL_PRESERVE.with(Cell::get) {
+            Some((fv, e)) if fv == v => Err(e),
+            _ => Ok((v, ())),
         }
-        Err(e) => e.to_neg(),
     }
-}
 
-unsafe extern "C" fn unpreserve(a: *mut liveupdate_file_op_args) {
-    let a = args(a);
-    log("unpreserve", stored(a.serialized_data).unwrap_or(0));
-    if let Ok(k) = kernel() {
-        let _ = k.kho().unpreserve_free(PhysAddr::new(a.serialized_data));
+    fn unpreserve(&self, _: &Ctx<'_, Self>, _: &dyn File, v: u64, _: ()) {
+        log("unpreserve", v);
     }
-}
 
-unsafe extern "C" fn freeze(a: *mut liveupdate_file_op_args) -> c_int {
-    let a = args(a);
-    let v = stored(a.serialized_data).unwrap_or(0);
-    log("freeze", v);
-    match FAIL_FREEZE.with(Cell::get) {
-        Some((fv, e)) if fv == v => e.to_neg(),
-        _ => 0,
+    fn freeze(&self, _: &Ctx<'_, Self>, _: &dyn File, v: &mut u64, _: &mut ()) -> Result {
+        log("freeze", *v);
+        match FAIL_FREEZE.with(Cell::get) {
+            Some((fv, e)) if fv == *v => Err(e),
+            _ => Ok(()),
+        }
     }
-}
 
-unsafe extern "C" fn unfreeze(a: *mut liveupdate_file_op_args) {
-    let a = args(a);
-    log("unfreeze", stored(a.serialized_data).unwrap_or(0));
-}
+    fn unfreeze(&self, _: &Ctx<'_, Self>, _: &dyn File, v: &u64, _: &mut ()) {
+        log("unfreeze", *v);
+    }
 
-unsafe extern "C" fn retrieve(a: *mut liveupdate_file_op_args) -> c_int {
-    let a = args(a);
-    let r = (|| {
-        let k = kernel()?;
-        let v = stored_incoming(a.serialized_data)?;
+    fn retrieve(&self, cx: &Ctx<'_, Self>, v: u64) -> Result<FileRef> {
         log("retrieve", v);
         if let Some((fv, e)) = FAIL_RETRIEVE.with(Cell::get)
             && fv == v
         {
-            // A failed retrieve releases what it was handed, as upstream's
-            // memfd does: finish() skips files whose retrieve failed, so the
-            // page would otherwise stay until the next kexec (the fault
-            // sweep in tests/fault_sweep.rs caught this).
-            let _ = k.kho().restore_free(PhysAddr::new(a.serialized_data));
-            FAILED.with(|f| f.borrow_mut().insert(a.serialized_data, v));
+            // The runtime released the record: remember the value for can_finish/finish.
+            FAILED.with(|f| f.borrow_mut().insert(cx.handle(), v));
             return Err(e);
         }
-        k.kho().restore_free(PhysAddr::new(a.serialized_data))?;
-        Ok::<_, Errno>(CoreFile::new("test", FileObj::Test(AtomicU64::new(v))))
-    })();
-    match r {
-        Ok(f) => {
-            a.file = CoreFile::into_c(f);
-            0
+        // A test file again, as `Kernel::test_file` makes them.
+        Ok(CoreFile::new("test", FileObj::Test(AtomicU64::new(v))) as FileRef)
+    }
+
+    fn can_finish(
+        &self,
+        cx: &Ctx<'_, Self>,
+        file: Option<&dyn File>,
+        status: RetrieveStatus,
+    ) -> bool {
+        let v = match status {
+            RetrieveStatus::Retrieved => file.and_then(value_of).unwrap_or(0),
+            // The failed retrieve released the record: never read it again.
+            RetrieveStatus::Failed(_) => {
+                FAILED.with(|f| f.borrow().get(&cx.handle()).copied().unwrap_or(0))
+            }
+            RetrieveStatus::NotRetrieved => {
+                let mut b = [0u8; 8];
+                cx.read_record(0, &mut b)
+                    .map_or(0, |()| u64::from_ne_bytes(b))
+            }
+        };
+        log("can_finish", v);
+        REFUSE_FINISH.with(Cell::get) != Some(v)
+    }
+
+    fn finish(&self, cx: &Ctx<'_, Self>, how: Finish<'_, u64>) {
+        let v = match how {
+            Finish::Retrieved(f) => value_of(f).unwrap_or(0),
+            Finish::Failed(_) => FAILED
+                .with(|f| f.borrow_mut().remove(&cx.handle()))
+                .unwrap_or(0),
+            Finish::NotRetrieved(v) => v,
+        };
+        log("finish", v);
+    }
+}
+
+#[liveupdate_flb]
+impl FlbState for TestFlb {
+    type Outgoing = u64;
+    type Incoming = u64;
+
+    fn preserve(&self, _: &StateCtx<'_>) -> Result<(u64, u64)> {
+        log("flb_preserve", 0);
+        match FAIL_FLB_PRESERVE.with(Cell::get) {
+            Some(e) => Err(e),
+            None => Ok((FLB_MAGIC, FLB_MAGIC)),
         }
-        Err(e) => e.to_neg(),
     }
-}
 
-unsafe extern "C" fn can_finish(a: *mut liveupdate_file_op_args) -> bool {
-    let a = args(a);
-    let v = if a.retrieve_status > 0 {
-        value_of(a.file).unwrap_or(0)
-    } else if a.retrieve_status < 0 {
-        // The failed retrieve released the page: never read it again.
-        FAILED.with(|f| f.borrow().get(&a.serialized_data).copied().unwrap_or(0))
-    } else {
-        stored_incoming(a.serialized_data).unwrap_or(0)
-    };
-    log("can_finish", v);
-    REFUSE_FINISH.with(Cell::get) != Some(v)
-}
+    fn unpreserve(&self, cx: &StateCtx<'_>, _: u64, _: Arc<u64>) {
+        log("flb_unpreserve", cx.data().map_or(0, |d| d.as_u64()));
+    }
 
-unsafe extern "C" fn finish(a: *mut liveupdate_file_op_args) {
-    let a = args(a);
-    if a.retrieve_status > 0 {
-        log("finish", value_of(a.file).unwrap_or(0));
-        return;
-    }
-    if a.retrieve_status < 0 {
-        let v = FAILED.with(|f| f.borrow_mut().remove(&a.serialized_data));
-        log("finish", v.unwrap_or(0));
-        return;
-    }
-    log("finish", stored_incoming(a.serialized_data).unwrap_or(0));
-    if a.retrieve_status == 0
-        && let Ok(k) = kernel()
-    {
-        let _ = k.kho().restore_free(PhysAddr::new(a.serialized_data));
-    }
-}
-
-fn flb_args<'a>(a: *mut liveupdate_flb_op_args) -> &'a mut liveupdate_flb_op_args {
-    // SAFETY: LUO passes a valid argument block, exclusively ours for the call.
-    unsafe { &mut *a }
-}
-
-unsafe extern "C" fn flb_preserve(a: *mut liveupdate_flb_op_args) -> c_int {
-    let a = flb_args(a);
-    log("flb_preserve", 0);
-    if let Some(e) = FAIL_FLB_PRESERVE.with(Cell::get) {
-        return e.to_neg();
-    }
-    match kernel().and_then(|k| k.kho().alloc_preserve_obj(&FLB_MAGIC)) {
-        Ok(p) => {
-            a.data = p.addr().as_u64();
-            a.obj = Box::into_raw(Box::new(FLB_MAGIC)).cast();
-            0
+    fn retrieve(&self, _: &StateCtx<'_>, v: u64) -> Result<u64> {
+        if v != FLB_MAGIC {
+            return Err(Errno::EINVAL);
         }
-        Err(e) => e.to_neg(),
+        log("flb_retrieve", v);
+        Ok(v)
     }
-}
 
-unsafe extern "C" fn flb_unpreserve(a: *mut liveupdate_flb_op_args) {
-    let a = flb_args(a);
-    log("flb_unpreserve", a.data);
-    if !a.obj.is_null() {
-        // SAFETY: `obj` is the box flb_preserve leaked, handed back once.
-        drop(unsafe { Box::from_raw(a.obj.cast::<u64>()) });
-    }
-    if let Ok(k) = kernel() {
-        let _ = k.kho().unpreserve_free(PhysAddr::new(a.data));
-    }
-}
-
-unsafe extern "C" fn flb_retrieve(a: *mut liveupdate_flb_op_args) -> c_int {
-    let a = flb_args(a);
-    match stored_incoming(a.data) {
-        Ok(v) if v == FLB_MAGIC => {
-            log("flb_retrieve", v);
-            a.obj = Box::into_raw(Box::new(v)).cast();
-            0
-        }
-        Ok(_) => Errno::EINVAL.to_neg(),
-        Err(e) => e.to_neg(),
-    }
-}
-
-unsafe extern "C" fn flb_finish(a: *mut liveupdate_flb_op_args) {
-    let a = flb_args(a);
-    let v = if a.obj.is_null() {
-        0
-    } else {
-        // SAFETY: `obj` is the box flb_retrieve leaked, handed back once.
-        *unsafe { Box::from_raw(a.obj.cast::<u64>()) }
-    };
-    log("flb_finish", v);
-    if let Ok(k) = kernel() {
-        let _ = k.kho().restore_free(PhysAddr::new(a.data));
+    fn finish(&self, _: &StateCtx<'_>, obj: Arc<u64>) {
+        log("flb_finish", *obj);
     }
 }
 
@@ -342,34 +254,6 @@ pub struct DepFile {
     pub raw_tokens: Mutex<Vec<u64>>,
 }
 
-static DEP_OPS: StaticOps = StaticOps(liveupdate_file_ops {
-    can_preserve: Some(dep_can_preserve),
-    preserve: Some(dep_preserve),
-    unpreserve: Some(dep_unpreserve),
-    freeze: Some(dep_freeze),
-    unfreeze: None,
-    retrieve: Some(dep_retrieve),
-    can_finish: None,
-    finish: Some(dep_finish),
-    get_id: None,
-    owner: std::ptr::null_mut(),
-});
-
-static DEP_ON: DependsOn = DependsOn(&[
-    c"luo-test-v1".as_ptr().cast(),
-    c"luo-test-dep-v1".as_ptr().cast(),
-    std::ptr::null(),
-]);
-
-/// The dependent test handler: `depends_on` = `luo-test-v1` and itself.
-pub static TEST_DEP_HANDLER: StaticHandler =
-    StaticHandler::with_deps(&DEP_OPS, DEP_COMPATIBLE, &DEP_ON);
-
-/// Registers the dependent test handler.
-pub fn register_dep(k: &Kernel) -> Result<(), Errno> {
-    k.register_file_handler(&TEST_DEP_HANDLER)
-}
-
 /// Makes the dependent test handler skip dependencies it cannot name or get back and succeed
 /// anyway (on this thread), as a careless handler would; the core fails it regardless.
 pub fn ignore_dep_errors(on: bool) {
@@ -377,7 +261,7 @@ pub fn ignore_dep_errors(on: bool) {
 }
 
 /// Opens a dependent test file with `value`, depending on the files behind `deps`.
-pub fn dep_file(k: &Kernel, value: u64, deps: &[i32]) -> Result<i32, Errno> {
+pub fn dep_file(k: &Kernel, value: u64, deps: &[i32]) -> Result<i32> {
     let deps = deps
         .iter()
         .map(|&fd| k.file(fd))
@@ -394,7 +278,7 @@ pub fn dep_file(k: &Kernel, value: u64, deps: &[i32]) -> Result<i32, Errno> {
 }
 
 /// Replaces what the dependent test file behind `fd` depends on (seen at its next freeze).
-pub fn set_deps(k: &Kernel, fd: i32, deps: &[i32], raw_tokens: &[u64]) -> Result<(), Errno> {
+pub fn set_deps(k: &Kernel, fd: i32, deps: &[i32], raw_tokens: &[u64]) -> Result<()> {
     let f = k.file(fd)?;
     let d = f.synthetic::<DepFile>().ok_or(Errno::EINVAL)?;
     let files = deps
@@ -413,23 +297,42 @@ pub fn dep_of(k: &Kernel, fd: i32) -> Result<(u64, Vec<Arc<CoreFile>>), Errno> {
     Ok((d.value, lock(&d.deps).clone()))
 }
 
-fn dep_payload<'a>(p: *mut CFile) -> Option<&'a DepFile> {
-    // SAFETY: LUO passes files it holds a reference to for the whole callback.
-    unsafe { CoreFile::from_c(p) }.and_then(|f| f.synthetic::<DepFile>())
+/// The record of a dependent test file: its value and the tokens of what it depends on.
+#[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Abi)]
+#[repr(C)]
+#[allow(non_camel_case_types)]
+pub struct luo_test_dep_ser {
+    /// The file's value.
+    pub value: u64,
+    /// Entries of `tokens` in use.
+    pub nr_tokens: u64,
+    /// Tokens of the files it depends on, in its session.
+    pub tokens: [u64; DEP_MAX],
 }
 
-unsafe extern "C" fn dep_can_preserve(_h: *mut liveupdate_file_handler, f: *mut CFile) -> bool {
-    dep_payload(f).is_some()
+/// The dependent test handler: `depends_on` = `luo-test-v1` and itself.
+#[liveupdate_handler(
+    compatible = "luo-test-dep-v1",
+    abi = luo_test_dep_ser,
+    depends_on = ["luo-test-v1", "luo-test-dep-v1"],
+)]
+pub struct TestDepHandler;
+
+/// Registers the dependent test handler.
+pub fn register_dep(k: &Kernel) -> Result {
+    k.register_handler(Registration::new(TestDepHandler, k.host(), ()))
 }
 
-/// Writes the file's record (value, count, tokens) into the page at `data`, naming each
-/// dependency through the core.
-fn dep_write(a: &liveupdate_file_op_args, data: u64) -> Result<(), Errno> {
-    let k = kernel()?;
-    let d = dep_payload(a.file).ok_or(Errno::EINVAL)?;
+fn dep_payload(f: &dyn File) -> Option<&DepFile> {
+    f.payload()?.downcast_ref::<DepFile>()
+}
+
+/// The file's record, naming each dependency through the core.
+fn dep_record(cx: &Ctx<'_, TestDepHandler>, file: &dyn File) -> Result<luo_test_dep_ser> {
+    let d = dep_payload(file).ok_or(Errno::EINVAL)?;
     let mut tokens = Vec::new();
     for f in lock(&d.deps).iter() {
-        match k.luo().get_token_outgoing(a.session, Arc::as_ptr(f).cast()) {
+        match cx.session().get_token_outgoing(&**f) {
             Ok(t) => tokens.push(t),
             Err(_) if IGNORE_DEP_ERRORS.with(Cell::get) => {}
             Err(e) => return Err(e),
@@ -439,109 +342,78 @@ fn dep_write(a: &liveupdate_file_op_args, data: u64) -> Result<(), Errno> {
     if tokens.len() > DEP_MAX {
         return Err(Errno::E2BIG);
     }
-    let mut rec = vec![d.value, tokens.len() as u64];
-    rec.extend(tokens);
-    k.kho().write(PhysAddr::new(data), rec.as_bytes())
+    let mut rec = luo_test_dep_ser {
+        value: d.value,
+        nr_tokens: tokens.len() as u64,
+        tokens: [0; DEP_MAX],
+    };
+    rec.tokens[..tokens.len()].copy_from_slice(&tokens);
+    Ok(rec)
 }
 
-fn dep_read(data: u64) -> Result<(u64, Vec<u64>), Errno> {
-    let k = kernel()?;
-    let head: [u64; 2] = k.kho().read_obj(Phys::new(PhysAddr::new(data)))?;
-    let n = usize::try_from(head[1]).map_err(|_| Errno::EINVAL)?;
-    if n > DEP_MAX {
-        return Err(Errno::EINVAL);
+/// The tokens a record names; `EINVAL` for a count beyond [`DEP_MAX`].
+fn dep_tokens(rec: &luo_test_dep_ser) -> Result<&[u64]> {
+    let n = usize::try_from(rec.nr_tokens).map_err(|_| Errno::EINVAL)?;
+    rec.tokens.get(..n).ok_or(Errno::EINVAL)
+}
+
+#[liveupdate_handler]
+impl FileHandler for TestDepHandler {
+    fn can_preserve(&self, file: &dyn File) -> bool {
+        dep_payload(file).is_some()
     }
-    let mut tokens = vec![0u64; n];
-    k.kho()
-        .read(PhysAddr::new(data + 16), tokens.as_mut_bytes())?;
-    Ok((head[0], tokens))
-}
 
-unsafe extern "C" fn dep_preserve(a: *mut liveupdate_file_op_args) -> c_int {
-    let a = args(a);
-    let r = (|| {
-        let d = dep_payload(a.file).ok_or(Errno::EINVAL)?;
+    fn preserve(&self, cx: &Ctx<'_, Self>, file: &dyn File) -> Result<(luo_test_dep_ser, ())> {
+        let d = dep_payload(file).ok_or(Errno::EINVAL)?;
         log("dep_preserve", d.value);
-        let k = kernel()?;
-        let page = k.kho().alloc_preserve((DEP_MAX + 2) * 8)?.as_u64();
-        if let Err(e) = dep_write(a, page) {
-            let _ = k.kho().unpreserve_free(PhysAddr::new(page));
-            return Err(e);
+        Ok((dep_record(cx, file)?, ()))
+    }
+
+    fn freeze(
+        &self,
+        cx: &Ctx<'_, Self>,
+        file: &dyn File,
+        rec: &mut luo_test_dep_ser,
+        _: &mut (),
+    ) -> Result {
+        if let Some(d) = dep_payload(file) {
+            log("dep_freeze", d.value);
         }
-        a.serialized_data = page;
+        *rec = dep_record(cx, file)?;
         Ok(())
-    })();
-    r.map_or_else(Errno::to_neg, |()| 0)
-}
-
-unsafe extern "C" fn dep_freeze(a: *mut liveupdate_file_op_args) -> c_int {
-    let a = args(a);
-    if let Some(d) = dep_payload(a.file) {
-        log("dep_freeze", d.value);
     }
-    dep_write(a, a.serialized_data).map_or_else(Errno::to_neg, |()| 0)
-}
 
-unsafe extern "C" fn dep_unpreserve(a: *mut liveupdate_file_op_args) {
-    let a = args(a);
-    log("dep_unpreserve", dep_payload(a.file).map_or(0, |d| d.value));
-    if let Ok(k) = kernel() {
-        let _ = k.kho().unpreserve_free(PhysAddr::new(a.serialized_data));
+    fn unpreserve(&self, _: &Ctx<'_, Self>, file: &dyn File, _: luo_test_dep_ser, _: ()) {
+        log("dep_unpreserve", dep_payload(file).map_or(0, |d| d.value));
     }
-}
 
-unsafe extern "C" fn dep_retrieve(a: *mut liveupdate_file_op_args) -> c_int {
-    let a = args(a);
-    let r = (|| {
-        let k = kernel()?;
-        let (value, tokens) = dep_read(a.serialized_data)?;
-        log("dep_retrieve", value);
+    fn retrieve(&self, cx: &Ctx<'_, Self>, rec: luo_test_dep_ser) -> Result<FileRef> {
+        let tokens = dep_tokens(&rec)?;
+        log("dep_retrieve", rec.value);
         let mut deps = Vec::new();
-        for t in tokens {
-            match k.luo().get_file_incoming(a.session, t) {
-                Ok(f) => deps.push(f),
+        for &t in tokens {
+            match cx.session().get_file_incoming(t) {
+                Ok(f) => deps.push(CoreFile::from_ref(f).ok_or(Errno::EINVAL)?),
                 Err(_) if IGNORE_DEP_ERRORS.with(Cell::get) => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok::<_, Errno>(CoreFile::new(
+        cx.open_synthetic(
+            FileKind::Other,
             "luo-test-dep",
-            FileObj::Synthetic(
-                FileKind::Other,
-                Box::new(DepFile {
-                    value,
-                    deps: Mutex::new(deps),
-                    raw_tokens: Mutex::new(Vec::new()),
-                }),
-            ),
-        ))
-    })();
-    // Retrieved or not, the record page goes: finish skips files whose retrieve failed.
-    if let Ok(k) = kernel() {
-        let _ = k.kho().restore_free(PhysAddr::new(a.serialized_data));
+            Box::new(DepFile {
+                value: rec.value,
+                deps: Mutex::new(deps),
+                raw_tokens: Mutex::new(Vec::new()),
+            }),
+        )
     }
-    match r {
-        Ok(f) => {
-            a.file = CoreFile::into_c(f);
-            0
-        }
-        Err(e) => e.to_neg(),
-    }
-}
 
-unsafe extern "C" fn dep_finish(a: *mut liveupdate_file_op_args) {
-    let a = args(a);
-    if a.retrieve_status > 0 {
-        log("dep_finish", dep_payload(a.file).map_or(0, |d| d.value));
-        return;
-    }
-    log(
-        "dep_finish",
-        dep_read(a.serialized_data).map_or(0, |(v, _)| v),
-    );
-    if a.retrieve_status == 0
-        && let Ok(k) = kernel()
-    {
-        let _ = k.kho().restore_free(PhysAddr::new(a.serialized_data));
+    fn finish(&self, _: &Ctx<'_, Self>, how: Finish<'_, luo_test_dep_ser>) {
+        match how {
+            Finish::Retrieved(f) => log("dep_finish", dep_payload(f).map_or(0, |d| d.value)),
+            Finish::NotRetrieved(rec) => log("dep_finish", rec.value),
+            Finish::Failed(_) => log("dep_finish", 0),
+        }
     }
 }

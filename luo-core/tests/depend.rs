@@ -6,7 +6,7 @@ use std::ffi::c_int;
 use std::sync::Arc;
 
 use luo_abi::Errno;
-use luo_core::testing::{self, TEST_DEP_HANDLER};
+use luo_core::testing;
 use luo_core::{BootOptions, DependsOn, Kernel, StaticHandler, StaticOps};
 use luo_generated::liveupdate::{
     file as CFile, liveupdate_file_handler, liveupdate_file_op_args, liveupdate_file_ops,
@@ -438,7 +438,7 @@ fn depends_on_is_validated_at_registration() {
     assert_eq!(k.register_file_handler(&H_LONG), Err(Errno::EINVAL));
     assert_eq!(k.register_file_handler(&H_NINE), Err(Errno::EINVAL));
     k.register_file_handler(&H_EIGHT).unwrap();
-    k.register_file_handler(&TEST_DEP_HANDLER).unwrap();
+    testing::register_dep(&k).unwrap();
     assert!(k.luo().handlers().contains(&"dep-eight-v1".to_owned()));
     assert!(!k.luo().handlers().contains(&"dep-nine-v1".to_owned()));
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Barrier, OnceLock};
 
 use luo_abi::Errno;
-use luo_core::testing::{self, TEST_HANDLER};
+use luo_core::testing;
 use luo_core::{BootOptions, Kernel, StaticFlb, StaticFlbOps};
 use luo_generated::liveupdate::{liveupdate_flb_op_args, liveupdate_flb_ops};
 
@@ -63,7 +63,9 @@ fn boot(h: Option<luo_core::Handover>) -> Kernel {
     testing::register(&k, false).unwrap();
     let _g = k.enter();
     // SAFETY: both descriptors are immutable statics.
-    unsafe { k.luo().register_flb(TEST_HANDLER.as_ptr(), FLB.as_ptr()) }.unwrap();
+    let fh = testing::handler_ptr(&k).unwrap();
+    // SAFETY: a registered handler of `k` and a static FLB.
+    unsafe { k.luo().register_flb(fh, FLB.as_ptr()) }.unwrap();
     k
 }
 

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use luo_core::testing::{self, TEST_FLB};
+use luo_core::testing;
 use luo_core::{BootOptions, Kernel};
 
 const THREADS: u64 = 8;
@@ -62,7 +62,9 @@ fn eight_threads_ten_thousand_operations_each() {
                         _ => {
                             // Global state in between: the FLB's outgoing object
                             // (NULL while no dependent file is preserved).
-                            let _ = k.luo().flb_get_outgoing(TEST_FLB.as_ptr());
+                            if let Some(flb) = testing::flb_ptr(&k) {
+                                let _ = k.luo().flb_get_outgoing(flb);
+                            }
                         }
                     }
                 }
@@ -168,7 +170,7 @@ fn global_state_register_took_the_session_lists_under_its_lock() {
         // SAFETY: a registered static handler and static ops.
         let r = unsafe {
             k2.luo()
-                .global_state_register(testing::TEST_HANDLER.as_ptr(), &GS_OPS.0)
+                .global_state_register(testing::handler_ptr(&k2).expect("registered"), &GS_OPS.0)
         };
         assert!(matches!(r, Ok(()) | Err(luo_abi::Errno::EBUSY)), "{r:?}");
         reboot.join().expect("reboot thread").expect("reboot");

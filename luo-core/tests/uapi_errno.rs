@@ -343,12 +343,7 @@ fn preserve_fd_errnos() {
 #[test]
 fn preserve_fd_flb_error_and_enomem() {
     let k = boot();
-    // SAFETY: both descriptors are immutable statics.
-    unsafe {
-        k.luo()
-            .register_flb(testing::TEST_HANDLER.as_ptr(), testing::TEST_FLB.as_ptr())
-            .unwrap();
-    }
+    testing::link_flb(&k).unwrap();
     let dev = k.open_dev().unwrap();
     let s = k.create_session(dev, "s").unwrap();
     let f = k.test_file(1).unwrap();

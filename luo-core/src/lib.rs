@@ -72,6 +72,11 @@ pub mod uapi;
 pub mod util;
 pub mod version;
 
+/// The README's code examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 pub use error::ImageError;
 pub use kernel::{BootOptions, Handover, Kernel, KexecError, Stats};
 pub use mem::BackingKind;

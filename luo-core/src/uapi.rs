@@ -101,13 +101,16 @@ impl Kernel {
             return Err(Errno::EINVAL);
         }
         let op = &table[(nr - base) as usize];
-        if op.cmd != cmd {
-            return Err(Errno::ENOIOCTLCMD);
-        }
+        // `size` is read before the full command value is compared (iommufd's order, which
+        // luo_core.c/luo_session.c follow): a NULL argument with a foreign command whose nr
+        // is in range gives EFAULT, not ENOTTY (checked against 7.2.13 by tests/c/conformance).
         let size_bytes: [u8; 4] = arg
             .get(..4)
             .and_then(|b| b.try_into().ok())
             .ok_or(Errno::EFAULT)?;
+        if op.cmd != cmd {
+            return Err(Errno::ENOIOCTLCMD);
+        }
         let usize_ = u32::from_ne_bytes(size_bytes) as usize;
         if usize_ < op.min {
             return Err(Errno::EINVAL);
@@ -164,6 +167,11 @@ impl Kernel {
             }
             (FileObj::Session(s), 0x42) => {
                 let a: liveupdate_session_finish = parse(&k)?;
+                // 7.2.13 refuses a non-zero `reserved` (the digest of reference §1 says nothing
+                // checks it; the real kernel does: tests/c/conformance/uapi.c).
+                if a.reserved != 0 {
+                    return Err(Errno::EINVAL);
+                }
                 self.inner.luo.finish(s)?;
                 a.as_bytes().to_vec()
             }

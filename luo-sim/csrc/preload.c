@@ -195,9 +195,15 @@ EXPORT int luo_sim_ioctl(int fd, unsigned long req, void *arg, int *handled)
 		if (peek(arg, data, want) == 0) {
 			dlen = want;
 			if (size > MAX_DATA) {
+				/* The tail is scanned in order, one page at a time, as the kernel's
+				 * check_zeroed_user does: a non-zero byte before an unmapped page is
+				 * E2BIG, an unmapped page before any non-zero byte is EFAULT. */
 				unsigned char chunk[4096];
-				for (uint64_t off = MAX_DATA; off < size; off += sizeof(chunk)) {
-					size_t c = size - off < sizeof(chunk) ? size - off : sizeof(chunk);
+				for (uint64_t off = MAX_DATA, c; off < size; off += c) {
+					uintptr_t at = (uintptr_t)arg + off;
+					c = 4096 - at % 4096;
+					if (c > size - off)
+						c = size - off;
 					if (peek((char *)arg + off, chunk, c) != 0) {
 						hdr[2] |= F_TAIL_FAULT;
 						break;

@@ -49,6 +49,8 @@ static void stage1(void)
 	struct termios tio;
 	say("TCGETS on dev: %s", R(ioctl(dev, TCGETS, &tio)));
 	say("type 'x' NULL on dev: %s", R(ioctl(dev, _IO('x', 1), NULL)));
+	say("nr 0x00 _IOW NULL on dev: %s", R(ioctl(dev, _IOW(LIVEUPDATE_IOCTL_TYPE, 0x00, int), NULL)));
+	say("nr 0x07 NULL on dev: %s", R(ioctl(dev, _IO(LIVEUPDATE_IOCTL_TYPE, 0x07), NULL)));
 
 	/* Sizes: copy_struct_from_user. */
 	struct { struct liveupdate_ioctl_create_session s; char tail[64]; } big;
@@ -117,6 +119,11 @@ static void stage1(void)
 	say("FINISH on outgoing: %s", R(finish(a)));
 	say("RETRIEVE_FD on outgoing: %s", R(retrieve_fd(a, 1)));
 	say("TCGETS NULL on session: %s", R(ioctl(a, TCGETS, NULL)));
+	say("nr 0x40 _IOW NULL on session: %s",
+	    R(ioctl(a, _IOW(LIVEUPDATE_IOCTL_TYPE, 0x40, int), NULL)));
+	say("nr 0x40 _IOW on session: %s", R(ioctl(a, _IOW(LIVEUPDATE_IOCTL_TYPE, 0x40, int), &f)));
+	say("nr 0x42 NULL on session: %s", R(ioctl(a, LIVEUPDATE_SESSION_FINISH, NULL)));
+	say("nr 0x4f NULL on session: %s", R(ioctl(a, _IO(LIVEUPDATE_IOCTL_TYPE, 0x4f), NULL)));
 	say("unknown nr on session: %s", R(ioctl(a, _IO(LIVEUPDATE_IOCTL_TYPE, 0x50), &f)));
 	struct liveupdate_session_preserve_fd pf = { .size = 15, .fd = 0, .token = 1 };
 	say("PRESERVE_FD size 15: %s", R(ioctl(a, LIVEUPDATE_SESSION_PRESERVE_FD, &pf)));

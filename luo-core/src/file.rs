@@ -240,6 +240,21 @@ impl PageSet {
     }
 }
 
+/// Extended attribute that marks a host memfd frozen (preserved): the programs of the
+/// simulator share the host file itself, so the freeze of `shmem_freeze` (size changes,
+/// fallocate and writes past the end refused with `EPERM`) is enforced for them by the preload
+/// library, which reads this mark; the file's seals stay the program's own.
+pub const FROZEN_XATTR: &str = "user.luo.frozen";
+
+fn mark_frozen(fd: BorrowedFd<'_>, frozen: bool) {
+    // Best effort: a host tmpfs without user xattrs only loses the enforcement for programs.
+    if frozen {
+        let _ = rustix::fs::fsetxattr(fd, FROZEN_XATTR, b"1", rustix::fs::XattrFlags::empty());
+    } else {
+        let _ = rustix::fs::fremovexattr(fd, FROZEN_XATTR);
+    }
+}
+
 /// A shmem memfd: a host memfd that is an external region of the KHO model.
 ///
 /// Created eagerly by `memfd_create`, or lazily by `memfd_alloc_file` on retrieve: the first
@@ -305,7 +320,16 @@ impl MemfdFile {
         {
             rustix::fs::ftruncate(r.fd(), size).map_err(host_err)?;
         }
-        let pending = std::mem::take(&mut st.pending_seals);
+        let mut pending = std::mem::take(&mut st.pending_seals);
+        // Pending seals come from a retrieve. The kernel's new file is created with the exec
+        // bits (memfd_alloc_file), and on such a file memfd_add_seals makes F_SEAL_EXEC imply
+        // the write seals: an MFD_NOEXEC_SEAL memfd comes back write-sealed (7.2.13).
+        if pending & seals::F_SEAL_EXEC != 0 {
+            pending |= seals::F_SEAL_SHRINK
+                | seals::F_SEAL_GROW
+                | seals::F_SEAL_WRITE
+                | seals::F_SEAL_FUTURE_WRITE;
+        }
         let have = rustix::fs::fcntl_get_seals(r.fd())
             .map_err(host_err)?
             .bits();
@@ -320,7 +344,15 @@ impl MemfdFile {
     /// Finishes a retrieve: pending size and seals go to the host memfd.
     pub fn settle(&self) -> Result<(), Errno> {
         let mut st = lock(&self.st);
-        self.settle_locked(&mut st)
+        self.settle_locked(&mut st)?;
+        // A retrieved file is a new, unfrozen file; the host memfd it adopted still carries
+        // the previous kernel's mark.
+        if !st.frozen
+            && let Some(r) = &st.region
+        {
+            mark_frozen(r.fd(), false);
+        }
+        Ok(())
     }
 
     /// The host memfd (created if needed), for mapping or direct I/O by "userspace".
@@ -473,7 +505,11 @@ impl ShmemFile for MemfdFile {
     }
 
     fn set_frozen(&self, frozen: bool) {
-        lock(&self.st).frozen = frozen;
+        let mut st = lock(&self.st);
+        st.frozen = frozen;
+        if let Some(r) = &st.region {
+            mark_frozen(r.fd(), frozen);
+        }
     }
 
     fn pin_folios(&self) -> luo_abi::Result<Vec<ShmemFolio>> {
@@ -481,6 +517,9 @@ impl ShmemFile for MemfdFile {
         self.settle_locked(&mut st)?;
         let r = self.region_locked(&mut st)?;
         let pages = r.size()?.div_ceil(PAGE);
+        if st.frozen {
+            mark_frozen(r.fd(), true);
+        }
         st.pinned += 1;
         Ok((0..pages)
             .map(|i| ShmemFolio {

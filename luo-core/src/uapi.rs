@@ -115,15 +115,23 @@ impl Kernel {
         if usize_ < op.min {
             return Err(Errno::EINVAL);
         }
-        if usize_ > arg.len() {
+        // copy_struct_from_user: the known part is copied (a fault is EFAULT), then the tail
+        // is scanned in order; a non-zero byte before the end of the readable memory is E2BIG
+        // even when the tail runs on into a fault (check_zeroed_user; seen on 7.2.13).
+        let n = usize_.min(op.size);
+        if n > arg.len() {
             return Err(Errno::EFAULT);
         }
-        // copy_struct_from_user
         let mut k = vec![0u8; op.size];
-        let n = usize_.min(op.size);
         k[..n].copy_from_slice(&arg[..n]);
-        if usize_ > op.size && arg[op.size..usize_].iter().any(|&b| b != 0) {
-            return Err(Errno::E2BIG);
+        if usize_ > op.size {
+            let readable = &arg[op.size.min(arg.len())..usize_.min(arg.len())];
+            if readable.iter().any(|&b| b != 0) {
+                return Err(Errno::E2BIG);
+            }
+            if usize_ > arg.len() {
+                return Err(Errno::EFAULT);
+            }
         }
         let reply = match (file.obj(), nr) {
             (FileObj::Dev, 0x00) => {

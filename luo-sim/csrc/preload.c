@@ -18,10 +18,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/un.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #define EXPORT __attribute__((visibility("default")))
@@ -218,8 +220,22 @@ EXPORT int luo_sim_ioctl(int fd, unsigned long req, void *arg, int *handled)
 				}
 			}
 		} else {
-			memcpy(data, &size, 4);
-			dlen = 4;
+			/* Send the readable prefix (up to the first unmapped page): the core copies the
+			 * struct, then scans its tail in order, as copy_struct_from_user does. */
+			dlen = 0;
+			while (dlen < want) {
+				uintptr_t at = (uintptr_t)arg + dlen;
+				size_t c = 4096 - at % 4096;
+				if (c > want - dlen)
+					c = want - dlen;
+				if (peek((char *)arg + dlen, data + dlen, c) != 0)
+					break;
+				dlen += c;
+			}
+			if (dlen < 4) {
+				memcpy(data, &size, 4);
+				dlen = 4;
+			}
 		}
 	}
 	memcpy(pkt, hdr, sizeof(hdr));
@@ -347,4 +363,194 @@ EXPORT int ioctl(int fd, unsigned long req, ...)
 		return r;
 	}
 	return (int)syscall(SYS_ioctl, fd, req, arg);
+}
+
+/* The freeze of a preserved memfd (shmem_freeze upstream): the daemon marks the host file with
+ * the xattr FROZEN_XATTR (luo-core's file.rs) while it is preserved; here, as the kernel does
+ * for a frozen inode, every size change, every fallocate and every write reaching past the end
+ * fails with EPERM (the whole write: the check is on pos + len before anything is copied), and
+ * F_SEAL_WRITE waits in vain for the pinned folios (EBUSY). Files that are not marked cost one
+ * fgetxattr. */
+#define FROZEN_XATTR "user.luo.frozen"
+
+static int frozen(int fd)
+{
+	int saved = errno;
+	char v;
+	int r = fgetxattr(fd, FROZEN_XATTR, &v, 1) >= 0;
+	errno = saved;
+	return r;
+}
+
+/* Would `len` bytes written at `off` (-1: the file position, or the end with O_APPEND) grow
+ * a frozen file? */
+static int frozen_grows(int fd, long long off, size_t len)
+{
+	if (len == 0 || !frozen(fd))
+		return 0;
+	struct stat st;
+	if (fstat(fd, &st) != 0)
+		return 0;
+	if (off < 0) {
+		int fl = fcntl(fd, F_GETFL);
+		off = fl >= 0 && (fl & O_APPEND) ? st.st_size : lseek(fd, 0, SEEK_CUR);
+	}
+	return off >= 0 && (unsigned long long)off + len > (unsigned long long)st.st_size;
+}
+
+static size_t iov_len(const struct iovec *iov, int n)
+{
+	size_t t = 0;
+	for (int i = 0; i < n; i++)
+		t += iov[i].iov_len;
+	return t;
+}
+
+#define REFUSE(cond)              \
+	do {                      \
+		if (cond) {       \
+			errno = EPERM; \
+			return -1; \
+		}                 \
+	} while (0)
+
+EXPORT ssize_t write(int fd, const void *buf, size_t n)
+{
+	REFUSE(frozen_grows(fd, -1, n));
+	return syscall(SYS_write, fd, buf, n);
+}
+
+EXPORT ssize_t pwrite(int fd, const void *buf, size_t n, off_t off)
+{
+	REFUSE(frozen_grows(fd, off, n));
+	return syscall(SYS_pwrite64, fd, buf, n, off);
+}
+
+EXPORT ssize_t pwrite64(int fd, const void *buf, size_t n, off_t off)
+{
+	return pwrite(fd, buf, n, off);
+}
+
+EXPORT ssize_t writev(int fd, const struct iovec *iov, int n)
+{
+	REFUSE(n > 0 && frozen_grows(fd, -1, iov_len(iov, n)));
+	return syscall(SYS_writev, fd, iov, n);
+}
+
+EXPORT ssize_t pwritev(int fd, const struct iovec *iov, int n, off_t off)
+{
+	REFUSE(n > 0 && frozen_grows(fd, off, iov_len(iov, n)));
+	return syscall(SYS_pwritev, fd, iov, n, (long)off, 0L);
+}
+
+EXPORT ssize_t pwritev64(int fd, const struct iovec *iov, int n, off_t off)
+{
+	return pwritev(fd, iov, n, off);
+}
+
+EXPORT int ftruncate(int fd, off_t len)
+{
+	if (frozen(fd)) {
+		struct stat st;
+		REFUSE(fstat(fd, &st) != 0 || st.st_size != len);
+	}
+	return syscall(SYS_ftruncate, fd, len);
+}
+
+EXPORT int ftruncate64(int fd, off_t len)
+{
+	return ftruncate(fd, len);
+}
+
+EXPORT int fallocate(int fd, int mode, off_t off, off_t len)
+{
+	REFUSE(frozen(fd));
+	return syscall(SYS_fallocate, fd, mode, off, len);
+}
+
+EXPORT int fallocate64(int fd, int mode, off_t off, off_t len)
+{
+	return fallocate(fd, mode, off, len);
+}
+
+EXPORT int posix_fallocate(int fd, off_t off, off_t len)
+{
+	if (frozen(fd))
+		return EPERM;
+	return syscall(SYS_fallocate, fd, 0, off, len) == 0 ? 0 : errno;
+}
+
+EXPORT int posix_fallocate64(int fd, off_t off, off_t len)
+{
+	return posix_fallocate(fd, off, len);
+}
+
+static int do_fcntl(int fd, int cmd, unsigned long arg)
+{
+	if (cmd == F_ADD_SEALS && (arg & F_SEAL_WRITE) && frozen(fd)) {
+		errno = EBUSY;
+		return -1;
+	}
+	return (int)syscall(SYS_fcntl, fd, cmd, arg);
+}
+
+EXPORT int fcntl(int fd, int cmd, ...)
+{
+	va_list ap;
+	va_start(ap, cmd);
+	unsigned long arg = va_arg(ap, unsigned long);
+	va_end(ap);
+	return do_fcntl(fd, cmd, arg);
+}
+
+EXPORT int fcntl64(int fd, int cmd, ...)
+{
+	va_list ap;
+	va_start(ap, cmd);
+	unsigned long arg = va_arg(ap, unsigned long);
+	va_end(ap);
+	return do_fcntl(fd, cmd, arg);
+}
+
+/* close() of a session or device fd: the kernel releases a session on the last close before
+ * close() returns (an outgoing session's files are unpreserved and thawed at once). The daemon
+ * sees the hang-up asynchronously, so after closing one of ours we wait for a ping on a new
+ * connection: the daemon handles every hang-up a poll reports before it accepts, so the reply
+ * means the release is done. */
+#define OP_PING 4u
+
+static void barrier(void)
+{
+	int saved = errno;
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	int s = socket_path(path, sizeof(path)) == 0 ? socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0) : -1;
+	if (s >= 0) {
+		struct sockaddr_un a;
+		memset(&a, 0, sizeof(a));
+		a.sun_family = AF_UNIX;
+		memcpy(a.sun_path, path, strlen(path));
+		/* Never hang a close() on a daemon that does not answer. */
+		struct timeval tv = { .tv_sec = 5 };
+		setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+		uint32_t op = OP_PING;
+		int32_t ret;
+		int fd = -1;
+		if (connect(s, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+		    send_pkt(s, &op, sizeof(op), -1) == 0 && recv_pkt(s, &ret, sizeof(ret), &fd) >= 0 &&
+		    fd >= 0)
+			syscall(SYS_close, fd);
+		syscall(SYS_close, s);
+	}
+	errno = saved;
+}
+
+EXPORT int close(int fd)
+{
+	int ours = is_ours(fd);
+	int r = (int)syscall(SYS_close, fd);
+	if (r < 0)
+		return -1;
+	if (ours)
+		barrier();
+	return r;
 }

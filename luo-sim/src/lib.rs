@@ -139,8 +139,8 @@ struct Conn {
 /// A core memfd standing for a host file the programs see.
 struct Mirror {
     core_fd: i32,
-    /// A duplicate of the program's fd (same open file description), read for its position;
-    /// `None` for files the core made itself (retrieved ones).
+    /// A duplicate of the program's fd (same open file description), read for its position:
+    /// the preserved fd, or the file a first RETRIEVE_FD opened (later ones dup it).
     client: Option<OwnedFd>,
 }
 
@@ -601,6 +601,9 @@ impl Daemon {
             put_i32(data, 4, target);
         }
         let r = self.kernel.ioctl(core_fd, cmd, data);
+        if preserve && r.is_ok() && temp.is_none() {
+            self.allocate_holes(u32_at(data, 4) as i32);
+        }
         if let Some(t) = temp {
             let _ = self.kernel.close(t);
         }
@@ -698,6 +701,47 @@ impl Daemon {
         Ok((core_fd, false))
     }
 
+    /// The kernel's memfd preserve pins every folio, which allocates the holes, and zeroes
+    /// the folios that are not up to date: after the live update a sparse file reads back as
+    /// data everywhere (SEEK_HOLE at its end; 7.2.13, tests/c/conformance/memfd.c). So the
+    /// holes are written with zeros here (an fallocate'd page still counts as a hole to
+    /// SEEK_HOLE on tmpfs). Best effort: a failure leaves holes, which read as zeros anyway.
+    fn allocate_holes(&self, core_fd: i32) {
+        let Ok(file) = self.kernel.file(core_fd) else {
+            return;
+        };
+        let Some(mf) = file.memfd() else { return };
+        let _ = mf.with_host_fd(|h| {
+            use rustix::fs::SeekFrom;
+            let size = rustix::fs::fstat(h).map_or(0, |st| st.st_size as u64);
+            // `h` shares the program's open file description: its position is put back.
+            let saved = rustix::fs::seek(h, SeekFrom::Current(0));
+            let zeros = vec![0u8; 1 << 16];
+            let mut off = 0;
+            while off < size {
+                let Ok(hole) = rustix::fs::seek(h, SeekFrom::Hole(off)) else {
+                    break;
+                };
+                if hole >= size {
+                    break;
+                }
+                let end = rustix::fs::seek(h, SeekFrom::Data(hole)).map_or(size, |d| d.min(size));
+                let mut at = hole;
+                while at < end {
+                    let n = ((end - at) as usize).min(zeros.len());
+                    match rustix::io::pwrite(h, &zeros[..n], at) {
+                        Ok(w) if w > 0 => at += w as u64,
+                        _ => break,
+                    }
+                }
+                off = end.max(at);
+            }
+            if let Ok(p) = saved {
+                let _ = rustix::fs::seek(h, SeekFrom::Start(p));
+            }
+        });
+    }
+
     /// Reads the program's file position into the core memfd (the pages, size and seals are
     /// shared: the core adopted the program's memfd).
     fn sync(&self, m: &Mirror) {
@@ -720,19 +764,43 @@ impl Daemon {
         };
         mf.settle()?;
         let pos = mf.pos();
-        let host = mf
-            .with_host_fd(|h| rustix::io::fcntl_dupfd_cloexec(h, 0))?
+        let st = mf
+            .with_host_fd(|h| rustix::fs::fstat(h))?
             .map_err(host_errno)?;
-        let st = rustix::fs::fstat(&host).map_err(host_errno)?;
         let key = (st.st_dev, st.st_ino);
-        if let std::collections::hash_map::Entry::Vacant(v) = self.mirrors.entry(key) {
-            let _ = rustix::fs::seek(&host, rustix::fs::SeekFrom::Start(pos));
-            v.insert(Mirror {
-                core_fd,
-                client: None,
-            });
-        } else {
+        // A later RETRIEVE_FD of the same token gives another fd for the same struct file
+        // (shared position): a dup of the first one's open file description.
+        if let Some(Mirror {
+            client: Some(ofd), ..
+        }) = self.mirrors.get(&key)
+        {
+            let again = rustix::io::fcntl_dupfd_cloexec(ofd, 0).map_err(host_errno)?;
             let _ = self.kernel.close(core_fd);
+            return Ok(again);
+        }
+        // The first: a new open file description of the same inode, as the kernel's retrieve
+        // opens a new file (O_RDWR | O_LARGEFILE, its own position); a dup of the host fd
+        // would share the flags (O_APPEND) and position of the program's preserved file.
+        let host = mf
+            .with_host_fd(|h| {
+                rustix::fs::open(
+                    format!("/proc/self/fd/{}", h.as_raw_fd()),
+                    rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )
+            })?
+            .map_err(host_errno)?;
+        let _ = rustix::fs::seek(&host, rustix::fs::SeekFrom::Start(pos));
+        let mine = rustix::io::fcntl_dupfd_cloexec(&host, 0).map_err(host_errno)?;
+        if let Some(old) = self.mirrors.insert(
+            key,
+            Mirror {
+                core_fd,
+                client: Some(mine),
+            },
+        ) && old.core_fd != core_fd
+        {
+            let _ = self.kernel.close(old.core_fd);
         }
         Ok(host)
     }

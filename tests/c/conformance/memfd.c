@@ -40,7 +40,12 @@ static void frozen(const char *what, int fd)
 	char c = 'Z';
 	say("%s: pwrite past the end: %s", what, R(pwrite(fd, &c, 1, sz + 10)));
 	say("%s: pwrite at the end: %s", what, R(pwrite(fd, &c, 1, sz)));
+	say("%s: pwrite of 0 bytes past the end: %s", what, R(pwrite(fd, &c, 0, sz + 10)));
 	if (sz) {
+		char two[2] = { 'Y', 'Y' };
+		ssize_t n2 = pwrite(fd, two, 2, sz - 1);
+		say("%s: pwrite straddling the end: %s", what,
+		    n2 < 0 ? ename(errno) : n2 == 2 ? "ok" : "short");
 		ssize_t n = pwrite(fd, &c, 1, sz - 1);
 		say("%s: pwrite within: %s", what, n < 0 ? ename(errno) : n == 1 ? "ok" : "short");
 	}

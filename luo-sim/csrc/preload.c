@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/statfs.h>
 #include <sys/time.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -57,7 +58,7 @@ static int socket_path(char *buf, size_t len)
 static int is_ours(int fd)
 {
 	struct stat st;
-	if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode))
+	if (syscall(SYS_fstat, fd, &st) != 0 || !S_ISSOCK(st.st_mode))
 		return 0;
 	struct sockaddr_un a;
 	socklen_t al = sizeof(a);
@@ -389,7 +390,7 @@ static int frozen_grows(int fd, long long off, size_t len)
 	if (len == 0 || !frozen(fd))
 		return 0;
 	struct stat st;
-	if (fstat(fd, &st) != 0)
+	if (syscall(SYS_fstat, fd, &st) != 0)
 		return 0;
 	if (off < 0) {
 		int fl = fcntl(fd, F_GETFL);
@@ -452,7 +453,7 @@ EXPORT int ftruncate(int fd, off_t len)
 {
 	if (frozen(fd)) {
 		struct stat st;
-		REFUSE(fstat(fd, &st) != 0 || st.st_size != len);
+		REFUSE(syscall(SYS_fstat, fd, &st) != 0 || st.st_size != len);
 	}
 	return syscall(SYS_ftruncate, fd, len);
 }
@@ -553,4 +554,139 @@ EXPORT int close(int fd)
 	if (ours)
 		barrier();
 	return r;
+}
+
+/* How a session fd looks: on the kernel it is an anon inode, readlink of /proc/self/fd/N reads
+ * "anon_inode:[luo_session] NAME" and fstatfs gives ANON_INODE_FS_MAGIC; systemd's LUO fd store
+ * recognises session fds exactly that way. Here a session fd is a socket: these calls answer as
+ * the kernel would for our fds (the name comes from GET_NAME), and the device fd reads as
+ * /dev/liveupdate. */
+#define ANON_INODE_FS_MAGIC 0x09041934
+#define GET_NAME 0xBA43u
+
+/* The fd a /proc/self/fd/N style path names, or -1. */
+static int fd_of_path(int dirfd, const char *path)
+{
+	static const char *const pre[] = { "/proc/self/fd/", "/dev/fd/", "/proc/thread-self/fd/" };
+	const char *num = NULL;
+	if (!path)
+		return -1;
+	if (path[0] != '/') {
+		if (dirfd == AT_FDCWD || !*path)
+			return -1;
+		char dp[64], link[64];
+		snprintf(dp, sizeof(dp), "/proc/self/fd/%d", dirfd);
+		ssize_t n = syscall(SYS_readlinkat, AT_FDCWD, dp, link, sizeof(link) - 1);
+		if (n <= 0)
+			return -1;
+		link[n] = 0;
+		char self[32];
+		snprintf(self, sizeof(self), "/proc/%d/fd", (int)getpid());
+		if (strcmp(link, self) != 0)
+			return -1;
+		num = path;
+	}
+	for (size_t i = 0; !num && i < sizeof(pre) / sizeof(pre[0]); i++)
+		if (!strncmp(path, pre[i], strlen(pre[i])))
+			num = path + strlen(pre[i]);
+	if (!num) {
+		char self[32];
+		int l = snprintf(self, sizeof(self), "/proc/%d/fd/", (int)getpid());
+		if (!strncmp(path, self, l))
+			num = path + l;
+	}
+	if (!num || *num < '0' || *num > '9')
+		return -1;
+	char *end;
+	long fd = strtol(num, &end, 10);
+	return *end || fd > 1 << 30 ? -1 : (int)fd;
+}
+
+/* For one of our fds: its link text. 1 if it is ours. */
+static int our_link(int fd, char *buf, size_t len)
+{
+	if (fd < 0 || !is_ours(fd))
+		return 0;
+	struct sockaddr_un a;
+	socklen_t al = sizeof(a);
+	memset(&a, 0, sizeof(a));
+	getpeername(fd, (struct sockaddr *)&a, &al);
+	if (a.sun_path[0] != 0) {
+		snprintf(buf, len, "/dev/liveupdate");
+		return 1;
+	}
+	struct {
+		uint32_t size, reserved;
+		char name[64];
+	} g = { .size = sizeof(g) };
+	int handled;
+	if (luo_sim_ioctl(fd, GET_NAME, &g, &handled) != 0)
+		g.name[0] = 0;
+	g.name[63] = 0;
+	snprintf(buf, len, "anon_inode:[luo_session] %s", g.name);
+	return 1;
+}
+
+static ssize_t link_result(const char *text, char *buf, size_t len)
+{
+	size_t n = strlen(text);
+	if (n > len)
+		n = len;
+	memcpy(buf, text, n);
+	return n;
+}
+
+EXPORT ssize_t readlinkat(int dirfd, const char *path, char *buf, size_t len)
+{
+	char text[128];
+	int saved = errno;
+	if (our_link(fd_of_path(dirfd, path), text, sizeof(text))) {
+		errno = saved;
+		return link_result(text, buf, len);
+	}
+	errno = saved;
+	return syscall(SYS_readlinkat, dirfd, path, buf, len);
+}
+
+EXPORT ssize_t readlink(const char *path, char *buf, size_t len)
+{
+	return readlinkat(AT_FDCWD, path, buf, len);
+}
+
+static int session_fd(int fd)
+{
+	char text[128];
+	int saved = errno;
+	int r = our_link(fd, text, sizeof(text)) && strncmp(text, "anon_inode:", 11) == 0;
+	errno = saved;
+	return r;
+}
+
+EXPORT int fstatfs(int fd, struct statfs *buf)
+{
+	long r = syscall(SYS_fstatfs, fd, buf);
+	if (r == 0 && session_fd(fd))
+		buf->f_type = ANON_INODE_FS_MAGIC;
+	return (int)r;
+}
+
+EXPORT int fstatfs64(int fd, struct statfs64 *buf)
+{
+	return fstatfs(fd, (struct statfs *)buf);
+}
+
+/* An anon inode has no file type bits and mode 0600. */
+EXPORT int fstat(int fd, struct stat *st)
+{
+	long r = syscall(SYS_fstat, fd, st);
+	if (r == 0 && session_fd(fd)) {
+		st->st_mode = S_IRUSR | S_IWUSR;
+		st->st_size = 0;
+	}
+	return (int)r;
+}
+
+EXPORT int fstat64(int fd, struct stat64 *st)
+{
+	return fstat(fd, (struct stat *)st);
 }

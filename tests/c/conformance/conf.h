@@ -192,8 +192,9 @@ static inline const char *seals_str(int fd)
 	return b[0] ? b : "none";
 }
 
-/* What a program sees of a file: size, position, mode, flags, seals, data. */
-static inline void describe(const char *what, int fd)
+/* What a program sees of a file: size, position, mode (unless with_mode is 0), flags, seals,
+ * data. */
+static inline void describe_file(const char *what, int fd, int with_mode)
 {
 	struct stat st;
 	if (fstat(fd, &st) < 0) {
@@ -203,12 +204,20 @@ static inline void describe(const char *what, int fd)
 	off_t pos = lseek(fd, 0, SEEK_CUR);
 	int fl = fcntl(fd, F_GETFL);
 	int fdfl = fcntl(fd, F_GETFD);
-	say("%s: size %lld pos %lld mode %o nlink %lu accmode %s%s cloexec %d seals %s digest %016llx",
-	    what, (long long)st.st_size, (long long)pos, st.st_mode & 07777,
+	char mode[16] = "-";
+	if (with_mode)
+		snprintf(mode, sizeof(mode), "%o", st.st_mode & 07777);
+	say("%s: size %lld pos %lld mode %s nlink %lu accmode %s%s cloexec %d seals %s digest %016llx",
+	    what, (long long)st.st_size, (long long)pos, mode,
 	    (unsigned long)st.st_nlink,
 	    (fl & O_ACCMODE) == O_RDWR ? "rdwr" : (fl & O_ACCMODE) == O_RDONLY ? "rdonly" : "wronly",
 	    (fl & O_APPEND) ? "|append" : "", !!(fdfl & FD_CLOEXEC), seals_str(fd),
 	    (unsigned long long)digest(fd));
+}
+
+static inline void describe(const char *what, int fd)
+{
+	describe_file(what, fd, 1);
 }
 
 /* Forks a child that keeps every open fd (the sessions) until the kexec ends it. The child

@@ -455,3 +455,54 @@ pub fn run(opts: &Options) -> Result<bool, VmError> {
         (None, None) => Ok(false),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(lines: &[&str], status: &str) -> RunResult {
+        RunResult {
+            runs: vec![ProgRun {
+                stage: 1,
+                name: "p".into(),
+                stdout: lines.iter().map(|l| l.to_string()).collect(),
+                stderr: Vec::new(),
+                status: status.into(),
+            }],
+            ..RunResult::default()
+        }
+    }
+
+    #[test]
+    fn diff_counts_each_differing_line_status_and_missing_run() {
+        let (_, n) = diff(&run(&["a", "b"], "exit 0"), &run(&["a", "b"], "exit 0"));
+        assert_eq!(n, 0);
+        let (text, n) = diff(
+            &run(&["a", "b"], "exit 0"),
+            &run(&["a", "c", "d"], "exit 1"),
+        );
+        assert_eq!(n, 3, "{text}");
+        assert!(text.contains("line 2:") && text.contains("line 3:") && text.contains("status"));
+        let (_, n) = diff(&run(&["a"], "exit 0"), &RunResult::default());
+        assert_eq!(
+            n, 2,
+            "a run missing on one side differs in its status and its line"
+        );
+        let stopped = RunResult {
+            error: Some("timed out".into()),
+            ..run(&["a"], "exit 0")
+        };
+        assert_eq!(diff(&stopped, &run(&["a"], "exit 0")).1, 1);
+    }
+
+    #[test]
+    fn stage_placeholder_in_arguments() {
+        let p = Program {
+            name: "x".into(),
+            static_bin: PathBuf::new(),
+            dyn_bin: PathBuf::new(),
+            args: vec!["-s".into(), "{stage}".into()],
+        };
+        assert_eq!(p.args_for(2), vec!["-s", "2"]);
+    }
+}

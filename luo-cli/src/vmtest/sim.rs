@@ -148,13 +148,13 @@ pub fn run(opts: &Options, progs: &[Program], dir: &Path) -> Result<RunResult, V
                 status,
             });
         }
-        if stage < opts.stages {
-            if let Err(e) = luo_sim::kexec(&socket, None) {
-                r.error = Some(format!("luo sim kexec after stage {stage}: {e}"));
-                end_leftovers(daemon.child.id());
-                r.stage_secs.push(t0.elapsed().as_secs_f64());
-                return Ok(r);
-            }
+        if stage < opts.stages
+            && let Err(e) = luo_sim::kexec(&socket, None)
+        {
+            r.error = Some(format!("luo sim kexec after stage {stage}: {e}"));
+            end_leftovers(daemon.child.id());
+            r.stage_secs.push(t0.elapsed().as_secs_f64());
+            return Ok(r);
         }
         // The kernel ends every process at a kexec (and at the end).
         end_leftovers(daemon.child.id());

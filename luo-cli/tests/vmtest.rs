@@ -65,6 +65,31 @@ fn conformance_suite_has_no_differing_line() {
     );
 }
 
+/// The simulator alone (no QEMU) answers every line as 7.2.13 did when
+/// tests/c/conformance/expected-7.2.13.txt was recorded (regenerate with
+/// `luo vmtest tests/c/conformance/uapi.c tests/c/conformance/memfd.c | grep -v '^time:'`).
+#[test]
+fn simulator_answers_as_the_recorded_kernel() {
+    let o = luo(&[&["--sim"][..], &SUITE[..]].concat());
+    let out = String::from_utf8_lossy(&o.stdout).replace("== sim stage", "== kernel stage");
+    let got: Vec<&str> = out.lines().filter(|l| !l.starts_with("time:")).collect();
+    let want = std::fs::read_to_string(root().join("tests/c/conformance/expected-7.2.13.txt"))
+        .expect("expected-7.2.13.txt");
+    let want: Vec<&str> = want.lines().collect();
+    let differing: Vec<String> = (0..got.len().max(want.len()))
+        .filter(|&i| got.get(i) != want.get(i))
+        .map(|i| {
+            format!(
+                "line {}: kernel {:?}, sim {:?}",
+                i + 1,
+                want.get(i),
+                got.get(i)
+            )
+        })
+        .collect();
+    assert!(differing.is_empty(), "{}", differing.join("\n"));
+}
+
 /// The simulator half alone (no QEMU): every program exits 0 in both stages.
 #[test]
 fn conformance_suite_runs_under_the_simulator() {

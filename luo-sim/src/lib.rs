@@ -142,6 +142,9 @@ struct Mirror {
     /// A duplicate of the program's fd (same open file description), read for its position:
     /// the preserved fd, or the file a first RETRIEVE_FD opened (later ones dup it).
     client: Option<OwnedFd>,
+    /// For a retrieved file: the session connection it was retrieved through (the mirror
+    /// lives as long as that session can hand out the file again).
+    session: Option<u64>,
 }
 
 struct Daemon {
@@ -153,6 +156,8 @@ struct Daemon {
     verbose: bool,
     nonce: String,
     pairs: u64,
+    /// The connection whose request is being served.
+    serving: u64,
 }
 
 type Reply = (i32, Vec<u8>, Option<OwnedFd>);
@@ -341,6 +346,7 @@ pub fn serve(opts: &ServeOptions) -> Result<(), SimError> {
         verbose: opts.verbose,
         nonce: format!("{}:{now:x}", std::process::id()),
         pairs: 0,
+        serving: 0,
     };
     let num = d.kernel.liveupdate_num();
     d.log(format_args!(
@@ -436,6 +442,7 @@ impl Daemon {
                         c.pid,
                         name.unwrap_or_default()
                     ));
+                    self.prune(Some(id));
                 }
                 Kind::Fresh => {}
             }
@@ -527,9 +534,14 @@ impl Daemon {
         } else {
             Vec::new()
         };
+        self.serving = id;
         let r = self.ioctl_inner(
             core_fd, is_session, pid, cmd, flags, size, &mut data, passed,
         );
+        if is_session && cmd == PRESERVE_FD && r.is_err() {
+            // A refused preserve may have left a mirror of a file nothing preserves.
+            self.prune(None);
+        }
         let shown = match &r {
             Ok(x) => format!(
                 "ok{}",
@@ -695,6 +707,7 @@ impl Daemon {
         let m = Mirror {
             core_fd,
             client: Some(pos_fd),
+            session: None,
         };
         self.sync(&m);
         self.mirrors.insert(key, m);
@@ -755,6 +768,32 @@ impl Daemon {
         }
     }
 
+    /// Lets go of the files nothing can reach through the daemon any more, so its descriptors
+    /// and the host memfds return to where they were once the sessions are gone: files that are
+    /// not preserved (unpreserved by a session's close, or whose preserve failed) and files
+    /// retrieved through the session connection `closed`.
+    fn prune(&mut self, closed: Option<u64>) {
+        let kernel = &self.kernel;
+        let mut gone = Vec::new();
+        self.mirrors.retain(|_, m| {
+            let keep = match m.session {
+                Some(s) => Some(s) != closed,
+                None => kernel
+                    .file(m.core_fd)
+                    .ok()
+                    .and_then(|f| f.memfd().map(|mf| mf.is_frozen()))
+                    .unwrap_or(false),
+            };
+            if !keep {
+                gone.push(m.core_fd);
+            }
+            keep
+        });
+        for fd in gone {
+            let _ = self.kernel.close(fd);
+        }
+    }
+
     /// RETRIEVE_FD: the program gets the core memfd's host file itself.
     fn export_memfd(&mut self, core_fd: i32) -> Result<OwnedFd, Errno> {
         let file = self.kernel.file(core_fd)?;
@@ -797,6 +836,7 @@ impl Daemon {
             Mirror {
                 core_fd,
                 client: Some(mine),
+                session: Some(self.serving),
             },
         ) && old.core_fd != core_fd
         {

@@ -158,6 +158,8 @@ struct Daemon {
     pairs: u64,
     /// The connection whose request is being served.
     serving: u64,
+    /// How the machine boots (again, in this process, after a failed re-exec).
+    boot: BootOptions,
 }
 
 type Reply = (i32, Vec<u8>, Option<OwnedFd>);
@@ -347,6 +349,7 @@ pub fn serve(opts: &ServeOptions) -> Result<(), SimError> {
         nonce: format!("{}:{now:x}", std::process::id()),
         pairs: 0,
         serving: 0,
+        boot: boot.clone(),
     };
     let num = d.kernel.liveupdate_num();
     d.log(format_args!(
@@ -354,6 +357,7 @@ pub fn serve(opts: &ServeOptions) -> Result<(), SimError> {
         opts.socket.display()
     ));
     if let Some(r) = requester {
+        deserialize_now(&d.kernel);
         let mut b = 0i32.to_ne_bytes().to_vec();
         let st = d.kernel.stats();
         b.extend_from_slice(
@@ -475,7 +479,10 @@ impl Daemon {
                 OP_OPEN => self.open(id),
                 OP_IOCTL => self.ioctl(id, &msg, passed),
                 OP_KEXEC => {
-                    let into = String::from_utf8_lossy(&msg[4..]).into_owned();
+                    // The path's bytes as they are (no lossy conversion: a non-UTF-8 path must
+                    // name the same file, or fail the checks before the freeze).
+                    use std::os::unix::ffi::OsStringExt as _;
+                    let into = OsString::from_vec(msg[4..].to_vec());
                     return self.kexec(id, (!into.is_empty()).then(|| PathBuf::from(into)));
                 }
                 OP_PING => (0, Vec::new(), None),
@@ -853,6 +860,27 @@ impl Daemon {
             self.sync(m);
         }
         self.log(format_args!("kexec requested (pid {})", req.pid));
+        // The next "kernel" must be runnable before anything is frozen: a kexec that cannot
+        // start leaves the machine and its sessions as they were (the kernel loads the next
+        // image before the reboot path runs). The default is this very binary through
+        // /proc/self/exe, which still names it after a rebuild replaced the file on disk.
+        let program = into.unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
+        if let Err(why) = check_exec(&program) {
+            let msg = format!(
+                "cannot kexec into {}: {why}; nothing was frozen, the machine carries on",
+                program.display()
+            );
+            self.log(format_args!("{msg}"));
+            let mut b = Errno::from_raw(8)
+                .unwrap_or(Errno::EINVAL)
+                .to_neg()
+                .to_ne_bytes()
+                .to_vec(); // ENOEXEC
+            b.extend_from_slice(msg.as_bytes());
+            let _ = send_pkt(req.sock.as_fd(), &b, None);
+            self.conns.insert(id, req);
+            return;
+        }
         let h = match self.kernel.kexec() {
             Ok(h) => h,
             Err(e) => {
@@ -867,9 +895,6 @@ impl Daemon {
         };
         self.conns.clear();
         self.mirrors.clear();
-        let program = into.unwrap_or_else(|| {
-            std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"))
-        });
         let args: Vec<OsString> = std::env::args_os().skip(1).collect();
         let ok = rustix::io::fcntl_setfd(&self.listener, FdFlags::empty()).is_ok()
             && rustix::io::fcntl_setfd(&req.sock, FdFlags::empty()).is_ok();
@@ -879,16 +904,72 @@ impl Daemon {
                 format!("{} {}", self.listener.as_raw_fd(), req.sock.as_raw_fd()),
             )];
             self.log(format_args!("re-exec {}", program.display()));
-            h.exec(&program, &args, &env)
+            h.try_exec(&program, &args, &env)
         } else {
-            Errno::EIO
+            (Errno::EIO, h)
         };
-        let msg = format!("re-exec of {} failed: {e:?}", program.display());
+        let (e, h) = e;
+        let _ = rustix::io::fcntl_setfd(&self.listener, FdFlags::CLOEXEC);
+        let _ = rustix::io::fcntl_setfd(&req.sock, FdFlags::CLOEXEC);
+        // The exec failed after the freeze (checked above, so the file changed meanwhile): the
+        // machine lives on in this process, booted from the handover, as after a kexec.
+        let msg = match Kernel::boot(&self.boot, Some(h)) {
+            Ok(k) => {
+                self.kernel = k;
+                deserialize_now(&self.kernel);
+                let n = self.kernel.stats().incoming_sessions;
+                format!(
+                    "re-exec of {} failed: {e:?}; booted from the handover in this process \
+                     instead (liveupdate_num {}, {n} incoming sessions)",
+                    program.display(),
+                    self.kernel.liveupdate_num()
+                )
+            }
+            Err(b) => {
+                let msg = format!(
+                    "re-exec of {} failed: {e:?}, and booting from the handover here failed: {b}",
+                    program.display()
+                );
+                let mut out = Errno::EIO.to_neg().to_ne_bytes().to_vec();
+                out.extend_from_slice(msg.as_bytes());
+                let _ = send_pkt(req.sock.as_fd(), &out, None);
+                eprintln!("[luo-sim] {msg}");
+                std::process::exit(1);
+            }
+        };
+        self.log(format_args!("{msg}"));
         let mut b = Errno::EIO.to_neg().to_ne_bytes().to_vec();
         b.extend_from_slice(msg.as_bytes());
         let _ = send_pkt(req.sock.as_fd(), &b, None);
-        eprintln!("[luo-sim] {msg}");
-        std::process::exit(1);
+    }
+}
+
+/// Whether `program` can be exec'd: a path without NUL bytes naming an executable regular file
+/// that starts like an ELF program or a script.
+fn check_exec(program: &Path) -> Result<(), String> {
+    if program.as_os_str().as_encoded_bytes().contains(&0) {
+        return Err("the path has a NUL byte".into());
+    }
+    let meta = std::fs::metadata(program).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    rustix::fs::access(program, rustix::fs::Access::EXEC_OK)
+        .map_err(|e| format!("not executable: {e}"))?;
+    let mut head = [0u8; 4];
+    let f = std::fs::File::open(program).map_err(|e| e.to_string())?;
+    let n = std::io::Read::read(&mut &f, &mut head).map_err(|e| e.to_string())?;
+    if !(n == 4 && &head == b"\x7fELF" || n >= 2 && &head[..2] == b"#!") {
+        return Err("not an ELF program or a script".into());
+    }
+    Ok(())
+}
+
+/// Opens and closes the device once, which deserializes the incoming sessions (the first open
+/// does), so the kexec report can count them.
+fn deserialize_now(k: &Kernel) {
+    if let Ok(fd) = k.open_dev() {
+        let _ = k.close(fd);
     }
 }
 

@@ -182,7 +182,9 @@ fn fuzz_and_crashes_leave_the_daemon_working() {
 }
 
 fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
 }
 
 /// The daemon's descriptor count once it has handled the hang-ups of our last connections
@@ -215,7 +217,12 @@ fn daemon_descriptors_return_to_their_starting_count() {
         let how = if round % 2 == 0 { "close" } else { "refused" };
         let out = d.run_ok(&prog, &[how]);
         assert!(out.contains("ok"), "{out}");
-        assert_eq!(settled_fds(pid), base, "after run {round} ({how})\n{}", d.log_tail());
+        assert_eq!(
+            settled_fds(pid),
+            base,
+            "after run {round} ({how})\n{}",
+            d.log_tail()
+        );
     }
     let out = d.run_ok(&prog, &["hold"]);
     let child: i32 = out.trim().parse().expect("child pid");
@@ -238,4 +245,90 @@ fn daemon_descriptors_return_to_their_starting_count() {
         .filter(|l| l.to_string_lossy().starts_with("/memfd:m "))
         .count();
     assert_eq!(memfds, 0);
+}
+
+/// Sends OP_KEXEC (3) with raw path bytes; the daemon's answer: (ret, text).
+fn raw_kexec(socket: &Path, path: &[u8]) -> (i32, String) {
+    let sock = rustix::net::socket(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        None,
+    )
+    .unwrap();
+    rustix::net::connect(&sock, &rustix::net::SocketAddrUnix::new(socket).unwrap()).unwrap();
+    let mut msg = 3u32.to_ne_bytes().to_vec();
+    msg.extend_from_slice(path);
+    rustix::net::send(&sock, &msg, rustix::net::SendFlags::empty()).unwrap();
+    let mut b = [0u8; 4096];
+    let n = rustix::io::read(&sock, &mut b).unwrap();
+    assert!(n >= 4, "no answer");
+    (
+        i32::from_ne_bytes(b[..4].try_into().unwrap()),
+        String::from_utf8_lossy(&b[4..n]).into_owned(),
+    )
+}
+
+/// A kexec whose next binary cannot run leaves the machine and its sessions as they were (it
+/// used to freeze, fail the re-exec and exit, losing every session): missing, not executable,
+/// not a program, a NUL byte, non-UTF-8 bytes. A binary that passes the checks and still fails
+/// to exec (a script whose interpreter is missing) boots the machine from the handover in the
+/// daemon's own process instead: the sessions crossed.
+#[test]
+fn failed_kexec_leaves_the_machine_and_its_sessions() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = scratch("failkexec");
+    let d = Daemon::start(&dir);
+    let s1 = build(&dir, "stage1");
+    let s2 = build(&dir, "stage2");
+    let out = d.run_ok(&s1, &["3", "4"]);
+    let child: i32 = out.trim().parse().expect("child pid");
+    let plain = dir.join("plain");
+    std::fs::write(&plain, b"not a program").unwrap();
+    let noexec = dir.join("noexec");
+    std::fs::copy(&s1, &noexec).unwrap();
+    std::fs::set_permissions(&noexec, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut bad: Vec<Vec<u8>> = vec![
+        b"/nonexistent/luo".to_vec(),
+        plain.as_os_str().as_encoded_bytes().to_vec(),
+        noexec.as_os_str().as_encoded_bytes().to_vec(),
+        b"/bin/true\0/x".to_vec(),
+        b"/tmp/\xff\xfe-luo".to_vec(),
+    ];
+    bad.push(dir.as_os_str().as_encoded_bytes().to_vec());
+    for p in &bad {
+        let (ret, text) = raw_kexec(&d.socket, p);
+        assert!(ret < 0, "{}: {text}", String::from_utf8_lossy(p));
+        assert!(text.contains("nothing was frozen"), "{text}");
+        assert!(luo_sim::ping(&d.socket), "the daemon went away");
+    }
+    // Still the first boot: the sessions are outgoing and cross a real kexec.
+    let report = luo_sim::kexec(&d.socket, None).unwrap();
+    assert!(
+        report.contains("liveupdate_num 1, 3 incoming sessions"),
+        "{report}"
+    );
+    let _ = Command::new("kill").arg(child.to_string()).status();
+    let out = d.run_ok(&s2, &["3", "4"]);
+    assert!(out.contains("stage2: ok"), "{out}");
+
+    // Checks passed, exec failed: the machine boots from the handover in place.
+    let out = d.run_ok(&s1, &["2", "2"]);
+    let child: i32 = out.trim().parse().expect("child pid");
+    let script = dir.join("script");
+    std::fs::write(&script, b"#!/nonexistent/interpreter\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (ret, text) = raw_kexec(&d.socket, script.as_os_str().as_encoded_bytes());
+    assert!(ret < 0, "{text}");
+    assert!(
+        text.contains("booted from the handover in this process"),
+        "{text}"
+    );
+    assert!(
+        text.contains("liveupdate_num 2, 2 incoming sessions"),
+        "{text}"
+    );
+    let _ = Command::new("kill").arg(child.to_string()).status();
+    let out = d.run_ok(&s2, &["2", "2"]);
+    assert!(out.contains("stage2: ok"), "{out}");
 }

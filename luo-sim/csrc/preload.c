@@ -167,10 +167,16 @@ EXPORT int luo_sim_open(int flags)
 		syscall(SYS_close, s);
 		return -ENOENT; /* no simulated machine: no device */
 	}
+	/* The open never waits forever on a daemon that does not answer (one out of descriptors
+	 * hangs up; a stuck one times out): EIO after 30 s. Later calls wait as long as needed. */
+	struct timeval tv = { .tv_sec = 30 }, none = { 0 };
+	setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	uint32_t op = OP_OPEN;
 	int32_t ret = -EIO;
 	int fd = -1;
-	if (send_pkt(s, &op, sizeof(op), -1) == 0 && recv_pkt(s, &ret, sizeof(ret), &fd) == sizeof(ret)) {
+	int got = send_pkt(s, &op, sizeof(op), -1) == 0 && recv_pkt(s, &ret, sizeof(ret), &fd) == sizeof(ret);
+	setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof(none));
+	if (got) {
 		if (fd >= 0)
 			syscall(SYS_close, fd);
 		if (ret == 0)

@@ -160,6 +160,17 @@ struct Daemon {
     serving: u64,
     /// How the machine boots (again, in this process, after a failed re-exec).
     boot: BootOptions,
+    /// A descriptor held in reserve, given up to refuse a connection when none is left.
+    spare: Option<OwnedFd>,
+}
+
+fn spare_fd() -> Option<OwnedFd> {
+    rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()
 }
 
 type Reply = (i32, Vec<u8>, Option<OwnedFd>);
@@ -195,6 +206,15 @@ fn send_pkt(
     data: &[u8],
     fd: Option<BorrowedFd<'_>>,
 ) -> rustix::io::Result<()> {
+    send_pkt_flags(sock, data, fd, SendFlags::NOSIGNAL)
+}
+
+fn send_pkt_flags(
+    sock: BorrowedFd<'_>,
+    data: &[u8],
+    fd: Option<BorrowedFd<'_>>,
+    flags: SendFlags,
+) -> rustix::io::Result<()> {
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut cmsg = SendAncillaryBuffer::new(&mut space);
     let fds;
@@ -202,12 +222,7 @@ fn send_pkt(
         fds = [f];
         cmsg.push(SendAncillaryMessage::ScmRights(&fds));
     }
-    rustix::net::sendmsg(
-        sock,
-        &[std::io::IoSlice::new(data)],
-        &mut cmsg,
-        SendFlags::NOSIGNAL,
-    )?;
+    rustix::net::sendmsg(sock, &[std::io::IoSlice::new(data)], &mut cmsg, flags)?;
     Ok(())
 }
 
@@ -289,6 +304,8 @@ fn bind_listener(path: &Path) -> Result<OwnedFd, SimError> {
         None,
     )?;
     rustix::net::bind(&l, &addr)?;
+    // Only the owner may reach the machine: any client can end sessions or ask for a kexec.
+    rustix::fs::chmod(path, rustix::fs::Mode::from_raw_mode(0o600))?;
     rustix::net::listen(&l, 128)?;
     Ok(l)
 }
@@ -350,6 +367,7 @@ pub fn serve(opts: &ServeOptions) -> Result<(), SimError> {
         pairs: 0,
         serving: 0,
         boot: boot.clone(),
+        spare: spare_fd(),
     };
     let num = d.kernel.liveupdate_num();
     d.log(format_args!(
@@ -414,8 +432,22 @@ impl Daemon {
     }
 
     fn accept(&mut self) {
-        let Ok(s) = rustix::net::accept_with(&self.listener, SocketFlags::CLOEXEC) else {
-            return;
+        let s = match rustix::net::accept_with(&self.listener, SocketFlags::CLOEXEC) {
+            Ok(s) => s,
+            Err(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE) => {
+                // Out of descriptors: the pending connection would keep the listener readable
+                // and poll would spin. Give up the spare descriptor to accept it and hang it
+                // up at once (the client's open fails instead of waiting), then take the
+                // spare back.
+                self.spare = None;
+                if let Ok(c) = rustix::net::accept_with(&self.listener, SocketFlags::CLOEXEC) {
+                    drop(c);
+                    self.log(format_args!("out of descriptors: a connection was refused"));
+                }
+                self.spare = spare_fd();
+                return;
+            }
+            Err(_) => return,
         };
         let pid =
             rustix::net::sockopt::socket_peercred(&s).map_or(0, |c| c.pid.as_raw_nonzero().get());
@@ -491,7 +523,19 @@ impl Daemon {
         };
         let mut out = ret.to_ne_bytes().to_vec();
         out.extend_from_slice(&data);
-        if send_pkt(sock, &out, fd.as_ref().map(|f| f.as_fd())).is_err() {
+        // Never block on one client: one that sends requests without reading the replies
+        // fills its socket and is dropped instead of stalling every other client.
+        if send_pkt_flags(
+            sock,
+            &out,
+            fd.as_ref().map(|f| f.as_fd()),
+            SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+        )
+        .is_err()
+        {
+            self.log(format_args!(
+                "connection {id}: the reply could not be sent; dropped"
+            ));
             self.drop_conn(id);
         }
     }

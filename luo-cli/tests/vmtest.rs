@@ -10,7 +10,11 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-const SUITE: [&str; 2] = ["tests/c/conformance/uapi.c", "tests/c/conformance/memfd.c"];
+const SUITE: [&str; 3] = [
+    "tests/c/conformance/uapi.c",
+    "tests/c/conformance/memfd.c",
+    "tests/c/conformance/systemd.c",
+];
 
 fn luo(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_luo"))
@@ -54,20 +58,20 @@ fn conformance_suite_has_no_differing_line() {
     );
     let last = out.lines().last().unwrap_or_default();
     assert!(
-        last.starts_with("0 differing lines (4 program runs"),
+        last.starts_with("0 differing lines (6 program runs"),
         "{out}"
     );
     // Every program ran in both stages and printed its lines on both machines.
     assert_eq!(
         out.lines().filter(|l| l.starts_with("same  stage")).count(),
-        4,
+        6,
         "{out}"
     );
 }
 
 /// The simulator alone (no QEMU) answers every line as 7.2.13 did when
 /// tests/c/conformance/expected-7.2.13.txt was recorded (regenerate with
-/// `luo vmtest tests/c/conformance/uapi.c tests/c/conformance/memfd.c | grep -v '^time:'`).
+/// `luo vmtest tests/c/conformance/{uapi,memfd,systemd}.c | grep -v '^time:'`).
 #[test]
 fn simulator_answers_as_the_recorded_kernel() {
     let o = luo(&[&["--sim"][..], &SUITE[..]].concat());
@@ -105,6 +109,8 @@ fn conformance_suite_runs_under_the_simulator() {
         "== sim stage 1 memfd: exit 0",
         "== sim stage 2 uapi: exit 0",
         "== sim stage 2 memfd: exit 0",
+        "== sim stage 1 systemd: exit 0",
+        "== sim stage 2 systemd: exit 0",
     ] {
         assert!(out.contains(head), "{head} missing:\n{out}");
     }

@@ -126,6 +126,10 @@ enum Command {
         /// Keep the work files (initramfs, binaries, console and results logs) in this directory.
         #[arg(long)]
         keep: Option<PathBuf>,
+        /// With --diff: leave out stdout lines containing this text (repeatable), e.g. lines
+        /// that print a pid.
+        #[arg(long)]
+        ignore: Vec<String>,
         /// The programs.
         #[arg(required = true)]
         programs: Vec<String>,
@@ -300,6 +304,7 @@ fn main() -> ExitCode {
             include,
             timeout,
             keep,
+            ignore,
             programs,
         } => {
             let mode = match (sim, diff) {
@@ -316,6 +321,7 @@ fn main() -> ExitCode {
                 include,
                 timeout,
                 keep,
+                ignore,
                 luo: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("luo")),
             };
             match vmtest::run(&opts) {

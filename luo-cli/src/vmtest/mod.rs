@@ -67,6 +67,9 @@ pub struct Options {
     pub timeout: u64,
     /// Keep the work directory (initramfs, binaries, console log) here.
     pub keep: Option<PathBuf>,
+    /// With `--diff`: stdout lines containing any of these are left out of the comparison on
+    /// both sides (lines that differ by nature, such as a printed pid).
+    pub ignore: Vec<String>,
     /// The `luo` binary that serves the simulator (default: this one).
     pub luo: PathBuf,
 }
@@ -334,7 +337,16 @@ fn show(r: &RunResult, title: &str) -> String {
 }
 
 /// Compares two runs: the differing lines, as text, and their count.
-pub fn diff(kernel: &RunResult, sim: &RunResult) -> (String, usize) {
+pub fn diff(kernel: &RunResult, sim: &RunResult, ignore: &[String]) -> (String, usize) {
+    let keep = |r: &RunResult| {
+        let mut r = r.clone();
+        for p in &mut r.runs {
+            p.stdout
+                .retain(|l| !ignore.iter().any(|i| l.contains(i.as_str())));
+        }
+        r
+    };
+    let (kernel, sim) = (&keep(kernel), &keep(sim));
     let mut s = String::new();
     let mut count = 0;
     let key = |p: &ProgRun| (p.stage, p.name.clone());
@@ -432,7 +444,7 @@ pub fn run(opts: &Options) -> Result<bool, VmError> {
     let ok_run = |r: &RunResult| r.error.is_none() && r.runs.iter().all(|p| p.status == "exit 0");
     match (kernel, simulated) {
         (Some(k), Some(s)) => {
-            let (text, n) = diff(&k, &s);
+            let (text, n) = diff(&k, &s, &opts.ignore);
             print!("{text}");
             println!(
                 "{n} differing lines ({} program runs; kernel: {}; sim: {})",
@@ -475,7 +487,11 @@ mod tests {
 
     #[test]
     fn diff_counts_each_differing_line_status_and_missing_run() {
-        let (_, n) = diff(&run(&["a", "b"], "exit 0"), &run(&["a", "b"], "exit 0"));
+        let (_, n) = diff(
+            &run(&["a", "b"], "exit 0"),
+            &run(&["a", "b"], "exit 0"),
+            &[],
+        );
         assert_eq!(n, 0);
         let (text, n) = diff(
             &run(&["a", "b"], "exit 0"),
@@ -483,7 +499,7 @@ mod tests {
         );
         assert_eq!(n, 3, "{text}");
         assert!(text.contains("line 2:") && text.contains("line 3:") && text.contains("status"));
-        let (_, n) = diff(&run(&["a"], "exit 0"), &RunResult::default());
+        let (_, n) = diff(&run(&["a"], "exit 0"), &RunResult::default(), &[]);
         assert_eq!(
             n, 2,
             "a run missing on one side differs in its status and its line"
@@ -492,7 +508,14 @@ mod tests {
             error: Some("timed out".into()),
             ..run(&["a"], "exit 0")
         };
-        assert_eq!(diff(&stopped, &run(&["a"], "exit 0")).1, 1);
+        assert_eq!(diff(&stopped, &run(&["a"], "exit 0"), &[]).1, 1);
+        let ign = ["pid".to_string()];
+        let (_, n) = diff(
+            &run(&["pid 1", "x"], "exit 0"),
+            &run(&["pid 2", "x"], "exit 0"),
+            &ign,
+        );
+        assert_eq!(n, 0, "ignored lines are left out on both sides");
     }
 
     #[test]

@@ -496,6 +496,7 @@ mod tests {
         let (text, n) = diff(
             &run(&["a", "b"], "exit 0"),
             &run(&["a", "c", "d"], "exit 1"),
+            &[],
         );
         assert_eq!(n, 3, "{text}");
         assert!(text.contains("line 2:") && text.contains("line 3:") && text.contains("status"));

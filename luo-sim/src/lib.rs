@@ -145,6 +145,9 @@ struct Mirror {
     /// For a retrieved file: the session connection it was retrieved through (the mirror
     /// lives as long as that session can hand out the file again).
     session: Option<u64>,
+    /// The host file's size when it was preserved: the kernel's frozen inode cannot change
+    /// size, so whatever a program did past the preload (raw syscalls) is undone at the kexec.
+    preserved_size: Option<u64>,
 }
 
 /// Event-loop id of the listening socket (connection ids start at 1).
@@ -231,10 +234,19 @@ fn send_pkt_flags(
     Ok(())
 }
 
-/// Receives one packet and the fds it carries: `None` at end of stream.
-/// A received packet: bytes, passed fds, truncated.
-type Packet = (Vec<u8>, Vec<OwnedFd>, bool);
+/// What of a received packet was cut off.
+#[derive(Clone, Copy)]
+struct Trunc {
+    /// The bytes (a packet longer than any request).
+    data: bool,
+    /// The passed descriptors (the kernel sets it when the receiver is out of descriptors).
+    control: bool,
+}
 
+/// A received packet: bytes, passed fds, what was truncated.
+type Packet = (Vec<u8>, Vec<OwnedFd>, Trunc);
+
+/// Receives one packet and the fds it carries: `None` at end of stream.
 fn recv_pkt(sock: BorrowedFd<'_>) -> rustix::io::Result<Option<Packet>> {
     let mut buf = vec![0u8; MAX_PACKET];
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(8))];
@@ -260,8 +272,10 @@ fn recv_pkt(sock: BorrowedFd<'_>) -> rustix::io::Result<Option<Packet>> {
         return Ok(None);
     }
     buf.truncate(r.bytes);
-    let trunc = r.flags.contains(rustix::net::ReturnFlags::TRUNC)
-        || r.flags.contains(rustix::net::ReturnFlags::CTRUNC);
+    let trunc = Trunc {
+        data: r.flags.contains(rustix::net::ReturnFlags::TRUNC),
+        control: r.flags.contains(rustix::net::ReturnFlags::CTRUNC),
+    };
     Ok(Some((buf, fds, trunc)))
 }
 
@@ -528,8 +542,12 @@ impl Daemon {
             Some(fds.swap_remove(0))
         };
         drop(fds);
-        let (ret, data, fd) = if trunc || msg.len() < 4 {
+        let (ret, data, fd) = if trunc.data || msg.len() < 4 {
             err(Errno::EINVAL)
+        } else if trunc.control {
+            // The request was whole but its descriptor could not be received: this daemon is
+            // out of descriptors.
+            err(Errno::EMFILE)
         } else {
             match op {
                 OP_OPEN => self.open(id),
@@ -689,7 +707,11 @@ impl Daemon {
         }
         let r = self.kernel.ioctl(core_fd, cmd, data);
         if preserve && r.is_ok() && temp.is_none() {
-            self.allocate_holes(u32_at(data, 4) as i32);
+            let fd = u32_at(data, 4) as i32;
+            let size = self.allocate_holes(fd);
+            if let Some(m) = self.mirrors.values_mut().find(|m| m.core_fd == fd) {
+                m.preserved_size = size;
+            }
         }
         if let Some(t) = temp {
             let _ = self.kernel.close(t);
@@ -784,6 +806,7 @@ impl Daemon {
             core_fd,
             client: Some(pos_fd),
             session: None,
+            preserved_size: None,
         };
         self.sync(&m);
         self.mirrors.insert(key, m);
@@ -795,14 +818,13 @@ impl Daemon {
     /// data everywhere (SEEK_HOLE at its end; 7.2.13, tests/c/conformance/memfd.c). So the
     /// holes are written with zeros here (an fallocate'd page still counts as a hole to
     /// SEEK_HOLE on tmpfs). Best effort: a failure leaves holes, which read as zeros anyway.
-    fn allocate_holes(&self, core_fd: i32) {
-        let Ok(file) = self.kernel.file(core_fd) else {
-            return;
-        };
-        let Some(mf) = file.memfd() else { return };
-        let _ = mf.with_host_fd(|h| {
+    /// Returns the file's size.
+    fn allocate_holes(&self, core_fd: i32) -> Option<u64> {
+        let file = self.kernel.file(core_fd).ok()?;
+        let mf = file.memfd()?;
+        mf.with_host_fd(|h| {
             use rustix::fs::SeekFrom;
-            let size = rustix::fs::fstat(h).map_or(0, |st| st.st_size as u64);
+            let size = rustix::fs::fstat(h).ok()?.st_size as u64;
             // `h` shares the program's open file description: its position is put back.
             let saved = rustix::fs::seek(h, SeekFrom::Current(0));
             let zeros = vec![0u8; 1 << 16];
@@ -827,6 +849,32 @@ impl Daemon {
             }
             if let Ok(p) = saved {
                 let _ = rustix::fs::seek(h, SeekFrom::Start(p));
+            }
+            Some(size)
+        })
+        .ok()
+        .flatten()
+    }
+
+    /// Puts a preserved file back to its preserved size if a program changed it behind the
+    /// preload's freeze, so the kexec's work (and memory) is bounded by what was preserved.
+    fn restore_preserved_size(&self, m: &Mirror) {
+        let Some(want) = m.preserved_size else { return };
+        let Ok(file) = self.kernel.file(m.core_fd) else {
+            return;
+        };
+        let Some(mf) = file.memfd() else { return };
+        if !mf.is_frozen() {
+            return;
+        }
+        let _ = mf.with_host_fd(|h| {
+            let size = rustix::fs::fstat(h).map_or(want, |st| st.st_size as u64);
+            if size != want {
+                let _ = rustix::fs::ftruncate(h, want);
+                self.log(format_args!(
+                    "a preserved memfd was resized behind the freeze ({size} bytes): back to \
+                     its preserved {want} bytes"
+                ));
             }
         });
     }
@@ -913,6 +961,7 @@ impl Daemon {
                 core_fd,
                 client: Some(mine),
                 session: Some(self.serving),
+                preserved_size: None,
             },
         ) && old.core_fd != core_fd
         {
@@ -927,6 +976,7 @@ impl Daemon {
         };
         for m in self.mirrors.values() {
             self.sync(m);
+            self.restore_preserved_size(m);
         }
         self.log(format_args!("kexec requested (pid {})", req.pid));
         // The next "kernel" must be runnable before anything is frozen: a kexec that cannot

@@ -332,3 +332,31 @@ fn failed_kexec_leaves_the_machine_and_its_sessions() {
     let out = d.run_ok(&s2, &["2", "2"]);
     assert!(out.contains("stage2: ok"), "{out}");
 }
+
+/// A preserved memfd grown behind the freeze (a raw ftruncate the preload cannot see) is put
+/// back to its preserved size at the kexec: the kexec's work and memory are bounded by what
+/// was preserved (4 GiB of growth used to cost 4 GiB of host memory and seconds), and the file
+/// comes back as the kernel would have kept it.
+#[test]
+fn growth_behind_the_freeze_is_undone_at_kexec() {
+    let dir = scratch("grow");
+    let d = Daemon::start(&dir);
+    let prog = build(&dir, "grow_behind");
+    let out = d.run_ok(&prog, &["1"]);
+    let child: i32 = out.trim().parse().expect("child pid");
+    let t = std::time::Instant::now();
+    let report = luo_sim::kexec(&d.socket, None).unwrap();
+    let took = t.elapsed();
+    let _ = Command::new("kill").arg(child.to_string()).status();
+    assert!(report.contains("kexec done"), "{report}");
+    assert!(
+        std::fs::read_to_string(&d.log)
+            .unwrap()
+            .contains("resized behind the freeze (4294967296 bytes): back to its preserved 5000"),
+        "{}",
+        d.log_tail()
+    );
+    assert!(took < Duration::from_secs(3), "kexec took {took:?}");
+    let out = d.run_ok(&prog, &["2"]);
+    assert!(out.contains("grow: ok"), "{out}");
+}

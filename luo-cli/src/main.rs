@@ -105,7 +105,8 @@ enum Command {
     /// and $LUO_VMTEST_STAGE give the stage. Exit 0 when every program exited 0 (with `--diff`:
     /// when no line differs), 1 otherwise, 2 when the machine could not be set up.
     Vmtest {
-        /// Kernel image [default: ../shared/realkernel/bzImage-7.2.13 beside --root].
+        /// Kernel image [default: ../shared/realkernel/bzImage-7.2.13 beside --root, else
+        /// target/realkernel/bzImage-7.2 as tests/kernel/build.sh writes it].
         #[arg(long)]
         kernel: Option<PathBuf>,
         /// Only the simulator (no QEMU needed).

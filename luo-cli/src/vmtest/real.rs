@@ -12,10 +12,13 @@ use super::{Options, ProgRun, Program, RunResult, VmError, bail, run_cmd};
 /// Source of the guest's /init.
 const INIT_C: &str = include_str!("init.c");
 
-/// The kernel image used without `--kernel`: `../shared/realkernel/bzImage-7.2.13` beside the
-/// repository root.
-pub(crate) fn default_kernel(root: &Path) -> PathBuf {
-    root.join("../shared/realkernel/bzImage-7.2.13")
+/// The kernel images used without `--kernel`, in order: the shared one beside the repository
+/// root, then the one `tests/kernel/build.sh` builds by default.
+pub(crate) fn default_kernels(root: &Path) -> [PathBuf; 2] {
+    [
+        root.join("../shared/realkernel/bzImage-7.2.13"),
+        root.join("target/realkernel/bzImage-7.2"),
+    ]
 }
 
 /// The base command line; `luo_vmtest_stage=N` is added (and replaced by /init at each kexec).
@@ -46,18 +49,20 @@ impl Setup {
                  `apt-get install qemu-system-x86`), or run only the simulator with --sim"
             );
         };
-        let kernel = match &opts.kernel {
-            Some(k) => k.clone(),
-            None => default_kernel(&opts.root),
+        let candidates = match &opts.kernel {
+            Some(k) => vec![k.clone()],
+            None => default_kernels(&opts.root).to_vec(),
         };
-        if !kernel.is_file() {
+        let Some(kernel) = candidates.iter().find(|k| k.is_file()).cloned() else {
+            let names: Vec<String> = candidates.iter().map(|k| k.display().to_string()).collect();
             bail!(
-                "kernel image {} not found: pass --kernel PATH, or build one from Debian's \
-                 linux-source-7.2 with ../shared/realkernel/fragment.config (README.md, \
-                 \"Run programs on the real kernel\")",
-                kernel.display()
+                "kernel image not found ({}): pass --kernel PATH, or build one with \
+                 tests/kernel/build.sh (Debian's linux-source-7.2 and \
+                 tests/kernel/fragment.config; it writes target/realkernel/bzImage-7.2; \
+                 README.md, \"Run programs on the real kernel\")",
+                names.join(", ")
             );
-        }
+        };
         Ok(Setup { qemu, kernel })
     }
 

@@ -16,6 +16,8 @@ const SUITE: [&str; 3] = [
     "tests/c/conformance/systemd.c",
 ];
 
+const HOPS: &str = "tests/c/conformance/hops.c";
+
 fn luo(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_luo"))
         .arg("--root")
@@ -69,18 +71,16 @@ fn conformance_suite_has_no_differing_line() {
     );
 }
 
-/// The simulator alone (no QEMU) answers every line as 7.2.13 did when
-/// tests/c/conformance/expected-7.2.13.txt was recorded (regenerate with
-/// `luo vmtest tests/c/conformance/{uapi,memfd,systemd}.c | grep -v '^time:'`).
-#[test]
-fn simulator_answers_as_the_recorded_kernel() {
-    let o = luo(&[&["--sim"][..], &SUITE[..]].concat());
+/// The simulator's answers to `args` compared with the recorded kernel output `expected`:
+/// the differing lines.
+fn against_recorded(args: &[&str], expected: &str) -> Vec<String> {
+    let o = luo(&[&["--sim"][..], args].concat());
     let out = String::from_utf8_lossy(&o.stdout).replace("== sim stage", "== kernel stage");
     let got: Vec<&str> = out.lines().filter(|l| !l.starts_with("time:")).collect();
-    let want = std::fs::read_to_string(root().join("tests/c/conformance/expected-7.2.13.txt"))
-        .expect("expected-7.2.13.txt");
+    let want = std::fs::read_to_string(root().join("tests/c/conformance").join(expected))
+        .expect("recorded kernel output");
     let want: Vec<&str> = want.lines().collect();
-    let differing: Vec<String> = (0..got.len().max(want.len()))
+    (0..got.len().max(want.len()))
         .filter(|&i| got.get(i) != want.get(i))
         .map(|i| {
             format!(
@@ -90,8 +90,40 @@ fn simulator_answers_as_the_recorded_kernel() {
                 got.get(i)
             )
         })
-        .collect();
+        .collect()
+}
+
+/// The simulator alone (no QEMU) answers every line as 7.2.13 did when
+/// tests/c/conformance/expected-7.2.13.txt was recorded (regenerate with
+/// `luo vmtest tests/c/conformance/{uapi,memfd,systemd}.c | grep -v '^time:'`).
+#[test]
+fn simulator_answers_as_the_recorded_kernel() {
+    let differing = against_recorded(&SUITE, "expected-7.2.13.txt");
     assert!(differing.is_empty(), "{}", differing.join("\n"));
+}
+
+/// Two live updates in a row (tests/c/conformance/hops.c, three stages): on the kernel and
+/// the simulator alike, and as recorded in expected-7.2.13-hops.txt (regenerate with
+/// `luo vmtest --stages 3 tests/c/conformance/hops.c | grep -v '^time:'`).
+#[test]
+fn two_live_updates_in_a_row() {
+    let differing = against_recorded(&["--stages", "3", HOPS], "expected-7.2.13-hops.txt");
+    assert!(differing.is_empty(), "{}", differing.join("\n"));
+    if !have_machine() {
+        return;
+    }
+    let o = luo(&["--diff", "--stages", "3", HOPS]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let last = out.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("0 differing lines (3 program runs"),
+        "{out}"
+    );
 }
 
 /// The simulator half alone (no QEMU): every program exits 0 in both stages.

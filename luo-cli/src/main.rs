@@ -121,7 +121,7 @@ enum Command {
         /// Extra include directory for compiling C sources.
         #[arg(short = 'I', long = "include")]
         include: Vec<PathBuf>,
-        /// Seconds the QEMU run may take.
+        /// Seconds the QEMU run may take (under --sim: each program).
         #[arg(long, default_value_t = 300)]
         timeout: u64,
         /// Keep the work files (initramfs, binaries, console and results logs) in this directory.

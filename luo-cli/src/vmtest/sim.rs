@@ -120,7 +120,7 @@ pub fn run(opts: &Options, progs: &[Program], dir: &Path) -> Result<RunResult, V
                 std::fs::File::create(f)
                     .map_err(|e| VmError(format!("create {}: {e}", f.display())))
             };
-            let status = Command::new(&p.dyn_bin)
+            let mut child = Command::new(&p.dyn_bin)
                 .args(p.args_for(stage))
                 .env_clear()
                 .env("PATH", "/usr/bin:/bin")
@@ -132,13 +132,28 @@ pub fn run(opts: &Options, progs: &[Program], dir: &Path) -> Result<RunResult, V
                 .stdin(Stdio::null())
                 .stdout(mk(&out)?)
                 .stderr(mk(&err)?)
-                .status()
+                .spawn()
                 .map_err(|e| VmError(format!("cannot run {}: {e}", p.dyn_bin.display())))?;
+            // The same budget as the whole QEMU run: a program that hangs is ended.
+            let deadline = Instant::now() + Duration::from_secs(opts.timeout);
+            let status = loop {
+                match child.try_wait() {
+                    Ok(Some(st)) => break Some(st),
+                    Ok(None) if Instant::now() >= deadline => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break None;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                    Err(e) => bail!("waiting for {}: {e}", p.dyn_bin.display()),
+                }
+            };
             use std::os::unix::process::ExitStatusExt as _;
-            let status = match (status.code(), status.signal()) {
-                (Some(c), _) => format!("exit {c}"),
-                (None, Some(s)) => format!("signal {s}"),
-                _ => "unknown".into(),
+            let status = match status.map(|s| (s.code(), s.signal())) {
+                Some((Some(c), _)) => format!("exit {c}"),
+                Some((None, Some(s))) => format!("signal {s}"),
+                Some(_) => "unknown".into(),
+                None => format!("timed out after {} s (--timeout)", opts.timeout),
             };
             r.runs.push(ProgRun {
                 stage,

@@ -70,7 +70,7 @@ fn file_of(d: &memfd_luo_ser) -> FileRef {
 pub fn gen_source(n: usize) -> String {
     let mut s = String::from(PRELUDE);
     s.push_str(
-        "use luo_abi::handler::{Ctx, FileHandler, RetrieveStatus};\nuse luo_derive::liveupdate_handler;\n",
+        "use luo_abi::handler::{Ctx, FileHandler, Finish, RetrieveStatus};\nuse luo_derive::liveupdate_handler;\n",
     );
     for i in 0..n {
         let _ = write!(
@@ -92,7 +92,7 @@ impl FileHandler for Handler{i} {{
     fn retrieve(&self, _: &Ctx<'_, Self>, d: memfd_luo_ser) -> luo_abi::Result<FileRef> {{
         Ok(file_of(&d))
     }}
-    fn finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, _: memfd_luo_ser, _: RetrieveStatus) {{}}
+    fn finish(&self, _: &Ctx<'_, Self>, _: Finish<'_, memfd_luo_ser>) {{}}
 }}
 "#
         );
@@ -108,7 +108,7 @@ pub fn hand_source(n: usize) -> String {
 use std::ptr;
 
 use luo_abi::abi::AbiType;
-use luo_abi::ffi::FileCell;
+use luo_abi::file::FileCell;
 use luo_abi::host::LuoHost;
 use luo_abi::kho::KhoExt;
 use luo_abi::{Phys, PhysAddr};
@@ -170,14 +170,14 @@ pub mod handler{i} {{
 
     unsafe extern "C" fn can_preserve(_h: *mut liveupdate_file_handler, f: *mut file) -> bool {{
         // SAFETY: the core passes a live file cell.
-        unsafe {{ FileCell::borrow(f.cast()) }}.is_some_and(|f| f.kind() == FileKind::Memfd)
+        unsafe {{ luo_abi::file::FileHead::borrow(f.cast()) }}.is_some_and(|f| f.kind() == FileKind::Memfd)
     }}
 
     unsafe extern "C" fn preserve(args: *mut liveupdate_file_op_args) -> c_int {{
         // SAFETY: core contract.
         let (a, h) = unsafe {{ handler(args) }};
         // SAFETY: the core passes a live file cell.
-        let Some(file) = (unsafe {{ FileCell::borrow(a.file.cast()) }}) else {{
+        let Some(file) = (unsafe {{ luo_abi::file::FileHead::borrow(a.file.cast()) }}) else {{
             return Errno::EBADF.to_neg();
         }};
         let Some(f) = file.downcast_ref::<BenchFile>() else {{

@@ -22,9 +22,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use luo_abi::Errno;
-use luo_abi::ffi::FileCell;
+use luo_abi::file::FileCell;
 use luo_abi::file::{File, FileId, FileKind, FileRef};
-use luo_abi::handler::{Ctx, FileHandler, Registration, RetrieveStatus};
+use luo_abi::handler::{Ctx, FileHandler, Finish, Registration};
 use luo_abi::host::LuoHost;
 use luo_abi::kho::{KhoExt, KhoService};
 use luo_derive::liveupdate_handler;
@@ -105,6 +105,13 @@ pub struct BenchHost {
 }
 
 impl LuoHost for BenchHost {
+    fn file_into_raw(
+        &self,
+        file: luo_abi::file::FileRef,
+    ) -> luo_abi::Result<*mut core::ffi::c_void> {
+        Ok(luo_abi::file::FileCell::into_raw(file))
+    }
+
     fn kho(&self) -> &dyn KhoService {
         self.kho
     }
@@ -195,8 +202,7 @@ impl FileHandler for GenMemfd {
         }))
     }
 
-    fn finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, _: memfd_luo_ser, _: RetrieveStatus) {
-    }
+    fn finish(&self, _: &Ctx<'_, Self>, _: Finish<'_, memfd_luo_ser>) {}
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -250,7 +256,8 @@ impl HandMemfd {
 
 unsafe extern "C" fn hand_can_preserve(_h: *mut liveupdate_file_handler, f: *mut file) -> bool {
     // SAFETY: the core passes a live file cell.
-    unsafe { FileCell::borrow(f.cast()) }.is_some_and(|f| f.kind() == FileKind::Memfd)
+    unsafe { luo_abi::file::FileHead::borrow(f.cast()) }
+        .is_some_and(|f| f.kind() == FileKind::Memfd)
 }
 
 unsafe extern "C" fn hand_preserve(args: *mut liveupdate_file_op_args) -> c_int {
@@ -259,7 +266,7 @@ unsafe extern "C" fn hand_preserve(args: *mut liveupdate_file_op_args) -> c_int 
     // SAFETY: as above.
     let h = unsafe { &*a.handler.cast::<HandMemfd>() };
     // SAFETY: the core passes a live file cell.
-    let Some(file) = (unsafe { FileCell::borrow(a.file.cast()) }) else {
+    let Some(file) = (unsafe { luo_abi::file::FileHead::borrow(a.file.cast()) }) else {
         return EBADF;
     };
     let Some(f) = file.downcast_ref::<BenchFile>() else {

@@ -26,7 +26,7 @@ use luo_abi::file::{File, FileKind, FileRef};
 use luo_abi::global::{
     FlbCell, FlbState, HandlerState, HandlerStateCell, StateCtx, StateObj, Subsystem, SubsystemCell,
 };
-use luo_abi::handler::{Ctx, FileHandler, Registration, RetrieveStatus};
+use luo_abi::handler::{Ctx, FileHandler, Finish, Registration};
 use luo_abi::host::{LuoHost, RawFileHandler, RawFlb};
 use luo_abi::kho::KhoService;
 use luo_abi::lock::LockBackend;
@@ -115,6 +115,13 @@ pub struct GlobalHost {
 }
 
 impl LuoHost for GlobalHost {
+    fn file_into_raw(
+        &self,
+        file: luo_abi::file::FileRef,
+    ) -> luo_abi::Result<*mut core::ffi::c_void> {
+        Ok(luo_abi::file::FileCell::into_raw(file))
+    }
+
     fn kho(&self) -> &dyn KhoService {
         &self.kho
     }
@@ -188,7 +195,7 @@ macro_rules! forms {
                 fn retrieve(&self, _: &Ctx<'_, Self>, _: bench_global_ser) -> Result<FileRef> {
                     Err(Errno::EOPNOTSUPP)
                 }
-                fn finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, _: bench_global_ser, _: RetrieveStatus) {}
+                fn finish(&self, _: &Ctx<'_, Self>, _: Finish<'_, bench_global_ser>) {}
             }
 
             /// A subsystem.

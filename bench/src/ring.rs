@@ -130,8 +130,9 @@ impl KhoService for RingKho {
     fn alloc_folio(&self, _: u32) -> Result<PhysAddr> {
         Err(Errno::EOPNOTSUPP)
     }
-    fn free_folio(&self, _: PhysAddr, _: u32) -> Result {
-        Err(Errno::EOPNOTSUPP)
+    /// Releases a record claimed by `restore_folio`: slots are reused by the ring anyway.
+    fn free_folio(&self, phys: PhysAddr, _: u32) -> Result {
+        self.range(phys, 1).map(drop)
     }
     fn preserve_folio(&self, _: PhysAddr, _: u32) -> Result {
         Err(Errno::EOPNOTSUPP)
@@ -139,8 +140,9 @@ impl KhoService for RingKho {
     fn unpreserve_folio(&self, _: PhysAddr, _: u32) -> Result {
         Err(Errno::EOPNOTSUPP)
     }
-    fn restore_folio(&self, _: PhysAddr) -> Result<u32> {
-        Err(Errno::EOPNOTSUPP)
+    /// Claims a record: any slot of the ring, as one order-0 folio.
+    fn restore_folio(&self, phys: PhysAddr) -> Result<u32> {
+        self.range(phys, SLOT).map(|_| 0)
     }
     fn preserve_pages(&self, _: PhysAddr, _: usize) -> Result {
         Err(Errno::EOPNOTSUPP)

@@ -1,40 +1,36 @@
 //! A handler's array of fixed-size records (`guest_memfd_luo_folio_ser`, `hugemfd_folio_ser`)
 //! in a preserved vmalloc area (`struct kho_vmalloc`), as upstream's
 //! `kho_preserve_vmalloc` / `kho_restore_vmalloc` users keep their folio arrays.
+//!
+//! [`FolioArray`] is the outgoing side: a handler's `preserve` builds one from its records,
+//! puts [`FolioArray::abi`] into the struct it hands over and keeps the array as its private
+//! data (`type Private = FolioArray<R>`), which the runtime gives back to `unpreserve`. The
+//! incoming side is [`FolioArray::restore`]: it claims the area, reads the records and frees
+//! the area, whatever the records say.
+
+use core::marker::PhantomData;
 
 use luo_abi::kho::{KhoExt, KhoService, VmallocChunk, VmallocDesc};
 use luo_abi::{Errno, PAGE_SIZE, Phys, PhysAddr};
 use luo_generated::kho::{kho_vmalloc, kho_vmalloc_chunk};
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes};
 
-/// An outgoing array: the area's pages (order 0) and its preserved descriptor.
-#[derive(Debug, Default)]
-pub struct Preserved {
+/// An outgoing array of `R` records: the area's pages (order 0) and its preserved descriptor.
+///
+/// Not freed on drop: releasing needs the KHO of the kernel that preserved it, and a
+/// preserved array of a kernel that kexec'd belongs to the next kernel. Give it back with
+/// [`FolioArray::unpreserve`].
+#[derive(Debug)]
+#[must_use = "a preserved array stays preserved until `unpreserve`"]
+pub struct FolioArray<R> {
     /// The pages holding the records, in order.
-    pub pages: Vec<PhysAddr>,
+    pages: Vec<PhysAddr>,
     /// The vmalloc descriptor (`None` for an empty array, handed over as all zeroes).
-    pub desc: Option<VmallocDesc>,
+    desc: Option<VmallocDesc>,
+    _records: PhantomData<fn() -> R>,
 }
 
-impl Preserved {
-    /// Hands the array to LUO as the file's `private_data`, which LUO gives back to
-    /// unpreserve ([`Preserved::take_private`]).
-    pub(crate) fn into_private(self) -> *mut core::ffi::c_void {
-        Box::into_raw(Box::new(self)).cast()
-    }
-
-    /// Takes back the array [`Preserved::into_private`] handed to LUO, leaving NULL.
-    ///
-    /// # Safety
-    ///
-    /// `*private` is NULL or a value of [`Preserved::into_private`] not taken back yet.
-    pub(crate) unsafe fn take_private(private: &mut *mut core::ffi::c_void) -> Option<Preserved> {
-        let p = core::mem::replace(private, core::ptr::null_mut());
-        // SAFETY: a `Box<Preserved>` leaked by `into_private`, taken back once (the caller's
-        // contract; the slot is NULL from now on).
-        (!p.is_null()).then(|| *unsafe { Box::from_raw(p.cast::<Preserved>()) })
-    }
-
+impl<R> FolioArray<R> {
     /// The descriptor as handed over.
     pub fn abi(&self) -> kho_vmalloc {
         self.desc
@@ -45,6 +41,77 @@ impl Preserved {
                 flags: d.flags,
                 order: d.order,
             })
+    }
+
+    /// The pages holding the records, in order.
+    pub fn pages(&self) -> &[PhysAddr] {
+        &self.pages
+    }
+
+    /// Undoes [`FolioArray::preserve`] in the old kernel: unpreserves the area and frees its
+    /// pages.
+    pub fn unpreserve(self, kho: &dyn KhoService) {
+        if let Some(d) = &self.desc {
+            // `void` path (unpreserve, or a failed preserve being undone): KHO keeps its own
+            // accounting, a failure here is nothing the caller could act on.
+            let _ = kho.unpreserve_vmalloc(d);
+        }
+        for page in self.pages {
+            let _ = kho.free_folio(page, 0);
+        }
+    }
+}
+
+impl<R: IntoBytes + Immutable> FolioArray<R> {
+    /// Writes `records` into fresh pages and preserves them as a vmalloc area. On failure
+    /// nothing stays allocated or preserved.
+    pub fn preserve(kho: &dyn KhoService, records: &[R]) -> Result<FolioArray<R>, Errno> {
+        let mut a = FolioArray {
+            pages: Vec::new(),
+            desc: None,
+            _records: PhantomData,
+        };
+        if records.is_empty() {
+            return Ok(a);
+        }
+        let r = (|| {
+            for chunk in records.as_bytes().chunks(PAGE_SIZE) {
+                let page = kho.alloc_folio(0)?;
+                a.pages.push(page);
+                kho.write(page, chunk)?;
+            }
+            a.desc = Some(kho.preserve_vmalloc(&a.pages, 0)?);
+            Ok(())
+        })();
+        match r {
+            Ok(()) => Ok(a),
+            Err(e) => {
+                a.unpreserve(kho);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl<R: FromBytes> FolioArray<R> {
+    /// In the new kernel: claims the area `v`, reads its first `nr` records and frees the
+    /// area. `EINVAL` when `nr` does not fit the area, or `nr` is nonzero and there is no
+    /// area; the area is claimed (and freed) whenever it is valid, so a bad `nr` leaks nothing.
+    pub fn restore(kho: &dyn KhoService, v: &kho_vmalloc, nr: u64) -> Result<Vec<R>, Errno> {
+        let desc = desc_of(v);
+        if desc.first.addr().is_null() {
+            return if nr == 0 {
+                Ok(Vec::new())
+            } else {
+                Err(Errno::EINVAL)
+            };
+        }
+        let pages = kho.restore_vmalloc(&desc)?;
+        let r = read_records(kho, &pages, u32::from(desc.order), nr);
+        for p in pages {
+            let _ = kho.free_folio(p, u32::from(desc.order));
+        }
+        r
     }
 }
 
@@ -57,87 +124,34 @@ fn desc_of(v: &kho_vmalloc) -> VmallocDesc {
     }
 }
 
-/// Writes `records` into fresh pages and preserves them as a vmalloc area. On failure
-/// nothing stays allocated or preserved.
-pub fn preserve<T: IntoBytes + Immutable>(
-    kho: &dyn KhoService,
-    records: &[T],
-) -> Result<Preserved, Errno> {
-    let mut p = Preserved::default();
-    if records.is_empty() {
-        return Ok(p);
-    }
-    let r = (|| {
-        for chunk in records.as_bytes().chunks(PAGE_SIZE) {
-            let page = kho.alloc_folio(0)?;
-            p.pages.push(page);
-            kho.write(page, chunk)?;
-        }
-        p.desc = Some(kho.preserve_vmalloc(&p.pages, 0)?);
-        Ok(())
-    })();
-    match r {
-        Ok(()) => Ok(p),
-        Err(e) => {
-            unpreserve(kho, p);
-            Err(e)
-        }
-    }
-}
-
-/// Undoes [`preserve`] in the old kernel: unpreserves the area and frees its pages.
-pub fn unpreserve(kho: &dyn KhoService, p: Preserved) {
-    if let Some(d) = &p.desc {
-        let _ = kho.unpreserve_vmalloc(d);
-    }
-    for page in p.pages {
-        let _ = kho.free_folio(page, 0);
-    }
-}
-
-/// In the new kernel: claims the area `v`, reads its first `nr` records and frees the area.
-/// `EINVAL` when `nr` does not fit the area, or `nr` is nonzero and there is no area; the
-/// area is claimed (and freed) whenever it is valid, so a bad `nr` leaks nothing.
-pub fn restore<T: FromBytes>(
-    kho: &dyn KhoService,
-    v: &kho_vmalloc,
-    nr: u64,
-) -> Result<Vec<T>, Errno> {
-    let desc = desc_of(v);
-    if desc.first.addr().is_null() {
-        return if nr == 0 {
-            Ok(Vec::new())
-        } else {
-            Err(Errno::EINVAL)
-        };
-    }
-    let pages = kho.restore_vmalloc(&desc)?;
-    let r = read_records(kho, &pages, u32::from(desc.order), nr);
-    for p in pages {
-        let _ = kho.free_folio(p, u32::from(desc.order));
-    }
-    r
-}
-
-fn read_records<T: FromBytes>(
+fn read_records<R: FromBytes>(
     kho: &dyn KhoService,
     pages: &[PhysAddr],
     order: u32,
     nr: u64,
-) -> Result<Vec<T>, Errno> {
-    let size = size_of::<T>();
-    let page_bytes = PAGE_SIZE << order;
-    let cap = (pages.len() * page_bytes / size) as u64;
+) -> Result<Vec<R>, Errno> {
+    let size = size_of::<R>();
+    if size == 0 {
+        // No record type is empty; refusing one keeps `chunks_exact` below from panicking.
+        return Err(Errno::EINVAL);
+    }
+    // Checked: the order comes from the handed-over descriptor.
+    let page_bytes = 1usize
+        .checked_shl(order)
+        .and_then(|n| n.checked_mul(PAGE_SIZE))
+        .ok_or(Errno::EINVAL)?;
+    let cap = (pages.len().checked_mul(page_bytes).ok_or(Errno::EINVAL)? / size) as u64;
     if nr > cap {
         return Err(Errno::EINVAL);
     }
+    // `nr <= cap`, and `cap` records fit the pages already in memory.
     let mut bytes = vec![0u8; nr as usize * size];
-    for (i, chunk) in bytes.chunks_mut(page_bytes).enumerate() {
-        kho.read(pages[i], chunk)?;
+    for (chunk, page) in bytes.chunks_mut(page_bytes).zip(pages) {
+        kho.read(*page, chunk)?;
     }
     bytes
         .chunks_exact(size)
-        .map(|c| T::read_from_bytes(c).map_err(|_| Errno::EINVAL))
+        .map(|c| R::read_from_bytes(c).map_err(|_| Errno::EINVAL))
         .collect()
 }
 

@@ -16,12 +16,13 @@
 //! HugeTLB-backed guest_memfds (this project's `GUEST_MEMFD_LUO_FLAG_HUGETLB`) take their
 //! pages from the HugeTLB pools ([`crate::hugetlb`]) and account them there.
 //!
-//! The handlers are registered by [`crate::hugetlb::register`]. Driving them from the core
+//! The handler ([`GuestMemfdHandler`], written with `#[liveupdate_handler]`) is registered by
+//! [`register`], which [`crate::hugetlb::register`] calls. Driving it from the core
 //! (`luo_core::Kernel`), e.g. for a simulation:
 //!
 //! ```text
 //! let vm = k.open_synthetic(FileKind::KvmVm, kvm::VM_FILE_NAME, Box::new(Vm::new(0)?))?;
-//! let g = GuestMemfd::new(k.file(vm)?, size, GUEST_MEMFD_LUO_FLAG_MMAP)?;
+//! let g = GuestMemfd::new(k.host(), k.file(vm)?, size, GUEST_MEMFD_LUO_FLAG_MMAP)?;
 //! g.pages().write(off, data)?;
 //! let (digest, folios) = (g.pages().digest()?, g.pages().folios());
 //! let gfd = k.open_synthetic(FileKind::GuestMemfd, GMEM_FILE_NAME, Box::new(g))?;
@@ -31,32 +32,29 @@
 //! assert_eq!(vm_of(&**g.vm()).unwrap().vm_type(), 0);
 //! ```
 
-use std::collections::BTreeMap;
-use std::ffi::c_int;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use luo_abi::file::{File, FileKind, FileRef};
-use luo_abi::kho::{KhoExt, KhoService};
-use luo_abi::{Errno, PAGE_SIZE, Phys, PhysAddr};
+use luo_abi::handler::{Ctx, FileHandler, Finish, Registration};
+use luo_abi::host::LuoHost;
+use luo_abi::kho::KhoService;
+use luo_abi::registry::Registry;
+use luo_abi::{Errno, PAGE_SIZE, PhysAddr, Result};
+use luo_derive::liveupdate_handler;
 use luo_generated::kvm::v1::guest_memfd_luo_ser;
 use luo_generated::kvm::v1::{GUEST_MEMFD_LUO_FH_COMPATIBLE, KVM_LUO_FH_COMPATIBLE};
 use luo_generated::kvm::{
     GUEST_MEMFD_LUO_FLAG_HUGETLB, GUEST_MEMFD_LUO_FLAG_INIT_SHARED, GUEST_MEMFD_LUO_FLAG_MMAP,
     GUEST_MEMFD_LUO_FOLIO_UPTODATE, GUEST_MEMFD_LUO_SUPPORTED_FLAGS, guest_memfd_luo_folio_ser,
 };
-use luo_generated::liveupdate::{
-    file as CFile, liveupdate_file_handler, liveupdate_file_op_args, liveupdate_file_ops,
-};
 use zerocopy::FromZeros;
 
-use crate::folio_array;
-use crate::host::{DependsOn, FileOps, StaticHandler, compat48, host, kind_of, rc, synthetic_of};
-use crate::hugetlb;
+use crate::folio_array::FolioArray;
+use crate::hugetlb::Hugetlb;
 use crate::kvm::vm_of;
 use crate::pages::{self, Folio, Pages};
-
-type Kho = Arc<dyn KhoService + Send + Sync>;
 
 /// Name of a guest_memfd file (`anon_inode:[kvm-gmem]`).
 pub const GMEM_FILE_NAME: &str = "kvm-gmem";
@@ -70,10 +68,11 @@ pub struct GuestMemfd {
 }
 
 impl GuestMemfd {
-    /// `KVM_CREATE_GUEST_MEMFD` on `vm`: `size` bytes (nonzero, page aligned), `flags` a
-    /// subset of `GUEST_MEMFD_LUO_FLAG_MMAP | GUEST_MEMFD_LUO_FLAG_INIT_SHARED`; folios are
-    /// allocated on first write. `EINVAL` otherwise, or when `vm` is not a VM.
-    pub fn new(vm: FileRef, size: u64, flags: u64) -> Result<GuestMemfd, Errno> {
+    /// `KVM_CREATE_GUEST_MEMFD` on `vm`, in the kernel of `host` (`Registry::host`): `size`
+    /// bytes (nonzero, page aligned), `flags` a subset of
+    /// `GUEST_MEMFD_LUO_FLAG_MMAP | GUEST_MEMFD_LUO_FLAG_INIT_SHARED`; folios are allocated on
+    /// first write. `EINVAL` otherwise, or when `vm` is not a VM.
+    pub fn new(host: Arc<dyn LuoHost>, vm: FileRef, size: u64, flags: u64) -> Result<GuestMemfd> {
         if vm_of(&*vm).is_none()
             || flags & !(GUEST_MEMFD_LUO_FLAG_MMAP | GUEST_MEMFD_LUO_FLAG_INIT_SHARED) != 0
             || size == 0
@@ -84,25 +83,27 @@ impl GuestMemfd {
         Ok(GuestMemfd {
             vm,
             flags,
-            pages: Pages::new(0, size / PAGE_SIZE as u64)?,
+            pages: Pages::new(host, 0, size / PAGE_SIZE as u64)?,
             private: AtomicBool::new(false),
         })
     }
 
     /// A HugeTLB-backed guest_memfd on `vm`: `nr` huge pages of `order` taken from the
-    /// current kernel's HugeTLB pool (`ENOMEM` if it has too few), all faulted in.
-    pub fn new_hugetlb(vm: FileRef, order: u32, nr: u64, flags: u64) -> Result<Self, Errno> {
+    /// kernel's HugeTLB pool `hugetlb` (`ENOMEM` if it has too few), all faulted in.
+    pub fn new_hugetlb(
+        hugetlb: &Hugetlb,
+        vm: FileRef,
+        order: u32,
+        nr: u64,
+        flags: u64,
+    ) -> Result<Self> {
         if vm_of(&*vm).is_none()
             || flags & !(GUEST_MEMFD_LUO_FLAG_MMAP | GUEST_MEMFD_LUO_FLAG_INIT_SHARED) != 0
             || order == 0
         {
             return Err(Errno::EINVAL);
         }
-        let pages = Pages::new(order, nr)?;
-        hugetlb::alloc(order, nr)?;
-        for i in 0..nr {
-            pages.populate(i)?;
-        }
+        let pages = hugetlb.alloc_pages(order, nr)?;
         Ok(GuestMemfd {
             vm,
             flags: flags | GUEST_MEMFD_LUO_FLAG_HUGETLB,
@@ -143,154 +144,193 @@ pub fn gmem_of(f: &dyn File) -> Option<&GuestMemfd> {
     if f.kind() != FileKind::GuestMemfd {
         return None;
     }
-    host().ok()?.payload(f)?.downcast_ref::<GuestMemfd>()
+    f.payload()?.downcast_ref::<GuestMemfd>()
 }
 
-fn gmem_ptr<'a>(f: *mut CFile) -> Option<&'a GuestMemfd> {
-    synthetic_of::<GuestMemfd>(f)
+/// The `guest_memfd_luo_v1` handler; its files depend on `kvm_vm_luo_v1` files. Its pages
+/// of HugeTLB-backed files are accounted in `hugetlb`, the kernel's pools.
+#[liveupdate_handler(
+    compatible = "guest_memfd_luo_v1",
+    abi = guest_memfd_luo_ser,
+    depends_on = ["kvm_vm_luo_v1"],
+)]
+pub struct GuestMemfdHandler {
+    hugetlb: Hugetlb,
 }
 
-static OPS: FileOps = FileOps(liveupdate_file_ops {
-    can_preserve: Some(can_preserve),
-    preserve: Some(preserve),
-    unpreserve: Some(unpreserve),
-    freeze: Some(freeze),
-    unfreeze: None,
-    retrieve: Some(retrieve),
-    can_finish: None,
-    finish: Some(finish),
-    get_id: None,
-    owner: std::ptr::null_mut(),
-});
+const _: () = {
+    use luo_abi::handler::HandlerAbi;
+    assert!(crate::same_str(
+        <GuestMemfdHandler as HandlerAbi>::COMPATIBLE,
+        GUEST_MEMFD_LUO_FH_COMPATIBLE
+    ));
+    assert!(crate::same_str(
+        <crate::kvm::KvmVmHandler as HandlerAbi>::COMPATIBLE,
+        KVM_LUO_FH_COMPATIBLE
+    ));
+};
 
-static KVM_COMPAT: [u8; 48] = compat48(KVM_LUO_FH_COMPATIBLE);
-static DEPENDS_ON: DependsOn = DependsOn(&[KVM_COMPAT.as_ptr(), std::ptr::null()]);
+/// The folio array a preserved guest_memfd keeps until unpreserve.
+type Array = FolioArray<guest_memfd_luo_folio_ser>;
 
-/// The `guest_memfd_luo_v1` handler; its files depend on `kvm_vm_luo_v1` files.
-pub static GUEST_MEMFD: StaticHandler =
-    StaticHandler::with_deps(&OPS, GUEST_MEMFD_LUO_FH_COMPATIBLE, &DEPENDS_ON);
+#[liveupdate_handler]
+impl FileHandler for GuestMemfdHandler {
+    type Private = Array;
 
-unsafe extern "C" fn can_preserve(_h: *mut liveupdate_file_handler, f: *mut CFile) -> bool {
-    kind_of(f) == Some(FileKind::GuestMemfd)
-        && gmem_ptr(f).is_some_and(|g| {
+    fn can_preserve(&self, file: &dyn File) -> bool {
+        gmem_of(file).is_some_and(|g| {
             // Upstream: no private memory, no large folios (this project: unless HugeTLB).
             !g.private.load(Ordering::Relaxed) && (g.pages.order() == 0 || g.is_hugetlb())
         })
-}
+    }
 
-fn ser_at(data: u64) -> Phys<guest_memfd_luo_ser> {
-    Phys::new(PhysAddr::new(data))
-}
-
-unsafe extern "C" fn preserve(a: *mut liveupdate_file_op_args) -> c_int {
-    // SAFETY: LUO passes a valid argument block, exclusively ours for the call.
-    let a = unsafe { &mut *a };
-    rc((|| {
-        let g = gmem_ptr(a.file).ok_or(Errno::EINVAL)?;
-        let h = host()?;
+    fn preserve(
+        &self,
+        cx: &Ctx<'_, Self>,
+        file: &dyn File,
+    ) -> Result<(guest_memfd_luo_ser, Array)> {
+        let g = gmem_of(file).ok_or(Errno::EINVAL)?;
         // The VM must be preserved in the same session (the core says ENOENT otherwise).
-        h.get_token_outgoing(a.session, &*g.vm)?;
-        let kho = h.kho()?;
+        cx.session().get_token_outgoing(&*g.vm)?;
         // Upstream freezes the mapping first: no folio comes or goes while preserved.
         g.pages.set_frozen(true);
-        match preserve_steps(&kho, g) {
-            Ok((data, array)) => {
-                a.serialized_data = data;
-                a.private_data = array.into_private();
-                Ok(())
-            }
+        self.preserve_steps(cx.kho(), g)
+            .inspect_err(|_| g.pages.set_frozen(false))
+    }
+
+    fn unpreserve(
+        &self,
+        cx: &Ctx<'_, Self>,
+        file: &dyn File,
+        _ser: guest_memfd_luo_ser,
+        array: Array,
+    ) {
+        array.unpreserve(cx.kho());
+        let Some(g) = gmem_of(file) else {
+            return;
+        };
+        g.pages.unpreserve_folios();
+        if g.is_hugetlb() {
+            // `void` op: the pools only lose a count they would report.
+            let _ = self.hugetlb.unpreserve_pages(g.pages.order(), g.pages.nr());
+        }
+        g.pages.set_frozen(false);
+    }
+
+    fn freeze(
+        &self,
+        cx: &Ctx<'_, Self>,
+        file: &dyn File,
+        ser: &mut guest_memfd_luo_ser,
+        _array: &mut Array,
+    ) -> Result {
+        let g = gmem_of(file).ok_or(Errno::EINVAL)?;
+        // Upstream: vm_token is the VM file's outgoing token, taken at freeze.
+        ser.vm_token = cx.session().get_token_outgoing(&*g.vm)?;
+        Ok(())
+    }
+
+    fn retrieve(&self, cx: &Ctx<'_, Self>, ser: guest_memfd_luo_ser) -> Result<FileRef> {
+        let kho = cx.kho();
+        let records = FolioArray::restore(kho, &{ ser.folios }, ser.nr_folios)?;
+        let inc = Incoming { ser, records };
+        self.rebuild(cx, &inc).inspect_err(|_| {
+            // Not coming back: its folios are freed, HugeTLB pages back to their pool.
+            inc.discard(kho, &self.hugetlb);
+        })
+    }
+
+    fn finish(&self, cx: &Ctx<'_, Self>, how: Finish<'_, guest_memfd_luo_ser>) {
+        // Never retrieved: its folios are discarded (upstream), HugeTLB pages back to the
+        // pool. A retrieved file owns them; a failed retrieve released them then.
+        let Finish::NotRetrieved(ser) = how else {
+            return;
+        };
+        let kho = cx.kho();
+        if let Ok(records) = FolioArray::restore(kho, &{ ser.folios }, ser.nr_folios) {
+            Incoming { ser, records }.discard(kho, &self.hugetlb);
+        }
+    }
+}
+
+impl GuestMemfdHandler {
+    /// KHO-preserves every folio, writes the folio array and builds the
+    /// `guest_memfd_luo_ser`; on failure undoes what it did.
+    fn preserve_steps(
+        &self,
+        kho: &dyn KhoService,
+        g: &GuestMemfd,
+    ) -> Result<(guest_memfd_luo_ser, Array)> {
+        let records = g.pages.preserve_folios(|index, f| {
+            let mut r = guest_memfd_luo_folio_ser::new_zeroed();
+            r.set_pfn(f.phys.pfn());
+            r.set_flags(if f.uptodate {
+                GUEST_MEMFD_LUO_FOLIO_UPTODATE
+            } else {
+                0
+            });
+            r.index = index;
+            r
+        })?;
+        let array =
+            FolioArray::preserve(kho, &records).inspect_err(|_| g.pages.unpreserve_folios())?;
+        let ser = guest_memfd_luo_ser {
+            size: g.pages.size(),
+            flags: g.flags,
+            nr_folios: records.len() as u64,
+            // Set at freeze, as upstream.
+            vm_token: 0,
+            folios: array.abi(),
+        };
+        let counted = if g.is_hugetlb() {
+            self.hugetlb.preserve_pages(g.pages.order(), g.pages.nr())
+        } else {
+            Ok(())
+        };
+        match counted {
+            Ok(()) => Ok((ser, array)),
             Err(e) => {
-                g.pages.set_frozen(false);
+                array.unpreserve(kho);
+                g.pages.unpreserve_folios();
                 Err(e)
             }
         }
-    })())
-}
+    }
 
-/// KHO-preserves every folio, writes the folio array and the `guest_memfd_luo_ser`; on
-/// failure undoes what it did.
-fn preserve_steps(kho: &Kho, g: &GuestMemfd) -> Result<(u64, folio_array::Preserved), Errno> {
-    let records = g.pages.preserve_folios(|index, f| {
-        let mut r = guest_memfd_luo_folio_ser::new_zeroed();
-        r.set_pfn(f.phys.pfn());
-        r.set_flags(if f.uptodate {
-            GUEST_MEMFD_LUO_FOLIO_UPTODATE
-        } else {
-            0
-        });
-        r.index = index;
-        r
-    })?;
-    let array =
-        folio_array::preserve(&**kho, &records).inspect_err(|_| g.pages.unpreserve_folios())?;
-    let ser = guest_memfd_luo_ser {
-        size: g.pages.size(),
-        flags: g.flags,
-        nr_folios: records.len() as u64,
-        // Set at freeze, as upstream.
-        vm_token: 0,
-        folios: array.abi(),
-    };
-    let r = kho.alloc_preserve_obj(&ser).and_then(|p| {
-        if g.is_hugetlb() {
-            hugetlb::preserve_pages(g.pages.order(), g.pages.nr())?;
+    /// Checks the handed-over state, gets the VM back through the core and rebuilds the file.
+    fn rebuild(&self, cx: &Ctx<'_, Self>, inc: &Incoming) -> Result<FileRef> {
+        inc.check()?;
+        let vm_token = inc.ser.vm_token;
+        // The VM comes back through the core, retrieved first if userspace has not yet; the
+        // core refuses a token naming a file of another handler (EINVAL) or none (ENOENT).
+        let vm = cx.session().get_file_incoming(vm_token)?;
+        if vm_of(&*vm).is_none() {
+            return Err(Errno::EINVAL);
         }
-        Ok(p)
-    });
-    match r {
-        Ok(p) => Ok((p.addr().as_u64(), array)),
-        Err(e) => {
-            folio_array::unpreserve(&**kho, array);
-            g.pages.unpreserve_folios();
-            Err(e)
+        let pool = inc.hugetlb().then_some(&self.hugetlb);
+        let (claimed, order, folios) = inc.restore_folios(cx.kho(), pool)?;
+        let slots = inc.ser.size / ((PAGE_SIZE as u64) << order);
+        let n = folios.len() as u64;
+        let pages = Pages::restored(self.hugetlb.host(), order, slots, folios)?;
+        claimed.keep();
+        if inc.hugetlb() {
+            // The file keeps the pages held for it; on failure dropping `pages` frees them.
+            self.hugetlb.claim_incoming(order, n)?;
         }
+        let g = GuestMemfd {
+            vm,
+            flags: inc.ser.flags,
+            pages,
+            private: AtomicBool::new(false),
+        };
+        cx.open_synthetic(FileKind::GuestMemfd, GMEM_FILE_NAME, Box::new(g))
     }
 }
 
-unsafe extern "C" fn unpreserve(a: *mut liveupdate_file_op_args) {
-    // SAFETY: as above.
-    let a = unsafe { &mut *a };
-    let (Some(g), Ok(kho)) = (gmem_ptr(a.file), host().and_then(|h| h.kho())) else {
-        return;
-    };
-    // SAFETY: `private_data` is NULL or the array preserve handed to LUO, given back once.
-    if let Some(array) = unsafe { folio_array::Preserved::take_private(&mut a.private_data) } {
-        folio_array::unpreserve(&*kho, array);
-    }
-    g.pages.unpreserve_folios();
-    if g.is_hugetlb() {
-        let _ = hugetlb::unpreserve_pages(g.pages.order(), g.pages.nr());
-    }
-    let _ = kho.unpreserve_free(PhysAddr::new(a.serialized_data));
-    g.pages.set_frozen(false);
-}
-
-unsafe extern "C" fn freeze(a: *mut liveupdate_file_op_args) -> c_int {
-    // SAFETY: as above.
-    let a = unsafe { &mut *a };
-    rc((|| {
-        let g = gmem_ptr(a.file).ok_or(Errno::EINVAL)?;
-        let h = host()?;
-        // Upstream: vm_token is the VM file's outgoing token, taken at freeze.
-        let token = h.get_token_outgoing(a.session, &*g.vm)?;
-        let kho = h.kho()?;
-        let mut ser = kho.read_obj(ser_at(a.serialized_data))?;
-        ser.vm_token = token;
-        kho.write_obj(ser_at(a.serialized_data), &ser)
-    })())
-}
-
-/// A handed-over guest_memfd, checked: the file's flags, size and folio records.
+/// A handed-over guest_memfd: its state and folio records (the array claimed and freed).
 struct Incoming {
     ser: guest_memfd_luo_ser,
     records: Vec<guest_memfd_luo_folio_ser>,
-}
-
-/// Reads the state at `data` and its folio array (claiming the array).
-fn read_incoming(kho: &Kho, data: u64) -> Result<Incoming, Errno> {
-    let ser = kho.read_obj(ser_at(data))?;
-    let records = folio_array::restore(&**kho, &{ ser.folios }, ser.nr_folios)?;
-    Ok(Incoming { ser, records })
 }
 
 impl Incoming {
@@ -299,7 +339,7 @@ impl Incoming {
     }
 
     /// Checks everything that does not need the folios themselves.
-    fn check(&self) -> Result<(), Errno> {
+    fn check(&self) -> Result {
         let (size, flags, nr) = (self.ser.size, self.ser.flags, self.ser.nr_folios);
         if flags & !GUEST_MEMFD_LUO_SUPPORTED_FLAGS != 0
             || size == 0
@@ -308,7 +348,7 @@ impl Incoming {
         {
             return Err(Errno::EINVAL);
         }
-        let mut seen = std::collections::BTreeSet::new();
+        let mut seen = BTreeSet::new();
         for r in &self.records {
             if r.flags() & !GUEST_MEMFD_LUO_FOLIO_UPTODATE != 0
                 || PhysAddr::from_pfn(r.pfn()).is_none()
@@ -321,17 +361,20 @@ impl Incoming {
     }
 
     /// Claims every folio; all must be of one order, at an index inside the file, and a
-    /// HugeTLB one must be fully populated. On failure the claimed folios are freed.
+    /// HugeTLB one must be fully populated. On failure the claimed folios are freed (and
+    /// HugeTLB pages given back to `pool`).
     fn restore_folios<'k>(
         &self,
-        kho: &'k Kho,
-    ) -> Result<(pages::Claimed<'k>, u32, BTreeMap<u64, Folio>), Errno> {
-        let mut claimed = pages::Claimed::new(kho, self.hugetlb());
+        kho: &'k dyn KhoService,
+        pool: Option<&'k Hugetlb>,
+    ) -> Result<(pages::Claimed<'k>, u32, BTreeMap<u64, Folio>)> {
+        let mut claimed = pages::Claimed::new(kho, pool);
         let mut out = BTreeMap::new();
         let mut order = None;
         for r in &self.records {
             let (phys, o) = claimed.claim(r.pfn())?;
-            if *order.get_or_insert(o) != o {
+            // Orders above 18 are no folio this model allocates (and would overflow below).
+            if o > 18 || *order.get_or_insert(o) != o {
                 return Err(Errno::EINVAL);
             }
             let uptodate = r.flags() & GUEST_MEMFD_LUO_FOLIO_UPTODATE != 0;
@@ -354,75 +397,22 @@ impl Incoming {
 
     /// Claims and frees every folio that can be claimed (a guest_memfd that is not coming
     /// back); a HugeTLB one gives their pages back to the free pool of their size.
-    fn discard(&self, kho: &Kho) {
-        pages::discard(kho, self.records.iter().map(|r| r.pfn()), self.hugetlb());
+    fn discard(&self, kho: &dyn KhoService, hugetlb: &Hugetlb) {
+        let pool = self.hugetlb().then_some(hugetlb);
+        pages::discard(kho, self.records.iter().map(|r| r.pfn()), pool);
     }
 }
 
-unsafe extern "C" fn retrieve(a: *mut liveupdate_file_op_args) -> c_int {
-    // SAFETY: as above.
-    let a = unsafe { &mut *a };
-    rc((|| {
-        let h = host()?;
-        let kho = h.kho()?;
-        let inc = read_incoming(&kho, a.serialized_data);
-        // Rebuilt or not, the handed-over state goes now: finish skips a failed retrieve.
-        let _ = kho.restore_free(PhysAddr::new(a.serialized_data));
-        let inc = inc?;
-        match rebuild(a, &kho, &inc) {
-            Ok(f) => {
-                a.file = f;
-                Ok(())
-            }
-            Err(e) => {
-                inc.discard(&kho);
-                Err(e)
-            }
-        }
-    })())
-}
-
-fn rebuild(a: &liveupdate_file_op_args, kho: &Kho, inc: &Incoming) -> Result<*mut CFile, Errno> {
-    let h = host()?;
-    inc.check()?;
-    let vm_token = inc.ser.vm_token;
-    // The VM comes back through the core, retrieved first if userspace has not yet; the core
-    // refuses a token naming a file of another handler (EINVAL) or none (ENOENT).
-    let vm = h.get_file_incoming(a.session, vm_token)?;
-    if vm_of(&*vm).is_none() {
-        return Err(Errno::EINVAL);
-    }
-    let (claimed, order, folios) = inc.restore_folios(kho)?;
-    let slots = inc.ser.size / ((PAGE_SIZE as u64) << order);
-    let n = folios.len() as u64;
-    let pages = Pages::restored(order, slots, folios)?;
-    claimed.keep();
-    if inc.hugetlb() {
-        // The file keeps the pages held for it; on failure dropping `pages` frees them.
-        hugetlb::claim_incoming(order, n)?;
-    }
-    let g = GuestMemfd {
-        vm,
-        flags: inc.ser.flags,
-        pages,
-        private: AtomicBool::new(false),
-    };
-    let f = h.open_synthetic(FileKind::GuestMemfd, GMEM_FILE_NAME, Box::new(g))?;
-    h.file_to_c(f)
-}
-
-unsafe extern "C" fn finish(a: *mut liveupdate_file_op_args) {
-    // SAFETY: as above.
-    let a = unsafe { &mut *a };
-    if a.retrieve_status != 0 {
-        return;
-    }
-    // Never retrieved: its folios are discarded (upstream), HugeTLB pages back to the pool.
-    let Ok(kho) = host().and_then(|h| h.kho()) else {
-        return;
-    };
-    if let Ok(inc) = read_incoming(&kho, a.serialized_data) {
-        inc.discard(&kho);
-    }
-    let _ = kho.restore_free(PhysAddr::new(a.serialized_data));
+/// Registers the `guest_memfd_luo_v1` handler with `k`, its HugeTLB-backed files accounted in
+/// `hugetlb` (linked to its FLB in [`crate::hugetlb::Form::Flb`]). Register the
+/// `kvm_vm_luo_v1` handler first ([`crate::kvm::register`]): guest_memfd depends on it.
+pub fn register(k: &impl Registry, hugetlb: &Hugetlb) -> Result<()> {
+    let reg = Registration::new(
+        GuestMemfdHandler {
+            hugetlb: hugetlb.clone(),
+        },
+        k.host(),
+        (),
+    );
+    k.register_handler(hugetlb.link(reg))
 }

@@ -3,14 +3,19 @@
 //! [`crate::guest_memfd`], HugeTLB-backed or not).
 //!
 //! The pools (per huge page size: pages, free pages, pages of preserved files) are handed over
-//! as `struct hugetlb_ser` (spec `hugetlb/v1`) in one of two forms, chosen at [`register`]:
+//! as `struct hugetlb_ser` (spec `hugetlb/v1`) in one of two forms, chosen at [`register`]
+//! (at run time, per kernel):
 //!
-//! * [`Form::Flb`] — upstream's RFC: the FLB `"hugetlb-v1"`, linked to both handlers. It is
+//! * [`Form::Flb`] — upstream's RFC: the FLB `"hugetlb-v1"` ([`HugetlbFlb`],
+//!   `#[liveupdate_flb]`), linked to both handlers at registration
+//!   (`Registration::link_flb`) and rewritten as files add pages (`FlbCell::write_outgoing`).
+//!   It is
 //!   preserved with the first file of *either* handler (even a guest_memfd that uses no huge
 //!   page) and not at all when no such file is preserved; in the new kernel it is retrieved on
 //!   demand (the huge-memfd handler calls `get_incoming` eagerly at registration, as the RFC's
 //!   init does) and finished with the last dependent file.
-//! * [`Form::Subsystem`] — the seed's choice: the subsystem `"hugetlb"` with its own lifecycle,
+//! * [`Form::Subsystem`] — the seed's choice: the subsystem `"hugetlb"` ([`HugetlbSubsystem`],
+//!   `#[liveupdate_subsystem]`) with its own lifecycle,
 //!   frozen on the reboot path after the files, booted when it registers in the new kernel
 //!   (before any file is retrieved, so the free pages are back in the pool), finished after the
 //!   last incoming session.
@@ -20,33 +25,30 @@
 //! array (`hugemfd_folio_ser` here, `guest_memfd_luo_folio_ser` in [`crate::guest_memfd`]). A
 //! never-retrieved file's pages go back to the free pool at finish; a retrieved file keeps
 //! them.
+//!
+//! Everything is per kernel: [`register`] returns the kernel's [`Hugetlb`] (its pools, and its
+//! FLB in the FLB form), through which files are made ([`HugeMemfd::new`],
+//! `GuestMemfd::new_hugetlb`) and the pools configured and inspected.
 
-use std::collections::{BTreeMap, HashMap};
-use std::ffi::{c_int, c_void};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use luo_abi::Errno;
-use luo_abi::file::FileKind;
-use luo_abi::kho::{KhoExt, KhoService};
-use luo_abi::{PAGE_SIZE, Phys, PhysAddr};
+use luo_abi::file::{File, FileKind, FileRef};
+use luo_abi::global::{FlbCell, FlbState, StateCtx, Subsystem};
+use luo_abi::handler::{Ctx, FileHandler, Finish, Registration};
+use luo_abi::host::LuoHost;
+use luo_abi::kho::KhoService;
+use luo_abi::registry::Registry;
+use luo_abi::{Errno, PAGE_SIZE, PhysAddr, Result};
+use luo_derive::{liveupdate_flb, liveupdate_handler, liveupdate_subsystem};
 use luo_generated::hugetlb::v1::{
     HUGEMFD_LUO_FH_COMPATIBLE, HUGETLB_LUO_FLB_COMPATIBLE, hugemfd_ser, hugetlb_ser,
 };
 use luo_generated::hugetlb::{hugemfd_folio_ser, hugetlb_hstate_ser};
-use luo_generated::liveupdate::{
-    file as CFile, liveupdate_file_handler, liveupdate_file_op_args, liveupdate_file_ops,
-    liveupdate_flb, liveupdate_flb_op_args, liveupdate_flb_ops, liveupdate_subsystem,
-    liveupdate_subsystem_ops,
-};
 use zerocopy::FromZeros;
 
-use crate::folio_array;
-use crate::guest_memfd::GUEST_MEMFD;
-use crate::host::{FileOps, FlbOps, StaticFlb, StaticHandler, host, kind_of, rc, synthetic_of};
-use crate::kvm::KVM_VM;
+use crate::folio_array::FolioArray;
 use crate::pages::{self, Folio, Pages};
-
-type Kho = Arc<dyn KhoService + Send + Sync>;
 
 /// How the HugeTLB pools cross the live update.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,7 +77,7 @@ pub struct State {
     pub pools: BTreeMap<u32, Pool>,
     /// Pages of outgoing preserved files, by order.
     pub preserved: BTreeMap<u32, u64>,
-    /// FLB preserve / unpreserve / retrieve / finish calls in this kernel.
+    /// FLB preserve calls in this kernel.
     pub flb_preserved: u64,
     /// FLB unpreserve calls.
     pub flb_unpreserved: u64,
@@ -89,37 +91,55 @@ pub struct State {
     pub sub_booted: u64,
     /// Subsystem finish calls.
     pub sub_finished: u64,
-    form: Option<Form>,
-    out_data: u64,
 }
 
-fn states() -> MutexGuard<'static, HashMap<usize, State>> {
-    static S: OnceLock<Mutex<HashMap<usize, State>>> = OnceLock::new();
-    S.get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+/// The largest huge page order the model knows (1 GiB pages are order 18).
+const MAX_ORDER: u32 = 18;
+
+/// One kernel's pools, shared by the handlers, the FLB or subsystem, and [`Hugetlb`].
+struct Pools {
+    /// The kernel's host: the KHO files' pages live in.
+    host: Arc<dyn LuoHost>,
+    state: Mutex<State>,
 }
 
-fn key(k: &Kho) -> usize {
-    Arc::as_ptr(k) as *const u8 as usize
+impl Pools {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic under the lock cannot leave the counts half-updated in a way later calls
+        // could not live with: every update is a few integer writes.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
-/// Runs `f` on the current kernel's HugeTLB state.
-fn with<R>(f: impl FnOnce(&mut State, &Kho) -> R) -> Result<R, Errno> {
-    let kho = host()?.kho()?;
-    let mut s = states();
-    Ok(f(s.entry(key(&kho)).or_default(), &kho))
+/// One kernel's HugeTLB: its pools and, in the FLB form, the FLB that carries them. Returned
+/// by [`register`]; cheap to clone.
+#[derive(Clone)]
+pub struct Hugetlb {
+    pools: Arc<Pools>,
+    flb: Option<Arc<FlbCell<HugetlbFlb>>>,
 }
 
-/// The current kernel's HugeTLB state.
-pub fn state() -> Result<State, Errno> {
-    with(|s, _| s.clone())
-}
+impl Hugetlb {
+    /// How the pools cross the live update in this kernel.
+    pub fn form(&self) -> Form {
+        match self.flb {
+            Some(_) => Form::Flb,
+            None => Form::Subsystem,
+        }
+    }
 
-/// Sets the current kernel's pool of `order` to `nr` free pages (`nr_hugepages`).
-pub fn configure(order: u32, nr: u64) -> Result<(), Errno> {
-    with(|s, _| {
-        s.pools.insert(
+    /// The state: pools, preserved pages, calls of the FLB or subsystem.
+    pub fn state(&self) -> State {
+        self.pools.lock().clone()
+    }
+
+    /// Sets the pool of `order` to `nr` free pages (`nr_hugepages`); `EINVAL` for order 0 or
+    /// above 18.
+    pub fn configure(&self, order: u32, nr: u64) -> Result {
+        if order == 0 || order > MAX_ORDER {
+            return Err(Errno::EINVAL);
+        }
+        self.pools.lock().pools.insert(
             order,
             Pool {
                 total: nr,
@@ -127,70 +147,104 @@ pub fn configure(order: u32, nr: u64) -> Result<(), Errno> {
                 held_incoming: 0,
             },
         );
-    })
-}
-
-/// Takes `nr` pages of `order` from the current kernel's pool for a new file (`ENOMEM`).
-pub(crate) fn alloc(order: u32, nr: u64) -> Result<(), Errno> {
-    with(|s, _| {
-        let p = s.pools.get_mut(&order).ok_or(Errno::ENOMEM)?;
-        if p.free < nr {
-            return Err(Errno::ENOMEM);
-        }
-        p.free -= nr;
         Ok(())
-    })?
-}
+    }
 
-/// `nr` pages of `order` now belong to a preserved file (kept in step with the FLB data).
-pub(crate) fn preserve_pages(order: u32, nr: u64) -> Result<(), Errno> {
-    with(|s, kho| {
+    /// The host of the kernel these pools belong to.
+    pub fn host(&self) -> Arc<dyn LuoHost> {
+        Arc::clone(&self.pools.host)
+    }
+
+    /// `nr` pages of `order` taken from the pool (`ENOMEM` if it has too few), all faulted
+    /// in: the memory of a new HugeTLB file.
+    pub(crate) fn alloc_pages(&self, order: u32, nr: u64) -> Result<Pages> {
+        let pages = Pages::new(self.host(), order, nr)?;
+        {
+            let mut s = self.pools.lock();
+            let p = s.pools.get_mut(&order).ok_or(Errno::ENOMEM)?;
+            p.free = p.free.checked_sub(nr).ok_or(Errno::ENOMEM)?;
+        }
+        let populated = (0..nr).try_for_each(|i| pages.populate(i).map(drop));
+        if let Err(e) = populated {
+            // Dropping `pages` frees the folios faulted in; the pool gets its pages back.
+            if let Some(p) = self.pools.lock().pools.get_mut(&order) {
+                p.free += nr;
+            }
+            return Err(e);
+        }
+        Ok(pages)
+    }
+
+    /// `nr` pages of `order` now belong to a preserved file (kept in step with the FLB data).
+    pub(crate) fn preserve_pages(&self, order: u32, nr: u64) -> Result {
+        let mut s = self.pools.lock();
         *s.preserved.entry(order).or_default() += nr;
-        sync_outgoing(s, kho)
-    })?
-}
+        self.sync_outgoing(&s).inspect_err(|_| {
+            if let Some(n) = s.preserved.get_mut(&order) {
+                *n -= nr;
+            }
+        })
+    }
 
-/// Undoes [`preserve_pages`].
-pub(crate) fn unpreserve_pages(order: u32, nr: u64) -> Result<(), Errno> {
-    with(|s, kho| {
+    /// Undoes [`Hugetlb::preserve_pages`].
+    pub(crate) fn unpreserve_pages(&self, order: u32, nr: u64) -> Result {
+        let mut s = self.pools.lock();
         if let Some(n) = s.preserved.get_mut(&order) {
             *n = n.saturating_sub(nr);
         }
-        sync_outgoing(s, kho)
-    })?
-}
-
-/// In the FLB form, the pools exist only once the FLB is retrieved.
-fn ensure_pools() -> Result<(), Errno> {
-    if with(|s, _| s.form)? == Some(Form::Flb) {
-        let h = host()?;
-        h.flb_get_incoming(flb_ptr())?;
-        h.flb_put_incoming(flb_ptr());
+        self.sync_outgoing(&s)
     }
-    Ok(())
-}
 
-/// A retrieved file takes its `nr` pages of `order` held for it (`EINVAL` if the pool holds
-/// fewer).
-pub(crate) fn claim_incoming(order: u32, nr: u64) -> Result<(), Errno> {
-    ensure_pools()?;
-    with(|s, _| {
+    /// In the FLB form, rewrites the FLB's handed-over pools after a file changed them
+    /// (upstream: through `get_outgoing`). Called under the pools' lock, so two files cannot
+    /// write their snapshots out of order.
+    fn sync_outgoing(&self, s: &State) -> Result {
+        match &self.flb {
+            // Not preserved (no dependent file yet, or no more): nothing handed over to update.
+            Some(flb) => match flb.write_outgoing(&snapshot(s)) {
+                Ok(()) | Err(Errno::ENODATA) => Ok(()),
+                Err(e) => Err(e),
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// In the FLB form, the pools exist only once the FLB is retrieved.
+    fn ensure_pools(&self) -> Result {
+        if let Some(flb) = &self.flb {
+            drop(flb.get_incoming()?);
+        }
+        Ok(())
+    }
+
+    /// A retrieved file takes its `nr` pages of `order` held for it (`EINVAL` if the pool
+    /// holds fewer).
+    pub(crate) fn claim_incoming(&self, order: u32, nr: u64) -> Result {
+        self.ensure_pools()?;
+        let mut s = self.pools.lock();
         let p = s.pools.get_mut(&order).ok_or(Errno::EINVAL)?;
         p.held_incoming = p.held_incoming.checked_sub(nr).ok_or(Errno::EINVAL)?;
         Ok(())
-    })?
-}
+    }
 
-/// A file that is not coming back returns its `nr` pages of `order` to the free pool.
-pub(crate) fn release_incoming(order: u32, nr: u64) -> Result<(), Errno> {
-    ensure_pools()?;
-    with(|s, _| {
-        if let Some(p) = s.pools.get_mut(&order) {
+    /// A file that is not coming back returns its `nr` pages of `order` to the free pool.
+    pub(crate) fn release_incoming(&self, order: u32, nr: u64) -> Result {
+        self.ensure_pools()?;
+        if let Some(p) = self.pools.lock().pools.get_mut(&order) {
             let n = nr.min(p.held_incoming);
             p.held_incoming -= n;
             p.free += n;
         }
-    })
+        Ok(())
+    }
+
+    /// Links the FLB, in the FLB form, to a handler of files that use the pools.
+    pub(crate) fn link<H: FileHandler>(&self, reg: Registration<H>) -> Registration<H> {
+        match &self.flb {
+            Some(flb) => reg.link_flb(Arc::clone(flb)),
+            None => reg,
+        }
+    }
 }
 
 fn snapshot(s: &State) -> hugetlb_ser {
@@ -208,154 +262,117 @@ fn snapshot(s: &State) -> hugetlb_ser {
     ser
 }
 
-fn write_snapshot(s: &State, kho: &Kho) -> Result<u64, Errno> {
-    Ok(kho.alloc_preserve_obj(&snapshot(s))?.addr().as_u64())
-}
-
 /// Rebuilds the pools from handed-over data: every page comes back, those of preserved files
-/// held for them, the rest free.
-fn rebuild(s: &mut State, kho: &Kho, data: u64) -> Result<(), Errno> {
-    let ser: hugetlb_ser = kho.read_obj(Phys::new(PhysAddr::new(data)))?;
+/// held for them, the rest free. `EINVAL` (and no change) for a count that does not fit.
+fn rebuild(s: &mut State, ser: &hugetlb_ser) -> Result {
     let n = usize::try_from(ser.nr_hstates).map_err(|_| Errno::EINVAL)?;
-    if n > ser.hstates.len() {
-        return Err(Errno::EINVAL);
-    }
-    for h in &ser.hstates[..n] {
+    let hstates = ser.hstates;
+    let hstates = hstates.get(..n).ok_or(Errno::EINVAL)?;
+    let mut pools = s.pools.clone();
+    for h in hstates {
         let (total, held) = (h.nr_huge_pages, h.nr_preserved);
-        let p = s.pools.entry(h.order).or_default();
-        p.total += total;
-        p.free += total.saturating_sub(held);
-        p.held_incoming += held;
+        if held > total {
+            return Err(Errno::EINVAL);
+        }
+        let p = pools.entry(h.order).or_default();
+        let add = |a: u64, b: u64| a.checked_add(b).ok_or(Errno::EINVAL);
+        p.total = add(p.total, total)?;
+        p.free = add(p.free, total - held)?;
+        p.held_incoming = add(p.held_incoming, held)?;
     }
+    s.pools = pools;
     Ok(())
 }
 
 // ---- the FLB form ----------------------------------------------------------------------
 
-static FLB_OPS: FlbOps = FlbOps(liveupdate_flb_ops {
-    preserve: Some(flb_preserve),
-    unpreserve: Some(flb_unpreserve),
-    retrieve: Some(flb_retrieve),
-    finish: Some(flb_finish),
-    owner: std::ptr::null_mut(),
-});
-
-static HUGETLB_FLB: StaticFlb = StaticFlb::new(&FLB_OPS, HUGETLB_LUO_FLB_COMPATIBLE);
-
-fn flb_ptr() -> *mut liveupdate_flb {
-    HUGETLB_FLB.as_ptr()
+/// The FLB `hugetlb-v1`: the pools, preserved with the first file of a linked handler,
+/// retrieved on first use in the new kernel, finished with the last dependent file.
+#[liveupdate_flb(compatible = "hugetlb-v1", abi = hugetlb_ser)]
+pub struct HugetlbFlb {
+    pools: Arc<Pools>,
 }
 
-unsafe extern "C" fn flb_preserve(a: *mut liveupdate_flb_op_args) -> c_int {
-    // SAFETY: LUO passes a valid argument block, exclusively ours for the call.
-    let a = unsafe { &mut *a };
-    rc(with(|s, kho| {
-        let d = write_snapshot(s, kho)?;
-        s.out_data = d;
+const _: () = assert!(crate::same_str(
+    <HugetlbFlb as luo_abi::global::FlbAbi>::COMPATIBLE,
+    HUGETLB_LUO_FLB_COMPATIBLE
+));
+
+#[liveupdate_flb]
+impl FlbState for HugetlbFlb {
+    type Outgoing = ();
+    type Incoming = ();
+
+    fn preserve(&self, _cx: &StateCtx<'_>) -> Result<(hugetlb_ser, ())> {
+        let mut s = self.pools.lock();
         s.flb_preserved += 1;
-        a.data = d;
-        a.obj = std::ptr::null_mut();
-        Ok(())
-    })
-    .and_then(|r| r))
-}
-
-unsafe extern "C" fn flb_unpreserve(a: *mut liveupdate_flb_op_args) {
-    // SAFETY: as above.
-    let a = unsafe { &mut *a };
-    let _ = with(|s, kho| {
-        let _ = kho.unpreserve_free(PhysAddr::new(a.data));
-        s.out_data = 0;
-        s.flb_unpreserved += 1;
-    });
-}
-
-unsafe extern "C" fn flb_retrieve(a: *mut liveupdate_flb_op_args) -> c_int {
-    // SAFETY: as above.
-    let a = unsafe { &mut *a };
-    rc(with(|s, kho| {
-        rebuild(s, kho, a.data)?;
-        let _ = kho.restore_free(PhysAddr::new(a.data));
-        s.flb_retrieved += 1;
-        a.obj = flb_ptr().cast::<c_void>();
-        Ok(())
-    })
-    .and_then(|r| r))
-}
-
-unsafe extern "C" fn flb_finish(_a: *mut liveupdate_flb_op_args) {
-    let _ = with(|s, _| s.flb_finished += 1);
-}
-
-/// Keeps the outgoing FLB data in step with the preserved files (upstream: get_outgoing).
-fn sync_outgoing(s: &State, kho: &Kho) -> Result<(), Errno> {
-    if s.out_data != 0 {
-        kho.write_obj(
-            Phys::<hugetlb_ser>::new(PhysAddr::new(s.out_data)),
-            &snapshot(s),
-        )?;
+        Ok((snapshot(&s), ()))
     }
-    Ok(())
+
+    fn unpreserve(&self, _cx: &StateCtx<'_>, _ser: hugetlb_ser, _obj: Arc<()>) {
+        self.pools.lock().flb_unpreserved += 1;
+    }
+
+    fn retrieve(&self, _cx: &StateCtx<'_>, ser: hugetlb_ser) -> Result<()> {
+        let mut s = self.pools.lock();
+        rebuild(&mut s, &ser)?;
+        s.flb_retrieved += 1;
+        Ok(())
+    }
+
+    fn finish(&self, _cx: &StateCtx<'_>, _obj: Arc<()>) {
+        self.pools.lock().flb_finished += 1;
+    }
 }
 
 // ---- the subsystem form ----------------------------------------------------------------
 
-#[repr(transparent)]
-struct SubOps(liveupdate_subsystem_ops);
-// SAFETY: immutable function pointers.
-unsafe impl Sync for SubOps {}
-#[repr(transparent)]
-struct StaticSub(liveupdate_subsystem);
-// SAFETY: immutable after construction; the name is a `'static` C string.
-unsafe impl Sync for StaticSub {}
-
-static SUB_OPS: SubOps = SubOps(liveupdate_subsystem_ops {
-    prepare: None,
-    freeze: Some(sub_freeze),
-    cancel: Some(sub_cancel),
-    boot: Some(sub_boot),
-    finish: Some(sub_finish),
-    owner: std::ptr::null_mut(),
-});
-
 /// Name of the subsystem (and of its handed-over data).
 pub const SUBSYSTEM_NAME: &str = "hugetlb";
 
-static HUGETLB_SUB: StaticSub = StaticSub(liveupdate_subsystem {
-    ops: &SUB_OPS.0,
-    name: c"hugetlb".as_ptr().cast(),
-});
+/// The subsystem `hugetlb`: the pools, frozen on the reboot path after the files, booted
+/// when it registers in the new kernel, finished after the last incoming session.
+#[liveupdate_subsystem(name = "hugetlb", abi = hugetlb_ser)]
+pub struct HugetlbSubsystem {
+    pools: Arc<Pools>,
+}
 
-unsafe extern "C" fn sub_freeze(_h: *mut liveupdate_subsystem, data: *mut u64) -> c_int {
-    rc(with(|s, kho| {
-        let d = write_snapshot(s, kho)?;
-        // SAFETY: LUO passes a valid out-pointer.
-        unsafe { *data = d };
+const _: () = assert!(crate::same_str(
+    <HugetlbSubsystem as luo_abi::global::SubsystemAbi>::NAME,
+    SUBSYSTEM_NAME
+));
+
+#[liveupdate_subsystem]
+impl Subsystem for HugetlbSubsystem {
+    type Outgoing = ();
+    type Incoming = ();
+
+    fn prepare(&self, _cx: &StateCtx<'_>) -> Result<(hugetlb_ser, ())> {
+        Ok((snapshot(&self.pools.lock()), ()))
+    }
+
+    fn freeze(&self, _cx: &StateCtx<'_>, ser: &mut hugetlb_ser, _obj: &mut ()) -> Result {
+        // The files are frozen by now: the pools as they hand over.
+        let mut s = self.pools.lock();
+        *ser = snapshot(&s);
         s.sub_frozen += 1;
         Ok(())
-    })
-    .and_then(|r| r))
-}
-
-unsafe extern "C" fn sub_cancel(_h: *mut liveupdate_subsystem, data: u64) {
-    if let Ok(kho) = host().and_then(|h| h.kho())
-        && data != 0
-    {
-        let _ = kho.unpreserve_free(PhysAddr::new(data));
     }
-}
 
-unsafe extern "C" fn sub_boot(_h: *mut liveupdate_subsystem, data: u64) {
-    let _ = with(|s, kho| {
-        if rebuild(s, kho, data).is_ok() {
-            let _ = kho.restore_free(PhysAddr::new(data));
-            s.sub_booted += 1;
-        }
-    });
-}
+    fn cancel(&self, _cx: &StateCtx<'_>, _obj: ()) {
+        // Nothing beyond the handed-over struct, which the runtime frees.
+    }
 
-unsafe extern "C" fn sub_finish(_h: *mut liveupdate_subsystem, _data: u64) {
-    let _ = with(|s, _| s.sub_finished += 1);
+    fn boot(&self, _cx: &StateCtx<'_>, ser: hugetlb_ser) -> Result<()> {
+        let mut s = self.pools.lock();
+        rebuild(&mut s, &ser)?;
+        s.sub_booted += 1;
+        Ok(())
+    }
+
+    fn finish(&self, _cx: &StateCtx<'_>, _obj: ()) {
+        self.pools.lock().sub_finished += 1;
+    }
 }
 
 // ---- the HugeTLB memfd handler ----------------------------------------------------------
@@ -367,29 +384,27 @@ pub struct HugeMemfd {
 }
 
 impl HugeMemfd {
-    /// A HugeTLB memfd of `nr` huge pages of `order` from the current kernel's pool
-    /// (`ENOMEM` if it has too few).
-    pub fn new(order: u32, nr: u64) -> Result<HugeMemfd, Errno> {
-        if order == 0 {
-            return Err(Errno::EINVAL);
-        }
-        let pages = Pages::new(order, nr)?;
-        alloc(order, nr)?;
-        for i in 0..nr {
-            pages.populate(i)?;
-        }
-        Ok(HugeMemfd { pages })
-    }
-
-    /// A HugeTLB memfd of `nr` huge pages of `order` whose pages belong to pools kept
-    /// elsewhere — a C handler's own global state (`tests/c/huge_memfd_twin.c`): nothing is
-    /// taken from this module's pools and folios are allocated on first write.
-    pub fn accounted_elsewhere(order: u32, nr: u64) -> Result<HugeMemfd, Errno> {
+    /// A HugeTLB memfd of `nr` huge pages of `order` from the pool `hugetlb` (`ENOMEM` if it
+    /// has too few).
+    pub fn new(hugetlb: &Hugetlb, order: u32, nr: u64) -> Result<HugeMemfd> {
         if order == 0 {
             return Err(Errno::EINVAL);
         }
         Ok(HugeMemfd {
-            pages: Pages::new(order, nr)?,
+            pages: hugetlb.alloc_pages(order, nr)?,
+        })
+    }
+
+    /// A HugeTLB memfd of `nr` huge pages of `order`, in the kernel of `host`, whose pages
+    /// belong to pools kept elsewhere — a C handler's own global state
+    /// (`tests/c/huge_memfd_twin.c`): nothing is taken from a [`Hugetlb`]'s pools and folios
+    /// are allocated on first write.
+    pub fn accounted_elsewhere(host: Arc<dyn LuoHost>, order: u32, nr: u64) -> Result<HugeMemfd> {
+        if order == 0 {
+            return Err(Errno::EINVAL);
+        }
+        Ok(HugeMemfd {
+            pages: Pages::new(host, order, nr)?,
         })
     }
 
@@ -399,40 +414,38 @@ impl HugeMemfd {
     }
 }
 
-static HUGE_OPS: FileOps = FileOps(liveupdate_file_ops {
-    can_preserve: Some(can_preserve),
-    preserve: Some(preserve),
-    unpreserve: Some(unpreserve),
-    freeze: None,
-    unfreeze: None,
-    retrieve: Some(retrieve),
-    can_finish: None,
-    finish: Some(finish),
-    get_id: None,
-    owner: std::ptr::null_mut(),
-});
-
-/// The `huge-memfd-v1` handler.
-pub static HUGE_MEMFD: StaticHandler = StaticHandler::new(&HUGE_OPS, HUGEMFD_LUO_FH_COMPATIBLE);
-
-fn huge_of<'a>(f: *mut CFile) -> Option<&'a HugeMemfd> {
-    synthetic_of::<HugeMemfd>(f)
+fn huge_of(f: &dyn File) -> Option<&HugeMemfd> {
+    if f.kind() != FileKind::HugeMemfd {
+        return None;
+    }
+    f.payload()?.downcast_ref::<HugeMemfd>()
 }
 
-unsafe extern "C" fn can_preserve(_h: *mut liveupdate_file_handler, f: *mut CFile) -> bool {
-    kind_of(f) == Some(FileKind::HugeMemfd) && huge_of(f).is_some()
+/// The `huge-memfd-v1` handler; its pages are accounted in `hugetlb`, the kernel's pools.
+#[liveupdate_handler(compatible = "huge-memfd-v1", abi = hugemfd_ser)]
+pub struct HugeMemfdHandler {
+    hugetlb: Hugetlb,
 }
 
-fn ser_at(data: u64) -> Phys<hugemfd_ser> {
-    Phys::new(PhysAddr::new(data))
-}
+const _: () = assert!(crate::same_str(
+    <HugeMemfdHandler as luo_abi::handler::HandlerAbi>::COMPATIBLE,
+    HUGEMFD_LUO_FH_COMPATIBLE
+));
 
-unsafe extern "C" fn preserve(a: *mut liveupdate_file_op_args) -> c_int {
-    // SAFETY: LUO passes a valid argument block, exclusively ours for the call.
-    let a = unsafe { &mut *a };
-    rc((|| {
-        let m = huge_of(a.file).ok_or(Errno::EINVAL)?;
-        let kho = host()?.kho()?;
+/// The folio array a preserved HugeTLB memfd keeps until unpreserve.
+type Array = FolioArray<hugemfd_folio_ser>;
+
+#[liveupdate_handler]
+impl FileHandler for HugeMemfdHandler {
+    type Private = Array;
+
+    fn can_preserve(&self, file: &dyn File) -> bool {
+        huge_of(file).is_some()
+    }
+
+    fn preserve(&self, cx: &Ctx<'_, Self>, file: &dyn File) -> Result<(hugemfd_ser, Array)> {
+        let m = huge_of(file).ok_or(Errno::EINVAL)?;
+        let kho = cx.kho();
         let order = m.pages.order();
         let records = m.pages.preserve_folios(|index, f| {
             let mut r = hugemfd_folio_ser::new_zeroed();
@@ -441,57 +454,82 @@ unsafe extern "C" fn preserve(a: *mut liveupdate_file_op_args) -> c_int {
             r
         })?;
         let array =
-            folio_array::preserve(&*kho, &records).inspect_err(|_| m.pages.unpreserve_folios())?;
+            FolioArray::preserve(kho, &records).inspect_err(|_| m.pages.unpreserve_folios())?;
         let ser = hugemfd_ser {
             size: m.pages.size(),
             pos: 0,
             nr_folios: records.len() as u64,
             folios: array.abi(),
+            // `Pages` keeps orders at most 18.
             order: order as u8,
         };
-        let r = kho
-            .alloc_preserve_obj(&ser)
-            .and_then(|p| preserve_pages(order, m.pages.nr()).map(|()| p));
-        match r {
-            Ok(p) => {
-                a.serialized_data = p.addr().as_u64();
-                a.private_data = array.into_private();
-                Ok(())
-            }
+        match self.hugetlb.preserve_pages(order, m.pages.nr()) {
+            Ok(()) => Ok((ser, array)),
             Err(e) => {
-                folio_array::unpreserve(&*kho, array);
+                array.unpreserve(kho);
                 m.pages.unpreserve_folios();
                 Err(e)
             }
         }
-    })())
-}
-
-unsafe extern "C" fn unpreserve(a: *mut liveupdate_file_op_args) {
-    // SAFETY: as above.
-    let a = unsafe { &mut *a };
-    let (Some(m), Ok(kho)) = (huge_of(a.file), host().and_then(|h| h.kho())) else {
-        return;
-    };
-    // SAFETY: `private_data` is NULL or the array preserve handed to LUO, given back once.
-    if let Some(array) = unsafe { folio_array::Preserved::take_private(&mut a.private_data) } {
-        folio_array::unpreserve(&*kho, array);
     }
-    m.pages.unpreserve_folios();
-    let _ = unpreserve_pages(m.pages.order(), m.pages.nr());
-    let _ = kho.unpreserve_free(PhysAddr::new(a.serialized_data));
+
+    fn unpreserve(&self, cx: &Ctx<'_, Self>, file: &dyn File, _ser: hugemfd_ser, array: Array) {
+        array.unpreserve(cx.kho());
+        if let Some(m) = huge_of(file) {
+            m.pages.unpreserve_folios();
+            // `void` op: the pools only lose a count they would report.
+            let _ = self.hugetlb.unpreserve_pages(m.pages.order(), m.pages.nr());
+        }
+    }
+
+    fn retrieve(&self, cx: &Ctx<'_, Self>, ser: hugemfd_ser) -> Result<FileRef> {
+        let kho = cx.kho();
+        let records = FolioArray::restore(kho, &{ ser.folios }, ser.nr_folios)?;
+        let inc = Incoming { ser, records };
+        match self.rebuild(kho, &inc) {
+            Ok(pages) => cx.open_synthetic(
+                FileKind::HugeMemfd,
+                "memfd:huge",
+                Box::new(HugeMemfd { pages }),
+            ),
+            Err(e) => {
+                inc.discard(kho, &self.hugetlb);
+                Err(e)
+            }
+        }
+    }
+
+    fn finish(&self, cx: &Ctx<'_, Self>, how: Finish<'_, hugemfd_ser>) {
+        // Never retrieved: its pages go back to the free pool. A retrieved file keeps them; a
+        // failed retrieve gave them back then.
+        let Finish::NotRetrieved(ser) = how else {
+            return;
+        };
+        let kho = cx.kho();
+        if let Ok(records) = FolioArray::restore(kho, &{ ser.folios }, ser.nr_folios) {
+            Incoming { ser, records }.discard(kho, &self.hugetlb);
+        }
+    }
 }
 
-/// A handed-over HugeTLB memfd: its state and folio records (the array claimed).
+impl HugeMemfdHandler {
+    /// The file's memory, rebuilt from its checked records.
+    fn rebuild(&self, kho: &dyn KhoService, inc: &Incoming) -> Result<Pages> {
+        let slots = inc.slots()?;
+        let (claimed, folios) = inc.restore_folios(kho, &self.hugetlb)?;
+        let n = folios.len() as u64;
+        let pages = Pages::restored(self.hugetlb.host(), inc.order(), slots, folios)?;
+        claimed.keep();
+        // The file keeps the pages held for it; on failure dropping `pages` frees them.
+        self.hugetlb.claim_incoming(inc.order(), n)?;
+        Ok(pages)
+    }
+}
+
+/// A handed-over HugeTLB memfd: its state and folio records (the array claimed and freed).
 struct Incoming {
     ser: hugemfd_ser,
     records: Vec<hugemfd_folio_ser>,
-}
-
-fn read_incoming(kho: &Kho, data: u64) -> Result<Incoming, Errno> {
-    let ser = kho.read_obj(ser_at(data))?;
-    let records = folio_array::restore(&**kho, &{ ser.folios }, ser.nr_folios)?;
-    Ok(Incoming { ser, records })
 }
 
 impl Incoming {
@@ -501,9 +539,9 @@ impl Incoming {
 
     /// Folio slots of the file (its size in huge pages); `EINVAL` unless the size is a
     /// nonzero multiple of the huge page size.
-    fn slots(&self) -> Result<u64, Errno> {
+    fn slots(&self) -> Result<u64> {
         let order = self.order();
-        if order == 0 || order > 18 {
+        if order == 0 || order > MAX_ORDER {
             return Err(Errno::EINVAL);
         }
         let fb = (PAGE_SIZE as u64) << order;
@@ -515,13 +553,15 @@ impl Incoming {
     }
 
     /// Claims every folio after checking every record (reserved bits clear, index inside the
-    /// file, once each, a folio of the file's order). On failure the claimed folios are freed.
+    /// file, once each, a folio of the file's order). On failure the claimed folios are freed
+    /// and their pages given back to `pool`.
     fn restore_folios<'k>(
         &self,
-        kho: &'k Kho,
-    ) -> Result<(pages::Claimed<'k>, BTreeMap<u64, Folio>), Errno> {
+        kho: &'k dyn KhoService,
+        pool: &'k Hugetlb,
+    ) -> Result<(pages::Claimed<'k>, BTreeMap<u64, Folio>)> {
         let slots = self.slots()?;
-        let mut seen = std::collections::BTreeSet::new();
+        let mut seen = BTreeSet::new();
         for r in &self.records {
             if r.reserved() != 0
                 || r.index >= slots
@@ -531,7 +571,7 @@ impl Incoming {
                 return Err(Errno::EINVAL);
             }
         }
-        let mut claimed = pages::Claimed::new(kho, true);
+        let mut claimed = pages::Claimed::new(kho, Some(pool));
         let mut out = BTreeMap::new();
         for r in &self.records {
             let (phys, o) = claimed.claim(r.pfn())?;
@@ -550,101 +590,46 @@ impl Incoming {
     }
 
     /// Claims and frees every folio that can be claimed, their pages back to the free pool.
-    fn discard(&self, kho: &Kho) {
-        pages::discard(kho, self.records.iter().map(|r| r.pfn()), true);
+    fn discard(&self, kho: &dyn KhoService, pool: &Hugetlb) {
+        pages::discard(kho, self.records.iter().map(|r| r.pfn()), Some(pool));
     }
 }
 
-unsafe extern "C" fn retrieve(a: *mut liveupdate_file_op_args) -> c_int {
-    // SAFETY: as above.
-    let a = unsafe { &mut *a };
-    rc((|| {
-        let h = host()?;
-        let kho = h.kho()?;
-        let inc = read_incoming(&kho, a.serialized_data);
-        // Rebuilt or not, the handed-over state goes now: finish skips a failed retrieve.
-        let _ = kho.restore_free(PhysAddr::new(a.serialized_data));
-        let inc = inc?;
-        let r = (|| {
-            let slots = inc.slots()?;
-            let (claimed, folios) = inc.restore_folios(&kho)?;
-            let n = folios.len() as u64;
-            let pages = Pages::restored(inc.order(), slots, folios)?;
-            claimed.keep();
-            // The file keeps the pages held for it; on failure dropping `pages` frees them.
-            claim_incoming(inc.order(), n)?;
-            Ok(pages)
-        })();
-        match r {
-            Ok(pages) => {
-                let f = h.open_synthetic(
-                    FileKind::HugeMemfd,
-                    "memfd:huge",
-                    Box::new(HugeMemfd { pages }),
-                )?;
-                a.file = h.file_to_c(f)?;
-                Ok(())
-            }
-            Err(e) => {
-                inc.discard(&kho);
-                Err(e)
-            }
-        }
-    })())
-}
-
-unsafe extern "C" fn finish(a: *mut liveupdate_file_op_args) {
-    // SAFETY: as above.
-    let a = unsafe { &mut *a };
-    if a.retrieve_status != 0 {
-        return;
-    }
-    // Never retrieved: its pages go back to the free pool.
-    let Ok(kho) = host().and_then(|h| h.kho()) else {
-        return;
-    };
-    if let Ok(inc) = read_incoming(&kho, a.serialized_data) {
-        inc.discard(&kho);
-    }
-    let _ = kho.restore_free(PhysAddr::new(a.serialized_data));
-}
-
-/// Registers, in the current kernel, the HugeTLB state in `form` and the handlers of the
-/// files that use it: `huge-memfd-v1`, `guest_memfd_luo_v1` and the `kvm_vm_luo_v1` handler
-/// guest_memfd depends on. Call it once per boot, before anything else touches HugeTLB (it
-/// resets the kernel's state).
-pub fn register(form: Form) -> Result<(), Errno> {
-    let h = host()?;
-    // A fresh kernel (a dead kernel's KHO may have had the same address).
-    with(|s, _| {
-        *s = State {
-            form: Some(form),
-            ..State::default()
-        }
-    })?;
-    for fh in [&HUGE_MEMFD, &KVM_VM, &GUEST_MEMFD] {
-        // SAFETY: `'static`, immutable handlers.
-        unsafe { h.register_file_handler(fh.as_ptr()) }?;
-    }
-    match form {
-        Form::Flb => {
-            for fh in [&HUGE_MEMFD, &GUEST_MEMFD] {
-                // SAFETY: `'static` descriptors; the handler is registered.
-                unsafe { h.register_flb(fh.as_ptr(), flb_ptr()) }?;
-            }
-            // The RFC's init: get the incoming state eagerly so free pages return to the pool.
-            match h.flb_get_incoming(flb_ptr()) {
-                Ok(_) => h.flb_put_incoming(flb_ptr()),
-                Err(Errno::ENODATA | Errno::ENOENT) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Form::Subsystem => {
-            // SAFETY: a `'static` subsystem with a NUL-terminated name.
-            unsafe {
-                h.register_subsystem((&HUGETLB_SUB.0 as *const liveupdate_subsystem).cast_mut())
-            }?;
+/// Registers with `k` the HugeTLB state in `form` and the handlers of the files that use it:
+/// `huge-memfd-v1`, `kvm_vm_luo_v1` and `guest_memfd_luo_v1` (which depends on it); in the
+/// FLB form the FLB is linked to huge-memfd and guest_memfd and its incoming state fetched
+/// at once (the RFC's init), in the subsystem form the subsystem is booted from the previous
+/// kernel's data. Call it once per boot, before anything touches HugeTLB; the returned
+/// [`Hugetlb`] is the kernel's pools.
+pub fn register(k: &impl Registry, form: Form) -> Result<Hugetlb> {
+    let host = k.host();
+    let pools = Arc::new(Pools {
+        host: Arc::clone(&host),
+        state: Mutex::default(),
+    });
+    let flb = (form == Form::Flb).then(|| {
+        k.new_flb(HugetlbFlb {
+            pools: Arc::clone(&pools),
+        })
+    });
+    let h = Hugetlb { pools, flb };
+    let huge = Registration::new(HugeMemfdHandler { hugetlb: h.clone() }, host, ());
+    k.register_handler(h.link(huge))?;
+    crate::kvm::register(k)?;
+    crate::guest_memfd::register(k, &h)?;
+    match &h.flb {
+        // The RFC's init: get the incoming state eagerly so free pages return to the pool.
+        Some(flb) => match flb.get_incoming() {
+            Ok(g) => drop(g),
+            Err(Errno::ENODATA | Errno::ENOENT) => {}
+            Err(e) => return Err(e),
+        },
+        None => {
+            let sub = k.new_subsystem(HugetlbSubsystem {
+                pools: Arc::clone(&h.pools),
+            });
+            k.register_subsystem(&sub)?;
         }
     }
-    Ok(())
+    Ok(h)
 }

@@ -12,38 +12,39 @@
 //!
 //! Upstream's `iommu_domain_ser.restored_domain` is a kernel pointer; the spec models it as
 //! the reserved `reserved_restored_domain` (written zero) and the new kernel keeps its
-//! restored domains in this module's per-kernel state instead ([`restore_domain`]).
+//! restored domains in the FLB's incoming object instead ([`Iommu::restore_domain`]).
 //!
 //! The model's hardware: a domain's I/O page table is one page (the top-level table) listing
 //! the mapped IOVA ranges (see [`domain_map`]); a VT-d unit's root-entry page is allocated
 //! when the unit is first preserved. What crosses the kexec are those very pages, preserved by
 //! [`iommu_preserve_domain`] / [`iommu_preserve_device`] and restored by the FLB's retrieve.
 //!
-//! `PerKernel` (state per kernel, keyed by its KHO service) is shared with the iommufd, PCI
-//! and vfio-pci modules.
+//! The FLB is written with `#[liveupdate_flb]` ([`IommuFlb`]); a kernel's IOMMU core is its
+//! cell, reached through an [`Iommu`] handle (the iommufd handler, its files and tests hold
+//! one). The FLB's data names the heads of the chains, which never move; the chains
+//! themselves are rewritten after the preserve, through the outgoing object.
 
 use std::collections::HashMap;
-use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use luo_abi::global::{FlbCell, FlbState, StateCtx};
+use luo_abi::host::LuoHost;
 use luo_abi::kho::{KhoExt, KhoService};
+use luo_abi::registry::Registry;
+use luo_abi::sync::StdBackend;
 use luo_abi::{Errno, PAGE_SIZE, Phys, PhysAddr};
-use luo_generated::iommu::v1::{IOMMU_LUO_FLB_COMPATIBLE, iommu_flb_ser};
+use luo_derive::liveupdate_flb;
+use luo_generated::iommu::v1::iommu_flb_ser;
 use luo_generated::iommu::{
     IOMMU_DEVICE_ARRAY_NR, IOMMU_DOMAIN_ARRAY_NR, IOMMU_HW_ARRAY_NR, IOMMU_INTEL,
     IOMMU_SER_FLAG_DELETED, IOMMU_SER_FLAG_INCOMING, iommu_array_hdr_ser, iommu_dev_map_ser,
     iommu_device_intel_ser, iommu_device_ser, iommu_domain_ser, iommu_hdr_ser, iommu_hw_ser,
     iommu_intel_ser,
 };
-use luo_generated::liveupdate::{
-    liveupdate_file_handler, liveupdate_flb_op_args, liveupdate_flb_ops,
-};
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes};
 
-use crate::host::{FlbOps, StaticFlb, host, rc};
-
-/// The current kernel's KHO.
+/// A kernel's KHO as a shared handle (what tests get from a kernel).
 pub type Kho = Arc<dyn KhoService + Send + Sync>;
 
 const PAGE: u64 = PAGE_SIZE as u64;
@@ -51,31 +52,10 @@ const PAGE: u64 = PAGE_SIZE as u64;
 /// Longest chain the new kernel follows (a loop or a runaway chain is `EINVAL`).
 const MAX_CHAIN_PAGES: usize = 4096;
 
-/// State kept per kernel of the model, keyed by the kernel's KHO service (upstream: globals).
-pub(crate) struct PerKernel<T>(OnceLock<Mutex<HashMap<usize, T>>>);
-
-impl<T: Default> PerKernel<T> {
-    pub(crate) const fn new() -> Self {
-        PerKernel(OnceLock::new())
-    }
-
-    /// Runs `f` on the current kernel's state. `f` must not call into the core (an FLB
-    /// callback of this state would deadlock on the same lock).
-    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T, &Kho) -> R) -> Result<R, Errno> {
-        let kho = host()?.kho()?;
-        let key = Arc::as_ptr(&kho) as *const u8 as usize;
-        let mut m = self
-            .0
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        Ok(f(m.entry(key).or_default(), &kho))
-    }
-
-    /// Resets the current kernel's state (a fresh kernel may reuse a dead one's address).
-    pub(crate) fn reset(&self) -> Result<(), Errno> {
-        self.with(|s, _| *s = T::default())
-    }
+/// Locks `m`, recovering from a panic in another holder (the data stays consistent: every
+/// update is one assignment under the lock).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// How often each FLB callback ran in one kernel.
@@ -125,16 +105,16 @@ pub struct Domain {
 /// Top-table entries the model's page-table page holds: a `u64` count, then `(iova, length)`.
 pub const DOMAIN_MAX_RANGES: usize = (PAGE_SIZE - 8) / 16;
 
-static NEXT_DOMAIN: AtomicU64 = AtomicU64::new(1);
-
 /// Allocates a new domain (`iommu_paging_domain_alloc`): an empty top-level table page in the
-/// current kernel.
-pub fn alloc_domain() -> Result<Domain, Errno> {
-    let kho = host()?.kho()?;
+/// kernel of `kho`, with an id from `ids` (unique in that kernel).
+fn alloc_domain(kho: &dyn KhoService, ids: &AtomicU64) -> Result<Domain, Errno> {
     let top = kho.alloc_folio(0)?;
-    kho.write(top, &[0u8; 8])?;
+    if let Err(e) = kho.write(top, &[0u8; 8]) {
+        let _ = kho.free_folio(top, 0);
+        return Err(e);
+    }
     Ok(Domain {
-        id: NEXT_DOMAIN.fetch_add(1, Ordering::Relaxed),
+        id: ids.fetch_add(1, Ordering::Relaxed),
         top_table: top.as_u64(),
         top_level: 4,
         vasz: 48,
@@ -143,7 +123,11 @@ pub fn alloc_domain() -> Result<Domain, Errno> {
 
 /// Writes `ranges` (`(iova, length)`) into the domain's page-table page (`iommu_map`);
 /// `ENOSPC` beyond [`DOMAIN_MAX_RANGES`].
-pub fn domain_map(kho: &Kho, top_table: u64, ranges: &[(u64, u64)]) -> Result<(), Errno> {
+pub fn domain_map(
+    kho: &dyn KhoService,
+    top_table: u64,
+    ranges: &[(u64, u64)],
+) -> Result<(), Errno> {
     if ranges.len() > DOMAIN_MAX_RANGES {
         return Err(Errno::ENOSPC);
     }
@@ -157,7 +141,7 @@ pub fn domain_map(kho: &Kho, top_table: u64, ranges: &[(u64, u64)]) -> Result<()
 }
 
 /// Reads the ranges mapped by the page-table page at `top_table` (`EINVAL` if corrupt).
-pub fn domain_ranges(kho: &Kho, top_table: u64) -> Result<Vec<(u64, u64)>, Errno> {
+pub fn domain_ranges(kho: &dyn KhoService, top_table: u64) -> Result<Vec<(u64, u64)>, Errno> {
     let mut n = [0u8; 8];
     kho.read(PhysAddr::new(top_table), &mut n)?;
     let n = usize::try_from(u64::from_le_bytes(n)).map_err(|_| Errno::EINVAL)?;
@@ -189,7 +173,7 @@ struct Chain {
 }
 
 impl Chain {
-    fn new(kho: &Kho, cap: u64, obj_size: usize) -> Result<Chain, Errno> {
+    fn new(kho: &dyn KhoService, cap: u64, obj_size: usize) -> Result<Chain, Errno> {
         Ok(Chain {
             pages: vec![kho.alloc_preserve(PAGE_SIZE)?.as_u64()],
             nr_last: 0,
@@ -202,7 +186,7 @@ impl Chain {
         self.pages[0]
     }
 
-    fn write_hdr(kho: &Kho, page: u64, next: u64, nr: u64) -> Result<(), Errno> {
+    fn write_hdr(kho: &dyn KhoService, page: u64, next: u64, nr: u64) -> Result<(), Errno> {
         kho.write_obj(
             Phys::new(PhysAddr::new(page)),
             &iommu_array_hdr_ser {
@@ -213,7 +197,11 @@ impl Chain {
     }
 
     /// Appends `obj` and returns its slot's address; a full page chains a new one.
-    fn append<T: IntoBytes + Immutable>(&mut self, kho: &Kho, obj: &T) -> Result<u64, Errno> {
+    fn append<T: IntoBytes + Immutable>(
+        &mut self,
+        kho: &dyn KhoService,
+        obj: &T,
+    ) -> Result<u64, Errno> {
         if self.nr_last == self.cap {
             let p = kho.alloc_preserve(PAGE_SIZE)?.as_u64();
             let last = *self.pages.last().ok_or(Errno::EINVAL)?;
@@ -232,14 +220,18 @@ impl Chain {
         Ok(slot)
     }
 
-    fn free(&self, kho: &Kho) {
+    fn free(&self, kho: &dyn KhoService) {
         for p in &self.pages {
             let _ = kho.unpreserve_free(PhysAddr::new(*p));
         }
     }
 }
 
-fn update_hdr(kho: &Kho, slot: u64, f: impl FnOnce(&mut iommu_hdr_ser)) -> Result<(), Errno> {
+fn update_hdr(
+    kho: &dyn KhoService,
+    slot: u64,
+    f: impl FnOnce(&mut iommu_hdr_ser),
+) -> Result<(), Errno> {
     let p = Phys::<iommu_hdr_ser>::new(PhysAddr::new(slot));
     let mut h = kho.read_obj(p)?;
     f(&mut h);
@@ -265,8 +257,9 @@ struct HwOut {
     bitmap: [u64; 8],
 }
 
+/// The outgoing FLB object: the three chains and what is written in them. Emptied by the
+/// FLB's `unpreserve` (guards may outlive it).
 struct Out {
-    data: u64,
     hw: Chain,
     dom: Chain,
     dev: Chain,
@@ -275,10 +268,13 @@ struct Out {
     doms: HashMap<u64, (u64, u64)>,
     /// Device -> (slot, domain id).
     devs: HashMap<IommuDevice, (u64, u64)>,
+    /// Set once unpreserved: nothing may be written to the freed chains any more.
+    freed: bool,
 }
 
 impl Out {
-    fn new(kho: &Kho) -> Result<Out, Errno> {
+    /// Allocates the three chains; returns the `iommu_flb_ser` naming their heads.
+    fn new(kho: &dyn KhoService) -> Result<(iommu_flb_ser, Out), Errno> {
         let mut chains: Vec<Chain> = Vec::new();
         for (cap, size) in [
             (IOMMU_HW_ARRAY_NR, size_of::<iommu_hw_ser>()),
@@ -293,44 +289,42 @@ impl Out {
                 }
             }
         }
+        let (Some(dev), Some(dom), Some(hw)) = (chains.pop(), chains.pop(), chains.pop()) else {
+            return Err(Errno::EINVAL);
+        };
         let ser = iommu_flb_ser {
-            iommu_array_phys: Phys::new(PhysAddr::new(chains[0].head())),
-            iommu_domain_array_phys: Phys::new(PhysAddr::new(chains[1].head())),
-            device_array_phys: Phys::new(PhysAddr::new(chains[2].head())),
+            iommu_array_phys: Phys::new(PhysAddr::new(hw.head())),
+            iommu_domain_array_phys: Phys::new(PhysAddr::new(dom.head())),
+            device_array_phys: Phys::new(PhysAddr::new(dev.head())),
         };
-        let data = match kho.alloc_preserve_obj(&ser) {
-            Ok(p) => p.addr().as_u64(),
-            Err(e) => {
-                chains.iter().for_each(|c| c.free(kho));
-                return Err(e);
-            }
-        };
-        let dev = chains.pop().ok_or(Errno::EINVAL)?;
-        let dom = chains.pop().ok_or(Errno::EINVAL)?;
-        let hw = chains.pop().ok_or(Errno::EINVAL)?;
-        Ok(Out {
-            data,
+        let out = Out {
             hw,
             dom,
             dev,
             hws: HashMap::new(),
             doms: HashMap::new(),
             devs: HashMap::new(),
-        })
+            freed: false,
+        };
+        Ok((ser, out))
     }
 
-    /// Frees every chain page and unpreserves the tables still preserved.
-    fn free(self, kho: &Kho) {
-        for (_, top) in self.doms.values() {
-            let _ = kho.unpreserve_folio(PhysAddr::new(*top), 0);
+    /// Frees every chain page and unpreserves the tables still preserved (the runtime frees
+    /// the `iommu_flb_ser` itself).
+    fn free(&mut self, kho: &dyn KhoService) {
+        if std::mem::replace(&mut self.freed, true) {
+            return;
         }
-        for h in self.hws.values() {
+        for (_, top) in self.doms.drain().map(|(_, v)| v) {
+            let _ = kho.unpreserve_folio(PhysAddr::new(top), 0);
+        }
+        for (_, h) in self.hws.drain() {
             let _ = kho.unpreserve_free(PhysAddr::new(h.root_table));
         }
+        self.devs.clear();
         self.hw.free(kho);
         self.dom.free(kho);
         self.dev.free(kho);
-        let _ = kho.unpreserve_free(PhysAddr::new(self.data));
     }
 }
 
@@ -370,7 +364,7 @@ pub struct IncomingDomain {
     pub top_level: u64,
     /// `vasz`.
     pub vasz: u32,
-    /// Rebuilt by this kernel ([`restore_domain`]).
+    /// Rebuilt by this kernel ([`Iommu::restore_domain`]).
     pub restored: bool,
 }
 
@@ -408,7 +402,12 @@ pub struct Incoming {
 
 /// The slots of one chain from `head`, and its pages (a loop, a runaway chain or an
 /// overfull page is `EINVAL`).
-fn chain_slots(kho: &Kho, head: u64, cap: u64, size: usize) -> Result<(Vec<u64>, Vec<u64>), Errno> {
+fn chain_slots(
+    kho: &dyn KhoService,
+    head: u64,
+    cap: u64,
+    size: usize,
+) -> Result<(Vec<u64>, Vec<u64>), Errno> {
     let (mut slots, mut pages) = (Vec::new(), Vec::new());
     let mut p = head;
     while p != 0 {
@@ -433,7 +432,7 @@ fn is_live(flags: u32) -> bool {
 
 /// Reads an `iommu_flb_ser` and its three chains from memory, changing nothing (also used to
 /// check what a kernel wrote before its kexec).
-pub fn decode(kho: &Kho, data: u64) -> Result<Incoming, Errno> {
+pub fn decode(kho: &dyn KhoService, data: u64) -> Result<Incoming, Errno> {
     let ser: iommu_flb_ser = kho.read_obj(Phys::new(PhysAddr::new(data)))?;
     let heads = [
         ser.iommu_array_phys.addr().as_u64(),
@@ -505,10 +504,11 @@ pub fn decode(kho: &Kho, data: u64) -> Result<Incoming, Errno> {
 }
 
 /// The FLB's retrieve: decodes the chains, then takes every page into this kernel: the
-/// chain pages (freed at finish), the live units' root tables and domains' page tables.
-fn read_incoming(kho: &Kho, data: u64) -> Result<Incoming, Errno> {
+/// chain pages (freed at finish), the live units' root tables and domains' page tables. The
+/// `iommu_flb_ser` itself is the runtime's to release.
+fn read_incoming(kho: &dyn KhoService, data: u64) -> Result<Incoming, Errno> {
     let inc = decode(kho, data)?;
-    for p in inc.pages.iter().chain([&data]) {
+    for p in &inc.pages {
         kho.restore_folio(PhysAddr::new(*p))?;
     }
     for h in inc
@@ -526,122 +526,189 @@ fn read_incoming(kho: &Kho, data: u64) -> Result<Incoming, Errno> {
 
 // ---- the FLB ---------------------------------------------------------------------------
 
-/// What the IOMMU FLB did in one kernel, and what it holds.
-#[derive(Default)]
-struct St {
-    calls: FlbCalls,
-    out: Option<Out>,
-    inc: Option<Incoming>,
+/// The FLB `"iommu-liveupdate-v1"` of one kernel: its callback counts and the ids of its
+/// domains. The IOMMU core of the model lives in its outgoing and incoming objects.
+#[liveupdate_flb(compatible = "iommu-liveupdate-v1", abi = iommu_flb_ser, lock = StdBackend)]
+pub struct IommuFlb {
+    calls: Mutex<FlbCalls>,
+    /// The next domain id (`iommu_domain` identity, also the VT-d domain id).
+    next_domain: AtomicU64,
 }
 
-static STATE: PerKernel<St> = PerKernel::new();
-
-static FLB_OPS: FlbOps = FlbOps(liveupdate_flb_ops {
-    preserve: Some(flb_preserve),
-    unpreserve: Some(flb_unpreserve),
-    retrieve: Some(flb_retrieve),
-    finish: Some(flb_finish),
-    owner: std::ptr::null_mut(),
-});
-
-/// The FLB `"iommu-liveupdate-v1"`.
-pub(crate) static IOMMU_FLB: StaticFlb = StaticFlb::new(&FLB_OPS, IOMMU_LUO_FLB_COMPATIBLE);
-
-unsafe extern "C" fn flb_preserve(a: *mut liveupdate_flb_op_args) -> c_int {
-    // SAFETY: LUO passes a valid argument block, exclusively ours for the call.
-    let a = unsafe { &mut *a };
-    rc(STATE
-        .with(|s, kho| {
-            let out = Out::new(kho)?;
-            a.data = out.data;
-            a.obj = IOMMU_FLB.as_ptr().cast::<c_void>();
-            s.out = Some(out);
-            s.calls.preserve += 1;
-            Ok(())
-        })
-        .and_then(|r| r))
-}
-
-unsafe extern "C" fn flb_unpreserve(_a: *mut liveupdate_flb_op_args) {
-    let _ = STATE.with(|s, kho| {
-        if let Some(out) = s.out.take() {
-            out.free(kho);
-        }
-        s.calls.unpreserve += 1;
-    });
-}
-
-unsafe extern "C" fn flb_retrieve(a: *mut liveupdate_flb_op_args) -> c_int {
-    // SAFETY: as above.
-    let a = unsafe { &mut *a };
-    rc(STATE
-        .with(|s, kho| {
-            let inc = read_incoming(kho, a.data)?;
-            s.inc = Some(inc);
-            s.calls.retrieve += 1;
-            a.obj = IOMMU_FLB.as_ptr().cast::<c_void>();
-            Ok(())
-        })
-        .and_then(|r| r))
-}
-
-unsafe extern "C" fn flb_finish(_a: *mut liveupdate_flb_op_args) {
-    let _ = STATE.with(|s, kho| {
-        if let Some(inc) = s.inc.take() {
-            // Domains nobody rebuilt: their page tables go back to the allocator.
-            for d in &inc.domains {
-                if !d.restored && is_live(d.flags) {
-                    let _ = kho.free_folio(PhysAddr::new(d.top_table_phys), 0);
-                }
-            }
-            for p in inc.pages.iter().chain([&inc.data]) {
-                let _ = kho.free_folio(PhysAddr::new(*p), 0);
-            }
-        }
-        s.calls.finish += 1;
-    });
-}
-
-/// Links the IOMMU FLB to `fh` (upstream: `iommu_liveupdate_register_flb`) and resets the
-/// current kernel's IOMMU state. Called by [`crate::iommufd::register`].
-pub(crate) fn register_flb(fh: *mut liveupdate_file_handler) -> Result<(), Errno> {
-    STATE.reset()?;
-    // SAFETY: `'static` descriptors; the handler is registered by the caller.
-    unsafe { host()?.register_flb(fh, IOMMU_FLB.as_ptr()) }
-}
-
-/// The IOMMU FLB's callbacks in the current kernel so far.
-pub fn flb_calls() -> Result<FlbCalls, Errno> {
-    STATE.with(|s, _| s.calls)
-}
-
-/// Whether the current kernel has an outgoing IOMMU FLB object (what
-/// `liveupdate_flb_get_outgoing` returns non-NULL for: an iommufd is preserved).
-pub fn outgoing_live() -> Result<bool, Errno> {
-    STATE.with(|s, _| s.out.is_some())
-}
-
-/// `liveupdate_flb_get_incoming` on the IOMMU FLB: retrieves it on first use and returns
-/// what the previous kernel handed over. Pair with [`put_incoming`].
-pub fn get_incoming() -> Result<Incoming, Errno> {
-    host()?.flb_get_incoming(IOMMU_FLB.as_ptr())?;
-    match STATE.with(|s, _| s.inc.clone()) {
-        Ok(Some(i)) => Ok(i),
-        Ok(None) => {
-            put_incoming();
-            Err(Errno::ENODATA)
-        }
-        Err(e) => {
-            put_incoming();
-            Err(e)
+impl Default for IommuFlb {
+    fn default() -> Self {
+        IommuFlb {
+            calls: Mutex::new(FlbCalls::default()),
+            next_domain: AtomicU64::new(1),
         }
     }
 }
 
-/// `liveupdate_flb_put_incoming` on the IOMMU FLB.
-pub fn put_incoming() {
-    if let Ok(h) = host() {
-        h.flb_put_incoming(IOMMU_FLB.as_ptr());
+/// The IOMMU FLB's outgoing object (the chains being written).
+pub struct Outgoing(Mutex<Out>);
+
+/// The IOMMU FLB's incoming object (what the previous kernel handed over, and which
+/// domains this kernel rebuilt).
+pub struct IncomingState(Mutex<Incoming>);
+
+#[liveupdate_flb]
+impl FlbState for IommuFlb {
+    type Outgoing = Outgoing;
+    type Incoming = IncomingState;
+
+    fn preserve(&self, cx: &StateCtx<'_>) -> luo_abi::Result<(iommu_flb_ser, Outgoing)> {
+        let (ser, out) = Out::new(cx.kho())?;
+        lock(&self.calls).preserve += 1;
+        Ok((ser, Outgoing(Mutex::new(out))))
+    }
+
+    fn unpreserve(&self, cx: &StateCtx<'_>, _: iommu_flb_ser, obj: Arc<Outgoing>) {
+        lock(&obj.0).free(cx.kho());
+        lock(&self.calls).unpreserve += 1;
+    }
+
+    fn retrieve(&self, cx: &StateCtx<'_>, _: iommu_flb_ser) -> luo_abi::Result<IncomingState> {
+        let data = cx.data().ok_or(Errno::EINVAL)?.as_u64();
+        let inc = read_incoming(cx.kho(), data)?;
+        lock(&self.calls).retrieve += 1;
+        Ok(IncomingState(Mutex::new(inc)))
+    }
+
+    fn finish(&self, cx: &StateCtx<'_>, obj: Arc<IncomingState>) {
+        let kho = cx.kho();
+        let inc = std::mem::take(&mut *lock(&obj.0));
+        // Domains nobody rebuilt: their page tables go back to the allocator.
+        for d in &inc.domains {
+            if !d.restored && is_live(d.flags) {
+                let _ = kho.free_folio(PhysAddr::new(d.top_table_phys), 0);
+            }
+        }
+        for p in &inc.pages {
+            let _ = kho.free_folio(PhysAddr::new(*p), 0);
+        }
+        lock(&self.calls).finish += 1;
+    }
+}
+
+/// Runs `f` on the outgoing chains: `EINVAL` without an outgoing IOMMU FLB (no iommufd
+/// preserved) or once it was unpreserved.
+fn with_out<R>(
+    flb: &FlbCell<IommuFlb>,
+    f: impl FnOnce(&mut Out) -> Result<R, Errno>,
+) -> Result<R, Errno> {
+    let g = flb.get_outgoing().map_err(|e| match e {
+        Errno::ENODATA | Errno::ENOENT => Errno::EINVAL,
+        e => e,
+    })?;
+    let mut out = lock(&g.0);
+    if out.freed {
+        return Err(Errno::EINVAL);
+    }
+    f(&mut out)
+}
+
+/// One kernel's IOMMU core: the IOMMU FLB it registered (linked by the `iommufd-v1` handler)
+/// and the kernel's host. A handle: clones are the same FLB.
+#[derive(Clone)]
+pub struct Iommu {
+    flb: Arc<FlbCell<IommuFlb>>,
+    host: Arc<dyn LuoHost>,
+}
+
+impl Iommu {
+    /// A new IOMMU FLB run by `k` (upstream: the IOMMU core's init); link it by registering
+    /// the iommufd handler with it ([`crate::iommufd::register`]).
+    pub fn new(k: &impl Registry) -> Iommu {
+        Iommu {
+            flb: k.new_flb(IommuFlb::default()),
+            host: k.host(),
+        }
+    }
+
+    /// The FLB's cell (what a handler links in `flbs = [IommuFlb]`).
+    pub fn flb(&self) -> &Arc<FlbCell<IommuFlb>> {
+        &self.flb
+    }
+
+    /// The kernel's KHO.
+    pub fn kho(&self) -> &dyn KhoService {
+        self.host.kho()
+    }
+
+    /// The IOMMU FLB's callbacks in this kernel so far.
+    pub fn flb_calls(&self) -> FlbCalls {
+        *lock(&self.flb.flb().calls)
+    }
+
+    /// Whether the kernel has an outgoing IOMMU FLB object (what `liveupdate_flb_get_outgoing`
+    /// returns non-NULL for: an iommufd is preserved).
+    pub fn outgoing_live(&self) -> bool {
+        self.flb.get_outgoing().is_ok()
+    }
+
+    /// The outgoing FLB data's address (`iommu_flb_ser`), if preserved.
+    pub fn outgoing_data(&self) -> Option<u64> {
+        self.flb.outgoing_data().map(PhysAddr::as_u64)
+    }
+
+    /// `liveupdate_flb_get_incoming` on the IOMMU FLB: retrieves it on first use and returns
+    /// what the previous kernel handed over (the reference is put back before returning).
+    pub fn get_incoming(&self) -> Result<Incoming, Errno> {
+        let g = self.flb.get_incoming()?;
+        Ok(lock(&g.0).clone())
+    }
+
+    /// Allocates a new domain (`iommu_paging_domain_alloc`): an empty top-level table page.
+    pub fn alloc_domain(&self) -> Result<Domain, Errno> {
+        alloc_domain(self.kho(), &self.flb.flb().next_domain)
+    }
+
+    /// [`iommu_preserve_domain`] on this kernel's FLB.
+    pub fn preserve_domain(&self, d: &Domain) -> Result<Phys<iommu_domain_ser>, Errno> {
+        iommu_preserve_domain(&self.flb, self.kho(), d)
+    }
+
+    /// [`iommu_unpreserve_domain`] on this kernel's FLB.
+    pub fn unpreserve_domain(&self, d: &Domain) {
+        iommu_unpreserve_domain(&self.flb, self.kho(), d)
+    }
+
+    /// [`iommu_preserve_device`] on this kernel's FLB.
+    pub fn preserve_device(&self, dev: &IommuDevice, domain_id: u64) -> Result<(), Errno> {
+        iommu_preserve_device(&self.flb, self.kho(), dev, domain_id)
+    }
+
+    /// [`iommu_unpreserve_device`] on this kernel's FLB.
+    pub fn unpreserve_device(&self, dev: &IommuDevice) {
+        iommu_unpreserve_device(&self.flb, self.kho(), dev)
+    }
+
+    /// Rebuilds a domain from the incoming FLB (the RFC's restore by `domain_data`): the page
+    /// table the previous kernel left becomes a domain of this kernel, and the slot is flagged
+    /// `IOMMU_SER_FLAG_INCOMING`. `ENOENT` if no live domain is at `phys`, `EBUSY` if it was
+    /// already rebuilt. Takes and drops an incoming FLB reference.
+    pub fn restore_domain(&self, phys: u64) -> Result<Domain, Errno> {
+        let g = self.flb.get_incoming()?;
+        let mut inc = lock(&g.0);
+        let d = inc
+            .domains
+            .iter_mut()
+            .find(|d| d.phys == phys && is_live(d.flags))
+            .ok_or(Errno::ENOENT)?;
+        if d.restored {
+            return Err(Errno::EBUSY);
+        }
+        update_hdr(self.kho(), phys, |h| {
+            h.flags |= IOMMU_SER_FLAG_INCOMING as u32
+        })?;
+        d.restored = true;
+        d.flags |= IOMMU_SER_FLAG_INCOMING as u32;
+        Ok(Domain {
+            id: self.flb.flb().next_domain.fetch_add(1, Ordering::Relaxed),
+            top_table: d.top_table_phys,
+            top_level: d.top_level,
+            vasz: d.vasz,
+        })
     }
 }
 
@@ -649,52 +716,53 @@ pub fn put_incoming() {
 
 /// `iommu_preserve_domain`: writes the domain into the outgoing FLB and preserves its page
 /// table. `EINVAL` without an outgoing IOMMU FLB, `EBUSY` if already preserved.
-pub fn iommu_preserve_domain(d: &Domain) -> Result<Phys<iommu_domain_ser>, Errno> {
-    STATE
-        .with(|s, kho| {
-            let out = s.out.as_mut().ok_or(Errno::EINVAL)?;
-            if out.doms.contains_key(&d.id) {
-                return Err(Errno::EBUSY);
+pub fn iommu_preserve_domain(
+    flb: &FlbCell<IommuFlb>,
+    kho: &dyn KhoService,
+    d: &Domain,
+) -> Result<Phys<iommu_domain_ser>, Errno> {
+    with_out(flb, |out| {
+        if out.doms.contains_key(&d.id) {
+            return Err(Errno::EBUSY);
+        }
+        let mut ser = iommu_domain_ser {
+            hdr: iommu_hdr_ser {
+                ref_count: 1,
+                flags: 0,
+            },
+            top_table_phys: d.top_table,
+            top_level: d.top_level,
+            vasz: d.vasz,
+            bitfield_28: 0,
+            reserved_restored_domain: 0,
+        };
+        ser.set_sign_extend(0);
+        kho.preserve_folio(PhysAddr::new(d.top_table), 0)?;
+        match out.dom.append(kho, &ser) {
+            Ok(slot) => {
+                out.doms.insert(d.id, (slot, d.top_table));
+                Ok(Phys::new(PhysAddr::new(slot)))
             }
-            let mut ser = iommu_domain_ser {
-                hdr: iommu_hdr_ser {
-                    ref_count: 1,
-                    flags: 0,
-                },
-                top_table_phys: d.top_table,
-                top_level: d.top_level,
-                vasz: d.vasz,
-                bitfield_28: 0,
-                reserved_restored_domain: 0,
-            };
-            ser.set_sign_extend(0);
-            kho.preserve_folio(PhysAddr::new(d.top_table), 0)?;
-            match out.dom.append(kho, &ser) {
-                Ok(slot) => {
-                    out.doms.insert(d.id, (slot, d.top_table));
-                    Ok(Phys::new(PhysAddr::new(slot)))
-                }
-                Err(e) => {
-                    let _ = kho.unpreserve_folio(PhysAddr::new(d.top_table), 0);
-                    Err(e)
-                }
+            Err(e) => {
+                let _ = kho.unpreserve_folio(PhysAddr::new(d.top_table), 0);
+                Err(e)
             }
-        })
-        .and_then(|r| r)
+        }
+    })
 }
 
 /// `iommu_unpreserve_domain`: drops the HWPT's reference; the last one marks the slot
 /// `IOMMU_SER_FLAG_DELETED` and unpreserves the page table.
-pub fn iommu_unpreserve_domain(d: &Domain) {
-    let _ = STATE.with(|s, kho| {
-        let Some(out) = s.out.as_mut() else { return };
+pub fn iommu_unpreserve_domain(flb: &FlbCell<IommuFlb>, kho: &dyn KhoService, d: &Domain) {
+    let _ = with_out(flb, |out| {
         release_domain(out, kho, d.id);
+        Ok(())
     });
 }
 
 /// Drops one reference on a preserved domain; the last one marks its slot deleted and
 /// unpreserves its page table.
-fn release_domain(out: &mut Out, kho: &Kho, id: u64) {
+fn release_domain(out: &mut Out, kho: &dyn KhoService, id: u64) {
     let Some(&(slot, top)) = out.doms.get(&id) else {
         return;
     };
@@ -713,99 +781,101 @@ fn release_domain(out: &mut Out, kho: &Kho, id: u64) {
 /// writing its hardware unit once (further devices bump the unit's `ref_count`). `EINVAL`
 /// without an outgoing IOMMU FLB (no iommufd preserved) or if the domain is not preserved;
 /// `EBUSY` if the device already is.
-pub fn iommu_preserve_device(dev: &IommuDevice, domain_id: u64) -> Result<(), Errno> {
-    STATE
-        .with(|s, kho| {
-            let out = s.out.as_mut().ok_or(Errno::EINVAL)?;
-            let &(dom_slot, _) = out.doms.get(&domain_id).ok_or(Errno::EINVAL)?;
-            if out.devs.contains_key(dev) {
-                return Err(Errno::EBUSY);
-            }
-            let bit = usize::from(dev.devid >> 8) * 2 + usize::from((dev.devid & 0xff) >> 7);
-            let new_hw = !out.hws.contains_key(&dev.hw.token);
-            if new_hw {
-                let root = kho.alloc_preserve(PAGE_SIZE)?.as_u64();
-                let mut ser = iommu_hw_ser {
-                    hdr: iommu_hdr_ser {
-                        ref_count: 1,
-                        flags: 0,
-                    },
-                    token: dev.hw.token,
-                    hw_type: u64::from(IOMMU_INTEL),
-                    arch: [0; 88],
-                };
-                let mut intel = iommu_intel_ser::new_zeroed();
-                intel.phys_addr = dev.hw.token;
-                intel.root_table = root;
-                intel.context_tables_bitmap[bit / 64] |= 1 << (bit % 64);
-                ser.arch.copy_from_slice(intel.as_bytes());
-                match out.hw.append(kho, &ser) {
-                    Ok(slot) => {
-                        out.hws.insert(
-                            dev.hw.token,
-                            HwOut {
-                                slot,
-                                root_table: root,
-                                bitmap: intel.context_tables_bitmap,
-                            },
-                        );
-                    }
-                    Err(e) => {
-                        let _ = kho.unpreserve_free(PhysAddr::new(root));
-                        return Err(e);
-                    }
-                }
-            }
-            let hw = out.hws.get_mut(&dev.hw.token).ok_or(Errno::EINVAL)?;
-            let hw_slot = hw.slot;
-            let ser = iommu_device_ser {
+pub fn iommu_preserve_device(
+    flb: &FlbCell<IommuFlb>,
+    kho: &dyn KhoService,
+    dev: &IommuDevice,
+    domain_id: u64,
+) -> Result<(), Errno> {
+    with_out(flb, |out| {
+        let &(dom_slot, _) = out.doms.get(&domain_id).ok_or(Errno::EINVAL)?;
+        if out.devs.contains_key(dev) {
+            return Err(Errno::EBUSY);
+        }
+        let bit = usize::from(dev.devid >> 8) * 2 + usize::from((dev.devid & 0xff) >> 7);
+        let new_hw = !out.hws.contains_key(&dev.hw.token);
+        if new_hw {
+            let root = kho.alloc_preserve(PAGE_SIZE)?.as_u64();
+            let mut ser = iommu_hw_ser {
                 hdr: iommu_hdr_ser {
                     ref_count: 1,
                     flags: 0,
                 },
-                devid: u32::from(dev.devid),
-                pci_domain_nr: dev.pci_domain,
-                dev_map: iommu_dev_map_ser {
-                    attachment_id: domain_id,
-                    domain_phys: Phys::new(PhysAddr::new(dom_slot)),
-                    iommu_phys: Phys::new(PhysAddr::new(hw_slot)),
-                },
-                arch: {
-                    let mut a = [0u8; 24];
-                    a[..16].copy_from_slice(iommu_device_intel_ser::new_zeroed().as_bytes());
-                    a
-                },
+                token: dev.hw.token,
+                hw_type: u64::from(IOMMU_INTEL),
+                arch: [0; 88],
             };
-            let slot = match out.dev.append(kho, &ser) {
-                Ok(s) => s,
+            let mut intel = iommu_intel_ser::new_zeroed();
+            intel.phys_addr = dev.hw.token;
+            intel.root_table = root;
+            intel.context_tables_bitmap[bit / 64] |= 1 << (bit % 64);
+            ser.arch.copy_from_slice(intel.as_bytes());
+            match out.hw.append(kho, &ser) {
+                Ok(slot) => {
+                    out.hws.insert(
+                        dev.hw.token,
+                        HwOut {
+                            slot,
+                            root_table: root,
+                            bitmap: intel.context_tables_bitmap,
+                        },
+                    );
+                }
                 Err(e) => {
-                    if new_hw {
-                        let _ = update_hdr(kho, hw_slot, deleted);
-                        if let Some(h) = out.hws.remove(&dev.hw.token) {
-                            let _ = kho.unpreserve_free(PhysAddr::new(h.root_table));
-                        }
-                    }
+                    let _ = kho.unpreserve_free(PhysAddr::new(root));
                     return Err(e);
                 }
-            };
-            if !new_hw {
-                hw.bitmap[bit / 64] |= 1 << (bit % 64);
-                let bitmap = hw.bitmap;
-                update_hdr(kho, hw_slot, |h| {
-                    h.ref_count = h.ref_count.saturating_add(1)
-                })?;
-                write_bitmap(kho, hw_slot, bitmap)?;
             }
-            update_hdr(kho, dom_slot, |h| {
+        }
+        let hw = out.hws.get_mut(&dev.hw.token).ok_or(Errno::EINVAL)?;
+        let hw_slot = hw.slot;
+        let ser = iommu_device_ser {
+            hdr: iommu_hdr_ser {
+                ref_count: 1,
+                flags: 0,
+            },
+            devid: u32::from(dev.devid),
+            pci_domain_nr: dev.pci_domain,
+            dev_map: iommu_dev_map_ser {
+                attachment_id: domain_id,
+                domain_phys: Phys::new(PhysAddr::new(dom_slot)),
+                iommu_phys: Phys::new(PhysAddr::new(hw_slot)),
+            },
+            arch: {
+                let mut a = [0u8; 24];
+                a[..16].copy_from_slice(iommu_device_intel_ser::new_zeroed().as_bytes());
+                a
+            },
+        };
+        let slot = match out.dev.append(kho, &ser) {
+            Ok(s) => s,
+            Err(e) => {
+                if new_hw {
+                    let _ = update_hdr(kho, hw_slot, deleted);
+                    if let Some(h) = out.hws.remove(&dev.hw.token) {
+                        let _ = kho.unpreserve_free(PhysAddr::new(h.root_table));
+                    }
+                }
+                return Err(e);
+            }
+        };
+        if !new_hw {
+            hw.bitmap[bit / 64] |= 1 << (bit % 64);
+            let bitmap = hw.bitmap;
+            update_hdr(kho, hw_slot, |h| {
                 h.ref_count = h.ref_count.saturating_add(1)
             })?;
-            out.devs.insert(*dev, (slot, domain_id));
-            Ok(())
-        })
-        .and_then(|r| r)
+            write_bitmap(kho, hw_slot, bitmap)?;
+        }
+        update_hdr(kho, dom_slot, |h| {
+            h.ref_count = h.ref_count.saturating_add(1)
+        })?;
+        out.devs.insert(*dev, (slot, domain_id));
+        Ok(())
+    })
 }
 
-fn write_bitmap(kho: &Kho, hw_slot: u64, bitmap: [u64; 8]) -> Result<(), Errno> {
+fn write_bitmap(kho: &dyn KhoService, hw_slot: u64, bitmap: [u64; 8]) -> Result<(), Errno> {
     let p = Phys::<iommu_hw_ser>::new(PhysAddr::new(hw_slot));
     let mut h = kho.read_obj(p)?;
     let mut intel = iommu_intel_ser::read_from_bytes(&h.arch).map_err(|_| Errno::EINVAL)?;
@@ -816,11 +886,10 @@ fn write_bitmap(kho: &Kho, hw_slot: u64, bitmap: [u64; 8]) -> Result<(), Errno> 
 
 /// `iommu_unpreserve_device`: marks the device's slot deleted and drops its references on
 /// the hardware unit and the domain.
-pub fn iommu_unpreserve_device(dev: &IommuDevice) {
-    let _ = STATE.with(|s, kho| {
-        let Some(out) = s.out.as_mut() else { return };
+pub fn iommu_unpreserve_device(flb: &FlbCell<IommuFlb>, kho: &dyn KhoService, dev: &IommuDevice) {
+    let _ = with_out(flb, |out| {
         let Some((slot, dom)) = out.devs.remove(dev) else {
-            return;
+            return Ok(());
         };
         let _ = update_hdr(kho, slot, deleted);
         if let Some(h) = out.hws.get(&dev.hw.token) {
@@ -834,42 +903,6 @@ pub fn iommu_unpreserve_device(dev: &IommuDevice) {
             }
         }
         release_domain(out, kho, dom);
+        Ok(())
     });
-}
-
-/// Rebuilds a domain from the incoming FLB (the RFC's restore by `domain_data`): the page
-/// table the previous kernel left becomes a domain of this kernel, and the slot is flagged
-/// `IOMMU_SER_FLAG_INCOMING`. `ENOENT` if no live domain is at `phys`, `EBUSY` if it was
-/// already rebuilt. Takes and drops an incoming FLB reference.
-pub fn restore_domain(phys: u64) -> Result<Domain, Errno> {
-    get_incoming()?;
-    let r = STATE
-        .with(|s, kho| {
-            let inc = s.inc.as_mut().ok_or(Errno::ENODATA)?;
-            let d = inc
-                .domains
-                .iter_mut()
-                .find(|d| d.phys == phys && is_live(d.flags))
-                .ok_or(Errno::ENOENT)?;
-            if d.restored {
-                return Err(Errno::EBUSY);
-            }
-            update_hdr(kho, phys, |h| h.flags |= IOMMU_SER_FLAG_INCOMING as u32)?;
-            d.restored = true;
-            d.flags |= IOMMU_SER_FLAG_INCOMING as u32;
-            Ok(Domain {
-                id: NEXT_DOMAIN.fetch_add(1, Ordering::Relaxed),
-                top_table: d.top_table_phys,
-                top_level: d.top_level,
-                vasz: d.vasz,
-            })
-        })
-        .and_then(|r| r);
-    put_incoming();
-    r
-}
-
-/// The outgoing FLB data's address (`iommu_flb_ser`), if preserved.
-pub fn outgoing_data() -> Result<Option<u64>, Errno> {
-    STATE.with(|s, _| s.out.as_ref().map(|o| o.data))
 }

@@ -15,33 +15,36 @@
 //!   `ENOENT` is returned as is. So the order is memfd, then iommufd;
 //! * each marked HWPT's domain is written to the IOMMU FLB (`iommu_preserve_domain`) and
 //!   named, with its token, in `struct iommufd_ser` + `nr_hwpts` `struct iommufd_hwpt_ser`
-//!   (one KHO allocation, `reclaimed` 0);
+//!   (one KHO allocation, `reclaimed` 0: a variable-length record, the entries written by the
+//!   runtime after the header from [`luo_abi::handler::Ctx::set_trailer`]);
 //! * the IOAS is then frozen: mapping more is `EBUSY` while preserved (the variant of the
 //!   series that freezes it, so nothing unpreserved can be mapped behind LUO's back).
 //!
 //! After the kexec the RFC-era semantics apply (the 2026 phase-1 series has no retrieve):
-//! retrieve gives a new, empty iommufd; [`Iommufd::hwpt_restore`] (the RFC's restore ioctl)
-//! rebuilds a HWPT by token from the domain the IOMMU FLB handed over and sets `reclaimed`
-//! to 1 in the handed-over bytes; `can_finish` is false until every preserved HWPT is
-//! reclaimed, so FINISH is `EBUSY` until then (also for a never-retrieved iommufd with
-//! HWPTs). finish frees the data.
+//! retrieve reads the HWPT entries from the record the runtime claimed (then releases) and
+//! gives a new, empty iommufd; [`Iommufd::hwpt_restore`] (the RFC's restore ioctl) rebuilds a
+//! HWPT by token from the domain the IOMMU FLB handed over and marks it reclaimed (in the
+//! iommufd: the RFC writes `reclaimed` into the handed-over bytes, which this runtime has
+//! already released); `can_finish` is false until every preserved HWPT is reclaimed, so
+//! FINISH is `EBUSY` until then (also for a never-retrieved iommufd with HWPTs, whose
+//! header `can_finish` reads without claiming the record).
+//!
+//! The handler is written with `#[liveupdate_handler]` ([`IommufdHandler`]) and registered
+//! per kernel with [`register`], which returns the kernel's [`Iommu`].
 
 use std::collections::BTreeMap;
-use std::ffi::c_int;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use luo_abi::Errno;
-use luo_abi::file::{FileKind, FileRef, seals};
-use luo_abi::kho::KhoExt;
-use luo_abi::{Phys, PhysAddr};
-use luo_generated::iommufd::v1::{IOMMUFD_LUO_FH_COMPATIBLE, iommufd_hwpt_ser, iommufd_ser};
-use luo_generated::liveupdate::{
-    file as CFile, liveupdate_file_handler, liveupdate_file_op_args, liveupdate_file_ops,
-};
-use zerocopy::FromZeros;
+use luo_abi::file::{File, FileKind, FileRef, seals};
+use luo_abi::handler::{Ctx, FileHandler, Finish, Registration, RetrieveStatus};
+use luo_abi::kho::{KhoExt, KhoService};
+use luo_abi::registry::Registry;
+use luo_abi::{Errno, Phys, PhysAddr};
+use luo_derive::liveupdate_handler;
+use luo_generated::iommufd::v1::{iommufd_hwpt_ser, iommufd_ser};
+use zerocopy::{FromZeros, IntoBytes};
 
-use crate::host::{DependsOn, FileOps, StaticHandler, host, kind_of, rc, synthetic_of};
-use crate::iommu::{self, Domain, HwUnit, IommuDevice, Kho};
+use crate::iommu::{self, Domain, HwUnit, Iommu, IommuDevice, IommuFlb, lock};
 
 /// The seals an IOAS mapping's memfd must carry.
 pub const REQUIRED_SEALS: u32 = seals::F_SEAL_SEAL | seals::F_SEAL_GROW | seals::F_SEAL_SHRINK;
@@ -87,14 +90,15 @@ struct Inner {
     mappings: Vec<Mapping>,
     hwpts: BTreeMap<u32, Hwpt>,
     next_id: u32,
-    /// The data of this iommufd while preserved (outgoing).
-    preserved: Option<u64>,
-    /// The data this iommufd was retrieved from (incoming).
-    incoming: Option<u64>,
+    /// Whether this iommufd is preserved (outgoing).
+    preserved: bool,
+    /// The HWPTs the previous kernel preserved, read from the data this iommufd was
+    /// retrieved from (incoming), with what this kernel reclaimed since.
+    incoming: Option<Vec<PreservedHwpt>>,
 }
 
 struct Shared {
-    kho: Kho,
+    iommu: Iommu,
     inner: Mutex<Inner>,
 }
 
@@ -104,7 +108,10 @@ impl Drop for Shared {
     fn drop(&mut self) {
         let i = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
         for h in i.hwpts.values() {
-            let _ = self.kho.free_folio(PhysAddr::new(h.domain.top_table), 0);
+            let _ = self
+                .iommu
+                .kho()
+                .free_folio(PhysAddr::new(h.domain.top_table), 0);
         }
     }
 }
@@ -115,23 +122,28 @@ impl Drop for Shared {
 pub struct Iommufd(Arc<Shared>);
 
 impl Iommufd {
-    /// A new iommufd in the current kernel.
-    pub fn new() -> Result<Iommufd, Errno> {
-        Ok(Iommufd(Arc::new(Shared {
-            kho: host()?.kho()?,
+    /// A new iommufd in the kernel of `iommu`.
+    pub fn new(iommu: &Iommu) -> Iommufd {
+        Iommufd(Arc::new(Shared {
+            iommu: iommu.clone(),
             inner: Mutex::new(Inner {
                 next_id: 1,
                 ..Inner::default()
             }),
-        })))
+        }))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.0.inner.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.0.inner)
     }
 
-    fn kho(&self) -> &Kho {
-        &self.0.kho
+    fn kho(&self) -> &dyn KhoService {
+        self.0.iommu.kho()
+    }
+
+    /// The IOMMU core of the iommufd's kernel.
+    pub fn iommu(&self) -> &Iommu {
+        &self.0.iommu
     }
 
     /// Whether two handles are the same iommufd.
@@ -152,7 +164,7 @@ impl Iommufd {
             return Err(Errno::EINVAL);
         }
         let mut i = self.lock();
-        if i.preserved.is_some() {
+        if i.preserved {
             return Err(Errno::EBUSY);
         }
         if i.mappings
@@ -178,11 +190,14 @@ impl Iommufd {
     }
 
     /// `IOMMU_HWPT_ALLOC`: a new HWPT on `hw`, its page table mapping the IOAS. Returns its
-    /// id. Needs the current kernel to be this iommufd's.
+    /// id.
     pub fn hwpt_alloc(&self, hw: HwUnit) -> Result<u32, Errno> {
-        let domain = iommu::alloc_domain()?;
+        let domain = self.iommu().alloc_domain()?;
         let mut i = self.lock();
-        iommu::domain_map(self.kho(), domain.top_table, &Self::ranges(&i))?;
+        if let Err(e) = iommu::domain_map(self.kho(), domain.top_table, &Self::ranges(&i)) {
+            let _ = self.kho().free_folio(PhysAddr::new(domain.top_table), 0);
+            return Err(e);
+        }
         let id = i.next_id;
         i.next_id += 1;
         i.hwpts.insert(
@@ -201,7 +216,7 @@ impl Iommufd {
     /// the iommufd is preserved.
     pub fn hwpt_mark_preserve(&self, hwpt_id: u32, token: u64) -> Result<(), Errno> {
         let mut i = self.lock();
-        if i.preserved.is_some() {
+        if i.preserved {
             return Err(Errno::EBUSY);
         }
         if !i.hwpts.contains_key(&hwpt_id) {
@@ -238,34 +253,47 @@ impl Iommufd {
         iommu::domain_ranges(self.kho(), top)
     }
 
-    /// The HWPTs the previous kernel preserved for this (retrieved) iommufd, read from the
-    /// handed-over data. `EINVAL` for an iommufd that was not retrieved.
+    /// The HWPTs the previous kernel preserved for this (retrieved) iommufd, as read from
+    /// the handed-over data at retrieve, with `reclaimed` set for those rebuilt since.
+    /// `EINVAL` for an iommufd that was not retrieved.
     pub fn preserved_hwpts(&self) -> Result<Vec<PreservedHwpt>, Errno> {
-        let data = self.lock().incoming.ok_or(Errno::EINVAL)?;
-        decode(self.kho(), data)
+        self.lock().incoming.clone().ok_or(Errno::EINVAL)
     }
 
     /// The RFC's restore ioctl: rebuilds the preserved HWPT marked `token` from its domain
-    /// in the IOMMU FLB, sets `reclaimed` in the handed-over data and returns the new HWPT's
-    /// id. `EINVAL` for an iommufd that was not retrieved, `ENOENT` for an unknown token,
-    /// `EBUSY` if already reclaimed.
+    /// in the IOMMU FLB, marks it reclaimed and returns the new HWPT's id. `EINVAL` for an
+    /// iommufd that was not retrieved, `ENOENT` for an unknown token, `EBUSY` if already
+    /// reclaimed.
+    ///
+    /// The RFC sets `reclaimed` in the handed-over bytes; here the runtime claims and releases
+    /// the file's record once, at retrieve, so the handler keeps what it read (and what it
+    /// reclaimed) in the iommufd instead.
     pub fn hwpt_restore(&self, token: u64, hw: HwUnit) -> Result<u32, Errno> {
-        let data = self.lock().incoming.ok_or(Errno::EINVAL)?;
-        let hwpts = decode(self.kho(), data)?;
-        let (idx, h) = hwpts
-            .iter()
-            .enumerate()
-            .find(|(_, h)| h.token == token)
-            .ok_or(Errno::ENOENT)?;
-        if h.reclaimed {
-            return Err(Errno::EBUSY);
-        }
-        let domain = iommu::restore_domain(h.domain_data)?;
-        let at = hwpt_at(data, idx as u64);
-        let mut ser: iommufd_hwpt_ser = self.kho().read_obj(at)?;
-        ser.reclaimed = 1;
-        self.kho().write_obj(at, &ser)?;
+        let domain_data = {
+            let i = self.lock();
+            let h = i
+                .incoming
+                .as_ref()
+                .ok_or(Errno::EINVAL)?
+                .iter()
+                .find(|h| h.token == token)
+                .copied()
+                .ok_or(Errno::ENOENT)?;
+            if h.reclaimed {
+                return Err(Errno::EBUSY);
+            }
+            h.domain_data
+        };
+        // Not under the iommufd's lock: this may retrieve the IOMMU FLB.
+        let domain = self.iommu().restore_domain(domain_data)?;
         let mut i = self.lock();
+        if let Some(h) = i
+            .incoming
+            .as_mut()
+            .and_then(|v| v.iter_mut().find(|h| h.token == token))
+        {
+            h.reclaimed = true;
+        }
         let id = i.next_id;
         i.next_id += 1;
         i.hwpts.insert(
@@ -310,12 +338,12 @@ impl Iommufd {
     /// preserved (the HWPT was not marked, or its iommufd is not preserved).
     pub fn device_preserve(&self, hwpt_id: u32, dev: &IommuDevice) -> Result<(), Errno> {
         let d = self.lock().hwpts.get(&hwpt_id).ok_or(Errno::ENOENT)?.domain;
-        iommu::iommu_preserve_device(dev, d.id)
+        self.iommu().preserve_device(dev, d.id)
     }
 
     /// Undoes [`Iommufd::device_preserve`].
     pub fn device_unpreserve(&self, dev: &IommuDevice) {
-        iommu::iommu_unpreserve_device(dev);
+        self.iommu().unpreserve_device(dev);
     }
 }
 
@@ -325,91 +353,75 @@ fn hwpt_at(data: u64, i: u64) -> Phys<iommufd_hwpt_ser> {
     ))
 }
 
-/// Reads an `iommufd_ser` and its HWPT array (`EINVAL` if `nr_hwpts` is absurd).
-pub fn decode(kho: &Kho, data: u64) -> Result<Vec<PreservedHwpt>, Errno> {
+fn preserved_hwpt(e: &iommufd_hwpt_ser) -> PreservedHwpt {
+    PreservedHwpt {
+        domain_data: e.domain_data.addr().as_u64(),
+        token: e.token,
+        reclaimed: e.reclaimed != 0,
+    }
+}
+
+/// Reads an `iommufd_ser` and its HWPT array from memory (`EINVAL` if `nr_hwpts` is absurd):
+/// what a kernel handed over, before anything claims it.
+pub fn decode(kho: &dyn KhoService, data: u64) -> Result<Vec<PreservedHwpt>, Errno> {
     let h: iommufd_ser = kho.read_obj(Phys::new(PhysAddr::new(data)))?;
     if h.nr_hwpts > MAX_HWPTS {
         return Err(Errno::EINVAL);
     }
     (0..h.nr_hwpts)
-        .map(|i| {
-            let e: iommufd_hwpt_ser = kho.read_obj(hwpt_at(data, i))?;
-            Ok(PreservedHwpt {
-                domain_data: e.domain_data.addr().as_u64(),
-                token: e.token,
-                reclaimed: e.reclaimed != 0,
-            })
-        })
+        .map(|i| Ok(preserved_hwpt(&kho.read_obj(hwpt_at(data, i))?)))
         .collect()
 }
 
 // ---- the handler -----------------------------------------------------------------------
 
-static OPS: FileOps = FileOps(liveupdate_file_ops {
-    can_preserve: Some(can_preserve),
-    preserve: Some(preserve),
-    unpreserve: Some(unpreserve),
-    freeze: None,
-    unfreeze: None,
-    retrieve: Some(retrieve),
-    can_finish: Some(can_finish),
-    finish: Some(finish),
-    get_id: None,
-    owner: std::ptr::null_mut(),
-});
+/// The `iommufd-v1` handler, linking the IOMMU FLB. Its files may depend on the memfds their
+/// IOAS maps, whichever memfd version the kernel writes. Keeps the kernel's [`Iommu`] for
+/// the iommufds it retrieves.
+#[liveupdate_handler(
+    compatible = "iommufd-v1",
+    abi = iommufd_ser,
+    flbs = [IommuFlb],
+    depends_on = ["memfd", "memfd-v2", "memfd-v1"],
+)]
+pub struct IommufdHandler {
+    iommu: Iommu,
+}
 
-/// What an iommufd may depend on: the memfds its IOAS maps, whichever memfd version the
-/// kernel writes.
-static DEPENDS_ON: DependsOn = DependsOn(&[
-    c"memfd".as_ptr().cast(),
-    c"memfd-v2".as_ptr().cast(),
-    c"memfd-v1".as_ptr().cast(),
-    std::ptr::null(),
-]);
-
-/// The `iommufd-v1` handler.
-pub static IOMMUFD: StaticHandler =
-    StaticHandler::with_deps(&OPS, IOMMUFD_LUO_FH_COMPATIBLE, &DEPENDS_ON);
-
-/// The iommufd behind a `struct file *` LUO passed (`None` if it is not one).
-fn iommufd_of<'a>(f: *mut CFile) -> Option<&'a Iommufd> {
-    (kind_of(f)? == FileKind::Iommufd)
-        .then(|| synthetic_of::<Iommufd>(f))
+/// The iommufd behind a file (`None` if it is not one).
+fn iommufd_of(f: &dyn File) -> Option<&Iommufd> {
+    (f.kind() == FileKind::Iommufd)
+        .then(|| f.payload()?.downcast_ref::<Iommufd>())
         .flatten()
 }
 
-unsafe extern "C" fn can_preserve(_h: *mut liveupdate_file_handler, f: *mut CFile) -> bool {
-    iommufd_of(f).is_some()
-}
-
-/// Checks one IOAS mapping: a sealed memfd preserved in the same session.
-fn check_mapping(a: &liveupdate_file_op_args, m: &Mapping) -> Result<(), Errno> {
+/// Checks one IOAS mapping: a sealed memfd preserved in the same session
+/// (`liveupdate_get_token_outgoing`: `ENOENT` unless it is; the core also records the
+/// iommufd as depending on it, so it is unpreserved and finished before the memfd).
+fn check_mapping(cx: &Ctx<'_, IommufdHandler>, m: &Mapping) -> Result<(), Errno> {
     let shmem = m.file.as_shmem().ok_or(Errno::EINVAL)?;
     if shmem.seals() & REQUIRED_SEALS != REQUIRED_SEALS {
         return Err(Errno::EINVAL);
     }
-    token_outgoing(a, &m.file).map(|_| ())
+    cx.session().get_token_outgoing(&*m.file).map(|_| ())
 }
 
-/// `liveupdate_get_token_outgoing` in the session of the file being preserved: `ENOENT`
-/// unless `f` is preserved there (the core also records the iommufd as depending on it, so
-/// it is unpreserved and finished before the memfd).
-fn token_outgoing(a: &liveupdate_file_op_args, f: &FileRef) -> Result<u64, Errno> {
-    host()?.get_token_outgoing(a.session, &**f)
-}
+#[liveupdate_handler]
+impl FileHandler for IommufdHandler {
+    fn can_preserve(&self, file: &dyn File) -> bool {
+        iommufd_of(file).is_some()
+    }
 
-unsafe extern "C" fn preserve(a: *mut liveupdate_file_op_args) -> c_int {
-    // SAFETY: LUO passes a valid argument block, exclusively ours for the call.
-    let a = unsafe { &mut *a };
-    rc((|| {
-        let fd = iommufd_of(a.file).ok_or(Errno::EINVAL)?;
+    fn preserve(&self, cx: &Ctx<'_, Self>, file: &dyn File) -> luo_abi::Result<(iommufd_ser, ())> {
+        let fd = iommufd_of(file).ok_or(Errno::EINVAL)?;
         let mut i = fd.lock();
-        if i.preserved.is_some() {
+        if i.preserved {
             return Err(Errno::EBUSY);
         }
         for m in &i.mappings {
-            check_mapping(a, m)?;
+            check_mapping(cx, m)?;
         }
+        let (flb, kho) = (cx.global::<IommuFlb>(), cx.kho());
         let marked: Vec<Hwpt> = i
             .hwpts
             .values()
@@ -417,116 +429,113 @@ unsafe extern "C" fn preserve(a: *mut liveupdate_file_op_args) -> c_int {
             .copied()
             .collect();
         let mut done: Vec<Domain> = Vec::new();
-        let undo = |done: &[Domain]| done.iter().for_each(iommu::iommu_unpreserve_domain);
-        let mut entries = Vec::new();
+        let mut entries = Vec::with_capacity(marked.len() * size_of::<iommufd_hwpt_ser>());
         for h in &marked {
-            match iommu::iommu_preserve_domain(&h.domain) {
+            match iommu::iommu_preserve_domain(flb, kho, &h.domain) {
                 Ok(p) => {
                     done.push(h.domain);
                     let mut e = iommufd_hwpt_ser::new_zeroed();
                     e.domain_data = p;
                     e.token = h.token.unwrap_or_default();
-                    entries.push(e);
+                    entries.extend_from_slice(e.as_bytes());
                 }
                 Err(e) => {
-                    undo(&done);
+                    for d in &done {
+                        iommu::iommu_unpreserve_domain(flb, kho, d);
+                    }
                     return Err(e);
                 }
             }
         }
-        let size = size_of::<iommufd_ser>() + entries.len() * size_of::<iommufd_hwpt_ser>();
-        let data = match fd.kho().alloc_preserve(size) {
-            Ok(p) => p.as_u64(),
-            Err(e) => {
-                undo(&done);
-                return Err(e);
-            }
-        };
-        let w = (|| {
-            fd.kho().write_obj(
-                Phys::new(PhysAddr::new(data)),
-                &iommufd_ser {
-                    nr_hwpts: entries.len() as u64,
-                },
-            )?;
-            for (n, e) in entries.iter().enumerate() {
-                fd.kho().write_obj(hwpt_at(data, n as u64), e)?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = w {
-            let _ = fd.kho().unpreserve_free(PhysAddr::new(data));
-            undo(&done);
-            return Err(e);
+        // `struct iommufd_ser` then its `nr_hwpts` entries, in one allocation.
+        cx.set_trailer(entries);
+        i.preserved = true;
+        Ok((
+            iommufd_ser {
+                nr_hwpts: marked.len() as u64,
+            },
+            (),
+        ))
+    }
+
+    fn unpreserve(&self, cx: &Ctx<'_, Self>, file: &dyn File, _: iommufd_ser, _: ()) {
+        let Some(fd) = iommufd_of(file) else { return };
+        let mut i = fd.lock();
+        for h in i.hwpts.values().filter(|h| h.token.is_some()) {
+            iommu::iommu_unpreserve_domain(cx.global::<IommuFlb>(), cx.kho(), &h.domain);
         }
-        i.preserved = Some(data);
-        a.serialized_data = data;
-        Ok(())
-    })())
-}
-
-unsafe extern "C" fn unpreserve(a: *mut liveupdate_file_op_args) {
-    // SAFETY: as above.
-    let a = unsafe { &mut *a };
-    let Some(fd) = iommufd_of(a.file) else { return };
-    let mut i = fd.lock();
-    for h in i.hwpts.values().filter(|h| h.token.is_some()) {
-        iommu::iommu_unpreserve_domain(&h.domain);
+        i.preserved = false;
     }
-    if let Some(d) = i.preserved.take() {
-        let _ = fd.kho().unpreserve_free(PhysAddr::new(d));
+
+    fn retrieve(&self, cx: &Ctx<'_, Self>, ser: iommufd_ser) -> luo_abi::Result<FileRef> {
+        // Validated before anything is created.
+        if ser.nr_hwpts > MAX_HWPTS {
+            return Err(Errno::EINVAL);
+        }
+        let n = usize::try_from(ser.nr_hwpts).map_err(|_| Errno::EINVAL)?;
+        let hwpts = cx
+            .record_entries::<iommufd_hwpt_ser>(n)?
+            .iter()
+            .map(preserved_hwpt)
+            .collect();
+        let fd = Iommufd::new(&self.iommu);
+        fd.lock().incoming = Some(hwpts);
+        cx.open_synthetic(FileKind::Iommufd, "iommufd", Box::new(fd))
+    }
+
+    fn can_finish(
+        &self,
+        cx: &Ctx<'_, Self>,
+        file: Option<&dyn File>,
+        status: RetrieveStatus,
+    ) -> bool {
+        // RFC-era: every preserved HWPT must have been rebuilt, retrieved or not.
+        match status {
+            RetrieveStatus::Retrieved => file.and_then(iommufd_of).is_some_and(|fd| {
+                fd.lock()
+                    .incoming
+                    .as_ref()
+                    .is_none_or(|v| v.iter().all(|h| h.reclaimed))
+            }),
+            // Nothing of a file never retrieved was rebuilt: only one without HWPTs may go.
+            RetrieveStatus::NotRetrieved => {
+                let mut nr = [0u8; 8];
+                cx.read_record(0, &mut nr).is_ok() && u64::from_le_bytes(nr) == 0
+            }
+            RetrieveStatus::Failed(_) => false,
+        }
+    }
+
+    fn finish(&self, _: &Ctx<'_, Self>, how: Finish<'_, iommufd_ser>) {
+        if let Finish::Retrieved(f) = how
+            && let Some(fd) = iommufd_of(f)
+        {
+            fd.lock().incoming = None;
+        }
     }
 }
 
-unsafe extern "C" fn retrieve(a: *mut liveupdate_file_op_args) -> c_int {
-    // SAFETY: as above.
-    let a = unsafe { &mut *a };
-    rc((|| {
-        let h = host()?;
-        let fd = Iommufd::new()?;
-        // Validates the data before anything is created.
-        decode(fd.kho(), a.serialized_data)?;
-        fd.lock().incoming = Some(a.serialized_data);
-        let f = h.open_synthetic(FileKind::Iommufd, "iommufd", Box::new(fd))?;
-        a.file = h.file_to_c(f)?;
-        Ok(())
-    })())
-}
-
-unsafe extern "C" fn can_finish(a: *mut liveupdate_file_op_args) -> bool {
-    // SAFETY: as above.
-    let a = unsafe { &*a };
-    let Ok(kho) = host().and_then(|h| h.kho()) else {
-        return false;
+/// Registers the `iommufd-v1` handler in `k` with a new IOMMU FLB linked to it
+/// (upstream: `iommu_liveupdate_register_flb`); returns the kernel's IOMMU core. Once per
+/// boot, after the memfd handler.
+pub fn register(k: &impl Registry) -> Result<Iommu, Errno> {
+    let iommu = Iommu::new(k);
+    let handler = IommufdHandler {
+        iommu: iommu.clone(),
     };
-    // RFC-era: every preserved HWPT must have been rebuilt, retrieved or not.
-    decode(&kho, a.serialized_data).is_ok_and(|v| v.iter().all(|h| h.reclaimed))
+    k.register_handler(Registration::new(
+        handler,
+        k.host(),
+        (Arc::clone(iommu.flb()),),
+    ))?;
+    Ok(iommu)
 }
 
-unsafe extern "C" fn finish(a: *mut liveupdate_file_op_args) {
-    // SAFETY: as above.
-    let a = unsafe { &*a };
-    if let Ok(kho) = host().and_then(|h| h.kho()) {
-        let _ = kho.restore_free(PhysAddr::new(a.serialized_data));
-    }
-    if let Some(fd) = iommufd_of(a.file) {
-        fd.lock().incoming = None;
-    }
-}
-
-/// Registers the `iommufd-v1` handler in the current kernel and links the IOMMU FLB to it
-/// (resetting the kernel's IOMMU state). Once per boot, after the memfd handler.
-pub fn register() -> Result<(), Errno> {
-    let h = host()?;
-    // SAFETY: a `'static`, immutable handler.
-    unsafe { h.register_file_handler(IOMMUFD.as_ptr()) }?;
-    iommu::register_flb(IOMMUFD.as_ptr())
-}
-
-/// Opens a new iommufd in `open`'s kernel: a convenience for tests and `luo simulate`,
+/// Opens a new iommufd in the kernel of `iommu`: a convenience for tests and `luo simulate`,
 /// `open` being e.g. `|kind, name, payload| kernel.open_synthetic(kind, name, payload)`.
 pub fn open<T>(
+    iommu: &Iommu,
     open: impl FnOnce(FileKind, &str, Box<dyn std::any::Any + Send + Sync>) -> Result<T, Errno>,
 ) -> Result<T, Errno> {
-    open(FileKind::Iommufd, "iommufd", Box::new(Iommufd::new()?))
+    open(FileKind::Iommufd, "iommufd", Box::new(Iommufd::new(iommu)))
 }

@@ -6,21 +6,18 @@
 //! the reboot path. guest_memfds name their VM by its token ([`crate::guest_memfd`]).
 //!
 //! The model's VM ([`Vm`]) is a synthetic file of [`FileKind::KvmVm`]; create one with
-//! [`Vm::new`] and install it with the core's `open_synthetic`. The handler is registered by
-//! [`crate::hugetlb::register`], with guest_memfd's.
+//! [`Vm::new`] and install it with the core's `open_synthetic`. The handler
+//! ([`KvmVmHandler`], written with `#[liveupdate_handler]`) is registered by [`register`],
+//! which [`crate::hugetlb::register`] calls with guest_memfd's.
 
-use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use luo_abi::file::{File, FileKind};
-use luo_abi::kho::{KhoExt, KhoService};
-use luo_abi::{Errno, Phys, PhysAddr};
+use luo_abi::file::{File, FileKind, FileRef};
+use luo_abi::handler::{Ctx, FileHandler, Finish, Registration};
+use luo_abi::registry::Registry;
+use luo_abi::{Errno, Result};
+use luo_derive::liveupdate_handler;
 use luo_generated::kvm::v1::{KVM_LUO_FH_COMPATIBLE, kvm_luo_ser};
-use luo_generated::liveupdate::{
-    file as CFile, liveupdate_file_handler, liveupdate_file_op_args, liveupdate_file_ops,
-};
-
-use crate::host::{FileOps, StaticHandler, host, kind_of, rc, synthetic_of};
 
 /// `KVM_X86_DEFAULT_VM`.
 pub const KVM_X86_DEFAULT_VM: u64 = 0;
@@ -116,90 +113,56 @@ pub fn vm_of(f: &dyn File) -> Option<&Vm> {
     if f.kind() != FileKind::KvmVm {
         return None;
     }
-    let h = host().ok()?;
-    h.payload(f)?.downcast_ref::<Vm>()
+    f.payload()?.downcast_ref::<Vm>()
 }
 
-fn vm_ptr<'a>(f: *mut CFile) -> Option<&'a Vm> {
-    synthetic_of::<Vm>(f)
-}
+/// The `kvm_vm_luo_v1` handler: a VM file is handed over as its type.
+#[liveupdate_handler(compatible = "kvm_vm_luo_v1", abi = kvm_luo_ser)]
+pub struct KvmVmHandler;
 
-static OPS: FileOps = FileOps(liveupdate_file_ops {
-    can_preserve: Some(can_preserve),
-    preserve: Some(preserve),
-    unpreserve: Some(unpreserve),
-    freeze: None,
-    unfreeze: None,
-    retrieve: Some(retrieve),
-    can_finish: None,
-    finish: Some(finish),
-    get_id: None,
-    owner: std::ptr::null_mut(),
-});
+const _: () = assert!(crate::same_str(
+    <KvmVmHandler as luo_abi::handler::HandlerAbi>::COMPATIBLE,
+    KVM_LUO_FH_COMPATIBLE
+));
 
-/// The `kvm_vm_luo_v1` handler.
-pub static KVM_VM: StaticHandler = StaticHandler::new(&OPS, KVM_LUO_FH_COMPATIBLE);
+#[liveupdate_handler]
+impl FileHandler for KvmVmHandler {
+    fn can_preserve(&self, file: &dyn File) -> bool {
+        vm_of(file).is_some()
+    }
 
-unsafe extern "C" fn can_preserve(_h: *mut liveupdate_file_handler, f: *mut CFile) -> bool {
-    kind_of(f) == Some(FileKind::KvmVm) && vm_ptr(f).is_some()
-}
-
-unsafe extern "C" fn preserve(a: *mut liveupdate_file_op_args) -> c_int {
-    // SAFETY: LUO passes a valid argument block, exclusively ours for the call.
-    let a = unsafe { &mut *a };
-    rc((|| {
-        let vm = vm_ptr(a.file).ok_or(Errno::EINVAL)?;
+    fn preserve(&self, _cx: &Ctx<'_, Self>, file: &dyn File) -> Result<(kvm_luo_ser, ())> {
+        let vm = vm_of(file).ok_or(Errno::EINVAL)?;
         // Upstream: a dead or bugged VM cannot be preserved. The errno is the model's: EIO,
         // what KVM's ioctls return on a dead VM.
         if !vm.usable() {
             return Err(Errno::EIO);
         }
-        let ser = kvm_luo_ser {
-            vm_type: vm.vm_type,
-        };
-        a.serialized_data = host()?.kho()?.alloc_preserve_obj(&ser)?.addr().as_u64();
-        Ok(())
-    })())
-}
+        Ok((
+            kvm_luo_ser {
+                vm_type: vm.vm_type,
+            },
+            (),
+        ))
+    }
 
-unsafe extern "C" fn unpreserve(a: *mut liveupdate_file_op_args) {
-    // SAFETY: as above.
-    let a = unsafe { &mut *a };
-    if let Ok(kho) = host().and_then(|h| h.kho()) {
-        let _ = kho.unpreserve_free(PhysAddr::new(a.serialized_data));
+    fn unpreserve(&self, _cx: &Ctx<'_, Self>, _file: &dyn File, _ser: kvm_luo_ser, _: ()) {
+        // Nothing but the handed-over struct, which the runtime frees.
+    }
+
+    fn retrieve(&self, cx: &Ctx<'_, Self>, ser: kvm_luo_ser) -> Result<FileRef> {
+        // A type this KVM does not know fails the retrieve (EINVAL); the runtime releases the
+        // handed-over struct either way.
+        let vm = Vm::create(ser.vm_type, true)?;
+        cx.open_synthetic(FileKind::KvmVm, VM_FILE_NAME, Box::new(vm))
+    }
+
+    fn finish(&self, _cx: &Ctx<'_, Self>, _how: Finish<'_, kvm_luo_ser>) {
+        // Nothing beyond the struct: a VM holds no preserved memory.
     }
 }
 
-/// The VM type handed over at `data`.
-fn read_type(kho: &dyn KhoService, data: u64) -> Result<u64, Errno> {
-    let ser: kvm_luo_ser = kho.read_obj(Phys::new(PhysAddr::new(data)))?;
-    Ok(ser.vm_type)
-}
-
-unsafe extern "C" fn retrieve(a: *mut liveupdate_file_op_args) -> c_int {
-    // SAFETY: as above.
-    let a = unsafe { &mut *a };
-    rc((|| {
-        let h = host()?;
-        let kho = h.kho()?;
-        let vm_type = read_type(&*kho, a.serialized_data);
-        // Created or not, the handed-over state is released here: finish skips files whose
-        // retrieve failed.
-        kho.restore_free(PhysAddr::new(a.serialized_data))?;
-        let vm = Vm::create(vm_type?, true)?;
-        let f = h.open_synthetic(FileKind::KvmVm, VM_FILE_NAME, Box::new(vm))?;
-        a.file = h.file_to_c(f)?;
-        Ok(())
-    })())
-}
-
-unsafe extern "C" fn finish(a: *mut liveupdate_file_op_args) {
-    // SAFETY: as above.
-    let a = unsafe { &mut *a };
-    if a.retrieve_status != 0 {
-        return;
-    }
-    if let Ok(kho) = host().and_then(|h| h.kho()) {
-        let _ = kho.restore_free(PhysAddr::new(a.serialized_data));
-    }
+/// Registers the `kvm_vm_luo_v1` handler with `k`.
+pub fn register(k: &impl Registry) -> Result<()> {
+    k.register_handler(Registration::new(KvmVmHandler, k.host(), ()))
 }

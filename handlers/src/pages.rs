@@ -3,17 +3,19 @@
 //!
 //! Contents are bytes in the model's memory, so a preserved folio keeps them across the kexec
 //! at the same physical address, and a test can check them there.
+//!
+//! A file's memory belongs to one kernel: [`Pages`] keeps that kernel's host (whose KHO holds
+//! the folios), given explicitly when the file is made.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use luo_abi::file::ShmemFolio;
+use luo_abi::host::LuoHost;
 use luo_abi::kho::KhoService;
 use luo_abi::{Errno, PAGE_SIZE, PhysAddr};
 
-use crate::host::host;
-
-type Kho = Arc<dyn KhoService + Send + Sync>;
+use crate::hugetlb::Hugetlb;
 
 /// One folio of a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,20 +33,21 @@ struct St {
 
 /// The folios of one file: `nr` slots of `PAGE_SIZE << order` bytes.
 pub struct Pages {
-    kho: Kho,
+    host: Arc<dyn LuoHost>,
     order: u32,
     nr: u64,
     st: Mutex<St>,
 }
 
 impl Pages {
-    /// No folio yet, in the current kernel.
-    pub fn new(order: u32, nr: u64) -> Result<Pages, Errno> {
-        if order > 18 || nr == 0 {
+    /// No folio yet, in the kernel of `host` (`Registry::host`).
+    pub fn new(host: Arc<dyn LuoHost>, order: u32, nr: u64) -> Result<Pages, Errno> {
+        // Bounded so that sizes (`nr << (order + 12)`) cannot overflow.
+        if order > 18 || nr == 0 || nr > u64::MAX >> (order + 12) {
             return Err(Errno::EINVAL);
         }
         Ok(Pages {
-            kho: host()?.kho()?,
+            host,
             order,
             nr,
             st: Mutex::new(St {
@@ -56,17 +59,22 @@ impl Pages {
 
     /// Folios restored in the new kernel (already claimed from KHO), at their indices.
     pub(crate) fn restored(
+        host: Arc<dyn LuoHost>,
         order: u32,
         nr: u64,
         folios: BTreeMap<u64, Folio>,
     ) -> Result<Pages, Errno> {
-        let p = Pages::new(order, nr)?;
+        let p = Pages::new(host, order, nr)?;
         p.lock().folios = folios;
         Ok(p)
     }
 
     fn lock(&self) -> MutexGuard<'_, St> {
         self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn kho(&self) -> &dyn KhoService {
+        self.host.kho()
     }
 
     /// Page order of each folio.
@@ -120,7 +128,7 @@ impl Pages {
         if st.frozen {
             return Err(Errno::EPERM);
         }
-        let phys = self.kho.alloc_folio(self.order)?;
+        let phys = self.kho().alloc_folio(self.order)?;
         st.folios.insert(
             index,
             Folio {
@@ -136,7 +144,7 @@ impl Pages {
         let mut st = self.lock();
         self.span(off, data.len(), |index, at, range| {
             let phys = self.populate_locked(&mut st, index)?;
-            self.kho
+            self.kho()
                 .write(PhysAddr::new(phys.as_u64() + at), &data[range])
         })
     }
@@ -147,7 +155,7 @@ impl Pages {
         self.span(off, buf.len(), |index, at, range| {
             match st.folios.get(&index) {
                 Some(f) => self
-                    .kho
+                    .kho()
                     .read(PhysAddr::new(f.phys.as_u64() + at), &mut buf[range]),
                 None => {
                     buf[range].fill(0);
@@ -169,7 +177,7 @@ impl Pages {
         };
         let mut buf = vec![0u8; self.folio_bytes() as usize];
         for (i, f) in &st.folios {
-            self.kho.read(f.phys, &mut buf)?;
+            self.kho().read(f.phys, &mut buf)?;
             eat(&i.to_le_bytes());
             eat(&buf);
         }
@@ -220,7 +228,7 @@ impl Pages {
                 uptodate: f.uptodate,
             })
             .collect();
-        self.kho.preserve_folios(&batch)?;
+        self.kho().preserve_folios(&batch)?;
         Ok(folios.iter().map(|(index, f)| record(*index, f)).collect())
     }
 
@@ -228,7 +236,7 @@ impl Pages {
     /// preserve failed.
     pub(crate) fn unpreserve_folios(&self) {
         for (_, f) in self.folios() {
-            let _ = self.kho.unpreserve_folio(f.phys, self.order);
+            let _ = self.kho().unpreserve_folio(f.phys, self.order);
         }
     }
 }
@@ -237,17 +245,18 @@ impl Pages {
 /// record was bad, the file cannot be rebuilt), they are released again with
 /// [`release_claimed`], so a failed retrieve leaves no folio behind.
 pub(crate) struct Claimed<'a> {
-    kho: &'a Kho,
-    hugetlb: bool,
+    kho: &'a dyn KhoService,
+    pool: Option<&'a Hugetlb>,
     folios: Vec<(PhysAddr, u32)>,
 }
 
 impl<'a> Claimed<'a> {
-    /// Nothing claimed yet; `hugetlb`: the pages go back to the HugeTLB pool on release.
-    pub(crate) fn new(kho: &'a Kho, hugetlb: bool) -> Claimed<'a> {
+    /// Nothing claimed yet; `pool`: the HugeTLB pools the pages go back to on release (a
+    /// HugeTLB file), if any.
+    pub(crate) fn new(kho: &'a dyn KhoService, pool: Option<&'a Hugetlb>) -> Claimed<'a> {
         Claimed {
             kho,
-            hugetlb,
+            pool,
             folios: Vec::new(),
         }
     }
@@ -268,32 +277,38 @@ impl<'a> Claimed<'a> {
 
 impl Drop for Claimed<'_> {
     fn drop(&mut self) {
-        release_claimed(self.kho, &self.folios, self.hugetlb);
+        release_claimed(self.kho, &self.folios, self.pool);
     }
 }
 
 /// Frees folios claimed from KHO for a file that is not coming back (never retrieved, or its
 /// retrieve failed); the pages of a HugeTLB file go back to the free pool of their size.
-fn release_claimed(kho: &Kho, claimed: &[(PhysAddr, u32)], hugetlb: bool) {
+fn release_claimed(kho: &dyn KhoService, claimed: &[(PhysAddr, u32)], pool: Option<&Hugetlb>) {
     let mut freed = BTreeMap::<u32, u64>::new();
     for &(phys, order) in claimed {
+        // Release path: a folio KHO refuses to free is KHO's to account, nothing to undo here.
         let _ = kho.free_folio(phys, order);
         *freed.entry(order).or_default() += 1;
     }
-    if hugetlb {
+    if let Some(pool) = pool {
         for (order, n) in freed {
-            let _ = crate::hugetlb::release_incoming(order, n);
+            // As above: the pages are gone from the file whatever the pools say.
+            let _ = pool.release_incoming(order, n);
         }
     }
 }
 
 /// Claims every folio at `pfns` that can be claimed and releases them ([`release_claimed`]).
-pub(crate) fn discard(kho: &Kho, pfns: impl Iterator<Item = u64>, hugetlb: bool) {
+pub(crate) fn discard(
+    kho: &dyn KhoService,
+    pfns: impl Iterator<Item = u64>,
+    pool: Option<&Hugetlb>,
+) {
     let claimed: Vec<_> = pfns
         .filter_map(PhysAddr::from_pfn)
         .filter_map(|p| Some((p, kho.restore_folio(p).ok()?)))
         .collect();
-    release_claimed(kho, &claimed, hugetlb);
+    release_claimed(kho, &claimed, pool);
 }
 
 impl Drop for Pages {
@@ -301,8 +316,9 @@ impl Drop for Pages {
         // The file goes away: its folios go back to the allocator. A folio still preserved
         // (its kernel kexec'ed) is refused, harmlessly: that memory belongs to the next kernel.
         let st = self.st.get_mut().unwrap_or_else(|e| e.into_inner());
+        let kho = self.host.kho();
         for f in st.folios.values() {
-            let _ = self.kho.free_folio(f.phys, self.order);
+            let _ = kho.free_folio(f.phys, self.order);
         }
     }
 }

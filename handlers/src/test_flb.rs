@@ -1,40 +1,25 @@
 //! The upstream in-kernel test's FLBs (`lib/tests/liveupdate.c`, `CONFIG_LIVEUPDATE_TEST`):
 //! three FLBs, `"liveupdate-test-flb-v0/1/2"`, linked to every handler as it registers.
-//! Preserve stores `0xFEEDF00DCAFEBEE0 + i`; retrieve checks it and sets `obj`; finish checks
-//! `obj`. Linking the same FLB twice gives `EEXIST`. At link time `get_incoming` is called on
-//! all three, tolerating `ENODATA` and `ENOENT`.
+//! Preserve stores `0xFEEDF00DCAFEBEE0 + i` in the FLB's data word itself (an `immediate`
+//! FLB: no preserved memory); retrieve checks it and keeps it as the incoming object; finish
+//! checks the object. At link time `get_incoming` is called on all three, tolerating `ENODATA`
+//! and `ENOENT`.
 
-use std::ffi::{c_int, c_void};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use luo_abi::Errno;
-use luo_generated::liveupdate::{
-    liveupdate_file_handler, liveupdate_flb, liveupdate_flb_op_args, liveupdate_flb_ops,
-};
-
-pub use crate::host::StaticFlb;
-use crate::host::{FlbOps, host};
+use luo_abi::global::{FlbCell, FlbState, StateCtx};
+use luo_abi::handler::{FileHandler, Registration};
+use luo_abi::host::RawFlb;
+use luo_abi::registry::Registry;
+use luo_abi::{Errno, Result};
+use luo_derive::liveupdate_flb;
 
 /// The magic base: FLB `i` stores `TEST_FLB_MAGIC_BASE + i`.
 pub const TEST_FLB_MAGIC_BASE: u64 = 0xFEED_F00D_CAFE_BEE0;
 
 /// Number of test FLBs.
 pub const TEST_FLB_COUNT: usize = 3;
-
-static OPS: FlbOps = FlbOps(liveupdate_flb_ops {
-    preserve: Some(preserve),
-    unpreserve: Some(unpreserve),
-    retrieve: Some(retrieve),
-    finish: Some(finish),
-    owner: std::ptr::null_mut(),
-});
-
-/// The three test FLBs.
-pub static TEST_FLBS: [StaticFlb; TEST_FLB_COUNT] = [
-    StaticFlb::new(&OPS, "liveupdate-test-flb-v0"),
-    StaticFlb::new(&OPS, "liveupdate-test-flb-v1"),
-    StaticFlb::new(&OPS, "liveupdate-test-flb-v2"),
-];
 
 /// What the test FLBs saw (process-wide).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -64,80 +49,103 @@ pub fn stats() -> Stats {
     }
 }
 
-fn index_of(flb: *mut liveupdate_flb) -> Option<u64> {
-    TEST_FLBS
-        .iter()
-        .position(|f| std::ptr::eq(&f.0, flb.cast_const()))
-        .map(|i| i as u64)
-}
-
-unsafe extern "C" fn preserve(a: *mut liveupdate_flb_op_args) -> c_int {
-    // SAFETY: LUO passes a valid argument block, exclusively ours for the call.
-    let a = unsafe { &mut *a };
-    let Some(i) = index_of(a.flb) else {
-        return Errno::EINVAL.to_neg();
-    };
-    a.data = TEST_FLB_MAGIC_BASE + i;
-    a.obj = std::ptr::null_mut();
+fn preserve(i: u64) -> Result<(u64, ())> {
     PRESERVED.fetch_add(1, Ordering::Relaxed);
-    0
+    Ok((TEST_FLB_MAGIC_BASE + i, ()))
 }
 
-unsafe extern "C" fn unpreserve(_a: *mut liveupdate_flb_op_args) {}
-
-unsafe extern "C" fn retrieve(a: *mut liveupdate_flb_op_args) -> c_int {
-    // SAFETY: LUO passes a valid argument block, exclusively ours for the call.
-    let a = unsafe { &mut *a };
-    let Some(i) = index_of(a.flb) else {
-        return Errno::EINVAL.to_neg();
-    };
-    if a.data != TEST_FLB_MAGIC_BASE + i {
+fn retrieve(i: u64, data: u64) -> Result<u64> {
+    if data != TEST_FLB_MAGIC_BASE + i {
         MISMATCHES.fetch_add(1, Ordering::Relaxed);
-        return Errno::EINVAL.to_neg();
+        return Err(Errno::EINVAL);
     }
-    a.obj = a.data as usize as *mut c_void;
     RETRIEVED_OK.fetch_add(1, Ordering::Relaxed);
-    0
+    Ok(data)
 }
 
-unsafe extern "C" fn finish(a: *mut liveupdate_flb_op_args) {
-    // SAFETY: LUO passes a valid argument block, exclusively ours for the call.
-    let a = unsafe { &mut *a };
-    match index_of(a.flb) {
-        Some(i) if a.obj as usize as u64 == TEST_FLB_MAGIC_BASE + i => {
-            FINISHED_OK.fetch_add(1, Ordering::Relaxed);
-        }
-        _ => {
-            MISMATCHES.fetch_add(1, Ordering::Relaxed);
-        }
+fn finish(i: u64, obj: &u64) {
+    if *obj == TEST_FLB_MAGIC_BASE + i {
+        FINISHED_OK.fetch_add(1, Ordering::Relaxed);
+    } else {
+        MISMATCHES.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// Links the three test FLBs to `fh` (upstream: at every handler registration), checks that
-/// linking one again gives `EEXIST`, then calls `get_incoming` on each, tolerating `ENODATA`
-/// (no incoming FLB data) and `ENOENT` (not handed over).
-///
-/// # Safety
-///
-/// `fh` is a registered `'static` handler.
-pub unsafe fn link(fh: *mut liveupdate_file_handler) -> Result<(), Errno> {
-    let h = host()?;
-    for f in &TEST_FLBS {
-        // SAFETY: `'static` descriptors; the caller guarantees `fh`.
-        unsafe { h.register_flb(fh, f.as_ptr()) }?;
-    }
-    // SAFETY: as above.
-    match unsafe { h.register_flb(fh, TEST_FLBS[0].as_ptr()) } {
-        Err(Errno::EEXIST) => {}
-        Ok(()) => return Err(Errno::EINVAL),
-        Err(e) => return Err(e),
-    }
-    for f in &TEST_FLBS {
-        match h.flb_get_incoming(f.as_ptr()) {
-            Ok(_) => h.flb_put_incoming(f.as_ptr()),
-            Err(Errno::ENODATA | Errno::ENOENT) => {}
-            Err(e) => return Err(e),
+macro_rules! test_flb {
+    ($name:ident, $compat:literal, $i:literal) => {
+        #[doc = concat!("The test FLB `", $compat, "`.")]
+        #[liveupdate_flb(compatible = $compat, abi = u64, immediate)]
+        pub struct $name;
+
+        #[liveupdate_flb]
+        impl FlbState for $name {
+            type Outgoing = ();
+            type Incoming = u64;
+            fn preserve(&self, _: &StateCtx<'_>) -> Result<(u64, ())> {
+                preserve($i)
+            }
+            fn unpreserve(&self, _: &StateCtx<'_>, _: u64, _: Arc<()>) {}
+            fn retrieve(&self, _: &StateCtx<'_>, data: u64) -> Result<u64> {
+                retrieve($i, data)
+            }
+            fn finish(&self, _: &StateCtx<'_>, obj: Arc<u64>) {
+                finish($i, &obj)
+            }
+        }
+    };
+}
+
+test_flb!(TestFlb0, "liveupdate-test-flb-v0", 0);
+test_flb!(TestFlb1, "liveupdate-test-flb-v1", 1);
+test_flb!(TestFlb2, "liveupdate-test-flb-v2", 2);
+
+/// The three test FLBs of one kernel.
+pub struct TestFlbs {
+    flb0: Arc<FlbCell<TestFlb0>>,
+    flb1: Arc<FlbCell<TestFlb1>>,
+    flb2: Arc<FlbCell<TestFlb2>>,
+}
+
+impl TestFlbs {
+    /// The test FLBs, run by `k`.
+    pub fn new(k: &impl Registry) -> TestFlbs {
+        TestFlbs {
+            flb0: k.new_flb(TestFlb0),
+            flb1: k.new_flb(TestFlb1),
+            flb2: k.new_flb(TestFlb2),
         }
     }
-    Ok(())
+
+    /// Links the three FLBs to `reg`'s handlers (upstream: at every handler registration).
+    pub fn link<H: FileHandler>(&self, reg: Registration<H>) -> Registration<H> {
+        reg.link_flb(Arc::clone(&self.flb0))
+            .link_flb(Arc::clone(&self.flb1))
+            .link_flb(Arc::clone(&self.flb2))
+    }
+
+    /// What upstream's test does once its FLBs are linked: `get_incoming` on each, which
+    /// retrieves handed-over data (and checks its value), tolerating `ENODATA` (nothing
+    /// handed over yet) and `ENOENT` (not handed over by the previous kernel).
+    pub fn check_incoming(&self) -> Result {
+        fn one<S: FlbState>(cell: &FlbCell<S>) -> Result {
+            match cell.get_incoming() {
+                Ok(_guard) => Ok(()),
+                Err(Errno::ENODATA | Errno::ENOENT) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        one(&self.flb0)?;
+        one(&self.flb1)?;
+        one(&self.flb2)
+    }
+
+    /// The raw `struct liveupdate_flb *` of FLB `i` (for tests of the core's link rules).
+    pub fn raw(&self, i: usize) -> Option<RawFlb> {
+        match i {
+            0 => Some(self.flb0.raw()),
+            1 => Some(self.flb1.raw()),
+            2 => Some(self.flb2.raw()),
+            _ => None,
+        }
+    }
 }

@@ -13,7 +13,8 @@
 //! * freeze: refused with `EINVAL` while the device's interrupts are enabled.
 //! * retrieve: the device must be in the PCI FLB's incoming entries (`ENOENT` otherwise); a
 //!   new, unattached device file.
-//! * finish: `pci_liveupdate_finish` (refcounts decremented up the path) and the data freed.
+//! * finish: `pci_liveupdate_finish` (refcounts decremented up the path), for the retrieved
+//!   device's `domain`/`bdf` or, never retrieved, the record's; the runtime frees the record.
 //! * opening a preserved device's cdev the normal way after the kexec ([`VfioDevice::open`])
 //!   is `EBUSY` until its file is finished.
 //!
@@ -26,8 +27,9 @@
 //! # Driving a VM's devices (tests, `luo simulate --scenario vm`)
 //!
 //! In each kernel, after boot: [`boot_devices`] (iommufd handler + IOMMU FLB, the PCI bus,
-//! this handler + PCI FLB). Old kernel: a sealed memfd (`F_SEAL_SEAL | F_SEAL_GROW |
-//! F_SEAL_SHRINK`) preserved first; [`crate::iommufd::open`], then on the
+//! this handler + PCI FLB, all written with the macros and registered through
+//! [`luo_abi::registry::Registry`]), which returns the kernel's [`Devices`]. Old kernel: a sealed memfd (`F_SEAL_SEAL | F_SEAL_GROW |
+//! F_SEAL_SHRINK`) preserved first; [`crate::iommufd::open`] on `Devices::iommu`, then on the
 //! [`crate::iommufd::Iommufd`] handle `ioas_map(memfd file, iova, len)`, `hwpt_alloc`,
 //! `hwpt_mark_preserve(id, token)`, and record `marked_ranges()`; preserve the iommufd; [`open`]
 //! a [`VfioDevice`] [`VfioDevice::attach`]ed to the HWPT and preserve it. New kernel: retrieve
@@ -35,23 +37,19 @@
 //! page tables handed over) and the devices ([`VfioDevice::is_retrieved`], same `domain`/`bdf`),
 //! then FINISH.
 
-use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use luo_abi::Errno;
-use luo_abi::file::FileKind;
-use luo_abi::kho::KhoExt;
-use luo_abi::{Phys, PhysAddr};
-use luo_generated::liveupdate::{
-    file as CFile, liveupdate_file_handler, liveupdate_file_op_args, liveupdate_file_ops,
-};
-use luo_generated::vfio_pci::v1::{VFIO_PCI_LUO_FH_COMPATIBLE, vfio_pci_core_device_ser};
+use luo_abi::file::{File, FileKind, FileRef};
+use luo_abi::handler::{Ctx, FileHandler, Finish, Registration, RetrieveStatus};
+use luo_abi::registry::Registry;
+use luo_derive::liveupdate_handler;
+use luo_generated::vfio_pci::v1::vfio_pci_core_device_ser;
 
-use crate::host::{FileOps, StaticHandler, host, kind_of, rc, synthetic_of};
-use crate::iommu::{HwUnit, IommuDevice, PerKernel};
+use crate::iommu::{HwUnit, Iommu, IommuDevice, lock};
 use crate::iommufd::Iommufd;
-use crate::pci;
+use crate::pci::{self, Pci, PciFlb};
 
 /// What FINISH does with a device that was never retrieved.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -71,14 +69,6 @@ pub struct Stats {
     /// Devices finished without ever being retrieved (their state dropped).
     pub dropped: u64,
 }
-
-#[derive(Default)]
-struct St {
-    mode: CanFinish,
-    stats: Stats,
-}
-
-static STATE: PerKernel<St> = PerKernel::new();
 
 /// A synthetic vfio-pci device file (a VFIO cdev): the payload of a [`FileKind::VfioPci`]
 /// file.
@@ -109,14 +99,13 @@ impl VfioDevice {
         }
     }
 
-    /// Opens the device's cdev in the current kernel (the normal path, not LUO's retrieve):
+    /// Opens the device's cdev in the kernel of `pci` (the normal path, not LUO's retrieve):
     /// `EBUSY` while the previous kernel's preservation still holds it (it is among the PCI
     /// FLB's incoming entries, until its file is finished). Reading the entries retrieves the
     /// PCI FLB if nothing did yet, as enumeration marks incoming devices upstream.
-    pub fn open(domain: u32, bdf: u16, hw: HwUnit) -> Result<VfioDevice, Errno> {
-        match pci::get_incoming() {
+    pub fn open(pci: &Pci, domain: u32, bdf: u16, hw: HwUnit) -> Result<VfioDevice, Errno> {
+        match pci.get_incoming() {
             Ok(inc) => {
-                pci::put_incoming();
                 if inc.contains_key(&(domain, bdf)) {
                     return Err(Errno::EBUSY);
                 }
@@ -128,7 +117,7 @@ impl VfioDevice {
     }
 
     fn attached(&self) -> MutexGuard<'_, Option<(Iommufd, u32)>> {
-        self.attach.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.attach)
     }
 
     /// `VFIO_DEVICE_BIND_IOMMUFD` + `VFIO_DEVICE_ATTACH_IOMMUFD_PT`: binds to `iommufd` and
@@ -174,107 +163,88 @@ impl VfioDevice {
 
 // ---- the handler -----------------------------------------------------------------------
 
-static OPS: FileOps = FileOps(liveupdate_file_ops {
-    can_preserve: Some(can_preserve),
-    preserve: Some(preserve),
-    unpreserve: Some(unpreserve),
-    freeze: Some(freeze),
-    unfreeze: None,
-    retrieve: Some(retrieve),
-    can_finish: Some(can_finish),
-    finish: Some(finish),
-    get_id: None,
-    owner: std::ptr::null_mut(),
-});
+/// The `vfio-pci-v1` handler, linking the PCI FLB; `mode` says what FINISH does with a device
+/// never retrieved, `stats` counts the finishes.
+#[liveupdate_handler(compatible = "vfio-pci-v1", abi = vfio_pci_core_device_ser, flbs = [PciFlb])]
+pub struct VfioPci {
+    mode: CanFinish,
+    stats: Arc<Mutex<Stats>>,
+}
 
-/// The `vfio-pci-v1` handler.
-pub static VFIO_PCI: StaticHandler = StaticHandler::new(&OPS, VFIO_PCI_LUO_FH_COMPATIBLE);
-
-fn device_of<'a>(f: *mut CFile) -> Option<&'a VfioDevice> {
-    (kind_of(f)? == FileKind::VfioPci)
-        .then(|| synthetic_of::<VfioDevice>(f))
+fn device_of(f: &dyn File) -> Option<&VfioDevice> {
+    (f.kind() == FileKind::VfioPci)
+        .then(|| f.payload()?.downcast_ref::<VfioDevice>())
         .flatten()
 }
 
-unsafe extern "C" fn can_preserve(_h: *mut liveupdate_file_handler, f: *mut CFile) -> bool {
-    device_of(f).is_some()
-}
+#[liveupdate_handler]
+impl FileHandler for VfioPci {
+    fn can_preserve(&self, file: &dyn File) -> bool {
+        device_of(file).is_some()
+    }
 
-unsafe extern "C" fn preserve(a: *mut liveupdate_file_op_args) -> c_int {
-    // SAFETY: LUO passes a valid argument block, exclusively ours for the call.
-    let a = unsafe { &mut *a };
-    rc((|| {
-        let dev = device_of(a.file).ok_or(Errno::EINVAL)?;
+    fn preserve(
+        &self,
+        cx: &Ctx<'_, Self>,
+        file: &dyn File,
+    ) -> luo_abi::Result<(vfio_pci_core_device_ser, ())> {
+        let dev = device_of(file).ok_or(Errno::EINVAL)?;
         let attached = dev.attachment();
         let idev = dev.iommu_device();
         if let (Some((fd, hwpt)), Some(idev)) = (&attached, &idev) {
             fd.device_preserve(*hwpt, idev)?;
         }
-        let undo_iommu = || {
+        if let Err(e) =
+            pci::pci_liveupdate_preserve(cx.global::<PciFlb>(), cx.kho(), dev.domain, dev.bdf)
+        {
             if let (Some((fd, _)), Some(idev)) = (&attached, &idev) {
                 fd.device_unpreserve(idev);
             }
-        };
-        if let Err(e) = pci::pci_liveupdate_preserve(dev.domain, dev.bdf) {
-            undo_iommu();
             return Err(e);
         }
-        let kho = host()?.kho()?;
-        let ser = vfio_pci_core_device_ser {
-            domain: dev.domain,
-            bdf: dev.bdf,
-        };
-        match kho.alloc_preserve_obj(&ser) {
-            Ok(p) => {
-                a.serialized_data = p.addr().as_u64();
-                dev.preserved.store(true, Ordering::Release);
-                Ok(())
-            }
-            Err(e) => {
-                pci::pci_liveupdate_unpreserve(dev.domain, dev.bdf);
-                undo_iommu();
-                Err(e)
-            }
+        // If the runtime cannot write the record it calls `unpreserve`, which undoes both.
+        dev.preserved.store(true, Ordering::Release);
+        Ok((
+            vfio_pci_core_device_ser {
+                domain: dev.domain,
+                bdf: dev.bdf,
+            },
+            (),
+        ))
+    }
+
+    fn freeze(
+        &self,
+        _: &Ctx<'_, Self>,
+        file: &dyn File,
+        _: &mut vfio_pci_core_device_ser,
+        _: &mut (),
+    ) -> luo_abi::Result {
+        match device_of(file) {
+            Some(d) if !d.irqs.load(Ordering::Acquire) => Ok(()),
+            _ => Err(Errno::EINVAL),
         }
-    })())
-}
-
-unsafe extern "C" fn freeze(a: *mut liveupdate_file_op_args) -> c_int {
-    // SAFETY: as above.
-    let a = unsafe { &*a };
-    match device_of(a.file) {
-        Some(d) if d.irqs.load(Ordering::Acquire) => Errno::EINVAL.to_neg(),
-        Some(_) => 0,
-        None => Errno::EINVAL.to_neg(),
     }
-}
 
-unsafe extern "C" fn unpreserve(a: *mut liveupdate_file_op_args) {
-    // SAFETY: as above.
-    let a = unsafe { &*a };
-    let Some(dev) = device_of(a.file) else { return };
-    pci::pci_liveupdate_unpreserve(dev.domain, dev.bdf);
-    if let (Some((fd, _)), Some(idev)) = (dev.attachment(), dev.iommu_device()) {
-        fd.device_unpreserve(&idev);
+    fn unpreserve(&self, cx: &Ctx<'_, Self>, file: &dyn File, _: vfio_pci_core_device_ser, _: ()) {
+        let Some(dev) = device_of(file) else { return };
+        pci::pci_liveupdate_unpreserve(cx.global::<PciFlb>(), cx.kho(), dev.domain, dev.bdf);
+        if let (Some((fd, _)), Some(idev)) = (dev.attachment(), dev.iommu_device()) {
+            fd.device_unpreserve(&idev);
+        }
+        dev.preserved.store(false, Ordering::Release);
     }
-    if let Ok(kho) = host().and_then(|h| h.kho()) {
-        let _ = kho.unpreserve_free(PhysAddr::new(a.serialized_data));
-    }
-    dev.preserved.store(false, Ordering::Release);
-}
 
-fn read_ser(data: u64) -> Result<vfio_pci_core_device_ser, Errno> {
-    host()?.kho()?.read_obj(Phys::new(PhysAddr::new(data)))
-}
-
-unsafe extern "C" fn retrieve(a: *mut liveupdate_file_op_args) -> c_int {
-    // SAFETY: as above.
-    let a = unsafe { &mut *a };
-    rc((|| {
-        let ser = read_ser(a.serialized_data)?;
-        let inc = pci::get_incoming()?;
-        pci::put_incoming();
-        if !inc.contains_key(&(ser.domain, ser.bdf)) {
+    fn retrieve(
+        &self,
+        cx: &Ctx<'_, Self>,
+        ser: vfio_pci_core_device_ser,
+    ) -> luo_abi::Result<FileRef> {
+        let present = {
+            let inc = cx.global::<PciFlb>().get_incoming()?;
+            pci::incoming_has(&inc, ser.domain, ser.bdf)
+        };
+        if !present {
             return Err(Errno::ENOENT);
         }
         let dev = VfioDevice {
@@ -282,74 +252,87 @@ unsafe extern "C" fn retrieve(a: *mut liveupdate_file_op_args) -> c_int {
             retrieved: true,
             ..VfioDevice::new(ser.domain, ser.bdf, HwUnit { token: 0 })
         };
-        let h = host()?;
-        let f = h.open_synthetic(FileKind::VfioPci, "vfio-pci", Box::new(dev))?;
-        a.file = h.file_to_c(f)?;
-        Ok(())
-    })())
-}
+        cx.open_synthetic(FileKind::VfioPci, "vfio-pci", Box::new(dev))
+    }
 
-unsafe extern "C" fn can_finish(a: *mut liveupdate_file_op_args) -> bool {
-    // SAFETY: as above.
-    let a = unsafe { &*a };
-    match STATE.with(|s, _| s.mode) {
-        Ok(CanFinish::DropUnretrieved) => a.retrieve_status >= 0,
-        _ => a.retrieve_status > 0,
+    fn can_finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, status: RetrieveStatus) -> bool {
+        // v5: `retrieve_status > 0`; dropping the unretrieved: `retrieve_status >= 0`.
+        matches!(
+            (self.mode, status),
+            (_, RetrieveStatus::Retrieved)
+                | (CanFinish::DropUnretrieved, RetrieveStatus::NotRetrieved)
+        )
+    }
+
+    fn finish(&self, cx: &Ctx<'_, Self>, how: Finish<'_, vfio_pci_core_device_ser>) {
+        let flb = cx.global::<PciFlb>();
+        match how {
+            Finish::Retrieved(f) => {
+                if let Some(d) = device_of(f) {
+                    let _ = pci::pci_liveupdate_finish(flb, d.domain, d.bdf);
+                }
+                lock(&self.stats).finished += 1;
+            }
+            Finish::NotRetrieved(ser) => {
+                let _ = pci::pci_liveupdate_finish(flb, ser.domain, ser.bdf);
+                lock(&self.stats).dropped += 1;
+            }
+            // The record was released at the failed retrieve: nothing names the device.
+            Finish::Failed(_) => lock(&self.stats).dropped += 1,
+        }
     }
 }
 
-unsafe extern "C" fn finish(a: *mut liveupdate_file_op_args) {
-    // SAFETY: as above.
-    let a = unsafe { &*a };
-    let Ok(ser) = read_ser(a.serialized_data) else {
-        return;
+/// What a kernel's device handlers are: the IOMMU core (iommufd handler + IOMMU FLB), the
+/// PCI core (bus + PCI FLB) and the vfio-pci handler's counts. A handle: clones are the same.
+#[derive(Clone)]
+pub struct Devices {
+    /// The IOMMU core.
+    pub iommu: Iommu,
+    /// The PCI core.
+    pub pci: Pci,
+    stats: Arc<Mutex<Stats>>,
+}
+
+impl Devices {
+    /// The vfio-pci handler's finish counts in this kernel.
+    pub fn stats(&self) -> Stats {
+        *lock(&self.stats)
+    }
+}
+
+/// Registers the `vfio-pci-v1` handler in `k` with `pci`'s FLB linked to it (upstream:
+/// `pci_liveupdate_register_flb`); returns its finish counts. Once per boot, after
+/// [`crate::iommufd::register`].
+pub fn register(k: &impl Registry, mode: CanFinish, pci: &Pci) -> Result<Arc<Mutex<Stats>>, Errno> {
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    let handler = VfioPci {
+        mode,
+        stats: Arc::clone(&stats),
     };
-    let _ = pci::pci_liveupdate_finish(ser.domain, ser.bdf);
-    if let Ok(kho) = host().and_then(|h| h.kho()) {
-        let _ = kho.restore_free(PhysAddr::new(a.serialized_data));
-    }
-    let _ = STATE.with(|s, _| {
-        if a.retrieve_status > 0 {
-            s.stats.finished += 1;
-        } else {
-            s.stats.dropped += 1;
-        }
-    });
+    k.register_handler(Registration::new(
+        handler,
+        k.host(),
+        (Arc::clone(pci.flb()),),
+    ))?;
+    Ok(stats)
 }
 
-/// Registers the `vfio-pci-v1` handler in the current kernel and links the PCI FLB to it.
-/// Once per boot, after [`crate::iommufd::register`] and the bus's [`pci::add_device`]s.
-pub fn register(mode: CanFinish) -> Result<(), Errno> {
-    STATE.with(|s, _| {
-        *s = St {
-            mode,
-            ..St::default()
-        }
-    })?;
-    let h = host()?;
-    // SAFETY: a `'static`, immutable handler.
-    unsafe { h.register_file_handler(VFIO_PCI.as_ptr()) }?;
-    pci::register_flb(VFIO_PCI.as_ptr())
-}
-
-/// Registers everything a VM's devices need in the current kernel, in order: the iommufd
-/// handler with the IOMMU FLB, the PCI bus `bus` (`(domain, bdf, parent bridge, kind)`,
-/// parents first) and this handler with the PCI FLB. Once per boot, after the memfd handler.
+/// Registers everything a VM's devices need in `k`, in order: the iommufd handler with the
+/// IOMMU FLB, the PCI bus `bus` (`(domain, bdf, parent bridge, kind)`, parents first) and
+/// this handler with the PCI FLB. Once per boot, after the memfd handler.
 pub fn boot_devices(
+    k: &impl Registry,
     mode: CanFinish,
     bus: &[(u32, u16, Option<u16>, pci::PciKind)],
-) -> Result<(), Errno> {
-    crate::iommufd::register()?;
-    pci::reset()?;
+) -> Result<Devices, Errno> {
+    let iommu = crate::iommufd::register(k)?;
+    let pci = Pci::new(k);
     for (domain, bdf, parent, kind) in bus {
-        pci::add_device(*domain, *bdf, *parent, *kind)?;
+        pci.add_device(*domain, *bdf, *parent, *kind)?;
     }
-    register(mode)
-}
-
-/// The handler's finish counts in the current kernel.
-pub fn stats() -> Result<Stats, Errno> {
-    STATE.with(|s, _| s.stats)
+    let stats = register(k, mode, &pci)?;
+    Ok(Devices { iommu, pci, stats })
 }
 
 /// Opens a vfio-pci device file for `dev` through `open` (e.g.

@@ -4,38 +4,33 @@
 
 use luo_abi::file::{FileKind, FileRef};
 use luo_abi::kho::KhoExt;
+use luo_abi::registry::Registry;
 use luo_abi::{Errno, Phys, PhysAddr};
 use luo_core::{BootOptions, Kernel, KernelVersion};
 use luo_generated::hugetlb::hugemfd_folio_ser;
 use luo_generated::hugetlb::v1::hugemfd_ser;
 use luo_handlers::folio_array;
 use luo_handlers::guest_memfd::GuestMemfd;
-use luo_handlers::hugetlb::{self, Form, HugeMemfd, Pool};
+use luo_handlers::hugetlb::{self, Form, HugeMemfd, Hugetlb, Pool};
 use luo_handlers::kvm::Vm;
 use luo_handlers::pages::Pages;
 
 /// 2 MiB huge pages, x86's.
 const ORDER: u32 = 9;
 
-fn boot(h: Option<luo_core::Handover>, form: Form) -> Kernel {
+/// A kernel with the HugeTLB state in `form` registered, and that state.
+fn boot(h: Option<luo_core::Handover>, form: Form) -> (Kernel, Hugetlb) {
     let opts = BootOptions {
         version: KernelVersion::Next,
         ..BootOptions::default()
     };
     let k = Kernel::boot(&opts, h).unwrap();
-    k.make_current();
-    hugetlb::register(form).unwrap();
-    k
+    let ht = hugetlb::register(&k, form).unwrap();
+    (k, ht)
 }
 
-fn pool(k: &Kernel) -> Pool {
-    k.make_current();
-    hugetlb::state()
-        .unwrap()
-        .pools
-        .get(&ORDER)
-        .copied()
-        .unwrap_or_default()
+fn pool(h: &Hugetlb) -> Pool {
+    h.state().pools.get(&ORDER).copied().unwrap_or_default()
 }
 
 /// A file preserved in [`cross`].
@@ -54,9 +49,9 @@ const VM_TOKEN: u64 = 100;
 
 /// Old kernel: 8 huge pages; `files` preserved in one session "s" (after a VM when there is a
 /// guest_memfd), each huge page written with its index. Returns the new kernel.
-fn cross(form: Form, files: &[Spec]) -> (Kernel, Vec<u64>) {
-    let k = boot(None, form);
-    hugetlb::configure(ORDER, 8).unwrap();
+fn cross(form: Form, files: &[Spec]) -> (Kernel, Hugetlb, Vec<u64>) {
+    let (k, ht) = boot(None, form);
+    ht.configure(ORDER, 8).unwrap();
     let dev = k.open_dev().unwrap();
     let s = k.create_session(dev, "s").unwrap();
     let mut vm = None;
@@ -71,17 +66,17 @@ fn cross(form: Form, files: &[Spec]) -> (Kernel, Vec<u64>) {
     for (i, spec) in files.iter().enumerate() {
         let (kind, payload): (FileKind, Box<dyn std::any::Any + Send + Sync>) = match *spec {
             Spec::Huge(nr) => {
-                let m = HugeMemfd::new(ORDER, nr).unwrap();
+                let m = HugeMemfd::new(&ht, ORDER, nr).unwrap();
                 fill(m.pages());
                 (FileKind::HugeMemfd, Box::new(m))
             }
             Spec::GmemHuge(nr) => {
-                let g = GuestMemfd::new_hugetlb(vm.clone().unwrap(), ORDER, nr, 0).unwrap();
+                let g = GuestMemfd::new_hugetlb(&ht, vm.clone().unwrap(), ORDER, nr, 0).unwrap();
                 fill(g.pages());
                 (FileKind::GuestMemfd, Box::new(g))
             }
             Spec::GmemPlain(n) => {
-                let g = GuestMemfd::new(vm.clone().unwrap(), n * 4096, 0).unwrap();
+                let g = GuestMemfd::new(k.host(), vm.clone().unwrap(), n * 4096, 0).unwrap();
                 g.pages().write(0, b"plain").unwrap();
                 (FileKind::GuestMemfd, Box::new(g))
             }
@@ -91,7 +86,8 @@ fn cross(form: Form, files: &[Spec]) -> (Kernel, Vec<u64>) {
         toks.push(i as u64 + 1);
     }
     let h = k.kexec().unwrap();
-    (boot(Some(h), form), toks)
+    let (k, ht) = boot(Some(h), form);
+    (k, ht, toks)
 }
 
 /// Writes each folio's index at its start.
@@ -117,35 +113,30 @@ const GMEM_PLAIN: Spec = Spec::GmemPlain(4);
 fn only_a_plain_guest_memfd() {
     // FLB: the HugeTLB FLB is preserved for a file that uses no huge page, and its incoming
     // life is bound to that file: finished only when the guest_memfd's session finishes.
-    let (k, toks) = cross(Form::Flb, &[GMEM_PLAIN]);
-    let st = hugetlb::state().unwrap();
+    let (k, ht, toks) = cross(Form::Flb, &[GMEM_PLAIN]);
+    let st = ht.state();
     assert_eq!(st.flb_retrieved, 1, "eager get_incoming at huge-memfd init");
     assert_eq!(
-        pool(&k),
+        pool(&ht),
         Pool {
             total: 8,
             free: 8,
             held_incoming: 0
         }
     );
-    assert_eq!(
-        hugetlb::state().unwrap().flb_finished,
-        0,
-        "pinned by the guest_memfd"
-    );
+    assert_eq!(ht.state().flb_finished, 0, "pinned by the guest_memfd");
     let dev = k.open_dev().unwrap();
     let s = k.retrieve_session(dev, "s").unwrap();
     k.retrieve_fd(s, toks[0]).unwrap();
     k.finish_session(s).unwrap();
-    k.make_current();
-    assert_eq!(hugetlb::state().unwrap().flb_finished, 1);
+    assert_eq!(ht.state().flb_finished, 1);
 
     // Subsystem: independent of the file; booted at registration, finished with the session.
-    let (k, toks) = cross(Form::Subsystem, &[GMEM_PLAIN]);
-    let st = hugetlb::state().unwrap();
+    let (k, ht, toks) = cross(Form::Subsystem, &[GMEM_PLAIN]);
+    let st = ht.state();
     assert_eq!((st.sub_booted, st.flb_retrieved), (1, 0));
     assert_eq!(
-        pool(&k),
+        pool(&ht),
         Pool {
             total: 8,
             free: 8,
@@ -156,22 +147,21 @@ fn only_a_plain_guest_memfd() {
     let s = k.retrieve_session(dev, "s").unwrap();
     k.retrieve_fd(s, toks[0]).unwrap();
     k.finish_session(s).unwrap();
-    k.make_current();
-    assert_eq!(hugetlb::state().unwrap().sub_finished, 1);
+    assert_eq!(ht.state().sub_finished, 1);
 }
 
 #[test]
 fn no_file_at_all() {
     // FLB: nothing depends on it, so nothing is handed over: the pool is gone.
-    let (k, _) = cross(Form::Flb, &[]);
-    let st = hugetlb::state().unwrap();
+    let (_k, ht, _) = cross(Form::Flb, &[]);
+    let st = ht.state();
     assert_eq!((st.flb_retrieved, st.flb_finished), (0, 0));
-    assert_eq!(pool(&k), Pool::default(), "FLB form loses the pool");
+    assert_eq!(pool(&ht), Pool::default(), "FLB form loses the pool");
     // Subsystem: the pool comes back, every page free.
-    let (k, _) = cross(Form::Subsystem, &[]);
-    assert_eq!(hugetlb::state().unwrap().sub_booted, 1);
+    let (_k, ht, _) = cross(Form::Subsystem, &[]);
+    assert_eq!(ht.state().sub_booted, 1);
     assert_eq!(
-        pool(&k),
+        pool(&ht),
         Pool {
             total: 8,
             free: 8,
@@ -183,10 +173,10 @@ fn no_file_at_all() {
 #[test]
 fn huge_memfd_and_hugetlb_guest_memfd_both_forms() {
     for form in [Form::Flb, Form::Subsystem] {
-        let (k, toks) = cross(form, &[Spec::Huge(2), Spec::GmemHuge(3)]);
+        let (k, ht, toks) = cross(form, &[Spec::Huge(2), Spec::GmemHuge(3)]);
         // Before any retrieve: 5 pages held for the files, 3 free.
         assert_eq!(
-            pool(&k),
+            pool(&ht),
             Pool {
                 total: 8,
                 free: 3,
@@ -206,7 +196,7 @@ fn huge_memfd_and_hugetlb_guest_memfd_both_forms() {
                 .pages(),
         );
         assert_eq!(
-            pool(&k),
+            pool(&ht),
             Pool {
                 total: 8,
                 free: 3,
@@ -217,7 +207,7 @@ fn huge_memfd_and_hugetlb_guest_memfd_both_forms() {
         // The guest_memfd is never retrieved: its pages return to the pool at finish.
         k.finish_session(s).unwrap();
         assert_eq!(
-            pool(&k),
+            pool(&ht),
             Pool {
                 total: 8,
                 free: 6,
@@ -225,8 +215,7 @@ fn huge_memfd_and_hugetlb_guest_memfd_both_forms() {
             },
             "{form:?}"
         );
-        k.make_current();
-        let st = hugetlb::state().unwrap();
+        let st = ht.state();
         match form {
             Form::Flb => assert_eq!((st.flb_retrieved, st.flb_finished), (1, 1)),
             Form::Subsystem => assert_eq!((st.sub_booted, st.sub_finished), (1, 1)),
@@ -242,7 +231,7 @@ fn huge_corrupted(corrupt: impl FnOnce(&Kernel, u64)) -> Result<(), Errno> {
 
 /// [`huge_corrupted`], with `held` pages left held for the file afterwards.
 fn huge_corrupted_held(corrupt: impl FnOnce(&Kernel, u64), held: u64) -> Result<(), Errno> {
-    let (k, toks) = cross(Form::Subsystem, &[Spec::Huge(2)]);
+    let (k, ht, toks) = cross(Form::Subsystem, &[Spec::Huge(2)]);
     let dev = k.open_dev().unwrap();
     let data = k.luo().incoming()[0].file_data(toks[0]).unwrap();
     corrupt(&k, data);
@@ -251,7 +240,7 @@ fn huge_corrupted_held(corrupt: impl FnOnce(&Kernel, u64), held: u64) -> Result<
     k.finish_session(s).unwrap();
     k.close(s).unwrap();
     // Retrieved or refused, the file's pages are the file's or free again, none held.
-    assert_eq!(pool(&k).held_incoming, held);
+    assert_eq!(pool(&ht).held_incoming, held);
     r
 }
 

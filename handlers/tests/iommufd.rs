@@ -12,21 +12,35 @@ use luo_abi::kho::{KhoExt, KhoService};
 use luo_abi::{Phys, PhysAddr};
 use luo_core::{BootOptions, Handover, Kernel, KernelVersion};
 use luo_generated::iommu::{IOMMU_SER_FLAG_DELETED, IOMMU_SER_FLAG_INCOMING, iommu_domain_ser};
-use luo_handlers::iommu::{self, FlbCalls, HwUnit, Kho};
+use luo_handlers::iommu::{self, FlbCalls, HwUnit, Iommu, Kho};
 use luo_handlers::iommufd::{self, Iommufd, PreservedHwpt, REQUIRED_SEALS};
 
 const HW: HwUnit = HwUnit { token: 0xfed9_0000 };
 const PAGE: u64 = 4096;
 
-fn boot(h: Option<Handover>) -> Kernel {
+/// A booted kernel and the IOMMU core its iommufd handler registered.
+#[derive(Clone)]
+struct K {
+    k: Kernel,
+    iommu: Iommu,
+}
+
+impl std::ops::Deref for K {
+    type Target = Kernel;
+    fn deref(&self) -> &Kernel {
+        &self.k
+    }
+}
+
+fn boot(h: Option<Handover>) -> K {
     let opts = BootOptions {
         version: KernelVersion::Next,
         ..BootOptions::default()
     };
     let k = Kernel::boot(&opts, h).unwrap();
     k.make_current();
-    iommufd::register().unwrap();
-    k
+    let iommu = iommufd::register(&k).unwrap();
+    K { k, iommu }
 }
 
 fn kho(k: &Kernel) -> Kho {
@@ -48,8 +62,8 @@ fn memfd(k: &Kernel, pages: u64, add: u32) -> i32 {
 }
 
 /// An iommufd file and a handle on its object.
-fn open_iommufd(k: &Kernel) -> (i32, Iommufd) {
-    let fd = iommufd::open(|kind, name, p| k.open_synthetic(kind, name, p)).unwrap();
+fn open_iommufd(k: &K) -> (i32, Iommufd) {
+    let fd = iommufd::open(&k.iommu, |kind, name, p| k.open_synthetic(kind, name, p)).unwrap();
     let h = k.file(fd).unwrap().synthetic::<Iommufd>().unwrap().clone();
     (fd, h)
 }
@@ -58,8 +72,8 @@ fn retrieved_iommufd(k: &Kernel, fd: i32) -> Iommufd {
     k.file(fd).unwrap().synthetic::<Iommufd>().unwrap().clone()
 }
 
-fn calls() -> FlbCalls {
-    iommu::flb_calls().unwrap()
+fn calls(k: &K) -> FlbCalls {
+    k.iommu.flb_calls()
 }
 
 /// The data of `token` in the incoming session `name`, as the core deserialized it.
@@ -104,12 +118,12 @@ fn preserve_kexec_restore_finish() {
     k.preserve_fd(s, ram, 1).unwrap();
     k.preserve_fd(s, ram2, 2).unwrap();
     assert_eq!(
-        calls(),
+        calls(&k),
         FlbCalls::default(),
         "memfds do not touch the IOMMU FLB"
     );
     k.preserve_fd(s, ifd, 3).unwrap();
-    assert_eq!(calls().preserve, 1);
+    assert_eq!(calls(&k).preserve, 1);
     // Preserved: the IOAS is frozen.
     assert_eq!(
         iommufd.ioas_map(file(&k, ram), 0x80_0000, PAGE),
@@ -117,7 +131,7 @@ fn preserve_kexec_restore_finish() {
     );
     assert_eq!(iommufd.hwpt_mark_preserve(h3, 300), Err(Errno::EBUSY));
     // The outgoing FLB as written: two domains, live, naming h1's and h2's tables.
-    let out = iommu::decode(&kho(&k), iommu::outgoing_data().unwrap().unwrap()).unwrap();
+    let out = iommu::decode(&*kho(&k), k.iommu.outgoing_data().unwrap()).unwrap();
     assert_eq!(out.domains.len(), 2);
     assert!(out.domains.iter().all(|d| d.ref_count == 1 && d.flags == 0));
     assert_eq!(out.domains[0].top_table_phys, top(h1));
@@ -127,7 +141,7 @@ fn preserve_kexec_restore_finish() {
     let dev = k.open_dev().unwrap();
     // The handed-over bytes, before anything is retrieved.
     let data = incoming_data(&k, "vm", 3);
-    let hwpts = iommufd::decode(&kho(&k), data).unwrap();
+    let hwpts = iommufd::decode(&*kho(&k), data).unwrap();
     assert_eq!(
         hwpts
             .iter()
@@ -147,7 +161,7 @@ fn preserve_kexec_restore_finish() {
         );
         assert_eq!({ d.hdr.ref_count }, 1);
     }
-    assert_eq!(calls(), FlbCalls::default(), "retrieved on demand only");
+    assert_eq!(calls(&k), FlbCalls::default(), "retrieved on demand only");
 
     let s = k.retrieve_session(dev, "vm").unwrap();
     let ram = k.retrieve_fd(s, 1).unwrap();
@@ -164,7 +178,7 @@ fn preserve_kexec_restore_finish() {
     assert_eq!(k.finish_session(s), Err(Errno::EBUSY), "nothing reclaimed");
 
     let id = fd2.hwpt_restore(100, HW).unwrap();
-    assert_eq!(calls().retrieve, 1);
+    assert_eq!(calls(&k).retrieve, 1);
     assert_eq!(fd2.hwpt_ranges(id).unwrap(), want[&100]);
     assert_eq!(fd2.hwpt_restore(100, HW), Err(Errno::EBUSY));
     assert_eq!(fd2.hwpt_restore(999, HW), Err(Errno::ENOENT));
@@ -175,8 +189,7 @@ fn preserve_kexec_restore_finish() {
     );
     // Reclaimed and INCOMING in the handed-over bytes.
     assert!(fd2.preserved_hwpts().unwrap().iter().all(|h| h.reclaimed));
-    let inc = iommu::get_incoming().unwrap();
-    iommu::put_incoming();
+    let inc = k.iommu.get_incoming().unwrap();
     assert!(
         inc.domains
             .iter()
@@ -184,7 +197,7 @@ fn preserve_kexec_restore_finish() {
     );
     k.finish_session(s).unwrap();
     assert_eq!(
-        calls(),
+        calls(&k),
         FlbCalls {
             preserve: 0,
             unpreserve: 0,
@@ -237,18 +250,18 @@ fn mappings_must_be_sealed_memfds_preserved_in_the_session() {
     k.preserve_fd(other, m, 1).unwrap();
     assert_eq!(preserve_with(file(&k, m), 10), Err(Errno::ENOENT));
     // Every failure rolled the FLB back.
-    let c = calls();
+    let c = calls(&k);
     assert_eq!(c.preserve, c.unpreserve);
-    assert_eq!(iommu::outgoing_data().unwrap(), None);
+    assert_eq!(k.iommu.outgoing_data(), None);
     // In the session: preserved.
     let m2 = memfd(&k, 1, REQUIRED_SEALS);
     k.preserve_fd(s, m2, 2).unwrap();
     preserve_with(file(&k, m2), 10).unwrap();
-    assert!(iommu::outgoing_live().unwrap());
+    assert!(k.iommu.outgoing_live());
     // Closing both sessions unpreserves everything, the FLB included.
     k.close(s).unwrap();
     k.close(other).unwrap();
-    assert!(!iommu::outgoing_live().unwrap());
+    assert!(!k.iommu.outgoing_live());
     assert_eq!(k.stats().preserved_beyond_root(), baseline);
 }
 
@@ -293,11 +306,11 @@ fn unpreserve_on_close_marks_deleted_slots() {
         k.preserve_fd(s, ifd, 2).unwrap();
         sessions.push(s);
     }
-    assert_eq!(calls().preserve, 1, "one FLB object for both iommufds");
-    let data = iommu::outgoing_data().unwrap().unwrap();
+    assert_eq!(calls(&k).preserve, 1, "one FLB object for both iommufds");
+    let data = k.iommu.outgoing_data().unwrap();
     k.close(sessions[0]).unwrap();
-    assert_eq!(calls().unpreserve, 0, "b still depends on it");
-    let out = iommu::decode(&kho(&k), data).unwrap();
+    assert_eq!(calls(&k).unpreserve, 0, "b still depends on it");
+    let out = iommu::decode(&*kho(&k), data).unwrap();
     assert_eq!(out.domains.len(), 2, "slots are never reused");
     assert_eq!(out.domains[0].flags, IOMMU_SER_FLAG_DELETED as u32);
     assert_eq!(out.domains[0].ref_count, 0);
@@ -311,17 +324,16 @@ fn unpreserve_on_close_marks_deleted_slots() {
     let fd = retrieved_iommufd(&k, ifd);
     let got = fd.restore_all(HW).unwrap();
     assert_eq!(got[&1], vec![(0, PAGE)]);
-    let inc = iommu::get_incoming().unwrap();
-    iommu::put_incoming();
+    let inc = k.iommu.get_incoming().unwrap();
     assert_eq!(inc.domains.len(), 2);
     assert_eq!(inc.domains[0].flags, IOMMU_SER_FLAG_DELETED as u32);
     assert!(inc.domains[1].restored);
     assert_eq!(
-        iommu::restore_domain(inc.domains[0].phys),
+        k.iommu.restore_domain(inc.domains[0].phys),
         Err(Errno::ENOENT)
     );
     k.finish_session(s).unwrap();
-    assert_eq!(calls().finish, 1);
+    assert_eq!(calls(&k).finish, 1);
 }
 
 #[test]
@@ -342,7 +354,7 @@ fn unpreserve_on_close_frees_everything() {
     assert!(k.stats().preserved_beyond_root() > baseline);
     k.close(s).unwrap();
     assert_eq!(
-        calls(),
+        calls(&k),
         FlbCalls {
             preserve: 1,
             unpreserve: 1,
@@ -357,7 +369,7 @@ fn unpreserve_on_close_frees_everything() {
     k.preserve_fd(s, m, 1).unwrap();
     k.preserve_fd(s, m2, 2).unwrap();
     k.preserve_fd(s, ifd, 3).unwrap();
-    assert_eq!(calls().preserve, 2);
+    assert_eq!(calls(&k).preserve, 2);
 }
 
 #[test]
@@ -381,13 +393,17 @@ fn never_retrieved_iommufds() {
     let dev = k.open_dev().unwrap();
     let plain = incoming_data(&k, "plain", 2);
     assert_eq!(
-        iommufd::decode(&kho(&k), plain).unwrap(),
+        iommufd::decode(&*kho(&k), plain).unwrap(),
         Vec::<PreservedHwpt>::new()
     );
     // No HWPT to reclaim: FINISH drops it without a retrieve.
     let s = k.retrieve_session(dev, "plain").unwrap();
     k.finish_session(s).unwrap();
-    assert_eq!(calls().finish, 0, "the marked iommufd still holds the FLB");
+    assert_eq!(
+        calls(&k).finish,
+        0,
+        "the marked iommufd still holds the FLB"
+    );
     // A preserved HWPT nobody rebuilt: FINISH refused (RFC-era can_finish).
     let s = k.retrieve_session(dev, "marked").unwrap();
     assert_eq!(k.finish_session(s), Err(Errno::EBUSY));
@@ -395,7 +411,7 @@ fn never_retrieved_iommufds() {
     assert_eq!(k.finish_session(s), Err(Errno::EBUSY));
     retrieved_iommufd(&k, ifd).restore_all(HW).unwrap();
     k.finish_session(s).unwrap();
-    assert_eq!((calls().retrieve, calls().finish), (1, 1));
+    assert_eq!((calls(&k).retrieve, calls(&k).finish), (1, 1));
     assert_eq!(k.stats().kho.incoming_pages, 0);
 }
 
@@ -411,8 +427,8 @@ fn corrupt_handover_is_refused_not_a_panic() {
     fd.hwpt_mark_preserve(h, 1).unwrap();
     k.preserve_fd(s, m, 1).unwrap();
     k.preserve_fd(s, ifd, 2).unwrap();
-    let data = iommu::outgoing_data().unwrap().unwrap();
-    let out = iommu::decode(&kho(&k), data).unwrap();
+    let data = k.iommu.outgoing_data().unwrap();
+    let out = iommu::decode(&*kho(&k), data).unwrap();
     // The domain chain's page claims more slots than a page holds.
     let dom_page = out.domains[0].phys & !(PAGE - 1);
     kho(&k)
@@ -422,7 +438,7 @@ fn corrupt_handover_is_refused_not_a_panic() {
     let k = boot(Some(k.kexec().unwrap()));
     let dev = k.open_dev().unwrap();
     let data = incoming_data(&k, "s", 2);
-    assert_eq!(iommu::get_incoming().err(), Some(Errno::EINVAL));
+    assert_eq!(k.iommu.get_incoming().err(), Some(Errno::EINVAL));
     kho(&k)
         .write(PhysAddr::new(data), &(1u64 << 40).to_le_bytes())
         .unwrap();
@@ -450,7 +466,7 @@ fn full_pages_chain_and_units_are_written_once() {
     k.preserve_fd(s, ifd, 2).unwrap();
     // A domain is preserved once.
     let d0 = fd.hwpts()[&ids[0]].domain;
-    assert_eq!(iommu::iommu_preserve_domain(&d0), Err(Errno::EBUSY));
+    assert_eq!(k.iommu.preserve_domain(&d0), Err(Errno::EBUSY));
     // 70 devices behind 40 units, all on the first HWPT (iommufd_device_preserve).
     for i in 0..DEVICES {
         let d = IommuDevice {
@@ -463,7 +479,7 @@ fn full_pages_chain_and_units_are_written_once() {
         fd.device_preserve(ids[0], &d).unwrap();
         assert_eq!(fd.device_preserve(ids[0], &d), Err(Errno::EBUSY));
     }
-    let out = iommu::decode(&kho(&k), iommu::outgoing_data().unwrap().unwrap()).unwrap();
+    let out = iommu::decode(&*kho(&k), k.iommu.outgoing_data().unwrap()).unwrap();
     assert_eq!(
         (out.hws.len(), out.domains.len(), out.devices.len()),
         (UNITS as usize, HWPTS as usize, DEVICES as usize)
@@ -480,8 +496,7 @@ fn full_pages_chain_and_units_are_written_once() {
     let got = retrieved_iommufd(&k, ifd).restore_all(HW).unwrap();
     assert_eq!(got.len(), HWPTS as usize);
     assert!(got.values().all(|r| r == &vec![(0, PAGE)]));
-    let inc = iommu::get_incoming().unwrap();
-    iommu::put_incoming();
+    let inc = k.iommu.get_incoming().unwrap();
     assert_eq!(inc, {
         let mut want = out.clone();
         for d in &mut want.domains {
@@ -491,7 +506,7 @@ fn full_pages_chain_and_units_are_written_once() {
         want
     });
     k.finish_session(s).unwrap();
-    assert_eq!((calls().retrieve, calls().finish), (1, 1));
+    assert_eq!((calls(&k).retrieve, calls(&k).finish), (1, 1));
     assert_eq!(k.stats().kho.incoming_pages, 0);
 }
 
@@ -535,7 +550,7 @@ fn eight_threads_one_flb_object_each_way() {
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     k.make_current();
-    assert_eq!(calls().preserve, 1);
+    assert_eq!(calls(&k).preserve, 1);
     // 8 threads each retrieve and finish their session: one FLB retrieve, one finish, after
     // the last.
     let k = boot(Some(k.kexec().unwrap()));
@@ -553,6 +568,6 @@ fn eight_threads_one_flb_object_each_way() {
         }
     });
     k.make_current();
-    assert_eq!((calls().retrieve, calls().finish), (1, 1));
+    assert_eq!((calls(&k).retrieve, calls(&k).finish), (1, 1));
     assert_eq!(k.stats().kho.incoming_pages, 0);
 }

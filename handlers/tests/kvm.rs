@@ -3,6 +3,7 @@
 
 use luo_abi::file::{FileKind, FileRef};
 use luo_abi::kho::{KhoExt, KhoService};
+use luo_abi::registry::Registry;
 use luo_abi::{Errno, Phys, PhysAddr};
 use luo_core::{BootOptions, Handover, Kernel, KernelVersion};
 use luo_generated::kvm::guest_memfd_luo_folio_ser;
@@ -10,7 +11,7 @@ use luo_generated::kvm::v1::{guest_memfd_luo_ser, kvm_luo_ser};
 use luo_generated::kvm::{GUEST_MEMFD_LUO_FLAG_MMAP, GUEST_MEMFD_LUO_FOLIO_UPTODATE};
 use luo_handlers::folio_array;
 use luo_handlers::guest_memfd::{GMEM_FILE_NAME, GuestMemfd, gmem_of};
-use luo_handlers::hugetlb::{self, Form, Pool};
+use luo_handlers::hugetlb::{self, Form, Hugetlb, Pool};
 use luo_handlers::kvm::{KVM_X86_SW_PROTECTED_VM, VM_FILE_NAME, Vm, vm_of};
 use zerocopy::{FromZeros, IntoBytes};
 
@@ -20,18 +21,18 @@ const ORDER: u32 = 9;
 const VM: u64 = 1;
 const GMEM: u64 = 2;
 
-fn boot(h: Option<Handover>) -> Kernel {
+/// A kernel with HugeTLB (as a subsystem), KVM and guest_memfd registered, and its HugeTLB.
+fn boot(h: Option<Handover>) -> (Kernel, Hugetlb) {
     let opts = BootOptions {
         version: KernelVersion::Next,
         ..BootOptions::default()
     };
     let k = Kernel::boot(&opts, h).unwrap();
-    k.make_current();
-    hugetlb::register(Form::Subsystem).unwrap();
-    k
+    let ht = hugetlb::register(&k, Form::Subsystem).unwrap();
+    (k, ht)
 }
 
-fn kexec(k: Kernel) -> Kernel {
+fn kexec(k: Kernel) -> (Kernel, Hugetlb) {
     let h = k.kexec().unwrap();
     boot(Some(h))
 }
@@ -57,7 +58,13 @@ fn vm_ref(k: &Kernel, fd: i32) -> FileRef {
 
 /// A 64-page guest_memfd of the VM at `vm` with pages 0, 3, 17 and 63 written.
 fn open_gmem(k: &Kernel, vm: i32) -> i32 {
-    let g = GuestMemfd::new(vm_ref(k, vm), 64 * PAGE, GUEST_MEMFD_LUO_FLAG_MMAP).unwrap();
+    let g = GuestMemfd::new(
+        k.host(),
+        vm_ref(k, vm),
+        64 * PAGE,
+        GUEST_MEMFD_LUO_FLAG_MMAP,
+    )
+    .unwrap();
     for i in [0u64, 3, 17, 63] {
         let data: Vec<u8> = (0..PAGE).map(|b| (b as u8) ^ (i as u8) ^ 0x5a).collect();
         g.pages().write(i * PAGE, &data).unwrap();
@@ -92,7 +99,7 @@ fn write_gmem_ser(k: &Kernel, data: u64, ser: &guest_memfd_luo_ser) {
 
 #[test]
 fn vm_and_guest_memfd_cross_a_kexec() {
-    let k = boot(None);
+    let (k, _ht) = boot(None);
     let dev = k.open_dev().unwrap();
     let s = k.create_session(dev, "vm").unwrap();
     let vm = open_vm(&k, KVM_X86_SW_PROTECTED_VM);
@@ -112,7 +119,7 @@ fn vm_and_guest_memfd_cross_a_kexec() {
     assert_eq!(pages.write(5 * PAGE, b"x"), Err(Errno::EPERM));
     drop(out);
 
-    let k = kexec(k);
+    let (k, _ht) = kexec(k);
     let dev = k.open_dev().unwrap();
     let ser = read_gmem_ser(&k, incoming_data(&k, "vm", GMEM));
     assert_eq!(
@@ -150,7 +157,7 @@ fn vm_and_guest_memfd_cross_a_kexec() {
 
 #[test]
 fn dead_or_bugged_vm_is_refused() {
-    let k = boot(None);
+    let (k, _ht) = boot(None);
     let dev = k.open_dev().unwrap();
     let s = k.create_session(dev, "vm").unwrap();
     let dead = open_vm(&k, 0);
@@ -166,7 +173,7 @@ fn dead_or_bugged_vm_is_refused() {
 
 #[test]
 fn guest_memfd_without_its_vm_is_enoent() {
-    let k = boot(None);
+    let (k, _ht) = boot(None);
     let dev = k.open_dev().unwrap();
     let a = k.create_session(dev, "a").unwrap();
     let b = k.create_session(dev, "b").unwrap();
@@ -196,7 +203,7 @@ fn guest_memfd_without_its_vm_is_enoent() {
 
 #[test]
 fn closing_the_session_unpreserves_guest_memfd_and_vm() {
-    let k = boot(None);
+    let (k, _ht) = boot(None);
     let dev = k.open_dev().unwrap();
     let s = k.create_session(dev, "vm").unwrap();
     let vm = open_vm(&k, 0);
@@ -215,7 +222,7 @@ fn closing_the_session_unpreserves_guest_memfd_and_vm() {
     let s = k.create_session(dev, "vm").unwrap();
     k.preserve_fd(s, vm, VM).unwrap();
     k.preserve_fd(s, g, GMEM).unwrap();
-    let k = kexec(k);
+    let (k, _ht) = kexec(k);
     let dev = k.open_dev().unwrap();
     let s = k.retrieve_session(dev, "vm").unwrap();
     let g = k.retrieve_fd(s, GMEM).unwrap();
@@ -231,26 +238,23 @@ fn closing_the_session_unpreserves_guest_memfd_and_vm() {
 #[test]
 fn never_retrieved_vm_and_guest_memfd_are_released_at_finish() {
     // Neither retrieved.
-    let k = boot(None);
-    hugetlb::configure(ORDER, 4).unwrap();
+    let (k, ht) = boot(None);
+    ht.configure(ORDER, 4).unwrap();
     let dev = k.open_dev().unwrap();
     let s = k.create_session(dev, "vm").unwrap();
     let vm = open_vm(&k, 0);
     let g = open_gmem(&k, vm);
-    let huge = GuestMemfd::new_hugetlb(vm_ref(&k, vm), ORDER, 3, 0).unwrap();
+    let huge = GuestMemfd::new_hugetlb(&ht, vm_ref(&k, vm), ORDER, 3, 0).unwrap();
     let h = k
         .open_synthetic(FileKind::GuestMemfd, GMEM_FILE_NAME, Box::new(huge))
         .unwrap();
     k.preserve_fd(s, vm, VM).unwrap();
     k.preserve_fd(s, g, GMEM).unwrap();
     k.preserve_fd(s, h, 3).unwrap();
-    let k = kexec(k);
-    let pool = |k: &Kernel| {
-        k.make_current();
-        hugetlb::state().unwrap().pools[&ORDER]
-    };
+    let (k, ht) = kexec(k);
+    let pool = |h: &Hugetlb| h.state().pools[&ORDER];
     assert_eq!(
-        pool(&k),
+        pool(&ht),
         Pool {
             total: 4,
             free: 1,
@@ -264,7 +268,7 @@ fn never_retrieved_vm_and_guest_memfd_are_released_at_finish() {
     no_leak(&k);
     // The HugeTLB guest_memfd's pages are back in the pool.
     assert_eq!(
-        pool(&k),
+        pool(&ht),
         Pool {
             total: 4,
             free: 4,
@@ -273,14 +277,14 @@ fn never_retrieved_vm_and_guest_memfd_are_released_at_finish() {
     );
 
     // Only the VM retrieved: the guest_memfd's folios are discarded at finish.
-    let k = boot(None);
+    let (k, _ht) = boot(None);
     let dev = k.open_dev().unwrap();
     let s = k.create_session(dev, "vm").unwrap();
     let vm = open_vm(&k, 0);
     let g = open_gmem(&k, vm);
     k.preserve_fd(s, vm, VM).unwrap();
     k.preserve_fd(s, g, GMEM).unwrap();
-    let k = kexec(k);
+    let (k, _ht) = kexec(k);
     let dev = k.open_dev().unwrap();
     let s = k.retrieve_session(dev, "vm").unwrap();
     let vm = k.retrieve_fd(s, VM).unwrap();
@@ -292,12 +296,12 @@ fn never_retrieved_vm_and_guest_memfd_are_released_at_finish() {
 
 #[test]
 fn hugetlb_guest_memfd_contents_cross() {
-    let k = boot(None);
-    hugetlb::configure(ORDER, 4).unwrap();
+    let (k, ht) = boot(None);
+    ht.configure(ORDER, 4).unwrap();
     let dev = k.open_dev().unwrap();
     let s = k.create_session(dev, "vm").unwrap();
     let vm = open_vm(&k, 0);
-    let huge = GuestMemfd::new_hugetlb(vm_ref(&k, vm), ORDER, 3, 0).unwrap();
+    let huge = GuestMemfd::new_hugetlb(&ht, vm_ref(&k, vm), ORDER, 3, 0).unwrap();
     for i in 0..3u64 {
         let fb = huge.pages().folio_bytes();
         huge.pages()
@@ -310,7 +314,7 @@ fn hugetlb_guest_memfd_contents_cross() {
         .unwrap();
     k.preserve_fd(s, vm, VM).unwrap();
     k.preserve_fd(s, g, GMEM).unwrap();
-    let k = kexec(k);
+    let (k, ht) = kexec(k);
     let dev = k.open_dev().unwrap();
     let s = k.retrieve_session(dev, "vm").unwrap();
     let g = k.retrieve_fd(s, GMEM).unwrap();
@@ -319,9 +323,8 @@ fn hugetlb_guest_memfd_contents_cross() {
     assert!(gm.is_hugetlb());
     assert_eq!((gm.pages().order(), gm.pages().nr()), (ORDER, 3));
     assert_eq!(gm.pages().digest().unwrap(), digest);
-    k.make_current();
     assert_eq!(
-        hugetlb::state().unwrap().pools[&ORDER],
+        ht.state().pools[&ORDER],
         Pool {
             total: 4,
             free: 1,
@@ -338,7 +341,7 @@ fn hugetlb_guest_memfd_contents_cross() {
 /// Finishing the session afterwards must work; `leak_free` says whether every page must be
 /// released too.
 fn corrupted(corrupt: impl FnOnce(&Kernel, u64), leak_free: bool) -> Errno {
-    let k = boot(None);
+    let (k, _ht) = boot(None);
     let dev = k.open_dev().unwrap();
     let s = k.create_session(dev, "vm").unwrap();
     let vm = open_vm(&k, 0);
@@ -348,7 +351,7 @@ fn corrupted(corrupt: impl FnOnce(&Kernel, u64), leak_free: bool) -> Errno {
     k.preserve_fd(s, vm, VM).unwrap();
     k.preserve_fd(s, m, 3).unwrap();
     k.preserve_fd(s, g, GMEM).unwrap();
-    let k = kexec(k);
+    let (k, _ht) = kexec(k);
     let dev = k.open_dev().unwrap();
     corrupt(&k, incoming_data(&k, "vm", GMEM));
     let s = k.retrieve_session(dev, "vm").unwrap();

@@ -220,11 +220,7 @@ fn memfd_v1_is_migrated_and_not_uptodate_folios_zeroed() {
     let mut o = opts(KernelVersion::V7_3);
     o.memfd_handler = false;
     let k = Kernel::boot(&o, None).unwrap();
-    {
-        let _g = k.enter();
-        luo_core::host::install();
-        memfd::register(Version::V1, &[Version::V1]).unwrap();
-    }
+    memfd::register(&k, Version::V1, &[Version::V1], None).unwrap();
     let dev = k.open_dev().unwrap();
     let s = k.create_session(dev, "old").unwrap();
     let m = k.memfd_create("v1").unwrap();
@@ -267,6 +263,7 @@ fn upstream_test_flbs() {
     let mut o = opts(KernelVersion::V7_3);
     o.test_flbs = true;
     let k = Kernel::boot(&o, None).unwrap();
+    let flbs = test_flb::TestFlbs::new(&k);
     let before = test_flb::stats();
     let dev = k.open_dev().unwrap();
     let s = k.create_session(dev, "flb").unwrap();
@@ -277,8 +274,10 @@ fn upstream_test_flbs() {
     // Registration checked EEXIST at boot; a second link of the same FLB is refused too.
     {
         let _g = k.enter();
-        let fh = memfd::MEMFD_V2.as_ptr();
-        let r = unsafe { k.luo().register_flb(fh, test_flb::TEST_FLBS[1].as_ptr()) };
+        let fh = k.luo().handler_ptr("memfd-v2").unwrap();
+        // SAFETY: a registered handler and an FLB cell alive for the call; the link is
+        // refused, so nothing keeps either pointer.
+        let r = unsafe { k.luo().register_flb(fh, flbs.raw(1).unwrap().cast()) };
         assert_eq!(r, Err(Errno::EEXIST));
     }
     let k = k.kexec_into(&o).unwrap();

@@ -19,7 +19,7 @@ use luo_generated::iommu::IOMMU_SER_FLAG_DELETED;
 use luo_handlers::iommu::{self, FlbCalls, HwUnit, Kho};
 use luo_handlers::iommufd::{self, Iommufd, REQUIRED_SEALS};
 use luo_handlers::pci::{self, PciAddr, PciKind};
-use luo_handlers::vfio_pci::{self, CanFinish, Stats, VfioDevice};
+use luo_handlers::vfio_pci::{self, CanFinish, Devices, Stats, VfioDevice};
 
 const PAGE: u64 = 4096;
 const HW: HwUnit = HwUnit { token: 0xfed9_0000 };
@@ -32,15 +32,30 @@ const EP_B: u16 = 0x0208;
 const RP2: u16 = 0x0010;
 const EP_C: u16 = 0x0300;
 
+/// A booted kernel and its device handlers.
+#[derive(Clone)]
+struct K {
+    k: Kernel,
+    d: Devices,
+}
+
+impl std::ops::Deref for K {
+    type Target = Kernel;
+    fn deref(&self) -> &Kernel {
+        &self.k
+    }
+}
+
 /// Boots and enumerates: RP1 → switch → {A, A's VF, B}; RP2 → C.
-fn boot(h: Option<Handover>, mode: CanFinish) -> Kernel {
+fn boot(h: Option<Handover>, mode: CanFinish) -> K {
     let opts = BootOptions {
         version: KernelVersion::Next,
         ..BootOptions::default()
     };
     let k = Kernel::boot(&opts, h).unwrap();
     k.make_current();
-    vfio_pci::boot_devices(
+    let d = vfio_pci::boot_devices(
+        &k,
         mode,
         &[
             (0, RP1, None, PciKind::Bridge),
@@ -53,7 +68,7 @@ fn boot(h: Option<Handover>, mode: CanFinish) -> Kernel {
         ],
     )
     .unwrap();
-    k
+    K { k, d }
 }
 
 fn kho(k: &Kernel) -> Kho {
@@ -77,9 +92,9 @@ fn sealed_memfd(k: &Kernel) -> i32 {
 
 /// An iommufd mapping a sealed memfd, with one HWPT marked `token`: (memfd, iommufd fd,
 /// handle, hwpt id). Nothing preserved.
-fn iommufd_setup(k: &Kernel, token: u64) -> (i32, i32, Iommufd, u32) {
+fn iommufd_setup(k: &K, token: u64) -> (i32, i32, Iommufd, u32) {
     let m = sealed_memfd(k);
-    let ifd = iommufd::open(|kind, name, p| k.open_synthetic(kind, name, p)).unwrap();
+    let ifd = iommufd::open(&k.d.iommu, |kind, name, p| k.open_synthetic(kind, name, p)).unwrap();
     let fd = k.file(ifd).unwrap().synthetic::<Iommufd>().unwrap().clone();
     fd.ioas_map(file(k, m), 0, 4 * PAGE).unwrap();
     let h = fd.hwpt_alloc(HW).unwrap();
@@ -106,8 +121,8 @@ fn refs(v: &[(u16, u16)]) -> BTreeMap<PciAddr, u16> {
     v.iter().map(|(b, r)| ((0, *b), *r)).collect()
 }
 
-fn pci_calls() -> FlbCalls {
-    pci::flb_calls().unwrap()
+fn pci_calls(k: &K) -> FlbCalls {
+    k.d.pci.flb_calls()
 }
 
 #[test]
@@ -132,8 +147,8 @@ fn order_memfd_then_iommufd_then_vfio() {
     let c = vfio(&k, EP_C, HW2, Some((&fd2, h2)));
     assert_eq!(k.preserve_fd(s, c, 5), Err(Errno::EINVAL));
     // Every refused vfio preserve rolled the PCI FLB back and left no PCI entry.
-    assert_eq!(pci_calls().preserve, pci_calls().unpreserve);
-    assert_eq!(pci::outgoing_data().unwrap(), None);
+    assert_eq!(pci_calls(&k).preserve, pci_calls(&k).unpreserve);
+    assert_eq!(k.d.pci.outgoing_data(), None);
     // In order: preserved, and the IOMMU FLB has the device behind its unit.
     k.preserve_fd(s, a, 3).unwrap();
     assert_eq!(
@@ -144,15 +159,12 @@ fn order_memfd_then_iommufd_then_vfio() {
         Err(Errno::EBUSY),
         "attachment is fixed while preserved"
     );
-    let out = iommu::decode(&kho(&k), iommu::outgoing_data().unwrap().unwrap()).unwrap();
+    let out = iommu::decode(&*kho(&k), k.d.iommu.outgoing_data().unwrap()).unwrap();
     assert_eq!(out.devices.len(), 1);
     assert_eq!(out.devices[0].devid, u32::from(EP_A));
     assert_eq!(out.devices[0].domain_phys, out.domains[0].phys);
     assert_eq!(out.domains[0].ref_count, 2, "the HWPT and the device");
-    assert_eq!(
-        pci::outgoing().unwrap(),
-        refs(&[(RP1, 1), (SW, 1), (EP_A, 1)])
-    );
+    assert_eq!(k.d.pci.outgoing(), refs(&[(RP1, 1), (SW, 1), (EP_A, 1)]));
 }
 
 #[test]
@@ -169,12 +181,12 @@ fn pci_refcounts_and_errors() {
     k.preserve_fd(s2, b, 1).unwrap();
     k.preserve_fd(s, c, 2).unwrap();
     let want = refs(&[(RP1, 2), (SW, 2), (EP_A, 1), (EP_B, 1), (RP2, 1), (EP_C, 1)]);
-    assert_eq!(pci::outgoing().unwrap(), want);
+    assert_eq!(k.d.pci.outgoing(), want);
     // The same from the FLB's bytes; the array is sized for the 7 present functions.
-    let (max, bytes) = pci::decode(&kho(&k), pci::outgoing_data().unwrap().unwrap()).unwrap();
+    let (max, bytes) = pci::decode(&*kho(&k), k.d.pci.outgoing_data().unwrap()).unwrap();
     assert_eq!((max, &bytes), (7, &want));
     assert_eq!(
-        pci_calls().preserve,
+        pci_calls(&k).preserve,
         1,
         "one PCI FLB object for three devices"
     );
@@ -187,8 +199,12 @@ fn pci_refcounts_and_errors() {
     let ghost = vfio(&k, 0x0500, HW, None);
     assert_eq!(k.preserve_fd(s, ghost, 3), Err(Errno::ENODEV));
     // Hot-added after the array was sized: the 7th slot fits, the 8th does not.
-    pci::add_device(0, 0x0018, Some(RP2), PciKind::Endpoint).unwrap();
-    pci::add_device(0, 0x0020, Some(RP2), PciKind::Endpoint).unwrap();
+    k.d.pci
+        .add_device(0, 0x0018, Some(RP2), PciKind::Endpoint)
+        .unwrap();
+    k.d.pci
+        .add_device(0, 0x0020, Some(RP2), PciKind::Endpoint)
+        .unwrap();
     let d = vfio(&k, 0x0018, HW, None);
     k.preserve_fd(s, d, 4).unwrap();
     let e = vfio(&k, 0x0020, HW, None);
@@ -201,14 +217,14 @@ fn pci_refcounts_and_errors() {
     now.insert((0, EP_B), 0);
     now.insert((0, RP2), 2);
     now.insert((0, 0x0018), 1);
-    assert_eq!(pci::outgoing().unwrap(), now);
+    assert_eq!(k.d.pci.outgoing(), now);
     // B can be preserved again (its slot is reused for itself).
     let s3 = k.create_session(dev, "s3").unwrap();
     k.preserve_fd(s3, b, 1).unwrap();
-    assert_eq!(pci::outgoing().unwrap()[&(0, EP_B)], 1);
+    assert_eq!(k.d.pci.outgoing()[&(0, EP_B)], 1);
     // After the kexec's device shutdown the PCI core refuses.
     k.close(s3).unwrap();
-    pci::device_shutdown().unwrap();
+    k.d.pci.device_shutdown();
     assert_eq!(k.preserve_fd(s, b, 9), Err(Errno::EBUSY));
 }
 
@@ -225,26 +241,22 @@ fn freeze_refused_with_interrupts_enabled() {
         .set_irqs(true);
     assert_eq!(k.kexec().err(), Some(Errno::EINVAL));
     // The reboot failed; this kernel carries on with the device preserved.
-    assert_eq!(
-        pci::outgoing().unwrap(),
-        refs(&[(RP1, 1), (SW, 1), (EP_A, 1)])
-    );
+    assert_eq!(k.d.pci.outgoing(), refs(&[(RP1, 1), (SW, 1), (EP_A, 1)]));
     device(&k, a)
         .synthetic::<VfioDevice>()
         .unwrap()
         .set_irqs(false);
-    let _new = boot(Some(k.kexec().unwrap()), CanFinish::Upstream);
+    let new = boot(Some(k.kexec().unwrap()), CanFinish::Upstream);
     assert_eq!(
-        pci::get_incoming().unwrap(),
+        new.d.pci.get_incoming().unwrap(),
         refs(&[(RP1, 1), (SW, 1), (EP_A, 1)])
     );
-    pci::put_incoming();
 }
 
 /// Old kernel: session "vm1" = memfd + iommufd 1 (HWPT token 7) + A on it; session "vm2" =
 /// memfd + iommufd 2 (HWPT token 8), B on iommufd 1's HWPT (across sessions), C on iommufd
 /// 2's, behind HW2. Returns the new kernel and what the marked HWPTs mapped.
-fn vm_across(mode: CanFinish) -> (Kernel, BTreeMap<u64, Vec<(u64, u64)>>) {
+fn vm_across(mode: CanFinish) -> (K, BTreeMap<u64, Vec<(u64, u64)>>) {
     let k = boot(None, mode);
     let dev = k.open_dev().unwrap();
     let s1 = k.create_session(dev, "vm1").unwrap();
@@ -262,7 +274,7 @@ fn vm_across(mode: CanFinish) -> (Kernel, BTreeMap<u64, Vec<(u64, u64)>>) {
     k.preserve_fd(s2, b, 3).unwrap();
     k.preserve_fd(s2, c, 4).unwrap();
     assert_eq!(
-        (iommu::flb_calls().unwrap().preserve, pci_calls().preserve),
+        (k.d.iommu.flb_calls().preserve, pci_calls(&k).preserve),
         (1, 1),
         "each FLB preserved once for all its files, across handlers and sessions"
     );
@@ -289,13 +301,11 @@ fn kexec_retrieve_finish() {
     let (k, ranges) = vm_across(CanFinish::Upstream);
     // From the handed-over bytes: PCI refcounts up to each root port.
     assert_eq!(
-        pci::get_incoming().unwrap(),
+        k.d.pci.get_incoming().unwrap(),
         refs(&[(RP1, 2), (SW, 2), (EP_A, 1), (EP_B, 1), (RP2, 1), (EP_C, 1)])
     );
-    pci::put_incoming();
     // IOMMU: two units, HW written once with A and B behind it; two domains.
-    let inc = iommu::get_incoming().unwrap();
-    iommu::put_incoming();
+    let inc = k.d.iommu.get_incoming().unwrap();
     assert_eq!(inc.hws.len(), 2);
     assert_eq!((inc.hws[0].token, inc.hws[0].ref_count), (HW.token, 2));
     assert_eq!((inc.hws[1].token, inc.hws[1].ref_count), (HW2.token, 1));
@@ -322,8 +332,11 @@ fn kexec_retrieve_finish() {
     );
 
     // A preserved device cannot be opened the normal way; an unpreserved one can.
-    assert!(matches!(VfioDevice::open(0, EP_A, HW), Err(Errno::EBUSY)));
-    VfioDevice::open(0, VF, HW).unwrap();
+    assert!(matches!(
+        VfioDevice::open(&k.d.pci, 0, EP_A, HW),
+        Err(Errno::EBUSY)
+    ));
+    VfioDevice::open(&k.d.pci, 0, VF, HW).unwrap();
     let dev = k.open_dev().unwrap();
     let s1 = k.retrieve_session(dev, "vm1").unwrap();
     let s2 = k.retrieve_session(dev, "vm2").unwrap();
@@ -337,16 +350,15 @@ fn kexec_retrieve_finish() {
     k.finish_session(s1).unwrap();
     // vm1 finished: A's path goes down by one; both FLBs stay for vm2's files.
     assert_eq!(
-        pci::get_incoming().unwrap(),
+        k.d.pci.get_incoming().unwrap(),
         refs(&[(RP1, 1), (SW, 1), (EP_B, 1), (RP2, 1), (EP_C, 1)])
     );
-    pci::put_incoming();
-    assert_eq!(
-        (pci_calls().finish, iommu::flb_calls().unwrap().finish),
-        (0, 0)
-    );
-    VfioDevice::open(0, EP_A, HW).unwrap();
-    assert!(matches!(VfioDevice::open(0, EP_B, HW), Err(Errno::EBUSY)));
+    assert_eq!((pci_calls(&k).finish, k.d.iommu.flb_calls().finish), (0, 0));
+    VfioDevice::open(&k.d.pci, 0, EP_A, HW).unwrap();
+    assert!(matches!(
+        VfioDevice::open(&k.d.pci, 0, EP_B, HW),
+        Err(Errno::EBUSY)
+    ));
     // vm2: B never retrieved: upstream's can_finish refuses FINISH.
     k.retrieve_fd(s2, 4).unwrap();
     let fd2 = k.retrieve_fd(s2, 2).unwrap();
@@ -358,7 +370,7 @@ fn kexec_retrieve_finish() {
     assert_eq!(k.finish_session(s2), Err(Errno::EBUSY));
     k.retrieve_fd(s2, 3).unwrap();
     k.finish_session(s2).unwrap();
-    for calls in [pci_calls(), iommu::flb_calls().unwrap()] {
+    for calls in [pci_calls(&k), k.d.iommu.flb_calls()] {
         assert_eq!(
             calls,
             FlbCalls {
@@ -368,15 +380,19 @@ fn kexec_retrieve_finish() {
             }
         );
     }
-    assert_eq!(pci::get_incoming().err(), Some(Errno::ENODATA), "finished");
+    assert_eq!(
+        k.d.pci.get_incoming().err(),
+        Some(Errno::ENODATA),
+        "finished"
+    );
     assert_eq!(
         k.stats().kho.incoming_pages,
         0,
         "every handed-over page claimed"
     );
-    VfioDevice::open(0, EP_B, HW).unwrap();
+    VfioDevice::open(&k.d.pci, 0, EP_B, HW).unwrap();
     assert_eq!(
-        vfio_pci::stats().unwrap(),
+        k.d.stats(),
         Stats {
             finished: 3,
             dropped: 0
@@ -402,14 +418,14 @@ fn never_retrieved_device_dropped() {
     k.finish_session(s1).unwrap();
     k.finish_session(s2).unwrap();
     assert_eq!(
-        vfio_pci::stats().unwrap(),
+        k.d.stats(),
         Stats {
             finished: 0,
             dropped: 3
         }
     );
-    assert_eq!((pci_calls().retrieve, pci_calls().finish), (1, 1));
-    assert_eq!(iommu::flb_calls().unwrap().finish, 1);
+    assert_eq!((pci_calls(&k).retrieve, pci_calls(&k).finish), (1, 1));
+    assert_eq!(k.d.iommu.flb_calls().finish, 1);
     assert_eq!(k.stats().kho.incoming_pages, 0, "dropped state freed too");
 }
 
@@ -427,22 +443,19 @@ fn unpreserve_on_close_releases_iommu_and_pci_entries() {
     k.preserve_fd(s1, a, 3).unwrap();
     let b = vfio(&k, EP_B, HW, Some((&fd, h)));
     k.preserve_fd(s2, b, 1).unwrap();
-    let data = iommu::outgoing_data().unwrap().unwrap();
+    let data = k.d.iommu.outgoing_data().unwrap();
     k.close(s2).unwrap();
-    let out = iommu::decode(&kho(&k), data).unwrap();
+    let out = iommu::decode(&*kho(&k), data).unwrap();
     assert_eq!(out.devices.len(), 2, "slots are never reused");
     assert_eq!(out.devices[1].flags, IOMMU_SER_FLAG_DELETED as u32);
     assert_eq!(out.hws[0].ref_count, 1, "B's reference on the unit dropped");
     assert_eq!(out.domains[0].ref_count, 2);
-    assert_eq!(pci::outgoing().unwrap()[&(0, SW)], 1);
-    assert_eq!(pci_calls().unpreserve, 0, "A still holds the PCI FLB");
+    assert_eq!(k.d.pci.outgoing()[&(0, SW)], 1);
+    assert_eq!(pci_calls(&k).unpreserve, 0, "A still holds the PCI FLB");
     // Closing vm1 unpreserves A, the iommufd, the memfd, and both FLBs.
     k.close(s1).unwrap();
     assert_eq!(
-        (
-            pci_calls().unpreserve,
-            iommu::flb_calls().unwrap().unpreserve
-        ),
+        (pci_calls(&k).unpreserve, k.d.iommu.flb_calls().unpreserve),
         (1, 1)
     );
     assert_eq!(k.stats().preserved_beyond_root(), baseline);
@@ -458,12 +471,10 @@ fn flb_get_put_from_eight_threads() {
             t.spawn(move || {
                 k.make_current();
                 for _ in 0..200 {
-                    let inc = iommu::get_incoming().unwrap();
+                    let inc = k.d.iommu.get_incoming().unwrap();
                     assert_eq!(inc.devices.len(), 3);
-                    let p = pci::get_incoming().unwrap();
+                    let p = k.d.pci.get_incoming().unwrap();
                     assert_eq!(&p, want);
-                    pci::put_incoming();
-                    iommu::put_incoming();
                 }
             });
         }
@@ -471,7 +482,7 @@ fn flb_get_put_from_eight_threads() {
     k.make_current();
     // Retrieved exactly once each; the files still hold both FLBs.
     assert_eq!(
-        (iommu::flb_calls().unwrap(), pci_calls()),
+        (k.d.iommu.flb_calls(), pci_calls(&k)),
         (
             FlbCalls {
                 retrieve: 1,
@@ -489,10 +500,7 @@ fn flb_get_put_from_eight_threads() {
         retrieve_all(&k, s, n);
         k.finish_session(s).unwrap();
     }
-    assert_eq!(
-        (iommu::flb_calls().unwrap().finish, pci_calls().finish),
-        (1, 1)
-    );
+    assert_eq!((k.d.iommu.flb_calls().finish, pci_calls(&k).finish), (1, 1));
 }
 
 #[test]
@@ -510,9 +518,9 @@ fn a_domain_outlives_its_iommufd_while_a_device_uses_it() {
     k.preserve_fd(s2, ifd2, 2).unwrap();
     let b = vfio(&k, EP_B, HW, Some((&fd1, h1)));
     k.preserve_fd(s3, b, 1).unwrap();
-    let data = iommu::outgoing_data().unwrap().unwrap();
+    let data = k.d.iommu.outgoing_data().unwrap();
     let flags = |i: usize| {
-        let d = &iommu::decode(&kho(&k), data).unwrap().domains[i];
+        let d = &iommu::decode(&*kho(&k), data).unwrap().domains[i];
         (d.ref_count, d.flags)
     };
     assert_eq!(flags(0), (2, 0));
@@ -530,16 +538,16 @@ fn a_domain_outlives_its_iommufd_while_a_device_uses_it() {
     let s = k.retrieve_session(dev, "iommufd2").unwrap();
     retrieve_all(&k, s, 2);
     k.finish_session(s).unwrap();
-    assert_eq!(iommu::flb_calls().unwrap().finish, 1);
+    assert_eq!(k.d.iommu.flb_calls().finish, 1);
     assert_eq!(k.stats().kho.incoming_pages, 0);
 }
 
 /// Where the old kernel's device state is, to corrupt it: (what, address, length).
-fn device_state_bytes(k: &Kernel, ifd_data: u64) -> Vec<(&'static str, u64, u64)> {
-    let iommu = iommu::outgoing_data().unwrap().unwrap();
-    let out = iommu::decode(&kho(k), iommu).unwrap();
+fn device_state_bytes(k: &K, ifd_data: u64) -> Vec<(&'static str, u64, u64)> {
+    let iommu = k.d.iommu.outgoing_data().unwrap();
+    let out = iommu::decode(&*kho(k), iommu).unwrap();
     let mut v = vec![
-        ("pci_ser", pci::outgoing_data().unwrap().unwrap(), 8 + 8 * 7),
+        ("pci_ser", k.d.pci.outgoing_data().unwrap(), 8 + 8 * 7),
         ("iommufd_ser", ifd_data, 8 + 24),
         ("iommu_flb_ser", iommu, 24),
     ];
@@ -593,8 +601,8 @@ fn corrupt_device_state_gives_errors_never_a_panic() {
             let k = boot(Some(k.kexec().unwrap()), CanFinish::DropUnretrieved);
             cases += 1;
             let ok = (|| -> Result<(), Errno> {
-                let _ = pci::get_incoming().map(|_| pci::put_incoming());
-                let _ = iommu::get_incoming().map(|_| iommu::put_incoming());
+                let _ = k.d.pci.get_incoming();
+                let _ = k.d.iommu.get_incoming();
                 let dev = k.open_dev()?;
                 let s = k.retrieve_session(dev, "vm")?;
                 let _ = k.retrieve_fd(s, 3);

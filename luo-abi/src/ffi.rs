@@ -4,9 +4,9 @@
 //! Those trampolines only unpack the raw C arguments and call the generic runtime functions in
 //! [`crate::handler::rt`] and [`crate::global::rt`], which use the conventions of this module:
 //!
-//! * **`struct file *`** is a pointer to a [`FileCell`], which owns a [`FileRef`]. The core
-//!   passes a borrowed one to every callback that takes a file; `retrieve` hands a new one to the
-//!   core, which takes ownership with [`FileCell::from_raw`].
+//! * **`struct file *`** is the address of a [`crate::file::FileHead`], the first field of the
+//!   core's file object: every callback borrows the file through it; `retrieve` hands a new
+//!   file to the core through [`crate::host::LuoHost::file_into_raw`].
 //! * **Panics** never unwind into C. With the `std` feature (the userspace model) every
 //!   callback runs under [`catch`]: a panic is caught, counted ([`panic_count`]) and turned into
 //!   the callback's failure value: `-EIO` for `int` callbacks, `false` for `bool` callbacks,
@@ -16,72 +16,6 @@
 //!   boundary, where Rust aborts the process (guaranteed since Rust 1.81).
 //! * **Task identity** ([`current_task`]) is what the global-state runtime compares to detect a
 //!   re-entrant `get` (`-EDEADLK`) instead of deadlocking.
-
-use alloc::boxed::Box;
-use core::ffi::c_void;
-
-use crate::file::{File, FileRef};
-
-/// What a C `struct file *` points to in this model: a cell owning a shared reference to a
-/// core file.
-///
-/// The core allocates one per file it hands through the C ABI and keeps it alive for the
-/// duration of the call. A C handler treats the pointer as opaque.
-#[repr(C)]
-pub struct FileCell {
-    file: FileRef,
-}
-
-impl FileCell {
-    /// Boxes `file` and returns the raw `struct file *` that owns it; release it with
-    /// [`FileCell::from_raw`] (or [`FileCell::drop_raw`]).
-    pub fn into_raw(file: FileRef) -> *mut c_void {
-        Box::into_raw(Box::new(FileCell { file })).cast()
-    }
-
-    /// Takes back ownership of a pointer made by [`FileCell::into_raw`]; `None` for NULL.
-    ///
-    /// # Safety
-    ///
-    /// `raw` is NULL or came from [`FileCell::into_raw`] and is not used afterwards.
-    pub unsafe fn from_raw(raw: *mut c_void) -> Option<FileRef> {
-        if raw.is_null() {
-            return None;
-        }
-        // SAFETY: per the contract, `raw` is a leaked `Box<FileCell>` owned by the caller.
-        let cell = unsafe { Box::from_raw(raw.cast::<FileCell>()) };
-        Some(cell.file)
-    }
-
-    /// Releases a pointer made by [`FileCell::into_raw`].
-    ///
-    /// # Safety
-    ///
-    /// As [`FileCell::from_raw`].
-    pub unsafe fn drop_raw(raw: *mut c_void) {
-        // SAFETY: forwarded contract.
-        drop(unsafe { FileCell::from_raw(raw) });
-    }
-
-    /// Borrows the file behind a `struct file *`; `None` for NULL.
-    ///
-    /// # Safety
-    ///
-    /// `raw` is NULL or points to a live [`FileCell`] that outlives `'a`.
-    pub unsafe fn borrow<'a>(raw: *mut c_void) -> Option<&'a dyn File> {
-        if raw.is_null() {
-            return None;
-        }
-        // SAFETY: per the contract, `raw` points to a live `FileCell`.
-        let cell = unsafe { &*raw.cast::<FileCell>() };
-        Some(&*cell.file)
-    }
-
-    /// The file this cell owns.
-    pub fn file(&self) -> &FileRef {
-        &self.file
-    }
-}
 
 /// What a panic in a Rust callback turns into (see the [module docs](self)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,33 +129,6 @@ pub fn current_task() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::file::{FileId, FileKind};
-    use alloc::sync::Arc;
-
-    struct F;
-    impl File for F {
-        fn kind(&self) -> FileKind {
-            FileKind::Other
-        }
-        fn id(&self) -> FileId {
-            FileId(3)
-        }
-    }
-
-    #[test]
-    fn file_cell_round_trip() {
-        let raw = FileCell::into_raw(Arc::new(F));
-        // SAFETY: `raw` is live until `from_raw` below.
-        let f = unsafe { FileCell::borrow(raw) }.unwrap();
-        assert_eq!(f.id(), FileId(3));
-        // SAFETY: `raw` came from `into_raw`.
-        let back = unsafe { FileCell::from_raw(raw) }.unwrap();
-        assert_eq!(back.kind(), FileKind::Other);
-        // SAFETY: NULL is accepted.
-        assert!(unsafe { FileCell::from_raw(core::ptr::null_mut()) }.is_none());
-        // SAFETY: NULL is accepted.
-        assert!(unsafe { FileCell::borrow(core::ptr::null_mut()) }.is_none());
-    }
 
     #[test]
     fn task_ids_are_non_zero() {

@@ -6,10 +6,21 @@
 //! handler sees a `&dyn File` (and gets a [`FileRef`], the model's `ARef<File>`, when it creates
 //! one on retrieve). A C handler sees an opaque `struct file *` and reaches the same data through
 //! the core's C API.
+//!
+//! # What a `struct file *` points to
+//!
+//! One representation serves the core, the macro runtime and C handlers: a `struct file *` is
+//! the address of a [`FileHead`], the first field of the core's file object. The head knows how
+//! to turn that address back into a `&dyn File` (as the kernel's `struct file` carries its
+//! `f_op`), so a trampoline can borrow the file without asking anyone, even in `get_id`,
+//! which gets nothing but the file. Handing a *new* file to the core (a `retrieve` result) goes
+//! through the core ([`crate::host::LuoHost::file_into_raw`]), which checks that the file is
+//! one of its own before it takes the reference.
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::any::Any;
+use core::ffi::c_void;
 
 use crate::errno::Result;
 use crate::phys::PhysAddr;
@@ -57,6 +68,123 @@ pub trait File: Any + Send + Sync {
     /// The shmem view of this file, if it is shmem-backed (`shmem_file(file)` upstream).
     fn as_shmem(&self) -> Option<&dyn ShmemFile> {
         None
+    }
+
+    /// The object behind a synthetic file (an iommufd's context, a VM, a guest_memfd), which
+    /// the handler of its kind downcasts (`file->private_data` upstream).
+    fn payload(&self) -> Option<&(dyn Any + Send + Sync)> {
+        None
+    }
+}
+
+/// The head of every object a C `struct file *` points to (see the [module docs](self)).
+///
+/// A file object is `#[repr(C)]` and starts with its head, so the address of the object is the
+/// address of the head. The head holds the one function that recovers the `&dyn File` from
+/// that address.
+#[repr(C)]
+pub struct FileHead {
+    to_file: unsafe fn(*const FileHead) -> *const dyn File,
+}
+
+impl FileHead {
+    /// The head of a `T` that starts with it.
+    ///
+    /// # Safety
+    ///
+    /// `T` is `#[repr(C)]` and this head is its first field, so that the head's address is
+    /// the `T`'s address.
+    pub const unsafe fn of<T: File>() -> FileHead {
+        // SAFETY (of the stored function's use): callers of `to_file` pass the address of this
+        // head, which is the address of a live `T` by the contract above.
+        unsafe fn cast<T: File>(p: *const FileHead) -> *const dyn File {
+            p.cast::<T>() as *const dyn File
+        }
+        FileHead { to_file: cast::<T> }
+    }
+
+    /// A head whose file is found by `to_file` (for objects that hold their file elsewhere,
+    /// such as a [`FileCell`]).
+    ///
+    /// # Safety
+    ///
+    /// `to_file`, given the address of this head inside its live object, returns a pointer to
+    /// a `File` that lives as long as the object.
+    pub const unsafe fn with(to_file: unsafe fn(*const FileHead) -> *const dyn File) -> FileHead {
+        FileHead { to_file }
+    }
+
+    /// Borrows the file behind a `struct file *`; `None` for NULL.
+    ///
+    /// # Safety
+    ///
+    /// `raw` is NULL or the address of a live object that starts with a [`FileHead`] and
+    /// outlives `'a` (a file the core passed to the running callback).
+    #[inline]
+    pub unsafe fn borrow<'a>(raw: *const c_void) -> Option<&'a dyn File> {
+        let head = raw.cast::<FileHead>();
+        if head.is_null() {
+            return None;
+        }
+        // SAFETY: per the contract `head` is a live head, and its `to_file` returns a file
+        // that lives as long as the object, which outlives `'a`.
+        unsafe { Some(&*((*head).to_file)(head)) }
+    }
+}
+
+/// A file object for hosts whose files are plain [`FileRef`]s (tests, benchmarks): a head plus
+/// one reference. The core's own files embed the head instead and cost no allocation.
+#[repr(C)]
+pub struct FileCell {
+    head: FileHead,
+    file: FileRef,
+}
+
+impl FileCell {
+    // SAFETY (of the function's use): `FileHead::borrow` passes the address of the head of a
+    // live `FileCell`, which is the cell's address (`#[repr(C)]`, head first).
+    unsafe fn to_file(p: *const FileHead) -> *const dyn File {
+        // SAFETY: see above; the returned file is owned by the cell.
+        unsafe { &*(*p.cast::<FileCell>()).file as *const dyn File }
+    }
+
+    /// Boxes `file` and returns the raw `struct file *` that owns it; release it with
+    /// [`FileCell::from_raw`] (or [`FileCell::drop_raw`]).
+    pub fn into_raw(file: FileRef) -> *mut c_void {
+        // SAFETY: `to_file` returns the cell's own file, which lives as long as the cell.
+        let head = unsafe { FileHead::with(FileCell::to_file) };
+        Arc::into_raw(Arc::new(FileCell { head, file }))
+            .cast_mut()
+            .cast()
+    }
+
+    /// Takes back ownership of a pointer made by [`FileCell::into_raw`]; `None` for NULL.
+    ///
+    /// # Safety
+    ///
+    /// `raw` is NULL or came from [`FileCell::into_raw`] and is not used afterwards.
+    pub unsafe fn from_raw(raw: *mut c_void) -> Option<FileRef> {
+        if raw.is_null() {
+            return None;
+        }
+        // SAFETY: per the contract, `raw` is a leaked `Arc<FileCell>` owned by the caller.
+        let cell = unsafe { Arc::from_raw(raw.cast_const().cast::<FileCell>()) };
+        Some(Arc::clone(&cell.file))
+    }
+
+    /// The file this cell owns.
+    pub fn file(&self) -> &FileRef {
+        &self.file
+    }
+
+    /// Releases a pointer made by [`FileCell::into_raw`].
+    ///
+    /// # Safety
+    ///
+    /// As [`FileCell::from_raw`].
+    pub unsafe fn drop_raw(raw: *mut c_void) {
+        // SAFETY: forwarded contract.
+        drop(unsafe { FileCell::from_raw(raw) });
     }
 }
 
@@ -153,13 +281,6 @@ pub trait ShmemFile: File {
     fn add_folio(&self, folio: ShmemFolio) -> Result;
 }
 
-/// Creating shmem files in the new kernel (memfd retrieve).
-pub trait MemfdService {
-    /// Creates an empty, unlinked memfd (`memfd_alloc_file(name, flags)`); `flags` is a mask of
-    /// `MFD_*` values such as [`MFD_ALLOW_SEALING`].
-    fn memfd_alloc_file(&self, name: &str, flags: u32) -> Result<FileRef>;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,11 +297,54 @@ mod tests {
     }
 
     #[test]
+    fn file_cell_round_trip() {
+        let raw = FileCell::into_raw(Arc::new(Null));
+        // SAFETY: `raw` is live until `from_raw` below.
+        let f = unsafe { FileHead::borrow(raw) }.unwrap();
+        assert_eq!(f.id(), FileId(7));
+        // SAFETY: `raw` came from `into_raw`.
+        let back = unsafe { FileCell::from_raw(raw) }.unwrap();
+        assert_eq!(back.kind(), FileKind::Other);
+        // SAFETY: NULL is accepted.
+        assert!(unsafe { FileCell::from_raw(core::ptr::null_mut()) }.is_none());
+        // SAFETY: NULL is accepted.
+        assert!(unsafe { FileHead::borrow(core::ptr::null()) }.is_none());
+    }
+
+    #[repr(C)]
+    struct Embedded {
+        head: FileHead,
+        id: u64,
+    }
+
+    impl File for Embedded {
+        fn kind(&self) -> FileKind {
+            FileKind::Memfd
+        }
+        fn id(&self) -> FileId {
+            FileId(self.id)
+        }
+    }
+
+    #[test]
+    fn embedded_head_borrows_its_object() {
+        // SAFETY: `Embedded` is `#[repr(C)]` with the head first.
+        let e = Embedded {
+            head: unsafe { FileHead::of::<Embedded>() },
+            id: 11,
+        };
+        // SAFETY: `e` outlives the borrow.
+        let f = unsafe { FileHead::borrow((&raw const e).cast()) }.unwrap();
+        assert_eq!((f.kind(), f.id()), (FileKind::Memfd, FileId(11)));
+    }
+
+    #[test]
     fn downcast_and_defaults() {
         let f: FileRef = Arc::new(Null);
         assert_eq!(f.kind(), FileKind::Other);
         assert_eq!(f.id(), FileId(7));
         assert!(f.as_shmem().is_none());
+        assert!(f.payload().is_none());
         assert!(f.downcast_ref::<Null>().is_some());
     }
 }

@@ -35,8 +35,16 @@
 //!
 //! The handed-over data of every form is a typed ABI struct that the runtime writes to KHO
 //! preserved memory (`alloc_preserve`) and whose physical address is the `u64` the core keeps.
+//! Data that changes after it was first written is rewritten in place: a subsystem's in
+//! `freeze`, handler-scoped state's with [`StateOutgoing::write_ser`], an FLB's with
+//! [`FlbCell::write_outgoing`] (from its dependent files' callbacks).
+//!
+//! An FLB chosen at run time (linked or not depending on the kernel's configuration) is not
+//! declared in `flbs = [...]`: it is linked with
+//! [`Registration::link_flb`](crate::handler::Registration::link_flb).
 
 use alloc::sync::Arc;
+use core::cell::Cell;
 use core::ffi::c_void;
 use core::fmt;
 use core::marker::PhantomData;
@@ -48,7 +56,7 @@ use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use crate::errno::{Errno, Result};
-use crate::handler::{read_ser, HandlerAbi};
+use crate::handler::{read_ser, Claimed, HandlerAbi};
 use crate::host::{LuoHost, RawFlb};
 use crate::kho::{KhoExt, KhoService};
 use crate::lock::{Guard, Lock, LockBackend};
@@ -132,15 +140,41 @@ pub trait Global: Send + Sync + 'static {
 /// to reach any global-state cell (a `get` from here would deadlock).
 pub struct StateCtx<'a> {
     host: &'a dyn LuoHost,
+    /// Bytes to allocate after the ABI struct ([`StateCtx::reserve_trailer`]).
+    trailer: Cell<usize>,
+    /// The handed-over data of the callback, 0 for none ([`StateCtx::data`]).
+    data: u64,
     _not_send: PhantomData<*mut ()>,
 }
 
 impl<'a> StateCtx<'a> {
     fn new(host: &'a dyn LuoHost) -> Self {
+        StateCtx::with_data(host, 0)
+    }
+
+    fn with_data(host: &'a dyn LuoHost, data: u64) -> Self {
         StateCtx {
             host,
+            trailer: Cell::new(0),
+            data,
             _not_send: PhantomData,
         }
+    }
+
+    /// From an FLB's `preserve`: makes the handed-over allocation `bytes` longer than the ABI
+    /// struct, zeroed, for a variable-length record (a header followed by entries, such as
+    /// `struct pci_ser` and its `pci_dev_ser` array). The FLB writes the entries later through
+    /// [`FlbCell::outgoing_data`] and reads them in `retrieve` through [`StateCtx::data`].
+    /// Ignored by the other callbacks.
+    pub fn reserve_trailer(&self, bytes: usize) {
+        self.trailer.set(bytes);
+    }
+
+    /// In an FLB's `retrieve` and `unpreserve`: the address of the handed-over ABI struct (the
+    /// start of a variable-length record), which the runtime frees after the callback. `None`
+    /// in the other callbacks.
+    pub fn data(&self) -> Option<PhysAddr> {
+        (self.data != 0).then(|| PhysAddr::new(self.data))
     }
 
     /// The KHO service.
@@ -190,6 +224,34 @@ fn preserve_ser<T: IntoBytes + Immutable>(kho: &dyn KhoService, ser: &T) -> Resu
     Ok(kho.alloc_preserve_obj(ser)?.addr().as_u64())
 }
 
+/// The data word of an immediate FLB: its 8-byte `Ser`, bit for bit.
+fn word_of<T: IntoBytes + Immutable>(ser: &T) -> Result<u64> {
+    u64::read_from_bytes(ser.as_bytes()).map_err(|_| Errno::EINVAL)
+}
+
+/// The `Ser` of an immediate FLB from its data word.
+fn ser_of_word<T: FromBytes>(word: u64) -> Result<T> {
+    T::read_from_bytes(&word.to_ne_bytes()).map_err(|_| Errno::EINVAL)
+}
+
+/// Writes `ser` to newly preserved memory `trailer` bytes longer than `T` (zeroed past it).
+fn preserve_ser_with_trailer<T: IntoBytes + Immutable>(
+    kho: &dyn KhoService,
+    ser: &T,
+    trailer: usize,
+) -> Result<u64> {
+    if trailer == 0 {
+        return preserve_ser(kho, ser);
+    }
+    let size = size_of::<T>().checked_add(trailer).ok_or(Errno::ENOMEM)?;
+    let at = kho.alloc_preserve(size)?;
+    if let Err(e) = kho.write_obj(Phys::<T>::new(at), ser) {
+        let _ = kho.unpreserve_free(at);
+        return Err(e);
+    }
+    Ok(at.as_u64())
+}
+
 #[cold]
 fn missing_object() -> ! {
     unreachable!("a guard is only built over a present object")
@@ -213,6 +275,9 @@ pub unsafe trait FlbAbi: Global + Sized {
     type Lock: LockBackend<State: Send + Sync>;
     /// The compatible string (written to `luo_flb_ser.name`).
     const COMPATIBLE: &'static str;
+    /// `immediate`: the FLB's data word is the 8-byte `Ser` itself, not the address of a
+    /// preserved copy (upstream's test FLBs store a value in `data`).
+    const IMMEDIATE: bool = false;
     /// The raw FLB struct.
     fn raw() -> Self::Raw;
     /// Validates an incoming struct (reserved fields).
@@ -470,6 +535,11 @@ pub struct FlbCell<S: FlbState> {
     /// may run an outgoing one and an incoming one at once on two tasks.
     callback_out: AtomicUsize,
     callback_in: AtomicUsize,
+    /// The handle of the outgoing handed-over struct while preserved (0 otherwise), for
+    /// [`FlbCell::write_outgoing`] and [`FlbCell::outgoing_data`]. Behind a lock so that a
+    /// rewrite never writes memory that `unpreserve` is freeing. Always 0 for an immediate
+    /// FLB, which has no memory.
+    out_data: Lock<u64, S::Lock>,
 }
 
 // SAFETY: `raw` is immutable after construction and points to `'static` data; everything else
@@ -489,7 +559,17 @@ impl<S: FlbState> FlbCell<S> {
             incoming: Lent::new(),
             callback_out: AtomicUsize::new(0),
             callback_in: AtomicUsize::new(0),
+            out_data: Lock::new(0),
         })
+    }
+
+    /// The address of the handed-over ABI struct while the FLB is preserved (between its
+    /// `preserve` and `unpreserve`), else `None`: for FLB data rewritten after the preserve
+    /// (refcounts, entries of a variable-length record, see [`StateCtx::reserve_trailer`]).
+    /// The outgoing object's users write it under the object's own lock.
+    pub fn outgoing_data(&self) -> Option<PhysAddr> {
+        let d = *self.out_data.lock();
+        (d != 0).then(|| PhysAddr::new(d))
     }
 
     /// No callback of this FLB runs on any task, so none on this one: a get cannot be a
@@ -582,6 +662,26 @@ impl<S: FlbState> FlbCell<S> {
 
     fn ctx(&self) -> StateCtx<'_> {
         StateCtx::new(&*self.host)
+    }
+}
+
+impl<S: FlbState> FlbCell<S> {
+    /// Rewrites the outgoing handed-over struct in place: for FLB data that changes after the
+    /// first dependent file's preserve, as upstream's users write through the object
+    /// `liveupdate_flb_get_outgoing` returns (HugeTLB's count of preserved pages grows with
+    /// every preserved file). The next kernel's `retrieve` reads the last struct written.
+    ///
+    /// `-ENODATA` while the FLB is not preserved. Serialized with the FLB's `preserve` and
+    /// `unpreserve`, so it never writes memory that is being freed; not to be called from the
+    /// FLB's own callbacks (they return the struct instead).
+    pub fn write_outgoing(&self, ser: &S::Ser) -> Result {
+        let handle = self.out_data.lock();
+        if *handle == 0 {
+            return Err(Errno::ENODATA);
+        }
+        self.host
+            .kho()
+            .write_obj(Phys::<S::Ser>::new(PhysAddr::new(*handle)), ser)
     }
 }
 
@@ -1175,8 +1275,17 @@ pub mod rt {
                 Err(e) => return e.to_neg(),
             };
             let out = Arc::new(out);
-            match preserve_ser(cx.kho(), &ser) {
+            let handle = if S::IMMEDIATE {
+                word_of(&ser)
+            } else {
+                preserve_ser_with_trailer(cx.kho(), &ser, cx.trailer.get())
+            };
+            match handle {
                 Ok(handle) => {
+                    // Before publishing: whoever gets the object may rewrite the data.
+                    if !S::IMMEDIATE {
+                        *cell.out_data.lock() = handle;
+                    }
                     // A replaced object (only if the core called preserve twice) is dropped
                     // after its guards.
                     drop(cell.outgoing.publish(out));
@@ -1200,13 +1309,20 @@ pub mod rt {
         crate::ffi::catch((), || {
             // SAFETY: module contract.
             let cell = unsafe { flb_cell::<S>(flb) };
+            // No rewrite from now on: the struct is about to be freed.
+            *cell.out_data.lock() = 0;
             let _scope = CallbackScope::enter(&cell.callback_out, cell.host.current_task());
-            let cx = cell.ctx();
+            let cx = StateCtx::with_data(&*cell.host, data);
             let out = cell.outgoing.withdraw();
-            if let (Some(out), Ok(ser)) = (out, read_ser::<S::Ser>(cx.kho(), data)) {
+            let ser = if S::IMMEDIATE {
+                ser_of_word::<S::Ser>(data)
+            } else {
+                read_ser::<S::Ser>(cx.kho(), data)
+            };
+            if let (Some(out), Ok(ser)) = (out, ser) {
                 cell.flb.unpreserve(&cx, ser, out);
             }
-            if data != 0 {
+            if data != 0 && !S::IMMEDIATE {
                 let _ = cx.kho().unpreserve_free(PhysAddr::new(data));
             }
         })
@@ -1222,14 +1338,29 @@ pub mod rt {
             // SAFETY: module contract.
             let cell = unsafe { flb_cell::<S>(flb) };
             let _scope = CallbackScope::enter(&cell.callback_in, cell.host.current_task());
-            let cx = cell.ctx();
-            let r = read_ser::<S::Ser>(cx.kho(), data)
+            let cx = StateCtx::with_data(&*cell.host, data);
+            // A record is claimed before it is read and released once retrieve has run,
+            // whatever the outcome, as a file's record (see `Claimed`); the callback may read
+            // past the struct (a trailer) while it is claimed.
+            let _record = if S::IMMEDIATE {
+                None
+            } else {
+                match Claimed::new(cx.kho(), data, size_of::<S::Ser>()) {
+                    Ok(c) => Some(c),
+                    Err(e) => return e.to_neg(),
+                }
+            };
+            let ser = if S::IMMEDIATE {
+                ser_of_word::<S::Ser>(data)
+            } else {
+                read_ser::<S::Ser>(cx.kho(), data)
+            };
+            let r = ser
                 .and_then(S::decode)
                 .and_then(|ser| cell.flb.retrieve(&cx, ser));
             match r {
                 Ok(inc) => {
                     drop(cell.incoming.publish(Arc::new(inc)));
-                    let _ = cx.kho().restore_free(PhysAddr::new(data));
                     // SAFETY: module contract.
                     unsafe { *obj = flb };
                     0

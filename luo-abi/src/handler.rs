@@ -27,11 +27,13 @@
 //!
 //! | C op | runtime |
 //! |---|---|
-//! | `preserve` | calls [`FileHandler::preserve`]; writes the returned ABI struct into memory from [`KhoService::alloc_preserve`] and hands its physical address to the core as `serialized_data`; boxes the private data into `private_data` |
+//! | `preserve` | calls [`FileHandler::preserve`]; writes the returned ABI struct (followed by the bytes of [`Ctx::set_trailer`], if any: a variable-length record) into memory from [`KhoService::alloc_preserve`] and hands its physical address to the core as `serialized_data`; boxes the private data into `private_data` |
 //! | `unpreserve` | reads the struct back, calls the handler with it and the private data, frees the preserved memory |
 //! | `freeze` / `unfreeze` | read the struct; `freeze` may change it and the runtime writes it back in place |
-//! | `retrieve` | reads the struct (for a version read, reads the old type and runs the handler's [`Migrate`]), validates it (reserved fields, feature negotiation) and passes it typed; the returned file goes to the core as a [`FileCell`] |
-//! | `can_finish` / `finish` | read and validate again; after `finish` the preserved memory is released |
+//! | `retrieve` | reads the struct (for a version read, reads the old type and runs the handler's [`Migrate`]), validates it (reserved fields, feature negotiation) and passes it typed; the returned file goes to the core through [`LuoHost::file_into_raw`] |
+//! | `retrieve` (record) | claims the record before reading it and releases it after the callback; [`Ctx::record_entries`] / [`Ctx::read_record`] read what follows the struct, within the claimed folio |
+//! | `can_finish` | gets no record; for a file never retrieved, [`Ctx::read_record`] may read its first page without claiming it |
+//! | `finish` | for a file never retrieved, claims the record, validates it, passes it ([`Finish::NotRetrieved`]) and releases it afterwards |
 //!
 //! Errors become `-errno`; a panic becomes `-EIO` / `false` / nothing (see [`crate::ffi`]).
 
@@ -46,10 +48,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use crate::errno::{Errno, Result};
 use crate::features::{Feature, FeatureDecl};
-use crate::ffi::FileCell;
-use crate::file::{File, FileId, FileRef};
+use crate::file::{File, FileHead, FileId, FileRef};
 use crate::global::{Global, HandlerState, HandlerStateCell, NoState};
-use crate::host::{LuoHost, RawFlb};
+use crate::host::{LuoHost, RawFlb, RawSession};
 use crate::kho::{KhoExt, KhoService};
 use crate::phys::{Phys, PhysAddr};
 
@@ -215,33 +216,57 @@ pub trait FileHandler: HandlerAbi {
         Err(Errno::EOPNOTSUPP)
     }
 
-    /// Whether FINISH may proceed for this file.
+    /// Whether FINISH may proceed for this file (asked for every file of the session before
+    /// any `finish`). `file` is the retrieved file, if any. Gets no record: a record not yet
+    /// retrieved is claimed only once, by `finish`.
     fn can_finish(
         &self,
         cx: &Ctx<'_, Self>,
         file: Option<&dyn File>,
-        data: &Self::Read,
         status: RetrieveStatus,
     ) -> bool {
-        let _ = (cx, file, data, status);
+        let _ = (cx, file, status);
         true
     }
 
-    /// Releases what is left of the handed-over state, retrieved or not.
-    fn finish(
-        &self,
-        cx: &Ctx<'_, Self>,
-        file: Option<&dyn File>,
-        data: Self::Read,
-        status: RetrieveStatus,
-    ) {
-        let _ = (cx, file, data, status);
+    /// Releases what is left of the handed-over state once the session finishes; `how` says
+    /// whether the file was retrieved, never retrieved (then it carries the record), or
+    /// failed to retrieve.
+    fn finish(&self, cx: &Ctx<'_, Self>, how: Finish<'_, Self::Read>) {
+        let _ = (cx, how);
     }
 
     /// The identity of the object behind `file` (double-preservation key). No `self`: the C
     /// op gets only the file.
     fn get_id(file: &dyn File) -> FileId {
         file.id()
+    }
+}
+
+/// How a handed-over file ends, as [`FileHandler::finish`] sees it.
+///
+/// The runtime claims a file's record from KHO exactly once: at `retrieve` (and releases it
+/// there, whatever the outcome) or, for a file never retrieved, at `finish`. So only
+/// [`Finish::NotRetrieved`] carries the record, claimed and validated; the runtime releases
+/// it after `finish` returns.
+pub enum Finish<'a, R> {
+    /// `retrieve` succeeded: the file it built owns the state now.
+    Retrieved(&'a dyn File),
+    /// The file was never retrieved: release what the record names (upstream's memfd frees
+    /// its folios here).
+    NotRetrieved(R),
+    /// `retrieve` failed with this error; its record was released then.
+    Failed(Errno),
+}
+
+impl<R> Finish<'_, R> {
+    /// The [`RetrieveStatus`] this outcome corresponds to.
+    pub fn status(&self) -> RetrieveStatus {
+        match self {
+            Finish::Retrieved(_) => RetrieveStatus::Retrieved,
+            Finish::NotRetrieved(_) => RetrieveStatus::NotRetrieved,
+            Finish::Failed(e) => RetrieveStatus::Failed(*e),
+        }
     }
 }
 
@@ -261,6 +286,8 @@ pub trait Migrate<Old>: HandlerAbi {
 /// How one registered version reads its handed-over data (the writer's own version is
 /// [`Current`]; `#[liveupdate_handler]` generates one type per version read).
 pub trait ReadAs<H: HandlerAbi> {
+    /// The size of the struct this version hands over.
+    const SIZE: usize;
     /// Reads, validates and (for an older version) migrates the struct at `data`.
     fn read(handler: &H, kho: &dyn KhoService, data: u64) -> Result<H::Read>;
 }
@@ -269,6 +296,7 @@ pub trait ReadAs<H: HandlerAbi> {
 pub struct Current;
 
 impl<H: HandlerAbi> ReadAs<H> for Current {
+    const SIZE: usize = size_of::<H::Ser>();
     fn read(_: &H, kho: &dyn KhoService, data: u64) -> Result<H::Read> {
         let ser = read_ser::<H::Ser>(kho, data)?;
         H::decode(ser)
@@ -291,18 +319,111 @@ pub fn read_ser<T: FromBytes + IntoBytes>(kho: &dyn KhoService, data: u64) -> Re
 pub struct Ctx<'a, H: HandlerAbi> {
     shared: &'a Shared<H>,
     raw: *mut c_void,
+    session: RawSession,
     active: Cell<u64>,
+    /// Bytes written after the ABI struct ([`Ctx::set_trailer`]).
+    trailer: Cell<Vec<u8>>,
+    /// The handed-over record this callback may read ([`Ctx::read_record`]).
+    record: Cell<Record>,
     _not_send: PhantomData<*mut ()>,
 }
 
+/// A handed-over record as [`Ctx::read_record`] sees it: `len` readable bytes at `at`, of
+/// which the first `header` are the ABI struct. `len == 0`: no record.
+#[derive(Clone, Copy, Default)]
+struct Record {
+    at: u64,
+    len: usize,
+    header: usize,
+}
+
 impl<'a, H: HandlerAbi> Ctx<'a, H> {
-    fn new(shared: &'a Shared<H>, raw: *mut c_void, active: u64) -> Self {
+    fn new(shared: &'a Shared<H>, raw: *mut c_void, session: RawSession, active: u64) -> Self {
         Ctx {
             shared,
             raw,
+            session,
             active: Cell::new(active),
+            trailer: Cell::new(Vec::new()),
+            record: Cell::new(Record::default()),
             _not_send: PhantomData,
         }
+    }
+
+    /// From `preserve`: bytes the runtime writes right after the ABI struct, in the same
+    /// allocation, for a variable-length record (a header followed by entries, such as
+    /// `struct iommufd_ser` and its `iommufd_hwpt_ser` array). The new kernel reads them with
+    /// [`Ctx::record_entries`]. Ignored by the other callbacks.
+    pub fn set_trailer(&self, bytes: Vec<u8>) {
+        self.trailer.set(bytes);
+    }
+
+    /// Reads `buf.len()` bytes at `offset` into this callback's handed-over record (the ABI
+    /// struct first, then what follows it): in `retrieve` and in `finish` of a file never
+    /// retrieved, within the folio the runtime claimed; in `can_finish` of a file never
+    /// retrieved, within the record's first page, read without claiming it (the record is
+    /// claimed once, by `finish`; upstream's `can_finish` reads `serialized_data` the same
+    /// way). `-EINVAL` outside those bounds or in other callbacks.
+    pub fn read_record(&self, offset: usize, buf: &mut [u8]) -> Result {
+        let r = self.record.get();
+        let end = offset.checked_add(buf.len()).ok_or(Errno::EINVAL)?;
+        if r.len == 0 || end > r.len {
+            return Err(Errno::EINVAL);
+        }
+        let at = PhysAddr::new(r.at)
+            .checked_add(offset as u64)
+            .ok_or(Errno::EINVAL)?;
+        self.kho().read(at, buf)
+    }
+
+    /// The `n` entries of `E` that follow the ABI struct in this callback's record (see
+    /// [`Ctx::read_record`] for where a record can be read); `-EINVAL` if they do not fit.
+    pub fn record_entries<E: FromBytes + IntoBytes>(&self, n: usize) -> Result<Vec<E>> {
+        let header = self.record.get().header;
+        let size = size_of::<E>();
+        let len = n.checked_mul(size).ok_or(Errno::EINVAL)?;
+        if header
+            .checked_add(len)
+            .is_none_or(|end| end > self.record.get().len)
+        {
+            return Err(Errno::EINVAL);
+        }
+        let mut buf = alloc::vec![0u8; len];
+        self.read_record(header, &mut buf)?;
+        buf.chunks_exact(size.max(1))
+            .take(n)
+            .map(|c| E::read_from_bytes(c).map_err(|_| Errno::EINVAL))
+            .collect()
+    }
+
+    fn set_record(&self, at: u64, len: usize, header: usize) {
+        self.record.set(Record { at, len, header });
+    }
+
+    /// The session this callback runs for: the outgoing one in `preserve`, `unpreserve`,
+    /// `freeze` and `unfreeze`, the incoming one in `retrieve`, `can_finish` and `finish`.
+    pub fn session(&self) -> Session<'a> {
+        Session {
+            host: &*self.shared.host,
+            raw: self.session,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// `memfd_alloc_file(name, flags)` in the kernel running this handler.
+    pub fn memfd_alloc_file(&self, name: &str, flags: u32) -> Result<FileRef> {
+        self.shared.host.memfd_alloc_file(name, flags)
+    }
+
+    /// A new synthetic file of `kind` around `payload` (what a `retrieve` of a file without a
+    /// host counterpart returns); the payload comes back through [`File::payload`].
+    pub fn open_synthetic(
+        &self,
+        kind: crate::file::FileKind,
+        name: &str,
+        payload: Box<dyn core::any::Any + Send + Sync>,
+    ) -> Result<FileRef> {
+        self.shared.host.open_synthetic(kind, name, payload)
     }
 
     /// The KHO service.
@@ -352,6 +473,32 @@ impl<'a, H: HandlerAbi> Ctx<'a, H> {
     /// The features marked as used so far.
     pub fn features(&self) -> u64 {
         self.active.get()
+    }
+}
+
+/// The session of a file callback ([`Ctx::session`]): file-to-file dependencies.
+///
+/// A handler that declares `depends_on = [...]` names, at preserve or freeze, the files its
+/// file depends on by their tokens in the same session, and gets them back at retrieve; the
+/// core records the dependencies and retrieves dependencies first.
+#[derive(Clone, Copy)]
+pub struct Session<'a> {
+    host: &'a dyn LuoHost,
+    raw: RawSession,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl<'a> Session<'a> {
+    /// `liveupdate_get_token_outgoing`: the token of `file` in this outgoing session (see
+    /// [`LuoHost::get_token_outgoing`] for the errors).
+    pub fn get_token_outgoing(&self, file: &dyn File) -> Result<u64> {
+        self.host.get_token_outgoing(self.raw, file)
+    }
+
+    /// `liveupdate_get_file_incoming`: the file preserved under `token` in this incoming
+    /// session, retrieved first if needed (see [`LuoHost::get_file_incoming`] for the errors).
+    pub fn get_file_incoming(&self, token: u64) -> Result<FileRef> {
+        self.host.get_file_incoming(self.raw, token)
     }
 }
 
@@ -426,6 +573,14 @@ pub struct HandlerEntry<R> {
 pub struct Registration<H: HandlerAbi> {
     entries: Box<[HandlerEntry<H::Raw>]>,
     shared: Box<Shared<H>>,
+    /// FLBs linked at run time ([`Registration::link_flb`]), kept alive with the registration.
+    linked: Vec<LinkedFlb>,
+}
+
+/// An FLB linked to a registration at run time: its raw struct and the cell that owns it.
+struct LinkedFlb {
+    raw: RawFlb,
+    _cell: Arc<dyn core::any::Any + Send + Sync>,
 }
 
 // SAFETY: the entries are immutable after construction; their raw pointers point to `'static`
@@ -450,7 +605,11 @@ impl<H: HandlerAbi> Registration<H> {
             .map(|&raw| HandlerEntry { raw, shared: sp })
             .collect::<Vec<_>>()
             .into_boxed_slice();
-        Registration { entries, shared }
+        Registration {
+            entries,
+            shared,
+            linked: Vec::new(),
+        }
     }
 
     /// The raw handlers to pass to `liveupdate_register_file_handler`: the writer first, then
@@ -460,6 +619,22 @@ impl<H: HandlerAbi> Registration<H> {
             .iter()
             .map(|e| &e.raw as *const H::Raw as *mut H::Raw)
             .collect()
+    }
+
+    /// The raw handlers of a kernel that reads only the versions in `reads` of those the
+    /// handler can read: the writer, then the readers chosen, in declaration order.
+    /// `-EINVAL` if `reads` names a version the handler does not read.
+    pub fn raw_handlers_reading(&self, reads: &[&str]) -> Result<Vec<*mut H::Raw>> {
+        if let Some(_unknown) = reads.iter().find(|r| !H::READS.contains(r)) {
+            return Err(Errno::EINVAL);
+        }
+        Ok(self
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i == 0 || H::READS.get(i - 1).is_some_and(|r| reads.contains(r)))
+            .map(|(_, e)| &e.raw as *const H::Raw as *mut H::Raw)
+            .collect())
     }
 
     /// The writer's raw handler.
@@ -476,9 +651,12 @@ impl<H: HandlerAbi> Registration<H> {
         (!p.is_null()).then_some(p)
     }
 
-    /// The raw FLBs to link with every raw handler (`liveupdate_register_flb`).
+    /// The raw FLBs to link with every raw handler (`liveupdate_register_flb`): the declared
+    /// ones (`flbs = [...]`), then those linked with [`Registration::link_flb`].
     pub fn flbs(&self) -> Vec<RawFlb> {
-        H::flbs(&self.shared.globals)
+        let mut flbs = H::flbs(&self.shared.globals);
+        flbs.extend(self.linked.iter().map(|l| l.raw));
+        flbs
     }
 
     /// The handler value.
@@ -509,6 +687,74 @@ impl<H: HandlerAbi> Registration<H> {
     }
 }
 
+/// A handed-over record claimed from KHO (`kho_restore_folio`), released (freed) on drop.
+///
+/// KHO refuses an address that is not an incoming preserved folio, so a corrupt
+/// `serialized_data` is never read, and a record is claimed once: a second claim fails.
+pub(crate) struct Claimed<'a> {
+    kho: &'a dyn KhoService,
+    at: PhysAddr,
+    order: u32,
+}
+
+impl<'a> Claimed<'a> {
+    pub(crate) fn new(kho: &'a dyn KhoService, data: u64, size: usize) -> Result<Claimed<'a>> {
+        if data == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let at = PhysAddr::new(data);
+        let order = kho.restore_folio(at)?;
+        let c = Claimed { kho, at, order };
+        // A folio smaller than the record would make the read stray past it.
+        let fits = 1usize
+            .checked_shl(order)
+            .and_then(|n| n.checked_mul(crate::PAGE_SIZE))
+            .is_some_and(|bytes| bytes >= size);
+        if !fits {
+            return Err(Errno::EINVAL);
+        }
+        Ok(c)
+    }
+}
+
+impl Claimed<'_> {
+    /// The bytes of the claimed folio.
+    pub(crate) fn bytes(&self) -> usize {
+        1usize
+            .checked_shl(self.order)
+            .map_or(0, |n| n.saturating_mul(crate::PAGE_SIZE))
+    }
+}
+
+impl Drop for Claimed<'_> {
+    fn drop(&mut self) {
+        // Nothing to report from a release; KHO keeps its own accounting.
+        let _ = self.kho.free_folio(self.at, self.order);
+    }
+}
+
+impl<H: HandlerAbi> Registration<H> {
+    /// Links `flb` with every raw handler of this registration as well, for an FLB chosen at
+    /// run time rather than declared in `flbs = [...]`: the kernel configuration decides
+    /// whether HugeTLB's pools cross as an FLB or as a subsystem, so its handlers link the
+    /// FLB only in the first case.
+    ///
+    /// The core then treats it exactly as a declared FLB (preserved with the first dependent
+    /// file, finished with the last); the registration keeps the cell alive. [`Ctx::global`]
+    /// reaches declared state only: the handler keeps its own `Arc` of a linked cell (it chose
+    /// it) and takes guards from that. Linking an FLB twice, or one the handler also declares,
+    /// makes the registration fail (`-EEXIST` from the core).
+    #[must_use = "the registration must still be registered"]
+    pub fn link_flb<S: crate::global::FlbState>(
+        mut self,
+        flb: Arc<crate::global::FlbCell<S>>,
+    ) -> Self {
+        let raw = flb.raw();
+        self.linked.push(LinkedFlb { raw, _cell: flb });
+        self
+    }
+}
+
 /// The runtime behind the trampolines `#[liveupdate_handler]` generates. Each function takes
 /// the raw C arguments (as opaque pointers: this crate cannot name the generated structs),
 /// never unwinds, and returns what the C op returns.
@@ -516,7 +762,8 @@ impl<H: HandlerAbi> Registration<H> {
 /// # Safety (all functions)
 ///
 /// `handler` is a `struct liveupdate_file_handler *` from [`Registration::raw_handlers`] of a
-/// live registration of `H`; `file` is NULL or a live [`FileCell`]; out-pointers are valid for
+/// live registration of `H`; `file` is NULL or a live file (a [`FileHead`]); `session` is the
+/// callback's session (or NULL); out-pointers are valid for
 /// writes.
 // The module docs carry the `# Safety` section shared by every function.
 #[allow(clippy::missing_safety_doc)]
@@ -544,7 +791,7 @@ pub mod rt {
             // SAFETY: module contract.
             let s = unsafe { shared::<H>(handler) };
             // SAFETY: module contract.
-            match unsafe { FileCell::borrow(file) } {
+            match unsafe { FileHead::borrow(file) } {
                 Some(f) => s.handler.can_preserve(f),
                 None => false,
             }
@@ -555,6 +802,7 @@ pub mod rt {
     /// `*private` to the boxed private data.
     pub unsafe fn preserve<H: FileHandler>(
         handler: *mut c_void,
+        session: RawSession,
         file: *mut c_void,
         data: *mut u64,
         private: *mut *mut c_void,
@@ -563,21 +811,21 @@ pub mod rt {
             // SAFETY: module contract.
             let s = unsafe { shared::<H>(handler) };
             // SAFETY: module contract.
-            let Some(f) = (unsafe { FileCell::borrow(file) }) else {
+            let Some(f) = (unsafe { FileHead::borrow(file) }) else {
                 return Errno::EBADF.to_neg();
             };
             let default = H::FEATURES.map_or(0, |d| d.active);
-            let cx = Ctx::new(s, handler, default);
+            let cx = Ctx::new(s, handler, session, default);
             let (mut ser, p) = match s.handler.preserve(&cx, f) {
                 Ok(v) => v,
                 Err(e) => return e.to_neg(),
             };
             H::encode(&mut ser, cx.features());
-            match cx.kho().alloc_preserve_obj(&ser) {
-                Ok(ptr) => {
+            match write_record(cx.kho(), &ser, &cx.trailer.take()) {
+                Ok(at) => {
                     // SAFETY: module contract (valid out-pointers).
                     unsafe {
-                        *data = ptr.addr().as_u64();
+                        *data = at;
                         *private = Box::into_raw(Box::new(p)).cast();
                     }
                     0
@@ -595,6 +843,7 @@ pub mod rt {
     /// panics.
     pub unsafe fn unpreserve<H: FileHandler>(
         handler: *mut c_void,
+        session: RawSession,
         file: *mut c_void,
         data: u64,
         private: *mut *mut c_void,
@@ -605,8 +854,8 @@ pub mod rt {
             // SAFETY: module contract; the private box was made by `preserve`.
             let p = unsafe { take_private::<H>(private) };
             // SAFETY: module contract.
-            let f = unsafe { FileCell::borrow(file) };
-            let cx = Ctx::new(s, handler, 0);
+            let f = unsafe { FileHead::borrow(file) };
+            let cx = Ctx::new(s, handler, session, 0);
             if let (Some(f), Some(p), Ok(ser)) = (f, p, read_ser::<H::Ser>(cx.kho(), data)) {
                 crate::ffi::catch((), || s.handler.unpreserve(&cx, f, ser, p));
             }
@@ -636,6 +885,7 @@ pub mod rt {
     /// `freeze`: changes the handler makes to the struct are written back in place.
     pub unsafe fn freeze<H: FileHandler>(
         handler: *mut c_void,
+        session: RawSession,
         file: *mut c_void,
         data: *mut u64,
         private: *mut c_void,
@@ -644,7 +894,7 @@ pub mod rt {
             // SAFETY: module contract.
             let s = unsafe { shared::<H>(handler) };
             // SAFETY: module contract.
-            let (Some(f), Some(p)) = (unsafe { FileCell::borrow(file) }, unsafe {
+            let (Some(f), Some(p)) = (unsafe { FileHead::borrow(file) }, unsafe {
                 private_mut::<H>(private)
             }) else {
                 return Errno::EINVAL.to_neg();
@@ -653,7 +903,7 @@ pub mod rt {
             let handle = unsafe { *data };
             let r = (|| {
                 let mut ser = read_ser::<H::Ser>(s.host.kho(), handle)?;
-                let cx = Ctx::new(s, handler, H::active_of(&ser));
+                let cx = Ctx::new(s, handler, session, H::active_of(&ser));
                 s.handler.freeze(&cx, f, &mut ser, p)?;
                 H::encode(&mut ser, cx.features());
                 cx.kho()
@@ -666,6 +916,7 @@ pub mod rt {
     /// `unfreeze`.
     pub unsafe fn unfreeze<H: FileHandler>(
         handler: *mut c_void,
+        session: RawSession,
         file: *mut c_void,
         data: u64,
         private: *mut c_void,
@@ -674,21 +925,23 @@ pub mod rt {
             // SAFETY: module contract.
             let s = unsafe { shared::<H>(handler) };
             // SAFETY: module contract.
-            let (Some(f), Some(p)) = (unsafe { FileCell::borrow(file) }, unsafe {
+            let (Some(f), Some(p)) = (unsafe { FileHead::borrow(file) }, unsafe {
                 private_mut::<H>(private)
             }) else {
                 return;
             };
             if let Ok(ser) = read_ser::<H::Ser>(s.host.kho(), data) {
-                let cx = Ctx::new(s, handler, H::active_of(&ser));
+                let cx = Ctx::new(s, handler, session, H::active_of(&ser));
                 s.handler.unfreeze(&cx, f, &ser, p);
             }
         })
     }
 
-    /// `retrieve` for the version `V` this entry reads; sets `*file_out`.
+    /// `retrieve` for the version `V` this entry reads; sets `*file_out`. The record is
+    /// claimed before it is read and released afterwards, whatever the outcome.
     pub unsafe fn retrieve<H: FileHandler, V: ReadAs<H>>(
         handler: *mut c_void,
+        session: RawSession,
         data: u64,
         file_out: *mut *mut c_void,
     ) -> i32 {
@@ -696,14 +949,16 @@ pub mod rt {
             // SAFETY: module contract.
             let s = unsafe { shared::<H>(handler) };
             let r = (|| {
+                let record = Claimed::new(s.host.kho(), data, V::SIZE)?;
                 let read = V::read(&s.handler, s.host.kho(), data)?;
-                let cx = Ctx::new(s, handler, 0);
+                let cx = Ctx::new(s, handler, session, 0);
+                cx.set_record(data, record.bytes(), V::SIZE);
                 s.handler.retrieve(&cx, read)
             })();
-            match r {
-                Ok(file) => {
+            match r.and_then(|file| s.host.file_into_raw(file)) {
+                Ok(raw) => {
                     // SAFETY: module contract (valid out-pointer).
-                    unsafe { *file_out = FileCell::into_raw(file) };
+                    unsafe { *file_out = raw };
                     0
                 }
                 Err(e) => e.to_neg(),
@@ -711,9 +966,10 @@ pub mod rt {
         })
     }
 
-    /// `can_finish`; invalid data does not hold FINISH up (`true`).
+    /// `can_finish`.
     pub unsafe fn can_finish<H: FileHandler, V: ReadAs<H>>(
         handler: *mut c_void,
+        session: RawSession,
         file: *mut c_void,
         data: u64,
         status: i32,
@@ -722,22 +978,26 @@ pub mod rt {
             // SAFETY: module contract.
             let s = unsafe { shared::<H>(handler) };
             // SAFETY: module contract.
-            let f = unsafe { FileCell::borrow(file) };
-            match V::read(&s.handler, s.host.kho(), data) {
-                Ok(read) => {
-                    let cx = Ctx::new(s, handler, 0);
-                    s.handler
-                        .can_finish(&cx, f, &read, RetrieveStatus::from_raw(status))
-                }
-                Err(_) => true,
+            let f = unsafe { FileHead::borrow(file) };
+            let cx = Ctx::new(s, handler, session, 0);
+            let status = RetrieveStatus::from_raw(status);
+            // A record not retrieved is still the previous kernel's, unclaimed: its first
+            // page may be read. A retrieved one was released at retrieve.
+            if status == RetrieveStatus::NotRetrieved
+                && data != 0
+                && PhysAddr::new(data).is_page_aligned()
+            {
+                cx.set_record(data, crate::PAGE_SIZE, V::SIZE);
             }
+            s.handler.can_finish(&cx, f, status)
         })
     }
 
-    /// `finish`: releases the preserved struct afterwards, even if it did not validate or
-    /// the handler panicked.
+    /// `finish`: for a file never retrieved, claims the record, passes it to the handler and
+    /// releases it afterwards, even if it did not validate or the handler panicked.
     pub unsafe fn finish<H: FileHandler, V: ReadAs<H>>(
         handler: *mut c_void,
+        session: RawSession,
         file: *mut c_void,
         data: u64,
         status: i32,
@@ -746,25 +1006,58 @@ pub mod rt {
             // SAFETY: module contract.
             let s = unsafe { shared::<H>(handler) };
             // SAFETY: module contract.
-            let f = unsafe { FileCell::borrow(file) };
-            if let Ok(read) = V::read(&s.handler, s.host.kho(), data) {
-                let cx = Ctx::new(s, handler, 0);
-                crate::ffi::catch((), || {
-                    s.handler
-                        .finish(&cx, f, read, RetrieveStatus::from_raw(status))
-                });
-            }
-            if data != 0 {
-                let _ = s.host.kho().restore_free(PhysAddr::new(data));
+            let f = unsafe { FileHead::borrow(file) };
+            let cx = Ctx::new(s, handler, session, 0);
+            match RetrieveStatus::from_raw(status) {
+                RetrieveStatus::Retrieved => {
+                    if let Some(f) = f {
+                        s.handler.finish(&cx, Finish::Retrieved(f));
+                    }
+                }
+                RetrieveStatus::Failed(e) => s.handler.finish(&cx, Finish::Failed(e)),
+                RetrieveStatus::NotRetrieved => {
+                    let Ok(record) = Claimed::new(s.host.kho(), data, V::SIZE) else {
+                        return;
+                    };
+                    cx.set_record(data, record.bytes(), V::SIZE);
+                    if let Ok(read) = V::read(&s.handler, s.host.kho(), data) {
+                        crate::ffi::catch((), || s.handler.finish(&cx, Finish::NotRetrieved(read)));
+                    }
+                }
             }
         })
+    }
+
+    /// Writes `ser`, then `trailer` right after it, to newly preserved memory; returns its
+    /// address (the record's handle).
+    fn write_record<T: IntoBytes + Immutable>(
+        kho: &dyn KhoService,
+        ser: &T,
+        trailer: &[u8],
+    ) -> Result<u64> {
+        if trailer.is_empty() {
+            return Ok(kho.alloc_preserve_obj(ser)?.addr().as_u64());
+        }
+        let size = size_of::<T>()
+            .checked_add(trailer.len())
+            .ok_or(Errno::ENOMEM)?;
+        let at = kho.alloc_preserve(size)?;
+        let w = kho.write_obj(Phys::<T>::new(at), ser).and_then(|()| {
+            let tail = at.checked_add(size_of::<T>() as u64).ok_or(Errno::ENOMEM)?;
+            kho.write(tail, trailer)
+        });
+        if let Err(e) = w {
+            let _ = kho.unpreserve_free(at);
+            return Err(e);
+        }
+        Ok(at.as_u64())
     }
 
     /// `get_id`; `0` for a NULL file or a panic.
     pub unsafe fn get_id<H: FileHandler>(file: *mut c_void) -> u64 {
         crate::ffi::catch(0, || {
             // SAFETY: module contract.
-            match unsafe { FileCell::borrow(file) } {
+            match unsafe { FileHead::borrow(file) } {
                 Some(f) => H::get_id(f).0,
                 None => 0,
             }

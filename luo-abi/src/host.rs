@@ -10,9 +10,12 @@
 //! structs. The core implements them with the same code that serves C callers, which is what
 //! makes Rust and C global state one runtime.
 
+use alloc::boxed::Box;
+use core::any::Any;
 use core::ffi::c_void;
 
 use crate::errno::{Errno, Result};
+use crate::file::{File, FileKind, FileRef};
 use crate::kho::KhoService;
 
 /// An opaque `struct liveupdate_flb *`.
@@ -20,6 +23,10 @@ pub type RawFlb = *mut c_void;
 
 /// An opaque `struct liveupdate_file_handler *`.
 pub type RawFileHandler = *mut c_void;
+
+/// An opaque `struct liveupdate_session *`: the session a file callback runs for
+/// (`liveupdate_file_op_args.session`), valid for the duration of the callback.
+pub type RawSession = *mut c_void;
 
 /// The core, as Rust handlers and global state see it.
 pub trait LuoHost: Send + Sync {
@@ -31,6 +38,48 @@ pub trait LuoHost: Send + Sync {
     /// [`crate::ffi::current_task`].
     fn current_task(&self) -> usize {
         crate::ffi::current_task()
+    }
+
+    /// Gives one reference to `file` to the core as a `struct file *` (a `retrieve` result).
+    /// `-EINVAL` if `file` is not one of this core's files: the core owns every `struct file`.
+    fn file_into_raw(&self, file: FileRef) -> Result<*mut c_void>;
+
+    /// `memfd_alloc_file(name, flags)`: a new, unlinked shmem file (memfd retrieve); `flags`
+    /// is a mask of `MFD_*` values such as [`crate::file::MFD_ALLOW_SEALING`].
+    fn memfd_alloc_file(&self, name: &str, flags: u32) -> Result<FileRef> {
+        let _ = (name, flags);
+        Err(Errno::EOPNOTSUPP)
+    }
+
+    /// A new file of a synthetic `kind` around `payload` (`anon_inode_getfile` upstream): what
+    /// the retrieve of an iommufd, a VM or a guest_memfd returns. Its handler reaches the
+    /// payload again through [`File::payload`].
+    fn open_synthetic(
+        &self,
+        kind: FileKind,
+        name: &str,
+        payload: Box<dyn Any + Send + Sync>,
+    ) -> Result<FileRef> {
+        let _ = (kind, name, payload);
+        Err(Errno::EOPNOTSUPP)
+    }
+
+    /// `liveupdate_get_token_outgoing(session, file)`: from a preserve or freeze callback, the
+    /// token of `file` in that outgoing session, recorded as a dependency of the calling file.
+    /// `-ENOENT` if `file` is not preserved there; `-EINVAL` if its handler is not in the
+    /// caller's `depends_on`, or outside such a callback.
+    fn get_token_outgoing(&self, session: RawSession, file: &dyn File) -> Result<u64> {
+        let _ = (session, file);
+        Err(Errno::EOPNOTSUPP)
+    }
+
+    /// `liveupdate_get_file_incoming(session, token)`: from a retrieve callback, the file
+    /// preserved under `token` in that incoming session, retrieved first if needed, with a
+    /// reference the caller may keep. `-ENOENT` for an unknown token, `-EINVAL` for a file of
+    /// a handler not in the caller's `depends_on`, `-EDEADLK` for a cycle.
+    fn get_file_incoming(&self, session: RawSession, token: u64) -> Result<FileRef> {
+        let _ = (session, token);
+        Err(Errno::EOPNOTSUPP)
     }
 
     /// `liveupdate_flb_get_incoming`: retrieves the FLB's incoming object on first use (through

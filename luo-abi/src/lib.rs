@@ -49,6 +49,7 @@ pub mod host;
 pub mod kho;
 pub mod lock;
 pub mod phys;
+pub mod registry;
 #[cfg(feature = "std")]
 pub mod sync;
 

@@ -379,10 +379,11 @@ pub extern "C" fn luo_file_id(file: *mut CFile) -> c_ulong {
     file as c_ulong
 }
 
-/// The HugeTLB memfd payload `huge-memfd-v1` handlers read: its pages are the C handler's
-/// to account for (see `HugeMemfd::accounted_elsewhere`).
-fn huge_memfd(order: c_uint, nr: u64) -> Result<Box<HugeMemfd>, Errno> {
-    HugeMemfd::accounted_elsewhere(order, nr).map(Box::new)
+/// The HugeTLB memfd payload `huge-memfd-v1` handlers read, in kernel `k`: its pages are the
+/// C handler's to account for (see `HugeMemfd::accounted_elsewhere`).
+fn huge_memfd(k: &Kernel, order: c_uint, nr: u64) -> Result<Box<HugeMemfd>, Errno> {
+    use luo_abi::registry::Registry as _;
+    HugeMemfd::accounted_elsewhere(k.host(), order, nr).map(Box::new)
 }
 
 /// A new synthetic HugeTLB memfd holding `nr` huge pages of `order` (the file the Rust
@@ -390,10 +391,10 @@ fn huge_memfd(order: c_uint, nr: u64) -> Result<Box<HugeMemfd>, Errno> {
 /// `retrieve` hands to LUO). NULL without a current kernel.
 #[unsafe(no_mangle)]
 pub extern "C" fn luo_huge_memfd_alloc(order: c_uint, nr: u64) -> *mut CFile {
-    if Kernel::current().is_none() {
+    let Some(k) = Kernel::current() else {
         return std::ptr::null_mut();
-    }
-    match huge_memfd(order, nr) {
+    };
+    match huge_memfd(&k, order, nr) {
         Ok(m) => CoreFile::into_c(CoreFile::new(
             "huge-memfd",
             FileObj::Synthetic(FileKind::HugeMemfd, m),
@@ -546,7 +547,7 @@ pub unsafe extern "C" fn luo_model_test_file_value(fd: c_int, value: *mut u64) -
 #[unsafe(no_mangle)]
 pub extern "C" fn luo_model_huge_memfd(order: c_uint, nr: u64) -> c_int {
     fd_or_neg(with_kernel(|k| {
-        k.open_synthetic(FileKind::HugeMemfd, "huge-memfd", huge_memfd(order, nr)?)
+        k.open_synthetic(FileKind::HugeMemfd, "huge-memfd", huge_memfd(k, order, nr)?)
     }))
 }
 

@@ -11,7 +11,7 @@ use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use luo_abi::file::{File, FileId, FileKind, FileRef, ShmemFile, ShmemFolio, seals};
+use luo_abi::file::{File, FileHead, FileId, FileKind, FileRef, ShmemFile, ShmemFolio, seals};
 use luo_abi::kho::KhoService;
 use luo_abi::{Errno, PAGE_SIZE, PhysAddr};
 use luo_generated::liveupdate::file as CFile;
@@ -64,8 +64,12 @@ pub enum FileObj {
     Synthetic(FileKind, Box<dyn std::any::Any + Send + Sync>),
 }
 
-/// A file of the model (`struct file`).
+/// A file of the model (`struct file`). `#[repr(C)]` with its [`FileHead`] first: the
+/// `struct file *` handlers get is the address of a `CoreFile`, and Rust handlers borrow the
+/// file back through the head.
+#[repr(C)]
 pub struct CoreFile {
+    head: FileHead,
     id: FileId,
     name: String,
     obj: FileObj,
@@ -75,6 +79,8 @@ impl CoreFile {
     /// A new file. Its address is registered so that [`CoreFile::from_c`] can validate it.
     pub fn new(name: impl Into<String>, obj: FileObj) -> Arc<CoreFile> {
         let f = Arc::new(CoreFile {
+            // SAFETY: `CoreFile` is `#[repr(C)]` and `head` is its first field.
+            head: unsafe { FileHead::of::<CoreFile>() },
             id: FileId(next_id()),
             name: name.into(),
             obj,
@@ -187,6 +193,13 @@ impl File for CoreFile {
     fn as_shmem(&self) -> Option<&dyn ShmemFile> {
         match &self.obj {
             FileObj::Memfd(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    fn payload(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
+        match &self.obj {
+            FileObj::Synthetic(_, p) => Some(&**p),
             _ => None,
         }
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use luo_abi::Errno;
 use std::any::Any;
 
-use luo_abi::file::{File, FileKind, FileRef, MemfdService};
+use luo_abi::file::{File, FileKind, FileRef};
 use luo_abi::kho::KhoService;
 use luo_generated::liveupdate::{
     file as CFile, liveupdate_file_handler, liveupdate_flb, liveupdate_session,

@@ -60,6 +60,11 @@ pub(crate) struct KernelInner {
     pub(crate) luo: Luo,
     pub(crate) fds: Ordered<FdTable>,
     dead: AtomicBool,
+    /// What the kernel's Rust handlers call.
+    pub(crate) host: Arc<crate::rust_host::KernelHost>,
+    /// The Rust handlers and subsystems registered with this kernel. Declared last, so they
+    /// are dropped after the LUO core and the files that point into them.
+    pub(crate) registrations: Ordered<crate::rust_host::Owned>,
 }
 
 /// A booted kernel. Cheap to clone (a shared handle).
@@ -131,27 +136,32 @@ impl Kernel {
         let kho = Arc::new(kho);
         let luo = Luo::boot(Arc::clone(&kho), opts.enabled, opts.version)?;
         let k = Kernel {
-            inner: Arc::new(KernelInner {
+            inner: Arc::new_cyclic(|me| KernelInner {
+                host: Arc::new(crate::rust_host::KernelHost::new(
+                    Arc::clone(&kho),
+                    me.clone(),
+                )),
                 kho,
                 luo,
                 fds: Ordered::new(Level::FdTable, FdTable::default()),
                 dead: AtomicBool::new(false),
+                registrations: Ordered::new(Level::Registrations, Vec::new()),
             }),
         };
         if opts.enabled && opts.memfd_handler {
             let _g = k.enter();
             crate::host::install();
             let v = opts.version;
-            let hs = luo_handlers::memfd::register(v.memfd_writes(), v.memfd_reads())
-                .map_err(ImageError::Host)?;
             // 6.19 has no FLBs (nor upstream's test FLBs).
-            if opts.test_flbs && v.luo_writes() != crate::version::LuoFormat::V1 {
-                for h in hs {
-                    // SAFETY: `h` is a registered `'static` handler.
-                    unsafe { luo_handlers::test_flb::link(h.as_ptr()) }
-                        .map_err(ImageError::Host)?;
-                }
-            }
+            let test_flbs = (opts.test_flbs && v.luo_writes() != crate::version::LuoFormat::V1)
+                .then(|| luo_handlers::test_flb::TestFlbs::new(&k));
+            luo_handlers::memfd::register(
+                &k,
+                v.memfd_writes(),
+                v.memfd_reads(),
+                test_flbs.as_ref(),
+            )
+            .map_err(ImageError::Host)?;
         }
         Ok(k)
     }
@@ -388,8 +398,14 @@ impl Kernel {
     }
 }
 
-impl luo_abi::file::MemfdService for Kernel {
-    fn memfd_alloc_file(&self, name: &str, flags: u32) -> luo_abi::Result<luo_abi::file::FileRef> {
+impl Kernel {
+    /// `memfd_alloc_file(name, flags)`: an empty, unlinked memfd whose host memfd is made (or
+    /// adopted from an incoming region) when its first folio arrives (memfd retrieve).
+    pub fn memfd_alloc_file(
+        &self,
+        name: &str,
+        flags: u32,
+    ) -> luo_abi::Result<luo_abi::file::FileRef> {
         let _ = flags;
         let m = MemfdFile::lazy(&self.inner.kho);
         Ok(CoreFile::new(format!("memfd:{name}"), FileObj::Memfd(m)))

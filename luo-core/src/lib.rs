@@ -64,6 +64,7 @@ pub mod kho;
 mod lock_order;
 pub mod luo;
 pub mod mem;
+pub mod rust_host;
 pub mod simulate;
 pub mod testing;
 pub mod uapi;

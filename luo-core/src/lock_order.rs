@@ -27,6 +27,7 @@
 //! | `Kho` | `Kho::st`, the KHO model | every path above ends in KHO; it calls only the backings |
 //! | `KhoViolations` | `Kho::violations` | recorded under `Kho::st` |
 //! | `Backing` | a heap or mmap backing | the innermost: memory itself |
+//! | `Registrations` | `KernelInner::registrations`, the Rust handlers a kernel owns | a leaf: only pushed to after registering |
 //!
 //! Outside the order: a global state's `holder`, a plain mutex held only for its condvar
 //! handshake (nothing is taken under it), and mutexes of test code.
@@ -62,6 +63,7 @@ pub(crate) enum Level {
     Kho,
     KhoViolations,
     Backing,
+    Registrations,
 }
 
 /// A mutex with a place in the lock order.

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::thread::ThreadId;
 
+use luo_abi::abi::AbiType;
+use luo_abi::features::{FeatureDecl, FeatureError, FeatureHeader, negotiate};
 use luo_abi::kho::KhoService;
 use luo_abi::{Errno, PAGE_SIZE, PhysAddr};
 use luo_generated::liveupdate::{
@@ -33,7 +35,6 @@ use crate::lock_order::{Level, Ordered, lock};
 use crate::util::{cstr, lossy};
 use crate::version::{KernelVersion, LuoFormat};
 use luo_generated::luo::{next, v1};
-use luo_handlers::memfd::format::FeatureError;
 
 /// A raw pointer that may cross threads; what it points to is the registrant's to keep alive.
 #[derive(Debug)]
@@ -547,9 +548,19 @@ pub fn read_incoming_as<M: PhysRead + ?Sized>(
             let ser: next::luo_ser = read_obj(mem, root, "luo_ser (next)")?;
             let known = next::LUO_CORE_FEATURES_SUPP;
             let h = ser.features;
-            match luo_handlers::memfd::format::check_features(&h, known) {
+            let decl = FeatureDecl {
+                supported: known,
+                required: 0,
+                active: 0,
+            };
+            let hdr = FeatureHeader {
+                supp: h.supp,
+                req: h.req,
+                active: h.active,
+            };
+            match negotiate(&decl, hdr, h.check_reserved().is_ok()) {
                 Ok(_) => {}
-                Err(FeatureError::UnknownRequired(bits)) => {
+                Err(FeatureError::UnknownRequired { bits }) => {
                     return Err(ImageError::UnknownFeature {
                         component: "luo",
                         bits,
@@ -968,6 +979,16 @@ impl Luo {
             .iter()
             .map(|h| h.compatible.clone())
             .collect()
+    }
+
+    /// The registered `struct liveupdate_file_handler *` with `compatible`, if any (what a C
+    /// caller of `liveupdate_register_flb` holds; Rust handlers never see it).
+    pub fn handler_ptr(&self, compatible: &str) -> Option<*mut liveupdate_file_handler> {
+        lock(&self.reg)
+            .handlers
+            .iter()
+            .find(|h| h.compatible == compatible)
+            .map(|h| h.ptr.0)
     }
 
     /// `liveupdate_register_flb`.

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use luo_abi::file::FileKind;
 use luo_core::{BootOptions, Handover, Kernel};
-use luo_handlers::hugetlb::{self, Form, HugeMemfd, Pool};
+use luo_handlers::hugetlb::{self, Form, HugeMemfd, Hugetlb, Pool};
 
 /// Pools by phase and page order.
 type Pools = BTreeMap<String, BTreeMap<u32, Pool>>;
@@ -57,9 +57,8 @@ fn parse_pools(stdout: &str) -> Pools {
     pools
 }
 
-fn record(pools: &mut Pools, k: &Kernel, phase: &str) {
-    k.make_current();
-    let st = hugetlb::state().unwrap();
+fn record(pools: &mut Pools, h: &Hugetlb, phase: &str) {
+    let st = h.state();
     let by_order = ORDERS
         .iter()
         .map(|o| (*o, st.pools.get(o).copied().unwrap_or_default()))
@@ -67,18 +66,17 @@ fn record(pools: &mut Pools, k: &Kernel, phase: &str) {
     pools.insert(phase.to_string(), by_order);
 }
 
-fn boot(h: Option<Handover>, form: Form) -> Kernel {
+/// A kernel with the Rust HugeTLB state in `form` registered, and that state.
+fn boot(h: Option<Handover>, form: Form) -> (Kernel, Hugetlb) {
     // As luo_model_boot(): the default kernel.
     let k = Kernel::boot(&BootOptions::default(), h).unwrap();
-    k.make_current();
-    hugetlb::register(form).unwrap();
-    k
+    let ht = hugetlb::register(&k, form).unwrap();
+    (k, ht)
 }
 
 /// A HugeTLB memfd of `nr` pages of `order` from the pool, preserved as `token`.
-fn preserve_huge(k: &Kernel, session: i32, order: u32, nr: u64, token: u64) {
-    k.make_current();
-    let m = HugeMemfd::new(order, nr).unwrap();
+fn preserve_huge(k: &Kernel, ht: &Hugetlb, session: i32, order: u32, nr: u64, token: u64) {
+    let m = HugeMemfd::new(ht, order, nr).unwrap();
     let fd = k
         .open_synthetic(FileKind::HugeMemfd, "f", Box::new(m))
         .unwrap();
@@ -90,48 +88,48 @@ fn preserve_huge(k: &Kernel, session: i32, order: u32, nr: u64, token: u64) {
 /// pages of order 10, which leaves the pools as configured).
 fn rust_scenario(form: Form) -> Pools {
     let mut pools = Pools::new();
-    let k = boot(None, form);
-    hugetlb::configure(9, 8).unwrap();
-    hugetlb::configure(10, 4).unwrap();
-    hugetlb::configure(8, 2).unwrap();
+    let (k, ht) = boot(None, form);
+    ht.configure(9, 8).unwrap();
+    ht.configure(10, 4).unwrap();
+    ht.configure(8, 2).unwrap();
     let dev = k.open_dev().unwrap();
     let x = k.create_session(dev, "x").unwrap();
-    preserve_huge(&k, x, 9, 1, 9);
+    preserve_huge(&k, &ht, x, 9, 1, 9);
     k.close(x).unwrap();
     let a = k.create_session(dev, "a").unwrap();
     let b = k.create_session(dev, "b").unwrap();
     let c = k.create_session(dev, "c").unwrap();
-    preserve_huge(&k, a, 9, 2, 1);
-    preserve_huge(&k, a, 8, 1, 2);
-    preserve_huge(&k, b, 9, 3, 3);
-    preserve_huge(&k, c, 9, 1, 4);
+    preserve_huge(&k, &ht, a, 9, 2, 1);
+    preserve_huge(&k, &ht, a, 8, 1, 2);
+    preserve_huge(&k, &ht, b, 9, 3, 3);
+    preserve_huge(&k, &ht, c, 9, 1, 4);
     k.close(c).unwrap();
-    record(&mut pools, &k, "old-preserved");
+    record(&mut pools, &ht, "old-preserved");
 
     let h = k.kexec().unwrap();
-    let k = boot(Some(h), form);
-    record(&mut pools, &k, "new-boot");
+    let (k, ht) = boot(Some(h), form);
+    record(&mut pools, &ht, "new-boot");
     let dev = k.open_dev().unwrap();
     let a = k.retrieve_session(dev, "a").unwrap();
     let a1 = k.retrieve_fd(a, 1).unwrap();
-    record(&mut pools, &k, "new-retrieved-1");
+    record(&mut pools, &ht, "new-retrieved-1");
     k.retrieve_fd(a, 2).unwrap();
-    record(&mut pools, &k, "new-retrieved-2");
+    record(&mut pools, &ht, "new-retrieved-2");
     k.finish_session(a).unwrap();
     k.close(a).unwrap();
     let b = k.retrieve_session(dev, "b").unwrap();
     k.close(b).unwrap();
-    record(&mut pools, &k, "new-finished");
+    record(&mut pools, &ht, "new-finished");
 
     // A second live update carries the retrieved 2 MiB file on.
     let d = k.create_session(dev, "d").unwrap();
     k.preserve_fd(d, a1, 1).unwrap();
     let h = k.kexec().unwrap();
-    let k = boot(Some(h), form);
+    let (k, ht) = boot(Some(h), form);
     let dev = k.open_dev().unwrap();
     let d = k.retrieve_session(dev, "d").unwrap();
     k.retrieve_fd(d, 1).unwrap();
-    record(&mut pools, &k, "third-retrieved");
+    record(&mut pools, &ht, "third-retrieved");
     k.finish_session(d).unwrap();
     pools
 }

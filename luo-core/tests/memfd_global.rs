@@ -153,7 +153,7 @@ fn failing_subsystem_freeze_rolls_back_the_files() {
 
 #[test]
 fn synthetic_files_and_memfd_service() {
-    use luo_abi::file::{FileKind, MemfdService};
+    use luo_abi::file::FileKind;
     let k = boot();
     let fd = k
         .open_synthetic(FileKind::Iommufd, "/dev/iommu", Box::new(42u32))

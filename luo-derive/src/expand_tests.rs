@@ -47,8 +47,8 @@ fn handler_with_every_callback() {
                     fn freeze(&self, cx: &Ctx<'_, Self>, file: &dyn File, ser: &mut memfd_luo_ser, p: &mut Vec<u64>) -> Result { todo!() }
                     fn unfreeze(&self, cx: &Ctx<'_, Self>, file: &dyn File, ser: &memfd_luo_ser, p: &mut Vec<u64>) {}
                     fn retrieve(&self, cx: &Ctx<'_, Self>, data: memfd_luo_ser) -> Result<FileRef> { todo!() }
-                    fn can_finish(&self, cx: &Ctx<'_, Self>, file: Option<&dyn File>, data: &memfd_luo_ser, s: RetrieveStatus) -> bool { todo!() }
-                    fn finish(&self, cx: &Ctx<'_, Self>, file: Option<&dyn File>, data: memfd_luo_ser, s: RetrieveStatus) {}
+                    fn can_finish(&self, cx: &Ctx<'_, Self>, file: Option<&dyn File>, s: RetrieveStatus) -> bool { todo!() }
+                    fn finish(&self, cx: &Ctx<'_, Self>, how: Finish<'_, memfd_luo_ser>) {}
                     fn get_id(file: &dyn File) -> FileId { todo!() }
                 }
             },
@@ -79,7 +79,7 @@ fn handler_with_required_callbacks_only() {
                     fn preserve(&self, cx: &Ctx<'_, Self>, file: &dyn File) -> Result<(memfd_luo_ser, ())> { todo!() }
                     fn unpreserve(&self, cx: &Ctx<'_, Self>, file: &dyn File, ser: memfd_luo_ser, p: ()) {}
                     fn retrieve(&self, cx: &Ctx<'_, Self>, data: memfd_luo_ser) -> Result<FileRef> { todo!() }
-                    fn finish(&self, cx: &Ctx<'_, Self>, file: Option<&dyn File>, data: memfd_luo_ser, s: RetrieveStatus) {}
+                    fn finish(&self, cx: &Ctx<'_, Self>, how: Finish<'_, memfd_luo_ser>) {}
                 }
             },
         ),

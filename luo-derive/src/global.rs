@@ -5,10 +5,11 @@
 //! the impl they work as `#[vtable]`.
 
 use proc_macro2::{Span, TokenStream};
-use quote::quote;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
 use syn::{Ident, Item, LitStr, Path};
 
-use crate::args;
+use crate::args::{self, ArgValue};
 use crate::common::{self, check_compat};
 use crate::diag::Errors;
 use crate::vtable::VtableSpec;
@@ -114,7 +115,7 @@ impl Form {
 
     fn keys(self) -> &'static [&'static str] {
         match self {
-            Form::Flb => &["compatible", "abi", "lock"],
+            Form::Flb => &["compatible", "abi", "lock", "immediate"],
             Form::State => &["abi", "lock"],
             Form::Subsystem => &["name", "abi", "lock"],
         }
@@ -126,6 +127,8 @@ struct Model {
     name: Option<LitStr>,
     abi: Option<Path>,
     lock: Option<Path>,
+    /// FLB only: the data word is the 8-byte value itself (`immediate`).
+    immediate: bool,
 }
 
 fn parse(
@@ -148,6 +151,7 @@ fn parse(
         name: None,
         abi: None,
         lock: None,
+        immediate: false,
     };
     let name_given = args
         .iter()
@@ -158,6 +162,13 @@ fn parse(
             "compatible" | "name" => m.name = args::lit_str(a, errors),
             "abi" => m.abi = args::path(a, errors),
             "lock" => m.lock = args::path(a, errors),
+            "immediate" => match a.value {
+                ArgValue::Flag => m.immediate = true,
+                _ => errors.at(
+                    a.key.span(),
+                    "`immediate` is a flag: write `immediate`, without a value",
+                ),
+            },
             _ => {}
         }
     }
@@ -241,6 +252,17 @@ fn decode_fn() -> TokenStream {
 fn flb(m: &Model, ok: bool) -> TokenStream {
     let ident = &m.ident;
     let abi = &m.abi;
+    let immediate = m.immediate;
+    // An immediate FLB's ABI type is the data word itself.
+    let size_check = match (&m.abi, immediate) {
+        (Some(abi), true) => quote_spanned! {abi.span()=>
+            const _: () = ::core::assert!(
+                ::core::mem::size_of::<#abi>() == 8,
+                "an `immediate` FLB hands over its data word itself: `abi` must be an 8-byte type such as u64",
+            );
+        },
+        _ => quote!(),
+    };
     let lock = common::lock_path(&m.lock);
     let compat = m.name.as_ref().map_or(String::new(), LitStr::value);
     let decode = decode_fn();
@@ -311,11 +333,13 @@ fn flb(m: &Model, ok: bool) -> TokenStream {
                 type Raw = __lu::liveupdate_flb;
                 type Lock = #lock;
                 const COMPATIBLE: &'static str = #compat;
+                const IMMEDIATE: bool = #immediate;
                 fn raw() -> Self::Raw {
                     #raw
                 }
                 #decode
             }
+            #size_check
             #table
         };
     }

@@ -17,6 +17,10 @@ use crate::vtable::VtableSpec;
 
 const ATTR: &str = "#[liveupdate_handler(...)]";
 
+/// `LIVEUPDATE_DEPENDS_MAX` of `linux/liveupdate.h` (this crate cannot depend on the
+/// generated one).
+const LIVEUPDATE_DEPENDS_MAX: usize = 8;
+
 const KEYS: &[&str] = &[
     "compatible",
     "name",
@@ -27,6 +31,7 @@ const KEYS: &[&str] = &[
     "subsystems",
     "features",
     "active",
+    "depends_on",
 ];
 
 /// The impl side: `impl FileHandler for X`.
@@ -53,7 +58,7 @@ pub const IMPL: VtableSpec = VtableSpec {
         ),
         (
             "finish",
-            "fn finish(&self, cx: &Ctx<'_, Self>, file: Option<&dyn File>, data: Self::Read, status: RetrieveStatus)",
+            "fn finish(&self, cx: &Ctx<'_, Self>, how: Finish<'_, Self::Read>)",
         ),
     ],
     optional: &["freeze", "unfreeze", "can_finish", "get_id"],
@@ -90,6 +95,8 @@ struct Model {
     subsystems: Vec<Path>,
     features: Vec<FeatureModel>,
     active: Option<Vec<Ident>>,
+    /// Compatible strings of the handlers whose files this handler's files may depend on.
+    depends_on: Vec<LitStr>,
 }
 
 /// Expands the struct attribute.
@@ -133,6 +140,7 @@ fn build_model(ident: &Ident, args: Vec<Arg>, errors: &mut Errors) -> Model {
         subsystems: Vec::new(),
         features: Vec::new(),
         active: None,
+        depends_on: Vec::new(),
     };
     let mut name_lit = None;
     let mut reads_lits = Vec::new();
@@ -153,6 +161,7 @@ fn build_model(ident: &Ident, args: Vec<Arg>, errors: &mut Errors) -> Model {
                 m.features = parse_features(a, errors);
             }
             "active" => m.active = Some(args::ident_array(a, errors)),
+            "depends_on" => m.depends_on = args::str_array(a, errors),
             _ => {}
         }
     }
@@ -180,6 +189,20 @@ fn build_model(ident: &Ident, args: Vec<Arg>, errors: &mut Errors) -> Model {
         };
         check_compat(c, what, Some("liveupdate_file_handler.compatible"), errors);
     }
+    for d in &m.depends_on {
+        check_compat(
+            d,
+            "a `depends_on` entry",
+            Some("liveupdate_file_handler.depends_on"),
+            errors,
+        );
+    }
+    if m.depends_on.len() > LIVEUPDATE_DEPENDS_MAX {
+        errors.spanned(
+            &m.depends_on[LIVEUPDATE_DEPENDS_MAX],
+            format!("a handler may depend on at most {LIVEUPDATE_DEPENDS_MAX} handlers (LIVEUPDATE_DEPENDS_MAX); merge the dependencies or drop this one"),
+        );
+    }
     if m.abi.is_none() && !abi_given {
         errors.at(
             Span::call_site(),
@@ -206,14 +229,9 @@ fn build_model(ident: &Ident, args: Vec<Arg>, errors: &mut Errors) -> Model {
         }
     }
 
-    // Versions read.
-    if !reads_lits.is_empty() && m.versionless {
-        errors.spanned(
-            &reads_lits[0],
-            "a feature-negotiated handler (`name = ...`) has no older versions to read: old payloads are read through feature bits; remove `reads`",
-        );
-        reads_lits.clear();
-    }
+    // Versions read. A feature-negotiated handler (`name = "memfd"`) came after the
+    // exact-match versions of the same name (`memfd-v1`, `memfd-v2`): it may read any of them,
+    // each from the `vN` module beside the one of its own ABI (`...::next::T` → `...::v2::T`).
     let mut seen_reads: Vec<String> = Vec::new();
     for r in reads_lits {
         let v = r.value();
@@ -222,43 +240,62 @@ fn build_model(ident: &Ident, args: Vec<Arg>, errors: &mut Errors) -> Model {
             continue;
         }
         seen_reads.push(v.clone());
-        let Some((base, n)) = &written else {
-            if m.compat.is_some() {
-                errors.spanned(
-                    &r,
-                    "`reads` needs a compatible string of the form `name-vN` to order versions",
-                );
+        let (base, n) = match (&written, &m.compat) {
+            (Some((base, n)), _) => (base.clone(), Some(*n)),
+            (None, Some(name)) if m.versionless => (name.value(), None),
+            (None, _) => {
+                if m.compat.is_some() {
+                    errors.spanned(
+                        &r,
+                        "`reads` needs a compatible string of the form `name-vN` to order versions",
+                    );
+                }
+                continue;
             }
-            continue;
         };
         let Some((rbase, rn)) = split_version(&v) else {
+            let hint = match n {
+                Some(n) => format!("`{base}-vN` with N below {n}"),
+                None => format!("`{base}-vN`, the exact-match versions before `{base}`"),
+            };
             errors.spanned(
                 &r,
-                format!("unknown version `{v}`: versions read are compatible strings of this handler, `{base}-vN` with N below {n}"),
+                format!("unknown version `{v}`: versions read are compatible strings of this handler, {hint}"),
             );
             continue;
         };
         if rbase != base {
+            let own = match n {
+                Some(n) => format!("the compatible string is `{base}-v{n}`"),
+                None => format!("the handler's name is `{base}`"),
+            };
             errors.spanned(
                 &r,
-                format!("unknown version `{v}`: it is not a version of `{base}` (the compatible string is `{base}-v{n}`)"),
+                format!("unknown version `{v}`: it is not a version of `{base}` ({own})"),
             );
             continue;
         }
-        if rn >= *n {
-            errors.spanned(
-                &r,
-                format!("`{v}` is not older than the version written (`{base}-v{n}`); a handler reads only older versions, list only `{base}-vN` with N < {n}"),
-            );
-            continue;
+        if let Some(n) = n {
+            if rn >= n {
+                errors.spanned(
+                    &r,
+                    format!("`{v}` is not older than the version written (`{base}-v{n}`); a handler reads only older versions, list only `{base}-vN` with N < {n}"),
+                );
+                continue;
+            }
         }
         let Some(abi) = &m.abi else { continue };
-        let Some((idx, _)) = path_version(abi) else {
-            errors.spanned(
-                abi,
-                "`reads` finds each older ABI type next to this one, so `abi` must name its version module (`...::v2::Type`)",
-            );
-            continue;
+        let idx = match (path_version(abi), m.versionless) {
+            (Some((idx, _)), _) => idx,
+            // `...::next::T`: the module holding the type stands for the version.
+            (None, true) if abi.segments.len() >= 2 => abi.segments.len() - 2,
+            _ => {
+                errors.spanned(
+                    abi,
+                    "`reads` finds each older ABI type next to this one, so `abi` must name its version module (`...::v2::Type`)",
+                );
+                continue;
+            }
         };
         m.reads
             .push((r.clone(), with_version(abi, idx, rn, r.span())));
@@ -634,7 +671,7 @@ fn generate(m: &Model) -> TokenStream {
             ("get_id", opt("get_id", quote!(__luo_get_id))),
         ];
         tables.push(ops_table(&format_ident!("__LUO_OPS_0"), &fields));
-        entries.push(entry(&format_ident!("__LUO_OPS_0"), &compat));
+        entries.push(entry(&format_ident!("__LUO_OPS_0"), &compat, &m.depends_on));
     }
     for (i, (lit, old)) in m.reads.iter().enumerate() {
         let rd = format_ident!("__LuoRead{}", i + 1);
@@ -656,7 +693,7 @@ fn generate(m: &Model) -> TokenStream {
             ("get_id", none),
         ];
         tables.push(ops_table(&table, &fields));
-        entries.push(entry(&table, &lit.value()));
+        entries.push(entry(&table, &lit.value(), &m.depends_on));
         let span = lit.span();
         let validate = common::validate(quote!(old));
         // Spanned at the version string, so a missing `Migrate` impl is reported there.
@@ -665,6 +702,7 @@ fn generate(m: &Model) -> TokenStream {
             #[doc(hidden)]
             pub struct #rd;
             impl ::luo_abi::handler::ReadAs<#ident> for #rd {
+                const SIZE: usize = ::core::mem::size_of::<#old>();
                 fn read(
                     handler: &#ident,
                     kho: &dyn ::luo_abi::kho::KhoService,
@@ -780,7 +818,7 @@ fn generate(m: &Model) -> TokenStream {
                 unsafe {
                     let a = &mut *args;
                     ::luo_abi::handler::rt::preserve::<#ident>(
-                        a.handler.cast(), a.file.cast(), &mut a.serialized_data, &mut a.private_data)
+                        a.handler.cast(), a.session.cast(), a.file.cast(), &mut a.serialized_data, &mut a.private_data)
                 }
             }
             unsafe extern "C" fn __luo_unpreserve(args: *mut __lu::liveupdate_file_op_args) {
@@ -788,7 +826,7 @@ fn generate(m: &Model) -> TokenStream {
                 unsafe {
                     let a = &mut *args;
                     ::luo_abi::handler::rt::unpreserve::<#ident>(
-                        a.handler.cast(), a.file.cast(), a.serialized_data, &mut a.private_data)
+                        a.handler.cast(), a.session.cast(), a.file.cast(), a.serialized_data, &mut a.private_data)
                 }
             }
             unsafe extern "C" fn __luo_freeze(args: *mut __lu::liveupdate_file_op_args) -> ::core::ffi::c_int {
@@ -796,7 +834,7 @@ fn generate(m: &Model) -> TokenStream {
                 unsafe {
                     let a = &mut *args;
                     ::luo_abi::handler::rt::freeze::<#ident>(
-                        a.handler.cast(), a.file.cast(), &mut a.serialized_data, a.private_data)
+                        a.handler.cast(), a.session.cast(), a.file.cast(), &mut a.serialized_data, a.private_data)
                 }
             }
             unsafe extern "C" fn __luo_unfreeze(args: *mut __lu::liveupdate_file_op_args) {
@@ -804,7 +842,7 @@ fn generate(m: &Model) -> TokenStream {
                 unsafe {
                     let a = &mut *args;
                     ::luo_abi::handler::rt::unfreeze::<#ident>(
-                        a.handler.cast(), a.file.cast(), a.serialized_data, a.private_data)
+                        a.handler.cast(), a.session.cast(), a.file.cast(), a.serialized_data, a.private_data)
                 }
             }
             unsafe extern "C" fn __luo_retrieve<V: ::luo_abi::handler::ReadAs<#ident>>(
@@ -814,7 +852,8 @@ fn generate(m: &Model) -> TokenStream {
                 unsafe {
                     let a = &mut *args;
                     let mut file = ::core::ptr::null_mut();
-                    let r = ::luo_abi::handler::rt::retrieve::<#ident, V>(a.handler.cast(), a.serialized_data, &mut file);
+                    let r = ::luo_abi::handler::rt::retrieve::<#ident, V>(
+                        a.handler.cast(), a.session.cast(), a.serialized_data, &mut file);
                     if r == 0 {
                         a.file = file.cast();
                     }
@@ -828,7 +867,7 @@ fn generate(m: &Model) -> TokenStream {
                 unsafe {
                     let a = &*args;
                     ::luo_abi::handler::rt::can_finish::<#ident, V>(
-                        a.handler.cast(), a.file.cast(), a.serialized_data, a.retrieve_status)
+                        a.handler.cast(), a.session.cast(), a.file.cast(), a.serialized_data, a.retrieve_status)
                 }
             }
             unsafe extern "C" fn __luo_finish<V: ::luo_abi::handler::ReadAs<#ident>>(
@@ -838,7 +877,7 @@ fn generate(m: &Model) -> TokenStream {
                 unsafe {
                     let a = &*args;
                     ::luo_abi::handler::rt::finish::<#ident, V>(
-                        a.handler.cast(), a.file.cast(), a.serialized_data, a.retrieve_status)
+                        a.handler.cast(), a.session.cast(), a.file.cast(), a.serialized_data, a.retrieve_status)
                 }
             }
             unsafe extern "C" fn __luo_get_id(file: *mut __lu::file) -> ::core::ffi::c_ulong {
@@ -863,12 +902,22 @@ fn ops_table(name: &Ident, fields: &[(&str, TokenStream)]) -> TokenStream {
     }
 }
 
-fn entry(table: &Ident, compat: &str) -> TokenStream {
+fn entry(table: &Ident, compat: &str, depends_on: &[LitStr]) -> TokenStream {
+    // `depends_on` is a NULL-terminated array of NUL-terminated compatible strings.
+    let deps = if depends_on.is_empty() {
+        quote!(::core::ptr::null())
+    } else {
+        let strs = depends_on.iter().map(|d| {
+            let bytes = syn::LitByteStr::new(format!("{}\0", d.value()).as_bytes(), d.span());
+            quote!(#bytes.as_ptr())
+        });
+        quote!([#(#strs,)* ::core::ptr::null()].as_ptr())
+    };
     quote! {
         __lu::liveupdate_file_handler {
             ops: &#table,
             compatible: ::luo_abi::abi::compat_bytes(#compat),
-            depends_on: ::core::ptr::null(),
+            depends_on: #deps,
         }
     }
 }

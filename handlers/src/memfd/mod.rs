@@ -14,28 +14,27 @@
 
 pub mod format;
 
-use std::ffi::{c_int, c_ulong};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use luo_abi::file::{File, MFD_ALLOW_SEALING, ShmemFile, ShmemFolio};
+use luo_abi::features::Negotiated;
+use luo_abi::file::{File, FileId, FileRef, MFD_ALLOW_SEALING, ShmemFile, ShmemFolio};
+use luo_abi::handler::{Ctx, FileHandler, Finish, Migrate, Registration};
 use luo_abi::kho::{KhoService, VmallocChunk, VmallocDesc};
+use luo_abi::registry::Registry;
 use luo_abi::{Errno, PAGE_SIZE, Phys, PhysAddr};
+use luo_derive::liveupdate_handler;
 use luo_generated::kho::kho_vmalloc;
-use luo_generated::liveupdate::{
-    file as CFile, liveupdate_file_handler, liveupdate_file_op_args, liveupdate_file_ops,
+use luo_generated::memfd::{
+    MEMFD_LUO_FOLIO_DIRTY, MEMFD_LUO_FOLIO_UPTODATE, memfd_luo_folio_ser, next, v1, v2,
 };
-use luo_generated::memfd::{MEMFD_LUO_FOLIO_DIRTY, MEMFD_LUO_FOLIO_UPTODATE, memfd_luo_folio_ser};
 use zerocopy::{FromZeros, IntoBytes};
 
 pub use format::{Format, Next, V1, V2};
 
-use crate::host::{FileOps, StaticHandler, host};
+use crate::test_flb::TestFlbs;
 
 const PAGE: u64 = PAGE_SIZE as u64;
 const ENTRY: usize = size_of::<memfd_luo_folio_ser>();
-
-type Kho = Arc<dyn KhoService + Send + Sync>;
 
 /// Counters of what the handler did to folio *data* (process-wide).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -69,53 +68,6 @@ pub fn stats() -> Stats {
     }
 }
 
-const fn writer_ops<F: Format>() -> liveupdate_file_ops {
-    liveupdate_file_ops {
-        can_preserve: Some(can_preserve),
-        preserve: Some(preserve::<F>),
-        unpreserve: Some(unpreserve),
-        freeze: Some(freeze::<F>),
-        unfreeze: None,
-        retrieve: Some(retrieve::<F>),
-        can_finish: None,
-        finish: Some(finish::<F>),
-        get_id: Some(get_id),
-        owner: std::ptr::null_mut(),
-    }
-}
-
-const fn reader_ops<F: Format>() -> liveupdate_file_ops {
-    liveupdate_file_ops {
-        can_preserve: Some(never_preserve),
-        preserve: Some(refuse_preserve),
-        unpreserve: Some(nothing),
-        freeze: None,
-        unfreeze: None,
-        retrieve: Some(retrieve::<F>),
-        can_finish: None,
-        finish: Some(finish::<F>),
-        get_id: None,
-        owner: std::ptr::null_mut(),
-    }
-}
-
-static V1_OPS: FileOps = FileOps(writer_ops::<V1>());
-static V2_OPS: FileOps = FileOps(writer_ops::<V2>());
-static NEXT_OPS: FileOps = FileOps(writer_ops::<Next>());
-static V1_READ_OPS: FileOps = FileOps(reader_ops::<V1>());
-static V2_READ_OPS: FileOps = FileOps(reader_ops::<V2>());
-
-/// The 6.19/7.0 handler: writes `memfd-v1`.
-pub static MEMFD_V1: StaticHandler = StaticHandler::new(&V1_OPS, V1::COMPAT);
-/// The 7.3 handler: writes `memfd-v2`.
-pub static MEMFD_V2: StaticHandler = StaticHandler::new(&V2_OPS, V2::COMPAT);
-/// The next handler: writes the feature-negotiated `memfd`.
-pub static MEMFD_NEXT: StaticHandler = StaticHandler::new(&NEXT_OPS, Next::COMPAT);
-/// Reads `memfd-v1` in a newer kernel (migration; never preserves).
-pub static MEMFD_V1_READER: StaticHandler = StaticHandler::new(&V1_READ_OPS, V1::COMPAT);
-/// Reads `memfd-v2` in a newer kernel (never preserves).
-pub static MEMFD_V2_READER: StaticHandler = StaticHandler::new(&V2_READ_OPS, V2::COMPAT);
-
 /// A memfd format version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Version {
@@ -127,85 +79,288 @@ pub enum Version {
     Next,
 }
 
-/// The handlers a kernel writing `writes` and reading `reads` registers: the writer first,
-/// then a reader for each other version read.
-pub fn handlers(writes: Version, reads: &[Version]) -> Vec<&'static StaticHandler> {
-    let mut v = vec![match writes {
-        Version::V1 => &MEMFD_V1,
-        Version::V2 => &MEMFD_V2,
-        Version::Next => &MEMFD_NEXT,
-    }];
-    for r in reads {
-        match r {
-            _ if *r == writes => {}
-            Version::V1 => v.push(&MEMFD_V1_READER),
-            Version::V2 => v.push(&MEMFD_V2_READER),
-            // Nothing older than `next` can read it; no reader-only registration is needed.
-            Version::Next => v.push(&MEMFD_NEXT),
+impl Version {
+    /// The compatible string (the versionless name for `next`).
+    pub const fn compatible(self) -> &'static str {
+        match self {
+            Version::V1 => v1::MEMFD_LUO_FH_COMPATIBLE,
+            Version::V2 => v2::MEMFD_LUO_FH_COMPATIBLE,
+            Version::Next => next::MEMFD_LUO_FH_NAME,
         }
     }
-    v
 }
 
-/// Registers [`handlers`] with the current kernel (upstream: late_initcall).
-pub fn register(writes: Version, reads: &[Version]) -> Result<Vec<&'static StaticHandler>, Errno> {
-    let h = host()?;
-    let list = handlers(writes, reads);
-    for fh in &list {
-        // SAFETY: a `'static`, immutable handler.
-        unsafe { h.register_file_handler(fh.as_ptr()) }?;
+/// The 6.19/7.0 handler: writes `memfd-v1`.
+#[liveupdate_handler(compatible = "memfd-v1", abi = luo_generated::memfd::v1::memfd_luo_ser)]
+pub struct MemfdV1;
+
+/// The 7.3 handler: writes `memfd-v2`, reads `memfd-v1` through the generated migration.
+#[liveupdate_handler(
+    compatible = "memfd-v2",
+    abi = luo_generated::memfd::v2::memfd_luo_ser,
+    reads = ["memfd-v1"],
+)]
+pub struct MemfdV2;
+
+/// The next handler: writes the feature-negotiated `memfd`, reads both exact-match versions.
+#[liveupdate_handler(
+    name = "memfd",
+    abi = luo_generated::memfd::next::memfd_luo_ser,
+    features(
+        SEALS(bit = 0, fields = [seals], required),
+        FOLIOS(bit = 1, fields = [nr_folios, folios], required),
+    ),
+    active = [SEALS, FOLIOS],
+    reads = ["memfd-v2", "memfd-v1"],
+)]
+pub struct MemfdNext;
+
+/// Registers the memfd handler of a kernel that writes `writes` and reads `reads` (upstream:
+/// `memfd_luo_init`, a late_initcall): the writer, plus a reader of each older version read.
+/// With `test_flbs` (`CONFIG_LIVEUPDATE_TEST`) the upstream test FLBs are linked to it, and
+/// their handed-over data checked, as upstream's test does at every registration.
+pub fn register(
+    k: &impl Registry,
+    writes: Version,
+    reads: &[Version],
+    test_flbs: Option<&TestFlbs>,
+) -> Result<(), Errno> {
+    fn go<H: FileHandler<Globals = ()>>(
+        k: &impl Registry,
+        handler: H,
+        writes: Version,
+        reads: &[Version],
+        test_flbs: Option<&TestFlbs>,
+    ) -> Result<(), Errno> {
+        let older: Vec<&str> = reads
+            .iter()
+            .filter(|r| **r != writes)
+            .map(|r| r.compatible())
+            .collect();
+        let mut reg = Registration::new(handler, k.host(), ());
+        if let Some(t) = test_flbs {
+            reg = t.link(reg);
+        }
+        k.register_handler_reading(reg, &older)
     }
-    Ok(list)
+    match writes {
+        Version::V1 => go(k, MemfdV1, writes, reads, test_flbs),
+        Version::V2 => go(k, MemfdV2, writes, reads, test_flbs),
+        Version::Next => go(k, MemfdNext, writes, reads, test_flbs),
+    }?;
+    test_flbs.map_or(Ok(()), TestFlbs::check_incoming)
 }
 
 /// What preserve keeps for unpreserve (`private_data`).
-struct Private {
+pub struct Private {
     folios: Vec<ShmemFolio>,
     array: Vec<PhysAddr>,
     desc: Option<VmallocDesc>,
-    ser: PhysAddr,
 }
 
-fn kho() -> Result<Kho, Errno> {
-    host()?.kho()
+/// What differs between the versions a handler writes.
+trait Writer: FileHandler<Private = Private> {
+    /// Records each folio's real flags (6.19) instead of always DIRTY|UPTODATE (7.3 on).
+    const REAL_FLAGS: bool;
+    /// Seals this version can carry (a preserve with others gives `EOPNOTSUPP`); `None`: 6.19
+    /// ignored seals, the new file came back unsealed.
+    const SEALS: Option<u64>;
+    /// The struct handed over.
+    fn to_abi(s: &format::Ser) -> Self::Ser;
+    /// `pos` of a struct handed over (refreshed at freeze).
+    fn set_pos(ser: &mut Self::Ser, pos: u64);
+    /// The validated contents of a struct read (or migrated) at retrieve or finish.
+    fn from_read(r: Self::Read) -> Result<format::Ser, Errno>;
 }
 
-fn file_of<'a>(p: *mut CFile) -> Result<&'a dyn File, Errno> {
-    // SAFETY: LUO passes files it holds a reference to for the whole callback.
-    unsafe { host()?.file(p) }.ok_or(Errno::EINVAL)
-}
-
-fn to_c(r: Result<(), Errno>) -> c_int {
-    match r {
-        Ok(()) => 0,
-        Err(e) => e.to_neg(),
+fn from_v2(s: &v2::memfd_luo_ser) -> Result<format::Ser, Errno> {
+    if u64::from(s.seals) & !v2::MEMFD_LUO_ALL_SEALS != 0 {
+        return Err(Errno::EOPNOTSUPP);
     }
-}
-
-fn read_ser<F: Format>(kho: &Kho, data: u64) -> Result<format::Ser, Errno> {
-    if data == 0 {
+    // No flag is defined in memfd-v2: refuse unknown bits rather than ignore them.
+    if s.flags != 0 {
         return Err(Errno::EINVAL);
     }
-    let mut b = vec![0u8; F::SIZE];
-    kho.read(PhysAddr::new(data), &mut b)?;
-    F::decode(&b)
+    Ok(format::Ser {
+        pos: s.pos,
+        size: s.size,
+        seals: s.seals,
+        nr_folios: s.nr_folios,
+        folios: s.folios,
+    })
 }
 
-/// Claims the page of a handed-over `memfd_luo_ser` (KHO refuses an address that is not an
-/// incoming preserved page, so a corrupt `serialized_data` is never dereferenced) and reads
-/// it; returns it with the page's order, for [`KhoService::free_folio`]. A record that does
-/// not decode is released at once.
-fn claim_ser<F: Format>(kho: &Kho, data: u64) -> Result<(format::Ser, u32), Errno> {
-    if data == 0 {
-        return Err(Errno::EINVAL);
+impl Writer for MemfdV1 {
+    const REAL_FLAGS: bool = true;
+    const SEALS: Option<u64> = None;
+    fn to_abi(s: &format::Ser) -> v1::memfd_luo_ser {
+        v1::memfd_luo_ser {
+            pos: s.pos,
+            size: s.size,
+            nr_folios: s.nr_folios,
+            folios: s.folios,
+        }
     }
-    let at = PhysAddr::new(data);
-    let order = kho.restore_folio(at)?;
-    let r = read_ser::<F>(kho, data);
-    if r.is_err() {
-        let _ = kho.free_folio(at, order);
+    fn set_pos(ser: &mut v1::memfd_luo_ser, pos: u64) {
+        ser.pos = pos;
     }
-    r.map(|s| (s, order))
+    fn from_read(s: v1::memfd_luo_ser) -> Result<format::Ser, Errno> {
+        // The generated migration: seals and flags default to 0.
+        from_v2(&v2::memfd_luo_ser::from(s))
+    }
+}
+
+impl Writer for MemfdV2 {
+    const REAL_FLAGS: bool = false;
+    const SEALS: Option<u64> = Some(v2::MEMFD_LUO_ALL_SEALS);
+    fn to_abi(s: &format::Ser) -> v2::memfd_luo_ser {
+        v2::memfd_luo_ser {
+            pos: s.pos,
+            size: s.size,
+            seals: s.seals,
+            flags: 0,
+            nr_folios: s.nr_folios,
+            folios: s.folios,
+        }
+    }
+    fn set_pos(ser: &mut v2::memfd_luo_ser, pos: u64) {
+        ser.pos = pos;
+    }
+    fn from_read(s: v2::memfd_luo_ser) -> Result<format::Ser, Errno> {
+        from_v2(&s)
+    }
+}
+
+impl Migrate<v1::memfd_luo_ser> for MemfdV2 {
+    fn migrate(&self, old: v1::memfd_luo_ser) -> luo_abi::Result<v2::memfd_luo_ser> {
+        Ok(old.into())
+    }
+}
+
+impl Writer for MemfdNext {
+    const REAL_FLAGS: bool = false;
+    const SEALS: Option<u64> = Some(next::MEMFD_LUO_ALL_SEALS);
+    fn to_abi(s: &format::Ser) -> next::memfd_luo_ser {
+        // The runtime writes the feature header and zeroes the fields of inactive features.
+        next::memfd_luo_ser {
+            features: FromZeros::new_zeroed(),
+            pos: s.pos,
+            size: s.size,
+            seals: s.seals,
+            flags: 0,
+            nr_folios: s.nr_folios,
+            folios: s.folios,
+        }
+    }
+    fn set_pos(ser: &mut next::memfd_luo_ser, pos: u64) {
+        ser.pos = pos;
+    }
+    fn from_read(n: Negotiated<next::memfd_luo_ser>) -> Result<format::Ser, Errno> {
+        let s = n.ser();
+        if s.flags != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let seals = n.get(MemfdNext::SEALS, |s| s.seals).unwrap_or(0);
+        if u64::from(seals) & !next::MEMFD_LUO_ALL_SEALS != 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let (nr_folios, folios) = n
+            .get(MemfdNext::FOLIOS, |s| (s.nr_folios, s.folios))
+            .unwrap_or((0, kho_vmalloc::new_zeroed()));
+        Ok(format::Ser {
+            pos: s.pos,
+            size: s.size,
+            seals,
+            nr_folios,
+            folios,
+        })
+    }
+}
+
+/// An exact-match version read by the feature-negotiated handler: every feature it carried
+/// is active.
+fn next_of_v2(old: v2::memfd_luo_ser) -> next::memfd_luo_ser {
+    next::memfd_luo_ser {
+        features: format::next_features(),
+        pos: old.pos,
+        size: old.size,
+        seals: old.seals,
+        flags: old.flags,
+        nr_folios: old.nr_folios,
+        folios: old.folios,
+    }
+}
+
+impl Migrate<v2::memfd_luo_ser> for MemfdNext {
+    fn migrate(&self, old: v2::memfd_luo_ser) -> luo_abi::Result<next::memfd_luo_ser> {
+        Ok(next_of_v2(old))
+    }
+}
+
+impl Migrate<v1::memfd_luo_ser> for MemfdNext {
+    fn migrate(&self, old: v1::memfd_luo_ser) -> luo_abi::Result<next::memfd_luo_ser> {
+        Ok(next_of_v2(old.into()))
+    }
+}
+
+/// The callbacks, the same for every version written.
+macro_rules! memfd_callbacks {
+    ($handler:ty) => {
+        #[liveupdate_handler]
+        impl FileHandler for $handler {
+            type Private = Private;
+
+            fn can_preserve(&self, file: &dyn File) -> bool {
+                can_preserve(file)
+            }
+            fn preserve(
+                &self,
+                cx: &Ctx<'_, Self>,
+                file: &dyn File,
+            ) -> luo_abi::Result<(Self::Ser, Private)> {
+                preserve::<Self>(cx.kho(), file)
+            }
+            fn unpreserve(&self, cx: &Ctx<'_, Self>, file: &dyn File, _: Self::Ser, p: Private) {
+                undo(cx.kho(), file, p);
+            }
+            fn freeze(
+                &self,
+                _: &Ctx<'_, Self>,
+                file: &dyn File,
+                ser: &mut Self::Ser,
+                _: &mut Private,
+            ) -> luo_abi::Result {
+                let shm = file.as_shmem().ok_or(Errno::EINVAL)?;
+                <Self as Writer>::set_pos(ser, shm.pos());
+                Ok(())
+            }
+            fn retrieve(&self, cx: &Ctx<'_, Self>, data: Self::Read) -> luo_abi::Result<FileRef> {
+                let ser = <Self as Writer>::from_read(data)?;
+                let file = cx.memfd_alloc_file("", MFD_ALLOW_SEALING)?;
+                retrieve(cx.kho(), &file, &ser)?;
+                Ok(file)
+            }
+            fn finish(&self, cx: &Ctx<'_, Self>, how: Finish<'_, Self::Read>) {
+                if let Finish::NotRetrieved(data) = how
+                    && let Ok(ser) = <Self as Writer>::from_read(data)
+                {
+                    discard(cx.kho(), &ser);
+                }
+            }
+            fn get_id(file: &dyn File) -> FileId {
+                file.as_shmem().map_or(FileId(0), |s| s.inode_id())
+            }
+        }
+    };
+}
+
+memfd_callbacks!(MemfdV1);
+memfd_callbacks!(MemfdV2);
+memfd_callbacks!(MemfdNext);
+
+/// Only unlinked shmem files (memfds) qualify.
+fn can_preserve(file: &dyn File) -> bool {
+    file.as_shmem().is_some_and(|s| s.nlink() == 0)
 }
 
 fn desc_to_abi(d: &VmallocDesc) -> kho_vmalloc {
@@ -226,39 +381,7 @@ fn desc_from_abi(v: &kho_vmalloc) -> VmallocDesc {
     }
 }
 
-unsafe extern "C" fn can_preserve(_h: *mut liveupdate_file_handler, file: *mut CFile) -> bool {
-    file_of(file)
-        .ok()
-        .and_then(|f| f.as_shmem())
-        .is_some_and(|s| s.nlink() == 0)
-}
-
-unsafe extern "C" fn never_preserve(_h: *mut liveupdate_file_handler, _f: *mut CFile) -> bool {
-    false
-}
-
-unsafe extern "C" fn refuse_preserve(_a: *mut liveupdate_file_op_args) -> c_int {
-    Errno::EOPNOTSUPP.to_neg()
-}
-
-unsafe extern "C" fn nothing(_a: *mut liveupdate_file_op_args) {}
-
-unsafe extern "C" fn get_id(file: *mut CFile) -> c_ulong {
-    file_of(file)
-        .ok()
-        .and_then(|f| f.as_shmem())
-        .map_or(0, |s| s.inode_id().0 as c_ulong)
-}
-
-unsafe extern "C" fn preserve<F: Format>(args: *mut liveupdate_file_op_args) -> c_int {
-    // SAFETY: LUO passes a valid argument block, exclusively ours for the call.
-    let a = unsafe { &mut *args };
-    to_c(do_preserve::<F>(a))
-}
-
-fn do_preserve<F: Format>(a: &mut liveupdate_file_op_args) -> Result<(), Errno> {
-    let kho = kho()?;
-    let file = file_of(a.file)?;
+fn preserve<W: Writer>(kho: &dyn KhoService, file: &dyn File) -> Result<(W::Ser, Private), Errno> {
     let shm = file.as_shmem().ok_or(Errno::EINVAL)?;
     // Upstream: inode_lock + shmem_freeze(inode, true) first.
     shm.set_frozen(true);
@@ -266,25 +389,23 @@ fn do_preserve<F: Format>(a: &mut liveupdate_file_op_args) -> Result<(), Errno> 
         folios: Vec::new(),
         array: Vec::new(),
         desc: None,
-        ser: PhysAddr::NULL,
     };
-    match preserve_steps::<F>(&kho, file, &mut p) {
-        Ok(()) => {
-            a.serialized_data = p.ser.as_u64();
-            a.private_data = Box::into_raw(Box::new(p)).cast();
-            Ok(())
-        }
+    match preserve_steps::<W>(kho, shm, &mut p) {
+        Ok(ser) => Ok((W::to_abi(&ser), p)),
         Err(e) => {
-            undo(&kho, file, p);
+            undo(kho, file, p);
             Err(e)
         }
     }
 }
 
-fn preserve_steps<F: Format>(kho: &Kho, file: &dyn File, p: &mut Private) -> Result<(), Errno> {
-    let shm = file.as_shmem().ok_or(Errno::EINVAL)?;
+fn preserve_steps<W: Writer>(
+    kho: &dyn KhoService,
+    shm: &dyn ShmemFile,
+    p: &mut Private,
+) -> Result<format::Ser, Errno> {
     let seals = shm.seals();
-    if let Some(all) = F::SEALS
+    if let Some(all) = W::SEALS
         && u64::from(seals) & !all != 0
     {
         return Err(Errno::EOPNOTSUPP);
@@ -296,11 +417,10 @@ fn preserve_steps<F: Format>(kho: &Kho, file: &dyn File, p: &mut Private) -> Res
     let mut ser = format::Ser {
         pos: shm.pos(),
         size,
-        seals: if F::SEALS.is_some() { seals } else { 0 },
+        seals: if W::SEALS.is_some() { seals } else { 0 },
         nr_folios: 0,
         folios: kho_vmalloc::new_zeroed(),
     };
-    p.ser = kho.alloc_preserve(F::SIZE)?;
     p.folios = shm.pin_folios()?;
     // All or nothing: on an error none of them stays preserved.
     kho.preserve_folios(&p.folios)?;
@@ -310,7 +430,7 @@ fn preserve_steps<F: Format>(kho: &Kho, file: &dyn File, p: &mut Private) -> Res
         for f in &p.folios {
             let mut e = memfd_luo_folio_ser::new_zeroed();
             e.set_pfn(f.phys.pfn());
-            let flags = if F::REAL_FLAGS {
+            let flags = if W::REAL_FLAGS {
                 (if f.dirty { MEMFD_LUO_FOLIO_DIRTY } else { 0 })
                     | (if f.uptodate {
                         MEMFD_LUO_FOLIO_UPTODATE
@@ -335,11 +455,11 @@ fn preserve_steps<F: Format>(kho: &Kho, file: &dyn File, p: &mut Private) -> Res
         ser.folios = desc_to_abi(&desc);
         p.desc = Some(desc);
     }
-    kho.write(p.ser, &F::encode(&ser))
+    Ok(ser)
 }
 
 /// Undoes a (possibly partial) preserve.
-fn undo(kho: &Kho, file: &dyn File, p: Private) {
+fn undo(kho: &dyn KhoService, file: &dyn File, p: Private) {
     if let Some(d) = &p.desc {
         let _ = kho.unpreserve_vmalloc(d);
     }
@@ -356,40 +476,11 @@ fn undo(kho: &Kho, file: &dyn File, p: Private) {
         }
         shm.set_frozen(false);
     }
-    if !p.ser.is_null() {
-        let _ = kho.unpreserve_free(p.ser);
-    }
-}
-
-unsafe extern "C" fn unpreserve(args: *mut liveupdate_file_op_args) {
-    // SAFETY: LUO passes a valid argument block, exclusively ours for the call.
-    let a = unsafe { &mut *args };
-    if a.private_data.is_null() {
-        return;
-    }
-    // SAFETY: `private_data` is the `Box<Private>` preserve leaked; LUO hands it back once.
-    let p = unsafe { Box::from_raw(a.private_data.cast::<Private>()) };
-    a.private_data = std::ptr::null_mut();
-    if let (Ok(kho), Ok(file)) = (kho(), file_of(a.file)) {
-        undo(&kho, file, *p);
-    }
-}
-
-unsafe extern "C" fn freeze<F: Format>(args: *mut liveupdate_file_op_args) -> c_int {
-    // SAFETY: LUO passes a valid argument block, exclusively ours for the call.
-    let a = unsafe { &mut *args };
-    to_c((|| {
-        let kho = kho()?;
-        let shm = file_of(a.file)?.as_shmem().ok_or(Errno::EINVAL)?;
-        let mut ser = read_ser::<F>(&kho, a.serialized_data)?;
-        ser.pos = shm.pos();
-        kho.write(PhysAddr::new(a.serialized_data), &F::encode(&ser))
-    })())
 }
 
 /// Restores the folio array of `ser` (vmalloc area): its entries and the area's pages.
 fn restore_array(
-    kho: &Kho,
+    kho: &dyn KhoService,
     ser: &format::Ser,
 ) -> Result<(Vec<memfd_luo_folio_ser>, Vec<PhysAddr>), Errno> {
     let nr = ser.nr_folios;
@@ -415,32 +506,9 @@ fn restore_array(
     Ok((entries, pages))
 }
 
-unsafe extern "C" fn retrieve<F: Format>(args: *mut liveupdate_file_op_args) -> c_int {
-    // SAFETY: LUO passes a valid argument block, exclusively ours for the call.
-    let a = unsafe { &mut *args };
-    match do_retrieve::<F>(a.serialized_data) {
-        Ok(f) => {
-            a.file = f;
-            0
-        }
-        Err(e) => e.to_neg(),
-    }
-}
-
-fn do_retrieve<F: Format>(data: u64) -> Result<*mut CFile, Errno> {
-    let h = host()?;
-    let kho = kho()?;
-    let (ser, ser_order) = claim_ser::<F>(&kho, data)?;
-    let r = retrieve_claimed(h, &kho, &ser);
-    // The record is consumed either way (found by the bit-flip sweep, which read records
-    // at corrupt addresses before they were claimed).
-    let _ = kho.free_folio(PhysAddr::new(data), ser_order);
-    r
-}
-
 /// Makes a restored folio the file's, zeroing it first when it was never written.
 fn install_folio(
-    kho: &Kho,
+    kho: &dyn KhoService,
     shm: &dyn ShmemFile,
     e: &memfd_luo_folio_ser,
     phys: PhysAddr,
@@ -463,12 +531,9 @@ fn install_folio(
     Ok(())
 }
 
-fn retrieve_claimed(
-    h: &dyn crate::host::Host,
-    kho: &Kho,
-    ser: &format::Ser,
-) -> Result<*mut CFile, Errno> {
-    let file = h.memfd_alloc_file("", MFD_ALLOW_SEALING)?;
+/// Rebuilds `file` (a new memfd) from a validated record: seals, pos, size, then the very
+/// same folios.
+fn retrieve(kho: &dyn KhoService, file: &FileRef, ser: &format::Ser) -> Result<(), Errno> {
     let shm = file.as_shmem().ok_or(Errno::EINVAL)?;
     shm.add_seals(ser.seals)?;
     shm.set_pos(ser.pos);
@@ -497,22 +562,12 @@ fn retrieve_claimed(
     for p in pages {
         kho.free_folio(p, order)?;
     }
-    h.file_to_c(file)
+    Ok(())
 }
 
-unsafe extern "C" fn finish<F: Format>(args: *mut liveupdate_file_op_args) {
-    // SAFETY: LUO passes a valid argument block, exclusively ours for the call.
-    let a = unsafe { &mut *args };
-    if a.retrieve_status != 0 {
-        return;
-    }
-    let Ok(kho) = kho() else {
-        return;
-    };
-    let Ok((ser, ser_order)) = claim_ser::<F>(&kho, a.serialized_data) else {
-        return;
-    };
-    if let Ok((entries, pages)) = restore_array(&kho, &ser) {
+/// Releases the folios and the folio array of a file never retrieved.
+fn discard(kho: &dyn KhoService, ser: &format::Ser) {
+    if let Ok((entries, pages)) = restore_array(kho, ser) {
         for e in &entries {
             if let Some(phys) = PhysAddr::from_pfn(e.pfn())
                 && let Ok(order) = kho.restore_folio(phys)
@@ -526,5 +581,4 @@ unsafe extern "C" fn finish<F: Format>(args: *mut liveupdate_file_op_args) {
             let _ = kho.free_folio(p, order);
         }
     }
-    let _ = kho.free_folio(PhysAddr::new(a.serialized_data), ser_order);
 }

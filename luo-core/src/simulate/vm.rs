@@ -29,15 +29,16 @@ use std::sync::Arc;
 
 use luo_abi::Errno;
 use luo_abi::file::{File, FileKind, FileRef};
+use luo_abi::registry::Registry;
 use luo_generated::kvm::GUEST_MEMFD_LUO_FLAG_MMAP;
 use luo_handlers::guest_memfd::{GMEM_FILE_NAME, GuestMemfd, gmem_of};
-use luo_handlers::hugetlb::{self, Form, HugeMemfd, Pool};
-use luo_handlers::iommu::{self, HwUnit};
+use luo_handlers::hugetlb::{self, Form, HugeMemfd, Hugetlb, Pool};
+use luo_handlers::iommu::HwUnit;
 use luo_handlers::iommufd::{self, Iommufd, REQUIRED_SEALS};
 use luo_handlers::kvm::{KVM_X86_SW_PROTECTED_VM, VM_FILE_NAME, Vm, vm_of};
 use luo_handlers::pages::Pages;
-use luo_handlers::pci::{self, PciAddr, PciKind};
-use luo_handlers::vfio_pci::{self, CanFinish, VfioDevice};
+use luo_handlers::pci::{PciAddr, PciKind};
+use luo_handlers::vfio_pci::{self, CanFinish, Devices, VfioDevice};
 
 use super::{Plan, Reporter, SimError, fill, hugetlb_form_name, op, timed};
 use crate::file::CoreFile;
@@ -259,23 +260,23 @@ fn with_payload<T: 'static, R>(
     f(payload)
 }
 
-fn pool() -> Result<Pool, SimError> {
-    let st = op(|| "HugeTLB state".into(), hugetlb::state())?;
-    Ok(st.pools.get(&ORDER).copied().unwrap_or_default())
+fn pool(h: &Hugetlb) -> Pool {
+    h.state().pools.get(&ORDER).copied().unwrap_or_default()
 }
 
 /// Registers what both kernels need beyond the memfd handler (registered at boot): HugeTLB
 /// in `form` with huge-memfd, kvm and guest_memfd; iommufd with the IOMMU FLB, the PCI bus
-/// and vfio-pci with the PCI FLB.
-fn register(form: Form) -> Result<(), SimError> {
-    op(
+/// and vfio-pci with the PCI FLB. Returns the kernel's HugeTLB pools and device handlers.
+fn register(k: &Kernel, form: Form) -> Result<(Hugetlb, Devices), SimError> {
+    let h = op(
         || "register HugeTLB, kvm, guest_memfd".into(),
-        hugetlb::register(form),
+        hugetlb::register(k, form),
     )?;
-    op(
+    let devs = op(
         || "register iommufd, PCI bus, vfio-pci".into(),
-        vfio_pci::boot_devices(CanFinish::Upstream, &BUS),
-    )
+        vfio_pci::boot_devices(k, CanFinish::Upstream, &BUS),
+    )?;
+    Ok((h, devs))
 }
 
 /// The VM's files in stage 1, before anything is preserved.
@@ -289,7 +290,7 @@ struct Made {
     devices: Vec<(u64, u16, i32)>,
 }
 
-fn make(k: &Kernel, p: &Plan) -> Result<Made, SimError> {
+fn make(k: &Kernel, h: &Hugetlb, p: &Plan, devs: &Devices) -> Result<Made, SimError> {
     let seed = p.seed;
     let open = |kind, name: &str, payload: Box<dyn std::any::Any + Send + Sync>| {
         op(
@@ -307,10 +308,10 @@ fn make(k: &Kernel, p: &Plan) -> Result<Made, SimError> {
         .ok_or_else(|| SimError::Check("guest RAM is not shmem".into()))?;
     op(|| "F_ADD_SEALS".into(), shmem.add_seals(REQUIRED_SEALS))?;
 
-    op(|| "nr_hugepages".into(), hugetlb::configure(ORDER, POOL))?;
+    op(|| "nr_hugepages".into(), h.configure(ORDER, POOL))?;
     let m = op(
         || "memfd_create(MFD_HUGETLB)".into(),
-        HugeMemfd::new(ORDER, HUGE_PAGES),
+        HugeMemfd::new(h, ORDER, HUGE_PAGES),
     )?;
     let len = m.pages().size();
     write_pattern(seed, HUGE, len, |off, d| m.pages().write(off, d))?;
@@ -328,6 +329,7 @@ fn make(k: &Kernel, p: &Plan) -> Result<Made, SimError> {
     let g = op(
         || "KVM_CREATE_GUEST_MEMFD".into(),
         GuestMemfd::new(
+            k.host(),
             vm_file.clone(),
             GMEM_PAGES * PAGE,
             GUEST_MEMFD_LUO_FLAG_MMAP,
@@ -344,7 +346,7 @@ fn make(k: &Kernel, p: &Plan) -> Result<Made, SimError> {
     let gmem = open(FileKind::GuestMemfd, GMEM_FILE_NAME, Box::new(g))?;
     let gh = op(
         || "KVM_CREATE_GUEST_MEMFD (HugeTLB)".into(),
-        GuestMemfd::new_hugetlb(vm_file, ORDER, HUGE_PAGES, GUEST_MEMFD_LUO_FLAG_MMAP),
+        GuestMemfd::new_hugetlb(h, vm_file, ORDER, HUGE_PAGES, GUEST_MEMFD_LUO_FLAG_MMAP),
     )?;
     let len = gh.pages().size();
     write_pattern(seed, GMEM_HUGE, len, |off, d| gh.pages().write(off, d))?;
@@ -353,7 +355,9 @@ fn make(k: &Kernel, p: &Plan) -> Result<Made, SimError> {
     // The iommufd: the RAM at IOVA 0 and again above 4 GiB; a HWPT marked, one not.
     let ifd = op(
         || "open /dev/iommu".into(),
-        iommufd::open(|kind, name, pl| k.open_synthetic(kind, name, pl)),
+        iommufd::open(&devs.iommu, |kind, name, pl| {
+            k.open_synthetic(kind, name, pl)
+        }),
     )?;
     let fd = with_payload(k, ifd, "iommufd", |fd: &Iommufd| Ok(fd.clone()))?;
     op(
@@ -415,7 +419,7 @@ fn set_irqs(k: &Kernel, m: &Made, on: bool) -> Result<(), SimError> {
 /// type by type, show the freeze refused with interrupts on, turn them off.
 pub(super) fn populate(k: &Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<(), SimError> {
     let _current = k.enter();
-    let ((), t) = timed(|| register(p.hugetlb_form))?;
+    let ((h, devs), t) = timed(|| register(k, p.hugetlb_form))?;
     rep.phase(
         "register",
         t,
@@ -426,7 +430,7 @@ pub(super) fn populate(k: &Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<(
             BUS.len()
         ),
     )?;
-    let (m, t) = timed(|| make(k, p))?;
+    let (m, t) = timed(|| make(k, &h, p, &devs))?;
     rep.phase(
         "create",
         t,
@@ -612,8 +616,8 @@ pub(super) fn retrieve_and_verify(
 ) -> Result<super::Report, SimError> {
     let _current = k.enter();
     let seed = p.seed;
-    let ((), t) = timed(|| register(p.hugetlb_form))?;
-    let booted = pool()?;
+    let ((h, devs), t) = timed(|| register(k, p.hugetlb_form))?;
+    let booted = pool(&h);
     let want = Pool {
         total: POOL,
         free: POOL - 2 * HUGE_PAGES,
@@ -807,9 +811,7 @@ pub(super) fn retrieve_and_verify(
                 expected_ranges(p.size)
             )
         })?;
-        let inc = op(|| "IOMMU FLB".into(), iommu::get_incoming());
-        iommu::put_incoming();
-        let inc = inc?;
+        let inc = op(|| "IOMMU FLB".into(), devs.iommu.get_incoming())?;
         let devids: Vec<u32> = inc.devices.iter().map(|d| d.devid).collect();
         check_that(
             inc.domains.len() == 1
@@ -854,13 +856,11 @@ pub(super) fn retrieve_and_verify(
             })?;
             // Still held by the previous kernel's preservation until FINISH.
             check_that(
-                matches!(VfioDevice::open(0, b, HW), Err(Errno::EBUSY)),
+                matches!(VfioDevice::open(&devs.pci, 0, b, HW), Err(Errno::EBUSY)),
                 || format!("{} could be opened before FINISH", bdf(b)),
             )?;
         }
-        let refs = op(|| "PCI FLB".into(), pci::get_incoming());
-        pci::put_incoming();
-        let refs = refs?;
+        let refs = op(|| "PCI FLB".into(), devs.pci.get_incoming())?;
         check_that(refs == expected_pci(), || {
             format!("PCI refcounts {refs:?}, expected {:?}", expected_pci())
         })?;
@@ -882,7 +882,7 @@ pub(super) fn retrieve_and_verify(
     )?;
 
     let (after, t) = timed(|| {
-        let now = pool()?;
+        let now = pool(&h);
         let want = Pool {
             held_incoming: 0,
             ..booted
@@ -913,10 +913,10 @@ pub(super) fn retrieve_and_verify(
     })?;
     let st = k.stats();
     let left = st.preserved_beyond_root() + st.kho.incoming_pages;
-    let vfio = op(|| "vfio-pci stats".into(), vfio_pci::stats())?;
-    let hs = op(|| "HugeTLB state".into(), hugetlb::state())?;
-    let iommu_finished = op(|| "IOMMU FLB".into(), iommu::flb_calls())?.finish;
-    let pci_finished = op(|| "PCI FLB".into(), pci::flb_calls())?.finish;
+    let vfio = devs.stats();
+    let hs = h.state();
+    let iommu_finished = devs.iommu.flb_calls().finish;
+    let pci_finished = devs.pci.flb_calls().finish;
     let hugetlb_finished = match p.hugetlb_form {
         Form::Subsystem => hs.sub_finished,
         Form::Flb => hs.flb_finished,
@@ -944,7 +944,7 @@ pub(super) fn retrieve_and_verify(
             )
         },
     )?;
-    check_that(VfioDevice::open(0, EP_A, HW).is_ok(), || {
+    check_that(VfioDevice::open(&devs.pci, 0, EP_A, HW).is_ok(), || {
         format!("{} still busy after FINISH", bdf(EP_A))
     })?;
     let verified = memfd_bytes + huge_bytes + gmem_bytes;

@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use luo_abi::file::{File, FileRef};
 use luo_abi::global::{FlbState, StateCtx};
-use luo_abi::handler::{Ctx, FileHandler, RetrieveStatus};
+use luo_abi::handler::{Ctx, FileHandler, Finish};
 use luo_abi::{Errno, Result};
 use luo_derive::{liveupdate_flb, liveupdate_handler};
 use luo_generated::memfd::v2::memfd_luo_ser;
@@ -40,7 +40,7 @@ impl FileHandler for Memfd {
     fn retrieve(&self, _: &Ctx<'_, Self>, _: memfd_luo_ser) -> Result<FileRef> {
         Err(Errno::EINVAL)
     }
-    fn finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, _: memfd_luo_ser, _: RetrieveStatus) {}
+    fn finish(&self, _: &Ctx<'_, Self>, _: Finish<'_, memfd_luo_ser>) {}
 }
 
 fn main() {}

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use luo_abi::file::{File, FileRef};
 use luo_abi::global::{FlbState, StateCtx};
-use luo_abi::handler::{Ctx, FileHandler, RetrieveStatus};
+use luo_abi::handler::{Ctx, FileHandler, Finish};
 use luo_abi::{Errno, Result};
 use luo_derive::{liveupdate_flb, liveupdate_handler};
 use luo_generated::memfd::v2::memfd_luo_ser;
@@ -38,7 +38,7 @@ impl FileHandler for Memfd {
         Err(Errno::EINVAL)
     }
     fn unpreserve(&self, _: &Ctx<'_, Self>, _: &dyn File, _: memfd_luo_ser, _: ()) {}
-    fn finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, _: memfd_luo_ser, _: RetrieveStatus) {}
+    fn finish(&self, _: &Ctx<'_, Self>, _: Finish<'_, memfd_luo_ser>) {}
     fn retrieve(&self, cx: &Ctx<'_, Self>, _: memfd_luo_ser) -> Result<FileRef> {
         let pool = cx.global::<Pool>().get_incoming()?;
         std::thread::scope(|s| {

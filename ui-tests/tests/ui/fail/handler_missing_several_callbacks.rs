@@ -1,7 +1,7 @@
 // Every missing required callback is reported, not only the first.
 #![allow(unused_imports)]
 use luo_abi::file::{File, FileRef};
-use luo_abi::handler::{Ctx, FileHandler, RetrieveStatus};
+use luo_abi::handler::{Ctx, FileHandler, Finish};
 use luo_abi::{Errno, Result};
 use luo_derive::liveupdate_handler;
 use luo_generated::memfd::v2::memfd_luo_ser;
@@ -15,7 +15,7 @@ impl FileHandler for Memfd {
         false
     }
     fn unpreserve(&self, _: &Ctx<'_, Self>, _: &dyn File, _: memfd_luo_ser, _: ()) {}
-    fn finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, _: memfd_luo_ser, _: RetrieveStatus) {}
+    fn finish(&self, _: &Ctx<'_, Self>, _: Finish<'_, memfd_luo_ser>) {}
 }
 
 fn main() {}

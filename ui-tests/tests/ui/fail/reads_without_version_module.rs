@@ -1,6 +1,6 @@
 #![allow(unused_imports)]
 use luo_abi::file::{File, FileRef};
-use luo_abi::handler::{Ctx, FileHandler, RetrieveStatus};
+use luo_abi::handler::{Ctx, FileHandler, Finish};
 use luo_abi::{Errno, Result};
 use luo_derive::liveupdate_handler;
 use luo_derive::Abi;
@@ -27,7 +27,7 @@ impl FileHandler for Mine {
     fn retrieve(&self, _: &Ctx<'_, Self>, _: MySer) -> Result<FileRef> {
         Err(Errno::EINVAL)
     }
-    fn finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, _: MySer, _: RetrieveStatus) {}
+    fn finish(&self, _: &Ctx<'_, Self>, _: Finish<'_, MySer>) {}
 }
 
 fn main() {}

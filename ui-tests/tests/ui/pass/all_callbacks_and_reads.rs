@@ -1,7 +1,7 @@
 // Every callback, a version read with its migration, private data and handler-scoped state.
 use luo_abi::file::{File, FileId, FileRef};
 use luo_abi::global::{HandlerState, StateCtx, StateObj};
-use luo_abi::handler::{Ctx, FileHandler, Migrate, RetrieveStatus};
+use luo_abi::handler::{Ctx, FileHandler, Migrate, Finish, RetrieveStatus};
 use luo_abi::{Errno, Result};
 use luo_derive::{liveupdate_global_state, liveupdate_handler};
 use luo_generated::memfd::{v1, v2};
@@ -52,10 +52,10 @@ impl FileHandler for Memfd {
         let _stats = cx.state().get_incoming()?;
         Err(Errno::EOPNOTSUPP)
     }
-    fn can_finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, _: &v2::memfd_luo_ser, s: RetrieveStatus) -> bool {
+    fn can_finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, s: RetrieveStatus) -> bool {
         s == RetrieveStatus::Retrieved
     }
-    fn finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, _: v2::memfd_luo_ser, _: RetrieveStatus) {}
+    fn finish(&self, _: &Ctx<'_, Self>, _: Finish<'_, v2::memfd_luo_ser>) {}
     fn get_id(file: &dyn File) -> FileId {
         file.id()
     }

@@ -2,7 +2,7 @@
 // optional fields handed over as `Option`s.
 use luo_abi::features::Negotiated;
 use luo_abi::file::{File, FileRef};
-use luo_abi::handler::{Ctx, FileHandler, RetrieveStatus};
+use luo_abi::handler::{Ctx, FileHandler, Finish};
 use luo_abi::{Errno, Result};
 use luo_derive::liveupdate_handler;
 use luo_generated::memfd::next::memfd_luo_ser;
@@ -33,7 +33,7 @@ impl FileHandler for Memfd {
         let _folios: Option<u64> = data.get(Self::FOLIOS, |s| s.nr_folios);
         Err(Errno::EOPNOTSUPP)
     }
-    fn finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, _: Negotiated<memfd_luo_ser>, _: RetrieveStatus) {}
+    fn finish(&self, _: &Ctx<'_, Self>, _: Finish<'_, Negotiated<memfd_luo_ser>>) {}
 }
 
 fn main() {}

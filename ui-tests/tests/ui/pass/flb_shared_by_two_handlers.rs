@@ -3,7 +3,7 @@ use std::sync::{Arc, Mutex};
 
 use luo_abi::file::{File, FileRef};
 use luo_abi::global::{FlbIncoming, FlbOutgoing, FlbState, StateCtx};
-use luo_abi::handler::{Ctx, FileHandler, RetrieveStatus};
+use luo_abi::handler::{Ctx, FileHandler, Finish};
 use luo_abi::{Errno, Result};
 use luo_derive::{liveupdate_flb, liveupdate_handler};
 use luo_generated::memfd::v2::memfd_luo_ser;
@@ -46,7 +46,7 @@ macro_rules! handler {
                 let _n = g.len();
                 Err(Errno::EOPNOTSUPP)
             }
-            fn finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, _: memfd_luo_ser, _: RetrieveStatus) {}
+            fn finish(&self, _: &Ctx<'_, Self>, _: Finish<'_, memfd_luo_ser>) {}
         }
     };
 }

@@ -1,6 +1,6 @@
 // A handler with only the required callbacks: the optional slots of its table are NULL.
 use luo_abi::file::{File, FileKind, FileRef};
-use luo_abi::handler::{Ctx, FileHandler, RetrieveStatus};
+use luo_abi::handler::{Ctx, FileHandler, Finish};
 use luo_abi::{Errno, Result};
 use luo_derive::liveupdate_handler;
 use luo_generated::memfd::v2::memfd_luo_ser;
@@ -20,14 +20,7 @@ impl FileHandler for Memfd {
     fn retrieve(&self, _cx: &Ctx<'_, Self>, _data: memfd_luo_ser) -> Result<FileRef> {
         Err(Errno::EOPNOTSUPP)
     }
-    fn finish(
-        &self,
-        _cx: &Ctx<'_, Self>,
-        _file: Option<&dyn File>,
-        _data: memfd_luo_ser,
-        _status: RetrieveStatus,
-    ) {
-    }
+    fn finish(&self, _cx: &Ctx<'_, Self>, _how: Finish<'_, memfd_luo_ser>) {}
 }
 
 const _: () = {

@@ -1,7 +1,7 @@
 // A subsystem with its own lifecycle, used by a handler; freeze is optional.
 use luo_abi::file::{File, FileRef};
 use luo_abi::global::{StateCtx, Subsystem, SubsystemIncoming};
-use luo_abi::handler::{Ctx, FileHandler, RetrieveStatus};
+use luo_abi::handler::{Ctx, FileHandler, Finish};
 use luo_abi::{Errno, Result};
 use luo_derive::{liveupdate_handler, liveupdate_subsystem};
 use luo_generated::memfd::v2::memfd_luo_ser;
@@ -42,7 +42,7 @@ impl FileHandler for HugeMemfd {
         let _ = g[0];
         Err(Errno::EOPNOTSUPP)
     }
-    fn finish(&self, _: &Ctx<'_, Self>, _: Option<&dyn File>, _: memfd_luo_ser, _: RetrieveStatus) {}
+    fn finish(&self, _: &Ctx<'_, Self>, _: Finish<'_, memfd_luo_ser>) {}
 }
 
 const _: () = assert!(!<Hugetlb as Subsystem>::HAS_FREEZE);

@@ -102,8 +102,9 @@ impl Kernel {
         }
         let op = &table[(nr - base) as usize];
         // `size` is read before the full command value is compared (iommufd's order, which
-        // luo_core.c/luo_session.c follow): a NULL argument with a foreign command whose nr
-        // is in range gives EFAULT, not ENOTTY (checked against 7.2.13 by tests/c/conformance).
+        // luo_ioctl() and luo_session_ioctl() follow in 7.2): a NULL argument with a foreign
+        // command whose nr is in range gives EFAULT, not ENOTTY (checked against 7.2.13 by
+        // tests/c/conformance).
         let size_bytes: [u8; 4] = arg
             .get(..4)
             .and_then(|b| b.try_into().ok())
@@ -175,8 +176,9 @@ impl Kernel {
             }
             (FileObj::Session(s), 0x42) => {
                 let a: liveupdate_session_finish = parse(&k)?;
-                // 7.2.13 refuses a non-zero `reserved` (the digest of reference §1 says nothing
-                // checks it; the real kernel does: tests/c/conformance/uapi.c).
+                // 7.2's luo_session_finish() refuses a non-zero `reserved` (the digest of
+                // reference §1 says nothing checks it; tests/c/conformance/uapi.c shows the
+                // kernel does). Applied to every profile: no run says older kernels differ.
                 if a.reserved != 0 {
                     return Err(Errno::EINVAL);
                 }

@@ -642,13 +642,33 @@ static ssize_t link_result(const char *text, char *buf, size_t len)
 	return n;
 }
 
+/* A memfd handed out by RETRIEVE_FD: the daemon marks it (RETRIEVED_XATTR in lib.rs). The
+ * kernel's retrieved file is a new one, mode 0777 with an empty name (memfd_alloc_file("")),
+ * which /proc/self/fd/N reads as "/ (deleted)"; the host file keeps the program's name and
+ * mode, so fstat and readlink answer for it as the kernel would. */
+#define RETRIEVED_XATTR "user.luo.retrieved"
+
+static int retrieved(int fd)
+{
+	int saved = errno;
+	char v;
+	int r = fd >= 0 && fgetxattr(fd, RETRIEVED_XATTR, &v, 1) >= 0;
+	errno = saved;
+	return r;
+}
+
 EXPORT ssize_t readlinkat(int dirfd, const char *path, char *buf, size_t len)
 {
 	char text[128];
 	int saved = errno;
-	if (our_link(fd_of_path(dirfd, path), text, sizeof(text))) {
+	int fd = fd_of_path(dirfd, path);
+	if (our_link(fd, text, sizeof(text))) {
 		errno = saved;
 		return link_result(text, buf, len);
+	}
+	if (retrieved(fd)) {
+		errno = saved;
+		return link_result("/ (deleted)", buf, len);
 	}
 	errno = saved;
 	return syscall(SYS_readlinkat, dirfd, path, buf, len);
@@ -671,9 +691,11 @@ static int session_fd(int fd)
 EXPORT int fstatfs(int fd, struct statfs *buf)
 {
 	long r = syscall(SYS_fstatfs, fd, buf);
-	if (r == 0 && session_fd(fd))
+	if (r < 0)
+		return -1; /* syscall() set errno */
+	if (session_fd(fd))
 		buf->f_type = ANON_INODE_FS_MAGIC;
-	return (int)r;
+	return 0;
 }
 
 EXPORT int fstatfs64(int fd, struct statfs64 *buf)
@@ -685,11 +707,15 @@ EXPORT int fstatfs64(int fd, struct statfs64 *buf)
 EXPORT int fstat(int fd, struct stat *st)
 {
 	long r = syscall(SYS_fstat, fd, st);
-	if (r == 0 && session_fd(fd)) {
+	if (r < 0)
+		return -1; /* syscall() set errno */
+	if (S_ISSOCK(st->st_mode) && session_fd(fd)) {
 		st->st_mode = S_IRUSR | S_IWUSR;
 		st->st_size = 0;
+	} else if (S_ISREG(st->st_mode) && retrieved(fd)) {
+		st->st_mode = (st->st_mode & ~07777) | 0777;
 	}
-	return (int)r;
+	return 0;
 }
 
 EXPORT int fstat64(int fd, struct stat64 *st)

@@ -150,6 +150,9 @@ struct Mirror {
     preserved_size: Option<u64>,
 }
 
+/// Extended attribute marking a host memfd handed out by RETRIEVE_FD (read by the preload).
+const RETRIEVED_XATTR: &str = "user.luo.retrieved";
+
 /// Event-loop id of the listening socket (connection ids start at 1).
 const LISTENER: u64 = 0;
 
@@ -954,6 +957,16 @@ impl Daemon {
             })?
             .map_err(host_errno)?;
         let _ = rustix::fs::seek(&host, rustix::fs::SeekFrom::Start(pos));
+        // The kernel's retrieve makes a new file (memfd_alloc_file("") in mm/memfd_luo.c): mode
+        // 0777 and an empty name, where this host file keeps the program's (an MFD_NOEXEC_SEAL
+        // memfd is 0666 and cannot be chmod'ed back). The mark lets the preload answer fstat
+        // and readlink of /proc/self/fd/N as for the kernel's file.
+        let _ = rustix::fs::fsetxattr(
+            &host,
+            RETRIEVED_XATTR,
+            b"1",
+            rustix::fs::XattrFlags::empty(),
+        );
         let mine = rustix::io::fcntl_dupfd_cloexec(&host, 0).map_err(host_errno)?;
         if let Some(old) = self.mirrors.insert(
             key,

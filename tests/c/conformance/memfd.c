@@ -166,8 +166,12 @@ static void stage2(void)
 			say("%s: retrieve %s", t[i].what, ename(errno));
 			continue;
 		}
-		/* The mode of a retrieved MFD_NOEXEC_SEAL memfd: known/noexec_mode.c. */
-		describe_file(t[i].what, fd, t[i].tok != 3);
+		describe(t[i].what, fd);
+		char path[64], link[256];
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+		ssize_t n = readlink(path, link, sizeof(link) - 1);
+		link[n > 0 ? n : 0] = 0;
+		say("%s: reads as \"%s\"", t[i].what, n > 0 ? link : ename(errno));
 		struct stat st;
 		fstat(fd, &st);
 		if (t[i].tok == 7) {

@@ -360,3 +360,37 @@ fn growth_behind_the_freeze_is_undone_at_kexec() {
     let out = d.run_ok(&prog, &["2"]);
     assert!(out.contains("grow: ok"), "{out}");
 }
+
+/// `luo sim kexec` after the daemon's binary was replaced on disk (a rebuild): the re-exec goes
+/// through /proc/self/exe, which still names the running binary, so the machine and its
+/// sessions cross (it used to exec the "(deleted)" path, fail after the freeze and exit).
+#[test]
+fn kexec_after_the_binary_was_deleted() {
+    let dir = scratch("deleted");
+    let bin = dir.join("luo-sim-daemon-copy");
+    std::fs::copy(env!("CARGO_BIN_EXE_luo-sim-daemon"), &bin).unwrap();
+    let socket = dir.join("sim.sock");
+    let log = dir.join("daemon.log");
+    let child = Command::new(&bin)
+        .args(["serve", "--socket"])
+        .arg(&socket)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let d = Daemon { child, socket, log };
+    assert!(luo_sim::wait_ready(&d.socket, Duration::from_secs(10)));
+    std::fs::remove_file(&bin).unwrap();
+    let s1 = build(&dir, "stage1");
+    let s2 = build(&dir, "stage2");
+    let out = d.run_ok(&s1, &["2", "3"]);
+    let holder: i32 = out.trim().parse().expect("child pid");
+    let report =
+        luo_sim::kexec(&d.socket, None).unwrap_or_else(|e| panic!("{e}\n{}", d.log_tail()));
+    let _ = Command::new("kill").arg(holder.to_string()).status();
+    assert!(
+        report.contains("liveupdate_num 1, 2 incoming sessions"),
+        "{report}"
+    );
+    let out = d.run_ok(&s2, &["2", "3"]);
+    assert!(out.contains("stage2: ok"), "{out}");
+}

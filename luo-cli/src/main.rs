@@ -12,6 +12,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use luo_spec::commands;
 
+mod vmtest;
+
 #[derive(Parser)]
 #[command(
     name = "luo",
@@ -95,6 +97,43 @@ enum Command {
         /// JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Run C programs as stages across live updates on the real kernel (QEMU, TCG: each stage
+    /// one boot, entered by kexec_file_load + reboot(LINUX_REBOOT_CMD_KEXEC)), under the
+    /// simulator (`--sim`), or on both and compare every output line (`--diff`).
+    /// PROG: `SOURCE.c[,MORE.c] [ARGS]` (compiled here) or `BINARY [ARGS]`; `{stage}` in ARGS
+    /// and $LUO_VMTEST_STAGE give the stage. Exit 0 when every program exited 0 (with `--diff`:
+    /// when no line differs), 1 otherwise, 2 when the machine could not be set up.
+    Vmtest {
+        /// Kernel image [default: ../shared/realkernel/bzImage-7.2.13 beside --root, else
+        /// target/realkernel/bzImage-7.2 as tests/kernel/build.sh writes it].
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+        /// Only the simulator (no QEMU needed).
+        #[arg(long, conflicts_with = "diff")]
+        sim: bool,
+        /// Both, compared line by line.
+        #[arg(long)]
+        diff: bool,
+        /// Stages: boots each program runs in (kexecs = stages - 1).
+        #[arg(long, default_value_t = 2)]
+        stages: u32,
+        /// Extra include directory for compiling C sources.
+        #[arg(short = 'I', long = "include")]
+        include: Vec<PathBuf>,
+        /// Seconds the QEMU run may take (under --sim: each program).
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Keep the work files (initramfs, binaries, console and results logs) in this directory.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+        /// With --diff: leave out stdout lines containing this text (repeatable), e.g. lines
+        /// that print a pid.
+        #[arg(long)]
+        ignore: Vec<String>,
+        /// The programs.
+        #[arg(required = true)]
+        programs: Vec<String>,
     },
     /// Compare ABI snapshots between kernels: diff, matrix, check, freeze.
     #[command(subcommand)]
@@ -258,6 +297,43 @@ fn main() -> ExitCode {
         }
         Command::Inspect { image, json } => inspect(&image, json),
         Command::Sim(cmd) => sim(cmd),
+        Command::Vmtest {
+            kernel,
+            sim,
+            diff,
+            stages,
+            include,
+            timeout,
+            keep,
+            ignore,
+            programs,
+        } => {
+            let mode = match (sim, diff) {
+                (_, true) => vmtest::Mode::Diff,
+                (true, false) => vmtest::Mode::Sim,
+                _ => vmtest::Mode::Kernel,
+            };
+            let opts = vmtest::Options {
+                root: cli.root.clone(),
+                kernel,
+                mode,
+                stages,
+                programs,
+                include,
+                timeout,
+                keep,
+                ignore,
+                luo: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("luo")),
+            };
+            match vmtest::run(&opts) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("luo vmtest: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Layout {
             name,
             arch,

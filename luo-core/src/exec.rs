@@ -56,6 +56,22 @@ impl Handover {
 
     /// `execve`s `program` with `args`, handing this handover over. Returns only on failure.
     pub fn exec(self, program: &Path, args: &[OsString], env: &[(String, String)]) -> Errno {
+        self.exec_ref(program, args, env)
+    }
+
+    /// As [`Handover::exec`], but a failed `execve` hands the handover back, so the caller can
+    /// still boot from it in this process (the luo-sim daemon must survive a failed kexec).
+    pub fn try_exec(
+        self,
+        program: &Path,
+        args: &[OsString],
+        env: &[(String, String)],
+    ) -> (Errno, Handover) {
+        let e = self.exec_ref(program, args, env);
+        (e, self)
+    }
+
+    fn exec_ref(&self, program: &Path, args: &[OsString], env: &[(String, String)]) -> Errno {
         let desc = match self.prepare_exec() {
             Ok(d) => d,
             Err(e) => return e,

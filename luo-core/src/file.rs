@@ -215,6 +215,9 @@ struct MemfdState {
     frozen: bool,
     pinned: u32,
     added: PageSet,
+    /// A retrieve adopted the incoming host memfd in place: its pages that no folio restored
+    /// are punched out when the retrieve settles.
+    in_place: bool,
 }
 
 /// Page indices of a retrieved memfd that already hold a restored folio: one bit per page,
@@ -252,6 +255,21 @@ impl PageSet {
                 self.len += 1;
             }
         }
+    }
+}
+
+/// Extended attribute that marks a host memfd frozen (preserved): the programs of the
+/// simulator share the host file itself, so the freeze of `shmem_freeze` (size changes,
+/// fallocate and writes past the end refused with `EPERM`) is enforced for them by the preload
+/// library, which reads this mark; the file's seals stay the program's own.
+pub const FROZEN_XATTR: &str = "user.luo.frozen";
+
+fn mark_frozen(fd: BorrowedFd<'_>, frozen: bool) {
+    // Best effort: a host tmpfs without user xattrs only loses the enforcement for programs.
+    if frozen {
+        let _ = rustix::fs::fsetxattr(fd, FROZEN_XATTR, b"1", rustix::fs::XattrFlags::empty());
+    } else {
+        let _ = rustix::fs::fremovexattr(fd, FROZEN_XATTR);
     }
 }
 
@@ -298,6 +316,7 @@ impl MemfdFile {
                     frozen: false,
                     pinned: 0,
                     added: PageSet::default(),
+                    in_place: false,
                 },
             ),
         }
@@ -320,7 +339,16 @@ impl MemfdFile {
         {
             rustix::fs::ftruncate(r.fd(), size).map_err(host_err)?;
         }
-        let pending = std::mem::take(&mut st.pending_seals);
+        let mut pending = std::mem::take(&mut st.pending_seals);
+        // Pending seals come from a retrieve. The kernel's new file is created with the exec
+        // bits (memfd_alloc_file), and on such a file memfd_add_seals makes F_SEAL_EXEC imply
+        // the write seals: an MFD_NOEXEC_SEAL memfd comes back write-sealed (7.2.13).
+        if pending & seals::F_SEAL_EXEC != 0 {
+            pending |= seals::F_SEAL_SHRINK
+                | seals::F_SEAL_GROW
+                | seals::F_SEAL_WRITE
+                | seals::F_SEAL_FUTURE_WRITE;
+        }
         let have = rustix::fs::fcntl_get_seals(r.fd())
             .map_err(host_err)?
             .bits();
@@ -335,7 +363,51 @@ impl MemfdFile {
     /// Finishes a retrieve: pending size and seals go to the host memfd.
     pub fn settle(&self) -> Result<(), Errno> {
         let mut st = lock(&self.st);
-        self.settle_locked(&mut st)
+        self.settle_locked(&mut st)?;
+        if std::mem::take(&mut st.in_place) {
+            self.punch_unrestored(&st)?;
+        }
+        // A retrieved file is a new, unfrozen file; the host memfd it adopted still carries
+        // the previous kernel's mark.
+        if !st.frozen
+            && let Some(r) = &st.region
+        {
+            mark_frozen(r.fd(), false);
+        }
+        Ok(())
+    }
+
+    /// The kernel's new file holds only the folios that were restored; the adopted host memfd
+    /// still has every page of the old one, so the pages no folio restored (a record whose
+    /// folio count was lowered, a folio that failed) would show old data: punch them out, so
+    /// they read as holes as on the kernel.
+    fn punch_unrestored(&self, st: &MemfdState) -> Result<(), Errno> {
+        let Some(r) = &st.region else { return Ok(()) };
+        let pages = r.size()?.div_ceil(PAGE);
+        let punch = |from: u64, to: u64| {
+            rustix::fs::fallocate(
+                r.fd(),
+                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+                from * PAGE,
+                (to - from) * PAGE,
+            )
+            .map_err(host_err)
+        };
+        let mut start = None;
+        for i in 0..pages {
+            match (st.added.contains(i), start) {
+                (false, None) => start = Some(i),
+                (true, Some(s0)) => {
+                    punch(s0, i)?;
+                    start = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(s0) = start {
+            punch(s0, pages)?;
+        }
+        Ok(())
     }
 
     /// The host memfd (created if needed), for mapping or direct I/O by "userspace".
@@ -488,7 +560,11 @@ impl ShmemFile for MemfdFile {
     }
 
     fn set_frozen(&self, frozen: bool) {
-        lock(&self.st).frozen = frozen;
+        let mut st = lock(&self.st);
+        st.frozen = frozen;
+        if let Some(r) = &st.region {
+            mark_frozen(r.fd(), frozen);
+        }
     }
 
     fn pin_folios(&self) -> luo_abi::Result<Vec<ShmemFolio>> {
@@ -496,6 +572,9 @@ impl ShmemFile for MemfdFile {
         self.settle_locked(&mut st)?;
         let r = self.region_locked(&mut st)?;
         let pages = r.size()?.div_ceil(PAGE);
+        if st.frozen {
+            mark_frozen(r.fd(), true);
+        }
         st.pinned += 1;
         Ok((0..pages)
             .map(|i| ShmemFolio {
@@ -530,6 +609,7 @@ impl ShmemFile for MemfdFile {
             None => match self.kho.region_at(phys) {
                 Some(r) if phys - r.base() == off => {
                     st.region = Some(r);
+                    st.in_place = true;
                     true
                 }
                 _ => false,
@@ -656,6 +736,34 @@ mod tests {
         lazy.settle().unwrap();
         assert_eq!(lazy.region_base(), m.region_base());
         assert_eq!(lazy.seals(), seals::F_SEAL_GROW | seals::F_SEAL_SHRINK);
+    }
+
+    /// A retrieve that adopts the incoming host memfd but restores only some folios leaves the
+    /// other pages as holes (they used to show the old data: only the leak check noticed).
+    #[test]
+    #[cfg_attr(miri, ignore = "host memfd syscalls")]
+    fn pages_not_restored_read_as_holes() {
+        let kho = Arc::new(Kho::new(BackingKind::Heap, 64).unwrap());
+        let m = MemfdFile::create(&kho, "t").unwrap();
+        m.pwrite(0, &vec![7u8; 3 * PAGE as usize]).unwrap();
+        let folios = m.pin_folios().unwrap();
+        assert_eq!(folios.len(), 3);
+        let lazy = MemfdFile::lazy(&kho);
+        lazy.set_size(3 * PAGE).unwrap();
+        lazy.add_folio(folios[0]).unwrap();
+        lazy.add_folio(folios[2]).unwrap();
+        lazy.settle().unwrap();
+        assert_eq!(lazy.region_base(), m.region_base(), "adopted in place");
+        let mut page = vec![0u8; PAGE as usize];
+        for (i, want) in [(0u64, 7u8), (1, 0), (2, 7)] {
+            assert_eq!(lazy.pread(i * PAGE, &mut page).unwrap(), PAGE as usize);
+            assert!(page.iter().all(|&b| b == want), "page {i}");
+        }
+        let hole = lazy
+            .with_host_fd(|h| rustix::fs::seek(h, rustix::fs::SeekFrom::Hole(0)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(hole, PAGE);
     }
 
     #[test]

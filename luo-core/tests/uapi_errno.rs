@@ -452,8 +452,15 @@ fn finish_errnos_and_order() {
         vec![("can_finish", 1), ("can_finish", 2), ("can_finish", 3)]
     );
     testing::refuse_finish(None);
-    // `reserved` is not checked.
+    // A non-zero `reserved` is refused before any callback (7.2.13; the digest said it was
+    // not checked).
     fin.reserved = 0xdead;
+    assert_eq!(
+        k2.ioctl(s, LIVEUPDATE_SESSION_FINISH, fin.as_mut_bytes()),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(testing::take_log(), vec![]);
+    fin.reserved = 0;
     k2.ioctl(s, LIVEUPDATE_SESSION_FINISH, fin.as_mut_bytes())
         .unwrap();
     let log = testing::take_log();
@@ -538,4 +545,51 @@ fn close_semantics() {
     k2.close(r).unwrap();
     assert_eq!(testing::take_log(), vec![("can_finish", 4), ("finish", 4)]);
     assert_eq!(k2.stats().incoming_sessions, 1);
+}
+
+/// Found by `luo vmtest --diff` against 7.2.13 (tests/c/conformance/uapi.c): the dispatcher
+/// reads `size` after the nr range check but before comparing the whole command value, so a
+/// foreign command with an in-range nr and an unreadable argument is EFAULT, not ENOTTY; an
+/// out-of-range nr is EINVAL whatever the argument.
+#[test]
+fn size_is_read_before_the_command_value_is_compared() {
+    let k = boot();
+    let dev = k.open_dev().unwrap();
+    // TCGETS (0x5401): nr 1 is in the device table.
+    assert_eq!(k.ioctl(dev, 0x5401, &mut []), Err(Errno::EFAULT));
+    assert_eq!(k.ioctl(dev, 0xC004_BA00, &mut []), Err(Errno::EFAULT));
+    assert_eq!(k.ioctl(dev, 0xBA07, &mut []), Err(Errno::EINVAL));
+    let mut a = create_bytes(b"x");
+    assert_eq!(k.ioctl(dev, 0x5401, &mut a), Err(Errno::ENOTTY));
+    let s = k.create_session(dev, "s").unwrap();
+    assert_eq!(k.ioctl(s, 0x5401, &mut []), Err(Errno::EINVAL));
+    assert_eq!(k.ioctl(s, 0xC004_BA40, &mut []), Err(Errno::EFAULT));
+    assert_eq!(k.ioctl(s, 0xBA4F, &mut []), Err(Errno::EINVAL));
+}
+
+/// 7.2.13 refuses FINISH with a non-zero `reserved` (EINVAL), and the session stays
+/// unfinished: a FINISH with `reserved` zero then succeeds.
+#[test]
+fn finish_with_nonzero_reserved_is_einval() {
+    let k = boot();
+    let dev = k.open_dev().unwrap();
+    let s = k.create_session(dev, "s").unwrap();
+    let m = k.memfd_create("m").unwrap();
+    k.preserve_fd(s, m, 1).unwrap();
+    let k2 = next(k, false);
+    let dev = k2.open_dev().unwrap();
+    let r = k2.retrieve_session(dev, "s").unwrap();
+    let mut f = liveupdate_session_finish::new_zeroed();
+    f.size = 8;
+    f.reserved = 1;
+    let mut b = f.as_bytes().to_vec();
+    assert_eq!(
+        k2.ioctl(r, LIVEUPDATE_SESSION_FINISH, &mut b),
+        Err(Errno::EINVAL)
+    );
+    // Nothing was finished: the file can still be retrieved.
+    k2.retrieve_fd(r, 1).unwrap();
+    f.reserved = 0;
+    let mut b = f.as_bytes().to_vec();
+    assert_eq!(k2.ioctl(r, LIVEUPDATE_SESSION_FINISH, &mut b), Ok(()));
 }

@@ -18,10 +18,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/statfs.h>
+#include <sys/time.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/un.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #define EXPORT __attribute__((visibility("default")))
@@ -55,7 +58,7 @@ static int socket_path(char *buf, size_t len)
 static int is_ours(int fd)
 {
 	struct stat st;
-	if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode))
+	if (syscall(SYS_fstat, fd, &st) != 0 || !S_ISSOCK(st.st_mode))
 		return 0;
 	struct sockaddr_un a;
 	socklen_t al = sizeof(a);
@@ -164,10 +167,16 @@ EXPORT int luo_sim_open(int flags)
 		syscall(SYS_close, s);
 		return -ENOENT; /* no simulated machine: no device */
 	}
+	/* The open never waits forever on a daemon that does not answer (one out of descriptors
+	 * hangs up; a stuck one times out): EIO after 30 s. Later calls wait as long as needed. */
+	struct timeval tv = { .tv_sec = 30 }, none = { 0 };
+	setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	uint32_t op = OP_OPEN;
 	int32_t ret = -EIO;
 	int fd = -1;
-	if (send_pkt(s, &op, sizeof(op), -1) == 0 && recv_pkt(s, &ret, sizeof(ret), &fd) == sizeof(ret)) {
+	int got = send_pkt(s, &op, sizeof(op), -1) == 0 && recv_pkt(s, &ret, sizeof(ret), &fd) == sizeof(ret);
+	setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof(none));
+	if (got) {
 		if (fd >= 0)
 			syscall(SYS_close, fd);
 		if (ret == 0)
@@ -195,9 +204,15 @@ EXPORT int luo_sim_ioctl(int fd, unsigned long req, void *arg, int *handled)
 		if (peek(arg, data, want) == 0) {
 			dlen = want;
 			if (size > MAX_DATA) {
+				/* The tail is scanned in order, one page at a time, as the kernel's
+				 * check_zeroed_user does: a non-zero byte before an unmapped page is
+				 * E2BIG, an unmapped page before any non-zero byte is EFAULT. */
 				unsigned char chunk[4096];
-				for (uint64_t off = MAX_DATA; off < size; off += sizeof(chunk)) {
-					size_t c = size - off < sizeof(chunk) ? size - off : sizeof(chunk);
+				for (uint64_t off = MAX_DATA, c; off < size; off += c) {
+					uintptr_t at = (uintptr_t)arg + off;
+					c = 4096 - at % 4096;
+					if (c > size - off)
+						c = size - off;
 					if (peek((char *)arg + off, chunk, c) != 0) {
 						hdr[2] |= F_TAIL_FAULT;
 						break;
@@ -212,8 +227,22 @@ EXPORT int luo_sim_ioctl(int fd, unsigned long req, void *arg, int *handled)
 				}
 			}
 		} else {
-			memcpy(data, &size, 4);
-			dlen = 4;
+			/* Send the readable prefix (up to the first unmapped page): the core copies the
+			 * struct, then scans its tail in order, as copy_struct_from_user does. */
+			dlen = 0;
+			while (dlen < want) {
+				uintptr_t at = (uintptr_t)arg + dlen;
+				size_t c = 4096 - at % 4096;
+				if (c > want - dlen)
+					c = want - dlen;
+				if (peek((char *)arg + dlen, data + dlen, c) != 0)
+					break;
+				dlen += c;
+			}
+			if (dlen < 4) {
+				memcpy(data, &size, 4);
+				dlen = 4;
+			}
 		}
 	}
 	memcpy(pkt, hdr, sizeof(hdr));
@@ -341,4 +370,355 @@ EXPORT int ioctl(int fd, unsigned long req, ...)
 		return r;
 	}
 	return (int)syscall(SYS_ioctl, fd, req, arg);
+}
+
+/* The freeze of a preserved memfd (shmem_freeze upstream): the daemon marks the host file with
+ * the xattr FROZEN_XATTR (luo-core's file.rs) while it is preserved; here, as the kernel does
+ * for a frozen inode, every size change, every fallocate and every write reaching past the end
+ * fails with EPERM (the whole write: the check is on pos + len before anything is copied), and
+ * F_SEAL_WRITE waits in vain for the pinned folios (EBUSY). Files that are not marked cost one
+ * fgetxattr. */
+#define FROZEN_XATTR "user.luo.frozen"
+
+static int frozen(int fd)
+{
+	int saved = errno;
+	char v;
+	int r = fgetxattr(fd, FROZEN_XATTR, &v, 1) >= 0;
+	errno = saved;
+	return r;
+}
+
+/* Would `len` bytes written at `off` (-1: the file position, or the end with O_APPEND) grow
+ * a frozen file? */
+static int frozen_grows(int fd, long long off, size_t len)
+{
+	if (len == 0 || !frozen(fd))
+		return 0;
+	struct stat st;
+	if (syscall(SYS_fstat, fd, &st) != 0)
+		return 0;
+	if (off < 0) {
+		int fl = fcntl(fd, F_GETFL);
+		off = fl >= 0 && (fl & O_APPEND) ? st.st_size : lseek(fd, 0, SEEK_CUR);
+	}
+	return off >= 0 && (unsigned long long)off + len > (unsigned long long)st.st_size;
+}
+
+static size_t iov_len(const struct iovec *iov, int n)
+{
+	size_t t = 0;
+	for (int i = 0; i < n; i++)
+		t += iov[i].iov_len;
+	return t;
+}
+
+#define REFUSE(cond)              \
+	do {                      \
+		if (cond) {       \
+			errno = EPERM; \
+			return -1; \
+		}                 \
+	} while (0)
+
+EXPORT ssize_t write(int fd, const void *buf, size_t n)
+{
+	REFUSE(frozen_grows(fd, -1, n));
+	return syscall(SYS_write, fd, buf, n);
+}
+
+EXPORT ssize_t pwrite(int fd, const void *buf, size_t n, off_t off)
+{
+	REFUSE(frozen_grows(fd, off, n));
+	return syscall(SYS_pwrite64, fd, buf, n, off);
+}
+
+EXPORT ssize_t pwrite64(int fd, const void *buf, size_t n, off_t off)
+{
+	return pwrite(fd, buf, n, off);
+}
+
+EXPORT ssize_t writev(int fd, const struct iovec *iov, int n)
+{
+	REFUSE(n > 0 && frozen_grows(fd, -1, iov_len(iov, n)));
+	return syscall(SYS_writev, fd, iov, n);
+}
+
+EXPORT ssize_t pwritev(int fd, const struct iovec *iov, int n, off_t off)
+{
+	REFUSE(n > 0 && frozen_grows(fd, off, iov_len(iov, n)));
+	return syscall(SYS_pwritev, fd, iov, n, (long)off, 0L);
+}
+
+EXPORT ssize_t pwritev64(int fd, const struct iovec *iov, int n, off_t off)
+{
+	return pwritev(fd, iov, n, off);
+}
+
+EXPORT int ftruncate(int fd, off_t len)
+{
+	if (frozen(fd)) {
+		struct stat st;
+		REFUSE(syscall(SYS_fstat, fd, &st) != 0 || st.st_size != len);
+	}
+	return syscall(SYS_ftruncate, fd, len);
+}
+
+EXPORT int ftruncate64(int fd, off_t len)
+{
+	return ftruncate(fd, len);
+}
+
+EXPORT int fallocate(int fd, int mode, off_t off, off_t len)
+{
+	REFUSE(frozen(fd));
+	return syscall(SYS_fallocate, fd, mode, off, len);
+}
+
+EXPORT int fallocate64(int fd, int mode, off_t off, off_t len)
+{
+	return fallocate(fd, mode, off, len);
+}
+
+EXPORT int posix_fallocate(int fd, off_t off, off_t len)
+{
+	if (frozen(fd))
+		return EPERM;
+	return syscall(SYS_fallocate, fd, 0, off, len) == 0 ? 0 : errno;
+}
+
+EXPORT int posix_fallocate64(int fd, off_t off, off_t len)
+{
+	return posix_fallocate(fd, off, len);
+}
+
+static int do_fcntl(int fd, int cmd, unsigned long arg)
+{
+	if (cmd == F_ADD_SEALS && (arg & F_SEAL_WRITE) && frozen(fd)) {
+		errno = EBUSY;
+		return -1;
+	}
+	return (int)syscall(SYS_fcntl, fd, cmd, arg);
+}
+
+EXPORT int fcntl(int fd, int cmd, ...)
+{
+	va_list ap;
+	va_start(ap, cmd);
+	unsigned long arg = va_arg(ap, unsigned long);
+	va_end(ap);
+	return do_fcntl(fd, cmd, arg);
+}
+
+EXPORT int fcntl64(int fd, int cmd, ...)
+{
+	va_list ap;
+	va_start(ap, cmd);
+	unsigned long arg = va_arg(ap, unsigned long);
+	va_end(ap);
+	return do_fcntl(fd, cmd, arg);
+}
+
+/* close() of a session or device fd: the kernel releases a session on the last close before
+ * close() returns (an outgoing session's files are unpreserved and thawed at once). The daemon
+ * sees the hang-up asynchronously, so after closing one of ours we wait for a ping on a new
+ * connection: the daemon handles every hang-up a poll reports before it accepts, so the reply
+ * means the release is done. */
+#define OP_PING 4u
+
+static void barrier(void)
+{
+	int saved = errno;
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	int s = socket_path(path, sizeof(path)) == 0 ? socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0) : -1;
+	if (s >= 0) {
+		struct sockaddr_un a;
+		memset(&a, 0, sizeof(a));
+		a.sun_family = AF_UNIX;
+		memcpy(a.sun_path, path, strlen(path));
+		/* Never hang a close() on a daemon that does not answer. */
+		struct timeval tv = { .tv_sec = 5 };
+		setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+		uint32_t op = OP_PING;
+		int32_t ret;
+		int fd = -1;
+		if (connect(s, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+		    send_pkt(s, &op, sizeof(op), -1) == 0 && recv_pkt(s, &ret, sizeof(ret), &fd) >= 0 &&
+		    fd >= 0)
+			syscall(SYS_close, fd);
+		syscall(SYS_close, s);
+	}
+	errno = saved;
+}
+
+EXPORT int close(int fd)
+{
+	int ours = is_ours(fd);
+	int r = (int)syscall(SYS_close, fd);
+	if (r < 0)
+		return -1;
+	if (ours)
+		barrier();
+	return r;
+}
+
+/* How a session fd looks: on the kernel it is an anon inode, readlink of /proc/self/fd/N reads
+ * "anon_inode:[luo_session] NAME" and fstatfs gives ANON_INODE_FS_MAGIC; systemd's LUO fd store
+ * recognises session fds exactly that way. Here a session fd is a socket: these calls answer as
+ * the kernel would for our fds (the name comes from GET_NAME), and the device fd reads as
+ * /dev/liveupdate. */
+#define ANON_INODE_FS_MAGIC 0x09041934
+#define GET_NAME 0xBA43u
+
+/* The fd a /proc/self/fd/N style path names, or -1. */
+static int fd_of_path(int dirfd, const char *path)
+{
+	static const char *const pre[] = { "/proc/self/fd/", "/dev/fd/", "/proc/thread-self/fd/" };
+	const char *num = NULL;
+	if (!path)
+		return -1;
+	if (path[0] != '/') {
+		if (dirfd == AT_FDCWD || !*path)
+			return -1;
+		char dp[64], link[64];
+		snprintf(dp, sizeof(dp), "/proc/self/fd/%d", dirfd);
+		ssize_t n = syscall(SYS_readlinkat, AT_FDCWD, dp, link, sizeof(link) - 1);
+		if (n <= 0)
+			return -1;
+		link[n] = 0;
+		char self[32];
+		snprintf(self, sizeof(self), "/proc/%d/fd", (int)getpid());
+		if (strcmp(link, self) != 0)
+			return -1;
+		num = path;
+	}
+	for (size_t i = 0; !num && i < sizeof(pre) / sizeof(pre[0]); i++)
+		if (!strncmp(path, pre[i], strlen(pre[i])))
+			num = path + strlen(pre[i]);
+	if (!num) {
+		char self[32];
+		int l = snprintf(self, sizeof(self), "/proc/%d/fd/", (int)getpid());
+		if (!strncmp(path, self, l))
+			num = path + l;
+	}
+	if (!num || *num < '0' || *num > '9')
+		return -1;
+	char *end;
+	long fd = strtol(num, &end, 10);
+	return *end || fd > 1 << 30 ? -1 : (int)fd;
+}
+
+/* For one of our fds: its link text. 1 if it is ours. */
+static int our_link(int fd, char *buf, size_t len)
+{
+	if (fd < 0 || !is_ours(fd))
+		return 0;
+	struct sockaddr_un a;
+	socklen_t al = sizeof(a);
+	memset(&a, 0, sizeof(a));
+	getpeername(fd, (struct sockaddr *)&a, &al);
+	if (a.sun_path[0] != 0) {
+		snprintf(buf, len, "/dev/liveupdate");
+		return 1;
+	}
+	struct {
+		uint32_t size, reserved;
+		char name[64];
+	} g = { .size = sizeof(g) };
+	int handled;
+	if (luo_sim_ioctl(fd, GET_NAME, &g, &handled) != 0)
+		g.name[0] = 0;
+	g.name[63] = 0;
+	snprintf(buf, len, "anon_inode:[luo_session] %s", g.name);
+	return 1;
+}
+
+static ssize_t link_result(const char *text, char *buf, size_t len)
+{
+	size_t n = strlen(text);
+	if (n > len)
+		n = len;
+	memcpy(buf, text, n);
+	return n;
+}
+
+/* A memfd handed out by RETRIEVE_FD: the daemon marks it (RETRIEVED_XATTR in lib.rs). The
+ * kernel's retrieved file is a new one, mode 0777 with an empty name (memfd_alloc_file("")),
+ * which /proc/self/fd/N reads as "/ (deleted)"; the host file keeps the program's name and
+ * mode, so fstat and readlink answer for it as the kernel would. */
+#define RETRIEVED_XATTR "user.luo.retrieved"
+
+static int retrieved(int fd)
+{
+	int saved = errno;
+	char v;
+	int r = fd >= 0 && fgetxattr(fd, RETRIEVED_XATTR, &v, 1) >= 0;
+	errno = saved;
+	return r;
+}
+
+EXPORT ssize_t readlinkat(int dirfd, const char *path, char *buf, size_t len)
+{
+	char text[128];
+	int saved = errno;
+	int fd = fd_of_path(dirfd, path);
+	if (our_link(fd, text, sizeof(text))) {
+		errno = saved;
+		return link_result(text, buf, len);
+	}
+	if (retrieved(fd)) {
+		errno = saved;
+		return link_result("/ (deleted)", buf, len);
+	}
+	errno = saved;
+	return syscall(SYS_readlinkat, dirfd, path, buf, len);
+}
+
+EXPORT ssize_t readlink(const char *path, char *buf, size_t len)
+{
+	return readlinkat(AT_FDCWD, path, buf, len);
+}
+
+static int session_fd(int fd)
+{
+	char text[128];
+	int saved = errno;
+	int r = our_link(fd, text, sizeof(text)) && strncmp(text, "anon_inode:", 11) == 0;
+	errno = saved;
+	return r;
+}
+
+EXPORT int fstatfs(int fd, struct statfs *buf)
+{
+	long r = syscall(SYS_fstatfs, fd, buf);
+	if (r < 0)
+		return -1; /* syscall() set errno */
+	if (session_fd(fd))
+		buf->f_type = ANON_INODE_FS_MAGIC;
+	return 0;
+}
+
+EXPORT int fstatfs64(int fd, struct statfs64 *buf)
+{
+	return fstatfs(fd, (struct statfs *)buf);
+}
+
+/* An anon inode has no file type bits and mode 0600. */
+EXPORT int fstat(int fd, struct stat *st)
+{
+	long r = syscall(SYS_fstat, fd, st);
+	if (r < 0)
+		return -1; /* syscall() set errno */
+	if (S_ISSOCK(st->st_mode) && session_fd(fd)) {
+		st->st_mode = S_IRUSR | S_IWUSR;
+		st->st_size = 0;
+	} else if (S_ISREG(st->st_mode) && retrieved(fd)) {
+		st->st_mode = (st->st_mode & ~07777) | 0777;
+	}
+	return 0;
+}
+
+EXPORT int fstat64(int fd, struct stat64 *st)
+{
+	return fstat(fd, (struct stat *)st);
 }

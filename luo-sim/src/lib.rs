@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use luo_abi::Errno;
 use luo_abi::file::ShmemFile;
 use luo_core::{BackingKind, BootOptions, Handover, Kernel};
-use rustix::event::{PollFd, PollFlags, poll};
+use rustix::event::epoll;
 use rustix::io::FdFlags;
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
@@ -139,13 +139,27 @@ struct Conn {
 /// A core memfd standing for a host file the programs see.
 struct Mirror {
     core_fd: i32,
-    /// A duplicate of the program's fd (same open file description), read for its position;
-    /// `None` for files the core made itself (retrieved ones).
+    /// A duplicate of the program's fd (same open file description), read for its position:
+    /// the preserved fd, or the file a first RETRIEVE_FD opened (later ones dup it).
     client: Option<OwnedFd>,
+    /// For a retrieved file: the session connection it was retrieved through (the mirror
+    /// lives as long as that session can hand out the file again).
+    session: Option<u64>,
+    /// The host file's size when it was preserved: the kernel's frozen inode cannot change
+    /// size, so whatever a program did past the preload (raw syscalls) is undone at the kexec.
+    preserved_size: Option<u64>,
 }
+
+/// Extended attribute marking a host memfd handed out by RETRIEVE_FD (read by the preload).
+const RETRIEVED_XATTR: &str = "user.luo.retrieved";
+
+/// Event-loop id of the listening socket (connection ids start at 1).
+const LISTENER: u64 = 0;
 
 struct Daemon {
     kernel: Kernel,
+    /// The event loop: the listener and every connection, by id.
+    epoll: OwnedFd,
     listener: OwnedFd,
     conns: BTreeMap<u64, Conn>,
     next_id: u64,
@@ -153,6 +167,21 @@ struct Daemon {
     verbose: bool,
     nonce: String,
     pairs: u64,
+    /// The connection whose request is being served.
+    serving: u64,
+    /// How the machine boots (again, in this process, after a failed re-exec).
+    boot: BootOptions,
+    /// A descriptor held in reserve, given up to refuse a connection when none is left.
+    spare: Option<OwnedFd>,
+}
+
+fn spare_fd() -> Option<OwnedFd> {
+    rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()
 }
 
 type Reply = (i32, Vec<u8>, Option<OwnedFd>);
@@ -188,6 +217,15 @@ fn send_pkt(
     data: &[u8],
     fd: Option<BorrowedFd<'_>>,
 ) -> rustix::io::Result<()> {
+    send_pkt_flags(sock, data, fd, SendFlags::NOSIGNAL)
+}
+
+fn send_pkt_flags(
+    sock: BorrowedFd<'_>,
+    data: &[u8],
+    fd: Option<BorrowedFd<'_>>,
+    flags: SendFlags,
+) -> rustix::io::Result<()> {
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut cmsg = SendAncillaryBuffer::new(&mut space);
     let fds;
@@ -195,19 +233,23 @@ fn send_pkt(
         fds = [f];
         cmsg.push(SendAncillaryMessage::ScmRights(&fds));
     }
-    rustix::net::sendmsg(
-        sock,
-        &[std::io::IoSlice::new(data)],
-        &mut cmsg,
-        SendFlags::NOSIGNAL,
-    )?;
+    rustix::net::sendmsg(sock, &[std::io::IoSlice::new(data)], &mut cmsg, flags)?;
     Ok(())
 }
 
-/// Receives one packet and the fds it carries: `None` at end of stream.
-/// A received packet: bytes, passed fds, truncated.
-type Packet = (Vec<u8>, Vec<OwnedFd>, bool);
+/// What of a received packet was cut off.
+#[derive(Clone, Copy)]
+struct Trunc {
+    /// The bytes (a packet longer than any request).
+    data: bool,
+    /// The passed descriptors (the kernel sets it when the receiver is out of descriptors).
+    control: bool,
+}
 
+/// A received packet: bytes, passed fds, what was truncated.
+type Packet = (Vec<u8>, Vec<OwnedFd>, Trunc);
+
+/// Receives one packet and the fds it carries: `None` at end of stream.
 fn recv_pkt(sock: BorrowedFd<'_>) -> rustix::io::Result<Option<Packet>> {
     let mut buf = vec![0u8; MAX_PACKET];
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(8))];
@@ -233,8 +275,10 @@ fn recv_pkt(sock: BorrowedFd<'_>) -> rustix::io::Result<Option<Packet>> {
         return Ok(None);
     }
     buf.truncate(r.bytes);
-    let trunc = r.flags.contains(rustix::net::ReturnFlags::TRUNC)
-        || r.flags.contains(rustix::net::ReturnFlags::CTRUNC);
+    let trunc = Trunc {
+        data: r.flags.contains(rustix::net::ReturnFlags::TRUNC),
+        control: r.flags.contains(rustix::net::ReturnFlags::CTRUNC),
+    };
     Ok(Some((buf, fds, trunc)))
 }
 
@@ -282,6 +326,8 @@ fn bind_listener(path: &Path) -> Result<OwnedFd, SimError> {
         None,
     )?;
     rustix::net::bind(&l, &addr)?;
+    // Only the owner may reach the machine: any client can end sessions or ask for a kexec.
+    rustix::fs::chmod(path, rustix::fs::Mode::from_raw_mode(0o600))?;
     rustix::net::listen(&l, 128)?;
     Ok(l)
 }
@@ -332,8 +378,16 @@ pub fn serve(opts: &ServeOptions) -> Result<(), SimError> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
+    let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+    epoll::add(
+        &ep,
+        &listener,
+        epoll::EventData::new_u64(LISTENER),
+        epoll::EventFlags::IN,
+    )?;
     let mut d = Daemon {
         kernel,
+        epoll: ep,
         listener,
         conns: BTreeMap::new(),
         next_id: 1,
@@ -341,6 +395,9 @@ pub fn serve(opts: &ServeOptions) -> Result<(), SimError> {
         verbose: opts.verbose,
         nonce: format!("{}:{now:x}", std::process::id()),
         pairs: 0,
+        serving: 0,
+        boot: boot.clone(),
+        spare: spare_fd(),
     };
     let num = d.kernel.liveupdate_num();
     d.log(format_args!(
@@ -348,6 +405,7 @@ pub fn serve(opts: &ServeOptions) -> Result<(), SimError> {
         opts.socket.display()
     ));
     if let Some(r) = requester {
+        deserialize_now(&d.kernel);
         let mut b = 0i32.to_ne_bytes().to_vec();
         let st = d.kernel.stats();
         b.extend_from_slice(
@@ -370,47 +428,72 @@ impl Daemon {
     }
 
     fn run(&mut self) -> Result<(), SimError> {
+        // epoll, not poll: with thousands of session connections open (upstream's selftests
+        // create 2,000 sessions), rebuilding and scanning a poll set per request made every
+        // call O(connections).
+        let mut events = Vec::with_capacity(256);
         loop {
-            let ids: Vec<u64> = self.conns.keys().copied().collect();
-            let ready: Vec<(usize, PollFlags)> = {
-                let mut pfds = Vec::with_capacity(ids.len() + 1);
-                pfds.push(PollFd::new(&self.listener, PollFlags::IN));
-                for id in &ids {
-                    pfds.push(PollFd::new(&self.conns[id].sock, PollFlags::IN));
-                }
-                match poll(&mut pfds, None) {
-                    Ok(_) => {}
-                    Err(rustix::io::Errno::INTR) => continue,
-                    Err(e) => return Err(e.into()),
-                }
-                pfds.iter()
-                    .enumerate()
-                    .filter(|(_, p)| !p.revents().is_empty())
-                    .map(|(i, p)| (i, p.revents()))
-                    .collect()
-            };
+            events.clear();
+            match epoll::wait(
+                &self.epoll,
+                rustix::buffer::spare_capacity(&mut events),
+                None,
+            ) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            let ready: Vec<(u64, epoll::EventFlags)> =
+                events.iter().map(|e| (e.data.u64(), e.flags)).collect();
             // Hang-ups first: a program's close happened before any request it sent after.
-            let (hup, rest): (Vec<_>, Vec<_>) = ready
-                .into_iter()
-                .partition(|(i, r)| *i > 0 && r.intersects(PollFlags::HUP | PollFlags::ERR));
-            for (i, _) in hup.into_iter().chain(rest) {
-                if i == 0 {
+            let (hup, rest): (Vec<_>, Vec<_>) = ready.into_iter().partition(|(id, f)| {
+                *id != LISTENER && f.intersects(epoll::EventFlags::HUP | epoll::EventFlags::ERR)
+            });
+            for (id, _) in hup.into_iter().chain(rest) {
+                if id == LISTENER {
                     self.accept();
                 } else {
-                    self.serve_conn(ids[i - 1]);
+                    self.serve_conn(id);
                 }
             }
         }
     }
 
+    /// Registers a connection's socket with the event loop under its id.
+    fn watch(&self, sock: BorrowedFd<'_>, id: u64) -> rustix::io::Result<()> {
+        epoll::add(
+            &self.epoll,
+            sock,
+            epoll::EventData::new_u64(id),
+            epoll::EventFlags::IN,
+        )
+    }
+
     fn accept(&mut self) {
-        let Ok(s) = rustix::net::accept_with(&self.listener, SocketFlags::CLOEXEC) else {
-            return;
+        let s = match rustix::net::accept_with(&self.listener, SocketFlags::CLOEXEC) {
+            Ok(s) => s,
+            Err(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE) => {
+                // Out of descriptors: the pending connection would keep the listener readable
+                // and poll would spin. Give up the spare descriptor to accept it and hang it
+                // up at once (the client's open fails instead of waiting), then take the
+                // spare back.
+                self.spare = None;
+                if let Ok(c) = rustix::net::accept_with(&self.listener, SocketFlags::CLOEXEC) {
+                    drop(c);
+                    self.log(format_args!("out of descriptors: a connection was refused"));
+                }
+                self.spare = spare_fd();
+                return;
+            }
+            Err(_) => return,
         };
         let pid =
             rustix::net::sockopt::socket_peercred(&s).map_or(0, |c| c.pid.as_raw_nonzero().get());
         let id = self.next_id;
         self.next_id += 1;
+        if self.watch(s.as_fd(), id).is_err() {
+            return;
+        }
         self.conns.insert(
             id,
             Conn {
@@ -436,6 +519,7 @@ impl Daemon {
                         c.pid,
                         name.unwrap_or_default()
                     ));
+                    self.prune(Some(id));
                 }
                 Kind::Fresh => {}
             }
@@ -461,14 +545,21 @@ impl Daemon {
             Some(fds.swap_remove(0))
         };
         drop(fds);
-        let (ret, data, fd) = if trunc || msg.len() < 4 {
+        let (ret, data, fd) = if trunc.data || msg.len() < 4 {
             err(Errno::EINVAL)
+        } else if trunc.control {
+            // The request was whole but its descriptor could not be received: this daemon is
+            // out of descriptors.
+            err(Errno::EMFILE)
         } else {
             match op {
                 OP_OPEN => self.open(id),
                 OP_IOCTL => self.ioctl(id, &msg, passed),
                 OP_KEXEC => {
-                    let into = String::from_utf8_lossy(&msg[4..]).into_owned();
+                    // The path's bytes as they are (no lossy conversion: a non-UTF-8 path must
+                    // name the same file, or fail the checks before the freeze).
+                    use std::os::unix::ffi::OsStringExt as _;
+                    let into = OsString::from_vec(msg[4..].to_vec());
                     return self.kexec(id, (!into.is_empty()).then(|| PathBuf::from(into)));
                 }
                 OP_PING => (0, Vec::new(), None),
@@ -477,7 +568,19 @@ impl Daemon {
         };
         let mut out = ret.to_ne_bytes().to_vec();
         out.extend_from_slice(&data);
-        if send_pkt(sock, &out, fd.as_ref().map(|f| f.as_fd())).is_err() {
+        // Never block on one client: one that sends requests without reading the replies
+        // fills its socket and is dropped instead of stalling every other client.
+        if send_pkt_flags(
+            sock,
+            &out,
+            fd.as_ref().map(|f| f.as_fd()),
+            SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+        )
+        .is_err()
+        {
+            self.log(format_args!(
+                "connection {id}: the reply could not be sent; dropped"
+            ));
             self.drop_conn(id);
         }
     }
@@ -527,9 +630,14 @@ impl Daemon {
         } else {
             Vec::new()
         };
+        self.serving = id;
         let r = self.ioctl_inner(
             core_fd, is_session, pid, cmd, flags, size, &mut data, passed,
         );
+        if is_session && cmd == PRESERVE_FD && r.is_err() {
+            // A refused preserve may have left a mirror of a file nothing preserves.
+            self.prune(None);
+        }
         let shown = match &r {
             Ok(x) => format!(
                 "ok{}",
@@ -601,6 +709,13 @@ impl Daemon {
             put_i32(data, 4, target);
         }
         let r = self.kernel.ioctl(core_fd, cmd, data);
+        if preserve && r.is_ok() && temp.is_none() {
+            let fd = u32_at(data, 4) as i32;
+            let size = self.allocate_holes(fd);
+            if let Some(m) = self.mirrors.values_mut().find(|m| m.core_fd == fd) {
+                m.preserved_size = size;
+            }
+        }
         if let Some(t) = temp {
             let _ = self.kernel.close(t);
         }
@@ -651,6 +766,7 @@ impl Daemon {
         rustix::net::bind(&mine, &addr).map_err(host_errno)?;
         let id = self.next_id;
         self.next_id += 1;
+        self.watch(mine.as_fd(), id).map_err(host_errno)?;
         self.conns.insert(
             id,
             Conn {
@@ -692,10 +808,78 @@ impl Daemon {
         let m = Mirror {
             core_fd,
             client: Some(pos_fd),
+            session: None,
+            preserved_size: None,
         };
         self.sync(&m);
         self.mirrors.insert(key, m);
         Ok((core_fd, false))
+    }
+
+    /// The kernel's memfd preserve pins every folio, which allocates the holes, and zeroes
+    /// the folios that are not up to date: after the live update a sparse file reads back as
+    /// data everywhere (SEEK_HOLE at its end; 7.2.13, tests/c/conformance/memfd.c). So the
+    /// holes are written with zeros here (an fallocate'd page still counts as a hole to
+    /// SEEK_HOLE on tmpfs). Best effort: a failure leaves holes, which read as zeros anyway.
+    /// Returns the file's size.
+    fn allocate_holes(&self, core_fd: i32) -> Option<u64> {
+        let file = self.kernel.file(core_fd).ok()?;
+        let mf = file.memfd()?;
+        mf.with_host_fd(|h| {
+            use rustix::fs::SeekFrom;
+            let size = rustix::fs::fstat(h).ok()?.st_size as u64;
+            // `h` shares the program's open file description: its position is put back.
+            let saved = rustix::fs::seek(h, SeekFrom::Current(0));
+            let zeros = vec![0u8; 1 << 16];
+            let mut off = 0;
+            while off < size {
+                let Ok(hole) = rustix::fs::seek(h, SeekFrom::Hole(off)) else {
+                    break;
+                };
+                if hole >= size {
+                    break;
+                }
+                let end = rustix::fs::seek(h, SeekFrom::Data(hole)).map_or(size, |d| d.min(size));
+                let mut at = hole;
+                while at < end {
+                    let n = ((end - at) as usize).min(zeros.len());
+                    match rustix::io::pwrite(h, &zeros[..n], at) {
+                        Ok(w) if w > 0 => at += w as u64,
+                        _ => break,
+                    }
+                }
+                off = end.max(at);
+            }
+            if let Ok(p) = saved {
+                let _ = rustix::fs::seek(h, SeekFrom::Start(p));
+            }
+            Some(size)
+        })
+        .ok()
+        .flatten()
+    }
+
+    /// Puts a preserved file back to its preserved size if a program changed it behind the
+    /// preload's freeze, so the kexec's work (and memory) is bounded by what was preserved.
+    fn restore_preserved_size(&self, m: &Mirror) {
+        let Some(want) = m.preserved_size else { return };
+        let Ok(file) = self.kernel.file(m.core_fd) else {
+            return;
+        };
+        let Some(mf) = file.memfd() else { return };
+        if !mf.is_frozen() {
+            return;
+        }
+        let _ = mf.with_host_fd(|h| {
+            let size = rustix::fs::fstat(h).map_or(want, |st| st.st_size as u64);
+            if size != want {
+                let _ = rustix::fs::ftruncate(h, want);
+                self.log(format_args!(
+                    "a preserved memfd was resized behind the freeze ({size} bytes): back to \
+                     its preserved {want} bytes"
+                ));
+            }
+        });
     }
 
     /// Reads the program's file position into the core memfd (the pages, size and seals are
@@ -711,6 +895,32 @@ impl Daemon {
         }
     }
 
+    /// Lets go of the files nothing can reach through the daemon any more, so its descriptors
+    /// and the host memfds return to where they were once the sessions are gone: files that are
+    /// not preserved (unpreserved by a session's close, or whose preserve failed) and files
+    /// retrieved through the session connection `closed`.
+    fn prune(&mut self, closed: Option<u64>) {
+        let kernel = &self.kernel;
+        let mut gone = Vec::new();
+        self.mirrors.retain(|_, m| {
+            let keep = match m.session {
+                Some(s) => Some(s) != closed,
+                None => kernel
+                    .file(m.core_fd)
+                    .ok()
+                    .and_then(|f| f.memfd().map(|mf| mf.is_frozen()))
+                    .unwrap_or(false),
+            };
+            if !keep {
+                gone.push(m.core_fd);
+            }
+            keep
+        });
+        for fd in gone {
+            let _ = self.kernel.close(fd);
+        }
+    }
+
     /// RETRIEVE_FD: the program gets the core memfd's host file itself.
     fn export_memfd(&mut self, core_fd: i32) -> Result<OwnedFd, Errno> {
         let file = self.kernel.file(core_fd)?;
@@ -720,19 +930,55 @@ impl Daemon {
         };
         mf.settle()?;
         let pos = mf.pos();
-        let host = mf
-            .with_host_fd(|h| rustix::io::fcntl_dupfd_cloexec(h, 0))?
+        let st = mf
+            .with_host_fd(|h| rustix::fs::fstat(h))?
             .map_err(host_errno)?;
-        let st = rustix::fs::fstat(&host).map_err(host_errno)?;
         let key = (st.st_dev, st.st_ino);
-        if let std::collections::hash_map::Entry::Vacant(v) = self.mirrors.entry(key) {
-            let _ = rustix::fs::seek(&host, rustix::fs::SeekFrom::Start(pos));
-            v.insert(Mirror {
-                core_fd,
-                client: None,
-            });
-        } else {
+        // A later RETRIEVE_FD of the same token gives another fd for the same struct file
+        // (shared position): a dup of the first one's open file description.
+        if let Some(Mirror {
+            client: Some(ofd), ..
+        }) = self.mirrors.get(&key)
+        {
+            let again = rustix::io::fcntl_dupfd_cloexec(ofd, 0).map_err(host_errno)?;
             let _ = self.kernel.close(core_fd);
+            return Ok(again);
+        }
+        // The first: a new open file description of the same inode, as the kernel's retrieve
+        // opens a new file (O_RDWR | O_LARGEFILE, its own position); a dup of the host fd
+        // would share the flags (O_APPEND) and position of the program's preserved file.
+        let host = mf
+            .with_host_fd(|h| {
+                rustix::fs::open(
+                    format!("/proc/self/fd/{}", h.as_raw_fd()),
+                    rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )
+            })?
+            .map_err(host_errno)?;
+        let _ = rustix::fs::seek(&host, rustix::fs::SeekFrom::Start(pos));
+        // The kernel's retrieve makes a new file (memfd_alloc_file("") in mm/memfd_luo.c): mode
+        // 0777 and an empty name, where this host file keeps the program's (an MFD_NOEXEC_SEAL
+        // memfd is 0666 and cannot be chmod'ed back). The mark lets the preload answer fstat
+        // and readlink of /proc/self/fd/N as for the kernel's file.
+        let _ = rustix::fs::fsetxattr(
+            &host,
+            RETRIEVED_XATTR,
+            b"1",
+            rustix::fs::XattrFlags::empty(),
+        );
+        let mine = rustix::io::fcntl_dupfd_cloexec(&host, 0).map_err(host_errno)?;
+        if let Some(old) = self.mirrors.insert(
+            key,
+            Mirror {
+                core_fd,
+                client: Some(mine),
+                session: Some(self.serving),
+                preserved_size: None,
+            },
+        ) && old.core_fd != core_fd
+        {
+            let _ = self.kernel.close(old.core_fd);
         }
         Ok(host)
     }
@@ -743,8 +989,30 @@ impl Daemon {
         };
         for m in self.mirrors.values() {
             self.sync(m);
+            self.restore_preserved_size(m);
         }
         self.log(format_args!("kexec requested (pid {})", req.pid));
+        // The next "kernel" must be runnable before anything is frozen: a kexec that cannot
+        // start leaves the machine and its sessions as they were (the kernel loads the next
+        // image before the reboot path runs). The default is this very binary through
+        // /proc/self/exe, which still names it after a rebuild replaced the file on disk.
+        let program = into.unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
+        if let Err(why) = check_exec(&program) {
+            let msg = format!(
+                "cannot kexec into {}: {why}; nothing was frozen, the machine carries on",
+                program.display()
+            );
+            self.log(format_args!("{msg}"));
+            let mut b = Errno::from_raw(8)
+                .unwrap_or(Errno::EINVAL)
+                .to_neg()
+                .to_ne_bytes()
+                .to_vec(); // ENOEXEC
+            b.extend_from_slice(msg.as_bytes());
+            let _ = send_pkt(req.sock.as_fd(), &b, None);
+            self.conns.insert(id, req);
+            return;
+        }
         let h = match self.kernel.kexec() {
             Ok(h) => h,
             Err(e) => {
@@ -759,9 +1027,6 @@ impl Daemon {
         };
         self.conns.clear();
         self.mirrors.clear();
-        let program = into.unwrap_or_else(|| {
-            std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"))
-        });
         let args: Vec<OsString> = std::env::args_os().skip(1).collect();
         let ok = rustix::io::fcntl_setfd(&self.listener, FdFlags::empty()).is_ok()
             && rustix::io::fcntl_setfd(&req.sock, FdFlags::empty()).is_ok();
@@ -771,16 +1036,72 @@ impl Daemon {
                 format!("{} {}", self.listener.as_raw_fd(), req.sock.as_raw_fd()),
             )];
             self.log(format_args!("re-exec {}", program.display()));
-            h.exec(&program, &args, &env)
+            h.try_exec(&program, &args, &env)
         } else {
-            Errno::EIO
+            (Errno::EIO, h)
         };
-        let msg = format!("re-exec of {} failed: {e:?}", program.display());
+        let (e, h) = e;
+        let _ = rustix::io::fcntl_setfd(&self.listener, FdFlags::CLOEXEC);
+        let _ = rustix::io::fcntl_setfd(&req.sock, FdFlags::CLOEXEC);
+        // The exec failed after the freeze (checked above, so the file changed meanwhile): the
+        // machine lives on in this process, booted from the handover, as after a kexec.
+        let msg = match Kernel::boot(&self.boot, Some(h)) {
+            Ok(k) => {
+                self.kernel = k;
+                deserialize_now(&self.kernel);
+                let n = self.kernel.stats().incoming_sessions;
+                format!(
+                    "re-exec of {} failed: {e:?}; booted from the handover in this process \
+                     instead (liveupdate_num {}, {n} incoming sessions)",
+                    program.display(),
+                    self.kernel.liveupdate_num()
+                )
+            }
+            Err(b) => {
+                let msg = format!(
+                    "re-exec of {} failed: {e:?}, and booting from the handover here failed: {b}",
+                    program.display()
+                );
+                let mut out = Errno::EIO.to_neg().to_ne_bytes().to_vec();
+                out.extend_from_slice(msg.as_bytes());
+                let _ = send_pkt(req.sock.as_fd(), &out, None);
+                eprintln!("[luo-sim] {msg}");
+                std::process::exit(1);
+            }
+        };
+        self.log(format_args!("{msg}"));
         let mut b = Errno::EIO.to_neg().to_ne_bytes().to_vec();
         b.extend_from_slice(msg.as_bytes());
         let _ = send_pkt(req.sock.as_fd(), &b, None);
-        eprintln!("[luo-sim] {msg}");
-        std::process::exit(1);
+    }
+}
+
+/// Whether `program` can be exec'd: a path without NUL bytes naming an executable regular file
+/// that starts like an ELF program or a script.
+fn check_exec(program: &Path) -> Result<(), String> {
+    if program.as_os_str().as_encoded_bytes().contains(&0) {
+        return Err("the path has a NUL byte".into());
+    }
+    let meta = std::fs::metadata(program).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    rustix::fs::access(program, rustix::fs::Access::EXEC_OK)
+        .map_err(|e| format!("not executable: {e}"))?;
+    let mut head = [0u8; 4];
+    let f = std::fs::File::open(program).map_err(|e| e.to_string())?;
+    let n = std::io::Read::read(&mut &f, &mut head).map_err(|e| e.to_string())?;
+    if !(n == 4 && &head == b"\x7fELF" || n >= 2 && &head[..2] == b"#!") {
+        return Err("not an ELF program or a script".into());
+    }
+    Ok(())
+}
+
+/// Opens and closes the device once, which deserializes the incoming sessions (the first open
+/// does), so the kexec report can count them.
+fn deserialize_now(k: &Kernel) {
+    if let Ok(fd) = k.open_dev() {
+        let _ = k.close(fd);
     }
 }
 

@@ -42,6 +42,7 @@ fn boot_opts(version: KernelVersion, folios: u64, files: u64) -> BootOptions {
     BootOptions {
         arena_pages: arena_pages(folios, files),
         version,
+        initcalls: vec![luo_handlers::memfd::initcall::<Kernel>],
         ..BootOptions::default()
     }
 }

@@ -19,6 +19,7 @@ const PAGE: usize = 4096;
 fn opts(v: KernelVersion) -> BootOptions {
     BootOptions {
         version: v,
+        initcalls: vec![luo_handlers::memfd::initcall::<Kernel>],
         ..BootOptions::default()
     }
 }

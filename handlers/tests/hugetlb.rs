@@ -22,6 +22,7 @@ const ORDER: u32 = 9;
 fn boot(h: Option<luo_core::Handover>, form: Form) -> (Kernel, Hugetlb) {
     let opts = BootOptions {
         version: KernelVersion::Next,
+        initcalls: vec![luo_handlers::memfd::initcall::<Kernel>],
         ..BootOptions::default()
     };
     let k = Kernel::boot(&opts, h).unwrap();

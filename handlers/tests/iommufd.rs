@@ -35,6 +35,7 @@ impl std::ops::Deref for K {
 fn boot(h: Option<Handover>) -> K {
     let opts = BootOptions {
         version: KernelVersion::Next,
+        initcalls: vec![luo_handlers::memfd::initcall::<Kernel>],
         ..BootOptions::default()
     };
     let k = Kernel::boot(&opts, h).unwrap();

@@ -25,6 +25,7 @@ const GMEM: u64 = 2;
 fn boot(h: Option<Handover>) -> (Kernel, Hugetlb) {
     let opts = BootOptions {
         version: KernelVersion::Next,
+        initcalls: vec![luo_handlers::memfd::initcall::<Kernel>],
         ..BootOptions::default()
     };
     let k = Kernel::boot(&opts, h).unwrap();

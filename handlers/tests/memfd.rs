@@ -18,6 +18,7 @@ const PAGE: usize = 4096;
 fn opts(v: KernelVersion) -> BootOptions {
     BootOptions {
         version: v,
+        initcalls: vec![luo_handlers::memfd::initcall::<Kernel>],
         ..BootOptions::default()
     }
 }
@@ -218,7 +219,7 @@ fn never_retrieved_file_is_released_at_finish() {
 #[test]
 fn memfd_v1_is_migrated_and_not_uptodate_folios_zeroed() {
     let mut o = opts(KernelVersion::V7_3);
-    o.memfd_handler = false;
+    o.initcalls.clear();
     let k = Kernel::boot(&o, None).unwrap();
     memfd::register(&k, Version::V1, &[Version::V1], None).unwrap();
     let dev = k.open_dev().unwrap();

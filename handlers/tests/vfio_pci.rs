@@ -50,6 +50,7 @@ impl std::ops::Deref for K {
 fn boot(h: Option<Handover>, mode: CanFinish) -> K {
     let opts = BootOptions {
         version: KernelVersion::Next,
+        initcalls: vec![luo_handlers::memfd::initcall::<Kernel>],
         ..BootOptions::default()
     };
     let k = Kernel::boot(&opts, h).unwrap();

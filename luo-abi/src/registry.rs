@@ -38,6 +38,26 @@ pub trait Registry {
     /// it. The kernel keeps the cell alive.
     fn register_subsystem<S: Subsystem>(&self, cell: &Arc<SubsystemCell<S>>) -> Result;
 
+    /// The format of `component` (a spec component: `"memfd"`) this kernel writes, as its
+    /// compatible string (or versionless name), per the kernel's profile
+    /// (`spec/kernels/*.toml`): what a handler with several versions registers as its writer.
+    /// `None` when the kernel does not have the component.
+    fn writes(&self, component: &str) -> Option<&'static str> {
+        let _ = component;
+        None
+    }
+
+    /// The formats of `component` this kernel reads, the one written first.
+    fn reads(&self, component: &str) -> &'static [&'static str] {
+        let _ = component;
+        &[]
+    }
+
+    /// `CONFIG_LIVEUPDATE_TEST`: handlers registered at boot link upstream's test FLBs.
+    fn test_config(&self) -> bool {
+        false
+    }
+
     /// A new FLB run by this kernel; a handler links it by naming it in `flbs = [...]` and
     /// getting the cell in its globals.
     fn new_flb<S: FlbState>(&self, flb: S) -> Arc<FlbCell<S>> {

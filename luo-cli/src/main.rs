@@ -47,11 +47,11 @@ enum Command {
     Simulate {
         /// What crosses: `basic` (sessions of memfds) or `vm` (one VM's files, kernel next).
         #[arg(long, default_value = "basic")]
-        scenario: luo_core::simulate::Scenario,
+        scenario: luo_sim::simulate::Scenario,
         /// How the HugeTLB pools cross in the vm scenario: `subsystem` (the seed's) or `flb`
         /// (upstream's RFC).
-        #[arg(long, default_value = "subsystem", value_parser = luo_core::simulate::parse_hugetlb_form)]
-        hugetlb_form: luo_core::simulate::HugetlbForm,
+        #[arg(long, default_value = "subsystem", value_parser = luo_sim::simulate::parse_hugetlb_form)]
+        hugetlb_form: luo_sim::simulate::HugetlbForm,
         /// Sessions to create.
         #[arg(long, default_value_t = 4)]
         sessions: u32,
@@ -274,12 +274,12 @@ fn main() -> ExitCode {
             to,
             stage2,
         } => {
-            use luo_core::simulate::Scenario;
+            use luo_sim::simulate::Scenario;
             let from = from.unwrap_or(match scenario {
                 Scenario::Basic => luo_core::KernelVersion::default(),
                 Scenario::Vm => luo_core::KernelVersion::Next,
             });
-            let opts = luo_core::simulate::Options {
+            let opts = luo_sim::simulate::Options {
                 sessions,
                 files,
                 size,
@@ -376,10 +376,10 @@ fn schema(root: &std::path::Path, cmd: SchemaCommand) -> ExitCode {
     }
 }
 
-fn simulate(opts: &luo_core::simulate::Options, stage2: bool) -> ExitCode {
+fn simulate(opts: &luo_sim::simulate::Options, stage2: bool) -> ExitCode {
     let mut out = std::io::stdout();
     if stage2 {
-        return match luo_core::simulate::stage2(&mut out) {
+        return match luo_sim::simulate::stage2(&mut out) {
             Ok(report) => {
                 println!(
                     "report {}",
@@ -394,7 +394,7 @@ fn simulate(opts: &luo_core::simulate::Options, stage2: bool) -> ExitCode {
         };
     }
     // Stage 1 returns only if something failed before or at the execve.
-    if let Err(e) = luo_core::simulate::stage1(opts, &mut out) {
+    if let Err(e) = luo_sim::simulate::stage1(opts, &mut out) {
         eprintln!("luo simulate: {e}");
     }
     ExitCode::FAILURE

@@ -14,7 +14,6 @@ use luo_generated::liveupdate::{
     file as CFile, liveupdate_fh_global_state_ops, liveupdate_file_handler, liveupdate_flb,
     liveupdate_session, liveupdate_subsystem,
 };
-use luo_handlers::hugetlb::HugeMemfd;
 
 use crate::file::{CoreFile, FileObj};
 use crate::kernel::{BootOptions, Kernel};
@@ -379,11 +378,20 @@ pub extern "C" fn luo_file_id(file: *mut CFile) -> c_ulong {
     file as c_ulong
 }
 
-/// The HugeTLB memfd payload `huge-memfd-v1` handlers read, in kernel `k`: its pages are the
-/// C handler's to account for (see `HugeMemfd::accounted_elsewhere`).
-fn huge_memfd(k: &Kernel, order: c_uint, nr: u64) -> Result<Box<HugeMemfd>, Errno> {
-    use luo_abi::registry::Registry as _;
-    HugeMemfd::accounted_elsewhere(k.host(), order, nr).map(Box::new)
+/// The object behind a HugeTLB memfd made through the C API: its huge page order and count.
+/// A C handler accounts for its pages in its own global state (`tests/c/huge_memfd_twin.c`);
+/// Rust handlers bring their own HugeTLB memfd objects (`luo-handlers`' `HugeMemfd`).
+pub struct CHugeMemfd {
+    order: u32,
+    nr: u64,
+}
+
+fn huge_memfd(_k: &Kernel, order: c_uint, nr: u64) -> Result<Box<CHugeMemfd>, Errno> {
+    // A huge page is at least two pages; sizes (`nr << (order + 12)`) must not overflow.
+    if order == 0 || order > 18 || nr == 0 || nr > u64::MAX >> (order + 12) {
+        return Err(Errno::EINVAL);
+    }
+    Ok(Box::new(CHugeMemfd { order, nr }))
 }
 
 /// A new synthetic HugeTLB memfd holding `nr` huge pages of `order` (the file the Rust
@@ -427,10 +435,10 @@ fn huge_out(f: &CoreFile, order: *mut c_uint, nr: *mut u64) -> Result<(), Errno>
     if f.kind() != FileKind::HugeMemfd || order.is_null() {
         return Err(Errno::EINVAL);
     }
-    let m = f.synthetic::<HugeMemfd>().ok_or(Errno::EINVAL)?;
-    put_u64(nr, m.pages().nr())?;
+    let m = f.synthetic::<CHugeMemfd>().ok_or(Errno::EINVAL)?;
+    put_u64(nr, m.nr)?;
     // SAFETY: non-NULL (checked) and valid for a write (caller contract).
-    unsafe { *order = m.pages().order() };
+    unsafe { *order = m.order };
     Ok(())
 }
 

@@ -110,13 +110,9 @@ pub struct PreservedReport {
 }
 
 /// Decodes a memfd's `memfd_luo_ser` of any version (`memfd-v1`, `memfd-v2`, `memfd`).
-fn decode_memfd(
-    img: &Image,
-    compatible: &str,
-    data: u64,
-) -> Option<luo_handlers::memfd::format::Ser> {
-    use luo_handlers::memfd::{Format, Next, V1, V2};
-    fn read<F: Format>(img: &Image, data: u64) -> Option<luo_handlers::memfd::format::Ser> {
+fn decode_memfd(img: &Image, compatible: &str, data: u64) -> Option<crate::memfd_record::Ser> {
+    use crate::memfd_record::{Format, Next, V1, V2};
+    fn read<F: Format>(img: &Image, data: u64) -> Option<crate::memfd_record::Ser> {
         let mut b = vec![0u8; F::SIZE];
         img.read_phys(data, &mut b).ok()?;
         F::decode(&b).ok()

@@ -32,15 +32,21 @@ pub struct BootOptions {
     pub arena_pages: u64,
     /// `liveupdate=on`: with `false`, registration gives `EOPNOTSUPP` and there is no device.
     pub enabled: bool,
-    /// Register the memfd handler (`luo-handlers`) at boot, as upstream's late_initcall: the
-    /// version [`BootOptions::version`] writes, plus readers of the older versions it reads.
-    pub memfd_handler: bool,
+    /// What runs once the core is up, in order, as the kernel's initcalls: where the machine
+    /// that boots this kernel registers its handlers (upstream: each handler's late_initcall,
+    /// such as `memfd_luo_init`). The core itself knows no handler. An initcall's error fails
+    /// the boot.
+    pub initcalls: Vec<Initcall>,
     /// The kernel played: the handover format written, and the ones read at boot.
     pub version: crate::version::KernelVersion,
-    /// Link the upstream in-kernel test's three FLBs (`liveupdate-test-flb-v0/1/2`) to every
-    /// handler registered at boot (`CONFIG_LIVEUPDATE_TEST`).
+    /// `CONFIG_LIVEUPDATE_TEST`: the upstream in-kernel test's three FLBs
+    /// (`liveupdate-test-flb-v0/1/2`) are linked to the handlers registered at boot. A
+    /// configuration the initcalls read ([`Kernel::test_flbs`]).
     pub test_flbs: bool,
 }
+
+/// An initcall of a booting kernel ([`BootOptions::initcalls`]).
+pub type Initcall = fn(&Kernel) -> Result<(), Errno>;
 
 impl Default for BootOptions {
     fn default() -> Self {
@@ -48,7 +54,7 @@ impl Default for BootOptions {
             backing: BackingKind::Heap,
             arena_pages: 1 << 16,
             enabled: true,
-            memfd_handler: true,
+            initcalls: Vec::new(),
             version: crate::version::KernelVersion::default(),
             test_flbs: false,
         }
@@ -60,6 +66,8 @@ pub(crate) struct KernelInner {
     pub(crate) luo: Luo,
     pub(crate) fds: Ordered<FdTable>,
     dead: AtomicBool,
+    /// `CONFIG_LIVEUPDATE_TEST` ([`BootOptions::test_flbs`]).
+    test_flbs: bool,
     /// What the kernel's Rust handlers call.
     pub(crate) host: Arc<crate::rust_host::KernelHost>,
     /// The Rust handlers and subsystems registered with this kernel. Declared last, so they
@@ -145,22 +153,15 @@ impl Kernel {
                 luo,
                 fds: Ordered::new(Level::FdTable, FdTable::default()),
                 dead: AtomicBool::new(false),
+                test_flbs: opts.test_flbs,
                 registrations: Ordered::new(Level::Registrations, Vec::new()),
             }),
         };
-        if opts.enabled && opts.memfd_handler {
+        if opts.enabled {
             let _g = k.enter();
-            let v = opts.version;
-            // 6.19 has no FLBs (nor upstream's test FLBs).
-            let test_flbs = (opts.test_flbs && v.luo_writes() != crate::version::LuoFormat::V1)
-                .then(|| luo_handlers::test_flb::TestFlbs::new(&k));
-            luo_handlers::memfd::register(
-                &k,
-                v.memfd_writes(),
-                v.memfd_reads(),
-                test_flbs.as_ref(),
-            )
-            .map_err(ImageError::Host)?;
+            for initcall in &opts.initcalls {
+                initcall(&k).map_err(ImageError::Host)?;
+            }
         }
         Ok(k)
     }
@@ -193,6 +194,12 @@ impl Kernel {
     /// The kernel this boot plays.
     pub fn version(&self) -> crate::version::KernelVersion {
         self.inner.luo.version()
+    }
+
+    /// `CONFIG_LIVEUPDATE_TEST` of this boot: whether handlers registered at boot link
+    /// upstream's test FLBs. 6.19 has no FLBs, so it is always off there.
+    pub fn test_flbs(&self) -> bool {
+        self.inner.test_flbs && self.version().luo_writes() != crate::version::LuoFormat::V1
     }
 
     /// The LUO core.

@@ -8,14 +8,19 @@
 //! ```
 //! use luo_core::{BootOptions, Kernel};
 //!
-//! let k = Kernel::boot(&BootOptions::default(), None)?;
+//! // The core knows no handler: the machine boots it with the memfd handler's initcall.
+//! let opts = BootOptions {
+//!     initcalls: vec![luo_handlers::memfd::initcall::<Kernel>],
+//!     ..BootOptions::default()
+//! };
+//! let k = Kernel::boot(&opts, None)?;
 //! let dev = k.open_dev()?;
 //! let session = k.create_session(dev, "vm-1")?;
 //! let ram = k.memfd_create("guest-ram")?;
 //! k.pwrite(ram, 0, b"guest memory")?;
 //! k.preserve_fd(session, ram, 42)?;
 //!
-//! let k = k.kexec_into(&BootOptions::default())?;
+//! let k = k.kexec_into(&opts)?;
 //! assert_eq!(k.liveupdate_num(), 1);
 //! let dev = k.open_dev()?;
 //! let session = k.retrieve_session(dev, "vm-1")?;
@@ -46,7 +51,11 @@
 //!   handler descriptors in `static`s, for code that drives the C paths directly.
 //! * [`capi`]: the `extern "C"` API of `linux/liveupdate.h`, KHO calls for C handlers and a
 //!   model driver for C programs (`tests/c/luo_model.h`).
-//! * [`simulate`]: `luo simulate` (two processes); [`image`] and [`inspect`]: `luo inspect`.
+//! * [`image`] and [`inspect`]: `luo inspect` ([`memfd_record`]: its view of memfd records).
+//!
+//! The core registers no handler: a kernel gets its handlers from the initcalls it boots with
+//! ([`BootOptions::initcalls`]); the machine layer (`luo-sim`: simulated machines, `luo
+//! simulate`, the daemon) chooses them.
 
 pub mod blocks;
 pub mod capi;
@@ -64,8 +73,8 @@ pub mod kho;
 mod lock_order;
 pub mod luo;
 pub mod mem;
+pub mod memfd_record;
 pub mod rust_host;
-pub mod simulate;
 pub mod static_desc;
 pub mod testing;
 pub mod uapi;
@@ -78,7 +87,7 @@ pub mod version;
 pub struct ReadmeDoctests;
 
 pub use error::ImageError;
-pub use kernel::{BootOptions, Handover, Kernel, KexecError, Stats};
+pub use kernel::{BootOptions, Handover, Initcall, Kernel, KexecError, Stats};
 pub use mem::BackingKind;
 pub use version::{KernelVersion, LuoFormat};
 

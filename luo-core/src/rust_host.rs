@@ -177,6 +177,21 @@ impl Registry for Kernel {
         Ok(())
     }
 
+    fn writes(&self, component: &str) -> Option<&'static str> {
+        (component == "memfd").then(|| self.version().memfd_writes())
+    }
+
+    fn reads(&self, component: &str) -> &'static [&'static str] {
+        match component {
+            "memfd" => self.version().memfd_reads(),
+            _ => &[],
+        }
+    }
+
+    fn test_config(&self) -> bool {
+        self.test_flbs()
+    }
+
     fn register_subsystem<S: Subsystem>(&self, cell: &Arc<SubsystemCell<S>>) -> Result<()> {
         let _g = self.enter();
         // SAFETY: the cell's `liveupdate_subsystem` is immutable and lives as long as the

@@ -1,4 +1,4 @@
-//! A test file handler and a test FLB, for tests and `luo simulate`.
+//! A test file handler and a test FLB, for tests and benchmarks.
 //!
 //! The handler (`"luo-test-v1"`) preserves the synthetic files of [`Kernel::test_file`]: each
 //! file's value goes into a `kho_alloc_preserve`d page whose address is the handed-over data.

@@ -9,7 +9,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use luo_handlers::memfd::Version as Memfd;
+use luo_generated::memfd::{next, v1, v2};
 
 /// The LUO root formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -74,21 +74,26 @@ impl KernelVersion {
         }
     }
 
-    /// The memfd version written.
-    pub fn memfd_writes(self) -> Memfd {
+    /// The memfd handler's format written: its compatible string (the versionless name of
+    /// the feature-negotiated format for next). The core registers no handler itself; the
+    /// machine that boots this kernel registers the memfd handler of this version.
+    pub fn memfd_writes(self) -> &'static str {
         match self {
-            Self::V6_19 | Self::V7_0 => Memfd::V1,
-            Self::V7_3 => Memfd::V2,
-            Self::Next => Memfd::Next,
+            Self::V6_19 | Self::V7_0 => v1::MEMFD_LUO_FH_COMPATIBLE,
+            Self::V7_3 => v2::MEMFD_LUO_FH_COMPATIBLE,
+            Self::Next => next::MEMFD_LUO_FH_NAME,
         }
     }
 
-    /// The memfd versions read.
-    pub fn memfd_reads(self) -> &'static [Memfd] {
+    /// The memfd formats read, the one written first.
+    pub fn memfd_reads(self) -> &'static [&'static str] {
+        const V1: &str = v1::MEMFD_LUO_FH_COMPATIBLE;
+        const V2: &str = v2::MEMFD_LUO_FH_COMPATIBLE;
+        const NEXT: &str = next::MEMFD_LUO_FH_NAME;
         match self {
-            Self::V6_19 | Self::V7_0 => &[Memfd::V1],
-            Self::V7_3 => &[Memfd::V2, Memfd::V1],
-            Self::Next => &[Memfd::Next, Memfd::V2, Memfd::V1],
+            Self::V6_19 | Self::V7_0 => &[V1],
+            Self::V7_3 => &[V2, V1],
+            Self::Next => &[NEXT, V2, V1],
         }
     }
 }

@@ -12,13 +12,15 @@
 //! [`KhoViolation::StrayRead`]), and no page is claimed twice (a second
 //! claim is refused and recorded as [`KhoViolation::DoubleClaim`]).
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use luo_core::image::Image;
 use luo_core::inspect::inspect;
 use luo_core::kho::KhoViolation;
 use luo_core::testing;
-use luo_core::{BootOptions, Handover, Kernel};
+use luo_core::{Handover, Kernel};
 
 const SESSIONS: u64 = 3;
 /// Test files per session (tokens 0 and 1); sessions 0 and 1 also hold a memfd (token 2).
@@ -37,7 +39,7 @@ fn memfd_data(s: u64) -> Vec<u8> {
 }
 
 fn handover() -> Handover {
-    let k = Kernel::boot(&BootOptions::default(), None).expect("boot");
+    let k = Kernel::boot(&common::opts(), None).expect("boot");
     testing::register(&k, true).expect("register");
     let dev = k.open_dev().expect("open");
     for s in 0..SESSIONS {
@@ -80,7 +82,7 @@ struct Outcomes {
 /// asserts the KHO model saw no read outside preserved memory.
 fn exercise(h: Handover, what: &str, o: &mut Outcomes) {
     let _ = inspect(&Image::from_handover(&h).expect("image"));
-    let Ok(k) = Kernel::boot(&BootOptions::default(), Some(h)) else {
+    let Ok(k) = Kernel::boot(&common::opts(), Some(h)) else {
         *o.by_kind.entry("boot error").or_default() += 1;
         return;
     };

@@ -2,6 +2,8 @@
 //! handovers: typed errors at boot or at the first open, never a panic. Upstream 6.19
 //! panics at boot on a bad LUO FDT (`luo_restore_fail`).
 
+mod common;
+
 use luo_core::image::Image;
 use luo_core::inspect::inspect;
 use luo_core::{BootOptions, Handover, ImageError, Kernel, KernelVersion};
@@ -9,7 +11,7 @@ use luo_core::{BootOptions, Handover, ImageError, Kernel, KernelVersion};
 fn opts(v: KernelVersion) -> BootOptions {
     BootOptions {
         version: v,
-        ..BootOptions::default()
+        ..common::opts()
     }
 }
 

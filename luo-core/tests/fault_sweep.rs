@@ -5,6 +5,8 @@
 //! either still preserved or cleanly released, and once everything is torn
 //! down the preserved-page count is back to its baseline.
 
+mod common;
+
 use std::cell::Cell;
 use std::ffi::c_int;
 
@@ -21,7 +23,7 @@ fn values() -> impl Iterator<Item = u64> {
 }
 
 fn boot() -> Kernel {
-    let k = Kernel::boot(&BootOptions::default(), None).expect("boot");
+    let k = Kernel::boot(&common::opts(), None).expect("boot");
     testing::register(&k, true).expect("register");
     k
 }
@@ -141,8 +143,7 @@ fn freeze_failure_at_every_file() {
             before,
             "freeze failure at {bad} changed preserved memory"
         );
-        let k2 =
-            Kernel::boot(&BootOptions::default(), Some(k.kexec().expect("retry"))).expect("boot 2");
+        let k2 = Kernel::boot(&common::opts(), Some(k.kexec().expect("retry"))).expect("boot 2");
         testing::register(&k2, true).expect("register 2");
         let dev2 = k2.open_dev().expect("open 2");
         for s in 0..SESSIONS {
@@ -172,8 +173,7 @@ fn retrieve_failure_and_refused_finish_at_every_file() {
         let k = boot();
         let dev = k.open_dev().expect("open");
         let _sessions = populate(&k, dev);
-        let k2 =
-            Kernel::boot(&BootOptions::default(), Some(k.kexec().expect("kexec"))).expect("boot 2");
+        let k2 = Kernel::boot(&common::opts(), Some(k.kexec().expect("kexec"))).expect("boot 2");
         testing::register(&k2, true).expect("register 2");
         let dev2 = k2.open_dev().expect("open 2");
         testing::fail_retrieve(Some((bad, Errno::EIO)));
@@ -339,7 +339,7 @@ fn kho_scenario(version: KernelVersion, fail_at: Option<usize>) -> KhoRun {
     let opts = BootOptions {
         version,
         test_flbs: true,
-        ..BootOptions::default()
+        ..common::opts()
     };
     SUB_FROZEN.set(0);
     let mut run = KhoRun::new(fail_at);
@@ -470,7 +470,7 @@ fn flb_on_6_19_leaked_its_page_across_kexec() {
     let opts = BootOptions {
         version: KernelVersion::V6_19,
         test_flbs: true,
-        ..BootOptions::default()
+        ..common::opts()
     };
     let k = Kernel::boot(&opts, None).expect("boot");
     assert_eq!(testing::register(&k, true), Err(Errno::EOPNOTSUPP));

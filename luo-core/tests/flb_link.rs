@@ -118,7 +118,6 @@ fn install(k: &Kernel, link: bool) -> Option<Arc<FlbCell<Table>>> {
 
 fn boot(h: Option<Handover>) -> Kernel {
     let opts = BootOptions {
-        memfd_handler: false,
         ..BootOptions::default()
     };
     Kernel::boot(&opts, h).unwrap()

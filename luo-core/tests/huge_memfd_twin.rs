@@ -6,12 +6,14 @@
 //! The same scenario then runs with the Rust handler (handlers/src/hugetlb.rs) in both of its
 //! forms, FLB and subsystem, and the pools are compared phase by phase.
 
+mod common;
+
 mod c_build;
 
 use std::collections::BTreeMap;
 
 use luo_abi::file::FileKind;
-use luo_core::{BootOptions, Handover, Kernel};
+use luo_core::{Handover, Kernel};
 use luo_handlers::hugetlb::{self, Form, HugeMemfd, Hugetlb, Pool};
 
 /// Pools by phase and page order.
@@ -69,7 +71,7 @@ fn record(pools: &mut Pools, h: &Hugetlb, phase: &str) {
 /// A kernel with the Rust HugeTLB state in `form` registered, and that state.
 fn boot(h: Option<Handover>, form: Form) -> (Kernel, Hugetlb) {
     // As luo_model_boot(): the default kernel.
-    let k = Kernel::boot(&BootOptions::default(), h).unwrap();
+    let k = Kernel::boot(&common::opts(), h).unwrap();
     let ht = hugetlb::register(&k, form).unwrap();
     (k, ht)
 }

@@ -313,7 +313,6 @@ impl FileHandler for All {
 /// A luo-core kernel without the built-in memfd handler.
 fn kernel() -> Kernel {
     let opts = BootOptions {
-        memfd_handler: false,
         ..BootOptions::default()
     };
     Kernel::boot(&opts, None).unwrap()

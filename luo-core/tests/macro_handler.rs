@@ -164,7 +164,6 @@ fn install(k: &Kernel) {
 fn boot_options() -> BootOptions {
     BootOptions {
         backing: BackingKind::Memfd,
-        memfd_handler: false,
         ..BootOptions::default()
     }
 }

@@ -41,7 +41,6 @@ use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
 fn opts() -> BootOptions {
     BootOptions {
-        memfd_handler: false,
         ..BootOptions::default()
     }
 }

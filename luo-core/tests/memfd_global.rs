@@ -1,16 +1,18 @@
 //! The memfd handler's details (seals, pos, freezing, zero-size files, unpreserve) and the
 //! subsystem and global-state lifecycles through the Rust side of the C API.
 
+mod common;
+
 use std::ffi::c_int;
 
 use luo_abi::Errno;
 use luo_abi::file::seals;
+use luo_core::Kernel;
 use luo_core::testing;
-use luo_core::{BootOptions, Kernel};
 use luo_generated::liveupdate::{liveupdate_subsystem, liveupdate_subsystem_ops};
 
 fn boot() -> Kernel {
-    Kernel::boot(&BootOptions::default(), None).unwrap()
+    Kernel::boot(&common::opts(), None).unwrap()
 }
 
 #[test]
@@ -34,7 +36,7 @@ fn memfd_state_crosses() {
     k.pwrite(m, 0, b"S").unwrap();
     // pos is refreshed at freeze.
     shm.set_pos(9);
-    let k2 = k.kexec_into(&BootOptions::default()).unwrap();
+    let k2 = k.kexec_into(&common::opts()).unwrap();
     let dev = k2.open_dev().unwrap();
     let s = k2.retrieve_session(dev, "m").unwrap();
     let fd = k2.retrieve_fd(s, 1).unwrap();
@@ -143,7 +145,7 @@ fn failing_subsystem_freeze_rolls_back_the_files() {
     );
     k.luo().unregister_subsystem(sub).unwrap();
     assert_eq!(k.luo().unregister_subsystem(sub), Err(Errno::ENOENT));
-    let k2 = k.kexec_into(&BootOptions::default()).unwrap();
+    let k2 = k.kexec_into(&common::opts()).unwrap();
     testing::register(&k2, false).unwrap();
     let dev = k2.open_dev().unwrap();
     let s = k2.retrieve_session(dev, "s").unwrap();

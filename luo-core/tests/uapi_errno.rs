@@ -1,6 +1,8 @@
 //! Every uAPI errno of reference/luo-upstream.md §1, through the byte API with the generated
 //! uAPI structs.
 
+mod common;
+
 use luo_abi::{AlignedU64, Errno};
 use luo_core::testing;
 use luo_core::{BootOptions, Kernel};
@@ -16,13 +18,13 @@ use luo_generated::uapi::{
 use zerocopy::{FromZeros, IntoBytes};
 
 fn boot() -> Kernel {
-    let k = Kernel::boot(&BootOptions::default(), None).unwrap();
+    let k = Kernel::boot(&common::opts(), None).unwrap();
     testing::register(&k, false).unwrap();
     k
 }
 
 fn next(k: Kernel, flb: bool) -> Kernel {
-    let k2 = Kernel::boot(&BootOptions::default(), Some(k.kexec().unwrap())).unwrap();
+    let k2 = Kernel::boot(&common::opts(), Some(k.kexec().unwrap())).unwrap();
     testing::register(&k2, flb).unwrap();
     k2
 }
@@ -65,7 +67,7 @@ fn device_single_opener_and_close() {
 fn device_disabled() {
     let opts = BootOptions {
         enabled: false,
-        ..BootOptions::default()
+        ..common::opts()
     };
     let k = Kernel::boot(&opts, None).unwrap();
     assert_eq!(k.open_dev(), Err(Errno::ENODEV));
@@ -80,7 +82,7 @@ fn failed_deserialization_is_cached_eio() {
     let f = k.test_file(1).unwrap();
     k.preserve_fd(s, f, 1).unwrap();
     // The next kernel does not register the test handler: its files cannot bind.
-    let opts = BootOptions::default();
+    let opts = common::opts();
     let k2 = Kernel::boot(&opts, Some(k.kexec().unwrap())).unwrap();
     assert_eq!(k2.open_dev(), Err(Errno::EIO));
     testing::register(&k2, false).unwrap();
@@ -212,7 +214,6 @@ fn create_session_enomem() {
     // Three arena pages: the LUO root, the FLB area and one session block (51 sessions).
     let opts = BootOptions {
         arena_pages: 3,
-        memfd_handler: false,
         ..BootOptions::default()
     };
     let k = Kernel::boot(&opts, None).unwrap();
@@ -228,7 +229,6 @@ fn create_session_enospc_past_kho_max_blocks() {
     // KHO_MAX_BLOCKS (10000) blocks of 51 sessions: the next session does not fit.
     let opts = BootOptions {
         arena_pages: 10_100,
-        memfd_handler: false,
         ..BootOptions::default()
     };
     let k = Kernel::boot(&opts, None).unwrap();
@@ -355,7 +355,6 @@ fn preserve_fd_flb_error_and_enomem() {
     // ENOMEM: the arena is exhausted when the file block set has to grow.
     let opts = BootOptions {
         arena_pages: 3,
-        memfd_handler: false,
         ..BootOptions::default()
     };
     let k = Kernel::boot(&opts, None).unwrap();

@@ -145,7 +145,6 @@ impl FileHandler for ListHandler {
 fn boot(h: Option<Handover>) -> (Kernel, Arc<Mutex<Seen>>) {
     let opts = BootOptions {
         backing: BackingKind::Memfd,
-        memfd_handler: false,
         ..BootOptions::default()
     };
     let k = Kernel::boot(&opts, h).unwrap();

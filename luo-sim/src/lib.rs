@@ -33,7 +33,9 @@ use rustix::net::{
 };
 
 #[allow(missing_docs)]
+pub mod machine;
 mod proto;
+pub mod simulate;
 use proto::*;
 pub use proto::{SOCKET_ENV, default_socket_path};
 
@@ -339,7 +341,7 @@ pub fn serve(opts: &ServeOptions) -> Result<(), SimError> {
     let boot = BootOptions {
         backing: BackingKind::Memfd,
         arena_pages: opts.arena_pages,
-        ..BootOptions::default()
+        ..crate::machine::default_options()
     };
     let inherit = std::env::var(INHERIT_ENV).ok().filter(|s| !s.is_empty());
     let (listener, requester) = match &inherit {

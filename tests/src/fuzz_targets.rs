@@ -206,7 +206,7 @@ pub fn fdt_luo(data: &[u8]) {
 /// never panics; a record that decodes re-encodes to one that decodes to
 /// the same values, and a short or long record is refused.
 pub fn memfd_format(data: &[u8]) {
-    use luo_handlers::memfd::format::{Format, Next, Ser, V1, V2};
+    use luo_core::memfd_record::{Format, Next, Ser, V1, V2};
     use zerocopy::IntoBytes;
     fn check<F: Format>(b: &[u8]) {
         let r = F::decode(b);

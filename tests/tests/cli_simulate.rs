@@ -206,8 +206,8 @@ fn luo_stage2(plan: &str) -> (i32, String, String) {
     let out = std::process::Command::new(cargo)
         .args(["run", "-q", "-p", "luo-cli", "--bin", "luo", "--"])
         .args(["simulate", "--stage2"])
-        .env(luo_core::simulate::PLAN_ENV, plan)
-        .env(luo_core::simulate::KERNELS_ENV, "next")
+        .env(luo_sim::simulate::PLAN_ENV, plan)
+        .env(luo_sim::simulate::KERNELS_ENV, "next")
         .current_dir(root)
         .output()
         .expect("cargo run");

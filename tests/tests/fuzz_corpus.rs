@@ -32,8 +32,8 @@ fn replay_committed_corpora() {
 #[test]
 #[ignore = "writes the seed corpora"]
 fn write_seeds() {
+    use luo_core::memfd_record::{Format, Next, Ser, V1, V2};
     use luo_core::{BootOptions, Kernel, KernelVersion};
-    use luo_handlers::memfd::format::{Format, Next, Ser, V1, V2};
     use luo_tests::fuzz_targets::FDT_MEM_BASE;
     use zerocopy::FromZeros;
 
@@ -47,6 +47,7 @@ fn write_seeds() {
     for (v, tag) in [(KernelVersion::V6_19, "6.19"), (KernelVersion::V7_0, "7.0")] {
         let opts = BootOptions {
             version: v,
+            initcalls: luo_sim::machine::initcalls(),
             ..BootOptions::default()
         };
         let k = Kernel::boot(&opts, None).expect("boot");

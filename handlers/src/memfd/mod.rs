@@ -12,8 +12,6 @@
 //!   a `memfd-v1` writer recorded as not up to date are zeroed;
 //! * finish releases the folios of a file never retrieved.
 
-pub mod format;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use luo_abi::features::Negotiated;
@@ -28,8 +26,6 @@ use luo_generated::memfd::{
     MEMFD_LUO_FOLIO_DIRTY, MEMFD_LUO_FOLIO_UPTODATE, memfd_luo_folio_ser, next, v1, v2,
 };
 use zerocopy::{FromZeros, IntoBytes};
-
-pub use format::{Format, Next, V1, V2};
 
 use crate::test_flb::TestFlbs;
 
@@ -80,6 +76,13 @@ pub enum Version {
 }
 
 impl Version {
+    /// The version with compatible string (or versionless name) `c`.
+    pub fn from_compatible(c: &str) -> Option<Version> {
+        [Version::V1, Version::V2, Version::Next]
+            .into_iter()
+            .find(|v| v.compatible() == c)
+    }
+
     /// The compatible string (the versionless name for `next`).
     pub const fn compatible(self) -> &'static str {
         match self {
@@ -151,6 +154,41 @@ pub fn register(
     test_flbs.map_or(Ok(()), TestFlbs::check_incoming)
 }
 
+/// The memfd handler's initcall (upstream: `memfd_luo_init`): registers the writer and the
+/// readers of the formats the kernel `k` writes and reads (`Registry::writes("memfd")`), with
+/// upstream's test FLBs linked when `k` is configured with them. A kernel without the memfd
+/// component gets `-EOPNOTSUPP`.
+pub fn initcall<R: Registry>(k: &R) -> Result<(), Errno> {
+    let writes = k.writes("memfd").ok_or(Errno::EOPNOTSUPP)?;
+    let test_flbs = k.test_config().then(|| TestFlbs::new(k));
+    register_compatible(k, writes, k.reads("memfd"), test_flbs.as_ref())
+}
+
+/// [`register`] for versions given by compatible string, as a kernel profile names them
+/// (`luo_core::KernelVersion::memfd_writes` / `memfd_reads`); `-EINVAL` for a format this
+/// handler does not know.
+pub fn register_compatible(
+    k: &impl Registry,
+    writes: &str,
+    reads: &[&str],
+    test_flbs: Option<&TestFlbs>,
+) -> Result<(), Errno> {
+    let v = |c: &str| Version::from_compatible(c).ok_or(Errno::EINVAL);
+    let reads = reads.iter().map(|c| v(c)).collect::<Result<Vec<_>, _>>()?;
+    register(k, v(writes)?, &reads, test_flbs)
+}
+
+/// A `memfd_luo_ser` of any version, as the callbacks work with it.
+#[derive(Clone, Copy, Debug)]
+struct Record {
+    pos: u64,
+    size: u64,
+    /// `F_SEAL_*`; always 0 for `memfd-v1`.
+    seals: u32,
+    nr_folios: u64,
+    folios: kho_vmalloc,
+}
+
 /// What preserve keeps for unpreserve (`private_data`).
 pub struct Private {
     folios: Vec<ShmemFolio>,
@@ -166,14 +204,14 @@ trait Writer: FileHandler<Private = Private> {
     /// ignored seals, the new file came back unsealed.
     const SEALS: Option<u64>;
     /// The struct handed over.
-    fn to_abi(s: &format::Ser) -> Self::Ser;
+    fn to_abi(s: &Record) -> Self::Ser;
     /// `pos` of a struct handed over (refreshed at freeze).
     fn set_pos(ser: &mut Self::Ser, pos: u64);
     /// The validated contents of a struct read (or migrated) at retrieve or finish.
-    fn from_read(r: Self::Read) -> Result<format::Ser, Errno>;
+    fn from_read(r: Self::Read) -> Result<Record, Errno>;
 }
 
-fn from_v2(s: &v2::memfd_luo_ser) -> Result<format::Ser, Errno> {
+fn from_v2(s: &v2::memfd_luo_ser) -> Result<Record, Errno> {
     if u64::from(s.seals) & !v2::MEMFD_LUO_ALL_SEALS != 0 {
         return Err(Errno::EOPNOTSUPP);
     }
@@ -181,7 +219,7 @@ fn from_v2(s: &v2::memfd_luo_ser) -> Result<format::Ser, Errno> {
     if s.flags != 0 {
         return Err(Errno::EINVAL);
     }
-    Ok(format::Ser {
+    Ok(Record {
         pos: s.pos,
         size: s.size,
         seals: s.seals,
@@ -193,7 +231,7 @@ fn from_v2(s: &v2::memfd_luo_ser) -> Result<format::Ser, Errno> {
 impl Writer for MemfdV1 {
     const REAL_FLAGS: bool = true;
     const SEALS: Option<u64> = None;
-    fn to_abi(s: &format::Ser) -> v1::memfd_luo_ser {
+    fn to_abi(s: &Record) -> v1::memfd_luo_ser {
         v1::memfd_luo_ser {
             pos: s.pos,
             size: s.size,
@@ -204,7 +242,7 @@ impl Writer for MemfdV1 {
     fn set_pos(ser: &mut v1::memfd_luo_ser, pos: u64) {
         ser.pos = pos;
     }
-    fn from_read(s: v1::memfd_luo_ser) -> Result<format::Ser, Errno> {
+    fn from_read(s: v1::memfd_luo_ser) -> Result<Record, Errno> {
         // The generated migration: seals and flags default to 0.
         from_v2(&v2::memfd_luo_ser::from(s))
     }
@@ -213,7 +251,7 @@ impl Writer for MemfdV1 {
 impl Writer for MemfdV2 {
     const REAL_FLAGS: bool = false;
     const SEALS: Option<u64> = Some(v2::MEMFD_LUO_ALL_SEALS);
-    fn to_abi(s: &format::Ser) -> v2::memfd_luo_ser {
+    fn to_abi(s: &Record) -> v2::memfd_luo_ser {
         v2::memfd_luo_ser {
             pos: s.pos,
             size: s.size,
@@ -226,7 +264,7 @@ impl Writer for MemfdV2 {
     fn set_pos(ser: &mut v2::memfd_luo_ser, pos: u64) {
         ser.pos = pos;
     }
-    fn from_read(s: v2::memfd_luo_ser) -> Result<format::Ser, Errno> {
+    fn from_read(s: v2::memfd_luo_ser) -> Result<Record, Errno> {
         from_v2(&s)
     }
 }
@@ -240,7 +278,7 @@ impl Migrate<v1::memfd_luo_ser> for MemfdV2 {
 impl Writer for MemfdNext {
     const REAL_FLAGS: bool = false;
     const SEALS: Option<u64> = Some(next::MEMFD_LUO_ALL_SEALS);
-    fn to_abi(s: &format::Ser) -> next::memfd_luo_ser {
+    fn to_abi(s: &Record) -> next::memfd_luo_ser {
         // The runtime writes the feature header and zeroes the fields of inactive features.
         next::memfd_luo_ser {
             features: FromZeros::new_zeroed(),
@@ -255,7 +293,7 @@ impl Writer for MemfdNext {
     fn set_pos(ser: &mut next::memfd_luo_ser, pos: u64) {
         ser.pos = pos;
     }
-    fn from_read(n: Negotiated<next::memfd_luo_ser>) -> Result<format::Ser, Errno> {
+    fn from_read(n: Negotiated<next::memfd_luo_ser>) -> Result<Record, Errno> {
         let s = n.ser();
         if s.flags != 0 {
             return Err(Errno::EINVAL);
@@ -267,7 +305,7 @@ impl Writer for MemfdNext {
         let (nr_folios, folios) = n
             .get(MemfdNext::FOLIOS, |s| (s.nr_folios, s.folios))
             .unwrap_or((0, kho_vmalloc::new_zeroed()));
-        Ok(format::Ser {
+        Ok(Record {
             pos: s.pos,
             size: s.size,
             seals,
@@ -281,7 +319,13 @@ impl Writer for MemfdNext {
 /// is active.
 fn next_of_v2(old: v2::memfd_luo_ser) -> next::memfd_luo_ser {
     next::memfd_luo_ser {
-        features: format::next_features(),
+        // Every feature the exact-match versions carried is active.
+        features: luo_generated::luo::next::luo_feature_hdr {
+            supp: next::MEMFD_LUO_FEATURES_SUPP,
+            req: next::MEMFD_LUO_FEATURES_REQ,
+            active: next::MEMFD_LUO_FEATURES_ACTIVE,
+            ..FromZeros::new_zeroed()
+        },
         pos: old.pos,
         size: old.size,
         seals: old.seals,
@@ -403,7 +447,7 @@ fn preserve_steps<W: Writer>(
     kho: &dyn KhoService,
     shm: &dyn ShmemFile,
     p: &mut Private,
-) -> Result<format::Ser, Errno> {
+) -> Result<Record, Errno> {
     let seals = shm.seals();
     if let Some(all) = W::SEALS
         && u64::from(seals) & !all != 0
@@ -414,7 +458,7 @@ fn preserve_steps<W: Writer>(
     if size.div_ceil(PAGE) > u64::from(u32::MAX) {
         return Err(Errno::EFBIG);
     }
-    let mut ser = format::Ser {
+    let mut ser = Record {
         pos: shm.pos(),
         size,
         seals: if W::SEALS.is_some() { seals } else { 0 },
@@ -481,7 +525,7 @@ fn undo(kho: &dyn KhoService, file: &dyn File, p: Private) {
 /// Restores the folio array of `ser` (vmalloc area): its entries and the area's pages.
 fn restore_array(
     kho: &dyn KhoService,
-    ser: &format::Ser,
+    ser: &Record,
 ) -> Result<(Vec<memfd_luo_folio_ser>, Vec<PhysAddr>), Errno> {
     let nr = ser.nr_folios;
     if nr == 0 {
@@ -533,7 +577,7 @@ fn install_folio(
 
 /// Rebuilds `file` (a new memfd) from a validated record: seals, pos, size, then the very
 /// same folios.
-fn retrieve(kho: &dyn KhoService, file: &FileRef, ser: &format::Ser) -> Result<(), Errno> {
+fn retrieve(kho: &dyn KhoService, file: &FileRef, ser: &Record) -> Result<(), Errno> {
     let shm = file.as_shmem().ok_or(Errno::EINVAL)?;
     shm.add_seals(ser.seals)?;
     shm.set_pos(ser.pos);
@@ -566,7 +610,7 @@ fn retrieve(kho: &dyn KhoService, file: &FileRef, ser: &format::Ser) -> Result<(
 }
 
 /// Releases the folios and the folio array of a file never retrieved.
-fn discard(kho: &dyn KhoService, ser: &format::Ser) {
+fn discard(kho: &dyn KhoService, ser: &Record) {
     if let Ok((entries, pages)) = restore_array(kho, ser) {
         for e in &entries {
             if let Some(phys) = PhysAddr::from_pfn(e.pfn())

@@ -26,10 +26,7 @@ pub use luo_handlers::hugetlb::Form as HugetlbForm;
 
 use HugetlbForm as Form;
 
-use crate::error::ImageError;
-use crate::kernel::{BootOptions, Handover, Kernel};
-use crate::mem::BackingKind;
-use crate::version::{KernelVersion, LuoFormat};
+use luo_core::{BackingKind, BootOptions, Handover, ImageError, Kernel, KernelVersion, LuoFormat};
 
 /// Environment variable carrying the plan and stage-1 timings to stage 2.
 pub const PLAN_ENV: &str = "LUO_SIM_PLAN";
@@ -451,9 +448,8 @@ fn reboot_and_exec(k: Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<(), Si
         LuoFormat::Next => "feature-negotiated luo_ser",
     };
     let memfd = match kernel.memfd_writes() {
-        luo_handlers::memfd::Version::V1 => "memfd-v1",
-        luo_handlers::memfd::Version::V2 => "memfd-v2",
-        luo_handlers::memfd::Version::Next => "memfd (features)",
+        "memfd" => "memfd (features)",
+        c => c,
     };
     rep.phase(
         "reboot",
@@ -466,7 +462,7 @@ fn reboot_and_exec(k: Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<(), Si
     drop(k);
     if let Some(path) = &p.save_image {
         let (_, t) = timed(|| {
-            crate::image::Image::from_handover(&h)?.save(path)?;
+            luo_core::image::Image::from_handover(&h)?.save(path)?;
             Ok(())
         })?;
         rep.phase("image", t, &format!("saved to {}", path.display()))?;
@@ -519,7 +515,7 @@ pub fn stage1(opts: &Options, out: &mut dyn Write) -> Result<(), SimError> {
     let boot = BootOptions {
         backing: BackingKind::Memfd,
         version: plan.kernel(0),
-        ..BootOptions::default()
+        ..crate::machine::default_options()
     };
     let (k, t) = timed(|| Ok(Kernel::boot(&boot, None)?))?;
     rep.phase(
@@ -644,10 +640,10 @@ pub fn stage2(out: &mut dyn Write) -> Result<Report, SimError> {
     let mut rep = plan.reporter(out, u8::try_from(plan.hop + 1).unwrap_or(u8::MAX));
     let kernel = plan.kernel(plan.hop);
     let (k, t) = timed(|| {
-        let h = Handover::from_env()?.ok_or(SimError::NoHandover(crate::exec::HANDOVER_ENV))?;
+        let h = Handover::from_env()?.ok_or(SimError::NoHandover(luo_core::exec::HANDOVER_ENV))?;
         let boot = BootOptions {
             version: kernel,
-            ..BootOptions::default()
+            ..crate::machine::default_options()
         };
         // A format this kernel does not read is a clean error here (upstream: panic).
         Kernel::boot(&boot, Some(h)).map_err(|e| SimError::BootAs(kernel, e))

@@ -11,7 +11,7 @@
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-use luo_core::simulate::{self, Options};
+use luo_sim::simulate::{self, Options};
 
 fn usage() -> ExitCode {
     eprintln!(

@@ -41,9 +41,8 @@ use luo_handlers::pci::{PciAddr, PciKind};
 use luo_handlers::vfio_pci::{self, CanFinish, Devices, VfioDevice};
 
 use super::{Plan, Reporter, SimError, fill, hugetlb_form_name, op, timed};
-use crate::file::CoreFile;
-use crate::kernel::Kernel;
-use crate::version::KernelVersion;
+use luo_core::file::CoreFile;
+use luo_core::{Kernel, KernelVersion};
 
 /// Width of the phase column: the longest name is `retrieve guest_memfd`.
 pub(super) const PHASE_WIDTH: usize = 20;

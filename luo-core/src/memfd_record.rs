@@ -1,4 +1,7 @@
-//! The three `memfd_luo_ser` versions, read into one in-memory form ([`Ser`]).
+//! The three `memfd_luo_ser` versions, read into one in-memory form ([`Ser`]): how
+//! `luo inspect` shows a handed-over memfd, whatever kernel wrote it. The memfd handler itself
+//! (`luo-handlers`) reads its records through the typed runtime of the macros; this is the
+//! image viewer's byte-level reader of the same generated layouts.
 //!
 //! * `memfd-v1` (6.19): no seals; each folio's real DIRTY/UPTODATE flags. Read through the
 //!   **generated** migration `v2::memfd_luo_ser: From<v1::memfd_luo_ser>`.

@@ -6,28 +6,26 @@
 //! kernel boots from the [`Handover`], in the same process or, through `execve`, in another.
 //!
 //! ```
-//! use luo_core::{BootOptions, Kernel};
+//! use luo_core::{BootOptions, Kernel, testing};
 //!
-//! // The core knows no handler: the machine boots it with the memfd handler's initcall.
+//! // The core knows no handler: the machine boots it with initcalls that register them
+//! // (`luo-sim`'s machine registers the memfd handler); here, the core's test handler.
 //! let opts = BootOptions {
-//!     initcalls: vec![luo_handlers::memfd::initcall::<Kernel>],
+//!     initcalls: vec![|k: &Kernel| testing::register(k, false)],
 //!     ..BootOptions::default()
 //! };
 //! let k = Kernel::boot(&opts, None)?;
 //! let dev = k.open_dev()?;
 //! let session = k.create_session(dev, "vm-1")?;
-//! let ram = k.memfd_create("guest-ram")?;
-//! k.pwrite(ram, 0, b"guest memory")?;
-//! k.preserve_fd(session, ram, 42)?;
+//! let file = k.test_file(0x5eed)?;
+//! k.preserve_fd(session, file, 42)?;
 //!
 //! let k = k.kexec_into(&opts)?;
 //! assert_eq!(k.liveupdate_num(), 1);
 //! let dev = k.open_dev()?;
 //! let session = k.retrieve_session(dev, "vm-1")?;
-//! let ram = k.retrieve_fd(session, 42)?;
-//! let mut buf = [0u8; 12];
-//! k.pread(ram, 0, &mut buf)?;
-//! assert_eq!(&buf, b"guest memory");
+//! let file = k.retrieve_fd(session, 42)?;
+//! assert_eq!(k.file(file)?.test_value(), Some(0x5eed));
 //! k.finish_session(session)?;
 //! assert_eq!(k.stats().kho.incoming_pages, 0);
 //! # Ok::<(), Box<dyn std::error::Error>>(())

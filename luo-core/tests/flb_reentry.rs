@@ -4,15 +4,13 @@
 //! `retrieve` was no longer seen as a re-entry and locked the FLB's incoming state its own
 //! thread held. It must be `EDEADLK`.
 
-mod common;
-
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Barrier, OnceLock};
 
 use luo_abi::Errno;
 use luo_core::testing;
-use luo_core::{Kernel, StaticFlb, StaticFlbOps};
+use luo_core::{BootOptions, Kernel, StaticFlb, StaticFlbOps};
 use luo_generated::liveupdate::{liveupdate_flb_op_args, liveupdate_flb_ops};
 
 /// Set in the new kernel: the callbacks then meet at the barriers.
@@ -61,7 +59,7 @@ static OPS: StaticFlbOps = StaticFlbOps(liveupdate_flb_ops {
 static FLB: StaticFlb = StaticFlb::new(&OPS, "luo-test-reentry-flb-v1");
 
 fn boot(h: Option<luo_core::Handover>) -> Kernel {
-    let k = Kernel::boot(&common::opts(), h).unwrap();
+    let k = Kernel::boot(&BootOptions::default(), h).unwrap();
     testing::register(&k, false).unwrap();
     let _g = k.enter();
     // SAFETY: both descriptors are immutable statics.

@@ -2,15 +2,13 @@
 //! memory, so `kho_preserve_folio` accepts them. The arena used to start at 1 MiB and align
 //! folios only within itself, which made every 2 MiB (order 9) HugeTLB folio unpreservable.
 
-mod common;
-
 use luo_abi::kho::KhoService;
-use luo_core::Kernel;
 use luo_core::kho::MAX_ORDER;
+use luo_core::{BootOptions, Kernel};
 
 #[test]
 fn huge_folio_misaligned_by_arena_base() {
-    let k = Kernel::boot(&common::opts(), None).unwrap();
+    let k = Kernel::boot(&BootOptions::default(), None).unwrap();
     let kho = k.kho();
     for order in 0..=MAX_ORDER {
         // Two of each, so the second one is not at the arena's start by luck.

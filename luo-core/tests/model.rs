@@ -9,14 +9,12 @@
 //! The seed is fixed, so CI runs the same cases every time; on a failure proptest shrinks the
 //! sequence and prints the smallest one that still fails.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 
 use luo_abi::Errno;
-use luo_core::Kernel;
 use luo_core::testing;
+use luo_core::{BootOptions, Kernel};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestCaseError};
 
@@ -80,8 +78,8 @@ fn ensure(cond: bool, what: impl FnOnce() -> String) -> Result<(), TestCaseError
 }
 
 fn boot(h: Option<luo_core::Handover>) -> Result<(Kernel, i32), TestCaseError> {
-    let k =
-        Kernel::boot(&common::opts(), h).map_err(|e| TestCaseError::fail(format!("boot: {e}")))?;
+    let k = Kernel::boot(&BootOptions::default(), h)
+        .map_err(|e| TestCaseError::fail(format!("boot: {e}")))?;
     testing::register(&k, false).map_err(|e| TestCaseError::fail(format!("register: {e}")))?;
     let dev = k
         .open_dev()

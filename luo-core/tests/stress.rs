@@ -4,13 +4,11 @@
 //! kexec in which exactly the files of the sessions still open cross, each
 //! retrievable with its value, and nothing leaks afterwards.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use luo_core::Kernel;
 use luo_core::testing;
+use luo_core::{BootOptions, Kernel};
 
 const THREADS: u64 = 8;
 const OPS: u64 = 10_000;
@@ -29,7 +27,7 @@ impl Lcg {
 
 #[test]
 fn eight_threads_ten_thousand_operations_each() {
-    let k = Kernel::boot(&common::opts(), None).expect("boot");
+    let k = Kernel::boot(&BootOptions::default(), None).expect("boot");
     testing::register(&k, true).expect("register");
     let dev = k.open_dev().expect("open");
     // Session name -> tokens still preserved in it, as the threads left them.
@@ -86,7 +84,8 @@ fn eight_threads_ten_thousand_operations_each() {
         survivors.len()
     );
 
-    let k2 = Kernel::boot(&common::opts(), Some(k.kexec().expect("kexec"))).expect("boot 2");
+    let k2 =
+        Kernel::boot(&BootOptions::default(), Some(k.kexec().expect("kexec"))).expect("boot 2");
     testing::register(&k2, true).expect("register 2");
     let dev = k2.open_dev().expect("open 2");
     for (name, tokens) in &survivors {
@@ -151,13 +150,13 @@ static GS_OPS: SyncGsOps = SyncGsOps(luo_generated::liveupdate::liveupdate_fh_gl
 /// here a reboot also runs on another thread at the same time.
 #[test]
 fn global_state_register_took_the_session_lists_under_its_lock() {
-    let k = Kernel::boot(&common::opts(), None).expect("boot");
+    let k = Kernel::boot(&BootOptions::default(), None).expect("boot");
     testing::register(&k, false).expect("register");
     let dev = k.open_dev().expect("open");
     let s = k.create_session(dev, "s").expect("create");
     let fd = k.test_file(1).expect("file");
     k.preserve_fd(s, fd, 1).expect("preserve");
-    let k2 = k.kexec_into(&common::opts()).expect("kexec");
+    let k2 = k.kexec_into(&BootOptions::default()).expect("kexec");
     testing::register(&k2, false).expect("register 2");
     // The first open deserializes: the incoming file is counted at registration.
     let dev2 = k2.open_dev().expect("open 2");

@@ -1,14 +1,12 @@
 //! Freeze failure injected at the k-th file of the m-th session (upstream rollback order), and
 //! scale: 2,000 sessions and 500 files in one session through a simulated kexec.
 
-mod common;
-
 use luo_abi::Errno;
 use luo_core::Kernel;
 use luo_core::testing;
 
 fn boot() -> Kernel {
-    let k = Kernel::boot(&common::opts(), None).unwrap();
+    let k = Kernel::boot(&luo_sim::machine::default_options(), None).unwrap();
     testing::register(&k, true).unwrap();
     k
 }
@@ -74,7 +72,11 @@ fn freeze_failure_rolls_back_in_upstream_order() {
         assert_eq!(k.stats(), before);
 
         // The live update can be retried, and everything crosses.
-        let k2 = Kernel::boot(&common::opts(), Some(k.kexec().unwrap())).unwrap();
+        let k2 = Kernel::boot(
+            &luo_sim::machine::default_options(),
+            Some(k.kexec().unwrap()),
+        )
+        .unwrap();
         testing::register(&k2, true).unwrap();
         let dev = k2.open_dev().unwrap();
         for s in 0..3u64 {
@@ -101,7 +103,11 @@ fn scale_2000_sessions() {
         k.preserve_fd(sfd, fd, s).unwrap();
         k.close(fd).unwrap();
     }
-    let k2 = Kernel::boot(&common::opts(), Some(k.kexec().unwrap())).unwrap();
+    let k2 = Kernel::boot(
+        &luo_sim::machine::default_options(),
+        Some(k.kexec().unwrap()),
+    )
+    .unwrap();
     testing::register(&k2, true).unwrap();
     assert_eq!(k2.liveupdate_num(), 1);
     let dev = k2.open_dev().unwrap();
@@ -125,7 +131,7 @@ fn scale_2000_sessions() {
 
 #[test]
 fn scale_500_memfds_in_one_session() {
-    let k = Kernel::boot(&common::opts(), None).unwrap();
+    let k = Kernel::boot(&luo_sim::machine::default_options(), None).unwrap();
     let dev = k.open_dev().unwrap();
     let sfd = k.create_session(dev, "big").unwrap();
     let data = |i: u64| -> Vec<u8> {
@@ -139,7 +145,7 @@ fn scale_500_memfds_in_one_session() {
         k.preserve_fd(sfd, m, i).unwrap();
         k.close(m).unwrap();
     }
-    let k2 = k.kexec_into(&common::opts()).unwrap();
+    let k2 = k.kexec_into(&luo_sim::machine::default_options()).unwrap();
     let dev = k2.open_dev().unwrap();
     let sfd = k2.retrieve_session(dev, "big").unwrap();
     for i in (0..500u64).step_by(3) {

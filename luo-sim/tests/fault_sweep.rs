@@ -5,8 +5,6 @@
 //! either still preserved or cleanly released, and once everything is torn
 //! down the preserved-page count is back to its baseline.
 
-mod common;
-
 use std::cell::Cell;
 use std::ffi::c_int;
 
@@ -23,7 +21,7 @@ fn values() -> impl Iterator<Item = u64> {
 }
 
 fn boot() -> Kernel {
-    let k = Kernel::boot(&common::opts(), None).expect("boot");
+    let k = Kernel::boot(&luo_sim::machine::default_options(), None).expect("boot");
     testing::register(&k, true).expect("register");
     k
 }
@@ -143,7 +141,11 @@ fn freeze_failure_at_every_file() {
             before,
             "freeze failure at {bad} changed preserved memory"
         );
-        let k2 = Kernel::boot(&common::opts(), Some(k.kexec().expect("retry"))).expect("boot 2");
+        let k2 = Kernel::boot(
+            &luo_sim::machine::default_options(),
+            Some(k.kexec().expect("retry")),
+        )
+        .expect("boot 2");
         testing::register(&k2, true).expect("register 2");
         let dev2 = k2.open_dev().expect("open 2");
         for s in 0..SESSIONS {
@@ -173,7 +175,11 @@ fn retrieve_failure_and_refused_finish_at_every_file() {
         let k = boot();
         let dev = k.open_dev().expect("open");
         let _sessions = populate(&k, dev);
-        let k2 = Kernel::boot(&common::opts(), Some(k.kexec().expect("kexec"))).expect("boot 2");
+        let k2 = Kernel::boot(
+            &luo_sim::machine::default_options(),
+            Some(k.kexec().expect("kexec")),
+        )
+        .expect("boot 2");
         testing::register(&k2, true).expect("register 2");
         let dev2 = k2.open_dev().expect("open 2");
         testing::fail_retrieve(Some((bad, Errno::EIO)));
@@ -339,7 +345,7 @@ fn kho_scenario(version: KernelVersion, fail_at: Option<usize>) -> KhoRun {
     let opts = BootOptions {
         version,
         test_flbs: true,
-        ..common::opts()
+        ..luo_sim::machine::default_options()
     };
     SUB_FROZEN.set(0);
     let mut run = KhoRun::new(fail_at);
@@ -470,7 +476,7 @@ fn flb_on_6_19_leaked_its_page_across_kexec() {
     let opts = BootOptions {
         version: KernelVersion::V6_19,
         test_flbs: true,
-        ..common::opts()
+        ..luo_sim::machine::default_options()
     };
     let k = Kernel::boot(&opts, None).expect("boot");
     assert_eq!(testing::register(&k, true), Err(Errno::EOPNOTSUPP));

@@ -1,8 +1,6 @@
 //! A corrupt handover is a typed error, never a panic: targeted corruptions of `luo_ser`,
 //! block chains and the FLB area, and random byte flips over every preserved metadata page.
 
-mod common;
-
 use luo_abi::Errno;
 use luo_core::image::Image;
 use luo_core::inspect::inspect;
@@ -11,7 +9,7 @@ use luo_core::{Handover, ImageError, Kernel};
 
 /// A handover with 3 sessions (2 test files and a memfd each) and the test FLB.
 fn handover() -> Handover {
-    let k = Kernel::boot(&common::opts(), None).unwrap();
+    let k = Kernel::boot(&luo_sim::machine::default_options(), None).unwrap();
     testing::register(&k, true).unwrap();
     let dev = k.open_dev().unwrap();
     for s in 0..3u64 {
@@ -40,7 +38,7 @@ fn read_u64(h: &Handover, phys: u64) -> u64 {
 }
 
 fn boot(h: Handover) -> Result<Kernel, ImageError> {
-    Kernel::boot(&common::opts(), Some(h))
+    Kernel::boot(&luo_sim::machine::default_options(), Some(h))
 }
 
 #[test]

@@ -2,8 +2,6 @@
 //! file (`luo-test-dep-v1`) names the files it depends on by token through the core, and gets
 //! them back through the core after the kexec.
 
-mod common;
-
 use std::ffi::c_int;
 use std::sync::Arc;
 
@@ -16,14 +14,14 @@ use luo_generated::liveupdate::{
 };
 
 fn boot() -> Kernel {
-    let k = Kernel::boot(&common::opts(), None).unwrap();
+    let k = Kernel::boot(&luo_sim::machine::default_options(), None).unwrap();
     testing::register(&k, false).unwrap();
     testing::register_dep(&k).unwrap();
     k
 }
 
 fn kexec(k: Kernel) -> Kernel {
-    let k2 = k.kexec_into(&common::opts()).unwrap();
+    let k2 = k.kexec_into(&luo_sim::machine::default_options()).unwrap();
     testing::register(&k2, false).unwrap();
     testing::register_dep(&k2).unwrap();
     k2
@@ -435,7 +433,7 @@ static H_EIGHT: StaticHandler = StaticHandler::with_deps(&OPS, "dep-eight-v1", &
 
 #[test]
 fn depends_on_is_validated_at_registration() {
-    let k = Kernel::boot(&common::opts(), None).unwrap();
+    let k = Kernel::boot(&luo_sim::machine::default_options(), None).unwrap();
     assert_eq!(k.register_file_handler(&H_EMPTY), Err(Errno::EINVAL));
     assert_eq!(k.register_file_handler(&H_LONG), Err(Errno::EINVAL));
     assert_eq!(k.register_file_handler(&H_NINE), Err(Errno::EINVAL));

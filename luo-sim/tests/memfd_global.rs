@@ -1,8 +1,6 @@
 //! The memfd handler's details (seals, pos, freezing, zero-size files, unpreserve) and the
 //! subsystem and global-state lifecycles through the Rust side of the C API.
 
-mod common;
-
 use std::ffi::c_int;
 
 use luo_abi::Errno;
@@ -12,7 +10,7 @@ use luo_core::testing;
 use luo_generated::liveupdate::{liveupdate_subsystem, liveupdate_subsystem_ops};
 
 fn boot() -> Kernel {
-    Kernel::boot(&common::opts(), None).unwrap()
+    Kernel::boot(&luo_sim::machine::default_options(), None).unwrap()
 }
 
 #[test]
@@ -36,7 +34,7 @@ fn memfd_state_crosses() {
     k.pwrite(m, 0, b"S").unwrap();
     // pos is refreshed at freeze.
     shm.set_pos(9);
-    let k2 = k.kexec_into(&common::opts()).unwrap();
+    let k2 = k.kexec_into(&luo_sim::machine::default_options()).unwrap();
     let dev = k2.open_dev().unwrap();
     let s = k2.retrieve_session(dev, "m").unwrap();
     let fd = k2.retrieve_fd(s, 1).unwrap();
@@ -145,7 +143,7 @@ fn failing_subsystem_freeze_rolls_back_the_files() {
     );
     k.luo().unregister_subsystem(sub).unwrap();
     assert_eq!(k.luo().unregister_subsystem(sub), Err(Errno::ENOENT));
-    let k2 = k.kexec_into(&common::opts()).unwrap();
+    let k2 = k.kexec_into(&luo_sim::machine::default_options()).unwrap();
     testing::register(&k2, false).unwrap();
     let dev = k2.open_dev().unwrap();
     let s = k2.retrieve_session(dev, "s").unwrap();

@@ -12,8 +12,6 @@
 //! [`KhoViolation::StrayRead`]), and no page is claimed twice (a second
 //! claim is refused and recorded as [`KhoViolation::DoubleClaim`]).
 
-mod common;
-
 use std::collections::BTreeMap;
 
 use luo_core::image::Image;
@@ -39,7 +37,7 @@ fn memfd_data(s: u64) -> Vec<u8> {
 }
 
 fn handover() -> Handover {
-    let k = Kernel::boot(&common::opts(), None).expect("boot");
+    let k = Kernel::boot(&luo_sim::machine::default_options(), None).expect("boot");
     testing::register(&k, true).expect("register");
     let dev = k.open_dev().expect("open");
     for s in 0..SESSIONS {
@@ -82,7 +80,7 @@ struct Outcomes {
 /// asserts the KHO model saw no read outside preserved memory.
 fn exercise(h: Handover, what: &str, o: &mut Outcomes) {
     let _ = inspect(&Image::from_handover(&h).expect("image"));
-    let Ok(k) = Kernel::boot(&common::opts(), Some(h)) else {
+    let Ok(k) = Kernel::boot(&luo_sim::machine::default_options(), Some(h)) else {
         *o.by_kind.entry("boot error").or_default() += 1;
         return;
     };

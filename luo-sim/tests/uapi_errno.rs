@@ -1,8 +1,6 @@
 //! Every uAPI errno of reference/luo-upstream.md §1, through the byte API with the generated
 //! uAPI structs.
 
-mod common;
-
 use luo_abi::{AlignedU64, Errno};
 use luo_core::testing;
 use luo_core::{BootOptions, Kernel};
@@ -18,13 +16,17 @@ use luo_generated::uapi::{
 use zerocopy::{FromZeros, IntoBytes};
 
 fn boot() -> Kernel {
-    let k = Kernel::boot(&common::opts(), None).unwrap();
+    let k = Kernel::boot(&luo_sim::machine::default_options(), None).unwrap();
     testing::register(&k, false).unwrap();
     k
 }
 
 fn next(k: Kernel, flb: bool) -> Kernel {
-    let k2 = Kernel::boot(&common::opts(), Some(k.kexec().unwrap())).unwrap();
+    let k2 = Kernel::boot(
+        &luo_sim::machine::default_options(),
+        Some(k.kexec().unwrap()),
+    )
+    .unwrap();
     testing::register(&k2, flb).unwrap();
     k2
 }
@@ -67,7 +69,7 @@ fn device_single_opener_and_close() {
 fn device_disabled() {
     let opts = BootOptions {
         enabled: false,
-        ..common::opts()
+        ..luo_sim::machine::default_options()
     };
     let k = Kernel::boot(&opts, None).unwrap();
     assert_eq!(k.open_dev(), Err(Errno::ENODEV));
@@ -82,7 +84,7 @@ fn failed_deserialization_is_cached_eio() {
     let f = k.test_file(1).unwrap();
     k.preserve_fd(s, f, 1).unwrap();
     // The next kernel does not register the test handler: its files cannot bind.
-    let opts = common::opts();
+    let opts = luo_sim::machine::default_options();
     let k2 = Kernel::boot(&opts, Some(k.kexec().unwrap())).unwrap();
     assert_eq!(k2.open_dev(), Err(Errno::EIO));
     testing::register(&k2, false).unwrap();

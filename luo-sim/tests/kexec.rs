@@ -1,7 +1,5 @@
 //! Simulated kexec in-process: memfds with data, several hops, dropped state, FLBs.
 
-mod common;
-
 use luo_abi::Errno;
 use luo_core::Kernel;
 use luo_core::testing;
@@ -13,7 +11,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 }
 
 fn boot() -> Kernel {
-    Kernel::boot(&common::opts(), None).unwrap()
+    Kernel::boot(&luo_sim::machine::default_options(), None).unwrap()
 }
 
 fn read_all(k: &Kernel, fd: i32, len: usize) -> Vec<u8> {
@@ -38,7 +36,7 @@ fn memfd_crosses_a_kexec_without_copy() {
     // Frozen: growing fails, writing within the size works.
     let f = k.luo().outgoing()[0].tokens();
     assert_eq!(f, vec![42]);
-    let k2 = k.kexec_into(&common::opts()).unwrap();
+    let k2 = k.kexec_into(&luo_sim::machine::default_options()).unwrap();
     assert_eq!(k2.liveupdate_num(), 1);
     assert!(k2.stats().kho.incoming_pages > 0);
     let dev = k2.open_dev().unwrap();
@@ -86,7 +84,7 @@ fn several_hops_and_unretrieved_state_is_dropped() {
         let m2 = k.memfd_create("m2").unwrap();
         k.pwrite(m2, 0, b"unwanted").unwrap();
         k.preserve_fd(ign, m2, 1).unwrap();
-        let next = k.kexec_into(&common::opts()).unwrap();
+        let next = k.kexec_into(&luo_sim::machine::default_options()).unwrap();
         if hop > 0 {
             // Previous "ignored" session state was not carried: only this hop's two files.
             let st = next.stats();
@@ -125,7 +123,11 @@ fn flb_lifecycle_across_kexec() {
     k.preserve_fd(a, f, 4).unwrap();
     testing::take_log();
 
-    let k2 = Kernel::boot(&common::opts(), Some(k.kexec().unwrap())).unwrap();
+    let k2 = Kernel::boot(
+        &luo_sim::machine::default_options(),
+        Some(k.kexec().unwrap()),
+    )
+    .unwrap();
     testing::register(&k2, true).unwrap();
     let dev = k2.open_dev().unwrap();
     let b = k2.retrieve_session(dev, "b").unwrap();
@@ -171,7 +173,11 @@ fn concurrent_sessions_from_several_threads() {
             });
         }
     });
-    let k2 = Kernel::boot(&common::opts(), Some(k.kexec().unwrap())).unwrap();
+    let k2 = Kernel::boot(
+        &luo_sim::machine::default_options(),
+        Some(k.kexec().unwrap()),
+    )
+    .unwrap();
     testing::register(&k2, true).unwrap();
     let dev = k2.open_dev().unwrap();
     std::thread::scope(|sc| {

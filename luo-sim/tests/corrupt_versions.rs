@@ -2,8 +2,6 @@
 //! handovers: typed errors at boot or at the first open, never a panic. Upstream 6.19
 //! panics at boot on a bad LUO FDT (`luo_restore_fail`).
 
-mod common;
-
 use luo_core::image::Image;
 use luo_core::inspect::inspect;
 use luo_core::{BootOptions, Handover, ImageError, Kernel, KernelVersion};
@@ -11,7 +9,7 @@ use luo_core::{BootOptions, Handover, ImageError, Kernel, KernelVersion};
 fn opts(v: KernelVersion) -> BootOptions {
     BootOptions {
         version: v,
-        ..common::opts()
+        ..luo_sim::machine::default_options()
     }
 }
 

@@ -6,8 +6,6 @@
 //! The same scenario then runs with the Rust handler (handlers/src/hugetlb.rs) in both of its
 //! forms, FLB and subsystem, and the pools are compared phase by phase.
 
-mod common;
-
 mod c_build;
 
 use std::collections::BTreeMap;
@@ -71,7 +69,7 @@ fn record(pools: &mut Pools, h: &Hugetlb, phase: &str) {
 /// A kernel with the Rust HugeTLB state in `form` registered, and that state.
 fn boot(h: Option<Handover>, form: Form) -> (Kernel, Hugetlb) {
     // As luo_model_boot(): the default kernel.
-    let k = Kernel::boot(&common::opts(), h).unwrap();
+    let k = Kernel::boot(&luo_sim::machine::default_options(), h).unwrap();
     let ht = hugetlb::register(&k, form).unwrap();
     (k, ht)
 }

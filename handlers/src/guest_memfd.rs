@@ -160,11 +160,11 @@ pub struct GuestMemfdHandler {
 
 const _: () = {
     use luo_abi::handler::HandlerAbi;
-    assert!(crate::same_str(
+    assert!(luo_abi::abi::str_eq(
         <GuestMemfdHandler as HandlerAbi>::COMPATIBLE,
         GUEST_MEMFD_LUO_FH_COMPATIBLE
     ));
-    assert!(crate::same_str(
+    assert!(luo_abi::abi::str_eq(
         <crate::kvm::KvmVmHandler as HandlerAbi>::COMPATIBLE,
         KVM_LUO_FH_COMPATIBLE
     ));

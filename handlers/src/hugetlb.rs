@@ -293,7 +293,7 @@ pub struct HugetlbFlb {
     pools: Arc<Pools>,
 }
 
-const _: () = assert!(crate::same_str(
+const _: () = assert!(luo_abi::abi::str_eq(
     <HugetlbFlb as luo_abi::global::FlbAbi>::COMPATIBLE,
     HUGETLB_LUO_FLB_COMPATIBLE
 ));
@@ -337,7 +337,7 @@ pub struct HugetlbSubsystem {
     pools: Arc<Pools>,
 }
 
-const _: () = assert!(crate::same_str(
+const _: () = assert!(luo_abi::abi::str_eq(
     <HugetlbSubsystem as luo_abi::global::SubsystemAbi>::NAME,
     SUBSYSTEM_NAME
 ));
@@ -427,7 +427,7 @@ pub struct HugeMemfdHandler {
     hugetlb: Hugetlb,
 }
 
-const _: () = assert!(crate::same_str(
+const _: () = assert!(luo_abi::abi::str_eq(
     <HugeMemfdHandler as luo_abi::handler::HandlerAbi>::COMPATIBLE,
     HUGEMFD_LUO_FH_COMPATIBLE
 ));

@@ -120,7 +120,7 @@ pub fn vm_of(f: &dyn File) -> Option<&Vm> {
 #[liveupdate_handler(compatible = "kvm_vm_luo_v1", abi = kvm_luo_ser)]
 pub struct KvmVmHandler;
 
-const _: () = assert!(crate::same_str(
+const _: () = assert!(luo_abi::abi::str_eq(
     <KvmVmHandler as luo_abi::handler::HandlerAbi>::COMPATIBLE,
     KVM_LUO_FH_COMPATIBLE
 ));

@@ -25,20 +25,3 @@ pub mod pages;
 pub mod pci;
 pub mod test_flb;
 pub mod vfio_pci;
-
-/// Whether two strings are equal, at compile time: a handler's macro-given compatible string
-/// is asserted equal to the generated constant of its spec.
-pub(crate) const fn same_str(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut i = 0;
-    while i < a.len() {
-        if a[i] != b[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
-}

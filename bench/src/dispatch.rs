@@ -56,17 +56,20 @@ pub enum Variant {
     Generated,
     /// The same handler by hand: `#[repr(C)]` struct, hand-filled table, registered raw.
     HandRust,
+    /// The same handler in C (`c/dispatch.c`, `gcc -O2`), registered raw (context).
+    C,
 }
 
 impl Variant {
     /// Every variant, generated first.
-    pub const ALL: [Variant; 2] = [Variant::Generated, Variant::HandRust];
+    pub const ALL: [Variant; 3] = [Variant::Generated, Variant::HandRust, Variant::C];
 
     /// Short name (also the argument of the callgrind child).
     pub fn name(self) -> &'static str {
         match self {
             Variant::Generated => "generated",
             Variant::HandRust => "hand_rust",
+            Variant::C => "c",
         }
     }
 
@@ -80,12 +83,14 @@ impl Variant {
         match self {
             Variant::Generated => GEN_COMPATIBLE,
             Variant::HandRust => HAND_COMPATIBLE,
+            Variant::C => C_COMPATIBLE,
         }
     }
 }
 
 const GEN_COMPATIBLE: &str = "bench-dispatch-gen-v2";
 const HAND_COMPATIBLE: &str = "bench-dispatch-hand-v2";
+const C_COMPATIBLE: &str = "bench-dispatch-c-v2";
 
 // ---------------------------------------------------------------------------------------------
 // The file.
@@ -102,8 +107,42 @@ pub struct BenchFile {
 }
 
 /// Bytes of the files unpreserved so far (what `unpreserve` accounts, so that it reads the
-/// record it is given).
+/// record it is given); the C handler adds to it too.
+#[unsafe(export_name = "luo_bench_unpreserved_bytes")]
 pub static UNPRESERVED_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// The C handler's view of a bench file (the model's stand-in for the memfd's inode): 0 and
+/// the position, size and seals through the non-NULL pointers, or `-EINVAL` for a file that
+/// is not a bench file.
+///
+/// # Safety
+///
+/// `f` is NULL or a live luo-core file; the non-NULL pointers are valid for writes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn luo_bench_file_state(
+    f: *mut file,
+    pos: *mut u64,
+    size: *mut u64,
+    seals: *mut u32,
+) -> c_int {
+    // SAFETY: caller contract.
+    let Some(b) = (unsafe { FileHead::borrow(f.cast()) }).and_then(bench_file) else {
+        return EINVAL;
+    };
+    // SAFETY: caller contract: each pointer is NULL or valid for a write.
+    unsafe {
+        if !pos.is_null() {
+            *pos = b.pos;
+        }
+        if !size.is_null() {
+            *size = b.size;
+        }
+        if !seals.is_null() {
+            *seals = b.seals;
+        }
+    }
+    0
+}
 
 #[inline(always)]
 fn bench_file(file: &dyn File) -> Option<&BenchFile> {
@@ -285,6 +324,14 @@ unsafe extern "C" fn hand_retrieve(_args: *mut liveupdate_file_op_args) -> c_int
 unsafe extern "C" fn hand_finish(_args: *mut liveupdate_file_op_args) {}
 
 // ---------------------------------------------------------------------------------------------
+// C.
+
+unsafe extern "C" {
+    /// The C handler of `c/dispatch.c`.
+    static mut luo_bench_c_handler: liveupdate_file_handler;
+}
+
+// ---------------------------------------------------------------------------------------------
 // The caller.
 
 /// A handler as the core holds it after registration: its pointer and a copy of its table.
@@ -300,7 +347,7 @@ pub struct Dispatch {
     // registration), then the file, then the hand-written handler.
     k: Kernel,
     file: Arc<CoreFile>,
-    regs: [Registered; 2],
+    regs: [Registered; 3],
     _hand: Box<HandMemfd>,
 }
 
@@ -325,6 +372,10 @@ impl Dispatch {
         // SAFETY: `hand` lives in `Dispatch` after the kernel (dropped after it) and is never
         // changed.
         unsafe { k.register_raw_handler(hand.raw()) }.expect("register the hand-written handler");
+        // SAFETY: the C handler is a static the C side never changes; only its address is
+        // taken.
+        unsafe { k.register_raw_handler(ptr::addr_of_mut!(luo_bench_c_handler)) }
+            .expect("register the C handler");
         let fd = k
             .open_synthetic(
                 FileKind::Other,
@@ -343,7 +394,11 @@ impl Dispatch {
             let ops = unsafe { *(*ptr).ops };
             Registered { ptr, ops }
         };
-        let regs = [reg(Variant::Generated), reg(Variant::HandRust)];
+        let regs = [
+            reg(Variant::Generated),
+            reg(Variant::HandRust),
+            reg(Variant::C),
+        ];
         Dispatch {
             k,
             file,
@@ -361,6 +416,7 @@ impl Dispatch {
         match v {
             Variant::Generated => self.regs[0],
             Variant::HandRust => self.regs[1],
+            Variant::C => self.regs[2],
         }
     }
 
@@ -368,6 +424,8 @@ impl Dispatch {
     /// the `serialized_data` `preserve` gave (0 on error). Inputs through `black_box`.
     #[inline(always)]
     pub fn preserve_unpreserve(&self, v: Variant) -> u64 {
+        // The C handler's KHO calls act on the thread's current kernel.
+        let _g = self.k.enter();
         let r = self.reg(v);
         let f = CoreFile::as_c(&self.file);
         // SAFETY: `r` is registered in `self.k`, `f` a live file of it.
@@ -378,6 +436,8 @@ impl Dispatch {
     /// away).
     #[inline(never)]
     pub fn run(&self, v: Variant, n: u64) -> u64 {
+        // The C handler's KHO calls act on the thread's current kernel.
+        let _g = self.k.enter();
         let r = self.reg(v);
         let f = CoreFile::as_c(&self.file);
         let mut sum = 0u64;
@@ -446,8 +506,9 @@ mod tests {
     use zerocopy::IntoBytes;
 
     #[test]
-    fn both_variants_write_the_same_struct_through_the_core() {
+    fn every_variant_writes_the_same_struct_through_the_core() {
         let d = Dispatch::new();
+        let _g = d.kernel().enter();
         let before = d.kernel().stats().kho;
         let mut seen = Vec::new();
         for v in Variant::ALL {
@@ -480,6 +541,7 @@ mod tests {
             assert_ne!(d.run(v, 3), 0, "{v:?}");
         }
         assert_eq!(seen[0].as_bytes(), seen[1].as_bytes());
+        assert_eq!(seen[0].as_bytes(), seen[2].as_bytes());
         assert_eq!(
             (seen[0].pos, seen[0].size, seen[0].seals, seen[0].flags),
             (4096, 1 << 30, 5, 0)

@@ -163,7 +163,9 @@ const ROW_DOCS: &[(&str, &str)] = &[
          `Kernel::register_handler` (`generated`) and the same handler written by hand against \
          the generated C table (`#[repr(C)]` struct, hand-filled `liveupdate_file_ops` of \
          `unsafe extern \"C\"` callbacks, registered with `Kernel::register_raw_handler`: the \
-         baseline). The file is a luo-core `CoreFile` (a synthetic file; what `struct file *` \
+         baseline), and, for context, the same handler in C (`gcc -O2`, registered the same \
+         way; it reaches KHO through luo-core's C API, `luo_kho_*`, which finds the thread's \
+         current kernel on each call, and the file's state through one accessor). The file is a luo-core `CoreFile` (a synthetic file; what `struct file *` \
          is). Each preserve writes a 48-byte `memfd_luo_ser` into memory from luo-core's \
          `kho_alloc_preserve`, each unpreserve reads it back and frees it. The caller takes the \
          registered `struct liveupdate_file_handler *` (`Luo::handler_ptr`) and a copy of its \
@@ -598,7 +600,7 @@ fn dispatch(o: &Opts) -> Result<Vec<Row>, String> {
             names: &names,
             baseline: 1,
             target: Target::MaxRatio(1.05),
-            context: &[],
+            context: &[2],
         },
         &s,
     );

@@ -1,4 +1,4 @@
-//! Compiles `c/dispatch.c` (the C handler table of the `dispatch` benchmark) with
+//! Compiles `c/dispatch.c` (the C variant of the `dispatch` benchmark, registered with luo-core) with
 //! `gcc -O2` against the generated `<linux/liveupdate.h>` into a static library.
 
 use std::path::PathBuf;

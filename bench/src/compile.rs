@@ -108,7 +108,6 @@ pub fn hand_source(n: usize) -> String {
 use std::ptr;
 
 use luo_abi::abi::AbiType;
-use luo_abi::file::FileCell;
 use luo_abi::host::LuoHost;
 use luo_abi::kho::KhoExt;
 use luo_abi::{Phys, PhysAddr};
@@ -169,14 +168,14 @@ pub mod handler{i} {{
     }}
 
     unsafe extern "C" fn can_preserve(_h: *mut liveupdate_file_handler, f: *mut file) -> bool {{
-        // SAFETY: the core passes a live file cell.
+        // SAFETY: the core passes a live file.
         unsafe {{ luo_abi::file::FileHead::borrow(f.cast()) }}.is_some_and(|f| f.kind() == FileKind::Memfd)
     }}
 
     unsafe extern "C" fn preserve(args: *mut liveupdate_file_op_args) -> c_int {{
         // SAFETY: core contract.
         let (a, h) = unsafe {{ handler(args) }};
-        // SAFETY: the core passes a live file cell.
+        // SAFETY: the core passes a live file.
         let Some(file) = (unsafe {{ luo_abi::file::FileHead::borrow(a.file.cast()) }}) else {{
             return Errno::EBADF.to_neg();
         }};
@@ -216,8 +215,13 @@ pub mod handler{i} {{
         if ser.check_reserved().is_err() {{
             return Errno::EINVAL.to_neg();
         }}
-        a.file = FileCell::into_raw(file_of(&ser)).cast();
-        0
+        match h.host.file_into_raw(file_of(&ser)) {{
+            Ok(f) => {{
+                a.file = f.cast();
+                0
+            }}
+            Err(e) => e.to_neg(),
+        }}
     }}
 
     unsafe extern "C" fn finish(args: *mut liveupdate_file_op_args) {{

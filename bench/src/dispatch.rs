@@ -1,32 +1,46 @@
-//! `dispatch`: one `preserve` call through an ops table, as the core makes it.
+//! `dispatch`: the callbacks of one preserved file, called through the ops table luo-core
+//! registered, as luo-core calls them.
 //!
-//! Three handlers do the same work (read the file's position, size and seals, check the
-//! seals, fill a `struct memfd_luo_ser`, copy it into memory from `kho_alloc_preserve` and
-//! hand its address over as `serialized_data`):
+//! Two handlers of the same memfd-like file do the same work (`can_preserve`: is the file's
+//! object ours; `preserve`: read its position, size and seals, check the seals, fill a
+//! `struct memfd_luo_ser` and hand it over in memory from `kho_alloc_preserve`; `unpreserve`:
+//! read the struct back, account for it, free the memory):
 //!
-//! * [`Variant::Generated`]: a [`FileHandler`] whose `liveupdate_file_ops` table
-//!   `#[liveupdate_handler]` fills with trampolines into `luo_abi::handler::rt`;
-//! * [`Variant::HandRust`]: the same handler written by hand in Rust, a `#[repr(C)]` handler
-//!   struct (the raw `liveupdate_file_handler` first, for `container_of`) with a hand-filled
-//!   table of `unsafe extern "C"` functions, using the same KHO service;
-//! * [`Variant::C`]: `c/dispatch.c`, built with `gcc -O2` against the generated
-//!   `<linux/liveupdate.h>`, whose KHO is the same ring reached through two C functions.
+//! * [`Variant::Generated`]: a [`FileHandler`] written with `#[liveupdate_handler]`, whose
+//!   `liveupdate_file_ops` table calls the `luo_abi::handler::rt` runtime; registered with
+//!   [`Registry::register_handler`] (the kernel owns the registration);
+//! * [`Variant::HandRust`]: the same handler written by hand against the generated C table: a
+//!   `#[repr(C)]` handler struct (the raw `liveupdate_file_handler` first, for
+//!   `container_of`) with a hand-filled `liveupdate_file_ops` of `unsafe extern "C"` callbacks,
+//!   using the same KHO service (the kernel's [`LuoHost::kho`]); registered with
+//!   [`Kernel::register_raw_handler`], as a C handler is.
 //!
-//! The caller is the same for all three: it takes the handler pointer and the file pointer
-//! through `black_box`, builds `liveupdate_file_op_args` and calls `handler->ops->preserve`.
+//! Both run in one luo-core [`Kernel`] on the same file: a luo-core [`CoreFile`] (what a
+//! `struct file *` is), a synthetic file whose object is a [`BenchFile`]. The caller is the
+//! same for both and does what luo-core does with a registered handler between `PRESERVE_FD`
+//! and the session's release: it takes the `struct liveupdate_file_handler *` the core
+//! registered ([`luo_core::luo::Luo::handler_ptr`]), copies its ops table once (as the core
+//! does at registration), and per file calls `can_preserve`, the `get_id` op or the file's
+//! address when there is none, `preserve` with the argument block the core fills, then
+//! `unpreserve` with the same block. So both variants pay the same core cost (the KHO
+//! allocation and free of the record through luo-core's KHO) and the difference is the
+//! macro's.
 
-use std::ffi::{c_int, c_void};
+use std::ffi::c_int;
 use std::hint::black_box;
 use std::ptr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use luo_abi::Errno;
-use luo_abi::file::FileCell;
-use luo_abi::file::{File, FileId, FileKind, FileRef};
+use luo_abi::file::{File, FileHead, FileKind, FileRef};
 use luo_abi::handler::{Ctx, FileHandler, Finish, Registration};
 use luo_abi::host::LuoHost;
-use luo_abi::kho::{KhoExt, KhoService};
+use luo_abi::kho::KhoExt;
+use luo_abi::registry::Registry;
+use luo_abi::{Phys, PhysAddr};
+use luo_core::file::CoreFile;
+use luo_core::{BackingKind, BootOptions, Kernel};
 use luo_derive::liveupdate_handler;
 use luo_generated::kho::kho_vmalloc;
 use luo_generated::liveupdate::{
@@ -35,16 +49,14 @@ use luo_generated::liveupdate::{
 use luo_generated::memfd::v2::{MEMFD_LUO_ALL_SEALS, memfd_luo_ser};
 use zerocopy::FromZeros;
 
-use crate::ring::{RingKho, WORDS};
-
 /// Which handler a call goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
-    /// `#[liveupdate_handler]` over the generated table.
+    /// `#[liveupdate_handler]` over the generated table, registered as a Rust handler.
     Generated,
-    /// Hand-written Rust `#[repr(C)]` handler and table.
+    /// The same handler by hand: `#[repr(C)]` struct, hand-filled table, registered raw.
     HandRust,
-    /// The C handler (`gcc -O2`).
+    /// The same handler in C (`c/dispatch.c`, `gcc -O2`), registered raw (context).
     C,
 }
 
@@ -65,67 +77,26 @@ impl Variant {
     pub fn parse(s: &str) -> Option<Variant> {
         Variant::ALL.into_iter().find(|v| v.name() == s)
     }
-}
 
-// ---------------------------------------------------------------------------------------------
-// The KHO memory every variant preserves into.
-
-static RING: [AtomicU64; WORDS] = [const { AtomicU64::new(0) }; WORDS];
-
-/// The one ring of preserved memory of this benchmark (shared by the three handlers).
-pub static KHO: RingKho = RingKho::over(&RING);
-
-/// `kho_alloc_preserve` for the C handler: the address, 0 on failure.
-#[unsafe(no_mangle)]
-pub extern "C" fn luo_bench_kho_alloc_preserve(size: usize) -> u64 {
-    KHO.alloc_raw(size)
-}
-
-/// Copies `len` bytes from `buf` to `phys`; 0 or `-EFAULT`.
-///
-/// # Safety
-///
-/// `buf` is valid for reads of `len` bytes.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn luo_bench_kho_write(phys: u64, buf: *const c_void, len: usize) -> c_int {
-    // SAFETY: caller contract.
-    let b = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) };
-    luo_abi::errno::to_neg(KHO.write_raw(phys, b))
-}
-
-/// `kho_unpreserve_free` for the C handler.
-#[unsafe(no_mangle)]
-pub extern "C" fn luo_bench_kho_unpreserve_free(phys: u64) -> c_int {
-    luo_abi::errno::to_neg(KHO.unpreserve_free(luo_abi::PhysAddr::new(phys)))
-}
-
-/// The host the Rust handlers are registered with: only KHO.
-pub struct BenchHost {
-    kho: &'static RingKho,
-}
-
-impl LuoHost for BenchHost {
-    fn file_into_raw(
-        &self,
-        file: luo_abi::file::FileRef,
-    ) -> luo_abi::Result<*mut core::ffi::c_void> {
-        Ok(luo_abi::file::FileCell::into_raw(file))
-    }
-
-    fn kho(&self) -> &dyn KhoService {
-        self.kho
+    /// The compatible string the variant registers.
+    pub fn compatible(self) -> &'static str {
+        match self {
+            Variant::Generated => GEN_COMPATIBLE,
+            Variant::HandRust => HAND_COMPATIBLE,
+            Variant::C => C_COMPATIBLE,
+        }
     }
 }
 
-/// A host over [`KHO`].
-pub fn host() -> Arc<dyn LuoHost> {
-    Arc::new(BenchHost { kho: &KHO })
-}
+const GEN_COMPATIBLE: &str = "bench-dispatch-gen-v2";
+const HAND_COMPATIBLE: &str = "bench-dispatch-hand-v2";
+const C_COMPATIBLE: &str = "bench-dispatch-c-v2";
 
 // ---------------------------------------------------------------------------------------------
 // The file.
 
-/// A memfd-like file: what the Rust handlers downcast `&dyn File` to.
+/// The object behind the benchmark's file (a synthetic luo-core file): what both handlers
+/// downcast the file's payload to.
 pub struct BenchFile {
     /// File position.
     pub pos: u64,
@@ -135,52 +106,80 @@ pub struct BenchFile {
     pub seals: u32,
 }
 
-impl File for BenchFile {
-    fn kind(&self) -> FileKind {
-        FileKind::Memfd
-    }
-    fn id(&self) -> FileId {
-        FileId(self.pos)
-    }
-}
+/// Bytes of the files unpreserved so far (what `unpreserve` accounts, so that it reads the
+/// record it is given); the C handler adds to it too.
+#[unsafe(export_name = "luo_bench_unpreserved_bytes")]
+pub static UNPRESERVED_BYTES: AtomicU64 = AtomicU64::new(0);
 
-/// What the C handler's `struct file *` points to (`struct luo_bench_c_file`).
-#[repr(C)]
-pub struct CFile {
-    /// File position.
-    pub pos: u64,
-    /// File size.
-    pub size: u64,
-    /// Seals.
-    pub seals: u32,
+/// The C handler's view of a bench file (the model's stand-in for the memfd's inode): 0 and
+/// the position, size and seals through the non-NULL pointers, or `-EINVAL` for a file that
+/// is not a bench file.
+///
+/// # Safety
+///
+/// `f` is NULL or a live luo-core file; the non-NULL pointers are valid for writes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn luo_bench_file_state(
+    f: *mut file,
+    pos: *mut u64,
+    size: *mut u64,
+    seals: *mut u32,
+) -> c_int {
+    // SAFETY: caller contract.
+    let Some(b) = (unsafe { FileHead::borrow(f.cast()) }).and_then(bench_file) else {
+        return EINVAL;
+    };
+    // SAFETY: caller contract: each pointer is NULL or valid for a write.
+    unsafe {
+        if !pos.is_null() {
+            *pos = b.pos;
+        }
+        if !size.is_null() {
+            *size = b.size;
+        }
+        if !seals.is_null() {
+            *seals = b.seals;
+        }
+    }
+    0
 }
 
 #[inline(always)]
-fn ser_of(pos: u64, size: u64, seals: u32) -> luo_abi::Result<memfd_luo_ser> {
-    if u64::from(seals) & !MEMFD_LUO_ALL_SEALS != 0 {
+fn bench_file(file: &dyn File) -> Option<&BenchFile> {
+    file.payload()?.downcast_ref::<BenchFile>()
+}
+
+#[inline(always)]
+fn ser_of(f: &BenchFile) -> luo_abi::Result<memfd_luo_ser> {
+    if u64::from(f.seals) & !MEMFD_LUO_ALL_SEALS != 0 {
         return Err(Errno::EOPNOTSUPP);
     }
     Ok(memfd_luo_ser {
-        pos,
-        size,
-        seals,
+        pos: f.pos,
+        size: f.size,
+        seals: f.seals,
         flags: 0,
         nr_folios: 0,
         folios: kho_vmalloc::new_zeroed(),
     })
 }
 
+#[inline(always)]
+fn account_unpreserve(ser: &memfd_luo_ser) {
+    UNPRESERVED_BYTES.fetch_add(ser.size, Ordering::Relaxed);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Generated: the macros.
 
 /// The memfd-like handler written with `#[liveupdate_handler]`.
-#[liveupdate_handler(compatible = "memfd-v2", abi = luo_generated::memfd::v2::memfd_luo_ser)]
+#[liveupdate_handler(compatible = "bench-dispatch-gen-v2", abi = luo_generated::memfd::v2::memfd_luo_ser)]
 pub struct GenMemfd;
 
 #[liveupdate_handler]
 impl FileHandler for GenMemfd {
     fn can_preserve(&self, file: &dyn File) -> bool {
-        file.kind() == FileKind::Memfd
+        bench_file(file).is_some()
     }
 
     fn preserve(
@@ -188,25 +187,31 @@ impl FileHandler for GenMemfd {
         _cx: &Ctx<'_, Self>,
         file: &dyn File,
     ) -> luo_abi::Result<(memfd_luo_ser, ())> {
-        let f = file.downcast_ref::<BenchFile>().ok_or(Errno::EINVAL)?;
-        Ok((ser_of(f.pos, f.size, f.seals)?, ()))
+        let f = bench_file(file).ok_or(Errno::EINVAL)?;
+        Ok((ser_of(f)?, ()))
     }
 
-    fn unpreserve(&self, _: &Ctx<'_, Self>, _: &dyn File, _: memfd_luo_ser, _: ()) {}
+    fn unpreserve(&self, _: &Ctx<'_, Self>, _: &dyn File, ser: memfd_luo_ser, _: ()) {
+        account_unpreserve(&ser);
+    }
 
-    fn retrieve(&self, _: &Ctx<'_, Self>, d: memfd_luo_ser) -> luo_abi::Result<FileRef> {
-        Ok(Arc::new(BenchFile {
-            pos: d.pos,
-            size: d.size,
-            seals: d.seals,
-        }))
+    fn retrieve(&self, cx: &Ctx<'_, Self>, d: memfd_luo_ser) -> luo_abi::Result<FileRef> {
+        cx.open_synthetic(
+            FileKind::Other,
+            "bench",
+            Box::new(BenchFile {
+                pos: d.pos,
+                size: d.size,
+                seals: d.seals,
+            }),
+        )
     }
 
     fn finish(&self, _: &Ctx<'_, Self>, _: Finish<'_, memfd_luo_ser>) {}
 }
 
 // ---------------------------------------------------------------------------------------------
-// Hand-written Rust.
+// Hand-written Rust against the generated C table.
 
 /// The same handler by hand: the raw struct first (the core's pointer is the handler's), then
 /// what its callbacks need.
@@ -233,17 +238,15 @@ const HAND_OPS: liveupdate_file_ops = liveupdate_file_ops {
     owner: ptr::null_mut(),
 };
 
-const HAND_RAW: liveupdate_file_handler = liveupdate_file_handler {
-    ops: &HAND_OPS,
-    compatible: luo_abi::abi::compat_bytes("memfd-v2"),
-    depends_on: ptr::null(),
-};
-
 impl HandMemfd {
-    /// The handler, run by `host`.
+    /// The handler, run by `host` (its kernel's [`Registry::host`]).
     pub fn new(host: Arc<dyn LuoHost>) -> Box<HandMemfd> {
         Box::new(HandMemfd {
-            raw: HAND_RAW,
+            raw: liveupdate_file_handler {
+                ops: &HAND_OPS,
+                compatible: luo_abi::abi::compat_bytes(HAND_COMPATIBLE),
+                depends_on: ptr::null(),
+            },
             host,
         })
     }
@@ -254,25 +257,39 @@ impl HandMemfd {
     }
 }
 
+/// The arguments and the handler of a callback.
+///
+/// # Safety
+///
+/// `args` is the core's valid, exclusive argument block, whose handler is a live `HandMemfd`.
+#[inline(always)]
+unsafe fn hand<'a>(
+    args: *mut liveupdate_file_op_args,
+) -> (&'a mut liveupdate_file_op_args, &'a HandMemfd) {
+    // SAFETY: caller contract; `raw` is the first field of the `#[repr(C)]` `HandMemfd`.
+    unsafe {
+        let a = &mut *args;
+        let h = &*a.handler.cast::<HandMemfd>();
+        (a, h)
+    }
+}
+
 unsafe extern "C" fn hand_can_preserve(_h: *mut liveupdate_file_handler, f: *mut file) -> bool {
-    // SAFETY: the core passes a live file cell.
-    unsafe { luo_abi::file::FileHead::borrow(f.cast()) }
-        .is_some_and(|f| f.kind() == FileKind::Memfd)
+    // SAFETY: the core passes a live file (a `CoreFile`, whose head comes first).
+    unsafe { FileHead::borrow(f.cast()) }.is_some_and(|f| bench_file(f).is_some())
 }
 
 unsafe extern "C" fn hand_preserve(args: *mut liveupdate_file_op_args) -> c_int {
-    // SAFETY: the core passes valid arguments whose handler is a `HandMemfd` (raw first).
-    let a = unsafe { &mut *args };
-    // SAFETY: as above.
-    let h = unsafe { &*a.handler.cast::<HandMemfd>() };
-    // SAFETY: the core passes a live file cell.
-    let Some(file) = (unsafe { luo_abi::file::FileHead::borrow(a.file.cast()) }) else {
+    // SAFETY: the core's argument block for this handler.
+    let (a, h) = unsafe { hand(args) };
+    // SAFETY: the core passes a live file.
+    let Some(file) = (unsafe { FileHead::borrow(a.file.cast()) }) else {
         return EBADF;
     };
-    let Some(f) = file.downcast_ref::<BenchFile>() else {
+    let Some(f) = bench_file(file) else {
         return EINVAL;
     };
-    let ser = match ser_of(f.pos, f.size, f.seals) {
+    let ser = match ser_of(f) {
         Ok(s) => s,
         Err(e) => return e.to_neg(),
     };
@@ -287,14 +304,17 @@ unsafe extern "C" fn hand_preserve(args: *mut liveupdate_file_op_args) -> c_int 
 }
 
 unsafe extern "C" fn hand_unpreserve(args: *mut liveupdate_file_op_args) {
-    // SAFETY: as in `hand_preserve`.
-    let a = unsafe { &mut *args };
-    // SAFETY: as above.
-    let h = unsafe { &*a.handler.cast::<HandMemfd>() };
-    let _ = h
-        .host
-        .kho()
-        .unpreserve_free(luo_abi::PhysAddr::new(a.serialized_data));
+    // SAFETY: the core's argument block for this handler.
+    let (a, h) = unsafe { hand(args) };
+    if a.serialized_data == 0 {
+        return;
+    }
+    let at = PhysAddr::new(a.serialized_data);
+    let kho = h.host.kho();
+    if let Ok(ser) = kho.read_obj(Phys::<memfd_luo_ser>::new(at)) {
+        account_unpreserve(&ser);
+    }
+    let _ = kho.unpreserve_free(at);
 }
 
 unsafe extern "C" fn hand_retrieve(_args: *mut liveupdate_file_op_args) -> c_int {
@@ -314,12 +334,21 @@ unsafe extern "C" {
 // ---------------------------------------------------------------------------------------------
 // The caller.
 
-/// Everything the three calls need, built once.
+/// A handler as the core holds it after registration: its pointer and a copy of its table.
+#[derive(Clone, Copy)]
+struct Registered {
+    ptr: *mut liveupdate_file_handler,
+    ops: liveupdate_file_ops,
+}
+
+/// A luo-core kernel with both handlers registered and the file they preserve.
 pub struct Dispatch {
-    reg: Registration<GenMemfd>,
-    hand: Box<HandMemfd>,
-    rust_file: *mut c_void,
-    c_file: Box<CFile>,
+    // Dropped first: the kernel (which holds `hand`'s pointer and owns the generated
+    // registration), then the file, then the hand-written handler.
+    k: Kernel,
+    file: Arc<CoreFile>,
+    regs: [Registered; 3],
+    _hand: Box<HandMemfd>,
 }
 
 impl Default for Dispatch {
@@ -328,76 +357,127 @@ impl Default for Dispatch {
     }
 }
 
-impl Drop for Dispatch {
-    fn drop(&mut self) {
-        // SAFETY: made by `FileCell::into_raw` in `new`, not used afterwards.
-        unsafe { FileCell::drop_raw(self.rust_file) };
-    }
-}
-
 impl Dispatch {
-    /// Registers nothing (the caller is the core): builds the three handlers and a file.
+    /// Boots a kernel (no memfd handler), registers both handlers and opens the file.
     pub fn new() -> Dispatch {
-        let host = host();
+        let opts = BootOptions {
+            backing: BackingKind::Memfd,
+            ..BootOptions::default()
+        };
+        let k = Kernel::boot(&opts, None).expect("boot");
+        k.register_handler(Registration::new(GenMemfd, k.host(), ()))
+            .expect("register the generated handler");
+        let hand = HandMemfd::new(k.host());
+        // SAFETY: `hand` lives in `Dispatch` after the kernel (dropped after it) and is never
+        // changed.
+        unsafe { k.register_raw_handler(hand.raw()) }.expect("register the hand-written handler");
+        // SAFETY: the C handler is a static the C side never changes; only its address is
+        // taken.
+        unsafe { k.register_raw_handler(ptr::addr_of_mut!(luo_bench_c_handler)) }
+            .expect("register the C handler");
+        let fd = k
+            .open_synthetic(
+                FileKind::Other,
+                "bench",
+                Box::new(BenchFile {
+                    pos: 4096,
+                    size: 1 << 30,
+                    seals: 0x5,
+                }),
+            )
+            .expect("file");
+        let file = k.file(fd).expect("file");
+        let reg = |v: Variant| {
+            let ptr = k.luo().handler_ptr(v.compatible()).expect("registered");
+            // SAFETY: a registered handler's struct and ops table are valid while registered.
+            let ops = unsafe { *(*ptr).ops };
+            Registered { ptr, ops }
+        };
+        let regs = [
+            reg(Variant::Generated),
+            reg(Variant::HandRust),
+            reg(Variant::C),
+        ];
         Dispatch {
-            reg: Registration::new(GenMemfd, host.clone(), ()),
-            hand: HandMemfd::new(host),
-            rust_file: FileCell::into_raw(Arc::new(BenchFile {
-                pos: 4096,
-                size: 1 << 30,
-                seals: 0x5,
-            })),
-            c_file: Box::new(CFile {
-                pos: 4096,
-                size: 1 << 30,
-                seals: 0x5,
-            }),
+            k,
+            file,
+            regs,
+            _hand: hand,
         }
     }
 
-    /// The handler and file pointers of `v`.
-    pub fn target(&self, v: Variant) -> (*mut liveupdate_file_handler, *mut file) {
+    /// The kernel.
+    pub fn kernel(&self) -> &Kernel {
+        &self.k
+    }
+
+    fn reg(&self, v: Variant) -> Registered {
         match v {
-            Variant::Generated => (self.reg.raw(), self.rust_file.cast()),
-            Variant::HandRust => (self.hand.raw(), self.rust_file.cast()),
-            Variant::C => (
-                // Only its address is taken; the C side never changes it.
-                ptr::addr_of_mut!(luo_bench_c_handler),
-                (&*self.c_file as *const CFile as *mut CFile).cast(),
-            ),
+            Variant::Generated => self.regs[0],
+            Variant::HandRust => self.regs[1],
+            Variant::C => self.regs[2],
         }
     }
 
-    /// One `preserve` through `handler->ops`, inputs through `black_box`; returns
-    /// `serialized_data` (0 on error).
+    /// One file's callbacks through `v`'s registered table (see [`dispatch_one`]); returns
+    /// the `serialized_data` `preserve` gave (0 on error). Inputs through `black_box`.
     #[inline(always)]
-    pub fn preserve(&self, v: Variant) -> u64 {
-        let (h, f) = self.target(v);
-        // SAFETY: `h` is one of the three live handlers, `f` the file its variant expects.
-        unsafe { call_preserve(black_box(h), black_box(f)) }
+    pub fn preserve_unpreserve(&self, v: Variant) -> u64 {
+        // The C handler's KHO calls act on the thread's current kernel.
+        let _g = self.k.enter();
+        let r = self.reg(v);
+        let f = CoreFile::as_c(&self.file);
+        // SAFETY: `r` is registered in `self.k`, `f` a live file of it.
+        unsafe { dispatch_one(black_box(r.ptr), black_box(&r.ops), black_box(f)) }
     }
 
-    /// `n` calls of `v`; the sum of the handles (so nothing is optimised away).
+    /// `n` files' callbacks through `v`; the sum of the handles (so nothing is optimised
+    /// away).
     #[inline(never)]
     pub fn run(&self, v: Variant, n: u64) -> u64 {
-        let (h, f) = self.target(v);
+        // The C handler's KHO calls act on the thread's current kernel.
+        let _g = self.k.enter();
+        let r = self.reg(v);
+        let f = CoreFile::as_c(&self.file);
         let mut sum = 0u64;
         for _ in 0..n {
-            // SAFETY: as in `preserve`.
-            sum = sum.wrapping_add(unsafe { call_preserve(black_box(h), black_box(f)) });
+            // SAFETY: as in `preserve_unpreserve`.
+            sum = sum.wrapping_add(unsafe {
+                dispatch_one(black_box(r.ptr), black_box(&r.ops), black_box(f))
+            });
         }
         sum
     }
 }
 
-/// What the core does at PRESERVE_FD, reduced to the call: fill the arguments and call
-/// `handler->ops->preserve`.
+/// What luo-core does with one file of a registered handler from `PRESERVE_FD` to the
+/// session's release, reduced to the calls: `can_preserve`, the identity (`get_id`, or the
+/// file's address without one), `preserve` with the argument block the core fills, and
+/// `unpreserve` with the same block. Returns `serialized_data` (0 if a call failed).
 ///
 /// # Safety
 ///
-/// `h` is a live handler whose ops table is `'static`, `f` a file its handler accepts.
+/// `h` is a registered handler, `ops` the copy of its table, `f` a live luo-core file.
 #[inline(always)]
-pub unsafe fn call_preserve(h: *mut liveupdate_file_handler, f: *mut file) -> u64 {
+pub unsafe fn dispatch_one(
+    h: *mut liveupdate_file_handler,
+    ops: &liveupdate_file_ops,
+    f: *mut file,
+) -> u64 {
+    // SAFETY (every call below): calling a registered handler's ops as the core does, with its
+    // own struct, a live file and a valid, exclusive argument block.
+    let Some(can) = ops.can_preserve else {
+        return 0;
+    };
+    if !unsafe { can(h, f) } {
+        return 0;
+    }
+    #[allow(clippy::useless_conversion)]
+    let id = match ops.get_id {
+        Some(g) => u64::from(unsafe { g(f) }),
+        None => f as u64,
+    };
+    black_box(id);
     let mut a = liveupdate_file_op_args {
         handler: h,
         retrieve_status: 0,
@@ -406,38 +486,67 @@ pub unsafe fn call_preserve(h: *mut liveupdate_file_handler, f: *mut file) -> u6
         private_data: ptr::null_mut(),
         session: ptr::null_mut(),
     };
-    // SAFETY: caller contract.
-    let op = unsafe { (*(*h).ops).preserve };
-    let r = match op {
-        // SAFETY: calling the op as C would.
+    let r = match ops.preserve {
         Some(op) => unsafe { op(&mut a) },
         None => EOPNOTSUPP,
     };
-    if r == 0 { a.serialized_data } else { 0 }
+    if r != 0 {
+        return 0;
+    }
+    if let Some(op) = ops.unpreserve {
+        unsafe { op(&mut a) };
+    }
+    a.serialized_data
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zerocopy::IntoBytes;
 
     #[test]
-    fn every_variant_writes_the_same_struct() {
+    fn every_variant_writes_the_same_struct_through_the_core() {
         let d = Dispatch::new();
+        let _g = d.kernel().enter();
+        let before = d.kernel().stats().kho;
         let mut seen = Vec::new();
         for v in Variant::ALL {
-            let phys = d.preserve(v);
-            assert_ne!(phys, 0, "{v:?}");
-            let mut b = [0u8; 48];
-            KHO.read_raw(phys, &mut b).unwrap();
-            seen.push(b);
             assert_eq!(Variant::parse(v.name()), Some(v));
+            let r = d.reg(v);
+            let f = CoreFile::as_c(&d.file);
+            // SAFETY: `r` is registered, `f` live.
+            assert!(unsafe { r.ops.can_preserve.unwrap()(r.ptr, f) }, "{v:?}");
+            let mut a = liveupdate_file_op_args {
+                handler: r.ptr,
+                retrieve_status: 0,
+                file: f,
+                serialized_data: 0,
+                private_data: ptr::null_mut(),
+                session: ptr::null_mut(),
+            };
+            // SAFETY: as above.
+            assert_eq!(unsafe { r.ops.preserve.unwrap()(&mut a) }, 0, "{v:?}");
+            let ser: memfd_luo_ser = d
+                .kernel()
+                .kho()
+                .read_obj(Phys::new(PhysAddr::new(a.serialized_data)))
+                .unwrap();
+            seen.push(ser);
+            let bytes = UNPRESERVED_BYTES.load(Ordering::Relaxed);
+            // SAFETY: as above.
+            unsafe { r.ops.unpreserve.unwrap()(&mut a) };
+            assert!(UNPRESERVED_BYTES.load(Ordering::Relaxed) >= bytes + (1 << 30));
+            assert_ne!(d.preserve_unpreserve(v), 0, "{v:?}");
+            assert_ne!(d.run(v, 3), 0, "{v:?}");
         }
-        assert!(seen.iter().all(|b| *b == seen[0]));
-        let ser: memfd_luo_ser = zerocopy::transmute!(seen[0]);
+        assert_eq!(seen[0].as_bytes(), seen[1].as_bytes());
+        assert_eq!(seen[0].as_bytes(), seen[2].as_bytes());
         assert_eq!(
-            (ser.pos, ser.size, ser.seals, ser.flags),
+            (seen[0].pos, seen[0].size, seen[0].seals, seen[0].flags),
             (4096, 1 << 30, 5, 0)
         );
-        assert_ne!(d.run(Variant::C, 3), 0);
+        // Every record was freed again.
+        let after = d.kernel().stats().kho;
+        assert_eq!(format!("{before:?}"), format!("{after:?}"));
     }
 }

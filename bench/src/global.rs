@@ -115,11 +115,9 @@ pub struct GlobalHost {
 }
 
 impl LuoHost for GlobalHost {
-    fn file_into_raw(
-        &self,
-        file: luo_abi::file::FileRef,
-    ) -> luo_abi::Result<*mut core::ffi::c_void> {
-        Ok(luo_abi::file::FileCell::into_raw(file))
+    /// No file handler runs on this host: it measures the global-state cells alone.
+    fn file_into_raw(&self, _: luo_abi::file::FileRef) -> luo_abi::Result<*mut core::ffi::c_void> {
+        Err(luo_abi::Errno::EOPNOTSUPP)
     }
 
     fn kho(&self) -> &dyn KhoService {

@@ -103,17 +103,6 @@ impl FileHead {
         FileHead { to_file: cast::<T> }
     }
 
-    /// A head whose file is found by `to_file` (for objects that hold their file elsewhere,
-    /// such as a [`FileCell`]).
-    ///
-    /// # Safety
-    ///
-    /// `to_file`, given the address of this head inside its live object, returns a pointer to
-    /// a `File` that lives as long as the object.
-    pub const unsafe fn with(to_file: unsafe fn(*const FileHead) -> *const dyn File) -> FileHead {
-        FileHead { to_file }
-    }
-
     /// Borrows the file behind a `struct file *`; `None` for NULL.
     ///
     /// # Safety
@@ -129,62 +118,6 @@ impl FileHead {
         // SAFETY: per the contract `head` is a live head, and its `to_file` returns a file
         // that lives as long as the object, which outlives `'a`.
         unsafe { Some(&*((*head).to_file)(head)) }
-    }
-}
-
-/// A file object for hosts whose files are plain [`FileRef`]s (tests, benchmarks): a head plus
-/// one reference. The core's own files embed the head instead and cost no allocation.
-#[repr(C)]
-pub struct FileCell {
-    head: FileHead,
-    file: FileRef,
-}
-
-impl FileCell {
-    // SAFETY (of the function's use): `FileHead::borrow` passes the address of the head of a
-    // live `FileCell`, which is the cell's address (`#[repr(C)]`, head first).
-    unsafe fn to_file(p: *const FileHead) -> *const dyn File {
-        // SAFETY: see above; the returned file is owned by the cell.
-        unsafe { &*(*p.cast::<FileCell>()).file as *const dyn File }
-    }
-
-    /// Boxes `file` and returns the raw `struct file *` that owns it; release it with
-    /// [`FileCell::from_raw`] (or [`FileCell::drop_raw`]).
-    pub fn into_raw(file: FileRef) -> *mut c_void {
-        // SAFETY: `to_file` returns the cell's own file, which lives as long as the cell.
-        let head = unsafe { FileHead::with(FileCell::to_file) };
-        Arc::into_raw(Arc::new(FileCell { head, file }))
-            .cast_mut()
-            .cast()
-    }
-
-    /// Takes back ownership of a pointer made by [`FileCell::into_raw`]; `None` for NULL.
-    ///
-    /// # Safety
-    ///
-    /// `raw` is NULL or came from [`FileCell::into_raw`] and is not used afterwards.
-    pub unsafe fn from_raw(raw: *mut c_void) -> Option<FileRef> {
-        if raw.is_null() {
-            return None;
-        }
-        // SAFETY: per the contract, `raw` is a leaked `Arc<FileCell>` owned by the caller.
-        let cell = unsafe { Arc::from_raw(raw.cast_const().cast::<FileCell>()) };
-        Some(Arc::clone(&cell.file))
-    }
-
-    /// The file this cell owns.
-    pub fn file(&self) -> &FileRef {
-        &self.file
-    }
-
-    /// Releases a pointer made by [`FileCell::into_raw`].
-    ///
-    /// # Safety
-    ///
-    /// As [`FileCell::from_raw`].
-    pub unsafe fn drop_raw(raw: *mut c_void) {
-        // SAFETY: forwarded contract.
-        drop(unsafe { FileCell::from_raw(raw) });
     }
 }
 
@@ -297,16 +230,7 @@ mod tests {
     }
 
     #[test]
-    fn file_cell_round_trip() {
-        let raw = FileCell::into_raw(Arc::new(Null));
-        // SAFETY: `raw` is live until `from_raw` below.
-        let f = unsafe { FileHead::borrow(raw) }.unwrap();
-        assert_eq!(f.id(), FileId(7));
-        // SAFETY: `raw` came from `into_raw`.
-        let back = unsafe { FileCell::from_raw(raw) }.unwrap();
-        assert_eq!(back.kind(), FileKind::Other);
-        // SAFETY: NULL is accepted.
-        assert!(unsafe { FileCell::from_raw(core::ptr::null_mut()) }.is_none());
+    fn null_borrows_nothing() {
         // SAFETY: NULL is accepted.
         assert!(unsafe { FileHead::borrow(core::ptr::null()) }.is_none());
     }

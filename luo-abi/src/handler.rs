@@ -873,12 +873,14 @@ pub mod rt {
             // SAFETY: module contract.
             let f = unsafe { FileHead::borrow(file) };
             let cx = Ctx::new(s, handler, session, data, 0);
-            if let (Some(f), Some(p), Ok(ser)) = (f, p, read_ser::<H::Ser>(cx.kho(), data)) {
+            // One `dyn` call for the KHO service, used for the read and the free.
+            let kho = cx.kho();
+            if let (Some(f), Some(p), Ok(ser)) = (f, p, read_ser::<H::Ser>(kho, data)) {
                 crate::ffi::catch((), || s.handler.unpreserve(&cx, f, ser, p));
             }
             if data != 0 {
                 // `void` op: a KHO error here can only be dropped.
-                let _ = cx.kho().unpreserve_free(PhysAddr::new(data));
+                let _ = kho.unpreserve_free(PhysAddr::new(data));
             }
         })
     }

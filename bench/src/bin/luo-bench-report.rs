@@ -156,12 +156,22 @@ fn load_average() -> Option<f64> {
 const ROW_DOCS: &[(&str, &str)] = &[
     (
         "dispatch",
-        "one `preserve` call through `handler->ops->preserve`, handler and file pointers through \
-         `black_box`: the `#[liveupdate_handler]` table (`generated`) against the same handler \
-         written by hand in Rust (`#[repr(C)]` struct, hand-filled table: the baseline) and in C \
-         (`gcc -O2`, context). Each writes a 48-byte `memfd_luo_ser` into the same KHO ring. \
-         `wall` in ns per call, `instructions` per call from callgrind (100,000 calls). \
-         Target: same instruction count as hand-written Rust, ratio <= 1.05.",
+        "the callbacks of one file through the ops table luo-core registered, as the core calls \
+         them from `PRESERVE_FD` to the session's release: `can_preserve`, the identity (no \
+         `get_id`: the file's address), `preserve`, `unpreserve`. One luo-core `Kernel` holds \
+         both handlers: a `#[liveupdate_handler]` handler registered with \
+         `Kernel::register_handler` (`generated`) and the same handler written by hand against \
+         the generated C table (`#[repr(C)]` struct, hand-filled `liveupdate_file_ops` of \
+         `unsafe extern \"C\"` callbacks, registered with `Kernel::register_raw_handler`: the \
+         baseline), and, for context, the same handler in C (`gcc -O2`, registered the same \
+         way; it reaches KHO through luo-core's C API, `luo_kho_*`, which finds the thread's \
+         current kernel on each call, and the file's state through one accessor). The file is a luo-core `CoreFile` (a synthetic file; what `struct file *` \
+         is). Each preserve writes a 48-byte `memfd_luo_ser` into memory from luo-core's \
+         `kho_alloc_preserve`, each unpreserve reads it back and frees it. The caller takes the \
+         registered `struct liveupdate_file_handler *` (`Luo::handler_ptr`) and a copy of its \
+         table (as the core keeps), handler, table and file through `black_box`. `wall` in ns \
+         per file, `instructions` per file from callgrind (100,000 files). Target: same \
+         instruction count as hand-written Rust, ratio <= 1.05.",
     ),
     (
         "abi_codec",
@@ -580,7 +590,7 @@ fn dispatch(o: &Opts) -> Result<Vec<Row>, String> {
     let batch = measure::calibrate(&mut *fs[0], 2.0);
     let mut refs: Vec<&mut dyn FnMut(u64)> = fs.iter_mut().map(|f| &mut **f as _).collect();
     let s = measure::interleaved(&mut refs, batch, o.rounds(101));
-    let what = "one preserve through the ops table (ns/call)";
+    let what = "can_preserve + preserve + unpreserve of one file through the ops table luo-core registered (ns/file)";
     let mut rows = wall_ratio_rows(
         Group {
             id: "dispatch",
@@ -614,7 +624,7 @@ fn dispatch(o: &Opts) -> Result<Vec<Row>, String> {
                     id: "dispatch",
                     name: format!("dispatch/instructions/{}", v.name()),
                     what: format!(
-                        "instructions per preserve call (callgrind): {} vs hand_rust",
+                        "instructions per file (can_preserve + preserve + unpreserve through luo-core's registered table; callgrind): {} vs hand_rust",
                         v.name()
                     ),
                     unit: "instructions",

@@ -32,7 +32,7 @@
 //! | `freeze` / `unfreeze` | read the struct; `freeze` may change it and the runtime writes it back in place |
 //! | `retrieve` | reads the struct (for a version read, reads the old type and runs the handler's [`Migrate`]), validates it (reserved fields, feature negotiation) and passes it typed; the returned file goes to the core through [`LuoHost::file_into_raw`] |
 //! | `retrieve` (record) | claims the record before reading it and releases it after the callback; [`Ctx::record_entries`] / [`Ctx::read_record`] read what follows the struct, within the claimed folio |
-//! | `can_finish` | gets no record; for a file never retrieved, [`Ctx::read_record`] may read its first page without claiming it |
+//! | `can_finish` | gets no record; for a file never retrieved, [`Ctx::read_record`] may read its first page without claiming it, if KHO reports the page handed over and unclaimed |
 //! | `finish` | for a file never retrieved, claims the record, validates it, passes it ([`Finish::NotRetrieved`]) and releases it afterwards |
 //!
 //! Errors become `-errno`; a panic becomes `-EIO` / `false` / nothing (see [`crate::ffi`]).
@@ -370,7 +370,8 @@ impl<'a, H: HandlerAbi> Ctx<'a, H> {
     /// Reads `buf.len()` bytes at `offset` into this callback's handed-over record (the ABI
     /// struct first, then what follows it): in `retrieve` and in `finish` of a file never
     /// retrieved, within the folio the runtime claimed; in `can_finish` of a file never
-    /// retrieved, within the record's first page, read without claiming it (the record is
+    /// retrieved, within the record's first page when KHO reports it handed over and still
+    /// unclaimed ([`KhoService::is_incoming`]), read without claiming it (the record is
     /// claimed once, by `finish`; upstream's `can_finish` reads `serialized_data` the same
     /// way). `-EINVAL` outside those bounds or in other callbacks.
     pub fn read_record(&self, offset: usize, buf: &mut [u8]) -> Result {
@@ -1002,9 +1003,12 @@ pub mod rt {
             let status = RetrieveStatus::from_raw(status);
             // A record not retrieved is still the previous kernel's, unclaimed: its first
             // page may be read. A retrieved one was released at retrieve.
+            // Only a page KHO says was handed over and is still unclaimed: a corrupt
+            // `serialized_data` leaves the record unreadable rather than read stray memory.
             if status == RetrieveStatus::NotRetrieved
                 && data != 0
                 && PhysAddr::new(data).is_page_aligned()
+                && s.host.kho().is_incoming(PhysAddr::new(data))
             {
                 cx.set_record(data, crate::PAGE_SIZE, V::SIZE);
             }

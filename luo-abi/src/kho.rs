@@ -86,6 +86,14 @@ pub trait KhoService {
     /// its order as recorded in the preserved map.
     fn restore_folio(&self, phys: PhysAddr) -> Result<u32>;
 
+    /// Whether the page at `phys` was handed over by the previous kernel and is not claimed
+    /// yet: memory the new kernel may read before it claims it (a record a `can_finish`
+    /// peeks at). `false` when the service cannot tell.
+    fn is_incoming(&self, phys: PhysAddr) -> bool {
+        let _ = phys;
+        false
+    }
+
     /// Preserves every folio of `folios`, as a loop of [`KhoService::preserve_folio`] (the
     /// preserve loop of `memfd_luo`), all or nothing: on an error the folios this call
     /// preserved are unpreserved again and the error is returned.

@@ -993,6 +993,10 @@ impl KhoService for Kho {
         self.restore_locked(&mut st, phys.as_u64())
     }
 
+    fn is_incoming(&self, phys: PhysAddr) -> bool {
+        lock(&self.st).inc.contains_page(phys.as_u64())
+    }
+
     /// One hold of the lock and one region lookup for the whole batch; each folio is still
     /// an allocation site and gets every check of [`KhoService::preserve_folio`].
     fn preserve_folios(&self, folios: &[ShmemFolio]) -> luo_abi::Result {
@@ -1449,6 +1453,21 @@ mod tests {
             );
         }
         assert_eq!(k.stats().preserved_pages, 7);
+    }
+
+    #[test]
+    fn incoming_until_claimed() {
+        let k = Kho::new(BackingKind::Heap, 64).unwrap();
+        let p = k.alloc_preserve(8).unwrap();
+        let q = k.alloc_folio(0).unwrap();
+        let k2 = Kho::boot(k.kexec().unwrap()).unwrap();
+        assert!(k2.is_incoming(p));
+        // Never preserved, or not a page of the arena at all: nothing to peek at.
+        assert!(!k2.is_incoming(q));
+        assert!(!k2.is_incoming(PhysAddr::new(1 << 60)));
+        k2.restore_folio(p).unwrap();
+        assert!(!k2.is_incoming(p), "claimed");
+        assert_eq!(k2.violations(), vec![]);
     }
 
     #[test]

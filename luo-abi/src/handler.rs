@@ -43,6 +43,7 @@ use alloc::vec::Vec;
 use core::cell::Cell;
 use core::ffi::c_void;
 use core::marker::PhantomData;
+use core::ptr::NonNull;
 
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
@@ -586,11 +587,25 @@ pub struct HandlerEntry<R> {
     shared: *const c_void,
 }
 
+impl<R> HandlerEntry<R> {
+    /// The `struct liveupdate_file_handler *` of this entry. Made from the whole entry, not
+    /// from its `raw` field: the runtime reads past `raw` (`container_of`), which a pointer
+    /// derived from the field alone would not allow.
+    fn as_raw(&self) -> *mut R {
+        core::ptr::from_ref(self).cast_mut().cast::<R>()
+    }
+}
+
 /// A Rust handler ready to be registered: its raw handler structs (one per version) with
 /// stable addresses, the handler value, the host, and its global state.
+///
+/// The core keeps pointers into both allocations for as long as the handler is registered,
+/// while the registration itself moves (into the kernel that owns it). So they are held as raw
+/// pointers from `Box::into_raw`, not as `Box`es: moving a `Box` asserts unique access to its
+/// allocation, which would invalidate the pointers the core holds.
 pub struct Registration<H: HandlerAbi> {
-    entries: Box<[HandlerEntry<H::Raw>]>,
-    shared: Box<Shared<H>>,
+    entries: NonNull<[HandlerEntry<H::Raw>]>,
+    shared: NonNull<Shared<H>>,
     /// FLBs linked at run time ([`Registration::link_flb`]), kept alive with the registration.
     linked: Vec<LinkedFlb>,
 }
@@ -607,35 +622,56 @@ unsafe impl<H: HandlerAbi> Send for Registration<H> {}
 // SAFETY: as above; nothing is mutated through `&Registration`.
 unsafe impl<H: HandlerAbi> Sync for Registration<H> {}
 
+impl<H: HandlerAbi> Drop for Registration<H> {
+    fn drop(&mut self) {
+        // SAFETY: both were leaked from `Box`es in `new` and are freed only here; the kernel
+        // that owned the registration no longer calls through them.
+        unsafe {
+            drop(Box::from_raw(self.entries.as_ptr()));
+            drop(Box::from_raw(self.shared.as_ptr()));
+        }
+    }
+}
+
 impl<H: HandlerAbi> Registration<H> {
     /// Builds the registration of `handler`, run by `host`, with its declared global state
     /// (`()` if none; else a tuple in declaration order: the handler-scoped state's
     /// [`HandlerStateCell`] first, then each FLB's and subsystem's `Arc` cell).
     pub fn new(handler: H, host: Arc<dyn LuoHost>, globals: H::Globals) -> Self {
-        let shared = Box::new(Shared {
+        let shared = NonNull::from(Box::leak(Box::new(Shared {
             handler,
             host,
             globals,
-        });
-        let sp = &*shared as *const Shared<H> as *const c_void;
+        })));
+        let sp = shared.as_ptr() as *const c_void;
         let entries = H::entries()
             .iter()
             .map(|&raw| HandlerEntry { raw, shared: sp })
             .collect::<Vec<_>>()
             .into_boxed_slice();
         Registration {
-            entries,
+            entries: NonNull::from(Box::leak(entries)),
             shared,
             linked: Vec::new(),
         }
     }
 
+    fn entries(&self) -> &[HandlerEntry<H::Raw>] {
+        // SAFETY: leaked in `new`, freed only in `drop`; never written after construction.
+        unsafe { self.entries.as_ref() }
+    }
+
+    fn shared(&self) -> &Shared<H> {
+        // SAFETY: as for `entries`; `Shared` is only ever read through shared references.
+        unsafe { self.shared.as_ref() }
+    }
+
     /// The raw handlers to pass to `liveupdate_register_file_handler`: the writer first, then
     /// one per version read.
     pub fn raw_handlers(&self) -> Vec<*mut H::Raw> {
-        self.entries
+        self.entries()
             .iter()
-            .map(|e| &e.raw as *const H::Raw as *mut H::Raw)
+            .map(HandlerEntry::as_raw)
             .collect()
     }
 
@@ -647,17 +683,17 @@ impl<H: HandlerAbi> Registration<H> {
             return Err(Errno::EINVAL);
         }
         Ok(self
-            .entries
+            .entries()
             .iter()
             .enumerate()
             .filter(|(i, _)| *i == 0 || H::READS.get(i - 1).is_some_and(|r| reads.contains(r)))
-            .map(|(_, e)| &e.raw as *const H::Raw as *mut H::Raw)
+            .map(|(_, e)| e.as_raw())
             .collect())
     }
 
     /// The writer's raw handler.
     pub fn raw(&self) -> *mut H::Raw {
-        &self.entries[0].raw as *const H::Raw as *mut H::Raw
+        self.entries()[0].as_raw()
     }
 
     /// The `liveupdate_fh_global_state_ops` to register (`liveupdate_fh_global_state_register`)
@@ -672,19 +708,19 @@ impl<H: HandlerAbi> Registration<H> {
     /// The raw FLBs to link with every raw handler (`liveupdate_register_flb`): the declared
     /// ones (`flbs = [...]`), then those linked with [`Registration::link_flb`].
     pub fn flbs(&self) -> Vec<RawFlb> {
-        let mut flbs = H::flbs(&self.shared.globals);
+        let mut flbs = H::flbs(&self.shared().globals);
         flbs.extend(self.linked.iter().map(|l| l.raw));
         flbs
     }
 
     /// The handler value.
     pub fn handler(&self) -> &H {
-        &self.shared.handler
+        &self.shared().handler
     }
 
     /// The declared global state.
     pub fn globals(&self) -> &H::Globals {
-        &self.shared.globals
+        &self.shared().globals
     }
 
     /// The handler-scoped state, outside any callback (e.g. at init); a `get` while this task
@@ -693,13 +729,13 @@ impl<H: HandlerAbi> Registration<H> {
     where
         H::State: crate::global::DeclaredState,
     {
-        let cell = match H::state(&self.shared.globals) {
+        let cell = match H::state(&self.shared().globals) {
             Some(c) => c,
             None => unreachable_state(),
         };
         StateAccess {
             cell,
-            host: &*self.shared.host,
+            host: &*self.shared().host,
             fh: self.raw().cast(),
         }
     }

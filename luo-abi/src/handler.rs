@@ -669,10 +669,7 @@ impl<H: HandlerAbi> Registration<H> {
     /// The raw handlers to pass to `liveupdate_register_file_handler`: the writer first, then
     /// one per version read.
     pub fn raw_handlers(&self) -> Vec<*mut H::Raw> {
-        self.entries()
-            .iter()
-            .map(HandlerEntry::as_raw)
-            .collect()
+        self.entries().iter().map(HandlerEntry::as_raw).collect()
     }
 
     /// The raw handlers of a kernel that reads only the versions in `reads` of those the

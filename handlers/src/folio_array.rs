@@ -93,7 +93,7 @@ impl<R: IntoBytes + Immutable> FolioArray<R> {
     }
 }
 
-impl<R: FromBytes> FolioArray<R> {
+impl<R: FromBytes + IntoBytes> FolioArray<R> {
     /// In the new kernel: claims the area `v`, reads its first `nr` records and frees the
     /// area. `EINVAL` when `nr` does not fit the area, or `nr` is nonzero and there is no
     /// area; the area is claimed (and freed) whenever it is valid, so a bad `nr` leaks nothing.
@@ -124,7 +124,7 @@ fn desc_of(v: &kho_vmalloc) -> VmallocDesc {
     }
 }
 
-fn read_records<R: FromBytes>(
+fn read_records<R: FromBytes + IntoBytes>(
     kho: &dyn KhoService,
     pages: &[PhysAddr],
     order: u32,
@@ -132,7 +132,7 @@ fn read_records<R: FromBytes>(
 ) -> Result<Vec<R>, Errno> {
     let size = size_of::<R>();
     if size == 0 {
-        // No record type is empty; refusing one keeps `chunks_exact` below from panicking.
+        // No record type is empty; refusing one keeps the sizes below meaningful.
         return Err(Errno::EINVAL);
     }
     // Checked: the order comes from the handed-over descriptor.
@@ -144,15 +144,14 @@ fn read_records<R: FromBytes>(
     if nr > cap {
         return Err(Errno::EINVAL);
     }
-    // `nr <= cap`, and `cap` records fit the pages already in memory.
-    let mut bytes = vec![0u8; nr as usize * size];
-    for (chunk, page) in bytes.chunks_mut(page_bytes).zip(pages) {
+    // `nr <= cap`, and `cap` records fit the pages already in memory. The records are read
+    // straight into their vector (one copy per page, no per-record decoding: any bytes are a
+    // valid `R`).
+    let mut records: Vec<R> = (0..nr).map(|_| R::new_zeroed()).collect();
+    for (chunk, page) in records.as_mut_bytes().chunks_mut(page_bytes).zip(pages) {
         kho.read(*page, chunk)?;
     }
-    bytes
-        .chunks_exact(size)
-        .map(|c| R::read_from_bytes(c).map_err(|_| Errno::EINVAL))
-        .collect()
+    Ok(records)
 }
 
 /// The address of page `i` of an incoming area, read from its first chunk without claiming

@@ -17,20 +17,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use luo_abi::features::Negotiated;
 use luo_abi::file::{File, FileId, FileRef, MFD_ALLOW_SEALING, ShmemFile, ShmemFolio};
 use luo_abi::handler::{Ctx, FileHandler, Finish, Migrate, Registration};
-use luo_abi::kho::{KhoService, VmallocChunk, VmallocDesc};
+use luo_abi::kho::KhoService;
 use luo_abi::registry::Registry;
-use luo_abi::{Errno, PAGE_SIZE, Phys, PhysAddr};
+use luo_abi::{Errno, PAGE_SIZE, PhysAddr};
 use luo_derive::liveupdate_handler;
 use luo_generated::kho::kho_vmalloc;
 use luo_generated::memfd::{
     MEMFD_LUO_FOLIO_DIRTY, MEMFD_LUO_FOLIO_UPTODATE, memfd_luo_folio_ser, next, v1, v2,
 };
-use zerocopy::{FromZeros, IntoBytes};
+use zerocopy::FromZeros;
 
+use crate::folio_array::FolioArray;
 use crate::test_flb::TestFlbs;
 
 const PAGE: u64 = PAGE_SIZE as u64;
-const ENTRY: usize = size_of::<memfd_luo_folio_ser>();
 
 /// Counters of what the handler did to folio *data* (process-wide).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -192,8 +192,8 @@ struct Record {
 /// What preserve keeps for unpreserve (`private_data`).
 pub struct Private {
     folios: Vec<ShmemFolio>,
-    array: Vec<PhysAddr>,
-    desc: Option<VmallocDesc>,
+    /// The folio records, in a preserved vmalloc area (`None` until built).
+    array: Option<FolioArray<memfd_luo_folio_ser>>,
 }
 
 /// What differs between the versions a handler writes.
@@ -407,32 +407,13 @@ fn can_preserve(file: &dyn File) -> bool {
     file.as_shmem().is_some_and(|s| s.nlink() == 0)
 }
 
-fn desc_to_abi(d: &VmallocDesc) -> kho_vmalloc {
-    kho_vmalloc {
-        first: d.first.cast(),
-        total_pages: d.total_pages,
-        flags: d.flags,
-        order: d.order,
-    }
-}
-
-fn desc_from_abi(v: &kho_vmalloc) -> VmallocDesc {
-    VmallocDesc {
-        first: Phys::<VmallocChunk>::new(v.first.addr()),
-        total_pages: v.total_pages,
-        flags: v.flags,
-        order: v.order,
-    }
-}
-
 fn preserve<W: Writer>(kho: &dyn KhoService, file: &dyn File) -> Result<(W::Ser, Private), Errno> {
     let shm = file.as_shmem().ok_or(Errno::EINVAL)?;
     // Upstream: inode_lock + shmem_freeze(inode, true) first.
     shm.set_frozen(true);
     let mut p = Private {
         folios: Vec::new(),
-        array: Vec::new(),
-        desc: None,
+        array: None,
     };
     match preserve_steps::<W>(kho, shm, &mut p) {
         Ok(ser) => Ok((W::to_abi(&ser), p)),
@@ -470,7 +451,7 @@ fn preserve_steps<W: Writer>(
     kho.preserve_folios(&p.folios)?;
     PRESERVED.fetch_add(p.folios.len() as u64, Ordering::Relaxed);
     if !p.folios.is_empty() {
-        let mut bytes = Vec::with_capacity(p.folios.len() * ENTRY);
+        let mut records = Vec::with_capacity(p.folios.len());
         for f in &p.folios {
             let mut e = memfd_luo_folio_ser::new_zeroed();
             e.set_pfn(f.phys.pfn());
@@ -487,28 +468,20 @@ fn preserve_steps<W: Writer>(
             };
             e.set_flags(flags);
             e.index = f.index;
-            bytes.extend_from_slice(e.as_bytes());
+            records.push(e);
         }
-        for chunk in bytes.chunks(PAGE_SIZE) {
-            let page = kho.alloc_folio(0)?;
-            p.array.push(page);
-            kho.write(page, chunk)?;
-        }
-        let desc = kho.preserve_vmalloc(&p.array, 0)?;
+        let array = FolioArray::preserve(kho, &records)?;
         ser.nr_folios = p.folios.len() as u64;
-        ser.folios = desc_to_abi(&desc);
-        p.desc = Some(desc);
+        ser.folios = array.abi();
+        p.array = Some(array);
     }
     Ok(ser)
 }
 
 /// Undoes a (possibly partial) preserve.
 fn undo(kho: &dyn KhoService, file: &dyn File, p: Private) {
-    if let Some(d) = &p.desc {
-        let _ = kho.unpreserve_vmalloc(d);
-    }
-    for page in &p.array {
-        let _ = kho.free_folio(*page, 0);
+    if let Some(array) = p.array {
+        array.unpreserve(kho);
     }
     // Folios that were never preserved make this fail harmlessly.
     for f in &p.folios {
@@ -522,32 +495,10 @@ fn undo(kho: &dyn KhoService, file: &dyn File, p: Private) {
     }
 }
 
-/// Restores the folio array of `ser` (vmalloc area): its entries and the area's pages.
-fn restore_array(
-    kho: &dyn KhoService,
-    ser: &Record,
-) -> Result<(Vec<memfd_luo_folio_ser>, Vec<PhysAddr>), Errno> {
-    let nr = ser.nr_folios;
-    if nr == 0 {
-        return Ok((Vec::new(), Vec::new()));
-    }
-    let folios = ser.folios;
-    let desc = desc_from_abi(&folios);
-    let pages = kho.restore_vmalloc(&desc)?;
-    let per_page = (PAGE_SIZE << desc.order) / ENTRY;
-    let cap = pages.len() as u64 * per_page as u64;
-    if nr > cap {
-        return Err(Errno::EINVAL);
-    }
-    let mut bytes = vec![0u8; nr as usize * ENTRY];
-    for (i, chunk) in bytes.chunks_mut(per_page * ENTRY).enumerate() {
-        kho.read(pages[i], chunk)?;
-    }
-    let entries = bytes
-        .chunks_exact(ENTRY)
-        .filter_map(|c| zerocopy::FromBytes::read_from_bytes(c).ok())
-        .collect();
-    Ok((entries, pages))
+/// The folio records of `ser`, from its preserved vmalloc area (claimed and freed, whatever
+/// the records say).
+fn restore_records(kho: &dyn KhoService, ser: &Record) -> Result<Vec<memfd_luo_folio_ser>, Errno> {
+    FolioArray::restore(kho, &{ ser.folios }, ser.nr_folios)
 }
 
 /// Makes a restored folio the file's, zeroing it first when it was never written.
@@ -582,7 +533,7 @@ fn retrieve(kho: &dyn KhoService, file: &FileRef, ser: &Record) -> Result<(), Er
     shm.add_seals(ser.seals)?;
     shm.set_pos(ser.pos);
     shm.set_size(ser.size)?;
-    let (entries, pages) = restore_array(kho, ser).map_err(|_| Errno::EINVAL)?;
+    let entries = restore_records(kho, ser).map_err(|_| Errno::EINVAL)?;
     let phys = entries
         .iter()
         .map(|e| PhysAddr::from_pfn(e.pfn()).ok_or(Errno::EIO))
@@ -601,17 +552,12 @@ fn retrieve(kho: &dyn KhoService, file: &FileRef, ser: &Record) -> Result<(), Er
     // In the model a folio now belongs to the file's region (after an error, to nobody): the
     // restore's reference is dropped, which frees nothing there.
     let _ = kho.free_folios(&phys[..orders.len()], &orders);
-    r?;
-    let order = u32::from({ ser.folios }.order);
-    for p in pages {
-        kho.free_folio(p, order)?;
-    }
-    Ok(())
+    r
 }
 
 /// Releases the folios and the folio array of a file never retrieved.
 fn discard(kho: &dyn KhoService, ser: &Record) {
-    if let Ok((entries, pages)) = restore_array(kho, ser) {
+    if let Ok(entries) = restore_records(kho, ser) {
         for e in &entries {
             if let Some(phys) = PhysAddr::from_pfn(e.pfn())
                 && let Ok(order) = kho.restore_folio(phys)
@@ -619,10 +565,6 @@ fn discard(kho: &dyn KhoService, ser: &Record) {
                 let _ = kho.free_folio(phys, order);
                 DISCARDED.fetch_add(1, Ordering::Relaxed);
             }
-        }
-        let order = u32::from({ ser.folios }.order);
-        for p in pages {
-            let _ = kho.free_folio(p, order);
         }
     }
 }

@@ -534,10 +534,11 @@ pub struct StateAccess<'a, S: HandlerState> {
 }
 
 impl<'a, S: HandlerState> StateAccess<'a, S> {
-    /// The outgoing state (created on the first preserve), holding the handler-scoped lock
-    /// until the guard drops (`liveupdate_fh_global_state_get` … `_put`); `-ENODATA` before
-    /// the first preserve, `-EDEADLK` from the state's own callbacks or while this task holds
-    /// a guard of it.
+    /// The outgoing state, holding the handler-scoped lock until the guard drops
+    /// (`liveupdate_fh_global_state_get` … `_put`). The core creates the state on the first
+    /// preserve or the first get, whichever comes first (one no preserved file counts in is
+    /// destroyed on the reboot path, not handed over); the host's error otherwise, and
+    /// `-EDEADLK` from the state's own callbacks or while this task holds a guard of it.
     pub fn get_outgoing(&self) -> Result<crate::global::StateOutgoing<'a, S>> {
         self.cell.get_outgoing(self.host, self.fh)
     }

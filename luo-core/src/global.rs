@@ -5,8 +5,9 @@
 //! the model's (see [`ExtHeader`] and [`ExtEntry`]).
 //!
 //! * **Global state** (`liveupdate_fh_global_state_*`): created on the first preserve of a file
-//!   of the handler, restored in the new kernel before its first use, destroyed after the last
-//!   file is unpreserved or finished. `get` locks it until `put`; a `get` from the state's own
+//!   of the handler (or the first `get`, if that comes before), restored in the new kernel
+//!   before its first use, destroyed after the last file is unpreserved or finished — or on
+//!   the reboot path when no preserved file counts in it, so it never crosses unclaimed. `get` locks it until `put`; a `get` from the state's own
 //!   callbacks, or while the same thread holds it, is `EDEADLK`.
 //! * **Subsystems** (`liveupdate_register_subsystem`): `prepare` and `freeze` on the reboot path
 //!   after the files (a failure cancels the ones already done, in reverse, and unfreezes the
@@ -376,6 +377,25 @@ impl Luo {
         };
         g.release();
         r
+    }
+
+    /// Reboot path, before anything is frozen: a handler state that no preserved file counts
+    /// in (made by a `liveupdate_fh_global_state_get` before any preserve) has nothing to
+    /// hand over, and would otherwise cross as preserved memory nobody claims; destroy it, as
+    /// the unpreserve of its last file would have. A state this task holds is left alone.
+    pub(crate) fn release_idle_global_states(&self) {
+        for (fh, g) in self.handler_global_state_ptrs() {
+            if g.acquire().is_err() {
+                continue;
+            }
+            {
+                let mut d = lock(&g.data);
+                if d.live && d.files == 0 {
+                    g.destroy(fh, &mut d);
+                }
+            }
+            g.release();
+        }
     }
 
     /// A file of handler `fh` was unpreserved or finished: the last one destroys the state.

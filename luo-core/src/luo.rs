@@ -849,6 +849,21 @@ impl Luo {
             .collect()
     }
 
+    /// The handlers with a registered global state: their `struct liveupdate_file_handler *`
+    /// and the state.
+    pub(crate) fn handler_global_state_ptrs(
+        &self,
+    ) -> Vec<(
+        *mut liveupdate_file_handler,
+        Arc<crate::global::GlobalState>,
+    )> {
+        lock(&self.reg)
+            .handlers
+            .iter()
+            .filter_map(|h| Some((h.ptr.0, lock(&h.global).clone()?)))
+            .collect()
+    }
+
     /// Unfinished incoming files bound to the handler with `compat`.
     pub(crate) fn incoming_files_of(&self, compat: &str) -> u64 {
         let inc = lock(&self.lists).inc.clone();
@@ -1665,6 +1680,7 @@ impl Luo {
     /// `log` records every freeze/unfreeze call.
     pub(crate) fn serialize(&self, log: &mut FreezeLog) -> Result<(), Errno> {
         self.check_live()?;
+        self.release_idle_global_states();
 
         let l = lock(&self.lists);
         let mut entries: Vec<luo_session_ser> = Vec::with_capacity(l.out.len());

@@ -978,6 +978,25 @@ fn handler_scoped_state_lives_with_the_handlers_files() {
 }
 
 #[test]
+fn handler_scoped_state_no_file_counts_in_is_not_handed_over() {
+    let log = Log::default();
+    let kept = Kept::new(kernel(), |k| {
+        Registration::new(Counted, k.host(), counter(&log))
+    });
+    kept.register(&[0]).unwrap();
+    // Made by a get before any preserve; no file is preserved afterwards.
+    assert_eq!(*kept.reg.state().get_outgoing().unwrap(), 0);
+    assert!(pages(&kept.k) > 0, "the state's record is preserved");
+    let h = kept.k.kexec().unwrap();
+    // Destroyed on the reboot path: nothing counts in it, nothing is handed over.
+    assert_eq!(log.lines(), ["create", "destroy Outgoing(0)"]);
+    assert_eq!(report(&h).global_states.len(), 0);
+    drop(kept);
+    let k = boot(h);
+    assert_eq!(incoming(&k), 0, "no preserved page crosses unclaimed");
+}
+
+#[test]
 fn handler_scoped_state_is_destroyed_after_the_last_unpreserve() {
     let k = kernel();
     let log = Log::default();

@@ -24,12 +24,13 @@ use std::sync::{Arc, Mutex};
 
 use luo_abi::global::{FlbCell, FlbState, StateCtx};
 use luo_abi::host::LuoHost;
-use luo_abi::kho::{KhoExt, KhoService};
+use luo_abi::kho::KhoService;
 use luo_abi::registry::Registry;
 use luo_abi::sync::StdBackend;
-use luo_abi::{Errno, Phys, PhysAddr};
+use luo_abi::{Errno, PhysAddr};
 use luo_derive::liveupdate_flb;
 use luo_generated::pci::v3::{pci_dev_ser, pci_ser};
+use zerocopy::{FromZeros, IntoBytes};
 
 use crate::iommu::{FlbCalls, lock};
 
@@ -195,13 +196,26 @@ const MAX_DEVICES: u32 = 1 << 20;
 /// Reads a `pci_ser` and its entries: `(domain, bdf) -> refcount`, every entry; and the
 /// array's capacity. `EINVAL` if `nr_devices > max_nr_devices` or a device appears twice.
 pub fn decode(kho: &dyn KhoService, data: u64) -> Result<(u32, BTreeMap<PciAddr, u16>), Errno> {
-    let h: pci_ser = kho.read_obj(Phys::new(PhysAddr::new(data)))?;
+    decode_with(|off, buf| kho.read(PhysAddr::new(data + off as u64), buf))
+}
+
+/// [`decode`] through `read(offset, buf)`: in the FLB's `retrieve`, the bounded reader of
+/// the claimed record ([`StateCtx::read_record`]).
+fn decode_with(
+    read: impl Fn(usize, &mut [u8]) -> Result<(), Errno>,
+) -> Result<(u32, BTreeMap<PciAddr, u16>), Errno> {
+    let mut h = pci_ser::new_zeroed();
+    read(0, h.as_mut_bytes())?;
     if h.nr_devices > h.max_nr_devices || h.max_nr_devices > MAX_DEVICES {
         return Err(Errno::EINVAL);
     }
     let mut m = BTreeMap::new();
-    for i in 0..u64::from(h.nr_devices) {
-        let e: pci_dev_ser = kho.read_obj(Phys::new(PhysAddr::new(data + 8 + 8 * i)))?;
+    for i in 0..h.nr_devices as usize {
+        let mut e = pci_dev_ser::new_zeroed();
+        read(
+            size_of::<pci_ser>() + i * size_of::<pci_dev_ser>(),
+            e.as_mut_bytes(),
+        )?;
         if m.insert((e.domain, e.bdf), e.refcount).is_some() {
             return Err(Errno::EINVAL);
         }
@@ -257,8 +271,7 @@ impl FlbState for PciFlb {
     }
 
     fn retrieve(&self, cx: &StateCtx<'_>, _: pci_ser) -> luo_abi::Result<Incoming> {
-        let data = cx.data().ok_or(Errno::EINVAL)?;
-        let (_, m) = decode(cx.kho(), data.as_u64())?;
+        let (_, m) = decode_with(|off, buf| cx.read_record(off, buf))?;
         lock(&self.bus).calls.retrieve += 1;
         Ok(Incoming(Mutex::new(
             m.into_iter().filter(|(_, r)| *r > 0).collect(),

@@ -629,3 +629,38 @@ fn corrupt_device_state_gives_errors_never_a_panic() {
     );
     assert!(refused > 0, "some corruptions must be refused");
 }
+
+/// A handed-over PCI record whose counts run past the page it was preserved in: the FLB
+/// reads its entries only within the record the runtime claimed, so the count is refused
+/// instead of read from memory that was not handed over with it.
+#[test]
+fn pci_entries_beyond_the_claimed_record_are_refused() {
+    let k = boot(None, CanFinish::DropUnretrieved);
+    let dev = k.open_dev().unwrap();
+    let s = k.create_session(dev, "vm").unwrap();
+    let a = vfio(&k, EP_A, HW, None);
+    k.preserve_fd(s, a, 3).unwrap();
+    let data = k.d.pci.outgoing_data().unwrap();
+    // Distinct entries filling the rest of the record's page, and a count one past them.
+    let per_page = (PAGE as usize - 8) / 8;
+    let mut page = Vec::with_capacity(PAGE as usize);
+    let count = (per_page + 1) as u32;
+    page.extend_from_slice(&count.to_ne_bytes()); // max_nr_devices
+    page.extend_from_slice(&count.to_ne_bytes()); // nr_devices
+    for i in 0..per_page as u32 {
+        page.extend_from_slice(&(i + 1).to_ne_bytes()); // domain
+        page.extend_from_slice(&0u16.to_ne_bytes()); // bdf
+        page.extend_from_slice(&1u16.to_ne_bytes()); // refcount
+    }
+    kho(&k).write(luo_abi::PhysAddr::new(data), &page).unwrap();
+    let k = boot(Some(k.kexec().unwrap()), CanFinish::DropUnretrieved);
+    assert_eq!(k.d.pci.get_incoming().err(), Some(Errno::EINVAL));
+    assert!(
+        !k.kho()
+            .violations()
+            .iter()
+            .any(|v| matches!(v, luo_core::kho::KhoViolation::StrayRead { .. })),
+        "{:?}",
+        k.kho().violations()
+    );
+}

@@ -144,6 +144,9 @@ pub struct StateCtx<'a> {
     trailer: Cell<usize>,
     /// The handed-over data of the callback, 0 for none ([`StateCtx::data`]).
     data: u64,
+    /// Readable bytes of the record at `data` in `retrieve`, claimed by the runtime
+    /// ([`StateCtx::read_record`]); 0 elsewhere.
+    record_len: Cell<usize>,
     _not_send: PhantomData<*mut ()>,
 }
 
@@ -157,6 +160,7 @@ impl<'a> StateCtx<'a> {
             host,
             trailer: Cell::new(0),
             data,
+            record_len: Cell::new(0),
             _not_send: PhantomData,
         }
     }
@@ -175,6 +179,19 @@ impl<'a> StateCtx<'a> {
     /// in the other callbacks.
     pub fn data(&self) -> Option<PhysAddr> {
         (self.data != 0).then(|| PhysAddr::new(self.data))
+    }
+
+    /// In an FLB's `retrieve`: reads `buf.len()` bytes at `offset` into the handed-over record
+    /// (the ABI struct, then the entries of a variable-length record), within the folio the
+    /// runtime claimed for the callback. `-EINVAL` beyond it or in other callbacks: corrupt
+    /// counts in the record cannot make the FLB read memory that was not handed over with it.
+    pub fn read_record(&self, offset: usize, buf: &mut [u8]) -> Result {
+        let end = offset.checked_add(buf.len()).ok_or(Errno::EINVAL)?;
+        if self.data == 0 || end > self.record_len.get() {
+            return Err(Errno::EINVAL);
+        }
+        self.kho()
+            .read(PhysAddr::new(self.data + offset as u64), buf)
     }
 
     /// The KHO service.
@@ -1346,7 +1363,10 @@ pub mod rt {
                 None
             } else {
                 match Claimed::new(cx.kho(), data, size_of::<S::Ser>()) {
-                    Ok(c) => Some(c),
+                    Ok(c) => {
+                        cx.record_len.set(c.bytes());
+                        Some(c)
+                    }
                     Err(e) => return e.to_neg(),
                 }
             };

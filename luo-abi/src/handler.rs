@@ -747,6 +747,8 @@ pub(crate) struct Claimed<'a> {
     kho: &'a dyn KhoService,
     at: PhysAddr,
     order: u32,
+    /// The bytes of the claimed folio: what a callback may read of the record.
+    bytes: usize,
 }
 
 impl<'a> Claimed<'a> {
@@ -756,25 +758,26 @@ impl<'a> Claimed<'a> {
         }
         let at = PhysAddr::new(data);
         let order = kho.restore_folio(at)?;
-        let c = Claimed { kho, at, order };
-        // A folio smaller than the record would make the read stray past it.
-        let fits = 1usize
+        let bytes = 1usize
             .checked_shl(order)
             .and_then(|n| n.checked_mul(crate::PAGE_SIZE))
-            .is_some_and(|bytes| bytes >= size);
-        if !fits {
+            .unwrap_or(0);
+        let c = Claimed {
+            kho,
+            at,
+            order,
+            bytes,
+        };
+        // A folio smaller than the record would make the read stray past it.
+        if bytes < size {
             return Err(Errno::EINVAL);
         }
         Ok(c)
     }
-}
 
-impl Claimed<'_> {
     /// The bytes of the claimed folio.
     pub(crate) fn bytes(&self) -> usize {
-        1usize
-            .checked_shl(self.order)
-            .map_or(0, |n| n.saturating_mul(crate::PAGE_SIZE))
+        self.bytes
     }
 }
 

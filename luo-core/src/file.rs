@@ -258,21 +258,6 @@ impl PageSet {
     }
 }
 
-/// Extended attribute that marks a host memfd frozen (preserved): the programs of the
-/// simulator share the host file itself, so the freeze of `shmem_freeze` (size changes,
-/// fallocate and writes past the end refused with `EPERM`) is enforced for them by the preload
-/// library, which reads this mark; the file's seals stay the program's own.
-pub const FROZEN_XATTR: &str = "user.luo.frozen";
-
-fn mark_frozen(fd: BorrowedFd<'_>, frozen: bool) {
-    // Best effort: a host tmpfs without user xattrs only loses the enforcement for programs.
-    if frozen {
-        let _ = rustix::fs::fsetxattr(fd, FROZEN_XATTR, b"1", rustix::fs::XattrFlags::empty());
-    } else {
-        let _ = rustix::fs::fremovexattr(fd, FROZEN_XATTR);
-    }
-}
-
 /// A shmem memfd: a host memfd that is an external region of the KHO model.
 ///
 /// Created eagerly by `memfd_create`, or lazily by `memfd_alloc_file` on retrieve: the first
@@ -366,13 +351,6 @@ impl MemfdFile {
         self.settle_locked(&mut st)?;
         if std::mem::take(&mut st.in_place) {
             self.punch_unrestored(&st)?;
-        }
-        // A retrieved file is a new, unfrozen file; the host memfd it adopted still carries
-        // the previous kernel's mark.
-        if !st.frozen
-            && let Some(r) = &st.region
-        {
-            mark_frozen(r.fd(), false);
         }
         Ok(())
     }
@@ -560,11 +538,7 @@ impl ShmemFile for MemfdFile {
     }
 
     fn set_frozen(&self, frozen: bool) {
-        let mut st = lock(&self.st);
-        st.frozen = frozen;
-        if let Some(r) = &st.region {
-            mark_frozen(r.fd(), frozen);
-        }
+        lock(&self.st).frozen = frozen;
     }
 
     fn pin_folios(&self) -> luo_abi::Result<Vec<ShmemFolio>> {
@@ -572,9 +546,6 @@ impl ShmemFile for MemfdFile {
         self.settle_locked(&mut st)?;
         let r = self.region_locked(&mut st)?;
         let pages = r.size()?.div_ceil(PAGE);
-        if st.frozen {
-            mark_frozen(r.fd(), true);
-        }
         st.pinned += 1;
         Ok((0..pages)
             .map(|i| ShmemFolio {

@@ -24,7 +24,6 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/un.h>
-#include <sys/xattr.h>
 #include <unistd.h>
 
 #define EXPORT __attribute__((visibility("default")))
@@ -151,6 +150,8 @@ static ssize_t recv_pkt(int sock, void *buf, size_t len, int *fd)
 	return n;
 }
 
+static void supervise(int dev);
+
 EXPORT int luo_sim_open(int flags)
 {
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
@@ -179,8 +180,10 @@ EXPORT int luo_sim_open(int flags)
 	if (got) {
 		if (fd >= 0)
 			syscall(SYS_close, fd);
-		if (ret == 0)
+		if (ret == 0) {
+			supervise(s);
 			return s;
+		}
 	}
 	syscall(SYS_close, s);
 	return ret < 0 ? ret : -EIO;
@@ -372,151 +375,129 @@ EXPORT int ioctl(int fd, unsigned long req, ...)
 	return (int)syscall(SYS_ioctl, fd, req, arg);
 }
 
-/* The freeze of a preserved memfd (shmem_freeze upstream): the daemon marks the host file with
- * the xattr FROZEN_XATTR (luo-core's file.rs) while it is preserved; here, as the kernel does
- * for a frozen inode, every size change, every fallocate and every write reaching past the end
- * fails with EPERM (the whole write: the check is on pos + len before anything is copied), and
- * F_SEAL_WRITE waits in vain for the pinned folios (EBUSY). Files that are not marked cost one
- * fgetxattr. */
-#define FROZEN_XATTR "user.luo.frozen"
+/* The freeze of a preserved memfd (the kernel's frozen shmem mapping, mm/shmem.c, set by
+ * mm/memfd_luo.c while the file is preserved): size changes, every fallocate and any write that
+ * would pass the end fail with EPERM, F_SEAL_WRITE is EBUSY (the folios are pinned), and the
+ * other seals added meanwhile are the inode's but not carried over the kexec (mm/memfd_luo.c
+ * records the seals at preserve time). The program's memfd here is the host file the daemon
+ * preserved, which the host kernel does not freeze, and whose seals, once added, would cross.
+ *
+ * So the checks are the daemon's: at the first open of /dev/liveupdate this process installs a
+ * seccomp filter that turns ftruncate, fallocate, the write family and fcntl(F_ADD_SEALS /
+ * F_GET_SEALS) on fds above 2 into user notifications, and hands the filter's listener to the
+ * daemon (OP_SUPERVISE). The daemon answers each call: "continue" (the host kernel runs it) for
+ * every file that is not frozen, or the frozen inode's answer, keeping seals added to a frozen
+ * file as its own state. Raw syscalls and statically linked children are covered alike (the
+ * filter is inherited across fork and execve); io_uring is not (seccomp never sees its
+ * requests). The filter answers a probe itself, so a process (or an execve'd image) under it
+ * does not stack a second one. */
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
 
-static int frozen(int fd)
+#ifndef SECCOMP_FILTER_FLAG_NEW_LISTENER
+#define SECCOMP_FILTER_FLAG_NEW_LISTENER (1UL << 3)
+#endif
+#ifndef SECCOMP_FILTER_FLAG_TSYNC_ESRCH
+#define SECCOMP_FILTER_FLAG_TSYNC_ESRCH (1UL << 4)
+#endif
+#ifndef SECCOMP_RET_USER_NOTIF
+#define SECCOMP_RET_USER_NOTIF 0x7fc00000U
+#endif
+#ifndef F_ADD_SEALS
+#define F_ADD_SEALS 1033
+#define F_GET_SEALS 1034
+#endif
+
+#define OP_SUPERVISE 5u
+/* fcntl(PROBE_FD, PROBE_CMD) fails with ENOTUNIQ under our filter, EBADF otherwise. */
+#define PROBE_FD 0x7ffffff0
+#define PROBE_CMD 0x4c554f53 /* "LUOS" */
+
+static int supervised(void)
 {
 	int saved = errno;
-	char v;
-	int r = fgetxattr(fd, FROZEN_XATTR, &v, 1) >= 0;
+	int r = syscall(SYS_fcntl, PROBE_FD, PROBE_CMD, 0) < 0 && errno == ENOTUNIQ;
 	errno = saved;
 	return r;
 }
 
-/* Would `len` bytes written at `off` (-1: the file position, or the end with O_APPEND) grow
- * a frozen file? */
-static int frozen_grows(int fd, long long off, size_t len)
-{
-	if (len == 0 || !frozen(fd))
-		return 0;
-	struct stat st;
-	if (syscall(SYS_fstat, fd, &st) != 0)
-		return 0;
-	if (off < 0) {
-		int fl = fcntl(fd, F_GETFL);
-		off = fl >= 0 && (fl & O_APPEND) ? st.st_size : lseek(fd, 0, SEEK_CUR);
-	}
-	return off >= 0 && (unsigned long long)off + len > (unsigned long long)st.st_size;
-}
+#define ARG_LO(i) (offsetof(struct seccomp_data, args) + 8 * (i))
+#define ARG_HI(i) (ARG_LO(i) + 4)
+#define LD(off) BPF_STMT(BPF_LD | BPF_W | BPF_ABS, (off))
+#define JEQ(k, t, f) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (k), (t), (f))
+#define JGE(k, t, f) BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, (k), (t), (f))
+#define RET(k) BPF_STMT(BPF_RET | BPF_K, (k))
 
-static size_t iov_len(const struct iovec *iov, int n)
+/* Installs the filter and hands its listener to the daemon over `dev`. */
+static void supervise(int dev)
 {
-	size_t t = 0;
-	for (int i = 0; i < n; i++)
-		t += iov[i].iov_len;
-	return t;
-}
-
-#define REFUSE(cond)              \
-	do {                      \
-		if (cond) {       \
-			errno = EPERM; \
-			return -1; \
-		}                 \
-	} while (0)
-
-EXPORT ssize_t write(int fd, const void *buf, size_t n)
-{
-	REFUSE(frozen_grows(fd, -1, n));
-	return syscall(SYS_write, fd, buf, n);
-}
-
-EXPORT ssize_t pwrite(int fd, const void *buf, size_t n, off_t off)
-{
-	REFUSE(frozen_grows(fd, off, n));
-	return syscall(SYS_pwrite64, fd, buf, n, off);
-}
-
-EXPORT ssize_t pwrite64(int fd, const void *buf, size_t n, off_t off)
-{
-	return pwrite(fd, buf, n, off);
-}
-
-EXPORT ssize_t writev(int fd, const struct iovec *iov, int n)
-{
-	REFUSE(n > 0 && frozen_grows(fd, -1, iov_len(iov, n)));
-	return syscall(SYS_writev, fd, iov, n);
-}
-
-EXPORT ssize_t pwritev(int fd, const struct iovec *iov, int n, off_t off)
-{
-	REFUSE(n > 0 && frozen_grows(fd, off, iov_len(iov, n)));
-	return syscall(SYS_pwritev, fd, iov, n, (long)off, 0L);
-}
-
-EXPORT ssize_t pwritev64(int fd, const struct iovec *iov, int n, off_t off)
-{
-	return pwritev(fd, iov, n, off);
-}
-
-EXPORT int ftruncate(int fd, off_t len)
-{
-	if (frozen(fd)) {
-		struct stat st;
-		REFUSE(syscall(SYS_fstat, fd, &st) != 0 || st.st_size != len);
-	}
-	return syscall(SYS_ftruncate, fd, len);
-}
-
-EXPORT int ftruncate64(int fd, off_t len)
-{
-	return ftruncate(fd, len);
-}
-
-EXPORT int fallocate(int fd, int mode, off_t off, off_t len)
-{
-	REFUSE(frozen(fd));
-	return syscall(SYS_fallocate, fd, mode, off, len);
-}
-
-EXPORT int fallocate64(int fd, int mode, off_t off, off_t len)
-{
-	return fallocate(fd, mode, off, len);
-}
-
-EXPORT int posix_fallocate(int fd, off_t off, off_t len)
-{
-	if (frozen(fd))
-		return EPERM;
-	return syscall(SYS_fallocate, fd, 0, off, len) == 0 ? 0 : errno;
-}
-
-EXPORT int posix_fallocate64(int fd, off_t off, off_t len)
-{
-	return posix_fallocate(fd, off, len);
-}
-
-static int do_fcntl(int fd, int cmd, unsigned long arg)
-{
-	if (cmd == F_ADD_SEALS && (arg & F_SEAL_WRITE) && frozen(fd)) {
-		errno = EBUSY;
-		return -1;
-	}
-	return (int)syscall(SYS_fcntl, fd, cmd, arg);
-}
-
-EXPORT int fcntl(int fd, int cmd, ...)
-{
-	va_list ap;
-	va_start(ap, cmd);
-	unsigned long arg = va_arg(ap, unsigned long);
-	va_end(ap);
-	return do_fcntl(fd, cmd, arg);
-}
-
-EXPORT int fcntl64(int fd, int cmd, ...)
-{
-	va_list ap;
-	va_start(ap, cmd);
-	unsigned long arg = va_arg(ap, unsigned long);
-	va_end(ap);
-	return do_fcntl(fd, cmd, arg);
+	if (supervised())
+		return;
+	/* Jump offsets count the instructions skipped; the layout is fixed, labels in comments. */
+	struct sock_filter f[] = {
+		/* 0 */ LD(offsetof(struct seccomp_data, arch)),
+		/* 1 */ JEQ(AUDIT_ARCH_X86_64, 0, 22),          /* other ABI: ALLOW (24) */
+		/* 2 */ LD(offsetof(struct seccomp_data, nr)),
+		/* 3 */ JEQ(SYS_fcntl, 8, 0),                    /* FCNTL (12) */
+		/* 4 */ JEQ(SYS_write, 13, 0),                   /* FD (18) */
+		/* 5 */ JEQ(SYS_pwrite64, 12, 0),
+		/* 6 */ JEQ(SYS_writev, 11, 0),
+		/* 7 */ JEQ(SYS_pwritev, 10, 0),
+		/* 8 */ JEQ(SYS_pwritev2, 9, 0),
+		/* 9 */ JEQ(SYS_ftruncate, 8, 0),
+		/* 10 */ JEQ(SYS_fallocate, 7, 0),
+		/* 11 */ RET(SECCOMP_RET_ALLOW),
+		/* FCNTL: */
+		/* 12 */ LD(ARG_LO(1)),
+		/* 13 */ JEQ(PROBE_CMD, 3, 0),                   /* PROBE (17) */
+		/* 14 */ JEQ(F_ADD_SEALS, 3, 0),                 /* FD (18) */
+		/* 15 */ JEQ(F_GET_SEALS, 2, 0),
+		/* 16 */ RET(SECCOMP_RET_ALLOW),
+		/* PROBE: */
+		/* 17 */ RET(SECCOMP_RET_ERRNO | ENOTUNIQ),
+		/* FD: an fd above 2 (a negative one is the host kernel's EBADF) */
+		/* 18 */ LD(ARG_HI(0)),
+		/* 19 */ JEQ(0, 0, 4),                           /* ALLOW (24) */
+		/* 20 */ LD(ARG_LO(0)),
+		/* 21 */ JGE(0x80000000U, 2, 0),                 /* ALLOW (24) */
+		/* 22 */ JGE(3, 0, 1),                           /* ALLOW (24) */
+		/* 23 */ RET(SECCOMP_RET_USER_NOTIF),
+		/* 24 */ RET(SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = { .len = sizeof(f) / sizeof(f[0]), .filter = f };
+	int saved = errno;
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+		goto fail;
+	/* Every thread of the process, if their filters allow; else this thread (and what it
+	 * starts) only. */
+	long l = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
+			 SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_TSYNC |
+				 SECCOMP_FILTER_FLAG_TSYNC_ESRCH,
+			 &prog);
+	if (l < 0)
+		l = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
+	if (l < 0)
+		goto fail;
+	/* From here the filtered calls wait for the daemon, which gets the listener now. */
+	uint32_t op = OP_SUPERVISE;
+	int32_t ret = -EIO;
+	int got = -1;
+	if (send_pkt(dev, &op, sizeof(op), (int)l) == 0)
+		recv_pkt(dev, &ret, sizeof(ret), &got);
+	if (got >= 0)
+		syscall(SYS_close, got);
+	syscall(SYS_close, (int)l);
+	if (ret != 0)
+		fprintf(stderr, "luo-sim preload: the daemon did not take the freeze supervision "
+				"(%d)\n", ret);
+	errno = saved;
+	return;
+fail:
+	fprintf(stderr, "luo-sim preload: no seccomp user notification (%s): the freeze of "
+			"preserved memfds is not enforced in this process\n", strerror(errno));
+	errno = saved;
 }
 
 /* close() of a session or device fd: the kernel releases a session on the last close before
@@ -642,17 +623,43 @@ static ssize_t link_result(const char *text, char *buf, size_t len)
 	return n;
 }
 
-/* A memfd handed out by RETRIEVE_FD: the daemon marks it (RETRIEVED_XATTR in lib.rs). The
- * kernel's retrieved file is a new one, mode 0777 with an empty name (memfd_alloc_file("")),
- * which /proc/self/fd/N reads as "/ (deleted)"; the host file keeps the program's name and
- * mode, so fstat and readlink answer for it as the kernel would. */
-#define RETRIEVED_XATTR "user.luo.retrieved"
+/* A memfd handed out by RETRIEVE_FD. The kernel's retrieved file is a new one, mode 0777 with
+ * an empty name (memfd_alloc_file("") in mm/memfd_luo.c), which /proc/self/fd/N reads as
+ * "/ (deleted)"; the host file the daemon hands back keeps the program's name and mode, so
+ * fstat and readlink answer for it as the kernel would. The daemon knows which inodes it
+ * handed out: asked (OP_RETRIEVED with the inode's device and number) only for memfds (regular
+ * files nobody links), on a connection of its own. */
+#define OP_RETRIEVED 6u
 
 static int retrieved(int fd)
 {
+	struct stat st;
 	int saved = errno;
-	char v;
-	int r = fd >= 0 && fgetxattr(fd, RETRIEVED_XATTR, &v, 1) >= 0;
+	if (fd < 0 || syscall(SYS_fstat, fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink != 0) {
+		errno = saved;
+		return 0;
+	}
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	int r = 0;
+	int s = socket_path(path, sizeof(path)) == 0 ? socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0) : -1;
+	if (s >= 0) {
+		struct sockaddr_un a;
+		memset(&a, 0, sizeof(a));
+		a.sun_family = AF_UNIX;
+		memcpy(a.sun_path, path, strlen(path));
+		struct timeval tv = { .tv_sec = 5 };
+		setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+		uint32_t q[5] = { OP_RETRIEVED, (uint32_t)st.st_dev, (uint32_t)((uint64_t)st.st_dev >> 32),
+				  (uint32_t)st.st_ino, (uint32_t)((uint64_t)st.st_ino >> 32) };
+		int32_t ret = 0;
+		int got = -1;
+		if (connect(s, (struct sockaddr *)&a, sizeof(a)) == 0 && send_pkt(s, q, sizeof(q), -1) == 0 &&
+		    recv_pkt(s, &ret, sizeof(ret), &got) == sizeof(ret))
+			r = ret == 1;
+		if (got >= 0)
+			syscall(SYS_close, got);
+		syscall(SYS_close, s);
+	}
 	errno = saved;
 	return r;
 }

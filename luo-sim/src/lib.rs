@@ -14,8 +14,10 @@
 //! (`Kernel::memfd_adopt`): the preserved file *is* the program's, so size, data and seals are
 //! its own and nothing is copied; only the file position is read from the program's open file
 //! description before freezing. RETRIEVE_FD after the kexec sends back that same host memfd.
+//! The freeze of a preserved memfd is the daemon's answer to the programs' own system calls,
+//! which a seccomp filter forwards (`supervise`); the frozen state is the core's.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
 use std::io::IoSliceMut;
 use std::mem::MaybeUninit;
@@ -36,6 +38,7 @@ use rustix::net::{
 pub mod machine;
 mod proto;
 pub mod simulate;
+mod supervise;
 use proto::*;
 pub use proto::{SOCKET_ENV, default_socket_path};
 
@@ -148,12 +151,13 @@ struct Mirror {
     /// lives as long as that session can hand out the file again).
     session: Option<u64>,
     /// The host file's size when it was preserved: the kernel's frozen inode cannot change
-    /// size, so whatever a program did past the preload (raw syscalls) is undone at the kexec.
+    /// size, so whatever a program did past the freeze (io_uring) is undone at the kexec.
     preserved_size: Option<u64>,
+    /// Seals a program added while the file was frozen: the old kernel's inode has them, the
+    /// record written at preserve time does not. Kept here, never on the host file (which the
+    /// next boot adopts), until the file thaws.
+    late_seals: u32,
 }
-
-/// Extended attribute marking a host memfd handed out by RETRIEVE_FD (read by the preload).
-const RETRIEVED_XATTR: &str = "user.luo.retrieved";
 
 /// Event-loop id of the listening socket (connection ids start at 1).
 const LISTENER: u64 = 0;
@@ -175,6 +179,11 @@ struct Daemon {
     boot: BootOptions,
     /// A descriptor held in reserve, given up to refuse a connection when none is left.
     spare: Option<OwnedFd>,
+    /// The seccomp listeners of the processes under the freeze supervision, by event-loop id.
+    supervisors: BTreeMap<u64, OwnedFd>,
+    /// Inodes handed out by RETRIEVE_FD in this boot, which the preload presents as the
+    /// kernel's new files (mode 0777, no name). One entry per retrieve.
+    retrieved: HashSet<(u64, u64)>,
 }
 
 fn spare_fd() -> Option<OwnedFd> {
@@ -344,20 +353,28 @@ pub fn serve(opts: &ServeOptions) -> Result<(), SimError> {
         ..crate::machine::default_options()
     };
     let inherit = std::env::var(INHERIT_ENV).ok().filter(|s| !s.is_empty());
-    let (listener, requester) = match &inherit {
+    let (listener, requester, supervisors) = match &inherit {
         Some(s) => {
-            let mut it = s.split_ascii_whitespace().map(str::parse::<RawFd>);
-            let (Some(Ok(l)), Some(Ok(r))) = (it.next(), it.next()) else {
+            let fds: Vec<RawFd> = s
+                .split_ascii_whitespace()
+                .map(str::parse::<RawFd>)
+                .collect::<Result<_, _>>()
+                .map_err(|_| SimError::Daemon(format!("bad {INHERIT_ENV}={s:?}")))?;
+            let [l, r, sup @ ..] = &fds[..] else {
                 return Err(SimError::Daemon(format!("bad {INHERIT_ENV}={s:?}")));
             };
-            // SAFETY: the previous daemon cleared CLOEXEC on exactly these two fds for us and
-            // nothing else in this fresh process owns them.
-            let (l, r) = unsafe { (OwnedFd::from_raw_fd(l), OwnedFd::from_raw_fd(r)) };
-            rustix::io::fcntl_setfd(&l, FdFlags::CLOEXEC)?;
-            rustix::io::fcntl_setfd(&r, FdFlags::CLOEXEC)?;
-            (l, Some(r))
+            // SAFETY: the previous daemon cleared CLOEXEC on exactly these fds for us (the
+            // listener, the requester, the seccomp listeners) and nothing else in this fresh
+            // process owns them.
+            let own = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
+            let (l, r) = (own(*l), own(*r));
+            let sup: Vec<OwnedFd> = sup.iter().map(|&fd| own(fd)).collect();
+            for f in [&l, &r].into_iter().chain(&sup) {
+                rustix::io::fcntl_setfd(f, FdFlags::CLOEXEC)?;
+            }
+            (l, Some(r), sup)
         }
-        None => (bind_listener(&opts.socket)?, None),
+        None => (bind_listener(&opts.socket)?, None, Vec::new()),
     };
     let handover = if inherit.is_some() {
         Handover::from_env().map_err(|e| SimError::Daemon(format!("handover: {e}")))?
@@ -400,7 +417,12 @@ pub fn serve(opts: &ServeOptions) -> Result<(), SimError> {
         serving: 0,
         boot: boot.clone(),
         spare: spare_fd(),
+        supervisors: BTreeMap::new(),
+        retrieved: HashSet::new(),
     };
+    for l in supervisors {
+        d.supervise(l);
+    }
     let num = d.kernel.liveupdate_num();
     d.log(format_args!(
         "machine up (liveupdate_num {num}), listening on {}",
@@ -451,9 +473,11 @@ impl Daemon {
             let (hup, rest): (Vec<_>, Vec<_>) = ready.into_iter().partition(|(id, f)| {
                 *id != LISTENER && f.intersects(epoll::EventFlags::HUP | epoll::EventFlags::ERR)
             });
-            for (id, _) in hup.into_iter().chain(rest) {
+            for (id, f) in hup.into_iter().chain(rest) {
                 if id == LISTENER {
                     self.accept();
+                } else if self.supervisors.contains_key(&id) {
+                    self.serve_notification(id, f);
                 } else {
                     self.serve_conn(id);
                 }
@@ -565,6 +589,18 @@ impl Daemon {
                     return self.kexec(id, (!into.is_empty()).then(|| PathBuf::from(into)));
                 }
                 OP_PING => (0, Vec::new(), None),
+                OP_SUPERVISE => match passed {
+                    Some(l) => {
+                        self.supervise(l);
+                        (0, Vec::new(), None)
+                    }
+                    None => err(Errno::EBADF),
+                },
+                OP_RETRIEVED if msg.len() >= 20 => {
+                    let word = |i| u64::from(u32_at(&msg, i));
+                    let key = (word(4) | word(8) << 32, word(12) | word(16) << 32);
+                    (i32::from(self.retrieved.contains(&key)), Vec::new(), None)
+                }
                 _ => err(Errno::EINVAL),
             }
         };
@@ -812,6 +848,7 @@ impl Daemon {
             client: Some(pos_fd),
             session: None,
             preserved_size: None,
+            late_seals: 0,
         };
         self.sync(&m);
         self.mirrors.insert(key, m);
@@ -914,6 +951,16 @@ impl Daemon {
                     .unwrap_or(false),
             };
             if !keep {
+                // Thawed: the seals added while frozen are the file's from now on, as on the
+                // kernel's inode.
+                if m.late_seals != 0
+                    && let Some(c) = &m.client
+                {
+                    let _ = rustix::fs::fcntl_add_seals(
+                        c,
+                        rustix::fs::SealFlags::from_bits_retain(m.late_seals),
+                    );
+                }
                 gone.push(m.core_fd);
             }
             keep
@@ -961,14 +1008,9 @@ impl Daemon {
         let _ = rustix::fs::seek(&host, rustix::fs::SeekFrom::Start(pos));
         // The kernel's retrieve makes a new file (memfd_alloc_file("") in mm/memfd_luo.c): mode
         // 0777 and an empty name, where this host file keeps the program's (an MFD_NOEXEC_SEAL
-        // memfd is 0666 and cannot be chmod'ed back). The mark lets the preload answer fstat
-        // and readlink of /proc/self/fd/N as for the kernel's file.
-        let _ = rustix::fs::fsetxattr(
-            &host,
-            RETRIEVED_XATTR,
-            b"1",
-            rustix::fs::XattrFlags::empty(),
-        );
+        // memfd is 0666 and cannot be chmod'ed back). The preload asks (OP_RETRIEVED) so as to
+        // answer fstat and readlink of /proc/self/fd/N as for the kernel's file.
+        self.retrieved.insert(key);
         let mine = rustix::io::fcntl_dupfd_cloexec(&host, 0).map_err(host_errno)?;
         if let Some(old) = self.mirrors.insert(
             key,
@@ -977,12 +1019,110 @@ impl Daemon {
                 client: Some(mine),
                 session: Some(self.serving),
                 preserved_size: None,
+                late_seals: 0,
             },
         ) && old.core_fd != core_fd
         {
             let _ = self.kernel.close(old.core_fd);
         }
         Ok(host)
+    }
+
+    /// Takes the seccomp listener of a process that opened the device (see `supervise`):
+    /// its filtered calls are answered here until every task under the filter has exited.
+    fn supervise(&mut self, listener: OwnedFd) {
+        let id = self.next_id;
+        self.next_id += 1;
+        if self.watch(listener.as_fd(), id).is_ok() {
+            self.supervisors.insert(id, listener);
+        }
+    }
+
+    /// Answers one call a process's filter forwarded; drops the listener once no task is
+    /// left under its filter (a hang-up).
+    fn serve_notification(&mut self, id: u64, flags: epoll::EventFlags) {
+        let Some(l) = self.supervisors.get(&id) else {
+            return;
+        };
+        // SAFETY: the listener stays in `supervisors` for the use below; it is removed only
+        // on the hang-up path, which returns without using it further.
+        let l = unsafe { BorrowedFd::borrow_raw(l.as_raw_fd()) };
+        if flags.contains(epoll::EventFlags::HUP) && !flags.contains(epoll::EventFlags::IN) {
+            self.supervisors.remove(&id);
+            return;
+        }
+        let n = match supervise::recv(l) {
+            Ok(n) => n,
+            // The caller was killed while its call waited: nothing to answer.
+            Err(Errno::ENOENT) | Err(Errno::EINTR) => return,
+            Err(_) => {
+                self.supervisors.remove(&id);
+                return;
+            }
+        };
+        let answer = self.judge_call(l, &n);
+        supervise::respond(l, n.id, answer);
+    }
+
+    /// The answer to a forwarded call: the kernel's if it is about a frozen memfd, else the
+    /// host kernel runs it.
+    fn judge_call(&mut self, l: BorrowedFd<'_>, n: &supervise::Notif) -> supervise::Answer {
+        use supervise::Answer;
+        let fd = supervise::fd_of(n);
+        let Ok(st) = rustix::fs::stat(format!("/proc/{}/fd/{fd}", n.pid)) else {
+            return Answer::Continue;
+        };
+        let key = (st.st_dev, st.st_ino);
+        let Some((core_fd, late_before)) = self.mirrors.get(&key).map(|m| (m.core_fd, m.late_seals))
+        else {
+            return Answer::Continue;
+        };
+        let Ok(file) = self.kernel.file(core_fd) else {
+            return Answer::Continue;
+        };
+        let Some(mf) = file.memfd() else {
+            return Answer::Continue;
+        };
+        if !mf.is_frozen() {
+            return Answer::Continue;
+        }
+        let Some(call) = supervise::decode(n, |addr, cnt| supervise::iov_len(n.pid, addr, cnt))
+        else {
+            return Answer::Continue;
+        };
+        let Some(of) = supervise::open_file(n.pid, fd) else {
+            return Answer::Continue;
+        };
+        // What was read of /proc/PID is the caller's only if its call is still waiting.
+        if !supervise::still_valid(l, n.id) {
+            return Answer::Continue;
+        }
+        let Ok(Ok(host)) = mf.with_host_fd(|h| {
+            rustix::fs::fcntl_get_seals(h).map(|s| (s.bits(), rustix::fs::fstat(h)))
+        }) else {
+            return Answer::Continue;
+        };
+        let (seals, Ok(hst)) = host else {
+            return Answer::Continue;
+        };
+        let frozen = supervise::Frozen {
+            size: hst.st_size as u64,
+            seals,
+            late: late_before,
+            mode: hst.st_mode,
+        };
+        let (answer, late) = supervise::judge(call, &frozen, &of);
+        if late != late_before {
+            self.log(format_args!(
+                "pid {}: seals {:#x} added to a frozen memfd: kept for this boot",
+                n.pid,
+                late & !late_before
+            ));
+        }
+        if let Some(m) = self.mirrors.get_mut(&key) {
+            m.late_seals = late;
+        }
+        answer
     }
 
     fn kexec(&mut self, id: u64, into: Option<PathBuf>) {
@@ -1029,22 +1169,33 @@ impl Daemon {
         };
         self.conns.clear();
         self.mirrors.clear();
+        self.retrieved.clear();
         let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-        let ok = rustix::io::fcntl_setfd(&self.listener, FdFlags::empty()).is_ok()
-            && rustix::io::fcntl_setfd(&req.sock, FdFlags::empty()).is_ok();
+        // The seccomp listeners go along: the processes under them outlive the simulated
+        // kexec, and a filter whose listener is closed fails their calls with ENOSYS.
+        let inherited: Vec<BorrowedFd<'_>> = [self.listener.as_fd(), req.sock.as_fd()]
+            .into_iter()
+            .chain(self.supervisors.values().map(|l| l.as_fd()))
+            .collect();
+        let ok = inherited
+            .iter()
+            .all(|f| rustix::io::fcntl_setfd(f, FdFlags::empty()).is_ok());
         let e = if ok {
-            let env = [(
-                INHERIT_ENV.to_owned(),
-                format!("{} {}", self.listener.as_raw_fd(), req.sock.as_raw_fd()),
-            )];
+            let list: Vec<String> = inherited
+                .iter()
+                .map(|f| f.as_raw_fd().to_string())
+                .collect();
+            let env = [(INHERIT_ENV.to_owned(), list.join(" "))];
             self.log(format_args!("re-exec {}", program.display()));
             h.try_exec(&program, &args, &env)
         } else {
             (Errno::EIO, h)
         };
         let (e, h) = e;
-        let _ = rustix::io::fcntl_setfd(&self.listener, FdFlags::CLOEXEC);
-        let _ = rustix::io::fcntl_setfd(&req.sock, FdFlags::CLOEXEC);
+        for f in &inherited {
+            let _ = rustix::io::fcntl_setfd(f, FdFlags::CLOEXEC);
+        }
+        drop(inherited);
         // The exec failed after the freeze (checked above, so the file changed meanwhile): the
         // machine lives on in this process, booted from the handover, as after a kexec.
         let msg = match Kernel::boot(&self.boot, Some(h)) {

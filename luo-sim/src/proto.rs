@@ -19,6 +19,11 @@ pub const OP_IOCTL: u32 = 2;
 pub const OP_KEXEC: u32 = 3;
 /// Liveness check: `[OP_PING]`.
 pub const OP_PING: u32 = 4;
+/// The listener of a process's seccomp filter (`supervise`): `[OP_SUPERVISE]` + the fd.
+pub const OP_SUPERVISE: u32 = 5;
+/// Was this inode handed out by RETRIEVE_FD? `[OP_RETRIEVED, dev lo, dev hi, ino lo, ino hi]`;
+/// the reply is `1` or `0`.
+pub const OP_RETRIEVED: u32 = 6;
 
 /// The 4-byte `size` field could be read; `data` holds what could be read of the struct.
 pub const F_READABLE: u32 = 1;

@@ -7,6 +7,9 @@
  * outgoing session) gives back, files that cannot be preserved.
  */
 #include "conf.h"
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
 
 #define PG 4096
 
@@ -53,6 +56,46 @@ static void frozen(const char *what, int fd)
 	say("%s: size now %lld", what, (long long)st.st_size);
 }
 
+/* The freeze holds for the system calls themselves: made without the C library's wrappers,
+ * and by a program exec'd with the fd and none of the libraries its parent loaded. */
+static void raw(const char *what, int fd)
+{
+	struct stat st;
+	fstat(fd, &st);
+	long sz = st.st_size;
+	char c = 'Z'; /* frozen() left a 'Z' at sz - 1: the write within changes nothing */
+	say("%s: raw ftruncate grow: %s", what, R(syscall(SYS_ftruncate, fd, sz + PG)));
+	say("%s: raw ftruncate shrink: %s", what, R(syscall(SYS_ftruncate, fd, 0L)));
+	say("%s: raw fallocate: %s", what, R(syscall(SYS_fallocate, fd, 0, 0L, (long)PG)));
+	say("%s: raw pwrite64 past the end: %s", what, R(syscall(SYS_pwrite64, fd, &c, 1L, sz)));
+	struct iovec v[2] = { { &c, 1 }, { &c, 1 } };
+	say("%s: raw pwritev straddling the end: %s", what,
+	    R(syscall(SYS_pwritev, fd, v, 2, sz - 1, 0L)));
+	say("%s: raw pwritev within: %s", what, R(syscall(SYS_pwritev, fd, v, 1, sz - 1, 0L)));
+	fflush(stdout);
+	pid_t p = fork();
+	if (p == 0) {
+		char arg[16];
+		snprintf(arg, sizeof(arg), "%d", fd);
+		unsetenv("LD_PRELOAD");
+		execl("/proc/self/exe", "memfd", "raw-child", arg, (char *)NULL);
+		_exit(127);
+	}
+	int status = 0;
+	waitpid(p, &status, 0);
+	say("%s: exec'd child: exit %d", what, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+}
+
+/* The exec'd child of raw(). */
+static int raw_child(int fd)
+{
+	struct stat st;
+	fstat(fd, &st);
+	say("exec'd child: raw ftruncate grow: %s", R(syscall(SYS_ftruncate, fd, st.st_size + PG)));
+	say("exec'd child: raw write past the end: %s", R(syscall(SYS_pwrite64, fd, "x", 1L, st.st_size)));
+	return 0;
+}
+
 static void stage1(void)
 {
 	int dev = dev_open();
@@ -65,6 +108,7 @@ static void stage1(void)
 	lseek(a, 1234, SEEK_SET);
 	say("preserve data: %s", R(preserve_fd(s, a, 1)));
 	frozen("data", a);
+	raw("data", a);
 	describe("data after preserve", a);
 	lseek(a, 999, SEEK_SET); /* the position at the kexec is what crosses */
 
@@ -195,8 +239,10 @@ static void stage2(void)
 	say("finish: %s", R(finish(s)));
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+	if (argc == 3 && strcmp(argv[1], "raw-child") == 0)
+		return raw_child(atoi(argv[2]));
 	if (stage() == 1)
 		stage1();
 	else

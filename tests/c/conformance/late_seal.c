@@ -1,0 +1,53 @@
+/* SPDX-License-Identifier: GPL-2.0-only OR MIT */
+/*
+ * Conformance: seals added to a preserved (frozen) memfd. The kernel records a memfd's seals
+ * when it is preserved and re-applies them on retrieve; seals added afterwards are the inode's
+ * while the old kernel runs (reported by F_GET_SEALS, enforced, F_SEAL_WRITE refused with
+ * EBUSY for the pinned folios, kept when the file thaws) but do not cross the kexec.
+ */
+#include "conf.h"
+
+#define PG 4096
+
+int main(void)
+{
+	if (stage() == 1) {
+		int dev = dev_open();
+		int s = create_session(dev, "k-late");
+		int h = memfd_create("late-seal", MFD_ALLOW_SEALING);
+		fill(h, 9, PG, 0);
+		say("preserve: %s", R(preserve_fd(s, h, 1)));
+		say("add F_SEAL_GROW after preserve: %s", R(fcntl(h, F_ADD_SEALS, F_SEAL_GROW)));
+		say("seals while preserved: %s", seals_str(h));
+		say("add F_SEAL_WRITE: %s", R(fcntl(h, F_ADD_SEALS, F_SEAL_WRITE)));
+		say("pwrite within before F_SEAL_FUTURE_WRITE: %s", R(pwrite(h, "a", 1, 0)));
+		say("add F_SEAL_FUTURE_WRITE: %s", R(fcntl(h, F_ADD_SEALS, F_SEAL_FUTURE_WRITE)));
+		say("pwrite within after F_SEAL_FUTURE_WRITE: %s", R(pwrite(h, "b", 1, 0)));
+		say("add F_SEAL_SEAL: %s", R(fcntl(h, F_ADD_SEALS, F_SEAL_SEAL)));
+		say("add F_SEAL_SHRINK after F_SEAL_SEAL: %s", R(fcntl(h, F_ADD_SEALS, F_SEAL_SHRINK)));
+		say("seals now: %s", seals_str(h));
+
+		/* A seal added while frozen stays when the file thaws (its session closed). */
+		int t = create_session(dev, "k-thaw");
+		int u = memfd_create("thaw", MFD_ALLOW_SEALING);
+		fill(u, 3, 2 * PG, 0);
+		say("preserve thaw: %s", R(preserve_fd(t, u, 1)));
+		say("thaw: add F_SEAL_GROW: %s", R(fcntl(u, F_ADD_SEALS, F_SEAL_GROW)));
+		close(t);
+		say("thaw: seals after the session closed: %s", seals_str(u));
+		say("thaw: ftruncate grow: %s", R(ftruncate(u, 3 * PG)));
+		say("thaw: ftruncate shrink: %s", R(ftruncate(u, PG)));
+		close(dev);
+		hold_sessions(-1);
+	} else {
+		int dev = dev_open();
+		int s = retrieve_session(dev, "k-late");
+		int fd = retrieve_fd(s, 1);
+		say("retrieved seals: %s", seals_str(fd));
+		say("ftruncate grow: %s", R(ftruncate(fd, 2 * PG)));
+		say("pwrite: %s", R(pwrite(fd, "c", 1, 0)));
+		say("add F_SEAL_WRITE: %s", R(fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE)));
+		describe("retrieved", fd);
+	}
+	return 0;
+}

@@ -31,6 +31,8 @@ pub enum KernelVersion {
     V6_19,
     /// Linux 7.0.
     V7_0,
+    /// Linux 7.2: the 7.3 formats, read exact-match (the release `luo vmtest` runs, 7.2.13).
+    V7_2,
     /// Linux 7.3 (the default).
     #[default]
     V7_3,
@@ -40,13 +42,20 @@ pub enum KernelVersion {
 
 impl KernelVersion {
     /// Every kernel, oldest first.
-    pub const ALL: [KernelVersion; 4] = [Self::V6_19, Self::V7_0, Self::V7_3, Self::Next];
+    pub const ALL: [KernelVersion; 5] = [
+        Self::V6_19,
+        Self::V7_0,
+        Self::V7_2,
+        Self::V7_3,
+        Self::Next,
+    ];
 
     /// The name used by `spec/kernels` and the CLI.
     pub fn name(self) -> &'static str {
         match self {
             Self::V6_19 => "6.19",
             Self::V7_0 => "7.0",
+            Self::V7_2 => "7.2",
             Self::V7_3 => "7.3",
             Self::Next => "next",
         }
@@ -57,18 +66,20 @@ impl KernelVersion {
         match self {
             Self::V6_19 => LuoFormat::V1,
             Self::V7_0 => LuoFormat::V1Flb,
-            Self::V7_3 => LuoFormat::V5,
+            Self::V7_2 | Self::V7_3 => LuoFormat::V5,
             Self::Next => LuoFormat::Next,
         }
     }
 
-    /// The LUO formats read (the one written first). 6.19 and 7.0 are upstream's, exact
-    /// match; 7.3 and next are ours, which also read the older formats.
+    /// The LUO formats read (the one written first). 6.19, 7.0 and 7.2 are upstream's, exact
+    /// match (7.2.13's `luo_early_startup` refuses any other root); 7.3 and next are ours,
+    /// which also read the older formats.
     pub fn luo_reads(self) -> &'static [LuoFormat] {
         use LuoFormat::*;
         match self {
             Self::V6_19 => &[V1],
             Self::V7_0 => &[V1Flb],
+            Self::V7_2 => &[V5],
             Self::V7_3 => &[V5, V1Flb, V1],
             Self::Next => &[Next, V5, V1Flb, V1],
         }
@@ -80,7 +91,7 @@ impl KernelVersion {
     pub fn memfd_writes(self) -> &'static str {
         match self {
             Self::V6_19 | Self::V7_0 => v1::MEMFD_LUO_FH_COMPATIBLE,
-            Self::V7_3 => v2::MEMFD_LUO_FH_COMPATIBLE,
+            Self::V7_2 | Self::V7_3 => v2::MEMFD_LUO_FH_COMPATIBLE,
             Self::Next => next::MEMFD_LUO_FH_NAME,
         }
     }
@@ -92,6 +103,7 @@ impl KernelVersion {
         const NEXT: &str = next::MEMFD_LUO_FH_NAME;
         match self {
             Self::V6_19 | Self::V7_0 => &[V1],
+            Self::V7_2 => &[V2],
             Self::V7_3 => &[V2, V1],
             Self::Next => &[NEXT, V2, V1],
         }
@@ -111,6 +123,6 @@ impl FromStr for KernelVersion {
         Self::ALL
             .into_iter()
             .find(|k| k.name() == s)
-            .ok_or_else(|| format!("unknown kernel {s:?} (6.19, 7.0, 7.3, next)"))
+            .ok_or_else(|| format!("unknown kernel {s:?} (6.19, 7.0, 7.2, 7.3, next)"))
     }
 }

@@ -154,7 +154,10 @@ fn conformance_suite_runs_under_the_simulator() {
     // The freeze holds for raw system calls and an exec'd program without the preload too,
     // and a seal added while frozen is reported then, not carried.
     assert!(out.contains("data: raw ftruncate grow: EPERM"), "{out}");
-    assert!(out.contains("exec'd child: raw write past the end: EPERM"), "{out}");
+    assert!(
+        out.contains("exec'd child: raw write past the end: EPERM"),
+        "{out}"
+    );
     assert!(out.contains("seals while preserved: GROW"), "{out}");
     assert!(out.contains("retrieved seals: none"), "{out}");
     assert!(

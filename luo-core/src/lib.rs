@@ -44,7 +44,7 @@
 //!   for byte, and a typed API; [`exec`]: the handover across `execve`.
 //! * [`rust_host`]: what Rust handlers see of the core (each kernel's `LuoHost`) and the
 //!   registrations a kernel owns ([`luo_abi::registry::Registry`]); [`version`]: the kernel a
-//!   boot plays (6.19, 7.0, 7.3, next: the formats written and read); [`testing`]: a test
+//!   boot plays (6.19, 7.0, 7.2, 7.3, next: the formats written and read); [`testing`]: a test
 //!   handler and FLB with failure injection, written with the macros; [`static_desc`]:
 //!   handler descriptors in `static`s, for code that drives the C paths directly.
 //! * [`capi`]: the `extern "C"` API of `linux/liveupdate.h`, KHO calls for C handlers and a

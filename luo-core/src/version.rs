@@ -42,13 +42,8 @@ pub enum KernelVersion {
 
 impl KernelVersion {
     /// Every kernel, oldest first.
-    pub const ALL: [KernelVersion; 5] = [
-        Self::V6_19,
-        Self::V7_0,
-        Self::V7_2,
-        Self::V7_3,
-        Self::Next,
-    ];
+    pub const ALL: [KernelVersion; 5] =
+        [Self::V6_19, Self::V7_0, Self::V7_2, Self::V7_3, Self::Next];
 
     /// The name used by `spec/kernels` and the CLI.
     pub fn name(self) -> &'static str {

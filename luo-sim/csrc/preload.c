@@ -410,6 +410,15 @@ EXPORT int ioctl(int fd, unsigned long req, ...)
 #define F_GET_SEALS 1034
 #endif
 
+/* The filter matches this ABI's system call numbers only (those the daemon decodes). */
+#if defined(__x86_64__)
+#define NATIVE_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define NATIVE_ARCH AUDIT_ARCH_AARCH64
+#else
+#error "luo-sim preload: no seccomp audit arch for this target"
+#endif
+
 #define OP_SUPERVISE 5u
 /* fcntl(PROBE_FD, PROBE_CMD) fails with ENOTUNIQ under our filter, EBADF otherwise. */
 #define PROBE_FD 0x7ffffff0
@@ -438,7 +447,7 @@ static void supervise(int dev)
 	/* Jump offsets count the instructions skipped; the layout is fixed, labels in comments. */
 	struct sock_filter f[] = {
 		/* 0 */ LD(offsetof(struct seccomp_data, arch)),
-		/* 1 */ JEQ(AUDIT_ARCH_X86_64, 0, 22),          /* other ABI: ALLOW (24) */
+		/* 1 */ JEQ(NATIVE_ARCH, 0, 22),                /* other ABI: ALLOW (24) */
 		/* 2 */ LD(offsetof(struct seccomp_data, nr)),
 		/* 3 */ JEQ(SYS_fcntl, 8, 0),                    /* FCNTL (12) */
 		/* 4 */ JEQ(SYS_write, 13, 0),                   /* FD (18) */

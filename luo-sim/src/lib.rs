@@ -1069,11 +1069,20 @@ impl Daemon {
     fn judge_call(&mut self, l: BorrowedFd<'_>, n: &supervise::Notif) -> supervise::Answer {
         use supervise::Answer;
         let fd = supervise::fd_of(n);
-        let Ok(st) = rustix::fs::stat(format!("/proc/{}/fd/{fd}", n.pid)) else {
+        let link = format!("/proc/{}/fd/{fd}", n.pid);
+        // Only an unlinked file can be a preserved memfd. The link text comes from the dentry
+        // alone; a stat would ask the file's filesystem (a FUSE server could be the caller).
+        if !rustix::fs::readlink(&link, Vec::new())
+            .is_ok_and(|t| t.as_bytes().ends_with(b" (deleted)"))
+        {
+            return Answer::Continue;
+        }
+        let Ok(st) = rustix::fs::stat(&link) else {
             return Answer::Continue;
         };
         let key = (st.st_dev, st.st_ino);
-        let Some((core_fd, late_before)) = self.mirrors.get(&key).map(|m| (m.core_fd, m.late_seals))
+        let Some((core_fd, late_before)) =
+            self.mirrors.get(&key).map(|m| (m.core_fd, m.late_seals))
         else {
             return Answer::Continue;
         };

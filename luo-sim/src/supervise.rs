@@ -33,7 +33,7 @@ pub(crate) struct Notif {
     pub id: u64,
     /// The calling task (in the daemon's pid namespace).
     pub pid: u32,
-    /// System call number (x86_64).
+    /// System call number (of the native ABI: the filter passes no other).
     pub nr: i64,
     /// Its arguments.
     pub args: [u64; 6],
@@ -104,7 +104,8 @@ pub(crate) fn respond(listener: BorrowedFd<'_>, id: u64, a: Answer) {
 }
 
 fn last_errno() -> Errno {
-    Errno::from_raw(std::io::Error::last_os_error().raw_os_error().unwrap_or(5)).unwrap_or(Errno::EIO)
+    Errno::from_raw(std::io::Error::last_os_error().raw_os_error().unwrap_or(5))
+        .unwrap_or(Errno::EIO)
 }
 
 const F_ADD_SEALS: u64 = 1033;
@@ -235,14 +236,7 @@ pub(crate) fn iov_len(pid: u32, addr: u64, count: u64) -> Option<u64> {
     // SAFETY: `local` is one writable buffer of exactly the length asked for; the remote
     // range is only read by the kernel, which checks it against the target's memory.
     let n = unsafe {
-        libc::process_vm_readv(
-            pid as libc::pid_t,
-            local.as_ptr().cast(),
-            1,
-            &remote,
-            1,
-            0,
-        )
+        libc::process_vm_readv(pid as libc::pid_t, local.as_ptr().cast(), 1, &remote, 1, 0)
     };
     if n != raw.len() as isize {
         return None;
@@ -377,16 +371,33 @@ mod tests {
         assert_eq!(w(Some(4000), 97), Answer::Fail(Errno::EPERM));
         assert_eq!(w(Some(8192), 0), Answer::Continue);
         assert_eq!(w(None, 4096), Answer::Continue);
-        let end = OpenFile { pos: 0, flags: 2 | O_APPEND };
+        let end = OpenFile {
+            pos: 0,
+            flags: 2 | O_APPEND,
+        };
         let appended = Call::Write {
             at: None,
             len: 1,
             append: false,
         };
         assert_eq!(judge(appended, &f, &end).0, Answer::Fail(Errno::EPERM));
-        let fa = |mode| judge(Call::Fallocate { mode, off: 0, len: 1 }, &f, &RW).0;
+        let fa = |mode| {
+            judge(
+                Call::Fallocate {
+                    mode,
+                    off: 0,
+                    len: 1,
+                },
+                &f,
+                &RW,
+            )
+            .0
+        };
         assert_eq!(fa(0), Answer::Fail(Errno::EPERM));
-        assert_eq!(fa(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE), Answer::Fail(Errno::EPERM));
+        assert_eq!(
+            fa(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE),
+            Answer::Fail(Errno::EPERM)
+        );
         // An unsupported mode is the host's EOPNOTSUPP, as on the kernel.
         assert_eq!(fa(0x8), Answer::Continue);
     }
@@ -431,6 +442,9 @@ mod tests {
         // Unknown bits and read-only fds are the host kernel's to refuse.
         assert_eq!(judge(Call::AddSeals(0x100), &f, &RW).0, Answer::Continue);
         let ro = OpenFile { pos: 0, flags: 0 };
-        assert_eq!(judge(Call::AddSeals(F_SEAL_GROW), &frozen(), &ro).0, Answer::Continue);
+        assert_eq!(
+            judge(Call::AddSeals(F_SEAL_GROW), &frozen(), &ro).0,
+            Answer::Continue
+        );
     }
 }

@@ -333,8 +333,9 @@ fn failed_kexec_leaves_the_machine_and_its_sessions() {
     assert!(out.contains("stage2: ok"), "{out}");
 }
 
-/// A preserved memfd grown behind the freeze (a raw ftruncate the preload cannot see) is put
-/// back to its preserved size at the kexec: the kexec's work and memory are bounded by what
+/// The freeze holds for a raw ftruncate of the program (EPERM); a preserved memfd grown behind
+/// it (by a process outside the daemon's supervision, through /proc) is put back to its
+/// preserved size at the kexec: the kexec's work and memory are bounded by what
 /// was preserved (4 GiB of growth used to cost 4 GiB of host memory and seconds), and the file
 /// comes back as the kernel would have kept it.
 #[test]
@@ -393,4 +394,60 @@ fn kexec_after_the_binary_was_deleted() {
     );
     let out = d.run_ok(&s2, &["2", "3"]);
     assert!(out.contains("stage2: ok"), "{out}");
+}
+
+/// A process under the freeze supervision outlives a simulated kexec: the seccomp listener
+/// goes along to the next daemon, so the calls its filter forwards are still answered (a
+/// listener closed at the re-exec would fail them with ENOSYS). Once the process is gone the
+/// daemon holds no descriptor for it.
+#[test]
+fn supervision_survives_the_kexec() {
+    use std::io::{BufRead, Write};
+    let dir = scratch("supervised");
+    let d = Daemon::start(&dir);
+    let prog = build(&dir, "supervised");
+    // The daemon's seccomp listeners, by their /proc link.
+    let listeners = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_link(e.path())
+                    .is_ok_and(|l| l.to_string_lossy() == "anon_inode:seccomp notify")
+            })
+            .count()
+    };
+    let mut p = Command::new(&prog)
+        .env("LD_PRELOAD", luo_sim::PRELOAD)
+        .env("LUO_SIM_SOCKET", &d.socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(p.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let report = luo_sim::kexec(&d.socket, None).unwrap();
+    assert!(report.contains("kexec done"), "{report}");
+    // The next daemon holds the process's listener.
+    assert_eq!(listeners(d.child.id()), 1);
+    p.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let o = p.wait_with_output().unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert!(
+        o.status.success() && line == "after: ok\n",
+        "{}: {line}\nstderr: {}\ndaemon log tail: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr),
+        d.log_tail()
+    );
+    // The listener's hang-up reaches the daemon once the process is reaped.
+    let t = std::time::Instant::now();
+    while listeners(d.child.id()) != 0 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(listeners(d.child.id()), 0, "the listener of a process gone");
 }

@@ -30,7 +30,10 @@ fn update(from: KernelVersion, to: KernelVersion) -> Result<(), KexecError> {
 #[test]
 fn the_simulator_plays_7_2() {
     assert_eq!(luo_sim::machine::SIMULATED, KernelVersion::V7_2);
-    assert_eq!(luo_sim::machine::default_options().version, KernelVersion::V7_2);
+    assert_eq!(
+        luo_sim::machine::default_options().version,
+        KernelVersion::V7_2
+    );
     assert_eq!("7.2".parse::<KernelVersion>(), Ok(KernelVersion::V7_2));
 }
 
@@ -43,7 +46,10 @@ fn seven_two_reads_what_it_and_7_3_write() {
 
 #[test]
 fn older_formats_are_refused_at_boot() {
-    for (from, found) in [(KernelVersion::V6_19, "luo-v1"), (KernelVersion::V7_0, "luo-v1")] {
+    for (from, found) in [
+        (KernelVersion::V6_19, "luo-v1"),
+        (KernelVersion::V7_0, "luo-v1"),
+    ] {
         match update(from, KernelVersion::V7_2) {
             Err(KexecError::Boot(e @ ImageError::UnsupportedFormat { .. })) => {
                 assert!(e.to_string().contains(found), "{from} -> 7.2: {e}");

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! luo-sim simulate [--sessions N] [--files N] [--size BYTES] [--seed N] [--hops N] [--next PATH] [--save-image PATH] [--json]
-//!                  [--from KERNEL] [--to KERNEL]...   (6.19, 7.0, 7.3, next)
+//!                  [--from KERNEL] [--to KERNEL]...   (6.19, 7.0, 7.2, 7.3, next)
 //!                  [--scenario basic|vm] [--hugetlb-form subsystem|flb]   (vm: kernel next)
 //! luo-sim stage2          (run by stage 1 through execve, with the handover inherited)
 //! luo-sim inspect IMAGE [--json]

@@ -394,6 +394,7 @@ EXPORT int ioctl(int fd, unsigned long req, ...)
 #include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 
 #ifndef SECCOMP_FILTER_FLAG_NEW_LISTENER
@@ -437,45 +438,108 @@ static int supervised(void)
 #define LD(off) BPF_STMT(BPF_LD | BPF_W | BPF_ABS, (off))
 #define JEQ(k, t, f) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (k), (t), (f))
 #define JGE(k, t, f) BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, (k), (t), (f))
+#define JSET(k, t, f) BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, (k), (t), (f))
 #define RET(k) BPF_STMT(BPF_RET | BPF_K, (k))
+#define MAX_FILTER 160
+
+/* One forwarded call: system call `nr`, forwarded when argument `fd` (if >= 0) is an fd above
+ * 2 and every `mask[i]` has a bit set in argument `arg[i]` (if arg[i] >= 0). */
+struct rule {
+	int nr, fd;
+	int arg[2];
+	uint32_t mask[2];
+};
+
+/* Emits one rule: with the system call number in A, the rule's block either returns (its
+ * call) or falls through to the next block with A unchanged. Jumps are patched once the
+ * block's two exits are placed. */
+static int emit(struct sock_filter *f, int n, const struct rule *r)
+{
+	int head = n, allow[4], na = 0, high[1], nh = 0;
+	f[n++] = (struct sock_filter)JEQ(r->nr, 0, 0); /* jf: past the block */
+	for (int i = 0; i < 2; i++) {
+		if (r->arg[i] < 0)
+			continue;
+		f[n++] = (struct sock_filter)LD(ARG_LO(r->arg[i]));
+		allow[na++] = n;
+		f[n++] = (struct sock_filter)JSET(r->mask[i], 0, 0); /* jf: allow */
+	}
+	if (r->fd >= 0) {
+		f[n++] = (struct sock_filter)LD(ARG_HI(r->fd));
+		allow[na++] = n;
+		f[n++] = (struct sock_filter)JEQ(0, 0, 0); /* jf: allow */
+		f[n++] = (struct sock_filter)LD(ARG_LO(r->fd));
+		high[nh++] = n;
+		f[n++] = (struct sock_filter)JGE(0x80000000U, 0, 0); /* jt: allow (negative) */
+		allow[na++] = n;
+		f[n++] = (struct sock_filter)JGE(3, 0, 0); /* jf: allow */
+	}
+	f[n++] = (struct sock_filter)RET(SECCOMP_RET_USER_NOTIF);
+	int ret_allow = n;
+	f[n++] = (struct sock_filter)RET(SECCOMP_RET_ALLOW);
+	for (int i = 0; i < na; i++)
+		f[allow[i]].jf = ret_allow - allow[i] - 1;
+	for (int i = 0; i < nh; i++)
+		f[high[i]].jt = ret_allow - high[i] - 1;
+	f[head].jf = n - head - 1;
+	return n;
+}
 
 /* Installs the filter and hands its listener to the daemon over `dev`. */
 static void supervise(int dev)
 {
 	if (supervised())
 		return;
-	/* Jump offsets count the instructions skipped; the layout is fixed, labels in comments. */
-	struct sock_filter f[] = {
-		/* 0 */ LD(offsetof(struct seccomp_data, arch)),
-		/* 1 */ JEQ(NATIVE_ARCH, 0, 22),                /* other ABI: ALLOW (24) */
-		/* 2 */ LD(offsetof(struct seccomp_data, nr)),
-		/* 3 */ JEQ(SYS_fcntl, 8, 0),                    /* FCNTL (12) */
-		/* 4 */ JEQ(SYS_write, 13, 0),                   /* FD (18) */
-		/* 5 */ JEQ(SYS_pwrite64, 12, 0),
-		/* 6 */ JEQ(SYS_writev, 11, 0),
-		/* 7 */ JEQ(SYS_pwritev, 10, 0),
-		/* 8 */ JEQ(SYS_pwritev2, 9, 0),
-		/* 9 */ JEQ(SYS_ftruncate, 8, 0),
-		/* 10 */ JEQ(SYS_fallocate, 7, 0),
-		/* 11 */ RET(SECCOMP_RET_ALLOW),
-		/* FCNTL: */
-		/* 12 */ LD(ARG_LO(1)),
-		/* 13 */ JEQ(PROBE_CMD, 3, 0),                   /* PROBE (17) */
-		/* 14 */ JEQ(F_ADD_SEALS, 3, 0),                 /* FD (18) */
-		/* 15 */ JEQ(F_GET_SEALS, 2, 0),
-		/* 16 */ RET(SECCOMP_RET_ALLOW),
-		/* PROBE: */
-		/* 17 */ RET(SECCOMP_RET_ERRNO | ENOTUNIQ),
-		/* FD: an fd above 2 (a negative one is the host kernel's EBADF) */
-		/* 18 */ LD(ARG_HI(0)),
-		/* 19 */ JEQ(0, 0, 4),                           /* ALLOW (24) */
-		/* 20 */ LD(ARG_LO(0)),
-		/* 21 */ JGE(0x80000000U, 2, 0),                 /* ALLOW (24) */
-		/* 22 */ JGE(3, 0, 1),                           /* ALLOW (24) */
-		/* 23 */ RET(SECCOMP_RET_USER_NOTIF),
-		/* 24 */ RET(SECCOMP_RET_ALLOW),
+	/* What can change a frozen memfd or its seals: the write family and the calls that write
+	 * a file from another one (by their output fd), size changes by fd and by path (a memfd's
+	 * only paths are /proc/PID/fd/N and /dev/fd/N), opens with O_TRUNC, seals, a shared
+	 * writable mapping (refused after a late F_SEAL_FUTURE_WRITE), exec bits (F_SEAL_EXEC). */
+	static const struct rule rules[] = {
+		{ SYS_write, 0, { -1, -1 }, { 0, 0 } },
+		{ SYS_pwrite64, 0, { -1, -1 }, { 0, 0 } },
+		{ SYS_writev, 0, { -1, -1 }, { 0, 0 } },
+		{ SYS_pwritev, 0, { -1, -1 }, { 0, 0 } },
+		{ SYS_pwritev2, 0, { -1, -1 }, { 0, 0 } },
+		{ SYS_copy_file_range, 2, { -1, -1 }, { 0, 0 } },
+		{ SYS_splice, 2, { -1, -1 }, { 0, 0 } },
+		{ SYS_sendfile, 0, { -1, -1 }, { 0, 0 } },
+		{ SYS_ftruncate, 0, { -1, -1 }, { 0, 0 } },
+		{ SYS_fallocate, 0, { -1, -1 }, { 0, 0 } },
+		{ SYS_truncate, -1, { -1, -1 }, { 0, 0 } },
+#ifdef SYS_open
+		{ SYS_open, -1, { 1, -1 }, { O_TRUNC, 0 } },
+#endif
+		{ SYS_openat, -1, { 2, -1 }, { O_TRUNC, 0 } },
+		{ SYS_mmap, 4, { 2, 3 }, { PROT_WRITE, MAP_SHARED } },
+		{ SYS_fchmod, 0, { -1, -1 }, { 0, 0 } },
 	};
-	struct sock_fprog prog = { .len = sizeof(f) / sizeof(f[0]), .filter = f };
+	struct sock_filter f[MAX_FILTER];
+	int n = 0;
+	f[n++] = (struct sock_filter)LD(offsetof(struct seccomp_data, arch));
+	f[n++] = (struct sock_filter)JEQ(NATIVE_ARCH, 1, 0);
+	f[n++] = (struct sock_filter)RET(SECCOMP_RET_ALLOW); /* another ABI */
+	f[n++] = (struct sock_filter)LD(offsetof(struct seccomp_data, nr));
+	/* fcntl: the probe, F_ADD_SEALS and F_GET_SEALS on fds above 2. */
+	f[n++] = (struct sock_filter)JEQ(SYS_fcntl, 0, 12);
+	f[n++] = (struct sock_filter)LD(ARG_LO(1));
+	f[n++] = (struct sock_filter)JEQ(PROBE_CMD, 9, 0);   /* errno */
+	f[n++] = (struct sock_filter)JEQ(F_ADD_SEALS, 1, 0); /* fd check */
+	f[n++] = (struct sock_filter)JEQ(F_GET_SEALS, 0, 5); /* allow */
+	f[n++] = (struct sock_filter)LD(ARG_HI(0));
+	f[n++] = (struct sock_filter)JEQ(0, 0, 3);           /* allow */
+	f[n++] = (struct sock_filter)LD(ARG_LO(0));
+	f[n++] = (struct sock_filter)JGE(0x80000000U, 1, 0); /* allow */
+	f[n++] = (struct sock_filter)JGE(3, 1, 0);           /* notif, else allow */
+	f[n++] = (struct sock_filter)RET(SECCOMP_RET_ALLOW);
+	f[n++] = (struct sock_filter)RET(SECCOMP_RET_USER_NOTIF);
+	f[n++] = (struct sock_filter)RET(SECCOMP_RET_ERRNO | ENOTUNIQ);
+	for (size_t i = 0; i < sizeof(rules) / sizeof(rules[0]); i++)
+		n = emit(f, n, &rules[i]);
+	/* openat2 (its flags are behind a pointer): every call. */
+	f[n++] = (struct sock_filter)JEQ(SYS_openat2, 0, 1);
+	f[n++] = (struct sock_filter)RET(SECCOMP_RET_USER_NOTIF);
+	f[n++] = (struct sock_filter)RET(SECCOMP_RET_ALLOW);
+	struct sock_fprog prog = { .len = (unsigned short)n, .filter = f };
 	int saved = errno;
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
 		goto fail;

@@ -1067,9 +1067,13 @@ impl Daemon {
     /// The answer to a forwarded call: the kernel's if it is about a frozen memfd, else the
     /// host kernel runs it.
     fn judge_call(&mut self, l: BorrowedFd<'_>, n: &supervise::Notif) -> supervise::Answer {
-        use supervise::Answer;
-        let fd = supervise::fd_of(n);
-        let link = format!("/proc/{}/fd/{fd}", n.pid);
+        use supervise::{Answer, Target};
+        let peer = supervise::Task(n.pid);
+        let (link, fd) = match supervise::target(n, &peer) {
+            Some(Target::Fd(fd)) => (format!("/proc/{}/fd/{fd}", n.pid), Some(fd)),
+            Some(Target::Path(p)) => (p, None),
+            None => return Answer::Continue,
+        };
         // Only an unlinked file can be a preserved memfd. The link text comes from the dentry
         // alone; a stat would ask the file's filesystem (a FUSE server could be the caller).
         if !rustix::fs::readlink(&link, Vec::new())
@@ -1095,12 +1099,20 @@ impl Daemon {
         if !mf.is_frozen() {
             return Answer::Continue;
         }
-        let Some(call) = supervise::decode(n, |addr, cnt| supervise::iov_len(n.pid, addr, cnt))
-        else {
+        let Some(call) = supervise::decode(n, &peer) else {
             return Answer::Continue;
         };
-        let Some(of) = supervise::open_file(n.pid, fd) else {
-            return Answer::Continue;
+        // A path names the file, not an open of it: as the kernel's, its checks are the
+        // inode's (a path truncate needs write permission, which an open for writing shows).
+        let of = match fd {
+            Some(fd) => match supervise::open_file(n.pid, fd) {
+                Some(of) => of,
+                None => return Answer::Continue,
+            },
+            None => supervise::OpenFile {
+                pos: 0,
+                flags: rustix::fs::OFlags::RDWR.bits(),
+            },
         };
         // What was read of /proc/PID is the caller's only if its call is still waiting.
         if !supervise::still_valid(l, n.id) {

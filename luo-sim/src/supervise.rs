@@ -9,18 +9,22 @@
 //! does not freeze, and on which a seal added now would cross the kexec with the file.
 //!
 //! So the preload library installs a seccomp filter in each process that opens
-//! `/dev/liveupdate` (inherited by its children, across `execve` too) that turns `ftruncate`,
-//! `fallocate`, `write`, `pwrite64`, `writev`, `pwritev`, `pwritev2` and
-//! `fcntl(F_ADD_SEALS | F_GET_SEALS)` on fds above 2 into user notifications, and sends the
-//! listener to the daemon. For each call the daemon finds the inode behind the caller's fd
-//! (`/proc/PID/fd/N`), and unless it is a frozen memfd lets the host kernel run the call
-//! ([`Answer::Continue`]); for a frozen one it answers as the kernel would ([`judge`]), keeping
-//! seals added meanwhile as the daemon's own state ([`Frozen::late`]), applied to the host file
-//! when the file thaws and dropped at the kexec.
+//! `/dev/liveupdate` (inherited by its children, across `execve` too) that turns into user
+//! notifications, on fds above 2: the write family (`write`, `pwrite64`, `writev`, `pwritev`,
+//! `pwritev2`), what writes a file from another (`copy_file_range`, `splice`, `sendfile`),
+//! `ftruncate`, `fallocate`, `fchmod`, `fcntl(F_ADD_SEALS | F_GET_SEALS)`, shared writable
+//! `mmap`; and by path (a memfd's only paths are `/proc/PID/fd/N` and `/dev/fd/N`):
+//! `truncate` and opens with `O_TRUNC`. It sends the listener to the daemon. For each call the
+//! daemon finds the inode ([`target`]), and unless it is a frozen memfd lets the host kernel
+//! run the call ([`Answer::Continue`]); for a frozen one it answers as the kernel would
+//! ([`judge`]), keeping seals added meanwhile as the daemon's own state ([`Frozen::late`]),
+//! applied to the host file when the file thaws and dropped at the kexec.
 //!
 //! What this does not see: io_uring (its requests never pass seccomp), writes through a shared
-//! mapping (the kernel allows them within the size too; past it they fault on both), and
-//! processes that never opened the device nor descend from one that did.
+//! mapping (the kernel allows them within the size too; past it they fault on both), an
+//! `mprotect` adding write access to a shared mapping made after a late write seal (the
+//! kernel: `EACCES`), paths relative to a directory fd, and processes that never opened the
+//! device nor descend from one that did.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
@@ -127,34 +131,122 @@ const O_APPEND: u32 = 0o2000;
 /// A call the filter sends, decoded; `None` for any other.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Call {
-    /// `ftruncate(fd, len)`.
+    /// `ftruncate(fd, len)`, `truncate(path, len)`.
     Truncate { len: i64 },
     /// `fallocate(fd, mode, off, len)`.
     Fallocate { mode: u64, off: i64, len: i64 },
     /// A write of `len` bytes at `at` (`None`: the file position, or the end with `O_APPEND`);
-    /// `append`: `RWF_APPEND`.
+    /// `append`: `RWF_APPEND`. Also what `copy_file_range`, `splice` and `sendfile` would
+    /// write (their length cut to what the source has).
     Write {
         at: Option<i64>,
         len: u64,
         append: bool,
     },
+    /// An open with `O_TRUNC`.
+    OpenTruncate,
+    /// A shared writable mapping (`mmap` with `MAP_SHARED` and `PROT_WRITE`).
+    MapShared,
+    /// `fchmod(fd, mode)`.
+    Chmod { mode: u32 },
     /// `fcntl(fd, F_ADD_SEALS, seals)`.
     AddSeals(u32),
     /// `fcntl(fd, F_GET_SEALS)`.
     GetSeals,
 }
 
-/// The fd a notification is about (the filter only sends calls on fds above 2).
-pub(crate) fn fd_of(n: &Notif) -> i32 {
-    n.args[0] as i32
+/// What a call is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// One of the caller's fds.
+    Fd(i32),
+    /// A path that names one of a process's fds (`/proc/PID/fd/N`), in the daemon's view.
+    Path(String),
 }
 
-/// Decodes `n`; `iov_len(addr, count)` reads the total length of a vector in the caller's
-/// memory (`None`: unreadable, and the host kernel's `EFAULT` is left to it).
-pub(crate) fn decode(n: &Notif, iov_len: impl Fn(u64, u64) -> Option<u64>) -> Option<Call> {
+/// The caller's memory and files, as far as decoding needs them.
+pub(crate) trait Peer {
+    /// The total length of an iovec array (`None`: unreadable, the host kernel's `EFAULT`).
+    fn iov_len(&self, addr: u64, count: u64) -> Option<u64>;
+    /// A `loff_t` the caller points at.
+    fn read_u64(&self, addr: u64) -> Option<u64>;
+    /// A NUL-terminated path the caller points at.
+    fn read_path(&self, addr: u64) -> Option<Vec<u8>>;
+    /// How many bytes reading `fd` from `off` (`None`: its position) can give: what a regular
+    /// file holds past it, what a pipe holds; `None` if unknown.
+    fn available(&self, fd: i32, off: Option<u64>) -> Option<u64>;
+    /// The caller's pid (paths through `/proc/self` name it).
+    fn pid(&self) -> u32;
+}
+
+const O_TRUNC: u64 = 0o1000;
+
+/// `path` if it names a process's fd, rewritten for the daemon (`/proc/self` is the caller's).
+fn fd_path(pid: u32, path: &[u8]) -> Option<String> {
+    let path = std::str::from_utf8(path).ok()?;
+    let rest = if let Some(r) = path.strip_prefix("/proc/self/fd/") {
+        r
+    } else if let Some(r) = path.strip_prefix("/proc/thread-self/fd/") {
+        r
+    } else if let Some(r) = path.strip_prefix("/dev/fd/") {
+        r
+    } else {
+        let p = path.strip_prefix("/proc/")?;
+        let (who, r) = p.split_once('/')?;
+        if !who.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        return r
+            .strip_prefix("fd/")
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .map(|_| path.to_owned());
+    };
+    (!rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| format!("/proc/{pid}/fd/{rest}"))
+}
+
+/// The file `n` is about; `None` when it cannot be a memfd (a path not through an fd, an open
+/// without `O_TRUNC`) or the call is not one the filter sends.
+pub(crate) fn target(n: &Notif, peer: &dyn Peer) -> Option<Target> {
     let a = n.args;
+    let path = |addr: u64| fd_path(peer.pid(), &peer.read_path(addr)?).map(Target::Path);
+    match n.nr {
+        libc::SYS_copy_file_range | libc::SYS_splice => Some(Target::Fd(a[2] as i32)),
+        libc::SYS_mmap => Some(Target::Fd(a[4] as i32)),
+        libc::SYS_truncate => path(a[0]),
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_open if a[1] & O_TRUNC != 0 => path(a[0]),
+        libc::SYS_openat if a[2] & O_TRUNC != 0 => path(a[1]),
+        libc::SYS_openat2 if peer.read_u64(a[2]).is_some_and(|f| f & O_TRUNC != 0) => path(a[1]),
+        libc::SYS_write
+        | libc::SYS_pwrite64
+        | libc::SYS_writev
+        | libc::SYS_pwritev
+        | libc::SYS_pwritev2
+        | libc::SYS_sendfile
+        | libc::SYS_ftruncate
+        | libc::SYS_fallocate
+        | libc::SYS_fchmod
+        | libc::SYS_fcntl => Some(Target::Fd(a[0] as i32)),
+        _ => None,
+    }
+}
+
+/// Decodes `n` (after [`target`] named a frozen memfd); `None` leaves the call to the host
+/// kernel (an unreadable argument is its `EFAULT`).
+pub(crate) fn decode(n: &Notif, peer: &dyn Peer) -> Option<Call> {
+    let a = n.args;
+    // An optional `loff_t *`: absent is `Some(None)`, unreadable `None`.
+    let off = |p: u64| match p {
+        0 => Some(None),
+        p => peer.read_u64(p).map(Some),
+    };
+    // A length cut to what the source `fd` has from `from`.
+    let cut = |len: u64, fd: u64, from: Option<u64>| {
+        peer.available(fd as i32, from).map_or(len, |n| len.min(n))
+    };
     Some(match n.nr {
-        libc::SYS_ftruncate => Call::Truncate { len: a[1] as i64 },
+        libc::SYS_ftruncate | libc::SYS_truncate => Call::Truncate { len: a[1] as i64 },
         libc::SYS_fallocate => Call::Fallocate {
             mode: a[1] & 0xffff_ffff,
             off: a[2] as i64,
@@ -172,24 +264,139 @@ pub(crate) fn decode(n: &Notif, iov_len: impl Fn(u64, u64) -> Option<u64>) -> Op
         },
         libc::SYS_writev => Call::Write {
             at: None,
-            len: iov_len(a[1], a[2])?,
+            len: peer.iov_len(a[1], a[2])?,
             append: false,
         },
         libc::SYS_pwritev => Call::Write {
             at: Some(a[3] as i64),
-            len: iov_len(a[1], a[2])?,
+            len: peer.iov_len(a[1], a[2])?,
             append: false,
         },
         libc::SYS_pwritev2 => Call::Write {
             // An offset of -1 is the file position (preadv2(2)).
             at: Some(a[3] as i64).filter(|&o| o != -1),
-            len: iov_len(a[1], a[2])?,
+            len: peer.iov_len(a[1], a[2])?,
             append: a[5] & RWF_APPEND != 0,
+        },
+        // copy_file_range(fd_in, off_in, fd_out, off_out, len, flags), and splice with the
+        // same arguments: the kernel cuts the length to what the source has.
+        libc::SYS_copy_file_range | libc::SYS_splice => Call::Write {
+            at: off(a[3])?.map(|o| o as i64),
+            len: cut(a[4], a[0], off(a[1])?),
+            append: false,
+        },
+        // sendfile(out_fd, in_fd, offset, count).
+        libc::SYS_sendfile => Call::Write {
+            at: None,
+            len: cut(a[3], a[1], off(a[2])?),
+            append: false,
+        },
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_open => Call::OpenTruncate,
+        libc::SYS_openat | libc::SYS_openat2 => Call::OpenTruncate,
+        libc::SYS_mmap => Call::MapShared,
+        libc::SYS_fchmod => Call::Chmod {
+            mode: a[1] as u32 & 0o7777,
         },
         libc::SYS_fcntl if a[1] & 0xffff_ffff == F_ADD_SEALS => Call::AddSeals(a[2] as u32),
         libc::SYS_fcntl if a[1] & 0xffff_ffff == F_GET_SEALS => Call::GetSeals,
         _ => return None,
     })
+}
+
+/// The [`Peer`] of a live task, read through `/proc` and `process_vm_readv`.
+pub(crate) struct Task(pub u32);
+
+impl Task {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        let len = buf.len();
+        let local = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: len,
+        };
+        let remote = libc::iovec {
+            iov_base: addr as usize as *mut libc::c_void,
+            iov_len: len,
+        };
+        // SAFETY: `local` is `buf`, writable for its length; the remote range is only read,
+        // and the kernel checks it against the task's memory.
+        let n = unsafe { libc::process_vm_readv(self.0 as libc::pid_t, &local, 1, &remote, 1, 0) };
+        n == len as isize
+    }
+}
+
+impl Peer for Task {
+    fn iov_len(&self, addr: u64, count: u64) -> Option<u64> {
+        // UIO_MAXIOV: the kernel refuses more (EINVAL), which it is left to say.
+        if count > 1024 {
+            return None;
+        }
+        let mut raw = vec![0u8; count as usize * 16];
+        if !self.read(addr, &mut raw) {
+            return None;
+        }
+        raw.chunks_exact(16).try_fold(0u64, |t, c| {
+            let len = u64::from_ne_bytes(c[8..16].try_into().ok()?);
+            t.checked_add(len)
+        })
+    }
+
+    fn read_u64(&self, addr: u64) -> Option<u64> {
+        let mut b = [0u8; 8];
+        self.read(addr, &mut b).then(|| u64::from_ne_bytes(b))
+    }
+
+    fn read_path(&self, addr: u64) -> Option<Vec<u8>> {
+        // Page by page up to the NUL (PATH_MAX at most): a page past the string may be
+        // unmapped.
+        let mut out = Vec::new();
+        let mut at = addr;
+        while out.len() < 4096 {
+            let chunk = (4096 - at % 4096) as usize;
+            let mut b = vec![0u8; chunk];
+            if !self.read(at, &mut b) {
+                return None;
+            }
+            if let Some(end) = b.iter().position(|&c| c == 0) {
+                out.extend_from_slice(&b[..end]);
+                return Some(out);
+            }
+            out.extend_from_slice(&b);
+            at += chunk as u64;
+        }
+        None
+    }
+
+    fn available(&self, fd: i32, off: Option<u64>) -> Option<u64> {
+        use rustix::fs::FileType;
+        let st = rustix::fs::stat(format!("/proc/{}/fd/{fd}", self.0)).ok()?;
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::RegularFile => {
+                let from = match off {
+                    Some(o) => o,
+                    None => open_file(self.0, fd)?.pos,
+                };
+                Some((st.st_size as u64).saturating_sub(from))
+            }
+            FileType::Fifo => {
+                let pid = rustix::process::Pid::from_raw(self.0 as i32)?;
+                let pidfd =
+                    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()?;
+                let pipe = rustix::process::pidfd_getfd(
+                    &pidfd,
+                    fd,
+                    rustix::process::PidfdGetfdFlags::empty(),
+                )
+                .ok()?;
+                rustix::io::ioctl_fionread(&pipe).ok()
+            }
+            _ => None,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.0
+    }
 }
 
 /// The caller's open file: from `/proc/PID/fdinfo/N`.
@@ -218,32 +425,6 @@ pub(crate) fn open_file(pid: u32, fd: i32) -> Option<OpenFile> {
     Some(OpenFile {
         pos: field("pos:")?.parse().ok()?,
         flags: u32::from_str_radix(field("flags:")?, 8).ok()?,
-    })
-}
-
-/// The total length of an iovec array in task `pid`'s memory.
-pub(crate) fn iov_len(pid: u32, addr: u64, count: u64) -> Option<u64> {
-    // UIO_MAXIOV: the kernel refuses more (EINVAL), which it is left to say.
-    if count > 1024 {
-        return None;
-    }
-    let mut raw = vec![0u8; count as usize * 16];
-    let local = [std::io::IoSliceMut::new(&mut raw)];
-    let remote = libc::iovec {
-        iov_base: addr as usize as *mut libc::c_void,
-        iov_len: count as usize * 16,
-    };
-    // SAFETY: `local` is one writable buffer of exactly the length asked for; the remote
-    // range is only read by the kernel, which checks it against the target's memory.
-    let n = unsafe {
-        libc::process_vm_readv(pid as libc::pid_t, local.as_ptr().cast(), 1, &remote, 1, 0)
-    };
-    if n != raw.len() as isize {
-        return None;
-    }
-    raw.chunks_exact(16).try_fold(0u64, |t, c| {
-        let len = u64::from_ne_bytes(c[8..16].try_into().ok()?);
-        t.checked_add(len)
     })
 }
 
@@ -311,6 +492,19 @@ pub(crate) fn judge(call: Call, f: &Frozen, of: &OpenFile) -> (Answer, u32) {
                 go
             }
         }
+        // do_open's truncate: the size change of shmem_setattr.
+        Call::OpenTruncate if f.size != 0 => fail(Errno::EPERM),
+        Call::OpenTruncate => go,
+        // A late write seal refuses new shared writable mappings (memfd_check_seals_mmap).
+        Call::MapShared if f.late & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE) != 0 => {
+            fail(Errno::EPERM)
+        }
+        Call::MapShared => go,
+        // F_SEAL_EXEC keeps the exec bits (shmem_setattr).
+        Call::Chmod { mode } if seals & F_SEAL_EXEC != 0 && (mode ^ f.mode) & 0o111 != 0 => {
+            fail(Errno::EPERM)
+        }
+        Call::Chmod { .. } => go,
         Call::GetSeals => (Answer::Value(i64::from(seals)), f.late),
         Call::AddSeals(add) => {
             // memfd_add_seals, in its order.
@@ -336,6 +530,104 @@ pub(crate) fn judge(call: Call, f: &Frozen, of: &OpenFile) -> (Answer, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_of_fds_are_the_callers() {
+        assert_eq!(fd_path(7, b"/proc/self/fd/5"), Some("/proc/7/fd/5".into()));
+        assert_eq!(fd_path(7, b"/dev/fd/12"), Some("/proc/7/fd/12".into()));
+        assert_eq!(fd_path(7, b"/proc/thread-self/fd/3"), Some("/proc/7/fd/3".into()));
+        assert_eq!(fd_path(7, b"/proc/99/fd/3"), Some("/proc/99/fd/3".into()));
+        for other in [
+            &b"/tmp/x"[..],
+            b"fd/3",
+            b"/proc/self/fd/",
+            b"/proc/self/fd/3/..",
+            b"/proc/self/cwd/x",
+            b"/proc/99/root/proc/self/fd/3",
+        ] {
+            assert_eq!(fd_path(7, other), None, "{}", String::from_utf8_lossy(other));
+        }
+    }
+
+    #[test]
+    fn truncating_opens_mappings_and_exec_bits() {
+        let f = frozen();
+        assert_eq!(judge(Call::OpenTruncate, &f, &RW).0, Answer::Fail(Errno::EPERM));
+        let empty = Frozen { size: 0, ..frozen() };
+        assert_eq!(judge(Call::OpenTruncate, &empty, &RW).0, Answer::Continue);
+        assert_eq!(judge(Call::MapShared, &f, &RW).0, Answer::Continue);
+        let sealed = Frozen {
+            late: F_SEAL_FUTURE_WRITE,
+            ..frozen()
+        };
+        assert_eq!(judge(Call::MapShared, &sealed, &RW).0, Answer::Fail(Errno::EPERM));
+        let exec = Frozen {
+            late: F_SEAL_EXEC,
+            mode: 0o600,
+            ..frozen()
+        };
+        assert_eq!(judge(Call::Chmod { mode: 0o700 }, &exec, &RW).0, Answer::Fail(Errno::EPERM));
+        assert_eq!(judge(Call::Chmod { mode: 0o640 }, &exec, &RW).0, Answer::Continue);
+        assert_eq!(judge(Call::Chmod { mode: 0o700 }, &f, &RW).0, Answer::Continue);
+    }
+
+    /// A caller whose source files hold `avail` bytes.
+    struct Fake {
+        avail: Option<u64>,
+    }
+
+    impl Peer for Fake {
+        fn iov_len(&self, _: u64, count: u64) -> Option<u64> {
+            Some(count * 10)
+        }
+        fn read_u64(&self, addr: u64) -> Option<u64> {
+            Some(addr * 2)
+        }
+        fn read_path(&self, _: u64) -> Option<Vec<u8>> {
+            Some(b"/proc/self/fd/9".to_vec())
+        }
+        fn available(&self, _: i32, _: Option<u64>) -> Option<u64> {
+            self.avail
+        }
+        fn pid(&self) -> u32 {
+            42
+        }
+    }
+
+    #[test]
+    fn copies_are_writes_of_what_the_source_has() {
+        let n = |nr, args| Notif {
+            id: 0,
+            pid: 42,
+            nr,
+            args,
+        };
+        let copy = n(libc::SYS_copy_file_range, [3, 0, 5, 100, 1000, 0]);
+        let short = Fake { avail: Some(10) };
+        assert_eq!(target(&copy, &short), Some(Target::Fd(5)));
+        assert_eq!(
+            decode(&copy, &short),
+            Some(Call::Write {
+                at: Some(200),
+                len: 10,
+                append: false
+            })
+        );
+        let unknown = Fake { avail: None };
+        let send = n(libc::SYS_sendfile, [5, 3, 0, 64, 0, 0]);
+        assert_eq!(
+            decode(&send, &unknown),
+            Some(Call::Write {
+                at: None,
+                len: 64,
+                append: false
+            })
+        );
+        let trunc = n(libc::SYS_openat, [u64::MAX, 1, O_TRUNC | 2, 0, 0, 0]);
+        assert_eq!(target(&trunc, &unknown), Some(Target::Path("/proc/42/fd/9".into())));
+        let plain = n(libc::SYS_openat, [u64::MAX, 1, 2, 0, 0, 0]);
+        assert_eq!(target(&plain, &unknown), None);
+    }
 
     const RW: OpenFile = OpenFile { pos: 0, flags: 2 };
 

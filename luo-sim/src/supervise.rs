@@ -496,9 +496,7 @@ pub(crate) fn judge(call: Call, f: &Frozen, of: &OpenFile) -> (Answer, u32) {
         Call::OpenTruncate if f.size != 0 => fail(Errno::EPERM),
         Call::OpenTruncate => go,
         // A late write seal refuses new shared writable mappings (memfd_check_seals_mmap).
-        Call::MapShared if f.late & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE) != 0 => {
-            fail(Errno::EPERM)
-        }
+        Call::MapShared if f.late & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE) != 0 => fail(Errno::EPERM),
         Call::MapShared => go,
         // F_SEAL_EXEC keeps the exec bits (shmem_setattr).
         Call::Chmod { mode } if seals & F_SEAL_EXEC != 0 && (mode ^ f.mode) & 0o111 != 0 => {
@@ -535,7 +533,10 @@ mod tests {
     fn paths_of_fds_are_the_callers() {
         assert_eq!(fd_path(7, b"/proc/self/fd/5"), Some("/proc/7/fd/5".into()));
         assert_eq!(fd_path(7, b"/dev/fd/12"), Some("/proc/7/fd/12".into()));
-        assert_eq!(fd_path(7, b"/proc/thread-self/fd/3"), Some("/proc/7/fd/3".into()));
+        assert_eq!(
+            fd_path(7, b"/proc/thread-self/fd/3"),
+            Some("/proc/7/fd/3".into())
+        );
         assert_eq!(fd_path(7, b"/proc/99/fd/3"), Some("/proc/99/fd/3".into()));
         for other in [
             &b"/tmp/x"[..],
@@ -545,30 +546,53 @@ mod tests {
             b"/proc/self/cwd/x",
             b"/proc/99/root/proc/self/fd/3",
         ] {
-            assert_eq!(fd_path(7, other), None, "{}", String::from_utf8_lossy(other));
+            assert_eq!(
+                fd_path(7, other),
+                None,
+                "{}",
+                String::from_utf8_lossy(other)
+            );
         }
     }
 
     #[test]
     fn truncating_opens_mappings_and_exec_bits() {
         let f = frozen();
-        assert_eq!(judge(Call::OpenTruncate, &f, &RW).0, Answer::Fail(Errno::EPERM));
-        let empty = Frozen { size: 0, ..frozen() };
+        assert_eq!(
+            judge(Call::OpenTruncate, &f, &RW).0,
+            Answer::Fail(Errno::EPERM)
+        );
+        let empty = Frozen {
+            size: 0,
+            ..frozen()
+        };
         assert_eq!(judge(Call::OpenTruncate, &empty, &RW).0, Answer::Continue);
         assert_eq!(judge(Call::MapShared, &f, &RW).0, Answer::Continue);
         let sealed = Frozen {
             late: F_SEAL_FUTURE_WRITE,
             ..frozen()
         };
-        assert_eq!(judge(Call::MapShared, &sealed, &RW).0, Answer::Fail(Errno::EPERM));
+        assert_eq!(
+            judge(Call::MapShared, &sealed, &RW).0,
+            Answer::Fail(Errno::EPERM)
+        );
         let exec = Frozen {
             late: F_SEAL_EXEC,
             mode: 0o600,
             ..frozen()
         };
-        assert_eq!(judge(Call::Chmod { mode: 0o700 }, &exec, &RW).0, Answer::Fail(Errno::EPERM));
-        assert_eq!(judge(Call::Chmod { mode: 0o640 }, &exec, &RW).0, Answer::Continue);
-        assert_eq!(judge(Call::Chmod { mode: 0o700 }, &f, &RW).0, Answer::Continue);
+        assert_eq!(
+            judge(Call::Chmod { mode: 0o700 }, &exec, &RW).0,
+            Answer::Fail(Errno::EPERM)
+        );
+        assert_eq!(
+            judge(Call::Chmod { mode: 0o640 }, &exec, &RW).0,
+            Answer::Continue
+        );
+        assert_eq!(
+            judge(Call::Chmod { mode: 0o700 }, &f, &RW).0,
+            Answer::Continue
+        );
     }
 
     /// A caller whose source files hold `avail` bytes.
@@ -624,7 +648,10 @@ mod tests {
             })
         );
         let trunc = n(libc::SYS_openat, [u64::MAX, 1, O_TRUNC | 2, 0, 0, 0]);
-        assert_eq!(target(&trunc, &unknown), Some(Target::Path("/proc/42/fd/9".into())));
+        assert_eq!(
+            target(&trunc, &unknown),
+            Some(Target::Path("/proc/42/fd/9".into()))
+        );
         let plain = n(libc::SYS_openat, [u64::MAX, 1, 2, 0, 0, 0]);
         assert_eq!(target(&plain, &unknown), None);
     }

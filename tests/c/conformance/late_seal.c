@@ -23,9 +23,27 @@ int main(void)
 		say("pwrite within before F_SEAL_FUTURE_WRITE: %s", R(pwrite(h, "a", 1, 0)));
 		say("add F_SEAL_FUTURE_WRITE: %s", R(fcntl(h, F_ADD_SEALS, F_SEAL_FUTURE_WRITE)));
 		say("pwrite within after F_SEAL_FUTURE_WRITE: %s", R(pwrite(h, "b", 1, 0)));
+		void *w = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_SHARED, h, 0);
+		say("shared writable mmap: %s", w == MAP_FAILED ? ename(errno) : "ok");
+		void *r = mmap(NULL, PG, PROT_READ, MAP_SHARED, h, 0);
+		say("shared read-only mmap: %s", r == MAP_FAILED ? ename(errno) : "ok");
+		void *c = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_PRIVATE, h, 0);
+		say("private writable mmap: %s", c == MAP_FAILED ? ename(errno) : "ok");
+		say("add F_SEAL_EXEC (the file is 0777: implies the write seal): %s",
+		    R(fcntl(h, F_ADD_SEALS, F_SEAL_EXEC)));
 		say("add F_SEAL_SEAL: %s", R(fcntl(h, F_ADD_SEALS, F_SEAL_SEAL)));
 		say("add F_SEAL_SHRINK after F_SEAL_SEAL: %s", R(fcntl(h, F_ADD_SEALS, F_SEAL_SHRINK)));
 		say("seals now: %s", seals_str(h));
+
+		/* F_SEAL_EXEC on a file without exec bits: the mode cannot gain them. */
+		int x = memfd_create("exec", MFD_ALLOW_SEALING);
+		fill(x, 5, PG, 0);
+		say("exec: fchmod 0600 before preserve: %s", R(fchmod(x, 0600)));
+		say("exec: preserve: %s", R(preserve_fd(s, x, 2)));
+		say("exec: add F_SEAL_EXEC: %s", R(fcntl(x, F_ADD_SEALS, F_SEAL_EXEC)));
+		say("exec: fchmod 0700: %s", R(fchmod(x, 0700)));
+		say("exec: fchmod 0640: %s", R(fchmod(x, 0640)));
+		say("exec: seals: %s", seals_str(x));
 
 		/* A seal added while frozen stays when the file thaws (its session closed). */
 		int t = create_session(dev, "k-thaw");
@@ -48,6 +66,9 @@ int main(void)
 		say("pwrite: %s", R(pwrite(fd, "c", 1, 0)));
 		say("add F_SEAL_WRITE: %s", R(fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE)));
 		describe("retrieved", fd);
+		int x = retrieve_fd(s, 2);
+		describe("exec", x);
+		say("exec: fchmod 0700: %s", R(fchmod(x, 0700)));
 	}
 	return 0;
 }

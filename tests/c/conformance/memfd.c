@@ -7,6 +7,7 @@
  * outgoing session) gives back, files that cannot be preserved.
  */
 #include "conf.h"
+#include <sys/sendfile.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
@@ -86,6 +87,52 @@ static void raw(const char *what, int fd)
 	say("%s: exec'd child: exit %d", what, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
 }
 
+/* The other ways to write or resize a frozen file: from another file (the length is what the
+ * source holds), by path (/proc/self/fd/N, /proc/thread-self/fd/N), by an open with O_TRUNC. */
+static void paths(int s)
+{
+	int m = mk("paths", 0, 13, 2 * PG);
+	say("preserve paths: %s", R(preserve_fd(s, m, 12)));
+	int src = mk("source", 0, 14, 3 * PG);
+	loff_t in = 0, out = PG;
+	say("paths: copy_file_range within: %s", R(copy_file_range(src, &in, m, &out, PG, 0)));
+	in = 0, out = PG + 1;
+	say("paths: copy_file_range straddling the end: %s",
+	    R(copy_file_range(src, &in, m, &out, PG, 0)));
+	in = 3 * PG - 5, out = 2 * PG - 5;
+	say("paths: copy_file_range of 100 from a source with 5 left, up to the end: %s",
+	    R(copy_file_range(src, &in, m, &out, 100, 0)));
+	off_t so = 0;
+	lseek(m, 2 * PG - 10, SEEK_SET);
+	say("paths: sendfile straddling the end: %s", R(sendfile(m, src, &so, 100)));
+	lseek(m, 0, SEEK_SET);
+	say("paths: sendfile within: %s", R(sendfile(m, src, &so, 100)));
+	int p[2];
+	if (pipe(p) == 0 && write(p[1], "hello", 5) == 5) {
+		loff_t po = 2 * PG - 2;
+		say("paths: splice straddling the end: %s",
+		    R(splice(p[0], NULL, m, &po, 5, SPLICE_F_NONBLOCK)));
+		po = 0;
+		say("paths: splice within: %s", R(splice(p[0], NULL, m, &po, 5, SPLICE_F_NONBLOCK)));
+		close(p[0]);
+		close(p[1]);
+	}
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", m);
+	say("paths: truncate /proc/self/fd/N: %s", R(truncate(path, PG)));
+	int t = open(path, O_RDWR | O_TRUNC);
+	say("paths: open /proc/self/fd/N with O_TRUNC: %s", t >= 0 ? "ok" : ename(errno));
+	snprintf(path, sizeof(path), "/proc/thread-self/fd/%d", m);
+	say("paths: truncate /proc/thread-self/fd/N to the same size: %s", R(truncate(path, 2 * PG)));
+	say("paths: truncate /proc/thread-self/fd/N: %s", R(truncate(path, 3 * PG)));
+	t = open(path, O_RDWR);
+	say("paths: open /proc/thread-self/fd/N: %s", t >= 0 ? "ok" : ename(errno));
+	if (t >= 0)
+		close(t);
+	describe("paths", m);
+	close(src);
+}
+
 /* The exec'd child of raw(). */
 static int raw_child(int fd)
 {
@@ -109,6 +156,7 @@ static void stage1(void)
 	say("preserve data: %s", R(preserve_fd(s, a, 1)));
 	frozen("data", a);
 	raw("data", a);
+	paths(s);
 	describe("data after preserve", a);
 	lseek(a, 999, SEEK_SET); /* the position at the kexec is what crosses */
 

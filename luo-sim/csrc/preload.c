@@ -383,13 +383,16 @@ EXPORT int ioctl(int fd, unsigned long req, ...)
  * preserved, which the host kernel does not freeze, and whose seals, once added, would cross.
  *
  * So the checks are the daemon's: at the first open of /dev/liveupdate this process installs a
- * seccomp filter that turns ftruncate, fallocate, the write family and fcntl(F_ADD_SEALS /
- * F_GET_SEALS) on fds above 2 into user notifications, and hands the filter's listener to the
- * daemon (OP_SUPERVISE). The daemon answers each call: "continue" (the host kernel runs it) for
- * every file that is not frozen, or the frozen inode's answer, keeping seals added to a frozen
- * file as its own state. Raw syscalls and statically linked children are covered alike (the
- * filter is inherited across fork and execve); io_uring is not (seccomp never sees its
- * requests). The filter answers a probe itself, so a process (or an execve'd image) under it
+ * seccomp filter that turns into user notifications the calls that can change a memfd or its
+ * seals (the write family, copy_file_range, splice, sendfile, ftruncate, fallocate, fchmod,
+ * fcntl(F_ADD_SEALS / F_GET_SEALS), shared writable mmap, on fds above 2; truncate and opens
+ * with O_TRUNC, by path), and hands the filter's listener to the daemon (OP_SUPERVISE). The
+ * daemon answers each call: "continue" (the host kernel runs it) for every file that is not
+ * frozen, or the frozen inode's answer, keeping seals added to a frozen file as its own state
+ * (luo-sim/src/supervise.rs). Raw syscalls and statically linked children are covered alike
+ * (the filter is inherited across fork and execve, and sets no_new_privs); io_uring is not
+ * (seccomp never sees its requests). The filter answers a probe itself, so a process (or an
+ * execve'd image) under it
  * does not stack a second one. */
 #include <linux/audit.h>
 #include <linux/filter.h>

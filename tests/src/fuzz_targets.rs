@@ -306,7 +306,7 @@ struct World {
 impl World {
     fn boot(opts: luo_core::BootOptions, h: Option<luo_core::Handover>) -> luo_core::Kernel {
         let k = luo_core::Kernel::boot(&opts, h).expect("a model handover boots");
-        luo_core::testing::register(&k, true).expect("register the test handler");
+        luo_testing::register(&k, true).expect("register the test handler");
         k
     }
 

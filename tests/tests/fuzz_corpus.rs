@@ -51,7 +51,7 @@ fn write_seeds() {
             ..BootOptions::default()
         };
         let k = Kernel::boot(&opts, None).expect("boot");
-        luo_core::testing::register(&k, v != KernelVersion::V6_19).expect("register");
+        luo_testing::register(&k, v != KernelVersion::V6_19).expect("register");
         let dev = k.open_dev().expect("dev");
         for s in 0..2u64 {
             let sfd = k.create_session(dev, &format!("s{s}")).expect("create");

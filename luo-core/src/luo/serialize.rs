@@ -330,7 +330,8 @@ impl Luo {
             }
             LuoFormat::V1 | LuoFormat::V1Flb => {
                 let flbs = (self.version.luo_writes() == LuoFormat::V1Flb).then_some(self.flb_area);
-                let fdt = crate::fdt_luo::build(self.liveupdate_num, sessions_pa, flbs);
+                let fdt = crate::fdt_luo::build(self.liveupdate_num, sessions_pa, flbs)
+                    .map_err(|_| Errno::EINVAL)?;
                 if fdt.len() > PAGE_SIZE {
                     return Err(Errno::ENOSPC);
                 }

@@ -346,6 +346,14 @@ fn bind_listener(path: &Path) -> Result<OwnedFd, SimError> {
 /// Runs the daemon until killed. When started by [`kexec`]'s re-exec, boots from the handover
 /// and keeps the inherited listening socket.
 pub fn serve(opts: &ServeOptions) -> Result<(), SimError> {
+    if supervise::under_filter() {
+        return Err(SimError::Daemon(
+            "this process runs under the freeze supervision of a program that opened the \
+             simulated /dev/liveupdate (its seccomp filter is inherited): the daemon would wait \
+             for its own answers; start it from a shell that did not open the device"
+                .into(),
+        ));
+    }
     raise_nofile();
     let boot = BootOptions {
         backing: BackingKind::Memfd,

@@ -30,6 +30,19 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use luo_abi::Errno;
 
+/// The probe the preload's filter answers itself: `fcntl(PROBE_FD, PROBE_CMD)` is `ENOTUNIQ`
+/// under it, `EBADF` elsewhere (csrc/preload.c).
+const PROBE_FD: i32 = 0x7fff_fff0;
+const PROBE_CMD: i32 = 0x4c55_4f53;
+
+/// Whether this process runs under a preload's filter (it descends from a program that opened
+/// the simulated device): a daemon there would wait for its own answers.
+pub(crate) fn under_filter() -> bool {
+    // SAFETY: fcntl of an fd that is not open with an unknown command touches no memory.
+    let r = unsafe { libc::fcntl(PROBE_FD, PROBE_CMD) };
+    r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOTUNIQ)
+}
+
 /// One intercepted call.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Notif {

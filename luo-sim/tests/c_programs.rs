@@ -451,3 +451,26 @@ fn supervision_survives_the_kexec() {
     }
     assert_eq!(listeners(d.child.id()), 0, "the listener of a process gone");
 }
+
+/// A daemon started under a program's freeze supervision refuses to serve, saying why,
+/// instead of waiting forever for answers only it could give.
+#[test]
+fn a_daemon_under_the_supervision_refuses_to_serve() {
+    let dir = scratch("nested");
+    let d = Daemon::start(&dir);
+    let prog = build(&dir, "nested_daemon");
+    let other = dir.join("other.sock");
+    let o = Command::new(&prog)
+        .arg(env!("CARGO_BIN_EXE_luo-sim-daemon"))
+        .arg(&other)
+        .env("LD_PRELOAD", luo_sim::PRELOAD)
+        .env("LUO_SIM_SOCKET", &d.socket)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("daemon exit 1"), "{out}\n{err}");
+    assert!(err.contains("runs under the freeze supervision"), "{err}");
+}

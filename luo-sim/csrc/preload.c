@@ -576,6 +576,45 @@ fail:
 	errno = saved;
 }
 
+/* A read-only shared mapping of a memfd with a write seal can never be made writable: the
+ * kernel clears VM_MAYWRITE when it maps (memfd_check_seals_mmap), so a later mprotect adding
+ * PROT_WRITE is EACCES. A seal added while the file was frozen is the daemon's, not the host
+ * file's (see supervise): such a mapping is made through a read-only open of the same file,
+ * which the host kernel likewise never lets write. F_GET_SEALS answers with the daemon's seals
+ * (it fails on anything but a memfd, which is mapped as asked). */
+static void *map_sealed(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	int type = flags & MAP_TYPE;
+	if (fd > 2 && !(prot & PROT_WRITE) && (type == MAP_SHARED || type == MAP_SHARED_VALIDATE)) {
+		int saved = errno;
+		long seals = syscall(SYS_fcntl, fd, F_GET_SEALS);
+		errno = saved;
+		if (seals > 0 && (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE))) {
+			char path[64];
+			snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+			int ro = (int)syscall(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC);
+			if (ro >= 0) {
+				void *r = (void *)syscall(SYS_mmap, addr, len, prot, flags, ro, off);
+				saved = errno;
+				syscall(SYS_close, ro);
+				errno = saved;
+				return r;
+			}
+		}
+	}
+	return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
+}
+
+EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	return map_sealed(addr, len, prot, flags, fd, off);
+}
+
+EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	return map_sealed(addr, len, prot, flags, fd, off);
+}
+
 /* close() of a session or device fd: the kernel releases a session on the last close before
  * close() returns (an outgoing session's files are unpreserved and thawed at once). The daemon
  * sees the hang-up asynchronously, so after closing one of ours we wait for a ping on a new

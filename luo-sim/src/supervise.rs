@@ -21,10 +21,10 @@
 //! applied to the host file when the file thaws and dropped at the kexec.
 //!
 //! What this does not see: io_uring (its requests never pass seccomp), writes through a shared
-//! mapping (the kernel allows them within the size too; past it they fault on both), an
-//! `mprotect` adding write access to a shared mapping made after a late write seal (the
-//! kernel: `EACCES`), paths relative to a directory fd, and processes that never opened the
-//! device nor descend from one that did.
+//! mapping (the kernel allows them within the size too; past it they fault on both), a shared
+//! read-only mapping made by a raw `mmap` after a late write seal (the kernel never lets it
+//! write; the preload's `mmap` maps such a file through a read-only open), paths relative to a
+//! directory fd, and processes that never opened the device nor descend from one that did.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 

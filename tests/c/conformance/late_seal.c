@@ -21,6 +21,7 @@ int main(void)
 		say("seals while preserved: %s", seals_str(h));
 		say("add F_SEAL_WRITE: %s", R(fcntl(h, F_ADD_SEALS, F_SEAL_WRITE)));
 		say("pwrite within before F_SEAL_FUTURE_WRITE: %s", R(pwrite(h, "a", 1, 0)));
+		char *early = mmap(NULL, PG, PROT_READ, MAP_SHARED, h, 0);
 		say("add F_SEAL_FUTURE_WRITE: %s", R(fcntl(h, F_ADD_SEALS, F_SEAL_FUTURE_WRITE)));
 		say("pwrite within after F_SEAL_FUTURE_WRITE: %s", R(pwrite(h, "b", 1, 0)));
 		void *w = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_SHARED, h, 0);
@@ -29,6 +30,10 @@ int main(void)
 		say("shared read-only mmap: %s", r == MAP_FAILED ? ename(errno) : "ok");
 		void *c = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_PRIVATE, h, 0);
 		say("private writable mmap: %s", c == MAP_FAILED ? ename(errno) : "ok");
+		say("mprotect PROT_WRITE of the shared mapping made after the seal: %s",
+		    r == MAP_FAILED ? "-" : R(mprotect(r, PG, PROT_READ | PROT_WRITE)));
+		say("mprotect PROT_WRITE of the shared mapping made before the seal: %s",
+		    early == MAP_FAILED ? "-" : R(mprotect(early, PG, PROT_READ | PROT_WRITE)));
 		say("add F_SEAL_EXEC (the file is 0777: implies the write seal): %s",
 		    R(fcntl(h, F_ADD_SEALS, F_SEAL_EXEC)));
 		say("add F_SEAL_SEAL: %s", R(fcntl(h, F_ADD_SEALS, F_SEAL_SEAL)));

@@ -433,7 +433,8 @@ pub fn serve(opts: &ServeOptions) -> Result<(), SimError> {
     }
     let num = d.kernel.liveupdate_num();
     d.log(format_args!(
-        "machine up (liveupdate_num {num}), listening on {}",
+        "machine up (kernel {}, liveupdate_num {num}), listening on {}",
+        d.boot.version,
         opts.socket.display()
     ));
     if let Some(r) = requester {

@@ -1,244 +1,40 @@
-//! The global-state attributes: `#[liveupdate_flb(...)]` (upstream FLB),
-//! `#[liveupdate_global_state(...)]` (the seed's handler-scoped state) and
-//! `#[liveupdate_subsystem(...)]` (v4-style subsystems). On the struct they implement the ABI
-//! trait of the form and (FLB, subsystem) build the generated ops table and raw struct; on
-//! the impl they work as `#[vtable]`.
+//! Phase 4 of the global-state attributes: the ABI trait impls of each form, the FLB's and
+//! the subsystem's ops table and raw struct, and their trampolines into the luo_abi runtime.
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{Ident, Item, LitStr, Path};
+use syn::LitStr;
 
-use crate::args::{self, ArgValue};
-use crate::common::{self, check_compat};
-use crate::diag::Errors;
-use crate::vtable::VtableSpec;
+use crate::common;
 
-/// The impl side of an FLB.
-pub const FLB_IMPL: VtableSpec = VtableSpec {
-    attr: "#[liveupdate_flb]",
-    trait_name: "FlbState",
-    table: "liveupdate_flb_ops",
-    required: &[
-        (
-            "preserve",
-            "fn preserve(&self, cx: &StateCtx<'_>) -> Result<(Self::Ser, Self::Outgoing)>",
-        ),
-        (
-            "unpreserve",
-            "fn unpreserve(&self, cx: &StateCtx<'_>, ser: Self::Ser, obj: Arc<Self::Outgoing>)",
-        ),
-        (
-            "retrieve",
-            "fn retrieve(&self, cx: &StateCtx<'_>, ser: Self::Ser) -> Result<Self::Incoming>",
-        ),
-        (
-            "finish",
-            "fn finish(&self, cx: &StateCtx<'_>, obj: Arc<Self::Incoming>)",
-        ),
-    ],
-    optional: &[],
-    has_consts: &[],
-    use_const: "USE_LIVEUPDATE_FLB_ATTR",
-    type_defaults: &[],
-};
+use super::model::Model;
+use super::Form;
 
-/// The impl side of handler-scoped state.
-pub const STATE_IMPL: VtableSpec = VtableSpec {
-    attr: "#[liveupdate_global_state]",
-    trait_name: "HandlerState",
-    table: "liveupdate_fh_global_state_ops",
-    required: &[
-        (
-            "create",
-            "fn create(&self, cx: &StateCtx<'_>) -> Result<(Self::Ser, Self::Outgoing)>",
-        ),
-        (
-            "restore",
-            "fn restore(&self, cx: &StateCtx<'_>, ser: Self::Ser) -> Result<Self::Incoming>",
-        ),
-        (
-            "destroy",
-            "fn destroy(&self, cx: &StateCtx<'_>, obj: StateObj<Self::Outgoing, Self::Incoming>)",
-        ),
-    ],
-    optional: &[],
-    has_consts: &[],
-    use_const: "USE_LIVEUPDATE_GLOBAL_STATE_ATTR",
-    type_defaults: &[],
-};
-
-/// The impl side of a subsystem.
-pub const SUBSYSTEM_IMPL: VtableSpec = VtableSpec {
-    attr: "#[liveupdate_subsystem]",
-    trait_name: "Subsystem",
-    table: "liveupdate_subsystem_ops",
-    required: &[
-        (
-            "prepare",
-            "fn prepare(&self, cx: &StateCtx<'_>) -> Result<(Self::Ser, Self::Outgoing)>",
-        ),
-        (
-            "cancel",
-            "fn cancel(&self, cx: &StateCtx<'_>, obj: Self::Outgoing)",
-        ),
-        (
-            "boot",
-            "fn boot(&self, cx: &StateCtx<'_>, ser: Self::Ser) -> Result<Self::Incoming>",
-        ),
-        (
-            "finish",
-            "fn finish(&self, cx: &StateCtx<'_>, obj: Self::Incoming)",
-        ),
-    ],
-    optional: &["freeze"],
-    has_consts: &["freeze"],
-    use_const: "USE_LIVEUPDATE_SUBSYSTEM_ATTR",
-    type_defaults: &[],
-};
-
-#[derive(Clone, Copy, PartialEq)]
-enum Form {
-    Flb,
-    State,
-    Subsystem,
+/// The expansion of valid arguments.
+pub fn generate(form: Form, m: &Model) -> TokenStream {
+    body(form, m, true)
 }
 
-impl Form {
-    fn attr(self) -> &'static str {
-        match self {
-            Form::Flb => "#[liveupdate_flb(...)]",
-            Form::State => "#[liveupdate_global_state(...)]",
-            Form::Subsystem => "#[liveupdate_subsystem(...)]",
-        }
-    }
-
-    fn keys(self) -> &'static [&'static str] {
-        match self {
-            Form::Flb => &["compatible", "abi", "lock", "immediate"],
-            Form::State => &["abi", "lock"],
-            Form::Subsystem => &["name", "abi", "lock"],
-        }
-    }
+/// On errors: the trait impls with the types that could be parsed, without the ops tables
+/// (never registered: the crate does not compile), so the impl and the handlers linking the
+/// global do not produce follow-on errors. Nothing without an ABI type.
+pub fn fallback(form: Form, m: &Model) -> TokenStream {
+    body(form, m, false)
 }
 
-struct Model {
-    ident: Ident,
-    name: Option<LitStr>,
-    abi: Option<Path>,
-    lock: Option<Path>,
-    /// FLB only: the data word is the 8-byte value itself (`immediate`).
-    immediate: bool,
-}
-
-fn parse(
-    form: Form,
-    args: TokenStream,
-    item: &Item,
-    errors: &mut Errors,
-) -> Option<(syn::ItemStruct, Model)> {
-    let s = common::expect_struct(item, form.attr(), errors)?;
-    let raw = match args::parse_args(args) {
-        Ok(a) => a,
-        Err(e) => {
-            errors.push(e);
-            Vec::new()
-        }
-    };
-    let args = args::check_keys(raw, form.keys(), form.attr(), errors);
-    let mut m = Model {
-        ident: s.ident.clone(),
-        name: None,
-        abi: None,
-        lock: None,
-        immediate: false,
-    };
-    let name_given = args
-        .iter()
-        .any(|a| a.key == "compatible" || a.key == "name");
-    let abi_given = args.iter().any(|a| a.key == "abi");
-    for a in &args {
-        match a.key.to_string().as_str() {
-            "compatible" | "name" => m.name = args::lit_str(a, errors),
-            "abi" => m.abi = args::path(a, errors),
-            "lock" => m.lock = args::path(a, errors),
-            "immediate" => match a.value {
-                ArgValue::Flag => m.immediate = true,
-                _ => errors.at(
-                    a.key.span(),
-                    "`immediate` is a flag: write `immediate`, without a value",
-                ),
-            },
-            _ => {}
-        }
+fn body(form: Form, m: &Model, ok: bool) -> TokenStream {
+    if m.abi.is_none() {
+        return quote!();
     }
     match form {
-        Form::Flb => match &m.name {
-            Some(c) => check_compat(c, "the FLB compatible string", Some("liveupdate_flb.compatible"), errors),
-            None if name_given => {}
-            None => errors.at(
-                Span::call_site(),
-                "#[liveupdate_flb(...)] needs `compatible = \"name-vN\"`: the string written to luo_flb_ser.name",
-            ),
-        },
-        Form::Subsystem => match &m.name {
-            Some(c) => check_compat(c, "the subsystem name", None, errors),
-            None if name_given => {}
-            None => errors.at(
-                Span::call_site(),
-                "#[liveupdate_subsystem(...)] needs `name = \"...\"`: the subsystem's unique name, which also names its handover data",
-            ),
-        },
-        Form::State => {}
-    }
-    if m.abi.is_none() && !abi_given {
-        errors.at(
-            Span::call_site(),
-            format!(
-                "{} needs `abi = path::to::Type`: the ABI struct the state hands over",
-                form.attr()
-            ),
-        );
-    }
-    Some((s, m))
-}
-
-/// Expands `#[liveupdate_flb(...)]` on a struct.
-pub fn expand_flb(args: TokenStream, item: Item) -> TokenStream {
-    expand(Form::Flb, args, item)
-}
-
-/// Expands `#[liveupdate_global_state(...)]` on a struct.
-pub fn expand_state(args: TokenStream, item: Item) -> TokenStream {
-    expand(Form::State, args, item)
-}
-
-/// Expands `#[liveupdate_subsystem(...)]` on a struct.
-pub fn expand_subsystem(args: TokenStream, item: Item) -> TokenStream {
-    expand(Form::Subsystem, args, item)
-}
-
-fn expand(form: Form, args: TokenStream, item: Item) -> TokenStream {
-    let mut errors = Errors::new();
-    let Some((s, m)) = parse(form, args, &item, &mut errors) else {
-        let e = errors.to_compile_errors();
-        return quote!(#item #e);
-    };
-    let ok = errors.is_empty();
-    let body = match (form, m.abi.is_some()) {
-        (_, false) => quote!(),
-        (Form::Flb, _) => flb(&m, ok),
-        (Form::State, _) => state(&m),
-        (Form::Subsystem, _) => subsystem(&m, ok),
-    };
-    let errs = errors.to_compile_errors();
-    quote! {
-        #s
-        #errs
-        #body
+        Form::Flb => flb(m, ok),
+        Form::State => state(m),
+        Form::Subsystem => subsystem(m, ok),
     }
 }
 
+/// `decode`: the reserved-field check of the ABI type.
 fn decode_fn() -> TokenStream {
     let v = common::validate(quote!(ser));
     quote! {
@@ -249,6 +45,7 @@ fn decode_fn() -> TokenStream {
     }
 }
 
+/// An FLB: `Global`, `FlbAbi`, and (`ok`) its `liveupdate_flb_ops` table.
 fn flb(m: &Model, ok: bool) -> TokenStream {
     let ident = &m.ident;
     let abi = &m.abi;
@@ -345,6 +142,7 @@ fn flb(m: &Model, ok: bool) -> TokenStream {
     }
 }
 
+/// Handler-scoped state: `HandlerStateAbi` (its ops table is the declaring handler's).
 fn state(m: &Model) -> TokenStream {
     let ident = &m.ident;
     let abi = &m.abi;
@@ -365,6 +163,7 @@ fn state(m: &Model) -> TokenStream {
     }
 }
 
+/// A subsystem: `Global`, `SubsystemAbi`, and (`ok`) its `liveupdate_subsystem_ops` table.
 fn subsystem(m: &Model, ok: bool) -> TokenStream {
     let ident = &m.ident;
     let abi = &m.abi;

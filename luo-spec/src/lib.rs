@@ -10,6 +10,7 @@
 pub mod ast;
 pub mod commands;
 pub mod diag;
+pub mod elf;
 pub mod expr;
 pub mod generate;
 pub mod layout;

@@ -8,7 +8,7 @@
 //! Each macro runs in the phases of serde_derive and thiserror: parse the arguments into
 //! values, derive the model they describe, validate it (every rule in one module per macro),
 //! then expand, or on any error expand a fallback that keeps the item's trait impls so the
-//! rest of the crate reports no follow-on errors. Errors go to a context ([`diag::Errors`])
+//! rest of the crate reports no follow-on errors. Errors go to a context (`diag::Errors`)
 //! that must be consumed before it is dropped, so no path can lose them. Each attribute goes on the type (with
 //! arguments) and on its trait impl (without), like the kernel's `#[vtable]`:
 //!

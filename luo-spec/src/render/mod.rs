@@ -126,7 +126,7 @@ pub struct FeatureDefine {
 }
 
 /// The feature-bit macros of a feature-negotiated version: one per bit,
-/// then `<prefix>_FEATURES_SUPP`, `_REQ` and `_ACTIVE` (§8b).
+/// then `<prefix>_FEATURES_SUPP`, `_REQ` and `_ACTIVE`.
 pub fn feature_defines(scope: Scope<'_>) -> Vec<FeatureDefine> {
     let Some(fs) = scope.version().and_then(|v| v.features.as_ref()) else {
         return Vec::new();

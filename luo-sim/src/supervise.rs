@@ -23,8 +23,8 @@
 //! What this does not see: io_uring (its requests never pass seccomp), writes through a shared
 //! mapping (the kernel allows them within the size too; past it they fault on both), a shared
 //! read-only mapping made by a raw `mmap` after a late write seal (the kernel never lets it
-//! write; the preload's `mmap` maps such a file through a read-only open), paths relative to a
-//! directory fd, and processes that never opened the device nor descend from one that did.
+//! write; the preload's `mmap` maps such a file through a read-only open), and processes that
+//! never opened the device nor descend from one that did.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
@@ -190,6 +190,9 @@ pub(crate) trait Peer {
     fn available(&self, fd: i32, off: Option<u64>) -> Option<u64>;
     /// The caller's pid (paths through `/proc/self` name it).
     fn pid(&self) -> u32;
+    /// The directory a relative path starts from: the caller's `dirfd`, or its working
+    /// directory for `AT_FDCWD`.
+    fn dir(&self, dirfd: i32) -> Option<Vec<u8>>;
 }
 
 const O_TRUNC: u64 = 0o1000;
@@ -222,15 +225,27 @@ fn fd_path(pid: u32, path: &[u8]) -> Option<String> {
 /// without `O_TRUNC`) or the call is not one the filter sends.
 pub(crate) fn target(n: &Notif, peer: &dyn Peer) -> Option<Target> {
     let a = n.args;
-    let path = |addr: u64| fd_path(peer.pid(), &peer.read_path(addr)?).map(Target::Path);
+    // A path from `dirfd` (a memfd is reached relative to an open /proc/PID/fd, too).
+    let path = |dirfd: i32, addr: u64| {
+        let mut p = peer.read_path(addr)?;
+        if p.first() != Some(&b'/') {
+            let mut d = peer.dir(dirfd)?;
+            d.push(b'/');
+            d.append(&mut p);
+            p = d;
+        }
+        fd_path(peer.pid(), &p).map(Target::Path)
+    };
     match n.nr {
         libc::SYS_copy_file_range | libc::SYS_splice => Some(Target::Fd(a[2] as i32)),
         libc::SYS_mmap => Some(Target::Fd(a[4] as i32)),
-        libc::SYS_truncate => path(a[0]),
+        libc::SYS_truncate => path(libc::AT_FDCWD, a[0]),
         #[cfg(target_arch = "x86_64")]
-        libc::SYS_open if a[1] & O_TRUNC != 0 => path(a[0]),
-        libc::SYS_openat if a[2] & O_TRUNC != 0 => path(a[1]),
-        libc::SYS_openat2 if peer.read_u64(a[2]).is_some_and(|f| f & O_TRUNC != 0) => path(a[1]),
+        libc::SYS_open if a[1] & O_TRUNC != 0 => path(libc::AT_FDCWD, a[0]),
+        libc::SYS_openat if a[2] & O_TRUNC != 0 => path(a[0] as i32, a[1]),
+        libc::SYS_openat2 if peer.read_u64(a[2]).is_some_and(|f| f & O_TRUNC != 0) => {
+            path(a[0] as i32, a[1])
+        }
         libc::SYS_write
         | libc::SYS_pwrite64
         | libc::SYS_writev
@@ -409,6 +424,17 @@ impl Peer for Task {
 
     fn pid(&self) -> u32 {
         self.0
+    }
+
+    fn dir(&self, dirfd: i32) -> Option<Vec<u8>> {
+        let link = if dirfd == libc::AT_FDCWD {
+            format!("/proc/{}/cwd", self.0)
+        } else {
+            format!("/proc/{}/fd/{dirfd}", self.0)
+        };
+        rustix::fs::readlink(link, Vec::new())
+            .ok()
+            .map(|t| t.into_bytes())
     }
 }
 
@@ -629,6 +655,9 @@ mod tests {
         fn pid(&self) -> u32 {
             42
         }
+        fn dir(&self, _: i32) -> Option<Vec<u8>> {
+            Some(b"/proc/42/fd".to_vec())
+        }
     }
 
     #[test]
@@ -667,6 +696,35 @@ mod tests {
         );
         let plain = n(libc::SYS_openat, [u64::MAX, 1, 2, 0, 0, 0]);
         assert_eq!(target(&plain, &unknown), None);
+        // A relative path from an open /proc/PID/fd.
+        struct Rel;
+        impl Peer for Rel {
+            fn iov_len(&self, _: u64, _: u64) -> Option<u64> {
+                None
+            }
+            fn read_u64(&self, _: u64) -> Option<u64> {
+                None
+            }
+            fn read_path(&self, _: u64) -> Option<Vec<u8>> {
+                Some(b"7".to_vec())
+            }
+            fn available(&self, _: i32, _: Option<u64>) -> Option<u64> {
+                None
+            }
+            fn pid(&self) -> u32 {
+                42
+            }
+            fn dir(&self, dirfd: i32) -> Option<Vec<u8>> {
+                (dirfd == 4).then(|| b"/proc/42/fd".to_vec())
+            }
+        }
+        let rel = n(libc::SYS_openat, [4, 1, O_TRUNC | 2, 0, 0, 0]);
+        assert_eq!(
+            target(&rel, &Rel),
+            Some(Target::Path("/proc/42/fd/7".into()))
+        );
+        let elsewhere = n(libc::SYS_openat, [5, 1, O_TRUNC | 2, 0, 0, 0]);
+        assert_eq!(target(&elsewhere, &Rel), None);
     }
 
     const RW: OpenFile = OpenFile { pos: 0, flags: 2 };

@@ -129,6 +129,11 @@ static void paths(int s)
 	say("paths: open /proc/thread-self/fd/N: %s", t >= 0 ? "ok" : ename(errno));
 	if (t >= 0)
 		close(t);
+	int dir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY);
+	snprintf(path, sizeof(path), "%d", m);
+	t = openat(dir, path, O_RDWR | O_TRUNC);
+	say("paths: openat of N in /proc/self/fd with O_TRUNC: %s", t >= 0 ? "ok" : ename(errno));
+	close(dir);
 	describe("paths", m);
 	close(src);
 }

@@ -949,15 +949,25 @@ impl Daemon {
     /// retrieved through the session connection `closed`.
     fn prune(&mut self, closed: Option<u64>) {
         let kernel = &self.kernel;
+        let frozen = |m: &Mirror| {
+            kernel
+                .file(m.core_fd)
+                .ok()
+                .and_then(|f| f.memfd().map(|mf| mf.is_frozen()))
+                .unwrap_or(false)
+        };
         let mut gone = Vec::new();
         self.mirrors.retain(|_, m| {
             let keep = match m.session {
-                Some(s) => Some(s) != closed,
-                None => kernel
-                    .file(m.core_fd)
-                    .ok()
-                    .and_then(|f| f.memfd().map(|mf| mf.is_frozen()))
-                    .unwrap_or(false),
+                Some(s) if Some(s) != closed => true,
+                // A retrieved file preserved again outlives the session it came from: it is
+                // a preserved file now, frozen until its new session lets it go.
+                Some(_) if frozen(m) => {
+                    m.session = None;
+                    true
+                }
+                Some(_) => false,
+                None => frozen(m),
             };
             if !keep {
                 // Thawed: the seals added while frozen are the file's from now on, as on the

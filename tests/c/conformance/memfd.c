@@ -257,8 +257,11 @@ static void stage2(void)
 		{ 6, "sparse" }, { 7, "mmap" }, { 8, "late-seal" }, { 9, "write" }, { 10, "append" },
 		{ 11, "append first open" }, { 20, "huge" },
 	};
+	int data = -1;
 	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
 		int fd = retrieve_fd(s, t[i].tok);
+		if (t[i].tok == 1)
+			data = fd;
 		if (fd < 0) {
 			say("%s: retrieve %s", t[i].what, ename(errno));
 			continue;
@@ -290,6 +293,18 @@ static void stage2(void)
 		    R(fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL)));
 	}
 	say("finish: %s", R(finish(s)));
+
+	/* A retrieved file preserved again is frozen until its new session lets it go, whatever
+	 * becomes of the session it came from. */
+	int n = create_session(dev, "m-again");
+	say("preserve the retrieved data again: %s", R(preserve_fd(n, data, 1)));
+	close(s);
+	struct stat st;
+	fstat(data, &st);
+	say("again: ftruncate grow after m-main closed: %s", R(ftruncate(data, st.st_size + PG)));
+	say("again: pwrite past the end: %s", R(pwrite(data, "x", 1, st.st_size)));
+	close(n);
+	say("again: ftruncate grow after m-again closed: %s", R(ftruncate(data, st.st_size + PG)));
 }
 
 int main(int argc, char **argv)

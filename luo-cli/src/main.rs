@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `luo`: the command-line front end of the luo framework.
 //!
 //! `luo gen` turns `spec/` into `generated/` (C headers, Rust ABI types,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `luo vmtest`: the conformance suite (tests/c/conformance) on the real kernel and under the
 //! simulator, compared line by line. The real-kernel half needs qemu-system-x86_64 and the
 //! kernel image (../shared/realkernel/bzImage-7.2.13); without them it is skipped with a note,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `luo simulate`: a live update end to end, across two processes.
 //!
 //! Stage 1 boots a kernel with a memfd-backed arena, creates sessions with memfds full of

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Cross-version live updates with real binaries: `luo-sim simulate --from K --to K…`
 //! preserves memfds in a process playing one kernel and `execve`s a process playing the next,
 //! which checks every byte. 6.19 → 7.3, 7.0 → 7.3, 7.3 → next and 6.19 → 7.3 → next succeed;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Kexec across processes: stage 1 preserves sessions of memfds with known data and
 //! `execve`s stage 2, which retrieves every file, checks every byte and finishes; afterwards
 //! no preserved page remains.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The ABI table embedded in every binary that plays a kernel, so a live
 //! update can be checked *before* the kexec from the two binaries alone.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The spec-side commands (`luo gen`, `luo layout`) as library functions,
 //! so the `luo` CLI and the standalone `luo-gen` binary share them. They
 //! depend on nothing generated: a spec edit that breaks `luo-generated`

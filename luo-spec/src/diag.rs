@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Diagnostics: rustc-style reports with `file:line:col`, a snippet and a hint.
 //!
 //! Like serde_derive's `Ctxt`, checks push into a [`Diagnostics`] collection

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Constant expressions: the integer language of `value` and `len`.
 //!
 //! The grammar is the subset of C that ABI headers use for sizes and flags:

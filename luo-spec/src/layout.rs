@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The layout engine: size, alignment and offset of every field, per target.
 //!
 //! One function computes every number the renderers print (C assertions,

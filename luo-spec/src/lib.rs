@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The luo spec language and generator.
 //!
 //! Data flow: `spec/*.toml` → [`ast`] (serde, spans) → [`model`] (resolved

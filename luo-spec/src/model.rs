@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The resolved spec model: what every renderer and check works from.
 //!
 //! `load` reads `spec/*.toml` and `spec/kernels/*.toml`, deserializes them

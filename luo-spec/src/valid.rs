@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Checks on a loaded spec. Each pushes diagnostics and carries on, so one
 //! run reports every problem (serde_derive's `Ctxt` pattern).
 

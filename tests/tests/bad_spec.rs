@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Bad-spec diagnostics: each case is a minimal component with one mistake.
 //!
 //! Every case asserts that the expected diagnostic code is reported and

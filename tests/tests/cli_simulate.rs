@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `luo simulate` and `luo inspect` end to end through the CLI: a live update
 //! across two processes (execve of the luo binary itself), every byte
 //! verified, nothing left preserved; then the saved image decoded.

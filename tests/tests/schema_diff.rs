@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Schema diffing: the corpus in `tests/schema/` (one directory per case:
 //! `old.toml` and `new.toml` spec components, `case.toml` with the expected
 //! rule IDs and exit code), the real history of the upstream ABIs, the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `luo vmtest`: the real kernel as the oracle.
 //!
 //! The same C programs run as stages across live updates twice: on a real LUO kernel booted in

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The real kernel: QEMU (TCG) boots the kernel with an initramfs built here; the guest's /init
 //! (`init.c`) runs the stages across real kexecs and reports on a serial port of its own.
 

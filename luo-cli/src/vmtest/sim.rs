@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The simulator: a daemon of our own (`luo sim serve` on a private socket), every program run
 //! with the preload library, `luo sim kexec` between stages.
 //!

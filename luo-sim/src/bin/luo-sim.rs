@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `luo-sim`: the model's live update, end to end, across two processes.
 //!
 //! ```text

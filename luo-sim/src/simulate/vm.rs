@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `luo simulate --scenario vm`: one virtual machine's files across a live update.
 //!
 //! Stage 1 (kernel `next`, the only one whose specs have these handlers) registers the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Facts: what changed between two snapshots of one component, with no
 //! judgement. The policy (`policy.rs`) decides what each fact means.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The compatibility matrix: can kernel A live-update into kernel B?
 //!
 //! Decided per handed-over component from what A *writes* (its version's

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Policy: what each fact means for a live update, as findings with stable
 //! rule IDs. Facts (`facts.rs`) say what changed; only this module judges.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Reports of a diff: text for people, JSON for tools, and the exit code
 //! (0 compatible, 1 breaking, 2 usage or input error).
 

@@ -167,16 +167,45 @@ impl Diagnostics {
         self.list.iter()
     }
 
-    /// Number of findings of a severity.
+    /// Number of distinct findings of a severity (a finding repeated word for word at
+    /// several places counts once, as it is shown once).
     pub fn count(&self, severity: Severity) -> usize {
-        self.list.iter().filter(|d| d.severity == severity).count()
+        self.groups()
+            .filter(|(d, _)| d.severity == severity)
+            .count()
     }
 
-    /// Render findings at or above `min` as plain text.
+    /// Each distinct finding with the later places that repeat it word for word (one
+    /// mistake, e.g. a renamed struct, seen from several places).
+    fn groups(&self) -> impl Iterator<Item = (&Diagnostic, Vec<&Diagnostic>)> {
+        let same = |a: &Diagnostic, b: &Diagnostic| {
+            a.severity == b.severity && a.code == b.code && a.message == b.message
+        };
+        self.list.iter().enumerate().filter_map(move |(i, d)| {
+            if self.list[..i].iter().any(|e| same(e, d)) {
+                return None;
+            }
+            let repeats = self.list[i + 1..].iter().filter(|e| same(e, d)).collect();
+            Some((d, repeats))
+        })
+    }
+
+    /// Render findings at or above `min` as plain text; a finding repeated word for word
+    /// is shown once, with the other places listed.
     pub fn render(&self, sources: &Sources, min: Severity) -> String {
         let mut out = String::new();
-        for d in self.list.iter().filter(|d| d.severity >= min) {
-            out.push_str(&render_one(d, sources));
+        for (d, repeats) in self.groups().filter(|(d, _)| d.severity >= min) {
+            let also: Vec<String> = repeats
+                .iter()
+                .map(|r| match r.file {
+                    Some(f) => {
+                        let (line, col) = sources.line_col(f, r.span.start);
+                        format!("{}:{line}:{col}", sources.path(f).display())
+                    }
+                    None => "(no place)".into(),
+                })
+                .collect();
+            out.push_str(&render_one(d, sources, &also));
             out.push_str("\n\n");
         }
         out
@@ -198,7 +227,7 @@ impl Diagnostic {
     }
 }
 
-fn render_one(d: &Diagnostic, sources: &Sources) -> String {
+fn render_one(d: &Diagnostic, sources: &Sources, also: &[String]) -> String {
     let level = match d.severity {
         Severity::Error => Level::ERROR,
         Severity::Warning => Level::WARNING,
@@ -224,6 +253,10 @@ fn render_one(d: &Diagnostic, sources: &Sources) -> String {
         groups.push(Group::with_title(
             Level::HELP.secondary_title(hint.as_str()),
         ));
+    }
+    let also = (!also.is_empty()).then(|| format!("also at {}", also.join(", ")));
+    if let Some(also) = &also {
+        groups.push(Group::with_title(Level::NOTE.secondary_title(also.as_str())));
     }
     Renderer::plain().render(&groups)
 }

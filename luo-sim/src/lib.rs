@@ -36,6 +36,7 @@ use rustix::net::{
 pub mod machine;
 mod proto;
 pub mod simulate;
+pub mod size;
 use proto::*;
 pub use proto::{SOCKET_ENV, default_socket_path};
 

@@ -256,7 +256,9 @@ fn render_one(d: &Diagnostic, sources: &Sources, also: &[String]) -> String {
     }
     let also = (!also.is_empty()).then(|| format!("also at {}", also.join(", ")));
     if let Some(also) = &also {
-        groups.push(Group::with_title(Level::NOTE.secondary_title(also.as_str())));
+        groups.push(Group::with_title(
+            Level::NOTE.secondary_title(also.as_str()),
+        ));
     }
     Renderer::plain().render(&groups)
 }

@@ -14,6 +14,7 @@ pub mod expr;
 pub mod generate;
 pub mod layout;
 pub mod model;
+pub mod output;
 pub mod render;
 pub mod schema_diff;
 pub mod ty;

@@ -284,7 +284,12 @@ fn check_uses(scope: Scope<'_>, diags: &mut Diagnostics) {
                 format!("component `{c}` has no version `{ver}`")
             };
             let d = diags
-                .error("unknown-name", scope.component().file, span.clone(), message)
+                .error(
+                    "unknown-name",
+                    scope.component().file,
+                    span.clone(),
+                    message,
+                )
                 .with_label(format!("`uses` names `{c}/{ver}`"));
             if scope.spec.component(c).is_none() {
                 d.with_hint(component_hint(scope.spec, c));
@@ -607,7 +612,9 @@ fn check_type_names(
                     .with_hint("use a u64 handle or an `aligned_u64` user address");
             }
             match target.as_ref() {
-                Ty::Named(n) if scope.find_struct(n).is_none() && !scope.is_opaque(n) && !silent => {
+                Ty::Named(n)
+                    if scope.find_struct(n).is_none() && !scope.is_opaque(n) && !silent =>
+                {
                     diags
                         .error(
                             "unknown-type",
@@ -826,7 +833,8 @@ fn check_struct(scope: Scope<'_>, layouts: &Layouts, s: &Struct, diags: &mut Dia
             }
             // An unknown type name was reported as such; a bitfield error would repeat it.
             let unknown = matches!(&f.ty, Ty::Named(n) if scope.find_struct(n).is_none());
-            if !unknown && !matches!(f.ty, Ty::Prim(p) if p.is_fixed_int() && p != Prim::AlignedU64) {
+            if !unknown && !matches!(f.ty, Ty::Prim(p) if p.is_fixed_int() && p != Prim::AlignedU64)
+            {
                 diags
                     .error(
                         "bitfield",
@@ -1079,9 +1087,8 @@ fn check_ioctl(
         Some((_, s)) => {
             let first = s.fields.first();
             // A first member of an unknown type was reported as such.
-            let unknown = first.is_some_and(
-                |f| matches!(&f.ty, Ty::Named(n) if scope.find_struct(n).is_none()),
-            );
+            let unknown = first
+                .is_some_and(|f| matches!(&f.ty, Ty::Named(n) if scope.find_struct(n).is_none()));
             if !unknown && !first.is_some_and(|f| f.name == "size" && f.ty == Ty::Prim(Prim::U32)) {
                 diags
                     .error(
@@ -1224,9 +1231,8 @@ fn check_features(scope: Scope<'_>, diags: &mut Diagnostics) {
         Some((_, s)) => {
             let first = s.fields.first();
             // A first member of an unknown type was reported as such.
-            let unknown = first.is_some_and(
-                |f| matches!(&f.ty, Ty::Named(n) if scope.find_struct(n).is_none()),
-            );
+            let unknown = first
+                .is_some_and(|f| matches!(&f.ty, Ty::Named(n) if scope.find_struct(n).is_none()));
             if !unknown
                 && !first.is_some_and(|f| {
                     f.name == "features" && f.ty == Ty::Named("luo_feature_hdr".into())

@@ -47,7 +47,7 @@ pub const KERNELS_MAGIC: u32 = 0x4c55_4f4b;
 pub const KERNEL_NAME_LEN: usize = 16;
 
 /// One entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Entry {
     /// Identity of the version.
     pub name: String,
@@ -388,7 +388,7 @@ pub fn elf_section<'a>(elf: &'a [u8], name: &str) -> Result<&'a [u8], TableError
 }
 
 /// One component's verdict from two tables.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Verdict {
     /// What the old binary writes.
     pub written: String,

@@ -41,7 +41,7 @@ fn two_process_live_update() {
         (1, "populate"),
         (1, "preserve"),
         (1, "reboot"),
-        (1, "exec"),
+        (2, "exec"),
         (2, "boot"),
         (2, "retrieve"),
         (2, "verify"),

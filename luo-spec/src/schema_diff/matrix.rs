@@ -320,26 +320,48 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// A reason as HTML: escaped, with its `quoted` names set as code.
+fn reason_html(s: &str) -> String {
+    esc(s)
+        .split('`')
+        .enumerate()
+        .map(|(i, part)| {
+            if i % 2 == 1 {
+                format!("<code>{part}</code>")
+            } else {
+                part.to_string()
+            }
+        })
+        .collect()
+}
+
 /// The stylesheet of the HTML page.
 const STYLE: &str = "\
-body { font-family: system-ui, sans-serif; margin: 24px; color: #1b1b1b; }
-h1 { font-size: 20px; margin: 0 0 4px; }
-h2 { font-size: 16px; margin: 28px 0 6px; }
-p.about { color: #555; margin: 0 0 16px; font-size: 13px; }
+body { font-family: system-ui, sans-serif; margin: 20px 24px; color: #1b1b1b; }
+h1 { font-size: 20px; margin: 0 0 2px; }
+h2 { font-size: 15px; margin: 22px 0 6px; }
+p.about { color: #555; margin: 0 0 10px; font-size: 13px; }
 table { border-collapse: collapse; }
-th, td { border: 1px solid #999; padding: 4px 8px; vertical-align: top; font-size: 13px; }
+th, td { border: 1px solid #aaa; padding: 4px 7px; vertical-align: top; font-size: 13px; }
 th { background: #eee; text-align: left; }
+table.grid { table-layout: fixed; width: 100%; }
+table.grid th.corner { width: 84px; }
 td.ok { background: #d4f4d4; }
 td.bad { background: #f8d0d0; }
 td .verdict { font-weight: bold; }
 td.ok .verdict { color: #17601a; }
 td.bad .verdict { color: #9b1111; }
-ul.block { margin: 2px 0 0; padding-left: 16px; }
-ul.block li { margin: 2px 0; }
-code.rule { font-size: 11px; background: #fff8; padding: 0 2px; }
-span.why { display: block; color: #444; font-size: 11px; }
-table.legend td { font-size: 13px; }
-span.swatch { display: inline-block; width: 14px; height: 14px; border: 1px solid #999; vertical-align: middle; }
+td .count { color: #555; font-size: 11px; margin-left: 6px; }
+ul.block { margin: 3px 0 0; padding-left: 14px; }
+ul.block li { margin: 3px 0; }
+code { font-size: 11px; }
+code.rule { font-size: 10.5px; background: #ffffffb0; border-radius: 3px; padding: 0 3px; }
+span.why { display: block; color: #3a3a3a; font-size: 11px; }
+span.why code { font-size: 10.5px; color: #222; }
+table.legend { margin-bottom: 4px; }
+table.legend td, table.legend th { font-size: 12px; border: none; padding: 2px 10px 2px 0; background: none; }
+span.swatch { display: inline-block; width: 13px; height: 13px; border: 1px solid #999; vertical-align: -2px; margin-right: 4px; }
+#components td { text-align: center; }
 ";
 
 /// The matrix as a standalone HTML page: a green or red cell per pair with the blocking
@@ -356,27 +378,35 @@ pub fn render_html(sets: &[KernelSet], m: &[Vec<Cell>], about: &About) -> String
         esc(&about.luo),
         esc(&about.build)
     );
-    // Legend: colours, then every rule.
+    // Legend: the colours, then every rule in two columns.
     out.push_str(
-        "<table class=\"legend\" id=\"legend\">\n<tr><th colspan=\"2\">Legend</th></tr>\n",
+        "<table class=\"legend\" id=\"legend\">\n<tr><th colspan=\"4\">Legend</th></tr>\n\
+         <tr><td colspan=\"2\"><span class=\"swatch\" style=\"background:#d4f4d4\"></span><b>yes</b>: \
+         B reads every component A writes</td>\
+         <td colspan=\"2\"><span class=\"swatch\" style=\"background:#f8d0d0\"></span><b>no</b>: \
+         each blocking <b>component</b> with its <code class=\"rule\">RULE</code> and why</td></tr>\n",
     );
-    out.push_str(
-        "<tr><td><span class=\"swatch\" style=\"background:#d4f4d4\"></span> yes</td>\
-         <td>every component A writes is read by B</td></tr>\n\
-         <tr><td><span class=\"swatch\" style=\"background:#f8d0d0\"></span> no</td>\
-         <td>the components listed block it: <b>component</b> <code class=\"rule\">RULE</code> and why</td></tr>\n",
-    );
-    for r in Rule::ALL {
-        out.push_str(&format!(
-            "<tr><td><code class=\"rule\">{}</code></td><td>{} ({})</td></tr>\n",
-            r.id(),
-            esc(r.meaning()),
-            if r.ok() { "crosses" } else { "blocks" }
-        ));
+    let half = Rule::ALL.len().div_ceil(2);
+    for i in 0..half {
+        out.push_str("<tr>");
+        for r in [Rule::ALL.get(i), Rule::ALL.get(i + half)]
+            .into_iter()
+            .flatten()
+        {
+            out.push_str(&format!(
+                "<td><code class=\"rule\">{}</code></td><td>{} ({})</td>",
+                r.id(),
+                esc(r.meaning()),
+                if r.ok() { "crosses" } else { "blocks" }
+            ));
+        }
+        out.push_str("</tr>\n");
     }
     out.push_str("</table>\n");
 
-    out.push_str("<h2>By kernel</h2>\n<table id=\"matrix\">\n<tr><th>from \\ to</th>");
+    out.push_str(
+        "<h2>By kernel</h2>\n<table id=\"matrix\" class=\"grid\">\n<tr><th class=\"corner\">from \\ to</th>",
+    );
     for s in sets {
         out.push_str(&format!("<th>{}</th>", esc(&s.kernel)));
     }
@@ -393,7 +423,10 @@ pub fn render_html(sets: &[KernelSet], m: &[Vec<Cell>], about: &About) -> String
                 .map(|v| format!("{} {}: {}", v.component, v.rule.id(), v.reason))
                 .collect();
             let body = if c.ok {
-                "<span class=\"verdict\">yes</span>".to_string()
+                format!(
+                    "<span class=\"verdict\">yes</span><span class=\"count\">{} components read</span>",
+                    c.components.len()
+                )
             } else {
                 let items: String = c
                     .blocking()
@@ -405,7 +438,7 @@ pub fn render_html(sets: &[KernelSet], m: &[Vec<Cell>], about: &About) -> String
                             v.rule.id(),
                             esc(&v.component),
                             v.rule.id(),
-                            esc(&v.reason)
+                            reason_html(&v.reason)
                         )
                     })
                     .collect();
@@ -433,7 +466,7 @@ pub fn render_html(sets: &[KernelSet], m: &[Vec<Cell>], about: &About) -> String
     components.sort_unstable();
     components.dedup();
     out.push_str(
-        "<h2>By component</h2>\n<table id=\"components\">\n<tr><th>component</th><th>from \\ to</th>",
+        "<h2>By component</h2>\n<table id=\"components\" class=\"grid\">\n<tr><th class=\"corner\">component</th><th class=\"corner\">from \\ to</th>",
     );
     for s in sets {
         out.push_str(&format!("<th>{}</th>", esc(&s.kernel)));

@@ -34,6 +34,7 @@ use rustix::net::{
 
 #[allow(missing_docs)]
 pub mod machine;
+pub mod progress;
 mod proto;
 pub mod simulate;
 pub mod size;

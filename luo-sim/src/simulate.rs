@@ -11,12 +11,11 @@
 //! virtual machine's files instead (guest RAM memfd, HugeTLB memfd, KVM VM, guest_memfds,
 //! iommufd, vfio-pci devices) through the same two stages, plan and reporter.
 
-mod progress;
 mod vm;
 
 pub use vm::VmReport;
 
-use progress::Progress;
+use crate::progress::{self, Progress};
 
 use std::ffi::OsString;
 use std::io::Write;

@@ -1,7 +1,8 @@
-//! Progress bars for the long phases of `luo simulate` (filling and checking memfds).
+//! Progress bars for long work: the phases of `luo simulate` that fill and check memfds, the
+//! stages of `luo vmtest`.
 //!
 //! Drawn on standard error only for text output with both standard output and standard error
-//! on a terminal, and only once a phase has run for a second: short runs, logs, pipes and
+//! on a terminal, and only once the work has run for a second: short runs, logs, pipes and
 //! `--format json` stay free of control characters.
 
 use std::io::IsTerminal;
@@ -13,7 +14,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 const DELAY: Duration = Duration::from_secs(1);
 
 /// Whether bars may be drawn: text output, with stdout and stderr both terminals.
-pub(super) fn wanted(json: bool) -> bool {
+pub fn wanted(json: bool) -> bool {
     allowed(
         json,
         std::io::stdout().is_terminal(),
@@ -26,7 +27,7 @@ fn allowed(json: bool, stdout_tty: bool, stderr_tty: bool) -> bool {
 }
 
 /// A bar over a number of bytes, hidden until the work has taken [`DELAY`].
-pub(super) struct Progress {
+pub struct Progress {
     bar: Option<ProgressBar>,
     start: Instant,
     shown: bool,
@@ -34,12 +35,29 @@ pub(super) struct Progress {
 
 impl Progress {
     /// A bar for `what`, `total` bytes long; a no-op when `enabled` is false.
-    pub(super) fn bytes(enabled: bool, what: &str, total: u64) -> Progress {
+    pub fn bytes(enabled: bool, what: &str, total: u64) -> Progress {
+        Progress::new(
+            enabled,
+            what,
+            total,
+            "{msg:>10} [{bar:24}] {binary_bytes}/{binary_total_bytes} eta {eta}",
+        )
+    }
+
+    /// A bar for `what` over `total` steps (program runs, stages).
+    pub fn steps(enabled: bool, what: &str, total: u64) -> Progress {
+        Progress::new(
+            enabled,
+            what,
+            total,
+            "{msg} [{bar:24}] {pos}/{len} {elapsed}",
+        )
+    }
+
+    fn new(enabled: bool, what: &str, total: u64, template: &str) -> Progress {
         let bar = enabled.then(|| {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden());
-            if let Ok(style) = ProgressStyle::with_template(
-                "{msg:>10} [{bar:40}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
-            ) {
+            if let Ok(style) = ProgressStyle::with_template(template) {
                 bar.set_style(style.progress_chars("=> "));
             }
             bar.set_message(what.to_string());
@@ -52,18 +70,33 @@ impl Progress {
         }
     }
 
-    /// `n` more bytes done.
-    pub(super) fn inc(&mut self, n: u64) {
+    /// `n` more done.
+    pub fn inc(&mut self, n: u64) {
+        if let Some(bar) = &self.bar {
+            bar.inc(n);
+        }
+        self.show_when_due();
+    }
+
+    /// Done so far, and what is running now.
+    pub fn set(&mut self, pos: u64, what: &str) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(pos);
+            bar.set_message(what.to_string());
+        }
+        self.show_when_due();
+    }
+
+    fn show_when_due(&mut self) {
         let Some(bar) = &self.bar else { return };
-        bar.inc(n);
         if !self.shown && self.start.elapsed() >= DELAY {
             bar.set_draw_target(ProgressDrawTarget::stderr());
             self.shown = true;
         }
     }
 
-    /// Removes the bar (before the phase's line is printed).
-    pub(super) fn finish(self) {
+    /// Removes the bar (before the result is printed).
+    pub fn finish(self) {
         if let Some(bar) = self.bar {
             bar.finish_and_clear();
         }

@@ -196,6 +196,14 @@ pub enum SimError {
     /// Something was left behind.
     #[error("{0} preserved pages left after FINISH")]
     Leak(u64),
+    /// `--save-image` could not be written.
+    #[error("cannot save the handover image to {}: {error}; check that its directory exists and is writable", path.display())]
+    SaveImage {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
     /// Writing the report failed.
     #[error("output: {0}")]
     Io(#[from] std::io::Error),
@@ -519,8 +527,12 @@ fn reboot_and_exec(k: Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<(), Si
     drop(k);
     if let Some(path) = &p.save_image {
         let (_, t) = timed(|| {
-            luo_core::image::Image::from_handover(&h)?.save(path)?;
-            Ok(())
+            luo_core::image::Image::from_handover(&h)?
+                .save(path)
+                .map_err(|error| SimError::SaveImage {
+                    path: path.clone(),
+                    error,
+                })
         })?;
         rep.phase("image", t, &format!("saved to {}", path.display()))?;
     }

@@ -263,18 +263,24 @@ fn find_scope<'a>(spec: &'a Spec, name: &str, version: Option<&str>) -> Result<S
         let (c, ver) = v
             .split_once('/')
             .map_or((v, None), |(c, ver)| (c, Some(ver)));
-        let (ci, comp) = spec
-            .component(c)
-            .ok_or_else(|| format!("unknown component `{c}`"))?;
-        let vi = match ver {
-            Some(ver) => Some(
-                comp.versions
-                    .iter()
-                    .position(|x| x.id == ver)
-                    .ok_or_else(|| format!("`{c}` has no version `{ver}`"))?,
-            ),
-            None => None,
-        };
+        let (ci, comp) = spec.component(c).ok_or_else(|| {
+            let known: Vec<&str> = spec.components.iter().map(|c| c.name.as_str()).collect();
+            format!("unknown component `{c}`; components: {}", known.join(", "))
+        })?;
+        let vi =
+            match ver {
+                Some(ver) => Some(comp.versions.iter().position(|x| x.id == ver).ok_or_else(
+                    || {
+                        let known: Vec<&str> =
+                            comp.versions.iter().map(|x| x.id.as_str()).collect();
+                        format!(
+                            "`{c}` has no version `{ver}`; its versions: {}",
+                            known.join(", ")
+                        )
+                    },
+                )?),
+                None => None,
+            };
         return Ok(Scope {
             spec,
             origin: Origin { comp: ci, ver: vi },
@@ -303,7 +309,34 @@ fn find_scope<'a>(spec: &'a Spec, name: &str, version: Option<&str>) -> Result<S
         }
         fallback.get_or_insert(scope);
     }
-    fallback.ok_or_else(|| format!("no struct `{name}` in the spec"))
+    fallback.ok_or_else(|| {
+        // The closest names, as a compiler suggests them.
+        let mut names: Vec<&str> = spec
+            .scopes()
+            .into_iter()
+            .flat_map(|sc| {
+                let own = sc.version().map_or(&sc.component().common, |v| &v.items);
+                own.structs.iter().map(|s| s.name.as_str())
+            })
+            .filter(|n| n.contains(name) || name.contains(*n))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let hint = if names.is_empty() {
+            "the structs are the `[[struct]]` and `[[version.struct]]` entries of spec/*.toml"
+                .into()
+        } else {
+            format!(
+                "did you mean {}?",
+                names
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        format!("no struct `{name}` in the spec; {hint}")
+    })
 }
 
 /// `luo schema diff OLD NEW`: exit 0 compatible, 1 breaking, 2 input error.

@@ -90,6 +90,9 @@ fn every_command_prints_one_json_document() {
         v["entries"].as_array().is_some_and(|e| !e.is_empty()),
         "{v}"
     );
+    // Fingerprints are hex strings: a number above 2^53 would lose bits in jq.
+    let supp = v["entries"][0]["supp"].as_str().expect("hex string");
+    assert!(supp.starts_with("0x") && supp.len() == 18, "{supp}");
 
     let (code, v) = json_doc(&["schema", "check-update", "/proc/self/exe", "/proc/self/exe"]);
     assert_eq!((code, &v["possible"]), (0, &true.into()));

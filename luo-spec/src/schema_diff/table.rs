@@ -56,11 +56,20 @@ pub struct Entry {
     /// [`KIND_WRITES`] or [`KIND_READS`].
     pub kind: u32,
     /// Supported bits, or the layout fingerprint.
+    #[serde(serialize_with = "hex")]
     pub supp: u64,
     /// Required bits.
+    #[serde(serialize_with = "hex")]
     pub req: u64,
     /// Active bits.
+    #[serde(serialize_with = "hex")]
     pub active: u64,
+}
+
+/// 64-bit masks and fingerprints as `"0x..."` strings in JSON: a JSON number above 2^53 loses
+/// bits in most readers (`jq` among them).
+fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:#018x}"))
 }
 
 /// Why a table could not be read.

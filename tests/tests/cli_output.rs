@@ -248,6 +248,25 @@ fn errors_name_the_path_and_the_next_step() {
         err.contains("cannot read spec: Is a directory") && err.contains("--save-image"),
         "{err}"
     );
+    let (code, _, err) = luo(&[
+        "simulate",
+        "--save-image",
+        "/nonexistent/luo.img",
+        "--size",
+        "4K",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cannot save the handover image to /nonexistent/luo.img")
+            && err.contains("directory exists"),
+        "{err}"
+    );
+    let (code, _, err) = luo(&["layout", "memfd_luo"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("did you mean") && err.contains("`memfd_luo_ser`"),
+        "{err}"
+    );
     let sock =
         std::env::temp_dir().join(format!("luo-output-nodaemon-{}.sock", std::process::id()));
     let sock_s = sock.to_str().expect("utf8");

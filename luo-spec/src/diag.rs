@@ -51,7 +51,7 @@ impl Sources {
 }
 
 /// How serious a diagnostic is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Severity {
     /// Informational: true of the spec, not wrong (a PAGE_SIZE-dependent layout).
     Note,
@@ -178,16 +178,19 @@ impl Diagnostics {
     /// Each distinct finding with the later places that repeat it word for word (one
     /// mistake, e.g. a renamed struct, seen from several places).
     fn groups(&self) -> impl Iterator<Item = (&Diagnostic, Vec<&Diagnostic>)> {
-        let same = |a: &Diagnostic, b: &Diagnostic| {
-            a.severity == b.severity && a.code == b.code && a.message == b.message
-        };
-        self.list.iter().enumerate().filter_map(move |(i, d)| {
-            if self.list[..i].iter().any(|e| same(e, d)) {
-                return None;
+        let mut index: std::collections::HashMap<(Severity, &str, &str), usize> =
+            std::collections::HashMap::new();
+        let mut groups: Vec<(&Diagnostic, Vec<&Diagnostic>)> = Vec::new();
+        for d in &self.list {
+            match index.entry((d.severity, d.code, d.message.as_str())) {
+                std::collections::hash_map::Entry::Occupied(e) => groups[*e.get()].1.push(d),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(groups.len());
+                    groups.push((d, Vec::new()));
+                }
             }
-            let repeats = self.list[i + 1..].iter().filter(|e| same(e, d)).collect();
-            Some((d, repeats))
-        })
+        }
+        groups.into_iter()
     }
 
     /// Render findings at or above `min` as plain text; a finding repeated word for word

@@ -1,7 +1,7 @@
 //! `luo-sim`: the model's live update, end to end, across two processes.
 //!
 //! ```text
-//! luo-sim simulate [--sessions N] [--files N] [--size SIZE] [--seed N] [--hops N] [--next PATH] [--save-image PATH] [--json]
+//! luo-sim simulate [--sessions N] [--files N] [--size SIZE] [--seed N] [--hops N] [--next PATH] [--save-image PATH] [--format text|json]
 //!                  [--from KERNEL] [--to KERNEL]...   (6.19, 7.0, 7.3, next)
 //!                  [--scenario basic|vm] [--hugetlb-form subsystem|flb]   (vm: kernel next)
 //! luo-sim stage2          (run by stage 1 through execve, with the handover inherited)
@@ -16,7 +16,7 @@ use luo_sim::simulate::{self, Options};
 fn usage() -> ExitCode {
     eprintln!(
         "usage: luo-sim simulate [--sessions N] [--files N] [--size BYTES] [--seed N] \
-         [--hops N] [--next PATH] [--save-image PATH] [--json] [--from K] [--to K]... \
+         [--hops N] [--next PATH] [--save-image PATH] [--format text|json] [--from K] [--to K]... \
          [--scenario basic|vm] [--hugetlb-form subsystem|flb]\n       luo-sim stage2\n       \
          luo-sim inspect IMAGE [--json]"
     );
@@ -35,6 +35,8 @@ fn parse(args: &[OsString]) -> Option<Options> {
         }
         let v = it.next()?;
         match a {
+            // `--format json` as every `luo` command spells it; `--json` above is the same.
+            "--format" => o.json = parse_format(v.to_str()?)?,
             "--sessions" => {
                 o.sessions = v.to_str()?.parse().ok()?;
                 per_session = true;
@@ -76,6 +78,14 @@ fn parse(args: &[OsString]) -> Option<Options> {
         o.kernels.push(luo_core::KernelVersion::Next);
     }
     Some(o)
+}
+
+fn parse_format(v: &str) -> Option<bool> {
+    match v {
+        "text" => Some(false),
+        "json" => Some(true),
+        _ => None,
+    }
 }
 
 fn main() -> ExitCode {

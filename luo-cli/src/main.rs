@@ -140,13 +140,12 @@ enum Command {
         /// Same as `--format json`.
         #[arg(long, hide = true)]
         json: bool,
-        /// Kernel the first stage plays (6.19, 7.0, 7.3, next) [default: 7.3; vm: next, the
-        /// only kernel it runs on].
-        #[arg(long)]
-        from: Option<luo_core::KernelVersion>,
+        /// Kernel the first stage plays [default: 7.3; vm: next, the only kernel it runs on].
+        #[arg(long, value_enum)]
+        from: Option<KernelArg>,
         /// Kernel(s) the later stages play, in order (`--to 7.3 --to next`; the last repeats).
-        #[arg(long)]
-        to: Vec<luo_core::KernelVersion>,
+        #[arg(long, value_enum)]
+        to: Vec<KernelArg>,
         /// Internal: the second stage, run by the first through execve.
         #[arg(long, hide = true)]
         stage2: bool,
@@ -227,6 +226,34 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+/// `--from`, `--to`: the kernels the model plays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum KernelArg {
+    /// Linux 6.19: the luo-v1 FDT, memfd-v1.
+    #[value(name = "6.19")]
+    V6_19,
+    /// Linux 7.0: 6.19 plus FLBs.
+    #[value(name = "7.0")]
+    V7_0,
+    /// Linux 7.3: luo-v5, memfd-v2.
+    #[value(name = "7.3")]
+    V7_3,
+    /// The mm tree: feature-negotiated formats.
+    #[value(name = "next")]
+    Next,
+}
+
+impl From<KernelArg> for luo_core::KernelVersion {
+    fn from(k: KernelArg) -> Self {
+        match k {
+            KernelArg::V6_19 => Self::V6_19,
+            KernelArg::V7_0 => Self::V7_0,
+            KernelArg::V7_3 => Self::V7_3,
+            KernelArg::Next => Self::Next,
+        }
+    }
 }
 
 /// `--scenario`.
@@ -376,10 +403,13 @@ fn main() -> ExitCode {
                      one VM's files in one session (size its guest RAM with --size)",
                 );
             }
-            let from = from.unwrap_or(match scenario {
-                Scenario::Basic => luo_core::KernelVersion::default(),
-                Scenario::Vm => luo_core::KernelVersion::Next,
-            });
+            let from = from.map_or(
+                match scenario {
+                    Scenario::Basic => luo_core::KernelVersion::default(),
+                    Scenario::Vm => luo_core::KernelVersion::Next,
+                },
+                Into::into,
+            );
             let defaults = luo_sim::simulate::Options::default();
             let opts = luo_sim::simulate::Options {
                 sessions: sessions.unwrap_or(defaults.sessions),
@@ -391,7 +421,9 @@ fn main() -> ExitCode {
                 save_image,
                 json: json || format == Format::Json,
                 stage2_args: vec!["simulate".into(), "--stage2".into()],
-                kernels: std::iter::once(from).chain(to).collect(),
+                kernels: std::iter::once(from)
+                    .chain(to.into_iter().map(Into::into))
+                    .collect(),
                 scenario,
                 hugetlb_form: match hugetlb_form {
                     HugetlbFormArg::Subsystem => HugetlbForm::Subsystem,

@@ -277,19 +277,28 @@ impl Reporter<'_> {
         }
         writeln!(
             self.out,
-            "live update verified: liveupdate_num {}, {} sessions, {} files, {} bytes ({}) \
-             checked, {} preserved pages left",
+            "live update verified: liveupdate_num {}, {} sessions, {} files, {} checked, {} \
+             preserved pages left",
             r.liveupdate_num,
             r.sessions,
             r.files,
-            r.verified_bytes,
-            Human(r.verified_bytes),
+            exact_bytes(r.verified_bytes),
             r.preserved_pages_left
         )?;
         if let Some(vm) = &r.vm {
             vm.write_text(self.out)?;
         }
         Ok(())
+    }
+}
+
+/// `4096 bytes`, or `16777216 bytes (16M)` once the unit says more than the digits.
+fn exact_bytes(n: u64) -> String {
+    let human = Human(n).to_string();
+    if human == n.to_string() {
+        format!("{n} bytes")
+    } else {
+        format!("{n} bytes ({human})")
     }
 }
 
@@ -699,7 +708,7 @@ fn retrieve_and_verify(k: &Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<u
     rep.phase(
         "verify",
         t,
-        &format!("{verified} bytes ({}), every one checked", Human(verified)),
+        &format!("{}, every one checked", exact_bytes(verified)),
     )?;
     let (_, t) = timed(|| {
         for (s, (sfd, v)) in fds.iter().enumerate() {

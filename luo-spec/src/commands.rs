@@ -25,27 +25,34 @@ fn written(r: io::Result<ExitCode>) -> ExitCode {
 }
 
 /// Load and check `root/spec`, printing diagnostics; `None` (after
-/// printing) when the spec has errors.
-pub fn load(root: &Path, verbose: bool) -> Option<(Spec, Layouts)> {
+/// printing) when the spec has errors. With `--format json` a spec with errors is also
+/// the command's JSON document on stdout: `{"errors": N, "diagnostics": [...]}`.
+pub fn load(root: &Path, verbose: bool, format: Format) -> Option<(Spec, Layouts)> {
     let spec_dir = root.join("spec");
     let (spec, layouts, diags) = generate::load_checked(&spec_dir);
-    let shown = diags.render(
-        &spec.sources,
-        if verbose {
-            Severity::Note
-        } else {
-            Severity::Warning
-        },
-    );
+    let min = if verbose {
+        Severity::Note
+    } else {
+        Severity::Warning
+    };
+    let shown = diags.render(&spec.sources, min);
     if !shown.is_empty() {
         eprint!("{shown}");
     }
     if diags.has_errors() {
+        let errors = diags.count(Severity::Error);
         eprintln!(
-            "error: {} error(s) in {}; nothing generated",
-            diags.count(Severity::Error),
+            "error: {errors} error(s) in {}; nothing generated",
             spec_dir.display()
         );
+        let doc = json!({
+            "spec": spec_dir.display().to_string(),
+            "errors": errors,
+            "diagnostics": diags.to_json(&spec.sources, min),
+        });
+        if let Err(e) = Reporter::stdout(format).json(&doc) {
+            eprintln!("error: writing standard output: {e}");
+        }
         return None;
     }
     Some((spec, layouts))
@@ -54,7 +61,7 @@ pub fn load(root: &Path, verbose: bool) -> Option<(Spec, Layouts)> {
 /// `luo gen [--check]`: exit 0 when written or up to date, 1 when stale
 /// (`--check`), 2 on a bad spec or an I/O error.
 pub fn gen_command(root: &Path, check: bool, verbose: bool, format: Format) -> ExitCode {
-    let Some((spec, layouts)) = load(root, verbose) else {
+    let Some((spec, layouts)) = load(root, verbose, format) else {
         return ExitCode::from(2);
     };
     let mut out = Reporter::stdout(format);
@@ -69,7 +76,7 @@ pub fn layout_command(
     version: Option<&str>,
     format: Format,
 ) -> ExitCode {
-    let Some((spec, layouts)) = load(root, false) else {
+    let Some((spec, layouts)) = load(root, false, format) else {
         return ExitCode::from(2);
     };
     let mut out = Reporter::stdout(format);
@@ -395,7 +402,7 @@ pub fn schema_matrix_command(root: &Path, html: Option<&Path>, format: Format) -
 /// frozen snapshots; exit 1 on any breaking change or policy error.
 pub fn schema_check_command(root: &Path, format: Format) -> ExitCode {
     use crate::schema_diff::{RELEASED_DIR, diff_sets, read_set, report, sets_from_spec};
-    let Some((spec, _)) = load(root, false) else {
+    let Some((spec, _)) = load(root, false, format) else {
         return ExitCode::from(2);
     };
     let current = match sets_from_spec(&root.join("spec")) {

@@ -193,6 +193,37 @@ impl Diagnostics {
         groups.into_iter()
     }
 
+    /// Findings at or above `min` as JSON values for tools: severity, code, message, the
+    /// place (`file`, 1-based `line` and `column`), label, hint, and the other places a
+    /// finding repeated word for word was seen.
+    pub fn to_json(&self, sources: &Sources, min: Severity) -> Vec<serde_json::Value> {
+        let place = |d: &Diagnostic| match d.file {
+            Some(f) => {
+                let (line, column) = sources.line_col(f, d.span.start);
+                serde_json::json!({
+                    "file": sources.path(f).display().to_string(),
+                    "line": line,
+                    "column": column,
+                })
+            }
+            None => serde_json::Value::Null,
+        };
+        self.groups()
+            .filter(|(d, _)| d.severity >= min)
+            .map(|(d, repeats)| {
+                serde_json::json!({
+                    "severity": d.severity.to_string(),
+                    "code": d.code,
+                    "message": d.message,
+                    "at": place(d),
+                    "label": d.label,
+                    "hint": d.hint,
+                    "also_at": repeats.iter().map(|r| place(r)).collect::<Vec<_>>(),
+                })
+            })
+            .collect()
+    }
+
     /// Render findings at or above `min` as plain text; a finding repeated word for word
     /// is shown once, with the other places listed.
     pub fn render(&self, sources: &Sources, min: Severity) -> String {

@@ -390,3 +390,29 @@ fn matrix_html_in_a_real_browser() {
     assert!(bytes.starts_with(b"\x89PNG"), "a PNG");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A spec with errors under `--format json`: the document lists the diagnostics with their
+/// places (one per mistake: a syntax error in memfd.toml is one error, not nine).
+#[test]
+fn spec_errors_as_json() {
+    let tmp = std::env::temp_dir().join(format!("luo-output-badspec-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    copy_dir(&root().join("spec"), &tmp.join("spec"));
+    std::fs::copy(root().join("Cargo.toml"), tmp.join("Cargo.toml")).expect("Cargo.toml");
+    let memfd = tmp.join("spec/memfd.toml");
+    let text = std::fs::read_to_string(&memfd).expect("memfd.toml");
+    std::fs::write(&memfd, text.replacen("abi = \"kho\"", "abi = \"kho", 1)).expect("write");
+    let (code, v) = json_doc(&["--root", tmp.to_str().expect("utf8"), "gen", "--check"]);
+    assert_eq!(code, 2);
+    assert_eq!(v["errors"], 1, "{v}");
+    let d = &v["diagnostics"][0];
+    assert_eq!(d["code"], "syntax", "{v}");
+    assert!(
+        d["at"]["file"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("spec/memfd.toml")),
+        "{v}"
+    );
+    assert!(d["at"]["line"].as_u64().is_some_and(|l| l > 1), "{v}");
+    let _ = std::fs::remove_dir_all(&tmp);
+}

@@ -5,7 +5,9 @@
 //! collected into [`diag`]nostics) → [`layout`] (offsets per target) →
 //! [`render`] (C headers, Rust ABI types, JSON snapshots) → [`generate`] (the
 //! files of `generated/`). It depends on nothing generated, so a spec edit
-//! that breaks `luo-generated` never breaks the generator.
+//! that breaks `luo-generated` never breaks the generator. [`commands`] are
+//! the spec-side `luo` commands; [`output`] is how every `luo` command prints
+//! (text, or JSON for tools).
 
 pub mod abi_table;
 pub mod ast;

@@ -170,3 +170,21 @@ fn missing_kernel_names_the_path_and_the_next_step() {
     }
     assert_eq!(o.status.code(), Some(2), "{err}");
 }
+
+/// `--format json`: one JSON document with every program run, whatever the mode.
+#[test]
+fn json_output_is_one_document() {
+    let o = luo(&["--sim", "--format", "json", SUITE[0]]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!((&v["mode"], &v["ok"]), (&"sim".into(), &true.into()));
+    let runs = v["sim"]["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2, "one program, two stages: {v}");
+    assert!(runs.iter().all(|r| r["status"] == "exit 0"), "{v}");
+}

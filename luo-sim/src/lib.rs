@@ -35,8 +35,10 @@ use rustix::net::{
 
 #[allow(missing_docs)]
 pub mod machine;
+pub mod progress;
 mod proto;
 pub mod simulate;
+pub mod size;
 use proto::*;
 pub use proto::{SOCKET_ENV, default_socket_path};
 

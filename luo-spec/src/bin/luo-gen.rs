@@ -33,5 +33,5 @@ fn main() -> ExitCode {
             }
         }
     }
-    luo_spec::commands::gen_command(&root, check, verbose)
+    luo_spec::commands::gen_command(&root, check, verbose, luo_spec::output::Format::Text)
 }

@@ -63,11 +63,10 @@ pub fn render_text(diffs: &[ComponentDiff]) -> String {
     out
 }
 
-/// The report as JSON.
-pub fn render_json(diffs: &[ComponentDiff]) -> String {
-    let value = serde_json::json!({
+/// The report as a JSON value.
+pub fn to_json(diffs: &[ComponentDiff]) -> serde_json::Value {
+    serde_json::json!({
         "compatible": exit_code(diffs) == 0,
         "components": diffs,
-    });
-    serde_json::to_string_pretty(&value).unwrap_or_default() + "\n"
+    })
 }

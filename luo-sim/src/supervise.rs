@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The freeze of a preserved memfd, enforced on the programs' own system calls.
 //!
 //! On the kernel a preserved memfd's shmem mapping is frozen (`mm/memfd_luo.c` sets it,

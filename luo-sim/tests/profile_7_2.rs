@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The simulator's default profile is Linux 7.2 as the real 7.2.13 kernel behaves
 //! (`spec/kernels/7.2.toml`): it writes luo-v5 and memfd-v2 and, like upstream, reads nothing
 //! else, so a handover of an older kernel is refused at boot (7.2.13's luo_early_startup:

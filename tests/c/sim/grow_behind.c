@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 /* luo-sim: a preserved memfd resized behind the freeze. The freeze holds for the program's own
  * calls, raw syscalls included (EPERM, as on the kernel's frozen inode); a process outside the
  * daemon's supervision (forked before the device was opened) still reaches the host file.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 /* luo-sim: a program under the freeze supervision (it opened /dev/liveupdate) starts another
  * daemon, which inherits the filter: it must refuse to serve (its own writes would wait for
  * itself) instead of hanging. argv[1]: the daemon binary, argv[2]: a socket path. Prints the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 /* luo-sim: a process under the daemon's freeze supervision (it opened /dev/liveupdate) that
  * lives on across a simulated kexec: its calls the filter forwards (a write to an fd above 2)
  * are still answered by the next daemon. Prints "ready", waits for a line on stdin (the test

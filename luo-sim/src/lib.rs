@@ -432,7 +432,13 @@ pub fn serve(opts: &ServeOptions) -> Result<(), SimError> {
         retrieved: HashSet::new(),
     };
     for l in supervisors {
-        d.supervise(l);
+        // A listener that cannot be watched any more leaves its processes' filtered calls
+        // failing with ENOSYS: said in the log.
+        if let Err(e) = d.supervise(l) {
+            d.log(format_args!(
+                "an inherited seccomp listener was dropped: {e:?}"
+            ));
+        }
     }
     let num = d.kernel.liveupdate_num();
     d.log(format_args!(
@@ -601,11 +607,9 @@ impl Daemon {
                     return self.kexec(id, (!into.is_empty()).then(|| PathBuf::from(into)));
                 }
                 OP_PING => (0, Vec::new(), None),
-                OP_SUPERVISE => match passed {
-                    Some(l) => {
-                        self.supervise(l);
-                        (0, Vec::new(), None)
-                    }
+                OP_SUPERVISE => match passed.map(|l| self.supervise(l)) {
+                    Some(Ok(())) => (0, Vec::new(), None),
+                    Some(Err(e)) => err(e),
                     None => err(Errno::EBADF),
                 },
                 OP_RETRIEVED if msg.len() >= 20 => {
@@ -1052,12 +1056,21 @@ impl Daemon {
 
     /// Takes the seccomp listener of a process that opened the device (see `supervise`):
     /// its filtered calls are answered here until every task under the filter has exited.
-    fn supervise(&mut self, listener: OwnedFd) {
+    fn supervise(&mut self, listener: OwnedFd) -> Result<(), Errno> {
+        // Only a seccomp listener: anything else would sit in the event loop for good.
+        let link = rustix::fs::readlink(
+            format!("/proc/self/fd/{}", listener.as_raw_fd()),
+            Vec::new(),
+        )
+        .map_err(host_errno)?;
+        if link.as_bytes() != b"anon_inode:seccomp notify" {
+            return Err(Errno::EINVAL);
+        }
         let id = self.next_id;
         self.next_id += 1;
-        if self.watch(listener.as_fd(), id).is_ok() {
-            self.supervisors.insert(id, listener);
-        }
+        self.watch(listener.as_fd(), id).map_err(host_errno)?;
+        self.supervisors.insert(id, listener);
+        Ok(())
     }
 
     /// Answers one call a process's filter forwarded; drops the listener once no task is

@@ -157,3 +157,30 @@ fn out_of_descriptors_refuses_without_spinning() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// OP_SUPERVISE takes a seccomp listener only: any other descriptor is refused (EINVAL) rather
+/// than kept in the daemon's event loop for good.
+#[test]
+fn supervise_refuses_what_is_not_a_seccomp_listener() {
+    use std::os::fd::AsFd;
+    let dir = scratch("supervise");
+    let socket = dir.join("sim.sock");
+    let _d = start(&socket, None);
+    let s = raw_conn(&socket).unwrap();
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let fds = [null.as_fd()];
+    let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut cmsg = rustix::net::SendAncillaryBuffer::new(&mut space);
+    cmsg.push(rustix::net::SendAncillaryMessage::ScmRights(&fds));
+    const OP_SUPERVISE: u32 = 5;
+    rustix::net::sendmsg(
+        &s,
+        &[std::io::IoSlice::new(&OP_SUPERVISE.to_ne_bytes())],
+        &mut cmsg,
+        rustix::net::SendFlags::empty(),
+    )
+    .unwrap();
+    let mut reply = [0u8; 4];
+    assert_eq!(rustix::io::read(&s, &mut reply).unwrap(), 4);
+    assert_eq!(i32::from_ne_bytes(reply), -22, "EINVAL");
+}

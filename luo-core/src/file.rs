@@ -242,18 +242,42 @@ impl PageSet {
             .is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
 
-    /// Adds every index of `r` (callers bound them by `REGION_SPAN / PAGE`).
-    fn insert_range(&mut self, r: std::ops::Range<u64>) {
-        for i in r {
+    /// Whether an index of `r` is in the set (a word per 64 indexes).
+    fn any_in(&self, r: std::ops::Range<u64>) -> bool {
+        let mut i = r.start;
+        while i < r.end {
             let w = (i / 64) as usize;
-            if w >= self.bits.len() {
-                self.bits.resize(w + 1, 0);
+            let Some(&bits) = self.bits.get(w) else {
+                return false;
+            };
+            let n = (64 - i % 64).min(r.end - i);
+            let mask = (u64::MAX >> (64 - n)) << (i % 64);
+            if bits & mask != 0 {
+                return true;
             }
-            let b = 1u64 << (i % 64);
-            if self.bits[w] & b == 0 {
-                self.bits[w] |= b;
-                self.len += 1;
-            }
+            i += n;
+        }
+        false
+    }
+
+    /// Adds every index of `r`, a word per 64 indexes (callers bound them by
+    /// `REGION_SPAN / PAGE`).
+    fn insert_range(&mut self, r: std::ops::Range<u64>) {
+        if r.is_empty() {
+            return;
+        }
+        let last = ((r.end - 1) / 64) as usize;
+        if last >= self.bits.len() {
+            self.bits.resize(last + 1, 0);
+        }
+        let mut i = r.start;
+        while i < r.end {
+            let w = &mut self.bits[(i / 64) as usize];
+            let n = (64 - i % 64).min(r.end - i);
+            let mask = (u64::MAX >> (64 - n)) << (i % 64);
+            self.len += u64::from((mask & !*w).count_ones());
+            *w |= mask;
+            i += n;
         }
     }
 }
@@ -593,43 +617,57 @@ impl ShmemFile for MemfdFile {
     }
 
     fn add_folio(&self, folio: ShmemFolio) -> luo_abi::Result {
+        self.add_folios(folio, 1)
+    }
+
+    /// One lock, one bounds and index check and one update of the index set per run; the
+    /// run is adopted in place when it sits at its own offset in a region (always for a
+    /// memfd handed over by the model).
+    fn add_folios(&self, first: ShmemFolio, count: usize) -> luo_abi::Result {
         let mut st = lock(&self.st);
-        let bytes = PAGE << folio.order;
-        let off = folio.index.checked_mul(PAGE).ok_or(Errno::EINVAL)?;
+        let pages = (count as u64)
+            .checked_shl(first.order)
+            .filter(|p| first.order < 40 && p >> first.order == count as u64)
+            .ok_or(Errno::EINVAL)?;
+        let bytes = pages.checked_mul(PAGE).ok_or(Errno::EFBIG)?;
+        let off = first.index.checked_mul(PAGE).ok_or(Errno::EINVAL)?;
         if off.checked_add(bytes).is_none_or(|e| e > REGION_SPAN) {
             return Err(Errno::EFBIG);
         }
-        let n = 1u64 << folio.order;
-        if (folio.index..folio.index + n).any(|i| st.added.contains(i)) {
+        if count == 0 {
+            return Ok(());
+        }
+        let indexes = first.index..first.index + pages;
+        if st.added.any_in(indexes.clone()) {
             return Err(Errno::EEXIST);
         }
-        let phys = folio.phys.as_u64();
+        let phys = first.phys.as_u64();
         let in_place = match &st.region {
             // Adopt the incoming region: the very same host memfd, no copy.
             None => match self.kho.region_at(phys) {
-                Some(r) if phys - r.base() == off => {
+                Some(r) if phys - r.base() == off && off + bytes <= REGION_SPAN => {
                     st.region = Some(r);
                     st.in_place = true;
                     true
                 }
                 _ => false,
             },
-            // Regions' address spans are disjoint, so a folio is in this file's own region
-            // exactly when its address falls in that span: no KHO lookup per folio (this runs
-            // once per restored folio, the `memfd_retrieve` benchmark).
+            // Regions' address spans are disjoint, so a run is in this file's own region
+            // exactly when its address falls in that span at its own offset: no KHO lookup
+            // per folio or run.
             Some(mine) => phys.checked_sub(mine.base()) == Some(off),
         };
         let r = self.region_locked(&mut st)?;
         if !in_place {
             let mut buf = vec![0u8; bytes as usize];
-            self.kho.read(folio.phys, &mut buf)?;
+            self.kho.read(first.phys, &mut buf)?;
             r.write(off, &buf)?;
             DATA_COPIED.fetch_add(bytes, Ordering::Relaxed);
         }
-        if !folio.uptodate {
+        if !first.uptodate {
             r.write(off, &vec![0u8; bytes as usize])?;
         }
-        st.added.insert_range(folio.index..folio.index + n);
+        st.added.insert_range(indexes);
         Ok(())
     }
 }

@@ -28,6 +28,7 @@ use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
 use crate::error::ImageError;
 use crate::lock_order::{Level, Ordered};
+mod range;
 mod track;
 
 use track::MemTrack;
@@ -331,6 +332,14 @@ impl Kho {
             let bases: Vec<u64> = st.regions.keys().copied().collect();
             let (ranges, subtrees) = kho.parse_blob(h.blob, &bases)?;
             for r in ranges {
+                // A run outside the arena (a memfd's folios in its region) that overlaps
+                // nothing is one tracker update; otherwise block by block, which names the
+                // first overlapping block.
+                if kho.arena_index(r.phys).is_none()
+                    && st.inc.insert_run(r.phys, r.order, u64::from(r.count))
+                {
+                    continue;
+                }
                 let size = order_bytes(r.order);
                 for i in 0..u64::from(r.count) {
                     let phys = r.phys + i * size;
@@ -422,7 +431,7 @@ impl Kho {
         }
     }
 
-    /// The [`KhoViolation`]s recorded since boot.
+    /// The [`KhoViolation`]s recorded since boot, each once.
     pub fn violations(&self) -> Vec<KhoViolation> {
         lock(&self.violations).clone()
     }
@@ -432,8 +441,13 @@ impl Kho {
         lock(&self.st).claimed.pages() as usize
     }
 
+    /// Records `v` (a second claim once: a range call refused for a second claim and the per-folio calls
+    /// a caller falls back to name the same page).
     fn violation(&self, v: KhoViolation) {
-        lock(&self.violations).push(v);
+        let mut all = lock(&self.violations);
+        if !(matches!(v, KhoViolation::DoubleClaim { .. }) && all.contains(&v)) {
+            all.push(v);
+        }
     }
 
     /// Whether a read of `len` bytes at `phys` stays inside memory this kernel may read: its
@@ -1041,6 +1055,26 @@ impl KhoService for Kho {
             orders.push(self.restore_locked(&mut st, p.as_u64())?);
         }
         Ok(())
+    }
+
+    fn preserve_range(&self, phys: PhysAddr, order: u32, count: usize) -> luo_abi::Result {
+        let mut st = lock(&self.st);
+        self.preserve_range_locked(&mut st, phys.as_u64(), order, count)
+    }
+
+    fn unpreserve_range(&self, phys: PhysAddr, order: u32, count: usize) -> luo_abi::Result {
+        let mut st = lock(&self.st);
+        Kho::unpreserve_range_locked(&mut st, phys.as_u64(), order, count)
+    }
+
+    fn restore_range(&self, phys: PhysAddr, order: u32, count: usize) -> luo_abi::Result {
+        let mut st = lock(&self.st);
+        self.restore_range_locked(&mut st, phys.as_u64(), order, count)
+    }
+
+    fn free_range(&self, phys: PhysAddr, order: u32, count: usize) -> luo_abi::Result {
+        let mut st = lock(&self.st);
+        self.free_range_locked(&mut st, phys.as_u64(), order, count)
     }
 
     fn preserve_pages(&self, phys: PhysAddr, nr_pages: usize) -> luo_abi::Result {

@@ -192,6 +192,8 @@ struct Record {
 /// What preserve keeps for unpreserve (`private_data`).
 pub struct Private {
     folios: Vec<ShmemFolio>,
+    /// The runs of `folios` preserved in KHO so far.
+    runs: Vec<Run>,
     /// The folio records, in a preserved vmalloc area (`None` until built).
     array: Option<FolioArray<memfd_luo_folio_ser>>,
 }
@@ -413,6 +415,7 @@ fn preserve<W: Writer>(kho: &dyn KhoService, file: &dyn File) -> Result<(W::Ser,
     shm.set_frozen(true);
     let mut p = Private {
         folios: Vec::new(),
+        runs: Vec::new(),
         array: None,
     };
     match preserve_steps::<W>(kho, shm, &mut p) {
@@ -447,11 +450,12 @@ fn preserve_steps<W: Writer>(
         folios: kho_vmalloc::new_zeroed(),
     };
     p.folios = shm.pin_folios()?;
-    // All or nothing: on an error none of them stays preserved.
-    kho.preserve_folios(&p.folios)?;
-    PRESERVED.fetch_add(p.folios.len() as u64, Ordering::Relaxed);
     if !p.folios.is_empty() {
+        // One pass: the record of every folio, and the folios as physically contiguous runs
+        // of one order, each preserved with one KHO call. On an error the runs preserved so
+        // far are in `p.runs`, which `undo` unpreserves.
         let mut records = Vec::with_capacity(p.folios.len());
+        let mut run: Option<Run> = None;
         for f in &p.folios {
             let mut e = memfd_luo_folio_ser::new_zeroed();
             e.set_pfn(f.phys.pfn());
@@ -469,7 +473,19 @@ fn preserve_steps<W: Writer>(
             e.set_flags(flags);
             e.index = f.index;
             records.push(e);
+            match &mut run {
+                Some(r) if r.order == f.order && r.next_phys() == Some(f.phys) => r.count += 1,
+                _ => {
+                    if let Some(r) = run.replace(Run::one(f.index, f.phys, f.order)) {
+                        preserve_run(kho, &mut p.runs, r)?;
+                    }
+                }
+            }
         }
+        if let Some(r) = run {
+            preserve_run(kho, &mut p.runs, r)?;
+        }
+        PRESERVED.fetch_add(p.folios.len() as u64, Ordering::Relaxed);
         let array = FolioArray::preserve(kho, &records)?;
         ser.nr_folios = p.folios.len() as u64;
         ser.folios = array.abi();
@@ -483,9 +499,8 @@ fn undo(kho: &dyn KhoService, file: &dyn File, p: Private) {
     if let Some(array) = p.array {
         array.unpreserve(kho);
     }
-    // Folios that were never preserved make this fail harmlessly.
-    for f in &p.folios {
-        let _ = kho.unpreserve_folio(f.phys, f.order);
+    for r in &p.runs {
+        let _ = kho.unpreserve_range(r.phys, r.order, r.count);
     }
     if let Some(shm) = file.as_shmem() {
         if !p.folios.is_empty() {
@@ -501,70 +516,199 @@ fn restore_records(kho: &dyn KhoService, ser: &Record) -> Result<Vec<memfd_luo_f
     FolioArray::restore(kho, &{ ser.folios }, ser.nr_folios)
 }
 
-/// Makes a restored folio the file's, zeroing it first when it was never written.
-fn install_folio(
-    kho: &dyn KhoService,
-    shm: &dyn ShmemFile,
-    e: &memfd_luo_folio_ser,
+/// `count` folios of `order`, back to back from `phys`, at file indexes `index` on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Run {
+    index: u64,
     phys: PhysAddr,
     order: u32,
-) -> Result<(), Errno> {
-    if e.flags() & MEMFD_LUO_FOLIO_UPTODATE == 0 {
-        // A memfd-v1 writer recorded the folio's real flags: one never written holds
-        // garbage, so zero it before it becomes visible (§8a).
-        kho.write(phys, &vec![0u8; (PAGE << order) as usize])?;
-        ZEROED.fetch_add(1, Ordering::Relaxed);
+    count: usize,
+}
+
+impl Run {
+    fn one(index: u64, phys: PhysAddr, order: u32) -> Run {
+        Run {
+            index,
+            phys,
+            order,
+            count: 1,
+        }
     }
-    shm.add_folio(ShmemFolio {
-        index: e.index,
-        phys,
-        order,
-        dirty: true,
-        uptodate: true,
-    })?;
-    RESTORED.fetch_add(1, Ordering::Relaxed);
+
+    fn bytes(&self) -> u64 {
+        (self.count as u64) * (PAGE << self.order)
+    }
+
+    /// The address right after the run (`None` past the address space).
+    fn next_phys(&self) -> Option<PhysAddr> {
+        self.phys.as_u64().checked_add(self.bytes()).map(PhysAddr::new)
+    }
+}
+
+fn preserve_run(kho: &dyn KhoService, runs: &mut Vec<Run>, r: Run) -> Result<(), Errno> {
+    kho.preserve_range(r.phys, r.order, r.count)?;
+    runs.push(r);
+    Ok(())
+}
+
+/// The records of a retrieved file, grouped into candidate runs: consecutive records whose
+/// pfn and index both advance by the same power of two `d` (a folio of `d` pages followed by
+/// the next, as `memfd_pin_folios` lists them, holes filled), all up to date or all not.
+/// Each run is `(first record, records, d)`. `EIO` for a pfn no address has.
+fn record_runs(entries: &[memfd_luo_folio_ser]) -> Result<Vec<(usize, usize, u64)>, Errno> {
+    let mut runs: Vec<(usize, usize, u64)> = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        PhysAddr::from_pfn(e.pfn()).ok_or(Errno::EIO)?;
+        if let Some((first, n, d)) = runs.last_mut() {
+            let prev = &entries[*first + *n - 1];
+            let step = e.pfn().wrapping_sub(prev.pfn());
+            let same_flags = (e.flags() ^ prev.flags()) & MEMFD_LUO_FOLIO_UPTODATE == 0;
+            if same_flags
+                && step == e.index.wrapping_sub(prev.index)
+                && step.is_power_of_two()
+                && (*n == 1 || step == *d)
+            {
+                *d = step;
+                *n += 1;
+                continue;
+            }
+        }
+        runs.push((i, 1, 1));
+    }
+    Ok(runs)
+}
+
+/// Claims the folios of the records `entries[first..first + n]` (a run of [`record_runs`])
+/// and appends what was claimed to `claimed`. All but the last are folios of `d` pages (each
+/// is followed by the next): one [`KhoService::restore_range`]; the last folio's size is
+/// known only to KHO: [`KhoService::restore_folio`].
+fn claim_run(
+    kho: &dyn KhoService,
+    entries: &[memfd_luo_folio_ser],
+    (first, n, d): (usize, usize, u64),
+    claimed: &mut Vec<Run>,
+) -> Result<(), Errno> {
+    let at = |i: usize| {
+        let e = &entries[first + i];
+        (e.index, PhysAddr::from_pfn(e.pfn()).ok_or(Errno::EIO))
+    };
+    let (index, phys) = at(0);
+    let phys = phys?;
+    if n > 1 {
+        let order = d.trailing_zeros();
+        kho.restore_range(phys, order, n - 1)?;
+        claimed.push(Run {
+            index,
+            phys,
+            order,
+            count: n - 1,
+        });
+    }
+    let (index, last) = at(n - 1);
+    let last = last?;
+    let order = kho.restore_folio(last)?;
+    match claimed.last_mut() {
+        Some(r) if n > 1 && r.order == order => r.count += 1,
+        _ => claimed.push(Run::one(index, last, order)),
+    }
+    Ok(())
+}
+
+/// Makes a restored run the file's, zeroing its folios first when they were never written.
+fn install_run(
+    kho: &dyn KhoService,
+    shm: &dyn ShmemFile,
+    r: &Run,
+    uptodate: bool,
+) -> Result<(), Errno> {
+    if !uptodate {
+        // A memfd-v1 writer recorded the folios' real flags: one never written holds
+        // garbage, so zero it before it becomes visible (§8a).
+        let zeroes = vec![0u8; (PAGE << r.order) as usize];
+        for i in 0..r.count as u64 {
+            kho.write(PhysAddr::new(r.phys.as_u64() + i * (PAGE << r.order)), &zeroes)?;
+        }
+        ZEROED.fetch_add(r.count as u64, Ordering::Relaxed);
+    }
+    shm.add_folios(
+        ShmemFolio {
+            index: r.index,
+            phys: r.phys,
+            order: r.order,
+            dirty: true,
+            uptodate: true,
+        },
+        r.count,
+    )?;
+    RESTORED.fetch_add(r.count as u64, Ordering::Relaxed);
     Ok(())
 }
 
 /// Rebuilds `file` (a new memfd) from a validated record: seals, pos, size, then the very
-/// same folios.
+/// same folios, a run at a time.
 fn retrieve(kho: &dyn KhoService, file: &FileRef, ser: &Record) -> Result<(), Errno> {
     let shm = file.as_shmem().ok_or(Errno::EINVAL)?;
     shm.add_seals(ser.seals)?;
     shm.set_pos(ser.pos);
     shm.set_size(ser.size)?;
     let entries = restore_records(kho, ser).map_err(|_| Errno::EINVAL)?;
-    let phys = entries
+    let runs = record_runs(&entries)?;
+    // Every run is claimed before any is installed (`kho_restore_folio` for every folio
+    // first, as upstream). After an error the folios already claimed are still released
+    // below: the file that would hold them is dropped.
+    let mut claimed = Vec::with_capacity(runs.len());
+    let mut r = runs
         .iter()
-        .map(|e| PhysAddr::from_pfn(e.pfn()).ok_or(Errno::EIO))
-        .collect::<Result<Vec<_>, _>>()?;
-    // One call for every folio (`kho_restore_folio` each). After an error the folios
-    // already claimed are still released below: the file that would hold them is dropped.
-    let mut orders = Vec::with_capacity(phys.len());
-    let mut r = kho
-        .restore_folios(&phys, &mut orders)
+        .try_for_each(|&run| claim_run(kho, &entries, run, &mut claimed))
         .map_err(|_| Errno::EIO);
-    for ((e, &phys), &order) in entries.iter().zip(&phys).zip(&orders) {
-        if r.is_ok() {
-            r = install_folio(kho, shm, e, phys, order);
+    if r.is_ok() {
+        // A claimed run lies within one record run, so its first record's flags are its own.
+        // Claimed runs split record runs in order, so they start `count`s apart.
+        let mut first = 0usize;
+        for run in &claimed {
+            let uptodate = entries[first].flags() & MEMFD_LUO_FOLIO_UPTODATE != 0;
+            r = install_run(kho, shm, run, uptodate);
+            if r.is_err() {
+                break;
+            }
+            first += run.count;
         }
     }
     // In the model a folio now belongs to the file's region (after an error, to nobody): the
     // restore's reference is dropped, which frees nothing there.
-    let _ = kho.free_folios(&phys[..orders.len()], &orders);
+    for run in &claimed {
+        let _ = kho.free_range(run.phys, run.order, run.count);
+    }
     r
 }
 
 /// Releases the folios and the folio array of a file never retrieved.
 fn discard(kho: &dyn KhoService, ser: &Record) {
-    if let Ok(entries) = restore_records(kho, ser) {
-        for e in &entries {
-            if let Some(phys) = PhysAddr::from_pfn(e.pfn())
-                && let Ok(order) = kho.restore_folio(phys)
-            {
-                let _ = kho.free_folio(phys, order);
-                DISCARDED.fetch_add(1, Ordering::Relaxed);
+    let Ok(entries) = restore_records(kho, ser) else {
+        return;
+    };
+    let Ok(runs) = record_runs(&entries) else {
+        return;
+    };
+    let mut claimed = Vec::new();
+    for run in runs {
+        let before = claimed.len();
+        if claim_run(kho, &entries, run, &mut claimed).is_err() {
+            // Not a whole run: every folio of it not claimed yet, one by one, so only the
+            // folios KHO refuses stay behind (as a per-folio discard leaves them).
+            let done: usize = claimed[before..].iter().map(|r| r.count).sum();
+            for e in &entries[run.0 + done..run.0 + run.1] {
+                if let Some(phys) = PhysAddr::from_pfn(e.pfn())
+                    && let Ok(order) = kho.restore_folio(phys)
+                {
+                    claimed.push(Run::one(e.index, phys, order));
+                }
             }
+        }
+    }
+    for run in &claimed {
+        if kho.free_range(run.phys, run.order, run.count).is_ok() {
+            DISCARDED.fetch_add(run.count as u64, Ordering::Relaxed);
         }
     }
 }

@@ -235,11 +235,24 @@ impl PageSet {
         self.len == 0
     }
 
-    fn contains(&self, i: u64) -> bool {
-        usize::try_from(i / 64)
-            .ok()
-            .and_then(|w| self.bits.get(w))
-            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    /// The first index in `from..end` that is in the set (`set`) or not (`!set`); `end`
+    /// if none.
+    fn next_with(&self, from: u64, end: u64, set: bool) -> u64 {
+        let mut i = from;
+        while i < end {
+            let w = i / 64;
+            let word = usize::try_from(w)
+                .ok()
+                .and_then(|w| self.bits.get(w))
+                .copied()
+                .unwrap_or(0);
+            let word = if set { word } else { !word } & (!0u64 << (i % 64));
+            if word != 0 {
+                return (w * 64 + u64::from(word.trailing_zeros())).min(end);
+            }
+            i = (w + 1) * 64;
+        }
+        end
     }
 
     /// Whether an index of `r` is in the set (a word per 64 indexes).
@@ -417,19 +430,15 @@ impl MemfdFile {
             )
             .map_err(host_err)
         };
-        let mut start = None;
-        for i in 0..pages {
-            match (st.added.contains(i), start) {
-                (false, None) => start = Some(i),
-                (true, Some(s0)) => {
-                    punch(s0, i)?;
-                    start = None;
-                }
-                _ => {}
+        // The gaps of the restored set, a word of 64 pages at a time.
+        let mut i = 0;
+        while i < pages {
+            let gap = st.added.next_with(i, pages, false);
+            if gap == pages {
+                break;
             }
-        }
-        if let Some(s0) = start {
-            punch(s0, pages)?;
+            i = st.added.next_with(gap, pages, true);
+            punch(gap, i)?;
         }
         Ok(())
     }

@@ -447,6 +447,10 @@ impl PageAlloc {
             self.set(p, false);
         }
         self.in_use -= n;
+        // The next allocation starts at the freed run, as the page allocator hands out hot
+        // pages first: memory freed and allocated again (a preserve undone and redone) is
+        // host memory already faulted in, not fresh pages of the arena.
+        self.cursor = self.cursor.min(start);
         true
     }
 

@@ -451,47 +451,55 @@ fn preserve_steps<W: Writer>(
     };
     p.folios = shm.pin_folios()?;
     if !p.folios.is_empty() {
-        // One pass: the record of every folio, and the folios as physically contiguous runs
-        // of one order, each preserved with one KHO call. On an error the runs preserved so
-        // far are in `p.runs`, which `undo` unpreserves.
-        let mut records = Vec::with_capacity(p.folios.len());
-        let mut run: Option<Run> = None;
-        for f in &p.folios {
-            let mut e = memfd_luo_folio_ser::new_zeroed();
-            e.set_pfn(f.phys.pfn());
-            let flags = if W::REAL_FLAGS {
-                (if f.dirty { MEMFD_LUO_FOLIO_DIRTY } else { 0 })
-                    | (if f.uptodate {
-                        MEMFD_LUO_FOLIO_UPTODATE
-                    } else {
-                        0
-                    })
-            } else {
-                // 7.3 on: always dirty; a folio not up to date would have been zeroed.
-                MEMFD_LUO_FOLIO_DIRTY | MEMFD_LUO_FOLIO_UPTODATE
-            };
-            e.set_flags(flags);
-            e.index = f.index;
-            records.push(e);
-            match &mut run {
-                Some(r) if r.order == f.order && r.next_phys() == Some(f.phys) => r.count += 1,
-                _ => {
-                    if let Some(r) = run.replace(Run::one(f.index, f.phys, f.order)) {
-                        preserve_run(kho, &mut p.runs, r)?;
-                    }
-                }
+        // The folios as physically contiguous runs of one order, each preserved with one KHO
+        // call. On an error the runs preserved so far are in `p.runs`, which `undo`
+        // unpreserves.
+        let mut i = 0;
+        while i < p.folios.len() {
+            let f = &p.folios[i];
+            let mut r = Run::one(f.index, f.phys, f.order);
+            let size = PAGE << f.order;
+            let mut next = f.phys.as_u64().wrapping_add(size);
+            i += 1;
+            while let Some(g) = p.folios.get(i)
+                && g.phys.as_u64() == next
+                && g.order == r.order
+                && next != 0
+            {
+                r.count += 1;
+                next = next.wrapping_add(size);
+                i += 1;
             }
-        }
-        if let Some(r) = run {
             preserve_run(kho, &mut p.runs, r)?;
         }
         PRESERVED.fetch_add(p.folios.len() as u64, Ordering::Relaxed);
-        let array = FolioArray::preserve(kho, &records)?;
+        let array = FolioArray::preserve_map(kho, &p.folios, record::<W>)?;
         ser.nr_folios = p.folios.len() as u64;
         ser.folios = array.abi();
         p.array = Some(array);
     }
     Ok(ser)
+}
+
+/// The handed-over record of a pinned folio.
+#[inline]
+fn record<W: Writer>(f: &ShmemFolio) -> memfd_luo_folio_ser {
+    let mut e = memfd_luo_folio_ser::new_zeroed();
+    e.set_pfn(f.phys.pfn());
+    let flags = if W::REAL_FLAGS {
+        (if f.dirty { MEMFD_LUO_FOLIO_DIRTY } else { 0 })
+            | (if f.uptodate {
+                MEMFD_LUO_FOLIO_UPTODATE
+            } else {
+                0
+            })
+    } else {
+        // 7.3 on: always dirty; a folio not up to date would have been zeroed.
+        MEMFD_LUO_FOLIO_DIRTY | MEMFD_LUO_FOLIO_UPTODATE
+    };
+    e.set_flags(flags);
+    e.index = f.index;
+    e
 }
 
 /// Undoes a (possibly partial) preserve.
@@ -508,12 +516,6 @@ fn undo(kho: &dyn KhoService, file: &dyn File, p: Private) {
         }
         shm.set_frozen(false);
     }
-}
-
-/// The folio records of `ser`, from its preserved vmalloc area (claimed and freed, whatever
-/// the records say).
-fn restore_records(kho: &dyn KhoService, ser: &Record) -> Result<Vec<memfd_luo_folio_ser>, Errno> {
-    FolioArray::restore(kho, &{ ser.folios }, ser.nr_folios)
 }
 
 /// `count` folios of `order`, back to back from `phys`, at file indexes `index` on.
@@ -535,14 +537,6 @@ impl Run {
         }
     }
 
-    fn bytes(&self) -> u64 {
-        (self.count as u64) * (PAGE << self.order)
-    }
-
-    /// The address right after the run (`None` past the address space).
-    fn next_phys(&self) -> Option<PhysAddr> {
-        self.phys.as_u64().checked_add(self.bytes()).map(PhysAddr::new)
-    }
 }
 
 fn preserve_run(kho: &dyn KhoService, runs: &mut Vec<Run>, r: Run) -> Result<(), Errno> {
@@ -551,65 +545,175 @@ fn preserve_run(kho: &dyn KhoService, runs: &mut Vec<Run>, r: Run) -> Result<(),
     Ok(())
 }
 
-/// The records of a retrieved file, grouped into candidate runs: consecutive records whose
-/// pfn and index both advance by the same power of two `d` (a folio of `d` pages followed by
-/// the next, as `memfd_pin_folios` lists them, holes filled), all up to date or all not.
-/// Each run is `(first record, records, d)`. `EIO` for a pfn no address has.
-fn record_runs(entries: &[memfd_luo_folio_ser]) -> Result<Vec<(usize, usize, u64)>, Errno> {
-    let mut runs: Vec<(usize, usize, u64)> = Vec::new();
-    for (i, e) in entries.iter().enumerate() {
-        PhysAddr::from_pfn(e.pfn()).ok_or(Errno::EIO)?;
-        if let Some((first, n, d)) = runs.last_mut() {
-            let prev = &entries[*first + *n - 1];
-            let step = e.pfn().wrapping_sub(prev.pfn());
-            let same_flags = (e.flags() ^ prev.flags()) & MEMFD_LUO_FOLIO_UPTODATE == 0;
-            if same_flags
-                && step == e.index.wrapping_sub(prev.index)
-                && step.is_power_of_two()
-                && (*n == 1 || step == *d)
-            {
-                *d = step;
-                *n += 1;
-                continue;
-            }
-        }
-        runs.push((i, 1, 1));
-    }
-    Ok(runs)
+/// Consecutive records of a retrieved file whose pfn and index both advance by the same power
+/// of two `step` (a folio of `step` pages followed by the next, as `memfd_pin_folios` lists
+/// them, holes filled), all up to date or all not: what one run of folios should be.
+#[derive(Clone, Copy, Debug)]
+struct RecordRun {
+    index: u64,
+    pfn: u64,
+    n: usize,
+    step: u64,
+    uptodate: bool,
+    last_index: u64,
+    last_pfn: u64,
 }
 
-/// Claims the folios of the records `entries[first..first + n]` (a run of [`record_runs`])
-/// and appends what was claimed to `claimed`. All but the last are folios of `d` pages (each
-/// is followed by the next): one [`KhoService::restore_range`]; the last folio's size is
-/// known only to KHO: [`KhoService::restore_folio`].
-fn claim_run(
-    kho: &dyn KhoService,
-    entries: &[memfd_luo_folio_ser],
-    (first, n, d): (usize, usize, u64),
-    claimed: &mut Vec<Run>,
-) -> Result<(), Errno> {
-    let at = |i: usize| {
-        let e = &entries[first + i];
-        (e.index, PhysAddr::from_pfn(e.pfn()).ok_or(Errno::EIO))
-    };
-    let (index, phys) = at(0);
-    let phys = phys?;
-    if n > 1 {
-        let order = d.trailing_zeros();
-        kho.restore_range(phys, order, n - 1)?;
+impl RecordRun {
+    /// A run of the one record `e`; `EIO` for a pfn no address has.
+    fn start(e: &memfd_luo_folio_ser) -> Result<RecordRun, Errno> {
+        PhysAddr::from_pfn(e.pfn()).ok_or(Errno::EIO)?;
+        Ok(RecordRun {
+            index: e.index,
+            pfn: e.pfn(),
+            n: 1,
+            step: 1,
+            uptodate: e.flags() & MEMFD_LUO_FOLIO_UPTODATE != 0,
+            last_index: e.index,
+            last_pfn: e.pfn(),
+        })
+    }
+
+    /// Adds `e` if it continues the run.
+    #[inline]
+    fn extend(&mut self, e: &memfd_luo_folio_ser) -> bool {
+        let step = e.pfn().wrapping_sub(self.last_pfn);
+        let uptodate = e.flags() & MEMFD_LUO_FOLIO_UPTODATE != 0;
+        let same_step = if self.n > 1 {
+            step == self.step
+        } else {
+            step.is_power_of_two()
+        };
+        if !same_step || uptodate != self.uptodate || step != e.index.wrapping_sub(self.last_index)
+        {
+            return false;
+        }
+        self.step = step;
+        self.n += 1;
+        self.last_index = e.index;
+        self.last_pfn = e.pfn();
+        true
+    }
+
+    /// Adds all of `records` if they all continue the run with its step, else nothing: one
+    /// pass without branches per record (the common case: a page of records of one
+    /// contiguous memfd), so it runs at the speed of reading them.
+    #[inline]
+    fn extend_all(&mut self, records: &[memfd_luo_folio_ser]) -> bool {
+        let Some(first) = records.first() else {
+            return true;
+        };
+        let step = if self.n > 1 {
+            self.step
+        } else {
+            first.pfn().wrapping_sub(self.last_pfn)
+        };
+        if !step.is_power_of_two() {
+            return false;
+        }
+        // Every record minus its expected value, OR-ed: zero iff all match. The pfn and
+        // index advance together, so one running difference checks both.
+        let flag = if self.uptodate {
+            MEMFD_LUO_FOLIO_UPTODATE
+        } else {
+            0
+        };
+        let delta = self.last_index.wrapping_sub(self.last_pfn);
+        let mut want = self.last_pfn;
+        let mut diff = 0u64;
+        for e in records {
+            want = want.wrapping_add(step);
+            let pfn = e.pfn();
+            diff |= (pfn ^ want)
+                | (e.index ^ pfn.wrapping_add(delta))
+                | ((e.flags() & MEMFD_LUO_FOLIO_UPTODATE) ^ flag);
+        }
+        if diff != 0 {
+            return false;
+        }
+        let last = &records[records.len() - 1];
+        self.step = step;
+        self.n += records.len();
+        self.last_pfn = last.pfn();
+        self.last_index = last.index;
+        true
+    }
+
+    /// The address of its `i`-th folio (a pfn that `start` or `extend` accepted, or between
+    /// two such).
+    fn phys(&self, i: usize) -> Result<PhysAddr, Errno> {
+        let pfn = self.pfn.wrapping_add((i as u64).wrapping_mul(self.step));
+        PhysAddr::from_pfn(pfn).ok_or(Errno::EIO)
+    }
+}
+
+/// Feeds the records of a file to `take` as [`RecordRun`]s, in order.
+struct RunSplitter {
+    cur: Option<RecordRun>,
+}
+
+impl RunSplitter {
+    /// Feeds `records`; `take` gets every run they complete. Stops at the first record
+    /// [`RecordRun::start`] refuses, or error of `take`.
+    fn push(
+        &mut self,
+        records: &[memfd_luo_folio_ser],
+        take: &mut impl FnMut(RecordRun) -> Result<(), Errno>,
+    ) -> Result<(), Errno> {
+        let Some((first, rest)) = records.split_first() else {
+            return Ok(());
+        };
+        // The current run is kept in a local through the loop (in registers, not in `self`).
+        let (mut cur, rest) = match self.cur.take() {
+            Some(c) => (c, records),
+            None => (RecordRun::start(first)?, rest),
+        };
+        if cur.extend_all(rest) {
+            self.cur = Some(cur);
+            return Ok(());
+        }
+        for e in rest {
+            if cur.extend(e) {
+                continue;
+            }
+            match RecordRun::start(e) {
+                Ok(next) => take(std::mem::replace(&mut cur, next))?,
+                Err(err) => {
+                    self.cur = Some(cur);
+                    return Err(err);
+                }
+            }
+        }
+        self.cur = Some(cur);
+        Ok(())
+    }
+
+    fn finish(self, take: &mut impl FnMut(RecordRun) -> Result<(), Errno>) -> Result<(), Errno> {
+        self.cur.map_or(Ok(()), take)
+    }
+}
+
+/// Claims the folios of the record run `rr` and appends what was claimed to `claimed`. All
+/// but the last are folios of `step` pages (each is followed by the next): one
+/// [`KhoService::restore_range`]; the last folio's size is known only to KHO:
+/// [`KhoService::restore_folio`].
+fn claim_run(kho: &dyn KhoService, rr: &RecordRun, claimed: &mut Vec<Run>) -> Result<(), Errno> {
+    let phys = rr.phys(0)?;
+    if rr.n > 1 {
+        let order = rr.step.trailing_zeros();
+        kho.restore_range(phys, order, rr.n - 1)?;
         claimed.push(Run {
-            index,
+            index: rr.index,
             phys,
             order,
-            count: n - 1,
+            count: rr.n - 1,
         });
     }
-    let (index, last) = at(n - 1);
-    let last = last?;
+    let last = rr.phys(rr.n - 1)?;
     let order = kho.restore_folio(last)?;
     match claimed.last_mut() {
-        Some(r) if n > 1 && r.order == order => r.count += 1,
-        _ => claimed.push(Run::one(index, last, order)),
+        Some(r) if rr.n > 1 && r.order == order => r.count += 1,
+        _ => claimed.push(Run::one(rr.last_index, last, order)),
     }
     Ok(())
 }
@@ -645,35 +749,34 @@ fn install_run(
 }
 
 /// Rebuilds `file` (a new memfd) from a validated record: seals, pos, size, then the very
-/// same folios, a run at a time.
+/// same folios, a run at a time (`kho_restore_folio` and the page-cache insert for each
+/// folio, upstream), as the records are read from the folio array.
 fn retrieve(kho: &dyn KhoService, file: &FileRef, ser: &Record) -> Result<(), Errno> {
     let shm = file.as_shmem().ok_or(Errno::EINVAL)?;
     shm.add_seals(ser.seals)?;
     shm.set_pos(ser.pos);
     shm.set_size(ser.size)?;
-    let entries = restore_records(kho, ser).map_err(|_| Errno::EINVAL)?;
-    let runs = record_runs(&entries)?;
-    // Every run is claimed before any is installed (`kho_restore_folio` for every folio
-    // first, as upstream). After an error the folios already claimed are still released
-    // below: the file that would hold them is dropped.
-    let mut claimed = Vec::with_capacity(runs.len());
-    let mut r = runs
-        .iter()
-        .try_for_each(|&run| claim_run(kho, &entries, run, &mut claimed))
-        .map_err(|_| Errno::EIO);
-    if r.is_ok() {
-        // A claimed run lies within one record run, so its first record's flags are its own.
-        // Claimed runs split record runs in order, so they start `count`s apart.
-        let mut first = 0usize;
-        for run in &claimed {
-            let uptodate = entries[first].flags() & MEMFD_LUO_FOLIO_UPTODATE != 0;
-            r = install_run(kho, shm, run, uptodate);
-            if r.is_err() {
-                break;
-            }
-            first += run.count;
-        }
-    }
+    let mut claimed: Vec<Run> = Vec::new();
+    // The first error of a record or a run, as opposed to one of the array itself.
+    let mut failed = None;
+    let mut take = |rr: RecordRun| -> Result<(), Errno> {
+        let before = claimed.len();
+        claim_run(kho, &rr, &mut claimed).map_err(|_| Errno::EIO)?;
+        claimed[before..]
+            .iter()
+            .try_for_each(|run| install_run(kho, shm, run, rr.uptodate))
+    };
+    let mut split = RunSplitter { cur: None };
+    let read = FolioArray::restore_each(kho, &{ ser.folios }, ser.nr_folios, |records| {
+        split
+            .push(records, &mut take)
+            .inspect_err(|&e| failed = Some(e))
+    });
+    let r = match (read, failed) {
+        (_, Some(e)) => Err(e),
+        (Err(_), None) => Err(Errno::EINVAL),
+        (Ok(()), None) => split.finish(&mut take),
+    };
     // In the model a folio now belongs to the file's region (after an error, to nobody): the
     // restore's reference is dropped, which frees nothing there.
     for run in &claimed {
@@ -684,27 +787,34 @@ fn retrieve(kho: &dyn KhoService, file: &FileRef, ser: &Record) -> Result<(), Er
 
 /// Releases the folios and the folio array of a file never retrieved.
 fn discard(kho: &dyn KhoService, ser: &Record) {
-    let Ok(entries) = restore_records(kho, ser) else {
-        return;
-    };
-    let Ok(runs) = record_runs(&entries) else {
-        return;
-    };
-    let mut claimed = Vec::new();
-    for run in runs {
+    let mut claimed: Vec<Run> = Vec::new();
+    let mut take = |rr: RecordRun| -> Result<(), Errno> {
         let before = claimed.len();
-        if claim_run(kho, &entries, run, &mut claimed).is_err() {
+        if claim_run(kho, &rr, &mut claimed).is_err() {
             // Not a whole run: every folio of it not claimed yet, one by one, so only the
             // folios KHO refuses stay behind (as a per-folio discard leaves them).
             let done: usize = claimed[before..].iter().map(|r| r.count).sum();
-            for e in &entries[run.0 + done..run.0 + run.1] {
-                if let Some(phys) = PhysAddr::from_pfn(e.pfn())
+            for i in done..rr.n {
+                if let Ok(phys) = rr.phys(i)
                     && let Ok(order) = kho.restore_folio(phys)
                 {
-                    claimed.push(Run::one(e.index, phys, order));
+                    claimed.push(Run::one(0, phys, order));
                 }
             }
         }
+        Ok(())
+    };
+    let mut split = RunSplitter { cur: None };
+    // A record with an impossible pfn is skipped (`take` itself never fails).
+    if FolioArray::restore_each(kho, &{ ser.folios }, ser.nr_folios, |records| {
+        for e in records {
+            let _ = split.push(core::slice::from_ref(e), &mut take);
+        }
+        Ok(())
+    })
+    .is_ok()
+    {
+        let _ = split.finish(&mut take);
     }
     for run in &claimed {
         if kho.free_range(run.phys, run.order, run.count).is_ok() {

@@ -36,6 +36,9 @@ struct Opts {
     compile: bool,
     write: bool,
     only: Option<Vec<String>>,
+    /// A `luo-bench-report` built from an older commit, and its label: the `blackout` rows
+    /// run its blackout child too, alternating with this one's, for same-run ratios.
+    baseline: Option<(PathBuf, String)>,
 }
 
 impl Opts {
@@ -281,6 +284,17 @@ fn main() {
             "--no-callgrind" => o.callgrind = false,
             "--no-compile" => o.compile = false,
             "--no-write" => o.write = false,
+            "--baseline-exe" => {
+                let exe = it.next().map(PathBuf::from);
+                let label = it.next().cloned();
+                match (exe, label) {
+                    (Some(e), Some(l)) => o.baseline = Some((e, l)),
+                    _ => {
+                        eprintln!("--baseline-exe takes a path and a label (see --help)");
+                        std::process::exit(2);
+                    }
+                }
+            }
             "--only" => {
                 o.only = it
                     .next()
@@ -288,7 +302,7 @@ fn main() {
             }
             "-h" | "--help" => {
                 println!(
-                    "{COMMAND} [-- --quick] [--no-callgrind] [--no-compile] [--no-write] [--only id,...]"
+                    "{COMMAND} [-- --quick] [--no-callgrind] [--no-compile] [--no-write] [--only id,...] [--baseline-exe PATH LABEL]"
                 );
                 return;
             }
@@ -447,12 +461,13 @@ fn today() -> String {
 
 fn child(args: &[String]) {
     if args.first().map(String::as_str) == Some("blackout") {
-        let num = |i: usize| -> u64 {
-            args.get(i)
-                .and_then(|s| s.parse().ok())
-                .expect("child blackout <folios> <sessions> <files> <touched>")
-        };
-        match handover::blackout(num(1), num(2), num(3), num(4)) {
+        const USAGE: &str = "child blackout <folios> <sessions> <files> <touched> [memfd|hugetlb]";
+        let num = |i: usize| -> u64 { args.get(i).and_then(|s| s.parse().ok()).expect(USAGE) };
+        let guest = args
+            .get(5)
+            .map_or(Some(handover::Guest::Memfd), |g| handover::Guest::parse(g))
+            .expect(USAGE);
+        match handover::blackout(guest, num(1), num(2), num(3), num(4)) {
             Ok(b) => println!("{}", serde_json::to_string(&b).expect("serializable")),
             Err(e) => {
                 eprintln!("blackout: {e}");
@@ -1043,28 +1058,90 @@ fn sessions(o: &Opts) -> Result<Vec<Row>, String> {
     .collect())
 }
 
+/// One blackout run in a child process of `exe` (this binary, or an older commit's, which
+/// knows only the 4 KiB memfd guest).
+fn blackout_child(
+    exe: &std::path::Path,
+    guest: handover::Guest,
+    folios: u64,
+    touched: u64,
+) -> Result<handover::Blackout, String> {
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["child", "blackout"])
+        .args([folios, SESSIONS, FILES, touched].map(|n| n.to_string()));
+    if guest != handover::Guest::Memfd {
+        cmd.arg(guest.name());
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("blackout child {}: {e}", exe.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "blackout child {} failed: {}",
+            exe.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("blackout child output: {e}"))
+}
+
+/// The run whose phases are the medians of `runs`' (each phase on its own).
+fn median_blackout(runs: &[handover::Blackout]) -> handover::Blackout {
+    let med = |f: fn(&handover::Blackout) -> f64| {
+        measure::median(&runs.iter().map(f).collect::<Vec<_>>())
+    };
+    let mut b = runs[runs.len() / 2].clone();
+    b.freeze_kexec_ms = med(|b| b.freeze_kexec_ms);
+    b.boot_ms = med(|b| b.boot_ms);
+    b.retrieve_ms = med(|b| b.retrieve_ms);
+    b.total_ms = med(|b| b.total_ms);
+    b.peak_rss = runs.iter().map(|b| b.peak_rss).max().unwrap_or(0);
+    b
+}
+
 fn blackout(o: &Opts) -> Result<Vec<Row>, String> {
+    use handover::Guest;
     let mut rows = Vec::new();
-    let sizes: &[u64] = if o.quick { &[4] } else { &[4, 16] };
-    for &gib in sizes {
-        let folios = gib << 18;
-        let touched = 1024u64;
-        let out = std::process::Command::new(exe()?)
-            .args(["child", "blackout"])
-            .args([folios, SESSIONS, FILES, touched].map(|n| n.to_string()))
-            .output()
-            .map_err(|e| format!("blackout child: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "blackout child failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
+    let touched = 1024u64;
+    let me = exe()?;
+    let runs = if o.quick { 1 } else { 3 };
+    // The same machine with 4 KiB of guest memory: what the sessions and files cost alone,
+    // so each row can show the share of its blackout that grows with guest memory.
+    let fixed = median_blackout(
+        &(0..runs)
+            .map(|_| blackout_child(&me, Guest::Memfd, 1, 1))
+            .collect::<Result<Vec<_>, _>>()?,
+    );
+    let mut machines = vec![("4GiB", Guest::Memfd, 4u64 << 18, "4 GiB memfd, 4 KiB folios")];
+    if !o.quick {
+        machines.push(("16GiB", Guest::Memfd, 16 << 18, "16 GiB memfd, 4 KiB folios"));
+    }
+    machines.push((
+        "64GiB-hugetlb",
+        Guest::Hugetlb,
+        64 << 9,
+        "64 GiB HugeTLB memfd (huge-memfd-v1), 2 MiB folios, HugeTLB pools as upstream's FLB",
+    ));
+    for (tag, guest, folios, desc) in machines {
+        // Alternating with the older commit's child, when given, for the memfd machine it
+        // knows: the phases compared come from the same run.
+        let old_exe = o
+            .baseline
+            .as_ref()
+            .filter(|_| guest == Guest::Memfd && tag == "4GiB");
+        let mut new_runs = Vec::new();
+        let mut old_runs = Vec::new();
+        for _ in 0..runs {
+            new_runs.push(blackout_child(&me, guest, folios, touched)?);
+            if let Some((exe, _)) = old_exe {
+                old_runs.push(blackout_child(exe, guest, folios, touched)?);
+            }
         }
-        let b: handover::Blackout = serde_json::from_slice(&out.stdout)
-            .map_err(|e| format!("blackout child output: {e}"))?;
-        let tag = format!("{gib}GiB");
+        let b = median_blackout(&new_runs);
+        let old = (!old_runs.is_empty()).then(|| median_blackout(&old_runs));
+        let old_label = old_exe.map(|(_, l)| format!("commit {l}"));
         let what = format!(
-            "{gib} GiB memfd ({} folios, {touched} pages written and checked) + {} sessions / {} files",
+            "{desc} ({} folios, {touched} pages written and checked) + {} sessions / {} files; median of {runs} runs",
             b.folios, b.sessions, b.files
         );
         let spec = |name: &str, what: String, unit, target| RowSpec {
@@ -1074,7 +1151,12 @@ fn blackout(o: &Opts) -> Result<Vec<Row>, String> {
             unit,
             method: "wall",
             target,
-            samples: 1,
+            samples: runs as u64,
+        };
+        let vs_old = |f: fn(&handover::Blackout) -> f64| {
+            old.as_ref()
+                .zip(old_label.as_deref())
+                .map(|(o, l)| (l, f(o)))
         };
         rows.push(row(
             spec(
@@ -1084,7 +1166,7 @@ fn blackout(o: &Opts) -> Result<Vec<Row>, String> {
                 Target::None,
             ),
             b.total_ms,
-            None,
+            vs_old(|b| b.total_ms),
         ));
         rows.push(row(
             spec(
@@ -1094,7 +1176,7 @@ fn blackout(o: &Opts) -> Result<Vec<Row>, String> {
                 Target::None,
             ),
             b.freeze_kexec_ms,
-            None,
+            vs_old(|b| b.freeze_kexec_ms),
         ));
         rows.push(row(
             spec(
@@ -1104,23 +1186,46 @@ fn blackout(o: &Opts) -> Result<Vec<Row>, String> {
                 Target::None,
             ),
             b.boot_ms,
-            None,
+            vs_old(|b| b.boot_ms),
         ));
         rows.push(row(
             spec(
                 "retrieve",
                 "open /dev/liveupdate, retrieve every session and file".into(),
                 "ms",
-                Target::None,
+                if old.is_some() {
+                    Target::MaxRatio(0.25)
+                } else {
+                    Target::None
+                },
             ),
             b.retrieve_ms,
+            vs_old(|b| b.retrieve_ms),
+        ));
+        let grows = (b.total_ms - fixed.total_ms).max(0.0);
+        rows.push(row(
+            spec(
+                "grows_with_memory",
+                format!(
+                    "share of `total` the guest memory adds: total minus that of the same machine with 4 KiB of guest memory ({:.1} ms: freeze_kexec {:.1}, boot {:.1}, retrieve {:.1}), over total; {:.2} ms per GiB",
+                    fixed.total_ms,
+                    fixed.freeze_kexec_ms,
+                    fixed.boot_ms,
+                    fixed.retrieve_ms,
+                    grows / ((folios << (12 + guest.order())) as f64 / f64::from(1u32 << 30))
+                ),
+                "%",
+                Target::None,
+            ),
+            100.0 * grows / b.total_ms,
             None,
         ));
+        let bytes = folios << (12 + guest.order());
         rows.push(row(
             spec(
                 "bytes_copied",
                 format!(
-                    "bytes of file data copied (core counter; handler copied/zeroed {} folios; retrieved memfd is the same host file: {})",
+                    "bytes of file data copied (core counter; handler copied/zeroed {} folios; retrieved guest memory is the same memory: {})",
                     b.handler_folios_copied,
                     if b.same_host_file { "yes" } else { "NO" }
                 ),
@@ -1128,7 +1233,7 @@ fn blackout(o: &Opts) -> Result<Vec<Row>, String> {
                 Target::MaxValue(0.0),
             ),
             (b.file_bytes_copied + b.handler_folios_copied * 4096) as f64
-                + if b.same_host_file { 0.0 } else { (b.folios * 4096) as f64 },
+                + if b.same_host_file { 0.0 } else { bytes as f64 },
             None,
         ));
         let mib = |x: u64| x as f64 / (1024.0 * 1024.0);
@@ -1136,11 +1241,11 @@ fn blackout(o: &Opts) -> Result<Vec<Row>, String> {
             spec(
                 "peak_rss",
                 format!(
-                    "peak RSS (VmHWM) of the run, vs the KHO arena handed over (folio array, LUO blocks, a page per test file: {:.1} MiB, of which {:.1} MiB of records and entries) + touched memfd pages {:.1} MiB; file data {} MiB; RSS at start {:.1} MiB, peak before reboot() {:.1} MiB",
+                    "peak RSS (VmHWM) of the run, vs the KHO arena handed over (folio array, LUO blocks, a page per test file: {:.1} MiB, of which {:.1} MiB of records and entries) + touched guest pages {:.1} MiB; guest memory {} MiB; RSS at start {:.1} MiB, peak before reboot() {:.1} MiB",
                     mib(b.arena_bytes),
                     mib(b.metadata_bytes),
                     mib(b.touched_pages * 4096),
-                    gib * 1024,
+                    bytes >> 20,
                     mib(b.start_rss),
                     mib(b.peak_rss_before_kexec)
                 ),

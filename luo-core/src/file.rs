@@ -19,7 +19,6 @@ use rustix::fs::SealFlags;
 
 use crate::kho::Kho;
 use crate::lock_order::{Level, Ordered, lock};
-use crate::luo::Session;
 use crate::mem::{ExtRegion, REGION_SPAN, host_err};
 
 const PAGE: u64 = PAGE_SIZE as u64;
@@ -51,8 +50,9 @@ fn live_files() -> &'static Ordered<HashSet<usize>> {
 pub enum FileObj {
     /// `/dev/liveupdate`.
     Dev,
-    /// A session fd.
-    Session(Arc<Session>),
+    /// A session fd (an anonymous inode upstream): its private data is the LUO session, which
+    /// only LUO looks into (`crate::luo::Session::of_private`).
+    Session(Arc<dyn std::any::Any + Send + Sync>),
     /// A memfd.
     Memfd(MemfdFile),
     /// A synthetic object for test handlers, carrying a value.
@@ -200,7 +200,7 @@ impl File for CoreFile {
     fn payload(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
         match &self.obj {
             FileObj::Synthetic(_, p) => Some(&**p),
-            // A test file's payload is its value (`luo_core::testing`).
+            // A test file's payload is its value (`luo_testing`).
             FileObj::Test(v) => Some(v),
             _ => None,
         }
@@ -687,6 +687,9 @@ pub struct FdTable {
     map: BTreeMap<i32, Arc<CoreFile>>,
     /// Closed fds below the highest open one, so the lowest free fd is found in O(log n).
     holes: std::collections::BTreeSet<i32>,
+    /// How many fds refer to each file (by address), so `close` knows in O(1) whether it
+    /// closed the last one.
+    refs: std::collections::HashMap<usize, usize>,
 }
 
 /// The lowest fd the table hands out (0-2 are stdio).
@@ -702,6 +705,7 @@ impl FdTable {
                 None => FIRST_FD,
             },
         };
+        *self.refs.entry(Arc::as_ptr(&f) as usize).or_default() += 1;
         self.map.insert(fd, f);
         Ok(fd)
     }
@@ -714,6 +718,13 @@ impl FdTable {
     /// Removes `fd` and returns its file, `EBADF` if none.
     pub fn remove(&mut self, fd: i32) -> Result<Arc<CoreFile>, Errno> {
         let f = self.map.remove(&fd).ok_or(Errno::EBADF)?;
+        let key = Arc::as_ptr(&f) as usize;
+        if let Some(n) = self.refs.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.refs.remove(&key);
+            }
+        }
         match self.map.last_key_value() {
             Some((&max, _)) if fd < max => {
                 self.holes.insert(fd);
@@ -721,7 +732,7 @@ impl FdTable {
             _ => {
                 // `fd` was the highest: holes above the new highest are not holes any more.
                 let max = self.map.last_key_value().map_or(FIRST_FD - 1, |(&k, _)| k);
-                self.holes.retain(|&h| h < max);
+                drop(self.holes.split_off(&max));
             }
         }
         Ok(f)
@@ -729,9 +740,7 @@ impl FdTable {
 
     /// Whether any fd refers to the same file as `f`.
     pub fn refers_to(&self, f: &Arc<CoreFile>) -> bool {
-        // Session and device files are rarely dup'ed; the strong count says whether any other
-        // holder exists before the linear scan.
-        Arc::strong_count(f) > 1 && self.map.values().any(|g| Arc::ptr_eq(f, g))
+        self.refs.contains_key(&(Arc::as_ptr(f) as usize))
     }
 
     /// Number of open fds.
@@ -747,6 +756,7 @@ impl FdTable {
     /// Drops every fd (at kexec), returning the files.
     pub fn drain(&mut self) -> Vec<Arc<CoreFile>> {
         self.holes.clear();
+        self.refs.clear();
         std::mem::take(&mut self.map).into_values().collect()
     }
 }

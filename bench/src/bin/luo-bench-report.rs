@@ -229,6 +229,14 @@ const ROW_DOCS: &[(&str, &str)] = &[
          entry bytes (2,000 x 80 + 10,000 x 64 bytes) once out and once back. Target ratio <= 5.",
     ),
     (
+        "sessions_scaling",
+        "10^3, 10^4 and 10^5 empty sessions (`luo simulate --sessions N --files 0`) preserved, \
+         then across an in-process kexec: the next kernel's boot and first open of \
+         `/dev/liveupdate` (deserialize), `RETRIEVE_SESSION` of every session, `FINISH` and close \
+         of every session. Each size against the one ten times smaller: linear scaling is a \
+         ratio of 10. Target: 10^5 sessions cost at most 12x 10^4.",
+    ),
+    (
         "blackout",
         "one run in a child process (so its peak RSS is its own): a 7.3 kernel with a 4 GiB \
          memfd (4 KiB folios; 1,024 pages spread over it written with a pattern) in the first of \
@@ -345,6 +353,9 @@ fn main() {
     }
     if o.wants("sessions") {
         step("sessions", &mut rows, sessions(&o));
+    }
+    if o.wants("sessions_scaling") {
+        step("sessions_scaling", &mut rows, sessions_scaling(&o));
     }
     if o.wants("blackout") {
         step("blackout", &mut rows, blackout(&o));
@@ -990,6 +1001,54 @@ fn migrate_v1(o: &Opts) -> Result<Vec<Row>, String> {
 
 const SESSIONS: u64 = 2_000;
 const FILES: u64 = 10_000;
+
+fn sessions_scaling(o: &Opts) -> Result<Vec<Row>, String> {
+    let rounds = o.rounds(7).min(5);
+    let mut rows = Vec::new();
+    let mut per_size = Vec::new();
+    for n in [1_000u64, 10_000, 100_000] {
+        let mut v = Vec::new();
+        for _ in 0..rounds {
+            let t = handover::time_session_scaling(n)?;
+            v.push((
+                t.deserialize.as_secs_f64() * 1e3,
+                t.retrieve.as_secs_f64() * 1e3,
+                t.finish.as_secs_f64() * 1e3,
+            ));
+        }
+        let all = med(&v.iter().map(|t| t.0 + t.1 + t.2).collect::<Vec<_>>());
+        let parts = (
+            med(&v.iter().map(|t| t.0).collect::<Vec<_>>()),
+            med(&v.iter().map(|t| t.1).collect::<Vec<_>>()),
+            med(&v.iter().map(|t| t.2).collect::<Vec<_>>()),
+        );
+        per_size.push((n, all, parts));
+    }
+    for (i, &(n, all, (de, re, fi))) in per_size.iter().enumerate() {
+        // Each size against the one ten times smaller: linear scaling is a ratio of 10.
+        let smaller = i.checked_sub(1).map(|j| per_size[j]);
+        rows.push(row(
+            RowSpec {
+                id: "sessions_scaling",
+                name: format!("sessions_scaling/{n}"),
+                what: format!(
+                    "{n} empty sessions across a kexec (as `luo simulate --sessions {n} --files 0`): next kernel's boot + first open (deserialize) {de:.1} ms, RETRIEVE_SESSION of each {re:.1} ms, FINISH + close of each {fi:.1} ms; against the size ten times smaller"
+                ),
+                unit: "ms",
+                method: "wall-median",
+                target: if n == 100_000 {
+                    Target::MaxRatio(12.0)
+                } else {
+                    Target::None
+                },
+                samples: rounds as u64,
+            },
+            all,
+            smaller.map(|(m, a, _)| (if m == 1_000 { "1000 sessions" } else { "10000 sessions" }, a)),
+        ));
+    }
+    Ok(rows)
+}
 
 fn sessions(o: &Opts) -> Result<Vec<Row>, String> {
     let rounds = o.rounds(15);

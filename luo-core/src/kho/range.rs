@@ -137,7 +137,8 @@ mod tests {
     use luo_abi::PhysAddr;
     use luo_abi::kho::KhoService;
 
-    use super::super::{BackingKind, inject_alloc_faults, take_alloc_faults};
+    use super::super::BackingKind;
+    use super::super::fault::{inject_alloc_faults, take_alloc_faults};
     use super::*;
 
     fn pa(p: u64) -> PhysAddr {

@@ -1,0 +1,89 @@
+//! The incoming sessions of a kernel booted from a handover: in handover order, found by name
+//! in O(1) (`RETRIEVE_SESSION`), removed in amortized O(1) when their last fd closes after
+//! `FINISH`, and counted while they hold unfinished files, so every session path costs O(1)
+//! whatever their number (upstream keeps them on a list under `luo_session_global`; the model
+//! used to search and filter that list per call, quadratic in the number of sessions).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::session::Session;
+
+#[derive(Default)]
+pub(super) struct IncomingSessions {
+    /// Handover order; removed sessions stay until the next compaction.
+    order: Vec<Arc<Session>>,
+    /// The first live session of each name (names are unique in a sound handover).
+    by_name: HashMap<Vec<u8>, Arc<Session>>,
+    /// Whether the handover had a name twice: a removal then looks for the next one.
+    duplicate_names: bool,
+    /// Removed sessions still in `order` (their addresses).
+    gone: HashSet<usize>,
+    /// Sessions whose files are not finished yet.
+    unfinished: usize,
+}
+
+fn key(s: &Arc<Session>) -> usize {
+    Arc::as_ptr(s) as usize
+}
+
+impl IncomingSessions {
+    /// Appends the deserialized sessions; `has_files` says which hold files.
+    pub(super) fn extend(&mut self, sessions: Vec<(Arc<Session>, bool)>) {
+        for (s, has_files) in sessions {
+            self.unfinished += usize::from(has_files);
+            match self.by_name.entry(s.name.clone()) {
+                std::collections::hash_map::Entry::Occupied(_) => self.duplicate_names = true,
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(Arc::clone(&s));
+                }
+            }
+            self.order.push(s);
+        }
+    }
+
+    /// The first live session named `name`.
+    pub(super) fn find(&self, name: &[u8]) -> Option<Arc<Session>> {
+        self.by_name.get(name).cloned()
+    }
+
+    /// The live sessions, in handover order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Arc<Session>> {
+        self.order
+            .iter()
+            .filter(|s| self.gone.is_empty() || !self.gone.contains(&key(s)))
+    }
+
+    /// A session finished its files.
+    pub(super) fn finished_one(&mut self) {
+        self.unfinished = self.unfinished.saturating_sub(1);
+    }
+
+    /// Whether no session holds unfinished files.
+    pub(super) fn all_finished(&self) -> bool {
+        self.unfinished == 0
+    }
+
+    /// Removes `s` (its last fd closed after `FINISH`).
+    pub(super) fn remove(&mut self, s: &Arc<Session>) {
+        if !self.gone.insert(key(s)) {
+            return;
+        }
+        if self.by_name.get(&s.name).is_some_and(|x| Arc::ptr_eq(x, s)) {
+            self.by_name.remove(&s.name);
+            if self.duplicate_names
+                && let Some(next) = self
+                    .order
+                    .iter()
+                    .find(|x| x.name == s.name && !self.gone.contains(&key(x)))
+            {
+                self.by_name.insert(s.name.clone(), Arc::clone(next));
+            }
+        }
+        // Compact once half the list is gone: amortized O(1) per removal.
+        if 2 * self.gone.len() > self.order.len() {
+            let gone = std::mem::take(&mut self.gone);
+            self.order.retain(|x| !gone.contains(&key(x)));
+        }
+    }
+}

@@ -374,22 +374,59 @@ impl PageAlloc {
         i < self.pages && Self::bit(&self.used, i)
     }
 
-    pub(crate) fn is_touched(&self, i: u64) -> bool {
-        i < self.pages && Self::bit(&self.touched, i)
-    }
-
-    fn set(&mut self, i: u64, on: bool) {
-        let (w, b) = ((i / 64) as usize, 1u64 << (i % 64));
-        if on {
-            self.used[w] |= b;
-            self.touched[w] |= b;
-        } else {
-            self.used[w] &= !b;
+    /// The first touched page at or after `from`, if any.
+    pub(crate) fn next_touched(&self, from: u64) -> Option<u64> {
+        let mut w = (from / 64) as usize;
+        let mut bits = self.touched.get(w)? & (!0u64 << (from % 64));
+        loop {
+            if bits != 0 {
+                let i = w as u64 * 64 + u64::from(bits.trailing_zeros());
+                return (i < self.pages).then_some(i);
+            }
+            w += 1;
+            bits = *self.touched.get(w)?;
         }
     }
 
+    /// Sets (`on`) or clears the pages `start..start + n` in `used` (and marks them
+    /// touched when set), a word at a time.
+    fn set_run(&mut self, start: u64, n: u64, on: bool) {
+        let mut i = start;
+        let end = start + n;
+        while i < end {
+            let w = (i / 64) as usize;
+            let k = (64 - i % 64).min(end - i);
+            let mask = (u64::MAX >> (64 - k)) << (i % 64);
+            if on {
+                self.used[w] |= mask;
+                self.touched[w] |= mask;
+            } else {
+                self.used[w] &= !mask;
+            }
+            i += k;
+        }
+    }
+
+    /// Whether `start..start + n` are all used (`used`) or all free (`!used`), a word at a
+    /// time.
+    fn run_is(&self, start: u64, n: u64, used: bool) -> bool {
+        let mut i = start;
+        let end = start + n;
+        while i < end {
+            let w = (i / 64) as usize;
+            let k = (64 - i % 64).min(end - i);
+            let mask = (u64::MAX >> (64 - k)) << (i % 64);
+            let bits = self.used[w] & mask;
+            if (used && bits != mask) || (!used && bits != 0) {
+                return false;
+            }
+            i += k;
+        }
+        true
+    }
+
     fn run_free(&self, start: u64, n: u64) -> bool {
-        (start..start + n).all(|i| !Self::bit(&self.used, i))
+        self.run_is(start, n, false)
     }
 
     /// Allocates `n` contiguous pages whose first index is a multiple of `align`.
@@ -412,9 +449,7 @@ impl PageAlloc {
                 continue;
             }
             if self.run_free(i, n) {
-                for p in i..i + n {
-                    self.set(p, true);
-                }
+                self.set_run(i, n, true);
                 self.in_use += n;
                 self.cursor = i + n;
                 return Some(i);
@@ -429,23 +464,17 @@ impl PageAlloc {
         if start.checked_add(n).is_none_or(|e| e > self.pages) || !self.run_free(start, n) {
             return false;
         }
-        for p in start..start + n {
-            self.set(p, true);
-        }
+        self.set_run(start, n, true);
         self.in_use += n;
         true
     }
 
     /// Frees a run; `false` (and nothing freed) unless every page of it is in use.
     pub(crate) fn free(&mut self, start: u64, n: u64) -> bool {
-        if start.checked_add(n).is_none_or(|e| e > self.pages)
-            || !(start..start + n).all(|i| Self::bit(&self.used, i))
-        {
+        if start.checked_add(n).is_none_or(|e| e > self.pages) || !self.run_is(start, n, true) {
             return false;
         }
-        for p in start..start + n {
-            self.set(p, false);
-        }
+        self.set_run(start, n, false);
         self.in_use -= n;
         // The next allocation starts at the freed run, as the page allocator hands out hot
         // pages first: memory freed and allocated again (a preserve undone and redone) is

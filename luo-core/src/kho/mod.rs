@@ -453,16 +453,28 @@ impl Kho {
             .map(|(p, o)| ((p - ARENA_BASE) / PAGE, 1u64 << o))
             .peekable();
         let mut kept_until = 0u64;
-        for i in 0..st.alloc.pages() {
+        let mut i = 0;
+        let pages = st.alloc.pages();
+        while i < pages {
             while let Some(&(first, n)) = blocks.peek()
                 && first <= i
             {
                 kept_until = kept_until.max(first + n);
                 blocks.next();
             }
-            if st.alloc.is_touched(i) && i >= kept_until {
-                self.arena.fill(i * PAGE, PAGE, POISON)?;
+            // Kept pages and untouched ones are skipped a block or a bitmap word at a time,
+            // so this costs O(preserved blocks + touched pages), not O(arena pages).
+            if i < kept_until {
+                i = kept_until;
+                continue;
             }
+            let next = st.alloc.next_touched(i).unwrap_or(pages);
+            if next > i {
+                i = next;
+                continue;
+            }
+            self.arena.fill(i * PAGE, PAGE, POISON)?;
+            i += 1;
         }
         drop(blocks);
         // Regions: carry those with preserved pages; poison their other pages.

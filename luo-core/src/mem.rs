@@ -535,8 +535,19 @@ mod tests {
         assert_eq!(a.in_use(), 7);
         assert!(a.free(4, 4));
         assert!(!a.free(4, 1));
-        assert!(a.is_touched(5) && !a.is_used(5));
+        assert!(a.next_touched(5) == Some(5) && !a.is_used(5));
+        // Freed pages are handed out again first (hot pages), not the next fresh ones.
+        assert_eq!(a.alloc(2, 1), Some(4));
         assert_eq!(a.alloc(200, 1), None);
+        // Runs across bitmap words: all or nothing, a word at a time.
+        assert!(!a.claim(60, 8), "64 and 65 are used");
+        assert!(a.claim(66, 60));
+        assert!(!a.free(60, 10));
+        assert!(a.free(64, 62));
+        assert_eq!(a.next_touched(70), Some(70));
+        assert_eq!(a.next_touched(126), None);
+        let b = PageAlloc::new(200);
+        assert_eq!(b.next_touched(0), None);
         if cfg!(miri) {
             // Regions are host memfds.
             return;

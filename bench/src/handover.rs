@@ -496,7 +496,8 @@ fn guest_ram(
         }
         Guest::Hugetlb => {
             let ht = ht.ok_or("no hugetlb")?;
-            ht.configure(HUGE_ORDER, folios).map_err(err("hugetlb pool"))?;
+            ht.configure(HUGE_ORDER, folios)
+                .map_err(err("hugetlb pool"))?;
             let m = HugeMemfd::new(ht, HUGE_ORDER, folios).map_err(err("huge memfd"))?;
             // Guest memory is all there: every huge page allocated.
             let mut ids = Vec::with_capacity(folios as usize);
@@ -519,7 +520,10 @@ fn guest_ram(
 /// Reads page `page` of the retrieved guest memory.
 fn read_guest(guest: Guest, k: &Kernel, fd: i32, page: u64, buf: &mut [u8]) -> Result<(), String> {
     match guest {
-        Guest::Memfd => k.pread(fd, page * PAGE, buf).map(drop).map_err(err("pread")),
+        Guest::Memfd => k
+            .pread(fd, page * PAGE, buf)
+            .map(drop)
+            .map_err(err("pread")),
         Guest::Hugetlb => k
             .file(fd)
             .map_err(err("file"))?
@@ -601,7 +605,10 @@ pub fn blackout(
             black_box(k2.retrieve_fd(s, tok).map_err(err("retrieve_fd"))?);
         }
         if i == 0 {
-            ram = Some(k2.retrieve_fd(s, 1).map_err(err("retrieve_fd guest memory"))?);
+            ram = Some(
+                k2.retrieve_fd(s, 1)
+                    .map_err(err("retrieve_fd guest memory"))?,
+            );
         }
         sfds.push(s);
     }

@@ -268,7 +268,10 @@ pub trait KhoService {
 
 /// Bytes in a folio of `order`; `EINVAL` for an order no memory has.
 fn block_bytes(order: u32) -> Result<u64> {
-    (PAGE_SIZE as u64).checked_shl(order).filter(|_| order < 40).ok_or(Errno::EINVAL)
+    (PAGE_SIZE as u64)
+        .checked_shl(order)
+        .filter(|_| order < 40)
+        .ok_or(Errno::EINVAL)
 }
 
 /// The `i`-th folio of `size` bytes of a run from `phys`; `EINVAL` past the address space.

@@ -843,4 +843,28 @@ mod tests {
         // SAFETY: the address is checked against the live set and rejected.
         assert!(unsafe { CoreFile::from_c(dangling) }.is_none());
     }
+
+    /// `close` of one fd of a file another fd still refers to keeps it; the last one does
+    /// not (the count per file replaced a scan of every fd).
+    #[test]
+    fn fd_table_counts_the_fds_of_a_file() {
+        let mut t = FdTable::default();
+        let f = CoreFile::new("t", FileObj::Null);
+        let g = CoreFile::new("u", FileObj::Null);
+        let a = t.install(Arc::clone(&f)).unwrap();
+        let b = t.install(Arc::clone(&f)).unwrap();
+        let c = t.install(Arc::clone(&g)).unwrap();
+        assert_eq!((a, b, c), (FIRST_FD, FIRST_FD + 1, FIRST_FD + 2));
+        let x = t.remove(a).unwrap();
+        assert!(t.refers_to(&x));
+        let x = t.remove(b).unwrap();
+        assert!(!t.refers_to(&x));
+        assert!(t.refers_to(&g));
+        // The lowest free fd comes back first; holes above the highest are forgotten.
+        assert_eq!(t.install(Arc::clone(&f)).unwrap(), FIRST_FD);
+        t.remove(c).unwrap();
+        assert_eq!(t.install(f).unwrap(), FIRST_FD + 1);
+        assert_eq!(t.drain().len(), 2);
+        assert!(!t.refers_to(&g));
+    }
 }

@@ -1171,9 +1171,19 @@ fn blackout(o: &Opts) -> Result<Vec<Row>, String> {
             .map(|_| blackout_child(&me, Guest::Memfd, 1, 1))
             .collect::<Result<Vec<_>, _>>()?,
     );
-    let mut machines = vec![("4GiB", Guest::Memfd, 4u64 << 18, "4 GiB memfd, 4 KiB folios")];
+    let mut machines = vec![(
+        "4GiB",
+        Guest::Memfd,
+        4u64 << 18,
+        "4 GiB memfd, 4 KiB folios",
+    )];
     if !o.quick {
-        machines.push(("16GiB", Guest::Memfd, 16 << 18, "16 GiB memfd, 4 KiB folios"));
+        machines.push((
+            "16GiB",
+            Guest::Memfd,
+            16 << 18,
+            "16 GiB memfd, 4 KiB folios",
+        ));
     }
     machines.push((
         "64GiB-hugetlb",

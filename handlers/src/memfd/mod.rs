@@ -536,7 +536,6 @@ impl Run {
             count: 1,
         }
     }
-
 }
 
 fn preserve_run(kho: &dyn KhoService, runs: &mut Vec<Run>, r: Run) -> Result<(), Errno> {
@@ -730,7 +729,10 @@ fn install_run(
         // garbage, so zero it before it becomes visible (§8a).
         let zeroes = vec![0u8; (PAGE << r.order) as usize];
         for i in 0..r.count as u64 {
-            kho.write(PhysAddr::new(r.phys.as_u64() + i * (PAGE << r.order)), &zeroes)?;
+            kho.write(
+                PhysAddr::new(r.phys.as_u64() + i * (PAGE << r.order)),
+                &zeroes,
+            )?;
         }
         ZEROED.fetch_add(r.count as u64, Ordering::Relaxed);
     }
@@ -820,5 +822,70 @@ fn discard(kho: &dyn KhoService, ser: &Record) {
         if kho.free_range(run.phys, run.order, run.count).is_ok() {
             DISCARDED.fetch_add(run.count as u64, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(pfn: u64, index: u64, uptodate: bool) -> memfd_luo_folio_ser {
+        let mut e = memfd_luo_folio_ser::new_zeroed();
+        e.set_pfn(pfn);
+        e.set_flags(
+            MEMFD_LUO_FOLIO_DIRTY
+                | if uptodate {
+                    MEMFD_LUO_FOLIO_UPTODATE
+                } else {
+                    0
+                },
+        );
+        e.index = index;
+        e
+    }
+
+    /// The records split into the runs a retrieve claims, fed whole or a record at a time
+    /// (pages of records end anywhere in a run).
+    #[test]
+    fn records_split_into_runs() {
+        let mut records = Vec::new();
+        // 700 contiguous 4 KiB folios, then 3 of 2 MiB, a gap, one not up to date, and a
+        // pfn that goes backwards.
+        records.extend((0..700).map(|i| rec(0x1000 + i, i, true)));
+        records.extend((0..3).map(|i| rec(0x4000 + 512 * i, 1024 + 512 * i, true)));
+        records.push(rec(0x9000, 4096, true));
+        records.push(rec(0x9001, 4097, false));
+        records.push(rec(0x8000, 4098, true));
+        let want = [
+            (0x1000, 0, 700, 1),
+            (0x4000, 1024, 3, 512),
+            (0x9000, 4096, 1, 1),
+            (0x9001, 4097, 1, 1),
+            (0x8000, 4098, 1, 1),
+        ];
+        for chunk in [records.len(), 256, 1] {
+            let mut got = Vec::new();
+            let mut split = RunSplitter { cur: None };
+            let mut take = |r: RecordRun| -> Result<(), Errno> {
+                got.push((r.pfn, r.index, r.n, r.step, r.uptodate));
+                Ok(())
+            };
+            for c in records.chunks(chunk) {
+                split.push(c, &mut take).unwrap();
+            }
+            split.finish(&mut take).unwrap();
+            let got: Vec<_> = got.iter().map(|&(p, i, n, s, _)| (p, i, n, s)).collect();
+            assert_eq!(got, want, "chunks of {chunk}");
+        }
+        // Every 52-bit pfn is an address: no record of a well-formed array is refused.
+        let mut split = RunSplitter { cur: None };
+        assert_eq!(
+            split.push(
+                &[rec(1, 0, true), rec(u64::MAX >> 12, 1, true)],
+                &mut |_| Ok(())
+            ),
+            Ok(()),
+            "52-bit pfns all fit"
+        );
     }
 }

@@ -154,13 +154,13 @@ mod tests {
         let b = k.alloc_folio(0).unwrap().as_u64();
         k.preserve_folio(pa(a + 5 * PAGE), 0).unwrap();
         for (phys, order, count, err) in [
-            (a, 0, 8, Errno::EEXIST),              // overlaps the preserved page
-            (a + PAGE, 1, 1, Errno::EINVAL),       // misaligned
-            (a, MAX_ORDER + 1, 1, Errno::EINVAL),  // no such order
-            (a, 0, 0, Errno::EINVAL),              // empty
-            (a, 0, 300, Errno::EINVAL),            // past what is allocated
-            (0, 0, 1, Errno::EINVAL),              // address 0
-            (!0 << 12, 0, 2, Errno::EINVAL),       // past the address space
+            (a, 0, 8, Errno::EEXIST),             // overlaps the preserved page
+            (a + PAGE, 1, 1, Errno::EINVAL),      // misaligned
+            (a, MAX_ORDER + 1, 1, Errno::EINVAL), // no such order
+            (a, 0, 0, Errno::EINVAL),             // empty
+            (a, 0, 300, Errno::EINVAL),           // past what is allocated
+            (0, 0, 1, Errno::EINVAL),             // address 0
+            (!0 << 12, 0, 2, Errno::EINVAL),      // past the address space
         ] {
             assert_eq!(
                 k.preserve_range(pa(phys), order, count),
@@ -168,7 +168,11 @@ mod tests {
                 "{phys:#x} {order} {count}"
             );
         }
-        assert_eq!(k.stats().preserved_pages, 1, "nothing of a refused run stays");
+        assert_eq!(
+            k.stats().preserved_pages,
+            1,
+            "nothing of a refused run stays"
+        );
         // One allocation site per call.
         inject_alloc_faults(Some(0), Errno::ENOMEM);
         assert_eq!(k.preserve_range(pa(a), 0, 4), Err(Errno::ENOMEM));
@@ -211,7 +215,11 @@ mod tests {
         assert_eq!(k2.free_range(pa(a), 0, 5), Err(Errno::EINVAL));
         assert_eq!(k2.stats().arena_pages_in_use, in_use - 4);
         k2.free_range(pa(a + 6 * PAGE), 1, 1).unwrap();
-        assert_eq!(k2.free_folio(pa(b), 0), Err(Errno::EINVAL), "poisoned, not ours");
+        assert_eq!(
+            k2.free_folio(pa(b), 0),
+            Err(Errno::EINVAL),
+            "poisoned, not ours"
+        );
     }
 
     #[test]
@@ -226,7 +234,11 @@ mod tests {
             Err(Errno::EEXIST)
         );
         assert_eq!(
-            k.preserve_range(pa(r.base()), 0, (super::super::REGION_SPAN / PAGE) as usize + 1),
+            k.preserve_range(
+                pa(r.base()),
+                0,
+                (super::super::REGION_SPAN / PAGE) as usize + 1
+            ),
             Err(Errno::EINVAL),
             "past the region"
         );

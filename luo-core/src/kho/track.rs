@@ -326,7 +326,9 @@ impl MemTrack {
         if order > MAX_ORDER || count == 0 || !phys.is_multiple_of(1 << (PAGE_SHIFT + order)) {
             return None;
         }
-        let len = count.checked_shl(PAGE_SHIFT + order).filter(|l| l >> (PAGE_SHIFT + order) == count)?;
+        let len = count
+            .checked_shl(PAGE_SHIFT + order)
+            .filter(|l| l >> (PAGE_SHIFT + order) == count)?;
         let end = phys.checked_add(len - 1)?;
         let (k0, p0) = split(phys);
         let (k1, p1) = split(end);
@@ -552,10 +554,16 @@ mod tests {
             }
             assert_eq!((runs.len(), runs.pages()), (single.len(), single.pages()));
         }
-        assert_eq!(runs.iter().collect::<Vec<_>>(), single.iter().collect::<Vec<_>>());
+        assert_eq!(
+            runs.iter().collect::<Vec<_>>(),
+            single.iter().collect::<Vec<_>>()
+        );
         assert!(!runs.insert_run(PAGE, 1, 1), "misaligned");
         assert!(!runs.insert_run(0, 0, 0), "empty");
-        assert!(!runs.insert_run(!0 << 20, 0, 1 << 20), "past the address space");
+        assert!(
+            !runs.insert_run(!0 << 20, 0, 1 << 20),
+            "past the address space"
+        );
     }
 
     #[test]

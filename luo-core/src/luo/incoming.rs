@@ -87,3 +87,52 @@ impl IncomingSessions {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(name: &str) -> Arc<Session> {
+        Arc::new(Session::new(name.as_bytes().to_vec(), true))
+    }
+
+    #[test]
+    fn found_by_name_removed_once_and_listed_in_order() {
+        let mut inc = IncomingSessions::default();
+        let s: Vec<_> = (0..10).map(|i| session(&format!("s{i}"))).collect();
+        inc.extend(s.iter().map(|x| (Arc::clone(x), true)).collect());
+        assert!(Arc::ptr_eq(&inc.find(b"s3").unwrap(), &s[3]));
+        assert!(inc.find(b"nope").is_none());
+        for x in &s[..9] {
+            inc.finished_one();
+            assert!(!inc.all_finished());
+            inc.remove(x);
+            inc.remove(x);
+            assert!(inc.find(&x.name).is_none());
+        }
+        inc.finished_one();
+        assert!(inc.all_finished());
+        // Compacted along the way; what is left is listed.
+        let left: Vec<_> = inc.iter().cloned().collect();
+        assert_eq!(left.len(), 1);
+        assert!(Arc::ptr_eq(&left[0], &s[9]));
+        assert!(inc.order.len() < 10);
+    }
+
+    #[test]
+    fn a_duplicate_name_is_found_after_the_first_goes() {
+        let mut inc = IncomingSessions::default();
+        let (a, b) = (session("x"), session("x"));
+        inc.extend(vec![(Arc::clone(&a), false), (Arc::clone(&b), false)]);
+        assert!(
+            inc.all_finished(),
+            "sessions without files count as finished"
+        );
+        assert!(Arc::ptr_eq(&inc.find(b"x").unwrap(), &a));
+        inc.remove(&a);
+        assert!(Arc::ptr_eq(&inc.find(b"x").unwrap(), &b));
+        inc.remove(&b);
+        assert!(inc.find(b"x").is_none());
+        assert_eq!(inc.iter().count(), 0);
+    }
+}

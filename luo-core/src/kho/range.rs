@@ -84,7 +84,7 @@ impl Kho {
         if self.arena_index(phys).is_some() {
             // Restored arena memory is an allocation of the folio's order, freed one by one.
             for i in 0..count as u64 {
-                st.folios.insert(phys + (i * PAGE << order), order);
+                st.folios.insert(phys + ((i * PAGE) << order), order);
             }
         }
         Ok(())
@@ -113,7 +113,7 @@ impl Kho {
         }
         let mut r = Ok(());
         for i in 0..count as u64 {
-            let e = self.free_locked(st, phys + (i * PAGE << order), order);
+            let e = self.free_locked(st, phys + ((i * PAGE) << order), order);
             if r.is_ok() {
                 r = e;
             }

@@ -530,10 +530,10 @@ mod tests {
                 0 => rng.below(MAX_ORDER as u64 + 1) as u32,
                 _ => rng.below(2) as u32,
             };
-            let count = 1 + rng.below(3 * CHUNK_PAGES as u64 >> order);
+            let count = 1 + rng.below((3 * CHUNK_PAGES as u64) >> order);
             let page = rng.below(4 * CHUNK_PAGES as u64) >> order << order;
             let phys = 0x4000_0000 + page * PAGE;
-            let blocks: Vec<u64> = (0..count).map(|i| phys + (i * PAGE << order)).collect();
+            let blocks: Vec<u64> = (0..count).map(|i| phys + ((i * PAGE) << order)).collect();
             if rng.below(2) == 0 {
                 let free = blocks.iter().all(|&b| !single.overlaps(b, PAGE << order));
                 assert_eq!(runs.insert_run(phys, order, count), free);

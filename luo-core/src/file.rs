@@ -6,7 +6,6 @@
 //! * the `/dev/liveupdate` device and session files;
 //! * synthetic test objects (a `u64` payload) for test handlers, and a `/dev/null`.
 
-use std::collections::{BTreeMap, HashSet};
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -41,9 +40,10 @@ pub fn file_data_copied() -> u64 {
 }
 
 /// Addresses of live [`CoreFile`]s, so a `struct file *` coming back from C can be checked.
-fn live_files() -> &'static Ordered<HashSet<usize>> {
-    static LIVE: OnceLock<Ordered<HashSet<usize>>> = OnceLock::new();
-    LIVE.get_or_init(|| Ordered::new(Level::LiveFiles, HashSet::new()))
+/// Keyed by the core's own allocations: no hashing of input, so the fast hasher.
+fn live_files() -> &'static Ordered<rustc_hash::FxHashSet<usize>> {
+    static LIVE: OnceLock<Ordered<rustc_hash::FxHashSet<usize>>> = OnceLock::new();
+    LIVE.get_or_init(|| Ordered::new(Level::LiveFiles, rustc_hash::FxHashSet::default()))
 }
 
 /// What is behind a [`CoreFile`].
@@ -684,40 +684,62 @@ impl ShmemFile for MemfdFile {
 /// The per-kernel fd table: userspace's view of its open files.
 #[derive(Default)]
 pub struct FdTable {
-    map: BTreeMap<i32, Arc<CoreFile>>,
-    /// Closed fds below the highest open one, so the lowest free fd is found in O(log n).
+    /// The file of each fd from [`FIRST_FD`], by index: `fget` is an index, as the kernel's
+    /// fd array.
+    slots: Vec<Option<Arc<CoreFile>>>,
+    /// Open fds.
+    open: usize,
+    /// Free slots below the last one, so the lowest free fd is found in O(log n).
     holes: std::collections::BTreeSet<i32>,
     /// How many fds refer to each file (by address), so `close` knows in O(1) whether it
-    /// closed the last one.
-    refs: std::collections::HashMap<usize, usize>,
+    /// closed the last one (the addresses are the table's own `Arc`s: no hashing of input).
+    refs: rustc_hash::FxHashMap<usize, usize>,
 }
 
 /// The lowest fd the table hands out (0-2 are stdio).
 pub const FIRST_FD: i32 = 3;
 
 impl FdTable {
+    fn slot(fd: i32) -> Option<usize> {
+        usize::try_from(fd.checked_sub(FIRST_FD)?).ok()
+    }
+
     /// Installs `f` at the lowest free fd.
     pub fn install(&mut self, f: Arc<CoreFile>) -> Result<i32, Errno> {
         let fd = match self.holes.pop_first() {
             Some(fd) => fd,
-            None => match self.map.last_key_value() {
-                Some((&k, _)) => k.checked_add(1).ok_or(Errno::EMFILE)?,
-                None => FIRST_FD,
-            },
+            None => i32::try_from(self.slots.len())
+                .ok()
+                .and_then(|n| n.checked_add(FIRST_FD))
+                .ok_or(Errno::EMFILE)?,
         };
+        let i = Self::slot(fd).ok_or(Errno::EMFILE)?;
         *self.refs.entry(Arc::as_ptr(&f) as usize).or_default() += 1;
-        self.map.insert(fd, f);
+        if i == self.slots.len() {
+            self.slots.push(Some(f));
+        } else {
+            self.slots[i] = Some(f);
+        }
+        self.open += 1;
         Ok(fd)
     }
 
     /// The file at `fd` (`fget`), `EBADF` if none.
     pub fn get(&self, fd: i32) -> Result<Arc<CoreFile>, Errno> {
-        self.map.get(&fd).cloned().ok_or(Errno::EBADF)
+        Self::slot(fd)
+            .and_then(|i| self.slots.get(i)?.clone())
+            .ok_or(Errno::EBADF)
     }
 
     /// Removes `fd` and returns its file, `EBADF` if none.
     pub fn remove(&mut self, fd: i32) -> Result<Arc<CoreFile>, Errno> {
-        let f = self.map.remove(&fd).ok_or(Errno::EBADF)?;
+        let i = Self::slot(fd).ok_or(Errno::EBADF)?;
+        let f = self
+            .slots
+            .get_mut(i)
+            .and_then(Option::take)
+            .ok_or(Errno::EBADF)?;
+        self.open -= 1;
         let key = Arc::as_ptr(&f) as usize;
         if let Some(n) = self.refs.get_mut(&key) {
             *n -= 1;
@@ -725,15 +747,15 @@ impl FdTable {
                 self.refs.remove(&key);
             }
         }
-        match self.map.last_key_value() {
-            Some((&max, _)) if fd < max => {
-                self.holes.insert(fd);
+        if i + 1 < self.slots.len() {
+            self.holes.insert(fd);
+        } else {
+            // `fd` was the highest: free slots at the end go, and their holes with them.
+            while self.slots.last().is_some_and(Option::is_none) {
+                self.slots.pop();
             }
-            _ => {
-                // `fd` was the highest: holes above the new highest are not holes any more.
-                let max = self.map.last_key_value().map_or(FIRST_FD - 1, |(&k, _)| k);
-                drop(self.holes.split_off(&max));
-            }
+            let end = FIRST_FD + self.slots.len() as i32;
+            drop(self.holes.split_off(&end));
         }
         Ok(f)
     }
@@ -745,19 +767,23 @@ impl FdTable {
 
     /// Number of open fds.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.open
     }
 
     /// Whether no fd is open.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.open == 0
     }
 
     /// Drops every fd (at kexec), returning the files.
     pub fn drain(&mut self) -> Vec<Arc<CoreFile>> {
         self.holes.clear();
         self.refs.clear();
-        std::mem::take(&mut self.map).into_values().collect()
+        self.open = 0;
+        std::mem::take(&mut self.slots)
+            .into_iter()
+            .flatten()
+            .collect()
     }
 }
 

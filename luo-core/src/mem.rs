@@ -9,7 +9,6 @@
 //!   synthetic physical addresses from [`REGION_BASE`], one [`REGION_SPAN`] per region, so
 //!   preserving a memfd copies no data; the fd itself crosses the kexec.
 
-use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 
@@ -65,7 +64,8 @@ fn check_range(off: u64, len: usize, total: u64) -> Result<(), Errno> {
 /// Sparse pages on the heap; never-written pages read as zero.
 pub struct HeapBacking {
     len: u64,
-    pages: Ordered<HashMap<u64, Box<[u8]>>>,
+    /// By page number (only pages this backing wrote are keys: the fast hasher).
+    pages: Ordered<rustc_hash::FxHashMap<u64, Box<[u8]>>>,
 }
 
 impl HeapBacking {
@@ -73,7 +73,7 @@ impl HeapBacking {
     pub fn new(len: u64) -> HeapBacking {
         HeapBacking {
             len: len.div_ceil(PAGE) * PAGE,
-            pages: Ordered::new(Level::Backing, HashMap::new()),
+            pages: Ordered::new(Level::Backing, rustc_hash::FxHashMap::default()),
         }
     }
 

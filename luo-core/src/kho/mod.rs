@@ -20,7 +20,7 @@
 //! `service` the calls handlers make ([`KhoService`]); `track` the preserved-memory bitmaps;
 //! `blob` the handover blob's format and parser; `fault` fault injection at allocation sites.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Weak};
 
 use luo_abi::kho::{KhoService, VmallocDesc};
@@ -33,6 +33,7 @@ use crate::lock_order::{Level, Ordered};
 
 mod blob;
 mod fault;
+mod folios;
 mod range;
 mod service;
 #[cfg(test)]
@@ -110,7 +111,7 @@ struct RegionSlot {
 struct State {
     alloc: PageAlloc,
     /// Live arena allocations made with `alloc_folio`/`alloc_preserve` or restored: phys → order.
-    folios: HashMap<u64, u32>,
+    folios: folios::FolioOrders,
     /// This kernel's preserved blocks, handed to the next kernel (`kho_out`).
     out: MemTrack,
     /// The previous kernel's preserved blocks not restored yet.
@@ -190,7 +191,7 @@ impl Kho {
                 Level::Kho,
                 State {
                     alloc: PageAlloc::new(arena_pages),
-                    folios: HashMap::new(),
+                    folios: folios::FolioOrders::new(ARENA_BASE, arena_pages),
                     out: MemTrack::new(),
                     inc: MemTrack::new(),
                     sub_out: BTreeMap::new(),
@@ -591,10 +592,10 @@ impl Kho {
         region: &mut Option<u64>,
     ) -> Result<(), Errno> {
         if let Some(idx) = self.arena_index(phys) {
-            if st.folios.get(&phys) != Some(&order) || st.out.overlaps(phys, order_bytes(order)) {
+            if st.folios.get(phys) != Some(order) || st.out.overlaps(phys, order_bytes(order)) {
                 return Err(Errno::EINVAL);
             }
-            st.folios.remove(&phys);
+            st.folios.remove(phys);
             if !st.alloc.free(idx, 1 << order) {
                 return Err(Errno::EINVAL);
             }

@@ -261,7 +261,7 @@ impl KhoService for Kho {
             // The area's pages become one allocation of `order` each.
             if self.arena_index(e).is_some() {
                 for i in 0..n {
-                    st.folios.remove(&(e + i * PAGE));
+                    st.folios.remove(e + i * PAGE);
                 }
                 st.folios.insert(e, u32::from(desc.order));
             }
@@ -293,7 +293,7 @@ impl KhoService for Kho {
         let mut st = lock(&self.st);
         let p = phys.as_u64();
         let order = st.out.get(p).ok_or(Errno::EINVAL)?;
-        if st.folios.get(&p) != Some(&order) {
+        if st.folios.get(p) != Some(order) {
             return Err(Errno::EINVAL);
         }
         Kho::unpreserve_locked(&mut st, p, order)?;

@@ -4,7 +4,7 @@
 //! whatever their number (upstream keeps them on a list under `luo_session_global`; the model
 //! used to search and filter that list per call, quadratic in the number of sessions).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::session::Session;
@@ -18,7 +18,7 @@ pub(super) struct IncomingSessions {
     /// Whether the handover had a name twice: a removal then looks for the next one.
     duplicate_names: bool,
     /// Removed sessions still in `order` (their addresses).
-    gone: HashSet<usize>,
+    gone: rustc_hash::FxHashSet<usize>,
     /// Sessions whose files are not finished yet.
     unfinished: usize,
 }

@@ -103,7 +103,8 @@ pub struct Luo {
     enabled: bool,
     reg: Ordered<Registry>,
     lists: Ordered<Lists>,
-    ids: Ordered<HashSet<u64>>,
+    /// Identities of the preserved files (the handlers' `get_id`, not image data).
+    ids: Ordered<rustc_hash::FxHashSet<u64>>,
     dev_in_use: AtomicBool,
     deser: Ordered<Deser>,
     flb_in: Option<BTreeMap<String, (u64, u64)>>,
@@ -164,7 +165,7 @@ impl Luo {
                     blocks: BlockSet::new(size_of::<luo_session_ser>(), LUO_SESSIONS_PER_BLOCK),
                 },
             ),
-            ids: Ordered::new(Level::Ids, HashSet::new()),
+            ids: Ordered::new(Level::Ids, rustc_hash::FxHashSet::default()),
             dev_in_use: AtomicBool::new(false),
             deser: Ordered::new(Level::Deser, Deser::Pending(inc.sessions)),
             flb_in: inc.flbs,

@@ -248,8 +248,16 @@ const ROW_DOCS: &[(&str, &str)] = &[
          inode compared); the written pages are read back and checked. `peak_rss` is VmHWM of \
          the child against the KHO arena memory handed over (folio array, LUO blocks, the test \
          handler's page per file) plus the touched pages; the old kernel is freed after \
-         `reboot()`, outside the timed phases. `total` is the sum of the three timed phases. \
-         The full run adds a 16 GiB memfd.",
+         `reboot()`, outside the timed phases. `total` is the sum of the three timed phases \
+         (medians of 3 runs, 1 with `--quick`). `grows_with_memory` is the share of `total` the \
+         guest memory adds over the same machine with 4 KiB of guest memory, and its cost per \
+         GiB. `64GiB-hugetlb` is a VM whose guest memory is a HugeTLB memfd \
+         (`huge-memfd-v1`, HugeTLB pools handed over as upstream's FLB) of 32,768 2 MiB folios, \
+         all allocated; its pages are the model's arena folios, so `same memory` compares the \
+         folios' addresses before and after. The full run adds a 16 GiB memfd. With \
+         `--baseline-exe PATH LABEL` the 4 GiB machine also runs the blackout child of an older \
+         build, alternating, and its phases are the baseline (target: `retrieve` at most a \
+         quarter of the older build's).",
     ),
     (
         "gen",

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The files handlers preserve and retrieve.
 //!
 //! The core keeps an fd table of files. Each is a [`FileKind`] plus either a real host object
@@ -274,8 +275,8 @@ mod tests {
 
     #[test]
     fn embedded_head_borrows_its_object() {
-        // SAFETY: `Embedded` is `#[repr(C)]` with the head first.
         let e = Embedded {
+            // SAFETY: `Embedded` is `#[repr(C)]` with the head first.
             head: unsafe { FileHead::of::<Embedded>() },
             id: 11,
         };

@@ -282,6 +282,17 @@ impl<'a> Claimed<'a> {
         Ok((phys, order))
     }
 
+    /// Claims the `count` folios of `order` back to back from `pfn` (`restore_range`): all
+    /// or none.
+    pub(crate) fn claim_run(&mut self, pfn: u64, order: u32, count: usize) -> Result<(), Errno> {
+        let phys = PhysAddr::from_pfn(pfn).ok_or(Errno::EINVAL)?;
+        self.kho.restore_range(phys, order, count)?;
+        let bytes = (PAGE_SIZE as u64) << order;
+        self.folios
+            .extend((0..count as u64).map(|i| (PhysAddr::new(phys.as_u64() + i * bytes), order)));
+        Ok(())
+    }
+
     /// The file is rebuilt: its folios stay claimed.
     pub(crate) fn keep(mut self) {
         self.folios.clear();

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::session::Session;
 
@@ -17,19 +18,22 @@ pub(super) struct IncomingSessions {
     by_name: HashMap<Vec<u8>, Arc<Session>>,
     /// Whether the handover had a name twice: a removal then looks for the next one.
     duplicate_names: bool,
-    /// Removed sessions still in `order` (their addresses).
-    gone: rustc_hash::FxHashSet<usize>,
+    /// Removed sessions still in `order` (each marked `unlisted`).
+    gone: usize,
     /// Sessions whose files are not finished yet.
     unfinished: usize,
 }
 
-fn key(s: &Arc<Session>) -> usize {
-    Arc::as_ptr(s) as usize
+fn gone(s: &Session) -> bool {
+    // Only changed under the lists' lock, which every reader holds.
+    s.unlisted.load(Ordering::Relaxed)
 }
 
 impl IncomingSessions {
     /// Appends the deserialized sessions; `has_files` says which hold files.
     pub(super) fn extend(&mut self, sessions: Vec<(Arc<Session>, bool)>) {
+        self.by_name.reserve(sessions.len());
+        self.order.reserve(sessions.len());
         for (s, has_files) in sessions {
             self.unfinished += usize::from(has_files);
             match self.by_name.entry(s.name.clone()) {
@@ -49,9 +53,8 @@ impl IncomingSessions {
 
     /// The live sessions, in handover order.
     pub(super) fn iter(&self) -> impl Iterator<Item = &Arc<Session>> {
-        self.order
-            .iter()
-            .filter(|s| self.gone.is_empty() || !self.gone.contains(&key(s)))
+        let all = self.gone == 0;
+        self.order.iter().filter(move |s| all || !gone(s))
     }
 
     /// A session finished its files.
@@ -66,24 +69,25 @@ impl IncomingSessions {
 
     /// Removes `s` (its last fd closed after `FINISH`).
     pub(super) fn remove(&mut self, s: &Arc<Session>) {
-        if !self.gone.insert(key(s)) {
+        if s.unlisted.swap(true, Ordering::Relaxed) {
             return;
         }
+        self.gone += 1;
         if self.by_name.get(&s.name).is_some_and(|x| Arc::ptr_eq(x, s)) {
             self.by_name.remove(&s.name);
             if self.duplicate_names
                 && let Some(next) = self
                     .order
                     .iter()
-                    .find(|x| x.name == s.name && !self.gone.contains(&key(x)))
+                    .find(|x| x.name == s.name && !gone(x))
             {
                 self.by_name.insert(s.name.clone(), Arc::clone(next));
             }
         }
         // Compact once half the list is gone: amortized O(1) per removal.
-        if 2 * self.gone.len() > self.order.len() {
-            let gone = std::mem::take(&mut self.gone);
-            self.order.retain(|x| !gone.contains(&key(x)));
+        if 2 * self.gone > self.order.len() {
+            self.order.retain(|x| !gone(x));
+            self.gone = 0;
         }
     }
 }

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `luo sim` and `luo gen` with `--format json`: one JSON document each, like every command
 //! (the others are in tests/tests/cli_output.rs); `sim serve` refuses it (it is a daemon).
 

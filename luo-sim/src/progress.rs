@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Progress bars for long work: the phases of `luo simulate` that fill and check memfds, the
 //! stages of `luo vmtest`.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Sizes as people write and read them: `1G`, `512M`, `64K`, `4096`.
 //!
 //! Suffixes are binary (K = 1024), as for `truncate -s`, `dd` and QEMU's `-m`, in either case,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! How the `luo` commands print: one convention for all of them.
 //!
 //! `--format text` (the default) is for people. `--format json` is for tools: a command that

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The output convention of the `luo` CLI: every command's `--format json` is one JSON
 //! document (JSON Lines for `simulate`), parsed here by serde_json and, when it is installed,
 //! by `jq`; text output carries no JSON fragments; argument values are listed in `--help`;

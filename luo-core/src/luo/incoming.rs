@@ -76,10 +76,7 @@ impl IncomingSessions {
         if self.by_name.get(&s.name).is_some_and(|x| Arc::ptr_eq(x, s)) {
             self.by_name.remove(&s.name);
             if self.duplicate_names
-                && let Some(next) = self
-                    .order
-                    .iter()
-                    .find(|x| x.name == s.name && !gone(x))
+                && let Some(next) = self.order.iter().find(|x| x.name == s.name && !gone(x))
             {
                 self.by_name.insert(s.name.clone(), Arc::clone(next));
             }

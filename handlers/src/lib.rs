@@ -11,7 +11,8 @@
 //! * [`hugetlb`]: the HugeTLB pools (FLB or subsystem, chosen per kernel) and `huge-memfd-v1`;
 //!   [`kvm`] and [`guest_memfd`] (which depends on its VM's file); [`pages`] and
 //!   [`folio_array`]: the folios of those files and their handed-over arrays.
-//! * [`iommu`] (the IOMMU FLB) and [`iommufd`]; [`pci`] (the PCI FLB) and [`vfio_pci`].
+//! * [`iommu`] (the IOMMU FLB) and [`iommufd`]; [`pci`] (the PCI FLB, its devices in a KHO
+//!   block chain: [`kho_block`]) and [`vfio_pci`].
 //! * [`test_flb`]: upstream's test FLBs.
 
 pub mod folio_array;
@@ -19,6 +20,7 @@ pub mod guest_memfd;
 pub mod hugetlb;
 pub mod iommu;
 pub mod iommufd;
+pub mod kho_block;
 pub mod kvm;
 pub mod memfd;
 pub mod pages;

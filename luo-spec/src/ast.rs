@@ -138,10 +138,12 @@ pub struct Const {
     #[serde(default)]
     pub string: Option<SStr>,
     /// For a string constant: the `struct.field` it is copied into; the
-    /// string and its NUL must fit that field.
+    /// string and its NUL must fit that field. For a `version` constant:
+    /// the one integer member it is written into.
     #[serde(default)]
     pub into: Vec<SStr>,
-    /// Role of a string constant in versioning.
+    /// Role of the constant in versioning (strings; `version` for an
+    /// integer written into the data).
     #[serde(default)]
     pub role: Option<Spanned<ConstRole>>,
     /// Kernel-doc text.
@@ -183,6 +185,10 @@ pub enum ConstRole {
     FdtProperty,
     /// A KHO subtree name.
     KhoEntry,
+    /// The version number a versionless compatible string carries inside
+    /// its data: an integer literal written into the one member `into`
+    /// names (upstream's `PCI_LUO_FLB_VERSION` in `pci_ser.version`).
+    Version,
 }
 
 /// `[[enum]]`: a C enum; anonymous when `name` is absent (as upstream's

@@ -367,6 +367,10 @@ fn check_const(
     match &c.value {
         ConstValue::Int(e) => {
             check_expr(scope, layouts, e, &c.value_span, file, diags);
+            if c.role == Some(ConstRole::Version) {
+                check_version_const(scope, c, e, diags);
+                return;
+            }
             if c.role.is_some() {
                 diags
                     .error(
@@ -388,6 +392,17 @@ fn check_const(
                     ),
                 );
             }
+        }
+        ConstValue::Str(_) if c.role == Some(ConstRole::Version) => {
+            diags
+                .error(
+                    "const-value",
+                    file,
+                    c.value_span.clone(),
+                    format!("version constant `{}` is a string", c.name),
+                )
+                .with_label("a `version` is an integer literal")
+                .with_hint("write `value = \"1\"` and `into = [\"struct.version\"]`");
         }
         ConstValue::Str(s) => {
             if s.bytes()
@@ -417,6 +432,95 @@ fn check_const(
                 check_string_fits(scope, layouts, c, s, st, field, span, diags);
             }
         }
+    }
+}
+
+/// A `version` constant: an integer literal written into exactly one unsigned
+/// integer member of a struct of its own scope, small enough for it. Readers
+/// compare the member with the literal, so the literal is the version's
+/// identity (see `render::schema::version_identity`).
+fn check_version_const(
+    scope: Scope<'_>,
+    c: &crate::model::Const,
+    e: &crate::expr::Expr,
+    diags: &mut Diagnostics,
+) {
+    let file = scope.component().file;
+    let crate::expr::Expr::Int(value, _) = e else {
+        diags
+            .error(
+                "const-value",
+                file,
+                c.value_span.clone(),
+                format!("version constant `{}` is not an integer literal", c.name),
+            )
+            .with_label("an expression")
+            .with_hint("a version is compared as written: use a literal such as `2`");
+        return;
+    };
+    let [(st, field, span)] = c.into.as_slice() else {
+        diags
+            .error(
+                "bad-into",
+                file,
+                c.span.clone(),
+                format!(
+                    "version constant `{}` must name the one member it is written into",
+                    c.name
+                ),
+            )
+            .with_label(format!("{} `into` targets", c.into.len()))
+            .with_hint("add `into = [\"struct.version\"]`");
+        return;
+    };
+    let Some((_, strukt)) = scope.find_struct(st) else {
+        diags
+            .error(
+                "unknown-name",
+                file,
+                span.clone(),
+                format!("`into` names unknown struct `{st}`"),
+            )
+            .with_label("not visible from this version");
+        return;
+    };
+    let Some(f) = strukt.fields.iter().find(|f| f.name == *field) else {
+        diags
+            .error(
+                "unknown-name",
+                file,
+                span.clone(),
+                format!("struct `{st}` has no member `{field}`"),
+            )
+            .with_label("no such member");
+        return;
+    };
+    let bits = match f.ty {
+        Ty::Prim(Prim::U8) => 8,
+        Ty::Prim(Prim::U16) => 16,
+        Ty::Prim(Prim::U32) => 32,
+        Ty::Prim(Prim::U64 | Prim::AlignedU64) => 64,
+        _ => {
+            diags
+                .error(
+                    "bad-into",
+                    file,
+                    span.clone(),
+                    format!("`{st}.{field}` is not an unsigned integer member"),
+                )
+                .with_label(format!("it is `{}`", f.ty));
+            return;
+        }
+    };
+    if f.len.is_some() || f.bits.is_some() || (bits < 64 && *value >> bits != 0) {
+        diags
+            .error(
+                "bad-into",
+                file,
+                span.clone(),
+                format!("version {value} does not fit `{st}.{field}`"),
+            )
+            .with_label(format!("a {bits}-bit member, not an array or bitfield"));
     }
 }
 

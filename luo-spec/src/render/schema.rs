@@ -243,6 +243,12 @@ pub fn version_identity(scope: Scope<'_>) -> Vec<String> {
             ConstValue::Int(_) => None,
         })
         .collect();
+    // A versionless compatible string with the version inside the data
+    // (upstream's `"pci"` with `pci_ser.version`): the reader checks both,
+    // so both identify the version.
+    if !out.is_empty() {
+        out.extend(version_fields(scope).map(|(at, v)| format!("{at}={v}")));
+    }
     for node in items.iter().flat_map(|i| &i.fdt_nodes) {
         let c = string_const(scope, &node.compatible.name);
         if !c.is_empty() && !out.contains(&c) {
@@ -272,6 +278,24 @@ pub fn version_identity(scope: Scope<'_>) -> Vec<String> {
         out.push(format!("{}/{}", scope.component().name, v.id));
     }
     out
+}
+
+/// The `version` constants a version shows: the member each is written into
+/// (`pci_ser.version`) and its value.
+pub fn version_fields(scope: Scope<'_>) -> impl Iterator<Item = (String, u64)> {
+    use crate::ast::ConstRole;
+    header_items(scope)
+        .into_iter()
+        .flat_map(|i| &i.consts)
+        .filter(|c| c.role == Some(ConstRole::Version))
+        .filter_map(|c| match (&c.value, c.into.first()) {
+            (ConstValue::Int(crate::expr::Expr::Int(v, _)), Some((st, f, _))) => {
+                Some((format!("{st}.{f}"), *v))
+            }
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
 }
 
 /// FNV-1a over the primary-target layout of every struct a version shows.

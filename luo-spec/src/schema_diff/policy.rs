@@ -8,7 +8,12 @@
 //!   (`COMPAT_NOT_BUMPED` otherwise); a bump is fine only when the new kernel
 //!   keeps a reader of the old version (`READER_KEPT`) or declares its
 //!   removal (`READER_REMOVAL_DECLARED`); else `READER_NOT_KEPT`. Consuming a
-//!   reserved must-be-zero member is compatible.
+//!   reserved must-be-zero member is compatible. A versionless compatible
+//!   string carries its version in a member of the data (a `version`
+//!   constant: upstream's `"pci"` with `pci_ser.version`); the string and
+//!   the number together are the version, so bumping the number is the bump
+//!   (`STRUCT_VERSION_BUMPED`), and dropping the number from the string is
+//!   reported as such (`COMPAT_VERSIONLESS`).
 //! - **Feature-negotiated ABIs** (`luo_feature_hdr`): a struct grows only at
 //!   the end, behind a new optional feature; a feature turned required breaks
 //!   every kernel that does not know it, and must have been published as
@@ -62,6 +67,14 @@ pub const RULES: &[(&str, &str)] = &[
         "handover layout changed but the compatible string did not",
     ),
     ("COMPAT_BUMPED", "the compatible string changed"),
+    (
+        "COMPAT_VERSIONLESS",
+        "the compatible string lost its version; the version is now a member of the data",
+    ),
+    (
+        "STRUCT_VERSION_BUMPED",
+        "same versionless compatible string, new version number in the data",
+    ),
     ("READER_KEPT", "the new kernel still reads the old version"),
     (
         "READER_REMOVAL_DECLARED",
@@ -407,32 +420,86 @@ fn handover(cx: &mut Ctx<'_>, facts: &[Fact]) {
     let old_id = cx.old.identity.first().cloned().unwrap_or_default();
     if !bumped_identity {
         if layout_changes > 0 {
-            let next = bumped(&old_id);
+            let fix = match version_members(&cx.old.identity).first() {
+                Some((at, v)) => format!(
+                    "bump `{at}` from {v} to {}: add a new version to spec/{}.toml with the new `version` constant and keep a reader of version {v}",
+                    v + 1,
+                    cx.new.component
+                ),
+                None => format!(
+                    "bump `{old_id}` to `{}`: add a new version to spec/{}.toml and keep a reader of `{old_id}`",
+                    bumped(&old_id),
+                    cx.new.component
+                ),
+            };
             cx.push(
                 "COMPAT_NOT_BUMPED",
                 Severity::Error,
                 "compatible".into(),
-                format!("{layout_changes} layout change(s) but the compatible string is still `{old_id}`"),
-                Some(format!(
-                    "bump `{old_id}` to `{next}`: add a new version to spec/{}.toml and keep a reader of `{old_id}`",
-                    cx.new.component
-                )),
+                format!("{layout_changes} layout change(s) but the compatible string is still `{}`", cx.old.identity.join(", ")),
+                Some(fix),
             );
         }
         return;
     }
-    cx.push(
-        "COMPAT_BUMPED",
-        Severity::Note,
-        "compatible".into(),
-        format!(
-            "{} → {}",
-            cx.old.identity.join(", "),
-            cx.new.identity.join(", ")
-        ),
-        None,
-    );
+    bump_rule(cx);
     reader_rule(cx);
+}
+
+/// The `member=value` entries of an identity: where a versionless compatible
+/// string keeps its version (`render::schema::version_identity`).
+fn version_members(identity: &[String]) -> Vec<(String, u64)> {
+    identity
+        .iter()
+        .filter_map(|i| i.split_once('='))
+        .filter_map(|(at, v)| Some((at.to_string(), v.parse().ok()?)))
+        .collect()
+}
+
+/// The strings of an identity, without its version members.
+fn identity_strings(identity: &[String]) -> Vec<&str> {
+    identity
+        .iter()
+        .filter(|i| !i.contains('='))
+        .map(String::as_str)
+        .collect()
+}
+
+/// How the version changed: a new compatible string, the string turned
+/// versionless (the number moved into the data), or the number in the data.
+fn bump_rule(cx: &mut Ctx<'_>) {
+    let (old, new) = (&cx.old.identity, &cx.new.identity);
+    let (old_v, new_v) = (version_members(old), version_members(new));
+    let show = |v: &[(String, u64)]| {
+        v.iter()
+            .map(|(at, n)| format!("{at} = {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (rule, message) = if old_v.is_empty() && !new_v.is_empty() {
+        (
+            "COMPAT_VERSIONLESS",
+            format!(
+                "`{}` → versionless `{}`; the version is now {} in the data, checked by the reader",
+                identity_strings(old).join(", "),
+                identity_strings(new).join(", "),
+                show(&new_v)
+            ),
+        )
+    } else if !old_v.is_empty() && identity_strings(old) == identity_strings(new) {
+        (
+            "STRUCT_VERSION_BUMPED",
+            format!(
+                "`{}` keeps its name; version {} → {}",
+                identity_strings(new).join(", "),
+                show(&old_v),
+                show(&new_v)
+            ),
+        )
+    } else {
+        ("COMPAT_BUMPED", format!("{} → {}", old.join(", "), new.join(", ")))
+    };
+    cx.push(rule, Severity::Note, "compatible".into(), message, None);
 }
 
 /// After a bump: can the new kernel read what the old one writes?

@@ -520,7 +520,7 @@ fn check_version_const(
                 span.clone(),
                 format!("version {value} does not fit `{st}.{field}`"),
             )
-            .with_label(format!("a {bits}-bit member, not an array or bitfield"));
+            .with_label(format!("the member holds {bits} bits (and is no array or bitfield)"));
     }
 }
 

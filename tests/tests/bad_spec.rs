@@ -1203,3 +1203,57 @@ migrates_from = "v0"
         "unknown-name",
     );
 }
+
+/// `role = "version"`: an integer literal written into one unsigned member that holds it.
+#[test]
+fn version_constant_mistakes() {
+    let case = |value: &str, into: &str| {
+        format!(
+            r#"{KHO}
+[[struct]]
+name = "demo_ser"
+packed = true
+fields = [
+    {{ name = "version", type = "u8" }},
+    {{ name = "name", type = "str", len = "8" }},
+]
+
+[[const]]
+name = "DEMO_VERSION"
+{value}
+role = "version"
+into = {into}
+"#
+        )
+    };
+    bad(
+        "version_constant_too_wide",
+        &case(r#"value = "256""#, r#"["demo_ser.version"]"#),
+        "bad-into",
+    );
+    bad(
+        "version_constant_not_integer_member",
+        &case(r#"value = "1""#, r#"["demo_ser.name"]"#),
+        "bad-into",
+    );
+    bad(
+        "version_constant_no_member",
+        &case(r#"value = "1""#, "[]"),
+        "bad-into",
+    );
+    bad(
+        "version_constant_expression",
+        &case(r#"value = "1 + 1""#, r#"["demo_ser.version"]"#),
+        "const-value",
+    );
+    bad(
+        "version_constant_string",
+        &case(r#"string = "v1""#, r#"["demo_ser.version"]"#),
+        "const-value",
+    );
+    let (diags, text) = check(&[(
+        "spec/demo.toml",
+        &case(r#"value = "255""#, r#"["demo_ser.version"]"#),
+    )]);
+    assert!(!diags.has_errors(), "{text}");
+}

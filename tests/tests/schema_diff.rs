@@ -561,3 +561,67 @@ fn check_update_from_the_binary_agrees_with_the_matrix_and_with_real_updates() {
     assert_eq!(code, 2);
     assert!(err.contains("does not play kernel `5.10`"), "{err}");
 }
+
+/// The PCI FLB as this tree's kernel `next` wrote it before (`pci-v3`) and now (the
+/// versionless `"pci"` with `pci_ser.version` = 2): the diff names the change with its rule,
+/// the identity carries the version, and a layout change that keeps the version is told to
+/// bump the member, not the string.
+#[test]
+fn pci_turned_versionless() {
+    let (spec, diags) = luo_spec::model::load(&root().join("spec"));
+    assert!(!diags.has_errors());
+    let layouts = Layouts::new();
+    let (ci, comp) = spec.component("pci").expect("pci");
+    let k = spec
+        .kernels
+        .iter()
+        .find(|k| k.name == "next")
+        .expect("next");
+    let snap = |id: &str| {
+        let vi = comp
+            .versions
+            .iter()
+            .position(|v| v.id == id)
+            .expect("version");
+        snapshot(
+            Scope {
+                spec: &spec,
+                origin: Origin {
+                    comp: ci,
+                    ver: Some(vi),
+                },
+            },
+            k,
+            &layouts,
+        )
+    };
+    let (old, new) = (snap("v3"), snap("data_v2"));
+    assert_eq!(new.identity, vec!["pci", "pci_ser.version=2"]);
+    let d = diff_component(&old, &new);
+    let f = d
+        .findings
+        .iter()
+        .find(|f| f.rule == "COMPAT_VERSIONLESS")
+        .unwrap_or_else(|| panic!("{:?}", d.findings));
+    assert!(
+        f.message.contains("`pci-v3`") && f.message.contains("pci_ser.version = 2"),
+        "{}",
+        f.message
+    );
+    // next declares it no longer reads pci-v3.
+    assert!(d.findings.iter().any(|f| f.rule == "READER_REMOVAL_DECLARED"));
+    // The corpus case that keeps the version: the fix names the member.
+    let dir = root().join("tests/schema/kho_struct_version_not_bumped");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect("case");
+    let d = diff_component(
+        &snapshot_of(&read("old.toml"), "old", &[], &[]),
+        &snapshot_of(&read("new.toml"), "new", &[], &[]),
+    );
+    let fix = d
+        .findings
+        .iter()
+        .find(|f| f.rule == "COMPAT_NOT_BUMPED")
+        .and_then(|f| f.fix.clone())
+        .expect("a fix");
+    assert!(fix.contains("`demo_ser.version` from 1 to 2"), "{fix}");
+}

@@ -2,9 +2,9 @@
 //! HugeTLB memfds (`huge-memfd-v1`, here) and guest_memfd (`guest_memfd_luo_v1`,
 //! [`crate::guest_memfd`], HugeTLB-backed or not).
 //!
-//! The pools (per huge page size: pages, free pages, pages of preserved files) are handed over
-//! as `struct hugetlb_ser` (spec `hugetlb/v1`) in one of two forms, chosen at [`register`]
-//! (at run time, per kernel):
+//! The pools' preserved pages (per huge page size: the pages of preserved files) are handed
+//! over as `struct hugetlb_ser` (spec `hugetlb/v1`, as posted) in one of two forms, chosen at
+//! [`register`] (at run time, per kernel):
 //!
 //! * [`Form::Flb`] — upstream's RFC: the FLB `"hugetlb-v1"` ([`HugetlbFlb`],
 //!   `#[liveupdate_flb]`), linked to both handlers at registration
@@ -19,6 +19,10 @@
 //!   frozen on the reboot path after the files, booted when it registers in the new kernel
 //!   (before any file is retrieved, so the free pages are back in the pool), finished after the
 //!   last incoming session.
+//!
+//! The new kernel counts the handed-over pages into its pools, held for the files they belong
+//! to; the rest of a pool (its free pages) is the new kernel's own configuration
+//! ([`Hugetlb::configure`]), as upstream sizes the boot-time pool minus the preserved pages.
 //!
 //! The pools are counts per size; a file's pages are taken from its pool when it is created and
 //! are real folios of the KHO model ([`crate::pages`]), listed in the file's handed-over folio
@@ -41,10 +45,11 @@ use luo_abi::kho::KhoService;
 use luo_abi::registry::Registry;
 use luo_abi::{Errno, PAGE_SIZE, PhysAddr, Result};
 use luo_derive::{liveupdate_flb, liveupdate_handler, liveupdate_subsystem};
+use luo_generated::hugetlb::hugemfd_folio_ser;
 use luo_generated::hugetlb::v1::{
-    HUGEMFD_LUO_FH_COMPATIBLE, HUGETLB_LUO_FLB_COMPATIBLE, hugemfd_ser, hugetlb_ser,
+    HUGEMFD_LUO_FH_COMPATIBLE, HUGETLB_FLB_COMPATIBLE, hugemfd_ser, hugetlb_hstate_ser,
+    hugetlb_ser,
 };
-use luo_generated::hugetlb::{hugemfd_folio_ser, hugetlb_hstate_ser};
 use zerocopy::FromZeros;
 
 use crate::folio_array::FolioArray;
@@ -133,21 +138,32 @@ impl Hugetlb {
         self.pools.lock().clone()
     }
 
-    /// Sets the pool of `order` to `nr` free pages (`nr_hugepages`); `EINVAL` for order 0 or
-    /// above 18.
+    /// Sets the pool of `order` to `nr` pages (`nr_hugepages`): the pages held for incoming
+    /// files count among them (upstream allocates the boot-time pool minus the preserved
+    /// pages), the rest are free. `EINVAL` for order 0 or above 18, or fewer pages than are
+    /// held.
     pub fn configure(&self, order: u32, nr: u64) -> Result {
         if order == 0 || order > MAX_ORDER {
             return Err(Errno::EINVAL);
         }
-        self.pools.lock().pools.insert(
+        let mut s = self.pools.lock();
+        let held = s.pools.get(&order).map_or(0, |p| p.held_incoming);
+        let free = nr.checked_sub(held).ok_or(Errno::EINVAL)?;
+        s.pools.insert(
             order,
             Pool {
                 total: nr,
-                free: nr,
-                held_incoming: 0,
+                free,
+                held_incoming: held,
             },
         );
         Ok(())
+    }
+
+    /// In the FLB form, the address of the outgoing `struct hugetlb_ser`, once a file that
+    /// uses the pools is preserved.
+    pub fn outgoing_data(&self) -> Option<u64> {
+        self.flb.as_ref()?.outgoing_data().map(PhysAddr::as_u64)
     }
 
     /// The host of the kernel these pools belong to.
@@ -247,38 +263,40 @@ impl Hugetlb {
     }
 }
 
+/// The handed-over state: for every pool (at most `HUGETLB_SER_MAX_HSTATES`, as upstream's
+/// `for_each_hstate`), its order and the pages of preserved files.
 fn snapshot(s: &State) -> hugetlb_ser {
     let mut ser = hugetlb_ser::new_zeroed();
-    for (i, (order, p)) in s.pools.iter().take(ser.hstates.len()).enumerate() {
+    for (i, order) in s.pools.keys().take(ser.hstates.len()).enumerate() {
         ser.hstates[i] = hugetlb_hstate_ser {
-            order: *order,
-            flags: 0,
-            nr_huge_pages: p.total,
-            free_huge_pages: p.free,
-            nr_preserved: s.preserved.get(order).copied().unwrap_or(0),
+            nr_pages: s.preserved.get(order).copied().unwrap_or(0),
+            // `configure` keeps orders at most 18.
+            order: *order as u8,
         };
-        ser.nr_hstates = i as u64 + 1;
+        ser.nr_hstates = i as u8 + 1;
     }
     ser
 }
 
-/// Rebuilds the pools from handed-over data: every page comes back, those of preserved files
-/// held for them, the rest free. `EINVAL` (and no change) for a count that does not fit.
+/// Counts handed-over pages into the pools, held for the files they belong to. `EINVAL`
+/// (and no change) for more entries than the array, an order this kernel has no huge pages
+/// of, a size given twice, or a count that does not fit.
 fn rebuild(s: &mut State, ser: &hugetlb_ser) -> Result {
-    let n = usize::try_from(ser.nr_hstates).map_err(|_| Errno::EINVAL)?;
     let hstates = ser.hstates;
-    let hstates = hstates.get(..n).ok_or(Errno::EINVAL)?;
+    let hstates = hstates
+        .get(..usize::from(ser.nr_hstates))
+        .ok_or(Errno::EINVAL)?;
     let mut pools = s.pools.clone();
+    let mut seen = BTreeSet::new();
     for h in hstates {
-        let (total, held) = (h.nr_huge_pages, h.nr_preserved);
-        if held > total {
+        let order = u32::from(h.order);
+        if order == 0 || order > MAX_ORDER || !seen.insert(order) {
             return Err(Errno::EINVAL);
         }
-        let p = pools.entry(h.order).or_default();
+        let p = pools.entry(order).or_default();
         let add = |a: u64, b: u64| a.checked_add(b).ok_or(Errno::EINVAL);
-        p.total = add(p.total, total)?;
-        p.free = add(p.free, total - held)?;
-        p.held_incoming = add(p.held_incoming, held)?;
+        p.total = add(p.total, h.nr_pages)?;
+        p.held_incoming = add(p.held_incoming, h.nr_pages)?;
     }
     s.pools = pools;
     Ok(())
@@ -295,7 +313,7 @@ pub struct HugetlbFlb {
 
 const _: () = assert!(luo_abi::abi::str_eq(
     <HugetlbFlb as luo_abi::global::FlbAbi>::COMPATIBLE,
-    HUGETLB_LUO_FLB_COMPATIBLE
+    HUGETLB_FLB_COMPATIBLE
 ));
 
 #[liveupdate_flb]

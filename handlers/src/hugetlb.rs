@@ -47,8 +47,7 @@ use luo_abi::{Errno, PAGE_SIZE, PhysAddr, Result};
 use luo_derive::{liveupdate_flb, liveupdate_handler, liveupdate_subsystem};
 use luo_generated::hugetlb::hugemfd_folio_ser;
 use luo_generated::hugetlb::v1::{
-    HUGEMFD_LUO_FH_COMPATIBLE, HUGETLB_FLB_COMPATIBLE, hugemfd_ser, hugetlb_hstate_ser,
-    hugetlb_ser,
+    HUGEMFD_LUO_FH_COMPATIBLE, HUGETLB_FLB_COMPATIBLE, hugemfd_ser, hugetlb_hstate_ser, hugetlb_ser,
 };
 use zerocopy::FromZeros;
 

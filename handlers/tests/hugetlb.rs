@@ -178,7 +178,11 @@ fn huge_memfd_and_hugetlb_guest_memfd_both_forms() {
             "{form:?}"
         );
         // The new kernel's nr_hugepages counts them: 3 more pages, free.
-        assert_eq!(ht.configure(ORDER, 4), Err(Errno::EINVAL), "fewer than held");
+        assert_eq!(
+            ht.configure(ORDER, 4),
+            Err(Errno::EINVAL),
+            "fewer than held"
+        );
         ht.configure(ORDER, 8).unwrap();
         assert_eq!(
             pool(&ht),

@@ -189,7 +189,9 @@ fn pci_refcounts_and_errors() {
     let data = k.d.pci.outgoing_data().unwrap();
     assert_eq!(pci::decode(&*kho(&k), data).unwrap(), want);
     let mut head = [0u8; 16];
-    kho(&k).read(luo_abi::PhysAddr::new(data), &mut head).unwrap();
+    kho(&k)
+        .read(luo_abi::PhysAddr::new(data), &mut head)
+        .unwrap();
     let word = |i: usize| u32::from_ne_bytes(head[i..i + 4].try_into().unwrap());
     assert_eq!((word(0), word(4)), (2, 6), "version 2, six entries in use");
     assert_eq!(
@@ -647,7 +649,9 @@ fn pci_chain_spans_blocks_and_bad_chains_are_refused() {
                 .add_device(1, 0x1000 + i, None, PciKind::Endpoint)
                 .unwrap();
         }
-        k.d.pci.add_device(1, 0x0800, None, PciKind::Endpoint).unwrap();
+        k.d.pci
+            .add_device(1, 0x0800, None, PciKind::Endpoint)
+            .unwrap();
         let dev = k.open_dev().unwrap();
         let s = k.create_session(dev, "vm").unwrap();
         for i in 0..=per as u16 {
@@ -674,7 +678,10 @@ fn pci_chain_spans_blocks_and_bad_chains_are_refused() {
     let k = many(&|k, data| {
         let free = kho(k).alloc_folio(0).unwrap();
         kho(k)
-            .write(luo_abi::PhysAddr::new(data + 8), &free.as_u64().to_ne_bytes())
+            .write(
+                luo_abi::PhysAddr::new(data + 8),
+                &free.as_u64().to_ne_bytes(),
+            )
             .unwrap();
     });
     assert_eq!(k.d.pci.get_incoming().err(), Some(Errno::EINVAL));
@@ -704,7 +711,11 @@ fn vfio_record_carries_reset_works_and_the_iommufd_token() {
     k.preserve_fd(s, ifd, 42).unwrap();
     let d = VfioDevice::new(0, EP_A, HW);
     d.attach_file(file(&k, ifd), h).unwrap();
-    assert_eq!(d.attach_file(file(&k, m), h), Err(Errno::EINVAL), "not an iommufd");
+    assert_eq!(
+        d.attach_file(file(&k, m), h),
+        Err(Errno::EINVAL),
+        "not an iommufd"
+    );
     let a = vfio_pci::open(d, |kind, name, p| k.open_synthetic(kind, name, p)).unwrap();
     k.preserve_fd(s, a, 3).unwrap();
     let mut b = VfioDevice::new(0, EP_B, HW);

@@ -520,7 +520,9 @@ fn check_version_const(
                 span.clone(),
                 format!("version {value} does not fit `{st}.{field}`"),
             )
-            .with_label(format!("the member holds {bits} bits (and is no array or bitfield)"));
+            .with_label(format!(
+                "the member holds {bits} bits (and is no array or bitfield)"
+            ));
     }
 }
 

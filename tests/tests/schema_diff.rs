@@ -609,7 +609,11 @@ fn pci_turned_versionless() {
         f.message
     );
     // next declares it no longer reads pci-v3.
-    assert!(d.findings.iter().any(|f| f.rule == "READER_REMOVAL_DECLARED"));
+    assert!(
+        d.findings
+            .iter()
+            .any(|f| f.rule == "READER_REMOVAL_DECLARED")
+    );
     // The corpus case that keeps the version: the fix names the member.
     let dir = root().join("tests/schema/kho_struct_version_not_bumped");
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect("case");

@@ -436,7 +436,10 @@ fn handover(cx: &mut Ctx<'_>, facts: &[Fact]) {
                 "COMPAT_NOT_BUMPED",
                 Severity::Error,
                 "compatible".into(),
-                format!("{layout_changes} layout change(s) but the compatible string is still `{}`", cx.old.identity.join(", ")),
+                format!(
+                    "{layout_changes} layout change(s) but the compatible string is still `{}`",
+                    cx.old.identity.join(", ")
+                ),
                 Some(fix),
             );
         }
@@ -497,7 +500,10 @@ fn bump_rule(cx: &mut Ctx<'_>) {
             ),
         )
     } else {
-        ("COMPAT_BUMPED", format!("{} → {}", old.join(", "), new.join(", ")))
+        (
+            "COMPAT_BUMPED",
+            format!("{} → {}", old.join(", "), new.join(", ")),
+        )
     };
     cx.push(rule, Severity::Note, "compatible".into(), message, None);
 }

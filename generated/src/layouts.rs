@@ -24,7 +24,7 @@ pub static STRUCTS: &[StructInfo] = &[
     StructInfo { path: "hugetlb::v1::hugetlb_hstate_ser", size: core::mem::size_of::<crate::hugetlb::v1::hugetlb_hstate_ser>(), align: core::mem::align_of::<crate::hugetlb::v1::hugetlb_hstate_ser>(), fields: &[("nr_pages", core::mem::offset_of!(crate::hugetlb::v1::hugetlb_hstate_ser, nr_pages)), ("order", core::mem::offset_of!(crate::hugetlb::v1::hugetlb_hstate_ser, order)), ] },
     StructInfo { path: "hugetlb::v1::hugetlb_ser", size: core::mem::size_of::<crate::hugetlb::v1::hugetlb_ser>(), align: core::mem::align_of::<crate::hugetlb::v1::hugetlb_ser>(), fields: &[("hstates", core::mem::offset_of!(crate::hugetlb::v1::hugetlb_ser, hstates)), ("nr_hstates", core::mem::offset_of!(crate::hugetlb::v1::hugetlb_ser, nr_hstates)), ] },
     StructInfo { path: "hugetlb::v1::hugemfd_ser", size: core::mem::size_of::<crate::hugetlb::v1::hugemfd_ser>(), align: core::mem::align_of::<crate::hugetlb::v1::hugemfd_ser>(), fields: &[("size", core::mem::offset_of!(crate::hugetlb::v1::hugemfd_ser, size)), ("pos", core::mem::offset_of!(crate::hugetlb::v1::hugemfd_ser, pos)), ("nr_folios", core::mem::offset_of!(crate::hugetlb::v1::hugemfd_ser, nr_folios)), ("folios", core::mem::offset_of!(crate::hugetlb::v1::hugemfd_ser, folios)), ("order", core::mem::offset_of!(crate::hugetlb::v1::hugemfd_ser, order)), ] },
-    StructInfo { path: "iommu::iommu_hdr_ser", size: core::mem::size_of::<crate::iommu::iommu_hdr_ser>(), align: core::mem::align_of::<crate::iommu::iommu_hdr_ser>(), fields: &[("ref_count", core::mem::offset_of!(crate::iommu::iommu_hdr_ser, ref_count)), ("flags", core::mem::offset_of!(crate::iommu::iommu_hdr_ser, flags)), ] },
+    StructInfo { path: "iommu::iommu_hdr_ser", size: core::mem::size_of::<crate::iommu::iommu_hdr_ser>(), align: core::mem::align_of::<crate::iommu::iommu_hdr_ser>(), fields: &[("ref_count", core::mem::offset_of!(crate::iommu::iommu_hdr_ser, ref_count)), ("deleted", core::mem::offset_of!(crate::iommu::iommu_hdr_ser, bitfield_4)), ] },
     StructInfo { path: "iommu::iommu_domain_ser", size: core::mem::size_of::<crate::iommu::iommu_domain_ser>(), align: core::mem::align_of::<crate::iommu::iommu_domain_ser>(), fields: &[("hdr", core::mem::offset_of!(crate::iommu::iommu_domain_ser, hdr)), ("top_table_phys", core::mem::offset_of!(crate::iommu::iommu_domain_ser, top_table_phys)), ("top_level", core::mem::offset_of!(crate::iommu::iommu_domain_ser, top_level)), ("vasz", core::mem::offset_of!(crate::iommu::iommu_domain_ser, vasz)), ("sign_extend", core::mem::offset_of!(crate::iommu::iommu_domain_ser, bitfield_28)), ("reserved_restored_domain", core::mem::offset_of!(crate::iommu::iommu_domain_ser, reserved_restored_domain)), ] },
     StructInfo { path: "iommu::iommu_dev_map_ser", size: core::mem::size_of::<crate::iommu::iommu_dev_map_ser>(), align: core::mem::align_of::<crate::iommu::iommu_dev_map_ser>(), fields: &[("attachment_id", core::mem::offset_of!(crate::iommu::iommu_dev_map_ser, attachment_id)), ("domain_phys", core::mem::offset_of!(crate::iommu::iommu_dev_map_ser, domain_phys)), ("iommu_phys", core::mem::offset_of!(crate::iommu::iommu_dev_map_ser, iommu_phys)), ] },
     StructInfo { path: "iommu::iommu_device_intel_ser", size: core::mem::size_of::<crate::iommu::iommu_device_intel_ser>(), align: core::mem::align_of::<crate::iommu::iommu_device_intel_ser>(), fields: &[("pasid_table", core::mem::offset_of!(crate::iommu::iommu_device_intel_ser, pasid_table)), ("max_pasid", core::mem::offset_of!(crate::iommu::iommu_device_intel_ser, max_pasid)), ] },
@@ -102,6 +102,7 @@ pub type Probe = fn(&mut [u8]) -> usize;
 /// Bitfield probes by struct path.
 pub static BITFIELD_PROBES: &[(&str, Probe)] = &[
     ("hugetlb::hugemfd_folio_ser", probe_hugetlb_hugemfd_folio_ser),
+    ("iommu::iommu_hdr_ser", probe_iommu_iommu_hdr_ser),
     ("iommu::iommu_domain_ser", probe_iommu_iommu_domain_ser),
     ("kvm::guest_memfd_luo_folio_ser", probe_kvm_guest_memfd_luo_folio_ser),
     ("memfd::memfd_luo_folio_ser", probe_memfd_memfd_luo_folio_ser),
@@ -113,6 +114,19 @@ pub fn probe_hugetlb_hugemfd_folio_ser(out: &mut [u8]) -> usize {
     let mut s = <crate::hugetlb::hugemfd_folio_ser as zerocopy::FromZeros>::new_zeroed();
     s.set_pfn(0x396e15a3c691f);
     s.set_reserved(0x91f);
+    let bytes = s.as_bytes();
+    let n = bytes.len().min(out.len());
+    out[..n].copy_from_slice(&bytes[..n]);
+    bytes.len()
+}
+
+/// Bitfield probe for `iommu::iommu_hdr_ser`: every bitfield set to `probe_value(width)`.
+pub fn probe_iommu_iommu_hdr_ser(out: &mut [u8]) -> usize {
+    use zerocopy::IntoBytes;
+    let mut s = <crate::iommu::iommu_hdr_ser as zerocopy::FromZeros>::new_zeroed();
+    s.set_deleted(1);
+    s.set_incoming(1);
+    s.set_reserved(0x1a3c691f);
     let bytes = s.as_bytes();
     let n = bytes.len().min(out.len());
     out[..n].copy_from_slice(&bytes[..n]);

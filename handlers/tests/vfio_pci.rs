@@ -17,7 +17,6 @@ use luo_abi::Errno;
 use luo_abi::file::{File, FileRef};
 use luo_abi::kho::KhoService;
 use luo_core::{BootOptions, Handover, Kernel, KernelVersion};
-use luo_generated::iommu::IOMMU_SER_FLAG_DELETED;
 use luo_handlers::iommu::{self, FlbCalls, HwUnit, Kho};
 use luo_handlers::iommufd::{self, Iommufd, REQUIRED_SEALS};
 use luo_handlers::pci::{self, PciAddr, PciKind};
@@ -452,7 +451,7 @@ fn unpreserve_on_close_releases_iommu_and_pci_entries() {
     k.close(s2).unwrap();
     let out = iommu::decode(&*kho(&k), data).unwrap();
     assert_eq!(out.devices.len(), 2, "slots are never reused");
-    assert_eq!(out.devices[1].flags, IOMMU_SER_FLAG_DELETED as u32);
+    assert!(out.devices[1].deleted);
     assert_eq!(out.hws[0].ref_count, 1, "B's reference on the unit dropped");
     assert_eq!(out.domains[0].ref_count, 2);
     assert_eq!(k.d.pci.outgoing()[&(0, SW)], 1);
@@ -526,16 +525,16 @@ fn a_domain_outlives_its_iommufd_while_a_device_uses_it() {
     let data = k.d.iommu.outgoing_data().unwrap();
     let flags = |i: usize| {
         let d = &iommu::decode(&*kho(&k), data).unwrap().domains[i];
-        (d.ref_count, d.flags)
+        (d.ref_count, d.deleted)
     };
-    assert_eq!(flags(0), (2, 0));
+    assert_eq!(flags(0), (2, false));
     // iommufd 1 unpreserved: its HWPT's reference goes, B's keeps the domain.
     k.close(s1).unwrap();
-    assert_eq!(flags(0), (1, 0));
+    assert_eq!(flags(0), (1, false));
     // B unpreserved: the domain is gone (iommufd 2 keeps the FLB alive).
     k.close(s3).unwrap();
-    assert_eq!(flags(0), (0, IOMMU_SER_FLAG_DELETED as u32));
-    assert_eq!(flags(1), (1, 0));
+    assert_eq!(flags(0), (0, true));
+    assert_eq!(flags(1), (1, false));
     // Across the kexec nothing of it is left behind: once iommufd 2 is finished, every
     // page the old kernel preserved has been claimed.
     let k = boot(Some(k.kexec().unwrap()), CanFinish::Upstream);

@@ -4,8 +4,8 @@ use luo_abi::kho::{KhoExt, KhoService};
 use luo_abi::{Errno, Phys, PhysAddr};
 use luo_generated::iommu::v1::iommu_flb_ser;
 use luo_generated::iommu::{
-    IOMMU_DEVICE_ARRAY_NR, IOMMU_DOMAIN_ARRAY_NR, IOMMU_HW_ARRAY_NR, IOMMU_SER_FLAG_DELETED,
-    iommu_array_hdr_ser, iommu_device_ser, iommu_domain_ser, iommu_hw_ser, iommu_intel_ser,
+    IOMMU_DEVICE_ARRAY_NR, IOMMU_DOMAIN_ARRAY_NR, IOMMU_HW_ARRAY_NR, iommu_array_hdr_ser,
+    iommu_device_ser, iommu_domain_ser, iommu_hdr_ser, iommu_hw_ser, iommu_intel_ser,
 };
 use zerocopy::FromBytes;
 
@@ -20,8 +20,10 @@ pub struct IncomingHw {
     pub phys: u64,
     /// `hdr`.
     pub ref_count: u32,
-    /// `hdr.flags`.
-    pub flags: u32,
+    /// `hdr.deleted`.
+    pub deleted: bool,
+    /// `hdr.incoming`.
+    pub incoming: bool,
     /// `token`.
     pub token: u64,
     /// `type` (`enum iommu_type_ser`).
@@ -39,8 +41,10 @@ pub struct IncomingDomain {
     pub phys: u64,
     /// `hdr.ref_count`.
     pub ref_count: u32,
-    /// `hdr.flags`.
-    pub flags: u32,
+    /// `hdr.deleted`.
+    pub deleted: bool,
+    /// `hdr.incoming`.
+    pub incoming: bool,
     /// `top_table_phys`.
     pub top_table_phys: u64,
     /// `top_level`.
@@ -56,8 +60,10 @@ pub struct IncomingDomain {
 pub struct IncomingDevice {
     /// `hdr.ref_count`.
     pub ref_count: u32,
-    /// `hdr.flags`.
-    pub flags: u32,
+    /// `hdr.deleted`.
+    pub deleted: bool,
+    /// `hdr.incoming`.
+    pub incoming: bool,
     /// `pci_domain_nr`.
     pub pci_domain: u32,
     /// `devid`.
@@ -109,8 +115,13 @@ pub(super) fn chain_slots(
     Ok((slots, pages))
 }
 
-pub(super) fn is_live(flags: u32) -> bool {
-    flags & IOMMU_SER_FLAG_DELETED as u32 == 0
+/// A header's `deleted` and `incoming` bits; `EINVAL` when a reserved bit is set (no kernel
+/// writes one, so the header is not what this kernel reads).
+fn state_bits(h: iommu_hdr_ser) -> Result<(bool, bool), Errno> {
+    if h.reserved() != 0 {
+        return Err(Errno::EINVAL);
+    }
+    Ok((h.deleted() != 0, h.incoming() != 0))
 }
 
 /// Reads an `iommu_flb_ser` and its three chains from memory, changing nothing (also used to
@@ -134,11 +145,13 @@ pub fn decode(kho: &dyn KhoService, data: u64) -> Result<Incoming, Errno> {
     inc.pages.extend(pages);
     for phys in slots {
         let h: iommu_hw_ser = kho.read_obj(Phys::new(PhysAddr::new(phys)))?;
+        let (deleted, incoming) = state_bits(h.hdr)?;
         let intel = iommu_intel_ser::read_from_bytes(&h.arch).map_err(|_| Errno::EINVAL)?;
         inc.hws.push(IncomingHw {
             phys,
             ref_count: h.hdr.ref_count,
-            flags: h.hdr.flags,
+            deleted,
+            incoming,
             token: h.token,
             hw_type: h.hw_type,
             root_table: intel.root_table,
@@ -154,10 +167,12 @@ pub fn decode(kho: &dyn KhoService, data: u64) -> Result<Incoming, Errno> {
     inc.pages.extend(pages);
     for phys in slots {
         let d: iommu_domain_ser = kho.read_obj(Phys::new(PhysAddr::new(phys)))?;
+        let (deleted, incoming) = state_bits(d.hdr)?;
         inc.domains.push(IncomingDomain {
             phys,
             ref_count: d.hdr.ref_count,
-            flags: d.hdr.flags,
+            deleted,
+            incoming,
             top_table_phys: d.top_table_phys,
             top_level: d.top_level,
             vasz: d.vasz,
@@ -173,9 +188,11 @@ pub fn decode(kho: &dyn KhoService, data: u64) -> Result<Incoming, Errno> {
     inc.pages.extend(pages);
     for phys in slots {
         let d: iommu_device_ser = kho.read_obj(Phys::new(PhysAddr::new(phys)))?;
+        let (deleted, incoming) = state_bits(d.hdr)?;
         inc.devices.push(IncomingDevice {
             ref_count: d.hdr.ref_count,
-            flags: d.hdr.flags,
+            deleted,
+            incoming,
             pci_domain: d.pci_domain_nr,
             devid: d.devid,
             attachment_id: d.dev_map.attachment_id,
@@ -194,14 +211,10 @@ pub(super) fn read_incoming(kho: &dyn KhoService, data: u64) -> Result<Incoming,
     for p in &inc.pages {
         kho.restore_folio(PhysAddr::new(*p))?;
     }
-    for h in inc
-        .hws
-        .iter()
-        .filter(|h| is_live(h.flags) && h.root_table != 0)
-    {
+    for h in inc.hws.iter().filter(|h| !h.deleted && h.root_table != 0) {
         kho.restore_free(PhysAddr::new(h.root_table))?;
     }
-    for d in inc.domains.iter().filter(|d| is_live(d.flags)) {
+    for d in inc.domains.iter().filter(|d| !d.deleted) {
         kho.restore_folio(PhysAddr::new(d.top_table_phys))?;
     }
     Ok(inc)

@@ -7,7 +7,7 @@
 //! never reused, a full page chains to a new one (`iommu_array_hdr_ser.next_array_phys`), a
 //! new object starts with `ref_count` 1, a hardware unit is written once and every further
 //! device behind it bumps its `ref_count`, and undoing a preservation sets
-//! `IOMMU_SER_FLAG_DELETED` in the slot. Every write goes to KHO-preserved pages, and the new
+//! `deleted` in the slot's header. Every write goes to KHO-preserved pages, and the new
 //! kernel reads the chains back from those pages ([`Incoming`]).
 //!
 //! Upstream's `iommu_domain_ser.restored_domain` is a kernel pointer; the spec models it as
@@ -35,7 +35,7 @@ pub use outgoing::{
 };
 
 use domain::alloc_domain;
-use incoming::{is_live, read_incoming};
+use incoming::read_incoming;
 use outgoing::{Out, update_hdr};
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,8 +48,8 @@ use luo_abi::registry::Registry;
 use luo_abi::sync::StdBackend;
 use luo_abi::{Errno, PAGE_SIZE, Phys, PhysAddr};
 use luo_derive::liveupdate_flb;
+use luo_generated::iommu::iommu_domain_ser;
 use luo_generated::iommu::v1::iommu_flb_ser;
-use luo_generated::iommu::{IOMMU_SER_FLAG_INCOMING, iommu_domain_ser};
 
 /// A kernel's KHO as a shared handle (what tests get from a kernel).
 pub type Kho = Arc<dyn KhoService + Send + Sync>;
@@ -151,7 +151,7 @@ impl FlbState for IommuFlb {
         let inc = std::mem::take(&mut *lock(&obj.0));
         // Domains nobody rebuilt: their page tables go back to the allocator.
         for d in &inc.domains {
-            if !d.restored && is_live(d.flags) {
+            if !d.restored && !d.deleted {
                 let _ = kho.free_folio(PhysAddr::new(d.top_table_phys), 0);
             }
         }
@@ -240,7 +240,7 @@ impl Iommu {
 
     /// Rebuilds a domain from the incoming FLB (the RFC's restore by `domain_data`): the page
     /// table the previous kernel left becomes a domain of this kernel, and the slot is flagged
-    /// `IOMMU_SER_FLAG_INCOMING`. `ENOENT` if no live domain is at `phys`, `EBUSY` if it was
+    /// `incoming`. `ENOENT` if no live domain is at `phys`, `EBUSY` if it was
     /// already rebuilt. Takes and drops an incoming FLB reference.
     pub fn restore_domain(&self, phys: u64) -> Result<Domain, Errno> {
         let g = self.flb.get_incoming()?;
@@ -248,16 +248,14 @@ impl Iommu {
         let d = inc
             .domains
             .iter_mut()
-            .find(|d| d.phys == phys && is_live(d.flags))
+            .find(|d| d.phys == phys && !d.deleted)
             .ok_or(Errno::ENOENT)?;
         if d.restored {
             return Err(Errno::EBUSY);
         }
-        update_hdr(self.kho(), phys, |h| {
-            h.flags |= IOMMU_SER_FLAG_INCOMING as u32
-        })?;
+        update_hdr(self.kho(), phys, |h| h.set_incoming(1))?;
         d.restored = true;
-        d.flags |= IOMMU_SER_FLAG_INCOMING as u32;
+        d.incoming = true;
         Ok(Domain {
             id: self.flb.flb().next_domain.fetch_add(1, Ordering::Relaxed),
             top_table: d.top_table_phys,

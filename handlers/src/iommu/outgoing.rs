@@ -9,8 +9,8 @@ use luo_abi::{Errno, PAGE_SIZE, Phys, PhysAddr};
 use luo_generated::iommu::v1::iommu_flb_ser;
 use luo_generated::iommu::{
     IOMMU_DEVICE_ARRAY_NR, IOMMU_DOMAIN_ARRAY_NR, IOMMU_HW_ARRAY_NR, IOMMU_INTEL,
-    IOMMU_SER_FLAG_DELETED, iommu_array_hdr_ser, iommu_dev_map_ser, iommu_device_intel_ser,
-    iommu_device_ser, iommu_domain_ser, iommu_hdr_ser, iommu_hw_ser, iommu_intel_ser,
+    iommu_array_hdr_ser, iommu_dev_map_ser, iommu_device_intel_ser, iommu_device_ser,
+    iommu_domain_ser, iommu_hdr_ser, iommu_hw_ser, iommu_intel_ser,
 };
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes};
 
@@ -99,14 +99,21 @@ pub(super) fn update_hdr(
 
 pub(super) fn deleted(h: &mut iommu_hdr_ser) {
     h.ref_count = 0;
-    h.flags |= IOMMU_SER_FLAG_DELETED as u32;
+    h.set_deleted(1);
+}
+
+/// The header of a new object: one user, no state bit.
+fn new_hdr() -> iommu_hdr_ser {
+    let mut h = iommu_hdr_ser::new_zeroed();
+    h.ref_count = 1;
+    h
 }
 
 pub(super) fn release(h: &mut iommu_hdr_ser) {
     let n = h.ref_count.saturating_sub(1);
     h.ref_count = n;
     if n == 0 {
-        h.flags |= IOMMU_SER_FLAG_DELETED as u32;
+        h.set_deleted(1);
     }
 }
 
@@ -218,10 +225,7 @@ pub fn iommu_preserve_domain(
             return Err(Errno::EBUSY);
         }
         let mut ser = iommu_domain_ser {
-            hdr: iommu_hdr_ser {
-                ref_count: 1,
-                flags: 0,
-            },
+            hdr: new_hdr(),
             top_table_phys: d.top_table,
             top_level: d.top_level,
             vasz: d.vasz,
@@ -244,7 +248,7 @@ pub fn iommu_preserve_domain(
 }
 
 /// `iommu_unpreserve_domain`: drops the HWPT's reference; the last one marks the slot
-/// `IOMMU_SER_FLAG_DELETED` and unpreserves the page table.
+/// `deleted` and unpreserves the page table.
 pub fn iommu_unpreserve_domain(flb: &FlbCell<IommuFlb>, kho: &dyn KhoService, d: &Domain) {
     let _ = with_out(flb, |out| {
         release_domain(out, kho, d.id);
@@ -289,10 +293,7 @@ pub fn iommu_preserve_device(
         if new_hw {
             let root = kho.alloc_preserve(PAGE_SIZE)?.as_u64();
             let mut ser = iommu_hw_ser {
-                hdr: iommu_hdr_ser {
-                    ref_count: 1,
-                    flags: 0,
-                },
+                hdr: new_hdr(),
                 token: dev.hw.token,
                 hw_type: u64::from(IOMMU_INTEL),
                 arch: [0; 88],
@@ -322,10 +323,7 @@ pub fn iommu_preserve_device(
         let hw = out.hws.get_mut(&dev.hw.token).ok_or(Errno::EINVAL)?;
         let hw_slot = hw.slot;
         let ser = iommu_device_ser {
-            hdr: iommu_hdr_ser {
-                ref_count: 1,
-                flags: 0,
-            },
+            hdr: new_hdr(),
             devid: u32::from(dev.devid),
             pci_domain_nr: dev.pci_domain,
             dev_map: iommu_dev_map_ser {

@@ -54,6 +54,13 @@ pub enum Fact {
         old: String,
         new: String,
     },
+    /// A member became bitfields of its own type sharing its storage unit (a `u32 flags`
+    /// declared as `u32 deleted:1, incoming:1, …`): the same bytes under new names.
+    FieldSplitIntoBits {
+        strukt: String,
+        old: String,
+        new: Vec<String>,
+    },
     /// A reserved member was given a meaning (same place and size).
     ReservedConsumed {
         strukt: String,
@@ -197,7 +204,9 @@ impl Fact {
             | FieldSize { strukt, field, .. }
             | Bitfield { strukt, field, .. }
             | FieldFeature { strukt, field, .. } => format!("{strukt}.{field}"),
-            FieldRenamed { strukt, old, .. } | ReservedConsumed { strukt, old, .. } => {
+            FieldRenamed { strukt, old, .. }
+            | ReservedConsumed { strukt, old, .. }
+            | FieldSplitIntoBits { strukt, old, .. } => {
                 format!("{strukt}.{old}")
             }
             ConstantChanged { name, .. } | ConstantAdded { name } | ConstantRemoved { name } => {
@@ -400,6 +409,30 @@ fn diff_struct(o: &StructSnapshot, n: &StructSnapshot, facts: &mut Vec<Fact>) {
                 && f.size == osize
                 && f.bits == obits
         });
+        // Declared as bitfields of its own type in the same unit: the same bytes.
+        let bits_in_unit: Vec<String> = nl
+            .fields
+            .iter()
+            .filter(|f| {
+                obits.is_none()
+                    && f.bits.is_some()
+                    && f.offset == ooff
+                    && f.size == osize
+                    && !old_names.contains(&f.name.as_str())
+                    && !matched_new.contains(&f.name)
+                    && om.as_ref().zip(member(n, &f.name)).is_some_and(|(o, m)| o.ty == m.ty)
+            })
+            .map(|f| f.name.clone())
+            .collect();
+        if same_place.is_none() && !bits_in_unit.is_empty() {
+            matched_new.extend(bits_in_unit.iter().cloned());
+            facts.push(Fact::FieldSplitIntoBits {
+                strukt: strukt.clone(),
+                old: name.to_string(),
+                new: bits_in_unit,
+            });
+            continue;
+        }
         match (same_place, &om) {
             (Some(f), Some(om)) if om.reserved => {
                 matched_new.insert(f.name.clone());

@@ -106,6 +106,10 @@ pub const RULES: &[(&str, &str)] = &[
     ),
     ("BITFIELD_CHANGED", "a bitfield's position or width changed"),
     (
+        "FIELD_SPLIT_INTO_BITS",
+        "a member was declared as bitfields of its type in its own unit (source change only)",
+    ),
+    (
         "RESERVED_CONSUMED",
         "a reserved must-be-zero member was given a meaning",
     ),
@@ -324,6 +328,13 @@ fn common_facts(cx: &mut Ctx<'_>, f: &Fact) -> bool {
             Severity::Compatible,
             f.subject(),
             format!("renamed `{old}` → `{new}` (same offset, size and type)"),
+            None,
+        ),
+        FieldSplitIntoBits { old, new, .. } => cx.push(
+            "FIELD_SPLIT_INTO_BITS",
+            Severity::Compatible,
+            f.subject(),
+            format!("`{old}` is now the bitfields {} of the same unit (same bytes)", new.join(", ")),
             None,
         ),
         ReservedConsumed { old, new, .. } => cx.push(

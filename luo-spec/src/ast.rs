@@ -146,6 +146,12 @@ pub struct Const {
     /// integer written into the data).
     #[serde(default)]
     pub role: Option<Spanned<ConstRole>>,
+    /// Not part of the C header: upstream defines it in a .c file
+    /// (`LUO_FLB_MAX` in kernel/liveupdate/luo_flb.c), so a drop-in header
+    /// must not (it would be redefined). Still a Rust constant, and usable in
+    /// other constants that are themselves internal.
+    #[serde(default)]
+    pub internal: bool,
     /// Kernel-doc text.
     #[serde(default)]
     pub doc: Option<SStr>,
@@ -166,6 +172,10 @@ pub struct CMacro {
     /// under `#ifdef __KERNEL__`.
     #[serde(default)]
     pub kernel_only: bool,
+    /// Rendered under `#ifdef` this config symbol, as upstream guards it
+    /// (`CONFIG_LIVEUPDATE_TEST`); not together with `kernel_only`.
+    #[serde(default)]
+    pub ifdef: Option<SStr>,
     /// Comment.
     #[serde(default)]
     pub doc: Option<SStr>,
@@ -378,6 +388,9 @@ pub struct Version {
     /// Version-specific ioctls.
     #[serde(default, rename = "ioctl")]
     pub ioctls: Vec<Ioctl>,
+    /// Version-specific function-like C macros.
+    #[serde(default, rename = "macro")]
+    pub macros: Vec<CMacro>,
     /// FDT nodes this version writes.
     #[serde(default, rename = "fdt_node")]
     pub fdt_nodes: Vec<FdtNode>,

@@ -128,6 +128,8 @@ pub struct Const {
     pub into: Vec<(String, String, Span)>,
     /// Versioning role.
     pub role: Option<ConstRole>,
+    /// Kept out of the C header (upstream defines it in a .c file).
+    pub internal: bool,
     /// Kernel-doc.
     pub doc: Option<String>,
 }
@@ -154,6 +156,8 @@ pub struct CMacro {
     pub body: String,
     /// Kernel-only.
     pub kernel_only: bool,
+    /// `#ifdef` guard (a config symbol).
+    pub ifdef: Option<String>,
     /// Comment.
     pub doc: Option<String>,
 }
@@ -701,6 +705,7 @@ fn lower_const(file: FileId, c: ast::Const, diags: &mut Diagnostics) -> Const {
         value_span,
         into,
         role: c.role.map(|r| r.value),
+        internal: c.internal,
         doc: text(&c.doc),
     }
 }
@@ -745,20 +750,23 @@ fn lower_struct(file: FileId, s: ast::Struct, diags: &mut Diagnostics) -> Struct
     }
 }
 
-fn lower_component(file: FileId, raw: ast::ComponentFile, diags: &mut Diagnostics) -> Component {
-    let h = &raw.component;
-    let macros = raw
-        .macros
-        .iter()
+fn lower_macros(raw: &[ast::CMacro]) -> Vec<CMacro> {
+    raw.iter()
         .map(|m| CMacro {
             name: m.name.value.clone(),
             span: m.name.span.clone(),
             params: m.params.iter().map(|p| p.value.clone()).collect(),
             body: m.body.value.clone(),
             kernel_only: m.kernel_only,
+            ifdef: m.ifdef.as_ref().map(|s| s.value.clone()),
             doc: text(&m.doc),
         })
-        .collect();
+        .collect()
+}
+
+fn lower_component(file: FileId, raw: ast::ComponentFile, diags: &mut Diagnostics) -> Component {
+    let h = &raw.component;
+    let macros = lower_macros(&raw.macros);
     let mut common = lower_items(
         file,
         raw.consts,
@@ -803,6 +811,7 @@ fn lower_component(file: FileId, raw: ast::ComponentFile, diags: &mut Diagnostic
                 Vec::new(),
                 diags,
             );
+            items.macros = lower_macros(&v.macros);
             items.fdt_nodes = v
                 .fdt_nodes
                 .iter()

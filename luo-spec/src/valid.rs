@@ -24,6 +24,7 @@ pub fn check(spec: &Spec, layouts: &Layouts, diags: &mut Diagnostics) {
         for c in &items.consts {
             check_const(scope, layouts, c, diags);
         }
+        check_internal_unused(scope, items, diags);
         for e in items.enums.iter().flat_map(|e| &e.members) {
             check_expr(scope, layouts, &e.value, &e.value_span, file, diags);
         }
@@ -1364,5 +1365,51 @@ mod tests {
     fn edit_distance_works() {
         assert_eq!(super::edit_distance("kho_vmalloc", "kho_vmaloc"), 1);
         assert_eq!(super::edit_distance("abc", "abc"), 0);
+    }
+}
+
+/// An `internal` constant is not in the C header, so nothing the header renders may name it:
+/// not another constant that is rendered, not an array length.
+fn check_internal_unused(scope: Scope<'_>, items: &Items, diags: &mut Diagnostics) {
+    let file = scope.component().file;
+    let internal: BTreeSet<&str> = items
+        .consts
+        .iter()
+        .filter(|c| c.internal)
+        .map(|c| c.name.as_str())
+        .collect();
+    if internal.is_empty() {
+        return;
+    }
+    let mut uses: Vec<(&Expr, &Span)> = items
+        .consts
+        .iter()
+        .filter(|c| !c.internal)
+        .filter_map(|c| match &c.value {
+            ConstValue::Int(e) => Some((e, &c.value_span)),
+            ConstValue::Str(_) => None,
+        })
+        .collect();
+    uses.extend(
+        items
+            .structs
+            .iter()
+            .flat_map(|s| &s.fields)
+            .filter_map(|f| f.len.as_ref().map(|(e, sp)| (e, sp))),
+    );
+    for (e, span) in uses {
+        let mut names = Vec::new();
+        e.names(&mut names);
+        if let Some(n) = names.iter().find(|n| internal.contains(n.as_str())) {
+            diags
+                .error(
+                    "internal-used",
+                    file,
+                    span.clone(),
+                    format!("`{n}` is internal (not in the C header) but the header uses it here"),
+                )
+                .with_label("rendered into the header")
+                .with_hint(format!("mark this constant `internal` too, or drop `internal` from `{n}`"));
+        }
     }
 }

@@ -1257,3 +1257,24 @@ into = {into}
     )]);
     assert!(!diags.has_errors(), "{text}");
 }
+
+/// An `internal` constant (kept out of the C header) named by one the header renders.
+#[test]
+fn internal_constant_used_by_the_header() {
+    bad(
+        "internal_constant_used_by_the_header",
+        &format!(
+            r#"{KHO}
+[[const]]
+name = "DEMO_PGCNT"
+value = "1"
+internal = true
+
+[[const]]
+name = "DEMO_MAX"
+value = "DEMO_PGCNT * 8"
+"#
+        ),
+        "internal-used",
+    );
+}

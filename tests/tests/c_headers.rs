@@ -342,3 +342,39 @@ fn khoser_pointers_read_as_upstream() {
     )
     .expect("and on i386");
 }
+
+/// The generated `linux/kho/abi/luo.h` drops into the 7.2 tree: it defines upstream's test
+/// FLB macro (lib/tests/liveupdate.c needs `LIVEUPDATE_TEST_FLB_COMPATIBLE(i)` under
+/// `CONFIG_LIVEUPDATE_TEST`) and none of the macros upstream keeps in a .c file
+/// (kernel/liveupdate/luo_flb.c defines `LUO_FLB_PGCNT` and `LUO_FLB_MAX`; a header
+/// defining them makes the kernel build warn about a redefinition). Facts from the 7.2.13
+/// source: the macro names and the string.
+#[test]
+fn luo_h_is_a_drop_in_for_the_7_2_tree() {
+    let dir = root().join("generated/include");
+    let src = r#"
+#include <linux/kho/abi/luo.h>
+#ifdef CONFIG_LIVEUPDATE_TEST
+_Static_assert(sizeof(LIVEUPDATE_TEST_FLB_COMPATIBLE(2)) == sizeof("liveupdate-test-flb-v2"),
+               "test FLB compatible");
+#elif defined(LIVEUPDATE_TEST_FLB_COMPATIBLE)
+#error "defined without CONFIG_LIVEUPDATE_TEST"
+#endif
+#if defined(LUO_FLB_MAX) || defined(LUO_FLB_PGCNT)
+#error "upstream defines these in kernel/liveupdate/luo_flb.c"
+#endif
+#if defined(LUO_SESSIONS_PER_BLOCK) || defined(LUO_FILES_PER_BLOCK)
+#error "not upstream macros"
+#endif
+/* What luo_flb.c defines must not clash. */
+#define LUO_FLB_PGCNT 1ul
+"#;
+    let args = ["-std=c11", "-Wall", "-Werror", "-pedantic"];
+    compile("gcc", &args, "c", &dir, src).expect("without CONFIG_LIVEUPDATE_TEST");
+    let with: Vec<&str> = args
+        .iter()
+        .copied()
+        .chain(["-DCONFIG_LIVEUPDATE_TEST"])
+        .collect();
+    compile("gcc", &with, "c", &dir, src).expect("with CONFIG_LIVEUPDATE_TEST");
+}

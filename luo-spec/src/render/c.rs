@@ -39,7 +39,8 @@ struct DefineView {
 
 struct MacroView {
     doc: Vec<String>,
-    kernel_only: bool,
+    /// `#ifdef` around the macro: `__KERNEL__` or a config symbol.
+    guard: Option<String>,
     lines: Vec<String>,
 }
 
@@ -148,7 +149,7 @@ pub fn header(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> String {
         includes.extend(forward);
     }
 
-    let consts = items.iter().flat_map(|i| &i.consts).map(|c| {
+    let consts = items.iter().flat_map(|i| &i.consts).filter(|c| !c.internal).map(|c| {
         let value = match &c.value {
             ConstValue::Str(s) => format!("\"{s}\""),
             ConstValue::Int(e) if e.is_atom() => e.to_c(),
@@ -188,7 +189,11 @@ pub fn header(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> String {
         };
         MacroView {
             doc: comment(mac.doc.as_deref()),
-            kernel_only: mac.kernel_only,
+            guard: match (&mac.ifdef, mac.kernel_only) {
+                (Some(sym), _) => Some(sym.clone()),
+                (None, true) => Some("__KERNEL__".into()),
+                (None, false) => None,
+            },
             lines,
         }
     });

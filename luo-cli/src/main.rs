@@ -181,7 +181,8 @@ enum SimCommand {
 #[derive(Subcommand)]
 enum SchemaCommand {
     /// List every change between two snapshots and classify it.
-    /// OLD and NEW: a kernel (`6.19`, `7.3`, `current`), `released:<k>`,
+    /// OLD and NEW: a kernel as this tree builds it (`6.19`, `luo:7.3`, `current`),
+    /// a released kernel as upstream froze it (`upstream:7.3`, also `released:7.3`),
     /// `git:<rev>[:<kernel>]`, a snapshot directory or a `.json` file.
     /// Exit 0 compatible, 1 breaking, 2 usage or input error.
     Diff {
@@ -195,6 +196,10 @@ enum SchemaCommand {
     },
     /// Which kernel can live-update into which, per component.
     Matrix {
+        /// `luo` (this tree's build of every kernel, as diff, check-update and simulate)
+        /// or `upstream` (the released kernels' frozen snapshots).
+        #[arg(long, default_value = "luo")]
+        view: String,
         /// Also write an HTML page.
         #[arg(long)]
         html: Option<PathBuf>,
@@ -356,10 +361,24 @@ fn schema(root: &std::path::Path, cmd: SchemaCommand) -> ExitCode {
             Some(fmt) => commands::schema_diff_command(root, &old, &new, fmt),
             None => bad_format(&f),
         },
-        SchemaCommand::Matrix { html, format: f } => match format(&f) {
-            Some(fmt) => commands::schema_matrix_command(root, html.as_deref(), fmt),
-            None => bad_format(&f),
-        },
+        SchemaCommand::Matrix {
+            view,
+            html,
+            format: f,
+        } => {
+            let view = match view.as_str() {
+                "luo" => luo_spec::schema_diff::View::Luo,
+                "upstream" => luo_spec::schema_diff::View::Upstream,
+                v => {
+                    eprintln!("error: unknown view `{v}`; use `luo` or `upstream`");
+                    return ExitCode::from(2);
+                }
+            };
+            match format(&f) {
+                Some(fmt) => commands::schema_matrix_command(root, view, html.as_deref(), fmt),
+                None => bad_format(&f),
+            }
+        }
         SchemaCommand::Check => commands::schema_check_command(root),
         SchemaCommand::Table { kernel, output } => {
             commands::schema_table_command(root, &kernel, output.as_deref())

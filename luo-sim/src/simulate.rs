@@ -150,7 +150,7 @@ pub enum SimError {
     Boot(#[from] ImageError),
     /// Kernel `.0` refused the handover at boot. Upstream `panic()`s here
     /// (`luo_restore_fail`); the model stops cleanly.
-    #[error("kernel {0} refused the handover at boot (upstream: panic): {1}")]
+    #[error("kernel luo:{0} refused the handover at boot (upstream: panic): {1}")]
     BootAs(KernelVersion, ImageError),
     /// A byte differed after the live update.
     #[error("session {session} file {file}: byte {offset} is {got:#04x}, expected {want:#04x}")]
@@ -455,7 +455,7 @@ fn reboot_and_exec(k: Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<(), Si
         "reboot",
         t,
         &format!(
-            "kernel {kernel} serialized ({format}; {memfd}); {} memfd regions cross",
+            "kernel luo:{kernel} serialized ({format}; {memfd}); {} memfd regions cross",
             h.regions()
         ),
     )?;
@@ -521,7 +521,8 @@ pub fn stage1(opts: &Options, out: &mut dyn Write) -> Result<(), SimError> {
     rep.phase(
         "boot",
         t,
-        &format!("fresh kernel {}, memfd-backed arena", boot.version),
+        // `luo:` names the view: this tree's build of the kernel, as `luo schema` does.
+        &format!("fresh kernel luo:{}, memfd-backed arena", boot.version),
     )?;
     match plan.scenario {
         Scenario::Basic => populate(&k, &plan, &mut rep)?,
@@ -652,7 +653,7 @@ pub fn stage2(out: &mut dyn Write) -> Result<Report, SimError> {
         "boot",
         t,
         &format!(
-            "kernel {kernel}; liveupdate_num {}; {} incoming pages",
+            "kernel luo:{kernel}; liveupdate_num {}; {} incoming pages",
             k.liveupdate_num(),
             k.stats().kho.incoming_pages
         ),

@@ -33,14 +33,14 @@ fn ok(kernels: &[&str]) {
     assert!(out.status.success(), "{kernels:?}\n{stdout}\n{stderr}");
     for (i, k) in kernels.iter().enumerate() {
         let needle = if i == 0 {
-            format!("fresh kernel {k}")
+            format!("fresh kernel luo:{k}")
         } else {
             format!("[stage {}] boot", i + 1)
         };
         assert!(stdout.contains(&needle), "{needle}:\n{stdout}");
         if i > 0 {
             assert!(
-                stdout.contains(&format!("kernel {k}; liveupdate_num {i}")),
+                stdout.contains(&format!("kernel luo:{k}; liveupdate_num {i}")),
                 "{stdout}"
             );
         }
@@ -60,7 +60,7 @@ fn refused(from: &str, to: &str, format: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains(&format!("kernel {to} refused the handover at boot"))
+        stderr.contains(&format!("kernel luo:{to} refused the handover at boot"))
             && stderr.contains(&format!("format {format}")),
         "{from} → {to}: {stderr}"
     );

@@ -248,10 +248,16 @@ pub fn schema_diff_command(root: &Path, old: &str, new: &str, format: Format) ->
     ExitCode::from(report::exit_code(&diffs))
 }
 
-/// `luo schema matrix [--html FILE]`: every kernel pair; exit 0, or 2 on bad input.
-pub fn schema_matrix_command(root: &Path, html: Option<&Path>, format: Format) -> ExitCode {
+/// `luo schema matrix [--view luo|upstream] [--html FILE]`: every kernel pair in one view;
+/// exit 0, or 2 on bad input.
+pub fn schema_matrix_command(
+    root: &Path,
+    view: crate::schema_diff::View,
+    html: Option<&Path>,
+    format: Format,
+) -> ExitCode {
     use crate::schema_diff::{matrix, matrix_sets};
-    let sets = match matrix_sets(root) {
+    let sets = match matrix_sets(root, view) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
@@ -276,7 +282,7 @@ pub fn schema_matrix_command(root: &Path, html: Option<&Path>, format: Format) -
 /// `luo schema check`: the current spec against every released kernel's
 /// frozen snapshots; exit 1 on any breaking change or policy error.
 pub fn schema_check_command(root: &Path) -> ExitCode {
-    use crate::schema_diff::{RELEASED_DIR, diff_sets, read_set, report, sets_from_spec};
+    use crate::schema_diff::{diff_sets, report, sets_from_spec, upstream_set};
     let Some((spec, _)) = load(root, false) else {
         return ExitCode::from(2);
     };
@@ -290,8 +296,7 @@ pub fn schema_check_command(root: &Path) -> ExitCode {
     let mut worst = 0u8;
     let mut checked = 0;
     for kernel in spec.kernels.iter().filter(|k| k.released) {
-        let dir = root.join(RELEASED_DIR).join(&kernel.name);
-        let frozen = match read_set(&dir) {
+        let frozen = match upstream_set(root, &kernel.name) {
             Ok(f) => f,
             Err(e) => {
                 eprintln!(
@@ -421,6 +426,12 @@ pub fn check_update_command(
         }
     };
     let verdicts = table::check_update(&o, &n);
+    // The tables are what this tree built into the binaries: the luo view.
+    println!(
+        "view: luo:{} -> luo:{} (the ABI tables built into the binaries)",
+        old_kernel.unwrap_or("default"),
+        new_kernel.unwrap_or("default")
+    );
     for v in &verdicts {
         println!(
             "{} {}: {}",

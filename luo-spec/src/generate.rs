@@ -39,6 +39,7 @@ pub fn generate(spec: &Spec, layouts: &Layouts) -> Outputs {
     for kernel in &spec.kernels {
         let mut set = crate::schema_diff::KernelSet {
             kernel: kernel.name.clone(),
+            view: crate::schema_diff::View::Luo,
             components: Default::default(),
         };
         let include = if kernel.default {

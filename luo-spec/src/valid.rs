@@ -1409,7 +1409,9 @@ fn check_internal_unused(scope: Scope<'_>, items: &Items, diags: &mut Diagnostic
                     format!("`{n}` is internal (not in the C header) but the header uses it here"),
                 )
                 .with_label("rendered into the header")
-                .with_hint(format!("mark this constant `internal` too, or drop `internal` from `{n}`"));
+                .with_hint(format!(
+                    "mark this constant `internal` too, or drop `internal` from `{n}`"
+                ));
         }
     }
 }

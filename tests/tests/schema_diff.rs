@@ -180,8 +180,7 @@ fn rules_of(diffs: &[schema_diff::ComponentDiff], component: &str) -> BTreeSet<&
 
 /// Upstream's view of a released kernel: its frozen snapshots.
 fn released(k: &str) -> schema_diff::KernelSet {
-    schema_diff::read_set(&root().join(schema_diff::RELEASED_DIR).join(k))
-        .expect("frozen snapshots")
+    schema_diff::upstream_set(&root(), k).expect("frozen snapshots")
 }
 
 #[test]
@@ -299,7 +298,7 @@ fn matrix_verdicts_and_html() {
     let cell = |a: &str, b: &str| {
         m.iter()
             .flatten()
-            .find(|c| c.from == a && c.to == b)
+            .find(|c| c.from == format!("luo:{a}") && c.to == format!("luo:{b}"))
             .expect("cell")
             .clone()
     };
@@ -348,7 +347,8 @@ fn matrix_verdicts_and_html() {
             attr("data-ok"),
             attr("class"),
         );
-        assert_eq!(ok == "true", cell(&from, &to).ok);
+        let bare = |l: &str| l.strip_prefix("luo:").expect("luo view").to_string();
+        assert_eq!(ok == "true", cell(&bare(&from), &bare(&to)).ok);
         assert_eq!(class, if ok == "true" { "ok" } else { "bad" });
         assert!(!attr("title").is_empty(), "reasons on hover");
         parsed += 1;
@@ -374,13 +374,32 @@ fn cli_exit_codes_and_bad_inputs() {
 
     let (code, out, _) = luo(&["schema", "diff", "7.3", "7.3"]);
     assert_eq!(code, 0, "{out}");
+    // A bare kernel is this tree's build (as in the matrix, check-update and simulate):
+    // 7.3 keeps readers of what 6.19 writes. Upstream's frozen 7.3 reads only its own.
     let (code, out, _) = luo(&["schema", "diff", "6.19", "7.3"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("luo (luo:6.19 -> luo:7.3)")
+            && out.contains("live update luo:6.19 -> luo:7.3: possible"),
+        "{out}"
+    );
+    let (code, out, _) = luo(&["schema", "diff", "upstream:6.19", "upstream:7.3"]);
     assert_eq!(code, 1);
-    assert!(out.contains("READER_NOT_KEPT"));
-    let (code, out, _) = luo(&["schema", "diff", "--format", "json", "6.19", "7.3"]);
+    assert!(
+        out.contains("READER_NOT_KEPT")
+            && out.contains("live update upstream:6.19 -> upstream:7.3: NOT possible"),
+        "{out}"
+    );
+    // What upstream's 6.19 wrote, read by this tree's 7.3.
+    let (code, out, _) = luo(&["schema", "diff", "--format", "json", "released:6.19", "7.3"]);
+    assert_eq!(code, 0, "{out}");
+    let json: serde_json::Value = serde_json::from_str(&out).expect("json output");
+    assert_eq!(json["live_update"], serde_json::json!(true), "{out}");
+    let (code, out, _) = luo(&["schema", "diff", "--format", "json", "7.3", "6.19"]);
     assert_eq!(code, 1);
     let json: serde_json::Value = serde_json::from_str(&out).expect("json output");
     assert_eq!(json["compatible"], serde_json::json!(false));
+    assert_eq!(json["live_update"], serde_json::json!(false));
     for (args, needle) in [
         (
             vec!["schema", "diff", not_json.to_str().expect("utf8"), "7.3"],
@@ -407,6 +426,14 @@ fn cli_exit_codes_and_bad_inputs() {
         (
             vec!["schema", "diff", "6.19", "9.9"],
             "unknown kernel `9.9`",
+        ),
+        (
+            vec!["schema", "diff", "upstream:6.19", "upstream:next"],
+            "only this tree's view, `luo:next`",
+        ),
+        (
+            vec!["schema", "matrix", "--view", "downstream"],
+            "unknown view `downstream`",
         ),
         (
             vec!["schema", "diff", "generated/schema/7.3/memfd.json", "7.3"],
@@ -455,7 +482,7 @@ fn check_update_from_tables_agrees_with_the_matrix() {
             let cell = m
                 .iter()
                 .flatten()
-                .find(|c| c.from == a.kernel && c.to == b.kernel)
+                .find(|c| c.from == a.label() && c.to == b.label())
                 .expect("cell");
             assert_eq!(
                 from_tables, cell.ok,
@@ -523,8 +550,9 @@ fn check_update_from_the_binary_agrees_with_the_matrix_and_with_real_updates() {
             let cell = m
                 .iter()
                 .flatten()
-                .find(|c| c.from == a && c.to == b)
+                .find(|c| c.from == format!("luo:{a}") && c.to == format!("luo:{b}"))
                 .expect("cell");
+            assert!(out.contains(&format!("view: luo:{a} -> luo:{b}")), "{out}");
             assert_eq!(
                 check == 0,
                 cell.ok,
@@ -628,4 +656,69 @@ fn pci_turned_versionless() {
         .and_then(|f| f.fix.clone())
         .expect("a fix");
     assert!(fix.contains("`demo_ser.version` from 1 to 2"), "{fix}");
+}
+
+/// One view in the compatibility tools: for every ordered pair of kernels the matrix lists,
+/// in both views (`luo`: this tree's build, the default; `upstream`: the released kernels'
+/// frozen snapshots), `luo schema diff A B` says the live update is possible exactly when
+/// `luo schema matrix` does, and both name the view. Through the library and the CLI.
+#[test]
+fn diff_and_matrix_agree_on_every_pair_in_both_views() {
+    use schema_diff::View;
+    for (view, flag) in [(View::Luo, "luo"), (View::Upstream, "upstream")] {
+        let sets = schema_diff::matrix_sets(&root(), view).expect("sets");
+        assert!(sets.len() >= 3, "{view:?}: {} kernels", sets.len());
+        let m = matrix::matrix(&sets);
+        let (code, out, err) = luo(&["schema", "matrix", "--view", flag, "--format", "json"]);
+        assert_eq!(code, 0, "{err}");
+        let cli: serde_json::Value = serde_json::from_str(&out).expect("matrix json");
+        let mut pairs = 0;
+        for a in &sets {
+            for b in &sets {
+                let cell = m
+                    .iter()
+                    .flatten()
+                    .find(|c| c.from == a.label() && c.to == b.label())
+                    .expect("cell");
+                let diffs = diff_sets(a, b);
+                assert_eq!(
+                    schema_diff::handover_ok(&diffs),
+                    cell.ok,
+                    "{} -> {}: diff {:?}, matrix {:?}",
+                    a.label(),
+                    b.label(),
+                    diffs
+                        .iter()
+                        .flat_map(|d| &d.findings)
+                        .filter(|f| f.severity >= Severity::Breaking)
+                        .collect::<Vec<_>>(),
+                    cell.components
+                );
+                assert!(a.label().starts_with(&format!("{flag}:")), "{}", a.label());
+                // The CLI: the same kernels by label, the same answer.
+                let cli_ok = cli
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|row| row.as_array().into_iter().flatten())
+                    .find(|c| c["from"] == a.label().as_str() && c["to"] == b.label().as_str())
+                    .map(|c| c["ok"] == serde_json::json!(true))
+                    .expect("cell in the CLI matrix");
+                let (_, out, err) =
+                    luo(&["schema", "diff", "--format", "json", &a.label(), &b.label()]);
+                let d: serde_json::Value =
+                    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+                assert_eq!(
+                    d["live_update"],
+                    serde_json::json!(cli_ok),
+                    "{} -> {}",
+                    a.label(),
+                    b.label()
+                );
+                assert_eq!(cli_ok, cell.ok);
+                pairs += 1;
+            }
+        }
+        assert_eq!(pairs, sets.len() * sets.len());
+    }
 }

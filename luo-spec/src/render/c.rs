@@ -149,19 +149,23 @@ pub fn header(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> String {
         includes.extend(forward);
     }
 
-    let consts = items.iter().flat_map(|i| &i.consts).filter(|c| !c.internal).map(|c| {
-        let value = match &c.value {
-            ConstValue::Str(s) => format!("\"{s}\""),
-            ConstValue::Int(e) if e.is_atom() => e.to_c(),
-            ConstValue::Int(e) => format!("({})", e.to_c()),
-        };
-        DefineView {
-            doc: comment(c.doc.as_deref()),
-            pad: pad(&c.name),
-            name: c.name.clone(),
-            value,
-        }
-    });
+    let consts = items
+        .iter()
+        .flat_map(|i| &i.consts)
+        .filter(|c| !c.internal)
+        .map(|c| {
+            let value = match &c.value {
+                ConstValue::Str(s) => format!("\"{s}\""),
+                ConstValue::Int(e) if e.is_atom() => e.to_c(),
+                ConstValue::Int(e) => format!("({})", e.to_c()),
+            };
+            DefineView {
+                doc: comment(c.doc.as_deref()),
+                pad: pad(&c.name),
+                name: c.name.clone(),
+                value,
+            }
+        });
     let consts =
         consts.chain(
             crate::render::feature_defines(scope)

@@ -420,7 +420,10 @@ fn diff_struct(o: &StructSnapshot, n: &StructSnapshot, facts: &mut Vec<Fact>) {
                     && f.size == osize
                     && !old_names.contains(&f.name.as_str())
                     && !matched_new.contains(&f.name)
-                    && om.as_ref().zip(member(n, &f.name)).is_some_and(|(o, m)| o.ty == m.ty)
+                    && om
+                        .as_ref()
+                        .zip(member(n, &f.name))
+                        .is_some_and(|(o, m)| o.ty == m.ty)
             })
             .map(|f| f.name.clone())
             .collect();

@@ -3,7 +3,8 @@
 //! Decided per handed-over component from what A *writes* (its version's
 //! identity and required feature bits) and what B *reads* (the versions it
 //! accepts and the feature bits each reader knows) — so a kernel carrying
-//! readers of older versions shows up as able to take them.
+//! readers of older versions shows up as able to take them. Cells name their
+//! kernels with the view (`luo:7.3`, `upstream:7.3`), as the diff does.
 
 use serde::Serialize;
 
@@ -35,6 +36,7 @@ pub struct Cell {
 
 /// The verdict for A → B.
 pub fn cell(a: &KernelSet, b: &KernelSet) -> Cell {
+    let (al, bl) = (a.label(), b.label());
     let mut components = Vec::new();
     for (name, w) in a.components.iter().filter(|(_, s)| s.abi == "kho") {
         let written = w.identity.join(", ");
@@ -48,17 +50,14 @@ pub fn cell(a: &KernelSet, b: &KernelSet) -> Cell {
                 {
                     (
                         true,
-                        format!(
-                            "unversioned; the same layout in `{}` and `{}`",
-                            a.kernel, b.kernel
-                        ),
+                        format!("unversioned; the same layout in `{}` and `{}`", al, bl),
                     )
                 } else {
                     (
                         false,
                         format!(
                             "unversioned, but its layout differs between `{}` and `{}`",
-                            a.kernel, b.kernel
+                            al, bl
                         ),
                     )
                 }
@@ -67,7 +66,7 @@ pub fn cell(a: &KernelSet, b: &KernelSet) -> Cell {
                 false,
                 format!(
                     "`{}` has no `{name}` reader; `{}` writes `{written}`",
-                    b.kernel, a.kernel
+                    bl, al
                 ),
             ),
             Some(r) => match r.reads.iter().find(|rd| rd.identity == w.identity) {
@@ -80,17 +79,13 @@ pub fn cell(a: &KernelSet, b: &KernelSet) -> Cell {
                         (
                             false,
                             format!(
-                                "`{written}` requires feature bits {unknown:#x} that `{}` does not know",
-                                b.kernel
+                                "`{written}` requires feature bits {unknown:#x} that `{bl}` does not know"
                             ),
                         )
                     } else {
                         (
                             true,
-                            format!(
-                                "`{}` reads `{written}` (version `{}`)",
-                                b.kernel, rd.version
-                            ),
+                            format!("`{bl}` reads `{written}` (version `{}`)", rd.version),
                         )
                     }
                 }
@@ -107,10 +102,7 @@ pub fn cell(a: &KernelSet, b: &KernelSet) -> Cell {
                     };
                     (
                         false,
-                        format!(
-                            "`{}` writes `{written}`; `{}` reads {reads}",
-                            a.kernel, b.kernel
-                        ),
+                        format!("`{}` writes `{written}`; `{}` reads {reads}", al, bl),
                     )
                 }
             },
@@ -122,8 +114,8 @@ pub fn cell(a: &KernelSet, b: &KernelSet) -> Cell {
         });
     }
     Cell {
-        from: a.kernel.clone(),
-        to: b.kernel.clone(),
+        from: al,
+        to: bl,
         ok: components.iter().all(|c| c.ok),
         components,
     }
@@ -140,13 +132,13 @@ pub fn matrix(sets: &[KernelSet]) -> Vec<Vec<Cell>> {
 pub fn render_text(sets: &[KernelSet], m: &[Vec<Cell>]) -> String {
     let width = sets
         .iter()
-        .map(|s| s.kernel.len())
+        .map(|s| s.label().len())
         .max()
         .unwrap_or(4)
         .max(7);
     let mut out = format!("{:<width$}  ", "from\\to");
     for s in sets {
-        out.push_str(&format!("{:<width$}  ", s.kernel));
+        out.push_str(&format!("{:<width$}  ", s.label()));
     }
     out.push('\n');
     for row in m {
@@ -186,7 +178,7 @@ pub fn render_html(sets: &[KernelSet], m: &[Vec<Cell>]) -> String {
          <h1>Can kernel A (row) live-update into kernel B (column)?</h1>\n<table id=\"matrix\">\n<tr><th>from \\ to</th>",
     );
     for s in sets {
-        out.push_str(&format!("<th>{}</th>", esc(&s.kernel)));
+        out.push_str(&format!("<th>{}</th>", esc(&s.label())));
     }
     out.push_str("</tr>\n");
     for row in m {

@@ -108,6 +108,16 @@ pub struct ComponentHeader {
     /// Opaque C types used only behind pointers (`file`, `module`).
     #[serde(default)]
     pub opaque: Vec<SStr>,
+    /// Second header for this project's extensions of an upstream API (items
+    /// with `ext = true`), e.g. `linux/luo_ext.h`; it includes `header`.
+    #[serde(default)]
+    pub ext_header: Option<SStr>,
+    /// Include guard of `ext_header`.
+    #[serde(default)]
+    pub ext_guard: Option<SStr>,
+    /// Kernel-doc text of `ext_header`.
+    #[serde(default)]
+    pub ext_doc: Option<SStr>,
     /// Kernel-doc text: `DOC:` sections rendered at the top of the header.
     #[serde(default)]
     pub doc: Option<SStr>,
@@ -152,6 +162,14 @@ pub struct Const {
     /// other constants that are themselves internal.
     #[serde(default)]
     pub internal: bool,
+    /// Rendered into the component's `ext_header` (this project's extensions
+    /// of the API), not into its header; the Rust type is the same.
+    #[serde(default)]
+    pub ext: bool,
+    /// Kernels whose C header does not declare it (upstream's API of that
+    /// kernel lacks it); the Rust type exists for every kernel.
+    #[serde(default)]
+    pub not_in: Vec<SStr>,
     /// Kernel-doc text.
     #[serde(default)]
     pub doc: Option<SStr>,
@@ -251,6 +269,14 @@ pub struct Struct {
     /// Kernel-doc text for the struct.
     #[serde(default)]
     pub doc: Option<SStr>,
+    /// Rendered into the component's `ext_header` (this project's extensions
+    /// of the API), not into its header; the Rust type is the same.
+    #[serde(default)]
+    pub ext: bool,
+    /// Kernels whose C header does not declare it (upstream's API of that
+    /// kernel lacks it); the Rust type exists for every kernel.
+    #[serde(default)]
+    pub not_in: Vec<SStr>,
     /// Members, in order.
     pub fields: Vec<Field>,
 }
@@ -356,6 +382,14 @@ pub struct Function {
     /// Kernel-doc text.
     #[serde(default)]
     pub doc: Option<SStr>,
+    /// Rendered into the component's `ext_header` (this project's extensions
+    /// of the API), not into its header; the Rust type is the same.
+    #[serde(default)]
+    pub ext: bool,
+    /// Kernels whose C header does not declare it (upstream's API of that
+    /// kernel lacks it); the Rust type exists for every kernel.
+    #[serde(default)]
+    pub not_in: Vec<SStr>,
 }
 
 /// `[[version]]`: one compatible version (or one feature-negotiated ABI).

@@ -62,6 +62,9 @@ pub fn generate(spec: &Spec, layouts: &Layouts) -> Outputs {
                 include.join(&comp.header),
                 c::header(scope, kernel, layouts),
             );
+            if let Some((ext, _, _)) = &comp.ext_header {
+                out.insert(include.join(ext), c::ext_header(scope, kernel, layouts));
+            }
             let snap = schema::snapshot(scope, kernel, layouts);
             let json = serde_json::to_string_pretty(&snap).unwrap_or_default() + "\n";
             out.insert(

@@ -51,6 +51,8 @@ pub struct Component {
     pub opaque: Vec<String>,
     /// Kernel-doc text.
     pub doc: Option<String>,
+    /// Extension header: path, guard, kernel-doc.
+    pub ext_header: Option<(String, String, Option<String>)>,
     /// Items common to every version.
     pub common: Items,
     /// Versions.
@@ -72,6 +74,30 @@ impl From<&SStr> for Named {
             name: s.value.clone(),
             span: s.span.clone(),
         }
+    }
+}
+
+/// Which C header declares an item (kernel-ABI components): the component's
+/// header, or its `ext_header`; and the kernels whose header omits it.
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    /// In the extension header.
+    pub ext: bool,
+    /// Kernels whose header omits it.
+    pub not_in: Vec<String>,
+}
+
+impl Placement {
+    fn of(ext: bool, not_in: &[SStr]) -> Placement {
+        Placement {
+            ext,
+            not_in: not_in.iter().map(|k| k.value.clone()).collect(),
+        }
+    }
+
+    /// Whether the `ext` header (else the main one) of `kernel` declares it.
+    pub fn in_header(&self, ext: bool, kernel: &str) -> bool {
+        self.ext == ext && !self.not_in.iter().any(|k| k == kernel)
     }
 }
 
@@ -130,6 +156,8 @@ pub struct Const {
     pub role: Option<ConstRole>,
     /// Kept out of the C header (upstream defines it in a .c file).
     pub internal: bool,
+    /// Where the C header renders it.
+    pub place: Placement,
     /// Kernel-doc.
     pub doc: Option<String>,
 }
@@ -207,6 +235,8 @@ pub struct Struct {
     pub doc: Option<String>,
     /// Members.
     pub fields: Vec<Field>,
+    /// Where the C header renders it.
+    pub place: Placement,
 }
 
 /// A struct member.
@@ -276,6 +306,8 @@ pub struct Function {
     pub sig: FnSig,
     /// Span of the signature.
     pub sig_span: Span,
+    /// Where the C header renders it.
+    pub place: Placement,
     /// Kernel-doc.
     pub doc: Option<String>,
 }
@@ -635,6 +667,7 @@ fn lower_items(
                 span: f.name.span.clone(),
                 sig,
                 sig_span: f.signature.span.clone(),
+                place: Placement::of(f.ext, &f.not_in),
                 doc: text(&f.doc),
             }
         })
@@ -706,6 +739,7 @@ fn lower_const(file: FileId, c: ast::Const, diags: &mut Diagnostics) -> Const {
         into,
         role: c.role.map(|r| r.value),
         internal: c.internal,
+        place: Placement::of(c.ext, &c.not_in),
         doc: text(&c.doc),
     }
 }
@@ -746,6 +780,7 @@ fn lower_struct(file: FileId, s: ast::Struct, diags: &mut Diagnostics) -> Struct
         size: s.size.map(|v| (v.value, v.span)),
         min_size_field: s.min_size_field.as_ref().map(Named::from),
         doc: text(&s.doc),
+        place: Placement::of(s.ext, &s.not_in),
         fields,
     }
 }
@@ -869,6 +904,15 @@ fn lower_component(file: FileId, raw: ast::ComponentFile, diags: &mut Diagnostic
         includes: h.includes.iter().map(|s| s.value.clone()).collect(),
         uses: h.uses.iter().map(Named::from).collect(),
         opaque: h.opaque.iter().map(|s| s.value.clone()).collect(),
+        ext_header: h.ext_header.as_ref().map(|p| {
+            (
+                p.value.clone(),
+                h.ext_guard
+                    .as_ref()
+                    .map_or_else(|| p.value.clone(), |g| g.value.clone()),
+                text(&h.ext_doc),
+            )
+        }),
         doc: text(&h.doc),
         common,
         versions,

@@ -25,6 +25,7 @@ pub fn check(spec: &Spec, layouts: &Layouts, diags: &mut Diagnostics) {
             check_const(scope, layouts, c, diags);
         }
         check_internal_unused(scope, items, diags);
+        check_ext_placement(scope, items, diags);
         for e in items.enums.iter().flat_map(|e| &e.members) {
             check_expr(scope, layouts, &e.value, &e.value_span, file, diags);
         }
@@ -1413,5 +1414,47 @@ fn check_internal_unused(scope: Scope<'_>, items: &Items, diags: &mut Diagnostic
                     "mark this constant `internal` too, or drop `internal` from `{n}`"
                 ));
         }
+    }
+}
+
+/// Items with `ext = true` go to the component's `ext_header`; without one they would be in
+/// no header at all.
+fn check_ext_placement(scope: Scope<'_>, items: &Items, diags: &mut Diagnostics) {
+    let comp = scope.component();
+    if comp.ext_header.is_some() {
+        return;
+    }
+    let ext = items
+        .consts
+        .iter()
+        .filter(|c| c.place.ext)
+        .map(|c| (&c.name, &c.span))
+        .chain(
+            items
+                .structs
+                .iter()
+                .filter(|s| s.place.ext)
+                .map(|s| (&s.name, &s.span)),
+        )
+        .chain(
+            items
+                .functions
+                .iter()
+                .filter(|f| f.place.ext)
+                .map(|f| (&f.name, &f.span)),
+        );
+    for (name, span) in ext {
+        diags
+            .error(
+                "ext-without-header",
+                comp.file,
+                span.clone(),
+                format!(
+                    "`{name}` is `ext` but component `{}` has no `ext_header`",
+                    comp.name
+                ),
+            )
+            .with_label("would be in no header")
+            .with_hint("add `ext_header = \"linux/<name>_ext.h\"` to [component], or drop `ext`");
     }
 }

@@ -1278,3 +1278,20 @@ value = "DEMO_PGCNT * 8"
         "internal-used",
     );
 }
+
+/// `ext = true` in a component without an extension header.
+#[test]
+fn ext_item_without_ext_header() {
+    bad(
+        "ext_item_without_ext_header",
+        &format!(
+            r#"{KERNEL}
+[[function]]
+name = "demo_extra"
+signature = "fn() -> int"
+ext = true
+"#
+        ),
+        "ext-without-header",
+    );
+}

@@ -81,9 +81,20 @@ pub const KERNEL_COMPAT_PATH: &str = "luo/kernel_compat.h";
 
 /// Render a component's header as a kernel writes it.
 pub fn header(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> String {
+    render(scope, kernel, layouts, false)
+}
+
+/// Render a component's extension header (`ext_header`: its items with `ext = true`, this
+/// project's additions to an upstream API), which includes the component's header.
+pub fn ext_header(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> String {
+    render(scope, kernel, layouts, true)
+}
+
+fn render(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts, ext: bool) -> String {
     let comp = scope.component();
     let abi = comp.abi;
     let items = header_items(scope);
+    let here = |p: &crate::model::Placement| p.in_header(ext, &kernel.name);
     // Headers `luo gen` renders are included as they are; kernel-only ones
     // (`asm/page.h`, `linux/align.h`) only under `__KERNEL__`, with
     // `luo/kernel_compat.h` standing in for them elsewhere.
@@ -99,6 +110,8 @@ pub fn header(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> String {
         .partition(|i| generated.contains(&i.as_str()));
     let mut includes = Vec::new();
     match abi {
+        // The extension header builds on the component's own.
+        _ if ext => includes.push(format!("#include <{}>", comp.header)),
         AbiKind::Uapi => {
             for inc in ["linux/ioctl.h", "linux/types.h"]
                 .into_iter()
@@ -135,12 +148,17 @@ pub fn header(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> String {
     }
     // Forward declarations: opaque kernel objects, and (for the C API, whose
     // callbacks take pointers to structs defined further down) our structs.
-    let mut forward: Vec<String> = comp.opaque.iter().map(|o| format!("struct {o};")).collect();
+    let mut forward: Vec<String> = if ext {
+        Vec::new()
+    } else {
+        comp.opaque.iter().map(|o| format!("struct {o};")).collect()
+    };
     if abi == AbiKind::Kernel {
         forward.extend(
             items
                 .iter()
                 .flat_map(|i| &i.structs)
+                .filter(|s| here(&s.place))
                 .map(|s| format!("struct {};", s.name)),
         );
     }
@@ -152,7 +170,7 @@ pub fn header(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> String {
     let consts = items
         .iter()
         .flat_map(|i| &i.consts)
-        .filter(|c| !c.internal)
+        .filter(|c| !c.internal && here(&c.place))
         .map(|c| {
             let value = match &c.value {
                 ConstValue::Str(s) => format!("\"{s}\""),
@@ -177,40 +195,51 @@ pub fn header(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> String {
                     value: f.c_value,
                 }),
         );
-    let macros = items.iter().flat_map(|i| &i.macros).map(|mac| {
-        let head = format!("#define {}({})", mac.name, mac.params.join(", "));
-        let body: Vec<&str> = mac.body.trim_end().lines().collect();
-        let lines = match body.as_slice() {
-            [one] => vec![format!("{head} {}", one.trim())],
-            many => {
-                let mut lines = vec![format!("{head} \\")];
-                for (i, l) in many.iter().enumerate() {
-                    let cont = if i + 1 < many.len() { " \\" } else { "" };
-                    lines.push(format!("\t{}{cont}", l.trim_end()));
+    let macros = items
+        .iter()
+        .filter(|_| !ext)
+        .flat_map(|i| &i.macros)
+        .map(|mac| {
+            let head = format!("#define {}({})", mac.name, mac.params.join(", "));
+            let body: Vec<&str> = mac.body.trim_end().lines().collect();
+            let lines = match body.as_slice() {
+                [one] => vec![format!("{head} {}", one.trim())],
+                many => {
+                    let mut lines = vec![format!("{head} \\")];
+                    for (i, l) in many.iter().enumerate() {
+                        let cont = if i + 1 < many.len() { " \\" } else { "" };
+                        lines.push(format!("\t{}{cont}", l.trim_end()));
+                    }
+                    lines
                 }
-                lines
+            };
+            MacroView {
+                doc: comment(mac.doc.as_deref()),
+                guard: match (&mac.ifdef, mac.kernel_only) {
+                    (Some(sym), _) => Some(sym.clone()),
+                    (None, true) => Some("__KERNEL__".into()),
+                    (None, false) => None,
+                },
+                lines,
             }
-        };
-        MacroView {
-            doc: comment(mac.doc.as_deref()),
-            guard: match (&mac.ifdef, mac.kernel_only) {
-                (Some(sym), _) => Some(sym.clone()),
-                (None, true) => Some("__KERNEL__".into()),
-                (None, false) => None,
-            },
-            lines,
-        }
-    });
-    let enums = items.iter().flat_map(|i| &i.enums).map(|e| EnumView {
-        doc: comment(e.doc.as_deref()),
-        name: e.name.clone(),
-        members: e
-            .members
-            .iter()
-            .map(|m| (m.name.clone(), m.value.to_c()))
-            .collect(),
-    });
-    let structs: Vec<&Struct> = ordered_structs(&items);
+        });
+    let enums = items
+        .iter()
+        .filter(|_| !ext)
+        .flat_map(|i| &i.enums)
+        .map(|e| EnumView {
+            doc: comment(e.doc.as_deref()),
+            name: e.name.clone(),
+            members: e
+                .members
+                .iter()
+                .map(|m| (m.name.clone(), m.value.to_c()))
+                .collect(),
+        });
+    let structs: Vec<&Struct> = ordered_structs(&items)
+        .into_iter()
+        .filter(|s| here(&s.place))
+        .collect();
     let struct_views = structs.iter().map(|s| StructView {
         doc: struct_doc(s),
         name: s.name.clone(),
@@ -238,15 +267,20 @@ pub fn header(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> String {
             })
             .collect(),
     });
-    let ioctls = items.iter().flat_map(|i| &i.ioctls).map(|i| DefineView {
-        doc: kernel_doc(i.doc.as_deref()),
-        pad: pad(&i.name),
-        name: i.name.clone(),
-        value: format!("{}({}, {})", i.encoding.name, i.ty.name, i.nr.0.to_c()),
-    });
+    let ioctls = items
+        .iter()
+        .filter(|_| !ext)
+        .flat_map(|i| &i.ioctls)
+        .map(|i| DefineView {
+            doc: kernel_doc(i.doc.as_deref()),
+            pad: pad(&i.name),
+            name: i.name.clone(),
+            value: format!("{}({}, {})", i.encoding.name, i.ty.name, i.nr.0.to_c()),
+        });
     let functions = items
         .iter()
         .flat_map(|i| &i.functions)
+        .filter(|f| here(&f.place))
         .map(|f| FunctionView {
             doc: kernel_doc(f.doc.as_deref()),
             decl: {
@@ -279,8 +313,14 @@ pub fn header(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> String {
         spec_path: format!("spec/{}.toml", comp.name),
         kernel: kernel.name.clone(),
         version: scope.version().map(|v| v.id.clone()),
-        doc: kernel_doc(comp.doc.as_deref()),
-        guard: comp.guard.clone(),
+        doc: match (&comp.ext_header, ext) {
+            (Some((_, _, doc)), true) => kernel_doc(doc.as_deref()),
+            _ => kernel_doc(comp.doc.as_deref()),
+        },
+        guard: match (&comp.ext_header, ext) {
+            (Some((_, guard, _)), true) => guard.clone(),
+            _ => comp.guard.clone(),
+        },
         includes,
         consts: consts.collect(),
         macros: macros.collect(),

@@ -735,3 +735,90 @@ fn vfio_record_carries_reset_works_and_the_iommufd_token() {
     assert!(!b.reset_works);
     assert_eq!(b.incoming_iommufd_token(), 0, "not bound through a file");
 }
+
+/// A `vfio-pci-v1` record (what this tree's `next` wrote before v2: `{domain, bdf}`), written
+/// by a v1 handler in the old kernel, is read by the v2 handler's reader through its
+/// migration: same device, no function reset assumed, no iommufd token.
+#[test]
+fn vfio_pci_v1_records_are_read() {
+    use luo_abi::file::{File as _, FileKind};
+    use luo_abi::handler::{Ctx, FileHandler, Finish, Registration};
+    use luo_abi::registry::Registry;
+    use luo_derive::liveupdate_handler;
+    use luo_generated::vfio_pci::v1::vfio_pci_core_device_ser;
+    use luo_handlers::pci::{Pci, PciFlb};
+
+    /// The v1 writer: enters the device in the PCI FLB and writes `{domain, bdf}`.
+    #[liveupdate_handler(compatible = "vfio-pci-v1", abi = vfio_pci_core_device_ser, flbs = [PciFlb])]
+    struct V1;
+
+    #[liveupdate_handler]
+    impl FileHandler for V1 {
+        fn can_preserve(&self, file: &dyn luo_abi::file::File) -> bool {
+            file.kind() == FileKind::VfioPci
+        }
+        fn preserve(
+            &self,
+            cx: &Ctx<'_, Self>,
+            file: &dyn luo_abi::file::File,
+        ) -> luo_abi::Result<(vfio_pci_core_device_ser, ())> {
+            let d = file
+                .payload()
+                .and_then(|p| p.downcast_ref::<VfioDevice>())
+                .ok_or(Errno::EINVAL)?;
+            pci::pci_liveupdate_preserve(cx.global::<PciFlb>(), cx.kho(), d.domain, d.bdf)?;
+            Ok((
+                vfio_pci_core_device_ser {
+                    domain: d.domain,
+                    bdf: d.bdf,
+                },
+                (),
+            ))
+        }
+        fn unpreserve(
+            &self,
+            _: &Ctx<'_, Self>,
+            _: &dyn luo_abi::file::File,
+            _: vfio_pci_core_device_ser,
+            _: (),
+        ) {
+        }
+        fn retrieve(&self, _: &Ctx<'_, Self>, _: vfio_pci_core_device_ser) -> luo_abi::Result<FileRef> {
+            Err(Errno::EOPNOTSUPP)
+        }
+        fn finish(&self, _: &Ctx<'_, Self>, _: Finish<'_, vfio_pci_core_device_ser>) {}
+    }
+
+    let opts = BootOptions {
+        version: KernelVersion::Next,
+        initcalls: vec![luo_handlers::memfd::initcall::<Kernel>],
+        ..BootOptions::default()
+    };
+    let k = Kernel::boot(&opts, None).unwrap();
+    k.make_current();
+    let p = Pci::new(&k);
+    p.add_device(0, RP1, None, PciKind::Bridge).unwrap();
+    p.add_device(0, EP_A, Some(RP1), PciKind::Endpoint).unwrap();
+    k.register_handler(Registration::new(V1, k.host(), (Arc::clone(p.flb()),)))
+        .unwrap();
+    let dev = k.open_dev().unwrap();
+    let s = k.create_session(dev, "vm").unwrap();
+    let mut d = VfioDevice::new(0, EP_A, HW);
+    d.reset_works = true;
+    let a = vfio_pci::open(d, |kind, name, pl| k.open_synthetic(kind, name, pl)).unwrap();
+    k.preserve_fd(s, a, 3).unwrap();
+
+    // The new kernel runs the v2 handler (with its v1 reader) and the same bus.
+    let new = boot(Some(k.kexec().unwrap()), CanFinish::Upstream);
+    let dev = new.open_dev().unwrap();
+    let s = new.retrieve_session(dev, "vm").unwrap();
+    let a = new.retrieve_fd(s, 3).unwrap();
+    let f = device(&new, a);
+    let got = f.synthetic::<VfioDevice>().unwrap();
+    assert!(got.is_retrieved());
+    assert_eq!((got.domain, got.bdf), (0, EP_A));
+    assert!(!got.reset_works, "v1 says nothing about resets");
+    assert_eq!(got.incoming_iommufd_token(), 0);
+    new.finish_session(s).unwrap();
+    assert_eq!(new.d.stats().finished, 1);
+}

@@ -783,7 +783,11 @@ fn vfio_pci_v1_records_are_read() {
             _: (),
         ) {
         }
-        fn retrieve(&self, _: &Ctx<'_, Self>, _: vfio_pci_core_device_ser) -> luo_abi::Result<FileRef> {
+        fn retrieve(
+            &self,
+            _: &Ctx<'_, Self>,
+            _: vfio_pci_core_device_ser,
+        ) -> luo_abi::Result<FileRef> {
             Err(Errno::EOPNOTSUPP)
         }
         fn finish(&self, _: &Ctx<'_, Self>, _: Finish<'_, vfio_pci_core_device_ser>) {}

@@ -177,12 +177,14 @@ pub fn fdt_luo(data: &[u8]) {
         .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
         .min(4096);
     if let Ok(tree) = fdt::parse(&data[..size.min(data.len())]) {
-        let again = fdt::write(&tree);
-        assert_eq!(
-            fdt::parse(&again).as_ref(),
-            Ok(&tree),
-            "a parsed FDT writes back to the same tree"
-        );
+        // The writer refuses names the format forbids, which the parser lets through.
+        if let Ok(again) = fdt::write(&tree) {
+            assert_eq!(
+                fdt::parse(&again).as_ref(),
+                Ok(&tree),
+                "a parsed FDT writes back to the same tree"
+            );
+        }
     }
     let mem = FlatMem(data);
     let flavour = luo_core::fdt_luo::flavour(&mem, FDT_MEM_BASE, size);

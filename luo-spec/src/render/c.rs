@@ -6,9 +6,10 @@
 use askama::Template;
 
 use crate::ast::AbiKind;
-use crate::layout::{Arch, Layouts, StructLayout, Target};
-use crate::model::{ConstValue, Items, Kernel, Scope, Struct};
-use crate::render::{group_targets, header_items, kernel_doc, struct_doc};
+use crate::ir::{Ir, LayoutTable};
+use crate::layout::{Arch, StructLayout, Target};
+use crate::model::{CMacro, ConstValue, Function, Items, Kernel, Scope, Struct};
+use crate::render::{Backend, Outputs, group_targets, header_items, kernel_doc, struct_doc};
 use crate::ty::{Prim, Ty};
 
 #[derive(Template)]
@@ -79,22 +80,151 @@ pub fn kernel_compat() -> String {
 /// Path of the compatibility header below `include/`.
 pub const KERNEL_COMPAT_PATH: &str = "luo/kernel_compat.h";
 
+/// The C backend: each kernel's headers, one per component it shows (at the version it
+/// writes), and the compatibility header standing in for kernel-only ones.
+pub struct CHeaders;
+
+impl Backend for CHeaders {
+    fn render(&self, ir: &Ir<'_>, out: &mut Outputs) {
+        for k in &ir.kernels {
+            out.insert(k.include.join(KERNEL_COMPAT_PATH), kernel_compat());
+            for scope in &k.units {
+                let comp = scope.component();
+                let path = k.include.join(&comp.header);
+                out.insert(path, header(*scope, k.kernel, &ir.layouts));
+                if let Some((ext, _, _)) = &comp.ext_header {
+                    out.insert(
+                        k.include.join(ext),
+                        ext_header(*scope, k.kernel, &ir.layouts),
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Render a component's header as a kernel writes it.
-pub fn header(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> String {
+pub fn header(scope: Scope<'_>, kernel: &Kernel, layouts: &LayoutTable) -> String {
     render(scope, kernel, layouts, false)
 }
 
 /// Render a component's extension header (`ext_header`: its items with `ext = true`, this
 /// project's additions to an upstream API), which includes the component's header.
-pub fn ext_header(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> String {
+pub fn ext_header(scope: Scope<'_>, kernel: &Kernel, layouts: &LayoutTable) -> String {
     render(scope, kernel, layouts, true)
 }
 
-fn render(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts, ext: bool) -> String {
+fn render(scope: Scope<'_>, kernel: &Kernel, layouts: &LayoutTable, ext: bool) -> String {
     let comp = scope.component();
     let abi = comp.abi;
     let items = header_items(scope);
-    let here = |p: &crate::model::Placement| p.in_header(ext, &kernel.name);
+    let here = Here {
+        ext,
+        kernel: &kernel.name,
+    };
+    let structs: Vec<&Struct> = ordered_structs(&items)
+        .into_iter()
+        .filter(|s| here.has(&s.place))
+        .collect();
+    let view = HeaderView {
+        spdx: if abi == AbiKind::Uapi {
+            "GPL-2.0 WITH Linux-syscall-note"
+        } else {
+            "GPL-2.0"
+        },
+        spec_path: format!("spec/{}.toml", comp.name),
+        kernel: kernel.name.clone(),
+        version: scope.version().map(|v| v.id.clone()),
+        doc: match (&comp.ext_header, ext) {
+            (Some((_, _, doc)), true) => kernel_doc(doc.as_deref()),
+            _ => kernel_doc(comp.doc.as_deref()),
+        },
+        guard: match (&comp.ext_header, ext) {
+            (Some((_, guard, _)), true) => guard.clone(),
+            _ => comp.guard.clone(),
+        },
+        includes: includes(scope, &items, here),
+        consts: defines(scope, &items, here),
+        // Macros, enums and ioctls have no placement: the component's own header.
+        macros: items
+            .iter()
+            .filter(|_| !ext)
+            .flat_map(|i| &i.macros)
+            .map(macro_view)
+            .collect(),
+        enums: items
+            .iter()
+            .filter(|_| !ext)
+            .flat_map(|i| &i.enums)
+            .map(|e| EnumView {
+                doc: comment(e.doc.as_deref()),
+                name: e.name.clone(),
+                members: e
+                    .members
+                    .iter()
+                    .map(|m| (m.name.clone(), m.value.to_c()))
+                    .collect(),
+            })
+            .collect(),
+        structs: structs.iter().map(|s| struct_view(s, abi)).collect(),
+        ioctls: items
+            .iter()
+            .filter(|_| !ext)
+            .flat_map(|i| &i.ioctls)
+            .map(|i| DefineView {
+                doc: kernel_doc(i.doc.as_deref()),
+                pad: pad(&i.name),
+                name: i.name.clone(),
+                value: format!("{}({}, {})", i.encoding.name, i.ty.name, i.nr.0.to_c()),
+            })
+            .collect(),
+        functions: items
+            .iter()
+            .flat_map(|i| &i.functions)
+            .filter(|f| here.has(&f.place))
+            .map(|f| function_view(f, abi))
+            .collect(),
+        asserts: assertions(scope, &structs, layouts),
+    };
+    // askama drops the template's final newline; the template ends with an
+    // empty line so the file ends with exactly one.
+    view.render()
+        .unwrap_or_else(|e| format!("/* render error: {e} */\n"))
+}
+
+/// Which header is being rendered: the component's own or its extension header, for which
+/// kernel.
+#[derive(Clone, Copy)]
+struct Here<'a> {
+    ext: bool,
+    kernel: &'a str,
+}
+
+impl Here<'_> {
+    fn has(self, p: &crate::model::Placement) -> bool {
+        p.in_header(self.ext, self.kernel)
+    }
+}
+
+/// The `#include` lines and forward declarations.
+fn includes(scope: Scope<'_>, items: &[&Items], here: Here<'_>) -> Vec<String> {
+    let comp = scope.component();
+    let abi = comp.abi;
+    if here.ext {
+        // The extension header builds on the component's own, and declares its own structs.
+        let mut out = vec![format!("#include <{}>", comp.header)];
+        let forward: Vec<String> = items
+            .iter()
+            .flat_map(|i| &i.structs)
+            .filter(|s| here.has(&s.place))
+            .map(|s| format!("struct {};", s.name))
+            .collect();
+        if !forward.is_empty() {
+            out.push(String::new());
+            out.extend(forward);
+        }
+        return out;
+    }
     // Headers `luo gen` renders are included as they are; kernel-only ones
     // (`asm/page.h`, `linux/align.h`) only under `__KERNEL__`, with
     // `luo/kernel_compat.h` standing in for them elsewhere.
@@ -110,8 +240,6 @@ fn render(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts, ext: bool) -> St
         .partition(|i| generated.contains(&i.as_str()));
     let mut includes = Vec::new();
     match abi {
-        // The extension header builds on the component's own.
-        _ if ext => includes.push(format!("#include <{}>", comp.header)),
         AbiKind::Uapi => {
             for inc in ["linux/ioctl.h", "linux/types.h"]
                 .into_iter()
@@ -148,17 +276,13 @@ fn render(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts, ext: bool) -> St
     }
     // Forward declarations: opaque kernel objects, and (for the C API, whose
     // callbacks take pointers to structs defined further down) our structs.
-    let mut forward: Vec<String> = if ext {
-        Vec::new()
-    } else {
-        comp.opaque.iter().map(|o| format!("struct {o};")).collect()
-    };
+    let mut forward: Vec<String> = comp.opaque.iter().map(|o| format!("struct {o};")).collect();
     if abi == AbiKind::Kernel {
         forward.extend(
             items
                 .iter()
                 .flat_map(|i| &i.structs)
-                .filter(|s| here(&s.place))
+                .filter(|s| here.has(&s.place))
                 .map(|s| format!("struct {};", s.name)),
         );
     }
@@ -166,11 +290,16 @@ fn render(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts, ext: bool) -> St
         includes.push(String::new());
         includes.extend(forward);
     }
+    includes
+}
 
+/// The `#define`s of constants and of the feature negotiation. An `internal` constant is
+/// upstream's in a .c file, not in the header.
+fn defines(scope: Scope<'_>, items: &[&Items], here: Here<'_>) -> Vec<DefineView> {
     let consts = items
         .iter()
         .flat_map(|i| &i.consts)
-        .filter(|c| !c.internal && here(&c.place))
+        .filter(|c| !c.internal && here.has(&c.place))
         .map(|c| {
             let value = match &c.value {
                 ConstValue::Str(s) => format!("\"{s}\""),
@@ -184,63 +313,50 @@ fn render(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts, ext: bool) -> St
                 value,
             }
         });
-    let consts =
-        consts.chain(
-            crate::render::feature_defines(scope)
-                .into_iter()
-                .map(|f| DefineView {
-                    doc: comment(Some(&f.doc)),
-                    pad: pad(&f.name),
-                    name: f.name,
-                    value: f.c_value,
-                }),
-        );
-    let macros = items
-        .iter()
-        .filter(|_| !ext)
-        .flat_map(|i| &i.macros)
-        .map(|mac| {
-            let head = format!("#define {}({})", mac.name, mac.params.join(", "));
-            let body: Vec<&str> = mac.body.trim_end().lines().collect();
-            let lines = match body.as_slice() {
-                [one] => vec![format!("{head} {}", one.trim())],
-                many => {
-                    let mut lines = vec![format!("{head} \\")];
-                    for (i, l) in many.iter().enumerate() {
-                        let cont = if i + 1 < many.len() { " \\" } else { "" };
-                        lines.push(format!("\t{}{cont}", l.trim_end()));
-                    }
-                    lines
-                }
-            };
-            MacroView {
-                doc: comment(mac.doc.as_deref()),
-                guard: match (&mac.ifdef, mac.kernel_only) {
-                    (Some(sym), _) => Some(sym.clone()),
-                    (None, true) => Some("__KERNEL__".into()),
-                    (None, false) => None,
-                },
-                lines,
+    let features = if here.ext {
+        Vec::new()
+    } else {
+        crate::render::feature_defines(scope)
+    };
+    consts
+        .chain(features.into_iter().map(|f| DefineView {
+            doc: comment(Some(&f.doc)),
+            pad: pad(&f.name),
+            name: f.name,
+            value: f.c_value,
+        }))
+        .collect()
+}
+
+/// A function-like macro, its body continued over lines.
+fn macro_view(mac: &CMacro) -> MacroView {
+    let head = format!("#define {}({})", mac.name, mac.params.join(", "));
+    let body: Vec<&str> = mac.body.trim_end().lines().collect();
+    let lines = match body.as_slice() {
+        [one] => vec![format!("{head} {}", one.trim())],
+        many => {
+            let mut lines = vec![format!("{head} \\")];
+            for (i, l) in many.iter().enumerate() {
+                let cont = if i + 1 < many.len() { " \\" } else { "" };
+                lines.push(format!("\t{}{cont}", l.trim_end()));
             }
-        });
-    let enums = items
-        .iter()
-        .filter(|_| !ext)
-        .flat_map(|i| &i.enums)
-        .map(|e| EnumView {
-            doc: comment(e.doc.as_deref()),
-            name: e.name.clone(),
-            members: e
-                .members
-                .iter()
-                .map(|m| (m.name.clone(), m.value.to_c()))
-                .collect(),
-        });
-    let structs: Vec<&Struct> = ordered_structs(&items)
-        .into_iter()
-        .filter(|s| here(&s.place))
-        .collect();
-    let struct_views = structs.iter().map(|s| StructView {
+            lines
+        }
+    };
+    MacroView {
+        doc: comment(mac.doc.as_deref()),
+        guard: match (&mac.ifdef, mac.kernel_only) {
+            (Some(sym), _) => Some(sym.clone()),
+            (None, true) => Some("__KERNEL__".into()),
+            (None, false) => None,
+        },
+        lines,
+    }
+}
+
+/// A struct's declaration.
+fn struct_view(s: &Struct, abi: AbiKind) -> StructView {
+    StructView {
         doc: struct_doc(s),
         name: s.name.clone(),
         packed: s.packed,
@@ -266,74 +382,33 @@ fn render(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts, ext: bool) -> St
                 decl
             })
             .collect(),
-    });
-    let ioctls = items
-        .iter()
-        .filter(|_| !ext)
-        .flat_map(|i| &i.ioctls)
-        .map(|i| DefineView {
-            doc: kernel_doc(i.doc.as_deref()),
-            pad: pad(&i.name),
-            name: i.name.clone(),
-            value: format!("{}({}, {})", i.encoding.name, i.ty.name, i.nr.0.to_c()),
-        });
-    let functions = items
-        .iter()
-        .flat_map(|i| &i.functions)
-        .filter(|f| here(&f.place))
-        .map(|f| FunctionView {
-            doc: kernel_doc(f.doc.as_deref()),
-            decl: {
-                let args: Vec<String> = f
-                    .sig
-                    .args
-                    .iter()
-                    .map(|(n, t)| declarator(&c_type(t, abi), t, n, abi))
-                    .collect();
-                let args = if args.is_empty() {
-                    "void".to_string()
-                } else {
-                    args.join(", ")
-                };
-                declarator(
-                    &c_type(&f.sig.ret, abi),
-                    &f.sig.ret,
-                    &format!("{}({args})", f.name),
-                    abi,
-                )
-            },
-        });
-    let asserts = assertions(scope, &structs, layouts);
-    let view = HeaderView {
-        spdx: if abi == AbiKind::Uapi {
-            "GPL-2.0 WITH Linux-syscall-note"
-        } else {
-            "GPL-2.0"
+    }
+}
+
+/// A C API function's prototype.
+fn function_view(f: &Function, abi: AbiKind) -> FunctionView {
+    FunctionView {
+        doc: kernel_doc(f.doc.as_deref()),
+        decl: {
+            let args: Vec<String> = f
+                .sig
+                .args
+                .iter()
+                .map(|(n, t)| declarator(&c_type(t, abi), t, n, abi))
+                .collect();
+            let args = if args.is_empty() {
+                "void".to_string()
+            } else {
+                args.join(", ")
+            };
+            declarator(
+                &c_type(&f.sig.ret, abi),
+                &f.sig.ret,
+                &format!("{}({args})", f.name),
+                abi,
+            )
         },
-        spec_path: format!("spec/{}.toml", comp.name),
-        kernel: kernel.name.clone(),
-        version: scope.version().map(|v| v.id.clone()),
-        doc: match (&comp.ext_header, ext) {
-            (Some((_, _, doc)), true) => kernel_doc(doc.as_deref()),
-            _ => kernel_doc(comp.doc.as_deref()),
-        },
-        guard: match (&comp.ext_header, ext) {
-            (Some((_, guard, _)), true) => guard.clone(),
-            _ => comp.guard.clone(),
-        },
-        includes,
-        consts: consts.collect(),
-        macros: macros.collect(),
-        enums: enums.collect(),
-        structs: struct_views.collect(),
-        ioctls: ioctls.collect(),
-        functions: functions.collect(),
-        asserts,
-    };
-    // askama drops the template's final newline; the template ends with an
-    // empty line so the file ends with exactly one.
-    view.render()
-        .unwrap_or_else(|e| format!("/* render error: {e} */\n"))
+    }
 }
 
 /// Structs in an order C accepts: a struct embedded by value comes first.
@@ -522,12 +597,12 @@ fn target_cond(targets: &[Target]) -> Option<String> {
     Some(parts.join(" || "))
 }
 
-fn assertions(scope: Scope<'_>, structs: &[&Struct], layouts: &Layouts) -> Vec<AssertGroup> {
+fn assertions(scope: Scope<'_>, structs: &[&Struct], layouts: &LayoutTable) -> Vec<AssertGroup> {
     let mut groups: Vec<AssertGroup> = Vec::new();
     for s in structs {
         let per: Vec<(Target, StructLayout)> = Target::ALL
             .iter()
-            .filter_map(|t| layouts.layout(scope, &s.name, *t).ok().map(|l| (*t, l)))
+            .filter_map(|t| layouts.get(scope, &s.name, *t).ok().map(|l| (*t, l)))
             .collect();
         if per.len() != Target::ALL.len() {
             continue;

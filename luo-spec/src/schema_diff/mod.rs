@@ -18,54 +18,22 @@ pub mod facts;
 pub mod matrix;
 pub mod policy;
 pub mod report;
-pub mod table;
+/// The ABI table format (moved to [`crate::abi_table`], which the renderer shares).
+pub use crate::abi_table as table;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::generate;
-use crate::model::{Origin, Scope};
-use crate::render::schema::{ComponentSnapshot, SNAPSHOT_VERSION, snapshot};
+use crate::ir::Ir;
+use crate::render::schema::{ComponentSnapshot, SNAPSHOT_VERSION, kernel_sets};
 
 pub use policy::{Finding, Severity};
 
 /// Where frozen snapshots of released kernels live (never written by `luo gen`).
 pub const RELEASED_DIR: &str = "schema/released";
 
-/// Whose answer a kernel set gives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum View {
-    /// This tree's build of the kernel: what its spec says it writes and reads.
-    #[default]
-    Luo,
-    /// Upstream's released kernel: its frozen snapshot under `schema/released/`.
-    Upstream,
-    /// Snapshots given as files or a git revision: no kernel view.
-    Files,
-}
-
-impl View {
-    /// The prefix that names the view (`luo`, `upstream`), if any.
-    pub fn prefix(self) -> Option<&'static str> {
-        match self {
-            View::Luo => Some("luo"),
-            View::Upstream => Some("upstream"),
-            View::Files => None,
-        }
-    }
-}
-
-/// One kernel's snapshots, by component.
-#[derive(Debug, Clone, PartialEq)]
-pub struct KernelSet {
-    /// Kernel name (`7.3`, `current`, or a file name).
-    pub kernel: String,
-    /// Whose answer this set gives.
-    pub view: View,
-    /// Snapshots by component name.
-    pub components: BTreeMap<String, ComponentSnapshot>,
-}
+pub use crate::render::schema::{KernelSet, View};
 
 impl KernelSet {
     /// The kernel with its view, as every output names it: `luo:7.3`, `upstream:7.3`.
@@ -238,36 +206,7 @@ pub fn sets_from_spec(spec_dir: &Path) -> Result<Vec<KernelSet>, InputError> {
     if diags.has_errors() {
         return Err(InputError::BadSpec(spec_dir.into()));
     }
-    Ok(spec
-        .kernels
-        .iter()
-        .map(|k| {
-            let components = spec
-                .components
-                .iter()
-                .enumerate()
-                .filter_map(|(ci, comp)| {
-                    let ver = spec.rendered_version(k, comp)?;
-                    Some((
-                        comp.name.clone(),
-                        snapshot(
-                            Scope {
-                                spec: &spec,
-                                origin: Origin { comp: ci, ver },
-                            },
-                            k,
-                            &layouts,
-                        ),
-                    ))
-                })
-                .collect();
-            KernelSet {
-                kernel: k.name.clone(),
-                view: View::Luo,
-                components,
-            }
-        })
-        .collect())
+    Ok(kernel_sets(&Ir::build(&spec, &layouts)))
 }
 
 /// The default kernel of the spec under `spec_dir`, renamed `name`.

@@ -22,8 +22,6 @@
 #define _LINUX_LUO_EXT_H
 
 #include <linux/liveupdate.h>
-#include <linux/kho/abi/luo.h>
-#include <uapi/linux/liveupdate.h>
 
 struct liveupdate_fh_global_state_ops;
 struct liveupdate_subsystem_ops;

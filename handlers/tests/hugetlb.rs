@@ -341,7 +341,8 @@ fn hugetlb_ser_is_validated() {
         }
     );
     assert_eq!(pools[&(ORDER + 1)], Pool::default());
-    let cases: [(&str, &dyn Fn(&mut hugetlb_ser)); 4] = [
+    type Corrupt<'a> = &'a dyn Fn(&mut hugetlb_ser);
+    let cases: [(&str, Corrupt<'_>); 4] = [
         ("nr_hstates past the array", &|s| s.nr_hstates = 5),
         ("order 0", &|s| s.hstates[0].order = 0),
         ("order past 1 GiB pages", &|s| s.hstates[0].order = 19),

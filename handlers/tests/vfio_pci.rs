@@ -741,7 +741,7 @@ fn vfio_record_carries_reset_works_and_the_iommufd_token() {
 /// migration: same device, no function reset assumed, no iommufd token.
 #[test]
 fn vfio_pci_v1_records_are_read() {
-    use luo_abi::file::{File as _, FileKind};
+    use luo_abi::file::FileKind;
     use luo_abi::handler::{Ctx, FileHandler, Finish, Registration};
     use luo_abi::registry::Registry;
     use luo_derive::liveupdate_handler;

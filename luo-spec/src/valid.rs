@@ -1360,15 +1360,6 @@ fn check_kernels(spec: &Spec, diags: &mut Diagnostics) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn edit_distance_works() {
-        assert_eq!(super::edit_distance("kho_vmalloc", "kho_vmaloc"), 1);
-        assert_eq!(super::edit_distance("abc", "abc"), 0);
-    }
-}
-
 /// An `internal` constant is not in the C header, so nothing the header renders may name it:
 /// not another constant that is rendered, not an array length.
 fn check_internal_unused(scope: Scope<'_>, items: &Items, diags: &mut Diagnostics) {
@@ -1456,5 +1447,14 @@ fn check_ext_placement(scope: Scope<'_>, items: &Items, diags: &mut Diagnostics)
             )
             .with_label("would be in no header")
             .with_hint("add `ext_header = \"linux/<name>_ext.h\"` to [component], or drop `ext`");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn edit_distance_works() {
+        assert_eq!(super::edit_distance("kho_vmalloc", "kho_vmaloc"), 1);
+        assert_eq!(super::edit_distance("abc", "abc"), 0);
     }
 }

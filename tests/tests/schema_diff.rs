@@ -601,6 +601,7 @@ fn pci_turned_versionless() {
     let (spec, diags) = luo_spec::model::load(&root().join("spec"));
     assert!(!diags.has_errors());
     let layouts = Layouts::new();
+    let ir = Ir::build(&spec, &layouts);
     let (ci, comp) = spec.component("pci").expect("pci");
     let k = spec
         .kernels
@@ -622,7 +623,7 @@ fn pci_turned_versionless() {
                 },
             },
             k,
-            &layouts,
+            &ir,
         )
     };
     let (old, new) = (snap("v3"), snap("data_v2"));

@@ -19,11 +19,14 @@ fn root() -> PathBuf {
 /// of preserved memory (`kho-v4`), which the core's own KHO model replaces.
 const NOT_MODELLED: &[&str] = &["kho_radix_leaf", "kho_radix_node"];
 
-/// `struct -> (size, [(member, bit offset, bit size)])` from the recorded file.
-fn recorded() -> BTreeMap<String, (u64, Vec<(String, u64, u64)>)> {
+/// A member: name, bit offset, bit size.
+type Member = (String, u64, u64);
+
+/// `struct -> (size, members)` from the recorded file.
+fn recorded() -> BTreeMap<String, (u64, Vec<Member>)> {
     let text = std::fs::read_to_string(root().join("tests/upstream/layouts-7.2.13.txt"))
         .expect("recorded layouts");
-    let mut out: BTreeMap<String, (u64, Vec<(String, u64, u64)>)> = BTreeMap::new();
+    let mut out: BTreeMap<String, (u64, Vec<Member>)> = BTreeMap::new();
     for line in text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -73,7 +76,7 @@ fn generated_headers_lay_out_every_7_2_struct_as_the_kernel() {
         let l = layouts
             .layout(scope, name, Target::PRIMARY)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let ours: Vec<(String, u64, u64)> = l
+        let ours: Vec<Member> = l
             .fields
             .iter()
             .map(|f| match f.bits {

@@ -230,6 +230,10 @@ pub struct Enum {
     /// Comment placed above the enum.
     #[serde(default)]
     pub doc: Option<SStr>,
+    /// Kernels whose C header does not declare it (upstream's headers of
+    /// that kernel lack it).
+    #[serde(default)]
+    pub not_in: Vec<SStr>,
     /// Enumerators, in order.
     pub members: Vec<EnumMember>,
 }

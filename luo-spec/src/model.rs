@@ -197,6 +197,8 @@ pub struct Enum {
     pub name: Option<String>,
     /// Comment.
     pub doc: Option<String>,
+    /// Where the C header renders it (enums are never `ext`).
+    pub place: Placement,
     /// Members: name, value, comment, span.
     pub members: Vec<EnumMember>,
 }
@@ -612,6 +614,7 @@ fn lower_items(
         .map(|e| Enum {
             name: text(&e.name),
             doc: text(&e.doc),
+            place: Placement::of(false, &e.not_in),
             members: e
                 .members
                 .iter()

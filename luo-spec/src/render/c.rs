@@ -154,8 +154,8 @@ fn render(scope: Scope<'_>, kernel: &Kernel, layouts: &LayoutTable, ext: bool) -
             .collect(),
         enums: items
             .iter()
-            .filter(|_| !ext)
             .flat_map(|i| &i.enums)
+            .filter(|e| here.has(&e.place))
             .map(|e| EnumView {
                 doc: comment(e.doc.as_deref()),
                 name: e.name.clone(),

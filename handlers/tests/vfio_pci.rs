@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The `vfio-pci-v2` handler, the PCI FLB `"pci"` (version 2, devices in a KHO block chain)
 //! and the IOMMU FLB through the core: the order memfd → iommufd → vfio cdev with upstream's
 //! errors, PCI refcounts up to the root port (EBUSY, VFs, after shutdown, entries reused, the

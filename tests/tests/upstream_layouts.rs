@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Every struct the real 7.2.13 kernel hands over or exposes to userspace
 //! (`include/linux/kho/abi/*.h`, `include/uapi/linux/liveupdate.h`), member by member, against
 //! the layouts of `generated/include` (the default kernel, 7.3, whose ABI is 7.2's): size,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `kexec_metadata`: items common to every version (linux/kho/abi/kexec_metadata.h).
 //!
 //! DOC: Kexec metadata ABI

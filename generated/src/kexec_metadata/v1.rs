@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `kexec_metadata` version `v1`.
 //!
 //! The record as in 7.2: version 1.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `memblock`: items common to every version (linux/kho/abi/memblock.h).
 //!
 //! DOC: memblock Kexec HandOver ABI

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `memblock` version `v1`.
 //!
 //! As in 7.2.

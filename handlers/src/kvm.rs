@@ -9,7 +9,7 @@
 //! The model's VM ([`Vm`]) is a synthetic file of [`FileKind::KvmVm`]; create one with
 //! [`Vm::new`] and install it with the core's `open_synthetic`. The handler
 //! ([`KvmVmHandler`], written with `#[liveupdate_handler]`) is registered by [`register`],
-//! which [`crate::hugetlb::register`] calls with guest_memfd's.
+//! which [`crate::vm::register`] calls with guest_memfd's.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 

@@ -14,7 +14,7 @@ use luo_generated::hugetlb::hugemfd_folio_ser;
 use luo_generated::hugetlb::v1::hugemfd_ser;
 use luo_handlers::folio_array;
 use luo_handlers::guest_memfd::GuestMemfd;
-use luo_handlers::hugetlb::{self, Form, HugeMemfd, Hugetlb, Pool};
+use luo_handlers::hugetlb::{Form, HugeMemfd, Hugetlb, Pool};
 use luo_handlers::kvm::Vm;
 use luo_handlers::pages::Pages;
 
@@ -29,7 +29,7 @@ fn boot(h: Option<luo_core::Handover>, form: Form) -> (Kernel, Hugetlb) {
         ..BootOptions::default()
     };
     let k = Kernel::boot(&opts, h).unwrap();
-    let ht = hugetlb::register(&k, form).unwrap();
+    let ht = luo_handlers::vm::register(&k, form).unwrap();
     (k, ht)
 }
 
@@ -330,7 +330,7 @@ fn hugetlb_ser_is_validated() {
         let mut ser = k.kho().read_obj(at).unwrap();
         f(&mut ser);
         k.kho().write_obj(at, &ser).unwrap();
-        hugetlb::register(&k, Form::Flb).map(|ht| ht.state().pools)
+        luo_handlers::vm::register(&k, Form::Flb).map(|ht| ht.state().pools)
     };
     let pools = boot_with(&|_| {}).unwrap();
     assert_eq!(

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The guest_memfd file handler (`guest_memfd_luo_v1`, spec `kvm/v1`), after upstream's
-//! guest_memfd preservation series (`reference/luo-upstream.md` §8c).
+//! guest_memfd preservation series (posted upstream, not merged).
 //!
 //! A guest_memfd is handed over as a `struct guest_memfd_luo_ser` (size, flags, VM token) and
 //! its folios as `struct guest_memfd_luo_folio_ser` records (pfn, flags, index) in a preserved

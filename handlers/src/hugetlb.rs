@@ -15,7 +15,7 @@
 //!   page) and not at all when no such file is preserved; in the new kernel it is retrieved on
 //!   demand (the huge-memfd handler calls `get_incoming` eagerly at registration, as the RFC's
 //!   init does) and finished with the last dependent file.
-//! * [`Form::Subsystem`] — the seed's choice: the subsystem `"hugetlb"` ([`HugetlbSubsystem`],
+//! * [`Form::Subsystem`] — LUO v4's choice: the subsystem `"hugetlb"` ([`HugetlbSubsystem`],
 //!   `#[liveupdate_subsystem]`) with its own lifecycle,
 //!   frozen on the reboot path after the files, booted when it registers in the new kernel
 //!   (before any file is retrieved, so the free pages are back in the pool), finished after the

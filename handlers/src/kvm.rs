@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The KVM VM file handler (`kvm_vm_luo_v1`, spec `kvm/v1`), after upstream's guest_memfd
-//! preservation series (`reference/luo-upstream.md` §8c).
+//! preservation series (posted upstream, not merged).
 //!
 //! A VM file is handed over as a `struct kvm_luo_ser` holding the VM type; the new kernel
 //! creates a new VM of that type. The handler has no freeze: nothing about the VM changes on

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0-only OR MIT
-//! LUO file handlers and global state (issues 5 and 6).
+//! LUO file handlers and global state.
 //!
 //! Every handler here is written with the macros (`#[liveupdate_handler]`,
 //! `#[liveupdate_flb]`, `#[liveupdate_subsystem]`) and registered with a kernel given

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! HugeTLB both ways, side by side: what the FLB form (upstream's series) and the subsystem
-//! form (the seed) do to the HugeTLB pools when only a non-HugeTLB guest_memfd is preserved,
+//! form (LUO v4) do to the HugeTLB pools when only a non-HugeTLB guest_memfd is preserved,
 //! when no file is preserved, and with a HugeTLB memfd that is retrieved and one that is not;
 //! the posted `hugetlb_ser` (only the preserved pages cross, per huge page size) and what the
 //! new kernel refuses in it.

@@ -1379,7 +1379,7 @@ fn schema_diff(o: &Opts) -> Result<Vec<Row>, String> {
         let old = luo_bench::synthetic_snapshot(structs, 50, false);
         let new = luo_bench::synthetic_snapshot(structs, 50, true);
         let (ms, n) = median_ms(o.rounds(21), || {
-            let d = luo_spec::schema_diff::diff_component(black_box(&old), black_box(&new));
+            let d = luo_schema::diff::diff_component(black_box(&old), black_box(&new));
             black_box(d.findings.len());
         });
         rows.push(row(

@@ -54,6 +54,18 @@ pub fn render_text(diffs: &[ComponentDiff]) -> String {
             }
         }
     }
+    if let Some(d) = diffs.first() {
+        out.push_str(&format!(
+            "live update {} -> {}: {}\n",
+            d.old_kernel,
+            d.new_kernel,
+            if super::handover_ok(diffs) {
+                "possible"
+            } else {
+                "NOT possible"
+            }
+        ));
+    }
     let code = exit_code(diffs);
     out.push_str(if code == 0 {
         "result: compatible\n"
@@ -67,6 +79,7 @@ pub fn render_text(diffs: &[ComponentDiff]) -> String {
 pub fn to_json(diffs: &[ComponentDiff]) -> serde_json::Value {
     serde_json::json!({
         "compatible": exit_code(diffs) == 0,
+        "live_update": super::handover_ok(diffs),
         "components": diffs,
     })
 }

@@ -9,7 +9,12 @@
 //!   (`COMPAT_NOT_BUMPED` otherwise); a bump is fine only when the new kernel
 //!   keeps a reader of the old version (`READER_KEPT`) or declares its
 //!   removal (`READER_REMOVAL_DECLARED`); else `READER_NOT_KEPT`. Consuming a
-//!   reserved must-be-zero member is compatible.
+//!   reserved must-be-zero member is compatible. A versionless compatible
+//!   string carries its version in a member of the data (a `version`
+//!   constant: upstream's `"pci"` with `pci_ser.version`); the string and
+//!   the number together are the version, so bumping the number is the bump
+//!   (`STRUCT_VERSION_BUMPED`), and dropping the number from the string is
+//!   reported as such (`COMPAT_VERSIONLESS`).
 //! - **Feature-negotiated ABIs** (`luo_feature_hdr`): a struct grows only at
 //!   the end, behind a new optional feature; a feature turned required breaks
 //!   every kernel that does not know it, and must have been published as
@@ -23,7 +28,11 @@
 use serde::Serialize;
 
 use super::facts::{Fact, FeatureFlags};
-use crate::render::schema::ComponentSnapshot;
+use luo_spec::render::schema::ComponentSnapshot;
+
+mod rules;
+
+pub use rules::*;
 
 /// How a finding affects a live update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -55,132 +64,6 @@ pub struct Finding {
     /// How to fix it, when something needs fixing.
     pub fix: Option<String>,
 }
-
-/// Every rule ID with its one-line meaning (for `--help` and the docs).
-pub const RULES: &[(&str, &str)] = &[
-    (
-        "COMPAT_NOT_BUMPED",
-        "handover layout changed but the compatible string did not",
-    ),
-    ("COMPAT_BUMPED", "the compatible string changed"),
-    ("READER_KEPT", "the new kernel still reads the old version"),
-    (
-        "READER_REMOVAL_DECLARED",
-        "the new kernel declares it no longer reads the old version",
-    ),
-    (
-        "READER_NOT_KEPT",
-        "the new kernel cannot read what the old one writes",
-    ),
-    ("STRUCT_ADDED", "a new struct"),
-    ("STRUCT_REMOVED", "a struct is gone"),
-    ("STRUCT_SIZE_CHANGED", "a struct's size changed"),
-    ("ALIGN_CHANGED", "a struct's alignment changed"),
-    ("PACKED_CHANGED", "__packed added or removed"),
-    ("FIELD_ADDED", "a member was added to a handover struct"),
-    ("FIELD_REMOVED", "a member is gone"),
-    (
-        "FIELD_RENAMED",
-        "a member has a new name at the same place (source change only)",
-    ),
-    ("FIELD_MOVED", "a member's offset changed"),
-    (
-        "FIELD_TYPE_CHANGED",
-        "a member's type, width or signedness changed",
-    ),
-    (
-        "FIELD_SIZE_CHANGED",
-        "a member's size or array length changed",
-    ),
-    ("BITFIELD_CHANGED", "a bitfield's position or width changed"),
-    (
-        "RESERVED_CONSUMED",
-        "a reserved must-be-zero member was given a meaning",
-    ),
-    ("CONSTANT_CHANGED", "a constant or flag value changed"),
-    ("CONSTANT_ADDED", "a new constant"),
-    ("CONSTANT_REMOVED", "a constant is gone"),
-    (
-        "ENUM_SENTINEL_MOVED",
-        "an enum sentinel (`*_MAX`, `*_NR`, `*_COUNT`, `*_LAST`) moved",
-    ),
-    (
-        "FDT_CHANGED",
-        "an FDT node or property name or compatible changed",
-    ),
-    ("PAGE_SIZE_DEPENDENT", "a layout now depends on PAGE_SIZE"),
-    (
-        "UAPI_GROW_AT_END",
-        "a size-prefixed uAPI struct grew at the end",
-    ),
-    ("UAPI_BREAK", "a uAPI layout changed incompatibly"),
-    (
-        "UAPI_MIN_SIZE_RAISED",
-        "a uAPI struct's minimum size rose: old userspace gets EINVAL",
-    ),
-    (
-        "UAPI_ARCH_DEPENDENT",
-        "a uAPI layout differs between i386 and x86_64 (needs compat_ioctl)",
-    ),
-    ("IOCTL_ADDED", "a new ioctl"),
-    ("IOCTL_REMOVED", "an ioctl is gone"),
-    ("IOCTL_CHANGED", "an ioctl's number or argument changed"),
-    (
-        "KERNEL_API_CHANGED",
-        "the in-kernel C API changed (not part of a handover)",
-    ),
-    (
-        "NEGOTIATION_CHANGED",
-        "the component switched versioning scheme",
-    ),
-    (
-        "HANDLER_NAME_CHANGED",
-        "a feature-negotiated handler name changed",
-    ),
-    (
-        "FEATURE_OPTIONAL_ADDED",
-        "a new optional feature (supported and active, not required)",
-    ),
-    (
-        "FEATURE_SUPPORTED_ADDED",
-        "a new feature published as supported only (a transition kernel)",
-    ),
-    (
-        "FEATURE_NOW_REQUIRED",
-        "a feature became required: kernels that do not know it cannot read",
-    ),
-    (
-        "FEATURE_NOT_TRANSITIONED",
-        "a required feature was not published as supported in an earlier release",
-    ),
-    (
-        "FEATURE_BIT_REUSED",
-        "a feature bit now names a different feature",
-    ),
-    ("FEATURE_BIT_RENUMBERED", "a feature moved to another bit"),
-    ("FEATURE_REMOVED", "a feature bit is gone"),
-    (
-        "FEATURE_STATE_CHANGED",
-        "a feature's supported/active state changed",
-    ),
-    (
-        "FEATURE_FIELD_UNGATED",
-        "a member was added to a feature-negotiated struct without a feature",
-    ),
-    ("FEATURE_GATED_FIELD_MOVED", "a feature-gated member moved"),
-    (
-        "FEATURE_LAYOUT_CHANGED",
-        "a feature-negotiated struct changed other than by growing at the end",
-    ),
-    (
-        "COMPONENT_ADDED",
-        "a component exists only in the new kernel",
-    ),
-    (
-        "COMPONENT_REMOVED",
-        "a component exists only in the old kernel",
-    ),
-];
 
 fn is_sentinel(name: &str) -> bool {
     ["_MAX", "_NR", "_COUNT", "_LAST"]
@@ -314,6 +197,13 @@ fn common_facts(cx: &mut Ctx<'_>, f: &Fact) -> bool {
             format!("renamed `{old}` → `{new}` (same offset, size and type)"),
             None,
         ),
+        FieldSplitIntoBits { old, new, .. } => cx.push(
+            "FIELD_SPLIT_INTO_BITS",
+            Severity::Compatible,
+            f.subject(),
+            format!("`{old}` is now the bitfields {} of the same unit (same bytes)", new.join(", ")),
+            None,
+        ),
         ReservedConsumed { old, new, .. } => cx.push(
             "RESERVED_CONSUMED",
             Severity::Compatible,
@@ -408,32 +298,92 @@ fn handover(cx: &mut Ctx<'_>, facts: &[Fact]) {
     let old_id = cx.old.identity.first().cloned().unwrap_or_default();
     if !bumped_identity {
         if layout_changes > 0 {
-            let next = bumped(&old_id);
+            let fix = match version_members(&cx.old.identity).first() {
+                Some((at, v)) => format!(
+                    "bump `{at}` from {v} to {}: add a new version to spec/{}.toml with the new `version` constant and keep a reader of version {v}",
+                    v + 1,
+                    cx.new.component
+                ),
+                None => format!(
+                    "bump `{old_id}` to `{}`: add a new version to spec/{}.toml and keep a reader of `{old_id}`",
+                    bumped(&old_id),
+                    cx.new.component
+                ),
+            };
             cx.push(
                 "COMPAT_NOT_BUMPED",
                 Severity::Error,
                 "compatible".into(),
-                format!("{layout_changes} layout change(s) but the compatible string is still `{old_id}`"),
-                Some(format!(
-                    "bump `{old_id}` to `{next}`: add a new version to spec/{}.toml and keep a reader of `{old_id}`",
-                    cx.new.component
-                )),
+                format!(
+                    "{layout_changes} layout change(s) but the compatible string is still `{}`",
+                    cx.old.identity.join(", ")
+                ),
+                Some(fix),
             );
         }
         return;
     }
-    cx.push(
-        "COMPAT_BUMPED",
-        Severity::Note,
-        "compatible".into(),
-        format!(
-            "{} → {}",
-            cx.old.identity.join(", "),
-            cx.new.identity.join(", ")
-        ),
-        None,
-    );
+    bump_rule(cx);
     reader_rule(cx);
+}
+
+/// The `member=value` entries of an identity: where a versionless compatible
+/// string keeps its version (`render::schema::version_identity`).
+fn version_members(identity: &[String]) -> Vec<(String, u64)> {
+    identity
+        .iter()
+        .filter_map(|i| i.split_once('='))
+        .filter_map(|(at, v)| Some((at.to_string(), v.parse().ok()?)))
+        .collect()
+}
+
+/// The strings of an identity, without its version members.
+fn identity_strings(identity: &[String]) -> Vec<&str> {
+    identity
+        .iter()
+        .filter(|i| !i.contains('='))
+        .map(String::as_str)
+        .collect()
+}
+
+/// How the version changed: a new compatible string, the string turned
+/// versionless (the number moved into the data), or the number in the data.
+fn bump_rule(cx: &mut Ctx<'_>) {
+    let (old, new) = (&cx.old.identity, &cx.new.identity);
+    let (old_v, new_v) = (version_members(old), version_members(new));
+    let show = |v: &[(String, u64)]| {
+        v.iter()
+            .map(|(at, n)| format!("{at} = {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (rule, message) = if old_v.is_empty() && !new_v.is_empty() {
+        (
+            "COMPAT_VERSIONLESS",
+            format!(
+                "`{}` → versionless `{}`; the version is now {} in the data, checked by the reader",
+                identity_strings(old).join(", "),
+                identity_strings(new).join(", "),
+                show(&new_v)
+            ),
+        )
+    } else if !old_v.is_empty() && identity_strings(old) == identity_strings(new) {
+        (
+            "STRUCT_VERSION_BUMPED",
+            format!(
+                "`{}` keeps its name; version {} → {}",
+                identity_strings(new).join(", "),
+                show(&old_v),
+                show(&new_v)
+            ),
+        )
+    } else {
+        (
+            "COMPAT_BUMPED",
+            format!("{} → {}", old.join(", "), new.join(", ")),
+        )
+    };
+    cx.push(rule, Severity::Note, "compatible".into(), message, None);
 }
 
 /// After a bump: can the new kernel read what the old one writes?

@@ -4,7 +4,8 @@
 //! Decided per handed-over component from what A *writes* (its version's
 //! identity and required feature bits) and what B *reads* (the versions it
 //! accepts and the feature bits each reader knows) — so a kernel carrying
-//! readers of older versions shows up as able to take them.
+//! readers of older versions shows up as able to take them. Cells name their
+//! kernels with the view (`luo:7.3`, `upstream:7.3`), as the diff does.
 
 use serde::Serialize;
 
@@ -162,6 +163,7 @@ fn civil_date(days: u64) -> String {
 
 /// The verdict for A → B.
 pub fn cell(a: &KernelSet, b: &KernelSet) -> Cell {
+    let (al, bl) = (a.label(), b.label());
     let mut components = Vec::new();
     for (name, w) in a.components.iter().filter(|(_, s)| s.abi == "kho") {
         let written = w.identity.join(", ");
@@ -175,17 +177,14 @@ pub fn cell(a: &KernelSet, b: &KernelSet) -> Cell {
                 {
                     (
                         Rule::SameLayout,
-                        format!(
-                            "unversioned; the same layout in `{}` and `{}`",
-                            a.kernel, b.kernel
-                        ),
+                        format!("unversioned; the same layout in `{}` and `{}`", al, bl),
                     )
                 } else {
                     (
                         Rule::UnversionedLayoutChanged,
                         format!(
                             "unversioned, but its layout differs between `{}` and `{}`",
-                            a.kernel, b.kernel
+                            al, bl
                         ),
                     )
                 }
@@ -194,7 +193,7 @@ pub fn cell(a: &KernelSet, b: &KernelSet) -> Cell {
                 Rule::NoReader,
                 format!(
                     "`{}` has no `{name}` reader; `{}` writes `{written}`",
-                    b.kernel, a.kernel
+                    bl, al
                 ),
             ),
             Some(r) => match r.reads.iter().find(|rd| rd.identity == w.identity) {
@@ -207,17 +206,13 @@ pub fn cell(a: &KernelSet, b: &KernelSet) -> Cell {
                         (
                             Rule::FeaturesUnknown,
                             format!(
-                                "`{written}` requires feature bits {unknown:#x} that `{}` does not know",
-                                b.kernel
+                                "`{written}` requires feature bits {unknown:#x} that `{bl}` does not know"
                             ),
                         )
                     } else {
                         (
                             Rule::VersionRead,
-                            format!(
-                                "`{}` reads `{written}` (version `{}`)",
-                                b.kernel, rd.version
-                            ),
+                            format!("`{}` reads `{written}` (version `{}`)", bl, rd.version),
                         )
                     }
                 }
@@ -234,10 +229,7 @@ pub fn cell(a: &KernelSet, b: &KernelSet) -> Cell {
                     };
                     (
                         Rule::VersionNotRead,
-                        format!(
-                            "`{}` writes `{written}`; `{}` reads {reads}",
-                            a.kernel, b.kernel
-                        ),
+                        format!("`{}` writes `{written}`; `{}` reads {reads}", al, bl),
                     )
                 }
             },
@@ -250,8 +242,8 @@ pub fn cell(a: &KernelSet, b: &KernelSet) -> Cell {
         });
     }
     Cell {
-        from: a.kernel.clone(),
-        to: b.kernel.clone(),
+        from: al,
+        to: bl,
         ok: components.iter().all(|c| c.ok),
         components,
     }
@@ -268,7 +260,7 @@ pub fn matrix(sets: &[KernelSet]) -> Vec<Vec<Cell>> {
 pub fn render_text(sets: &[KernelSet], m: &[Vec<Cell>], about: &About) -> String {
     let width = sets
         .iter()
-        .map(|s| s.kernel.len())
+        .map(|s| s.label().len())
         .max()
         .unwrap_or(4)
         .max(7);
@@ -278,7 +270,7 @@ pub fn render_text(sets: &[KernelSet], m: &[Vec<Cell>], about: &About) -> String
     );
     out.push_str(&format!("{:<width$}  ", "from\\to"));
     for s in sets {
-        out.push_str(&format!("{:<width$}  ", s.kernel));
+        out.push_str(&format!("{:<width$}  ", s.label()));
     }
     out.push('\n');
     for row in m {
@@ -309,7 +301,7 @@ pub fn render_text(sets: &[KernelSet], m: &[Vec<Cell>], about: &About) -> String
 pub fn to_json(sets: &[KernelSet], m: &[Vec<Cell>], about: &About) -> serde_json::Value {
     serde_json::json!({
         "about": about,
-        "kernels": sets.iter().map(|s| s.kernel.as_str()).collect::<Vec<_>>(),
+        "kernels": sets.iter().map(KernelSet::label).collect::<Vec<_>>(),
         "cells": m,
     })
 }
@@ -409,7 +401,7 @@ pub fn render_html(sets: &[KernelSet], m: &[Vec<Cell>], about: &About) -> String
         "<h2>By kernel</h2>\n<table id=\"matrix\" class=\"grid\">\n<tr><th class=\"corner\">from \\ to</th>",
     );
     for s in sets {
-        out.push_str(&format!("<th>{}</th>", esc(&s.kernel)));
+        out.push_str(&format!("<th>{}</th>", esc(&s.label())));
     }
     out.push_str("</tr>\n");
     for row in m {
@@ -470,7 +462,7 @@ pub fn render_html(sets: &[KernelSet], m: &[Vec<Cell>], about: &About) -> String
         "<h2>By component</h2>\n<table id=\"components\" class=\"grid\">\n<tr><th class=\"corner\">component</th><th class=\"corner\">from \\ to</th>",
     );
     for s in sets {
-        out.push_str(&format!("<th>{}</th>", esc(&s.kernel)));
+        out.push_str(&format!("<th>{}</th>", esc(&s.label())));
     }
     out.push_str("</tr>\n");
     for comp in components {

@@ -7,27 +7,34 @@
 //! → [`facts`] (what changed) → [`policy`] (what it means, with rule IDs)
 //! → [`report`] (text, JSON, exit code). [`matrix`] answers "can kernel A
 //! live-update into kernel B" for every pair from what each writes and reads.
+//!
+//! Every kernel set has a [`View`]: `luo:<k>` is what this tree builds for
+//! kernel `k` (our readers of older versions included; what `luo simulate`
+//! and `luo schema check-update` run), `upstream:<k>` is the frozen snapshot
+//! of a released kernel (upstream's exact-match readers). A bare kernel name
+//! means `luo:<k>` in every command, so the diff, the matrix, check-update and
+//! simulate answer the same question the same way; outputs name the view.
 
 pub mod facts;
 pub mod matrix;
 pub mod policy;
 pub mod report;
-/// The ABI table format (moved to [`crate::abi_table`], which the renderer shares).
-pub use crate::abi_table as table;
+/// The ABI table format (moved to [`luo_spec::abi_table`], which the renderer shares).
+pub use luo_spec::abi_table as table;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::generate;
-use crate::ir::Ir;
-use crate::render::schema::{ComponentSnapshot, SNAPSHOT_VERSION, kernel_sets};
+use luo_spec::generate;
+use luo_spec::ir::Ir;
+use luo_spec::render::schema::{ComponentSnapshot, SNAPSHOT_VERSION, kernel_sets};
 
 pub use policy::{Finding, Severity};
 
 /// Where frozen snapshots of released kernels live (never written by `luo gen`).
 pub const RELEASED_DIR: &str = "schema/released";
 
-pub use crate::render::schema::KernelSet;
+pub use luo_spec::render::schema::{KernelSet, View};
 
 /// Why an input could not be used (exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +153,42 @@ pub fn read_set(dir: &Path) -> Result<KernelSet, InputError> {
             error: "the directory holds no snapshot".into(),
         });
     }
-    Ok(KernelSet { kernel, components })
+    Ok(KernelSet {
+        kernel,
+        view: View::Files,
+        components,
+    })
+}
+
+/// A released kernel's frozen snapshots: upstream's view.
+pub fn upstream_set(root: &Path, kernel: &str) -> Result<KernelSet, InputError> {
+    let dir = root.join(RELEASED_DIR).join(kernel);
+    if !dir.is_dir() {
+        let known = released_kernels(root).join(", ");
+        return Err(InputError::UnknownKernel {
+            name: format!("upstream:{kernel}"),
+            known: format!(
+                "released kernels with frozen snapshots: {known}; a kernel that is not released has only this tree's view, `luo:{kernel}`"
+            ),
+        });
+    }
+    let mut set = read_set(&dir)?;
+    set.view = View::Upstream;
+    Ok(set)
+}
+
+/// Kernels with frozen snapshots under `schema/released/`, sorted.
+pub fn released_kernels(root: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(root.join(RELEASED_DIR))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
 }
 
 /// Snapshots of every kernel of the spec under `spec_dir`, computed now.
@@ -227,8 +269,10 @@ pub enum Input {
 }
 
 /// Resolve a command-line argument: a `.json` snapshot, a directory of
-/// snapshots, `released:<kernel>`, `git:<rev>[:<kernel>]`, `current`, or a
-/// kernel name (its frozen snapshots when released, else the current spec's).
+/// snapshots, `upstream:<kernel>` (also `released:<kernel>`: the frozen
+/// snapshots of a released kernel), `luo:<kernel>`, `git:<rev>[:<kernel>]`,
+/// `current`, or a kernel name — this tree's build of it (`luo:<kernel>`),
+/// as in the matrix, check-update and simulate.
 pub fn resolve(root: &Path, arg: &str) -> Result<Input, InputError> {
     let path = Path::new(arg);
     if arg.ends_with(".json") || path.is_file() {
@@ -249,17 +293,17 @@ pub fn resolve(root: &Path, arg: &str) -> Result<Input, InputError> {
         let _ = std::fs::remove_dir_all(spec_dir.parent().unwrap_or(&spec_dir));
         return result.map(Input::Kernel);
     }
-    if arg == "current" {
+    if let Some(k) = arg
+        .strip_prefix("upstream:")
+        .or_else(|| arg.strip_prefix("released:"))
+    {
+        return upstream_set(root, k).map(Input::Kernel);
+    }
+    let name = arg.strip_prefix("luo:").unwrap_or(arg);
+    if name == "current" {
         return current_set(&root.join("spec"), "current").map(Input::Kernel);
     }
-    if let Some(k) = arg.strip_prefix("released:") {
-        return read_set(&root.join(RELEASED_DIR).join(k)).map(Input::Kernel);
-    }
-    let frozen = root.join(RELEASED_DIR).join(arg);
-    if frozen.is_dir() {
-        return read_set(&frozen).map(Input::Kernel);
-    }
-    pick(sets_from_spec(&root.join("spec"))?, arg).map(Input::Kernel)
+    pick(sets_from_spec(&root.join("spec"))?, name).map(Input::Kernel)
 }
 
 fn known_kernel_name(root: &Path, name: &str) -> bool {
@@ -282,14 +326,34 @@ fn pick(sets: Vec<KernelSet>, name: &str) -> Result<KernelSet, InputError> {
         })
 }
 
-/// Every kernel for the matrix, as this tree builds it (what each kernel's
-/// spec says it writes and reads, our multi-version readers included), plus
-/// `current` (the default kernel). Upstream's exact-match view of a released
-/// kernel is its frozen snapshot: `luo schema diff released:A released:B`.
-pub fn matrix_sets(root: &Path) -> Result<Vec<KernelSet>, InputError> {
-    let mut out = sets_from_spec(&root.join("spec"))?;
-    out.push(current_set(&root.join("spec"), "current")?);
-    Ok(out)
+/// Every kernel for the matrix in `view`: [`View::Luo`], as this tree builds
+/// them (what each kernel's spec says it writes and reads, our multi-version
+/// readers included) plus `current` (the default kernel); [`View::Upstream`],
+/// every released kernel's frozen snapshot (upstream's exact-match readers).
+pub fn matrix_sets(root: &Path, view: View) -> Result<Vec<KernelSet>, InputError> {
+    match view {
+        View::Upstream => released_kernels(root)
+            .iter()
+            .map(|k| upstream_set(root, k))
+            .collect(),
+        View::Luo | View::Files => {
+            let mut out = sets_from_spec(&root.join("spec"))?;
+            out.push(current_set(&root.join("spec"), "current")?);
+            Ok(out)
+        }
+    }
+}
+
+/// Whether the diff says the live update works: no handover (`kho`)
+/// component has a breaking finding or a policy error. The matrix's cell for
+/// the same pair in the same view gives the same answer (uAPI and in-kernel
+/// API findings are about userspace and C users, not about the handover).
+pub fn handover_ok(diffs: &[ComponentDiff]) -> bool {
+    diffs
+        .iter()
+        .filter(|d| d.abi == "kho")
+        .flat_map(|d| &d.findings)
+        .all(|f| f.severity < Severity::Breaking)
 }
 
 /// Diff two inputs: facts and findings per component.
@@ -316,6 +380,8 @@ pub fn diff_inputs(old: &Input, new: &Input) -> Result<Vec<ComponentDiff>, Input
 pub struct ComponentDiff {
     /// Component.
     pub component: String,
+    /// `uapi`, `kho` or `kernel`.
+    pub abi: String,
     /// Old kernel.
     pub old_kernel: String,
     /// New kernel.
@@ -332,6 +398,7 @@ pub fn diff_component(old: &ComponentSnapshot, new: &ComponentSnapshot) -> Compo
     let findings = policy::classify(old, new, &facts);
     ComponentDiff {
         component: new.component.clone(),
+        abi: new.abi.clone(),
         old_kernel: old.kernel.clone(),
         new_kernel: new.kernel.clone(),
         facts,
@@ -346,13 +413,14 @@ pub fn diff_sets(old: &KernelSet, new: &KernelSet) -> Vec<ComponentDiff> {
         match new.components.get(name) {
             Some(n) => {
                 let mut d = diff_component(o, n);
-                (d.old_kernel, d.new_kernel) = (old.kernel.clone(), new.kernel.clone());
+                (d.old_kernel, d.new_kernel) = (old.label(), new.label());
                 out.push(d);
             }
             None => out.push(ComponentDiff {
                 component: name.clone(),
-                old_kernel: old.kernel.clone(),
-                new_kernel: new.kernel.clone(),
+                abi: o.abi.clone(),
+                old_kernel: old.label(),
+                new_kernel: new.label(),
                 facts: Vec::new(),
                 findings: vec![Finding {
                     rule: "COMPONENT_REMOVED",
@@ -363,7 +431,7 @@ pub fn diff_sets(old: &KernelSet, new: &KernelSet) -> Vec<ComponentDiff> {
                     },
                     component: name.clone(),
                     subject: o.header.clone(),
-                    message: format!("`{}` has no `{name}`", new.kernel),
+                    message: format!("`{}` has no `{name}`", new.label()),
                     fix: None,
                 }],
             }),
@@ -376,15 +444,16 @@ pub fn diff_sets(old: &KernelSet, new: &KernelSet) -> Vec<ComponentDiff> {
     {
         out.push(ComponentDiff {
             component: name.clone(),
-            old_kernel: old.kernel.clone(),
-            new_kernel: new.kernel.clone(),
+            abi: n.abi.clone(),
+            old_kernel: old.label(),
+            new_kernel: new.label(),
             facts: Vec::new(),
             findings: vec![Finding {
                 rule: "COMPONENT_ADDED",
                 severity: Severity::Compatible,
                 component: name.clone(),
                 subject: n.header.clone(),
-                message: format!("new in `{}`", new.kernel),
+                message: format!("new in `{}`", new.label()),
                 fix: None,
             }],
         });

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::render::schema::{ComponentSnapshot, LayoutSnapshot, MemberSnapshot, StructSnapshot};
+use luo_spec::render::schema::{ComponentSnapshot, LayoutSnapshot, MemberSnapshot, StructSnapshot};
 
 /// The target every layout fact is stated for; other targets only feed
 /// the PAGE_SIZE and architecture facts.
@@ -54,6 +54,13 @@ pub enum Fact {
         strukt: String,
         old: String,
         new: String,
+    },
+    /// A member became bitfields of its own type sharing its storage unit (a `u32 flags`
+    /// declared as `u32 deleted:1, incoming:1, …`): the same bytes under new names.
+    FieldSplitIntoBits {
+        strukt: String,
+        old: String,
+        new: Vec<String>,
     },
     /// A reserved member was given a meaning (same place and size).
     ReservedConsumed {
@@ -229,6 +236,12 @@ impl Fact {
             FieldRemoved { offset, .. } => format!("removed (was at offset {offset})"),
             FieldRenamed { new, .. } => format!("renamed to `{new}`"),
             ReservedConsumed { new, .. } => format!("reserved member now `{new}`"),
+            FieldSplitIntoBits { new, .. } => {
+                format!(
+                    "declared as the bitfields {} of the same unit",
+                    new.join(", ")
+                )
+            }
             FieldOffset { old, new, .. } => format!("offset {old} → {new}"),
             FieldType { old, new, .. } => format!("type `{old}` → `{new}`"),
             FieldSize { old, new, .. } => format!("size {old} → {new} bytes"),
@@ -309,7 +322,9 @@ impl Fact {
             | FieldSize { strukt, field, .. }
             | Bitfield { strukt, field, .. }
             | FieldFeature { strukt, field, .. } => format!("{strukt}.{field}"),
-            FieldRenamed { strukt, old, .. } | ReservedConsumed { strukt, old, .. } => {
+            FieldRenamed { strukt, old, .. }
+            | ReservedConsumed { strukt, old, .. }
+            | FieldSplitIntoBits { strukt, old, .. } => {
                 format!("{strukt}.{old}")
             }
             ConstantChanged { name, .. } | ConstantAdded { name } | ConstantRemoved { name } => {
@@ -512,6 +527,33 @@ fn diff_struct(o: &StructSnapshot, n: &StructSnapshot, facts: &mut Vec<Fact>) {
                 && f.size == osize
                 && f.bits == obits
         });
+        // Declared as bitfields of its own type in the same unit: the same bytes.
+        let bits_in_unit: Vec<String> = nl
+            .fields
+            .iter()
+            .filter(|f| {
+                obits.is_none()
+                    && f.bits.is_some()
+                    && f.offset == ooff
+                    && f.size == osize
+                    && !old_names.contains(&f.name.as_str())
+                    && !matched_new.contains(&f.name)
+                    && om
+                        .as_ref()
+                        .zip(member(n, &f.name))
+                        .is_some_and(|(o, m)| o.ty == m.ty)
+            })
+            .map(|f| f.name.clone())
+            .collect();
+        if same_place.is_none() && !bits_in_unit.is_empty() {
+            matched_new.extend(bits_in_unit.iter().cloned());
+            facts.push(Fact::FieldSplitIntoBits {
+                strukt: strukt.clone(),
+                old: name.to_string(),
+                new: bits_in_unit,
+            });
+            continue;
+        }
         match (same_place, &om) {
             (Some(f), Some(om)) if om.reserved => {
                 matched_new.insert(f.name.clone());
@@ -552,7 +594,7 @@ fn diff_struct(o: &StructSnapshot, n: &StructSnapshot, facts: &mut Vec<Fact>) {
 }
 
 fn diff_constants(old: &ComponentSnapshot, new: &ComponentSnapshot, facts: &mut Vec<Fact>) {
-    let value = |c: &crate::render::schema::ConstSnapshot| c.values.get(PRIMARY).copied();
+    let value = |c: &luo_spec::render::schema::ConstSnapshot| c.values.get(PRIMARY).copied();
     for o in &old.constants {
         match new.constants.iter().find(|n| n.name == o.name) {
             Some(n) => {
@@ -583,7 +625,7 @@ fn diff_constants(old: &ComponentSnapshot, new: &ComponentSnapshot, facts: &mut 
 }
 
 fn diff_fdt(old: &ComponentSnapshot, new: &ComponentSnapshot, facts: &mut Vec<Fact>) {
-    let describe = |n: &crate::render::schema::FdtSnapshot| {
+    let describe = |n: &luo_spec::render::schema::FdtSnapshot| {
         format!(
             "{} ({})",
             n.name.clone().unwrap_or_else(|| n.path.clone()),
@@ -669,7 +711,7 @@ fn diff_features(old: &ComponentSnapshot, new: &ComponentSnapshot, facts: &mut V
     let (Some(of), Some(nf)) = (&old.features, &new.features) else {
         return;
     };
-    let flags = |f: &crate::render::schema::FeaturesSnapshot, bit: u32| {
+    let flags = |f: &luo_spec::render::schema::FeaturesSnapshot, bit: u32| {
         let m = 1u64.checked_shl(bit).unwrap_or(0);
         FeatureFlags {
             supported: f.supported & m != 0,

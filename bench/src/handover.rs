@@ -16,7 +16,7 @@ use luo_abi::file::{File, FileKind};
 use luo_core::{BootOptions, Kernel, KernelVersion};
 use luo_generated::luo::luo_file_ser;
 use luo_generated::luo::v5::luo_session_ser;
-use luo_handlers::hugetlb::{self, Form, HugeMemfd, Hugetlb};
+use luo_handlers::hugetlb::{Form, HugeMemfd, Hugetlb};
 
 /// Folios of 1 GiB of 4 KiB pages.
 pub const FOLIOS_1G: u64 = 262_144;
@@ -470,7 +470,9 @@ fn blackout_kernel(
     luo_testing::register(&k, false).map_err(err("register test handler"))?;
     let ht = match guest {
         Guest::Memfd => None,
-        Guest::Hugetlb => Some(hugetlb::register(&k, Form::Flb).map_err(err("register hugetlb"))?),
+        Guest::Hugetlb => {
+            Some(luo_handlers::vm::register(&k, Form::Flb).map_err(err("register hugetlb"))?)
+        }
     };
     Ok((k, ht))
 }

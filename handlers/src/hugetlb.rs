@@ -35,7 +35,7 @@
 //! FLB in the FLB form), through which files are made ([`HugeMemfd::new`],
 //! `GuestMemfd::new_hugetlb`) and the pools configured and inspected.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use luo_abi::file::{File, FileKind, FileRef};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The order of every live arena allocation, found by its first page.
 //!
 //! The kernel keeps a folio's order in its `struct page`; the model keeps one byte per arena

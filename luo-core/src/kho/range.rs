@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Runs of folios: the KHO calls for `count` folios of one order, back to back.
 //!
 //! Upstream preserves and restores folio by folio (`kho_preserve_folio`,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The incoming sessions of a kernel booted from a handover: in handover order, found by name
 //! in O(1) (`RETRIEVE_SESSION`), removed in amortized O(1) when their last fd closes after
 //! `FINISH`, and counted while they hold unfinished files, so every session path costs O(1)

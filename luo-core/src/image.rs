@@ -210,6 +210,16 @@ impl PhysRead for Image {
         }
         Ok(())
     }
+
+    /// The image holds every page of the range: it saved exactly the preserved arena pages.
+    fn is_preserved(&self, phys: u64, len: usize) -> bool {
+        let Some(end) = phys.checked_add(len.max(1) as u64) else {
+            return false;
+        };
+        // Stops at the first page not saved, so a huge claimed length costs no more than the
+        // pages the image holds.
+        (phys / PAGE..end.div_ceil(PAGE)).all(|p| self.pages.contains_key(&(p * PAGE)))
+    }
 }
 
 impl Handover {
@@ -222,6 +232,11 @@ impl Handover {
     pub fn read_phys(&self, phys: u64, buf: &mut [u8]) -> Result<(), Errno> {
         let off = phys.checked_sub(ARENA_BASE).ok_or(Errno::EFAULT)?;
         self.mem.arena.read(off, buf)
+    }
+
+    /// Physical address of the KHO handover blob (in the arena).
+    pub fn blob(&self) -> u64 {
+        self.mem.blob
     }
 
     /// Overwrites arena memory of the handover: fault injection for tests of corrupt images.

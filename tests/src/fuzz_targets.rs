@@ -160,6 +160,13 @@ impl luo_core::blocks::PhysRead for FlatMem<'_> {
         buf.copy_from_slice(src);
         Ok(())
     }
+
+    /// All of the input is memory the previous kernel preserved; nothing else is.
+    fn is_preserved(&self, phys: u64, len: usize) -> bool {
+        phys.checked_sub(FDT_MEM_BASE)
+            .and_then(|o| o.checked_add(len as u64))
+            .is_some_and(|end| end <= self.0.len() as u64)
+    }
 }
 
 /// The 6.19/7.0 `luo-v1` handover reader. The input is physical memory at

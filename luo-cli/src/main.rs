@@ -12,6 +12,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use luo_spec::commands;
 
+mod boot;
+mod pipe;
 mod vmtest;
 
 #[derive(Parser)]
@@ -94,6 +96,19 @@ enum Command {
     Inspect {
         /// Image saved by `luo simulate --save-image`.
         image: PathBuf,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Boot a kernel from a handover image and retrieve every session and file it holds, as
+    /// userspace would after a live update (the boot path; `inspect` runs the decoder).
+    /// Exit 0 all retrieved, 1 some not, 2 the image is unreadable or the boot refused.
+    Boot {
+        /// Image saved by `luo simulate --save-image`.
+        image: PathBuf,
+        /// Kernel that boots (6.19, 7.0, 7.3, next) [default: next, which reads every format].
+        #[arg(long, default_value = "next")]
+        kernel: luo_core::KernelVersion,
         /// JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -256,6 +271,9 @@ fn format(name: &str) -> Option<commands::Format> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Sim(_) | Command::Vmtest { .. }) {
+        pipe::end_quietly_on_closed_stdout();
+    }
     match cli.command {
         Command::Gen { check, verbose } => commands::gen_command(&cli.root, check, verbose),
         Command::Schema(cmd) => schema(&cli.root, cmd),
@@ -296,6 +314,11 @@ fn main() -> ExitCode {
             simulate(&opts, stage2)
         }
         Command::Inspect { image, json } => inspect(&image, json),
+        Command::Boot {
+            image,
+            kernel,
+            json,
+        } => boot::run(&image, kernel, json),
         Command::Sim(cmd) => sim(cmd),
         Command::Vmtest {
             kernel,

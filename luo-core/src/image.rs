@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 use luo_abi::{Errno, PAGE_SIZE};
 use zerocopy::FromBytes;
@@ -18,11 +19,15 @@ use zerocopy::FromBytes;
 use crate::blocks::PhysRead;
 use crate::error::ImageError;
 use crate::kernel::Handover;
-use crate::kho::{BLOB_MAGIC, BlobHeader, BlobRange, parse_blob_entries};
-use crate::mem::ARENA_BASE;
+use crate::kho::{BLOB_MAGIC, BlobHeader, BlobRange, MemHandover, parse_blob_entries};
+use crate::mem::{ARENA_BASE, Backing, BackingKind, ExtRegion, HeapBacking, REGION_BASE, REGION_SPAN};
 
 const PAGE: u64 = PAGE_SIZE as u64;
 const MAGIC: &[u8; 8] = b"LUOIMG01";
+
+/// The largest arena, in pages, a kernel booted from an image gets (64 GiB; its page
+/// allocator's bitmaps then take 4 MiB). The arena size is a number the image claims.
+pub const MAX_BOOT_ARENA_PAGES: u64 = 1 << 24;
 
 /// A decoded handover image.
 pub struct Image {
@@ -223,6 +228,89 @@ impl PhysRead for Image {
 }
 
 impl Handover {
+    /// The handover an image describes, for booting a kernel from a saved image (`luo boot`):
+    /// a sparse heap arena of the writing kernel's size holding every saved page at its
+    /// address, the KHO blob placed after the last of them, and an empty memfd for each region
+    /// that crossed (the image keeps no file data, so memfd contents read as zeros). Every
+    /// number taken from the image is bounded before it sizes anything.
+    pub fn from_image(img: &Image) -> Result<Handover, ImageError> {
+        for &p in img.pages.keys() {
+            if p < ARENA_BASE || !p.is_multiple_of(PAGE) {
+                return Err(ImageError::OutOfRange { phys: p, pages: 1 });
+            }
+        }
+        let too_big = |pages: Option<u64>| {
+            ImageError::Descriptor(match pages {
+                Some(n) => format!(
+                    "the image needs an arena of {n} pages, more than the \
+                     {MAX_BOOT_ARENA_PAGES} a kernel booted from an image gets"
+                ),
+                None => "the image's pages lie beyond any arena".to_owned(),
+            })
+        };
+        // Arena pages up to the last saved one, then the blob's.
+        let saved = img
+            .pages
+            .keys()
+            .map(|&p| (p - ARENA_BASE) / PAGE + 1)
+            .max()
+            .unwrap_or(0);
+        let blob_pages = (img.blob.len() as u64).div_ceil(PAGE);
+        let need = saved.checked_add(blob_pages).ok_or_else(|| too_big(None))?;
+        let arena_pages = img.arena_pages.max(need);
+        if arena_pages > MAX_BOOT_ARENA_PAGES {
+            return Err(too_big(Some(arena_pages)));
+        }
+        let blob_at = ARENA_BASE + saved * PAGE;
+        let arena = HeapBacking::new(arena_pages * PAGE);
+        let write = |phys: u64, data: &[u8]| {
+            arena
+                .write(phys - ARENA_BASE, data)
+                .map_err(|_| ImageError::Truncated {
+                    what: "image page",
+                    phys,
+                })
+        };
+        for (&p, data) in &img.pages {
+            write(p, data)?;
+        }
+        write(blob_at, &img.blob)?;
+        let mut regions = Vec::new();
+        for &base in &img.regions {
+            if base < REGION_BASE
+                || !(base - REGION_BASE).is_multiple_of(REGION_SPAN)
+                || base.checked_add(REGION_SPAN).is_none()
+                || regions.iter().any(|r: &Arc<ExtRegion>| r.base() == base)
+            {
+                return Err(ImageError::Descriptor(format!(
+                    "bad or repeated region base {base:#x}"
+                )));
+            }
+            let r = ExtRegion::create(base, "luo-image-region").map_err(ImageError::Host)?;
+            // The preserved pages in the region read as zeros (a sparse file).
+            let end = img
+                .ranges
+                .iter()
+                .filter(|x| x.phys >= base && x.phys - base < REGION_SPAN)
+                .map(|x| {
+                    let bytes = (u64::from(x.count) << x.order.min(32)).saturating_mul(PAGE);
+                    (x.phys - base).saturating_add(bytes).min(REGION_SPAN)
+                })
+                .max()
+                .unwrap_or(0);
+            rustix::fs::ftruncate(r.fd(), end).map_err(|e| ImageError::Host(crate::mem::host_err(e)))?;
+            regions.push(Arc::new(r));
+        }
+        Ok(Handover {
+            mem: MemHandover {
+                arena: Arc::new(arena),
+                arena_kind: BackingKind::Heap,
+                regions,
+                blob: blob_at,
+            },
+        })
+    }
+
     /// The subtrees the handover publishes (name → (phys, size)).
     pub fn subtrees(&self) -> Result<BTreeMap<String, (u64, usize)>, ImageError> {
         Ok(Image::from_handover(self)?.subtrees)

@@ -33,6 +33,7 @@ use rustix::net::{
 };
 
 #[allow(missing_docs)]
+pub mod boot_image;
 pub mod machine;
 mod proto;
 pub mod simulate;

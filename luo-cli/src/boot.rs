@@ -1,0 +1,41 @@
+//! `luo boot IMAGE`: boot a kernel of the simulated machine from a saved handover image and
+//! retrieve everything it holds (`luo_sim::boot_image`).
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use luo_core::KernelVersion;
+
+/// Exit 0 when every session and file was retrieved and finished, 1 when some were not,
+/// 2 when the image could not be read or the kernel refused to boot from it.
+pub fn run(image: &Path, kernel: KernelVersion, json: bool) -> ExitCode {
+    let report = luo_core::image::Image::load(image)
+        .map_err(|e| format!("cannot read the image: {e}"))
+        .and_then(|img| {
+            luo_sim::boot_image::boot_image(&img, kernel)
+                .map_err(|e| format!("kernel {} refused to boot from it: {e}", kernel.name()))
+        });
+    match report {
+        Ok(r) => {
+            if json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                print!("{}", r.to_text());
+            }
+            if r.all_retrieved() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!(
+                "luo boot: {}: {e}\n  (`luo inspect {}` decodes what the image holds; \
+                 `luo simulate --save-image FILE` writes a valid one)",
+                image.display(),
+                image.display()
+            );
+            ExitCode::from(2)
+        }
+    }
+}

@@ -98,8 +98,16 @@ fn inspect_and_boot_refuse_a_subtree_size_beyond_preserved_memory() {
         // The intact image boots and every file is retrieved.
         let o = luo(&["boot", good.to_str().expect("utf-8")]);
         let out = String::from_utf8_lossy(&o.stdout);
-        assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
-        assert_eq!(out.matches("1 of 1 file(s) retrieved, finish ok").count(), 2, "{out}");
+        assert!(
+            o.status.success(),
+            "{out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(
+            out.matches("1 of 1 file(s) retrieved, finish ok").count(),
+            2,
+            "{out}"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -114,8 +122,17 @@ fn boot_names_the_kernel_and_the_formats_it_reads() {
     assert_no_panic(&o, "boot --kernel 7.0");
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("kernel 7.0 refused to boot") && err.contains("luo-flb-v1"), "{err}");
-    let o = luo(&["boot", img.to_str().expect("utf-8"), "--kernel", "7.3", "--json"]);
+    assert!(
+        err.contains("kernel 7.0 refused to boot") && err.contains("luo-flb-v1"),
+        "{err}"
+    );
+    let o = luo(&[
+        "boot",
+        img.to_str().expect("utf-8"),
+        "--kernel",
+        "7.3",
+        "--json",
+    ]);
     assert!(o.status.success());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(v["kernel"], "7.3");
@@ -155,7 +172,15 @@ fn a_closed_standard_output_ends_output_commands_quietly() {
         &["schema", "matrix"],
         &["inspect", img],
         &["boot", img],
-        &["simulate", "--sessions", "1", "--files", "1", "--size", "4096"],
+        &[
+            "simulate",
+            "--sessions",
+            "1",
+            "--files",
+            "1",
+            "--size",
+            "4096",
+        ],
     ] {
         let o = with_closed_stdout(args);
         let err = String::from_utf8_lossy(&o.stderr);

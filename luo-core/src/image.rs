@@ -20,7 +20,9 @@ use crate::blocks::PhysRead;
 use crate::error::ImageError;
 use crate::kernel::Handover;
 use crate::kho::{BLOB_MAGIC, BlobHeader, BlobRange, MemHandover, parse_blob_entries};
-use crate::mem::{ARENA_BASE, Backing, BackingKind, ExtRegion, HeapBacking, REGION_BASE, REGION_SPAN};
+use crate::mem::{
+    ARENA_BASE, Backing, BackingKind, ExtRegion, HeapBacking, REGION_BASE, REGION_SPAN,
+};
 
 const PAGE: u64 = PAGE_SIZE as u64;
 const MAGIC: &[u8; 8] = b"LUOIMG01";
@@ -298,7 +300,8 @@ impl Handover {
                 })
                 .max()
                 .unwrap_or(0);
-            rustix::fs::ftruncate(r.fd(), end).map_err(|e| ImageError::Host(crate::mem::host_err(e)))?;
+            rustix::fs::ftruncate(r.fd(), end)
+                .map_err(|e| ImageError::Host(crate::mem::host_err(e)))?;
             regions.push(Arc::new(r));
         }
         Ok(Handover {

@@ -101,7 +101,10 @@ fn subtree_size_beyond_preserved_memory_is_refused() {
                 matches!(e, ImageError::SizeBeyondPreserved { size: s, .. } if s == size),
                 "{v} boot, size {size:#x}: {e}"
             );
-            assert!(e.to_string().contains("more than the memory preserved"), "{e}");
+            assert!(
+                e.to_string().contains("more than the memory preserved"),
+                "{e}"
+            );
         }
     }
 }

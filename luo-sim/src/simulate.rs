@@ -175,6 +175,18 @@ pub enum SimError {
     /// Options that do not go together.
     #[error("{0}")]
     Usage(String),
+    /// `--next` names a program that does not run stage 2: refused before anything is frozen.
+    #[error(
+        "--next {}: {why}; nothing was preserved or frozen (give a `luo` or `luo-sim` binary, \
+         or leave out --next to kexec into this one)",
+        next.display()
+    )]
+    NotNext {
+        /// The program.
+        next: PathBuf,
+        /// What it did instead.
+        why: String,
+    },
     /// A file came back different ([`Scenario::Vm`]): what differed.
     #[error("after the live update: {0}")]
     Check(String),
@@ -511,6 +523,14 @@ pub fn stage1(opts: &Options, out: &mut dyn Write) -> Result<(), SimError> {
         hugetlb_form: opts.hugetlb_form,
     };
     plan.check()?;
+    // Another binary as the next stage must show it runs stage 2 before anything is
+    // preserved: `--next /bin/true` would exit 0 having verified nothing.
+    if let Some(next) = &opts.next {
+        luo_core::exec::probe(next, &plan.stage2_args).map_err(|why| SimError::NotNext {
+            next: next.clone(),
+            why,
+        })?;
+    }
     let mut rep = plan.reporter(out, 1);
     let boot = BootOptions {
         backing: BackingKind::Memfd,
@@ -636,6 +656,8 @@ fn retrieve_and_verify(k: &Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<u
 /// A later stage: boot from the inherited handover, retrieve, verify every byte, finish; then
 /// either preserve again and `execve` the next stage, or (last hop) return the report.
 pub fn stage2(out: &mut dyn Write) -> Result<Report, SimError> {
+    // Stage 1 asked whether this program can be its next stage: yes.
+    luo_core::exec::answer_probe();
     let plan = Plan::from_env()?;
     let mut rep = plan.reporter(out, u8::try_from(plan.hop + 1).unwrap_or(u8::MAX));
     let kernel = plan.kernel(plan.hop);

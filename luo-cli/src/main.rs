@@ -14,6 +14,7 @@ use luo_spec::commands;
 
 mod boot;
 mod pipe;
+mod size;
 mod vmtest;
 
 #[derive(Parser)]
@@ -23,9 +24,10 @@ mod vmtest;
     about = "Declared, generated, checked Live Update Orchestrator ABIs"
 )]
 struct Cli {
-    /// Repository root (holds `spec/` and `generated/`).
-    #[arg(long, global = true, default_value = ".")]
-    root: PathBuf,
+    /// Repository root (holds `spec/` and `generated/`) [default: the current directory or
+    /// the first directory above it holding `spec/kernels/`].
+    #[arg(long, global = true)]
+    root: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -60,8 +62,8 @@ enum Command {
         /// memfds per session.
         #[arg(long, default_value_t = 4)]
         files: u32,
-        /// Bytes per memfd (vm: bytes of guest RAM, a multiple of 4096).
-        #[arg(long, default_value_t = 1 << 20)]
+        /// Bytes per memfd, e.g. 4096, 64K, 1M, 1G (vm: bytes of guest RAM, a multiple of 4096).
+        #[arg(long, default_value = "1M", value_parser = size::parse_size)]
         size: u64,
         /// Seed of the data pattern.
         #[arg(long, default_value_t = 0x5eed)]
@@ -274,9 +276,22 @@ fn main() -> ExitCode {
     if !matches!(cli.command, Command::Sim(_) | Command::Vmtest { .. }) {
         pipe::end_quietly_on_closed_stdout();
     }
+    // The commands that read the spec need the repository; the others do not look for it.
+    let root = || {
+        luo_spec::root::find(cli.root.as_deref()).map_err(|e| {
+            eprintln!("luo: {e}");
+            ExitCode::from(2)
+        })
+    };
     match cli.command {
-        Command::Gen { check, verbose } => commands::gen_command(&cli.root, check, verbose),
-        Command::Schema(cmd) => schema(&cli.root, cmd),
+        Command::Gen { check, verbose } => match root() {
+            Ok(r) => commands::gen_command(&r, check, verbose),
+            Err(code) => code,
+        },
+        Command::Schema(cmd) => match root() {
+            Ok(r) => schema(&r, cmd),
+            Err(code) => code,
+        },
         Command::Simulate {
             scenario,
             hugetlb_form,
@@ -337,7 +352,10 @@ fn main() -> ExitCode {
                 _ => vmtest::Mode::Kernel,
             };
             let opts = vmtest::Options {
-                root: cli.root.clone(),
+                // Programs and includes are paths of their own; the repository only supplies
+                // the default kernel image and headers, so outside one this is the cwd.
+                root: luo_spec::root::find(cli.root.as_deref())
+                    .unwrap_or_else(|_| cli.root.clone().unwrap_or_else(|| ".".into())),
                 kernel,
                 mode,
                 stages,
@@ -361,7 +379,10 @@ fn main() -> ExitCode {
             name,
             arch,
             version,
-        } => commands::layout_command(&cli.root, &name, &arch, version.as_deref()),
+        } => match root() {
+            Ok(r) => commands::layout_command(&r, &name, &arch, version.as_deref()),
+            Err(code) => code,
+        },
     }
 }
 

@@ -307,8 +307,45 @@ impl Plan {
     /// inherited.
     fn check(&self) -> Result<(), SimError> {
         match self.scenario {
-            Scenario::Basic => Ok(()),
-            Scenario::Vm => vm::check(self),
+            Scenario::Basic => {}
+            Scenario::Vm => vm::check(self)?,
+        }
+        self.check_memory(host_available_memory())
+    }
+
+    /// The memfd data the run writes (and keeps across the kexec) must fit in the host's
+    /// available memory (`available`, when known): a size beyond it would fill memory until
+    /// the run is killed. Refused before anything is created.
+    fn check_memory(&self, available: Option<u64>) -> Result<(), SimError> {
+        let (what, total) = match self.scenario {
+            Scenario::Basic => (
+                format!(
+                    "--size {} x {} session(s) x {} file(s)",
+                    self.size, self.sessions, self.files
+                ),
+                u64::from(self.sessions)
+                    .checked_mul(u64::from(self.files))
+                    .and_then(|n| n.checked_mul(self.size)),
+            ),
+            Scenario::Vm => (
+                format!("--size {} of guest RAM", self.size),
+                Some(self.size),
+            ),
+        };
+        match (total, available) {
+            (Some(t), Some(a)) if t <= a => Ok(()),
+            (Some(_), None) => Ok(()),
+            (t, a) => Err(SimError::Usage(format!(
+                "{what} is {} of memfd data, more than {}; give a smaller --size{}",
+                t.map_or("more than 2^64 bytes".to_owned(), |t| format!("{t} bytes")),
+                a.map_or("any machine has".to_owned(), |a| format!(
+                    "this machine's available memory ({a} bytes, MemAvailable in /proc/meminfo)"
+                )),
+                match self.scenario {
+                    Scenario::Basic => " or fewer --sessions/--files",
+                    Scenario::Vm => "",
+                }
+            ))),
         }
     }
 
@@ -548,6 +585,20 @@ pub fn stage1(opts: &Options, out: &mut dyn Write) -> Result<(), SimError> {
         Scenario::Vm => vm::populate(&k, &plan, &mut rep)?,
     }
     reboot_and_exec(k, &plan, &mut rep)
+}
+
+/// The host's available memory in bytes (`MemAvailable` of /proc/meminfo), if readable.
+fn host_available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
 }
 
 /// What the last stage found.

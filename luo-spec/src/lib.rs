@@ -15,6 +15,7 @@ pub mod generate;
 pub mod layout;
 pub mod model;
 pub mod render;
+pub mod root;
 pub mod schema_diff;
 pub mod ty;
 pub mod valid;

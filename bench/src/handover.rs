@@ -34,7 +34,7 @@ fn arena_pages(folios: u64, files: u64) -> u64 {
 pub fn boot(version: KernelVersion, folios: u64, files: u64) -> Result<Kernel, String> {
     let opts = boot_opts(version, folios, files);
     let k = Kernel::boot(&opts, None).map_err(|e| e.to_string())?;
-    luo_core::testing::register(&k, false).map_err(err("register test handler"))?;
+    luo_testing::register(&k, false).map_err(err("register test handler"))?;
     Ok(k)
 }
 
@@ -62,7 +62,7 @@ pub fn kexec(
     let h = k.kexec().map_err(err("kexec"))?;
     let k2 =
         Kernel::boot(&boot_opts(version, folios, files), Some(h)).map_err(|e| e.to_string())?;
-    luo_core::testing::register(&k2, false).map_err(err("register test handler"))?;
+    luo_testing::register(&k2, false).map_err(err("register test handler"))?;
     Ok(k2)
 }
 
@@ -239,7 +239,7 @@ impl SessionsFixture {
             k.close(f).map_err(err("close"))?;
         }
         // The test handler logs every callback; keep the log out of the measurement.
-        luo_core::testing::take_log();
+        luo_testing::take_log();
         Ok(SessionsFixture {
             k,
             fds,
@@ -278,7 +278,7 @@ pub fn time_sessions(f: SessionsFixture) -> Result<SessionsTimes, String> {
     let opts = boot_opts(version, 0, files);
     let t = Instant::now();
     let k2 = Kernel::boot(&opts, Some(h)).map_err(|e| e.to_string())?;
-    luo_core::testing::register(&k2, false).map_err(err("register test handler"))?;
+    luo_testing::register(&k2, false).map_err(err("register test handler"))?;
     let dev = k2.open_dev().map_err(err("open /dev/liveupdate"))?;
     let deserialize = t.elapsed();
     let inc = k2.luo().incoming();
@@ -393,7 +393,7 @@ pub fn blackout(folios: u64, sessions: u64, files: u64, touched: u64) -> Result<
     let t1 = Instant::now();
     let k2 =
         Kernel::boot(&boot_opts(version, folios, files), Some(h)).map_err(|e| e.to_string())?;
-    luo_core::testing::register(&k2, false).map_err(err("register test handler"))?;
+    luo_testing::register(&k2, false).map_err(err("register test handler"))?;
     let boot = t1.elapsed();
     let t2 = Instant::now();
     let dev = k2.open_dev().map_err(err("open /dev/liveupdate"))?;

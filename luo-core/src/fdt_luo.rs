@@ -31,7 +31,11 @@ fn bad(why: impl Into<String>) -> ImageError {
 }
 
 /// Builds the `luo-v1` FDT: `sessions` is the session area, `flbs` the FLB area (7.0 only).
-pub fn build(liveupdate_num: u64, sessions: u64, flbs: Option<u64>) -> Vec<u8> {
+pub fn build(
+    liveupdate_num: u64,
+    sessions: u64,
+    flbs: Option<u64>,
+) -> Result<Vec<u8>, fdt::FdtError> {
     let mut root = Node::new("")
         .prop_str("compatible", LUO_FDT_COMPATIBLE)
         .prop_u64(LUO_FDT_LIVEUPDATE_NUM, liveupdate_num)

@@ -200,7 +200,7 @@ impl File for CoreFile {
     fn payload(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
         match &self.obj {
             FileObj::Synthetic(_, p) => Some(&**p),
-            // A test file's payload is its value (`luo_core::testing`).
+            // A test file's payload is its value (`luo_testing`).
             FileObj::Test(v) => Some(v),
             _ => None,
         }

@@ -6,10 +6,12 @@
 //! kernel boots from the [`Handover`], in the same process or, through `execve`, in another.
 //!
 //! ```
-//! use luo_core::{BootOptions, Kernel, testing};
+//! use luo_core::{BootOptions, Kernel};
+//! use luo_testing as testing;
 //!
 //! // The core knows no handler: the machine boots it with initcalls that register them
-//! // (`luo-sim`'s machine registers the memfd handler); here, the core's test handler.
+//! // (`luo-sim`'s machine registers the memfd handler); here, the test handler of
+//! // `luo-testing`.
 //! let opts = BootOptions {
 //!     initcalls: vec![|k: &Kernel| testing::register(k, false)],
 //!     ..BootOptions::default()
@@ -44,8 +46,7 @@
 //!   for byte, and a typed API; [`exec`]: the handover across `execve`.
 //! * [`rust_host`]: what Rust handlers see of the core (each kernel's `LuoHost`) and the
 //!   registrations a kernel owns ([`luo_abi::registry::Registry`]); [`version`]: the kernel a
-//!   boot plays (6.19, 7.0, 7.3, next: the formats written and read); [`testing`]: a test
-//!   handler and FLB with failure injection, written with the macros; [`static_desc`]:
+//!   boot plays (6.19, 7.0, 7.3, next: the formats written and read); [`static_desc`]:
 //!   handler descriptors in `static`s, for code that drives the C paths directly.
 //! * [`capi`]: the `extern "C"` API of `linux/liveupdate.h`, KHO calls for C handlers and a
 //!   model driver for C programs (`tests/c/luo_model.h`).
@@ -74,7 +75,6 @@ pub mod mem;
 pub mod memfd_record;
 pub mod rust_host;
 pub mod static_desc;
-pub mod testing;
 pub mod uapi;
 pub mod util;
 pub mod version;

@@ -206,8 +206,9 @@ impl Registry for Kernel {
 }
 
 impl Kernel {
-    /// Keeps `obj` alive as long as the kernel (an FLB cell linked through the C API).
-    pub(crate) fn keep(&self, obj: Box<dyn Any + Send + Sync>) {
+    /// Keeps `obj` alive as long as the kernel: what a registration made through the C API
+    /// (`liveupdate_register_flb` of an FLB cell) points at.
+    pub fn keep(&self, obj: Box<dyn Any + Send + Sync>) {
         lock(&self.inner.registrations).push(obj);
     }
 }

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Barrier, OnceLock};
 
 use luo_abi::Errno;
-use luo_core::testing;
 use luo_core::{BootOptions, Kernel, StaticFlb, StaticFlbOps};
 use luo_generated::liveupdate::{liveupdate_flb_op_args, liveupdate_flb_ops};
+use luo_testing as testing;
 
 /// Set in the new kernel: the callbacks then meet at the barriers.
 static ARMED: AtomicBool = AtomicBool::new(false);

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 
 use luo_abi::Errno;
-use luo_core::testing;
 use luo_core::{BootOptions, Kernel};
+use luo_testing as testing;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestCaseError};
 

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use luo_core::testing;
 use luo_core::{BootOptions, Kernel};
+use luo_testing as testing;
 
 const THREADS: u64 = 8;
 const OPS: u64 = 10_000;

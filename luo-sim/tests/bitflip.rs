@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use luo_core::image::Image;
 use luo_core::inspect::inspect;
 use luo_core::kho::KhoViolation;
-use luo_core::testing;
 use luo_core::{Handover, Kernel};
+use luo_testing as testing;
 
 const SESSIONS: u64 = 3;
 /// Test files per session (tokens 0 and 1); sessions 0 and 1 also hold a memfd (token 2).

@@ -6,12 +6,12 @@ use std::ffi::c_int;
 use std::sync::Arc;
 
 use luo_abi::Errno;
-use luo_core::testing;
 use luo_core::{DependsOn, Kernel, StaticHandler, StaticOps};
 use luo_generated::liveupdate::{
     file as CFile, liveupdate_file_handler, liveupdate_file_op_args, liveupdate_file_ops,
     liveupdate_session,
 };
+use luo_testing as testing;
 
 fn boot() -> Kernel {
     let k = Kernel::boot(&luo_sim::machine::default_options(), None).unwrap();

@@ -9,9 +9,9 @@ use std::cell::Cell;
 use std::ffi::c_int;
 
 use luo_abi::Errno;
-use luo_core::testing::{self};
 use luo_core::{BootOptions, Kernel, KernelVersion};
 use luo_generated::liveupdate::{liveupdate_subsystem, liveupdate_subsystem_ops};
+use luo_testing as testing;
 
 const SESSIONS: u64 = 3;
 const FILES: u64 = 3;

@@ -3,7 +3,7 @@
 
 use luo_abi::Errno;
 use luo_core::Kernel;
-use luo_core::testing;
+use luo_testing as testing;
 
 fn boot() -> Kernel {
     let k = Kernel::boot(&luo_sim::machine::default_options(), None).unwrap();

@@ -2,7 +2,7 @@
 
 use luo_abi::Errno;
 use luo_core::Kernel;
-use luo_core::testing;
+use luo_testing as testing;
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)

@@ -6,8 +6,8 @@ use std::ffi::c_int;
 use luo_abi::Errno;
 use luo_abi::file::seals;
 use luo_core::Kernel;
-use luo_core::testing;
 use luo_generated::liveupdate::{liveupdate_subsystem, liveupdate_subsystem_ops};
+use luo_testing as testing;
 
 fn boot() -> Kernel {
     Kernel::boot(&luo_sim::machine::default_options(), None).unwrap()

@@ -2,7 +2,6 @@
 //! uAPI structs.
 
 use luo_abi::{AlignedU64, Errno};
-use luo_core::testing;
 use luo_core::{BootOptions, Kernel};
 use luo_generated::uapi::v2::{
     LIVEUPDATE_SESSION_FINISH, LIVEUPDATE_SESSION_GET_NAME, LIVEUPDATE_SESSION_PRESERVE_FD,
@@ -13,6 +12,7 @@ use luo_generated::uapi::{
     liveupdate_ioctl_create_session, liveupdate_ioctl_retrieve_session, liveupdate_session_finish,
     liveupdate_session_preserve_fd, liveupdate_session_retrieve_fd,
 };
+use luo_testing as testing;
 use zerocopy::{FromZeros, IntoBytes};
 
 fn boot() -> Kernel {

@@ -37,7 +37,7 @@ pub fn generate(spec: &Spec, layouts: &Layouts) -> Outputs {
     let mut out = Outputs::new();
     let mut tables = Vec::new();
     for kernel in &spec.kernels {
-        let mut set = crate::schema_diff::KernelSet {
+        let mut set = schema::KernelSet {
             kernel: kernel.name.clone(),
             components: Default::default(),
         };
@@ -74,12 +74,18 @@ pub fn generate(spec: &Spec, layouts: &Layouts) -> Outputs {
         tables.push((
             kernel.name.clone(),
             kernel.default,
-            crate::schema_diff::table::build(&set),
+            crate::abi_table::build(&set),
         ));
     }
+    let all = crate::abi_table::encode_kernels(
+        &tables
+            .iter()
+            .map(|(k, _, b)| (k.clone(), b.clone()))
+            .collect::<Vec<_>>(),
+    );
     out.insert(
         "generated/src/abi_table.rs".into(),
-        rust::abi_table(&tables),
+        rust::abi_table(&tables, &all),
     );
     out.insert(
         "generated/schema/layout.schema.json".into(),

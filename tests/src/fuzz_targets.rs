@@ -200,12 +200,14 @@ pub fn fdt_luo(data: &[u8]) {
         .get(4..8)
         .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
     if let Ok(tree) = fdt::parse(&data[..size.min(data.len())]) {
-        let again = fdt::write(&tree);
-        assert_eq!(
-            fdt::parse(&again).as_ref(),
-            Ok(&tree),
-            "a parsed FDT writes back to the same tree"
-        );
+        // The writer refuses names the format forbids, which the parser lets through.
+        if let Ok(again) = fdt::write(&tree) {
+            assert_eq!(
+                fdt::parse(&again).as_ref(),
+                Ok(&tree),
+                "a parsed FDT writes back to the same tree"
+            );
+        }
     }
     let mem = FlatMem(data);
     let flavour = luo_core::fdt_luo::flavour(&mem, FDT_MEM_BASE, size);
@@ -330,7 +332,7 @@ struct World {
 impl World {
     fn boot(opts: luo_core::BootOptions, h: Option<luo_core::Handover>) -> luo_core::Kernel {
         let k = luo_core::Kernel::boot(&opts, h).expect("a model handover boots");
-        luo_core::testing::register(&k, true).expect("register the test handler");
+        luo_testing::register(&k, true).expect("register the test handler");
         k
     }
 

@@ -51,7 +51,7 @@ fn write_seeds() {
             ..BootOptions::default()
         };
         let k = Kernel::boot(&opts, None).expect("boot");
-        luo_core::testing::register(&k, v != KernelVersion::V6_19).expect("register");
+        luo_testing::register(&k, v != KernelVersion::V6_19).expect("register");
         let dev = k.open_dev().expect("dev");
         for s in 0..2u64 {
             let sfd = k.create_session(dev, &format!("s{s}")).expect("create");
@@ -67,7 +67,8 @@ fn write_seeds() {
         let sessions = pa("luo-session", "luo-session-header").expect("session area");
         let flbs = pa("luo-flb", "luo-flb-header");
         let mut mem =
-            luo_core::fdt_luo::build(0, FDT_MEM_BASE + 4096, flbs.map(|_| FDT_MEM_BASE + 8192));
+            luo_core::fdt_luo::build(0, FDT_MEM_BASE + 4096, flbs.map(|_| FDT_MEM_BASE + 8192))
+                .expect("luo-v1 FDT");
         mem.resize(4096, 0);
         let mut area = vec![0u8; 8 + 2 * 80];
         h.read_phys(sessions, &mut area).expect("session area");

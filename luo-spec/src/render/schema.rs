@@ -536,3 +536,13 @@ pub fn spec_json_schema() -> String {
     let schema = schemars::schema_for!(crate::ast::ComponentFile);
     serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
 }
+
+/// One kernel's snapshots, by component (what `generated/` holds for a kernel and what
+/// `schema/` froze for a released one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelSet {
+    /// Kernel name (`7.3`, `current`, or a file name).
+    pub kernel: String,
+    /// Snapshots by component name.
+    pub components: BTreeMap<String, ComponentSnapshot>,
+}

@@ -11,7 +11,8 @@ pub mod facts;
 pub mod matrix;
 pub mod policy;
 pub mod report;
-pub mod table;
+/// The ABI table format (moved to [`crate::abi_table`], which the renderer shares).
+pub use crate::abi_table as table;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,14 +26,7 @@ pub use policy::{Finding, Severity};
 /// Where frozen snapshots of released kernels live (never written by `luo gen`).
 pub const RELEASED_DIR: &str = "schema/released";
 
-/// One kernel's snapshots, by component.
-#[derive(Debug, Clone, PartialEq)]
-pub struct KernelSet {
-    /// Kernel name (`7.3`, `current`, or a file name).
-    pub kernel: String,
-    /// Snapshots by component name.
-    pub components: BTreeMap<String, ComponentSnapshot>,
-}
+pub use crate::render::schema::KernelSet;
 
 /// Why an input could not be used (exit code 2).
 #[derive(Debug, thiserror::Error)]

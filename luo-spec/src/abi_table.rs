@@ -1,8 +1,8 @@
 //! The ABI table embedded in every binary that plays a kernel, so a live
 //! update can be checked *before* the kexec from the two binaries alone.
 //!
-//! Format: the `.liveupdate_features` section proposed in the mm tree
-//! (reference/luo-upstream.md §8b) — `struct liveupdate_ver_hdr { u32 magic
+//! Format: the `.liveupdate_features` section proposed for upstream's
+//! feature negotiation (`liveupdate_ver_hdr` and its entries) — `struct liveupdate_ver_hdr { u32 magic
 //! ('LVUP' = 0x4c565550); u32 version (1) }` followed by 80-byte
 //! `struct liveupdate_feature_entry { char name[48]; u32 feat_bytes; u32
 //! reserved; u64 supp; u64 req; u64 active }`, native endian.
@@ -21,7 +21,7 @@
 
 use std::fmt;
 
-use super::KernelSet;
+use crate::render::schema::KernelSet;
 
 /// `'LVUP'`.
 pub const MAGIC: u32 = 0x4c56_5550;

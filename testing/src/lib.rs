@@ -1,4 +1,8 @@
-//! A test file handler and a test FLB, for tests and benchmarks.
+//! Test support: a test file handler and a test FLB on luo-core, for tests and benchmarks.
+//!
+//! Where it sits: beside the machine layer, outside the core. A test boots a luo-core
+//! [`Kernel`] with [`register`] among its initcalls and drives it through the typed uAPI; the
+//! handler is written with the same macros as every shipped handler.
 //!
 //! The handler (`"luo-test-v1"`) preserves the synthetic files of [`Kernel::test_file`]: each
 //! file's value goes into a `kho_alloc_preserve`d page whose address is the handed-over data.
@@ -11,7 +15,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use luo_abi::file::{File, FileKind, FileRef};
 use luo_abi::global::{FlbState, StateCtx};
@@ -22,15 +26,19 @@ use luo_derive::{Abi, liveupdate_flb, liveupdate_handler};
 use luo_generated::liveupdate::{liveupdate_file_handler, liveupdate_flb};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::file::{CoreFile, FileObj};
-use crate::kernel::Kernel;
-use crate::mem::lock;
+use luo_core::Kernel;
+use luo_core::file::{CoreFile, FileObj};
 
 /// The FLB's magic data value.
 pub const FLB_MAGIC: u64 = 0xFEED_F00D_CAFE_BEE0;
 
 /// One logged callback: `(op, value)`; FLB ops log the FLB data as value.
 pub type Call = (&'static str, u64);
+
+/// A test's panic while holding a dependency list must not hide the list from the next test.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 thread_local! {
     static LOG: RefCell<Vec<Call>> = const { RefCell::new(Vec::new()) };
@@ -237,7 +245,7 @@ impl FlbState for TestFlb {
 // ---- a dependent test handler ---------------------------------------------------------------
 
 /// Compatible of the dependent test handler, whose files depend on other files of their
-/// session (test files or its own), named by token ([`crate::depend`]).
+/// session (test files or its own), named by token (`luo_core::depend`).
 pub const DEP_COMPATIBLE: &str = "luo-test-dep-v1";
 
 /// Most dependencies a dependent test file hands over (its record is one page).

@@ -320,11 +320,20 @@ fn failed_kexec_leaves_the_machine_and_its_sessions() {
     let out = d.run_ok(&s2, &["3", "4"]);
     assert!(out.contains("stage2: ok"), "{out}");
 
-    // Checks passed, exec failed: the machine boots from the handover in place.
+    // Checks passed, exec failed: the machine boots from the handover in place. The script
+    // answers the handover probe, then turns itself into one whose interpreter is missing,
+    // so the exec after the freeze fails.
     let out = d.run_ok(&s1, &["2", "2"]);
     let child: i32 = out.trim().parse().expect("child pid");
     let script = dir.join("script");
-    std::fs::write(&script, b"#!/nonexistent/interpreter\n").unwrap();
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho '{}'\nprintf '#!/nonexistent/interpreter\\n' > \"$0\"\n",
+            luo_core::exec::PROBE_ANSWER
+        ),
+    )
+    .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let (ret, text) = raw_kexec(&d.socket, script.as_os_str().as_encoded_bytes());
     assert!(ret < 0, "{text}");

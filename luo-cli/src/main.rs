@@ -455,7 +455,10 @@ fn inspect(image: &std::path::Path, json: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("luo inspect: {e}");
+            eprintln!(
+                "luo inspect: {}: {e}\n  (`luo simulate --save-image FILE` writes a valid image)",
+                image.display()
+            );
             ExitCode::from(2)
         }
     }

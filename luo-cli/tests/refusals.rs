@@ -180,3 +180,63 @@ fn git_revisions_are_validated_and_leave_no_temporaries() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `luo sim serve --socket FILE` keeps FILE; `luo sim kexec --into /bin/true` leaves the
+/// machine running.
+#[test]
+fn sim_serve_keeps_files_and_sim_kexec_into_a_foreign_program_keeps_the_machine() {
+    let dir = scratch("sim");
+    let file = dir.join("notes.txt");
+    std::fs::write(&file, b"keep me").expect("file");
+    let o = luo_in(
+        &dir,
+        &[
+            "sim",
+            "serve",
+            "--quiet",
+            "--socket",
+            file.to_str().expect("utf-8"),
+        ],
+    );
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains(&file.display().to_string()) && err.contains("a regular file"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&file).expect("file"), b"keep me");
+
+    let socket = dir.join("sim.sock");
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_luo"))
+        .args(["sim", "serve", "--quiet", "--socket"])
+        .arg(&socket)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start the daemon");
+    assert!(luo_sim::wait_ready(
+        &socket,
+        std::time::Duration::from_secs(10)
+    ));
+    let s = socket.to_str().expect("utf-8");
+    let o = luo_in(
+        &dir,
+        &["sim", "kexec", "--socket", s, "--into", "/bin/true"],
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("/bin/true") && err.contains("not a luo binary") && err.contains("--into"),
+        "{err}"
+    );
+    assert!(luo_sim::ping(&socket), "the machine is gone");
+    let o = luo_in(&dir, &["sim", "kexec", "--socket", s]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("liveupdate_num 1"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1030,7 +1030,8 @@ impl Daemon {
         let program = into.unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
         if let Err(why) = checked.and_then(|()| check_exec(&program)) {
             let msg = format!(
-                "cannot kexec into {}: {why}; nothing was frozen, the machine carries on",
+                "cannot kexec into {}: {why}; nothing was frozen, the machine carries on \
+                 (--into takes a luo or luo-sim-daemon binary)",
                 program.display()
             );
             self.log(format_args!("{msg}"));

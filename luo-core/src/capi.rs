@@ -57,7 +57,7 @@ pub extern "C" fn liveupdate_unregister_file_handler(fh: *mut liveupdate_file_ha
     }
 }
 
-/// `liveupdate_get_token_outgoing()`: see [`crate::depend`].
+/// `liveupdate_get_token_outgoing()`: see [`crate::luo::depend`].
 ///
 /// # Safety
 ///
@@ -73,7 +73,7 @@ pub unsafe extern "C" fn liveupdate_get_token_outgoing(
         .and_then(|t| put_u64(tokenp, t)))
 }
 
-/// `liveupdate_get_file_incoming()`: see [`crate::depend`]. The file is borrowed: the session
+/// `liveupdate_get_file_incoming()`: see [`crate::luo::depend`]. The file is borrowed: the session
 /// holds it until it finishes, after the caller.
 ///
 /// # Safety

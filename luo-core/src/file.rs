@@ -19,7 +19,6 @@ use rustix::fs::SealFlags;
 
 use crate::kho::Kho;
 use crate::lock_order::{Level, Ordered, lock};
-use crate::luo::Session;
 use crate::mem::{ExtRegion, REGION_SPAN, host_err};
 
 const PAGE: u64 = PAGE_SIZE as u64;
@@ -51,8 +50,9 @@ fn live_files() -> &'static Ordered<HashSet<usize>> {
 pub enum FileObj {
     /// `/dev/liveupdate`.
     Dev,
-    /// A session fd.
-    Session(Arc<Session>),
+    /// A session fd (an anonymous inode upstream): its private data is the LUO session, which
+    /// only LUO looks into (`crate::luo::Session::of_private`).
+    Session(Arc<dyn std::any::Any + Send + Sync>),
     /// A memfd.
     Memfd(MemfdFile),
     /// A synthetic object for test handlers, carrying a value.

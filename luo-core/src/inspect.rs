@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use crate::blocks::{PhysRead, read_chain};
 use crate::error::ImageError;
-use crate::global::{EXT_SUBTREE, read_ext};
 use crate::image::Image;
+use crate::luo::global::{EXT_SUBTREE, read_ext};
 use crate::luo::read_incoming;
 use crate::mem::{ARENA_BASE, REGION_BASE};
 use crate::util::lossy;
@@ -209,7 +209,7 @@ pub fn inspect(img: &Image) -> Result<Report, ImageError> {
     let format = match luo {
         Some((root, size)) => Some(match crate::luo::detect_format(img, root, size)? {
             crate::LuoFormat::V1 | crate::LuoFormat::V1Flb => {
-                match crate::fdt_luo::flavour(img, root, size)? {
+                match crate::luo::fdt_luo::flavour(img, root, size)? {
                     crate::LuoFormat::V1Flb => "luo-v1+flb",
                     _ => "luo-v1",
                 }

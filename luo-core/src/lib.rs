@@ -39,15 +39,17 @@
 //! * [`kho`]: Kexec HandOver over that memory, implementing [`luo_abi::kho::KhoService`].
 //! * [`blocks`]: KHO block chains.
 //! * [`file`](mod@file): the fd table and the files behind fds (memfds, sessions, synthetic objects).
-//! * [`luo`]: the LUO core: registry, sessions, files, FLBs, `luo-v5` and `next`
-//!   serialization, and readers of older formats ([`fdt_luo`]: the 6.19/7.0 FDT);
-//!   [`global`]: the seed's handler global state and v4-style subsystems.
-//! * [`kernel`]: a booted kernel and its kexec; [`uapi`]: the `/dev/liveupdate` ioctls, byte
-//!   for byte, and a typed API; [`exec`]: the handover across `execve`.
-//! * [`rust_host`]: what Rust handlers see of the core (each kernel's `LuoHost`) and the
-//!   registrations a kernel owns ([`luo_abi::registry::Registry`]); [`version`]: the kernel a
-//!   boot plays (6.19, 7.0, 7.3, next: the formats written and read); [`static_desc`]:
-//!   handler descriptors in `static`s, for code that drives the C paths directly.
+//! * [`luo`]: the LUO core, split as upstream's `kernel/liveupdate/`: registry, sessions,
+//!   files, FLBs, `luo-v5` and `next` serialization, and readers of older formats
+//!   ([`fdt_luo`]: the 6.19/7.0 FDT); [`depend`]: file-to-file dependencies; [`global`]:
+//!   handler-scoped global state and v4-style subsystems.
+//! * [`kernel`]: a booted kernel and its kexec; [`rust_host`]: what Rust handlers see of the
+//!   core (each kernel's `LuoHost`) and the registrations a kernel owns
+//!   ([`luo_abi::registry::Registry`]); [`uapi`]: the `/dev/liveupdate` ioctls, byte for byte,
+//!   and a typed API; [`exec`]: the handover across `execve`.
+//! * [`version`]: the kernel a boot plays (6.19, 7.0, 7.3, next: the formats written and
+//!   read); [`static_desc`]: handler descriptors in `static`s, for code that drives the C
+//!   paths directly.
 //! * [`capi`]: the `extern "C"` API of `linux/liveupdate.h`, KHO calls for C handlers and a
 //!   model driver for C programs (`tests/c/luo_model.h`).
 //! * [`image`] and [`inspect`]: `luo inspect` ([`memfd_record`]: its view of memfd records).
@@ -58,22 +60,20 @@
 
 pub mod blocks;
 pub mod capi;
-pub mod depend;
 pub mod error;
 pub mod exec;
 pub mod fdt;
-pub mod fdt_luo;
 pub mod file;
-pub mod global;
 pub mod image;
 pub mod inspect;
 pub mod kernel;
+pub use kernel::rust_host;
 pub mod kho;
 mod lock_order;
 pub mod luo;
+pub use luo::{depend, fdt_luo, global};
 pub mod mem;
 pub mod memfd_record;
-pub mod rust_host;
 pub mod static_desc;
 pub mod uapi;
 pub mod util;

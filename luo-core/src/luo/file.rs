@@ -27,7 +27,7 @@ pub(crate) struct LuoFile {
     pub(crate) status: i32,
     pub(super) id: Option<u64>,
     /// Tokens of the files of the same session this one depends on, as recorded by
-    /// `liveupdate_get_token_outgoing` / `liveupdate_get_file_incoming` ([`crate::depend`]).
+    /// `liveupdate_get_token_outgoing` / `liveupdate_get_file_incoming` ([`crate::luo::depend`]).
     pub(crate) deps: Vec<u64>,
     /// Its retrieve is running (on the thread owning the session's retrieval).
     pub(super) retrieving: bool,
@@ -122,9 +122,9 @@ impl Luo {
         }
         let mut a = h.args(s);
         a.file = CoreFile::as_c(&file);
-        let index = crate::depend::outgoing_index(&h, preserved);
-        let frame = crate::depend::Frame::new(s, &h, index);
-        let c = crate::depend::in_frame(frame, || h.call(h.ops.0.preserve, &mut a));
+        let index = crate::luo::depend::outgoing_index(&h, preserved);
+        let frame = crate::luo::depend::Frame::new(s, &h, index);
+        let c = crate::luo::depend::in_frame(frame, || h.call(h.ops.0.preserve, &mut a));
         if c.overruled {
             h.call_void(h.ops.0.unpreserve, &mut a);
         }
@@ -190,8 +190,8 @@ impl Luo {
             f.retrieving = true;
             (f.args(s), Arc::clone(&f.handler))
         };
-        let frame = crate::depend::Frame::new(s, &h, Arc::from([]));
-        let c = crate::depend::in_frame(frame, || h.call(h.ops.0.retrieve, &mut a));
+        let frame = crate::luo::depend::Frame::new(s, &h, Arc::from([]));
+        let c = crate::luo::depend::in_frame(frame, || h.call(h.ops.0.retrieve, &mut a));
         if c.overruled {
             // SAFETY: the retrieve succeeded, so it handed over one reference to its file,
             // which is dropped here.
@@ -206,7 +206,7 @@ impl Luo {
             .find(|f| f.token == token)
             .ok_or(Errno::EINVAL)?;
         f.retrieving = false;
-        crate::depend::merge(&mut f.deps, deps);
+        crate::luo::depend::merge(&mut f.deps, deps);
         if let Err(e) = r {
             f.status = e.to_neg();
             return Err(e);
@@ -248,15 +248,15 @@ impl Luo {
                 Arc::from([])
             } else {
                 Arc::clone(
-                    index.get_or_insert_with(|| crate::depend::outgoing_index(&h, &st.files)),
+                    index.get_or_insert_with(|| crate::luo::depend::outgoing_index(&h, &st.files)),
                 )
             };
             let f = &mut st.files[i];
             let mut a = f.args(s);
             log.push((lossy(&s.name), f.token, "freeze"));
-            let frame = crate::depend::Frame::new(s, &h, idx);
-            let c = crate::depend::in_frame(frame, || h.call(h.ops.0.freeze, &mut a));
-            crate::depend::merge(&mut f.deps, c.edges);
+            let frame = crate::luo::depend::Frame::new(s, &h, idx);
+            let c = crate::luo::depend::in_frame(frame, || h.call(h.ops.0.freeze, &mut a));
+            crate::luo::depend::merge(&mut f.deps, c.edges);
             if c.overruled {
                 Self::unfreeze(s, f, log);
             }

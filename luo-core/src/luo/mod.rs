@@ -10,8 +10,11 @@
 //! `luo_file.c`; `flb` is `luo_flb.c`; `session` is `luo_session.c`; `serialize` the handover
 //! formats written at reboot and read at boot.
 
+pub mod depend;
+pub mod fdt_luo;
 mod file;
 mod flb;
+pub mod global;
 mod registry;
 mod serialize;
 mod session;
@@ -107,7 +110,7 @@ pub struct Luo {
     flb_area: u64,
     liveupdate_num: u64,
     frozen: AtomicBool,
-    ext: crate::global::Ext,
+    ext: crate::luo::global::Ext,
     version: KernelVersion,
     v1_area: Ordered<Option<u64>>,
 }
@@ -168,7 +171,7 @@ impl Luo {
             flb_area,
             liveupdate_num,
             frozen: AtomicBool::new(false),
-            ext: crate::global::Ext::default(),
+            ext: crate::luo::global::Ext::default(),
             version,
             v1_area: Ordered::new(Level::V1Area, None),
         };
@@ -194,7 +197,7 @@ impl Luo {
         self.version
     }
 
-    pub(crate) fn ext(&self) -> &crate::global::Ext {
+    pub(crate) fn ext(&self) -> &crate::luo::global::Ext {
         &self.ext
     }
 

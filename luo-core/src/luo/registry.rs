@@ -22,9 +22,9 @@ pub(crate) struct Handler {
     pub(crate) compatible: String,
     pub(crate) compat_buf: [u8; 48],
     pub(crate) flbs: Ordered<Vec<Arc<Flb>>>,
-    pub(crate) global: Ordered<Option<Arc<crate::global::GlobalState>>>,
+    pub(crate) global: Ordered<Option<Arc<crate::luo::global::GlobalState>>>,
     /// Compatibles of the handlers whose files this handler's files may depend on
-    /// (`depends_on`, see [`crate::depend`]).
+    /// (`depends_on`, see [`crate::luo::depend`]).
     pub(crate) depends_on: Vec<String>,
 }
 
@@ -97,7 +97,9 @@ impl Luo {
             .cloned()
     }
 
-    pub(crate) fn handler_global_states(&self) -> Vec<(String, Arc<crate::global::GlobalState>)> {
+    pub(crate) fn handler_global_states(
+        &self,
+    ) -> Vec<(String, Arc<crate::luo::global::GlobalState>)> {
         lock(&self.reg)
             .handlers
             .iter()
@@ -111,7 +113,7 @@ impl Luo {
         &self,
     ) -> Vec<(
         *mut liveupdate_file_handler,
-        Arc<crate::global::GlobalState>,
+        Arc<crate::luo::global::GlobalState>,
     )> {
         lock(&self.reg)
             .handlers
@@ -154,7 +156,7 @@ impl Luo {
             return Err(Errno::EINVAL);
         }
         // SAFETY: the caller guarantees the handler's `depends_on` array is valid.
-        let depends_on = unsafe { crate::depend::read_depends_on(h.depends_on) }?;
+        let depends_on = unsafe { crate::luo::depend::read_depends_on(h.depends_on) }?;
         let mut reg = lock(&self.reg);
         if reg.handlers.iter().any(|x| x.compatible == compatible) {
             return Err(Errno::EEXIST);

@@ -74,7 +74,7 @@ pub fn detect_format<M: PhysRead + ?Sized>(
         });
     }
     let head: [u8; 8] = read_obj(mem, root, "LUO root")?;
-    if head[..4] == crate::fdt_luo::FDT_MAGIC.to_be_bytes() {
+    if head[..4] == crate::luo::fdt_luo::FDT_MAGIC.to_be_bytes() {
         return Ok(LuoFormat::V1);
     }
     let mut want = [0u8; LUO_ABI_COMPAT_LEN as usize];
@@ -118,7 +118,7 @@ pub fn read_incoming_as<M: PhysRead + ?Sized>(
     };
     let mut found = detect_format(mem, root, size)?;
     if found == LuoFormat::V1 {
-        found = crate::fdt_luo::flavour(mem, root, size)?;
+        found = crate::luo::fdt_luo::flavour(mem, root, size)?;
     }
     let reads = kernel.luo_reads();
     if !reads.contains(&found) {
@@ -133,7 +133,7 @@ pub fn read_incoming_as<M: PhysRead + ?Sized>(
         });
     }
     match found {
-        LuoFormat::V1 | LuoFormat::V1Flb => crate::fdt_luo::read(mem, root, size),
+        LuoFormat::V1 | LuoFormat::V1Flb => crate::luo::fdt_luo::read(mem, root, size),
         LuoFormat::V5 => {
             if size < size_of::<luo_ser>() {
                 return Err(ImageError::LuoTooSmall {
@@ -330,7 +330,7 @@ impl Luo {
             }
             LuoFormat::V1 | LuoFormat::V1Flb => {
                 let flbs = (self.version.luo_writes() == LuoFormat::V1Flb).then_some(self.flb_area);
-                let fdt = crate::fdt_luo::build(self.liveupdate_num, sessions_pa, flbs)
+                let fdt = crate::luo::fdt_luo::build(self.liveupdate_num, sessions_pa, flbs)
                     .map_err(|_| Errno::EINVAL)?;
                 if fdt.len() > PAGE_SIZE {
                     return Err(Errno::ENOSPC);

@@ -33,7 +33,7 @@ pub struct Session {
     pub(super) incoming: bool,
     pub(crate) st: Ordered<SessionSt>,
     /// The thread retrieving files of the session and its nesting depth: a retrieve may
-    /// retrieve its dependencies ([`crate::depend`]), so retrieval is owned by one thread at a
+    /// retrieve its dependencies ([`crate::luo::depend`]), so retrieval is owned by one thread at a
     /// time (upstream holds the session mutex across it) and re-entrant on that thread.
     pub(super) owner: Mutex<Option<(ThreadId, u32)>>,
     pub(super) owner_cv: Condvar,
@@ -55,6 +55,13 @@ impl Drop for RetrieveOwner<'_> {
 }
 
 impl Session {
+    /// The session behind a session fd (its `FileObj::Session` private data).
+    pub(crate) fn of_private(
+        private: &Arc<dyn std::any::Any + Send + Sync>,
+    ) -> Option<Arc<Session>> {
+        Arc::clone(private).downcast::<Session>().ok()
+    }
+
     pub(super) fn new(name: Vec<u8>, incoming: bool) -> Session {
         Session {
             owner: Mutex::new(None),
@@ -208,7 +215,7 @@ impl Luo {
                 }
             }
         }
-        for f in crate::depend::take_in_release_order(&mut st.files, true) {
+        for f in crate::luo::depend::take_in_release_order(&mut st.files, true) {
             let mut a = f.args(s);
             f.handler.call_void(f.handler.ops.0.finish, &mut a);
             self.flb_file_finish(&f.handler);
@@ -240,7 +247,7 @@ impl Luo {
         }
         {
             let mut st = lock(&s.st);
-            for f in crate::depend::take_in_release_order(&mut st.files, false) {
+            for f in crate::luo::depend::take_in_release_order(&mut st.files, false) {
                 let mut a = f.args(s);
                 f.handler.call_void(f.handler.ops.0.unpreserve, &mut a);
                 self.flb_file_unpreserve(&f.handler);

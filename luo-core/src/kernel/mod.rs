@@ -5,6 +5,8 @@
 //! point makes itself current for its duration, and [`Kernel::make_current`] does so until
 //! replaced (for C programs).
 
+pub mod rust_host;
+
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -69,10 +71,10 @@ pub(crate) struct KernelInner {
     /// `CONFIG_LIVEUPDATE_TEST` ([`BootOptions::test_flbs`]).
     test_flbs: bool,
     /// What the kernel's Rust handlers call.
-    pub(crate) host: Arc<crate::rust_host::KernelHost>,
+    pub(crate) host: Arc<crate::kernel::rust_host::KernelHost>,
     /// The Rust handlers and subsystems registered with this kernel. Declared last, so they
     /// are dropped after the LUO core and the files that point into them.
-    pub(crate) registrations: Ordered<crate::rust_host::Owned>,
+    pub(crate) registrations: Ordered<crate::kernel::rust_host::Owned>,
 }
 
 /// A booted kernel. Cheap to clone (a shared handle).
@@ -145,7 +147,7 @@ impl Kernel {
         let luo = Luo::boot(Arc::clone(&kho), opts.enabled, opts.version)?;
         let k = Kernel {
             inner: Arc::new_cyclic(|me| KernelInner {
-                host: Arc::new(crate::rust_host::KernelHost::new(
+                host: Arc::new(crate::kernel::rust_host::KernelHost::new(
                     Arc::clone(&kho),
                     me.clone(),
                 )),
@@ -355,7 +357,11 @@ impl Kernel {
         };
         match f.obj() {
             FileObj::Dev => self.inner.luo.close_dev(),
-            FileObj::Session(s) => self.inner.luo.release_session(s),
+            FileObj::Session(p) => {
+                if let Some(s) = crate::luo::Session::of_private(p) {
+                    self.inner.luo.release_session(&s);
+                }
+            }
             _ => {}
         }
         Ok(())

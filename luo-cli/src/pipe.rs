@@ -4,8 +4,10 @@
 //! fails with EPIPE, and `println!` panics on that error. The commands whose job is to write a
 //! result to standard output behave as Unix filters instead: the default disposition is
 //! restored, and such a write ends the process quietly (killed by SIGPIPE, as `cat` is).
-//! Commands that talk to a socket or to child processes (`sim`, `vmtest`) keep SIGPIPE
-//! ignored: for them a peer going away is an error to report, not the end of the output.
+//! The daemon (`sim serve`) and `vmtest` keep SIGPIPE ignored: the daemon must outlive a
+//! client or a log reader going away, and the programs `vmtest` runs inherit the
+//! disposition, which the recorded kernel outputs they are compared with depend on. (Sockets
+//! are written with `MSG_NOSIGNAL` everywhere, so `sim kexec` is a filter like the others.)
 
 /// Restores the default SIGPIPE disposition. Call first thing in `main`.
 pub fn end_quietly_on_closed_stdout() {

@@ -190,7 +190,7 @@ fn a_closed_standard_output_ends_output_commands_quietly() {
         assert!(err.is_empty(), "luo {}: {err}", args.join(" "));
         assert_eq!(
             o.status.signal(),
-            Some(libc_sigpipe()),
+            Some(SIGPIPE),
             "luo {}: {:?}",
             args.join(" "),
             o.status
@@ -200,6 +200,42 @@ fn a_closed_standard_output_ends_output_commands_quietly() {
 }
 
 /// SIGPIPE on Linux.
-fn libc_sigpipe() -> i32 {
-    13
+const SIGPIPE: i32 = 13;
+
+/// The daemon logs each call to standard error: a log reader that went away does not take
+/// the simulated machine down, and `luo sim kexec` with a closed standard output ends
+/// quietly as the other output commands do.
+#[test]
+fn the_daemon_outlives_a_closed_log() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = scratch("closed-log");
+    let socket = dir.join("sim.sock");
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_luo"))
+        .args(["sim", "serve", "--socket"])
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(writer))
+        .spawn()
+        .expect("start the daemon");
+    assert!(luo_sim::wait_ready(
+        &socket,
+        std::time::Duration::from_secs(10)
+    ));
+    // Each of these is logged.
+    for _ in 0..3 {
+        assert!(luo_sim::ping(&socket));
+    }
+    let o = with_closed_stdout(&["sim", "kexec", "--socket", socket.to_str().expect("utf-8")]);
+    assert!(String::from_utf8_lossy(&o.stderr).is_empty(), "{o:?}");
+    assert_eq!(o.status.signal(), Some(SIGPIPE), "{o:?}");
+    assert!(luo_sim::ping(&socket), "the daemon died");
+    assert!(
+        daemon.try_wait().expect("wait").is_none(),
+        "the daemon exited"
+    );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let _ = std::fs::remove_dir_all(&dir);
 }

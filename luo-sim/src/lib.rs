@@ -447,7 +447,11 @@ pub fn serve(opts: &ServeOptions) -> Result<(), SimError> {
 impl Daemon {
     fn log(&self, args: std::fmt::Arguments<'_>) {
         if self.verbose {
-            eprintln!("[luo-sim] {args}");
+            // A closed log reader must not take the machine down: the error is dropped.
+            let _ = std::io::Write::write_fmt(
+                &mut std::io::stderr(),
+                format_args!("[luo-sim] {args}\n"),
+            );
         }
     }
 

@@ -10,7 +10,7 @@ use luo_core::KernelVersion;
 /// 2 when the image could not be read or the kernel refused to boot from it.
 pub fn run(image: &Path, kernel: KernelVersion, json: bool) -> ExitCode {
     let report = luo_core::image::Image::load(image)
-        .map_err(|e| format!("cannot read the image: {e}"))
+        .map_err(|e| e.to_string())
         .and_then(|img| {
             luo_sim::boot_image::boot_image(&img, kernel)
                 .map_err(|e| format!("kernel {} refused to boot from it: {e}", kernel.name()))

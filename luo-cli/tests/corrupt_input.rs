@@ -115,6 +115,31 @@ fn inspect_and_boot_refuse_a_subtree_size_beyond_preserved_memory() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A directory or a missing file given as the image: an error naming the path and what it
+/// is, not an errno number.
+#[test]
+fn an_image_that_is_not_a_file_is_named() {
+    let dir = scratch("not-a-file");
+    let d = dir.to_str().expect("utf-8");
+    let missing = dir.join("missing");
+    let m = missing.to_str().expect("utf-8");
+    for (args, want) in [
+        (["inspect", d], "it is a directory"),
+        (["boot", d], "it is a directory"),
+        (["inspect", m], "No such file or directory"),
+    ] {
+        let o = luo(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(args[1]) && err.contains(want),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("E?"), "{args:?}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `luo boot --kernel K` boots kernel K: one that does not read the image's format refuses
 /// with a typed error naming the formats it reads.
 #[test]

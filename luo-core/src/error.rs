@@ -205,6 +205,9 @@ pub enum ImageError {
         /// The size it claims.
         size: u64,
     },
+    /// The image file could not be read.
+    #[error("cannot read the image file: {0}")]
+    File(String),
     /// The handover descriptor (environment or image file) is malformed.
     #[error("handover descriptor: {0}")]
     Descriptor(String),

@@ -27,6 +27,9 @@ use crate::mem::{
 const PAGE: u64 = PAGE_SIZE as u64;
 const MAGIC: &[u8; 8] = b"LUOIMG01";
 
+/// The most bytes read as an image from something that is not a regular file (1 GiB).
+pub const MAX_STREAM_IMAGE: u64 = 1 << 30;
+
 /// The largest arena, in pages, a kernel booted from an image gets (64 GiB; its page
 /// allocator's bitmaps then take 4 MiB). The arena size is a number the image claims.
 pub const MAX_BOOT_ARENA_PAGES: u64 = 1 << 24;
@@ -126,15 +129,34 @@ impl Image {
         std::fs::write(path, self.to_bytes())
     }
 
-    /// Reads an image file.
+    /// Reads an image file. A regular file is read whole (its size is the user's); anything
+    /// else (a pipe, a device such as `/dev/zero`) is read up to [`MAX_STREAM_IMAGE`] bytes,
+    /// so no input makes this allocate without bound.
     pub fn load(path: &Path) -> Result<Image, ImageError> {
-        let bytes = std::fs::read(path).map_err(|e| {
-            ImageError::Host(
-                e.raw_os_error()
-                    .and_then(Errno::from_raw)
-                    .unwrap_or(Errno::EIO),
-            )
-        })?;
+        use std::io::Read;
+        let io = |e: std::io::Error| ImageError::File(e.to_string());
+        let mut f = std::fs::File::open(path).map_err(io)?;
+        let meta = f.metadata().map_err(io)?;
+        if meta.is_dir() {
+            return Err(ImageError::File(
+                "it is a directory, not an image file".into(),
+            ));
+        }
+        let mut bytes = Vec::new();
+        if meta.is_file() {
+            f.read_to_end(&mut bytes).map_err(io)?;
+        } else {
+            (&mut f)
+                .take(MAX_STREAM_IMAGE + 1)
+                .read_to_end(&mut bytes)
+                .map_err(io)?;
+            if bytes.len() as u64 > MAX_STREAM_IMAGE {
+                return Err(ImageError::File(format!(
+                    "more than {MAX_STREAM_IMAGE} bytes from something that is not a regular \
+                     file; save the image to a file first"
+                )));
+            }
+        }
         Image::from_bytes(&bytes)
     }
 

@@ -11,10 +11,7 @@ use luo_core::KernelVersion;
 pub fn run(image: &Path, kernel: KernelVersion, json: bool) -> ExitCode {
     let report = luo_core::image::Image::load(image)
         .map_err(|e| e.to_string())
-        .and_then(|img| {
-            luo_sim::boot_image::boot_image(&img, kernel)
-                .map_err(|e| format!("kernel {} refused to boot from it: {e}", kernel.name()))
-        });
+        .and_then(|img| luo_sim::boot_image::boot_image(&img, kernel).map_err(|e| e.to_string()));
     match report {
         Ok(r) => {
             if json {

@@ -154,6 +154,24 @@ fn boot_names_the_kernel_and_the_formats_it_reads() {
         err.contains("kernel 7.0 refused to boot") && err.contains("luo-flb-v1"),
         "{err}"
     );
+    // The vm scenario's image: kernel next runs its handlers, so every file comes back;
+    // FINISH waits for the iommufd's HWPTs to be restored, which only a user of them does.
+    let vm = dir.join("vm.img");
+    let o = luo(&[
+        "simulate",
+        "--scenario",
+        "vm",
+        "--save-image",
+        vm.to_str().expect("utf-8"),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = luo(&["boot", vm.to_str().expect("utf-8")]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("8 of 8 file(s) retrieved, finish EBUSY"),
+        "{out}"
+    );
     let o = luo(&[
         "boot",
         img.to_str().expect("utf-8"),

@@ -11,7 +11,7 @@
 //! virtual machine's files instead (guest RAM memfd, HugeTLB memfd, KVM VM, guest_memfds,
 //! iommufd, vfio-pci devices) through the same two stages, plan and reporter.
 
-mod vm;
+pub(crate) mod vm;
 
 pub use vm::VmReport;
 

@@ -266,7 +266,7 @@ fn pool(h: &Hugetlb) -> Pool {
 /// Registers what both kernels need beyond the memfd handler (registered at boot): HugeTLB
 /// in `form` with huge-memfd, kvm and guest_memfd; iommufd with the IOMMU FLB, the PCI bus
 /// and vfio-pci with the PCI FLB. Returns the kernel's HugeTLB pools and device handlers.
-fn register(k: &Kernel, form: Form) -> Result<(Hugetlb, Devices), SimError> {
+pub(crate) fn register(k: &Kernel, form: Form) -> Result<(Hugetlb, Devices), SimError> {
     let h = op(
         || "register HugeTLB, kvm, guest_memfd".into(),
         hugetlb::register(k, form),

@@ -273,10 +273,7 @@ fn format(name: &str) -> Option<commands::Format> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(
-        cli.command,
-        Command::Sim(SimCommand::Serve { .. }) | Command::Vmtest { .. }
-    ) {
+    if !matches!(cli.command, Command::Sim(SimCommand::Serve { .. })) {
         pipe::end_quietly_on_closed_stdout();
     }
     // The commands that read the spec need the repository; the others do not look for it.

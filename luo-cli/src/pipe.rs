@@ -4,10 +4,10 @@
 //! fails with EPIPE, and `println!` panics on that error. The commands whose job is to write a
 //! result to standard output behave as Unix filters instead: the default disposition is
 //! restored, and such a write ends the process quietly (killed by SIGPIPE, as `cat` is).
-//! The daemon (`sim serve`) and `vmtest` keep SIGPIPE ignored: the daemon must outlive a
-//! client or a log reader going away, and the programs `vmtest` runs inherit the
-//! disposition, which the recorded kernel outputs they are compared with depend on. (Sockets
-//! are written with `MSG_NOSIGNAL` everywhere, so `sim kexec` is a filter like the others.)
+//! Only the daemon (`sim serve`) keeps SIGPIPE ignored: it must outlive a client going away.
+//! That changes nothing else: sockets are written with `MSG_NOSIGNAL` everywhere, and the
+//! programs `luo` starts (`vmtest`'s, QEMU, the next stage) get the default disposition
+//! either way, since `std::process::Command` resets it in every child.
 
 /// Restores the default SIGPIPE disposition. Call first thing in `main`.
 pub fn end_quietly_on_closed_stdout() {

@@ -211,6 +211,10 @@ fn a_closed_standard_output_ends_output_commands_quietly() {
     let dir = scratch("epipe");
     let img = saved_image(&dir, "7.3");
     let img = img.to_str().expect("utf-8");
+    let uapi_c = root()
+        .join("tests/c/conformance/uapi.c")
+        .display()
+        .to_string();
     for args in [
         &["schema", "check"][..],
         &["layout", "luo_ser"],
@@ -227,6 +231,7 @@ fn a_closed_standard_output_ends_output_commands_quietly() {
             "--size",
             "4096",
         ],
+        &["vmtest", "--sim", &uapi_c],
     ] {
         let o = with_closed_stdout(args);
         let err = String::from_utf8_lossy(&o.stderr);

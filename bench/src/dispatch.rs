@@ -464,16 +464,18 @@ pub unsafe fn dispatch_one(
     ops: &liveupdate_file_ops,
     f: *mut file,
 ) -> u64 {
-    // SAFETY (every call below): calling a registered handler's ops as the core does, with its
-    // own struct, a live file and a valid, exclusive argument block.
+    // Each call below is a registered handler's op called as the core calls it: with the
+    // handler's own struct, a live file and a valid, exclusive argument block.
     let Some(can) = ops.can_preserve else {
         return 0;
     };
+    // SAFETY: `h` is registered and `f` live (the caller's contract).
     if !unsafe { can(h, f) } {
         return 0;
     }
     #[allow(clippy::useless_conversion)]
     let id = match ops.get_id {
+        // SAFETY: `f` is a live file (the caller's contract).
         Some(g) => u64::from(unsafe { g(f) }),
         None => f as u64,
     };
@@ -487,6 +489,7 @@ pub unsafe fn dispatch_one(
         session: ptr::null_mut(),
     };
     let r = match ops.preserve {
+        // SAFETY: `a` is a valid argument block for `h` and `f`, borrowed exclusively.
         Some(op) => unsafe { op(&mut a) },
         None => EOPNOTSUPP,
     };
@@ -494,6 +497,7 @@ pub unsafe fn dispatch_one(
         return 0;
     }
     if let Some(op) = ops.unpreserve {
+        // SAFETY: the block `preserve` filled, for the same handler and file.
         unsafe { op(&mut a) };
     }
     a.serialized_data

@@ -252,8 +252,8 @@ mod tests {
 
     #[test]
     fn embedded_head_borrows_its_object() {
-        // SAFETY: `Embedded` is `#[repr(C)]` with the head first.
         let e = Embedded {
+            // SAFETY: `Embedded` is `#[repr(C)]` with the head first.
             head: unsafe { FileHead::of::<Embedded>() },
             id: 11,
         };

@@ -127,7 +127,7 @@ fn flb_and_a_handler_linking_it() {
 }
 
 #[test]
-fn handler_scoped_state_of_the_seed() {
+fn handler_scoped_state() {
     let expansion = pretty(&[
         (
             expand_global_state,
@@ -260,4 +260,49 @@ fn errors_are_compile_errors_not_panics() {
         ),
     );
     assert!(out.to_string().contains("compile_error"));
+}
+
+/// The fallbacks: on an error, the errors and then the impls the rest of the crate relies
+/// on, without ops tables or layout proofs (so one mistake is one error).
+#[test]
+fn fallback_expansions() {
+    let expansion = pretty(&[
+        (
+            // An older version that is not older: the handler keeps its `HandlerAbi`.
+            expand_handler,
+            quote!(
+                compatible = "memfd-v2",
+                abi = luo_generated::memfd::v2::memfd_luo_ser,
+                reads = ["memfd-v3"],
+                flbs = [Pool]
+            ),
+            quote!(
+                pub struct Memfd;
+            ),
+        ),
+        (
+            // An FLB without its compatible string keeps `Global` and `FlbAbi`.
+            expand_flb,
+            quote!(abi = u64, immediate),
+            quote!(
+                pub struct Pool;
+            ),
+        ),
+        (
+            expand_abi_attr,
+            quote!(),
+            quote! {
+                #[repr(C)]
+                pub struct inner_ser {
+                    pub len: usize,
+                }
+            },
+        ),
+    ]);
+    insta::assert_snapshot!(expansion);
+}
+
+/// `#[derive(Abi)]` in the `(args, item)` shape of the attributes.
+fn expand_abi_attr(_: TokenStream, item: TokenStream) -> TokenStream {
+    expand_abi(item)
 }

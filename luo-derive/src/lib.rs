@@ -3,7 +3,13 @@
 //!
 //! Built on syn 2, quote and proc-macro2 only (what a kernel tree vendors). The macros never
 //! panic: every problem is a `compile_error!` at the span of the tokens at fault, and all the
-//! problems of one item are reported together. Each attribute goes on the type (with
+//! problems of one item are reported together.
+//!
+//! Each macro runs in the phases of serde_derive and thiserror: parse the arguments into
+//! values, derive the model they describe, validate it (every rule in one module per macro),
+//! then expand, or on any error expand a fallback that keeps the item's trait impls so the
+//! rest of the crate reports no follow-on errors. Errors go to a context (`diag::Errors`)
+//! that must be consumed before it is dropped, so no path can lose them. Each attribute goes on the type (with
 //! arguments) and on its trait impl (without), like the kernel's `#[vtable]`:
 //!
 //! | attribute | on the struct | on the impl |
@@ -102,8 +108,9 @@ pub fn liveupdate_flb(args: TokenStream, item: TokenStream) -> TokenStream {
     expand_flb(args.into(), item.into()).into()
 }
 
-/// Handler-scoped global state (the seed's): on the struct, `abi = ...`, optional
-/// `lock = Backend`; on `impl HandlerState for ...`, the callbacks.
+/// Handler-scoped global state (one object per handler, created on its first preserve): on
+/// the struct, `abi = ...`, optional `lock = Backend`; on `impl HandlerState for ...`, the
+/// callbacks.
 #[proc_macro_attribute]
 pub fn liveupdate_global_state(args: TokenStream, item: TokenStream) -> TokenStream {
     expand_global_state(args.into(), item.into()).into()

@@ -19,6 +19,7 @@
 //!   fingerprint in `supp`, so an unchanged string over a changed layout is
 //!   caught too.
 
+use crate::elf::ElfError;
 use std::fmt;
 
 use crate::render::schema::KernelSet;
@@ -337,54 +338,13 @@ pub fn from_file_bytes(bytes: &[u8]) -> Result<Vec<Entry>, TableError> {
     }
 }
 
-/// The contents of a named section of a 64-bit little-endian ELF file.
+/// The contents of a named section of a 64-bit little-endian ELF file
+/// ([`crate::elf::section`]).
 pub fn elf_section<'a>(elf: &'a [u8], name: &str) -> Result<&'a [u8], TableError> {
-    let get = |at: usize, len: usize| {
-        at.checked_add(len)
-            .and_then(|end| elf.get(at..end))
-            .ok_or(TableError::BadElf("truncated"))
-    };
-    let u16_at = |at: usize| get(at, 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u32le = |at: usize| get(at, 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-    let u64le = |at: usize| get(at, 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
-    if get(4, 2)? != [2, 1] {
-        return Err(TableError::BadElf(
-            "only 64-bit little-endian ELF is supported",
-        ));
-    }
-    let shoff =
-        usize::try_from(u64le(0x28)?).map_err(|_| TableError::BadElf("section table offset"))?;
-    let shentsize = usize::from(u16_at(0x3a)?);
-    let shnum = usize::from(u16_at(0x3c)?);
-    let shstrndx = usize::from(u16_at(0x3e)?);
-    if shentsize < 64 || shstrndx >= shnum {
-        return Err(TableError::BadElf("section header table"));
-    }
-    let section = |i: usize| -> Result<(u32, usize, usize), TableError> {
-        let at = shoff
-            .checked_add(
-                i.checked_mul(shentsize)
-                    .ok_or(TableError::BadElf("overflow"))?,
-            )
-            .ok_or(TableError::BadElf("overflow"))?;
-        let off = usize::try_from(u64le(at + 0x18)?).map_err(|_| TableError::BadElf("offset"))?;
-        let size = usize::try_from(u64le(at + 0x20)?).map_err(|_| TableError::BadElf("size"))?;
-        Ok((u32le(at)?, off, size))
-    };
-    let (_, stroff, strsize) = section(shstrndx)?;
-    let strtab = get(stroff, strsize)?;
-    for i in 0..shnum {
-        let (name_off, off, size) = section(i)?;
-        let name_off = usize::try_from(name_off).map_err(|_| TableError::BadElf("name"))?;
-        let Some(rest) = strtab.get(name_off..) else {
-            continue;
-        };
-        let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
-        if &rest[..end] == name.as_bytes() {
-            return get(off, size);
-        }
-    }
-    Err(TableError::NoSection)
+    crate::elf::section(elf, name).map_err(|e| match e {
+        ElfError::NoSection => TableError::NoSection,
+        e => TableError::BadElf(e.why()),
+    })
 }
 
 /// One component's verdict from two tables.

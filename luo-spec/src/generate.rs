@@ -1,19 +1,21 @@
-//! `luo gen`: the whole pipeline from `spec/` to the files of `generated/`.
+//! `luo gen`: the whole pipeline from `spec/` to the files of `generated/`:
+//! load and check the spec, build the IR once ([`crate::ir`]), run each
+//! backend over it ([`crate::render`]).
 //!
 //! `generate` is pure: it returns every output path with its contents, so
 //! `--check` compares instead of writing, and tests can run it in memory.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::diag::Diagnostics;
+use crate::ir::Ir;
 use crate::layout::Layouts;
-use crate::model::{self, Origin, Scope, Spec};
-use crate::render::{c, rust, schema};
+use crate::model::{self, Spec};
+use crate::render::{Backend, c, rust, schema};
 use crate::valid;
 
 /// Everything `luo gen` produces: path relative to the repository root → contents.
-pub type Outputs = BTreeMap<PathBuf, String>;
+pub use crate::render::Outputs;
 
 /// Directories `luo gen` owns completely: files there that it does not
 /// produce are stale.
@@ -34,66 +36,15 @@ pub fn load_checked(spec_dir: &Path) -> (Spec, Layouts, Diagnostics) {
 
 /// Render every output. Call only on a spec without errors.
 pub fn generate(spec: &Spec, layouts: &Layouts) -> Outputs {
+    let ir = Ir::build(spec, layouts);
+    let schemas = schema::Schemas {
+        table: crate::abi_table::build,
+        all_tables: crate::abi_table::encode_kernels,
+    };
+    let backends: [&dyn Backend; 3] = [&c::CHeaders, &rust::RustCrate, &schemas];
     let mut out = Outputs::new();
-    let mut tables = Vec::new();
-    for kernel in &spec.kernels {
-        let mut set = schema::KernelSet {
-            kernel: kernel.name.clone(),
-            components: Default::default(),
-        };
-        let include = if kernel.default {
-            PathBuf::from("generated/include")
-        } else {
-            Path::new("generated/kernels")
-                .join(kernel.dir_name())
-                .join("include")
-        };
-        out.insert(include.join(c::KERNEL_COMPAT_PATH), c::kernel_compat());
-        for (ci, comp) in spec.components.iter().enumerate() {
-            let Some(ver) = spec.rendered_version(kernel, comp) else {
-                continue;
-            };
-            let scope = Scope {
-                spec,
-                origin: Origin { comp: ci, ver },
-            };
-            out.insert(
-                include.join(&comp.header),
-                c::header(scope, kernel, layouts),
-            );
-            let snap = schema::snapshot(scope, kernel, layouts);
-            let json = serde_json::to_string_pretty(&snap).unwrap_or_default() + "\n";
-            out.insert(
-                Path::new("generated/schema")
-                    .join(kernel.dir_name())
-                    .join(format!("{}.json", comp.name)),
-                json,
-            );
-            set.components.insert(comp.name.clone(), snap);
-        }
-        tables.push((
-            kernel.name.clone(),
-            kernel.default,
-            crate::abi_table::build(&set),
-        ));
-    }
-    let all = crate::abi_table::encode_kernels(
-        &tables
-            .iter()
-            .map(|(k, _, b)| (k.clone(), b.clone()))
-            .collect::<Vec<_>>(),
-    );
-    out.insert(
-        "generated/src/abi_table.rs".into(),
-        rust::abi_table(&tables, &all),
-    );
-    out.insert(
-        "generated/schema/layout.schema.json".into(),
-        schema::snapshot_json_schema(),
-    );
-    out.insert("spec/spec.schema.json".into(), schema::spec_json_schema());
-    for (path, text) in rust::crate_files(spec, layouts) {
-        out.insert(Path::new("generated/src").join(path), text);
+    for backend in backends {
+        backend.render(&ir, &mut out);
     }
     out
 }

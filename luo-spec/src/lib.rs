@@ -3,16 +3,18 @@
 //! Data flow: `spec/*.toml` → [`ast`] (serde, spans) → [`model`] (resolved
 //! names, parsed [`expr`]essions and [`ty`]pes) → [`valid`] (every check,
 //! collected into [`diag`]nostics) → [`layout`] (offsets per target) →
-//! [`render`] (C headers, Rust ABI types, JSON snapshots) → [`generate`] (the
-//! files of `generated/`). It depends on nothing generated, so a spec edit
+//! [`ir`] (what is rendered, every struct laid out once) → [`render`] (the C,
+//! Rust and schema backends) → [`generate`] (the files of `generated/`). It depends on nothing generated, so a spec edit
 //! that breaks `luo-generated` never breaks the generator.
 
 pub mod abi_table;
 pub mod ast;
 pub mod commands;
 pub mod diag;
+pub mod elf;
 pub mod expr;
 pub mod generate;
+pub mod ir;
 pub mod layout;
 pub mod model;
 pub mod render;

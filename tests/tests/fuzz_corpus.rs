@@ -1,13 +1,22 @@
 //! Replays every committed fuzz corpus (`fuzz/corpus/<target>/`) through
 //! the same target bodies cargo-fuzz runs, on stable, in CI.
+//!
+//! The committed corpora are seeds (`seed-*`, written by [`write_seeds`] from
+//! the tree, or by the command in `fuzz/README.md`) and crashers
+//! (`regression-*`, each an input that once failed). What a fuzzing run adds
+//! stays local (`fuzz/.gitignore`); a run reproduces it from the seeds.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use luo_tests::fuzz_targets::TARGETS;
 
+fn corpus_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus")
+}
+
 #[test]
 fn replay_committed_corpora() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    let root = corpus_root();
     let mut total = 0;
     for (name, target) in TARGETS {
         let dir = root.join(name);
@@ -17,7 +26,12 @@ fn replay_committed_corpora() {
             .map(|e| e.path())
             .collect();
         files.sort();
-        assert!(!files.is_empty(), "empty corpus for `{name}`");
+        let seeds = files.iter().filter(|f| is_committed(f)).count();
+        assert!(
+            seeds > 0,
+            "no seed for `{name}` in {}: run write_seeds (see fuzz/README.md)",
+            dir.display()
+        );
         for f in &files {
             target(&std::fs::read(f).expect("corpus file"));
         }
@@ -26,8 +40,20 @@ fn replay_committed_corpora() {
     assert!(total >= TARGETS.len());
 }
 
-/// Writes the seed inputs of the `fdt_luo`, `memfd_format`, `uapi`,
-/// `handover_image` (FDT images) and `boot_image` targets into their corpora, from real images and the generated layouts:
+/// A seed or a crasher: the inputs the repository keeps (see `fuzz/.gitignore`).
+fn is_committed(f: &Path) -> bool {
+    let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    name.starts_with("seed-") || name.starts_with("regression-")
+}
+
+/// Writes the seed inputs of every target from the tree: the component specs
+/// (`spec`), their constant expressions (`expr`) and field types (`ty`), the
+/// generated ABI tables (`abi_table`), the released layout snapshots alone
+/// and paired with the next release (`snapshot_diff`), real 6.19 and 7.0
+/// handovers (`fdt_luo`), a record of each memfd version (`memfd_format`) and
+/// uAPI sequences (`uapi`), and an image of each LUO format with one small
+/// memfd (`boot_image`; the 6.19 and 7.0 ones also for `handover_image`,
+/// whose other seeds are saved simulations, `fuzz/README.md`).
 /// `cargo test -p luo-tests --test fuzz_corpus -- --ignored write_seeds`.
 #[test]
 #[ignore = "writes the seed corpora"]
@@ -37,10 +63,80 @@ fn write_seeds() {
     use luo_tests::fuzz_targets::FDT_MEM_BASE;
     use zerocopy::FromZeros;
 
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    let root = corpus_root();
     let put = |target: &str, name: &str, bytes: &[u8]| {
-        std::fs::write(root.join(target).join(format!("seed-{name}")), bytes).expect("write seed");
+        let dir = root.join(target);
+        std::fs::create_dir_all(&dir).expect("corpus directory");
+        std::fs::write(dir.join(format!("seed-{name}")), bytes).expect("write seed");
     };
+    let tree = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+
+    // spec: every component spec, and one with a kernel file after `\n%%\n`.
+    let specs = sorted_files(&tree.join("spec"), "toml");
+    for f in &specs {
+        put("spec", &stem(f), &std::fs::read(f).expect("spec"));
+    }
+    let kernel = std::fs::read(tree.join("spec/kernels/7.3.toml")).expect("kernel file");
+    let block = std::fs::read(tree.join("spec/block.toml")).expect("block spec");
+    put(
+        "spec",
+        "block-kernel-7.3",
+        &[&block[..], b"\n%%\n", &kernel].concat(),
+    );
+
+    // expr and ty: every distinct constant expression (`value`, `len`) and
+    // field type (`type`) the specs write.
+    let mut exprs = std::collections::BTreeSet::new();
+    let mut types = std::collections::BTreeSet::new();
+    for f in specs
+        .iter()
+        .chain(&sorted_files(&tree.join("spec/kernels"), "toml"))
+    {
+        let text = std::fs::read_to_string(f).expect("spec");
+        let v: toml::Value = toml::from_str(&text).expect("spec parses");
+        spec_strings(&v, &mut exprs, &mut types);
+    }
+    for (i, e) in exprs.iter().enumerate() {
+        put("expr", &format!("{i:03}"), e.as_bytes());
+    }
+    for (i, t) in types.iter().enumerate() {
+        put("ty", &format!("{i:03}"), t.as_bytes());
+    }
+
+    // abi_table: each kernel's table, and the section holding all of them.
+    for (kernel, table) in luo_generated::abi_table::KERNELS {
+        put("abi_table", kernel, table);
+    }
+    put(
+        "abi_table",
+        "all-kernels",
+        &luo_generated::abi_table::ALL_KERNELS,
+    );
+
+    // snapshot_diff: each snapshot of the last release, and each component
+    // paired with itself in the next release.
+    let releases: Vec<PathBuf> = sorted_dirs(&tree.join("schema/released"));
+    for pair in releases.windows(2) {
+        let (old, new) = (&pair[0], &pair[1]);
+        for f in sorted_files(old, "json") {
+            let Ok(next) = std::fs::read(new.join(f.file_name().expect("name"))) else {
+                continue;
+            };
+            let name = format!("{}-{}-{}", stem(old), stem(new), stem(&f));
+            let text = [&std::fs::read(&f).expect("snapshot")[..], b"\n%%\n", &next].concat();
+            put("snapshot_diff", &name, &text);
+        }
+    }
+    if let Some(last) = releases.last() {
+        for f in sorted_files(last, "json") {
+            let name = format!("{}-{}", stem(last), stem(&f));
+            put(
+                "snapshot_diff",
+                &name,
+                &std::fs::read(&f).expect("snapshot"),
+            );
+        }
+    }
 
     // fdt_luo: real 6.19 and 7.0 handovers, relocated so the FDT is at
     // FDT_MEM_BASE, the session area one page later and the FLB area after it.
@@ -193,4 +289,78 @@ fn blob_words_and_page_bytes_swept_through_decoder_and_boot() {
         }
     }
     assert!(runs > 1000, "{runs} runs");
+}
+
+/// The `.{ext}` files of `dir`, sorted.
+fn sorted_files(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The subdirectories of `dir`, in release order (`6.19` before `7.0`).
+fn sorted_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    let key = |p: &PathBuf| -> Vec<u32> {
+        stem_full(p)
+            .split('.')
+            .map(|n| n.parse().unwrap_or(u32::MAX))
+            .collect()
+    };
+    out.sort_by_key(key);
+    out
+}
+
+/// The file name without its last extension (`memfd.json` → `memfd`; `7.3` stays).
+fn stem(p: &Path) -> String {
+    if p.is_dir() {
+        return stem_full(p);
+    }
+    p.file_stem()
+        .and_then(|s| s.to_str())
+        .expect("utf-8 name")
+        .to_string()
+}
+
+fn stem_full(p: &Path) -> String {
+    p.file_name()
+        .and_then(|s| s.to_str())
+        .expect("utf-8 name")
+        .to_string()
+}
+
+/// Collects the constant expressions (`value`, `len`) and field types
+/// (`type`) anywhere in a spec file.
+fn spec_strings(
+    v: &toml::Value,
+    exprs: &mut std::collections::BTreeSet<String>,
+    types: &mut std::collections::BTreeSet<String>,
+) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                match (k.as_str(), v) {
+                    ("value" | "len", toml::Value::String(s)) => {
+                        exprs.insert(s.clone());
+                    }
+                    ("type", toml::Value::String(s)) => {
+                        types.insert(s.clone());
+                    }
+                    _ => spec_strings(v, exprs, types),
+                }
+            }
+        }
+        toml::Value::Array(a) => a.iter().for_each(|v| spec_strings(v, exprs, types)),
+        _ => {}
+    }
 }

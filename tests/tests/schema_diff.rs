@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use luo_spec::ir::Ir;
 use luo_spec::layout::Layouts;
 use luo_spec::model::{Origin, Scope, load_texts};
 use luo_spec::render::schema::{ComponentSnapshot, snapshot};
@@ -56,7 +57,7 @@ fn snapshot_of(text: &str, kernel: &str, reads: &[String], drops: &[String]) -> 
             origin: Origin { comp: 0, ver },
         },
         k,
-        &layouts,
+        &Ir::build(&spec, &layouts),
     )
 }
 
@@ -253,6 +254,7 @@ fn luo_session_v1_to_v2_is_a_bumped_layout_change() {
     let (spec, diags) = luo_spec::model::load(&root().join("spec"));
     assert!(!diags.has_errors());
     let layouts = Layouts::new();
+    let ir = Ir::build(&spec, &layouts);
     let (ci, comp) = spec.component("luo").expect("luo");
     let k = spec.default_kernel().expect("default");
     let snap = |id: &str| {
@@ -270,7 +272,7 @@ fn luo_session_v1_to_v2_is_a_bumped_layout_change() {
                 },
             },
             k,
-            &layouts,
+            &ir,
         )
     };
     let d = diff_component(&snap("session_v1"), &snap("v1"));

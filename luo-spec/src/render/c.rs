@@ -6,9 +6,10 @@
 use askama::Template;
 
 use crate::ast::AbiKind;
-use crate::layout::{Arch, Layouts, StructLayout, Target};
-use crate::model::{ConstValue, Items, Kernel, Scope, Struct};
-use crate::render::{group_targets, header_items, kernel_doc, struct_doc};
+use crate::ir::{Ir, LayoutTable};
+use crate::layout::{Arch, StructLayout, Target};
+use crate::model::{CMacro, ConstValue, Function, Items, Kernel, Scope, Struct};
+use crate::render::{Backend, Outputs, group_targets, header_items, kernel_doc, struct_doc};
 use crate::ty::{Prim, Ty};
 
 #[derive(Template)]
@@ -78,11 +79,87 @@ pub fn kernel_compat() -> String {
 /// Path of the compatibility header below `include/`.
 pub const KERNEL_COMPAT_PATH: &str = "luo/kernel_compat.h";
 
+/// The C backend: each kernel's headers, one per component it shows (at the version it
+/// writes), and the compatibility header standing in for kernel-only ones.
+pub struct CHeaders;
+
+impl Backend for CHeaders {
+    fn render(&self, ir: &Ir<'_>, out: &mut Outputs) {
+        for k in &ir.kernels {
+            out.insert(k.include.join(KERNEL_COMPAT_PATH), kernel_compat());
+            for scope in &k.units {
+                let path = k.include.join(&scope.component().header);
+                out.insert(path, header(*scope, k.kernel, &ir.layouts));
+            }
+        }
+    }
+}
+
 /// Render a component's header as a kernel writes it.
-pub fn header(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> String {
+pub fn header(scope: Scope<'_>, kernel: &Kernel, layouts: &LayoutTable) -> String {
     let comp = scope.component();
     let abi = comp.abi;
     let items = header_items(scope);
+    let structs: Vec<&Struct> = ordered_structs(&items);
+    let view = HeaderView {
+        spdx: if abi == AbiKind::Uapi {
+            "GPL-2.0 WITH Linux-syscall-note"
+        } else {
+            "GPL-2.0"
+        },
+        spec_path: format!("spec/{}.toml", comp.name),
+        kernel: kernel.name.clone(),
+        version: scope.version().map(|v| v.id.clone()),
+        doc: kernel_doc(comp.doc.as_deref()),
+        guard: comp.guard.clone(),
+        includes: includes(scope, &items),
+        consts: defines(scope, &items),
+        macros: items
+            .iter()
+            .flat_map(|i| &i.macros)
+            .map(macro_view)
+            .collect(),
+        enums: items
+            .iter()
+            .flat_map(|i| &i.enums)
+            .map(|e| EnumView {
+                doc: comment(e.doc.as_deref()),
+                name: e.name.clone(),
+                members: e
+                    .members
+                    .iter()
+                    .map(|m| (m.name.clone(), m.value.to_c()))
+                    .collect(),
+            })
+            .collect(),
+        structs: structs.iter().map(|s| struct_view(s, abi)).collect(),
+        ioctls: items
+            .iter()
+            .flat_map(|i| &i.ioctls)
+            .map(|i| DefineView {
+                doc: kernel_doc(i.doc.as_deref()),
+                pad: pad(&i.name),
+                name: i.name.clone(),
+                value: format!("{}({}, {})", i.encoding.name, i.ty.name, i.nr.0.to_c()),
+            })
+            .collect(),
+        functions: items
+            .iter()
+            .flat_map(|i| &i.functions)
+            .map(|f| function_view(f, abi))
+            .collect(),
+        asserts: assertions(scope, &structs, layouts),
+    };
+    // askama drops the template's final newline; the template ends with an
+    // empty line so the file ends with exactly one.
+    view.render()
+        .unwrap_or_else(|e| format!("/* render error: {e} */\n"))
+}
+
+/// The `#include` lines and forward declarations.
+fn includes(scope: Scope<'_>, items: &[&Items]) -> Vec<String> {
+    let comp = scope.component();
+    let abi = comp.abi;
     // Headers `luo gen` renders are included as they are; kernel-only ones
     // (`asm/page.h`, `linux/align.h`) only under `__KERNEL__`, with
     // `luo/kernel_compat.h` standing in for them elsewhere.
@@ -147,7 +224,11 @@ pub fn header(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> String {
         includes.push(String::new());
         includes.extend(forward);
     }
+    includes
+}
 
+/// The `#define`s of constants and of the feature negotiation.
+fn defines(scope: Scope<'_>, items: &[&Items]) -> Vec<DefineView> {
     let consts = items.iter().flat_map(|i| &i.consts).map(|c| {
         let value = match &c.value {
             ConstValue::Str(s) => format!("\"{s}\""),
@@ -161,8 +242,8 @@ pub fn header(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> String {
             value,
         }
     });
-    let consts =
-        consts.chain(
+    consts
+        .chain(
             crate::render::feature_defines(scope)
                 .into_iter()
                 .map(|f| DefineView {
@@ -171,38 +252,35 @@ pub fn header(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> String {
                     name: f.name,
                     value: f.c_value,
                 }),
-        );
-    let macros = items.iter().flat_map(|i| &i.macros).map(|mac| {
-        let head = format!("#define {}({})", mac.name, mac.params.join(", "));
-        let body: Vec<&str> = mac.body.trim_end().lines().collect();
-        let lines = match body.as_slice() {
-            [one] => vec![format!("{head} {}", one.trim())],
-            many => {
-                let mut lines = vec![format!("{head} \\")];
-                for (i, l) in many.iter().enumerate() {
-                    let cont = if i + 1 < many.len() { " \\" } else { "" };
-                    lines.push(format!("\t{}{cont}", l.trim_end()));
-                }
-                lines
+        )
+        .collect()
+}
+
+/// A function-like macro, its body continued over lines.
+fn macro_view(mac: &CMacro) -> MacroView {
+    let head = format!("#define {}({})", mac.name, mac.params.join(", "));
+    let body: Vec<&str> = mac.body.trim_end().lines().collect();
+    let lines = match body.as_slice() {
+        [one] => vec![format!("{head} {}", one.trim())],
+        many => {
+            let mut lines = vec![format!("{head} \\")];
+            for (i, l) in many.iter().enumerate() {
+                let cont = if i + 1 < many.len() { " \\" } else { "" };
+                lines.push(format!("\t{}{cont}", l.trim_end()));
             }
-        };
-        MacroView {
-            doc: comment(mac.doc.as_deref()),
-            kernel_only: mac.kernel_only,
-            lines,
+            lines
         }
-    });
-    let enums = items.iter().flat_map(|i| &i.enums).map(|e| EnumView {
-        doc: comment(e.doc.as_deref()),
-        name: e.name.clone(),
-        members: e
-            .members
-            .iter()
-            .map(|m| (m.name.clone(), m.value.to_c()))
-            .collect(),
-    });
-    let structs: Vec<&Struct> = ordered_structs(&items);
-    let struct_views = structs.iter().map(|s| StructView {
+    };
+    MacroView {
+        doc: comment(mac.doc.as_deref()),
+        kernel_only: mac.kernel_only,
+        lines,
+    }
+}
+
+/// A struct's declaration.
+fn struct_view(s: &Struct, abi: AbiKind) -> StructView {
+    StructView {
         doc: struct_doc(s),
         name: s.name.clone(),
         packed: s.packed,
@@ -228,63 +306,33 @@ pub fn header(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> String {
                 decl
             })
             .collect(),
-    });
-    let ioctls = items.iter().flat_map(|i| &i.ioctls).map(|i| DefineView {
-        doc: kernel_doc(i.doc.as_deref()),
-        pad: pad(&i.name),
-        name: i.name.clone(),
-        value: format!("{}({}, {})", i.encoding.name, i.ty.name, i.nr.0.to_c()),
-    });
-    let functions = items
-        .iter()
-        .flat_map(|i| &i.functions)
-        .map(|f| FunctionView {
-            doc: kernel_doc(f.doc.as_deref()),
-            decl: {
-                let args: Vec<String> = f
-                    .sig
-                    .args
-                    .iter()
-                    .map(|(n, t)| declarator(&c_type(t, abi), t, n, abi))
-                    .collect();
-                let args = if args.is_empty() {
-                    "void".to_string()
-                } else {
-                    args.join(", ")
-                };
-                declarator(
-                    &c_type(&f.sig.ret, abi),
-                    &f.sig.ret,
-                    &format!("{}({args})", f.name),
-                    abi,
-                )
-            },
-        });
-    let asserts = assertions(scope, &structs, layouts);
-    let view = HeaderView {
-        spdx: if abi == AbiKind::Uapi {
-            "GPL-2.0 WITH Linux-syscall-note"
-        } else {
-            "GPL-2.0"
+    }
+}
+
+/// A C API function's prototype.
+fn function_view(f: &Function, abi: AbiKind) -> FunctionView {
+    FunctionView {
+        doc: kernel_doc(f.doc.as_deref()),
+        decl: {
+            let args: Vec<String> = f
+                .sig
+                .args
+                .iter()
+                .map(|(n, t)| declarator(&c_type(t, abi), t, n, abi))
+                .collect();
+            let args = if args.is_empty() {
+                "void".to_string()
+            } else {
+                args.join(", ")
+            };
+            declarator(
+                &c_type(&f.sig.ret, abi),
+                &f.sig.ret,
+                &format!("{}({args})", f.name),
+                abi,
+            )
         },
-        spec_path: format!("spec/{}.toml", comp.name),
-        kernel: kernel.name.clone(),
-        version: scope.version().map(|v| v.id.clone()),
-        doc: kernel_doc(comp.doc.as_deref()),
-        guard: comp.guard.clone(),
-        includes,
-        consts: consts.collect(),
-        macros: macros.collect(),
-        enums: enums.collect(),
-        structs: struct_views.collect(),
-        ioctls: ioctls.collect(),
-        functions: functions.collect(),
-        asserts,
-    };
-    // askama drops the template's final newline; the template ends with an
-    // empty line so the file ends with exactly one.
-    view.render()
-        .unwrap_or_else(|e| format!("/* render error: {e} */\n"))
+    }
 }
 
 /// Structs in an order C accepts: a struct embedded by value comes first.
@@ -473,12 +521,12 @@ fn target_cond(targets: &[Target]) -> Option<String> {
     Some(parts.join(" || "))
 }
 
-fn assertions(scope: Scope<'_>, structs: &[&Struct], layouts: &Layouts) -> Vec<AssertGroup> {
+fn assertions(scope: Scope<'_>, structs: &[&Struct], layouts: &LayoutTable) -> Vec<AssertGroup> {
     let mut groups: Vec<AssertGroup> = Vec::new();
     for s in structs {
         let per: Vec<(Target, StructLayout)> = Target::ALL
             .iter()
-            .filter_map(|t| layouts.layout(scope, &s.name, *t).ok().map(|l| (*t, l)))
+            .filter_map(|t| layouts.get(scope, &s.name, *t).ok().map(|l| (*t, l)))
             .collect();
         if per.len() != Target::ALL.len() {
             continue;

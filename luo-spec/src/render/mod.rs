@@ -1,13 +1,26 @@
-//! Renderers: the validated model and its layouts → C headers, Rust ABI
-//! types, JSON layout schemas. Shared helpers live here; each backend is
-//! its own module.
+//! Backends: the IR ([`crate::ir`]) → C headers ([`c`]), Rust ABI types
+//! ([`rust`]), JSON layout snapshots and schemas ([`schema`]). Each backend is
+//! its own module behind [`Backend`]; the helpers they share live here.
 
 pub mod c;
 pub mod rust;
 pub mod schema;
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::ir::Ir;
 use crate::layout::{StructLayout, Target};
 use crate::model::{Items, Scope, Struct};
+
+/// Files rendered: path relative to the repository root → contents.
+pub type Outputs = BTreeMap<PathBuf, String>;
+
+/// A backend: renders its files from the IR.
+pub trait Backend {
+    /// Adds this backend's files to `out`.
+    fn render(&self, ir: &Ir<'_>, out: &mut Outputs);
+}
 
 /// The item sets a component's header shows: common items, then the version's.
 pub fn header_items<'a>(scope: Scope<'a>) -> Vec<&'a Items> {
@@ -113,7 +126,7 @@ pub struct FeatureDefine {
 }
 
 /// The feature-bit macros of a feature-negotiated version: one per bit,
-/// then `<prefix>_FEATURES_SUPP`, `_REQ` and `_ACTIVE` (§8b).
+/// then `<prefix>_FEATURES_SUPP`, `_REQ` and `_ACTIVE`.
 pub fn feature_defines(scope: Scope<'_>) -> Vec<FeatureDefine> {
     let Some(fs) = scope.version().and_then(|v| v.features.as_ref()) else {
         return Vec::new();

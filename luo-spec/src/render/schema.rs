@@ -11,9 +11,13 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::ast::{AbiKind, Direction};
+use std::path::Path;
+
+use crate::ir::{Ir, KernelIr, LayoutTable};
 use crate::layout::{Layouts, Target};
-use crate::model::{ConstValue, Kernel, Scope};
+use crate::model::{ConstValue, Items, Kernel, Scope, Struct};
 use crate::render::header_items;
+use crate::render::{Backend, Outputs};
 
 /// Format version of the snapshot files.
 pub const SNAPSHOT_VERSION: u32 = 1;
@@ -275,7 +279,7 @@ pub fn version_identity(scope: Scope<'_>) -> Vec<String> {
 }
 
 /// FNV-1a over the primary-target layout of every struct a version shows.
-pub fn layout_fingerprint(scope: Scope<'_>, layouts: &Layouts) -> u64 {
+pub fn layout_fingerprint(scope: Scope<'_>, layouts: &LayoutTable) -> u64 {
     let mut names: Vec<&str> = header_items(scope)
         .iter()
         .flat_map(|i| &i.structs)
@@ -284,7 +288,7 @@ pub fn layout_fingerprint(scope: Scope<'_>, layouts: &Layouts) -> u64 {
     names.sort_unstable();
     let mut text = String::new();
     for name in names {
-        if let Ok(l) = layouts.layout(scope, name, Target::PRIMARY) {
+        if let Ok(l) = layouts.get(scope, name, Target::PRIMARY) {
             text.push_str(&format!("{name} {} {};", l.size, l.align));
             for f in &l.fields {
                 text.push_str(&format!("{} {} {} {:?};", f.name, f.offset, f.size, f.bits));
@@ -302,9 +306,53 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// The snapshot of a component as `kernel` writes it.
-pub fn snapshot(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> ComponentSnapshot {
+pub fn snapshot(scope: Scope<'_>, kernel: &Kernel, ir: &Ir<'_>) -> ComponentSnapshot {
     let comp = scope.component();
     let items = header_items(scope);
+    let (compatibles, constants) = constants(scope, ir.engine, &items);
+    ComponentSnapshot {
+        snapshot_version: SNAPSHOT_VERSION,
+        kernel: kernel.name.clone(),
+        component: comp.name.clone(),
+        abi: match comp.abi {
+            AbiKind::Uapi => "uapi",
+            AbiKind::Kho => "kho",
+            AbiKind::Kernel => "kernel",
+        }
+        .into(),
+        header: comp.header.clone(),
+        version: scope.version().map(|v| v.id.clone()),
+        released: kernel.released,
+        identity: version_identity(scope),
+        reads: readers(scope, kernel, &ir.layouts),
+        drops: kernel
+            .drops
+            .get(&comp.name)
+            .into_iter()
+            .flatten()
+            .map(|d| d.name.clone())
+            .collect(),
+        fingerprint: layout_fingerprint(scope, &ir.layouts),
+        compatibles,
+        features: features(scope, &items),
+        constants,
+        structs: items
+            .iter()
+            .flat_map(|i| &i.structs)
+            .map(|s| struct_snapshot(scope, &ir.layouts, s))
+            .collect(),
+        ioctls: ioctls(scope, ir.engine, &items),
+        fdt: fdt_nodes(scope, &items),
+    }
+}
+
+/// The compatible strings (constants with a role) and the integer constants and
+/// enumerators, each with its value on every target.
+fn constants(
+    scope: Scope<'_>,
+    engine: &Layouts,
+    items: &[&Items],
+) -> (Vec<CompatibleSnapshot>, Vec<ConstSnapshot>) {
     let mut compatibles = Vec::new();
     let mut constants = Vec::new();
     for c in items.iter().flat_map(|i| &i.consts) {
@@ -328,13 +376,13 @@ pub fn snapshot(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> Compone
                 expr: e.to_c(),
                 page_size_dependent: Target::ALL
                     .iter()
-                    .map(|t| layouts.eval(scope, e, *t).ok())
+                    .map(|t| engine.eval(scope, e, *t).ok())
                     .collect::<std::collections::BTreeSet<_>>()
                     .len()
                     > 1,
                 values: Target::ALL
                     .iter()
-                    .filter_map(|t| layouts.eval(scope, e, *t).ok().map(|v| (t.name(), v)))
+                    .filter_map(|t| engine.eval(scope, e, *t).ok().map(|v| (t.name(), v)))
                     .collect(),
             }),
         }
@@ -346,87 +394,89 @@ pub fn snapshot(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> Compone
             page_size_dependent: false,
             values: Target::ALL
                 .iter()
-                .filter_map(|t| {
-                    layouts
-                        .eval(scope, &m.value, *t)
-                        .ok()
-                        .map(|v| (t.name(), v))
-                })
+                .filter_map(|t| engine.eval(scope, &m.value, *t).ok().map(|v| (t.name(), v)))
                 .collect(),
         });
     }
-    let structs = items
+    (compatibles, constants)
+}
+
+/// A struct's members as the spec writes them and its layout on every target.
+fn struct_snapshot(scope: Scope<'_>, layouts: &LayoutTable, s: &Struct) -> StructSnapshot {
+    let layouts_by_target: BTreeMap<String, LayoutSnapshot> = Target::ALL
         .iter()
-        .flat_map(|i| &i.structs)
-        .map(|s| {
-            let layouts_by_target: BTreeMap<String, LayoutSnapshot> = Target::ALL
-                .iter()
-                .filter_map(|t| {
-                    layouts.layout(scope, &s.name, *t).ok().map(|l| {
-                        (
-                            t.name(),
-                            LayoutSnapshot {
-                                size: l.size,
-                                align: l.align,
-                                fields: l
-                                    .fields
-                                    .iter()
-                                    .map(|f| FieldSnapshot {
-                                        name: f.name.clone(),
-                                        offset: f.offset,
-                                        size: f.size,
-                                        count: f.count,
-                                        bits: f.bits,
-                                    })
-                                    .collect(),
-                            },
-                        )
-                    })
-                })
-                .collect();
-            let min_size = s.min_size_field.as_ref().and_then(|m| {
-                let l = layouts.layout(scope, &s.name, Target::PRIMARY).ok()?;
-                let f = l.field(&m.name)?;
-                Some(f.offset + f.size)
-            });
-            StructSnapshot {
-                name: s.name.clone(),
-                packed: s.packed,
-                ops: s.ops,
-                min_size,
-                members: s
-                    .fields
-                    .iter()
-                    .map(|f| MemberSnapshot {
-                        name: f.name.clone(),
-                        ty: f.ty.to_string(),
-                        len: f.len.as_ref().map(|(e, _)| e.to_c()),
-                        bits: f.bits.as_ref().map(|b| b.0),
-                        reserved: f.reserved,
-                        required: f.required,
-                        dir: f.dir.as_ref().map(|d| d.0),
-                        feature: f.feature.as_ref().map(|n| n.name.clone()),
-                    })
-                    .collect(),
-                layouts: layouts_by_target,
-            }
+        .filter_map(|t| {
+            layouts.get(scope, &s.name, *t).ok().map(|l| {
+                (
+                    t.name(),
+                    LayoutSnapshot {
+                        size: l.size,
+                        align: l.align,
+                        fields: l
+                            .fields
+                            .iter()
+                            .map(|f| FieldSnapshot {
+                                name: f.name.clone(),
+                                offset: f.offset,
+                                size: f.size,
+                                count: f.count,
+                                bits: f.bits,
+                            })
+                            .collect(),
+                    },
+                )
+            })
         })
         .collect();
-    let ioctls = items
+    let min_size = s.min_size_field.as_ref().and_then(|m| {
+        let l = layouts.get(scope, &s.name, Target::PRIMARY).ok()?;
+        let f = l.field(&m.name)?;
+        Some(f.offset + f.size)
+    });
+    StructSnapshot {
+        name: s.name.clone(),
+        packed: s.packed,
+        ops: s.ops,
+        min_size,
+        members: s
+            .fields
+            .iter()
+            .map(|f| MemberSnapshot {
+                name: f.name.clone(),
+                ty: f.ty.to_string(),
+                len: f.len.as_ref().map(|(e, _)| e.to_c()),
+                bits: f.bits.as_ref().map(|b| b.0),
+                reserved: f.reserved,
+                required: f.required,
+                dir: f.dir.as_ref().map(|d| d.0),
+                feature: f.feature.as_ref().map(|n| n.name.clone()),
+            })
+            .collect(),
+        layouts: layouts_by_target,
+    }
+}
+
+/// The ioctls with their numbers and full command values.
+fn ioctls(scope: Scope<'_>, engine: &Layouts, items: &[&Items]) -> Vec<IoctlSnapshot> {
+    items
         .iter()
         .flat_map(|i| &i.ioctls)
         .map(|i| {
-            let nr = layouts.eval(scope, &i.nr.0, Target::PRIMARY).unwrap_or(0);
+            let nr = engine.eval(scope, &i.nr.0, Target::PRIMARY).unwrap_or(0);
             IoctlSnapshot {
                 name: i.name.clone(),
                 nr,
-                value: layouts.ioctl_value(scope, i),
+                value: engine.ioctl_value(scope, i),
                 arg: i.arg.name.clone(),
                 on: i.on.name.clone(),
             }
         })
-        .collect();
-    let fdt = items
+        .collect()
+}
+
+/// The FDT nodes with their properties.
+fn fdt_nodes(scope: Scope<'_>, items: &[&Items]) -> Vec<FdtSnapshot> {
+    items
         .iter()
         .flat_map(|i| &i.fdt_nodes)
         .map(|n| FdtSnapshot {
@@ -440,8 +490,13 @@ pub fn snapshot(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> Compone
                 .collect(),
             endian: "native".into(),
         })
-        .collect();
-    let features = scope
+        .collect()
+}
+
+/// The feature negotiation of a feature-negotiated version: the masks and, for each bit,
+/// the members it gates.
+fn features(scope: Scope<'_>, items: &[&Items]) -> Option<FeaturesSnapshot> {
+    scope
         .version()
         .and_then(|v| v.features.as_ref())
         .map(|fs| FeaturesSnapshot {
@@ -467,62 +522,39 @@ pub fn snapshot(scope: Scope<'_>, kernel: &Kernel, layouts: &Layouts) -> Compone
                         .collect(),
                 })
                 .collect(),
-        });
-    ComponentSnapshot {
-        snapshot_version: SNAPSHOT_VERSION,
-        kernel: kernel.name.clone(),
-        component: comp.name.clone(),
-        abi: match comp.abi {
-            AbiKind::Uapi => "uapi",
-            AbiKind::Kho => "kho",
-            AbiKind::Kernel => "kernel",
-        }
-        .into(),
-        header: comp.header.clone(),
-        version: scope.version().map(|v| v.id.clone()),
-        released: kernel.released,
-        identity: version_identity(scope),
-        reads: kernel
-            .reads
-            .get(&comp.name)
-            .into_iter()
-            .flatten()
-            .filter_map(|r| {
-                let vi = comp.versions.iter().position(|v| v.id == r.name)?;
-                let reader = scope.at(crate::model::Origin {
-                    comp: scope.origin.comp,
-                    ver: Some(vi),
-                });
-                Some(ReaderSnapshot {
-                    version: r.name.clone(),
-                    identity: version_identity(reader),
-                    known_features: reader
-                        .version()
-                        .and_then(|v| v.features.as_ref())
-                        .map(|fs| {
-                            fs.bits
-                                .iter()
-                                .fold(0u64, |m, b| m | 1u64.checked_shl(b.bit).unwrap_or(0))
-                        }),
-                    fingerprint: layout_fingerprint(reader, layouts),
-                })
+        })
+}
+
+/// The older versions `kernel` reads of the component, each with its identity, known
+/// features and layout fingerprint.
+fn readers(scope: Scope<'_>, kernel: &Kernel, layouts: &LayoutTable) -> Vec<ReaderSnapshot> {
+    let comp = scope.component();
+    kernel
+        .reads
+        .get(&comp.name)
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            let vi = comp.versions.iter().position(|v| v.id == r.name)?;
+            let reader = scope.at(crate::model::Origin {
+                comp: scope.origin.comp,
+                ver: Some(vi),
+            });
+            Some(ReaderSnapshot {
+                version: r.name.clone(),
+                identity: version_identity(reader),
+                known_features: reader
+                    .version()
+                    .and_then(|v| v.features.as_ref())
+                    .map(|fs| {
+                        fs.bits
+                            .iter()
+                            .fold(0u64, |m, b| m | 1u64.checked_shl(b.bit).unwrap_or(0))
+                    }),
+                fingerprint: layout_fingerprint(reader, layouts),
             })
-            .collect(),
-        drops: kernel
-            .drops
-            .get(&comp.name)
-            .into_iter()
-            .flatten()
-            .map(|d| d.name.clone())
-            .collect(),
-        fingerprint: layout_fingerprint(scope, layouts),
-        compatibles,
-        features,
-        constants,
-        structs,
-        ioctls,
-        fdt,
-    }
+        })
+        .collect()
 }
 
 /// JSON Schema of the snapshot format.
@@ -545,4 +577,69 @@ pub struct KernelSet {
     pub kernel: String,
     /// Snapshots by component name.
     pub components: BTreeMap<String, ComponentSnapshot>,
+}
+
+/// The snapshots of every component `k` shows.
+pub fn kernel_set(ir: &Ir<'_>, k: &KernelIr<'_>) -> KernelSet {
+    KernelSet {
+        kernel: k.kernel.name.clone(),
+        components: k
+            .units
+            .iter()
+            .map(|scope| {
+                let name = scope.component().name.clone();
+                (name, snapshot(*scope, k.kernel, ir))
+            })
+            .collect(),
+    }
+}
+
+/// The snapshots of every kernel of the IR, in spec order.
+pub fn kernel_sets(ir: &Ir<'_>) -> Vec<KernelSet> {
+    ir.kernels.iter().map(|k| kernel_set(ir, k)).collect()
+}
+
+/// The schema backend: each kernel's layout snapshots (`generated/schema/<kernel>/`), the
+/// JSON schemas of the snapshot and spec formats, and the snapshots' binary form, each
+/// kernel's ABI table (`generated/src/abi_table.rs`).
+pub struct Schemas {
+    /// Encodes a kernel's snapshots as its ABI table (`abi_table::build`).
+    pub table: fn(&KernelSet) -> Vec<u8>,
+    /// Joins every kernel's table into one section (`abi_table::encode_kernels`).
+    pub all_tables: fn(&NamedTables) -> Vec<u8>,
+}
+
+/// Each kernel's name and ABI table.
+pub type NamedTables = [(String, Vec<u8>)];
+
+impl Backend for Schemas {
+    fn render(&self, ir: &Ir<'_>, out: &mut Outputs) {
+        let mut tables = Vec::new();
+        for k in &ir.kernels {
+            let set = kernel_set(ir, k);
+            for (name, snap) in &set.components {
+                let json = serde_json::to_string_pretty(snap).unwrap_or_default() + "\n";
+                let path = Path::new("generated/schema")
+                    .join(k.kernel.dir_name())
+                    .join(format!("{name}.json"));
+                out.insert(path, json);
+            }
+            tables.push((k.kernel.name.clone(), k.kernel.default, (self.table)(&set)));
+        }
+        let all = (self.all_tables)(
+            &tables
+                .iter()
+                .map(|(k, _, b)| (k.clone(), b.clone()))
+                .collect::<Vec<_>>(),
+        );
+        out.insert(
+            "generated/src/abi_table.rs".into(),
+            super::rust::abi_table(&tables, &all),
+        );
+        out.insert(
+            "generated/schema/layout.schema.json".into(),
+            snapshot_json_schema(),
+        );
+        out.insert("spec/spec.schema.json".into(), spec_json_schema());
+    }
 }

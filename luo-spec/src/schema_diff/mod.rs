@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::generate;
-use crate::model::{Origin, Scope};
-use crate::render::schema::{ComponentSnapshot, SNAPSHOT_VERSION, snapshot};
+use crate::ir::Ir;
+use crate::render::schema::{ComponentSnapshot, SNAPSHOT_VERSION, kernel_sets};
 
 pub use policy::{Finding, Severity};
 
@@ -154,35 +154,7 @@ pub fn sets_from_spec(spec_dir: &Path) -> Result<Vec<KernelSet>, InputError> {
     if diags.has_errors() {
         return Err(InputError::BadSpec(spec_dir.into()));
     }
-    Ok(spec
-        .kernels
-        .iter()
-        .map(|k| {
-            let components = spec
-                .components
-                .iter()
-                .enumerate()
-                .filter_map(|(ci, comp)| {
-                    let ver = spec.rendered_version(k, comp)?;
-                    Some((
-                        comp.name.clone(),
-                        snapshot(
-                            Scope {
-                                spec: &spec,
-                                origin: Origin { comp: ci, ver },
-                            },
-                            k,
-                            &layouts,
-                        ),
-                    ))
-                })
-                .collect();
-            KernelSet {
-                kernel: k.name.clone(),
-                components,
-            }
-        })
-        .collect())
+    Ok(kernel_sets(&Ir::build(&spec, &layouts)))
 }
 
 /// The default kernel of the spec under `spec_dir`, renamed `name`.

@@ -10,9 +10,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::ast::AbiKind;
-use crate::layout::{Arch, Layouts, StructLayout, Target};
-use crate::model::{ConstValue, Items, Origin, Scope, Spec, Struct};
-use crate::render::group_targets;
+use crate::ir::{Ir, LayoutTable};
+use crate::layout::{Arch, StructLayout, Target};
+use crate::model::{ConstValue, Items, Origin, Scope, Struct};
+use crate::render::{Backend, Outputs, group_targets};
 use crate::ty::{Prim, Ty};
 
 mod abi_table;
@@ -21,8 +22,21 @@ mod migrations;
 pub use abi_table::abi_table;
 use migrations::write_migrations;
 
+/// The Rust backend: the `luo-generated` crate's modules (`generated/src/`), one per
+/// component with a submodule per version, and the compiler-computed layouts.
+pub struct RustCrate;
+
+impl Backend for RustCrate {
+    fn render(&self, ir: &Ir<'_>, out: &mut Outputs) {
+        for (path, text) in crate_files(ir) {
+            out.insert(std::path::Path::new("generated/src").join(path), text);
+        }
+    }
+}
+
 /// Files of the generated crate: path below `generated/src/` → contents.
-pub fn crate_files(spec: &Spec, layouts: &Layouts) -> BTreeMap<String, String> {
+fn crate_files(ir: &Ir<'_>) -> BTreeMap<String, String> {
+    let spec = ir.spec;
     let mut files = BTreeMap::new();
     let mut registry = Registry::default();
     let mut lib = String::from(LIB_HEADER);
@@ -43,14 +57,7 @@ pub fn crate_files(spec: &Spec, layouts: &Layouts) -> BTreeMap<String, String> {
             comp.doc.as_deref(),
         );
         write_uses(&mut m, common);
-        write_items(
-            &mut m,
-            common,
-            &comp.common,
-            layouts,
-            &mut registry,
-            &comp.name,
-        );
+        write_items(&mut m, common, &comp.common, ir, &mut registry, &comp.name);
         for v in &comp.versions {
             let _ = writeln!(m, "\npub mod {};", v.id);
         }
@@ -72,7 +79,7 @@ pub fn crate_files(spec: &Spec, layouts: &Layouts) -> BTreeMap<String, String> {
                 &mut m,
                 scope,
                 &v.items,
-                layouts,
+                ir,
                 &mut registry,
                 &format!("{}::{}", comp.name, v.id),
             );
@@ -157,7 +164,7 @@ fn write_items(
     m: &mut String,
     scope: Scope<'_>,
     items: &Items,
-    layouts: &Layouts,
+    ir: &Ir<'_>,
     registry: &mut Registry,
     path: &str,
 ) {
@@ -189,7 +196,7 @@ fn write_items(
                         ""
                     }
                 );
-                match layouts.eval(scope, e, Target::PRIMARY) {
+                match ir.engine.eval(scope, e, Target::PRIMARY) {
                     Ok(v) => {
                         let _ = writeln!(m, "pub const {}: u64 = {};", c.name, lit(v));
                     }
@@ -212,14 +219,15 @@ fn write_items(
                 mem.doc.as_deref().or(e.doc.as_deref()),
                 &format!("Enumerator `{}`.", mem.name),
             );
-            let v = layouts
+            let v = ir
+                .engine
                 .eval(scope, &mem.value, Target::PRIMARY)
                 .unwrap_or(0);
             let _ = writeln!(m, "pub const {}: u32 = {};", mem.name, lit(v));
         }
     }
     for i in &items.ioctls {
-        let value = layouts.ioctl_value(scope, i);
+        let value = ir.engine.ioctl_value(scope, i);
         m.push('\n');
         doc_lines(m, "", i.doc.as_deref(), &format!("ioctl `{}`.", i.name));
         let _ = writeln!(
@@ -233,9 +241,9 @@ fn write_items(
         let _ = writeln!(m, "pub const {}: u32 = {};", i.name, lit(value));
     }
     for s in &items.structs {
-        write_struct(m, scope, s, layouts, registry, path);
+        write_struct(m, scope, s, &ir.layouts, registry, path);
     }
-    write_migrations(m, scope, items, layouts);
+    write_migrations(m, scope, items, ir.engine);
 }
 
 fn lit(v: u64) -> String {
@@ -339,11 +347,11 @@ fn write_struct(
     m: &mut String,
     scope: Scope<'_>,
     s: &Struct,
-    layouts: &Layouts,
+    layouts: &LayoutTable,
     registry: &mut Registry,
     path: &str,
 ) {
-    let Ok(primary) = layouts.layout(scope, &s.name, Target::PRIMARY) else {
+    let Ok(primary) = layouts.get(scope, &s.name, Target::PRIMARY) else {
         return;
     };
     let pod =
@@ -461,7 +469,7 @@ fn write_struct(
     // Layout assertions, per architecture class (Rust types use 4 KiB pages).
     let per: Vec<(Target, StructLayout)> = [Target::ALL[0], Target::ALL[1], Target::ALL[2]]
         .iter()
-        .filter_map(|t| layouts.layout(scope, &s.name, *t).ok().map(|l| (*t, l)))
+        .filter_map(|t| layouts.get(scope, &s.name, *t).ok().map(|l| (*t, l)))
         .collect();
     for (targets, l) in group_targets(&per) {
         m.push('\n');

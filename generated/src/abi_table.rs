@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The `.liveupdate_features` ABI table of every kernel: what it writes and
 //! reads, in the section format of the mm tree (`luo_spec::schema_diff::table`).
 //! A binary playing a kernel places its table in that section so

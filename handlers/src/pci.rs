@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The PCI core's live update state: the FLB `"pci-v3"` (spec `pci/v3`,
 //! `reference/luo-upstream.md` §8c), linked by the `vfio-pci-v1` handler
 //! ([`crate::vfio_pci`]).

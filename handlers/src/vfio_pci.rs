@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The `vfio-pci-v1` file handler (spec `vfio_pci/v1`, `reference/luo-upstream.md` §8c), on a
 //! synthetic VFIO cdev ([`VfioDevice`]), with the PCI FLB ([`crate::pci`]) linked.
 //!

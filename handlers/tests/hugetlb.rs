@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! HugeTLB both ways, side by side: what the FLB form (upstream's RFC) and the subsystem form
 //! (the seed) do to the HugeTLB pools when only a non-HugeTLB guest_memfd is preserved, when
 //! no file is preserved, and with a HugeTLB memfd that is retrieved and one that is not.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The `vfio-pci-v1` handler, the PCI FLB and the IOMMU FLB through the core: the order
 //! memfd → iommufd → vfio cdev with upstream's errors, PCI refcounts up to the root port
 //! (EBUSY, ENOSPC, VFs, after shutdown), freeze refused with interrupts on, kexec with the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! ABI primitives and runtime contracts of the `luo` framework.
 //!
 //! `luo` models the Linux Live Update Orchestrator (LUO): a running kernel serializes the
@@ -49,6 +50,7 @@ pub mod host;
 pub mod kho;
 pub mod lock;
 pub mod phys;
+pub mod record;
 pub mod registry;
 #[cfg(feature = "std")]
 pub mod sync;

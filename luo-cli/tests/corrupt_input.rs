@@ -124,8 +124,8 @@ fn an_image_that_is_not_a_file_is_named() {
     let missing = dir.join("missing");
     let m = missing.to_str().expect("utf-8");
     for (args, want) in [
-        (["inspect", d], "it is a directory"),
-        (["boot", d], "it is a directory"),
+        (["inspect", d], "Is a directory"),
+        (["boot", d], "Is a directory"),
         (["inspect", m], "No such file or directory"),
     ] {
         let o = luo(&args);
@@ -177,7 +177,8 @@ fn boot_names_the_kernel_and_the_formats_it_reads() {
         img.to_str().expect("utf-8"),
         "--kernel",
         "7.3",
-        "--json",
+        "--format",
+        "json",
     ]);
     assert!(o.status.success());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Handover images: a handover's metadata saved to a file, for `luo inspect`.
 //!
 //! An image holds the KHO handover blob (preserved ranges and subtrees), the bases of the
@@ -29,6 +30,35 @@ const MAGIC: &[u8; 8] = b"LUOIMG01";
 
 /// The most bytes read as an image from something that is not a regular file (1 GiB).
 pub const MAX_STREAM_IMAGE: u64 = 1 << 30;
+
+/// The bytes of an image file. A regular file is read whole (its size is the user's); a
+/// directory is `EISDIR`; anything else (a pipe, a device such as `/dev/zero`) is read up to
+/// [`MAX_STREAM_IMAGE`] bytes, so no path makes this allocate without bound.
+pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let meta = f.metadata()?;
+    if meta.is_dir() {
+        return Err(std::io::Error::from_raw_os_error(
+            rustix::io::Errno::ISDIR.raw_os_error(),
+        ));
+    }
+    let mut bytes = Vec::new();
+    if meta.is_file() {
+        f.read_to_end(&mut bytes)?;
+        return Ok(bytes);
+    }
+    (&mut f)
+        .take(MAX_STREAM_IMAGE + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_STREAM_IMAGE {
+        return Err(std::io::Error::other(format!(
+            "more than {MAX_STREAM_IMAGE} bytes from something that is not a regular file; \
+             save the image to a file first"
+        )));
+    }
+    Ok(bytes)
+}
 
 /// The largest arena, in pages, a kernel booted from an image gets (64 GiB; its page
 /// allocator's bitmaps then take 4 MiB). The arena size is a number the image claims.
@@ -129,34 +159,9 @@ impl Image {
         std::fs::write(path, self.to_bytes())
     }
 
-    /// Reads an image file. A regular file is read whole (its size is the user's); anything
-    /// else (a pipe, a device such as `/dev/zero`) is read up to [`MAX_STREAM_IMAGE`] bytes,
-    /// so no input makes this allocate without bound.
+    /// Reads an image file ([`read_file`]) and decodes it.
     pub fn load(path: &Path) -> Result<Image, ImageError> {
-        use std::io::Read;
-        let io = |e: std::io::Error| ImageError::File(e.to_string());
-        let mut f = std::fs::File::open(path).map_err(io)?;
-        let meta = f.metadata().map_err(io)?;
-        if meta.is_dir() {
-            return Err(ImageError::File(
-                "it is a directory, not an image file".into(),
-            ));
-        }
-        let mut bytes = Vec::new();
-        if meta.is_file() {
-            f.read_to_end(&mut bytes).map_err(io)?;
-        } else {
-            (&mut f)
-                .take(MAX_STREAM_IMAGE + 1)
-                .read_to_end(&mut bytes)
-                .map_err(io)?;
-            if bytes.len() as u64 > MAX_STREAM_IMAGE {
-                return Err(ImageError::File(format!(
-                    "more than {MAX_STREAM_IMAGE} bytes from something that is not a regular \
-                     file; save the image to a file first"
-                )));
-            }
-        }
+        let bytes = read_file(path).map_err(|e| ImageError::File(e.to_string()))?;
         Image::from_bytes(&bytes)
     }
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The raw spec language: what `spec/*.toml` files deserialize into.
 //!
 //! Every value a diagnostic may point at is `Spanned`, so validation can

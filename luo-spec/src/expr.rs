@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Constant expressions: the integer language of `value` and `len`.
 //!
 //! The grammar is the subset of C that ABI headers use for sizes and flags:
@@ -102,6 +103,9 @@ pub enum EvalError {
     UnknownSizeof(String),
     /// Division by zero, overflow, or a shift out of range.
     Arithmetic(String),
+    /// `sizeof(struct NAME)` of a struct whose layout failed; the struct's own error is
+    /// reported where it is defined, so expressions using it stay silent.
+    StructFailed(String),
 }
 
 impl fmt::Display for EvalError {
@@ -112,6 +116,9 @@ impl fmt::Display for EvalError {
                 write!(f, "`sizeof({n})`: not a struct or string constant")
             }
             EvalError::Arithmetic(m) => f.write_str(m),
+            EvalError::StructFailed(n) => {
+                write!(f, "`sizeof(struct {n})`: `{n}` has an error of its own")
+            }
         }
     }
 }

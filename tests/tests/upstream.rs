@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The generated Rust ABI types against the numbers upstream publishes
 //! (reference/luo-upstream.md §1, §4, §8b): written out here, not taken from
 //! the spec, so a spec edit that moves a byte fails this test.

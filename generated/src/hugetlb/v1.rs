@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `hugetlb` version `v1`.
 //!
 //! RFC (Dec 2025): "hugetlb-v1" and "huge-memfd-v1".

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `kho`: items common to every version (linux/kho/abi/kexec_handover.h).
 //!
 //! DOC: Kexec Handover ABI for vmalloc Preservation

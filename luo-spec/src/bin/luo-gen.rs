@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `luo-gen [--check] [-v] [--root DIR]`: the generator alone, built from
 //! `luo-spec` only, so it runs whatever state `generated/` is in. CI uses it
 //! for `luo gen --check`; the `luo` CLI offers the same as `luo gen`. Without
@@ -34,7 +35,9 @@ fn main() -> ExitCode {
         }
     }
     match luo_spec::root::find(root.as_deref()) {
-        Ok(root) => luo_spec::commands::gen_command(&root, check, verbose),
+        Ok(root) => {
+            luo_spec::commands::gen_command(&root, check, verbose, luo_spec::output::Format::Text)
+        }
         Err(e) => {
             eprintln!("luo-gen: {e}");
             ExitCode::from(2)

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! C headers: one per component and kernel, from `templates/header.h`.
 //!
 //! All decisions (type spelling, ordering, which assertions hold on which

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Layout snapshots: `generated/schema/<kernel>/<component>.json`.
 //!
 //! A snapshot is the machine-readable ABI of one component as one kernel

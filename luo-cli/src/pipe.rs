@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Standard output closed early (`luo schema check | head -1`).
 //!
 //! Rust starts a program with SIGPIPE ignored, so a write to a pipe whose reader has gone

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! No panic or abort from a corrupt image or a closed standard output: `luo inspect` and
 //! `luo boot` of images whose `"LUO"` subtree claims more than was preserved, and output
 //! commands whose reader has gone.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Nothing destroyed, written or reported as done that the user did not ask for: each case
 //! is refused with an error naming the path or value and the next step, before any effect.
 

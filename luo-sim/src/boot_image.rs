@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Booting a kernel from a saved handover image (`luo boot IMAGE`).
 //!
 //! `luo inspect` runs the decoder over an image; this runs the boot path: a simulated machine

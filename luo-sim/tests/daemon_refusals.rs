@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The daemon destroys nothing it was not asked to: a `--socket` path that names anything but
 //! a socket is left alone, and `luo sim kexec --into` a program that is not a luo binary is
 //! refused before anything is frozen, the machine and its sessions carrying on.

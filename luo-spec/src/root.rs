@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Where the repository is: the directory holding `spec/kernels/`.
 //!
 //! `luo gen`, `luo layout` and `luo schema` read `spec/` and write `generated/`,

@@ -19,6 +19,8 @@ pub mod iommu;
 #[rustfmt::skip]
 pub mod iommufd;
 #[rustfmt::skip]
+pub mod kexec_metadata;
+#[rustfmt::skip]
 pub mod kho;
 #[rustfmt::skip]
 pub mod kvm;
@@ -26,6 +28,8 @@ pub mod kvm;
 pub mod liveupdate;
 #[rustfmt::skip]
 pub mod luo;
+#[rustfmt::skip]
+pub mod memblock;
 #[rustfmt::skip]
 pub mod memfd;
 #[rustfmt::skip]

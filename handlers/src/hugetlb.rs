@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0-only OR MIT
-//! HugeTLB global state both ways (issue 6, the seed's question), shared by two file types:
+//! HugeTLB global state both ways (an FLB or a subsystem), shared by two file types:
 //! HugeTLB memfds (`huge-memfd-v1`, here) and guest_memfd (`guest_memfd_luo_v1`,
 //! [`crate::guest_memfd`], HugeTLB-backed or not).
 //!
-//! The pools (per huge page size: pages, free pages, pages of preserved files) are handed over
-//! as `struct hugetlb_ser` (spec `hugetlb/v1`) in one of two forms, chosen at [`register`]
-//! (at run time, per kernel):
+//! The pools' preserved pages (per huge page size: the pages of preserved files) are handed
+//! over as `struct hugetlb_ser` (spec `hugetlb/v1`, as posted) in one of two forms, chosen at
+//! [`crate::vm::register`] (at run time, per kernel):
 //!
 //! * [`Form::Flb`] — upstream's RFC: the FLB `"hugetlb-v1"` ([`HugetlbFlb`],
 //!   `#[liveupdate_flb]`), linked to both handlers at registration
@@ -15,11 +15,15 @@
 //!   page) and not at all when no such file is preserved; in the new kernel it is retrieved on
 //!   demand (the huge-memfd handler calls `get_incoming` eagerly at registration, as the RFC's
 //!   init does) and finished with the last dependent file.
-//! * [`Form::Subsystem`] — the seed's choice: the subsystem `"hugetlb"` ([`HugetlbSubsystem`],
+//! * [`Form::Subsystem`] — LUO v4's choice: the subsystem `"hugetlb"` ([`HugetlbSubsystem`],
 //!   `#[liveupdate_subsystem]`) with its own lifecycle,
 //!   frozen on the reboot path after the files, booted when it registers in the new kernel
 //!   (before any file is retrieved, so the free pages are back in the pool), finished after the
 //!   last incoming session.
+//!
+//! The new kernel counts the handed-over pages into its pools, held for the files they belong
+//! to; the rest of a pool (its free pages) is the new kernel's own configuration
+//! ([`Hugetlb::configure`]), as upstream sizes the boot-time pool minus the preserved pages.
 //!
 //! The pools are counts per size; a file's pages are taken from its pool when it is created and
 //! are real folios of the KHO model ([`crate::pages`]), listed in the file's handed-over folio
@@ -27,7 +31,7 @@
 //! never-retrieved file's pages go back to the free pool at finish; a retrieved file keeps
 //! them.
 //!
-//! Everything is per kernel: [`register`] returns the kernel's [`Hugetlb`] (its pools, and its
+//! Everything is per kernel: [`crate::vm::register`] returns the kernel's [`Hugetlb`] (its pools, and its
 //! FLB in the FLB form), through which files are made ([`HugeMemfd::new`],
 //! `GuestMemfd::new_hugetlb`) and the pools configured and inspected.
 
@@ -42,10 +46,10 @@ use luo_abi::kho::KhoService;
 use luo_abi::registry::Registry;
 use luo_abi::{Errno, PAGE_SIZE, PhysAddr, Result};
 use luo_derive::{liveupdate_flb, liveupdate_handler, liveupdate_subsystem};
+use luo_generated::hugetlb::hugemfd_folio_ser;
 use luo_generated::hugetlb::v1::{
-    HUGEMFD_LUO_FH_COMPATIBLE, HUGETLB_LUO_FLB_COMPATIBLE, hugemfd_ser, hugetlb_ser,
+    HUGEMFD_LUO_FH_COMPATIBLE, HUGETLB_FLB_COMPATIBLE, hugemfd_ser, hugetlb_hstate_ser, hugetlb_ser,
 };
-use luo_generated::hugetlb::{hugemfd_folio_ser, hugetlb_hstate_ser};
 use zerocopy::FromZeros;
 
 use crate::folio_array::FolioArray;
@@ -113,7 +117,7 @@ impl Pools {
 }
 
 /// One kernel's HugeTLB: its pools and, in the FLB form, the FLB that carries them. Returned
-/// by [`register`]; cheap to clone.
+/// by [`crate::vm::register`]; cheap to clone.
 #[derive(Clone)]
 pub struct Hugetlb {
     pools: Arc<Pools>,
@@ -134,21 +138,32 @@ impl Hugetlb {
         self.pools.lock().clone()
     }
 
-    /// Sets the pool of `order` to `nr` free pages (`nr_hugepages`); `EINVAL` for order 0 or
-    /// above 18.
+    /// Sets the pool of `order` to `nr` pages (`nr_hugepages`): the pages held for incoming
+    /// files count among them (upstream allocates the boot-time pool minus the preserved
+    /// pages), the rest are free. `EINVAL` for order 0 or above 18, or fewer pages than are
+    /// held.
     pub fn configure(&self, order: u32, nr: u64) -> Result {
         if order == 0 || order > MAX_ORDER {
             return Err(Errno::EINVAL);
         }
-        self.pools.lock().pools.insert(
+        let mut s = self.pools.lock();
+        let held = s.pools.get(&order).map_or(0, |p| p.held_incoming);
+        let free = nr.checked_sub(held).ok_or(Errno::EINVAL)?;
+        s.pools.insert(
             order,
             Pool {
                 total: nr,
-                free: nr,
-                held_incoming: 0,
+                free,
+                held_incoming: held,
             },
         );
         Ok(())
+    }
+
+    /// In the FLB form, the address of the outgoing `struct hugetlb_ser`, once a file that
+    /// uses the pools is preserved.
+    pub fn outgoing_data(&self) -> Option<u64> {
+        self.flb.as_ref()?.outgoing_data().map(PhysAddr::as_u64)
     }
 
     /// The host of the kernel these pools belong to.
@@ -248,38 +263,40 @@ impl Hugetlb {
     }
 }
 
+/// The handed-over state: for every pool (at most `HUGETLB_SER_MAX_HSTATES`, as upstream's
+/// `for_each_hstate`), its order and the pages of preserved files.
 fn snapshot(s: &State) -> hugetlb_ser {
     let mut ser = hugetlb_ser::new_zeroed();
-    for (i, (order, p)) in s.pools.iter().take(ser.hstates.len()).enumerate() {
+    for (i, order) in s.pools.keys().take(ser.hstates.len()).enumerate() {
         ser.hstates[i] = hugetlb_hstate_ser {
-            order: *order,
-            flags: 0,
-            nr_huge_pages: p.total,
-            free_huge_pages: p.free,
-            nr_preserved: s.preserved.get(order).copied().unwrap_or(0),
+            nr_pages: s.preserved.get(order).copied().unwrap_or(0),
+            // `configure` keeps orders at most 18.
+            order: *order as u8,
         };
-        ser.nr_hstates = i as u64 + 1;
+        ser.nr_hstates = i as u8 + 1;
     }
     ser
 }
 
-/// Rebuilds the pools from handed-over data: every page comes back, those of preserved files
-/// held for them, the rest free. `EINVAL` (and no change) for a count that does not fit.
+/// Counts handed-over pages into the pools, held for the files they belong to. `EINVAL`
+/// (and no change) for more entries than the array, an order this kernel has no huge pages
+/// of, a size given twice, or a count that does not fit.
 fn rebuild(s: &mut State, ser: &hugetlb_ser) -> Result {
-    let n = usize::try_from(ser.nr_hstates).map_err(|_| Errno::EINVAL)?;
     let hstates = ser.hstates;
-    let hstates = hstates.get(..n).ok_or(Errno::EINVAL)?;
+    let hstates = hstates
+        .get(..usize::from(ser.nr_hstates))
+        .ok_or(Errno::EINVAL)?;
     let mut pools = s.pools.clone();
+    let mut seen = BTreeSet::new();
     for h in hstates {
-        let (total, held) = (h.nr_huge_pages, h.nr_preserved);
-        if held > total {
+        let order = u32::from(h.order);
+        if order == 0 || order > MAX_ORDER || !seen.insert(order) {
             return Err(Errno::EINVAL);
         }
-        let p = pools.entry(h.order).or_default();
+        let p = pools.entry(order).or_default();
         let add = |a: u64, b: u64| a.checked_add(b).ok_or(Errno::EINVAL);
-        p.total = add(p.total, total)?;
-        p.free = add(p.free, total - held)?;
-        p.held_incoming = add(p.held_incoming, held)?;
+        p.total = add(p.total, h.nr_pages)?;
+        p.held_incoming = add(p.held_incoming, h.nr_pages)?;
     }
     s.pools = pools;
     Ok(())
@@ -296,7 +313,7 @@ pub struct HugetlbFlb {
 
 const _: () = assert!(luo_abi::abi::str_eq(
     <HugetlbFlb as luo_abi::global::FlbAbi>::COMPATIBLE,
-    HUGETLB_LUO_FLB_COMPATIBLE
+    HUGETLB_FLB_COMPATIBLE
 ));
 
 #[liveupdate_flb]
@@ -562,32 +579,63 @@ impl Incoming {
         pool: &'k Hugetlb,
     ) -> Result<(pages::Claimed<'k>, BTreeMap<u64, Folio>)> {
         let slots = self.slots()?;
-        let mut seen = BTreeSet::new();
         for r in &self.records {
-            if r.reserved() != 0
-                || r.index >= slots
-                || !seen.insert(r.index)
-                || PhysAddr::from_pfn(r.pfn()).is_none()
-            {
+            if r.reserved() != 0 || r.index >= slots || PhysAddr::from_pfn(r.pfn()).is_none() {
+                return Err(Errno::EINVAL);
+            }
+        }
+        // Each index once: the records are in index order when this kernel's writer made
+        // them (one pass), otherwise sorted first.
+        if !self.records.is_sorted_by(|a, b| a.index < b.index) {
+            let mut idx: Vec<u64> = self.records.iter().map(|r| r.index).collect();
+            idx.sort_unstable();
+            if idx.windows(2).any(|w| w[0] == w[1]) {
                 return Err(Errno::EINVAL);
             }
         }
         let mut claimed = pages::Claimed::new(kho, Some(pool));
-        let mut out = BTreeMap::new();
-        for r in &self.records {
-            let (phys, o) = claimed.claim(r.pfn())?;
-            if o != self.order() {
-                return Err(Errno::EINVAL);
+        let mut out = Vec::with_capacity(self.records.len());
+        // Physically contiguous records are claimed as one run of folios of the file's order
+        // (`restore_range`); a run KHO refuses is claimed folio by folio, which names the
+        // folio at fault.
+        let step = 1u64 << self.order();
+        let mut rest = &self.records[..];
+        while let Some(first) = rest.first() {
+            let n = 1 + rest
+                .windows(2)
+                .take_while(|w| w[1].pfn() == w[0].pfn().wrapping_add(step))
+                .count();
+            let (run, tail) = rest.split_at(n);
+            rest = tail;
+            if n > 1 && claimed.claim_run(first.pfn(), self.order(), n).is_ok() {
+                out.extend(run.iter().map(|r| {
+                    let phys = PhysAddr::from_pfn(r.pfn()).unwrap_or(PhysAddr::new(0));
+                    (
+                        r.index,
+                        Folio {
+                            phys,
+                            uptodate: true,
+                        },
+                    )
+                }));
+                continue;
             }
-            out.insert(
-                r.index,
-                Folio {
-                    phys,
-                    uptodate: true,
-                },
-            );
+            for r in run {
+                let (phys, o) = claimed.claim(r.pfn())?;
+                if o != self.order() {
+                    return Err(Errno::EINVAL);
+                }
+                out.push((
+                    r.index,
+                    Folio {
+                        phys,
+                        uptodate: true,
+                    },
+                ));
+            }
         }
-        Ok((claimed, out))
+        // Built from index order at once, not one insert per folio.
+        Ok((claimed, out.into_iter().collect()))
     }
 
     /// Claims and frees every folio that can be claimed, their pages back to the free pool.
@@ -596,41 +644,59 @@ impl Incoming {
     }
 }
 
-/// Registers with `k` the HugeTLB state in `form` and the handlers of the files that use it:
-/// `huge-memfd-v1`, `kvm_vm_luo_v1` and `guest_memfd_luo_v1` (which depends on it); in the
-/// FLB form the FLB is linked to huge-memfd and guest_memfd and its incoming state fetched
-/// at once (the RFC's init), in the subsystem form the subsystem is booted from the previous
-/// kernel's data. Call it once per boot, before anything touches HugeTLB; the returned
-/// [`Hugetlb`] is the kernel's pools.
-pub fn register(k: &impl Registry, form: Form) -> Result<Hugetlb> {
-    let host = k.host();
-    let pools = Arc::new(Pools {
-        host: Arc::clone(&host),
-        state: Mutex::default(),
-    });
-    let flb = (form == Form::Flb).then(|| {
-        k.new_flb(HugetlbFlb {
-            pools: Arc::clone(&pools),
-        })
-    });
-    let h = Hugetlb { pools, flb };
-    let huge = Registration::new(HugeMemfdHandler { hugetlb: h.clone() }, host, ());
-    k.register_handler(h.link(huge))?;
-    crate::kvm::register(k)?;
-    crate::guest_memfd::register(k, &h)?;
-    match &h.flb {
-        // The RFC's init: get the incoming state eagerly so free pages return to the pool.
-        Some(flb) => match flb.get_incoming() {
-            Ok(g) => drop(g),
-            Err(Errno::ENODATA | Errno::ENOENT) => {}
-            Err(e) => return Err(e),
-        },
-        None => {
-            let sub = k.new_subsystem(HugetlbSubsystem {
-                pools: Arc::clone(&h.pools),
-            });
-            k.register_subsystem(&sub)?;
-        }
+impl Hugetlb {
+    /// A kernel's HugeTLB pools, with the FLB cell in the FLB form (not linked to any handler
+    /// yet: [`crate::vm::register`] links it to every handler of files that use the pools, then
+    /// calls [`Hugetlb::start`]).
+    pub fn new(k: &impl Registry, form: Form) -> Hugetlb {
+        let pools = Arc::new(Pools {
+            host: k.host(),
+            state: Mutex::default(),
+        });
+        let flb = (form == Form::Flb).then(|| {
+            k.new_flb(HugetlbFlb {
+                pools: Arc::clone(&pools),
+            })
+        });
+        Hugetlb { pools, flb }
     }
-    Ok(h)
+
+    /// Registers `huge-memfd-v1`, linked to the pools' FLB in the FLB form.
+    pub fn register_huge_memfd(&self, k: &impl Registry) -> Result {
+        let huge = Registration::new(
+            HugeMemfdHandler {
+                hugetlb: self.clone(),
+            },
+            k.host(),
+            (),
+        );
+        k.register_handler(self.link(huge))
+    }
+
+    /// Starts the pools' handover once every handler that uses them is registered: in the FLB
+    /// form the incoming state is fetched at once (the RFC's init, so free pages return to the
+    /// pool), in the subsystem form the subsystem registers and is booted from the previous
+    /// kernel's data.
+    pub fn start(&self, k: &impl Registry) -> Result {
+        match &self.flb {
+            Some(flb) => match flb.get_incoming() {
+                Ok(g) => drop(g),
+                Err(Errno::ENODATA | Errno::ENOENT) => {}
+                Err(e) => return Err(e),
+            },
+            None => {
+                let sub = k.new_subsystem(HugetlbSubsystem {
+                    pools: Arc::clone(&self.pools),
+                });
+                k.register_subsystem(&sub)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl pages::IncomingPool for Hugetlb {
+    fn release_incoming(&self, order: u32, nr: u64) -> Result {
+        Hugetlb::release_incoming(self, order, nr)
+    }
 }

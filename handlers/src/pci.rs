@@ -1,24 +1,26 @@
 // SPDX-License-Identifier: GPL-2.0-only OR MIT
-//! The PCI core's live update state: the FLB `"pci-v3"` (spec `pci/v3`,
-//! `reference/luo-upstream.md` §8c), linked by the `vfio-pci-v1` handler
-//! ([`crate::vfio_pci`]).
+//! The PCI core's live update state: the FLB `"pci"` with `PCI_LUO_FLB_VERSION` 2 in its data
+//! (spec `pci/data_v2`, drivers/pci/liveupdate.c as
+//! applied), linked by the `vfio-pci-v2` handler ([`crate::vfio_pci`]).
 //!
-//! The FLB's data is one KHO allocation: a `struct pci_ser` followed by `max_nr_devices`
-//! `struct pci_dev_ser`, the array sized at FLB preserve for every PCI device present. As in
-//! v6+ of the series, [`pci_liveupdate_preserve`] enters the endpoint once (`EBUSY` the second
-//! time) and walks up to its root port, each bridge's `refcount` counting the preserved
-//! devices at or below it; `ENOSPC` when the array is full. The new kernel reads the array
-//! back into a map of the entries with `refcount > 0` (upstream's xarray keyed by
-//! `domain << 16 | bdf`), and [`pci_liveupdate_finish`] decrements along the device's path.
+//! The FLB's data is a `struct pci_ser` {version, nr_devices, devices}: `devices` heads a KHO
+//! block chain ([`crate::kho_block`]) of `struct pci_dev_ser`, grown a block at a time as
+//! devices are preserved. [`pci_liveupdate_preserve`] enters the endpoint once (`EBUSY` the
+//! second time) and walks up to its root port, each bridge's `refcount` counting the preserved
+//! devices at or below it; an entry whose refcount fell to 0 is reused, and `nr_devices`
+//! counts the entries in use. The new kernel refuses data of another version (upstream
+//! panics), reads the chain back into a map of the entries with `refcount > 0` (upstream's
+//! xarray keyed by `domain << 16 | bdf`), and [`pci_liveupdate_finish`] decrements along the
+//! device's path.
 //!
 //! The model's PCI bus is a per-kernel topology that tests (or `luo simulate`) enumerate with
-//! [`Pci::add_device`] in each kernel. Two errors §8c names without their value are the
+//! [`Pci::add_device`] in each kernel. Two errors the posted series names without their value are the
 //! model's choice: a VF is refused with `EINVAL`, and a preserve after the kexec's device
 //! shutdown ([`Pci::device_shutdown`], upstream's shutdown freeze) with `EBUSY`.
 //!
-//! The FLB is written with `#[liveupdate_flb]` ([`PciFlb`]); its data is a variable-length
-//! record (`StateCtx::reserve_trailer` at preserve) rewritten after the preserve through
-//! `FlbCell::outgoing_data`. A kernel's PCI core is reached through a [`Pci`] handle.
+//! The FLB is written with `#[liveupdate_flb]` ([`PciFlb`]); its `pci_ser` is rewritten after
+//! the preserve through the outgoing data address. A kernel's PCI core is reached through a
+//! [`Pci`] handle.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -30,10 +32,11 @@ use luo_abi::registry::Registry;
 use luo_abi::sync::StdBackend;
 use luo_abi::{Errno, PhysAddr};
 use luo_derive::liveupdate_flb;
-use luo_generated::pci::v3::{pci_dev_ser, pci_ser};
+use luo_generated::pci::data_v2::{PCI_LUO_FLB_VERSION, pci_dev_ser, pci_ser};
 use zerocopy::{FromZeros, IntoBytes};
 
 use crate::iommu::{FlbCalls, lock};
+use crate::kho_block::{self, BlockChain};
 
 /// What a PCI function is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,11 +58,11 @@ struct PciDev {
     kind: PciKind,
 }
 
-/// The outgoing FLB object: the array's capacity and its entries as written.
+/// The outgoing FLB object: the entries as written and the chain holding them.
 struct Out {
-    max: u32,
-    /// Slot by device, in slot order.
+    /// Entries in chain order; one at refcount 0 is free for the next device.
     slots: Vec<pci_dev_ser>,
+    chain: BlockChain<pci_dev_ser>,
     /// Set once unpreserved: the data is freed.
     freed: bool,
 }
@@ -87,21 +90,21 @@ fn path(topo: &BTreeMap<PciAddr, PciDev>, at: PciAddr) -> Result<Vec<PciAddr>, E
     Ok(p)
 }
 
+/// Rewrites the chain and the `pci_ser` at `data` from `out`.
 fn write_out(kho: &dyn KhoService, data: PhysAddr, out: &Out) -> Result<(), Errno> {
-    let mut buf = Vec::with_capacity(8 + 8 * out.slots.len());
-    buf.extend_from_slice(zerocopy::IntoBytes::as_bytes(&pci_ser {
-        max_nr_devices: out.max,
-        nr_devices: out.slots.len() as u32,
-    }));
-    for e in &out.slots {
-        buf.extend_from_slice(zerocopy::IntoBytes::as_bytes(e));
-    }
-    kho.write(data, &buf)
+    let devices = out.chain.write(kho, &out.slots)?;
+    let ser = pci_ser {
+        version: PCI_LUO_FLB_VERSION,
+        nr_devices: out.slots.iter().filter(|e| e.refcount > 0).count() as u32,
+        devices,
+    };
+    kho.write(data, ser.as_bytes())
 }
 
 /// `pci_liveupdate_preserve`: enters the device and bumps every bridge above it.
 /// `EINVAL` without an outgoing PCI FLB or for a VF, `ENODEV` if not on the bus, `EBUSY` if
-/// already preserved or after [`Pci::device_shutdown`], `ENOSPC` when the array is full.
+/// already preserved or after [`Pci::device_shutdown`], `ENOSPC` when the chain would pass
+/// `KHO_MAX_BLOCKS`.
 pub fn pci_liveupdate_preserve(
     flb: &FlbCell<PciFlb>,
     kho: &dyn KhoService,
@@ -129,7 +132,7 @@ pub fn pci_liveupdate_preserve(
     let slot = |out: &Out, a: PciAddr| {
         out.slots
             .iter()
-            .position(|e| e.domain == a.0 && e.bdf == a.1)
+            .position(|e| e.refcount > 0 && e.domain == a.0 && e.bdf == a.1)
     };
     if let Some(i) = path.first().and_then(|a| slot(out, *a))
         && out.slots[i].refcount > 0
@@ -143,26 +146,32 @@ pub fn pci_liveupdate_preserve(
         return Err(Errno::EOVERFLOW);
     }
     let new = path.iter().filter(|a| slot(out, **a).is_none()).count();
-    if out.slots.len() + new > out.max as usize {
-        return Err(Errno::ENOSPC);
-    }
+    let free = out.slots.iter().filter(|e| e.refcount == 0).count();
+    out.chain
+        .ensure(kho, out.slots.len() + new.saturating_sub(free))?;
     for a in &path {
         match slot(out, *a) {
             Some(i) => {
                 out.slots[i].refcount += 1;
             }
-            None => out.slots.push(pci_dev_ser {
-                domain: a.0,
-                bdf: a.1,
-                refcount: 1,
-            }),
+            None => {
+                let e = pci_dev_ser {
+                    domain: a.0,
+                    bdf: a.1,
+                    refcount: 1,
+                };
+                match out.slots.iter().position(|e| e.refcount == 0) {
+                    Some(i) => out.slots[i] = e,
+                    None => out.slots.push(e),
+                }
+            }
         }
     }
     write_out(kho, data, out)
 }
 
-/// `pci_liveupdate_unpreserve`: decrements the device's entry and every bridge above it
-/// (entries stay, at refcount 0: slots are not reused for other devices).
+/// `pci_liveupdate_unpreserve`: decrements the device's entry and every bridge above it; an
+/// entry at refcount 0 is zeroed and free for the next device (upstream's `memset`).
 pub fn pci_liveupdate_unpreserve(
     flb: &FlbCell<PciFlb>,
     kho: &dyn KhoService,
@@ -182,52 +191,67 @@ pub fn pci_liveupdate_unpreserve(
         if let Some(e) = out
             .slots
             .iter_mut()
-            .find(|e| e.domain == a.0 && e.bdf == a.1)
+            .find(|e| e.refcount > 0 && e.domain == a.0 && e.bdf == a.1)
         {
-            e.refcount = e.refcount.saturating_sub(1);
+            e.refcount -= 1;
+            if e.refcount == 0 {
+                *e = pci_dev_ser::new_zeroed();
+            }
         }
-        let _ = write_out(kho, data, &out);
     }
+    // The chain only shrinks in use, never in blocks: it fits.
+    let _ = write_out(kho, data, &out);
 }
 
-/// Largest array the new kernel accepts (the PCI address space: 2^16 functions per domain,
-/// a few domains).
-const MAX_DEVICES: u32 = 1 << 20;
-
-/// Reads a `pci_ser` and its entries: `(domain, bdf) -> refcount`, every entry; and the
-/// array's capacity. `EINVAL` if `nr_devices > max_nr_devices` or a device appears twice.
-pub fn decode(kho: &dyn KhoService, data: u64) -> Result<(u32, BTreeMap<PciAddr, u16>), Errno> {
-    decode_with(|off, buf| kho.read(PhysAddr::new(data + off as u64), buf))
+/// The entries in use of the outgoing data at `data` (the chain as written, not claimed):
+/// `(domain, bdf) -> refcount`; for tests and `luo inspect`. The errors of [`check`].
+pub fn decode(kho: &dyn KhoService, data: u64) -> Result<BTreeMap<PciAddr, u16>, Errno> {
+    let mut ser = pci_ser::new_zeroed();
+    kho.read(PhysAddr::new(data), ser.as_mut_bytes())?;
+    let mut entries = Vec::new();
+    let mut next = ser.devices;
+    let per = kho_block::per_block::<pci_dev_ser>() as u64;
+    let mut blocks = 0u64;
+    while next != 0 {
+        blocks += 1;
+        let mut hdr = luo_generated::block::kho_block_header_ser::new_zeroed();
+        kho.read(PhysAddr::new(next), hdr.as_mut_bytes())?;
+        if hdr.count == 0 || hdr.count > per || blocks > luo_generated::block::KHO_MAX_BLOCKS {
+            return Err(Errno::EINVAL);
+        }
+        for i in 0..hdr.count {
+            let mut e = pci_dev_ser::new_zeroed();
+            kho.read(PhysAddr::new(next + 16 + 8 * i), e.as_mut_bytes())?;
+            entries.push(e);
+        }
+        next = hdr.next.addr().as_u64();
+    }
+    check(&ser, &entries)
 }
 
-/// [`decode`] through `read(offset, buf)`: in the FLB's `retrieve`, the bounded reader of
-/// the claimed record ([`StateCtx::read_record`]).
-fn decode_with(
-    read: impl Fn(usize, &mut [u8]) -> Result<(), Errno>,
-) -> Result<(u32, BTreeMap<PciAddr, u16>), Errno> {
-    let mut h = pci_ser::new_zeroed();
-    read(0, h.as_mut_bytes())?;
-    if h.nr_devices > h.max_nr_devices || h.max_nr_devices > MAX_DEVICES {
+/// Checks a handed-over `pci_ser` with its chain's entries: the version this kernel reads
+/// (upstream panics on another), `nr_devices` equal to the entries in use, no device twice.
+/// `EINVAL` otherwise. Returns the entries in use.
+fn check(ser: &pci_ser, entries: &[pci_dev_ser]) -> Result<BTreeMap<PciAddr, u16>, Errno> {
+    if ser.version != PCI_LUO_FLB_VERSION {
         return Err(Errno::EINVAL);
     }
     let mut m = BTreeMap::new();
-    for i in 0..h.nr_devices as usize {
-        let mut e = pci_dev_ser::new_zeroed();
-        read(
-            size_of::<pci_ser>() + i * size_of::<pci_dev_ser>(),
-            e.as_mut_bytes(),
-        )?;
+    for e in entries.iter().filter(|e| e.refcount > 0) {
         if m.insert((e.domain, e.bdf), e.refcount).is_some() {
             return Err(Errno::EINVAL);
         }
     }
-    Ok((h.max_nr_devices, m))
+    if m.len() != ser.nr_devices as usize {
+        return Err(Errno::EINVAL);
+    }
+    Ok(m)
 }
 
 // ---- the FLB ---------------------------------------------------------------------------
 
-/// The FLB `"pci-v3"` of one kernel, with the kernel's PCI bus.
-#[liveupdate_flb(compatible = "pci-v3", abi = pci_ser, lock = StdBackend)]
+/// The FLB `"pci"` (version 2 in its data) of one kernel, with the kernel's PCI bus.
+#[liveupdate_flb(compatible = "pci", abi = pci_ser, lock = StdBackend)]
 #[derive(Default)]
 pub struct PciFlb {
     bus: Mutex<Bus>,
@@ -245,38 +269,40 @@ impl FlbState for PciFlb {
     type Outgoing = Outgoing;
     type Incoming = Incoming;
 
-    fn preserve(&self, cx: &StateCtx<'_>) -> luo_abi::Result<(pci_ser, Outgoing)> {
-        let mut s = lock(&self.bus);
-        // Sized for every present device: no allocation at device preserve time. The
-        // entries follow the header in the same allocation (a variable-length record).
-        let max = u32::try_from(s.topo.len()).map_err(|_| Errno::ENOSPC)?;
-        cx.reserve_trailer(size_of::<pci_dev_ser>() * max as usize);
-        s.calls.preserve += 1;
+    fn preserve(&self, _: &StateCtx<'_>) -> luo_abi::Result<(pci_ser, Outgoing)> {
+        lock(&self.bus).calls.preserve += 1;
+        // The chain grows as devices are preserved; none yet.
         let out = Out {
-            max,
             slots: Vec::new(),
+            chain: BlockChain::new(),
             freed: false,
         };
         Ok((
             pci_ser {
-                max_nr_devices: max,
+                version: PCI_LUO_FLB_VERSION,
                 nr_devices: 0,
+                devices: 0,
             },
             Outgoing(Mutex::new(out)),
         ))
     }
 
-    fn unpreserve(&self, _: &StateCtx<'_>, _: pci_ser, obj: Arc<Outgoing>) {
-        lock(&obj.0).freed = true;
+    fn unpreserve(&self, cx: &StateCtx<'_>, _: pci_ser, obj: Arc<Outgoing>) {
+        let mut out = lock(&obj.0);
+        out.chain.free(cx.kho());
+        out.freed = true;
         lock(&self.bus).calls.unpreserve += 1;
     }
 
-    fn retrieve(&self, cx: &StateCtx<'_>, _: pci_ser) -> luo_abi::Result<Incoming> {
-        let (_, m) = decode_with(|off, buf| cx.read_record(off, buf))?;
+    fn retrieve(&self, cx: &StateCtx<'_>, ser: pci_ser) -> luo_abi::Result<Incoming> {
+        // The version first: nothing else is read from data of another version.
+        if ser.version != PCI_LUO_FLB_VERSION {
+            return Err(Errno::EINVAL);
+        }
+        let entries = kho_block::read_chain::<pci_dev_ser>(cx.kho(), ser.devices)?;
+        let m = check(&ser, &entries)?;
         lock(&self.bus).calls.retrieve += 1;
-        Ok(Incoming(Mutex::new(
-            m.into_iter().filter(|(_, r)| *r > 0).collect(),
-        )))
+        Ok(Incoming(Mutex::new(m)))
     }
 
     fn finish(&self, _: &StateCtx<'_>, _: Arc<Incoming>) {
@@ -297,7 +323,7 @@ fn outgoing(flb: &FlbCell<PciFlb>) -> Result<luo_abi::global::FlbOutgoing<'_, Pc
     })
 }
 
-/// One kernel's PCI core: its bus and the PCI FLB (linked by the `vfio-pci-v1` handler). A
+/// One kernel's PCI core: its bus and the PCI FLB (linked by the `vfio-pci-v2` handler). A
 /// handle: clones are the same FLB.
 #[derive(Clone)]
 pub struct Pci {
@@ -360,6 +386,7 @@ impl Pci {
         }
         out.slots
             .iter()
+            .filter(|e| e.refcount > 0)
             .map(|e| ((e.domain, e.bdf), e.refcount))
             .collect()
     }

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0-only OR MIT
-//! The `vfio-pci-v1` file handler (spec `vfio_pci/v1`, `reference/luo-upstream.md` §8c), on a
-//! synthetic VFIO cdev ([`VfioDevice`]), with the PCI FLB ([`crate::pci`]) linked.
+//! The `vfio-pci-v2` file handler (spec `vfio_pci/v2`, as posted upstream), on a
+//! synthetic VFIO cdev ([`VfioDevice`]), with the PCI FLB ([`crate::pci`]) linked. It also
+//! reads `vfio-pci-v1` records (what this tree's `next` wrote before): a v1 device has no
+//! `reset_works` (read as 0, no function reset) and no iommufd token.
 //!
 //! As upstream, vfio-pci does not link the IOMMU FLB: a device bound to an iommufd and
 //! attached to one of its HWPTs reaches the IOMMU state through `iommufd_device_preserve`
@@ -10,8 +12,12 @@
 //! preserved in the same session) this enforces the order memfd → iommufd → vfio cdev.
 //!
 //! * preserve: `iommufd_device_preserve` if attached, then `pci_liveupdate_preserve` (errors
-//!   undo the first), then `struct vfio_pci_core_device_ser {domain, bdf}`.
-//! * freeze: refused with `EINVAL` while the device's interrupts are enabled.
+//!   undo the first), then `struct vfio_pci_core_device_ser {domain, bdf, reset_works,
+//!   iommufd_ser}`.
+//! * freeze: refused with `EINVAL` while the device's interrupts are enabled; records the
+//!   LUO token of the iommufd file the device is bound to ([`VfioDevice::attach_file`]),
+//!   which must be preserved in the same session (`liveupdate_get_token_outgoing`; the
+//!   handler `depends_on` `iommufd-v1`), `EOVERFLOW` for a token wider than the record's u32.
 //! * retrieve: the device must be in the PCI FLB's incoming entries (`ENOENT` otherwise); a
 //!   new, unattached device file.
 //! * finish: `pci_liveupdate_finish` (refcounts decremented up the path), for the retrieved
@@ -43,10 +49,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use luo_abi::Errno;
 use luo_abi::file::{File, FileKind, FileRef};
-use luo_abi::handler::{Ctx, FileHandler, Finish, Registration, RetrieveStatus};
+use luo_abi::handler::{Ctx, FileHandler, Finish, Migrate, Registration, RetrieveStatus};
 use luo_abi::registry::Registry;
 use luo_derive::liveupdate_handler;
-use luo_generated::vfio_pci::v1::vfio_pci_core_device_ser;
+use luo_generated::vfio_pci::v1;
+use luo_generated::vfio_pci::v2::{
+    VFIO_PCI_LUO_FH_COMPATIBLE, vfio_iommufd_ser, vfio_pci_core_device_ser,
+};
 
 use crate::iommu::{HwUnit, Iommu, IommuDevice, lock};
 use crate::iommufd::Iommufd;
@@ -80,10 +89,16 @@ pub struct VfioDevice {
     pub bdf: u16,
     /// The IOMMU unit the device is behind (`None` for a retrieved device until re-probed).
     pub hw: Option<HwUnit>,
+    /// Whether a function reset works on the device (`vdev->reset_works`).
+    pub reset_works: bool,
     irqs: AtomicBool,
     preserved: AtomicBool,
     retrieved: bool,
     attach: Mutex<Option<(Iommufd, u32)>>,
+    /// The iommufd's file, when bound through it: its token goes into the record.
+    iommufd_file: Mutex<Option<FileRef>>,
+    /// For a retrieved device: the iommufd token its record named (0: none).
+    incoming_iommufd_token: u32,
 }
 
 impl VfioDevice {
@@ -93,10 +108,13 @@ impl VfioDevice {
             domain,
             bdf,
             hw: Some(hw),
+            reset_works: true,
             irqs: AtomicBool::new(false),
             preserved: AtomicBool::new(false),
             retrieved: false,
             attach: Mutex::new(None),
+            iommufd_file: Mutex::new(None),
+            incoming_iommufd_token: 0,
         }
     }
 
@@ -138,6 +156,23 @@ impl VfioDevice {
         Ok(())
     }
 
+    /// [`VfioDevice::attach`] to the iommufd of `file` (a [`FileKind::Iommufd`] file), whose
+    /// LUO token the record then carries. `EINVAL` for another kind of file.
+    pub fn attach_file(&self, file: FileRef, hwpt_id: u32) -> Result<(), Errno> {
+        let fd = (file.kind() == FileKind::Iommufd)
+            .then(|| file.payload()?.downcast_ref::<Iommufd>().cloned())
+            .flatten()
+            .ok_or(Errno::EINVAL)?;
+        self.attach(&fd, hwpt_id)?;
+        *lock(&self.iommufd_file) = Some(file);
+        Ok(())
+    }
+
+    /// For a retrieved device: the token of the iommufd its record named (0 when none).
+    pub fn incoming_iommufd_token(&self) -> u32 {
+        self.incoming_iommufd_token
+    }
+
     /// The iommufd and HWPT the device is attached to.
     pub fn attachment(&self) -> Option<(Iommufd, u32)> {
         self.attached().clone()
@@ -164,12 +199,39 @@ impl VfioDevice {
 
 // ---- the handler -----------------------------------------------------------------------
 
-/// The `vfio-pci-v1` handler, linking the PCI FLB; `mode` says what FINISH does with a device
+/// The `vfio-pci-v2` handler, linking the PCI FLB; `mode` says what FINISH does with a device
 /// never retrieved, `stats` counts the finishes.
-#[liveupdate_handler(compatible = "vfio-pci-v1", abi = vfio_pci_core_device_ser, flbs = [PciFlb])]
+#[liveupdate_handler(
+    compatible = "vfio-pci-v2",
+    abi = luo_generated::vfio_pci::v2::vfio_pci_core_device_ser,
+    flbs = [PciFlb],
+    reads = ["vfio-pci-v1"],
+    depends_on = ["iommufd-v1"],
+)]
 pub struct VfioPci {
     mode: CanFinish,
     stats: Arc<Mutex<Stats>>,
+}
+
+const _: () = assert!(luo_abi::abi::str_eq(
+    <VfioPci as luo_abi::handler::HandlerAbi>::COMPATIBLE,
+    VFIO_PCI_LUO_FH_COMPATIBLE
+));
+
+/// A `vfio-pci-v1` record: the device without `reset_works` (0: the new kernel does not
+/// count on a function reset) and without an iommufd token.
+impl Migrate<v1::vfio_pci_core_device_ser> for VfioPci {
+    fn migrate(
+        &self,
+        old: v1::vfio_pci_core_device_ser,
+    ) -> luo_abi::Result<vfio_pci_core_device_ser> {
+        Ok(vfio_pci_core_device_ser {
+            domain: old.domain,
+            bdf: old.bdf,
+            reset_works: 0,
+            iommufd_ser: vfio_iommufd_ser { token: 0 },
+        })
+    }
 }
 
 fn device_of(f: &dyn File) -> Option<&VfioDevice> {
@@ -209,6 +271,8 @@ impl FileHandler for VfioPci {
             vfio_pci_core_device_ser {
                 domain: dev.domain,
                 bdf: dev.bdf,
+                reset_works: u8::from(dev.reset_works),
+                iommufd_ser: vfio_iommufd_ser { token: 0 },
             },
             (),
         ))
@@ -216,15 +280,22 @@ impl FileHandler for VfioPci {
 
     fn freeze(
         &self,
-        _: &Ctx<'_, Self>,
+        cx: &Ctx<'_, Self>,
         file: &dyn File,
-        _: &mut vfio_pci_core_device_ser,
+        ser: &mut vfio_pci_core_device_ser,
         _: &mut (),
     ) -> luo_abi::Result {
-        match device_of(file) {
-            Some(d) if !d.irqs.load(Ordering::Acquire) => Ok(()),
-            _ => Err(Errno::EINVAL),
+        let d = match device_of(file) {
+            Some(d) if !d.irqs.load(Ordering::Acquire) => d,
+            _ => return Err(Errno::EINVAL),
+        };
+        // Tokens are final at freeze; the iommufd must be preserved in this session.
+        let iommufd = lock(&d.iommufd_file).clone();
+        if let Some(fd) = iommufd {
+            let token = cx.session().get_token_outgoing(&*fd)?;
+            ser.iommufd_ser.token = u32::try_from(token).map_err(|_| Errno::EOVERFLOW)?;
         }
+        Ok(())
     }
 
     fn unpreserve(&self, cx: &Ctx<'_, Self>, file: &dyn File, _: vfio_pci_core_device_ser, _: ()) {
@@ -251,6 +322,8 @@ impl FileHandler for VfioPci {
         let dev = VfioDevice {
             hw: None,
             retrieved: true,
+            reset_works: ser.reset_works != 0,
+            incoming_iommufd_token: ser.iommufd_ser.token,
             ..VfioDevice::new(ser.domain, ser.bdf, HwUnit { token: 0 })
         };
         cx.open_synthetic(FileKind::VfioPci, "vfio-pci", Box::new(dev))
@@ -302,7 +375,7 @@ impl Devices {
     }
 }
 
-/// Registers the `vfio-pci-v1` handler in `k` with `pci`'s FLB linked to it (upstream:
+/// Registers the `vfio-pci-v2` handler (and its `vfio-pci-v1` reader) in `k` with `pci`'s FLB linked to it (upstream:
 /// `pci_liveupdate_register_flb`); returns its finish counts. Once per boot, after
 /// [`crate::iommufd::register`].
 pub fn register(k: &impl Registry, mode: CanFinish, pci: &Pci) -> Result<Arc<Mutex<Stats>>, Errno> {

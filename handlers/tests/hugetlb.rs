@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0-only OR MIT
-//! HugeTLB both ways, side by side: what the FLB form (upstream's RFC) and the subsystem form
-//! (the seed) do to the HugeTLB pools when only a non-HugeTLB guest_memfd is preserved, when
-//! no file is preserved, and with a HugeTLB memfd that is retrieved and one that is not.
+//! HugeTLB both ways, side by side: what the FLB form (upstream's series) and the subsystem
+//! form (LUO v4) do to the HugeTLB pools when only a non-HugeTLB guest_memfd is preserved,
+//! when no file is preserved, and with a HugeTLB memfd that is retrieved and one that is not;
+//! the posted `hugetlb_ser` (only the preserved pages cross, per huge page size) and what the
+//! new kernel refuses in it.
 
 use luo_abi::file::{FileKind, FileRef};
 use luo_abi::kho::KhoExt;
@@ -12,7 +14,7 @@ use luo_generated::hugetlb::hugemfd_folio_ser;
 use luo_generated::hugetlb::v1::hugemfd_ser;
 use luo_handlers::folio_array;
 use luo_handlers::guest_memfd::GuestMemfd;
-use luo_handlers::hugetlb::{self, Form, HugeMemfd, Hugetlb, Pool};
+use luo_handlers::hugetlb::{Form, HugeMemfd, Hugetlb, Pool};
 use luo_handlers::kvm::Vm;
 use luo_handlers::pages::Pages;
 
@@ -27,7 +29,7 @@ fn boot(h: Option<luo_core::Handover>, form: Form) -> (Kernel, Hugetlb) {
         ..BootOptions::default()
     };
     let k = Kernel::boot(&opts, h).unwrap();
-    let ht = hugetlb::register(&k, form).unwrap();
+    let ht = luo_handlers::vm::register(&k, form).unwrap();
     (k, ht)
 }
 
@@ -118,14 +120,8 @@ fn only_a_plain_guest_memfd() {
     let (k, ht, toks) = cross(Form::Flb, &[GMEM_PLAIN]);
     let st = ht.state();
     assert_eq!(st.flb_retrieved, 1, "eager get_incoming at huge-memfd init");
-    assert_eq!(
-        pool(&ht),
-        Pool {
-            total: 8,
-            free: 8,
-            held_incoming: 0
-        }
-    );
+    // No preserved huge page: the pool crosses empty; this kernel configures its own.
+    assert_eq!(pool(&ht), Pool::default());
     assert_eq!(ht.state().flb_finished, 0, "pinned by the guest_memfd");
     let dev = k.open_dev().unwrap();
     let s = k.retrieve_session(dev, "s").unwrap();
@@ -137,14 +133,7 @@ fn only_a_plain_guest_memfd() {
     let (k, ht, toks) = cross(Form::Subsystem, &[GMEM_PLAIN]);
     let st = ht.state();
     assert_eq!((st.sub_booted, st.flb_retrieved), (1, 0));
-    assert_eq!(
-        pool(&ht),
-        Pool {
-            total: 8,
-            free: 8,
-            held_incoming: 0
-        }
-    );
+    assert_eq!(pool(&ht), Pool::default());
     let dev = k.open_dev().unwrap();
     let s = k.retrieve_session(dev, "s").unwrap();
     k.retrieve_fd(s, toks[0]).unwrap();
@@ -154,14 +143,17 @@ fn only_a_plain_guest_memfd() {
 
 #[test]
 fn no_file_at_all() {
-    // FLB: nothing depends on it, so nothing is handed over: the pool is gone.
+    // FLB: nothing depends on it, so nothing is handed over.
     let (_k, ht, _) = cross(Form::Flb, &[]);
     let st = ht.state();
     assert_eq!((st.flb_retrieved, st.flb_finished), (0, 0));
-    assert_eq!(pool(&ht), Pool::default(), "FLB form loses the pool");
-    // Subsystem: the pool comes back, every page free.
+    assert_eq!(pool(&ht), Pool::default());
+    // Subsystem: handed over and booted, with no preserved page in it.
     let (_k, ht, _) = cross(Form::Subsystem, &[]);
     assert_eq!(ht.state().sub_booted, 1);
+    assert_eq!(pool(&ht), Pool::default());
+    // Either way the new kernel's pool is its own configuration.
+    ht.configure(ORDER, 8).unwrap();
     assert_eq!(
         pool(&ht),
         Pool {
@@ -176,7 +168,23 @@ fn no_file_at_all() {
 fn huge_memfd_and_hugetlb_guest_memfd_both_forms() {
     for form in [Form::Flb, Form::Subsystem] {
         let (k, ht, toks) = cross(form, &[Spec::Huge(2), Spec::GmemHuge(3)]);
-        // Before any retrieve: 5 pages held for the files, 3 free.
+        // Before any retrieve: the 5 preserved pages, held for the files.
+        assert_eq!(
+            pool(&ht),
+            Pool {
+                total: 5,
+                free: 0,
+                held_incoming: 5
+            },
+            "{form:?}"
+        );
+        // The new kernel's nr_hugepages counts them: 3 more pages, free.
+        assert_eq!(
+            ht.configure(ORDER, 4),
+            Err(Errno::EINVAL),
+            "fewer than held"
+        );
+        ht.configure(ORDER, 8).unwrap();
         assert_eq!(
             pool(&ht),
             Pool {
@@ -290,4 +298,58 @@ fn huge_memfd_folio_array_is_validated() {
         Err(Errno::EINVAL)
     );
     assert_eq!(huge_corrupted(record(|r| r.index = 2)), Err(Errno::EINVAL));
+}
+
+/// The pools' handed-over `hugetlb_ser` (posted layout, 37 bytes) in the FLB form: each
+/// corruption is refused with `EINVAL` when the new kernel's HugeTLB init fetches it, and
+/// nothing is counted into the pools.
+#[test]
+fn hugetlb_ser_is_validated() {
+    use luo_generated::hugetlb::v1::hugetlb_ser;
+    assert_eq!(size_of::<hugetlb_ser>(), 37);
+    let boot_with = |f: &dyn Fn(&mut hugetlb_ser)| {
+        let (k, ht) = boot(None, Form::Flb);
+        ht.configure(ORDER, 4).unwrap();
+        ht.configure(ORDER + 1, 2).unwrap();
+        let dev = k.open_dev().unwrap();
+        let s = k.create_session(dev, "s").unwrap();
+        let m = HugeMemfd::new(&ht, ORDER, 2).unwrap();
+        let fd = k
+            .open_synthetic(FileKind::HugeMemfd, "f", Box::new(m))
+            .unwrap();
+        k.preserve_fd(s, fd, 1).unwrap();
+        let at = Phys::<hugetlb_ser>::new(PhysAddr::new(ht.outgoing_data().unwrap()));
+        let h = k.kexec().unwrap();
+        let opts = BootOptions {
+            version: KernelVersion::Next,
+            initcalls: vec![luo_handlers::memfd::initcall::<Kernel>],
+            ..BootOptions::default()
+        };
+        // The same physical memory in the new kernel, before HugeTLB's init reads it.
+        let k = Kernel::boot(&opts, Some(h)).unwrap();
+        let mut ser = k.kho().read_obj(at).unwrap();
+        f(&mut ser);
+        k.kho().write_obj(at, &ser).unwrap();
+        luo_handlers::vm::register(&k, Form::Flb).map(|ht| ht.state().pools)
+    };
+    let pools = boot_with(&|_| {}).unwrap();
+    assert_eq!(
+        pools[&ORDER],
+        Pool {
+            total: 2,
+            free: 0,
+            held_incoming: 2
+        }
+    );
+    assert_eq!(pools[&(ORDER + 1)], Pool::default());
+    type Corrupt<'a> = &'a dyn Fn(&mut hugetlb_ser);
+    let cases: [(&str, Corrupt<'_>); 4] = [
+        ("nr_hstates past the array", &|s| s.nr_hstates = 5),
+        ("order 0", &|s| s.hstates[0].order = 0),
+        ("order past 1 GiB pages", &|s| s.hstates[0].order = 19),
+        ("one size twice", &|s| s.hstates[1].order = ORDER as u8),
+    ];
+    for (what, f) in cases {
+        assert_eq!(boot_with(f).err(), Some(Errno::EINVAL), "{what}");
+    }
 }

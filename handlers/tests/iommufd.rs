@@ -12,7 +12,7 @@ use luo_abi::file::{File, FileRef, seals};
 use luo_abi::kho::{KhoExt, KhoService};
 use luo_abi::{Phys, PhysAddr};
 use luo_core::{BootOptions, Handover, Kernel, KernelVersion};
-use luo_generated::iommu::{IOMMU_SER_FLAG_DELETED, IOMMU_SER_FLAG_INCOMING, iommu_domain_ser};
+use luo_generated::iommu::iommu_domain_ser;
 use luo_handlers::iommu::{self, FlbCalls, HwUnit, Iommu, Kho};
 use luo_handlers::iommufd::{self, Iommufd, PreservedHwpt, REQUIRED_SEALS};
 
@@ -135,7 +135,11 @@ fn preserve_kexec_restore_finish() {
     // The outgoing FLB as written: two domains, live, naming h1's and h2's tables.
     let out = iommu::decode(&*kho(&k), k.iommu.outgoing_data().unwrap()).unwrap();
     assert_eq!(out.domains.len(), 2);
-    assert!(out.domains.iter().all(|d| d.ref_count == 1 && d.flags == 0));
+    assert!(
+        out.domains
+            .iter()
+            .all(|d| d.ref_count == 1 && !d.deleted && !d.incoming)
+    );
     assert_eq!(out.domains[0].top_table_phys, top(h1));
     assert_eq!(out.domains[1].top_table_phys, top(h2));
 
@@ -192,11 +196,7 @@ fn preserve_kexec_restore_finish() {
     // Reclaimed and INCOMING in the handed-over bytes.
     assert!(fd2.preserved_hwpts().unwrap().iter().all(|h| h.reclaimed));
     let inc = k.iommu.get_incoming().unwrap();
-    assert!(
-        inc.domains
-            .iter()
-            .all(|d| d.restored && d.flags & IOMMU_SER_FLAG_INCOMING as u32 != 0)
-    );
+    assert!(inc.domains.iter().all(|d| d.restored && d.incoming));
     k.finish_session(s).unwrap();
     assert_eq!(
         calls(&k),
@@ -314,9 +314,9 @@ fn unpreserve_on_close_marks_deleted_slots() {
     assert_eq!(calls(&k).unpreserve, 0, "b still depends on it");
     let out = iommu::decode(&*kho(&k), data).unwrap();
     assert_eq!(out.domains.len(), 2, "slots are never reused");
-    assert_eq!(out.domains[0].flags, IOMMU_SER_FLAG_DELETED as u32);
+    assert!(out.domains[0].deleted && !out.domains[0].incoming);
     assert_eq!(out.domains[0].ref_count, 0);
-    assert_eq!(out.domains[1].flags, 0);
+    assert!(!out.domains[1].deleted);
 
     // Across the kexec the deleted domain stays deleted; b's iommufd restores its own.
     let k = boot(Some(k.kexec().unwrap()));
@@ -328,7 +328,7 @@ fn unpreserve_on_close_marks_deleted_slots() {
     assert_eq!(got[&1], vec![(0, PAGE)]);
     let inc = k.iommu.get_incoming().unwrap();
     assert_eq!(inc.domains.len(), 2);
-    assert_eq!(inc.domains[0].flags, IOMMU_SER_FLAG_DELETED as u32);
+    assert!(inc.domains[0].deleted && !inc.domains[0].incoming);
     assert!(inc.domains[1].restored);
     assert_eq!(
         k.iommu.restore_domain(inc.domains[0].phys),
@@ -502,7 +502,7 @@ fn full_pages_chain_and_units_are_written_once() {
     assert_eq!(inc, {
         let mut want = out.clone();
         for d in &mut want.domains {
-            d.flags |= luo_generated::iommu::IOMMU_SER_FLAG_INCOMING as u32;
+            d.incoming = true;
             d.restored = true;
         }
         want
@@ -572,4 +572,43 @@ fn eight_threads_one_flb_object_each_way() {
     k.make_current();
     assert_eq!((calls(&k).retrieve, calls(&k).finish), (1, 1));
     assert_eq!(k.stats().kho.incoming_pages, 0);
+}
+
+/// `iommu_hdr_ser`'s state bits are `u32 deleted:1, incoming:1` over the bytes of the former
+/// flags word (bit 0, bit 1); the rest of the unit is reserved, and a header with a reserved
+/// bit set is refused.
+#[test]
+fn header_state_bits_and_reserved_bits() {
+    let k = boot(None);
+    let dev = k.open_dev().unwrap();
+    let s = k.create_session(dev, "vm").unwrap();
+    let ram = memfd(&k, 1, REQUIRED_SEALS);
+    let (ifd, iommufd) = open_iommufd(&k);
+    iommufd.ioas_map(file(&k, ram), 0, PAGE).unwrap();
+    let h = iommufd.hwpt_alloc(HW).unwrap();
+    iommufd.hwpt_mark_preserve(h, 1).unwrap();
+    k.preserve_fd(s, ram, 1).unwrap();
+    k.preserve_fd(s, ifd, 2).unwrap();
+    let data = k.iommu.outgoing_data().unwrap();
+    let slot = iommu::decode(&*kho(&k), data).unwrap().domains[0].phys;
+    let word = |k: &Kernel| {
+        let mut b = [0u8; 4];
+        kho(k)
+            .read(luo_abi::PhysAddr::new(slot + 4), &mut b)
+            .unwrap();
+        u32::from_ne_bytes(b)
+    };
+    assert_eq!(word(&k), 0);
+    // Across the kexec, restoring the domain sets `incoming`: bit 1 of the word.
+    let k = boot(Some(k.kexec().unwrap()));
+    let s = k.retrieve_session(k.open_dev().unwrap(), "vm").unwrap();
+    let ifd = k.retrieve_fd(s, 2).unwrap();
+    retrieved_iommufd(&k, ifd).restore_all(HW).unwrap();
+    assert_eq!(word(&k), 1 << 1);
+    assert!(k.iommu.get_incoming().unwrap().domains[0].incoming);
+    // A reserved bit: the header is refused.
+    kho(&k)
+        .write(luo_abi::PhysAddr::new(slot + 4), &(1u32 << 5).to_ne_bytes())
+        .unwrap();
+    assert_eq!(iommu::decode(&*kho(&k), data).err(), Some(Errno::EINVAL));
 }

@@ -12,7 +12,7 @@ use luo_generated::kvm::v1::{guest_memfd_luo_ser, kvm_luo_ser};
 use luo_generated::kvm::{GUEST_MEMFD_LUO_FLAG_MMAP, GUEST_MEMFD_LUO_FOLIO_UPTODATE};
 use luo_handlers::folio_array;
 use luo_handlers::guest_memfd::{GMEM_FILE_NAME, GuestMemfd, gmem_of};
-use luo_handlers::hugetlb::{self, Form, Hugetlb, Pool};
+use luo_handlers::hugetlb::{Form, Hugetlb, Pool};
 use luo_handlers::kvm::{KVM_X86_SW_PROTECTED_VM, VM_FILE_NAME, Vm, vm_of};
 use zerocopy::{FromZeros, IntoBytes};
 
@@ -30,7 +30,7 @@ fn boot(h: Option<Handover>) -> (Kernel, Hugetlb) {
         ..BootOptions::default()
     };
     let k = Kernel::boot(&opts, h).unwrap();
-    let ht = hugetlb::register(&k, Form::Subsystem).unwrap();
+    let ht = luo_handlers::vm::register(&k, Form::Subsystem).unwrap();
     (k, ht)
 }
 
@@ -254,6 +254,8 @@ fn never_retrieved_vm_and_guest_memfd_are_released_at_finish() {
     k.preserve_fd(s, g, GMEM).unwrap();
     k.preserve_fd(s, h, 3).unwrap();
     let (k, ht) = kexec(k);
+    // The 3 preserved pages crossed; this kernel's nr_hugepages makes the pool 4 again.
+    ht.configure(ORDER, 4).unwrap();
     let pool = |h: &Hugetlb| h.state().pools[&ORDER];
     assert_eq!(
         pool(&ht),
@@ -317,6 +319,7 @@ fn hugetlb_guest_memfd_contents_cross() {
     k.preserve_fd(s, vm, VM).unwrap();
     k.preserve_fd(s, g, GMEM).unwrap();
     let (k, ht) = kexec(k);
+    ht.configure(ORDER, 4).unwrap();
     let dev = k.open_dev().unwrap();
     let s = k.retrieve_session(dev, "vm").unwrap();
     let g = k.retrieve_fd(s, GMEM).unwrap();

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0-only OR MIT
-//! The `vfio-pci-v1` handler, the PCI FLB and the IOMMU FLB through the core: the order
-//! memfd → iommufd → vfio cdev with upstream's errors, PCI refcounts up to the root port
-//! (EBUSY, ENOSPC, VFs, after shutdown), freeze refused with interrupts on, kexec with the
+//! The `vfio-pci-v2` handler, the PCI FLB `"pci"` (version 2, devices in a KHO block chain)
+//! and the IOMMU FLB through the core: the order memfd → iommufd → vfio cdev with upstream's
+//! errors, PCI refcounts up to the root port (EBUSY, VFs, after shutdown, entries reused, the
+//! chain growing past a block), the record's `reset_works` and iommufd token and a
+//! `vfio-pci-v1` record read back, freeze refused with interrupts on, kexec with the
 //! refcounts and IOMMU device entries checked from the handed-over bytes, retrieve, finish
 //! (refcounts down the path), unpreserve on session close, never-retrieved devices both ways,
 //! the FLBs created once for several files across handlers and sessions and finished once
@@ -16,7 +18,6 @@ use luo_abi::Errno;
 use luo_abi::file::{File, FileRef};
 use luo_abi::kho::KhoService;
 use luo_core::{BootOptions, Handover, Kernel, KernelVersion};
-use luo_generated::iommu::IOMMU_SER_FLAG_DELETED;
 use luo_handlers::iommu::{self, FlbCalls, HwUnit, Kho};
 use luo_handlers::iommufd::{self, Iommufd, REQUIRED_SEALS};
 use luo_handlers::pci::{self, PciAddr, PciKind};
@@ -184,9 +185,15 @@ fn pci_refcounts_and_errors() {
     k.preserve_fd(s, c, 2).unwrap();
     let want = refs(&[(RP1, 2), (SW, 2), (EP_A, 1), (EP_B, 1), (RP2, 1), (EP_C, 1)]);
     assert_eq!(k.d.pci.outgoing(), want);
-    // The same from the FLB's bytes; the array is sized for the 7 present functions.
-    let (max, bytes) = pci::decode(&*kho(&k), k.d.pci.outgoing_data().unwrap()).unwrap();
-    assert_eq!((max, &bytes), (7, &want));
+    // The same from the FLB's bytes: version 2, the entries in the chain.
+    let data = k.d.pci.outgoing_data().unwrap();
+    assert_eq!(pci::decode(&*kho(&k), data).unwrap(), want);
+    let mut head = [0u8; 16];
+    kho(&k)
+        .read(luo_abi::PhysAddr::new(data), &mut head)
+        .unwrap();
+    let word = |i: usize| u32::from_ne_bytes(head[i..i + 4].try_into().unwrap());
+    assert_eq!((word(0), word(4)), (2, 6), "version 2, six entries in use");
     assert_eq!(
         pci_calls(&k).preserve,
         1,
@@ -200,27 +207,23 @@ fn pci_refcounts_and_errors() {
     assert_eq!(k.preserve_fd(s, vf, 3), Err(Errno::EINVAL));
     let ghost = vfio(&k, 0x0500, HW, None);
     assert_eq!(k.preserve_fd(s, ghost, 3), Err(Errno::ENODEV));
-    // Hot-added after the array was sized: the 7th slot fits, the 8th does not.
+    // Hot-added after the FLB was preserved: the chain grows for it.
     k.d.pci
         .add_device(0, 0x0018, Some(RP2), PciKind::Endpoint)
         .unwrap();
-    k.d.pci
-        .add_device(0, 0x0020, Some(RP2), PciKind::Endpoint)
-        .unwrap();
     let d = vfio(&k, 0x0018, HW, None);
     k.preserve_fd(s, d, 4).unwrap();
-    let e = vfio(&k, 0x0020, HW, None);
-    assert_eq!(k.preserve_fd(s, e, 5), Err(Errno::ENOSPC));
-    // Unpreserve on session close: B's path goes down by one, its slot stays at 0.
+    // Unpreserve on session close: B's path goes down by one, its entry is freed.
     k.close(s2).unwrap();
     let mut now = want.clone();
     now.insert((0, RP1), 1);
     now.insert((0, SW), 1);
-    now.insert((0, EP_B), 0);
+    now.remove(&(0, EP_B));
     now.insert((0, RP2), 2);
     now.insert((0, 0x0018), 1);
     assert_eq!(k.d.pci.outgoing(), now);
-    // B can be preserved again (its slot is reused for itself).
+    assert_eq!(pci::decode(&*kho(&k), data).unwrap(), now);
+    // B can be preserved again (into the freed entry).
     let s3 = k.create_session(dev, "s3").unwrap();
     k.preserve_fd(s3, b, 1).unwrap();
     assert_eq!(k.d.pci.outgoing()[&(0, EP_B)], 1);
@@ -449,7 +452,7 @@ fn unpreserve_on_close_releases_iommu_and_pci_entries() {
     k.close(s2).unwrap();
     let out = iommu::decode(&*kho(&k), data).unwrap();
     assert_eq!(out.devices.len(), 2, "slots are never reused");
-    assert_eq!(out.devices[1].flags, IOMMU_SER_FLAG_DELETED as u32);
+    assert!(out.devices[1].deleted);
     assert_eq!(out.hws[0].ref_count, 1, "B's reference on the unit dropped");
     assert_eq!(out.domains[0].ref_count, 2);
     assert_eq!(k.d.pci.outgoing()[&(0, SW)], 1);
@@ -523,16 +526,16 @@ fn a_domain_outlives_its_iommufd_while_a_device_uses_it() {
     let data = k.d.iommu.outgoing_data().unwrap();
     let flags = |i: usize| {
         let d = &iommu::decode(&*kho(&k), data).unwrap().domains[i];
-        (d.ref_count, d.flags)
+        (d.ref_count, d.deleted)
     };
-    assert_eq!(flags(0), (2, 0));
+    assert_eq!(flags(0), (2, false));
     // iommufd 1 unpreserved: its HWPT's reference goes, B's keeps the domain.
     k.close(s1).unwrap();
-    assert_eq!(flags(0), (1, 0));
+    assert_eq!(flags(0), (1, false));
     // B unpreserved: the domain is gone (iommufd 2 keeps the FLB alive).
     k.close(s3).unwrap();
-    assert_eq!(flags(0), (0, IOMMU_SER_FLAG_DELETED as u32));
-    assert_eq!(flags(1), (1, 0));
+    assert_eq!(flags(0), (0, true));
+    assert_eq!(flags(1), (1, false));
     // Across the kexec nothing of it is left behind: once iommufd 2 is finished, every
     // page the old kernel preserved has been claimed.
     let k = boot(Some(k.kexec().unwrap()), CanFinish::Upstream);
@@ -549,7 +552,7 @@ fn device_state_bytes(k: &K, ifd_data: u64) -> Vec<(&'static str, u64, u64)> {
     let iommu = k.d.iommu.outgoing_data().unwrap();
     let out = iommu::decode(&*kho(k), iommu).unwrap();
     let mut v = vec![
-        ("pci_ser", k.d.pci.outgoing_data().unwrap(), 8 + 8 * 7),
+        ("pci_ser", k.d.pci.outgoing_data().unwrap(), 16),
         ("iommufd_ser", ifd_data, 8 + 24),
         ("iommu_flb_ser", iommu, 24),
     ];
@@ -631,37 +634,196 @@ fn corrupt_device_state_gives_errors_never_a_panic() {
     assert!(refused > 0, "some corruptions must be refused");
 }
 
-/// A handed-over PCI record whose counts run past the page it was preserved in: the FLB
-/// reads its entries only within the record the runtime claimed, so the count is refused
-/// instead of read from memory that was not handed over with it.
+/// The PCI FLB's chain: more devices than one block holds (510 entries of 8 bytes in a 4 KiB
+/// block) make a chain of two blocks, read back whole in the new kernel; a chain naming a
+/// block the old kernel did not preserve, or data of another version, is refused with
+/// `EINVAL` (upstream panics), and no memory outside what was handed over is read.
 #[test]
-fn pci_entries_beyond_the_claimed_record_are_refused() {
-    let k = boot(None, CanFinish::DropUnretrieved);
-    let dev = k.open_dev().unwrap();
-    let s = k.create_session(dev, "vm").unwrap();
-    let a = vfio(&k, EP_A, HW, None);
-    k.preserve_fd(s, a, 3).unwrap();
-    let data = k.d.pci.outgoing_data().unwrap();
-    // Distinct entries filling the rest of the record's page, and a count one past them.
-    let per_page = (PAGE as usize - 8) / 8;
-    let mut page = Vec::with_capacity(PAGE as usize);
-    let count = (per_page + 1) as u32;
-    page.extend_from_slice(&count.to_ne_bytes()); // max_nr_devices
-    page.extend_from_slice(&count.to_ne_bytes()); // nr_devices
-    for i in 0..per_page as u32 {
-        page.extend_from_slice(&(i + 1).to_ne_bytes()); // domain
-        page.extend_from_slice(&0u16.to_ne_bytes()); // bdf
-        page.extend_from_slice(&1u16.to_ne_bytes()); // refcount
-    }
-    kho(&k).write(luo_abi::PhysAddr::new(data), &page).unwrap();
-    let k = boot(Some(k.kexec().unwrap()), CanFinish::DropUnretrieved);
-    assert_eq!(k.d.pci.get_incoming().err(), Some(Errno::EINVAL));
-    assert!(
-        !k.kho()
+fn pci_chain_spans_blocks_and_bad_chains_are_refused() {
+    let per = pci_per_block();
+    let many = |corrupt: &dyn Fn(&K, u64)| {
+        let k = boot(None, CanFinish::DropUnretrieved);
+        // One bus with `per` endpoints under RP2: with RP2 itself, `per + 1` entries.
+        for i in 0..per as u16 {
+            k.d.pci
+                .add_device(1, 0x1000 + i, None, PciKind::Endpoint)
+                .unwrap();
+        }
+        k.d.pci
+            .add_device(1, 0x0800, None, PciKind::Endpoint)
+            .unwrap();
+        let dev = k.open_dev().unwrap();
+        let s = k.create_session(dev, "vm").unwrap();
+        for i in 0..=per as u16 {
+            let bdf = if i == per as u16 { 0x0800 } else { 0x1000 + i };
+            let d = VfioDevice::new(1, bdf, HW);
+            let fd = vfio_pci::open(d, |kind, name, p| k.open_synthetic(kind, name, p)).unwrap();
+            k.preserve_fd(s, fd, u64::from(i) + 1).unwrap();
+        }
+        let data = k.d.pci.outgoing_data().unwrap();
+        assert_eq!(pci::decode(&*kho(&k), data).unwrap().len(), per + 1);
+        corrupt(&k, data);
+        boot(Some(k.kexec().unwrap()), CanFinish::DropUnretrieved)
+    };
+    let k = many(&|_, _| {});
+    assert_eq!(k.d.pci.get_incoming().unwrap().len(), per + 1);
+    let stray = |k: &K| {
+        k.kho()
             .violations()
             .iter()
-            .any(|v| matches!(v, luo_core::kho::KhoViolation::StrayRead { .. })),
-        "{:?}",
-        k.kho().violations()
+            .any(|v| matches!(v, luo_core::kho::KhoViolation::StrayRead { .. }))
+    };
+    assert!(!stray(&k), "{:?}", k.kho().violations());
+    // The head names a page that was not handed over.
+    let k = many(&|k, data| {
+        let free = kho(k).alloc_folio(0).unwrap();
+        kho(k)
+            .write(
+                luo_abi::PhysAddr::new(data + 8),
+                &free.as_u64().to_ne_bytes(),
+            )
+            .unwrap();
+    });
+    assert_eq!(k.d.pci.get_incoming().err(), Some(Errno::EINVAL));
+    assert!(!stray(&k), "{:?}", k.kho().violations());
+    // Version 1 of "pci" (refcount as an in-use flag) is not this kernel's.
+    let k = many(&|k, data| {
+        kho(k)
+            .write(luo_abi::PhysAddr::new(data), &1u32.to_ne_bytes())
+            .unwrap();
+    });
+    assert_eq!(k.d.pci.get_incoming().err(), Some(Errno::EINVAL));
+}
+
+fn pci_per_block() -> usize {
+    luo_handlers::kho_block::per_block::<luo_generated::pci::data_v2::pci_dev_ser>()
+}
+
+/// vfio-pci-v2's record: `reset_works` and the LUO token of the iommufd file the device is
+/// bound to (written at freeze), both back on the retrieved device.
+#[test]
+fn vfio_record_carries_reset_works_and_the_iommufd_token() {
+    let k = boot(None, CanFinish::Upstream);
+    let dev = k.open_dev().unwrap();
+    let s = k.create_session(dev, "vm").unwrap();
+    let (m, ifd, _fd, h) = iommufd_setup(&k, 7);
+    k.preserve_fd(s, m, 1).unwrap();
+    k.preserve_fd(s, ifd, 42).unwrap();
+    let d = VfioDevice::new(0, EP_A, HW);
+    d.attach_file(file(&k, ifd), h).unwrap();
+    assert_eq!(
+        d.attach_file(file(&k, m), h),
+        Err(Errno::EINVAL),
+        "not an iommufd"
     );
+    let a = vfio_pci::open(d, |kind, name, p| k.open_synthetic(kind, name, p)).unwrap();
+    k.preserve_fd(s, a, 3).unwrap();
+    let mut b = VfioDevice::new(0, EP_B, HW);
+    b.reset_works = false;
+    let b = vfio_pci::open(b, |kind, name, p| k.open_synthetic(kind, name, p)).unwrap();
+    k.preserve_fd(s, b, 4).unwrap();
+    let k = boot(Some(k.kexec().unwrap()), CanFinish::Upstream);
+    let dev = k.open_dev().unwrap();
+    let s = k.retrieve_session(dev, "vm").unwrap();
+    let a = k.retrieve_fd(s, 3).unwrap();
+    let a = device(&k, a);
+    let a = a.synthetic::<VfioDevice>().unwrap();
+    assert!(a.reset_works);
+    assert_eq!(a.incoming_iommufd_token(), 42);
+    let b = k.retrieve_fd(s, 4).unwrap();
+    let b = device(&k, b);
+    let b = b.synthetic::<VfioDevice>().unwrap();
+    assert!(!b.reset_works);
+    assert_eq!(b.incoming_iommufd_token(), 0, "not bound through a file");
+}
+
+/// A `vfio-pci-v1` record (what this tree's `next` wrote before v2: `{domain, bdf}`), written
+/// by a v1 handler in the old kernel, is read by the v2 handler's reader through its
+/// migration: same device, no function reset assumed, no iommufd token.
+#[test]
+fn vfio_pci_v1_records_are_read() {
+    use luo_abi::file::FileKind;
+    use luo_abi::handler::{Ctx, FileHandler, Finish, Registration};
+    use luo_abi::registry::Registry;
+    use luo_derive::liveupdate_handler;
+    use luo_generated::vfio_pci::v1::vfio_pci_core_device_ser;
+    use luo_handlers::pci::{Pci, PciFlb};
+
+    /// The v1 writer: enters the device in the PCI FLB and writes `{domain, bdf}`.
+    #[liveupdate_handler(compatible = "vfio-pci-v1", abi = vfio_pci_core_device_ser, flbs = [PciFlb])]
+    struct V1;
+
+    #[liveupdate_handler]
+    impl FileHandler for V1 {
+        fn can_preserve(&self, file: &dyn luo_abi::file::File) -> bool {
+            file.kind() == FileKind::VfioPci
+        }
+        fn preserve(
+            &self,
+            cx: &Ctx<'_, Self>,
+            file: &dyn luo_abi::file::File,
+        ) -> luo_abi::Result<(vfio_pci_core_device_ser, ())> {
+            let d = file
+                .payload()
+                .and_then(|p| p.downcast_ref::<VfioDevice>())
+                .ok_or(Errno::EINVAL)?;
+            pci::pci_liveupdate_preserve(cx.global::<PciFlb>(), cx.kho(), d.domain, d.bdf)?;
+            Ok((
+                vfio_pci_core_device_ser {
+                    domain: d.domain,
+                    bdf: d.bdf,
+                },
+                (),
+            ))
+        }
+        fn unpreserve(
+            &self,
+            _: &Ctx<'_, Self>,
+            _: &dyn luo_abi::file::File,
+            _: vfio_pci_core_device_ser,
+            _: (),
+        ) {
+        }
+        fn retrieve(
+            &self,
+            _: &Ctx<'_, Self>,
+            _: vfio_pci_core_device_ser,
+        ) -> luo_abi::Result<FileRef> {
+            Err(Errno::EOPNOTSUPP)
+        }
+        fn finish(&self, _: &Ctx<'_, Self>, _: Finish<'_, vfio_pci_core_device_ser>) {}
+    }
+
+    let opts = BootOptions {
+        version: KernelVersion::Next,
+        initcalls: vec![luo_handlers::memfd::initcall::<Kernel>],
+        ..BootOptions::default()
+    };
+    let k = Kernel::boot(&opts, None).unwrap();
+    k.make_current();
+    let p = Pci::new(&k);
+    p.add_device(0, RP1, None, PciKind::Bridge).unwrap();
+    p.add_device(0, EP_A, Some(RP1), PciKind::Endpoint).unwrap();
+    k.register_handler(Registration::new(V1, k.host(), (Arc::clone(p.flb()),)))
+        .unwrap();
+    let dev = k.open_dev().unwrap();
+    let s = k.create_session(dev, "vm").unwrap();
+    let mut d = VfioDevice::new(0, EP_A, HW);
+    d.reset_works = true;
+    let a = vfio_pci::open(d, |kind, name, pl| k.open_synthetic(kind, name, pl)).unwrap();
+    k.preserve_fd(s, a, 3).unwrap();
+
+    // The new kernel runs the v2 handler (with its v1 reader) and the same bus.
+    let new = boot(Some(k.kexec().unwrap()), CanFinish::Upstream);
+    let dev = new.open_dev().unwrap();
+    let s = new.retrieve_session(dev, "vm").unwrap();
+    let a = new.retrieve_fd(s, 3).unwrap();
+    let f = device(&new, a);
+    let got = f.synthetic::<VfioDevice>().unwrap();
+    assert!(got.is_retrieved());
+    assert_eq!((got.domain, got.bdf), (0, EP_A));
+    assert!(!got.reset_works, "v1 says nothing about resets");
+    assert_eq!(got.incoming_iommufd_token(), 0);
+    new.finish_session(s).unwrap();
+    assert_eq!(new.d.stats().finished, 1);
 }

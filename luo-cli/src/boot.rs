@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use luo_core::KernelVersion;
-use luo_spec::output::{Format, Reporter};
+use luo_schema::output::{Format, Reporter};
 
 /// Exit 0 when every session and file was retrieved and finished, 1 when some were not,
 /// 2 when the image could not be read or the kernel refused to boot from it.

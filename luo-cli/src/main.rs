@@ -4,10 +4,10 @@
 //! `luo gen` turns `spec/` into `generated/` (C headers, Rust ABI types,
 //! layout snapshots); `luo gen --check` fails when the committed files are
 //! stale; `luo layout` shows a struct pahole-style. The spec-side commands
-//! live in `luo_spec::commands` (also built as the standalone `luo-gen`), so
+//! live in `luo_schema::commands` (also built as the standalone `luo-gen`), so
 //! generating never depends on the generated crate.
 //!
-//! Every command takes `--format text|json` (see `luo_spec::output` for the
+//! Every command takes `--format text|json` (see `luo_schema::output` for the
 //! convention); `luo completions SHELL` and `luo man` are generated from the
 //! same argument definitions.
 
@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use luo_spec::commands;
-use luo_spec::output::{Format, Reporter};
+use luo_schema::commands;
+use luo_schema::output::{Format, Reporter};
 
 mod boot;
 mod pipe;
@@ -318,7 +318,8 @@ enum SimCommand {
 #[derive(Subcommand)]
 enum SchemaCommand {
     /// List every change between two snapshots and classify it.
-    /// OLD and NEW: a kernel (`6.19`, `7.3`, `current`), `released:<k>`,
+    /// OLD and NEW: a kernel as this tree builds it (`6.19`, `luo:7.3`, `current`),
+    /// a released kernel as upstream froze it (`upstream:7.3`, also `released:7.3`),
     /// `git:<rev>[:<kernel>]`, a snapshot directory or a `.json` file.
     /// Exit 0 compatible, 1 breaking, 2 usage or input error.
     Diff {
@@ -329,6 +330,10 @@ enum SchemaCommand {
     },
     /// Which kernel can live-update into which, per component.
     Matrix {
+        /// `luo` (this tree's build of every kernel, as diff, check-update and simulate)
+        /// or `upstream` (the released kernels' frozen snapshots).
+        #[arg(long, default_value = "luo")]
+        view: String,
         /// Also write an HTML page (legend, blocking components and rules in every red cell,
         /// per-component rows, date and tree).
         #[arg(long)]
@@ -532,8 +537,16 @@ fn main() -> ExitCode {
 fn schema(root: &Path, cmd: SchemaCommand, format: Format) -> ExitCode {
     match cmd {
         SchemaCommand::Diff { old, new } => commands::schema_diff_command(root, &old, &new, format),
-        SchemaCommand::Matrix { html } => {
-            commands::schema_matrix_command(root, html.as_deref(), format)
+        SchemaCommand::Matrix { view, html } => {
+            let view = match view.as_str() {
+                "luo" => luo_schema::diff::View::Luo,
+                "upstream" => luo_schema::diff::View::Upstream,
+                v => {
+                    eprintln!("error: unknown view `{v}`; use `luo` or `upstream`");
+                    return ExitCode::from(2);
+                }
+            };
+            commands::schema_matrix_command(root, view, html.as_deref(), format)
         }
         SchemaCommand::Check => commands::schema_check_command(root, format),
         SchemaCommand::Table { kernel, output } => {

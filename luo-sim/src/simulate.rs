@@ -127,7 +127,7 @@ pub struct Options {
     pub kernels: Vec<KernelVersion>,
     /// Which files cross.
     pub scenario: Scenario,
-    /// How the HugeTLB pools cross ([`Scenario::Vm`]): the seed's subsystem or the RFC's FLB.
+    /// How the HugeTLB pools cross ([`Scenario::Vm`]): LUO v4's subsystem or the RFC's FLB.
     pub hugetlb_form: Form,
 }
 
@@ -166,7 +166,7 @@ pub enum SimError {
     Boot(#[from] ImageError),
     /// Kernel `.0` refused the handover at boot. Upstream `panic()`s here
     /// (`luo_restore_fail`); the model stops cleanly.
-    #[error("kernel {0} refused the handover at boot (upstream: panic): {1}")]
+    #[error("kernel luo:{0} refused the handover at boot (upstream: panic): {1}")]
     BootAs(KernelVersion, ImageError),
     /// A byte differed after the live update.
     #[error("session {session} file {file}: byte {offset} is {got:#04x}, expected {want:#04x}")]
@@ -579,7 +579,7 @@ fn reboot_and_exec(k: Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<(), Si
         "reboot",
         t,
         &format!(
-            "kernel {kernel} serialized ({format}; {memfd}); {} memfd regions cross",
+            "kernel luo:{kernel} serialized ({format}; {memfd}); {} memfd regions cross",
             h.regions()
         ),
     )?;
@@ -663,7 +663,8 @@ pub fn stage1(opts: &Options, out: &mut dyn Write) -> Result<(), SimError> {
     rep.phase(
         "boot",
         t,
-        &format!("fresh kernel {}, memfd-backed arena", boot.version),
+        // `luo:` names the view: this tree's build of the kernel, as `luo schema` does.
+        &format!("fresh kernel luo:{}, memfd-backed arena", boot.version),
     )?;
     match plan.scenario {
         Scenario::Basic => populate(&k, &plan, &mut rep)?,
@@ -842,7 +843,7 @@ fn stage2_with(plan: &Plan, rep: &mut Reporter<'_>) -> Result<Report, SimError> 
         "boot",
         t,
         &format!(
-            "kernel {kernel}; liveupdate_num {}; {} incoming pages",
+            "kernel luo:{kernel}; liveupdate_num {}; {} incoming pages",
             k.liveupdate_num(),
             k.stats().kho.incoming_pages
         ),

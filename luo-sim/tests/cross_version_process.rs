@@ -40,9 +40,9 @@ fn ok(kernels: &[&str]) {
         .collect();
     for (i, k) in kernels.iter().enumerate() {
         let needle = if i == 0 {
-            format!("fresh kernel {k}")
+            format!("fresh kernel luo:{k}")
         } else {
-            format!("kernel {k}; liveupdate_num {i}")
+            format!("kernel luo:{k}; liveupdate_num {i}")
         };
         assert!(
             records.iter().any(|r| r["phase"] == "boot"
@@ -66,7 +66,7 @@ fn refused(from: &str, to: &str, format: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains(&format!("kernel {to} refused the handover at boot"))
+        stderr.contains(&format!("kernel luo:{to} refused the handover at boot"))
             && stderr.contains(&format!("format {format}")),
         "{from} → {to}: {stderr}"
     );

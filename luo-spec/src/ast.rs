@@ -109,6 +109,16 @@ pub struct ComponentHeader {
     /// Opaque C types used only behind pointers (`file`, `module`).
     #[serde(default)]
     pub opaque: Vec<SStr>,
+    /// Second header for this project's extensions of an upstream API (items
+    /// with `ext = true`), e.g. `linux/luo_ext.h`; it includes `header`.
+    #[serde(default)]
+    pub ext_header: Option<SStr>,
+    /// Include guard of `ext_header`.
+    #[serde(default)]
+    pub ext_guard: Option<SStr>,
+    /// Kernel-doc text of `ext_header`.
+    #[serde(default)]
+    pub ext_doc: Option<SStr>,
     /// Kernel-doc text: `DOC:` sections rendered at the top of the header.
     #[serde(default)]
     pub doc: Option<SStr>,
@@ -139,12 +149,28 @@ pub struct Const {
     #[serde(default)]
     pub string: Option<SStr>,
     /// For a string constant: the `struct.field` it is copied into; the
-    /// string and its NUL must fit that field.
+    /// string and its NUL must fit that field. For a `version` constant:
+    /// the one integer member it is written into.
     #[serde(default)]
     pub into: Vec<SStr>,
-    /// Role of a string constant in versioning.
+    /// Role of the constant in versioning (strings; `version` for an
+    /// integer written into the data).
     #[serde(default)]
     pub role: Option<Spanned<ConstRole>>,
+    /// Not part of the C header: upstream defines it in a .c file
+    /// (`LUO_FLB_MAX` in kernel/liveupdate/luo_flb.c), so a drop-in header
+    /// must not (it would be redefined). Still a Rust constant, and usable in
+    /// other constants that are themselves internal.
+    #[serde(default)]
+    pub internal: bool,
+    /// Rendered into the component's `ext_header` (this project's extensions
+    /// of the API), not into its header; the Rust type is the same.
+    #[serde(default)]
+    pub ext: bool,
+    /// Kernels whose C header does not declare it (upstream's API of that
+    /// kernel lacks it); the Rust type exists for every kernel.
+    #[serde(default)]
+    pub not_in: Vec<SStr>,
     /// Kernel-doc text.
     #[serde(default)]
     pub doc: Option<SStr>,
@@ -165,6 +191,10 @@ pub struct CMacro {
     /// under `#ifdef __KERNEL__`.
     #[serde(default)]
     pub kernel_only: bool,
+    /// Rendered under `#ifdef` this config symbol, as upstream guards it
+    /// (`CONFIG_LIVEUPDATE_TEST`); not together with `kernel_only`.
+    #[serde(default)]
+    pub ifdef: Option<SStr>,
     /// Comment.
     #[serde(default)]
     pub doc: Option<SStr>,
@@ -184,6 +214,10 @@ pub enum ConstRole {
     FdtProperty,
     /// A KHO subtree name.
     KhoEntry,
+    /// The version number a versionless compatible string carries inside
+    /// its data: an integer literal written into the one member `into`
+    /// names (upstream's `PCI_LUO_FLB_VERSION` in `pci_ser.version`).
+    Version,
 }
 
 /// `[[enum]]`: a C enum; anonymous when `name` is absent (as upstream's
@@ -197,6 +231,10 @@ pub struct Enum {
     /// Comment placed above the enum.
     #[serde(default)]
     pub doc: Option<SStr>,
+    /// Kernels whose C header does not declare it (upstream's headers of
+    /// that kernel lack it).
+    #[serde(default)]
+    pub not_in: Vec<SStr>,
     /// Enumerators, in order.
     pub members: Vec<EnumMember>,
 }
@@ -236,6 +274,14 @@ pub struct Struct {
     /// Kernel-doc text for the struct.
     #[serde(default)]
     pub doc: Option<SStr>,
+    /// Rendered into the component's `ext_header` (this project's extensions
+    /// of the API), not into its header; the Rust type is the same.
+    #[serde(default)]
+    pub ext: bool,
+    /// Kernels whose C header does not declare it (upstream's API of that
+    /// kernel lacks it); the Rust type exists for every kernel.
+    #[serde(default)]
+    pub not_in: Vec<SStr>,
     /// Members, in order.
     pub fields: Vec<Field>,
 }
@@ -341,6 +387,14 @@ pub struct Function {
     /// Kernel-doc text.
     #[serde(default)]
     pub doc: Option<SStr>,
+    /// Rendered into the component's `ext_header` (this project's extensions
+    /// of the API), not into its header; the Rust type is the same.
+    #[serde(default)]
+    pub ext: bool,
+    /// Kernels whose C header does not declare it (upstream's API of that
+    /// kernel lacks it); the Rust type exists for every kernel.
+    #[serde(default)]
+    pub not_in: Vec<SStr>,
 }
 
 /// `[[version]]`: one compatible version (or one feature-negotiated ABI).
@@ -373,6 +427,9 @@ pub struct Version {
     /// Version-specific ioctls.
     #[serde(default, rename = "ioctl")]
     pub ioctls: Vec<Ioctl>,
+    /// Version-specific function-like C macros.
+    #[serde(default, rename = "macro")]
+    pub macros: Vec<CMacro>,
     /// FDT nodes this version writes.
     #[serde(default, rename = "fdt_node")]
     pub fdt_nodes: Vec<FdtNode>,

@@ -3,7 +3,7 @@
 //!
 //! The grammar is the subset of C that ABI headers use for sizes and flags:
 //! integer literals (decimal, `0x`), names of constants and enumerators,
-//! `PAGE_SIZE` (a layout parameter), `+ - * / % << >> | & ~`, parentheses,
+//! `PAGE_SIZE` and `PAGE_SHIFT` (layout parameters), `+ - * / % << >> | & ~`, parentheses,
 //! `BIT(n)`, `ALIGN(x, a)`, `sizeof(struct name)` and `sizeof(NAME)` of a
 //! string constant (its length plus the NUL, as C's `sizeof("…")`).
 //!
@@ -215,11 +215,11 @@ impl Expr {
         }
     }
 
-    /// Whether the expression depends on `PAGE_SIZE` (directly).
+    /// Whether the expression depends on `PAGE_SIZE` or `PAGE_SHIFT` (directly).
     pub fn uses_page_size(&self) -> bool {
         let mut names = Vec::new();
         self.names(&mut names);
-        names.iter().any(|n| n == "PAGE_SIZE")
+        names.iter().any(|n| n == "PAGE_SIZE" || n == "PAGE_SHIFT")
     }
 
     /// Whether the expression uses kernel-only macros (`BIT`, `ALIGN`,
@@ -229,6 +229,7 @@ impl Expr {
             Expr::Bit(_) => Some("BIT()"),
             Expr::Align(..) => Some("ALIGN()"),
             Expr::Name(n) if n == "PAGE_SIZE" => Some("PAGE_SIZE"),
+            Expr::Name(n) if n == "PAGE_SHIFT" => Some("PAGE_SHIFT"),
             Expr::Int(..) | Expr::Name(_) | Expr::SizeofStruct(_) | Expr::SizeofString(_) => None,
             Expr::Unary(_, e) | Expr::Paren(e) => e.kernel_only(),
             Expr::Binary(_, a, b) => a.kernel_only().or_else(|| b.kernel_only()),

@@ -591,6 +591,9 @@ impl Env for ScopeEnv<'_, '_> {
         if name == "PAGE_SIZE" {
             return Ok(self.target.page_size);
         }
+        if name == "PAGE_SHIFT" {
+            return Ok(u64::from(self.target.page_size.trailing_zeros()));
+        }
         if let Some((origin, c)) = self.scope.find_const(name) {
             return match &c.value {
                 ConstValue::Int(e) => {

@@ -16,9 +16,9 @@
 {%- endfor %}
 {%- for mac in macros %}
 {% for line in mac.doc %}{{ line }}
-{% endfor %}{% if mac.kernel_only %}#ifdef __KERNEL__
+{% endfor %}{% if let Some(g) = mac.guard %}#ifdef {{ g }}
 {% endif %}{% for line in mac.lines %}{{ line }}
-{% endfor %}{% if mac.kernel_only %}#endif
+{% endfor %}{% if mac.guard.is_some() %}#endif
 {% endif %}
 {%- endfor %}
 {% for e in enums %}

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <string.h>
 #include <linux/liveupdate.h>
+#include <linux/luo_ext.h>
 
 /* Bit i set when the i-th callback of struct liveupdate_file_ops is non-NULL,
  * in declaration order: can_preserve, preserve, unpreserve, freeze, unfreeze,

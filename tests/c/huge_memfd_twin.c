@@ -3,15 +3,16 @@
  * The "huge-memfd-v1" file handler in C, against the generated <linux/liveupdate.h> and
  * <linux/kho/abi/hugetlb.h>: a twin of the Rust handler in handlers/src/hugetlb.rs, with the
  * same file format (struct hugemfd_ser), whose HugeTLB pools cross the kexec as the
- * handler's global state (the seed's liveupdate_fh_global_state_* API) instead of an FLB or
+ * handler's global state (LUO v4's liveupdate_fh_global_state_* API) instead of an FLB or
  * a subsystem.
  *
- * - create (first preserve of the handler): KHO-preserve a struct hugetlb_ser and write the
- *   pools into it; its physical address is the data handle.
+ * - create (first preserve of the handler): KHO-preserve a struct hugetlb_ser and write
+ *   every pool's order and preserved pages into it; its physical address is the data handle.
  * - preserve / unpreserve / freeze: update nr_preserved and rewrite the snapshot, under the
  *   state's lock (liveupdate_fh_global_state_get/put).
- * - restore (new kernel, first get): read the struct hugetlb_ser back and rebuild the pools:
- *   every page returns, those of preserved files held for them, the rest free.
+ * - restore (new kernel, first get): read the struct hugetlb_ser back and count the
+ *   preserved pages into the pools, held for their files (only they cross; the rest of a
+ *   pool is the new kernel's configuration).
  * - retrieve hands a file its held pages; finish of a never-retrieved file frees them.
  * - destroy (after the last unpreserve or finish): free the KHO memory.
  *
@@ -137,13 +138,10 @@ static int write_snapshot(const struct twin_gs *gs)
 	memset(&ser, 0, sizeof(ser));
 	pthread_mutex_lock(&hstates.lock);
 	for (i = 0; i < hstates.nr; i++) {
-		ser.hstates[i].order = hstates.pool[i].order;
-		ser.hstates[i].flags = 0;
-		ser.hstates[i].nr_huge_pages = hstates.pool[i].total;
-		ser.hstates[i].free_huge_pages = hstates.pool[i].free;
-		ser.hstates[i].nr_preserved = gs->nr_preserved[i];
+		ser.hstates[i].order = (u8)hstates.pool[i].order;
+		ser.hstates[i].nr_pages = gs->nr_preserved[i];
 	}
-	ser.nr_hstates = hstates.nr;
+	ser.nr_hstates = (u8)hstates.nr;
 	pthread_mutex_unlock(&hstates.lock);
 	return luo_kho_write(gs->phys, &ser, sizeof(ser));
 }
@@ -189,11 +187,8 @@ static int check_ser(const struct hugetlb_ser *ser)
 	for (i = 0; i < ser->nr_hstates; i++) {
 		const struct hugetlb_hstate_ser *hs = &ser->hstates[i];
 
-		/* flags is reserved; past TWIN_MAX_ORDER a page size overflows. */
-		if (hs->flags != 0 || hs->order > TWIN_MAX_ORDER)
-			return -EINVAL;
-		if (hs->nr_preserved > hs->nr_huge_pages ||
-		    hs->free_huge_pages > hs->nr_huge_pages)
+		/* Order 0 is no huge page; past TWIN_MAX_ORDER a page size overflows. */
+		if (hs->order == 0 || hs->order > TWIN_MAX_ORDER)
 			return -EINVAL;
 		for (j = 0; j < i; j++)
 			if (ser->hstates[j].order == hs->order)
@@ -242,19 +237,16 @@ static int twin_gs_restore(struct liveupdate_file_handler *h, u64 data, void **o
 
 		if (at < 0)
 			k++;
-		else if (hstates.pool[at].total > UINT64_MAX - ser.hstates[i].nr_huge_pages)
+		else if (hstates.pool[at].total > UINT64_MAX - ser.hstates[i].nr_pages)
 			r = -EOVERFLOW;
 	}
 	if (!r && hstates.nr + (unsigned int)k > HUGETLB_SER_MAX_HSTATES)
 		r = -ENOSPC;
 	for (i = 0; !r && i < ser.nr_hstates; i++) {
 		const struct hugetlb_hstate_ser *hs = &ser.hstates[i];
-		u64 total = hs->nr_huge_pages, held = hs->nr_preserved;
-
 		k = pool_index_add(hs->order);
-		hstates.pool[k].total += total;
-		hstates.pool[k].free += total - held;
-		hstates.pool[k].held_incoming += held;
+		hstates.pool[k].total += hs->nr_pages;
+		hstates.pool[k].held_incoming += hs->nr_pages;
 	}
 	pthread_mutex_unlock(&hstates.lock);
 	if (r) {

@@ -8,6 +8,7 @@
 #define _LUO_C_HUGE_MEMFD_TWIN_H
 
 #include <linux/liveupdate.h>
+#include <linux/luo_ext.h>
 #include <linux/kho/abi/hugetlb.h>
 
 enum twin_call {

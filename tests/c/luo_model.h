@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <linux/liveupdate.h>
+#include <linux/luo_ext.h>
 
 /* KHO: memory is modelled, not mapped; copy bytes in and out by physical address. */
 int luo_kho_alloc_preserve(size_t size, u64 *phys);

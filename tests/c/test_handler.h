@@ -4,6 +4,7 @@
 #define _LUO_C_TEST_HANDLER_H
 
 #include <linux/liveupdate.h>
+#include <linux/luo_ext.h>
 
 enum c_call {
 	C_PRESERVE, C_UNPRESERVE, C_FREEZE, C_UNFREEZE, C_RETRIEVE, C_CAN_FINISH,

@@ -571,7 +571,7 @@ fields = [
 }
 
 /// Upstream's proposed `iommu_domain_ser` ends with `struct iommu_domain *restored_domain`
-/// (reference/luo-upstream.md §8c); spec/iommu.toml models it as a reserved u64 instead.
+/// (as posted upstream); spec/iommu.toml models it as a reserved u64 instead.
 #[test]
 fn kernel_pointer_in_handover_struct() {
     let diags = bad(
@@ -1202,6 +1202,98 @@ migrates_from = "v0"
 "#
         ),
         "unknown-name",
+    );
+}
+
+/// `role = "version"`: an integer literal written into one unsigned member that holds it.
+#[test]
+fn version_constant_mistakes() {
+    let case = |value: &str, into: &str| {
+        format!(
+            r#"{KHO}
+[[struct]]
+name = "demo_ser"
+packed = true
+fields = [
+    {{ name = "version", type = "u8" }},
+    {{ name = "name", type = "str", len = "8" }},
+]
+
+[[const]]
+name = "DEMO_VERSION"
+{value}
+role = "version"
+into = {into}
+"#
+        )
+    };
+    bad(
+        "version_constant_too_wide",
+        &case(r#"value = "256""#, r#"["demo_ser.version"]"#),
+        "bad-into",
+    );
+    bad(
+        "version_constant_not_integer_member",
+        &case(r#"value = "1""#, r#"["demo_ser.name"]"#),
+        "bad-into",
+    );
+    bad(
+        "version_constant_no_member",
+        &case(r#"value = "1""#, "[]"),
+        "bad-into",
+    );
+    bad(
+        "version_constant_expression",
+        &case(r#"value = "1 + 1""#, r#"["demo_ser.version"]"#),
+        "const-value",
+    );
+    bad(
+        "version_constant_string",
+        &case(r#"string = "v1""#, r#"["demo_ser.version"]"#),
+        "const-value",
+    );
+    let (diags, text) = check(&[(
+        "spec/demo.toml",
+        &case(r#"value = "255""#, r#"["demo_ser.version"]"#),
+    )]);
+    assert!(!diags.has_errors(), "{text}");
+}
+
+/// An `internal` constant (kept out of the C header) named by one the header renders.
+#[test]
+fn internal_constant_used_by_the_header() {
+    bad(
+        "internal_constant_used_by_the_header",
+        &format!(
+            r#"{KHO}
+[[const]]
+name = "DEMO_PGCNT"
+value = "1"
+internal = true
+
+[[const]]
+name = "DEMO_MAX"
+value = "DEMO_PGCNT * 8"
+"#
+        ),
+        "internal-used",
+    );
+}
+
+/// `ext = true` in a component without an extension header.
+#[test]
+fn ext_item_without_ext_header() {
+    bad(
+        "ext_item_without_ext_header",
+        &format!(
+            r#"{KERNEL}
+[[function]]
+name = "demo_extra"
+signature = "fn() -> int"
+ext = true
+"#
+        ),
+        "ext-without-header",
     );
 }
 

@@ -399,6 +399,9 @@ fn probe_program(kernel: &str) -> (String, BTreeMap<String, u64>) {
             continue;
         };
         let _ = writeln!(src, "#include <{}>", comp.header);
+        if let Some((ext, _, _)) = &comp.ext_header {
+            let _ = writeln!(src, "#include <{ext}>");
+        }
         for items in [Some(&comp.common), ver.map(|v| &comp.versions[v].items)]
             .into_iter()
             .flatten()
@@ -412,7 +415,12 @@ fn probe_program(kernel: &str) -> (String, BTreeMap<String, u64>) {
                 spec: &spec,
                 origin: Origin { comp: ci, ver },
             };
-            for s in &items.structs {
+            // A struct the kernel's upstream API lacks is not in its headers.
+            for s in items
+                .structs
+                .iter()
+                .filter(|s| !s.place.not_in.contains(&k.name))
+            {
                 let path = format!("{owner}::{}", s.name);
                 let l = layouts
                     .layout(scope, &s.name, Target::PRIMARY)
@@ -567,4 +575,100 @@ fn khoser_pointers_read_as_upstream() {
     let mut args = i386.flags(&i386.include);
     args.extend(["-std=c11".into(), "-Wall".into(), "-Werror".into()]);
     compile("gcc", &args, "c", &dir, src).expect("and on i386");
+}
+
+/// The generated `linux/kho/abi/luo.h` drops into the 7.2 tree: it defines upstream's test
+/// FLB macro (lib/tests/liveupdate.c needs `LIVEUPDATE_TEST_FLB_COMPATIBLE(i)` under
+/// `CONFIG_LIVEUPDATE_TEST`) and none of the macros upstream keeps in a .c file
+/// (kernel/liveupdate/luo_flb.c defines `LUO_FLB_PGCNT` and `LUO_FLB_MAX`; a header
+/// defining them makes the kernel build warn about a redefinition). Facts from the 7.2.13
+/// source: the macro names and the string.
+#[test]
+fn luo_h_is_a_drop_in_for_the_7_2_tree() {
+    let dir = root().join("generated/include");
+    let src = r#"
+#include <linux/kho/abi/luo.h>
+#ifdef CONFIG_LIVEUPDATE_TEST
+_Static_assert(sizeof(LIVEUPDATE_TEST_FLB_COMPATIBLE(2)) == sizeof("liveupdate-test-flb-v2"),
+               "test FLB compatible");
+#elif defined(LIVEUPDATE_TEST_FLB_COMPATIBLE)
+#error "defined without CONFIG_LIVEUPDATE_TEST"
+#endif
+#if defined(LUO_FLB_MAX) || defined(LUO_FLB_PGCNT)
+#error "upstream defines these in kernel/liveupdate/luo_flb.c"
+#endif
+#if defined(LUO_SESSIONS_PER_BLOCK) || defined(LUO_FILES_PER_BLOCK)
+#error "not upstream macros"
+#endif
+/* What luo_flb.c defines must not clash. */
+#define LUO_FLB_PGCNT 1ul
+"#;
+    let args = ["-std=c11", "-Wall", "-Werror", "-pedantic"];
+    compile("gcc", &args, "c", &dir, src).expect("without CONFIG_LIVEUPDATE_TEST");
+    let with: Vec<&str> = args
+        .iter()
+        .copied()
+        .chain(["-DCONFIG_LIVEUPDATE_TEST"])
+        .collect();
+    compile("gcc", &with, "c", &dir, src).expect("with CONFIG_LIVEUPDATE_TEST");
+}
+
+/// Each kernel's `linux/liveupdate.h` declares that kernel's upstream API only: this
+/// project's calls (file dependencies, handler global state, subsystems) are in
+/// `linux/luo_ext.h`, and 6.19's header has no FLB API (6.19 has no luo_flb.c). Checked by
+/// the compiler: a name the header does not declare can be declared again as a variable.
+#[test]
+fn per_kernel_api_headers_hold_that_kernels_api() {
+    let ours = [
+        "liveupdate_get_token_outgoing",
+        "liveupdate_get_file_incoming",
+        "liveupdate_fh_global_state_register",
+        "liveupdate_fh_global_state_get",
+        "liveupdate_fh_global_state_put",
+        "liveupdate_register_subsystem",
+        "liveupdate_unregister_subsystem",
+    ];
+    let flb = [
+        "liveupdate_register_flb",
+        "liveupdate_unregister_flb",
+        "liveupdate_flb_get_incoming",
+        "liveupdate_flb_put_incoming",
+        "liveupdate_flb_get_outgoing",
+    ];
+    let args = ["-std=c11", "-Wall", "-Werror"];
+    for (kernel, dir) in include_dirs() {
+        let absent: Vec<&str> = ours
+            .iter()
+            .chain(if kernel == "6.19" { &flb[..] } else { &[][..] })
+            .copied()
+            .collect();
+        let mut src = String::from("#include <linux/liveupdate.h>\n");
+        for n in &absent {
+            src.push_str(&format!("int {n};\n"));
+        }
+        src.push_str("#ifdef LIVEUPDATE_DEPENDS_MAX\n#error ours\n#endif\n");
+        if kernel == "6.19" {
+            src.push_str("struct liveupdate_flb { int not_upstream_in_6_19; };\n");
+        } else {
+            src.push_str("void *f = (void *)&liveupdate_register_flb;\n");
+        }
+        compile("gcc", &args, "c", &dir, &src).unwrap_or_else(|e| {
+            panic!("{kernel}: linux/liveupdate.h declares more than its API:\n{e}")
+        });
+        // The extension header declares every one of ours, on top of the kernel's API.
+        let mut ext = String::from(
+            "#include <linux/luo_ext.h>\n_Static_assert(LIVEUPDATE_DEPENDS_MAX > 0, \"\");\n",
+        );
+        for (i, n) in ours.iter().enumerate() {
+            ext.push_str(&format!("void *p{i} = (void *)&{n};\n"));
+        }
+        compile("gcc", &args, "c", &dir, &ext)
+            .unwrap_or_else(|e| panic!("{kernel}: linux/luo_ext.h:\n{e}"));
+        // And it says it is ours.
+        let text = std::fs::read_to_string(dir.join("linux/luo_ext.h")).expect("luo_ext.h");
+        assert!(
+            text.contains("not upstream's") || text.contains("Not upstream's"),
+            "{kernel}"
+        );
+    }
 }

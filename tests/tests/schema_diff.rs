@@ -7,13 +7,13 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use luo_schema::diff::{
+    self, Severity, diff_component, diff_sets, matrix, policy, report, sets_from_spec,
+};
 use luo_spec::ir::Ir;
 use luo_spec::layout::Layouts;
 use luo_spec::model::{Origin, Scope, load_texts};
 use luo_spec::render::schema::{ComponentSnapshot, snapshot};
-use luo_spec::schema_diff::{
-    self, Severity, diff_component, diff_sets, matrix, policy, report, sets_from_spec,
-};
 use luo_tests::cli::luo;
 
 fn root() -> PathBuf {
@@ -164,15 +164,15 @@ fn corpus_and_history_cover_every_rule() {
     );
 }
 
-fn real_sets() -> Vec<schema_diff::KernelSet> {
+fn real_sets() -> Vec<diff::KernelSet> {
     sets_from_spec(&root().join("spec")).expect("spec")
 }
 
-fn set<'a>(sets: &'a [schema_diff::KernelSet], k: &str) -> &'a schema_diff::KernelSet {
+fn set<'a>(sets: &'a [diff::KernelSet], k: &str) -> &'a diff::KernelSet {
     sets.iter().find(|s| s.kernel == k).expect("kernel")
 }
 
-fn rules_of(diffs: &[schema_diff::ComponentDiff], component: &str) -> BTreeSet<&'static str> {
+fn rules_of(diffs: &[diff::ComponentDiff], component: &str) -> BTreeSet<&'static str> {
     diffs
         .iter()
         .filter(|d| d.component == component)
@@ -181,9 +181,8 @@ fn rules_of(diffs: &[schema_diff::ComponentDiff], component: &str) -> BTreeSet<&
 }
 
 /// Upstream's view of a released kernel: its frozen snapshots.
-fn released(k: &str) -> schema_diff::KernelSet {
-    schema_diff::read_set(&root().join(schema_diff::RELEASED_DIR).join(k))
-        .expect("frozen snapshots")
+fn released(k: &str) -> diff::KernelSet {
+    diff::upstream_set(&root(), k).expect("frozen snapshots")
 }
 
 #[test]
@@ -250,7 +249,7 @@ fn real_history_verdicts() {
 
 #[test]
 fn luo_session_v1_to_v2_is_a_bumped_layout_change() {
-    // The two session formats of luo.h (§8a): 88-byte entries with files,
+    // The two session formats of luo.h (7.2 and the version before): 88-byte entries with files,
     // pgcnt, count, then 80-byte entries with a luo_file_set_ser.
     let (spec, diags) = luo_spec::model::load(&root().join("spec"));
     assert!(!diags.has_errors());
@@ -284,9 +283,7 @@ fn luo_session_v1_to_v2_is_a_bumped_layout_change() {
         .facts
         .iter()
         .filter_map(|f| match f {
-            schema_diff::facts::Fact::StructSize { strukt, old, new }
-                if strukt == "luo_session_ser" =>
-            {
+            diff::facts::Fact::StructSize { strukt, old, new } if strukt == "luo_session_ser" => {
                 Some((*old, *new))
             }
             _ => None,
@@ -302,7 +299,7 @@ fn matrix_verdicts_and_html() {
     let cell = |a: &str, b: &str| {
         m.iter()
             .flatten()
-            .find(|c| c.from == a && c.to == b)
+            .find(|c| c.from == format!("luo:{a}") && c.to == format!("luo:{b}"))
             .expect("cell")
             .clone()
     };
@@ -357,12 +354,13 @@ fn matrix_verdicts_and_html() {
             attr("data-ok"),
             attr("class"),
         );
-        assert_eq!(ok == "true", cell(&from, &to).ok);
+        let bare = |l: &str| l.strip_prefix("luo:").expect("luo view").to_string();
+        assert_eq!(ok == "true", cell(&bare(&from), &bare(&to)).ok);
         assert_eq!(class, if ok == "true" { "ok" } else { "bad" });
         assert!(!attr("title").is_empty(), "reasons on hover");
         // Every red cell shows, without a click, each blocking component with its rule
         // and reason.
-        let c = cell(&from, &to);
+        let c = cell(&bare(&from), &bare(&to));
         let blockers: Vec<&str> = td.split("<li class=\"blocker\" ").skip(1).collect();
         for v in c.components.iter().filter(|v| !v.ok) {
             let li = blockers
@@ -483,13 +481,32 @@ fn cli_exit_codes_and_bad_inputs() {
 
     let (code, out, _) = luo(&["schema", "diff", "7.3", "7.3"]);
     assert_eq!(code, 0, "{out}");
+    // A bare kernel is this tree's build (as in the matrix, check-update and simulate):
+    // 7.3 keeps readers of what 6.19 writes. Upstream's frozen 7.3 reads only its own.
     let (code, out, _) = luo(&["schema", "diff", "6.19", "7.3"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("luo (luo:6.19 -> luo:7.3)")
+            && out.contains("live update luo:6.19 -> luo:7.3: possible"),
+        "{out}"
+    );
+    let (code, out, _) = luo(&["schema", "diff", "upstream:6.19", "upstream:7.3"]);
     assert_eq!(code, 1);
-    assert!(out.contains("READER_NOT_KEPT"));
-    let (code, out, _) = luo(&["schema", "diff", "--format", "json", "6.19", "7.3"]);
+    assert!(
+        out.contains("READER_NOT_KEPT")
+            && out.contains("live update upstream:6.19 -> upstream:7.3: NOT possible"),
+        "{out}"
+    );
+    // What upstream's 6.19 wrote, read by this tree's 7.3.
+    let (code, out, _) = luo(&["schema", "diff", "--format", "json", "released:6.19", "7.3"]);
+    assert_eq!(code, 0, "{out}");
+    let json: serde_json::Value = serde_json::from_str(&out).expect("json output");
+    assert_eq!(json["live_update"], serde_json::json!(true), "{out}");
+    let (code, out, _) = luo(&["schema", "diff", "--format", "json", "7.3", "6.19"]);
     assert_eq!(code, 1);
     let json: serde_json::Value = serde_json::from_str(&out).expect("json output");
     assert_eq!(json["compatible"], serde_json::json!(false));
+    assert_eq!(json["live_update"], serde_json::json!(false));
     for (args, needle) in [
         (
             vec!["schema", "diff", not_json.to_str().expect("utf8"), "7.3"],
@@ -518,6 +535,14 @@ fn cli_exit_codes_and_bad_inputs() {
             "unknown kernel `9.9`",
         ),
         (
+            vec!["schema", "diff", "upstream:6.19", "upstream:next"],
+            "only this tree's view, `luo:next`",
+        ),
+        (
+            vec!["schema", "matrix", "--view", "downstream"],
+            "unknown view `downstream`",
+        ),
+        (
             vec!["schema", "diff", "generated/schema/7.3/memfd.json", "7.3"],
             "two kernels",
         ),
@@ -537,7 +562,7 @@ fn cli_exit_codes_and_bad_inputs() {
 
 #[test]
 fn check_update_from_tables_agrees_with_the_matrix() {
-    use luo_spec::schema_diff::table;
+    use luo_schema::diff::table;
     let sets = real_sets();
     let m = matrix::matrix(&sets);
     for set in &sets {
@@ -564,7 +589,7 @@ fn check_update_from_tables_agrees_with_the_matrix() {
             let cell = m
                 .iter()
                 .flatten()
-                .find(|c| c.from == a.kernel && c.to == b.kernel)
+                .find(|c| c.from == a.label() && c.to == b.label())
                 .expect("cell");
             assert_eq!(
                 from_tables, cell.ok,
@@ -632,8 +657,9 @@ fn check_update_from_the_binary_agrees_with_the_matrix_and_with_real_updates() {
             let cell = m
                 .iter()
                 .flatten()
-                .find(|c| c.from == a && c.to == b)
+                .find(|c| c.from == format!("luo:{a}") && c.to == format!("luo:{b}"))
                 .expect("cell");
+            assert!(out.contains(&format!("view: luo:{a} -> luo:{b}")), "{out}");
             assert_eq!(
                 check == 0,
                 cell.ok,
@@ -669,4 +695,138 @@ fn check_update_from_the_binary_agrees_with_the_matrix_and_with_real_updates() {
     ]);
     assert_eq!(code, 2);
     assert!(err.contains("does not play kernel `5.10`"), "{err}");
+}
+
+/// The PCI FLB as this tree's kernel `next` wrote it before (`pci-v3`) and now (the
+/// versionless `"pci"` with `pci_ser.version` = 2): the diff names the change with its rule,
+/// the identity carries the version, and a layout change that keeps the version is told to
+/// bump the member, not the string.
+#[test]
+fn pci_turned_versionless() {
+    let (spec, diags) = luo_spec::model::load(&root().join("spec"));
+    assert!(!diags.has_errors());
+    let layouts = Layouts::new();
+    let ir = Ir::build(&spec, &layouts);
+    let (ci, comp) = spec.component("pci").expect("pci");
+    let k = spec
+        .kernels
+        .iter()
+        .find(|k| k.name == "next")
+        .expect("next");
+    let snap = |id: &str| {
+        let vi = comp
+            .versions
+            .iter()
+            .position(|v| v.id == id)
+            .expect("version");
+        snapshot(
+            Scope {
+                spec: &spec,
+                origin: Origin {
+                    comp: ci,
+                    ver: Some(vi),
+                },
+            },
+            k,
+            &ir,
+        )
+    };
+    let (old, new) = (snap("v3"), snap("data_v2"));
+    assert_eq!(new.identity, vec!["pci", "pci_ser.version=2"]);
+    let d = diff_component(&old, &new);
+    let f = d
+        .findings
+        .iter()
+        .find(|f| f.rule == "COMPAT_VERSIONLESS")
+        .unwrap_or_else(|| panic!("{:?}", d.findings));
+    assert!(
+        f.message.contains("`pci-v3`") && f.message.contains("pci_ser.version = 2"),
+        "{}",
+        f.message
+    );
+    // next declares it no longer reads pci-v3.
+    assert!(
+        d.findings
+            .iter()
+            .any(|f| f.rule == "READER_REMOVAL_DECLARED")
+    );
+    // The corpus case that keeps the version: the fix names the member.
+    let dir = root().join("tests/schema/kho_struct_version_not_bumped");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect("case");
+    let d = diff_component(
+        &snapshot_of(&read("old.toml"), "old", &[], &[]),
+        &snapshot_of(&read("new.toml"), "new", &[], &[]),
+    );
+    let fix = d
+        .findings
+        .iter()
+        .find(|f| f.rule == "COMPAT_NOT_BUMPED")
+        .and_then(|f| f.fix.clone())
+        .expect("a fix");
+    assert!(fix.contains("`demo_ser.version` from 1 to 2"), "{fix}");
+}
+
+/// One view in the compatibility tools: for every ordered pair of kernels the matrix lists,
+/// in both views (`luo`: this tree's build, the default; `upstream`: the released kernels'
+/// frozen snapshots), `luo schema diff A B` says the live update is possible exactly when
+/// `luo schema matrix` does, and both name the view. Through the library and the CLI.
+#[test]
+fn diff_and_matrix_agree_on_every_pair_in_both_views() {
+    use diff::View;
+    for (view, flag) in [(View::Luo, "luo"), (View::Upstream, "upstream")] {
+        let sets = diff::matrix_sets(&root(), view).expect("sets");
+        assert!(sets.len() >= 3, "{view:?}: {} kernels", sets.len());
+        let m = matrix::matrix(&sets);
+        let (code, out, err) = luo(&["schema", "matrix", "--view", flag, "--format", "json"]);
+        assert_eq!(code, 0, "{err}");
+        let cli: serde_json::Value = serde_json::from_str(&out).expect("matrix json");
+        let mut pairs = 0;
+        for a in &sets {
+            for b in &sets {
+                let cell = m
+                    .iter()
+                    .flatten()
+                    .find(|c| c.from == a.label() && c.to == b.label())
+                    .expect("cell");
+                let diffs = diff_sets(a, b);
+                assert_eq!(
+                    diff::handover_ok(&diffs),
+                    cell.ok,
+                    "{} -> {}: diff {:?}, matrix {:?}",
+                    a.label(),
+                    b.label(),
+                    diffs
+                        .iter()
+                        .flat_map(|d| &d.findings)
+                        .filter(|f| f.severity >= Severity::Breaking)
+                        .collect::<Vec<_>>(),
+                    cell.components
+                );
+                assert!(a.label().starts_with(&format!("{flag}:")), "{}", a.label());
+                // The CLI: the same kernels by label, the same answer.
+                let cli_ok = cli["cells"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|row| row.as_array().into_iter().flatten())
+                    .find(|c| c["from"] == a.label().as_str() && c["to"] == b.label().as_str())
+                    .map(|c| c["ok"] == serde_json::json!(true))
+                    .expect("cell in the CLI matrix");
+                let (_, out, err) =
+                    luo(&["schema", "diff", "--format", "json", &a.label(), &b.label()]);
+                let d: serde_json::Value =
+                    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+                assert_eq!(
+                    d["live_update"],
+                    serde_json::json!(cli_ok),
+                    "{} -> {}",
+                    a.label(),
+                    b.label()
+                );
+                assert_eq!(cli_ok, cell.ok);
+                pairs += 1;
+            }
+        }
+        assert_eq!(pairs, sets.len() * sets.len());
+    }
 }

@@ -37,6 +37,9 @@ struct Opts {
     compile: bool,
     write: bool,
     only: Option<Vec<String>>,
+    /// A `luo-bench-report` built from an older commit, and its label: the `blackout` rows
+    /// run its blackout child too, alternating with this one's, for same-run ratios.
+    baseline: Option<(PathBuf, String)>,
 }
 
 impl Opts {
@@ -227,6 +230,14 @@ const ROW_DOCS: &[(&str, &str)] = &[
          entry bytes (2,000 x 80 + 10,000 x 64 bytes) once out and once back. Target ratio <= 5.",
     ),
     (
+        "sessions_scaling",
+        "10^3, 10^4 and 10^5 empty sessions (`luo simulate --sessions N --files 0`) preserved, \
+         then across an in-process kexec: the next kernel's boot and first open of \
+         `/dev/liveupdate` (deserialize), `RETRIEVE_SESSION` of every session, `FINISH` and close \
+         of every session. Each size against the one ten times smaller: linear scaling is a \
+         ratio of 10. Target: 10^5 sessions cost at most 12x 10^4.",
+    ),
+    (
         "blackout",
         "one run in a child process (so its peak RSS is its own): a 7.3 kernel with a 4 GiB \
          memfd (4 KiB folios; 1,024 pages spread over it written with a pattern) in the first of \
@@ -238,8 +249,16 @@ const ROW_DOCS: &[(&str, &str)] = &[
          inode compared); the written pages are read back and checked. `peak_rss` is VmHWM of \
          the child against the KHO arena memory handed over (folio array, LUO blocks, the test \
          handler's page per file) plus the touched pages; the old kernel is freed after \
-         `reboot()`, outside the timed phases. `total` is the sum of the three timed phases. \
-         The full run adds a 16 GiB memfd.",
+         `reboot()`, outside the timed phases. `total` is the sum of the three timed phases \
+         (medians of 3 runs, 1 with `--quick`). `grows_with_memory` is the share of `total` the \
+         guest memory adds over the same machine with 4 KiB of guest memory, and its cost per \
+         GiB. `64GiB-hugetlb` is a VM whose guest memory is a HugeTLB memfd \
+         (`huge-memfd-v1`, HugeTLB pools handed over as upstream's FLB) of 32,768 2 MiB folios, \
+         all allocated; its pages are the model's arena folios, so `same memory` compares the \
+         folios' addresses before and after. The full run adds a 16 GiB memfd. With \
+         `--baseline-exe PATH LABEL` the 4 GiB machine also runs the blackout child of an older \
+         build, alternating, and its phases are the baseline (target: `retrieve` at most a \
+         quarter of the older build's).",
     ),
     (
         "gen",
@@ -282,6 +301,17 @@ fn main() {
             "--no-callgrind" => o.callgrind = false,
             "--no-compile" => o.compile = false,
             "--no-write" => o.write = false,
+            "--baseline-exe" => {
+                let exe = it.next().map(PathBuf::from);
+                let label = it.next().cloned();
+                match (exe, label) {
+                    (Some(e), Some(l)) => o.baseline = Some((e, l)),
+                    _ => {
+                        eprintln!("--baseline-exe takes a path and a label (see --help)");
+                        std::process::exit(2);
+                    }
+                }
+            }
             "--only" => {
                 o.only = it
                     .next()
@@ -289,7 +319,7 @@ fn main() {
             }
             "-h" | "--help" => {
                 println!(
-                    "{COMMAND} [-- --quick] [--no-callgrind] [--no-compile] [--no-write] [--only id,...]"
+                    "{COMMAND} [-- --quick] [--no-callgrind] [--no-compile] [--no-write] [--only id,...] [--baseline-exe PATH LABEL]"
                 );
                 return;
             }
@@ -332,6 +362,9 @@ fn main() {
     }
     if o.wants("sessions") {
         step("sessions", &mut rows, sessions(&o));
+    }
+    if o.wants("sessions_scaling") {
+        step("sessions_scaling", &mut rows, sessions_scaling(&o));
     }
     if o.wants("blackout") {
         step("blackout", &mut rows, blackout(&o));
@@ -448,12 +481,13 @@ fn today() -> String {
 
 fn child(args: &[String]) {
     if args.first().map(String::as_str) == Some("blackout") {
-        let num = |i: usize| -> u64 {
-            args.get(i)
-                .and_then(|s| s.parse().ok())
-                .expect("child blackout <folios> <sessions> <files> <touched>")
-        };
-        match handover::blackout(num(1), num(2), num(3), num(4)) {
+        const USAGE: &str = "child blackout <folios> <sessions> <files> <touched> [memfd|hugetlb]";
+        let num = |i: usize| -> u64 { args.get(i).and_then(|s| s.parse().ok()).expect(USAGE) };
+        let guest = args
+            .get(5)
+            .map_or(Some(handover::Guest::Memfd), |g| handover::Guest::parse(g))
+            .expect(USAGE);
+        match handover::blackout(guest, num(1), num(2), num(3), num(4)) {
             Ok(b) => println!("{}", serde_json::to_string(&b).expect("serializable")),
             Err(e) => {
                 eprintln!("blackout: {e}");
@@ -977,6 +1011,54 @@ fn migrate_v1(o: &Opts) -> Result<Vec<Row>, String> {
 const SESSIONS: u64 = 2_000;
 const FILES: u64 = 10_000;
 
+fn sessions_scaling(o: &Opts) -> Result<Vec<Row>, String> {
+    let rounds = o.rounds(7).min(5);
+    let mut rows = Vec::new();
+    let mut per_size = Vec::new();
+    for n in [1_000u64, 10_000, 100_000] {
+        let mut v = Vec::new();
+        for _ in 0..rounds {
+            let t = handover::time_session_scaling(n)?;
+            v.push((
+                t.deserialize.as_secs_f64() * 1e3,
+                t.retrieve.as_secs_f64() * 1e3,
+                t.finish.as_secs_f64() * 1e3,
+            ));
+        }
+        let all = med(&v.iter().map(|t| t.0 + t.1 + t.2).collect::<Vec<_>>());
+        let parts = (
+            med(&v.iter().map(|t| t.0).collect::<Vec<_>>()),
+            med(&v.iter().map(|t| t.1).collect::<Vec<_>>()),
+            med(&v.iter().map(|t| t.2).collect::<Vec<_>>()),
+        );
+        per_size.push((n, all, parts));
+    }
+    for (i, &(n, all, (de, re, fi))) in per_size.iter().enumerate() {
+        // Each size against the one ten times smaller: linear scaling is a ratio of 10.
+        let smaller = i.checked_sub(1).map(|j| per_size[j]);
+        rows.push(row(
+            RowSpec {
+                id: "sessions_scaling",
+                name: format!("sessions_scaling/{n}"),
+                what: format!(
+                    "{n} empty sessions across a kexec (as `luo simulate --sessions {n} --files 0`): next kernel's boot + first open (deserialize) {de:.1} ms, RETRIEVE_SESSION of each {re:.1} ms, FINISH + close of each {fi:.1} ms; against the size ten times smaller"
+                ),
+                unit: "ms",
+                method: "wall-median",
+                target: if n == 100_000 {
+                    Target::MaxRatio(12.0)
+                } else {
+                    Target::None
+                },
+                samples: rounds as u64,
+            },
+            all,
+            smaller.map(|(m, a, _)| (if m == 1_000 { "1000 sessions" } else { "10000 sessions" }, a)),
+        ));
+    }
+    Ok(rows)
+}
+
 fn sessions(o: &Opts) -> Result<Vec<Row>, String> {
     let rounds = o.rounds(15);
     let entries = (SESSIONS + FILES) as f64;
@@ -1044,28 +1126,100 @@ fn sessions(o: &Opts) -> Result<Vec<Row>, String> {
     .collect())
 }
 
+/// One blackout run in a child process of `exe` (this binary, or an older commit's, which
+/// knows only the 4 KiB memfd guest).
+fn blackout_child(
+    exe: &std::path::Path,
+    guest: handover::Guest,
+    folios: u64,
+    touched: u64,
+) -> Result<handover::Blackout, String> {
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["child", "blackout"])
+        .args([folios, SESSIONS, FILES, touched].map(|n| n.to_string()));
+    if guest != handover::Guest::Memfd {
+        cmd.arg(guest.name());
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("blackout child {}: {e}", exe.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "blackout child {} failed: {}",
+            exe.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("blackout child output: {e}"))
+}
+
+/// The run whose phases are the medians of `runs`' (each phase on its own).
+fn median_blackout(runs: &[handover::Blackout]) -> handover::Blackout {
+    let med = |f: fn(&handover::Blackout) -> f64| {
+        measure::median(&runs.iter().map(f).collect::<Vec<_>>())
+    };
+    let mut b = runs[runs.len() / 2].clone();
+    b.freeze_kexec_ms = med(|b| b.freeze_kexec_ms);
+    b.boot_ms = med(|b| b.boot_ms);
+    b.retrieve_ms = med(|b| b.retrieve_ms);
+    b.total_ms = med(|b| b.total_ms);
+    b.peak_rss = runs.iter().map(|b| b.peak_rss).max().unwrap_or(0);
+    b
+}
+
 fn blackout(o: &Opts) -> Result<Vec<Row>, String> {
+    use handover::Guest;
     let mut rows = Vec::new();
-    let sizes: &[u64] = if o.quick { &[4] } else { &[4, 16] };
-    for &gib in sizes {
-        let folios = gib << 18;
-        let touched = 1024u64;
-        let out = std::process::Command::new(exe()?)
-            .args(["child", "blackout"])
-            .args([folios, SESSIONS, FILES, touched].map(|n| n.to_string()))
-            .output()
-            .map_err(|e| format!("blackout child: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "blackout child failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
+    let touched = 1024u64;
+    let me = exe()?;
+    let runs = if o.quick { 1 } else { 3 };
+    // The same machine with 4 KiB of guest memory: what the sessions and files cost alone,
+    // so each row can show the share of its blackout that grows with guest memory.
+    let fixed = median_blackout(
+        &(0..runs)
+            .map(|_| blackout_child(&me, Guest::Memfd, 1, 1))
+            .collect::<Result<Vec<_>, _>>()?,
+    );
+    let mut machines = vec![(
+        "4GiB",
+        Guest::Memfd,
+        4u64 << 18,
+        "4 GiB memfd, 4 KiB folios",
+    )];
+    if !o.quick {
+        machines.push((
+            "16GiB",
+            Guest::Memfd,
+            16 << 18,
+            "16 GiB memfd, 4 KiB folios",
+        ));
+    }
+    machines.push((
+        "64GiB-hugetlb",
+        Guest::Hugetlb,
+        64 << 9,
+        "64 GiB HugeTLB memfd (huge-memfd-v1), 2 MiB folios, HugeTLB pools as upstream's FLB",
+    ));
+    for (tag, guest, folios, desc) in machines {
+        // Alternating with the older commit's child, when given, for the memfd machine it
+        // knows: the phases compared come from the same run.
+        let old_exe = o
+            .baseline
+            .as_ref()
+            .filter(|_| guest == Guest::Memfd && tag == "4GiB");
+        let mut new_runs = Vec::new();
+        let mut old_runs = Vec::new();
+        for _ in 0..runs {
+            new_runs.push(blackout_child(&me, guest, folios, touched)?);
+            if let Some((exe, _)) = old_exe {
+                old_runs.push(blackout_child(exe, guest, folios, touched)?);
+            }
         }
-        let b: handover::Blackout = serde_json::from_slice(&out.stdout)
-            .map_err(|e| format!("blackout child output: {e}"))?;
-        let tag = format!("{gib}GiB");
+        let b = median_blackout(&new_runs);
+        let old = (!old_runs.is_empty()).then(|| median_blackout(&old_runs));
+        let old_label = old_exe.map(|(_, l)| format!("commit {l}"));
         let what = format!(
-            "{gib} GiB memfd ({} folios, {touched} pages written and checked) + {} sessions / {} files",
+            "{desc} ({} folios, {touched} pages written and checked) + {} sessions / {} files; median of {runs} runs",
             b.folios, b.sessions, b.files
         );
         let spec = |name: &str, what: String, unit, target| RowSpec {
@@ -1075,7 +1229,12 @@ fn blackout(o: &Opts) -> Result<Vec<Row>, String> {
             unit,
             method: "wall",
             target,
-            samples: 1,
+            samples: runs as u64,
+        };
+        let vs_old = |f: fn(&handover::Blackout) -> f64| {
+            old.as_ref()
+                .zip(old_label.as_deref())
+                .map(|(o, l)| (l, f(o)))
         };
         rows.push(row(
             spec(
@@ -1085,7 +1244,7 @@ fn blackout(o: &Opts) -> Result<Vec<Row>, String> {
                 Target::None,
             ),
             b.total_ms,
-            None,
+            vs_old(|b| b.total_ms),
         ));
         rows.push(row(
             spec(
@@ -1095,7 +1254,7 @@ fn blackout(o: &Opts) -> Result<Vec<Row>, String> {
                 Target::None,
             ),
             b.freeze_kexec_ms,
-            None,
+            vs_old(|b| b.freeze_kexec_ms),
         ));
         rows.push(row(
             spec(
@@ -1105,23 +1264,46 @@ fn blackout(o: &Opts) -> Result<Vec<Row>, String> {
                 Target::None,
             ),
             b.boot_ms,
-            None,
+            vs_old(|b| b.boot_ms),
         ));
         rows.push(row(
             spec(
                 "retrieve",
                 "open /dev/liveupdate, retrieve every session and file".into(),
                 "ms",
-                Target::None,
+                if old.is_some() {
+                    Target::MaxRatio(0.25)
+                } else {
+                    Target::None
+                },
             ),
             b.retrieve_ms,
+            vs_old(|b| b.retrieve_ms),
+        ));
+        let grows = (b.total_ms - fixed.total_ms).max(0.0);
+        rows.push(row(
+            spec(
+                "grows_with_memory",
+                format!(
+                    "share of `total` the guest memory adds: total minus that of the same machine with 4 KiB of guest memory ({:.1} ms: freeze_kexec {:.1}, boot {:.1}, retrieve {:.1}), over total; {:.2} ms per GiB",
+                    fixed.total_ms,
+                    fixed.freeze_kexec_ms,
+                    fixed.boot_ms,
+                    fixed.retrieve_ms,
+                    grows / ((folios << (12 + guest.order())) as f64 / f64::from(1u32 << 30))
+                ),
+                "%",
+                Target::None,
+            ),
+            100.0 * grows / b.total_ms,
             None,
         ));
+        let bytes = folios << (12 + guest.order());
         rows.push(row(
             spec(
                 "bytes_copied",
                 format!(
-                    "bytes of file data copied (core counter; handler copied/zeroed {} folios; retrieved memfd is the same host file: {})",
+                    "bytes of file data copied (core counter; handler copied/zeroed {} folios; retrieved guest memory is the same memory: {})",
                     b.handler_folios_copied,
                     if b.same_host_file { "yes" } else { "NO" }
                 ),
@@ -1129,7 +1311,7 @@ fn blackout(o: &Opts) -> Result<Vec<Row>, String> {
                 Target::MaxValue(0.0),
             ),
             (b.file_bytes_copied + b.handler_folios_copied * 4096) as f64
-                + if b.same_host_file { 0.0 } else { (b.folios * 4096) as f64 },
+                + if b.same_host_file { 0.0 } else { bytes as f64 },
             None,
         ));
         let mib = |x: u64| x as f64 / (1024.0 * 1024.0);
@@ -1137,11 +1319,11 @@ fn blackout(o: &Opts) -> Result<Vec<Row>, String> {
             spec(
                 "peak_rss",
                 format!(
-                    "peak RSS (VmHWM) of the run, vs the KHO arena handed over (folio array, LUO blocks, a page per test file: {:.1} MiB, of which {:.1} MiB of records and entries) + touched memfd pages {:.1} MiB; file data {} MiB; RSS at start {:.1} MiB, peak before reboot() {:.1} MiB",
+                    "peak RSS (VmHWM) of the run, vs the KHO arena handed over (folio array, LUO blocks, a page per test file: {:.1} MiB, of which {:.1} MiB of records and entries) + touched guest pages {:.1} MiB; guest memory {} MiB; RSS at start {:.1} MiB, peak before reboot() {:.1} MiB",
                     mib(b.arena_bytes),
                     mib(b.metadata_bytes),
                     mib(b.touched_pages * 4096),
-                    gib * 1024,
+                    bytes >> 20,
                     mib(b.start_rss),
                     mib(b.peak_rss_before_kexec)
                 ),
@@ -1197,7 +1379,7 @@ fn schema_diff(o: &Opts) -> Result<Vec<Row>, String> {
         let old = luo_bench::synthetic_snapshot(structs, 50, false);
         let new = luo_bench::synthetic_snapshot(structs, 50, true);
         let (ms, n) = median_ms(o.rounds(21), || {
-            let d = luo_spec::schema_diff::diff_component(black_box(&old), black_box(&new));
+            let d = luo_schema::diff::diff_component(black_box(&old), black_box(&new));
             black_box(d.findings.len());
         });
         rows.push(row(

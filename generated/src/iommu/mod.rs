@@ -10,7 +10,7 @@
 //! heads of three chains of page-sized arrays (hardware units, domains,
 //! devices). Slots are appended, never reused; a full page chains to the next.
 //! Every object starts with struct iommu_hdr_ser: a reference count (devices
-//! behind one hardware unit share its entry) and IOMMU_SER_FLAG_* flags.
+//! behind one hardware unit share its entry) and the deleted and incoming bits.
 //!
 //! Differences from upstream's header, which this ABI otherwise follows byte
 //! for byte: upstream's struct iommu_domain_ser ends with a kernel pointer,
@@ -28,16 +28,6 @@
 
 use luo_abi::{AlignedU64, Phys, PhysAddr};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
-
-/// The object's preservation failed or was undone; the slot is not reused.
-///
-/// C: `BIT(0)`
-pub const IOMMU_SER_FLAG_DELETED: u64 = 1;
-
-/// The object was restored by the new kernel.
-///
-/// C: `BIT(1)`
-pub const IOMMU_SER_FLAG_INCOMING: u64 = 2;
 
 /// Hardware units per page (36 with 4 KiB pages).
 ///
@@ -64,20 +54,70 @@ pub const IOMMU_INTEL: u32 = 1;
 pub const IOMMU_ARM_SMMUV3: u32 = 2;
 
 /// struct iommu_hdr_ser - Start of every preserved IOMMU object.
+///
+/// The state bits are bitfields of a u32, as posted. Upstream declares only the
+/// two bits; in a packed struct the unit would then end after one byte and
+/// every object would shrink and shift, so the spec fills the unit with a
+/// reserved member: the bytes are those of the earlier u32 flags word with
+/// IOMMU_SER_FLAG_DELETED = bit 0 and IOMMU_SER_FLAG_INCOMING = bit 1.
 #[repr(C, packed)]
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct iommu_hdr_ser {
     /// Preserved users of the object (1 when created).
     pub ref_count: u32,
-    /// IOMMU_SER_FLAG_* flags.
-    pub flags: u32,
+    /// Storage unit of the bitfields `deleted`, `incoming`, `reserved`; use the accessors.
+    pub bitfield_4: u32,
+}
+
+impl iommu_hdr_ser {
+    /// The object's preservation failed or was undone; the slot is not reused.
+    ///
+    /// Bits 0..1 of the unit at offset 4.
+    #[inline]
+    pub const fn deleted(&self) -> u32 {
+        self.bitfield_4 & 1
+    }
+
+    /// Set `deleted`; bits beyond its width are dropped.
+    #[inline]
+    pub fn set_deleted(&mut self, value: u32) {
+        self.bitfield_4 = (self.bitfield_4 & !1) | (value & 1);
+    }
+
+    /// The object was restored by the new kernel.
+    ///
+    /// Bits 1..2 of the unit at offset 4.
+    #[inline]
+    pub const fn incoming(&self) -> u32 {
+        (self.bitfield_4 >> 1) & 1
+    }
+
+    /// Set `incoming`; bits beyond its width are dropped.
+    #[inline]
+    pub fn set_incoming(&mut self, value: u32) {
+        self.bitfield_4 = (self.bitfield_4 & !(1 << 1)) | ((value & 1) << 1);
+    }
+
+    /// Must be zero.
+    ///
+    /// Bits 2..32 of the unit at offset 4.
+    #[inline]
+    pub const fn reserved(&self) -> u32 {
+        (self.bitfield_4 >> 2) & 0x3fffffff
+    }
+
+    /// Set `reserved`; bits beyond its width are dropped.
+    #[inline]
+    pub fn set_reserved(&mut self, value: u32) {
+        self.bitfield_4 = (self.bitfield_4 & !(0x3fffffff << 2)) | ((value & 0x3fffffff) << 2);
+    }
 }
 
 const _: () = {
     assert!(core::mem::size_of::<iommu_hdr_ser>() == 8);
     assert!(core::mem::align_of::<iommu_hdr_ser>() == 1);
     assert!(core::mem::offset_of!(iommu_hdr_ser, ref_count) == 0);
-    assert!(core::mem::offset_of!(iommu_hdr_ser, flags) == 4);
+    assert!(core::mem::offset_of!(iommu_hdr_ser, bitfield_4) == 4);
 };
 
 // SAFETY: `luo gen` laid this struct out from the spec with no implicit
@@ -91,6 +131,9 @@ unsafe impl luo_abi::abi::AbiType for iommu_hdr_ser {
     const PACKED: bool = true;
 
     fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        if self.reserved() != 0 {
+            return Err(luo_abi::abi::ReservedNonZero { ty: "iommu_hdr_ser", field: "reserved" });
+        }
         Ok(())
     }
 }

@@ -10,7 +10,8 @@
 //! functions below. Every entry point fails with -EOPNOTSUPP when LUO is
 //! disabled.
 //!
-//! A preserved file may depend on another file preserved in the same session
+//! With linux/luo_ext.h (this project's, not upstream's), a preserved file
+//! may depend on another file preserved in the same session
 //! (a guest_memfd on its KVM VM): its handler lists the compatibles it may
 //! depend on in liveupdate_file_handler.depends_on, names the dependency by its
 //! token with liveupdate_get_token_outgoing() (preserve and freeze) and gets it
@@ -73,7 +74,7 @@ pub struct liveupdate_file_op_args {
     pub serialized_data: u64,
     /// Runtime state that is not handed over: set by preserve, released by unpreserve.
     pub private_data: *mut core::ffi::c_void,
-    /// The session the file is preserved in (outgoing) or comes from (incoming). Not in upstream's struct (its handlers get the session from the caller); the handle for liveupdate_get_token_outgoing() and liveupdate_get_file_incoming(), valid for the duration of the callback.
+    /// This core's extension (linux/luo_ext.h): the session the file is preserved in (outgoing) or comes from (incoming). Not in upstream's struct (its handlers get the session from the caller); the handle for liveupdate_get_token_outgoing() and liveupdate_get_file_incoming(), valid for the duration of the callback.
     pub session: *mut liveupdate_session,
 }
 
@@ -177,7 +178,7 @@ pub struct liveupdate_file_handler {
     pub ops: *const liveupdate_file_ops,
     /// Compatible string (for example "memfd-v2"), written to luo_file_ser.compatible and matched exactly in the next kernel; unique among registered handlers.
     pub compatible: [u8; 48],
-    /// NULL, or a NULL-terminated array of the compatibles of the handlers whose files this handler's files may depend on (at most LIVEUPDATE_DEPENDS_MAX entries, each non-empty and shorter than LIVEUPDATE_HNDL_COMPAT_LENGTH, else registration fails with -EINVAL). liveupdate_get_token_outgoing() and liveupdate_get_file_incoming() refuse any other file with -EINVAL.
+    /// This core's extension (linux/luo_ext.h), not upstream's: NULL, or a NULL-terminated array of the compatibles of the handlers whose files this handler's files may depend on (at most LIVEUPDATE_DEPENDS_MAX entries, each non-empty and shorter than LIVEUPDATE_HNDL_COMPAT_LENGTH, else registration fails with -EINVAL). liveupdate_get_token_outgoing() and liveupdate_get_file_incoming() refuse any other file with -EINVAL.
     pub depends_on: *const *const u8,
 }
 

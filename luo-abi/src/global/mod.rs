@@ -232,6 +232,7 @@ impl Drop for CallbackScope<'_> {
     }
 }
 
+#[inline]
 fn check_reentry(task: usize, callback: &AtomicUsize, holder: Option<&AtomicUsize>) -> Result {
     if callback.load(Ordering::Relaxed) == task {
         return Err(Errno::EDEADLK);
@@ -286,7 +287,7 @@ fn missing_object() -> ! {
 // FLB
 
 // ---------------------------------------------------------------------------------------------
-// Handler-scoped state (the seed)
+// Handler-scoped state (LUO v4's global_state API)
 
 /// The ABI side of handler-scoped state; implemented by `#[liveupdate_global_state(...)]`.
 ///
@@ -423,7 +424,7 @@ pub unsafe trait StateOwner: 'static {
     ) -> Option<(&'a HandlerStateCell<Self::State>, &'a dyn LuoHost)>;
 }
 
-/// Handler-scoped state of one registered handler (the seed's
+/// Handler-scoped state of one registered handler (LUO v4's
 /// `global_state_create/restore/destroy`).
 pub struct HandlerStateCell<S: HandlerState> {
     state: S,
@@ -455,11 +456,12 @@ impl<S: HandlerState> HandlerStateCell<S> {
         &self.state
     }
 
+    #[inline]
     fn get<'a>(
         &'a self,
         host: &'a dyn LuoHost,
         fh: *mut c_void,
-        present: fn(&StateSlot<S>) -> bool,
+        present: impl Fn(&StateSlot<S>) -> bool,
     ) -> Result<(StateSlotGuard<'a, S>, usize)> {
         let task = host.current_task();
         check_reentry(task, &self.callback, Some(&self.holder))?;

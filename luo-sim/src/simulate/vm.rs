@@ -33,7 +33,7 @@ use luo_abi::file::{File, FileKind, FileRef};
 use luo_abi::registry::Registry;
 use luo_generated::kvm::GUEST_MEMFD_LUO_FLAG_MMAP;
 use luo_handlers::guest_memfd::{GMEM_FILE_NAME, GuestMemfd, gmem_of};
-use luo_handlers::hugetlb::{self, Form, HugeMemfd, Hugetlb, Pool};
+use luo_handlers::hugetlb::{Form, HugeMemfd, Hugetlb, Pool};
 use luo_handlers::iommu::HwUnit;
 use luo_handlers::iommufd::{self, Iommufd, REQUIRED_SEALS};
 use luo_handlers::kvm::{KVM_X86_SW_PROTECTED_VM, VM_FILE_NAME, Vm, vm_of};
@@ -313,7 +313,7 @@ fn pool(h: &Hugetlb) -> Pool {
 pub(crate) fn register(k: &Kernel, form: Form) -> Result<(Hugetlb, Devices), SimError> {
     let h = op(
         || "register HugeTLB, kvm, guest_memfd".into(),
-        hugetlb::register(k, form),
+        luo_handlers::vm::register(k, form),
     )?;
     let devs = op(
         || "register iommufd, PCI bus, vfio-pci".into(),
@@ -660,22 +660,34 @@ pub(super) fn retrieve_and_verify(
     let _current = k.enter();
     let seed = p.seed;
     let ((h, devs), t) = timed(|| register(k, p.hugetlb_form))?;
+    // Only the preserved pages cross (`hugetlb_ser`); nr_hugepages of this kernel counts them.
+    let crossed = pool(&h);
+    let want = Pool {
+        total: 2 * HUGE_PAGES,
+        free: 0,
+        held_incoming: 2 * HUGE_PAGES,
+    };
+    check_that(crossed == want, || {
+        format!("HugeTLB pool at registration {crossed:?}, expected {want:?}")
+    })?;
+    op(|| "nr_hugepages".into(), h.configure(ORDER, POOL))?;
     let booted = pool(&h);
     let want = Pool {
         total: POOL,
         free: POOL - 2 * HUGE_PAGES,
-        held_incoming: 2 * HUGE_PAGES,
+        ..crossed
     };
     check_that(booted == want, || {
-        format!("HugeTLB pool at registration {booted:?}, expected {want:?}")
+        format!("HugeTLB pool after nr_hugepages {booted:?}, expected {want:?}")
     })?;
     rep.phase(
         "register",
         t,
         &format!(
-            "HugeTLB as {}: pool rebuilt before any retrieve: {} pages, {} free, {} held for \
-             incoming files",
+            "HugeTLB as {}: {} preserved pages counted in before any retrieve; with \
+             nr_hugepages {} pages, {} free, {} held for incoming files",
             hugetlb_form_name(p.hugetlb_form),
+            crossed.held_incoming,
             booted.total,
             booted.free,
             booted.held_incoming

@@ -41,7 +41,8 @@ struct DefineView {
 
 struct MacroView {
     doc: Vec<String>,
-    kernel_only: bool,
+    /// `#ifdef` around the macro: `__KERNEL__` or a config symbol.
+    guard: Option<String>,
     lines: Vec<String>,
 }
 
@@ -89,8 +90,15 @@ impl Backend for CHeaders {
         for k in &ir.kernels {
             out.insert(k.include.join(KERNEL_COMPAT_PATH), kernel_compat());
             for scope in &k.units {
-                let path = k.include.join(&scope.component().header);
+                let comp = scope.component();
+                let path = k.include.join(&comp.header);
                 out.insert(path, header(*scope, k.kernel, &ir.layouts));
+                if let Some((ext, _, _)) = &comp.ext_header {
+                    out.insert(
+                        k.include.join(ext),
+                        ext_header(*scope, k.kernel, &ir.layouts),
+                    );
+                }
             }
         }
     }
@@ -98,10 +106,27 @@ impl Backend for CHeaders {
 
 /// Render a component's header as a kernel writes it.
 pub fn header(scope: Scope<'_>, kernel: &Kernel, layouts: &LayoutTable) -> String {
+    render(scope, kernel, layouts, false)
+}
+
+/// Render a component's extension header (`ext_header`: its items with `ext = true`, this
+/// project's additions to an upstream API), which includes the component's header.
+pub fn ext_header(scope: Scope<'_>, kernel: &Kernel, layouts: &LayoutTable) -> String {
+    render(scope, kernel, layouts, true)
+}
+
+fn render(scope: Scope<'_>, kernel: &Kernel, layouts: &LayoutTable, ext: bool) -> String {
     let comp = scope.component();
     let abi = comp.abi;
     let items = header_items(scope);
-    let structs: Vec<&Struct> = ordered_structs(&items);
+    let here = Here {
+        ext,
+        kernel: &kernel.name,
+    };
+    let structs: Vec<&Struct> = ordered_structs(&items)
+        .into_iter()
+        .filter(|s| here.has(&s.place))
+        .collect();
     let view = HeaderView {
         spdx: if abi == AbiKind::Uapi {
             "GPL-2.0 WITH Linux-syscall-note"
@@ -111,18 +136,27 @@ pub fn header(scope: Scope<'_>, kernel: &Kernel, layouts: &LayoutTable) -> Strin
         spec_path: format!("spec/{}.toml", comp.name),
         kernel: kernel.name.clone(),
         version: scope.version().map(|v| v.id.clone()),
-        doc: kernel_doc(comp.doc.as_deref()),
-        guard: comp.guard.clone(),
-        includes: includes(scope, &items),
-        consts: defines(scope, &items),
+        doc: match (&comp.ext_header, ext) {
+            (Some((_, _, doc)), true) => kernel_doc(doc.as_deref()),
+            _ => kernel_doc(comp.doc.as_deref()),
+        },
+        guard: match (&comp.ext_header, ext) {
+            (Some((_, guard, _)), true) => guard.clone(),
+            _ => comp.guard.clone(),
+        },
+        includes: includes(scope, &items, here),
+        consts: defines(scope, &items, here),
+        // Macros, enums and ioctls have no placement: the component's own header.
         macros: items
             .iter()
+            .filter(|_| !ext)
             .flat_map(|i| &i.macros)
             .map(macro_view)
             .collect(),
         enums: items
             .iter()
             .flat_map(|i| &i.enums)
+            .filter(|e| here.has(&e.place))
             .map(|e| EnumView {
                 doc: comment(e.doc.as_deref()),
                 name: e.name.clone(),
@@ -136,6 +170,7 @@ pub fn header(scope: Scope<'_>, kernel: &Kernel, layouts: &LayoutTable) -> Strin
         structs: structs.iter().map(|s| struct_view(s, abi)).collect(),
         ioctls: items
             .iter()
+            .filter(|_| !ext)
             .flat_map(|i| &i.ioctls)
             .map(|i| DefineView {
                 doc: kernel_doc(i.doc.as_deref()),
@@ -147,6 +182,7 @@ pub fn header(scope: Scope<'_>, kernel: &Kernel, layouts: &LayoutTable) -> Strin
         functions: items
             .iter()
             .flat_map(|i| &i.functions)
+            .filter(|f| here.has(&f.place))
             .map(|f| function_view(f, abi))
             .collect(),
         asserts: assertions(scope, &structs, layouts),
@@ -157,10 +193,39 @@ pub fn header(scope: Scope<'_>, kernel: &Kernel, layouts: &LayoutTable) -> Strin
         .unwrap_or_else(|e| format!("/* render error: {e} */\n"))
 }
 
+/// Which header is being rendered: the component's own or its extension header, for which
+/// kernel.
+#[derive(Clone, Copy)]
+struct Here<'a> {
+    ext: bool,
+    kernel: &'a str,
+}
+
+impl Here<'_> {
+    fn has(self, p: &crate::model::Placement) -> bool {
+        p.in_header(self.ext, self.kernel)
+    }
+}
+
 /// The `#include` lines and forward declarations.
-fn includes(scope: Scope<'_>, items: &[&Items]) -> Vec<String> {
+fn includes(scope: Scope<'_>, items: &[&Items], here: Here<'_>) -> Vec<String> {
     let comp = scope.component();
     let abi = comp.abi;
+    if here.ext {
+        // The extension header builds on the component's own, and declares its own structs.
+        let mut out = vec![format!("#include <{}>", comp.header)];
+        let forward: Vec<String> = items
+            .iter()
+            .flat_map(|i| &i.structs)
+            .filter(|s| here.has(&s.place))
+            .map(|s| format!("struct {};", s.name))
+            .collect();
+        if !forward.is_empty() {
+            out.push(String::new());
+            out.extend(forward);
+        }
+        return out;
+    }
     // Headers `luo gen` renders are included as they are; kernel-only ones
     // (`asm/page.h`, `linux/align.h`) only under `__KERNEL__`, with
     // `luo/kernel_compat.h` standing in for them elsewhere.
@@ -218,6 +283,7 @@ fn includes(scope: Scope<'_>, items: &[&Items]) -> Vec<String> {
             items
                 .iter()
                 .flat_map(|i| &i.structs)
+                .filter(|s| here.has(&s.place))
                 .map(|s| format!("struct {};", s.name)),
         );
     }
@@ -228,32 +294,38 @@ fn includes(scope: Scope<'_>, items: &[&Items]) -> Vec<String> {
     includes
 }
 
-/// The `#define`s of constants and of the feature negotiation.
-fn defines(scope: Scope<'_>, items: &[&Items]) -> Vec<DefineView> {
-    let consts = items.iter().flat_map(|i| &i.consts).map(|c| {
-        let value = match &c.value {
-            ConstValue::Str(s) => format!("\"{s}\""),
-            ConstValue::Int(e) if e.is_atom() => e.to_c(),
-            ConstValue::Int(e) => format!("({})", e.to_c()),
-        };
-        DefineView {
-            doc: comment(c.doc.as_deref()),
-            pad: pad(&c.name),
-            name: c.name.clone(),
-            value,
-        }
-    });
+/// The `#define`s of constants and of the feature negotiation. An `internal` constant is
+/// upstream's in a .c file, not in the header.
+fn defines(scope: Scope<'_>, items: &[&Items], here: Here<'_>) -> Vec<DefineView> {
+    let consts = items
+        .iter()
+        .flat_map(|i| &i.consts)
+        .filter(|c| !c.internal && here.has(&c.place))
+        .map(|c| {
+            let value = match &c.value {
+                ConstValue::Str(s) => format!("\"{s}\""),
+                ConstValue::Int(e) if e.is_atom() => e.to_c(),
+                ConstValue::Int(e) => format!("({})", e.to_c()),
+            };
+            DefineView {
+                doc: comment(c.doc.as_deref()),
+                pad: pad(&c.name),
+                name: c.name.clone(),
+                value,
+            }
+        });
+    let features = if here.ext {
+        Vec::new()
+    } else {
+        crate::render::feature_defines(scope)
+    };
     consts
-        .chain(
-            crate::render::feature_defines(scope)
-                .into_iter()
-                .map(|f| DefineView {
-                    doc: comment(Some(&f.doc)),
-                    pad: pad(&f.name),
-                    name: f.name,
-                    value: f.c_value,
-                }),
-        )
+        .chain(features.into_iter().map(|f| DefineView {
+            doc: comment(Some(&f.doc)),
+            pad: pad(&f.name),
+            name: f.name,
+            value: f.c_value,
+        }))
         .collect()
 }
 
@@ -274,7 +346,11 @@ fn macro_view(mac: &CMacro) -> MacroView {
     };
     MacroView {
         doc: comment(mac.doc.as_deref()),
-        kernel_only: mac.kernel_only,
+        guard: match (&mac.ifdef, mac.kernel_only) {
+            (Some(sym), _) => Some(sym.clone()),
+            (None, true) => Some("__KERNEL__".into()),
+            (None, false) => None,
+        },
         lines,
     }
 }

@@ -248,6 +248,12 @@ pub fn version_identity(scope: Scope<'_>) -> Vec<String> {
             ConstValue::Int(_) => None,
         })
         .collect();
+    // A versionless compatible string with the version inside the data
+    // (upstream's `"pci"` with `pci_ser.version`): the reader checks both,
+    // so both identify the version.
+    if !out.is_empty() {
+        out.extend(version_fields(scope).map(|(at, v)| format!("{at}={v}")));
+    }
     for node in items.iter().flat_map(|i| &i.fdt_nodes) {
         let c = string_const(scope, &node.compatible.name);
         if !c.is_empty() && !out.contains(&c) {
@@ -255,8 +261,13 @@ pub fn version_identity(scope: Scope<'_>) -> Vec<String> {
         }
     }
     // A feature-negotiated format with no name of its own (luo's `next`) is
-    // identified by its KHO entry, the versionless name the reader looks up.
-    if out.is_empty() && scope.version().is_some_and(|v| v.features.is_some()) {
+    // identified by its KHO entry, the versionless name the reader looks up;
+    // so is a format whose version is a member of its data (kexec-metadata),
+    // with that member's value.
+    let versions: Vec<(String, u64)> = version_fields(scope).collect();
+    if out.is_empty()
+        && (scope.version().is_some_and(|v| v.features.is_some()) || !versions.is_empty())
+    {
         out.extend(
             items
                 .iter()
@@ -267,6 +278,9 @@ pub fn version_identity(scope: Scope<'_>) -> Vec<String> {
                     ConstValue::Int(_) => None,
                 }),
         );
+        if !out.is_empty() {
+            out.extend(versions.iter().map(|(at, v)| format!("{at}={v}")));
+        }
     }
     // A version with no string of its own (block.h before `block-v1`) is
     // known by its spec id.
@@ -277,6 +291,24 @@ pub fn version_identity(scope: Scope<'_>) -> Vec<String> {
         out.push(format!("{}/{}", scope.component().name, v.id));
     }
     out
+}
+
+/// The `version` constants a version shows: the member each is written into
+/// (`pci_ser.version`) and its value.
+pub fn version_fields(scope: Scope<'_>) -> impl Iterator<Item = (String, u64)> {
+    use crate::ast::ConstRole;
+    header_items(scope)
+        .into_iter()
+        .flat_map(|i| &i.consts)
+        .filter(|c| c.role == Some(ConstRole::Version))
+        .filter_map(|c| match (&c.value, c.into.first()) {
+            (ConstValue::Int(crate::expr::Expr::Int(v, _)), Some((st, f, _))) => {
+                Some((format!("{st}.{f}"), *v))
+            }
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
 }
 
 /// FNV-1a over the primary-target layout of every struct a version shows.
@@ -570,20 +602,57 @@ pub fn spec_json_schema() -> String {
     serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
 }
 
+/// Whose answer a kernel set gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum View {
+    /// This tree's build of the kernel: what its spec says it writes and reads.
+    #[default]
+    Luo,
+    /// Upstream's released kernel: its frozen snapshot under `schema/released/`.
+    Upstream,
+    /// Snapshots given as files or a git revision: no kernel view.
+    Files,
+}
+
+impl View {
+    /// The prefix that names the view (`luo`, `upstream`), if any.
+    pub fn prefix(self) -> Option<&'static str> {
+        match self {
+            View::Luo => Some("luo"),
+            View::Upstream => Some("upstream"),
+            View::Files => None,
+        }
+    }
+}
+
 /// One kernel's snapshots, by component (what `generated/` holds for a kernel and what
 /// `schema/` froze for a released one).
 #[derive(Debug, Clone, PartialEq)]
 pub struct KernelSet {
     /// Kernel name (`7.3`, `current`, or a file name).
     pub kernel: String,
+    /// Whose answer this set gives.
+    pub view: View,
     /// Snapshots by component name.
     pub components: BTreeMap<String, ComponentSnapshot>,
+}
+
+impl KernelSet {
+    /// The kernel with its view, as every output names it: `luo:7.3`, `upstream:7.3`.
+    pub fn label(&self) -> String {
+        match self.view.prefix() {
+            Some(p) => format!("{p}:{}", self.kernel),
+            None => self.kernel.clone(),
+        }
+    }
 }
 
 /// The snapshots of every component `k` shows.
 pub fn kernel_set(ir: &Ir<'_>, k: &KernelIr<'_>) -> KernelSet {
     KernelSet {
         kernel: k.kernel.name.clone(),
+        view: View::Luo,
         components: k
             .units
             .iter()

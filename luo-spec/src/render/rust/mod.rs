@@ -197,9 +197,12 @@ fn write_items(
                         ""
                     }
                 );
+                // A `version` constant has the type of the member it is written into, so a
+                // reader compares them without a cast.
+                let ty = version_member_type(scope, c).unwrap_or("u64");
                 match ir.engine.eval(scope, e, Target::PRIMARY) {
                     Ok(v) => {
-                        let _ = writeln!(m, "pub const {}: u64 = {};", c.name, lit(v));
+                        let _ = writeln!(m, "pub const {}: {ty} = {};", c.name, lit(v));
                     }
                     Err(err) => {
                         let _ = writeln!(m, "pub const {}: u64 = 0; // {err}", c.name);
@@ -669,5 +672,21 @@ fn rust_ident(name: &str) -> String {
         format!("r#{name}")
     } else {
         name.to_string()
+    }
+}
+
+/// The Rust type of the member a `version` constant is written into (`u32` for
+/// `pci_ser.version`); `None` for other constants.
+fn version_member_type(scope: Scope<'_>, c: &crate::model::Const) -> Option<&'static str> {
+    if c.role != Some(crate::ast::ConstRole::Version) {
+        return None;
+    }
+    let (st, field, _) = c.into.first()?;
+    let (_, strukt) = scope.find_struct(st)?;
+    match strukt.fields.iter().find(|f| f.name == *field)?.ty {
+        Ty::Prim(Prim::U8) => Some("u8"),
+        Ty::Prim(Prim::U16) => Some("u16"),
+        Ty::Prim(Prim::U32) => Some("u32"),
+        _ => None,
     }
 }

@@ -43,20 +43,11 @@
 #define LUO_ABI_COMPATIBLE		"luo-v5"
 /* Size of luo_ser.compatible: the string and its NUL, rounded up to 8 bytes. */
 #define LUO_ABI_COMPAT_LEN		ALIGN(sizeof(LUO_ABI_COMPATIBLE), 8)
-/*
- * Session entries per block (51 with 4 KiB pages). Not an upstream macro:
- * upstream computes it in KHO_BLOCK_SET_INIT() from the entry size.
- */
-#define LUO_SESSIONS_PER_BLOCK		((KHO_BLOCK_SIZE - sizeof(struct kho_block_header_ser)) / sizeof(struct luo_session_ser))
-/*
- * File entries per block (63 with 4 KiB pages). Not an upstream macro:
- * upstream computes it in KHO_BLOCK_SET_INIT() from the entry size.
- */
-#define LUO_FILES_PER_BLOCK		((KHO_BLOCK_SIZE - sizeof(struct kho_block_header_ser)) / sizeof(struct luo_file_ser))
-/* Pages of the FLB area (kernel/liveupdate/luo_flb.c upstream). */
-#define LUO_FLB_PGCNT			1ul
-/* FLBs the area holds, a global limit (63 with 4 KiB pages); one more gives ENOSPC at registration. */
-#define LUO_FLB_MAX			(((LUO_FLB_PGCNT * PAGE_SIZE) - sizeof(struct luo_flb_header_ser)) / sizeof(struct luo_flb_ser))
+/* Compatible string of upstream's test FLB number i (lib/tests/liveupdate.c). */
+#ifdef CONFIG_LIVEUPDATE_TEST
+#define LIVEUPDATE_TEST_FLB_COMPATIBLE(i) "liveupdate-test-flb-v" #i
+#endif
+
 
 /**
  * struct luo_file_ser - One preserved file.

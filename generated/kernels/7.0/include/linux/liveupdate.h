@@ -13,7 +13,8 @@
  * functions below. Every entry point fails with -EOPNOTSUPP when LUO is
  * disabled.
  *
- * A preserved file may depend on another file preserved in the same session
+ * With linux/luo_ext.h (this project's, not upstream's), a preserved file
+ * may depend on another file preserved in the same session
  * (a guest_memfd on its KVM VM): its handler lists the compatibles it may
  * depend on in liveupdate_file_handler.depends_on, names the dependency by its
  * token with liveupdate_get_token_outgoing() (preserve and freeze) and gets it
@@ -47,12 +48,7 @@ struct liveupdate_file_handler;
 struct liveupdate_flb_op_args;
 struct liveupdate_flb_ops;
 struct liveupdate_flb;
-struct liveupdate_fh_global_state_ops;
-struct liveupdate_subsystem_ops;
-struct liveupdate_subsystem;
 
-/* Most compatibles one handler's depends_on may list. */
-#define LIVEUPDATE_DEPENDS_MAX		8
 
 /**
  * struct liveupdate_file_op_args - Arguments of the file handler callbacks.
@@ -61,7 +57,7 @@ struct liveupdate_subsystem;
  * @file: Input to every op except retrieve, which outputs the rebuilt file; NULL in can_finish and finish for a file never retrieved.
  * @serialized_data: Opaque handle to the handler's serialized state: output of preserve (freeze may update it), input to the others. Stored in luo_file_ser.data.
  * @private_data: Runtime state that is not handed over: set by preserve, released by unpreserve.
- * @session: The session the file is preserved in (outgoing) or comes from (incoming). Not in upstream's struct (its handlers get the session from the caller); the handle for liveupdate_get_token_outgoing() and liveupdate_get_file_incoming(), valid for the duration of the callback.
+ * @session: This core's extension (linux/luo_ext.h): the session the file is preserved in (outgoing) or comes from (incoming). Not in upstream's struct (its handlers get the session from the caller); the handle for liveupdate_get_token_outgoing() and liveupdate_get_file_incoming(), valid for the duration of the callback.
  *
  * LUO fills the inputs of each call and keeps the outputs only when the
  * callback succeeds.
@@ -109,7 +105,7 @@ struct liveupdate_file_ops {
  * struct liveupdate_file_handler - A file handler, registered with
  * @ops: The handler's callbacks.
  * @compatible: Compatible string (for example "memfd-v2"), written to luo_file_ser.compatible and matched exactly in the next kernel; unique among registered handlers.
- * @depends_on: NULL, or a NULL-terminated array of the compatibles of the handlers whose files this handler's files may depend on (at most LIVEUPDATE_DEPENDS_MAX entries, each non-empty and shorter than LIVEUPDATE_HNDL_COMPAT_LENGTH, else registration fails with -EINVAL). liveupdate_get_token_outgoing() and liveupdate_get_file_incoming() refuse any other file with -EINVAL.
+ * @depends_on: This core's extension (linux/luo_ext.h), not upstream's: NULL, or a NULL-terminated array of the compatibles of the handlers whose files this handler's files may depend on (at most LIVEUPDATE_DEPENDS_MAX entries, each non-empty and shorter than LIVEUPDATE_HNDL_COMPAT_LENGTH, else registration fails with -EINVAL). liveupdate_get_token_outgoing() and liveupdate_get_file_incoming() refuse any other file with -EINVAL.
  *
  * liveupdate_register_file_handler().
  *
@@ -173,61 +169,6 @@ struct liveupdate_flb {
 };
 
 /**
- * struct liveupdate_fh_global_state_ops - Global state of one file handler.
- * @global_state_create: Create and serialize the state; returns the live object in *obj and the handle to hand over in *data_handle.
- * @global_state_restore: In the new kernel, rebuild the live object from the handed-over handle.
- * @global_state_destroy: Free the state after its last file is unpreserved or finished.
- *
- * Attached to a registered handler with liveupdate_fh_global_state_register();
- * all three callbacks are required. The state is created on the first
- * preserve of a file of the handler, restored in the new kernel before its
- * first use, and destroyed after the last file is unpreserved or finished.
- * Kept out of struct liveupdate_file_handler so that struct keeps upstream's
- * layout.
- */
-struct liveupdate_fh_global_state_ops {
-	int (*global_state_create)(struct liveupdate_file_handler *handler, void **obj, u64 *data_handle);
-	int (*global_state_restore)(struct liveupdate_file_handler *handler, u64 data_handle, void **obj);
-	void (*global_state_destroy)(struct liveupdate_file_handler *handler, void *obj);
-};
-
-/**
- * struct liveupdate_subsystem_ops - Callbacks of a subsystem.
- * @prepare: Start serializing while the workload still runs; may set *data.
- * @freeze: Final serialization on the reboot path, after the files; may update *data.
- * @cancel: The live update was cancelled after prepare or freeze; clean up.
- * @boot: In the new kernel, restore the state when the subsystem registers.
- * @finish: In the new kernel, release the handed-over state after the last incoming session finishes.
- * @owner: Module implementing the subsystem.
- *
- * Every callback is optional, as in the v4 series. A subsystem hands one u64
- * to the next kernel: prepare and freeze may set it, the others receive it.
- */
-struct liveupdate_subsystem_ops {
-	int (*prepare)(struct liveupdate_subsystem *handle, u64 *data);
-	int (*freeze)(struct liveupdate_subsystem *handle, u64 *data);
-	void (*cancel)(struct liveupdate_subsystem *handle, u64 data);
-	void (*boot)(struct liveupdate_subsystem *handle, u64 data);
-	void (*finish)(struct liveupdate_subsystem *handle, u64 data);
-	struct module *owner;
-};
-
-/**
- * struct liveupdate_subsystem - A subsystem, registered with
- * @ops: The subsystem's callbacks.
- * @name: Unique name; also names the subsystem's handover data.
- *
- * liveupdate_register_subsystem().
- *
- * The v4 series also had a private list head and cached data here; the Rust
- * core keeps them in a side table.
- */
-struct liveupdate_subsystem {
-	const struct liveupdate_subsystem_ops *ops;
-	const char *name;
-};
-
-/**
  * Whether the live update orchestrator is enabled.
  */
 bool liveupdate_enabled(void);
@@ -241,29 +182,6 @@ int liveupdate_register_file_handler(struct liveupdate_file_handler *fh);
  * Unregister a file handler and unlink its FLBs.
  */
 void liveupdate_unregister_file_handler(struct liveupdate_file_handler *fh);
-
-/**
- * From the preserve or freeze callback of a file of session s (args->session):
- * the token under which file is preserved in s, and a recorded dependency of
- * the calling file on it, so LUO unpreserves the caller first. -ENOENT if file
- * is not preserved in s (a dependent cannot be preserved or frozen without its
- * dependency), -EINVAL if its handler's compatible is not in the caller's
- * depends_on, or when not called from such a callback of s.
- */
-int liveupdate_get_token_outgoing(struct liveupdate_session *s, struct file *file, u64 *tokenp);
-
-/**
- * From the retrieve callback of a file of incoming session s (args->session):
- * the file preserved under token in s, retrieved first if it was not yet (a
- * later LIVEUPDATE_SESSION_RETRIEVE_FD of the token returns the same file), and
- * a recorded dependency of the calling file on it, so LUO finishes the caller
- * first. No reference is taken: s holds the file until it finishes, which is
- * after the caller. -ENOENT for an unknown token, -EINVAL if the file's handler
- * compatible is not in the caller's depends_on or when not called from such a
- * callback of s, -EDEADLK if retrieving it needs the caller itself (a cycle),
- * or the error its retrieve returned.
- */
-int liveupdate_get_file_incoming(struct liveupdate_session *s, u64 token, struct file **filep);
 
 /**
  * Make files of a registered handler depend on an FLB. -EEXIST if already linked or the compatible is taken by another FLB, -ENOSPC past LUO_FLB_MAX FLBs.
@@ -289,31 +207,6 @@ void liveupdate_flb_put_incoming(struct liveupdate_flb *flb);
  * Get the live object created by the FLB's preserve.
  */
 int liveupdate_flb_get_outgoing(struct liveupdate_flb *flb, void **objp);
-
-/**
- * Attach global state callbacks to a registered file handler. -EINVAL if a callback is missing, -EEXIST if the handler already has global state.
- */
-int liveupdate_fh_global_state_register(struct liveupdate_file_handler *fh, const struct liveupdate_fh_global_state_ops *ops);
-
-/**
- * Lock the handler's global state and return it, creating or restoring it first if needed. Must be paired with liveupdate_fh_global_state_put(); -EDEADLK when called from the state's own callbacks.
- */
-int liveupdate_fh_global_state_get(struct liveupdate_file_handler *fh, void **objp);
-
-/**
- * Unlock the handler's global state.
- */
-void liveupdate_fh_global_state_put(struct liveupdate_file_handler *fh);
-
-/**
- * Register a subsystem. -EEXIST if the name is taken; calls boot when the previous kernel handed over data for it.
- */
-int liveupdate_register_subsystem(struct liveupdate_subsystem *h);
-
-/**
- * Unregister a subsystem.
- */
-int liveupdate_unregister_subsystem(struct liveupdate_subsystem *h);
 
 /*
  * Layout assertions: sizes and offsets computed by `luo gen` from the spec.
@@ -370,20 +263,6 @@ __LUO_ASSERT(offsetof(struct liveupdate_flb_ops, owner) == 32);
 __LUO_ASSERT(sizeof(struct liveupdate_flb) == 56);
 __LUO_ASSERT(offsetof(struct liveupdate_flb, ops) == 0);
 __LUO_ASSERT(offsetof(struct liveupdate_flb, compatible) == 8);
-__LUO_ASSERT(sizeof(struct liveupdate_fh_global_state_ops) == 24);
-__LUO_ASSERT(offsetof(struct liveupdate_fh_global_state_ops, global_state_create) == 0);
-__LUO_ASSERT(offsetof(struct liveupdate_fh_global_state_ops, global_state_restore) == 8);
-__LUO_ASSERT(offsetof(struct liveupdate_fh_global_state_ops, global_state_destroy) == 16);
-__LUO_ASSERT(sizeof(struct liveupdate_subsystem_ops) == 48);
-__LUO_ASSERT(offsetof(struct liveupdate_subsystem_ops, prepare) == 0);
-__LUO_ASSERT(offsetof(struct liveupdate_subsystem_ops, freeze) == 8);
-__LUO_ASSERT(offsetof(struct liveupdate_subsystem_ops, cancel) == 16);
-__LUO_ASSERT(offsetof(struct liveupdate_subsystem_ops, boot) == 24);
-__LUO_ASSERT(offsetof(struct liveupdate_subsystem_ops, finish) == 32);
-__LUO_ASSERT(offsetof(struct liveupdate_subsystem_ops, owner) == 40);
-__LUO_ASSERT(sizeof(struct liveupdate_subsystem) == 16);
-__LUO_ASSERT(offsetof(struct liveupdate_subsystem, ops) == 0);
-__LUO_ASSERT(offsetof(struct liveupdate_subsystem, name) == 8);
 #endif
 
 #if defined(__i386__)
@@ -422,20 +301,6 @@ __LUO_ASSERT(offsetof(struct liveupdate_flb_ops, owner) == 16);
 __LUO_ASSERT(sizeof(struct liveupdate_flb) == 52);
 __LUO_ASSERT(offsetof(struct liveupdate_flb, ops) == 0);
 __LUO_ASSERT(offsetof(struct liveupdate_flb, compatible) == 4);
-__LUO_ASSERT(sizeof(struct liveupdate_fh_global_state_ops) == 12);
-__LUO_ASSERT(offsetof(struct liveupdate_fh_global_state_ops, global_state_create) == 0);
-__LUO_ASSERT(offsetof(struct liveupdate_fh_global_state_ops, global_state_restore) == 4);
-__LUO_ASSERT(offsetof(struct liveupdate_fh_global_state_ops, global_state_destroy) == 8);
-__LUO_ASSERT(sizeof(struct liveupdate_subsystem_ops) == 24);
-__LUO_ASSERT(offsetof(struct liveupdate_subsystem_ops, prepare) == 0);
-__LUO_ASSERT(offsetof(struct liveupdate_subsystem_ops, freeze) == 4);
-__LUO_ASSERT(offsetof(struct liveupdate_subsystem_ops, cancel) == 8);
-__LUO_ASSERT(offsetof(struct liveupdate_subsystem_ops, boot) == 12);
-__LUO_ASSERT(offsetof(struct liveupdate_subsystem_ops, finish) == 16);
-__LUO_ASSERT(offsetof(struct liveupdate_subsystem_ops, owner) == 20);
-__LUO_ASSERT(sizeof(struct liveupdate_subsystem) == 8);
-__LUO_ASSERT(offsetof(struct liveupdate_subsystem, ops) == 0);
-__LUO_ASSERT(offsetof(struct liveupdate_subsystem, name) == 4);
 #endif
 
 #endif /* __LUO_ASSERT */

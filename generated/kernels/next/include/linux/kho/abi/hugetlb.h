@@ -12,7 +12,8 @@
  * physical address is the global state's data handle: upstream's RFC hands
  * it over as the FLB "hugetlb-v1", linked to the "huge-memfd-v1" handler;
  * this project also hands the same bytes over as a subsystem with its own
- * lifecycle. A HugeTLB memfd is a packed struct hugemfd_ser with its folios
+ * lifecycle. Only the pages of preserved files cross, per huge page size; the
+ * new kernel counts them into its pool, held for those files. A HugeTLB memfd is a packed struct hugemfd_ser with its folios
  * in a preserved vmalloc array of struct hugemfd_folio_ser.
  */
 
@@ -29,30 +30,9 @@
 /* Number of huge page sizes (hstates) struct hugetlb_ser can describe. */
 #define HUGETLB_SER_MAX_HSTATES		4
 /* Compatible string of the HugeTLB global state. */
-#define HUGETLB_LUO_FLB_COMPATIBLE	"hugetlb-v1"
+#define HUGETLB_FLB_COMPATIBLE		"hugetlb-v1"
 /* Compatible string of the HugeTLB memfd file handler. */
 #define HUGEMFD_LUO_FH_COMPATIBLE	"huge-memfd-v1"
-
-/**
- * struct hugetlb_hstate_ser - The pool of one huge page size.
- * @order: Page order of the huge page size (9 for 2 MiB, 18 for 1 GiB on x86-64 with 4 KiB pages).
- * @flags: No flags are defined; must be zero.
- * @nr_huge_pages: Pages in the pool (nr_hugepages).
- * @free_huge_pages: Pages free in the pool when the outgoing kernel froze.
- * @nr_preserved: Pages that belong to preserved files.
- *
- * The counts are those of the outgoing kernel when it froze; the incoming
- * kernel rebuilds the pool from them: nr_huge_pages pages, of which
- * nr_preserved belong to preserved files until those are retrieved or
- * finished, and the rest go back to the free pool.
- */
-struct hugetlb_hstate_ser {
-	u32 order;
-	u32 flags;
-	u64 nr_huge_pages;
-	u64 free_huge_pages;
-	u64 nr_preserved;
-} __packed;
 
 /**
  * struct hugemfd_folio_ser - One preserved huge folio of a HugeTLB memfd.
@@ -67,13 +47,27 @@ struct hugemfd_folio_ser {
 } __packed;
 
 /**
- * struct hugetlb_ser - The HugeTLB pools, one entry per huge page size.
+ * struct hugetlb_hstate_ser - The preserved pages of one huge page size.
+ * @nr_pages: Pages of this size that belong to preserved files.
+ * @order: Page order of the huge page size (9 for 2 MiB, 18 for 1 GiB on x86-64 with 4 KiB pages).
+ *
+ * The new kernel counts nr_pages into the pool of that size at boot, held
+ * for the preserved files until they are retrieved or finished; the rest of
+ * its pool is its own configuration.
+ */
+struct hugetlb_hstate_ser {
+	u64 nr_pages;
+	u8 order;
+} __packed;
+
+/**
+ * struct hugetlb_ser - The FLB's data: one entry per huge page size.
+ * @hstates: The huge page sizes.
  * @nr_hstates: Entries of hstates[] in use, at most HUGETLB_SER_MAX_HSTATES.
- * @hstates: The pools.
  */
 struct hugetlb_ser {
-	u64 nr_hstates;
 	struct hugetlb_hstate_ser hstates[HUGETLB_SER_MAX_HSTATES];
+	u8 nr_hstates;
 } __packed;
 
 /**
@@ -111,17 +105,14 @@ struct hugemfd_ser {
 #endif
 
 #ifdef __LUO_ASSERT
-__LUO_ASSERT(sizeof(struct hugetlb_hstate_ser) == 32);
-__LUO_ASSERT(offsetof(struct hugetlb_hstate_ser, order) == 0);
-__LUO_ASSERT(offsetof(struct hugetlb_hstate_ser, flags) == 4);
-__LUO_ASSERT(offsetof(struct hugetlb_hstate_ser, nr_huge_pages) == 8);
-__LUO_ASSERT(offsetof(struct hugetlb_hstate_ser, free_huge_pages) == 16);
-__LUO_ASSERT(offsetof(struct hugetlb_hstate_ser, nr_preserved) == 24);
 __LUO_ASSERT(sizeof(struct hugemfd_folio_ser) == 16);
 __LUO_ASSERT(offsetof(struct hugemfd_folio_ser, index) == 8);
-__LUO_ASSERT(sizeof(struct hugetlb_ser) == 136);
-__LUO_ASSERT(offsetof(struct hugetlb_ser, nr_hstates) == 0);
-__LUO_ASSERT(offsetof(struct hugetlb_ser, hstates) == 8);
+__LUO_ASSERT(sizeof(struct hugetlb_hstate_ser) == 9);
+__LUO_ASSERT(offsetof(struct hugetlb_hstate_ser, nr_pages) == 0);
+__LUO_ASSERT(offsetof(struct hugetlb_hstate_ser, order) == 8);
+__LUO_ASSERT(sizeof(struct hugetlb_ser) == 37);
+__LUO_ASSERT(offsetof(struct hugetlb_ser, hstates) == 0);
+__LUO_ASSERT(offsetof(struct hugetlb_ser, nr_hstates) == 36);
 __LUO_ASSERT(sizeof(struct hugemfd_ser) == 41);
 __LUO_ASSERT(offsetof(struct hugemfd_ser, size) == 0);
 __LUO_ASSERT(offsetof(struct hugemfd_ser, pos) == 8);

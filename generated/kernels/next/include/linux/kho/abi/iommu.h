@@ -13,7 +13,7 @@
  * heads of three chains of page-sized arrays (hardware units, domains,
  * devices). Slots are appended, never reused; a full page chains to the next.
  * Every object starts with struct iommu_hdr_ser: a reference count (devices
- * behind one hardware unit share its entry) and IOMMU_SER_FLAG_* flags.
+ * behind one hardware unit share its entry) and the deleted and incoming bits.
  *
  * Differences from upstream's header, which this ABI otherwise follows byte
  * for byte: upstream's struct iommu_domain_ser ends with a kernel pointer,
@@ -37,10 +37,6 @@
 #include <luo/kernel_compat.h>
 #endif
 
-/* The object's preservation failed or was undone; the slot is not reused. */
-#define IOMMU_SER_FLAG_DELETED		BIT(0)
-/* The object was restored by the new kernel. */
-#define IOMMU_SER_FLAG_INCOMING		BIT(1)
 /* Hardware units per page (36 with 4 KiB pages). */
 #define IOMMU_HW_ARRAY_NR		((PAGE_SIZE - sizeof(struct iommu_array_hdr_ser)) / sizeof(struct iommu_hw_ser))
 /* Domains per page (110 with 4 KiB pages). */
@@ -60,11 +56,21 @@ enum iommu_type_ser {
 /**
  * struct iommu_hdr_ser - Start of every preserved IOMMU object.
  * @ref_count: Preserved users of the object (1 when created).
- * @flags: IOMMU_SER_FLAG_* flags.
+ * @deleted: The object's preservation failed or was undone; the slot is not reused.
+ * @incoming: The object was restored by the new kernel.
+ * @reserved: Must be zero.
+ *
+ * The state bits are bitfields of a u32, as posted. Upstream declares only the
+ * two bits; in a packed struct the unit would then end after one byte and
+ * every object would shrink and shift, so the spec fills the unit with a
+ * reserved member: the bytes are those of the earlier u32 flags word with
+ * IOMMU_SER_FLAG_DELETED = bit 0 and IOMMU_SER_FLAG_INCOMING = bit 1.
  */
 struct iommu_hdr_ser {
 	u32 ref_count;
-	u32 flags;
+	__extension__ u32 deleted:1;
+	__extension__ u32 incoming:1;
+	__extension__ u32 reserved:30;
 } __packed;
 
 /**
@@ -262,7 +268,6 @@ struct iommu_flb_ser {
 #ifdef __LUO_ASSERT
 __LUO_ASSERT(sizeof(struct iommu_hdr_ser) == 8);
 __LUO_ASSERT(offsetof(struct iommu_hdr_ser, ref_count) == 0);
-__LUO_ASSERT(offsetof(struct iommu_hdr_ser, flags) == 4);
 __LUO_ASSERT(sizeof(struct iommu_domain_ser) == 37);
 __LUO_ASSERT(offsetof(struct iommu_domain_ser, hdr) == 0);
 __LUO_ASSERT(offsetof(struct iommu_domain_ser, top_table_phys) == 8);

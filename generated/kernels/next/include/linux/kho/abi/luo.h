@@ -39,14 +39,6 @@
 #define LIVEUPDATE_FLB_COMPAT_LENGTH	48
 /* KHO subtree that holds struct luo_ser. */
 #define LUO_KHO_ENTRY_NAME		"LUO"
-/* Session entries per block (51 with 4 KiB pages). Not an upstream macro. */
-#define LUO_SESSIONS_PER_BLOCK		((KHO_BLOCK_SIZE - sizeof(struct kho_block_header_ser)) / sizeof(struct luo_session_ser))
-/* File entries per block (63 with 4 KiB pages). Not an upstream macro. */
-#define LUO_FILES_PER_BLOCK		((KHO_BLOCK_SIZE - sizeof(struct kho_block_header_ser)) / sizeof(struct luo_file_ser))
-/* Pages of the FLB area (kernel/liveupdate/luo_flb.c upstream). */
-#define LUO_FLB_PGCNT			1ul
-/* FLBs the area holds, a global limit (63 with 4 KiB pages). */
-#define LUO_FLB_MAX			(((LUO_FLB_PGCNT * PAGE_SIZE) - sizeof(struct luo_flb_header_ser)) / sizeof(struct luo_flb_ser))
 /* luo_ser.liveupdate_num is valid. */
 #define LUO_FEATURE_NUMBER		BIT(0)
 /* luo_ser.sessions_pa heads a session block chain. */
@@ -59,6 +51,11 @@
 #define LUO_CORE_FEATURES_REQ		(LUO_FEATURE_NUMBER | LUO_FEATURE_SESSIONS | LUO_FEATURE_FLBS)
 /* Features used in the payload (`active`). */
 #define LUO_CORE_FEATURES_ACTIVE	(LUO_FEATURE_NUMBER | LUO_FEATURE_SESSIONS | LUO_FEATURE_FLBS)
+/* Compatible string of upstream's test FLB number i (lib/tests/liveupdate.c). */
+#ifdef CONFIG_LIVEUPDATE_TEST
+#define LIVEUPDATE_TEST_FLB_COMPATIBLE(i) "liveupdate-test-flb-v" #i
+#endif
+
 
 /**
  * struct luo_file_ser - One preserved file.

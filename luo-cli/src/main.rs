@@ -109,6 +109,12 @@ enum Command {
         /// target/realkernel/bzImage-7.2 as tests/kernel/build.sh writes it].
         #[arg(long)]
         kernel: Option<PathBuf>,
+        /// Kernel image the stages after the first boot into (repeatable: the first one is
+        /// kexec'd for stage 2, the second for stage 3, and so on; the last one given serves every
+        /// later stage), so a live update crosses two different kernels [default: --kernel].
+        /// Every stage checks it booted the image meant for it.
+        #[arg(long, value_name = "PATH", conflicts_with = "sim")]
+        next_kernel: Vec<PathBuf>,
         /// Only the simulator (no QEMU needed).
         #[arg(long, conflicts_with = "diff")]
         sim: bool,
@@ -304,6 +310,7 @@ fn main() -> ExitCode {
         Command::Sim(cmd) => sim(cmd),
         Command::Vmtest {
             kernel,
+            next_kernel,
             sim,
             diff,
             stages,
@@ -321,6 +328,7 @@ fn main() -> ExitCode {
             let opts = vmtest::Options {
                 root: cli.root.clone(),
                 kernel,
+                next_kernels: next_kernel,
                 mode,
                 stages,
                 programs,

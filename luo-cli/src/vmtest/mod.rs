@@ -13,6 +13,7 @@
 //! `$LUO_VMTEST_STAGE`. Every program runs in every stage, in the order given.
 
 mod cpio;
+mod image;
 mod real;
 mod sim;
 
@@ -55,6 +56,9 @@ pub struct Options {
     pub root: PathBuf,
     /// The kernel image (default: [`default_kernel`]).
     pub kernel: Option<PathBuf>,
+    /// Images for stage 2, 3, ... (the last one for every later stage); empty: `kernel` for
+    /// every stage.
+    pub next_kernels: Vec<PathBuf>,
     /// Kernel, simulator or both.
     pub mode: Mode,
     /// Stages (boots) each program runs in.
@@ -124,6 +128,9 @@ pub struct RunResult {
     pub stage_secs: Vec<f64>,
     /// Seconds from starting QEMU to the first stage's /init (the kernel only).
     pub boot_secs: Option<f64>,
+    /// The kernel each stage ran on, as the guest's `uname` gave it: stage, release, version
+    /// (the kernel only).
+    pub kernels: Vec<(u32, String, String)>,
 }
 
 /// The work directory: a fresh temporary one removed on drop, or `--keep DIR`.
@@ -404,6 +411,19 @@ pub fn diff(kernel: &RunResult, sim: &RunResult, ignore: &[String]) -> (String, 
     (s, count)
 }
 
+/// One `booted:` line per stage: the kernel the guest reported and the image planned for it.
+fn booted(setup: &real::Setup, r: &RunResult) -> String {
+    let mut s = String::new();
+    for ((stage, release, version), img) in r.kernels.iter().zip(setup.stage_images()) {
+        let _ = writeln!(
+            s,
+            "booted: stage {stage} Linux {release} {version} ({})",
+            img.path.display()
+        );
+    }
+    s
+}
+
 fn timing(r: &RunResult) -> String {
     let stages = r
         .stage_secs
@@ -442,10 +462,16 @@ pub fn run(opts: &Options) -> Result<bool, VmError> {
         None
     };
     let ok_run = |r: &RunResult| r.error.is_none() && r.runs.iter().all(|p| p.status == "exit 0");
+    // With --next-kernel, which image each stage ran on (checked against the image's own
+    // version string by the kernel run).
+    let booted = match (&kernel_setup, &kernel) {
+        (Some(setup), Some(k)) if !opts.next_kernels.is_empty() => booted(setup, k),
+        _ => String::new(),
+    };
     match (kernel, simulated) {
         (Some(k), Some(s)) => {
             let (text, n) = diff(&k, &s, &opts.ignore);
-            print!("{text}");
+            print!("{text}{booted}");
             println!(
                 "{n} differing lines ({} program runs; kernel: {}; sim: {})",
                 k.runs.len(),
@@ -460,7 +486,7 @@ pub fn run(opts: &Options) -> Result<bool, VmError> {
             } else {
                 "sim"
             };
-            print!("{}", show(&r, title));
+            print!("{}{booted}", show(&r, title));
             println!("time: {}", timing(&r));
             Ok(ok_run(&r))
         }

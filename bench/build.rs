@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Compiles `c/dispatch.c` (the C variant of the `dispatch` benchmark, registered with luo-core) with
 //! `gcc -O2` against the generated `<linux/liveupdate.h>` into a static library.
 

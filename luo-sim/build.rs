@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Builds the LD_PRELOAD library `libluo_sim_preload.so` from `csrc/preload.c` with the C
 //! compiler the `cc` crate finds, and exposes its path as `LUO_SIM_PRELOAD`.
 use std::path::PathBuf;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `abi_codec`: encode / decode of 262,144 memfd folio records through the generated
 //! accessors (+ AbiType check), hand-written zerocopy, and postcard for context.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `dispatch`: one file's `can_preserve` + `preserve` + `unpreserve` through the ops table
 //! luo-core registered, for a `#[liveupdate_handler]` handler and the same handler written by
 //! hand against the generated C table, inputs through `black_box`. The report

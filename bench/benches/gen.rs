@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `gen`: `luo gen` over every spec in memory (load + check + layout + render).
 
 use luo_bench::luo_gen::{run, spec_dir};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `global_get_put`: uncontended get + put of the three global-state forms (both
 //! directions, default lock backend and a one-mutex backend) vs `std::sync::Mutex`.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The rows over the core (`luo-core` + the memfd handler), smaller than the report's so a
 //! divan run stays short: `PRESERVE_FD` (each sample also unpreserves, and times the pinning
 //! apart) and `RETRIEVE_FD` of a memfd of 2^14 folios (64 MiB),

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `luo schema diff` on two synthetic snapshots of 1,000 structs × 50
 //! fields (every tenth struct changed): facts plus policy, as the CLI runs.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `abi_codec`: encode and decode 262,144 memfd folio records (1 GiB of 4 KiB pages).
 //!
 //! * [`Codec::Ours`]: the generated `luo_generated::memfd::memfd_luo_folio_ser` (a packed

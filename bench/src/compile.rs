@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `macro_compile`: compile time of a crate with 50 handlers written with
 //! `#[liveupdate_handler]` against the same 50 handlers written by hand (a `#[repr(C)]`
 //! handler struct, a hand-filled `liveupdate_file_ops` table and `unsafe extern "C"`

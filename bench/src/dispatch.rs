@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `dispatch`: the callbacks of one preserved file, called through the ops table luo-core
 //! registered, as luo-core calls them.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `global_get_put`: an uncontended get + put (guard dropped) of each of the three forms of
 //! global state, through luo-abi's runtime, against `std::sync::Mutex` lock + unlock.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Rows over the real core (`luo-core`) and memfd handler (`luo-handlers`): `memfd_preserve`,
 //! `memfd_retrieve`, `migrate_v1`, `sessions` and `blackout`.
 //!

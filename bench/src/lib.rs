@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The `luo` benchmark suite: workloads shared by the divan benchmarks in `benches/` and the
 //! report command (`cargo run -p luo-bench --release --bin luo-bench-report`), which runs
 //! every row, compares each to its baseline in the same run and writes `BENCHMARKS.md` and

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `gen`: `luo gen` over every spec, in memory: load, validate and lay out `spec/`
 //! ([`load_checked`]) and render every output ([`generate`]), without touching the disk
 //! beyond reading the specs.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Measuring: interleaved wall-clock rounds with medians, and instruction counts under
 //! `valgrind --tool=callgrind`.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! A KHO service for benchmarks: a ring of small preserved blocks, so that `preserve` can run
 //! millions of times without growing memory, at a cost that is the same for every variant.
 //!

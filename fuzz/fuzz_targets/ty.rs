@@ -1,3 +1,4 @@
 #![no_main]
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Fuzz target `ty`: see `luo_tests::fuzz_targets::ty`.
 libfuzzer_sys::fuzz_target!(|data: &[u8]| luo_tests::fuzz_targets::ty(data));

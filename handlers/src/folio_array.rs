@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! A handler's array of fixed-size records (`guest_memfd_luo_folio_ser`, `hugemfd_folio_ser`)
 //! in a preserved vmalloc area (`struct kho_vmalloc`), as upstream's
 //! `kho_preserve_vmalloc` / `kho_restore_vmalloc` users keep their folio arrays.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! HugeTLB global state both ways (issue 6, the seed's question), shared by two file types:
 //! HugeTLB memfds (`huge-memfd-v1`, here) and guest_memfd (`guest_memfd_luo_v1`,
 //! [`crate::guest_memfd`], HugeTLB-backed or not).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The `iommufd-v1` file handler (spec `iommufd/v1`, `reference/luo-upstream.md` §8c), on a
 //! synthetic iommufd ([`Iommufd`]), with the IOMMU FLB ([`crate::iommu`]) linked.
 //!

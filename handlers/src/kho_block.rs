@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! KHO block chains (`linux/kho/abi/block.h`) for handler data: page-sized blocks, each a
 //! `kho_block_header_ser` {next, count} followed by `count` fixed-size entries. Upstream's
 //! `kho_block_set` (kernel/liveupdate/kho_block.c); the PCI FLB keeps its devices in one.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The KVM VM file handler (`kvm_vm_luo_v1`, spec `kvm/v1`), after upstream's guest_memfd
 //! preservation series (`reference/luo-upstream.md` §8c).
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! LUO file handlers and global state (issues 5 and 6).
 //!
 //! Every handler here is written with the macros (`#[liveupdate_handler]`,

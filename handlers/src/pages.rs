@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The memory of a synthetic memory file (a HugeTLB memfd, a guest_memfd): real folios of the
 //! KHO model, one per file index, allocated on first write (a fault) or all at creation.
 //!

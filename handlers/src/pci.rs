@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The PCI core's live update state: the FLB `"pci"` with `PCI_LUO_FLB_VERSION` 2 in its data
 //! (spec `pci/data_v2`, `reference/luo-upstream.md` §8c, drivers/pci/liveupdate.c as
 //! applied), linked by the `vfio-pci-v2` handler ([`crate::vfio_pci`]).

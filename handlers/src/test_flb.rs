@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The upstream in-kernel test's FLBs (`lib/tests/liveupdate.c`, `CONFIG_LIVEUPDATE_TEST`):
 //! three FLBs, `"liveupdate-test-flb-v0/1/2"`, linked to every handler as it registers.
 //! Preserve stores `0xFEEDF00DCAFEBEE0 + i` in the FLB's data word itself (an `immediate`

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Live updates across kernels, each boot playing its kernel at run time
 //! (`BootOptions::version`): 6.19 → 7.3 (upstream cannot: exact-match compatibles), 7.0 → 7.3
 //! with the test FLBs, 7.3 → next, 6.19 → 7.3 → next in a row, and the reverse directions

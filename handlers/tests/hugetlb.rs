@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! HugeTLB both ways, side by side: what the FLB form (upstream's series) and the subsystem
 //! form (the seed) do to the HugeTLB pools when only a non-HugeTLB guest_memfd is preserved,
 //! when no file is preserved, and with a HugeTLB memfd that is retrieved and one that is not;
@@ -341,7 +342,8 @@ fn hugetlb_ser_is_validated() {
         }
     );
     assert_eq!(pools[&(ORDER + 1)], Pool::default());
-    let cases: [(&str, &dyn Fn(&mut hugetlb_ser)); 4] = [
+    type Corrupt<'a> = &'a dyn Fn(&mut hugetlb_ser);
+    let cases: [(&str, Corrupt<'_>); 4] = [
         ("nr_hstates past the array", &|s| s.nr_hstates = 5),
         ("order 0", &|s| s.hstates[0].order = 0),
         ("order past 1 GiB pages", &|s| s.hstates[0].order = 19),

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The `iommufd-v1` handler and the IOMMU FLB through the core: preserve (sealed memfds
 //! preserved in the same session, marked HWPTs), kexec, the handed-over bytes (HWPT tokens,
 //! domains, page tables), retrieve and the RFC's HWPT restore, finish (can_finish until every

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! KVM VMs (`kvm_vm_luo_v1`) and guest_memfds (`guest_memfd_luo_v1`) through the core: the
 //! guest_memfd names its VM by token and gets it back through the core's dependency API.
 

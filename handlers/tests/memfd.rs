@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The memfd handler (every version) through the core: preserve, freeze, kexec, retrieve,
 //! finish, unpreserve on session close, never-retrieved files, seals, empty and sparse files,
 //! data checked byte for byte, folios not copied; memfd-v1 migration (not-uptodate folios

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The `vfio-pci-v2` handler, the PCI FLB `"pci"` (version 2, devices in a KHO block chain)
 //! and the IOMMU FLB through the core: the order memfd → iommufd → vfio cdev with upstream's
 //! errors, PCI refcounts up to the root port (EBUSY, VFs, after shutdown, entries reused, the
@@ -741,7 +742,7 @@ fn vfio_record_carries_reset_works_and_the_iommufd_token() {
 /// migration: same device, no function reset assumed, no iommufd token.
 #[test]
 fn vfio_pci_v1_records_are_read() {
-    use luo_abi::file::{File as _, FileKind};
+    use luo_abi::file::FileKind;
     use luo_abi::handler::{Ctx, FileHandler, Finish, Registration};
     use luo_abi::registry::Registry;
     use luo_derive::liveupdate_handler;

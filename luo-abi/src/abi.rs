@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Support for `#[derive(Abi)]` (luo-derive): what an ABI struct and its fields must be.
 //!
 //! A handover struct crosses a kexec between two different kernel builds, so its bytes are its

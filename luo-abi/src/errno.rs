@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Typed kernel error numbers.
 //!
 //! Upstream LUO returns `-errno` from every ioctl, callback and registration function. Here the

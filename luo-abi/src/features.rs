@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Feature negotiation (`struct luo_feature_hdr`, the mm tree's successor of compatible
 //! strings; reference: luo-upstream.md §8b).
 //!

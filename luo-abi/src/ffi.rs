@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! What crosses the C ABI between the core and Rust handlers, and how Rust code behaves there.
 //!
 //! The macros of `luo-derive` fill the *generated* C ops tables with `extern "C"` trampolines.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The files handlers preserve and retrieve.
 //!
 //! The core keeps an fd table of files. Each is a [`FileKind`] plus either a real host object

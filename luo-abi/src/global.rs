@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Handler global state: the vocabulary, the typed runtime (cells and guards) and the
 //! trampoline runtime behind the generated `liveupdate_flb_ops`,
 //! `liveupdate_fh_global_state_ops` and `liveupdate_subsystem_ops` tables.

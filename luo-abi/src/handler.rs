@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! File handlers in Rust: the trait a handler implements, the typed context its callbacks get,
 //! the registration the core links, and the runtime behind the generated trampolines.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! What the core offers Rust handlers and global state at run time.
 //!
 //! A Rust handler, FLB or subsystem is registered together with a [`LuoHost`]: the core that

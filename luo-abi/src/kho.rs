@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Kexec HandOver (KHO): the memory-preservation service handlers and the core use.
 //!
 //! [`KhoService`] mirrors `include/linux/kexec_handover.h` (7.x). The core implements it over its

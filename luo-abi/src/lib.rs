@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! ABI primitives and runtime contracts of the `luo` framework.
 //!
 //! `luo` models the Linux Live Update Orchestrator (LUO): a running kernel serializes the

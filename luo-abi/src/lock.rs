@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Locks over a pluggable backend, mirroring kernel Rust's `kernel::sync::lock`.
 //!
 //! [`Lock<T, B>`] owns a `T` and a [`LockBackend`] state; [`Lock::lock`] returns a [`Guard`]

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Physical pointers as they cross the handover.
 //!
 //! Every pointer in a KHO ABI structure is a native-endian `u64` physical address, `0` meaning

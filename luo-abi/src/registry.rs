@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Where Rust handlers are registered: a kernel, as the code that builds a machine sees it.
 //!
 //! Upstream, a handler registers itself from its module's init (`liveupdate_register_file_handler`,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! A sleeping [`LockBackend`] on std primitives (feature `std`): the default lock of Rust
 //! global state in the userspace model. A kernel build names a backend over `struct mutex`
 //! instead (`lock = ...` in the global-state attributes).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `luo`: the command-line front end of the luo framework.
 //!
 //! `luo gen` turns `spec/` into `generated/` (C headers, Rust ABI types,
@@ -5,12 +6,17 @@
 //! stale; `luo layout` shows a struct pahole-style. The spec-side commands
 //! live in `luo_spec::commands` (also built as the standalone `luo-gen`), so
 //! generating never depends on the generated crate.
+//!
+//! Every command takes `--format text|json` (see `luo_spec::output` for the
+//! convention); `luo completions SHELL` and `luo man` are generated from the
+//! same argument definitions.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use luo_spec::commands;
+use luo_spec::output::{Format, Reporter};
 
 mod vmtest;
 
@@ -24,8 +30,68 @@ struct Cli {
     /// Repository root (holds `spec/` and `generated/`).
     #[arg(long, global = true, default_value = ".")]
     root: PathBuf,
+    /// Output: `text` for people, `json` for tools (one JSON document; JSON Lines, one object
+    /// per line, for `simulate`).
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
+    format: OutputFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum OutputFormat {
+    /// For people.
+    Text,
+    /// For tools: one JSON document, or JSON Lines for a stream.
+    Json,
+}
+
+impl From<OutputFormat> for Format {
+    fn from(f: OutputFormat) -> Format {
+        match f {
+            OutputFormat::Text => Format::Text,
+            OutputFormat::Json => Format::Json,
+        }
+    }
+}
+
+/// `luo layout --arch`: the targets of the layout engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Arch {
+    /// x86-64, 4 KiB pages.
+    #[value(name = "x86_64")]
+    X86_64,
+    /// 32-bit x86 (the uAPI's compat ABI).
+    #[value(name = "i386")]
+    I386,
+    /// arm64, 4 KiB pages.
+    #[value(name = "arm64")]
+    Arm64,
+    /// arm64, 16 KiB pages.
+    #[value(name = "arm64-16k")]
+    Arm64_16k,
+    /// arm64, 64 KiB pages.
+    #[value(name = "arm64-64k")]
+    Arm64_64k,
+}
+
+impl Arch {
+    /// The name the layout engine knows it by.
+    fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::I386 => "i386",
+            Arch::Arm64 => "arm64",
+            Arch::Arm64_16k => "arm64-16k",
+            Arch::Arm64_64k => "arm64-64k",
+        }
+    }
+}
+
+/// `--size 1G`: a byte count with an optional binary unit.
+fn parse_size(s: &str) -> Result<u64, String> {
+    luo_sim::size::parse(s).map_err(|e| e.to_string())
 }
 
 #[derive(Subcommand)]
@@ -45,27 +111,26 @@ enum Command {
     /// `--scenario vm`: one VM's memfd, HugeTLB memfd, KVM VM, guest_memfds,
     /// iommufd and vfio-pci devices instead, every file verified after the kexec.
     Simulate {
-        /// What crosses: `basic` (sessions of memfds) or `vm` (one VM's files, kernel next).
-        #[arg(long, default_value = "basic")]
-        scenario: luo_sim::simulate::Scenario,
-        /// How the HugeTLB pools cross in the vm scenario: `subsystem` (the seed's) or `flb`
-        /// (upstream's RFC).
-        #[arg(long, default_value = "subsystem", value_parser = luo_sim::simulate::parse_hugetlb_form)]
-        hugetlb_form: luo_sim::simulate::HugetlbForm,
-        /// Sessions to create.
-        #[arg(long, default_value_t = 4)]
-        sessions: u32,
-        /// memfds per session.
-        #[arg(long, default_value_t = 4)]
-        files: u32,
-        /// Bytes per memfd (vm: bytes of guest RAM, a multiple of 4096).
-        #[arg(long, default_value_t = 1 << 20)]
+        /// What crosses.
+        #[arg(long, value_enum, default_value_t = ScenarioArg::Basic)]
+        scenario: ScenarioArg,
+        /// How the HugeTLB pools cross in the vm scenario.
+        #[arg(long, value_enum, default_value_t = HugetlbFormArg::Subsystem)]
+        hugetlb_form: HugetlbFormArg,
+        /// Sessions to create [default: 4] (basic scenario only: vm hands over one session).
+        #[arg(long)]
+        sessions: Option<u32>,
+        /// memfds per session [default: 4] (basic scenario only).
+        #[arg(long)]
+        files: Option<u32>,
+        /// Bytes per memfd (vm: of guest RAM, a multiple of 4096): `4096`, `64K`, `512M`, `1G`.
+        #[arg(long, default_value = "1M", value_parser = parse_size)]
         size: u64,
         /// Seed of the data pattern.
         #[arg(long, default_value_t = 0x5eed)]
         seed: u64,
-        /// Live updates in a row, each into a new process.
-        #[arg(long, default_value_t = 1)]
+        /// Live updates in a row, each into a new process (at least 1).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         hops: u32,
         /// Binary to kexec into (default: this one; another build plays another kernel).
         #[arg(long)]
@@ -73,16 +138,15 @@ enum Command {
         /// Save the handover image here before the kexec (for `luo inspect`).
         #[arg(long)]
         save_image: Option<PathBuf>,
-        /// One JSON object per phase.
-        #[arg(long)]
+        /// Same as `--format json`.
+        #[arg(long, hide = true)]
         json: bool,
-        /// Kernel the first stage plays (6.19, 7.0, 7.3, next) [default: 7.3; vm: next, the
-        /// only kernel it runs on].
-        #[arg(long)]
-        from: Option<luo_core::KernelVersion>,
+        /// Kernel the first stage plays [default: 7.3; vm: next, the only kernel it runs on].
+        #[arg(long, value_enum)]
+        from: Option<KernelArg>,
         /// Kernel(s) the later stages play, in order (`--to 7.3 --to next`; the last repeats).
-        #[arg(long)]
-        to: Vec<luo_core::KernelVersion>,
+        #[arg(long, value_enum)]
+        to: Vec<KernelArg>,
         /// Internal: the second stage, run by the first through execve.
         #[arg(long, hide = true)]
         stage2: bool,
@@ -94,8 +158,8 @@ enum Command {
     Inspect {
         /// Image saved by `luo simulate --save-image`.
         image: PathBuf,
-        /// JSON instead of text.
-        #[arg(long)]
+        /// Same as `--format json`.
+        #[arg(long, hide = true)]
         json: bool,
     },
     /// Run C programs as stages across live updates on the real kernel (QEMU, TCG: each stage
@@ -122,7 +186,7 @@ enum Command {
         #[arg(long)]
         diff: bool,
         /// Stages: boots each program runs in (kexecs = stages - 1).
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
         stages: u32,
         /// Extra include directory for compiling C sources.
         #[arg(short = 'I', long = "include")]
@@ -148,14 +212,74 @@ enum Command {
     Layout {
         /// Struct name.
         name: String,
-        /// Target: x86_64, i386, arm64, arm64-16k, arm64-64k.
-        #[arg(long, default_value = "x86_64")]
-        arch: String,
+        /// Target.
+        #[arg(long, value_enum, default_value_t = Arch::X86_64)]
+        arch: Arch,
         /// Which definition, when versions differ: `component/version`
         /// (default: the version the default kernel writes).
         #[arg(long)]
         version: Option<String>,
     },
+    /// Print a shell completion script (bash: `source <(luo completions bash)`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (`luo man | man -l -`), or write one page per command into a
+    /// directory (`luo man --dir target/man`).
+    Man {
+        /// Write `luo.1`, `luo-simulate.1`, ... here instead.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// `--from`, `--to`: the kernels the model plays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum KernelArg {
+    /// Linux 6.19: the luo-v1 FDT, memfd-v1.
+    #[value(name = "6.19")]
+    V6_19,
+    /// Linux 7.0: 6.19 plus FLBs.
+    #[value(name = "7.0")]
+    V7_0,
+    /// Linux 7.3: luo-v5, memfd-v2.
+    #[value(name = "7.3")]
+    V7_3,
+    /// The mm tree: feature-negotiated formats.
+    #[value(name = "next")]
+    Next,
+}
+
+impl From<KernelArg> for luo_core::KernelVersion {
+    fn from(k: KernelArg) -> Self {
+        match k {
+            KernelArg::V6_19 => Self::V6_19,
+            KernelArg::V7_0 => Self::V7_0,
+            KernelArg::V7_3 => Self::V7_3,
+            KernelArg::Next => Self::Next,
+        }
+    }
+}
+
+/// `--scenario`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ScenarioArg {
+    /// Sessions of memfds full of known data.
+    Basic,
+    /// One VM's files (guest RAM memfd, HugeTLB memfd, KVM VM, guest_memfds, iommufd,
+    /// vfio-pci), kernel next.
+    Vm,
+}
+
+/// `--hugetlb-form`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum HugetlbFormArg {
+    /// The seed's subsystem.
+    Subsystem,
+    /// Upstream's RFC: an FLB.
+    Flb,
 }
 
 #[derive(Subcommand)]
@@ -196,9 +320,6 @@ enum SchemaCommand {
         old: String,
         /// The kernel (or snapshot) updated to.
         new: String,
-        /// `text` or `json`.
-        #[arg(long, default_value = "text")]
-        format: String,
     },
     /// Which kernel can live-update into which, per component.
     Matrix {
@@ -206,16 +327,15 @@ enum SchemaCommand {
         /// or `upstream` (the released kernels' frozen snapshots).
         #[arg(long, default_value = "luo")]
         view: String,
-        /// Also write an HTML page.
+        /// Also write an HTML page (legend, blocking components and rules in every red cell,
+        /// per-component rows, date and tree).
         #[arg(long)]
         html: Option<PathBuf>,
-        /// `text` or `json`.
-        #[arg(long, default_value = "text")]
-        format: String,
     },
     /// Fail on an unversioned break against the released kernels' frozen snapshots.
     Check,
-    /// Write a kernel's `.liveupdate_features` ABI table (raw bytes).
+    /// Write a kernel's `.liveupdate_features` ABI table (raw bytes; `--format json` lists its
+    /// entries instead).
     Table {
         /// Kernel name.
         kernel: String,
@@ -257,19 +377,18 @@ static LIVEUPDATE_FEATURES: [u8; luo_generated::abi_table::DEFAULT.len()] =
 static LUO_KERNELS: [u8; luo_generated::abi_table::ALL_KERNELS.len()] =
     luo_generated::abi_table::ALL_KERNELS;
 
-fn format(name: &str) -> Option<commands::Format> {
-    match name {
-        "text" => Some(commands::Format::Text),
-        "json" => Some(commands::Format::Json),
-        _ => None,
-    }
+/// Prints a usage error the way clap does (exit 2).
+fn usage(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(2)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let format = Format::from(cli.format);
     match cli.command {
-        Command::Gen { check, verbose } => commands::gen_command(&cli.root, check, verbose),
-        Command::Schema(cmd) => schema(&cli.root, cmd),
+        Command::Gen { check, verbose } => commands::gen_command(&cli.root, check, verbose, format),
+        Command::Schema(cmd) => schema(&cli.root, cmd, format),
         Command::Simulate {
             scenario,
             hugetlb_form,
@@ -285,29 +404,50 @@ fn main() -> ExitCode {
             to,
             stage2,
         } => {
-            use luo_sim::simulate::Scenario;
-            let from = from.unwrap_or(match scenario {
-                Scenario::Basic => luo_core::KernelVersion::default(),
-                Scenario::Vm => luo_core::KernelVersion::Next,
-            });
+            use luo_sim::simulate::{HugetlbForm, Scenario};
+            let scenario = match scenario {
+                ScenarioArg::Basic => Scenario::Basic,
+                ScenarioArg::Vm => Scenario::Vm,
+            };
+            if scenario == Scenario::Vm && (sessions.is_some() || files.is_some()) {
+                return usage(
+                    "--sessions and --files shape the basic scenario; --scenario vm hands over \
+                     one VM's files in one session (size its guest RAM with --size)",
+                );
+            }
+            let from = from.map_or(
+                match scenario {
+                    Scenario::Basic => luo_core::KernelVersion::default(),
+                    Scenario::Vm => luo_core::KernelVersion::Next,
+                },
+                Into::into,
+            );
+            let defaults = luo_sim::simulate::Options::default();
             let opts = luo_sim::simulate::Options {
-                sessions,
-                files,
+                sessions: sessions.unwrap_or(defaults.sessions),
+                files: files.unwrap_or(defaults.files),
                 size,
                 seed,
                 hops,
                 next,
                 save_image,
-                json,
+                json: json || format == Format::Json,
                 stage2_args: vec!["simulate".into(), "--stage2".into()],
-                kernels: std::iter::once(from).chain(to).collect(),
+                kernels: std::iter::once(from)
+                    .chain(to.into_iter().map(Into::into))
+                    .collect(),
                 scenario,
-                hugetlb_form,
+                hugetlb_form: match hugetlb_form {
+                    HugetlbFormArg::Subsystem => HugetlbForm::Subsystem,
+                    HugetlbFormArg::Flb => HugetlbForm::Flb,
+                },
             };
             simulate(&opts, stage2)
         }
-        Command::Inspect { image, json } => inspect(&image, json),
-        Command::Sim(cmd) => sim(cmd),
+        Command::Inspect { image, json } => {
+            inspect(&image, if json { Format::Json } else { format })
+        }
+        Command::Sim(cmd) => sim(cmd, format),
         Command::Vmtest {
             kernel,
             next_kernel,
@@ -337,6 +477,7 @@ fn main() -> ExitCode {
                 keep,
                 ignore,
                 luo: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("luo")),
+                format,
             };
             match vmtest::run(&opts) {
                 Ok(true) => ExitCode::SUCCESS,
@@ -351,29 +492,24 @@ fn main() -> ExitCode {
             name,
             arch,
             version,
-        } => commands::layout_command(&cli.root, &name, &arch, version.as_deref()),
+        } => commands::layout_command(&cli.root, &name, arch.name(), version.as_deref(), format),
+        Command::Completions { shell } => {
+            if format == Format::Json {
+                return usage(
+                    "`luo completions` prints a shell script; --format json does not apply",
+                );
+            }
+            clap_complete::generate(shell, &mut Cli::command(), "luo", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man { dir } => man(dir.as_deref(), format),
     }
 }
 
-fn schema(root: &std::path::Path, cmd: SchemaCommand) -> ExitCode {
-    let bad_format = |f: &str| {
-        eprintln!("error: unknown format `{f}`; use `text` or `json`");
-        ExitCode::from(2)
-    };
+fn schema(root: &Path, cmd: SchemaCommand, format: Format) -> ExitCode {
     match cmd {
-        SchemaCommand::Diff {
-            old,
-            new,
-            format: f,
-        } => match format(&f) {
-            Some(fmt) => commands::schema_diff_command(root, &old, &new, fmt),
-            None => bad_format(&f),
-        },
-        SchemaCommand::Matrix {
-            view,
-            html,
-            format: f,
-        } => {
+        SchemaCommand::Diff { old, new } => commands::schema_diff_command(root, &old, &new, format),
+        SchemaCommand::Matrix { view, html } => {
             let view = match view.as_str() {
                 "luo" => luo_spec::schema_diff::View::Luo,
                 "upstream" => luo_spec::schema_diff::View::Upstream,
@@ -382,38 +518,34 @@ fn schema(root: &std::path::Path, cmd: SchemaCommand) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match format(&f) {
-                Some(fmt) => commands::schema_matrix_command(root, view, html.as_deref(), fmt),
-                None => bad_format(&f),
-            }
+            commands::schema_matrix_command(root, view, html.as_deref(), format)
         }
-        SchemaCommand::Check => commands::schema_check_command(root),
+        SchemaCommand::Check => commands::schema_check_command(root, format),
         SchemaCommand::Table { kernel, output } => {
-            commands::schema_table_command(root, &kernel, output.as_deref())
+            commands::schema_table_command(root, &kernel, output.as_deref(), format)
         }
         SchemaCommand::CheckUpdate {
             old,
             new,
             old_kernel,
             new_kernel,
-        } => {
-            commands::check_update_command(&old, &new, old_kernel.as_deref(), new_kernel.as_deref())
-        }
-        SchemaCommand::Freeze { kernel } => commands::schema_freeze_command(root, &kernel),
+        } => commands::check_update_command(
+            &old,
+            &new,
+            old_kernel.as_deref(),
+            new_kernel.as_deref(),
+            format,
+        ),
+        SchemaCommand::Freeze { kernel } => commands::schema_freeze_command(root, &kernel, format),
     }
 }
 
 fn simulate(opts: &luo_sim::simulate::Options, stage2: bool) -> ExitCode {
     let mut out = std::io::stdout();
     if stage2 {
+        // The last stage prints its report (text, or the last JSON Lines record) itself.
         return match luo_sim::simulate::stage2(&mut out) {
-            Ok(report) => {
-                println!(
-                    "report {}",
-                    serde_json::to_string(&report).unwrap_or_default()
-                );
-                ExitCode::SUCCESS
-            }
+            Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("luo simulate: stage 2: {e}");
                 ExitCode::FAILURE
@@ -421,32 +553,74 @@ fn simulate(opts: &luo_sim::simulate::Options, stage2: bool) -> ExitCode {
         };
     }
     // Stage 1 returns only if something failed before or at the execve.
-    if let Err(e) = luo_sim::simulate::stage1(opts, &mut out) {
-        eprintln!("luo simulate: {e}");
+    match luo_sim::simulate::stage1(opts, &mut out) {
+        Err(e @ luo_sim::simulate::SimError::Usage(_)) => usage(&e.to_string()),
+        Err(e) => {
+            eprintln!("luo simulate: {e}");
+            ExitCode::FAILURE
+        }
+        Ok(()) => ExitCode::FAILURE,
     }
-    ExitCode::FAILURE
 }
 
-fn inspect(image: &std::path::Path, json: bool) -> ExitCode {
-    match luo_core::image::Image::load(image).and_then(|img| luo_core::inspect::inspect(&img)) {
-        Ok(report) if json => {
-            println!("{}", report.to_json());
-            ExitCode::SUCCESS
+fn inspect(image: &Path, format: Format) -> ExitCode {
+    // Read here, so an unreadable path is reported with its name and the host's words.
+    let bytes = match std::fs::read(image) {
+        Ok(b) => b,
+        Err(e) => {
+            let hint = if image.is_dir() {
+                "; give the file `luo simulate --save-image FILE` wrote"
+            } else {
+                ""
+            };
+            eprintln!("luo inspect: cannot read {}: {e}{hint}", image.display());
+            return ExitCode::from(2);
         }
+    };
+    match luo_core::image::Image::from_bytes(&bytes)
+        .and_then(|img| luo_core::inspect::inspect(&img))
+    {
         Ok(report) => {
-            print!("{}", report.to_text());
-            ExitCode::SUCCESS
+            let mut out = Reporter::stdout(format);
+            let shown = match format {
+                // The inspector's own JSON document, printed as one line like every other.
+                Format::Json => serde_json::from_str::<serde_json::Value>(&report.to_json())
+                    .map_err(std::io::Error::other)
+                    .and_then(|v| out.json(&v)),
+                Format::Text => out.text(report.to_text()),
+            };
+            match shown {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("luo inspect: writing standard output: {e}");
+                    ExitCode::from(2)
+                }
+            }
         }
         Err(e) => {
-            eprintln!("luo inspect: {e}");
+            eprintln!("luo inspect: {}: {e}", image.display());
             ExitCode::from(2)
         }
     }
 }
 
-fn sim(cmd: SimCommand) -> ExitCode {
+fn sim(cmd: SimCommand, format: Format) -> ExitCode {
+    let mut out = Reporter::stdout(format);
+    let done = |r: std::io::Result<()>| match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("luo sim: writing standard output: {e}");
+            ExitCode::from(2)
+        }
+    };
     match cmd {
         SimCommand::Serve { socket, quiet } => {
+            if format == Format::Json {
+                return usage(
+                    "`luo sim serve` is a daemon that logs to standard error; --format json \
+                     does not apply",
+                );
+            }
             let opts = luo_sim::ServeOptions {
                 socket: socket.unwrap_or_else(luo_sim::default_socket_path),
                 verbose: !quiet,
@@ -457,7 +631,7 @@ fn sim(cmd: SimCommand) -> ExitCode {
             match luo_sim::serve(&opts) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("luo sim serve: {e}");
+                    eprintln!("luo sim serve: {}: {e}", opts.socket.display());
                     ExitCode::FAILURE
                 }
             }
@@ -465,19 +639,83 @@ fn sim(cmd: SimCommand) -> ExitCode {
         SimCommand::Kexec { socket, into } => {
             let socket = socket.unwrap_or_else(luo_sim::default_socket_path);
             match luo_sim::kexec(&socket, into.as_deref()) {
-                Ok(line) => {
-                    println!("{line}");
-                    ExitCode::SUCCESS
+                Ok(line) => done(out.line(&line).and_then(|()| {
+                    out.json(&serde_json::json!({
+                        "socket": socket.display().to_string(),
+                        "result": line,
+                    }))
+                })),
+                Err(luo_sim::SimError::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                    ) =>
+                {
+                    eprintln!(
+                        "luo sim kexec: no daemon on {}: {e}; start one with `luo sim serve` \
+                         (or name its socket with --socket or $LUO_SIM_SOCKET)",
+                        socket.display()
+                    );
+                    ExitCode::FAILURE
                 }
                 Err(e) => {
-                    eprintln!("luo sim kexec: {e}");
+                    eprintln!("luo sim kexec: {}: {e}", socket.display());
                     ExitCode::FAILURE
                 }
             }
         }
-        SimCommand::Preload => {
-            println!("{}", luo_sim::PRELOAD);
-            ExitCode::SUCCESS
-        }
+        SimCommand::Preload => done(
+            out.line(luo_sim::PRELOAD)
+                .and_then(|()| out.json(&serde_json::json!({ "preload": luo_sim::PRELOAD }))),
+        ),
     }
+}
+
+/// `luo man`: the page of `luo`, or with `--dir` one page per command and subcommand.
+fn man(dir: Option<&Path>, format: Format) -> ExitCode {
+    if format == Format::Json {
+        return usage("`luo man` prints roff; --format json does not apply");
+    }
+    let cmd = Cli::command();
+    let Some(dir) = dir else {
+        return match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("luo man: writing standard output: {e}");
+                ExitCode::from(2)
+            }
+        };
+    };
+    let mut written = Vec::new();
+    let mut pages = vec![(String::from("luo"), cmd)];
+    while let Some((name, cmd)) = pages.pop() {
+        for sub in cmd.get_subcommands() {
+            let sub_name = format!("{name}-{}", sub.get_name());
+            let bin = format!("{} {}", cmd.get_bin_name().unwrap_or(&name), sub.get_name());
+            pages.push((
+                sub_name.clone(),
+                sub.clone().display_name(sub_name).bin_name(bin),
+            ));
+        }
+        let path = dir.join(format!("{name}.1"));
+        let mut page = Vec::new();
+        let rendered = clap_mangen::Man::new(cmd.clone())
+            .render(&mut page)
+            .and_then(|()| std::fs::create_dir_all(dir))
+            .and_then(|()| std::fs::write(&path, &page));
+        if let Err(e) = rendered {
+            eprintln!(
+                "luo man: cannot write {}: {e}; check that the directory is writable",
+                path.display()
+            );
+            return ExitCode::from(2);
+        }
+        written.push(path);
+    }
+    eprintln!(
+        "luo man: wrote {} pages in {}",
+        written.len(),
+        dir.display()
+    );
+    ExitCode::SUCCESS
 }

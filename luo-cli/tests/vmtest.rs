@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `luo vmtest`: the conformance suite (tests/c/conformance) on the real kernel and under the
 //! simulator, compared line by line. The real-kernel half needs qemu-system-x86_64 and the
 //! kernel image (../shared/realkernel/bzImage-7.2.13); without them it is skipped with a note,
@@ -217,4 +218,22 @@ fn next_kernel_stage_runs_on_the_planned_image() {
         "{out}"
     );
     assert!(out.contains("booted: stage 1 Linux 7.2.13"), "{out}");
+}
+
+/// `--format json`: one JSON document with every program run, whatever the mode.
+#[test]
+fn json_output_is_one_document() {
+    let o = luo(&["--sim", "--format", "json", SUITE[0]]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!((&v["mode"], &v["ok"]), (&"sim".into(), &true.into()));
+    let runs = v["sim"]["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2, "one program, two stages: {v}");
+    assert!(runs.iter().all(|r| r["status"] == "exit 0"), "{v}");
 }

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! KHO block chains (`linux/kho/abi/block.h`): page-sized blocks, each a
 //! `kho_block_header_ser` {next, count} followed by `count` fixed-size entries.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The C API: what `generated/include/linux/liveupdate.h` declares, plus the KHO calls and a
 //! small model driver that C handlers and C test programs need (declared in
 //! `tests/c/luo_model.h`; the spec's C API has no KHO functions).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Typed errors for handover images: a corrupt image is an error, never a panic.
 
 use luo_abi::Errno;

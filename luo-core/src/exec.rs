@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Kexec across processes: the handover's memory is host memfds, inherited through `execve`.
 //!
 //! The old kernel clears `FD_CLOEXEC` on the arena's memfd and on every region memfd, and

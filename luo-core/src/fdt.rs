@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Flattened device trees (FDT, DTB v17) for LUO's 6.19/7.0 `luo-v1` handover page: a tree
 //! model, a writer on rust-vmm's `vm-fdt`, and our own bounds-checked parser with typed errors
 //! (every offset checked against the blob: the corrupt-image and fuzz suites feed it

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The core's files: the per-kernel fd table and the objects behind fds.
 //!
 //! A [`CoreFile`] is what upstream calls a `struct file`: handlers see it as

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Handover images: a handover's metadata saved to a file, for `luo inspect`.
 //!
 //! An image holds the KHO handover blob (preserved ranges and subtrees), the bases of the

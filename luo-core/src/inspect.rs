@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `luo inspect IMAGE`: decode a handover image (sessions, files, FLBs, preserved ranges) as
 //! text or JSON.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The Rust LUO core and the KHO model.
 //!
 //! A [`Kernel`] is one booted kernel of the model: KHO over modelled physical memory, the LUO

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The core's lock order, and its check in debug builds.
 //!
 //! Every mutex of the core is an [`Ordered`] mutex with a [`Level`]. A thread may only take

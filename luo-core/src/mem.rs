@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Physical memory of the model: one metadata arena plus external regions.
 //!
 //! * The **arena** holds everything LUO, KHO and handlers allocate (`luo_ser`, block chains,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The three `memfd_luo_ser` versions, read into one in-memory form ([`Ser`]): how
 //! `luo inspect` shows a handed-over memfd, whatever kernel wrote it. The memfd handler itself
 //! (`luo-handlers`) reads its records through the typed runtime of the macros; this is the

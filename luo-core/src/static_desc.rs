@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Handler and FLB descriptors in `static`s, as a C handler declares them
 //! (`static struct liveupdate_file_handler ...`): for Rust code that drives the core's C paths
 //! directly, such as the tests of its registration rules. Handlers themselves are written with

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The `/dev/liveupdate` uAPI, byte for byte, and a typed API on top.
 //!
 //! [`Kernel::ioctl`] takes the argument struct as the bytes userspace would pass (its length

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Small helpers for fixed-size C strings.
 
 /// The UTF-8 string before the first NUL of `buf`; `None` without a NUL or if not UTF-8.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The kernel a booted [`Kernel`](crate::Kernel) plays, chosen at run time
 //! ([`BootOptions::version`](crate::BootOptions::version)): which handover format it writes
 //! and which it reads (`spec/kernels/*.toml`).

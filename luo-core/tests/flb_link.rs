@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! An FLB chosen at run time (`Registration::link_flb`) whose handed-over struct is rewritten
 //! after preserve (`FlbCell::write_outgoing`), run by luo-core across an in-process kexec.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Regression (found by review): an FLB's outgoing and incoming callbacks can run at the same
 //! time on two threads (each direction has its own lock). The core remembered only the last
 //! thread to enter a callback, so when the other one left first, a `get_incoming` from inside

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Regression: folios of every order up to `MAX_ORDER` are naturally aligned in *physical*
 //! memory, so `kho_preserve_folio` accepts them. The arena used to start at 1 MiB and align
 //! folios only within itself, which made every 2 MiB (order 9) HugeTLB folio unpreservable.

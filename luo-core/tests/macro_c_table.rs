@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! C code compiled by gcc against the generated `<linux/liveupdate.h>` (`tests/c/check_table.c`,
 //! built into a shared object when the tests start and loaded with `dlopen`) reads the ops
 //! tables the macros built for luo-core: NULL exactly where an optional callback is not

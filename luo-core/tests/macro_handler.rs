@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! A handler written with the macros, run by luo-core across a kexec between two processes.
 //!
 //! `#[liveupdate_handler]` handler `counter-v1` links the FLB `counter-table-v1`

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Handlers written with the macros, run by luo-core through the generated C ops tables across
 //! an in-process kexec: typed state round trips, versions read with a migration, feature
 //! negotiation, errno mapping, panics, corrupt handles, and the three forms of global state

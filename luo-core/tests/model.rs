@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Model-based test (issue 9), with proptest: random sequences of uAPI operations, with
 //! in-process kexecs at random points, against a small reference model of upstream's
 //! semantics (§1). Every return value and errno must match the model; at each kexec the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Variable-length records run by luo-core (luo-abi's `Ctx::set_trailer` / `record_entries` /
 //! `read_record` and `StateCtx::reserve_trailer` / `data` with `FlbCell::outgoing_data`):
 //! a handler hands over a header plus entries spanning several pages and reads them back

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Parsing `key = value, key(...), ...` attribute arguments with spanned errors: unknown keys
 //! (listing the valid ones) and duplicate keys are reported, and parsing goes on.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Checks and snippets shared by the attributes.
 
 use proc_macro2::{Span, TokenStream};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The error context of one macro invocation, in the manner of serde_derive's `Ctxt`: every
 //! phase (parse, model, validate) pushes its errors here and goes on, so one item reports all
 //! its problems at once, each a `compile_error!` at the span of the tokens at fault.

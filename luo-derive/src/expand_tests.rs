@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Expansion snapshots: the macros' output, formatted with prettyplease, compared with the
 //! committed `src/snapshots/*.snap` (insta). Re-bless with
 //! `INSTA_UPDATE=always cargo test -p luo-derive`; CI (`CI=true`) never writes them.

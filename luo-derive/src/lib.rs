@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Procedural macros of `luo`: `#[liveupdate_handler]`, the global-state attributes and
 //! `#[derive(Abi)]`.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The impl side of every attribute, in the manner of the kernel's `#[vtable]`: sets
 //! `HAS_<CALLBACK> = true` for each callback the impl defines (a constant the user wrote is
 //! left alone), sets the marker constant that proves the attribute was used, fills default

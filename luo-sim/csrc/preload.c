@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 /* libluo_sim_preload.so: makes /dev/liveupdate appear to an unmodified program.
  *
  * open("/dev/liveupdate") connects a SOCK_SEQPACKET socket to the luo-sim daemon; session fds

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! luo-sim: run unmodified `/dev/liveupdate` programs against the Rust LUO core (issue 10).
 //!
 //! * [`serve`] runs the daemon: one simulated machine (a [`Kernel`] with a memfd-backed arena,
@@ -34,8 +35,10 @@ use rustix::net::{
 
 #[allow(missing_docs)]
 pub mod machine;
+pub mod progress;
 mod proto;
 pub mod simulate;
+pub mod size;
 use proto::*;
 pub use proto::{SOCKET_ENV, default_socket_path};
 

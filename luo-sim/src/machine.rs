@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The machine layer: which handlers a simulated kernel runs.
 //!
 //! The LUO core knows no handler, as `kernel/liveupdate/` knows nothing of `mm/memfd_luo.c`:

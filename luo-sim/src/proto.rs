@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The wire protocol between the preload library and the daemon (shared source file).
 //!
 //! Every message is one `SOCK_SEQPACKET` packet, native endian. A request starts with an

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `luo simulate`: a live update end to end, across two processes.
 //!
 //! Stage 1 boots a kernel with a memfd-backed arena, creates sessions with memfds full of
@@ -15,6 +16,8 @@ mod vm;
 
 pub use vm::VmReport;
 
+use crate::progress::{self, Progress};
+
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
@@ -28,11 +31,24 @@ use HugetlbForm as Form;
 
 use luo_core::{BackingKind, BootOptions, Handover, ImageError, Kernel, KernelVersion, LuoFormat};
 
+use crate::size::Human;
+
 /// Environment variable carrying the plan and stage-1 timings to stage 2.
 pub const PLAN_ENV: &str = "LUO_SIM_PLAN";
 
 /// Environment variable carrying the kernel each stage plays (`6.19,7.3,next`).
 pub const KERNELS_ENV: &str = "LUO_SIM_KERNELS";
+
+/// Environment variable carrying the `CLOCK_MONOTONIC` time (ns) of the `execve`, so the next
+/// stage measures how long the exec took (the clock is system-wide and survives `execve`).
+pub const EXEC_AT_ENV: &str = "LUO_SIM_EXEC_AT";
+
+fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec as u64)
+}
 
 /// Which files cross the live update.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -99,7 +115,7 @@ pub struct Options {
     pub next: Option<PathBuf>,
     /// Arguments that make `next` run stage 2 (for `luo-sim`: `["stage2"]`).
     pub stage2_args: Vec<OsString>,
-    /// Print one JSON object per phase instead of text.
+    /// JSON Lines (one object per phase, then the report) instead of text.
     pub json: bool,
     /// Save the handover image here before `execve` (for `luo inspect`).
     pub save_image: Option<PathBuf>,
@@ -181,6 +197,14 @@ pub enum SimError {
     /// Something was left behind.
     #[error("{0} preserved pages left after FINISH")]
     Leak(u64),
+    /// `--save-image` could not be written.
+    #[error("cannot save the handover image to {}: {error}; check that its directory exists and is writable", path.display())]
+    SaveImage {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
     /// Writing the report failed.
     #[error("output: {0}")]
     Io(#[from] std::io::Error),
@@ -207,19 +231,24 @@ fn fill(seed: u64, s: u32, f: u32, start: u64, buf: &mut [u8]) {
     }
 }
 
+/// Prints the phases as they end: text lines, or JSON Lines (`"event": "phase"`, then one
+/// `"event": "report"`), the convention of every `luo` command's `--format json`.
 struct Reporter<'a> {
     out: &'a mut dyn Write,
     json: bool,
-    stage: u8,
+    /// Stage number: 1, then one more per live update (`--hops` has no upper bound here).
+    stage: u32,
     /// Width of the phase-name column in text.
     width: usize,
+    /// Whether long phases draw a progress bar.
+    progress: bool,
 }
 
 impl Reporter<'_> {
     fn phase(&mut self, name: &str, took: Duration, detail: &str) -> std::io::Result<()> {
         if self.json {
             let v = serde_json::json!({
-                "stage": self.stage, "phase": name,
+                "event": "phase", "stage": self.stage, "phase": name,
                 "micros": took.as_micros() as u64, "detail": detail,
             });
             writeln!(self.out, "{v}")
@@ -234,6 +263,43 @@ impl Reporter<'_> {
                 w = self.width
             )
         }
+    }
+
+    /// A bar over `total` bytes for a long phase (see [`progress`]).
+    fn bytes(&self, what: &str, total: u64) -> Progress {
+        Progress::bytes(self.progress, what, total)
+    }
+
+    /// The last stage's findings: a summary for people, or `{"event": "report", ...}`.
+    fn report(&mut self, r: &Report) -> std::io::Result<()> {
+        if self.json {
+            let v = serde_json::json!({ "event": "report", "report": r });
+            return writeln!(self.out, "{v}");
+        }
+        writeln!(
+            self.out,
+            "live update verified: liveupdate_num {}, {} sessions, {} files, {} checked, {} \
+             preserved pages left",
+            r.liveupdate_num,
+            r.sessions,
+            r.files,
+            exact_bytes(r.verified_bytes),
+            r.preserved_pages_left
+        )?;
+        if let Some(vm) = &r.vm {
+            vm.write_text(self.out)?;
+        }
+        Ok(())
+    }
+}
+
+/// `4096 bytes`, or `16777216 bytes (16M)` once the unit says more than the digits.
+fn exact_bytes(n: u64) -> String {
+    let human = Human(n).to_string();
+    if human == n.to_string() {
+        format!("{n} bytes")
+    } else {
+        format!("{n} bytes ({human})")
     }
 }
 
@@ -300,11 +366,12 @@ impl Plan {
         }
     }
 
-    fn reporter<'a>(&self, out: &'a mut dyn Write, stage: u8) -> Reporter<'a> {
+    fn reporter<'a>(&self, out: &'a mut dyn Write, stage: u32) -> Reporter<'a> {
         Reporter {
             out,
             json: self.json,
             stage,
+            progress: progress::wanted(self.json),
             width: match self.scenario {
                 Scenario::Basic => 10,
                 Scenario::Vm => vm::PHASE_WIDTH,
@@ -381,7 +448,10 @@ impl Plan {
 
 fn populate(k: &Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<(), SimError> {
     let seed = hop_seed(p.seed, p.hop);
-    let bytes = u64::from(p.sessions) * u64::from(p.files) * p.size;
+    let bytes = u64::from(p.sessions)
+        .saturating_mul(u64::from(p.files))
+        .saturating_mul(p.size);
+    let mut bar = rep.bytes("populate", bytes);
     let (sessions, t) = timed(|| {
         let dev = op(|| "open /dev/liveupdate".into(), k.open_dev())?;
         let mut sessions = Vec::new();
@@ -399,6 +469,7 @@ fn populate(k: &Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<(), SimError
                     let n = (p.size - off).min(buf.len() as u64) as usize;
                     fill(seed, s, f, off, &mut buf[..n]);
                     op(|| "write".into(), k.pwrite(m, off, &buf[..n]))?;
+                    bar.inc(n as u64);
                     off += n as u64;
                 }
                 files.push(m);
@@ -408,12 +479,16 @@ fn populate(k: &Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<(), SimError
         op(|| "close /dev/liveupdate".into(), k.close(dev))?;
         Ok(sessions)
     })?;
+    bar.finish();
     rep.phase(
         "populate",
         t,
         &format!(
-            "{} sessions x {} memfds x {} bytes = {bytes} bytes",
-            p.sessions, p.files, p.size
+            "{} sessions x {} memfds x {} = {}",
+            p.sessions,
+            p.files,
+            Human(p.size),
+            Human(bytes)
         ),
     )?;
     let (_, t) = timed(|| {
@@ -462,12 +537,16 @@ fn reboot_and_exec(k: Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<(), Si
     drop(k);
     if let Some(path) = &p.save_image {
         let (_, t) = timed(|| {
-            luo_core::image::Image::from_handover(&h)?.save(path)?;
-            Ok(())
+            luo_core::image::Image::from_handover(&h)?
+                .save(path)
+                .map_err(|error| SimError::SaveImage {
+                    path: path.clone(),
+                    error,
+                })
         })?;
         rep.phase("image", t, &format!("saved to {}", path.display()))?;
     }
-    rep.phase("exec", Duration::ZERO, &p.next.display().to_string())?;
+    // The exec is timed by the next stage, from the clock reading passed to it.
     rep.out.flush()?;
     let next = Plan {
         hop: p.hop + 1,
@@ -479,6 +558,7 @@ fn reboot_and_exec(k: Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<(), Si
         &[
             (PLAN_ENV.into(), next.env()),
             (KERNELS_ENV.into(), next.kernels_env()),
+            (EXEC_AT_ENV.into(), monotonic_ns().to_string()),
         ],
     );
     Err(SimError::Op {
@@ -495,7 +575,7 @@ pub fn stage1(opts: &Options, out: &mut dyn Write) -> Result<(), SimError> {
         size: opts.size,
         seed: opts.seed,
         json: opts.json,
-        hops: opts.hops.max(1),
+        hops: opts.hops,
         hop: 0,
         next: match &opts.next {
             Some(p) => p.clone(),
@@ -510,6 +590,11 @@ pub fn stage1(opts: &Options, out: &mut dyn Write) -> Result<(), SimError> {
         scenario: opts.scenario,
         hugetlb_form: opts.hugetlb_form,
     };
+    if plan.hops == 0 {
+        return Err(SimError::Usage(
+            "--hops must be at least 1: a simulation is one or more live updates".into(),
+        ));
+    }
     plan.check()?;
     let mut rep = plan.reporter(out, 1);
     let boot = BootOptions {
@@ -578,6 +663,12 @@ fn retrieve_and_verify(k: &Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<u
         t,
         &format!("{sessions} sessions, {} files", sessions * files),
     )?;
+    let mut bar = rep.bytes(
+        "verify",
+        u64::from(sessions)
+            .saturating_mul(u64::from(files))
+            .saturating_mul(size),
+    );
     let (verified, t) = timed(|| {
         let mut buf = vec![0u8; 1 << 16];
         let mut want = vec![0u8; 1 << 16];
@@ -601,6 +692,7 @@ fn retrieve_and_verify(k: &Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<u
                             want: want[i],
                         });
                     }
+                    bar.inc(n as u64);
                     off += n as u64;
                 }
                 if off != size {
@@ -614,7 +706,12 @@ fn retrieve_and_verify(k: &Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<u
         }
         Ok(total)
     })?;
-    rep.phase("verify", t, &format!("{verified} bytes, every one checked"))?;
+    bar.finish();
+    rep.phase(
+        "verify",
+        t,
+        &format!("{}, every one checked", exact_bytes(verified)),
+    )?;
     let (_, t) = timed(|| {
         for (s, (sfd, v)) in fds.iter().enumerate() {
             op(|| format!("finish session {s}"), k.finish_session(*sfd))?;
@@ -635,10 +732,30 @@ fn retrieve_and_verify(k: &Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<u
 }
 
 /// A later stage: boot from the inherited handover, retrieve, verify every byte, finish; then
-/// either preserve again and `execve` the next stage, or (last hop) return the report.
+/// either preserve again and `execve` the next stage, or (last hop) print the report (a
+/// summary, or the last JSON Lines record) and return it.
 pub fn stage2(out: &mut dyn Write) -> Result<Report, SimError> {
     let plan = Plan::from_env()?;
-    let mut rep = plan.reporter(out, u8::try_from(plan.hop + 1).unwrap_or(u8::MAX));
+    let mut rep = plan.reporter(out, plan.hop.saturating_add(1));
+    // How long the execve took: from the previous stage's clock reading to now.
+    if let Some(at) = std::env::var(EXEC_AT_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        let took = Duration::from_nanos(monotonic_ns().saturating_sub(at));
+        rep.phase(
+            "exec",
+            took,
+            &format!("execve {}, handover inherited", plan.next.display()),
+        )?;
+    }
+    let report = stage2_with(&plan, &mut rep)?;
+    rep.report(&report)?;
+    rep.out.flush()?;
+    Ok(report)
+}
+
+fn stage2_with(plan: &Plan, rep: &mut Reporter<'_>) -> Result<Report, SimError> {
     let kernel = plan.kernel(plan.hop);
     let (k, t) = timed(|| {
         let h = Handover::from_env()?.ok_or(SimError::NoHandover(luo_core::exec::HANDOVER_ENV))?;
@@ -660,13 +777,13 @@ pub fn stage2(out: &mut dyn Write) -> Result<Report, SimError> {
     )?;
     if plan.scenario == Scenario::Vm {
         // One hop (`Plan::check`): this is the last stage.
-        return vm::retrieve_and_verify(&k, &plan, &mut rep);
+        return vm::retrieve_and_verify(&k, plan, rep);
     }
-    let verified = retrieve_and_verify(&k, &plan, &mut rep)?;
+    let verified = retrieve_and_verify(&k, plan, rep)?;
     if plan.hop < plan.hops {
-        populate(&k, &plan, &mut rep)?;
+        populate(&k, plan, rep)?;
         // Returns only on failure.
-        reboot_and_exec(k, &plan, &mut rep)?;
+        reboot_and_exec(k, plan, rep)?;
         return Err(SimError::NoHandover("a successful execve"));
     }
     let st = k.stats();

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! A file handler written in C (tests/c/), compiled with gcc against the generated
 //! `<linux/liveupdate.h>` and linked with the core's static library, preserves and restores
 //! its state across a simulated kexec.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Unmodified C programs (tests/c/sim) against the daemon, through the preload library.
 
 use std::path::{Path, PathBuf};

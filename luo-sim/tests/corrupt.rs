@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! A corrupt handover is a typed error, never a panic: targeted corruptions of `luo_ser`,
 //! block chains and the FLB area, and random byte flips over every preserved metadata page.
 

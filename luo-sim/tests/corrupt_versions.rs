@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Corrupt 6.19 (`luo-v1` FDT, `luo-session-v2`, `memfd-v1`) and next (feature-negotiated)
 //! handovers: typed errors at boot or at the first open, never a panic. Upstream 6.19
 //! panics at boot on a bad LUO FDT (`luo_restore_fail`).

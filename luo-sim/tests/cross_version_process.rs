@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Cross-version live updates with real binaries: `luo-sim simulate --from K --to K…`
 //! preserves memfds in a process playing one kernel and `execve`s a process playing the next,
 //! which checks every byte. 6.19 → 7.3, 7.0 → 7.3, 7.3 → next and 6.19 → 7.3 → next succeed;
@@ -17,6 +18,7 @@ fn run(kernels: &[&str], hops: u32) -> Output {
         "3",
         "--size",
         "40000",
+        "--json",
     ]);
     c.args(["--hops", &hops.to_string(), "--from", kernels[0]]);
     for k in &kernels[1..] {
@@ -31,25 +33,29 @@ fn ok(kernels: &[&str]) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{kernels:?}\n{stdout}\n{stderr}");
+    // JSON Lines: every line parses; the boot of each stage names its kernel.
+    let records: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON Lines record"))
+        .collect();
     for (i, k) in kernels.iter().enumerate() {
         let needle = if i == 0 {
             format!("fresh kernel luo:{k}")
         } else {
-            format!("[stage {}] boot", i + 1)
+            format!("kernel luo:{k}; liveupdate_num {i}")
         };
-        assert!(stdout.contains(&needle), "{needle}:\n{stdout}");
-        if i > 0 {
-            assert!(
-                stdout.contains(&format!("kernel luo:{k}; liveupdate_num {i}")),
-                "{stdout}"
-            );
-        }
+        assert!(
+            records.iter().any(|r| r["phase"] == "boot"
+                && r["stage"] == i + 1
+                && r["detail"].as_str().is_some_and(|d| d.contains(&needle))),
+            "{needle}:\n{stdout}"
+        );
     }
-    let report = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("report "))
-        .expect("a report line");
-    let v: serde_json::Value = serde_json::from_str(report).unwrap();
+    let v = records
+        .iter()
+        .find(|r| r["event"] == "report")
+        .map(|r| r["report"].clone())
+        .expect("a report record");
     assert_eq!(v["liveupdate_num"], hops);
     assert_eq!(v["verified_bytes"], 6 * 40000);
     assert_eq!(v["preserved_pages_left"], 0);

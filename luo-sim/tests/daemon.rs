@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The daemon against hostile or careless clients: who may connect, a client that never reads
 //! its replies, a daemon out of descriptors.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! File-to-file dependencies as a framework feature (`luo_core::depend`): a dependent test
 //! file (`luo-test-dep-v1`) names the files it depends on by token through the core, and gets
 //! them back through the core after the kexec.

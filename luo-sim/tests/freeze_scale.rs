@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Freeze failure injected at the k-th file of the m-th session (upstream rollback order), and
 //! scale: 2,000 sessions and 500 files in one session through a simulated kexec.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The C twin of the `huge-memfd-v1` handler (tests/c/huge_memfd_twin.c), whose HugeTLB pools
 //! cross the kexec as the handler's global state (`liveupdate_fh_global_state_*`), runs its
 //! scenario through the core (tests/c/huge_memfd_twin_test.c: preserve, unpreserve on close,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Simulated kexec in-process: memfds with data, several hops, dropped state, FLBs.
 
 use luo_abi::Errno;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The memfd handler's details (seals, pos, freezing, zero-size files, unpreserve) and the
 //! subsystem and global-state lifecycles through the Rust side of the C API.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Kexec across processes: stage 1 preserves sessions of memfds with known data and
 //! `execve`s stage 2, which retrieves every file, checks every byte and finishes; afterwards
 //! no preserved page remains.
@@ -5,6 +6,17 @@
 use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_luo-sim");
+
+/// The report record of `--json` output, checking that every line is JSON.
+fn report(stdout: &str) -> serde_json::Value {
+    let records: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON Lines record"))
+        .collect();
+    let last = records.last().expect("output");
+    assert_eq!(last["event"], "report", "the report comes last: {stdout}");
+    last["report"].clone()
+}
 
 #[test]
 fn two_process_live_update() {
@@ -30,7 +42,7 @@ fn two_process_live_update() {
         (1, "populate"),
         (1, "preserve"),
         (1, "reboot"),
-        (1, "exec"),
+        (2, "exec"),
         (2, "boot"),
         (2, "retrieve"),
         (2, "verify"),
@@ -44,11 +56,7 @@ fn two_process_live_update() {
             "missing stage {stage} {phase}:\n{stdout}"
         );
     }
-    let report = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("report "))
-        .expect("a report line");
-    let v: serde_json::Value = serde_json::from_str(report).unwrap();
+    let v = report(&stdout);
     assert_eq!(v["liveupdate_num"], 1);
     assert_eq!(v["sessions"], 5);
     assert_eq!(v["files"], 15);
@@ -146,14 +154,14 @@ fn three_live_updates_in_a_row_across_processes() {
         );
     }
     assert!(stdout.contains("[stage 4] verify"), "{stdout}");
-    let report = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("report "))
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(report).unwrap();
-    assert_eq!(v["liveupdate_num"], 3);
-    assert_eq!(v["verified_bytes"], 4 * 12345);
-    assert_eq!(v["preserved_pages_left"], 0);
+    assert!(
+        stdout.contains("live update verified: liveupdate_num 3, 2 sessions, 4 files"),
+        "the text summary: {stdout}"
+    );
+    assert!(
+        stdout.contains("49380 bytes (48.2K) checked, 0 preserved pages left"),
+        "{stdout}"
+    );
 }
 
 /// The standalone binary runs the vm scenario too (kernel next by default), with either
@@ -162,17 +170,21 @@ fn three_live_updates_in_a_row_across_processes() {
 fn vm_scenario_across_processes() {
     for form in ["subsystem", "flb"] {
         let out = Command::new(BIN)
-            .args(["simulate", "--scenario", "vm", "--hugetlb-form", form])
+            .args([
+                "simulate",
+                "--scenario",
+                "vm",
+                "--hugetlb-form",
+                form,
+                "--json",
+            ])
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-        let report = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("report "))
-            .expect("a report line");
-        let v: serde_json::Value = serde_json::from_str(report).unwrap();
+        let v = report(&stdout);
+        let report = &stdout;
         assert_eq!(v["files"], 8, "{report}");
         assert_eq!(v["preserved_pages_left"], 0, "{report}");
         assert_eq!(v["vm"]["hugetlb_form"], form, "{report}");

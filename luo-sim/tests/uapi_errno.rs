@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Every uAPI errno of reference/luo-upstream.md §1, through the byte API with the generated
 //! uAPI structs.
 

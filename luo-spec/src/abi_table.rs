@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The ABI table embedded in every binary that plays a kernel, so a live
 //! update can be checked *before* the kexec from the two binaries alone.
 //!
@@ -48,7 +49,7 @@ pub const KERNELS_MAGIC: u32 = 0x4c55_4f4b;
 pub const KERNEL_NAME_LEN: usize = 16;
 
 /// One entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Entry {
     /// Identity of the version.
     pub name: String,
@@ -57,11 +58,20 @@ pub struct Entry {
     /// [`KIND_WRITES`] or [`KIND_READS`].
     pub kind: u32,
     /// Supported bits, or the layout fingerprint.
+    #[serde(serialize_with = "hex")]
     pub supp: u64,
     /// Required bits.
+    #[serde(serialize_with = "hex")]
     pub req: u64,
     /// Active bits.
+    #[serde(serialize_with = "hex")]
     pub active: u64,
+}
+
+/// 64-bit masks and fingerprints as `"0x..."` strings in JSON: a JSON number above 2^53 loses
+/// bits in most readers (`jq` among them).
+fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:#018x}"))
 }
 
 /// Why a table could not be read.
@@ -348,7 +358,7 @@ pub fn elf_section<'a>(elf: &'a [u8], name: &str) -> Result<&'a [u8], TableError
 }
 
 /// One component's verdict from two tables.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Verdict {
     /// What the old binary writes.
     pub written: String,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The raw spec language: what `spec/*.toml` files deserialize into.
 //!
 //! Every value a diagnostic may point at is `Spanned`, so validation can
@@ -230,6 +231,10 @@ pub struct Enum {
     /// Comment placed above the enum.
     #[serde(default)]
     pub doc: Option<SStr>,
+    /// Kernels whose C header does not declare it (upstream's headers of
+    /// that kernel lack it).
+    #[serde(default)]
+    pub not_in: Vec<SStr>,
     /// Enumerators, in order.
     pub members: Vec<EnumMember>,
 }

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Diagnostics: rustc-style reports with `file:line:col`, a snippet and a hint.
 //!
 //! Like serde_derive's `Ctxt`, checks push into a [`Diagnostics`] collection
@@ -51,7 +52,7 @@ impl Sources {
 }
 
 /// How serious a diagnostic is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Severity {
     /// Informational: true of the spec, not wrong (a PAGE_SIZE-dependent layout).
     Note,
@@ -167,16 +168,79 @@ impl Diagnostics {
         self.list.iter()
     }
 
-    /// Number of findings of a severity.
+    /// Number of distinct findings of a severity (a finding repeated word for word at
+    /// several places counts once, as it is shown once).
     pub fn count(&self, severity: Severity) -> usize {
-        self.list.iter().filter(|d| d.severity == severity).count()
+        self.groups()
+            .filter(|(d, _)| d.severity == severity)
+            .count()
     }
 
-    /// Render findings at or above `min` as plain text.
+    /// Each distinct finding with the later places that repeat it word for word (one
+    /// mistake, e.g. a renamed struct, seen from several places).
+    fn groups(&self) -> impl Iterator<Item = (&Diagnostic, Vec<&Diagnostic>)> {
+        let mut index: std::collections::HashMap<(Severity, &str, &str), usize> =
+            std::collections::HashMap::new();
+        let mut groups: Vec<(&Diagnostic, Vec<&Diagnostic>)> = Vec::new();
+        for d in &self.list {
+            match index.entry((d.severity, d.code, d.message.as_str())) {
+                std::collections::hash_map::Entry::Occupied(e) => groups[*e.get()].1.push(d),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(groups.len());
+                    groups.push((d, Vec::new()));
+                }
+            }
+        }
+        groups.into_iter()
+    }
+
+    /// Findings at or above `min` as JSON values for tools: severity, code, message, the
+    /// place (`file`, 1-based `line` and `column`), label, hint, and the other places a
+    /// finding repeated word for word was seen.
+    pub fn to_json(&self, sources: &Sources, min: Severity) -> Vec<serde_json::Value> {
+        let place = |d: &Diagnostic| match d.file {
+            Some(f) => {
+                let (line, column) = sources.line_col(f, d.span.start);
+                serde_json::json!({
+                    "file": sources.path(f).display().to_string(),
+                    "line": line,
+                    "column": column,
+                })
+            }
+            None => serde_json::Value::Null,
+        };
+        self.groups()
+            .filter(|(d, _)| d.severity >= min)
+            .map(|(d, repeats)| {
+                serde_json::json!({
+                    "severity": d.severity.to_string(),
+                    "code": d.code,
+                    "message": d.message,
+                    "at": place(d),
+                    "label": d.label,
+                    "hint": d.hint,
+                    "also_at": repeats.iter().map(|r| place(r)).collect::<Vec<_>>(),
+                })
+            })
+            .collect()
+    }
+
+    /// Render findings at or above `min` as plain text; a finding repeated word for word
+    /// is shown once, with the other places listed.
     pub fn render(&self, sources: &Sources, min: Severity) -> String {
         let mut out = String::new();
-        for d in self.list.iter().filter(|d| d.severity >= min) {
-            out.push_str(&render_one(d, sources));
+        for (d, repeats) in self.groups().filter(|(d, _)| d.severity >= min) {
+            let also: Vec<String> = repeats
+                .iter()
+                .map(|r| match r.file {
+                    Some(f) => {
+                        let (line, col) = sources.line_col(f, r.span.start);
+                        format!("{}:{line}:{col}", sources.path(f).display())
+                    }
+                    None => "(no place)".into(),
+                })
+                .collect();
+            out.push_str(&render_one(d, sources, &also));
             out.push_str("\n\n");
         }
         out
@@ -198,7 +262,7 @@ impl Diagnostic {
     }
 }
 
-fn render_one(d: &Diagnostic, sources: &Sources) -> String {
+fn render_one(d: &Diagnostic, sources: &Sources, also: &[String]) -> String {
     let level = match d.severity {
         Severity::Error => Level::ERROR,
         Severity::Warning => Level::WARNING,
@@ -223,6 +287,12 @@ fn render_one(d: &Diagnostic, sources: &Sources) -> String {
     if let Some(hint) = &d.hint {
         groups.push(Group::with_title(
             Level::HELP.secondary_title(hint.as_str()),
+        ));
+    }
+    let also = (!also.is_empty()).then(|| format!("also at {}", also.join(", ")));
+    if let Some(also) = &also {
+        groups.push(Group::with_title(
+            Level::NOTE.secondary_title(also.as_str()),
         ));
     }
     Renderer::plain().render(&groups)

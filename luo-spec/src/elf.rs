@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! One named section of an ELF binary, read with the `object` crate (its read-only ELF
 //! parser, no other format): how the schema tools find the ABI tables a binary carries
 //! (`.liveupdate_features`, `.luo_kernels`). Only 64-bit little-endian files are read, the

@@ -1,8 +1,9 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Constant expressions: the integer language of `value` and `len`.
 //!
 //! The grammar is the subset of C that ABI headers use for sizes and flags:
 //! integer literals (decimal, `0x`), names of constants and enumerators,
-//! `PAGE_SIZE` (a layout parameter), `+ - * / % << >> | & ~`, parentheses,
+//! `PAGE_SIZE` and `PAGE_SHIFT` (layout parameters), `+ - * / % << >> | & ~`, parentheses,
 //! `BIT(n)`, `ALIGN(x, a)`, `sizeof(struct name)` and `sizeof(NAME)` of a
 //! string constant (its length plus the NUL, as C's `sizeof("…")`).
 //!
@@ -102,6 +103,9 @@ pub enum EvalError {
     UnknownSizeof(String),
     /// Division by zero, overflow, or a shift out of range.
     Arithmetic(String),
+    /// `sizeof(struct NAME)` of a struct whose layout failed; the struct's own error is
+    /// reported where it is defined, so expressions using it stay silent.
+    StructFailed(String),
 }
 
 impl fmt::Display for EvalError {
@@ -112,6 +116,9 @@ impl fmt::Display for EvalError {
                 write!(f, "`sizeof({n})`: not a struct or string constant")
             }
             EvalError::Arithmetic(m) => f.write_str(m),
+            EvalError::StructFailed(n) => {
+                write!(f, "`sizeof(struct {n})`: `{n}` has an error of its own")
+            }
         }
     }
 }
@@ -208,11 +215,11 @@ impl Expr {
         }
     }
 
-    /// Whether the expression depends on `PAGE_SIZE` (directly).
+    /// Whether the expression depends on `PAGE_SIZE` or `PAGE_SHIFT` (directly).
     pub fn uses_page_size(&self) -> bool {
         let mut names = Vec::new();
         self.names(&mut names);
-        names.iter().any(|n| n == "PAGE_SIZE")
+        names.iter().any(|n| n == "PAGE_SIZE" || n == "PAGE_SHIFT")
     }
 
     /// Whether the expression uses kernel-only macros (`BIT`, `ALIGN`,
@@ -222,6 +229,7 @@ impl Expr {
             Expr::Bit(_) => Some("BIT()"),
             Expr::Align(..) => Some("ALIGN()"),
             Expr::Name(n) if n == "PAGE_SIZE" => Some("PAGE_SIZE"),
+            Expr::Name(n) if n == "PAGE_SHIFT" => Some("PAGE_SHIFT"),
             Expr::Int(..) | Expr::Name(_) | Expr::SizeofStruct(_) | Expr::SizeofString(_) => None,
             Expr::Unary(_, e) | Expr::Paren(e) => e.kernel_only(),
             Expr::Binary(_, a, b) => a.kernel_only().or_else(|| b.kernel_only()),

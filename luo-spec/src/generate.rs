@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `luo gen`: the whole pipeline from `spec/` to the files of `generated/`:
 //! load and check the spec, build the IR once ([`crate::ir`]), run each
 //! backend over it ([`crate::render`]).
@@ -46,8 +47,18 @@ pub fn generate(spec: &Spec, layouts: &Layouts) -> Outputs {
     for backend in backends {
         backend.render(&ir, &mut out);
     }
+    // The Rust crate is ours and carries the project's licence; the C headers carry the
+    // licence of the upstream headers they stand in for (their backend writes it).
+    for (path, text) in out.iter_mut() {
+        if path.extension().is_some_and(|e| e == "rs") && !text.starts_with(RUST_SPDX) {
+            text.insert_str(0, RUST_SPDX);
+        }
+    }
     out
 }
+
+/// The licence line of every generated Rust file.
+const RUST_SPDX: &str = "// SPDX-License-Identifier: GPL-2.0-only OR MIT\n";
 
 /// A difference between the outputs and the tree.
 #[derive(Debug, Clone, PartialEq, Eq)]

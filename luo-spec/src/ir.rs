@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The generator's intermediate representation (cbindgen's `ir/`): what the backends render,
 //! built once from the checked spec before any of them runs.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The layout engine: size, alignment and offset of every field, per target.
 //!
 //! One function computes every number the renderers print (C assertions,
@@ -590,6 +591,9 @@ impl Env for ScopeEnv<'_, '_> {
         if name == "PAGE_SIZE" {
             return Ok(self.target.page_size);
         }
+        if name == "PAGE_SHIFT" {
+            return Ok(u64::from(self.target.page_size.trailing_zeros()));
+        }
         if let Some((origin, c)) = self.scope.find_const(name) {
             return match &c.value {
                 ConstValue::Int(e) => {
@@ -622,7 +626,9 @@ impl Env for ScopeEnv<'_, '_> {
                 LayoutError::Recursive(n) if n == name => EvalError::Arithmetic(format!(
                     "the size of `{name}` depends on `sizeof(struct {name})` itself"
                 )),
-                other => EvalError::Arithmetic(format!("`sizeof(struct {name})`: {other}")),
+                // A member error (unknown type, invalid member, bitfield, recursion further
+                // down) is reported at the struct itself.
+                _ => EvalError::StructFailed(name.into()),
             })
     }
 

@@ -1,11 +1,14 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The luo spec language and generator.
 //!
 //! Data flow: `spec/*.toml` → [`ast`] (serde, spans) → [`model`] (resolved
 //! names, parsed [`expr`]essions and [`ty`]pes) → [`valid`] (every check,
 //! collected into [`diag`]nostics) → [`layout`] (offsets per target) →
 //! [`ir`] (what is rendered, every struct laid out once) → [`render`] (the C,
-//! Rust and schema backends) → [`generate`] (the files of `generated/`). It depends on nothing generated, so a spec edit
-//! that breaks `luo-generated` never breaks the generator.
+//! Rust and schema backends) → [`generate`] (the files of `generated/`). It
+//! depends on nothing generated, so a spec edit that breaks `luo-generated`
+//! never breaks the generator. [`commands`] are the spec-side `luo` commands;
+//! [`output`] is how every `luo` command prints (text, or JSON for tools).
 
 pub mod abi_table;
 pub mod ast;
@@ -17,6 +20,7 @@ pub mod generate;
 pub mod ir;
 pub mod layout;
 pub mod model;
+pub mod output;
 pub mod render;
 pub mod schema_diff;
 pub mod ty;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The resolved spec model: what every renderer and check works from.
 //!
 //! `load` reads `spec/*.toml` and `spec/kernels/*.toml`, deserializes them
@@ -5,7 +6,7 @@
 //! below. Name resolution goes through a [`Scope`]: one component version
 //! plus what it `uses`. Checks live in `valid`; layout in `layout`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::Path;
 
@@ -26,6 +27,10 @@ pub struct Spec {
     pub components: Vec<Component>,
     /// Kernel releases, in file order (sorted by file name).
     pub kernels: Vec<Kernel>,
+    /// Component files that could not be read or parsed, by file stem (a component file is
+    /// named after its component). The parse error was reported; checks stay silent about
+    /// names these would have defined, so one typo gives one error, not one per reference.
+    pub unloaded: BTreeSet<String>,
 }
 
 /// One header's worth of ABI, with its versions.
@@ -197,6 +202,8 @@ pub struct Enum {
     pub name: Option<String>,
     /// Comment.
     pub doc: Option<String>,
+    /// Where the C header renders it (enums are never `ext`).
+    pub place: Placement,
     /// Members: name, value, comment, span.
     pub members: Vec<EnumMember>,
 }
@@ -425,11 +432,15 @@ pub fn load(dir: &Path) -> (Spec, Diagnostics) {
     kernel_files.sort();
     for path in component_files {
         let Some((file, text)) = read(&mut spec, &mut diags, &path) else {
+            spec.unloaded.insert(file_stem(&path));
             continue;
         };
         match toml::from_str::<ast::ComponentFile>(&text) {
             Ok(raw) => spec.components.push(lower_component(file, raw, &mut diags)),
-            Err(e) => toml_error(&mut diags, file, &e),
+            Err(e) => {
+                toml_error(&mut diags, file, &e);
+                spec.unloaded.insert(file_stem(&path));
+            }
         }
     }
     for path in kernel_files {
@@ -460,12 +471,22 @@ pub fn load_texts(files: &[(&str, &str)]) -> (Spec, Diagnostics) {
         } else {
             match toml::from_str::<ast::ComponentFile>(text) {
                 Ok(raw) => spec.components.push(lower_component(file, raw, &mut diags)),
-                Err(e) => toml_error(&mut diags, file, &e),
+                Err(e) => {
+                    toml_error(&mut diags, file, &e);
+                    spec.unloaded.insert(file_stem(Path::new(path)));
+                }
             }
         }
     }
     spec.components.sort_by(|a, b| a.name.cmp(&b.name));
     (spec, diags)
+}
+
+/// `spec/memfd.toml` → `memfd`.
+fn file_stem(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn list_toml(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -612,6 +633,7 @@ fn lower_items(
         .map(|e| Enum {
             name: text(&e.name),
             doc: text(&e.doc),
+            place: Placement::of(false, &e.not_in),
             members: e
                 .members
                 .iter()
@@ -1023,6 +1045,22 @@ impl<'a> Scope<'a> {
             }
         }
         out
+    }
+
+    /// Whether a `uses` of this scope names a component or version that is not loaded
+    /// (misspelled, or its file did not parse). Such a `uses` was reported; a name this
+    /// scope cannot resolve may be one the missing component defines, so checks do not
+    /// report it again.
+    pub fn incomplete(&self) -> bool {
+        let spec = self.spec;
+        let comp_missing = |name: &str| spec.component(name).is_none();
+        self.component().uses.iter().any(|u| comp_missing(&u.name))
+            || self.version().is_some_and(|v| {
+                v.uses.iter().any(|(c, ver, _)| {
+                    spec.component(c)
+                        .is_none_or(|(_, comp)| !comp.versions.iter().any(|x| &x.id == ver))
+                })
+            })
     }
 
     /// Find a struct by tag.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Field types: the small type grammar of `type = "…"` in specs.
 //!
 //! ```text

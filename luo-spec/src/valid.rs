@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Checks on a loaded spec. Each pushes diagnostics and carries on, so one
 //! run reports every problem (serde_derive's `Ctxt` pattern).
 
@@ -119,7 +120,8 @@ fn check_components(spec: &Spec, diags: &mut Diagnostics) {
             }
         }
         for u in &c.uses {
-            if spec.component(&u.name).is_none() {
+            // A component whose file did not parse was reported there.
+            if spec.component(&u.name).is_none() && !spec.unloaded.contains(&u.name) {
                 diags
                     .error(
                         "unknown-name",
@@ -127,9 +129,24 @@ fn check_components(spec: &Spec, diags: &mut Diagnostics) {
                         u.span.clone(),
                         format!("unknown component `{}`", u.name),
                     )
-                    .with_label("not defined in spec/");
+                    .with_label("not defined in spec/")
+                    .with_hint(component_hint(spec, &u.name));
             }
         }
+    }
+}
+
+/// The hint for an unknown component name: the closest known one, and all of them.
+fn component_hint(spec: &Spec, name: &str) -> String {
+    let known: Vec<_> = spec.components.iter().map(|c| c.name.as_str()).collect();
+    let closest = known
+        .iter()
+        .copied()
+        .filter(|c| edit_distance(c, name) <= 2)
+        .min_by_key(|c| edit_distance(c, name));
+    match closest {
+        Some(c) => format!("did you mean `{c}`? components: {}", known.join(", ")),
+        None => format!("components: {}", known.join(", ")),
     }
 }
 
@@ -261,15 +278,25 @@ fn check_uses(scope: Scope<'_>, diags: &mut Diagnostics) {
             .spec
             .component(c)
             .is_some_and(|(_, comp)| comp.versions.iter().any(|x| &x.id == ver));
-        if !ok {
-            diags
+        if !ok && !scope.spec.unloaded.contains(c) {
+            // Worded like the same mistake in a kernel file, so that every reference to one
+            // missing component or version is one finding.
+            let message = if scope.spec.component(c).is_none() {
+                format!("unknown component `{c}`")
+            } else {
+                format!("component `{c}` has no version `{ver}`")
+            };
+            let d = diags
                 .error(
                     "unknown-name",
                     scope.component().file,
                     span.clone(),
-                    format!("unknown version `{c}/{ver}`"),
+                    message,
                 )
-                .with_label("no such component version");
+                .with_label(format!("`uses` names `{c}/{ver}`"));
+            if scope.spec.component(c).is_none() {
+                d.with_hint(component_hint(scope.spec, c));
+            }
         }
     }
 }
@@ -296,20 +323,40 @@ fn check_expr(
             .with_hint("write the value with plain C operators");
     }
     if let Err(e) = layouts.eval(scope, expr, Target::PRIMARY) {
+        // A name a missing `uses` would have defined: that `uses` was reported.
+        if matches!(e, crate::expr::EvalError::UnknownName(_)) && scope.incomplete() {
+            return;
+        }
+        // The struct's own error was reported where it is defined.
+        if matches!(e, crate::expr::EvalError::StructFailed(_)) {
+            return;
+        }
         let mut names = Vec::new();
         expr.names(&mut names);
         let hint = match &e {
             crate::expr::EvalError::UnknownName(n) => suggest(scope, n),
             _ => None,
         };
-        let d = diags
-            .error(
+        // A missing name is the headline, so every expression missing it is one finding
+        // (shown once, with its other places); arithmetic errors are about the expression.
+        let (code, message, label) = match &e {
+            crate::expr::EvalError::UnknownSizeof(n) if n.starts_with("struct ") => (
+                "unknown-type",
+                format!("unknown type `{}`", &n["struct ".len()..]),
+                format!("in `{expr}`: no struct with this name is visible"),
+            ),
+            crate::expr::EvalError::UnknownName(_) | crate::expr::EvalError::UnknownSizeof(_) => {
+                ("bad-expression", e.to_string(), format!("in `{expr}`"))
+            }
+            _ => (
                 "bad-expression",
-                file,
-                span.clone(),
                 format!("cannot evaluate `{expr}`"),
-            )
-            .with_label(e.to_string());
+                e.to_string(),
+            ),
+        };
+        let d = diags
+            .error(code, file, span.clone(), message)
+            .with_label(label);
         if let Some(h) = hint {
             d.with_hint(h);
         }
@@ -552,6 +599,10 @@ fn check_string_fits(
         })
     });
     let Some((origin, strukt)) = found else {
+        // Any component that did not parse may define it; its parse error was reported.
+        if !scope.spec.unloaded.is_empty() {
+            return;
+        }
         diags
             .error(
                 "unknown-name",
@@ -573,6 +624,10 @@ fn check_string_fits(
             .with_label("no such member");
         return;
     };
+    // A member of an unknown type was reported as such.
+    if matches!(&f.ty, Ty::Named(n) if scope.at(origin).find_struct(n).is_none()) {
+        return;
+    }
     if !matches!(f.ty, Ty::Str | Ty::Prim(Prim::Char | Prim::U8)) {
         diags
             .error(
@@ -616,33 +671,39 @@ fn check_type_names(
     diags: &mut Diagnostics,
 ) {
     let abi = scope.component().abi;
+    // Unknown names may come from a `uses` that is missing; that one was reported.
+    let silent = scope.incomplete();
     match ty {
         Ty::Named(n) => {
-            if scope.find_struct(n).is_none() {
+            if scope.find_struct(n).is_none() && !silent {
                 let hint = suggest(scope, n).unwrap_or_else(|| {
                     "define the struct, or add the component that defines it to `uses`".into()
                 });
+                // The name is the headline: every use of one missing struct is one finding.
                 diags
                     .error(
                         "unknown-type",
                         file,
                         span.clone(),
-                        format!("{what}: unknown type `{n}`"),
+                        format!("unknown type `{n}`"),
                     )
-                    .with_label("no struct with this name is visible")
+                    .with_label(format!("{what}: no struct with this name is visible"))
                     .with_hint(hint);
             }
         }
         Ty::Phys(n) => {
-            if scope.find_struct(n).is_none() && !scope.is_opaque(n) {
+            if scope.find_struct(n).is_none() && !scope.is_opaque(n) && !silent {
                 diags
                     .error(
                         "unknown-type",
                         file,
                         span.clone(),
-                        format!("{what}: `phys<{n}>` points to an unknown struct"),
+                        format!("unknown type `{n}`"),
                     )
-                    .with_label("unknown target");
+                    .with_label(format!("{what}: `phys<{n}>` points to no visible struct"))
+                    .with_hint(suggest(scope, n).unwrap_or_else(|| {
+                        "define the struct, or add the component that defines it to `uses`".into()
+                    }));
             }
         }
         Ty::Ptr { target, .. } => {
@@ -660,15 +721,17 @@ fn check_type_names(
                     .with_hint("use a u64 handle or an `aligned_u64` user address");
             }
             match target.as_ref() {
-                Ty::Named(n) if scope.find_struct(n).is_none() && !scope.is_opaque(n) => {
+                Ty::Named(n)
+                    if scope.find_struct(n).is_none() && !scope.is_opaque(n) && !silent =>
+                {
                     diags
                         .error(
                             "unknown-type",
                             file,
                             span.clone(),
-                            format!("{what}: pointer to unknown type `{n}`"),
+                            format!("unknown type `{n}`"),
                         )
-                        .with_label("not a struct or opaque type")
+                        .with_label(format!("{what}: a pointer to no struct or opaque type"))
                         .with_hint(
                             "declare it in `[component] opaque = [...]` if it is a kernel object",
                         );
@@ -877,7 +940,10 @@ fn check_struct(scope: Scope<'_>, layouts: &Layouts, s: &Struct, diags: &mut Dia
                     ),
                 );
             }
-            if !matches!(f.ty, Ty::Prim(p) if p.is_fixed_int() && p != Prim::AlignedU64) {
+            // An unknown type name was reported as such; a bitfield error would repeat it.
+            let unknown = matches!(&f.ty, Ty::Named(n) if scope.find_struct(n).is_none());
+            if !unknown && !matches!(f.ty, Ty::Prim(p) if p.is_fixed_int() && p != Prim::AlignedU64)
+            {
                 diags
                     .error(
                         "bitfield",
@@ -1129,7 +1195,10 @@ fn check_ioctl(
         }
         Some((_, s)) => {
             let first = s.fields.first();
-            if !first.is_some_and(|f| f.name == "size" && f.ty == Ty::Prim(Prim::U32)) {
+            // A first member of an unknown type was reported as such.
+            let unknown = first
+                .is_some_and(|f| matches!(&f.ty, Ty::Named(n) if scope.find_struct(n).is_none()));
+            if !unknown && !first.is_some_and(|f| f.name == "size" && f.ty == Ty::Prim(Prim::U32)) {
                 diags
                     .error(
                         "ioctl-size-prefix",
@@ -1265,14 +1334,19 @@ fn check_features(scope: Scope<'_>, diags: &mut Diagnostics) {
                 "unknown-type",
                 file,
                 fs.struct_name.span.clone(),
-                format!("unknown struct `{}`", fs.struct_name.name),
+                format!("unknown type `{}`", fs.struct_name.name),
             );
         }
         Some((_, s)) => {
             let first = s.fields.first();
-            if !first.is_some_and(|f| {
-                f.name == "features" && f.ty == Ty::Named("luo_feature_hdr".into())
-            }) {
+            // A first member of an unknown type was reported as such.
+            let unknown = first
+                .is_some_and(|f| matches!(&f.ty, Ty::Named(n) if scope.find_struct(n).is_none()));
+            if !unknown
+                && !first.is_some_and(|f| {
+                    f.name == "features" && f.ty == Ty::Named("luo_feature_hdr".into())
+                })
+            {
                 diags
                     .error(
                         "feature-header",
@@ -1325,17 +1399,23 @@ fn check_kernels(spec: &Spec, diags: &mut Diagnostics) {
             .chain(k.drops.iter().map(|(c, v)| (c, v.as_slice())))
         {
             let Some((_, c)) = spec.component(comp) else {
+                // A component file that did not parse was reported there.
+                if spec.unloaded.contains(comp) {
+                    continue;
+                }
                 let span = ver.first().map_or(0..0, |v| v.span.clone());
-                let known: Vec<_> = spec.components.iter().map(|c| c.name.as_str()).collect();
+                let hint = component_hint(spec, comp);
+                // Worded like the same mistake in a `uses`, so all references to one
+                // missing component are one finding.
                 diags
                     .error(
                         "unknown-name",
                         k.file,
                         span,
-                        format!("kernel `{}` names unknown component `{comp}`", k.name),
+                        format!("unknown component `{comp}`"),
                     )
-                    .with_label(format!("the version of `{comp}`"))
-                    .with_hint(format!("components: {}", known.join(", ")));
+                    .with_label(format!("kernel `{}` names the version of `{comp}`", k.name))
+                    .with_hint(hint);
                 continue;
             };
             for v in ver {
@@ -1348,7 +1428,7 @@ fn check_kernels(spec: &Spec, diags: &mut Diagnostics) {
                             v.span.clone(),
                             format!("component `{comp}` has no version `{}`", v.name),
                         )
-                        .with_label("unknown version")
+                        .with_label(format!("kernel `{}` names it", k.name))
                         .with_hint(if known.is_empty() {
                             format!("`{comp}` defines no `[[version]]`")
                         } else {
@@ -1357,15 +1437,6 @@ fn check_kernels(spec: &Spec, diags: &mut Diagnostics) {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn edit_distance_works() {
-        assert_eq!(super::edit_distance("kho_vmalloc", "kho_vmaloc"), 1);
-        assert_eq!(super::edit_distance("abc", "abc"), 0);
     }
 }
 
@@ -1456,5 +1527,14 @@ fn check_ext_placement(scope: Scope<'_>, items: &Items, diags: &mut Diagnostics)
             )
             .with_label("would be in no header")
             .with_hint("add `ext_header = \"linux/<name>_ext.h\"` to [component], or drop `ext`");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn edit_distance_works() {
+        assert_eq!(super::edit_distance("kho_vmalloc", "kho_vmaloc"), 1);
+        assert_eq!(super::edit_distance("abc", "abc"), 0);
     }
 }

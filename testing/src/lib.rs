@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Test support: a test file handler and a test FLB on luo-core, for tests and benchmarks.
 //!
 //! Where it sits: beside the machine layer, outside the core. A test boots a luo-core

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Running the `luo` binary from tests, through cargo so it is built first.
 
 use std::path::Path;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Fuzz target bodies. Each takes arbitrary bytes and must never panic,
 //! hang or allocate without bound; they assert the invariants that must
 //! hold whatever the input.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Bad-spec diagnostics: each case is a minimal component with one mistake.
 //!
 //! Every case asserts that the expected diagnostic code is reported and
@@ -1294,4 +1295,99 @@ ext = true
         ),
         "ext-without-header",
     );
+}
+
+/// The repository's spec files as `(path, text)` pairs for `load_texts`, with `edit` applied
+/// to the text of `file` (which must change it).
+fn real_spec_with(file: &str, from: &str, to: &str) -> Vec<(String, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../spec");
+    let mut files = Vec::new();
+    for (sub, prefix) in [(dir.clone(), "spec/"), (dir.join("kernels"), "kernels/")] {
+        let mut names: Vec<_> = std::fs::read_dir(&sub)
+            .expect("spec dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        names.sort();
+        for p in names {
+            let name = p.file_name().and_then(|n| n.to_str()).expect("utf8");
+            let mut text = std::fs::read_to_string(&p).expect("read spec file");
+            if format!("{prefix}{name}") == file {
+                let edited = text.replacen(from, to, 1);
+                assert_ne!(edited, text, "`{from}` is not in {file}");
+                text = edited;
+            }
+            files.push((format!("{prefix}{name}"), text));
+        }
+    }
+    files
+}
+
+/// Check the real spec with one edit: the rendered errors, one per mistake.
+fn check_real(file: &str, from: &str, to: &str) -> (Diagnostics, String) {
+    let files = real_spec_with(file, from, to);
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, t)| (p.as_str(), t.as_str()))
+        .collect();
+    let (spec, mut diags) = luo_spec::model::load_texts(&refs);
+    let layouts = luo_spec::layout::Layouts::new();
+    luo_spec::valid::check(&spec, &layouts, &mut diags);
+    let text = diags.render(&spec.sources, Severity::Error);
+    (diags, text)
+}
+
+/// A syntax error in `memfd.toml` is one error: the kernels naming `memfd` and the structs
+/// copying its compatible string do not each report the component missing.
+#[test]
+fn syntax_error_in_a_component_does_not_cascade() {
+    let (diags, text) = check_real("spec/memfd.toml", r#"abi = "kho""#, r#"abi = "kho"#);
+    assert_eq!(diags.count(Severity::Error), 1, "{text}");
+    assert_reported(&diags, "syntax", &text);
+    insta::assert_snapshot!("syntax_error_in_a_component_does_not_cascade", text);
+    // The same for a component others `uses` and size their structs with.
+    let (diags, text) = check_real("spec/kho.toml", "[component]", "[component");
+    assert_eq!(diags.count(Severity::Error), 1, "{text}");
+    let (diags, text) = check_real("spec/luo.toml", "[component]", "[component");
+    assert_eq!(diags.count(Severity::Error), 1, "{text}");
+}
+
+/// A misspelled `uses` is one error, not one per type the component then cannot see.
+#[test]
+fn misspelled_uses_does_not_cascade() {
+    let (diags, text) = check_real("spec/memfd.toml", r#"uses = ["kho"]"#, r#"uses = ["khoo"]"#);
+    assert_eq!(diags.count(Severity::Error), 1, "{text}");
+    insta::assert_snapshot!("misspelled_uses_does_not_cascade", text);
+}
+
+/// An unknown member type is one error: the bitfield check, the struct's `sizeof` in other
+/// expressions and the constants computed from it stay silent.
+#[test]
+fn unknown_member_type_does_not_cascade() {
+    let (diags, text) = check_real(
+        "spec/memfd.toml",
+        r#"type = "u64", bits = 52"#,
+        r#"type = "u46", bits = 52"#,
+    );
+    assert_eq!(diags.count(Severity::Error), 1, "{text}");
+    assert_reported(&diags, "unknown-type", &text);
+    let (diags, text) = check_real("spec/luo.toml", r#""u64""#, r#""uv4""#);
+    assert_eq!(diags.count(Severity::Error), 1, "{text}");
+    insta::assert_snapshot!("unknown_member_type_does_not_cascade", text);
+}
+
+/// A renamed struct or component is one finding listing every place that still names it.
+#[test]
+fn renamed_definition_is_one_finding_with_its_places() {
+    let (diags, text) = check_real(
+        "spec/block.toml",
+        r#"name = "kho_block_header_ser""#,
+        r#"name = "kho_block_headr_ser""#,
+    );
+    assert_eq!(diags.count(Severity::Error), 1, "{text}");
+    assert!(text.contains("also at"), "{text}");
+    insta::assert_snapshot!("renamed_struct_is_one_finding", text);
+    let (diags, text) = check_real("spec/block.toml", r#"name = "block""#, r#"name = "blok""#);
+    assert_eq!(diags.count(Severity::Error), 1, "{text}");
+    assert!(text.contains("did you mean `blok`"), "{text}");
 }

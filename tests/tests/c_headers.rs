@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Every generated header compiles on its own with gcc (C11, pedantic),
 //! g++ (C++17) and gcc -m32; the uAPI header also under C90. A C program
 //! built against each kernel's headers prints `sizeof`/`offsetof` of every

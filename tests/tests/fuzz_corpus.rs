@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Replays every committed fuzz corpus (`fuzz/corpus/<target>/`) through
 //! the same target bodies cargo-fuzz runs, on stable, in CI.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `generated/` equals what the generator produces from `spec/` (the same
 //! check as `luo gen --check`), and generation is deterministic.
 

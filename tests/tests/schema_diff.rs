@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Schema diffing: the corpus in `tests/schema/` (one directory per case:
 //! `old.toml` and `new.toml` spec components, `case.toml` with the expected
 //! rule IDs and exit code), the real history of the upstream ABIs, the
@@ -335,9 +336,15 @@ fn matrix_verdicts_and_html() {
     );
 
     // Parse the HTML back: one cell per pair, classes match the verdicts.
-    let html = matrix::render_html(&sets, &m);
+    let about = matrix::About {
+        date: "2026-12-08".into(),
+        build: "v1-test".into(),
+        luo: "0.1.0".into(),
+    };
+    let html = matrix::render_html(&sets, &m, &about);
+    let by_kernel = table_of(&html, "matrix");
     let mut parsed = 0;
-    for td in html.split("<td ").skip(1) {
+    for td in by_kernel.split("<td ").skip(1) {
         let attr = |name: &str| {
             let key = format!("{name}=\"");
             let start = td.find(&key).expect("attribute") + key.len();
@@ -353,9 +360,109 @@ fn matrix_verdicts_and_html() {
         assert_eq!(ok == "true", cell(&bare(&from), &bare(&to)).ok);
         assert_eq!(class, if ok == "true" { "ok" } else { "bad" });
         assert!(!attr("title").is_empty(), "reasons on hover");
+        // Every red cell shows, without a click, each blocking component with its rule
+        // and reason.
+        let c = cell(&from, &to);
+        let blockers: Vec<&str> = td.split("<li class=\"blocker\" ").skip(1).collect();
+        for v in c.components.iter().filter(|v| !v.ok) {
+            let li = blockers
+                .iter()
+                .find(|li| li.starts_with(&format!("data-component=\"{}\"", v.component)))
+                .unwrap_or_else(|| panic!("{from} -> {to}: {} not shown:\n{td}", v.component));
+            // What a reader sees: the text without tags.
+            let text = text_of(li);
+            let want = format!(
+                "{} {}{}",
+                v.component,
+                v.rule.id(),
+                v.reason.replace('`', "")
+            );
+            assert!(
+                text.starts_with(&want),
+                "{from} -> {to}: `{want}` not in `{text}`"
+            );
+        }
+        assert_eq!(
+            td.matches("<li class=\"blocker\"").count(),
+            c.components.iter().filter(|v| !v.ok).count()
+        );
+        assert!(!td.contains("<details"), "nothing hidden behind a click");
         parsed += 1;
     }
     assert_eq!(parsed, sets.len() * sets.len());
+
+    // A legend naming every rule; the date and the tree.
+    let legend = table_of(&html, "legend");
+    for r in matrix::Rule::ALL {
+        assert!(
+            legend.contains(r.id()) && legend.contains(&esc(r.meaning())),
+            "{r:?}"
+        );
+    }
+    assert!(html.contains("<time>2026-12-08</time>") && html.contains("<code>v1-test</code>"));
+
+    // Per component: one row per (component, from kernel), a cell per to kernel, each with
+    // the rule that decided it.
+    let by_comp = table_of(&html, "components");
+    let comps: std::collections::BTreeSet<&str> = m
+        .iter()
+        .flatten()
+        .flat_map(|c| c.components.iter().map(|v| v.component.as_str()))
+        .collect();
+    for comp in &comps {
+        for c in m.iter().flatten() {
+            let Some(v) = c.components.iter().find(|v| v.component == *comp) else {
+                continue;
+            };
+            let td = format!(
+                "<td class=\"{}\" data-component=\"{comp}\" data-from=\"{}\" data-to=\"{}\"",
+                if v.ok { "ok" } else { "bad" },
+                c.from,
+                c.to
+            );
+            let at = by_comp.find(&td).unwrap_or_else(|| panic!("{td} missing"));
+            let rest = &by_comp[at..];
+            let end = rest.find("</td>").expect("end of cell");
+            assert!(rest[..end].contains(v.rule.id()), "{td}: rule {:?}", v.rule);
+        }
+    }
+}
+
+/// The `<table id="ID">...</table>` of a page.
+fn table_of<'a>(html: &'a str, id: &str) -> &'a str {
+    let start = html
+        .find(&format!("<table id=\"{id}\""))
+        .or_else(|| html.find(&format!("id=\"{id}\">")))
+        .unwrap_or_else(|| panic!("no table {id}"));
+    let end = start + html[start..].find("</table>").expect("end of table");
+    &html[start..end]
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The text of an HTML fragment: tags dropped, entities decoded.
+fn text_of(html: &str) -> String {
+    let mut out = String::new();
+    let mut in_tag = html
+        .find('>')
+        .is_some_and(|gt| html.find('<').is_none_or(|lt| gt < lt));
+    for ch in html.chars() {
+        match ch {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            c if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&amp;", "&")
 }
 
 #[test]
@@ -443,7 +550,7 @@ fn cli_exit_codes_and_bad_inputs() {
         ),
         (
             vec!["schema", "diff", "--format", "yaml", "6.19", "7.3"],
-            "unknown format",
+            "invalid value 'yaml'",
         ),
     ] {
         let (code, _, err) = luo(&args);
@@ -601,6 +708,7 @@ fn pci_turned_versionless() {
     let (spec, diags) = luo_spec::model::load(&root().join("spec"));
     assert!(!diags.has_errors());
     let layouts = Layouts::new();
+    let ir = Ir::build(&spec, &layouts);
     let (ci, comp) = spec.component("pci").expect("pci");
     let k = spec
         .kernels
@@ -622,7 +730,7 @@ fn pci_turned_versionless() {
                 },
             },
             k,
-            &layouts,
+            &ir,
         )
     };
     let (old, new) = (snap("v3"), snap("data_v2"));

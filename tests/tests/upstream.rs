@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The generated Rust ABI types against the numbers upstream publishes
 //! (reference/luo-upstream.md §1, §4, §8b): written out here, not taken from
 //! the spec, so a spec edit that moves a byte fails this test.
@@ -161,4 +162,39 @@ fn generated_migration_from_memfd_v1_to_v2() {
         zerocopy::IntoBytes::as_bytes(&new_folios),
         zerocopy::IntoBytes::as_bytes(&old_folios)
     );
+}
+
+/// The 7.2 KHO ABI headers beside LUO's (include/linux/kho/abi/kexec_metadata.h and
+/// memblock.h of 7.2.13): names, include guards, constants and the packed metadata record.
+#[test]
+fn kexec_metadata_and_memblock_as_in_7_2() {
+    use luo_generated::{kexec_metadata, memblock};
+    assert_eq!(kexec_metadata::v1::KHO_KEXEC_METADATA_VERSION, 1);
+    assert_eq!(kexec_metadata::v1::KHO_METADATA_NODE_NAME, "kexec-metadata");
+    assert_eq!(size_of::<kexec_metadata::v1::kho_kexec_metadata>(), 73);
+    assert_eq!(
+        offset_of!(kexec_metadata::v1::kho_kexec_metadata, previous_release),
+        4
+    );
+    assert_eq!(
+        offset_of!(kexec_metadata::v1::kho_kexec_metadata, kexec_count),
+        69
+    );
+    assert_eq!(memblock::v1::MEMBLOCK_KHO_FDT, "memblock");
+    assert_eq!(memblock::v1::MEMBLOCK_KHO_NODE_COMPATIBLE, "memblock-v1");
+    assert_eq!(
+        memblock::v1::RESERVE_MEM_KHO_NODE_COMPATIBLE,
+        "reserve-mem-v1"
+    );
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../generated/include");
+    for (h, guard) in [
+        ("kexec_metadata.h", "_LINUX_KHO_ABI_KEXEC_METADATA_H"),
+        ("memblock.h", "_LINUX_KHO_ABI_MEMBLOCK_H"),
+    ] {
+        let text = std::fs::read_to_string(root.join("linux/kho/abi").join(h)).expect(h);
+        assert!(
+            text.contains(&format!("#ifndef {guard}\n#define {guard}")),
+            "{h}"
+        );
+    }
 }

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Compile-time tests of the `luo` macros (this library is empty; the tests are the crate).
 //!
 //! * `tests/ui/fail/*.rs` and `tests/ui/pass/*.rs`: trybuild cases (`tests/ui.rs`); every

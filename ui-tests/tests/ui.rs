@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! trybuild: every `ui/fail/*.rs` must fail to compile with exactly its committed `.stderr`
 //! (each message names the problem and the fix), every `ui/pass/*.rs` must compile.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `luo-bench-report`: runs the benchmark suite, compares every row with its baseline **in
 //! the same run**, and writes `BENCHMARKS.md` (repository root) and `target/luo-bench.json`.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `block`: items common to every version (linux/kho/abi/block.h).
 //!
 //! DOC: KHO Serialization Blocks ABI

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `block` version `next`.
 //!
 //! mm tree: the same layout, now versioned by its own compatible string.

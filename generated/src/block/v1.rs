@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `block` version `v1`.
 //!
 //! 7.3 (newest mainline): the first block format; no compatible string of its own.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `hugetlb` version `draft`.
 //!
 //! This tree's earlier reading of the RFC's pool state (history; no kernel writes or reads it).

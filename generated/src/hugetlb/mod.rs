@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `hugetlb`: items common to every version (linux/kho/abi/hugetlb.h).
 //!
 //! DOC: HugeTLB Live Update ABI

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `hugetlb` version `v1`.
 //!
 //! As posted: "hugetlb-v1" with the preserved pages per hstate, and "huge-memfd-v1".

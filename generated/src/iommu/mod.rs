@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `iommu`: items common to every version (linux/kho/abi/iommu.h).
 //!
 //! DOC: IOMMU Live Update ABI

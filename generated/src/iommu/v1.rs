@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `iommu` version `v1`.
 //!
 //! "iommu-liveupdate-v1": three chain heads, no version field.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `iommufd`: items common to every version (linux/kho/abi/iommufd.h).
 //!
 //! DOC: iommufd Live Update ABI

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `iommufd` version `v1`.
 //!
 //! "iommufd-v1".

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `kho`: items common to every version (linux/kho/abi/kexec_handover.h).
 //!
 //! DOC: Kexec Handover ABI for vmalloc Preservation
@@ -19,6 +20,30 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 ///
 /// C: `(PAGE_SIZE - sizeof(struct kho_vmalloc_hdr)) / 8` (value for 4 KiB pages)
 pub const KHO_VMALLOC_SIZE: u64 = 0x1ff;
+
+/// Compatible string of the KHO root FDT node.
+pub const KHO_FDT_COMPATIBLE: &str = "kho-v4";
+
+/// Root property: physical address of the radix tree of preserved memory (the top struct kho_radix_node).
+pub const KHO_FDT_MEMORY_MAP_PROP_NAME: &str = "preserved-memory-map";
+
+/// Subtree property: physical address of the subtree's preserved blob.
+pub const KHO_SUB_TREE_PROP_NAME: &str = "preserved-data";
+
+/// Subtree property: size of the subtree's blob in bytes.
+pub const KHO_SUB_TREE_SIZE_PROP_NAME: &str = "blob-size";
+
+/// Bit of the order marker for an order-0 page (and width of the shifted address).
+pub const KHO_ORDER_0_LOG2: u32 = 0x34;
+
+/// log2 of the entries of one kho_radix_node table (a page of u64).
+pub const KHO_TABLE_SIZE_LOG2: u32 = 9;
+
+/// log2 of the bits of one kho_radix_leaf bitmap (a page of bits).
+pub const KHO_BITMAP_SIZE_LOG2: u32 = 0xf;
+
+/// Levels of the tree: the intermediate ones and the bitmap level.
+pub const KHO_TREE_MAX_DEPTH: u32 = 6;
 
 /// struct kho_vmalloc_hdr - Link at the start of every vmalloc chunk.
 ///
@@ -154,6 +179,84 @@ unsafe impl luo_abi::abi::AbiField for kho_vmalloc {}
 // SAFETY: as above.
 unsafe impl luo_abi::abi::AbiType for kho_vmalloc {
     const NAME: &'static str = "kho_vmalloc";
+    const PACKED: bool = false;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        Ok(())
+    }
+}
+
+/// struct kho_radix_node - An intermediate level of the radix tree: a page of
+/// physical addresses of the next level's pages (0 where nothing is
+/// preserved).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct kho_radix_node {
+    /// Next-level pages by the key bits of this level.
+    pub table: [u64; 512],
+}
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const _: () = {
+    assert!(core::mem::size_of::<kho_radix_node>() == 4096);
+    assert!(core::mem::align_of::<kho_radix_node>() == 8);
+    assert!(core::mem::offset_of!(kho_radix_node, table) == 0);
+};
+
+#[cfg(target_arch = "x86")]
+const _: () = {
+    assert!(core::mem::size_of::<kho_radix_node>() == 4096);
+    assert!(core::mem::align_of::<kho_radix_node>() == 4);
+    assert!(core::mem::offset_of!(kho_radix_node, table) == 0);
+};
+
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for kho_radix_node {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for kho_radix_node {
+    const NAME: &'static str = "kho_radix_node";
+    const PACKED: bool = false;
+
+    fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {
+        Ok(())
+    }
+}
+
+/// struct kho_radix_leaf - The last level of the radix tree: a page of bits,
+/// one per key. Upstream declares it with DECLARE_BITMAP (unsigned long
+/// words); on the 64-bit targets KHO runs on that is the same page of u64.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct kho_radix_leaf {
+    /// Preserved blocks, one bit per key.
+    pub bitmap: [u64; 512],
+}
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const _: () = {
+    assert!(core::mem::size_of::<kho_radix_leaf>() == 4096);
+    assert!(core::mem::align_of::<kho_radix_leaf>() == 8);
+    assert!(core::mem::offset_of!(kho_radix_leaf, bitmap) == 0);
+};
+
+#[cfg(target_arch = "x86")]
+const _: () = {
+    assert!(core::mem::size_of::<kho_radix_leaf>() == 4096);
+    assert!(core::mem::align_of::<kho_radix_leaf>() == 4);
+    assert!(core::mem::offset_of!(kho_radix_leaf, bitmap) == 0);
+};
+
+// SAFETY: `luo gen` laid this struct out from the spec with no implicit
+// padding and only fixed-width members (asserted above), and zerocopy's
+// derives check the same.
+unsafe impl luo_abi::abi::AbiField for kho_radix_leaf {}
+
+// SAFETY: as above.
+unsafe impl luo_abi::abi::AbiType for kho_radix_leaf {
+    const NAME: &'static str = "kho_radix_leaf";
     const PACKED: bool = false;
 
     fn check_reserved(&self) -> Result<(), luo_abi::abi::ReservedNonZero> {

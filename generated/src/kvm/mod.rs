@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `kvm`: items common to every version (linux/kho/abi/kvm.h).
 //!
 //! DOC: KVM and guest_memfd Live Update ABI

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `kvm` version `v1`.
 //!
 //! "kvm_vm_luo_v1" and "guest_memfd_luo_v1" (RFC v2 .. v4, 2026).

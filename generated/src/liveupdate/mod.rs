@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `liveupdate`: items common to every version (linux/liveupdate.h).
 //!
 //! DOC: Live Update Orchestrator kernel API

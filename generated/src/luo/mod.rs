@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `luo`: items common to every version (linux/kho/abi/luo.h).
 //!
 //! DOC: Live Update Orchestrator ABI

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `luo` version `next`.
 //!
 //! mm tree: feature negotiation. struct luo_ser starts with struct

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `luo` version `session_v1`.
 //!
 //! History (the LUO series before 6.19, never in a release): the "luo-v1" FDT

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `luo` version `v1`.
 //!
 //! 6.19: the "luo-v1" FDT with a "luo-session-v2" node. A session embeds struct

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `luo` version `v1_flb`.
 //!
 //! 7.0: v1 plus file-lifecycle-bound global state: a "luo-flb" node

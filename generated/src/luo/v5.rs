@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `luo` version `v5`.
 //!
 //! 7.3 (newest mainline), "luo-v5": no FDT. The KHO entry "LUO" is a raw

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `memfd`: items common to every version (linux/kho/abi/memfd.h).
 //!
 //! DOC: memfd Live Update ABI

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `memfd` version `next`.
 //!
 //! mm tree: feature negotiation. struct memfd_luo_ser starts with struct

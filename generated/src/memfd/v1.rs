@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `memfd` version `v1`.
 //!
 //! 6.19 and 7.0: position, size and folios; seals are not preserved.

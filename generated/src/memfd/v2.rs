@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `memfd` version `v2`.
 //!
 //! 7.3 (newest mainline): adds the file seals, which are uAPI values and so

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `pci` version `data_v2`.
 //!
 //! As applied: the versionless FLB "pci" with PCI_LUO_FLB_VERSION in

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `pci`: items common to every version (linux/kho/abi/pci.h).
 //!
 //! DOC: PCI Live Update ABI

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `pci` version `v3`.
 //!
 //! v6+ of the series: "pci-v3", refcount = preserved devices at or below the node.

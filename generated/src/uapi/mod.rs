@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `uapi`: items common to every version (uapi/linux/liveupdate.h).
 //!
 //! DOC: General ioctl format

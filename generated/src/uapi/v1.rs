@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `uapi` version `v1`.
 //!
 //! The first merged uAPI (6.19, unchanged in 7.0): no GET_NAME.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `uapi` version `v2`.
 //!
 //! 7.3: adds LIVEUPDATE_SESSION_GET_NAME (command 0x43) and its argument struct.

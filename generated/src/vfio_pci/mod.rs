@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `vfio_pci`: items common to every version (linux/kho/abi/vfio_pci.h).
 //!
 //! DOC: vfio-pci Live Update ABI

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `vfio_pci` version `v1`.
 //!
 //! "vfio-pci-v1", v3+ of the series: {u32 domain, u16 bdf}.

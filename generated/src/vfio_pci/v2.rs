@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `vfio_pci` version `v2`.
 //!
 //! "vfio-pci-v2": u8 reset_works after bdf (the VFIO series), then the token of

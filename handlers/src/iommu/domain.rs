@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The model's I/O page tables: a domain's top-level table is one page listing the mapped
 //! IOVA ranges; what crosses the kexec is that very page.
 

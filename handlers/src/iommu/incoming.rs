@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The incoming side: the chains read back, checked, in the new kernel.
 
 use luo_abi::kho::{KhoExt, KhoService};

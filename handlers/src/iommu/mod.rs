@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The IOMMU core's live update state: the FLB `"iommu-liveupdate-v1"` (spec `iommu/v1`,
 //! `reference/luo-upstream.md` §8c), linked by the `iommufd-v1` handler ([`crate::iommufd`]).
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The outgoing side: the chains of page-sized arrays the old kernel appends hardware units,
 //! domains and devices to, and the preserve/unpreserve calls of the IOMMU core that write them.
 

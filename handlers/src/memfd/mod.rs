@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The memfd file handler (`mm/memfd_luo.c`), every version: writes `memfd-v1` (6.19/7.0),
 //! `memfd-v2` (7.3) or the feature-negotiated `memfd` (next), and reads older versions
 //! through reader-only registrations (`can_preserve` false) that migrate on retrieve.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! A cpio "newc" archive writer: the initramfs format the kernel unpacks
 //! (Documentation/driver-api/early-userspace/buffer-format.rst upstream).
 

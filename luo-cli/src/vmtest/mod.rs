@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `luo vmtest`: the real kernel as the oracle.
 //!
 //! The same C programs run as stages across live updates twice: on a real LUO kernel booted in
@@ -20,6 +21,8 @@ mod sim;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use luo_spec::output::Reporter;
 
 /// An error with what failed and what to do next.
 #[derive(Debug)]
@@ -76,6 +79,8 @@ pub struct Options {
     pub ignore: Vec<String>,
     /// The `luo` binary that serves the simulator (default: this one).
     pub luo: PathBuf,
+    /// Text, or one JSON document with every run.
+    pub format: luo_spec::output::Format,
 }
 
 /// One program as the tool runs it.
@@ -102,7 +107,7 @@ impl Program {
 }
 
 /// What one program did in one stage.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ProgRun {
     /// Stage number (1-based).
     pub stage: u32,
@@ -117,7 +122,7 @@ pub struct ProgRun {
 }
 
 /// A whole run on one machine.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct RunResult {
     /// Every program run, in order.
     pub runs: Vec<ProgRun>,
@@ -468,17 +473,26 @@ pub fn run(opts: &Options) -> Result<bool, VmError> {
         (Some(setup), Some(k)) if !opts.next_kernels.is_empty() => booted(setup, k),
         _ => String::new(),
     };
-    match (kernel, simulated) {
+    let mut out = Reporter::stdout(opts.format);
+    let shown = match (kernel, simulated) {
         (Some(k), Some(s)) => {
             let (text, n) = diff(&k, &s, &opts.ignore);
-            print!("{text}{booted}");
-            println!(
-                "{n} differing lines ({} program runs; kernel: {}; sim: {})",
-                k.runs.len(),
-                timing(&k),
-                timing(&s)
-            );
-            Ok(n == 0)
+            out.text(format!("{text}{booted}"))
+                .and_then(|()| {
+                    out.line(format_args!(
+                        "{n} differing lines ({} program runs; kernel: {}; sim: {})",
+                        k.runs.len(),
+                        timing(&k),
+                        timing(&s)
+                    ))
+                })
+                .and_then(|()| {
+                    out.json(&serde_json::json!({
+                        "mode": "diff", "ok": n == 0, "differing_lines": n,
+                        "kernel": k, "sim": s,
+                    }))
+                })
+                .map(|()| n == 0)
         }
         (Some(r), None) | (None, Some(r)) => {
             let title = if opts.mode == Mode::Kernel {
@@ -486,12 +500,18 @@ pub fn run(opts: &Options) -> Result<bool, VmError> {
             } else {
                 "sim"
             };
-            print!("{}{booted}", show(&r, title));
-            println!("time: {}", timing(&r));
-            Ok(ok_run(&r))
+            out.text(format!("{}{booted}", show(&r, title)))
+                .and_then(|()| out.line(format_args!("time: {}", timing(&r))))
+                .and_then(|()| {
+                    out.json(&serde_json::json!({
+                        "mode": title, "ok": ok_run(&r), title: r,
+                    }))
+                })
+                .map(|()| ok_run(&r))
         }
         (None, None) => Ok(false),
-    }
+    };
+    shown.map_err(|e| VmError(format!("writing standard output: {e}")))
 }
 
 #[cfg(test)]

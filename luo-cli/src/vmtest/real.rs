@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The real kernel: QEMU (TCG) boots the kernel with an initramfs built here; the guest's /init
 //! (`init.c`) runs the stages across real kexecs and reports on a serial port of its own.
 
@@ -9,6 +10,9 @@ use std::time::{Duration, Instant};
 use super::cpio::Cpio;
 use super::image::{self, Image};
 use super::{Options, ProgRun, Program, RunResult, VmError, bail, run_cmd};
+
+use luo_sim::progress::{self, Progress};
+use luo_spec::output::Format;
 
 /// Source of the guest's /init.
 const INIT_C: &str = include_str!("init.c");
@@ -164,9 +168,22 @@ impl Setup {
             .spawn()
             .map_err(|e| VmError(format!("cannot start {}: {e}", self.qemu.display())))?;
         let deadline = start + Duration::from_secs(opts.timeout);
+        let total = order.len() as u64;
         let mut parser = Parser::new(order, start);
+        let mut bar = Progress::steps(
+            progress::wanted(opts.format == Format::Json),
+            "kernel",
+            total,
+        );
         let status = loop {
             parser.feed(&results);
+            let next = parser
+                .order
+                .get(parser.runs.len())
+                .map_or("shutdown".to_string(), |(stage, name)| {
+                    format!("kernel stage {stage} {name}")
+                });
+            bar.set(parser.runs.len() as u64, &next);
             match child.try_wait() {
                 Ok(Some(st)) => break Some(st),
                 Ok(None) => {}
@@ -179,6 +196,7 @@ impl Setup {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
+        bar.finish();
         parser.feed(&results);
         let mut qemu_err = String::new();
         if let Some(mut e) = child.stderr.take() {

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The simulator: a daemon of our own (`luo sim serve` on a private socket), every program run
 //! with the preload library, `luo sim kexec` between stages.
 //!
@@ -9,6 +10,9 @@
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use luo_sim::progress::{self, Progress};
+use luo_spec::output::Format;
 
 use super::{Options, ProgRun, Program, RunResult, VmError, bail};
 
@@ -111,9 +115,18 @@ pub fn run(opts: &Options, progs: &[Program], dir: &Path) -> Result<RunResult, V
     }
     let mut r = RunResult::default();
     let preload = luo_sim::PRELOAD;
+    let mut bar = Progress::steps(
+        progress::wanted(opts.format == Format::Json),
+        "sim",
+        u64::from(opts.stages) * progs.len() as u64,
+    );
     for stage in 1..=opts.stages {
         let t0 = Instant::now();
         for p in progs {
+            bar.set(
+                r.runs.len() as u64,
+                &format!("sim stage {stage} {}", p.name),
+            );
             let out = dir.join(format!("sim.{stage}.{}.out", p.name));
             let err = dir.join(format!("sim.{stage}.{}.err", p.name));
             let mk = |f: &Path| {
@@ -175,6 +188,7 @@ pub fn run(opts: &Options, progs: &[Program], dir: &Path) -> Result<RunResult, V
         end_leftovers(daemon.child.id());
         r.stage_secs.push(t0.elapsed().as_secs_f64());
     }
+    bar.finish();
     drop(daemon);
     Ok(r)
 }

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! A booted kernel of the model: KHO, LUO, the fd table, and the kexec that ends it.
 //!
 //! Handlers have no context argument (upstream's API is global), so the kernel a handler

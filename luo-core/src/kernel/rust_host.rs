@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The core as Rust handlers see it: each kernel's [`LuoHost`], and the registrations a
 //! kernel owns.
 //!

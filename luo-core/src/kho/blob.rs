@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The model's KHO handover blob: the preserved-memory map and the subtrees that cross a
 //! kexec, written by [`super::Kho::kexec`] and parsed before the next kernel allocates
 //! anything (upstream keeps the same facts in the KHO FDT and its radix tree,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Fault injection at KHO's allocation sites.
 
 use std::cell::RefCell;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The KHO model: preserved-memory maps over [`crate::mem`], implementing
 //! [`luo_abi::kho::KhoService`].
 //!

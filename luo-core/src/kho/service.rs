@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! [`KhoService`] on the model: the calls handlers make (upstream's `kho_preserve_folio`,
 //! `kho_restore_folio`, `kho_preserve_vmalloc`, `kho_alloc_preserve`, subtrees; all in
 //! `kernel/liveupdate/kexec_handover.c`).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Unit tests of the KHO model.
 
 use luo_abi::Phys;

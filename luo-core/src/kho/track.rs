@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The preserved-memory tracker: which blocks (address, order) are preserved or incoming.
 //!
 //! Upstream's `kho_mem_track` keeps, per order, an xarray of bitmaps of 512 blocks each, and

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! File-to-file dependencies: a preserved file that needs another file of the same session
 //! (upstream's guest_memfd names its KVM VM by the VM file's token).
 //!

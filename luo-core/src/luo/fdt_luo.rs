@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The 6.19/7.0 handover format: a `luo-v1` FDT (one page) in the `"LUO"` subtree with a
 //! `luo-session` node (`luo-session-v2`, property `luo-session-header`: the physical address of
 //! `luo_session_header_ser` followed by `luo_session_ser[]`, a 16-page area), each session's

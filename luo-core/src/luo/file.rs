@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Preserved files (upstream `kernel/liveupdate/luo_file.c`): PRESERVE_FD and RETRIEVE_FD
 //! through the handler's ops, freeze at reboot and its rollback.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! File-lifecycle-bound global data (upstream `kernel/liveupdate/luo_flb.c`): FLBs linked to
 //! handlers, preserved with the first file that needs them and finished after the last.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The seed's file-handler global state and v4-style subsystems.
 //!
 //! Neither exists in upstream's `luo-v5` format, so what they hand over goes into a KHO

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The LUO core: handler and FLB registry, sessions, preserved files, serialization at reboot
 //! (`luo-v5`) and deserialization at boot.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The handler registry (upstream `liveupdate_register_file_handler` and friends in
 //! `kernel/liveupdate/luo_file.c`): registered file handlers, called through their generated
 //! ops tables, and the handler-scoped global states they own.

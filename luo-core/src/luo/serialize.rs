@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! LUO's handover formats (upstream `luo_session_serialize` / `luo_file_serialize` and the
 //! boot-time readers): `luo-v5` block chains, the model's `next` format and the 6.19/7.0
 //! FDT (`fdt_luo`), written at reboot and read at boot before anything is allocated.

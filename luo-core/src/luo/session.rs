@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Sessions (upstream `kernel/liveupdate/luo_session.c`): outgoing sessions created through
 //! `/dev/liveupdate`, incoming ones retrieved by name, FINISH and release.
 

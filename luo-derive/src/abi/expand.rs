@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Phase 4 of `#[derive(Abi)]`: the layout proofs (field types, no implicit padding, the
 //! declared size), each a compile-time check whose message names the field and the fix, and
 //! the `AbiField` / `AbiType` impls.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `#[derive(Abi)]`: proves at compile time that a hand-written handover struct has a C
 //! layout without implicit padding and only ABI-safe fields, and implements
 //! `luo_abi::abi::AbiType` with the reserved-field check run on every read.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Phase 1 and 2 of `#[derive(Abi)]`: the struct's representation, its `#[abi(size = N)]`
 //! and each field with its `#[abi(reserved)]` / `#[abi(foreign)]` flags. Reports only what
 //! does not parse; the rules are for validation.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Phase 3 of `#[derive(Abi)]`: the rules of a handover struct that can be decided from its
 //! tokens (a struct, C representation, no field type that is never ABI-safe). Padding, field
 //! traits and the declared size need the compiler: the expansion proves those.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Phase 4 of the global-state attributes: the ABI trait impls of each form, the FLB's and
 //! the subsystem's ops table and raw struct, and their trampolines into the luo_abi runtime.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The global-state attributes: `#[liveupdate_flb(...)]` (upstream FLB),
 //! `#[liveupdate_global_state(...)]` (handler-scoped state, one object per handler) and
 //! `#[liveupdate_subsystem(...)]` (v4-style subsystems). On the struct they implement the ABI

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Phases 1 to 3 of the global-state attributes: the arguments parsed into the model (for
 //! these forms the arguments are the model), then the rules of each form.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Phase 4: the code of a valid handler (the `HandlerAbi` impl, one ops table and raw
 //! handler per version, the readers of older versions, the trampolines into the luo_abi
 //! runtime, the compile-time checks of the linked globals), or on any error the fallback.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The `HandlerAbi` items that differ between an exact-match ABI (`compatible = "memfd-v2"`:
 //! the record is read as it is) and a feature-negotiated one (`name = "memfd"` with
 //! `features(...)`: the header is negotiated on read and published on write, and the fields

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `#[liveupdate_handler(...)]` on a handler struct: implements `HandlerAbi`, builds one
 //! generated `liveupdate_file_ops` table and one `liveupdate_file_handler` per version
 //! (the version written, then each version read), the trampolines, the handler-scoped

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Phase 2: what the arguments mean, derived without reporting anything. The model keeps
 //! what validation needs to judge it (the duplicates it dropped, why a version read has no
 //! ABI type), so the rules live in one place and expansion reads only settled facts.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Phase 1: the struct attribute's arguments as values. Reports unknown and duplicate keys
 //! and values of the wrong form (a path where a string is needed, a feature without its bit);
 //! what the values mean is for the model and the rules for validation.

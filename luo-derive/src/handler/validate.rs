@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Phase 3: every rule a handler's arguments must follow, each reported at the tokens at
 //! fault with the fix. Nothing here changes the model.
 

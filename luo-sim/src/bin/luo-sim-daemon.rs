@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `luo-sim-daemon [serve] [--socket PATH] [--quiet]` and `luo-sim-daemon kexec [--socket PATH]
 //! [--into PATH]`: the luo-sim daemon and its kexec client.
 use std::path::PathBuf;

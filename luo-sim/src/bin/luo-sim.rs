@@ -1,7 +1,8 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `luo-sim`: the model's live update, end to end, across two processes.
 //!
 //! ```text
-//! luo-sim simulate [--sessions N] [--files N] [--size BYTES] [--seed N] [--hops N] [--next PATH] [--save-image PATH] [--json]
+//! luo-sim simulate [--sessions N] [--files N] [--size SIZE] [--seed N] [--hops N] [--next PATH] [--save-image PATH] [--format text|json]
 //!                  [--from KERNEL] [--to KERNEL]...   (6.19, 7.0, 7.3, next)
 //!                  [--scenario basic|vm] [--hugetlb-form subsystem|flb]   (vm: kernel next)
 //! luo-sim stage2          (run by stage 1 through execve, with the handover inherited)
@@ -16,7 +17,7 @@ use luo_sim::simulate::{self, Options};
 fn usage() -> ExitCode {
     eprintln!(
         "usage: luo-sim simulate [--sessions N] [--files N] [--size BYTES] [--seed N] \
-         [--hops N] [--next PATH] [--save-image PATH] [--json] [--from K] [--to K]... \
+         [--hops N] [--next PATH] [--save-image PATH] [--format text|json] [--from K] [--to K]... \
          [--scenario basic|vm] [--hugetlb-form subsystem|flb]\n       luo-sim stage2\n       \
          luo-sim inspect IMAGE [--json]"
     );
@@ -25,6 +26,7 @@ fn usage() -> ExitCode {
 
 fn parse(args: &[OsString]) -> Option<Options> {
     let mut o = Options::default();
+    let mut per_session = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let a = a.to_str()?;
@@ -34,9 +36,17 @@ fn parse(args: &[OsString]) -> Option<Options> {
         }
         let v = it.next()?;
         match a {
-            "--sessions" => o.sessions = v.to_str()?.parse().ok()?,
-            "--files" => o.files = v.to_str()?.parse().ok()?,
-            "--size" => o.size = v.to_str()?.parse().ok()?,
+            // `--format json` as every `luo` command spells it; `--json` above is the same.
+            "--format" => o.json = parse_format(v.to_str()?)?,
+            "--sessions" => {
+                o.sessions = v.to_str()?.parse().ok()?;
+                per_session = true;
+            }
+            "--files" => {
+                o.files = v.to_str()?.parse().ok()?;
+                per_session = true;
+            }
+            "--size" => o.size = luo_sim::size::parse(v.to_str()?).ok()?,
             "--seed" => o.seed = v.to_str()?.parse().ok()?,
             "--hops" => o.hops = v.to_str()?.parse().ok()?,
             "--next" => o.next = Some(v.into()),
@@ -60,11 +70,23 @@ fn parse(args: &[OsString]) -> Option<Options> {
             _ => return None,
         }
     }
+    // One VM's files in one session: the basic scenario's shape does not apply.
+    if o.scenario == simulate::Scenario::Vm && per_session {
+        return None;
+    }
     // The vm scenario's handlers are kernel next's (as `luo simulate` defaults it).
     if o.scenario == simulate::Scenario::Vm && o.kernels.is_empty() {
         o.kernels.push(luo_core::KernelVersion::Next);
     }
     Some(o)
+}
+
+fn parse_format(v: &str) -> Option<bool> {
+    match v {
+        "text" => Some(false),
+        "json" => Some(true),
+        _ => None,
+    }
 }
 
 fn main() -> ExitCode {
@@ -81,12 +103,9 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
+        // The last stage prints the report itself.
         Some("stage2") => match simulate::stage2(&mut out) {
-            Ok(r) => {
-                let json = serde_json::to_string(&r).unwrap_or_default();
-                println!("report {json}");
-                ExitCode::SUCCESS
-            }
+            Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("luo-sim: stage 2: {e}");
                 ExitCode::FAILURE

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `luo simulate --scenario vm`: one virtual machine's files across a live update.
 //!
 //! Stage 1 (kernel `next`, the only one whose specs have these handlers) registers the
@@ -41,6 +42,7 @@ use luo_handlers::pci::{PciAddr, PciKind};
 use luo_handlers::vfio_pci::{self, CanFinish, Devices, VfioDevice};
 
 use super::{Plan, Reporter, SimError, fill, hugetlb_form_name, op, timed};
+use crate::size::Human;
 use luo_core::file::CoreFile;
 use luo_core::{Kernel, KernelVersion};
 
@@ -115,6 +117,48 @@ pub struct VmReport {
     pub hugetlb_pages: u64,
     /// Free pages in it.
     pub hugetlb_free: u64,
+}
+
+impl VmReport {
+    /// The report for people, after the summary line.
+    pub(super) fn write_text(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let hwpts: Vec<String> = self
+            .hwpts
+            .iter()
+            .map(|(token, maps)| {
+                let maps: Vec<String> = maps
+                    .iter()
+                    .map(|(iova, len)| format!("{iova:#x}+{}", Human(*len)))
+                    .collect();
+                format!("token {token:#x}: {}", maps.join(", "))
+            })
+            .collect();
+        let refs: Vec<String> = self
+            .pci_refcounts
+            .iter()
+            .map(|(f, n)| format!("{f} {n}"))
+            .collect();
+        writeln!(
+            out,
+            "  guest RAM {} (memfd), huge-memfd {}, guest_memfds {} checked; VM type {}",
+            Human(self.memfd_bytes),
+            Human(self.huge_memfd_bytes),
+            Human(self.guest_memfd_bytes),
+            self.vm_type
+        )?;
+        writeln!(out, "  HWPTs rebuilt: {}", hwpts.join("; "))?;
+        writeln!(
+            out,
+            "  vfio-pci devices: {}; PCI refcounts: {}",
+            self.devices.join(", "),
+            refs.join(", ")
+        )?;
+        writeln!(
+            out,
+            "  HugeTLB ({}): {} pages, {} free",
+            self.hugetlb_form, self.hugetlb_pages, self.hugetlb_free
+        )
+    }
 }
 
 /// What the vm scenario cannot run: another kernel than `next`, several hops, or a guest RAM
@@ -434,10 +478,10 @@ pub(super) fn populate(k: &Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<(
         "create",
         t,
         &format!(
-            "guest RAM {} bytes sealed; {POOL} x 2 MiB pool; huge-memfd {HUGE_PAGES} x 2 MiB; \
+            "guest RAM {} sealed; {POOL} x 2 MiB pool; huge-memfd {HUGE_PAGES} x 2 MiB; \
              VM; guest_memfd {GMEM_PAGES} pages ({} written) + {HUGE_PAGES} x 2 MiB HugeTLB; \
              iommufd: 2 IOAS mappings, 2 HWPTs (1 marked); {} vfio-pci devices, irqs on",
-            p.size,
+            Human(p.size),
             (0..GMEM_PAGES).filter(|&i| gmem_written(i)).count(),
             m.devices.len()
         ),

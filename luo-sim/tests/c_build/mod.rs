@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Building the C programs of tests/c/ against the generated headers and the core's static
 //! library (shared by the C handler tests).
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `luo-gen [--check] [-v] [--root DIR]`: the generator alone, built from
 //! `luo-spec` only, so it runs whatever state `generated/` is in. CI uses it
 //! for `luo gen --check`; the `luo` CLI offers the same as `luo gen`.
@@ -32,5 +33,5 @@ fn main() -> ExitCode {
             }
         }
     }
-    luo_spec::commands::gen_command(&root, check, verbose)
+    luo_spec::commands::gen_command(&root, check, verbose, luo_spec::output::Format::Text)
 }

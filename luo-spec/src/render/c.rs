@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! C headers: one per component and kernel, from `templates/header.h`.
 //!
 //! All decisions (type spelling, ordering, which assertions hold on which
@@ -154,8 +155,8 @@ fn render(scope: Scope<'_>, kernel: &Kernel, layouts: &LayoutTable, ext: bool) -
             .collect(),
         enums: items
             .iter()
-            .filter(|_| !ext)
             .flat_map(|i| &i.enums)
+            .filter(|e| here.has(&e.place))
             .map(|e| EnumView {
                 doc: comment(e.doc.as_deref()),
                 name: e.name.clone(),

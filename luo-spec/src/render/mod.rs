@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Backends: the IR ([`crate::ir`]) → C headers ([`c`]), Rust ABI types
 //! ([`rust`]), JSON layout snapshots and schemas ([`schema`]). Each backend is
 //! its own module behind [`Backend`]; the helpers they share live here.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Layout snapshots: `generated/schema/<kernel>/<component>.json`.
 //!
 //! A snapshot is the machine-readable ABI of one component as one kernel
@@ -260,8 +261,13 @@ pub fn version_identity(scope: Scope<'_>) -> Vec<String> {
         }
     }
     // A feature-negotiated format with no name of its own (luo's `next`) is
-    // identified by its KHO entry, the versionless name the reader looks up.
-    if out.is_empty() && scope.version().is_some_and(|v| v.features.is_some()) {
+    // identified by its KHO entry, the versionless name the reader looks up;
+    // so is a format whose version is a member of its data (kexec-metadata),
+    // with that member's value.
+    let versions: Vec<(String, u64)> = version_fields(scope).collect();
+    if out.is_empty()
+        && (scope.version().is_some_and(|v| v.features.is_some()) || !versions.is_empty())
+    {
         out.extend(
             items
                 .iter()
@@ -272,6 +278,9 @@ pub fn version_identity(scope: Scope<'_>) -> Vec<String> {
                     ConstValue::Int(_) => None,
                 }),
         );
+        if !out.is_empty() {
+            out.extend(versions.iter().map(|(at, v)| format!("{at}={v}")));
+        }
     }
     // A version with no string of its own (block.h before `block-v1`) is
     // known by its spec id.

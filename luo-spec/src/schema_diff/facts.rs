@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Facts: what changed between two snapshots of one component, with no
 //! judgement. The policy (`policy.rs`) decides what each fact means.
 
@@ -181,7 +182,124 @@ pub struct FeatureFlags {
     pub active: bool,
 }
 
+impl FeatureFlags {
+    fn describe(self) -> String {
+        let on: Vec<&str> = [
+            (self.supported, "supported"),
+            (self.required, "required"),
+            (self.active, "active"),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect();
+        if on.is_empty() {
+            "none".into()
+        } else {
+            on.join(", ")
+        }
+    }
+}
+
+fn opt(v: &Option<impl std::fmt::Display>) -> String {
+    v.as_ref().map_or("(none)".into(), |v| v.to_string())
+}
+
+fn list(v: &[String]) -> String {
+    if v.is_empty() {
+        "(none)".into()
+    } else {
+        v.join(", ")
+    }
+}
+
 impl Fact {
+    /// What changed, in words, for text reports (the subject is printed beside it).
+    pub fn describe(&self) -> String {
+        use Fact::*;
+        let yes_no = |b: bool| if b { "yes" } else { "no" };
+        match self {
+            IdentityChanged { old, new } => format!("{} → {}", list(old), list(new)),
+            StructAdded { .. } => "added".into(),
+            StructRemoved { .. } => "removed".into(),
+            StructSize { old, new, .. } => format!("size {old} → {new} bytes"),
+            StructAlign { old, new, .. } => format!("alignment {old} → {new}"),
+            Packed { old, new, .. } => format!("packed {} → {}", yes_no(*old), yes_no(*new)),
+            FieldAdded {
+                offset,
+                size,
+                feature,
+                ..
+            } => match feature {
+                Some(f) => format!("added at offset {offset} ({size} bytes), gated by {f}"),
+                None => format!("added at offset {offset} ({size} bytes)"),
+            },
+            FieldRemoved { offset, .. } => format!("removed (was at offset {offset})"),
+            FieldRenamed { new, .. } => format!("renamed to `{new}`"),
+            ReservedConsumed { new, .. } => format!("reserved member now `{new}`"),
+            FieldSplitIntoBits { new, .. } => {
+                format!(
+                    "declared as the bitfields {} of the same unit",
+                    new.join(", ")
+                )
+            }
+            FieldOffset { old, new, .. } => format!("offset {old} → {new}"),
+            FieldType { old, new, .. } => format!("type `{old}` → `{new}`"),
+            FieldSize { old, new, .. } => format!("size {old} → {new} bytes"),
+            Bitfield { old, new, .. } => {
+                let bits = |b: &Option<(u32, u32)>| {
+                    b.map_or("(none)".into(), |(s, w)| format!("bits {s}..{}", s + w))
+                };
+                format!("{} → {}", bits(old), bits(new))
+            }
+            FieldFeature { old, new, .. } => {
+                format!("gating feature {} → {}", opt(old), opt(new))
+            }
+            PageSizeDependence { old, new, .. } => {
+                format!("depends on PAGE_SIZE: {} → {}", yes_no(*old), yes_no(*new))
+            }
+            ArchDependent { x86_64, i386, .. } => {
+                format!("{x86_64} bytes on x86_64 but {i386} on i386")
+            }
+            MinSize { old, new, .. } => format!("minimum size {} → {}", opt(old), opt(new)),
+            ConstantChanged { old, new, .. } => format!("value {old} → {new}"),
+            ConstantAdded { .. } => "constant added".into(),
+            ConstantRemoved { .. } => "constant removed".into(),
+            FdtNode { old, new, .. } => format!("{} → {}", opt(old), opt(new)),
+            FdtProps { removed, added, .. } => format!(
+                "properties removed: {}; added: {}",
+                list(removed),
+                list(added)
+            ),
+            IoctlAdded { .. } => "ioctl added".into(),
+            IoctlRemoved { .. } => "ioctl removed".into(),
+            IoctlChanged { old, new, .. } => format!("number {old:#x} → {new:#x}"),
+            FeatureAdded {
+                bit,
+                supported,
+                required,
+                active,
+                ..
+            } => format!(
+                "feature bit {bit} added ({})",
+                FeatureFlags {
+                    supported: *supported,
+                    required: *required,
+                    active: *active
+                }
+                .describe()
+            ),
+            FeatureRemoved { bit, .. } => format!("feature bit {bit} removed"),
+            FeatureRenumbered { old, new, .. } => format!("bit {old} → {new}"),
+            FeatureBitReused { old, new, .. } => format!("`{old}` → `{new}`"),
+            FeatureState { old, new, .. } => {
+                format!("{} → {}", old.describe(), new.describe())
+            }
+            NegotiationChanged { old, new } => {
+                format!("feature-negotiated: {} → {}", yes_no(*old), yes_no(*new))
+            }
+        }
+    }
+
     /// The struct or name the fact is about, for reports.
     pub fn subject(&self) -> String {
         use Fact::*;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Schema diffing: which change between two kernels' ABIs breaks a live
 //! update, decided from layout snapshots before any kexec.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Policy: what each fact means for a live update, as findings with stable
 //! rule IDs. Facts (`facts.rs`) say what changed; only this module judges.
 //!
@@ -316,7 +317,7 @@ pub fn classify(old: &ComponentSnapshot, new: &ComponentSnapshot, facts: &[Fact]
 fn describe(f: &Fact) -> String {
     layout_rule(f)
         .map(|(_, m)| m)
-        .unwrap_or_else(|| serde_json::to_string(f).unwrap_or_default())
+        .unwrap_or_else(|| f.describe())
 }
 
 fn common_facts(cx: &mut Ctx<'_>, f: &Fact) -> bool {

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Reports of a diff: text for people, JSON for tools, and the exit code
 //! (0 compatible, 1 breaking, 2 usage or input error).
 
@@ -74,12 +75,11 @@ pub fn render_text(diffs: &[ComponentDiff]) -> String {
     out
 }
 
-/// The report as JSON.
-pub fn render_json(diffs: &[ComponentDiff]) -> String {
-    let value = serde_json::json!({
+/// The report as a JSON value.
+pub fn to_json(diffs: &[ComponentDiff]) -> serde_json::Value {
+    serde_json::json!({
         "compatible": exit_code(diffs) == 0,
         "live_update": super::handover_ok(diffs),
         "components": diffs,
-    });
-    serde_json::to_string_pretty(&value).unwrap_or_default() + "\n"
+    })
 }

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 /* luo-sim: the single-boot behaviours of /dev/liveupdate (run under LD_PRELOAD). */
 #include "common.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only OR MIT */
 /* Helpers shared by the luo-sim C test programs (only the standard uAPI header is used). */
 #define _GNU_SOURCE
 #include <errno.h>

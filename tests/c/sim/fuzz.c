@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 /* luo-sim fuzzing client: N random ioctls (random command, fd, size, contents and pointers)
  * on /dev/liveupdate and session fds. Only survival matters. Usage: fuzz N SEED */
 #include "common.h"

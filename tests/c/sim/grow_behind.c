@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 /* luo-sim: a preserved memfd resized behind the preload's freeze (raw syscalls, which the
  * kernel would refuse: EPERM on a frozen inode). argv[1]: 1 = preserve a 5000-byte memfd,
  * grow it to 4 GiB with a raw ftruncate, hold the session (prints the holder's pid);

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 /* Without a daemon there is no /dev/liveupdate: ENOENT, and other files open normally. */
 #include "common.h"
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 /* luo-sim: sessions with preserved memfds opened and closed, in one of three ways
  * (argv[1]): "close" (outgoing session closed: unpreserve), "refused" (preserves that fail:
  * EEXIST, EBUSY), "hold" (stage 1: sessions kept by a child over a kexec, whose pid is

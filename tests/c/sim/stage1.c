@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 /* luo-sim two-stage program, stage 1: preserve NFILES memfds over NSESS sessions, then leave a
  * forked child holding the session fds (its pid is printed) and exit.
  * Usage: stage1 NSESS NFILES */

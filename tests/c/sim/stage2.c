@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 /* luo-sim two-stage program, stage 2 (after `luo sim kexec`): retrieve every session and file
  * of stage 1, check size, data and seals, then finish.
  * Usage: stage2 NSESS NFILES */

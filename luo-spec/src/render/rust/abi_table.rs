@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `generated/src/abi_table.rs`: every kernel's ABI table as byte arrays.
 
 use std::fmt::Write as _;

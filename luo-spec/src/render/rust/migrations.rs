@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `From` conversions from a version's structs to the next version's (a reader of an
 //! older format migrates through them).
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Rust ABI types (`generated/src/`): one module per component, one
 //! submodule per version, `#[repr(C)]` structs with `const` layout
 //! assertions from the same numbers as the C headers, plus a registry of

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // The C struct is 24 bytes; this one is 16.
 #![allow(unused_imports)]
 use luo_derive::Abi;

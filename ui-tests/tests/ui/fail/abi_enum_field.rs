@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // A field type that is not ABI-safe (here a zerocopy struct without #[derive(Abi)]).
 #![allow(unused_imports)]
 use luo_derive::Abi;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // 3 bytes of padding after `tag`: uninitialized bytes would cross the kexec.
 #![allow(unused_imports)]
 use luo_derive::Abi;

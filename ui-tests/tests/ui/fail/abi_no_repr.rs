@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // Rust may reorder fields of a struct without #[repr(C)].
 #![allow(unused_imports)]
 use luo_derive::Abi;

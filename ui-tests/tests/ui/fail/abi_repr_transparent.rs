@@ -1,4 +1,5 @@
 #![allow(unused_imports)]
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 use luo_derive::Abi;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // The struct of memfd-v1 cannot be written under the compatible string of v2.
 #![allow(unused_imports)]
 use luo_abi::file::{File, FileRef};

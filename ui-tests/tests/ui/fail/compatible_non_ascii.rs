@@ -1,4 +1,5 @@
 #![allow(unused_imports)]
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 use luo_abi::file::{File, FileRef};
 use luo_abi::handler::{Ctx, FileHandler, Finish};
 use luo_abi::{Errno, Result};

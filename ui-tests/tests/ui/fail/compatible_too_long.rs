@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // LIVEUPDATE_HNDL_COMPAT_LENGTH is 48 bytes with the NUL.
 #![allow(unused_imports)]
 use luo_abi::file::{File, FileRef};

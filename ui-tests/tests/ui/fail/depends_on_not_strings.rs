@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // `depends_on` names handlers by compatible string, not by type.
 use luo_abi::file::{File, FileRef};
 use luo_abi::handler::{Ctx, FileHandler, Finish};

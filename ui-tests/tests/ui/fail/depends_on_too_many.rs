@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // `depends_on` holds at most LIVEUPDATE_DEPENDS_MAX (8) compatible strings.
 use luo_abi::file::{File, FileRef};
 use luo_abi::handler::{Ctx, FileHandler, Finish};

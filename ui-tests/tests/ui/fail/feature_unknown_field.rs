@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // A feature gates fields of the ABI struct; `sealz` is not one.
 #![allow(unused_imports)]
 use luo_abi::file::{File, FileRef};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // An `immediate` FLB hands over its data word itself: its ABI type must be 8 bytes.
 use std::sync::Arc;
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // All four FLB callbacks are required (upstream WARNs and refuses the FLB otherwise).
 #![allow(unused_imports)]
 use std::sync::Arc;

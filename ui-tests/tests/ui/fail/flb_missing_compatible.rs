@@ -1,4 +1,5 @@
 #![allow(unused_imports)]
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 use std::sync::Arc;
 
 use luo_abi::file::{File, FileRef};

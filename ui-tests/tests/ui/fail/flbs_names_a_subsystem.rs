@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // A subsystem is not an FLB.
 #![allow(unused_imports)]
 use std::sync::Arc;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // `NotState` was never declared with #[liveupdate_flb].
 #![allow(unused_imports)]
 use std::sync::Arc;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // A handler gets only the global state it declares (`flbs = [Pool]` is missing).
 #![allow(unused_imports)]
 use std::sync::Arc;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // Guards must be released by the task that took them.
 #![allow(unused_imports)]
 use std::sync::Arc;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // A guard borrows the callback's context and cannot be kept past it.
 #![allow(unused_imports)]
 use std::sync::Arc;

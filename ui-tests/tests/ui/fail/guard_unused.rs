@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // Dropping a guard at once releases the state: almost always a mistake.
 #![allow(unused_imports)]
 #![deny(unused_must_use)]

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // Arguments belong on the struct, not on the impl.
 #![allow(unused_imports)]
 use luo_abi::file::{File, FileRef};

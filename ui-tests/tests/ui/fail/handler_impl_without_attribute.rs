@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // The impl needs #[liveupdate_handler] too, which records which callbacks exist.
 #![allow(unused_imports)]
 use luo_abi::file::{File, FileRef};

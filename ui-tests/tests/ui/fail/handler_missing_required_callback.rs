@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // `finish` is required: LUO calls it for every handed-over file.
 #![allow(unused_imports)]
 use luo_abi::file::{File, FileRef};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // Every missing required callback is reported, not only the first.
 #![allow(unused_imports)]
 use luo_abi::file::{File, FileRef};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // `prepare` is a subsystem callback, not a file handler one.
 #![allow(unused_imports)]
 use luo_abi::file::{File, FileRef};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // `Registration::link_flb` links FLBs only: a subsystem is registered on its own
 // (`Registry::register_subsystem`), never linked to a handler.
 use luo_abi::file::{File, FileRef};

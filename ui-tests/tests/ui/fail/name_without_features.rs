@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // A versionless name is only meaningful with feature bits.
 #![allow(unused_imports)]
 use luo_abi::file::{File, FileRef};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // Reading memfd-v1 needs a migration to memfd-v2.
 #![allow(unused_imports)]
 use luo_abi::file::{File, FileRef};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // A handler reads older versions only.
 #![allow(unused_imports)]
 use luo_abi::file::{File, FileRef};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // There is no memfd-v0 in the generated crate.
 #![allow(unused_imports)]
 use luo_abi::file::{File, FileRef};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // The entries of a variable-length record are read as raw bytes from the handed-over memory:
 // `Ctx::record_entries` only takes types valid for any bit pattern (a `bool` is not).
 use luo_abi::file::{File, FileRef};

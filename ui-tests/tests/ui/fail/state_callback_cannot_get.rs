@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // The state's own callbacks run under its lock: they get no way to reach any state.
 #![allow(unused_imports)]
 use std::sync::Arc;

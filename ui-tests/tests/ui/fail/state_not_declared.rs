@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // `cx.state()` needs `state = ...` on the handler.
 #![allow(unused_imports)]
 use std::sync::Arc;

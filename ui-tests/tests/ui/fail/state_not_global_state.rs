@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // `state = ...` names handler-scoped state declared with #[liveupdate_global_state].
 #![allow(unused_imports)]
 use std::sync::Arc;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // A subsystem restores its state at boot; without `boot` it could never be read.
 #![allow(unused_imports)]
 use luo_abi::global::{StateCtx, Subsystem};

@@ -1,4 +1,5 @@
 #![allow(unused_imports)]
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 use luo_abi::global::{StateCtx, Subsystem};
 use luo_abi::{Errno, Result};
 use luo_derive::liveupdate_subsystem;

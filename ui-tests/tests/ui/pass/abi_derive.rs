@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // Hand-written ABI structs: packed, naturally aligned with explicit reserved padding, a
 // nested ABI struct, arrays, physical pointers and a generated type allowed as foreign.
 use luo_abi::abi::AbiType;

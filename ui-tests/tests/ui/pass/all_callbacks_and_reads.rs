@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // Every callback, a version read with its migration, private data and handler-scoped state.
 use luo_abi::file::{File, FileId, FileRef};
 use luo_abi::global::{HandlerState, StateCtx, StateObj};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // A handler whose files depend on files of two other handlers: every raw handler struct (the
 // writer and the reader of memfd-v1) carries the NULL-terminated `depends_on` array, and the
 // callbacks reach the session's dependency calls through `Ctx::session`.

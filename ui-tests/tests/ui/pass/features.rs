@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // A feature-negotiated handler (memfd `next`): a versionless name, feature bits, and
 // optional fields handed over as `Option`s.
 use luo_abi::features::Negotiated;

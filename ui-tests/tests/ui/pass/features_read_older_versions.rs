@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // A feature-negotiated handler reads the exact-match versions that came before it: each from
 // the `vN` module beside its own (`memfd::next::T` → `memfd::v2::T`), through a migration that
 // fills the feature header.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // An FLB whose data word is its value (upstream's test FLBs): no preserved memory.
 use std::sync::Arc;
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // An FLB chosen at run time: not declared in `flbs = [...]` but linked to the registration
 // with `Registration::link_flb` when the kernel's configuration asks for it (HugeTLB's pools
 // are an FLB or a subsystem, per kernel). The handler keeps its own `Arc` of the cell, takes

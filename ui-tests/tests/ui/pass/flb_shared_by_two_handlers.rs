@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // One FLB linked to two handlers; each gets typed incoming/outgoing guards.
 use std::sync::{Arc, Mutex};
 

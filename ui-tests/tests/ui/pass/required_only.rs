@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // A handler with only the required callbacks: the optional slots of its table are NULL.
 use luo_abi::file::{File, FileKind, FileRef};
 use luo_abi::handler::{Ctx, FileHandler, Finish};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // A subsystem with its own lifecycle, used by a handler; freeze is optional.
 use luo_abi::file::{File, FileRef};
 use luo_abi::global::{StateCtx, Subsystem, SubsystemIncoming};

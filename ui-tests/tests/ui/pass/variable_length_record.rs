@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 // Variable-length records: a handler writes entries after its ABI struct (`Ctx::set_trailer`)
 // and reads them back (`Ctx::record_entries`, `Ctx::read_record`, also from `can_finish` for a
 // file never retrieved); an FLB reserves room after its struct (`StateCtx::reserve_trailer`),

@@ -4,7 +4,7 @@
  *
  * What the generated in-kernel headers (the KHO ABI headers and linux/liveupdate.h)
  * take from the kernel tree, for compiling them outside it: the kernel's
- * fixed-width types, __packed, BIT(), ALIGN() and PAGE_SIZE. Inside the
+ * fixed-width types, __packed, BIT(), ALIGN(), PAGE_SIZE and PAGE_SHIFT. Inside the
  * kernel (__KERNEL__) this header is not used.
  */
 #ifndef _LUO_KERNEL_COMPAT_H
@@ -42,6 +42,17 @@ typedef __s64 s64;
 /* Override with -DPAGE_SIZE=16384 to check another page size. */
 #ifndef PAGE_SIZE
 #define PAGE_SIZE 4096UL
+#endif
+
+/* log2(PAGE_SIZE), for the page sizes luo lays out. */
+#ifndef PAGE_SHIFT
+#if PAGE_SIZE == 4096
+#define PAGE_SHIFT 12
+#elif PAGE_SIZE == 16384
+#define PAGE_SHIFT 14
+#elif PAGE_SIZE == 65536
+#define PAGE_SHIFT 16
+#endif
 #endif
 
 #endif /* _LUO_KERNEL_COMPAT_H */

@@ -29,6 +29,14 @@
  * sizeof(u64), which is 8.
  */
 #define KHO_VMALLOC_SIZE		((PAGE_SIZE - sizeof(struct kho_vmalloc_hdr)) / 8)
+/* Compatible string of the KHO root FDT node. */
+#define KHO_FDT_COMPATIBLE		"kho-v4"
+/* Root property: physical address of the radix tree of preserved memory (the top struct kho_radix_node). */
+#define KHO_FDT_MEMORY_MAP_PROP_NAME	"preserved-memory-map"
+/* Subtree property: physical address of the subtree's preserved blob. */
+#define KHO_SUB_TREE_PROP_NAME		"preserved-data"
+/* Subtree property: size of the subtree's blob in bytes. */
+#define KHO_SUB_TREE_SIZE_PROP_NAME	"blob-size"
 /* A serializable pointer: the u64 physical address that crosses the kexec, overlaid with the kernel pointer it stands for. */
 #define DECLARE_KHOSER_PTR(name, type) \
 	union { \
@@ -55,6 +63,24 @@
 	})
 #endif
 
+
+/*
+ * enum kho_radix_consts - Shape of the radix tree of preserved memory.
+ *
+ * A preserved block is keyed by its physical address shifted right by
+ * PAGE_SHIFT with its order encoded as the bit just above (order 0 at bit
+ * KHO_ORDER_0_LOG2). Each intermediate level resolves KHO_TABLE_SIZE_LOG2 bits
+ * of the key through a page of u64 table entries; the last level is a bitmap
+ * page resolving KHO_BITMAP_SIZE_LOG2 bits. Upstream spells the log2 values
+ * with const_ilog2() and the depth with DIV_ROUND_UP(); the values are the
+ * same.
+ */
+enum kho_radix_consts {
+	KHO_ORDER_0_LOG2 = 64 - PAGE_SHIFT,
+	KHO_TABLE_SIZE_LOG2 = PAGE_SHIFT - 3,
+	KHO_BITMAP_SIZE_LOG2 = PAGE_SHIFT + 3,
+	KHO_TREE_MAX_DEPTH = (KHO_ORDER_0_LOG2 - KHO_BITMAP_SIZE_LOG2 + 1 + KHO_TABLE_SIZE_LOG2 - 1) / KHO_TABLE_SIZE_LOG2 + 1,
+};
 
 /**
  * struct kho_vmalloc_hdr - Link at the start of every vmalloc chunk.
@@ -99,6 +125,28 @@ struct kho_vmalloc {
 	unsigned short order;
 };
 
+/**
+ * struct kho_radix_node - An intermediate level of the radix tree: a page of
+ * @table: Next-level pages by the key bits of this level.
+ *
+ * physical addresses of the next level's pages (0 where nothing is
+ * preserved).
+ */
+struct kho_radix_node {
+	u64 table[1 << KHO_TABLE_SIZE_LOG2];
+};
+
+/**
+ * struct kho_radix_leaf - The last level of the radix tree: a page of bits,
+ * @bitmap: Preserved blocks, one bit per key.
+ *
+ * one per key. Upstream declares it with DECLARE_BITMAP (unsigned long
+ * words); on the 64-bit targets KHO runs on that is the same page of u64.
+ */
+struct kho_radix_leaf {
+	u64 bitmap[(1 << KHO_BITMAP_SIZE_LOG2) / 64];
+};
+
 /*
  * Layout assertions: sizes and offsets computed by `luo gen` from the spec.
  * Compiled under C11 and C++11 and later; skipped by older compilers.
@@ -139,24 +187,40 @@ __LUO_ASSERT(offsetof(struct kho_vmalloc, first) == 0);
 __LUO_ASSERT(offsetof(struct kho_vmalloc, total_pages) == 8);
 __LUO_ASSERT(offsetof(struct kho_vmalloc, flags) == 12);
 __LUO_ASSERT(offsetof(struct kho_vmalloc, order) == 14);
+__LUO_ASSERT(sizeof(struct kho_radix_node) == 4096);
+__LUO_ASSERT(offsetof(struct kho_radix_node, table) == 0);
+__LUO_ASSERT(sizeof(struct kho_radix_leaf) == 4096);
+__LUO_ASSERT(offsetof(struct kho_radix_leaf, bitmap) == 0);
 #endif
 
 #if defined(__x86_64__) || (defined(__aarch64__) && PAGE_SIZE == 4096)
 __LUO_ASSERT(sizeof(struct kho_vmalloc_chunk) == 4096);
 __LUO_ASSERT(offsetof(struct kho_vmalloc_chunk, hdr) == 0);
 __LUO_ASSERT(offsetof(struct kho_vmalloc_chunk, phys) == 8);
+__LUO_ASSERT(sizeof(struct kho_radix_node) == 4096);
+__LUO_ASSERT(offsetof(struct kho_radix_node, table) == 0);
+__LUO_ASSERT(sizeof(struct kho_radix_leaf) == 4096);
+__LUO_ASSERT(offsetof(struct kho_radix_leaf, bitmap) == 0);
 #endif
 
 #if (defined(__aarch64__) && PAGE_SIZE == 16384)
 __LUO_ASSERT(sizeof(struct kho_vmalloc_chunk) == 16384);
 __LUO_ASSERT(offsetof(struct kho_vmalloc_chunk, hdr) == 0);
 __LUO_ASSERT(offsetof(struct kho_vmalloc_chunk, phys) == 8);
+__LUO_ASSERT(sizeof(struct kho_radix_node) == 16384);
+__LUO_ASSERT(offsetof(struct kho_radix_node, table) == 0);
+__LUO_ASSERT(sizeof(struct kho_radix_leaf) == 16384);
+__LUO_ASSERT(offsetof(struct kho_radix_leaf, bitmap) == 0);
 #endif
 
 #if (defined(__aarch64__) && PAGE_SIZE == 65536)
 __LUO_ASSERT(sizeof(struct kho_vmalloc_chunk) == 65536);
 __LUO_ASSERT(offsetof(struct kho_vmalloc_chunk, hdr) == 0);
 __LUO_ASSERT(offsetof(struct kho_vmalloc_chunk, phys) == 8);
+__LUO_ASSERT(sizeof(struct kho_radix_node) == 65536);
+__LUO_ASSERT(offsetof(struct kho_radix_node, table) == 0);
+__LUO_ASSERT(sizeof(struct kho_radix_leaf) == 65536);
+__LUO_ASSERT(offsetof(struct kho_radix_leaf, bitmap) == 0);
 #endif
 
 #endif /* __LUO_ASSERT */

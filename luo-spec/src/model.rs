@@ -273,6 +273,8 @@ pub struct Field {
     pub feature: Option<Named>,
     /// Render as `DECLARE_KHOSER_PTR`.
     pub khoser: bool,
+    /// Render as `DECLARE_BITMAP`.
+    pub bitmap: bool,
     /// Default for migrations.
     pub default: Option<(Expr, Span)>,
     /// C spelling override.
@@ -786,6 +788,7 @@ fn lower_struct(file: FileId, s: ast::Struct, diags: &mut Diagnostics) -> Struct
             dir: f.dir.as_ref().map(|d| (d.value, d.span.clone())),
             feature: f.feature.as_ref().map(Named::from),
             khoser: f.khoser,
+            bitmap: f.bitmap,
             default: f
                 .default
                 .as_ref()

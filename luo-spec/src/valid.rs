@@ -895,7 +895,11 @@ fn check_struct(scope: Scope<'_>, layouts: &Layouts, s: &Struct, diags: &mut Dia
                         s.name,
                         f.name,
                         f.ty,
-                        if f.len.is_none() { " without `len`" } else { "" }
+                        if f.len.is_none() {
+                            " without `len`"
+                        } else {
+                            ""
+                        }
                     ),
                 )
                 .with_label("not an array of u64 words");

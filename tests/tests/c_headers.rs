@@ -366,8 +366,7 @@ fn radix_leaf_bitmap_is_unsigned_long_words() {
                _Static_assert(sizeof(struct kho_radix_leaf) == PAGE_SIZE, \"a page\");\n";
     for flags in [&["-std=c11"][..], &["-m32", "-std=c11"][..]] {
         let flags = [flags, &["-Wall", "-Werror=incompatible-pointer-types"][..]].concat();
-        compile("gcc", &flags, "c", &dir, src)
-            .unwrap_or_else(|e| panic!("{flags:?}: {e}"));
+        compile("gcc", &flags, "c", &dir, src).unwrap_or_else(|e| panic!("{flags:?}: {e}"));
     }
 }
 

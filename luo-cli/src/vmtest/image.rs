@@ -169,7 +169,7 @@ mod tests {
             "no --next-kernel: the one image"
         );
         assert_eq!(
-            idx(&[b.clone()], 3).unwrap(),
+            idx(std::slice::from_ref(&b), 3).unwrap(),
             [0, 1, 1],
             "the last serves later stages"
         );
@@ -189,7 +189,7 @@ mod tests {
         assert!(e.contains("at most 1"), "{e}");
         let e = plan(&a, &[dir.join("missing")], 2).unwrap_err().0;
         assert!(e.contains("missing") && e.contains("stage 2"), "{e}");
-        let e = plan(&a, &[bare.clone()], 2).unwrap_err().0;
+        let e = plan(&a, std::slice::from_ref(&bare), 2).unwrap_err().0;
         assert!(
             e.contains("bare") && e.contains("no kernel version string"),
             "{e}"

@@ -96,8 +96,9 @@ rebuild() { # TREE NAME
   (cd "$tree" && make -s -j"$JOBS" bzImage && make -s -j"$JOBS" headers) >"$DTOP/$name-rebuild.log" 2>&1 ||
     { cat "$DTOP/$name-rebuild.log" >&2; bad "$name: rebuild failed (log: $DTOP/$name-rebuild.log)"; return 1; }
   local objs
-  objs=$(find "$tree" -name '*.o' -newer "$DTOP/$name.stamp" | wc -l)
-  say "$name: brought up to date in $upd s; the swapped headers reach $objs objects, rebuilt with vmlinux and the uAPI headers in $(($(date +%s) - t)) s"
+  find "$tree" -name '*.o' -newer "$DTOP/$name.stamp" | sed "s#$tree/##" | sort >"$DTOP/$name.objects"
+  objs=$(wc -l <"$DTOP/$name.objects")
+  say "$name: brought up to date in $upd s; the swapped headers reach $objs objects (with vmlinux.o and the boot image's; list: $DTOP/$name.objects), rebuilt with the uAPI headers in $(($(date +%s) - t)) s"
 }
 # Warning lines (compiler, linker, objtool, modpost), with the tree's path taken out.
 warnings() { # LOG TREE

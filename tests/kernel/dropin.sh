@@ -21,13 +21,14 @@
 #   4. no console log of those runs shows an oops, BUG, WARNING or an error of the kernel's
 #      LUO test FLBs (lib/tests/liveupdate.c).
 # Usage:
-#   [JOBS=N] [DROPIN_INCLUDE=DIR] tests/kernel/dropin.sh [OUT_DIR]
+#   [JOBS=N] [DROPIN_INCLUDE=DIR] [STOCK_KERNEL=PATH] tests/kernel/dropin.sh [OUT_DIR]
 # OUT_DIR (default target/realkernel) is build.sh's: the stock tree and bzImage-7.2 there are
 # built or reused, the drop-in tree goes to OUT_DIR/dropin/ and is reused too (a later run only
 # recompiles what the headers reach). DROPIN_INCLUDE (default generated/include) is where the
-# headers come from. The first run builds two kernels (about 5 minutes each on 2 idle cores);
-# it needs make, gcc, flex, bison, bc, libelf-dev, qemu-system-x86 and network access to
-# deb.debian.org. Everything it measured is in OUT_DIR/dropin/report.txt; exit 0 when every
+# headers come from; STOCK_KERNEL (default: the stock build) is the stock image the live
+# updates start from and return to (e.g. ../shared/realkernel/bzImage-7.2.13). The first run
+# builds two kernels (about 5 minutes each on 2 idle cores); it needs make, gcc, flex, bison,
+# bc, libelf-dev, qemu-system-x86 and network access to deb.debian.org. Everything it measured is in OUT_DIR/dropin/report.txt; exit 0 when every
 # check passed.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -119,7 +120,9 @@ else
   say "the drop-in kernel does not build: nothing to boot"
   exit 1
 fi
-A=$OUT/bzImage-7.2 B=$DTOP/bzImage-7.2-dropin
+A=${STOCK_KERNEL:-$OUT/bzImage-7.2} B=$DTOP/bzImage-7.2-dropin
+A=$(realpath "$A")
+say "live updates between $A (stock) and $B (drop-in)"
 
 # --- 2. and 3. boot, selftests, live updates ----------------------------------------------
 (cd "$ROOT" && cargo build -q -p luo-cli --bin luo)

@@ -50,6 +50,7 @@ pub mod host;
 pub mod kho;
 pub mod lock;
 pub mod phys;
+pub mod record;
 pub mod registry;
 #[cfg(feature = "std")]
 pub mod sync;

@@ -609,7 +609,16 @@ pub fn check_update_command(
     let verdicts = table::check_update(&o, &n);
     let ok = verdicts.iter().all(|v| v.ok);
     let mut out = Reporter::stdout(format);
+    // The tables are what this tree built into the binaries: the luo view.
+    let view = (
+        format!("luo:{}", old_kernel.unwrap_or("default")),
+        format!("luo:{}", new_kernel.unwrap_or("default")),
+    );
     written((|| {
+        out.line(format_args!(
+            "view: {} -> {} (the ABI tables built into the binaries)",
+            view.0, view.1
+        ))?;
         for v in &verdicts {
             out.line(format_args!(
                 "{} {}: {}",
@@ -626,6 +635,7 @@ pub fn check_update_command(
         out.json(&json!({
             "old": old.display().to_string(),
             "new": new.display().to_string(),
+            "view": { "old": view.0, "new": view.1 },
             "possible": ok,
             "components": verdicts,
         }))?;

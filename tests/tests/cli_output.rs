@@ -72,8 +72,11 @@ fn every_command_prints_one_json_document() {
     );
     assert_eq!(v["fields"][0]["bits"]["width"], 52, "{v}");
 
-    let (code, v) = json_doc(&["schema", "diff", "6.19", "7.3"]);
+    // Upstream's frozen kernels are exact-match; this tree's 7.3 reads what 6.19 writes.
+    let (code, v) = json_doc(&["schema", "diff", "upstream:6.19", "upstream:7.3"]);
     assert_eq!((code, &v["compatible"]), (1, &false.into()));
+    let (code, v) = json_doc(&["schema", "diff", "6.19", "7.3"]);
+    assert_eq!((code, &v["live_update"]), (0, &true.into()));
 
     let (code, v) = json_doc(&["schema", "matrix"]);
     assert_eq!(code, 0);

@@ -154,7 +154,7 @@ fn reader(ident: &Ident, rd: &Ident, lit: &LitStr, old: &Path) -> TokenStream {
             kho: &dyn ::luo_abi::kho::KhoService,
             data: u64,
         ) -> ::luo_abi::Result<<#ident as ::luo_abi::handler::HandlerAbi>::Read> {
-            let old = ::luo_abi::handler::read_ser::<#old>(kho, data)?;
+            let old = ::luo_abi::record::read_ser::<#old>(kho, data)?;
             #validate
             let new = <#ident as ::luo_abi::handler::Migrate<#old>>::migrate(handler, old)?;
             <#ident as ::luo_abi::handler::HandlerAbi>::decode(new)

@@ -2,10 +2,11 @@
 //! `From` conversions from a version's structs to the next version's (a reader of an
 //! older format migrates through them).
 
+use std::fmt::Write as _;
+
 use crate::layout::{Layouts, Target};
 use crate::model::{Items, Origin, Scope};
 use crate::ty::Ty;
-use std::fmt::Write as _;
 
 use super::*;
 

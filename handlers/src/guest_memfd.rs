@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The guest_memfd file handler (`guest_memfd_luo_v1`, spec `kvm/v1`), after upstream's
-//! guest_memfd preservation series (`reference/luo-upstream.md` §8c).
+//! guest_memfd preservation series (posted upstream, not merged).
 //!
 //! A guest_memfd is handed over as a `struct guest_memfd_luo_ser` (size, flags, VM token) and
 //! its folios as `struct guest_memfd_luo_folio_ser` records (pfn, flags, index) in a preserved
@@ -18,7 +18,7 @@
 //! pages from the HugeTLB pools ([`crate::hugetlb`]) and account them there.
 //!
 //! The handler ([`GuestMemfdHandler`], written with `#[liveupdate_handler]`) is registered by
-//! [`register`], which [`crate::hugetlb::register`] calls. Driving it from the core
+//! [`register`], which [`crate::vm::register`] calls. Driving it from the core
 //! (`luo_core::Kernel`), e.g. for a simulation:
 //!
 //! ```text
@@ -308,7 +308,9 @@ impl GuestMemfdHandler {
         if vm_of(&*vm).is_none() {
             return Err(Errno::EINVAL);
         }
-        let pool = inc.hugetlb().then_some(&self.hugetlb);
+        let pool = inc
+            .hugetlb()
+            .then_some(&self.hugetlb as &dyn pages::IncomingPool);
         let (claimed, order, folios) = inc.restore_folios(cx.kho(), pool)?;
         let slots = inc.ser.size / ((PAGE_SIZE as u64) << order);
         let n = folios.len() as u64;
@@ -367,7 +369,7 @@ impl Incoming {
     fn restore_folios<'k>(
         &self,
         kho: &'k dyn KhoService,
-        pool: Option<&'k Hugetlb>,
+        pool: Option<&'k dyn pages::IncomingPool>,
     ) -> Result<(pages::Claimed<'k>, u32, BTreeMap<u64, Folio>)> {
         let mut claimed = pages::Claimed::new(kho, pool);
         let mut out = BTreeMap::new();
@@ -399,7 +401,9 @@ impl Incoming {
     /// Claims and frees every folio that can be claimed (a guest_memfd that is not coming
     /// back); a HugeTLB one gives their pages back to the free pool of their size.
     fn discard(&self, kho: &dyn KhoService, hugetlb: &Hugetlb) {
-        let pool = self.hugetlb().then_some(hugetlb);
+        let pool = self
+            .hugetlb()
+            .then_some(hugetlb as &dyn pages::IncomingPool);
         pages::discard(kho, self.records.iter().map(|r| r.pfn()), pool);
     }
 }

@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0-only OR MIT
-//! HugeTLB global state both ways (issue 6, the seed's question), shared by two file types:
+//! HugeTLB global state both ways (an FLB or a subsystem), shared by two file types:
 //! HugeTLB memfds (`huge-memfd-v1`, here) and guest_memfd (`guest_memfd_luo_v1`,
 //! [`crate::guest_memfd`], HugeTLB-backed or not).
 //!
 //! The pools' preserved pages (per huge page size: the pages of preserved files) are handed
 //! over as `struct hugetlb_ser` (spec `hugetlb/v1`, as posted) in one of two forms, chosen at
-//! [`register`] (at run time, per kernel):
+//! [`crate::vm::register`] (at run time, per kernel):
 //!
 //! * [`Form::Flb`] — upstream's RFC: the FLB `"hugetlb-v1"` ([`HugetlbFlb`],
 //!   `#[liveupdate_flb]`), linked to both handlers at registration
@@ -15,7 +15,7 @@
 //!   page) and not at all when no such file is preserved; in the new kernel it is retrieved on
 //!   demand (the huge-memfd handler calls `get_incoming` eagerly at registration, as the RFC's
 //!   init does) and finished with the last dependent file.
-//! * [`Form::Subsystem`] — the seed's choice: the subsystem `"hugetlb"` ([`HugetlbSubsystem`],
+//! * [`Form::Subsystem`] — LUO v4's choice: the subsystem `"hugetlb"` ([`HugetlbSubsystem`],
 //!   `#[liveupdate_subsystem]`) with its own lifecycle,
 //!   frozen on the reboot path after the files, booted when it registers in the new kernel
 //!   (before any file is retrieved, so the free pages are back in the pool), finished after the
@@ -31,7 +31,7 @@
 //! never-retrieved file's pages go back to the free pool at finish; a retrieved file keeps
 //! them.
 //!
-//! Everything is per kernel: [`register`] returns the kernel's [`Hugetlb`] (its pools, and its
+//! Everything is per kernel: [`crate::vm::register`] returns the kernel's [`Hugetlb`] (its pools, and its
 //! FLB in the FLB form), through which files are made ([`HugeMemfd::new`],
 //! `GuestMemfd::new_hugetlb`) and the pools configured and inspected.
 
@@ -117,7 +117,7 @@ impl Pools {
 }
 
 /// One kernel's HugeTLB: its pools and, in the FLB form, the FLB that carries them. Returned
-/// by [`register`]; cheap to clone.
+/// by [`crate::vm::register`]; cheap to clone.
 #[derive(Clone)]
 pub struct Hugetlb {
     pools: Arc<Pools>,
@@ -613,41 +613,59 @@ impl Incoming {
     }
 }
 
-/// Registers with `k` the HugeTLB state in `form` and the handlers of the files that use it:
-/// `huge-memfd-v1`, `kvm_vm_luo_v1` and `guest_memfd_luo_v1` (which depends on it); in the
-/// FLB form the FLB is linked to huge-memfd and guest_memfd and its incoming state fetched
-/// at once (the RFC's init), in the subsystem form the subsystem is booted from the previous
-/// kernel's data. Call it once per boot, before anything touches HugeTLB; the returned
-/// [`Hugetlb`] is the kernel's pools.
-pub fn register(k: &impl Registry, form: Form) -> Result<Hugetlb> {
-    let host = k.host();
-    let pools = Arc::new(Pools {
-        host: Arc::clone(&host),
-        state: Mutex::default(),
-    });
-    let flb = (form == Form::Flb).then(|| {
-        k.new_flb(HugetlbFlb {
-            pools: Arc::clone(&pools),
-        })
-    });
-    let h = Hugetlb { pools, flb };
-    let huge = Registration::new(HugeMemfdHandler { hugetlb: h.clone() }, host, ());
-    k.register_handler(h.link(huge))?;
-    crate::kvm::register(k)?;
-    crate::guest_memfd::register(k, &h)?;
-    match &h.flb {
-        // The RFC's init: get the incoming state eagerly so free pages return to the pool.
-        Some(flb) => match flb.get_incoming() {
-            Ok(g) => drop(g),
-            Err(Errno::ENODATA | Errno::ENOENT) => {}
-            Err(e) => return Err(e),
-        },
-        None => {
-            let sub = k.new_subsystem(HugetlbSubsystem {
-                pools: Arc::clone(&h.pools),
-            });
-            k.register_subsystem(&sub)?;
-        }
+impl Hugetlb {
+    /// A kernel's HugeTLB pools, with the FLB cell in the FLB form (not linked to any handler
+    /// yet: [`crate::vm::register`] links it to every handler of files that use the pools, then
+    /// calls [`Hugetlb::start`]).
+    pub fn new(k: &impl Registry, form: Form) -> Hugetlb {
+        let pools = Arc::new(Pools {
+            host: k.host(),
+            state: Mutex::default(),
+        });
+        let flb = (form == Form::Flb).then(|| {
+            k.new_flb(HugetlbFlb {
+                pools: Arc::clone(&pools),
+            })
+        });
+        Hugetlb { pools, flb }
     }
-    Ok(h)
+
+    /// Registers `huge-memfd-v1`, linked to the pools' FLB in the FLB form.
+    pub fn register_huge_memfd(&self, k: &impl Registry) -> Result {
+        let huge = Registration::new(
+            HugeMemfdHandler {
+                hugetlb: self.clone(),
+            },
+            k.host(),
+            (),
+        );
+        k.register_handler(self.link(huge))
+    }
+
+    /// Starts the pools' handover once every handler that uses them is registered: in the FLB
+    /// form the incoming state is fetched at once (the RFC's init, so free pages return to the
+    /// pool), in the subsystem form the subsystem registers and is booted from the previous
+    /// kernel's data.
+    pub fn start(&self, k: &impl Registry) -> Result {
+        match &self.flb {
+            Some(flb) => match flb.get_incoming() {
+                Ok(g) => drop(g),
+                Err(Errno::ENODATA | Errno::ENOENT) => {}
+                Err(e) => return Err(e),
+            },
+            None => {
+                let sub = k.new_subsystem(HugetlbSubsystem {
+                    pools: Arc::clone(&self.pools),
+                });
+                k.register_subsystem(&sub)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl pages::IncomingPool for Hugetlb {
+    fn release_incoming(&self, order: u32, nr: u64) -> Result {
+        Hugetlb::release_incoming(self, order, nr)
+    }
 }

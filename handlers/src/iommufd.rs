@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0-only OR MIT
-//! The `iommufd-v1` file handler (spec `iommufd/v1`, `reference/luo-upstream.md` §8c), on a
+//! The `iommufd-v1` file handler (spec `iommufd/v1`, as posted upstream), on a
 //! synthetic iommufd ([`Iommufd`]), with the IOMMU FLB ([`crate::iommu`]) linked.
 //!
 //! The model's iommufd has one IOAS: mappings of a file range at an IOVA

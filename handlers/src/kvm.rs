@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The KVM VM file handler (`kvm_vm_luo_v1`, spec `kvm/v1`), after upstream's guest_memfd
-//! preservation series (`reference/luo-upstream.md` §8c).
+//! preservation series (posted upstream, not merged).
 //!
 //! A VM file is handed over as a `struct kvm_luo_ser` holding the VM type; the new kernel
 //! creates a new VM of that type. The handler has no freeze: nothing about the VM changes on
@@ -9,7 +9,7 @@
 //! The model's VM ([`Vm`]) is a synthetic file of [`FileKind::KvmVm`]; create one with
 //! [`Vm::new`] and install it with the core's `open_synthetic`. The handler
 //! ([`KvmVmHandler`], written with `#[liveupdate_handler]`) is registered by [`register`],
-//! which [`crate::hugetlb::register`] calls with guest_memfd's.
+//! which [`crate::vm::register`] calls with guest_memfd's.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 

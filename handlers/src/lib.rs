@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0-only OR MIT
-//! LUO file handlers and global state (issues 5 and 6).
+//! LUO file handlers and global state.
 //!
 //! Every handler here is written with the macros (`#[liveupdate_handler]`,
 //! `#[liveupdate_flb]`, `#[liveupdate_subsystem]`) and registered with a kernel given
@@ -11,7 +11,8 @@
 //! * [`memfd`]: memfd, every version; [`test_flb`]: upstream's test FLBs.
 //! * [`hugetlb`]: the HugeTLB pools (FLB or subsystem, chosen per kernel) and `huge-memfd-v1`;
 //!   [`kvm`] and [`guest_memfd`] (which depends on its VM's file); [`pages`] and
-//!   [`folio_array`]: the folios of those files and their handed-over arrays.
+//!   [`folio_array`]: the folios of those files and their handed-over arrays; [`vm`]
+//!   registers them together.
 //! * [`iommu`] (the IOMMU FLB) and [`iommufd`]; [`pci`] (the PCI FLB, its devices in a KHO
 //!   block chain: [`kho_block`]) and [`vfio_pci`].
 //! * [`test_flb`]: upstream's test FLBs.
@@ -28,3 +29,4 @@ pub mod pages;
 pub mod pci;
 pub mod test_flb;
 pub mod vfio_pci;
+pub mod vm;

@@ -16,8 +16,6 @@ use luo_abi::host::LuoHost;
 use luo_abi::kho::KhoService;
 use luo_abi::{Errno, PAGE_SIZE, PhysAddr};
 
-use crate::hugetlb::Hugetlb;
-
 /// One folio of a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Folio {
@@ -242,19 +240,26 @@ impl Pages {
     }
 }
 
+/// Where the pages of an incoming file go when the file does not keep them: the free pool of
+/// their size (the HugeTLB pools implement it), so that this module needs nothing of HugeTLB.
+pub trait IncomingPool {
+    /// `nr` incoming pages of `order` leave their file for the free pool.
+    fn release_incoming(&self, order: u32, nr: u64) -> luo_abi::Result;
+}
+
 /// Folios claimed from KHO while a file is retrieved. Dropped before [`Claimed::keep`] (a
 /// record was bad, the file cannot be rebuilt), they are released again with
 /// [`release_claimed`], so a failed retrieve leaves no folio behind.
 pub(crate) struct Claimed<'a> {
     kho: &'a dyn KhoService,
-    pool: Option<&'a Hugetlb>,
+    pool: Option<&'a dyn IncomingPool>,
     folios: Vec<(PhysAddr, u32)>,
 }
 
 impl<'a> Claimed<'a> {
     /// Nothing claimed yet; `pool`: the HugeTLB pools the pages go back to on release (a
     /// HugeTLB file), if any.
-    pub(crate) fn new(kho: &'a dyn KhoService, pool: Option<&'a Hugetlb>) -> Claimed<'a> {
+    pub(crate) fn new(kho: &'a dyn KhoService, pool: Option<&'a dyn IncomingPool>) -> Claimed<'a> {
         Claimed {
             kho,
             pool,
@@ -284,7 +289,11 @@ impl Drop for Claimed<'_> {
 
 /// Frees folios claimed from KHO for a file that is not coming back (never retrieved, or its
 /// retrieve failed); the pages of a HugeTLB file go back to the free pool of their size.
-fn release_claimed(kho: &dyn KhoService, claimed: &[(PhysAddr, u32)], pool: Option<&Hugetlb>) {
+fn release_claimed(
+    kho: &dyn KhoService,
+    claimed: &[(PhysAddr, u32)],
+    pool: Option<&dyn IncomingPool>,
+) {
     let mut freed = BTreeMap::<u32, u64>::new();
     for &(phys, order) in claimed {
         // Release path: a folio KHO refuses to free is KHO's to account, nothing to undo here.
@@ -303,7 +312,7 @@ fn release_claimed(kho: &dyn KhoService, claimed: &[(PhysAddr, u32)], pool: Opti
 pub(crate) fn discard(
     kho: &dyn KhoService,
     pfns: impl Iterator<Item = u64>,
-    pool: Option<&Hugetlb>,
+    pool: Option<&dyn IncomingPool>,
 ) {
     let claimed: Vec<_> = pfns
         .filter_map(PhysAddr::from_pfn)

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The PCI core's live update state: the FLB `"pci"` with `PCI_LUO_FLB_VERSION` 2 in its data
-//! (spec `pci/data_v2`, `reference/luo-upstream.md` §8c, drivers/pci/liveupdate.c as
+//! (spec `pci/data_v2`, drivers/pci/liveupdate.c as
 //! applied), linked by the `vfio-pci-v2` handler ([`crate::vfio_pci`]).
 //!
 //! The FLB's data is a `struct pci_ser` {version, nr_devices, devices}: `devices` heads a KHO
@@ -14,7 +14,7 @@
 //! device's path.
 //!
 //! The model's PCI bus is a per-kernel topology that tests (or `luo simulate`) enumerate with
-//! [`Pci::add_device`] in each kernel. Two errors §8c names without their value are the
+//! [`Pci::add_device`] in each kernel. Two errors the posted series names without their value are the
 //! model's choice: a VF is refused with `EINVAL`, and a preserve after the kexec's device
 //! shutdown ([`Pci::device_shutdown`], upstream's shutdown freeze) with `EBUSY`.
 //!

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0-only OR MIT
-//! The `vfio-pci-v2` file handler (spec `vfio_pci/v2`, `reference/luo-upstream.md` §8c), on a
+//! The `vfio-pci-v2` file handler (spec `vfio_pci/v2`, as posted upstream), on a
 //! synthetic VFIO cdev ([`VfioDevice`]), with the PCI FLB ([`crate::pci`]) linked. It also
 //! reads `vfio-pci-v1` records (what this tree's `next` wrote before): a v1 device has no
 //! `reset_works` (read as 0, no function reset) and no iommufd token.

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! HugeTLB both ways, side by side: what the FLB form (upstream's series) and the subsystem
-//! form (the seed) do to the HugeTLB pools when only a non-HugeTLB guest_memfd is preserved,
+//! form (LUO v4) do to the HugeTLB pools when only a non-HugeTLB guest_memfd is preserved,
 //! when no file is preserved, and with a HugeTLB memfd that is retrieved and one that is not;
 //! the posted `hugetlb_ser` (only the preserved pages cross, per huge page size) and what the
 //! new kernel refuses in it.
@@ -14,7 +14,7 @@ use luo_generated::hugetlb::hugemfd_folio_ser;
 use luo_generated::hugetlb::v1::hugemfd_ser;
 use luo_handlers::folio_array;
 use luo_handlers::guest_memfd::GuestMemfd;
-use luo_handlers::hugetlb::{self, Form, HugeMemfd, Hugetlb, Pool};
+use luo_handlers::hugetlb::{Form, HugeMemfd, Hugetlb, Pool};
 use luo_handlers::kvm::Vm;
 use luo_handlers::pages::Pages;
 
@@ -29,7 +29,7 @@ fn boot(h: Option<luo_core::Handover>, form: Form) -> (Kernel, Hugetlb) {
         ..BootOptions::default()
     };
     let k = Kernel::boot(&opts, h).unwrap();
-    let ht = hugetlb::register(&k, form).unwrap();
+    let ht = luo_handlers::vm::register(&k, form).unwrap();
     (k, ht)
 }
 
@@ -330,7 +330,7 @@ fn hugetlb_ser_is_validated() {
         let mut ser = k.kho().read_obj(at).unwrap();
         f(&mut ser);
         k.kho().write_obj(at, &ser).unwrap();
-        hugetlb::register(&k, Form::Flb).map(|ht| ht.state().pools)
+        luo_handlers::vm::register(&k, Form::Flb).map(|ht| ht.state().pools)
     };
     let pools = boot_with(&|_| {}).unwrap();
     assert_eq!(

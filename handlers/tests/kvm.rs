@@ -12,7 +12,7 @@ use luo_generated::kvm::v1::{guest_memfd_luo_ser, kvm_luo_ser};
 use luo_generated::kvm::{GUEST_MEMFD_LUO_FLAG_MMAP, GUEST_MEMFD_LUO_FOLIO_UPTODATE};
 use luo_handlers::folio_array;
 use luo_handlers::guest_memfd::{GMEM_FILE_NAME, GuestMemfd, gmem_of};
-use luo_handlers::hugetlb::{self, Form, Hugetlb, Pool};
+use luo_handlers::hugetlb::{Form, Hugetlb, Pool};
 use luo_handlers::kvm::{KVM_X86_SW_PROTECTED_VM, VM_FILE_NAME, Vm, vm_of};
 use zerocopy::{FromZeros, IntoBytes};
 
@@ -30,7 +30,7 @@ fn boot(h: Option<Handover>) -> (Kernel, Hugetlb) {
         ..BootOptions::default()
     };
     let k = Kernel::boot(&opts, h).unwrap();
-    let ht = hugetlb::register(&k, Form::Subsystem).unwrap();
+    let ht = luo_handlers::vm::register(&k, Form::Subsystem).unwrap();
     (k, ht)
 }
 

@@ -216,7 +216,7 @@ fn never_retrieved_file_is_released_at_finish() {
 
 /// A 7.3 kernel whose memfd writes `memfd-v1` (as 6.19 does) with one folio recorded as not
 /// up to date: the next 7.3 kernel reads it through the generated v1 → v2 migration and zeroes
-/// that folio (§8a).
+/// that folio (as mm/memfd_luo.c).
 #[test]
 fn memfd_v1_is_migrated_and_not_uptodate_folios_zeroed() {
     let mut o = opts(KernelVersion::V7_3);

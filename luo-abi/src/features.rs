@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Feature negotiation (`struct luo_feature_hdr`, the mm tree's successor of compatible
-//! strings; reference: luo-upstream.md §8b).
+//! strings; the feature-negotiation proposal's `liveupdate_feature_entry`).
 //!
 //! A feature-negotiated ABI struct starts with a header of three bit sets: `supp` (what the
 //! writer supports), `req` (what a reader must understand) and `active` (what this payload

@@ -7,7 +7,7 @@
 //! * `memfd-v1` (6.19): no seals; each folio's real DIRTY/UPTODATE flags. Read through the
 //!   **generated** migration `v2::memfd_luo_ser: From<v1::memfd_luo_ser>`.
 //! * `memfd-v2` (7.3): seals, `flags` (no bit defined: non-zero is refused).
-//! * `memfd` (next, §8b): a `luo_feature_hdr` first; SEALS and FOLIOS feature bits. A reader
+//! * `memfd` (next, feature-negotiated): a `luo_feature_hdr` first; SEALS and FOLIOS feature bits. A reader
 //!   refuses unknown *required* bits, ignores unknown *supported* bits and reads an optional
 //!   field only when its bit is *active*; `reserved` must be zero.
 
@@ -137,7 +137,7 @@ pub enum FeatureError {
 }
 
 /// Checks a `luo_feature_hdr` against the bits a reader `known`s (the *inferred* rules of
-/// §8b): unknown required bits refuse, unknown supported bits are ignored.
+/// feature negotiation): unknown required bits refuse, unknown supported bits are ignored.
 pub fn check_features(h: &luo_feature_hdr, known: u64) -> Result<u64, FeatureError> {
     h.check_reserved().map_err(|_| FeatureError::Reserved)?;
     let unknown = h.req & !known;

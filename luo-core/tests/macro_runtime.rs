@@ -876,7 +876,7 @@ fn flb_unpreserve_on_the_last_file() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Handler-scoped state (the seed's global_state_create/restore/destroy).
+// Handler-scoped state (LUO v4's global_state_create/restore/destroy).
 
 #[allow(non_camel_case_types)]
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout, Abi)]

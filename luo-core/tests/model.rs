@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-only OR MIT
-//! Model-based test (issue 9), with proptest: random sequences of uAPI operations, with
+//! Model-based test, with proptest: random sequences of uAPI operations, with
 //! in-process kexecs at random points, against a small reference model of upstream's
-//! semantics (§1). Every return value and errno must match the model; at each kexec the
+//! semantics (luo_core.c, luo_session.c). Every return value and errno must match the model; at each kexec the
 //! new kernel must hand back exactly what the model says is preserved — every session once
 //! (a second retrieve is EINVAL, an unknown name ENOENT), every file under its token with
 //! its value (an unknown token ENOENT) — and after FINISH nothing may be left preserved or

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0-only OR MIT
-//! Concurrency stress (issue 9): 8 threads × 10,000 operations on one
+//! Concurrency stress: 8 threads × 10,000 operations on one
 //! kernel — sessions created, files preserved into them, sessions closed
 //! (which unpreserves their files), FLB `get_outgoing` in between — then a
 //! kexec in which exactly the files of the sessions still open cross, each

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0-only OR MIT
-//! luo-sim: run unmodified `/dev/liveupdate` programs against the Rust LUO core (issue 10).
+//! luo-sim: run unmodified `/dev/liveupdate` programs against the Rust LUO core.
 //!
 //! * [`serve`] runs the daemon: one simulated machine (a [`Kernel`] with a memfd-backed arena,
 //!   so it can cross `execve`) behind a `SOCK_SEQPACKET` Unix socket ([`default_socket_path`]).

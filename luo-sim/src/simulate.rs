@@ -127,7 +127,7 @@ pub struct Options {
     pub kernels: Vec<KernelVersion>,
     /// Which files cross.
     pub scenario: Scenario,
-    /// How the HugeTLB pools cross ([`Scenario::Vm`]): the seed's subsystem or the RFC's FLB.
+    /// How the HugeTLB pools cross ([`Scenario::Vm`]): LUO v4's subsystem or the RFC's FLB.
     pub hugetlb_form: Form,
 }
 

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0-only OR MIT
-//! Exhaustive corrupt-image sweep (issue 9): every single-bit flip of the
+//! Exhaustive corrupt-image sweep: every single-bit flip of the
 //! LUO metadata of a real mixed image — luo_ser, the session block's header
 //! and entries, the FLB area's header and entry, every session's file block
 //! (header and `luo_file_ser` entries), and each memfd's records (its

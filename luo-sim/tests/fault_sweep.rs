@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0-only OR MIT
-//! Fault sweep (issue 9): in a mixed scenario (3 sessions × 3 test files,
+//! Fault sweep: in a mixed scenario (3 sessions × 3 test files,
 //! the test FLB linked), every handler and FLB callback site is made to
 //! fail for every file in turn. After each injected failure: no panic, the
 //! caller gets the injected errno, the rollback is upstream's, every file is

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use luo_abi::file::FileKind;
 use luo_core::{Handover, Kernel};
-use luo_handlers::hugetlb::{self, Form, HugeMemfd, Hugetlb, Pool};
+use luo_handlers::hugetlb::{Form, HugeMemfd, Hugetlb, Pool};
 
 /// Pools by phase and page order.
 type Pools = BTreeMap<String, BTreeMap<u32, Pool>>;
@@ -71,7 +71,7 @@ fn record(pools: &mut Pools, h: &Hugetlb, phase: &str) {
 fn boot(h: Option<Handover>, form: Form) -> (Kernel, Hugetlb) {
     // As luo_model_boot(): the default kernel.
     let k = Kernel::boot(&luo_sim::machine::default_options(), h).unwrap();
-    let ht = hugetlb::register(&k, form).unwrap();
+    let ht = luo_handlers::vm::register(&k, form).unwrap();
     (k, ht)
 }
 

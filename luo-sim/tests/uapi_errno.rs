@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0-only OR MIT
-//! Every uAPI errno of reference/luo-upstream.md §1, through the byte API with the generated
+//! Every uAPI errno of upstream's `/dev/liveupdate` (luo_core.c, luo_session.c), through the byte API with the generated
 //! uAPI structs.
 
 use luo_abi::{AlignedU64, Errno};

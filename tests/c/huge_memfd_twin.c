@@ -3,7 +3,7 @@
  * The "huge-memfd-v1" file handler in C, against the generated <linux/liveupdate.h> and
  * <linux/kho/abi/hugetlb.h>: a twin of the Rust handler in handlers/src/hugetlb.rs, with the
  * same file format (struct hugemfd_ser), whose HugeTLB pools cross the kexec as the
- * handler's global state (the seed's liveupdate_fh_global_state_* API) instead of an FLB or
+ * handler's global state (LUO v4's liveupdate_fh_global_state_* API) instead of an FLB or
  * a subsystem.
  *
  * - create (first preserve of the handler): KHO-preserve a struct hugetlb_ser and write

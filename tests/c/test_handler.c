@@ -4,7 +4,7 @@
  *
  * It preserves the model's synthetic test files: the value goes into a
  * KHO-preserved struct c_ser whose physical address is the handed-over data.
- * Its FLB counts dependent files, its global state (the seed's API) counts
+ * Its FLB counts dependent files, its global state (LUO v4's API) counts
  * preserves across the kexec, and its subsystem hands over one u64.
  */
 #include <errno.h>

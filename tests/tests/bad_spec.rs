@@ -571,7 +571,7 @@ fields = [
 }
 
 /// Upstream's proposed `iommu_domain_ser` ends with `struct iommu_domain *restored_domain`
-/// (reference/luo-upstream.md §8c); spec/iommu.toml models it as a reserved u64 instead.
+/// (as posted upstream); spec/iommu.toml models it as a reserved u64 instead.
 #[test]
 fn kernel_pointer_in_handover_struct() {
     let diags = bad(

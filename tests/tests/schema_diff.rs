@@ -249,7 +249,7 @@ fn real_history_verdicts() {
 
 #[test]
 fn luo_session_v1_to_v2_is_a_bumped_layout_change() {
-    // The two session formats of luo.h (§8a): 88-byte entries with files,
+    // The two session formats of luo.h (7.2 and the version before): 88-byte entries with files,
     // pgcnt, count, then 80-byte entries with a luo_file_set_ser.
     let (spec, diags) = luo_spec::model::load(&root().join("spec"));
     assert!(!diags.has_errors());

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The generated Rust ABI types against the numbers upstream publishes
-//! (reference/luo-upstream.md §1, §4, §8b): written out here, not taken from
+//! (include/uapi/linux/liveupdate.h, include/linux/kho/abi/luo.h, the feature-negotiation proposal): written out here, not taken from
 //! the spec, so a spec edit that moves a byte fails this test.
 
 use core::mem::{offset_of, size_of};
@@ -111,7 +111,7 @@ fn every_bitfield_probe_fills_its_struct() {
 
 #[test]
 fn feature_bits_and_masks_of_the_next_abi() {
-    // §8b: core bits NUMBER/SESSIONS/FLBS, all supported, required and active;
+    // Feature negotiation: core bits NUMBER/SESSIONS/FLBS, all supported, required and active;
     // memfd bits SEALS/FOLIOS likewise.
     assert_eq!(luo::next::LUO_FEATURE_NUMBER, 1);
     assert_eq!(luo::next::LUO_FEATURE_SESSIONS, 2);

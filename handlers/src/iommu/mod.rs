@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! The IOMMU core's live update state: the FLB `"iommu-liveupdate-v1"` (spec `iommu/v1`,
-//! `reference/luo-upstream.md` §8c), linked by the `iommufd-v1` handler ([`crate::iommufd`]).
+//! as posted upstream), linked by the `iommufd-v1` handler ([`crate::iommufd`]).
 //!
 //! The FLB's data is a `struct iommu_flb_ser` naming the first page of three chains of
 //! page-sized arrays: hardware units (`iommu_hw_ser`), domains (`iommu_domain_ser`, the roots

@@ -3,7 +3,7 @@
 //! `memfd-v2` (7.3) or the feature-negotiated `memfd` (next), and reads older versions
 //! through reader-only registrations (`can_preserve` false) that migrate on retrieve.
 //!
-//! Upstream semantics (reference/luo-upstream.md §7, §8a):
+//! Upstream semantics (mm/memfd_luo.c):
 //! * only unlinked shmem files qualify (`can_preserve`); `get_id` is the inode;
 //! * PRESERVE_FD freezes the inode (growing/shrinking refused from then on), checks seals
 //!   (`EOPNOTSUPP`) and size (`EFBIG`), pins and preserves every folio **without copying
@@ -512,7 +512,7 @@ fn install_folio(
 ) -> Result<(), Errno> {
     if e.flags() & MEMFD_LUO_FOLIO_UPTODATE == 0 {
         // A memfd-v1 writer recorded the folio's real flags: one never written holds
-        // garbage, so zero it before it becomes visible (§8a).
+        // garbage, so zero it before it becomes visible (as memfd_luo.c does).
         kho.write(phys, &vec![0u8; (PAGE << order) as usize])?;
         ZEROED.fetch_add(1, Ordering::Relaxed);
     }

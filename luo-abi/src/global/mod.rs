@@ -286,7 +286,7 @@ fn missing_object() -> ! {
 // FLB
 
 // ---------------------------------------------------------------------------------------------
-// Handler-scoped state (the seed)
+// Handler-scoped state (LUO v4's global_state API)
 
 /// The ABI side of handler-scoped state; implemented by `#[liveupdate_global_state(...)]`.
 ///
@@ -423,7 +423,7 @@ pub unsafe trait StateOwner: 'static {
     ) -> Option<(&'a HandlerStateCell<Self::State>, &'a dyn LuoHost)>;
 }
 
-/// Handler-scoped state of one registered handler (the seed's
+/// Handler-scoped state of one registered handler (LUO v4's
 /// `global_state_create/restore/destroy`).
 pub struct HandlerStateCell<S: HandlerState> {
     state: S,

@@ -129,7 +129,7 @@ struct GsData {
     incoming: Option<u64>,
 }
 
-/// A handler's global state (the seed's proposal).
+/// A handler's global state (LUO v4's proposal).
 pub(crate) struct GlobalState {
     ops: Ops<liveupdate_fh_global_state_ops>,
     data: Ordered<GsData>,

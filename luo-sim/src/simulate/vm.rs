@@ -33,7 +33,7 @@ use luo_abi::file::{File, FileKind, FileRef};
 use luo_abi::registry::Registry;
 use luo_generated::kvm::GUEST_MEMFD_LUO_FLAG_MMAP;
 use luo_handlers::guest_memfd::{GMEM_FILE_NAME, GuestMemfd, gmem_of};
-use luo_handlers::hugetlb::{self, Form, HugeMemfd, Hugetlb, Pool};
+use luo_handlers::hugetlb::{Form, HugeMemfd, Hugetlb, Pool};
 use luo_handlers::iommu::HwUnit;
 use luo_handlers::iommufd::{self, Iommufd, REQUIRED_SEALS};
 use luo_handlers::kvm::{KVM_X86_SW_PROTECTED_VM, VM_FILE_NAME, Vm, vm_of};
@@ -313,7 +313,7 @@ fn pool(h: &Hugetlb) -> Pool {
 fn register(k: &Kernel, form: Form) -> Result<(Hugetlb, Devices), SimError> {
     let h = op(
         || "register HugeTLB, kvm, guest_memfd".into(),
-        hugetlb::register(k, form),
+        luo_handlers::vm::register(k, form),
     )?;
     let devs = op(
         || "register iommufd, PCI bus, vfio-pci".into(),

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0-only OR MIT */
 /*
- * Conformance: memfds across a live update (reference/luo-upstream.md §7): the frozen inode
+ * Conformance: memfds across a live update (mm/memfd_luo.c): the frozen inode
  * after PRESERVE_FD (size changes and fallocate refused, writes within the size allowed),
  * seals (F_SEAL_*, MFD_NOEXEC_SEAL, a memfd without MFD_ALLOW_SEALING), sparse and empty files,
  * file position, writes through mmap before and after preserve, what an unpreserve (closing the

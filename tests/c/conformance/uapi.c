@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0-only OR MIT */
 /*
- * Conformance: the /dev/liveupdate and session ioctls (reference/luo-upstream.md §1):
+ * Conformance: the /dev/liveupdate and session ioctls (luo_core.c, luo_session.c):
  * dispatcher errnos, copy_struct_from_user size rules, session names, tokens, the outgoing and
  * incoming session kinds, RETRIEVE_FD twice, FINISH rules, closing sessions in every state.
  */

@@ -112,7 +112,7 @@ if rebuild "$DROP" dropin; then
   comm -13 "$DTOP/stock.warnings" "$DTOP/dropin.warnings" >"$DTOP/new.warnings"
   say "warnings: stock $(wc -l <"$DTOP/stock.warnings"), drop-in $(wc -l <"$DTOP/dropin.warnings"), new in the drop-in build $(wc -l <"$DTOP/new.warnings")"
   if [ -s "$DTOP/new.warnings" ]; then
-    cat "$DTOP/new.warnings" | tee -a "$REPORT"
+    tee -a "$REPORT" <"$DTOP/new.warnings"
     bad "the drop-in build has new warnings"
   fi
   cp "$DROP/arch/x86/boot/bzImage" "$DTOP/bzImage-7.2-dropin"

@@ -3,7 +3,7 @@
 //! fields (every tenth struct changed): facts plus policy, as the CLI runs.
 
 use luo_bench::synthetic_snapshot;
-use luo_spec::schema_diff::diff_component;
+use luo_schema::diff::diff_component;
 
 fn main() {
     divan::main();

@@ -12,10 +12,11 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use luo_abi::Errno;
-use luo_abi::file::File;
+use luo_abi::file::{File, FileKind};
 use luo_core::{BootOptions, Kernel, KernelVersion};
 use luo_generated::luo::luo_file_ser;
 use luo_generated::luo::v5::luo_session_ser;
+use luo_handlers::hugetlb::{Form, HugeMemfd, Hugetlb};
 
 /// Folios of 1 GiB of 4 KiB pages.
 pub const FOLIOS_1G: u64 = 262_144;
@@ -224,7 +225,11 @@ impl SessionsFixture {
         files: u64,
         folios: u64,
     ) -> Result<Self, String> {
-        let k = boot(version, folios, files)?;
+        SessionsFixture::with_kernel(boot(version, folios, files)?, sessions, files)
+    }
+
+    /// [`SessionsFixture::new`] in the kernel `k` (booted and with its handlers registered).
+    pub fn with_kernel(k: Kernel, sessions: u64, files: u64) -> Result<Self, String> {
         let dev = k.open_dev().map_err(err("open /dev/liveupdate"))?;
         let mut fds = Vec::new();
         for i in 0..sessions {
@@ -297,6 +302,53 @@ pub fn time_sessions(f: SessionsFixture) -> Result<SessionsTimes, String> {
     })
 }
 
+/// What one [`time_session_scaling`] round measured.
+#[derive(Clone, Copy, Debug)]
+pub struct ScalingTimes {
+    /// The next kernel's boot and first `/dev/liveupdate` open (deserialize every session).
+    pub deserialize: Duration,
+    /// `RETRIEVE_SESSION` of every session.
+    pub retrieve: Duration,
+    /// `FINISH` and close of every session.
+    pub finish: Duration,
+}
+
+/// `sessions` empty sessions (as `luo simulate --sessions N --files 0`) across a kexec: the
+/// next kernel deserializes, retrieves and finishes every one of them.
+pub fn time_session_scaling(sessions: u64) -> Result<ScalingTimes, String> {
+    let f = SessionsFixture::new(KernelVersion::V7_3, sessions, 0, 0)?;
+    let version = f.k.version();
+    let h = f.k.kexec().map_err(err("kexec"))?;
+    drop(f);
+    let t = Instant::now();
+    let k2 = Kernel::boot(&boot_opts(version, 0, 0), Some(h)).map_err(|e| e.to_string())?;
+    luo_testing::register(&k2, false).map_err(err("register test handler"))?;
+    let dev = k2.open_dev().map_err(err("open /dev/liveupdate"))?;
+    let deserialize = t.elapsed();
+    let t = Instant::now();
+    let fds = (0..sessions)
+        .map(|i| {
+            k2.retrieve_session(dev, &session_name(i))
+                .map_err(err("retrieve_session"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let retrieve = t.elapsed();
+    let t = Instant::now();
+    for s in fds {
+        k2.finish_session(s).map_err(err("finish_session"))?;
+        k2.close(s).map_err(err("close session"))?;
+    }
+    let finish = t.elapsed();
+    if !k2.luo().incoming().is_empty() {
+        return Err("sessions left after finish and close".into());
+    }
+    Ok(ScalingTimes {
+        deserialize,
+        retrieve,
+        finish,
+    })
+}
+
 /// The result of one blackout run (printed as JSON by the report's child process).
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Blackout {
@@ -361,40 +413,186 @@ fn host_ino(k: &Kernel, fd: i32) -> Result<(u64, u64), String> {
     .map_err(err("host fd"))?
 }
 
-/// The blackout of a machine with a memfd of `folios` 4 KiB folios and `sessions` sessions
-/// holding `files` test files: freeze -> in-process kexec -> retrieve every session and file.
-/// `touched` pages spread over the memfd are written before and checked after.
-pub fn blackout(folios: u64, sessions: u64, files: u64, touched: u64) -> Result<Blackout, String> {
-    let start_rss = proc_status_bytes("VmRSS:");
-    let version = KernelVersion::default();
-    let fx = SessionsFixture::new(version, sessions, files, folios)?;
-    let k = &fx.k;
-    let fd = k.memfd_create("guest-ram").map_err(err("memfd_create"))?;
-    k.ftruncate(fd, folios * PAGE).map_err(err("ftruncate"))?;
-    let stride = (folios / touched.max(1)).max(1);
-    for i in 0..touched {
-        let page = i * stride;
-        k.pwrite(fd, page * PAGE, &page_pattern(page))
-            .map_err(err("pwrite"))?;
+/// What backs the guest memory of a [`blackout`] run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Guest {
+    /// A shmem memfd of 4 KiB folios (`memfd-v2`).
+    Memfd,
+    /// A HugeTLB memfd of 2 MiB folios (`huge-memfd-v1`, the HugeTLB pools handed over as
+    /// upstream's FLB).
+    Hugetlb,
+}
+
+impl Guest {
+    /// Order of its folios.
+    pub const fn order(self) -> u32 {
+        match self {
+            Guest::Memfd => 0,
+            Guest::Hugetlb => HUGE_ORDER,
+        }
     }
-    let before = host_ino(k, fd)?;
+
+    /// The name the report's child takes.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Guest::Memfd => "memfd",
+            Guest::Hugetlb => "hugetlb",
+        }
+    }
+
+    /// Parses [`Guest::name`].
+    pub fn parse(s: &str) -> Option<Guest> {
+        [Guest::Memfd, Guest::Hugetlb]
+            .into_iter()
+            .find(|g| g.name() == s)
+    }
+}
+
+/// 2 MiB huge pages, x86's.
+const HUGE_ORDER: u32 = 9;
+
+/// A kernel for a blackout run: the arena holds the folio records and the test files' pages,
+/// and for a HugeTLB guest its huge pages (the model's HugeTLB pages are arena folios; the
+/// heap-backed arena costs host memory only for pages written).
+fn blackout_kernel(
+    guest: Guest,
+    folios: u64,
+    files: u64,
+    h: Option<luo_core::Handover>,
+) -> Result<(Kernel, Option<Hugetlb>), String> {
+    let version = KernelVersion::default();
+    let mut opts = boot_opts(version, folios, files);
+    if guest == Guest::Hugetlb {
+        // The huge pages themselves, and room to align them.
+        opts.arena_pages += (folios + 1) << HUGE_ORDER;
+    }
+    let k = Kernel::boot(&opts, h).map_err(|e| e.to_string())?;
+    luo_testing::register(&k, false).map_err(err("register test handler"))?;
+    let ht = match guest {
+        Guest::Memfd => None,
+        Guest::Hugetlb => {
+            Some(luo_handlers::vm::register(&k, Form::Flb).map_err(err("register hugetlb"))?)
+        }
+    };
+    Ok((k, ht))
+}
+
+/// The guest memory of a blackout run in the old kernel: its fd and what identifies its
+/// memory (the host memfd's device and inode, or the huge folios' addresses).
+fn guest_ram(
+    guest: Guest,
+    k: &Kernel,
+    ht: Option<&Hugetlb>,
+    folios: u64,
+    touched: &[u64],
+) -> Result<(i32, Vec<u64>), String> {
+    match guest {
+        Guest::Memfd => {
+            let fd = k.memfd_create("guest-ram").map_err(err("memfd_create"))?;
+            k.ftruncate(fd, folios * PAGE).map_err(err("ftruncate"))?;
+            for &page in touched {
+                k.pwrite(fd, page * PAGE, &page_pattern(page))
+                    .map_err(err("pwrite"))?;
+            }
+            let (dev, ino) = host_ino(k, fd)?;
+            Ok((fd, vec![dev, ino]))
+        }
+        Guest::Hugetlb => {
+            let ht = ht.ok_or("no hugetlb")?;
+            ht.configure(HUGE_ORDER, folios)
+                .map_err(err("hugetlb pool"))?;
+            let m = HugeMemfd::new(ht, HUGE_ORDER, folios).map_err(err("huge memfd"))?;
+            // Guest memory is all there: every huge page allocated.
+            let mut ids = Vec::with_capacity(folios as usize);
+            for i in 0..folios {
+                ids.push(m.pages().populate(i).map_err(err("populate"))?.as_u64());
+            }
+            for &page in touched {
+                m.pages()
+                    .write(page * PAGE, &page_pattern(page))
+                    .map_err(err("write"))?;
+            }
+            let fd = k
+                .open_synthetic(FileKind::HugeMemfd, "guest-ram", Box::new(m))
+                .map_err(err("open huge memfd"))?;
+            Ok((fd, ids))
+        }
+    }
+}
+
+/// Reads page `page` of the retrieved guest memory.
+fn read_guest(guest: Guest, k: &Kernel, fd: i32, page: u64, buf: &mut [u8]) -> Result<(), String> {
+    match guest {
+        Guest::Memfd => k
+            .pread(fd, page * PAGE, buf)
+            .map(drop)
+            .map_err(err("pread")),
+        Guest::Hugetlb => k
+            .file(fd)
+            .map_err(err("file"))?
+            .synthetic::<HugeMemfd>()
+            .ok_or("not a huge memfd")?
+            .pages()
+            .read(page * PAGE, buf)
+            .map_err(err("read")),
+    }
+}
+
+/// What identifies the retrieved guest memory (see [`guest_ram`]).
+fn guest_ids(guest: Guest, k: &Kernel, fd: i32) -> Result<Vec<u64>, String> {
+    match guest {
+        Guest::Memfd => host_ino(k, fd).map(|(d, i)| vec![d, i]),
+        Guest::Hugetlb => Ok(k
+            .file(fd)
+            .map_err(err("file"))?
+            .synthetic::<HugeMemfd>()
+            .ok_or("not a huge memfd")?
+            .pages()
+            .folios()
+            .iter()
+            .map(|(_, f)| f.phys.as_u64())
+            .collect()),
+    }
+}
+
+/// The blackout of a machine whose guest memory is `folios` folios of `guest`, with
+/// `sessions` sessions holding `files` test files: freeze -> in-process kexec -> retrieve
+/// every session and file. `touched` 4 KiB pages spread over the guest memory are written
+/// before and checked after.
+pub fn blackout(
+    guest: Guest,
+    folios: u64,
+    sessions: u64,
+    files: u64,
+    touched: u64,
+) -> Result<Blackout, String> {
+    let start_rss = proc_status_bytes("VmRSS:");
+    let (k, ht) = blackout_kernel(guest, folios, files, None)?;
+    let fx = SessionsFixture::with_kernel(k, sessions, files)?;
+    let k = &fx.k;
+    let pages = folios << guest.order();
+    let stride = (pages / touched.max(1)).max(1);
+    let touched_pages: Vec<u64> = (0..touched).map(|i| i * stride).collect();
+    let (fd, before) = guest_ram(guest, k, ht.as_ref(), folios, &touched_pages)?;
     k.preserve_fd(fx.fds[0], fd, 1)
-        .map_err(err("preserve_fd memfd"))?;
+        .map_err(err("preserve_fd guest memory"))?;
     let copied0 = luo_core::file::file_data_copied();
     let h0 = luo_handlers::memfd::stats();
 
     let peak_rss_before_kexec = proc_status_bytes("VmHWM:");
-    let arena_bytes = k.stats().kho.arena_pages_in_use * PAGE;
+    // What is handed over besides the guest memory (a HugeTLB guest's pages are arena
+    // folios).
+    let guest_in_arena = if guest == Guest::Hugetlb { pages } else { 0 };
+    let arena_bytes = (k.stats().kho.arena_pages_in_use - guest_in_arena) * PAGE;
     let t = Instant::now();
     let h = k.kexec().map_err(err("kexec"))?;
     let freeze_kexec = t.elapsed();
     // The old kernel's memory vanishes at a real kexec; here its structures are freed, outside
     // the timed phases, so they do not count in the next kernel's time or peak memory.
     drop(fx);
+    drop(ht);
     let t1 = Instant::now();
-    let k2 =
-        Kernel::boot(&boot_opts(version, folios, files), Some(h)).map_err(|e| e.to_string())?;
-    luo_testing::register(&k2, false).map_err(err("register test handler"))?;
+    let (k2, ht2) = blackout_kernel(guest, folios, files, Some(h))?;
     let boot = t1.elapsed();
     let t2 = Instant::now();
     let dev = k2.open_dev().map_err(err("open /dev/liveupdate"))?;
@@ -404,24 +602,28 @@ pub fn blackout(folios: u64, sessions: u64, files: u64, touched: u64) -> Result<
         let s = k2
             .retrieve_session(dev, &session_name(i))
             .map_err(err("retrieve_session"))?;
-        for tok in (0..files).filter(|j| j % sessions == i).map(|j| 100 + j) {
+        // The files of session `i` (round robin): `i`, `i + sessions`, ... (not a filter
+        // over every file per session, which the timed phase would pay quadratically).
+        for tok in (i..files).step_by(sessions as usize).map(|j| 100 + j) {
             black_box(k2.retrieve_fd(s, tok).map_err(err("retrieve_fd"))?);
         }
         if i == 0 {
-            ram = Some(k2.retrieve_fd(s, 1).map_err(err("retrieve_fd memfd"))?);
+            ram = Some(
+                k2.retrieve_fd(s, 1)
+                    .map_err(err("retrieve_fd guest memory"))?,
+            );
         }
         sfds.push(s);
     }
     let retrieve = t2.elapsed();
     let total = freeze_kexec + boot + retrieve;
-    let ram = ram.ok_or("no memfd retrieved")?;
+    let ram = ram.ok_or("no guest memory retrieved")?;
     let file_bytes_copied = luo_core::file::file_data_copied() - copied0;
     let h1 = luo_handlers::memfd::stats();
-    let same_host_file = host_ino(&k2, ram)? == before;
-    for i in 0..touched {
-        let page = i * stride;
+    let same_host_file = guest_ids(guest, &k2, ram)? == before;
+    for &page in &touched_pages {
         let mut buf = vec![0u8; PAGE as usize];
-        k2.pread(ram, page * PAGE, &mut buf).map_err(err("pread"))?;
+        read_guest(guest, &k2, ram, page, &mut buf)?;
         if buf != page_pattern(page) {
             return Err(format!("page {page} lost its data across the kexec"));
         }
@@ -431,6 +633,7 @@ pub fn blackout(folios: u64, sessions: u64, files: u64, touched: u64) -> Result<
         k2.finish_session(s).map_err(err("finish_session"))?;
     }
     let finish = t3.elapsed();
+    drop(ht2);
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     Ok(Blackout {
         folios,
@@ -472,8 +675,11 @@ mod tests {
         time_retrieve(KernelVersion::V7_0, KernelVersion::V7_3, 64).unwrap();
         let s = SessionsFixture::new(KernelVersion::V7_3, 20, 100, 0).unwrap();
         time_sessions(s).unwrap();
-        let b = blackout(256, 10, 50, 8).unwrap();
-        assert!(b.same_host_file);
-        assert_eq!(b.file_bytes_copied, 0);
+        time_session_scaling(30).unwrap();
+        for guest in [Guest::Memfd, Guest::Hugetlb] {
+            let b = blackout(guest, 8, 10, 50, 8).unwrap();
+            assert!(b.same_host_file, "{guest:?}");
+            assert_eq!(b.file_bytes_copied, 0);
+        }
     }
 }

@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use luo_abi::file::ShmemFolio;
 use luo_abi::host::LuoHost;
 use luo_abi::kho::KhoService;
 use luo_abi::{Errno, PAGE_SIZE, PhysAddr};
@@ -209,34 +208,47 @@ impl Pages {
 }
 
 impl Pages {
-    /// KHO-preserves every folio (upstream: `kho_preserve_folio` for each, here one batched
-    /// call, all or nothing) and returns their handed-over records, made by
-    /// `record(index, folio)`.
+    /// KHO-preserves every folio (upstream: `kho_preserve_folio` for each; here one
+    /// `preserve_range` per physically contiguous run, all or nothing) and returns their
+    /// handed-over records, made by `record(index, folio)`.
     pub(crate) fn preserve_folios<R>(
         &self,
         record: impl Fn(u64, &Folio) -> R,
     ) -> Result<Vec<R>, Errno> {
         let folios = self.folios();
-        let batch: Vec<ShmemFolio> = folios
-            .iter()
-            .map(|&(index, f)| ShmemFolio {
-                index,
-                phys: f.phys,
-                order: self.order,
-                dirty: false,
-                uptodate: f.uptodate,
-            })
-            .collect();
-        self.kho().preserve_folios(&batch)?;
+        let runs = self.runs(&folios);
+        for (i, &(phys, count)) in runs.iter().enumerate() {
+            if let Err(e) = self.kho().preserve_range(phys, self.order, count) {
+                for &(phys, count) in &runs[..i] {
+                    let _ = self.kho().unpreserve_range(phys, self.order, count);
+                }
+                return Err(e);
+            }
+        }
         Ok(folios.iter().map(|(index, f)| record(*index, f)).collect())
     }
 
     /// Undoes [`Pages::preserve_folios`]: the file is unpreserved, or a later step of its
     /// preserve failed.
     pub(crate) fn unpreserve_folios(&self) {
-        for (_, f) in self.folios() {
-            let _ = self.kho().unpreserve_folio(f.phys, self.order);
+        for (phys, count) in self.runs(&self.folios()) {
+            let _ = self.kho().unpreserve_range(phys, self.order, count);
         }
+    }
+
+    /// The folios (in index order) as runs of physically contiguous ones: (first, count).
+    fn runs(&self, folios: &[(u64, Folio)]) -> Vec<(PhysAddr, usize)> {
+        let bytes = self.folio_bytes();
+        let mut runs: Vec<(PhysAddr, usize)> = Vec::new();
+        for (_, f) in folios {
+            match runs.last_mut() {
+                Some((first, n)) if first.as_u64() + (*n as u64) * bytes == f.phys.as_u64() => {
+                    *n += 1;
+                }
+                _ => runs.push((f.phys, 1)),
+            }
+        }
+        runs
     }
 }
 
@@ -273,6 +285,17 @@ impl<'a> Claimed<'a> {
         let order = self.kho.restore_folio(phys)?;
         self.folios.push((phys, order));
         Ok((phys, order))
+    }
+
+    /// Claims the `count` folios of `order` back to back from `pfn` (`restore_range`): all
+    /// or none.
+    pub(crate) fn claim_run(&mut self, pfn: u64, order: u32, count: usize) -> Result<(), Errno> {
+        let phys = PhysAddr::from_pfn(pfn).ok_or(Errno::EINVAL)?;
+        self.kho.restore_range(phys, order, count)?;
+        let bytes = (PAGE_SIZE as u64) << order;
+        self.folios
+            .extend((0..count as u64).map(|i| (PhysAddr::new(phys.as_u64() + i * bytes), order)));
+        Ok(())
     }
 
     /// The file is rebuilt: its folios stay claimed.

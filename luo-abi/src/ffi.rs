@@ -75,6 +75,7 @@ mod policy {
         static TASK: u8 = const { 0 };
     }
 
+    #[inline]
     pub fn task() -> usize {
         // The address of a thread-local is unique among live threads and never 0.
         TASK.with(|t| t as *const u8 as usize)
@@ -120,6 +121,7 @@ pub fn catch<R>(on_panic: R, f: impl FnOnce() -> R) -> R {
 /// A non-zero identity of the running task (thread), for the re-entrancy checks of global
 /// state. With `std`, a per-thread address; without, `1` (a kernel build supplies its own
 /// through [`crate::host::LuoHost::current_task`]).
+#[inline]
 pub fn current_task() -> usize {
     #[cfg(feature = "std")]
     return policy::task();

@@ -23,7 +23,7 @@ use alloc::vec::Vec;
 use core::any::Any;
 use core::ffi::c_void;
 
-use crate::errno::Result;
+use crate::errno::{Errno, Result};
 use crate::phys::PhysAddr;
 
 /// What kind of object a file is; handlers' `can_preserve` usually starts here.
@@ -213,6 +213,28 @@ pub trait ShmemFile: File {
     /// Inserts a restored folio into the page cache at `folio.index`, with its flags
     /// (`shmem_add_to_page_cache` and friends on retrieve). `-EEXIST` if the index is taken.
     fn add_folio(&self, folio: ShmemFolio) -> Result;
+
+    /// Inserts `count` restored folios of `first.order`, back to back in memory from
+    /// `first.phys` and in the file from `first.index`, with `first`'s flags: what `count`
+    /// calls of [`ShmemFile::add_folio`] do. A file overrides it to take its lock and check
+    /// the indexes once per run (the retrieve of a memfd installs runs, not folios); the
+    /// default is the loop, which stops at the first error.
+    fn add_folios(&self, first: ShmemFolio, count: usize) -> Result {
+        let pages = 1u64.checked_shl(first.order).ok_or(Errno::EINVAL)?;
+        for i in 0..count as u64 {
+            let step = i.checked_mul(pages).ok_or(Errno::EINVAL)?;
+            let phys = step
+                .checked_mul(crate::PAGE_SIZE as u64)
+                .and_then(|b| first.phys.as_u64().checked_add(b))
+                .ok_or(Errno::EINVAL)?;
+            self.add_folio(ShmemFolio {
+                index: first.index.checked_add(step).ok_or(Errno::EINVAL)?,
+                phys: PhysAddr::new(phys),
+                ..first
+            })?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -149,6 +149,74 @@ pub trait KhoService {
         r
     }
 
+    /// Preserves `count` folios of `order`, back to back from `phys` (a physically
+    /// contiguous run, as a memfd's folios mostly are), with the guarantees of `count` calls
+    /// of [`KhoService::preserve_folio`]: `EINVAL` for a misaligned run, an order above the
+    /// largest, or memory that cannot be preserved; `EEXIST` when any page of the run is
+    /// preserved already. All or nothing.
+    ///
+    /// Not an upstream call (upstream preserves folio by folio): a service overrides it to do
+    /// its bookkeeping once per run (one range check, one update of its tracker), not once
+    /// per folio. The default is the loop, undone on an error.
+    fn preserve_range(&self, phys: PhysAddr, order: u32, count: usize) -> Result {
+        let size = block_bytes(order)?;
+        for i in 0..count {
+            if let Err(e) = self.preserve_folio(nth_block(phys, size, i)?, order) {
+                for j in 0..i {
+                    let _ = self.unpreserve_folio(nth_block(phys, size, j)?, order);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Undoes [`KhoService::preserve_range`]: `EINVAL`, and nothing unpreserved, unless every
+    /// folio of the run is preserved with exactly `order`. The default is the loop (every
+    /// folio tried, the first error returned).
+    fn unpreserve_range(&self, phys: PhysAddr, order: u32, count: usize) -> Result {
+        let size = block_bytes(order)?;
+        let mut r = Ok(());
+        for i in 0..count {
+            let e = self.unpreserve_folio(nth_block(phys, size, i)?, order);
+            if r.is_ok() {
+                r = e;
+            }
+        }
+        r
+    }
+
+    /// Claims `count` incoming folios of `order`, back to back from `phys`, in the new kernel
+    /// (a run of [`KhoService::restore_folio`] calls that each return `order`). A service
+    /// claims all or none: `EINVAL`, nothing claimed, when any folio of the run is not an
+    /// incoming folio of exactly `order`; a folio of the run claimed before is reported as
+    /// [`KhoService::restore_folio`] reports it. The default is the loop, which stops at the
+    /// first error (the folios before it stay claimed).
+    fn restore_range(&self, phys: PhysAddr, order: u32, count: usize) -> Result {
+        let size = block_bytes(order)?;
+        for i in 0..count {
+            if self.restore_folio(nth_block(phys, size, i)?)? != order {
+                return Err(Errno::EINVAL);
+            }
+        }
+        Ok(())
+    }
+
+    /// Frees `count` folios of `order`, back to back from `phys` (after
+    /// [`KhoService::restore_range`], or of [`KhoService::alloc_folio`]), as `count` calls of
+    /// [`KhoService::free_folio`]: every folio tried, the first error returned.
+    fn free_range(&self, phys: PhysAddr, order: u32, count: usize) -> Result {
+        let size = block_bytes(order)?;
+        let mut r = Ok(());
+        for i in 0..count {
+            let e = self.free_folio(nth_block(phys, size, i)?, order);
+            if r.is_ok() {
+                r = e;
+            }
+        }
+        r
+    }
+
     /// Preserves `nr_pages` order-0 pages starting at `phys` (`kho_preserve_pages`).
     fn preserve_pages(&self, phys: PhysAddr, nr_pages: usize) -> Result;
 
@@ -197,6 +265,23 @@ pub trait KhoService {
 
     /// Copies `buf` into memory at `phys`.
     fn write(&self, phys: PhysAddr, buf: &[u8]) -> Result;
+}
+
+/// Bytes in a folio of `order`; `EINVAL` for an order no memory has.
+fn block_bytes(order: u32) -> Result<u64> {
+    (PAGE_SIZE as u64)
+        .checked_shl(order)
+        .filter(|_| order < 40)
+        .ok_or(Errno::EINVAL)
+}
+
+/// The `i`-th folio of `size` bytes of a run from `phys`; `EINVAL` past the address space.
+fn nth_block(phys: PhysAddr, size: u64, i: usize) -> Result<PhysAddr> {
+    (i as u64)
+        .checked_mul(size)
+        .and_then(|off| phys.as_u64().checked_add(off))
+        .map(PhysAddr::new)
+        .ok_or(Errno::EINVAL)
 }
 
 /// Typed access to modelled memory, for every [`KhoService`].

@@ -47,6 +47,9 @@ unsafe impl LockBackend for StdBackend {
         }
     }
 
+    /// The uncontended path is inlined into the caller (one compare-exchange, as
+    /// `std::sync::Mutex`); sleeping is out of line.
+    #[inline]
     fn lock(state: &StdState) {
         if state
             .state
@@ -55,14 +58,10 @@ unsafe impl LockBackend for StdBackend {
         {
             return;
         }
-        let mut g = state.sleep.lock().unwrap_or_else(PoisonError::into_inner);
-        // Taking it as CONTENDED (not HELD) is conservative: the unlock then wakes a waiter
-        // that may not exist, never misses one that does.
-        while state.state.swap(CONTENDED, Ordering::Acquire) != FREE {
-            g = state.cond.wait(g).unwrap_or_else(PoisonError::into_inner);
-        }
+        lock_contended(state);
     }
 
+    #[inline]
     fn try_lock(state: &StdState) -> Option<()> {
         state
             .state
@@ -71,14 +70,34 @@ unsafe impl LockBackend for StdBackend {
             .map(drop)
     }
 
+    #[inline]
     unsafe fn unlock(state: &StdState, _: &()) {
         if state.state.swap(FREE, Ordering::Release) == CONTENDED {
-            // A waiter may be between its swap and its wait: taking the mutex waits until it
-            // sleeps (it holds the mutex until then), so the notification reaches it.
-            drop(state.sleep.lock().unwrap_or_else(PoisonError::into_inner));
-            state.cond.notify_one();
+            wake_one(state);
         }
     }
+}
+
+/// [`StdBackend::lock`] when the lock is taken: sleeps until it is free.
+#[cold]
+#[inline(never)]
+fn lock_contended(state: &StdState) {
+    let mut g = state.sleep.lock().unwrap_or_else(PoisonError::into_inner);
+    // Taking it as CONTENDED (not HELD) is conservative: the unlock then wakes a waiter that
+    // may not exist, never misses one that does.
+    while state.state.swap(CONTENDED, Ordering::Acquire) != FREE {
+        g = state.cond.wait(g).unwrap_or_else(PoisonError::into_inner);
+    }
+}
+
+/// [`StdBackend::unlock`] of a lock that may have sleepers: wakes one.
+#[cold]
+#[inline(never)]
+fn wake_one(state: &StdState) {
+    // A waiter may be between its swap and its wait: taking the mutex waits until it sleeps
+    // (it holds the mutex until then), so the notification reaches it.
+    drop(state.sleep.lock().unwrap_or_else(PoisonError::into_inner));
+    state.cond.notify_one();
 }
 
 #[cfg(test)]

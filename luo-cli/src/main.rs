@@ -4,10 +4,10 @@
 //! `luo gen` turns `spec/` into `generated/` (C headers, Rust ABI types,
 //! layout snapshots); `luo gen --check` fails when the committed files are
 //! stale; `luo layout` shows a struct pahole-style. The spec-side commands
-//! live in `luo_spec::commands` (also built as the standalone `luo-gen`), so
+//! live in `luo_schema::commands` (also built as the standalone `luo-gen`), so
 //! generating never depends on the generated crate.
 //!
-//! Every command takes `--format text|json` (see `luo_spec::output` for the
+//! Every command takes `--format text|json` (see `luo_schema::output` for the
 //! convention); `luo completions SHELL` and `luo man` are generated from the
 //! same argument definitions.
 
@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use luo_spec::commands;
-use luo_spec::output::{Format, Reporter};
+use luo_schema::commands;
+use luo_schema::output::{Format, Reporter};
 
 mod vmtest;
 
@@ -511,8 +511,8 @@ fn schema(root: &Path, cmd: SchemaCommand, format: Format) -> ExitCode {
         SchemaCommand::Diff { old, new } => commands::schema_diff_command(root, &old, &new, format),
         SchemaCommand::Matrix { view, html } => {
             let view = match view.as_str() {
-                "luo" => luo_spec::schema_diff::View::Luo,
-                "upstream" => luo_spec::schema_diff::View::Upstream,
+                "luo" => luo_schema::diff::View::Luo,
+                "upstream" => luo_schema::diff::View::Upstream,
                 v => {
                     eprintln!("error: unknown view `{v}`; use `luo` or `upstream`");
                     return ExitCode::from(2);

@@ -7,7 +7,6 @@
 //! * the `/dev/liveupdate` device and session files;
 //! * synthetic test objects (a `u64` payload) for test handlers, and a `/dev/null`.
 
-use std::collections::{BTreeMap, HashSet};
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -42,9 +41,10 @@ pub fn file_data_copied() -> u64 {
 }
 
 /// Addresses of live [`CoreFile`]s, so a `struct file *` coming back from C can be checked.
-fn live_files() -> &'static Ordered<HashSet<usize>> {
-    static LIVE: OnceLock<Ordered<HashSet<usize>>> = OnceLock::new();
-    LIVE.get_or_init(|| Ordered::new(Level::LiveFiles, HashSet::new()))
+/// Keyed by the core's own allocations: no hashing of input, so the fast hasher.
+fn live_files() -> &'static Ordered<rustc_hash::FxHashSet<usize>> {
+    static LIVE: OnceLock<Ordered<rustc_hash::FxHashSet<usize>>> = OnceLock::new();
+    LIVE.get_or_init(|| Ordered::new(Level::LiveFiles, rustc_hash::FxHashSet::default()))
 }
 
 /// What is behind a [`CoreFile`].
@@ -236,25 +236,62 @@ impl PageSet {
         self.len == 0
     }
 
-    fn contains(&self, i: u64) -> bool {
-        usize::try_from(i / 64)
-            .ok()
-            .and_then(|w| self.bits.get(w))
-            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    /// The first index in `from..end` that is in the set (`set`) or not (`!set`); `end`
+    /// if none.
+    fn next_with(&self, from: u64, end: u64, set: bool) -> u64 {
+        let mut i = from;
+        while i < end {
+            let w = i / 64;
+            let word = usize::try_from(w)
+                .ok()
+                .and_then(|w| self.bits.get(w))
+                .copied()
+                .unwrap_or(0);
+            let word = if set { word } else { !word } & (!0u64 << (i % 64));
+            if word != 0 {
+                return (w * 64 + u64::from(word.trailing_zeros())).min(end);
+            }
+            i = (w + 1) * 64;
+        }
+        end
     }
 
-    /// Adds every index of `r` (callers bound them by `REGION_SPAN / PAGE`).
-    fn insert_range(&mut self, r: std::ops::Range<u64>) {
-        for i in r {
+    /// Whether an index of `r` is in the set (a word per 64 indexes).
+    fn any_in(&self, r: std::ops::Range<u64>) -> bool {
+        let mut i = r.start;
+        while i < r.end {
             let w = (i / 64) as usize;
-            if w >= self.bits.len() {
-                self.bits.resize(w + 1, 0);
+            let Some(&bits) = self.bits.get(w) else {
+                return false;
+            };
+            let n = (64 - i % 64).min(r.end - i);
+            let mask = (u64::MAX >> (64 - n)) << (i % 64);
+            if bits & mask != 0 {
+                return true;
             }
-            let b = 1u64 << (i % 64);
-            if self.bits[w] & b == 0 {
-                self.bits[w] |= b;
-                self.len += 1;
-            }
+            i += n;
+        }
+        false
+    }
+
+    /// Adds every index of `r`, a word per 64 indexes (callers bound them by
+    /// `REGION_SPAN / PAGE`).
+    fn insert_range(&mut self, r: std::ops::Range<u64>) {
+        if r.is_empty() {
+            return;
+        }
+        let last = ((r.end - 1) / 64) as usize;
+        if last >= self.bits.len() {
+            self.bits.resize(last + 1, 0);
+        }
+        let mut i = r.start;
+        while i < r.end {
+            let w = &mut self.bits[(i / 64) as usize];
+            let n = (64 - i % 64).min(r.end - i);
+            let mask = (u64::MAX >> (64 - n)) << (i % 64);
+            self.len += u64::from((mask & !*w).count_ones());
+            *w |= mask;
+            i += n;
         }
     }
 }
@@ -394,19 +431,15 @@ impl MemfdFile {
             )
             .map_err(host_err)
         };
-        let mut start = None;
-        for i in 0..pages {
-            match (st.added.contains(i), start) {
-                (false, None) => start = Some(i),
-                (true, Some(s0)) => {
-                    punch(s0, i)?;
-                    start = None;
-                }
-                _ => {}
+        // The gaps of the restored set, a word of 64 pages at a time.
+        let mut i = 0;
+        while i < pages {
+            let gap = st.added.next_with(i, pages, false);
+            if gap == pages {
+                break;
             }
-        }
-        if let Some(s0) = start {
-            punch(s0, pages)?;
+            i = st.added.next_with(gap, pages, true);
+            punch(gap, i)?;
         }
         Ok(())
     }
@@ -594,43 +627,57 @@ impl ShmemFile for MemfdFile {
     }
 
     fn add_folio(&self, folio: ShmemFolio) -> luo_abi::Result {
+        self.add_folios(folio, 1)
+    }
+
+    /// One lock, one bounds and index check and one update of the index set per run; the
+    /// run is adopted in place when it sits at its own offset in a region (always for a
+    /// memfd handed over by the model).
+    fn add_folios(&self, first: ShmemFolio, count: usize) -> luo_abi::Result {
         let mut st = lock(&self.st);
-        let bytes = PAGE << folio.order;
-        let off = folio.index.checked_mul(PAGE).ok_or(Errno::EINVAL)?;
+        let pages = (count as u64)
+            .checked_shl(first.order)
+            .filter(|p| first.order < 40 && p >> first.order == count as u64)
+            .ok_or(Errno::EINVAL)?;
+        let bytes = pages.checked_mul(PAGE).ok_or(Errno::EFBIG)?;
+        let off = first.index.checked_mul(PAGE).ok_or(Errno::EINVAL)?;
         if off.checked_add(bytes).is_none_or(|e| e > REGION_SPAN) {
             return Err(Errno::EFBIG);
         }
-        let n = 1u64 << folio.order;
-        if (folio.index..folio.index + n).any(|i| st.added.contains(i)) {
+        if count == 0 {
+            return Ok(());
+        }
+        let indexes = first.index..first.index + pages;
+        if st.added.any_in(indexes.clone()) {
             return Err(Errno::EEXIST);
         }
-        let phys = folio.phys.as_u64();
+        let phys = first.phys.as_u64();
         let in_place = match &st.region {
             // Adopt the incoming region: the very same host memfd, no copy.
             None => match self.kho.region_at(phys) {
-                Some(r) if phys - r.base() == off => {
+                Some(r) if phys - r.base() == off && off + bytes <= REGION_SPAN => {
                     st.region = Some(r);
                     st.in_place = true;
                     true
                 }
                 _ => false,
             },
-            // Regions' address spans are disjoint, so a folio is in this file's own region
-            // exactly when its address falls in that span: no KHO lookup per folio (this runs
-            // once per restored folio, the `memfd_retrieve` benchmark).
+            // Regions' address spans are disjoint, so a run is in this file's own region
+            // exactly when its address falls in that span at its own offset: no KHO lookup
+            // per folio or run.
             Some(mine) => phys.checked_sub(mine.base()) == Some(off),
         };
         let r = self.region_locked(&mut st)?;
         if !in_place {
             let mut buf = vec![0u8; bytes as usize];
-            self.kho.read(folio.phys, &mut buf)?;
+            self.kho.read(first.phys, &mut buf)?;
             r.write(off, &buf)?;
             DATA_COPIED.fetch_add(bytes, Ordering::Relaxed);
         }
-        if !folio.uptodate {
+        if !first.uptodate {
             r.write(off, &vec![0u8; bytes as usize])?;
         }
-        st.added.insert_range(folio.index..folio.index + n);
+        st.added.insert_range(indexes);
         Ok(())
     }
 }
@@ -638,70 +685,106 @@ impl ShmemFile for MemfdFile {
 /// The per-kernel fd table: userspace's view of its open files.
 #[derive(Default)]
 pub struct FdTable {
-    map: BTreeMap<i32, Arc<CoreFile>>,
-    /// Closed fds below the highest open one, so the lowest free fd is found in O(log n).
+    /// The file of each fd from [`FIRST_FD`], by index: `fget` is an index, as the kernel's
+    /// fd array.
+    slots: Vec<Option<Arc<CoreFile>>>,
+    /// Open fds.
+    open: usize,
+    /// Free slots below the last one, so the lowest free fd is found in O(log n).
     holes: std::collections::BTreeSet<i32>,
+    /// How many fds refer to each file (by address), so `close` knows in O(1) whether it
+    /// closed the last one (the addresses are the table's own `Arc`s: no hashing of input).
+    refs: rustc_hash::FxHashMap<usize, usize>,
 }
 
 /// The lowest fd the table hands out (0-2 are stdio).
 pub const FIRST_FD: i32 = 3;
 
 impl FdTable {
+    fn slot(fd: i32) -> Option<usize> {
+        usize::try_from(fd.checked_sub(FIRST_FD)?).ok()
+    }
+
     /// Installs `f` at the lowest free fd.
     pub fn install(&mut self, f: Arc<CoreFile>) -> Result<i32, Errno> {
         let fd = match self.holes.pop_first() {
             Some(fd) => fd,
-            None => match self.map.last_key_value() {
-                Some((&k, _)) => k.checked_add(1).ok_or(Errno::EMFILE)?,
-                None => FIRST_FD,
-            },
+            None => i32::try_from(self.slots.len())
+                .ok()
+                .and_then(|n| n.checked_add(FIRST_FD))
+                .ok_or(Errno::EMFILE)?,
         };
-        self.map.insert(fd, f);
+        let i = Self::slot(fd).ok_or(Errno::EMFILE)?;
+        *self.refs.entry(Arc::as_ptr(&f) as usize).or_default() += 1;
+        if i == self.slots.len() {
+            self.slots.push(Some(f));
+        } else {
+            self.slots[i] = Some(f);
+        }
+        self.open += 1;
         Ok(fd)
     }
 
     /// The file at `fd` (`fget`), `EBADF` if none.
     pub fn get(&self, fd: i32) -> Result<Arc<CoreFile>, Errno> {
-        self.map.get(&fd).cloned().ok_or(Errno::EBADF)
+        Self::slot(fd)
+            .and_then(|i| self.slots.get(i)?.clone())
+            .ok_or(Errno::EBADF)
     }
 
     /// Removes `fd` and returns its file, `EBADF` if none.
     pub fn remove(&mut self, fd: i32) -> Result<Arc<CoreFile>, Errno> {
-        let f = self.map.remove(&fd).ok_or(Errno::EBADF)?;
-        match self.map.last_key_value() {
-            Some((&max, _)) if fd < max => {
-                self.holes.insert(fd);
+        let i = Self::slot(fd).ok_or(Errno::EBADF)?;
+        let f = self
+            .slots
+            .get_mut(i)
+            .and_then(Option::take)
+            .ok_or(Errno::EBADF)?;
+        self.open -= 1;
+        let key = Arc::as_ptr(&f) as usize;
+        if let Some(n) = self.refs.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.refs.remove(&key);
             }
-            _ => {
-                // `fd` was the highest: holes above the new highest are not holes any more.
-                let max = self.map.last_key_value().map_or(FIRST_FD - 1, |(&k, _)| k);
-                self.holes.retain(|&h| h < max);
+        }
+        if i + 1 < self.slots.len() {
+            self.holes.insert(fd);
+        } else {
+            // `fd` was the highest: free slots at the end go, and their holes with them.
+            while self.slots.last().is_some_and(Option::is_none) {
+                self.slots.pop();
             }
+            let end = FIRST_FD + self.slots.len() as i32;
+            drop(self.holes.split_off(&end));
         }
         Ok(f)
     }
 
     /// Whether any fd refers to the same file as `f`.
     pub fn refers_to(&self, f: &Arc<CoreFile>) -> bool {
-        // Session and device files are rarely dup'ed; the strong count says whether any other
-        // holder exists before the linear scan.
-        Arc::strong_count(f) > 1 && self.map.values().any(|g| Arc::ptr_eq(f, g))
+        self.refs.contains_key(&(Arc::as_ptr(f) as usize))
     }
 
     /// Number of open fds.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.open
     }
 
     /// Whether no fd is open.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.open == 0
     }
 
     /// Drops every fd (at kexec), returning the files.
     pub fn drain(&mut self) -> Vec<Arc<CoreFile>> {
         self.holes.clear();
-        std::mem::take(&mut self.map).into_values().collect()
+        self.refs.clear();
+        self.open = 0;
+        std::mem::take(&mut self.slots)
+            .into_iter()
+            .flatten()
+            .collect()
     }
 }
 
@@ -786,5 +869,29 @@ mod tests {
         let dangling = 0x1234usize as *const CFile;
         // SAFETY: the address is checked against the live set and rejected.
         assert!(unsafe { CoreFile::from_c(dangling) }.is_none());
+    }
+
+    /// `close` of one fd of a file another fd still refers to keeps it; the last one does
+    /// not (the count per file replaced a scan of every fd).
+    #[test]
+    fn fd_table_counts_the_fds_of_a_file() {
+        let mut t = FdTable::default();
+        let f = CoreFile::new("t", FileObj::Null);
+        let g = CoreFile::new("u", FileObj::Null);
+        let a = t.install(Arc::clone(&f)).unwrap();
+        let b = t.install(Arc::clone(&f)).unwrap();
+        let c = t.install(Arc::clone(&g)).unwrap();
+        assert_eq!((a, b, c), (FIRST_FD, FIRST_FD + 1, FIRST_FD + 2));
+        let x = t.remove(a).unwrap();
+        assert!(t.refers_to(&x));
+        let x = t.remove(b).unwrap();
+        assert!(!t.refers_to(&x));
+        assert!(t.refers_to(&g));
+        // The lowest free fd comes back first; holes above the highest are forgotten.
+        assert_eq!(t.install(Arc::clone(&f)).unwrap(), FIRST_FD);
+        t.remove(c).unwrap();
+        assert_eq!(t.install(f).unwrap(), FIRST_FD + 1);
+        assert_eq!(t.drain().len(), 2);
+        assert!(!t.refers_to(&g));
     }
 }

@@ -10,7 +10,6 @@
 //!   synthetic physical addresses from [`REGION_BASE`], one [`REGION_SPAN`] per region, so
 //!   preserving a memfd copies no data; the fd itself crosses the kexec.
 
-use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 
@@ -66,7 +65,8 @@ fn check_range(off: u64, len: usize, total: u64) -> Result<(), Errno> {
 /// Sparse pages on the heap; never-written pages read as zero.
 pub struct HeapBacking {
     len: u64,
-    pages: Ordered<HashMap<u64, Box<[u8]>>>,
+    /// By page number (only pages this backing wrote are keys: the fast hasher).
+    pages: Ordered<rustc_hash::FxHashMap<u64, Box<[u8]>>>,
 }
 
 impl HeapBacking {
@@ -74,7 +74,7 @@ impl HeapBacking {
     pub fn new(len: u64) -> HeapBacking {
         HeapBacking {
             len: len.div_ceil(PAGE) * PAGE,
-            pages: Ordered::new(Level::Backing, HashMap::new()),
+            pages: Ordered::new(Level::Backing, rustc_hash::FxHashMap::default()),
         }
     }
 
@@ -375,22 +375,59 @@ impl PageAlloc {
         i < self.pages && Self::bit(&self.used, i)
     }
 
-    pub(crate) fn is_touched(&self, i: u64) -> bool {
-        i < self.pages && Self::bit(&self.touched, i)
-    }
-
-    fn set(&mut self, i: u64, on: bool) {
-        let (w, b) = ((i / 64) as usize, 1u64 << (i % 64));
-        if on {
-            self.used[w] |= b;
-            self.touched[w] |= b;
-        } else {
-            self.used[w] &= !b;
+    /// The first touched page at or after `from`, if any.
+    pub(crate) fn next_touched(&self, from: u64) -> Option<u64> {
+        let mut w = (from / 64) as usize;
+        let mut bits = self.touched.get(w)? & (!0u64 << (from % 64));
+        loop {
+            if bits != 0 {
+                let i = w as u64 * 64 + u64::from(bits.trailing_zeros());
+                return (i < self.pages).then_some(i);
+            }
+            w += 1;
+            bits = *self.touched.get(w)?;
         }
     }
 
+    /// Sets (`on`) or clears the pages `start..start + n` in `used` (and marks them
+    /// touched when set), a word at a time.
+    fn set_run(&mut self, start: u64, n: u64, on: bool) {
+        let mut i = start;
+        let end = start + n;
+        while i < end {
+            let w = (i / 64) as usize;
+            let k = (64 - i % 64).min(end - i);
+            let mask = (u64::MAX >> (64 - k)) << (i % 64);
+            if on {
+                self.used[w] |= mask;
+                self.touched[w] |= mask;
+            } else {
+                self.used[w] &= !mask;
+            }
+            i += k;
+        }
+    }
+
+    /// Whether `start..start + n` are all used (`used`) or all free (`!used`), a word at a
+    /// time.
+    fn run_is(&self, start: u64, n: u64, used: bool) -> bool {
+        let mut i = start;
+        let end = start + n;
+        while i < end {
+            let w = (i / 64) as usize;
+            let k = (64 - i % 64).min(end - i);
+            let mask = (u64::MAX >> (64 - k)) << (i % 64);
+            let bits = self.used[w] & mask;
+            if (used && bits != mask) || (!used && bits != 0) {
+                return false;
+            }
+            i += k;
+        }
+        true
+    }
+
     fn run_free(&self, start: u64, n: u64) -> bool {
-        (start..start + n).all(|i| !Self::bit(&self.used, i))
+        self.run_is(start, n, false)
     }
 
     /// Allocates `n` contiguous pages whose first index is a multiple of `align`.
@@ -413,9 +450,7 @@ impl PageAlloc {
                 continue;
             }
             if self.run_free(i, n) {
-                for p in i..i + n {
-                    self.set(p, true);
-                }
+                self.set_run(i, n, true);
                 self.in_use += n;
                 self.cursor = i + n;
                 return Some(i);
@@ -430,24 +465,22 @@ impl PageAlloc {
         if start.checked_add(n).is_none_or(|e| e > self.pages) || !self.run_free(start, n) {
             return false;
         }
-        for p in start..start + n {
-            self.set(p, true);
-        }
+        self.set_run(start, n, true);
         self.in_use += n;
         true
     }
 
     /// Frees a run; `false` (and nothing freed) unless every page of it is in use.
     pub(crate) fn free(&mut self, start: u64, n: u64) -> bool {
-        if start.checked_add(n).is_none_or(|e| e > self.pages)
-            || !(start..start + n).all(|i| Self::bit(&self.used, i))
-        {
+        if start.checked_add(n).is_none_or(|e| e > self.pages) || !self.run_is(start, n, true) {
             return false;
         }
-        for p in start..start + n {
-            self.set(p, false);
-        }
+        self.set_run(start, n, false);
         self.in_use -= n;
+        // The next allocation starts at the freed run, as the page allocator hands out hot
+        // pages first: memory freed and allocated again (a preserve undone and redone) is
+        // host memory already faulted in, not fresh pages of the arena.
+        self.cursor = self.cursor.min(start);
         true
     }
 
@@ -503,8 +536,19 @@ mod tests {
         assert_eq!(a.in_use(), 7);
         assert!(a.free(4, 4));
         assert!(!a.free(4, 1));
-        assert!(a.is_touched(5) && !a.is_used(5));
+        assert!(a.next_touched(5) == Some(5) && !a.is_used(5));
+        // Freed pages are handed out again first (hot pages), not the next fresh ones.
+        assert_eq!(a.alloc(2, 1), Some(4));
         assert_eq!(a.alloc(200, 1), None);
+        // Runs across bitmap words: all or nothing, a word at a time.
+        assert!(!a.claim(60, 8), "64 and 65 are used");
+        assert!(a.claim(66, 60));
+        assert!(!a.free(60, 10));
+        assert!(a.free(64, 62));
+        assert_eq!(a.next_touched(70), Some(70));
+        assert_eq!(a.next_touched(126), None);
+        let b = PageAlloc::new(200);
+        assert_eq!(b.next_touched(0), None);
         if cfg!(miri) {
             // Regions are host memfds.
             return;

@@ -7,12 +7,12 @@
 //! [`ir`] (what is rendered, every struct laid out once) → [`render`] (the C,
 //! Rust and schema backends) → [`generate`] (the files of `generated/`). It
 //! depends on nothing generated, so a spec edit that breaks `luo-generated`
-//! never breaks the generator. [`commands`] are the spec-side `luo` commands;
-//! [`output`] is how every `luo` command prints (text, or JSON for tools).
+//! never breaks the generator. The tools built on it (the schema diff, the
+//! compatibility matrix and the spec-side `luo` commands) are the `luo-schema`
+//! crate.
 
 pub mod abi_table;
 pub mod ast;
-pub mod commands;
 pub mod diag;
 pub mod elf;
 pub mod expr;
@@ -20,8 +20,6 @@ pub mod generate;
 pub mod ir;
 pub mod layout;
 pub mod model;
-pub mod output;
 pub mod render;
-pub mod schema_diff;
 pub mod ty;
 pub mod valid;

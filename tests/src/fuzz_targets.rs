@@ -3,10 +3,10 @@
 //! hang or allocate without bound; they assert the invariants that must
 //! hold whatever the input.
 
+use luo_schema::diff::{diff_component, table};
 use luo_spec::diag::Severity;
 use luo_spec::layout::Layouts;
 use luo_spec::model::load_texts;
-use luo_spec::schema_diff::{diff_component, table};
 use luo_spec::{generate, valid};
 
 /// Split input into a component file and an optional kernel file at the

@@ -7,13 +7,13 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use luo_schema::diff::{
+    self, Severity, diff_component, diff_sets, matrix, policy, report, sets_from_spec,
+};
 use luo_spec::ir::Ir;
 use luo_spec::layout::Layouts;
 use luo_spec::model::{Origin, Scope, load_texts};
 use luo_spec::render::schema::{ComponentSnapshot, snapshot};
-use luo_spec::schema_diff::{
-    self, Severity, diff_component, diff_sets, matrix, policy, report, sets_from_spec,
-};
 use luo_tests::cli::luo;
 
 fn root() -> PathBuf {
@@ -164,15 +164,15 @@ fn corpus_and_history_cover_every_rule() {
     );
 }
 
-fn real_sets() -> Vec<schema_diff::KernelSet> {
+fn real_sets() -> Vec<diff::KernelSet> {
     sets_from_spec(&root().join("spec")).expect("spec")
 }
 
-fn set<'a>(sets: &'a [schema_diff::KernelSet], k: &str) -> &'a schema_diff::KernelSet {
+fn set<'a>(sets: &'a [diff::KernelSet], k: &str) -> &'a diff::KernelSet {
     sets.iter().find(|s| s.kernel == k).expect("kernel")
 }
 
-fn rules_of(diffs: &[schema_diff::ComponentDiff], component: &str) -> BTreeSet<&'static str> {
+fn rules_of(diffs: &[diff::ComponentDiff], component: &str) -> BTreeSet<&'static str> {
     diffs
         .iter()
         .filter(|d| d.component == component)
@@ -181,8 +181,8 @@ fn rules_of(diffs: &[schema_diff::ComponentDiff], component: &str) -> BTreeSet<&
 }
 
 /// Upstream's view of a released kernel: its frozen snapshots.
-fn released(k: &str) -> schema_diff::KernelSet {
-    schema_diff::upstream_set(&root(), k).expect("frozen snapshots")
+fn released(k: &str) -> diff::KernelSet {
+    diff::upstream_set(&root(), k).expect("frozen snapshots")
 }
 
 #[test]
@@ -283,9 +283,7 @@ fn luo_session_v1_to_v2_is_a_bumped_layout_change() {
         .facts
         .iter()
         .filter_map(|f| match f {
-            schema_diff::facts::Fact::StructSize { strukt, old, new }
-                if strukt == "luo_session_ser" =>
-            {
+            diff::facts::Fact::StructSize { strukt, old, new } if strukt == "luo_session_ser" => {
                 Some((*old, *new))
             }
             _ => None,
@@ -564,7 +562,7 @@ fn cli_exit_codes_and_bad_inputs() {
 
 #[test]
 fn check_update_from_tables_agrees_with_the_matrix() {
-    use luo_spec::schema_diff::table;
+    use luo_schema::diff::table;
     let sets = real_sets();
     let m = matrix::matrix(&sets);
     for set in &sets {
@@ -774,9 +772,9 @@ fn pci_turned_versionless() {
 /// `luo schema matrix` does, and both name the view. Through the library and the CLI.
 #[test]
 fn diff_and_matrix_agree_on_every_pair_in_both_views() {
-    use schema_diff::View;
+    use diff::View;
     for (view, flag) in [(View::Luo, "luo"), (View::Upstream, "upstream")] {
-        let sets = schema_diff::matrix_sets(&root(), view).expect("sets");
+        let sets = diff::matrix_sets(&root(), view).expect("sets");
         assert!(sets.len() >= 3, "{view:?}: {} kernels", sets.len());
         let m = matrix::matrix(&sets);
         let (code, out, err) = luo(&["schema", "matrix", "--view", flag, "--format", "json"]);
@@ -792,7 +790,7 @@ fn diff_and_matrix_agree_on_every_pair_in_both_views() {
                     .expect("cell");
                 let diffs = diff_sets(a, b);
                 assert_eq!(
-                    schema_diff::handover_ok(&diffs),
+                    diff::handover_ok(&diffs),
                     cell.ok,
                     "{} -> {}: diff {:?}, matrix {:?}",
                     a.label(),

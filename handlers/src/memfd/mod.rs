@@ -16,20 +16,23 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use luo_abi::features::Negotiated;
-use luo_abi::file::{File, FileId, FileRef, MFD_ALLOW_SEALING, ShmemFile, ShmemFolio};
+use luo_abi::file::{File, FileId, FileRef, MFD_ALLOW_SEALING, ShmemFolio};
 use luo_abi::handler::{Ctx, FileHandler, Finish, Migrate, Registration};
-use luo_abi::kho::KhoService;
 use luo_abi::registry::Registry;
-use luo_abi::{Errno, PAGE_SIZE, PhysAddr};
+use luo_abi::{Errno, PAGE_SIZE};
 use luo_derive::liveupdate_handler;
 use luo_generated::kho::kho_vmalloc;
-use luo_generated::memfd::{
-    MEMFD_LUO_FOLIO_DIRTY, MEMFD_LUO_FOLIO_UPTODATE, memfd_luo_folio_ser, next, v1, v2,
-};
+use luo_generated::memfd::{memfd_luo_folio_ser, next, v1, v2};
 use zerocopy::FromZeros;
 
 use crate::folio_array::FolioArray;
 use crate::test_flb::TestFlbs;
+
+mod preserve;
+mod retrieve;
+
+use preserve::*;
+use retrieve::*;
 
 const PAGE: u64 = PAGE_SIZE as u64;
 
@@ -193,6 +196,8 @@ struct Record {
 /// What preserve keeps for unpreserve (`private_data`).
 pub struct Private {
     folios: Vec<ShmemFolio>,
+    /// The runs of `folios` preserved in KHO so far.
+    runs: Vec<Run>,
     /// The folio records, in a preserved vmalloc area (`None` until built).
     array: Option<FolioArray<memfd_luo_folio_ser>>,
 }
@@ -403,169 +408,69 @@ memfd_callbacks!(MemfdV1);
 memfd_callbacks!(MemfdV2);
 memfd_callbacks!(MemfdNext);
 
-/// Only unlinked shmem files (memfds) qualify.
-fn can_preserve(file: &dyn File) -> bool {
-    file.as_shmem().is_some_and(|s| s.nlink() == 0)
-}
+#[cfg(test)]
+mod tests {
+    use luo_generated::memfd::{MEMFD_LUO_FOLIO_DIRTY, MEMFD_LUO_FOLIO_UPTODATE};
 
-fn preserve<W: Writer>(kho: &dyn KhoService, file: &dyn File) -> Result<(W::Ser, Private), Errno> {
-    let shm = file.as_shmem().ok_or(Errno::EINVAL)?;
-    // Upstream: inode_lock + shmem_freeze(inode, true) first.
-    shm.set_frozen(true);
-    let mut p = Private {
-        folios: Vec::new(),
-        array: None,
-    };
-    match preserve_steps::<W>(kho, shm, &mut p) {
-        Ok(ser) => Ok((W::to_abi(&ser), p)),
-        Err(e) => {
-            undo(kho, file, p);
-            Err(e)
-        }
-    }
-}
+    use super::*;
 
-fn preserve_steps<W: Writer>(
-    kho: &dyn KhoService,
-    shm: &dyn ShmemFile,
-    p: &mut Private,
-) -> Result<Record, Errno> {
-    let seals = shm.seals();
-    if let Some(all) = W::SEALS
-        && u64::from(seals) & !all != 0
-    {
-        return Err(Errno::EOPNOTSUPP);
+    fn rec(pfn: u64, index: u64, uptodate: bool) -> memfd_luo_folio_ser {
+        let mut e = memfd_luo_folio_ser::new_zeroed();
+        e.set_pfn(pfn);
+        e.set_flags(
+            MEMFD_LUO_FOLIO_DIRTY
+                | if uptodate {
+                    MEMFD_LUO_FOLIO_UPTODATE
+                } else {
+                    0
+                },
+        );
+        e.index = index;
+        e
     }
-    let size = shm.size();
-    if size.div_ceil(PAGE) > u64::from(u32::MAX) {
-        return Err(Errno::EFBIG);
-    }
-    let mut ser = Record {
-        pos: shm.pos(),
-        size,
-        seals: if W::SEALS.is_some() { seals } else { 0 },
-        nr_folios: 0,
-        folios: kho_vmalloc::new_zeroed(),
-    };
-    p.folios = shm.pin_folios()?;
-    // All or nothing: on an error none of them stays preserved.
-    kho.preserve_folios(&p.folios)?;
-    PRESERVED.fetch_add(p.folios.len() as u64, Ordering::Relaxed);
-    if !p.folios.is_empty() {
-        let mut records = Vec::with_capacity(p.folios.len());
-        for f in &p.folios {
-            let mut e = memfd_luo_folio_ser::new_zeroed();
-            e.set_pfn(f.phys.pfn());
-            let flags = if W::REAL_FLAGS {
-                (if f.dirty { MEMFD_LUO_FOLIO_DIRTY } else { 0 })
-                    | (if f.uptodate {
-                        MEMFD_LUO_FOLIO_UPTODATE
-                    } else {
-                        0
-                    })
-            } else {
-                // 7.3 on: always dirty; a folio not up to date would have been zeroed.
-                MEMFD_LUO_FOLIO_DIRTY | MEMFD_LUO_FOLIO_UPTODATE
+
+    /// The records split into the runs a retrieve claims, fed whole or a record at a time
+    /// (pages of records end anywhere in a run).
+    #[test]
+    fn records_split_into_runs() {
+        let mut records = Vec::new();
+        // 700 contiguous 4 KiB folios, then 3 of 2 MiB, a gap, one not up to date, and a
+        // pfn that goes backwards.
+        records.extend((0..700).map(|i| rec(0x1000 + i, i, true)));
+        records.extend((0..3).map(|i| rec(0x4000 + 512 * i, 1024 + 512 * i, true)));
+        records.push(rec(0x9000, 4096, true));
+        records.push(rec(0x9001, 4097, false));
+        records.push(rec(0x8000, 4098, true));
+        let want = [
+            (0x1000, 0, 700, 1),
+            (0x4000, 1024, 3, 512),
+            (0x9000, 4096, 1, 1),
+            (0x9001, 4097, 1, 1),
+            (0x8000, 4098, 1, 1),
+        ];
+        for chunk in [records.len(), 256, 1] {
+            let mut got = Vec::new();
+            let mut split = RunSplitter { cur: None };
+            let mut take = |r: RecordRun| -> Result<(), Errno> {
+                got.push((r.pfn, r.index, r.n, r.step, r.uptodate));
+                Ok(())
             };
-            e.set_flags(flags);
-            e.index = f.index;
-            records.push(e);
-        }
-        let array = FolioArray::preserve(kho, &records)?;
-        ser.nr_folios = p.folios.len() as u64;
-        ser.folios = array.abi();
-        p.array = Some(array);
-    }
-    Ok(ser)
-}
-
-/// Undoes a (possibly partial) preserve.
-fn undo(kho: &dyn KhoService, file: &dyn File, p: Private) {
-    if let Some(array) = p.array {
-        array.unpreserve(kho);
-    }
-    // Folios that were never preserved make this fail harmlessly.
-    for f in &p.folios {
-        let _ = kho.unpreserve_folio(f.phys, f.order);
-    }
-    if let Some(shm) = file.as_shmem() {
-        if !p.folios.is_empty() {
-            shm.unpin_folios(&p.folios);
-        }
-        shm.set_frozen(false);
-    }
-}
-
-/// The folio records of `ser`, from its preserved vmalloc area (claimed and freed, whatever
-/// the records say).
-fn restore_records(kho: &dyn KhoService, ser: &Record) -> Result<Vec<memfd_luo_folio_ser>, Errno> {
-    FolioArray::restore(kho, &{ ser.folios }, ser.nr_folios)
-}
-
-/// Makes a restored folio the file's, zeroing it first when it was never written.
-fn install_folio(
-    kho: &dyn KhoService,
-    shm: &dyn ShmemFile,
-    e: &memfd_luo_folio_ser,
-    phys: PhysAddr,
-    order: u32,
-) -> Result<(), Errno> {
-    if e.flags() & MEMFD_LUO_FOLIO_UPTODATE == 0 {
-        // A memfd-v1 writer recorded the folio's real flags: one never written holds
-        // garbage, so zero it before it becomes visible (as memfd_luo.c does).
-        kho.write(phys, &vec![0u8; (PAGE << order) as usize])?;
-        ZEROED.fetch_add(1, Ordering::Relaxed);
-    }
-    shm.add_folio(ShmemFolio {
-        index: e.index,
-        phys,
-        order,
-        dirty: true,
-        uptodate: true,
-    })?;
-    RESTORED.fetch_add(1, Ordering::Relaxed);
-    Ok(())
-}
-
-/// Rebuilds `file` (a new memfd) from a validated record: seals, pos, size, then the very
-/// same folios.
-fn retrieve(kho: &dyn KhoService, file: &FileRef, ser: &Record) -> Result<(), Errno> {
-    let shm = file.as_shmem().ok_or(Errno::EINVAL)?;
-    shm.add_seals(ser.seals)?;
-    shm.set_pos(ser.pos);
-    shm.set_size(ser.size)?;
-    let entries = restore_records(kho, ser).map_err(|_| Errno::EINVAL)?;
-    let phys = entries
-        .iter()
-        .map(|e| PhysAddr::from_pfn(e.pfn()).ok_or(Errno::EIO))
-        .collect::<Result<Vec<_>, _>>()?;
-    // One call for every folio (`kho_restore_folio` each). After an error the folios
-    // already claimed are still released below: the file that would hold them is dropped.
-    let mut orders = Vec::with_capacity(phys.len());
-    let mut r = kho
-        .restore_folios(&phys, &mut orders)
-        .map_err(|_| Errno::EIO);
-    for ((e, &phys), &order) in entries.iter().zip(&phys).zip(&orders) {
-        if r.is_ok() {
-            r = install_folio(kho, shm, e, phys, order);
-        }
-    }
-    // In the model a folio now belongs to the file's region (after an error, to nobody): the
-    // restore's reference is dropped, which frees nothing there.
-    let _ = kho.free_folios(&phys[..orders.len()], &orders);
-    r
-}
-
-/// Releases the folios and the folio array of a file never retrieved.
-fn discard(kho: &dyn KhoService, ser: &Record) {
-    if let Ok(entries) = restore_records(kho, ser) {
-        for e in &entries {
-            if let Some(phys) = PhysAddr::from_pfn(e.pfn())
-                && let Ok(order) = kho.restore_folio(phys)
-            {
-                let _ = kho.free_folio(phys, order);
-                DISCARDED.fetch_add(1, Ordering::Relaxed);
+            for c in records.chunks(chunk) {
+                split.push(c, &mut take).unwrap();
             }
+            split.finish(&mut take).unwrap();
+            let got: Vec<_> = got.iter().map(|&(p, i, n, s, _)| (p, i, n, s)).collect();
+            assert_eq!(got, want, "chunks of {chunk}");
         }
+        // Every 52-bit pfn is an address: no record of a well-formed array is refused.
+        let mut split = RunSplitter { cur: None };
+        assert_eq!(
+            split.push(
+                &[rec(1, 0, true), rec(u64::MAX >> 12, 1, true)],
+                &mut |_| Ok(())
+            ),
+            Ok(()),
+            "52-bit pfns all fit"
+        );
     }
 }

@@ -232,6 +232,7 @@ impl Drop for CallbackScope<'_> {
     }
 }
 
+#[inline]
 fn check_reentry(task: usize, callback: &AtomicUsize, holder: Option<&AtomicUsize>) -> Result {
     if callback.load(Ordering::Relaxed) == task {
         return Err(Errno::EDEADLK);
@@ -455,11 +456,12 @@ impl<S: HandlerState> HandlerStateCell<S> {
         &self.state
     }
 
+    #[inline]
     fn get<'a>(
         &'a self,
         host: &'a dyn LuoHost,
         fh: *mut c_void,
-        present: fn(&StateSlot<S>) -> bool,
+        present: impl Fn(&StateSlot<S>) -> bool,
     ) -> Result<(StateSlotGuard<'a, S>, usize)> {
         let task = host.current_task();
         check_reentry(task, &self.callback, Some(&self.holder))?;

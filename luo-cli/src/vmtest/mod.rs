@@ -22,7 +22,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use luo_spec::output::Reporter;
+use luo_schema::output::Reporter;
 
 /// An error with what failed and what to do next.
 #[derive(Debug)]
@@ -80,7 +80,7 @@ pub struct Options {
     /// The `luo` binary that serves the simulator (default: this one).
     pub luo: PathBuf,
     /// Text, or one JSON document with every run.
-    pub format: luo_spec::output::Format,
+    pub format: luo_schema::output::Format,
 }
 
 /// One program as the tool runs it.

@@ -11,8 +11,8 @@ use super::cpio::Cpio;
 use super::image::{self, Image};
 use super::{Options, ProgRun, Program, RunResult, VmError, bail, run_cmd};
 
+use luo_schema::output::Format;
 use luo_sim::progress::{self, Progress};
-use luo_spec::output::Format;
 
 /// Source of the guest's /init.
 const INIT_C: &str = include_str!("init.c");

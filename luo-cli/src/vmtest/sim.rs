@@ -11,8 +11,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use luo_schema::output::Format;
 use luo_sim::progress::{self, Progress};
-use luo_spec::output::Format;
 
 use super::{Options, ProgRun, Program, RunResult, VmError, bail};
 

@@ -17,11 +17,13 @@
 //! Errors follow the table of [`luo_abi::kho`].
 //!
 //! Upstream keeps all of this in `kernel/liveupdate/kexec_handover.c`; here it is split by
-//! concern: this module holds a kernel's KHO state (arena, regions, maps) and the kexec;
-//! `service` the calls handlers make ([`KhoService`]); `track` the preserved-memory bitmaps;
-//! `blob` the handover blob's format and parser; `fault` fault injection at allocation sites.
+//! concern: this module holds a kernel's KHO state (arena, maps) and the kexec; `region` the
+//! external regions (memfds' pages); `service` the calls handlers make ([`KhoService`]) and
+//! `range` their run-granular forms; `track` the preserved-memory bitmaps; `folios` the order
+//! of each live arena folio; `blob` the handover blob's format and parser; `fault` fault
+//! injection at allocation sites.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Weak};
 
 use luo_abi::kho::{KhoService, VmallocDesc};
@@ -34,10 +36,15 @@ use crate::lock_order::{Level, Ordered};
 
 mod blob;
 mod fault;
+mod folios;
+mod range;
+mod region;
 mod service;
 #[cfg(test)]
 mod tests;
 mod track;
+
+use region::{live_region_base, poison_region_gaps, region_of};
 
 use blob::BlobContents;
 pub(crate) use blob::parse_blob_entries;
@@ -110,7 +117,7 @@ struct RegionSlot {
 struct State {
     alloc: PageAlloc,
     /// Live arena allocations made with `alloc_folio`/`alloc_preserve` or restored: phys → order.
-    folios: HashMap<u64, u32>,
+    folios: folios::FolioOrders,
     /// This kernel's preserved blocks, handed to the next kernel (`kho_out`).
     out: MemTrack,
     /// The previous kernel's preserved blocks not restored yet.
@@ -190,7 +197,7 @@ impl Kho {
                 Level::Kho,
                 State {
                     alloc: PageAlloc::new(arena_pages),
-                    folios: HashMap::new(),
+                    folios: folios::FolioOrders::new(ARENA_BASE, arena_pages),
                     out: MemTrack::new(),
                     inc: MemTrack::new(),
                     sub_out: BTreeMap::new(),
@@ -231,6 +238,14 @@ impl Kho {
             let bases: Vec<u64> = st.regions.keys().copied().collect();
             let (ranges, subtrees) = kho.parse_blob(h.blob, &bases)?;
             for r in ranges {
+                // A run outside the arena (a memfd's folios in its region) that overlaps
+                // nothing is one tracker update; otherwise block by block, which names the
+                // first overlapping block.
+                if kho.arena_index(r.phys).is_none()
+                    && st.inc.insert_run(r.phys, r.order, u64::from(r.count))
+                {
+                    continue;
+                }
                 let size = order_bytes(r.order);
                 for i in 0..u64::from(r.count) {
                     let phys = r.phys + i * size;
@@ -322,7 +337,7 @@ impl Kho {
         }
     }
 
-    /// The [`KhoViolation`]s recorded since boot.
+    /// The [`KhoViolation`]s recorded since boot, each second claim once.
     pub fn violations(&self) -> Vec<KhoViolation> {
         lock(&self.violations).clone()
     }
@@ -332,8 +347,13 @@ impl Kho {
         lock(&self.st).claimed.pages() as usize
     }
 
+    /// Records `v` (a second claim once: a range call refused for a second claim and the
+    /// per-folio calls a caller falls back to name the same page).
     fn violation(&self, v: KhoViolation) {
-        lock(&self.violations).push(v);
+        let mut all = lock(&self.violations);
+        if !(matches!(v, KhoViolation::DoubleClaim { .. }) && all.contains(&v)) {
+            all.push(v);
+        }
     }
 
     /// Whether a read of `len` bytes at `phys` stays inside memory this kernel may read: its
@@ -368,62 +388,6 @@ impl Kho {
         self.arena_kind
     }
 
-    /// Creates a new external region (a fresh host memfd).
-    pub fn new_region(&self, name: &str) -> Result<Arc<ExtRegion>, Errno> {
-        self.add_region(|base| ExtRegion::create(base, name))
-    }
-
-    /// Makes a host memfd created elsewhere (a program's, passed over
-    /// SCM_RIGHTS to luo-sim) a region: its pages become the file's, no copy.
-    pub fn adopt_region(&self, fd: std::os::fd::OwnedFd) -> Result<Arc<ExtRegion>, Errno> {
-        let size = rustix::fs::fstat(&fd).map_err(host_err)?.st_size;
-        if u64::try_from(size).map_or(true, |s| s > REGION_SPAN) {
-            return Err(Errno::EFBIG);
-        }
-        self.add_region(|base| Ok(ExtRegion::from_fd(base, fd)))
-    }
-
-    fn add_region(
-        &self,
-        make: impl FnOnce(u64) -> Result<ExtRegion, Errno>,
-    ) -> Result<Arc<ExtRegion>, Errno> {
-        let mut st = lock(&self.st);
-        let slot = st.next_region;
-        let base = REGION_BASE
-            .checked_add(slot.checked_mul(REGION_SPAN).ok_or(Errno::ENOMEM)?)
-            .ok_or(Errno::ENOMEM)?;
-        let r = Arc::new(make(base)?);
-        st.next_region += 1;
-        st.regions.insert(
-            base,
-            RegionSlot {
-                weak: Arc::downgrade(&r),
-                pin: None,
-            },
-        );
-        Ok(r)
-    }
-
-    /// The live region containing `phys`, if any.
-    pub fn region_at(&self, phys: u64) -> Option<Arc<ExtRegion>> {
-        let st = lock(&self.st);
-        region_of(&st, phys)
-    }
-
-    /// Drops the boot-time pins of incoming regions that no longer hold unrestored pages
-    /// (their files have adopted them, or they were discarded), and forgets dead slots.
-    pub fn release_idle_regions(&self) {
-        let mut st = lock(&self.st);
-        let State { regions, inc, .. } = &mut *st;
-        regions.retain(|&base, slot| {
-            if slot.pin.is_some() && !inc.overlaps(base, REGION_SPAN) {
-                slot.pin = None;
-            }
-            slot.pin.is_some() || slot.weak.strong_count() > 0
-        });
-    }
-
-    /// Prepares the kexec: poisons what is not preserved, writes the handover blob, and hands
     /// over the arena and every region with preserved pages. This KHO is dead afterwards.
     pub fn kexec(&self) -> Result<MemHandover, Errno> {
         let mut st = lock(&self.st);
@@ -440,16 +404,28 @@ impl Kho {
             .map(|(p, o)| ((p - ARENA_BASE) / PAGE, 1u64 << o))
             .peekable();
         let mut kept_until = 0u64;
-        for i in 0..st.alloc.pages() {
+        let mut i = 0;
+        let pages = st.alloc.pages();
+        while i < pages {
             while let Some(&(first, n)) = blocks.peek()
                 && first <= i
             {
                 kept_until = kept_until.max(first + n);
                 blocks.next();
             }
-            if st.alloc.is_touched(i) && i >= kept_until {
-                self.arena.fill(i * PAGE, PAGE, POISON)?;
+            // Kept pages and untouched ones are skipped a block or a bitmap word at a time,
+            // so this costs O(preserved blocks + touched pages), not O(arena pages).
+            if i < kept_until {
+                i = kept_until;
+                continue;
             }
+            let next = st.alloc.next_touched(i).unwrap_or(pages);
+            if next > i {
+                i = next;
+                continue;
+            }
+            self.arena.fill(i * PAGE, PAGE, POISON)?;
+            i += 1;
         }
         drop(blocks);
         // Regions: carry those with preserved pages; poison their other pages.
@@ -566,10 +542,10 @@ impl Kho {
         region: &mut Option<u64>,
     ) -> Result<(), Errno> {
         if let Some(idx) = self.arena_index(phys) {
-            if st.folios.get(&phys) != Some(&order) || st.out.overlaps(phys, order_bytes(order)) {
+            if st.folios.get(phys) != Some(order) || st.out.overlaps(phys, order_bytes(order)) {
                 return Err(Errno::EINVAL);
             }
-            st.folios.remove(&phys);
+            st.folios.remove(phys);
             if !st.alloc.free(idx, 1 << order) {
                 return Err(Errno::EINVAL);
             }
@@ -705,75 +681,6 @@ impl Kho {
         }
         Ok((chunks, entries))
     }
-}
-
-/// Poisons the pages of region `r` that no block of `blocks` (its preserved blocks, in
-/// address order) covers. Walks the ordered blocks and writes the gaps between them, so a
-/// kexec costs O(preserved blocks + poisoned pages) without a set of every preserved page
-/// (for a 16 GiB memfd that set held 4 Mi entries; the `blackout` benchmark).
-fn poison_region_gaps(
-    r: &ExtRegion,
-    blocks: impl Iterator<Item = (u64, u32)>,
-) -> Result<(), Errno> {
-    let size_pages = r.size()?.div_ceil(PAGE);
-    let poison = vec![POISON; PAGE_SIZE];
-    let mut next = 0u64;
-    for (p, o) in blocks {
-        let first = (p - r.base()) / PAGE;
-        for i in next..first.min(size_pages) {
-            r.write(i * PAGE, &poison)?;
-        }
-        next = next.max(first.saturating_add(1u64 << o));
-    }
-    for i in next..size_pages {
-        r.write(i * PAGE, &poison)?;
-    }
-    Ok(())
-}
-
-/// The base of the live region containing `phys`, if any: [`region_of`] without taking a
-/// reference (no `Arc` upgrade and drop, two atomic read-modify-writes), for the checks that
-/// run once per preserved or freed folio (the `memfd_preserve` / `memfd_retrieve` benchmarks).
-/// Like `region_of`, it answers for this instant only (a file may drop the region's last
-/// reference right after); callers only check an address with it.
-fn region_base_of(st: &State, phys: u64) -> Option<u64> {
-    let (base, slot) = region_slot(st, phys)?;
-    (slot.weak.strong_count() > 0).then_some(base)
-}
-
-/// [`region_base_of`] with a cache for batches under one hold of the lock: `region` holds the
-/// base of the live region found last, and an address inside its span needs no lookup (the
-/// folios of one memfd all lie in its region; regions only come and go under the lock, and
-/// with regions at their usual bases spans do not overlap).
-#[inline]
-fn live_region_base(st: &State, phys: u64, region: &mut Option<u64>) -> Option<u64> {
-    if let Some(b) = *region
-        && !st.odd_region_base
-        && phys >= b
-        && phys - b < REGION_SPAN
-    {
-        return Some(b);
-    }
-    *region = region_base_of(st, phys);
-    *region
-}
-
-fn region_of(st: &State, phys: u64) -> Option<Arc<ExtRegion>> {
-    region_slot(st, phys)?.1.weak.upgrade()
-}
-
-/// The slot of the region whose span contains `phys` (the last region starting at or below
-/// it). Regions sit at `REGION_BASE` plus a multiple of `REGION_SPAN` (`add_region`), so the
-/// base is computed and looked up as one key, unless a handover brought a region based
-/// elsewhere (a corrupt image or descriptor): then the ordered search, as for any base.
-fn region_slot(st: &State, phys: u64) -> Option<(u64, &RegionSlot)> {
-    if !st.odd_region_base {
-        let off = phys.checked_sub(REGION_BASE)?;
-        let base = REGION_BASE + off / REGION_SPAN * REGION_SPAN;
-        return st.regions.get(&base).map(|slot| (base, slot));
-    }
-    let (&base, slot) = st.regions.range(..=phys).next_back()?;
-    (phys < base + REGION_SPAN).then_some((base, slot))
 }
 
 impl crate::blocks::PhysRead for Kho {

@@ -102,6 +102,26 @@ impl KhoService for Kho {
         Ok(())
     }
 
+    fn preserve_range(&self, phys: PhysAddr, order: u32, count: usize) -> luo_abi::Result {
+        let mut st = lock(&self.st);
+        self.preserve_range_locked(&mut st, phys.as_u64(), order, count)
+    }
+
+    fn unpreserve_range(&self, phys: PhysAddr, order: u32, count: usize) -> luo_abi::Result {
+        let mut st = lock(&self.st);
+        Kho::unpreserve_range_locked(&mut st, phys.as_u64(), order, count)
+    }
+
+    fn restore_range(&self, phys: PhysAddr, order: u32, count: usize) -> luo_abi::Result {
+        let mut st = lock(&self.st);
+        self.restore_range_locked(&mut st, phys.as_u64(), order, count)
+    }
+
+    fn free_range(&self, phys: PhysAddr, order: u32, count: usize) -> luo_abi::Result {
+        let mut st = lock(&self.st);
+        self.free_range_locked(&mut st, phys.as_u64(), order, count)
+    }
+
     fn preserve_pages(&self, phys: PhysAddr, nr_pages: usize) -> luo_abi::Result {
         let mut st = lock(&self.st);
         Kho::check_alive(&st)?;
@@ -242,7 +262,7 @@ impl KhoService for Kho {
             // The area's pages become one allocation of `order` each.
             if self.arena_index(e).is_some() {
                 for i in 0..n {
-                    st.folios.remove(&(e + i * PAGE));
+                    st.folios.remove(e + i * PAGE);
                 }
                 st.folios.insert(e, u32::from(desc.order));
             }
@@ -274,7 +294,7 @@ impl KhoService for Kho {
         let mut st = lock(&self.st);
         let p = phys.as_u64();
         let order = st.out.get(p).ok_or(Errno::EINVAL)?;
-        if st.folios.get(&p) != Some(&order) {
+        if st.folios.get(p) != Some(order) {
             return Err(Errno::EINVAL);
         }
         Kho::unpreserve_locked(&mut st, p, order)?;

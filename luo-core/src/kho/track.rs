@@ -55,6 +55,36 @@ fn words(from: usize, to: usize) -> (usize, usize, u64, u64) {
     )
 }
 
+/// Sets (`on`) or clears bits `from..to` of `bits`, a word at a time.
+#[inline]
+fn set_bits(bits: &mut [u64], from: usize, to: usize, on: bool) {
+    if from >= to {
+        return;
+    }
+    let (w0, w1, lo, hi) = words(from, to);
+    let apply = |w: &mut u64, m: u64| *w = if on { *w | m } else { *w & !m };
+    if w0 == w1 {
+        apply(&mut bits[w0], lo & hi);
+        return;
+    }
+    apply(&mut bits[w0], lo);
+    bits[w0 + 1..w1].fill(if on { !0 } else { 0 });
+    apply(&mut bits[w1], hi);
+}
+
+/// Whether every bit of `from..to` of `bits` is set.
+#[inline]
+fn all_set(bits: &[u64], from: usize, to: usize) -> bool {
+    if from >= to {
+        return true;
+    }
+    let (w0, w1, lo, hi) = words(from, to);
+    if w0 == w1 {
+        return bits[w0] & lo & hi == lo & hi;
+    }
+    bits[w0] & lo == lo && bits[w0 + 1..w1].iter().all(|&w| w == !0) && bits[w1] & hi == hi
+}
+
 impl Chunk {
     const EMPTY: Chunk = Chunk {
         used: [0; USED_WORDS],
@@ -286,6 +316,88 @@ impl MemTrack {
         Some(order)
     }
 
+    /// The pieces of the run of `count` blocks of `order` from `phys` that fall in each
+    /// chunk, as (chunk number, first page, end page); `None` for a misaligned run, an order
+    /// above [`MAX_ORDER`], an empty run or one past the address space.
+    fn run_pieces(
+        phys: u64,
+        order: u32,
+        count: u64,
+    ) -> Option<impl Iterator<Item = (u64, usize, usize)>> {
+        if order > MAX_ORDER || count == 0 || !phys.is_multiple_of(1 << (PAGE_SHIFT + order)) {
+            return None;
+        }
+        let len = count
+            .checked_shl(PAGE_SHIFT + order)
+            .filter(|l| l >> (PAGE_SHIFT + order) == count)?;
+        let end = phys.checked_add(len - 1)?;
+        let (k0, p0) = split(phys);
+        let (k1, p1) = split(end);
+        Some((k0..=k1).map(move |k| {
+            let from = if k == k0 { p0 } else { 0 };
+            let to = if k == k1 { p1 + 1 } else { CHUNK_PAGES };
+            (k, from, to)
+        }))
+    }
+
+    /// Adds `count` blocks of `order` back to back from `phys` (one bitmap update per chunk,
+    /// a word per 64 pages); `false` (nothing changed) if the run is misaligned, of an order
+    /// above [`MAX_ORDER`], empty, or intersects a block already there.
+    pub(super) fn insert_run(&mut self, phys: u64, order: u32, count: u64) -> bool {
+        let Some(pieces) = Self::run_pieces(phys, order, count) else {
+            return false;
+        };
+        if self.overlaps(phys, count << (PAGE_SHIFT + order)) {
+            return false;
+        }
+        for (k, from, to) in pieces {
+            let s = self.slot_or_insert(k);
+            let c = &mut self.chunks[s];
+            set_bits(&mut c.used, from, to, true);
+            // The start bits of one order are consecutive, one per block.
+            let b = start_bit(order, from);
+            set_bits(&mut c.starts, b, b + ((to - from) >> order), true);
+        }
+        self.blocks += count as usize;
+        self.pages += count << order;
+        true
+    }
+
+    /// Whether the run of `count` blocks of `order` from `phys` is exactly `count` blocks of
+    /// this tracker, each of that order.
+    pub(super) fn has_run(&self, phys: u64, order: u32, count: u64) -> bool {
+        let Some(mut pieces) = Self::run_pieces(phys, order, count) else {
+            return false;
+        };
+        self.blocks as u64 >= count
+            && pieces.all(|(k, from, to)| {
+                // A start bit of `order` for every block: blocks are disjoint, so each one
+                // covers exactly its pages.
+                let b = start_bit(order, from);
+                self.chunk(k)
+                    .is_some_and(|c| all_set(&c.starts, b, b + ((to - from) >> order)))
+            })
+    }
+
+    /// Removes the run of `count` blocks of `order` from `phys`; `false` (nothing changed)
+    /// unless [`MemTrack::has_run`].
+    pub(super) fn remove_run(&mut self, phys: u64, order: u32, count: u64) -> bool {
+        if !self.has_run(phys, order, count) {
+            return false;
+        }
+        let pieces = Self::run_pieces(phys, order, count).into_iter().flatten();
+        for (k, from, to) in pieces {
+            let Some(s) = self.slot(k) else { continue };
+            let c = &mut self.chunks[s];
+            set_bits(&mut c.used, from, to, false);
+            let b = start_bit(order, from);
+            set_bits(&mut c.starts, b, b + ((to - from) >> order), false);
+        }
+        self.blocks -= count as usize;
+        self.pages -= count << order;
+        true
+    }
+
     /// The blocks starting in `start..end`, in address order, as (address, order).
     pub(super) fn range(&self, start: u64, end: u64) -> impl Iterator<Item = (u64, u32)> + '_ {
         let (k0, _) = split(start);
@@ -405,6 +517,54 @@ mod tests {
             assert_eq!(t.iter().collect::<Vec<_>>(), all);
             assert_eq!(t.pages(), m.values().map(|&o| 1u64 << o).sum::<u64>());
         }
+    }
+
+    /// Runs against the same blocks inserted one by one, at chunk borders and with overlaps.
+    #[test]
+    fn runs_match_blocks_one_by_one() {
+        let steps = if cfg!(miri) { 200 } else { 20_000 };
+        let mut rng = Rng(7);
+        let mut runs = MemTrack::new();
+        let mut single = MemTrack::new();
+        for _ in 0..steps {
+            let order = match rng.below(4) {
+                0 => rng.below(MAX_ORDER as u64 + 1) as u32,
+                _ => rng.below(2) as u32,
+            };
+            let count = 1 + rng.below((3 * CHUNK_PAGES as u64) >> order);
+            let page = rng.below(4 * CHUNK_PAGES as u64) >> order << order;
+            let phys = 0x4000_0000 + page * PAGE;
+            let blocks: Vec<u64> = (0..count).map(|i| phys + ((i * PAGE) << order)).collect();
+            if rng.below(2) == 0 {
+                let free = blocks.iter().all(|&b| !single.overlaps(b, PAGE << order));
+                assert_eq!(runs.insert_run(phys, order, count), free);
+                if free {
+                    for &b in &blocks {
+                        assert!(single.insert(b, order));
+                    }
+                }
+            } else {
+                let all = blocks.iter().all(|&b| single.get(b) == Some(order));
+                assert_eq!(runs.has_run(phys, order, count), all);
+                assert_eq!(runs.remove_run(phys, order, count), all);
+                if all {
+                    for &b in &blocks {
+                        assert_eq!(single.remove(b), Some(order));
+                    }
+                }
+            }
+            assert_eq!((runs.len(), runs.pages()), (single.len(), single.pages()));
+        }
+        assert_eq!(
+            runs.iter().collect::<Vec<_>>(),
+            single.iter().collect::<Vec<_>>()
+        );
+        assert!(!runs.insert_run(PAGE, 1, 1), "misaligned");
+        assert!(!runs.insert_run(0, 0, 0), "empty");
+        assert!(
+            !runs.insert_run(!0 << 20, 0, 1 << 20),
+            "past the address space"
+        );
     }
 
     #[test]

@@ -51,7 +51,7 @@ impl LuoFile {
 impl Luo {
     /// Unfinished incoming files bound to the handler with `compat`.
     pub(crate) fn incoming_files_of(&self, compat: &str) -> u64 {
-        let inc = lock(&self.lists).inc.clone();
+        let inc: Vec<_> = lock(&self.lists).inc.iter().cloned().collect();
         inc.iter()
             .map(|s| {
                 lock(&s.st)

@@ -16,6 +16,7 @@ pub mod fdt_luo;
 mod file;
 mod flb;
 pub mod global;
+mod incoming;
 mod registry;
 mod serialize;
 mod session;
@@ -88,7 +89,7 @@ struct Lists {
     out: Vec<Arc<Session>>,
     /// Names of the outgoing sessions (unique among them).
     names: HashSet<Vec<u8>>,
-    inc: Vec<Arc<Session>>,
+    inc: incoming::IncomingSessions,
     blocks: BlockSet,
 }
 
@@ -103,7 +104,8 @@ pub struct Luo {
     enabled: bool,
     reg: Ordered<Registry>,
     lists: Ordered<Lists>,
-    ids: Ordered<HashSet<u64>>,
+    /// Identities of the preserved files (the handlers' `get_id`, not image data).
+    ids: Ordered<rustc_hash::FxHashSet<u64>>,
     dev_in_use: AtomicBool,
     deser: Ordered<Deser>,
     flb_in: Option<BTreeMap<String, (u64, u64)>>,
@@ -160,11 +162,11 @@ impl Luo {
                 Lists {
                     out: Vec::new(),
                     names: HashSet::new(),
-                    inc: Vec::new(),
+                    inc: incoming::IncomingSessions::default(),
                     blocks: BlockSet::new(size_of::<luo_session_ser>(), LUO_SESSIONS_PER_BLOCK),
                 },
             ),
-            ids: Ordered::new(Level::Ids, HashSet::new()),
+            ids: Ordered::new(Level::Ids, rustc_hash::FxHashSet::default()),
             dev_in_use: AtomicBool::new(false),
             deser: Ordered::new(Level::Deser, Deser::Pending(inc.sessions)),
             flb_in: inc.flbs,

@@ -430,7 +430,8 @@ impl Luo {
                     st.in_blocks.push((b, order));
                 }
             }
-            sessions.push(Arc::new(s));
+            let has_files = !lock(&s.st).files.is_empty();
+            sessions.push((Arc::new(s), has_files));
         }
         lock(&self.lists).inc.extend(sessions);
         Ok(())

@@ -36,8 +36,20 @@ pub struct Session {
     /// The thread retrieving files of the session and its nesting depth: a retrieve may
     /// retrieve its dependencies ([`crate::luo::depend`]), so retrieval is owned by one thread at a
     /// time (upstream holds the session mutex across it) and re-entrant on that thread.
-    pub(super) owner: Mutex<Option<(ThreadId, u32)>>,
+    pub(super) owner: Mutex<Owner>,
+    /// An incoming session removed from the incoming list (its last fd closed after
+    /// `FINISH`), until the list is compacted ([`super::incoming::IncomingSessions`]).
+    pub(super) unlisted: std::sync::atomic::AtomicBool,
     pub(super) owner_cv: Condvar,
+}
+
+/// Who owns a session's retrieval (thread and nesting depth), and how many threads wait for
+/// it: the last release wakes them only if there are any (a condvar notify is a futex call
+/// per release otherwise, once per `FINISH` of every session).
+#[derive(Default)]
+pub(super) struct Owner {
+    holder: Option<(ThreadId, u32)>,
+    waiters: u32,
 }
 
 /// Ownership of a session's retrieval, released on drop.
@@ -46,10 +58,10 @@ pub(crate) struct RetrieveOwner<'a>(&'a Session);
 impl Drop for RetrieveOwner<'_> {
     fn drop(&mut self) {
         let mut o = lock(&self.0.owner);
-        if let Some((t, n)) = *o {
-            *o = (n > 1).then_some((t, n - 1));
+        if let Some((t, n)) = o.holder {
+            o.holder = (n > 1).then_some((t, n - 1));
         }
-        if o.is_none() {
+        if o.holder.is_none() && o.waiters > 0 {
             self.0.owner_cv.notify_all();
         }
     }
@@ -65,7 +77,8 @@ impl Session {
 
     pub(super) fn new(name: Vec<u8>, incoming: bool) -> Session {
         Session {
-            owner: Mutex::new(None),
+            owner: Mutex::new(Owner::default()),
+            unlisted: std::sync::atomic::AtomicBool::new(false),
             owner_cv: Condvar::new(),
             name,
             incoming,
@@ -93,20 +106,23 @@ impl Session {
         let me = std::thread::current().id();
         let mut o = lock(&self.owner);
         loop {
-            match *o {
+            match o.holder {
                 None => {
-                    *o = Some((me, 1));
+                    o.holder = Some((me, 1));
                     break;
                 }
                 Some((t, n)) if t == me => {
-                    *o = Some((t, n + 1));
+                    o.holder = Some((t, n + 1));
                     break;
                 }
                 Some(_) => {
+                    // Counted under the mutex the wait releases, so a release sees it.
+                    o.waiters += 1;
                     o = self
                         .owner_cv
                         .wait(o)
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    o.waiters -= 1;
                 }
             }
         }
@@ -153,8 +169,7 @@ impl Luo {
         if !matches!(*lock(&self.deser), Deser::Done(Ok(()))) {
             return false;
         }
-        let inc = lock(&self.lists).inc.clone();
-        inc.iter().all(|s| lock(&s.st).files.is_empty())
+        lock(&self.lists).inc.all_finished()
     }
 
     /// CREATE_SESSION.
@@ -178,12 +193,7 @@ impl Luo {
     pub(crate) fn retrieve_session(&self, name: &[u8]) -> Result<Arc<Session>, Errno> {
         self.check_live()?;
         let l = lock(&self.lists);
-        let s = l
-            .inc
-            .iter()
-            .find(|s| s.name == name)
-            .cloned()
-            .ok_or(Errno::ENOENT)?;
+        let s = l.inc.find(name).ok_or(Errno::ENOENT)?;
         let mut st = lock(&s.st);
         if st.retrieved {
             return Err(Errno::EINVAL);
@@ -229,6 +239,7 @@ impl Luo {
             let _ = self.kho.free_folio(PhysAddr::new(b), order);
         }
         drop(st);
+        lock(&self.lists).inc.finished_one();
         self.kho.release_idle_regions();
         self.maybe_finish_subsystems();
         Ok(())
@@ -242,7 +253,7 @@ impl Luo {
         }
         if s.incoming {
             if self.finish(s).is_ok() {
-                lock(&self.lists).inc.retain(|x| !Arc::ptr_eq(x, s));
+                lock(&self.lists).inc.remove(s);
             }
             return;
         }
@@ -276,7 +287,7 @@ impl Luo {
 
     /// Incoming sessions (after deserialization), in handover order.
     pub fn incoming(&self) -> Vec<Arc<Session>> {
-        lock(&self.lists).inc.clone()
+        lock(&self.lists).inc.iter().cloned().collect()
     }
 
     // ---- reboot ---------------------------------------------------------------------------

@@ -638,6 +638,16 @@ pub struct KernelSet {
     pub components: BTreeMap<String, ComponentSnapshot>,
 }
 
+impl KernelSet {
+    /// The kernel with its view, as every output names it: `luo:7.3`, `upstream:7.3`.
+    pub fn label(&self) -> String {
+        match self.view.prefix() {
+            Some(p) => format!("{p}:{}", self.kernel),
+            None => self.kernel.clone(),
+        }
+    }
+}
+
 /// The snapshots of every component `k` shows.
 pub fn kernel_set(ir: &Ir<'_>, k: &KernelIr<'_>) -> KernelSet {
     KernelSet {

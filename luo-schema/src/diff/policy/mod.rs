@@ -28,7 +28,7 @@
 use serde::Serialize;
 
 use super::facts::{Fact, FeatureFlags};
-use crate::render::schema::ComponentSnapshot;
+use luo_spec::render::schema::ComponentSnapshot;
 
 mod rules;
 

@@ -25,10 +25,16 @@ use std::time::Instant;
 use luo_bench::codec::{Codec, CodecBench, FOLIOS};
 use luo_bench::dispatch::{Dispatch, Variant};
 use luo_bench::global::{Backend, Op, mutex_lock_unlock};
-use luo_bench::handover::{self, FOLIOS_1G, Memcpy};
+use luo_bench::handover::{self, FOLIOS_1G};
 use luo_bench::measure::{self, Samples};
 use luo_core::KernelVersion;
 use serde::Serialize;
+
+mod handover_rows;
+mod micro;
+
+use handover_rows::*;
+use micro::*;
 
 #[derive(Clone, Debug, Default)]
 struct Opts {
@@ -37,6 +43,9 @@ struct Opts {
     compile: bool,
     write: bool,
     only: Option<Vec<String>>,
+    /// A `luo-bench-report` built from an older commit, and its label: the `blackout` rows
+    /// run its blackout child too, alternating with this one's, for same-run ratios.
+    baseline: Option<(PathBuf, String)>,
 }
 
 impl Opts {
@@ -227,6 +236,14 @@ const ROW_DOCS: &[(&str, &str)] = &[
          entry bytes (2,000 x 80 + 10,000 x 64 bytes) once out and once back. Target ratio <= 5.",
     ),
     (
+        "sessions_scaling",
+        "10^3, 10^4 and 10^5 empty sessions (`luo simulate --sessions N --files 0`) preserved, \
+         then across an in-process kexec: the next kernel's boot and first open of \
+         `/dev/liveupdate` (deserialize), `RETRIEVE_SESSION` of every session, `FINISH` and close \
+         of every session. Each size against the one ten times smaller: linear scaling is a \
+         ratio of 10. Target: 10^5 sessions cost at most 12x 10^4.",
+    ),
+    (
         "blackout",
         "one run in a child process (so its peak RSS is its own): a 7.3 kernel with a 4 GiB \
          memfd (4 KiB folios; 1,024 pages spread over it written with a pattern) in the first of \
@@ -238,8 +255,16 @@ const ROW_DOCS: &[(&str, &str)] = &[
          inode compared); the written pages are read back and checked. `peak_rss` is VmHWM of \
          the child against the KHO arena memory handed over (folio array, LUO blocks, the test \
          handler's page per file) plus the touched pages; the old kernel is freed after \
-         `reboot()`, outside the timed phases. `total` is the sum of the three timed phases. \
-         The full run adds a 16 GiB memfd.",
+         `reboot()`, outside the timed phases. `total` is the sum of the three timed phases \
+         (medians of 3 runs, 1 with `--quick`). `grows_with_memory` is the share of `total` the \
+         guest memory adds over the same machine with 4 KiB of guest memory, and its cost per \
+         GiB. `64GiB-hugetlb` is a VM whose guest memory is a HugeTLB memfd \
+         (`huge-memfd-v1`, HugeTLB pools handed over as upstream's FLB) of 32,768 2 MiB folios, \
+         all allocated; its pages are the model's arena folios, so `same memory` compares the \
+         folios' addresses before and after. The full run adds a 16 GiB memfd. With \
+         `--baseline-exe PATH LABEL` the 4 GiB machine also runs the blackout child of an older \
+         build, alternating, and its phases are the baseline (target: `retrieve` at most a \
+         quarter of the older build's).",
     ),
     (
         "gen",
@@ -282,6 +307,17 @@ fn main() {
             "--no-callgrind" => o.callgrind = false,
             "--no-compile" => o.compile = false,
             "--no-write" => o.write = false,
+            "--baseline-exe" => {
+                let exe = it.next().map(PathBuf::from);
+                let label = it.next().cloned();
+                match (exe, label) {
+                    (Some(e), Some(l)) => o.baseline = Some((e, l)),
+                    _ => {
+                        eprintln!("--baseline-exe takes a path and a label (see --help)");
+                        std::process::exit(2);
+                    }
+                }
+            }
             "--only" => {
                 o.only = it
                     .next()
@@ -289,7 +325,7 @@ fn main() {
             }
             "-h" | "--help" => {
                 println!(
-                    "{COMMAND} [-- --quick] [--no-callgrind] [--no-compile] [--no-write] [--only id,...]"
+                    "{COMMAND} [-- --quick] [--no-callgrind] [--no-compile] [--no-write] [--only id,...] [--baseline-exe PATH LABEL]"
                 );
                 return;
             }
@@ -332,6 +368,9 @@ fn main() {
     }
     if o.wants("sessions") {
         step("sessions", &mut rows, sessions(&o));
+    }
+    if o.wants("sessions_scaling") {
+        step("sessions_scaling", &mut rows, sessions_scaling(&o));
     }
     if o.wants("blackout") {
         step("blackout", &mut rows, blackout(&o));
@@ -448,12 +487,13 @@ fn today() -> String {
 
 fn child(args: &[String]) {
     if args.first().map(String::as_str) == Some("blackout") {
-        let num = |i: usize| -> u64 {
-            args.get(i)
-                .and_then(|s| s.parse().ok())
-                .expect("child blackout <folios> <sessions> <files> <touched>")
-        };
-        match handover::blackout(num(1), num(2), num(3), num(4)) {
+        const USAGE: &str = "child blackout <folios> <sessions> <files> <touched> [memfd|hugetlb]";
+        let num = |i: usize| -> u64 { args.get(i).and_then(|s| s.parse().ok()).expect(USAGE) };
+        let guest = args
+            .get(5)
+            .map_or(Some(handover::Guest::Memfd), |g| handover::Guest::parse(g))
+            .expect(USAGE);
+        match handover::blackout(guest, num(1), num(2), num(3), num(4)) {
             Ok(b) => println!("{}", serde_json::to_string(&b).expect("serializable")),
             Err(e) => {
                 eprintln!("blackout: {e}");
@@ -574,675 +614,6 @@ fn wall_ratio_rows(g: Group<'_>, samples: &[Samples]) -> Vec<Row> {
         ));
     }
     out
-}
-
-fn dispatch(o: &Opts) -> Result<Vec<Row>, String> {
-    let d = Dispatch::new();
-    let names: Vec<&str> = Variant::ALL.iter().map(|v| v.name()).collect();
-    let mut fs: Vec<Box<dyn FnMut(u64)>> = Variant::ALL
-        .iter()
-        .map(|&v| {
-            let d = &d;
-            Box::new(move |n| {
-                black_box(d.run(v, n));
-            }) as Box<dyn FnMut(u64)>
-        })
-        .collect();
-    let batch = measure::calibrate(&mut *fs[0], 2.0);
-    let mut refs: Vec<&mut dyn FnMut(u64)> = fs.iter_mut().map(|f| &mut **f as _).collect();
-    let s = measure::interleaved(&mut refs, batch, o.rounds(101));
-    let what = "can_preserve + preserve + unpreserve of one file through the ops table luo-core registered (ns/file)";
-    let mut rows = wall_ratio_rows(
-        Group {
-            id: "dispatch",
-            prefix: "dispatch/wall",
-            what,
-            unit: "ns",
-            names: &names,
-            baseline: 1,
-            target: Target::MaxRatio(1.05),
-            context: &[2],
-        },
-        &s,
-    );
-    if o.callgrind {
-        let exe = exe()?;
-        let n = 100_000;
-        let mut ins = Vec::new();
-        for v in Variant::ALL {
-            ins.push(measure::callgrind_per_iter(
-                &exe,
-                &["child", "dispatch", v.name()],
-                n,
-            )?);
-        }
-        for (i, v) in Variant::ALL.iter().enumerate() {
-            if *v == Variant::HandRust {
-                continue;
-            }
-            rows.push(row(
-                RowSpec {
-                    id: "dispatch",
-                    name: format!("dispatch/instructions/{}", v.name()),
-                    what: format!(
-                        "instructions per file (can_preserve + preserve + unpreserve through luo-core's registered table; callgrind): {} vs hand_rust",
-                        v.name()
-                    ),
-                    unit: "instructions",
-                    method: "callgrind",
-                    target: if *v == Variant::Generated {
-                        Target::MaxRatio(1.05)
-                    } else {
-                        Target::None
-                    },
-                    samples: n,
-                },
-                ins[i],
-                Some(("hand_rust", ins[1])),
-            ));
-        }
-    }
-    Ok(rows)
-}
-
-fn abi_codec(o: &Opts) -> Result<Vec<Row>, String> {
-    let mut rows = Vec::new();
-    let names: Vec<&str> = Codec::ALL.iter().map(|c| c.name()).collect();
-    for op in ["encode", "decode"] {
-        let mut benches: Vec<CodecBench> = Codec::ALL
-            .iter()
-            .map(|&c| {
-                let mut b = CodecBench::new(FOLIOS);
-                b.encode(c);
-                b
-            })
-            .collect();
-        let mut fs: Vec<Box<dyn FnMut(u64) + '_>> = benches
-            .iter_mut()
-            .zip(Codec::ALL)
-            .map(|(b, c)| {
-                Box::new(move |n: u64| {
-                    for _ in 0..n {
-                        if op == "encode" {
-                            b.encode(c)
-                        } else {
-                            b.decode(c)
-                        }
-                    }
-                }) as Box<dyn FnMut(u64) + '_>
-            })
-            .collect();
-        let batch = measure::calibrate(&mut *fs[0], 5.0);
-        let mut refs: Vec<&mut dyn FnMut(u64)> = fs.iter_mut().map(|f| &mut **f as _).collect();
-        let mut s = measure::interleaved(&mut refs, batch, o.rounds(41));
-        // Per record.
-        for x in &mut s {
-            x.ns.iter_mut().for_each(|v| *v /= FOLIOS as f64);
-        }
-        rows.extend(wall_ratio_rows(
-            Group {
-                id: "abi_codec",
-                prefix: &format!("abi_codec/{op}/wall"),
-                what: &format!("{op} 262,144 memfd folio records (ns/record)"),
-                unit: "ns",
-                names: &names,
-                baseline: 1,
-                target: Target::MaxRatio(1.1),
-                context: &[2],
-            },
-            &s,
-        ));
-        if o.callgrind {
-            let exe = exe()?;
-            let mut ins = Vec::new();
-            for c in [Codec::Ours, Codec::Zerocopy] {
-                let per_pass =
-                    measure::callgrind_per_iter(&exe, &["child", "codec", op, c.name()], 2)?;
-                ins.push(per_pass / FOLIOS as f64);
-            }
-            rows.push(row(
-                RowSpec {
-                    id: "abi_codec",
-                    name: format!("abi_codec/{op}/instructions/ours"),
-                    what: format!("instructions per record (callgrind), {op}: ours vs zerocopy"),
-                    unit: "instructions",
-                    method: "callgrind",
-                    target: Target::MaxRatio(1.1),
-                    samples: 2 * FOLIOS as u64,
-                },
-                ins[0],
-                Some(("zerocopy", ins[1])),
-            ));
-        }
-    }
-    Ok(rows)
-}
-
-fn global_get_put(o: &Opts) -> Result<Vec<Row>, String> {
-    let mut rows = Vec::new();
-    let m = Mutex::new(7u64);
-    let mut base_ins = None;
-    if o.callgrind {
-        base_ins = Some(measure::callgrind_per_iter(
-            &exe()?,
-            &["child", "global", "mutex"],
-            100_000,
-        )?);
-    }
-    for b in Backend::ALL {
-        let f = b.fixture();
-        for op in Op::ALL {
-            let mut a = |n| {
-                black_box(f.get_put(op, n));
-            };
-            let mut base = |n| {
-                black_box(mutex_lock_unlock(&m, n));
-            };
-            let batch = measure::calibrate(&mut a, 2.0);
-            let s = measure::interleaved(&mut [&mut a, &mut base], batch, o.rounds(41));
-            let name = format!("{}/{}", op.name(), b.name());
-            rows.extend(wall_ratio_rows(
-                Group {
-                    id: "global_get_put",
-                    prefix: "global_get_put/wall",
-                    what: "uncontended get + put (ns)",
-                    unit: "ns",
-                    names: &[name.as_str(), "std_mutex"],
-                    baseline: 1,
-                    // The target is the default backend's, what handlers get; the one-mutex
-                    // backend is a diagnostic variant (context).
-                    target: if b == Backend::Std {
-                        Target::MaxRatio(1.5)
-                    } else {
-                        Target::None
-                    },
-                    context: &[],
-                },
-                &s,
-            ));
-            if let Some(bi) = base_ins {
-                let v = measure::callgrind_per_iter(
-                    &exe()?,
-                    &["child", "global", b.name(), op.name()],
-                    100_000,
-                )?;
-                rows.push(row(
-                    RowSpec {
-                        id: "global_get_put",
-                        name: format!("global_get_put/instructions/{name}"),
-                        what: format!(
-                            "instructions per get + put (callgrind): {name} vs std_mutex"
-                        ),
-                        unit: "instructions",
-                        method: "callgrind",
-                        target: Target::None,
-                        samples: 100_000,
-                    },
-                    v,
-                    Some(("std_mutex", bi)),
-                ));
-            }
-        }
-    }
-    Ok(rows)
-}
-
-/// Median over rounds of a per-round value.
-fn med(v: &[f64]) -> f64 {
-    measure::median(v)
-}
-
-fn ns(d: std::time::Duration) -> f64 {
-    d.as_secs_f64() * 1e9
-}
-
-/// ns per folio of the median memcpy of `folios` folio records, timed `copies` times.
-fn memcpy_ns(m: &mut Memcpy, copies: usize) -> f64 {
-    let v: Vec<f64> = (0..copies).map(|_| ns(m.time())).collect();
-    med(&v)
-}
-
-/// Instructions per unit of `child handover <op> 1`, counted inside `toggles` only.
-fn handover_instructions(
-    o: &Opts,
-    id: &str,
-    op: &str,
-    toggles: &[&str],
-    units: f64,
-    unit: &str,
-    what: String,
-) -> Result<Option<Row>, String> {
-    if !o.callgrind {
-        return Ok(None);
-    }
-    let args: Vec<String> = ["child", "handover", op, "1"].map(String::from).to_vec();
-    let total = measure::callgrind_collect(&exe()?, &args, toggles)?;
-    Ok(Some(row(
-        RowSpec {
-            id,
-            name: format!("{id}/instructions"),
-            what,
-            unit,
-            method: "callgrind",
-            target: Target::None,
-            samples: 1,
-        },
-        total as f64 / units,
-        None,
-    )))
-}
-
-fn memfd_preserve(o: &Opts) -> Result<Vec<Row>, String> {
-    let folios = FOLIOS_1G;
-    let mut fx = handover::MemfdFixture::new(KernelVersion::V7_3, folios)?;
-    let mut m = Memcpy::new((folios * handover::FOLIO_RECORD) as usize);
-    let (mut rec, mut total, mut pin, mut base) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let rounds = o.rounds(21);
-    fx.time_preserve()?; // warm-up
-    for _ in 0..rounds {
-        let (p, q) = fx.time_preserve()?;
-        let f = folios as f64;
-        total.push(ns(p) / f);
-        pin.push(ns(q) / f);
-        rec.push((ns(p) - ns(q)).max(0.0) / f);
-        base.push(memcpy_ns(&mut m, 5) / f);
-    }
-    let b = med(&base);
-    let ins = handover_instructions(
-        o,
-        "memfd_preserve",
-        "preserve",
-        &["luo_core::uapi::<impl luo_core::kernel::Kernel>::preserve_fd"],
-        folios as f64,
-        "instructions/folio",
-        "instructions per folio of one PRESERVE_FD of the 1 GiB memfd (callgrind; pinning included)".into(),
-    )?;
-    let spec = |name: &str, what: String, target| RowSpec {
-        id: "memfd_preserve",
-        name: format!("memfd_preserve/{name}"),
-        what,
-        unit: "ns/folio",
-        method: "wall-median",
-        target,
-        samples: rounds as u64,
-    };
-    Ok(vec![
-        row(
-            spec(
-                "record",
-                "PRESERVE_FD of a 1 GiB memfd (262,144 folios) minus the host-side listing and pinning of its folios, per folio, vs memcpy of its 16-byte records".into(),
-                Target::MaxRatio(3.0),
-            ),
-            med(&rec),
-            Some(("memcpy", b)),
-        ),
-        row(
-            spec(
-                "preserve_fd",
-                "the whole PRESERVE_FD (pinning included), per folio".into(),
-                Target::None,
-            ),
-            med(&total),
-            Some(("memcpy", b)),
-        ),
-        row(
-            spec("pin", "the host-side pin_folios + unpin alone, per folio".into(), Target::None),
-            med(&pin),
-            None,
-        ),
-    ]
-    .into_iter()
-    .chain(ins)
-    .collect())
-}
-
-fn memfd_retrieve(o: &Opts) -> Result<Vec<Row>, String> {
-    let mut rows = Vec::new();
-    let sizes: &[(u32, usize)] = if o.quick {
-        &[(14, 5), (18, 5), (22, 1)]
-    } else {
-        &[(14, 15), (18, 11), (22, 3)]
-    };
-    for &(log2, rounds) in sizes {
-        let folios = 1u64 << log2;
-        let mut m = Memcpy::new((folios * handover::FOLIO_RECORD) as usize);
-        let (mut v, mut base) = (Vec::new(), Vec::new());
-        for _ in 0..rounds {
-            let d = handover::time_retrieve(KernelVersion::V7_3, KernelVersion::V7_3, folios)?;
-            v.push(ns(d) / folios as f64);
-            base.push(memcpy_ns(&mut m, 5) / folios as f64);
-        }
-        let main = folios == FOLIOS_1G;
-        rows.push(row(
-            RowSpec {
-                id: "memfd_retrieve",
-                name: format!("memfd_retrieve/2^{log2}"),
-                what: format!(
-                    "RETRIEVE_FD of a memfd of {folios} folios in the next kernel (validate the folio array, restore every folio), per folio, vs memcpy of its records"
-                ),
-                unit: "ns/folio",
-                method: "wall-median",
-                target: if main { Target::MaxRatio(3.0) } else { Target::None },
-                samples: rounds as u64,
-            },
-            med(&v),
-            Some(("memcpy", med(&base))),
-        ));
-    }
-    rows.extend(handover_instructions(
-        o,
-        "memfd_retrieve",
-        "retrieve",
-        &["luo_core::uapi::<impl luo_core::kernel::Kernel>::retrieve_fd"],
-        FOLIOS_1G as f64,
-        "instructions/folio",
-        "instructions per folio of one RETRIEVE_FD of the 1 GiB memfd (callgrind)".into(),
-    )?);
-    Ok(rows)
-}
-
-fn migrate_v1(o: &Opts) -> Result<Vec<Row>, String> {
-    let folios = FOLIOS_1G;
-    let rounds = o.rounds(11);
-    let mut rows = Vec::new();
-    // The reading kernel: 7.3 (memfd-v2 is its own format) and next (the newest handler,
-    // which reads memfd-v2 through its reader registration).
-    for (to, name) in [(KernelVersion::V7_3, "7.3"), (KernelVersion::Next, "next")] {
-        let (mut v1, mut v2) = (Vec::new(), Vec::new());
-        for _ in 0..rounds {
-            let d = handover::time_retrieve(KernelVersion::V7_0, to, folios)?;
-            v1.push(ns(d) / folios as f64);
-            let d = handover::time_retrieve(KernelVersion::V7_3, to, folios)?;
-            v2.push(ns(d) / folios as f64);
-        }
-        rows.push(row(
-            RowSpec {
-                id: "migrate_v1",
-                name: format!("migrate_v1/retrieve_in_{name}"),
-                what: format!(
-                    "RETRIEVE_FD in a {name} kernel of a 1 GiB memfd a 7.0 kernel preserved as memfd-v1 (read through the generated v1 -> v2 migration), per folio, vs the same memfd preserved by 7.3 as memfd-v2"
-                ),
-                unit: "ns/folio",
-                method: "wall-median",
-                target: Target::MaxRatio(1.3),
-                samples: rounds as u64,
-            },
-            med(&v1),
-            Some(("memfd-v2", med(&v2))),
-        ));
-    }
-    Ok(rows)
-}
-
-const SESSIONS: u64 = 2_000;
-const FILES: u64 = 10_000;
-
-fn sessions(o: &Opts) -> Result<Vec<Row>, String> {
-    let rounds = o.rounds(15);
-    let entries = (SESSIONS + FILES) as f64;
-    let bytes = handover::entry_bytes(SESSIONS, FILES);
-    let mut m = Memcpy::new(bytes as usize);
-    let (mut both, mut ser, mut de, mut base) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        let f = handover::SessionsFixture::new(KernelVersion::V7_3, SESSIONS, FILES, 0)?;
-        let t = handover::time_sessions(f)?;
-        ser.push(ns(t.serialize) / entries);
-        de.push(ns(t.deserialize) / entries);
-        both.push((ns(t.serialize) + ns(t.deserialize)) / entries);
-        // One copy out and one back, the memcpy equivalent of serialize + deserialize.
-        base.push(2.0 * memcpy_ns(&mut m, 21) / entries);
-    }
-    let b = med(&base);
-    let spec = |name: &str, what: &str, target| RowSpec {
-        id: "sessions",
-        name: format!("sessions/{name}"),
-        what: what.into(),
-        unit: "ns/entry",
-        method: "wall-median",
-        target,
-        samples: rounds as u64,
-    };
-    Ok(vec![
-        row(
-            spec(
-                "serialize+deserialize",
-                "2,000 sessions + 10,000 files: reboot() (freeze each file, write the session and file chains, KHO handover) + the next kernel's boot and first /dev/liveupdate open (deserialize), per entry, vs memcpy of the entry bytes out and back",
-                Target::MaxRatio(5.0),
-            ),
-            med(&both),
-            Some(("memcpy x2", b)),
-        ),
-        row(
-            spec("serialize", "reboot() alone, per entry", Target::None),
-            med(&ser),
-            Some(("memcpy", b / 2.0)),
-        ),
-        row(
-            spec(
-                "deserialize",
-                "boot + first open alone, per entry",
-                Target::None,
-            ),
-            med(&de),
-            Some(("memcpy", b / 2.0)),
-        ),
-    ]
-    .into_iter()
-    .chain(handover_instructions(
-        o,
-        "sessions",
-        "sessions",
-        &[
-            "luo_core::kernel::Kernel::kexec",
-            "luo_core::kernel::Kernel::boot",
-            "luo_core::kernel::Kernel::open_dev",
-        ],
-        entries,
-        "instructions/entry",
-        "instructions per entry of reboot() + boot + first open (callgrind; includes the fixture's own fresh boot and open, a few thousand instructions in all)".into(),
-    )?)
-    .collect())
-}
-
-fn blackout(o: &Opts) -> Result<Vec<Row>, String> {
-    let mut rows = Vec::new();
-    let sizes: &[u64] = if o.quick { &[4] } else { &[4, 16] };
-    for &gib in sizes {
-        let folios = gib << 18;
-        let touched = 1024u64;
-        let out = std::process::Command::new(exe()?)
-            .args(["child", "blackout"])
-            .args([folios, SESSIONS, FILES, touched].map(|n| n.to_string()))
-            .output()
-            .map_err(|e| format!("blackout child: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "blackout child failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        let b: handover::Blackout = serde_json::from_slice(&out.stdout)
-            .map_err(|e| format!("blackout child output: {e}"))?;
-        let tag = format!("{gib}GiB");
-        let what = format!(
-            "{gib} GiB memfd ({} folios, {touched} pages written and checked) + {} sessions / {} files",
-            b.folios, b.sessions, b.files
-        );
-        let spec = |name: &str, what: String, unit, target| RowSpec {
-            id: "blackout",
-            name: format!("blackout/{tag}/{name}"),
-            what,
-            unit,
-            method: "wall",
-            target,
-            samples: 1,
-        };
-        rows.push(row(
-            spec(
-                "total",
-                format!("{what}: freeze -> kexec -> boot -> retrieve every session and file"),
-                "ms",
-                Target::None,
-            ),
-            b.total_ms,
-            None,
-        ));
-        rows.push(row(
-            spec(
-                "freeze_kexec",
-                "reboot(): freeze, serialize, KHO handover".into(),
-                "ms",
-                Target::None,
-            ),
-            b.freeze_kexec_ms,
-            None,
-        ));
-        rows.push(row(
-            spec(
-                "boot",
-                "next kernel's KHO + LUO boot".into(),
-                "ms",
-                Target::None,
-            ),
-            b.boot_ms,
-            None,
-        ));
-        rows.push(row(
-            spec(
-                "retrieve",
-                "open /dev/liveupdate, retrieve every session and file".into(),
-                "ms",
-                Target::None,
-            ),
-            b.retrieve_ms,
-            None,
-        ));
-        rows.push(row(
-            spec(
-                "bytes_copied",
-                format!(
-                    "bytes of file data copied (core counter; handler copied/zeroed {} folios; retrieved memfd is the same host file: {})",
-                    b.handler_folios_copied,
-                    if b.same_host_file { "yes" } else { "NO" }
-                ),
-                "bytes",
-                Target::MaxValue(0.0),
-            ),
-            (b.file_bytes_copied + b.handler_folios_copied * 4096) as f64
-                + if b.same_host_file { 0.0 } else { (b.folios * 4096) as f64 },
-            None,
-        ));
-        let mib = |x: u64| x as f64 / (1024.0 * 1024.0);
-        rows.push(row(
-            spec(
-                "peak_rss",
-                format!(
-                    "peak RSS (VmHWM) of the run, vs the KHO arena handed over (folio array, LUO blocks, a page per test file: {:.1} MiB, of which {:.1} MiB of records and entries) + touched memfd pages {:.1} MiB; file data {} MiB; RSS at start {:.1} MiB, peak before reboot() {:.1} MiB",
-                    mib(b.arena_bytes),
-                    mib(b.metadata_bytes),
-                    mib(b.touched_pages * 4096),
-                    gib * 1024,
-                    mib(b.start_rss),
-                    mib(b.peak_rss_before_kexec)
-                ),
-                "MiB",
-                Target::None,
-            ),
-            mib(b.peak_rss),
-            Some(("arena+touched", mib(b.arena_bytes + b.touched_pages * 4096))),
-        ));
-    }
-    Ok(rows)
-}
-
-fn median_ms(runs: usize, mut f: impl FnMut()) -> (f64, u64) {
-    f();
-    let v: Vec<f64> = (0..runs)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    (measure::median(&v), runs as u64)
-}
-
-fn gen_rows(o: &Opts) -> Result<Vec<Row>, String> {
-    let dir = luo_bench::luo_gen::spec_dir();
-    let (files, bytes) = luo_bench::luo_gen::run(&dir);
-    let (ms, n) = median_ms(o.rounds(21), || {
-        black_box(luo_bench::luo_gen::run(black_box(&dir)));
-    });
-    Ok(vec![row(
-        RowSpec {
-            id: "gen",
-            name: "gen".into(),
-            what: format!(
-                "`luo gen` over every spec in memory (load + check + layout + render {files} files, {} KiB)",
-                bytes / 1024
-            ),
-            unit: "ms",
-            method: "wall-median",
-            target: Target::MaxValue(100.0),
-            samples: n,
-        },
-        ms,
-        None,
-    )])
-}
-
-fn schema_diff(o: &Opts) -> Result<Vec<Row>, String> {
-    let mut rows = Vec::new();
-    for structs in [100usize, 1000] {
-        let old = luo_bench::synthetic_snapshot(structs, 50, false);
-        let new = luo_bench::synthetic_snapshot(structs, 50, true);
-        let (ms, n) = median_ms(o.rounds(21), || {
-            let d = luo_spec::schema_diff::diff_component(black_box(&old), black_box(&new));
-            black_box(d.findings.len());
-        });
-        rows.push(row(
-            RowSpec {
-                id: "schema_diff",
-                name: format!("schema_diff/{structs}x50"),
-                what: format!(
-                    "`luo schema diff` of {structs} packed structs x 50 u64 fields on 5 targets"
-                ),
-                unit: "ms",
-                method: "wall-median",
-                target: Target::None,
-                samples: n,
-            },
-            ms,
-            None,
-        ));
-    }
-    Ok(rows)
-}
-
-fn macro_compile(o: &Opts) -> Result<Vec<Row>, String> {
-    let root = repo_root();
-    let dir = luo_bench::compile::scratch_dir(&target_dir(&root));
-    let t = luo_bench::compile::time_builds(&dir, &root, o.rounds(5).min(5))?;
-    let g = measure::median(&t.generated);
-    let h = measure::median(&t.hand);
-    Ok(vec![row(
-        RowSpec {
-            id: "macro_compile",
-            name: "macro_compile/debug".into(),
-            what: format!(
-                "`cargo build` (debug, non-incremental) of a crate with {n} handlers: #[liveupdate_handler] ({} lines) vs by hand ({} lines)",
-                t.lines.0,
-                t.lines.1,
-                n = luo_bench::compile::HANDLERS
-            ),
-            unit: "s",
-            method: "wall-median",
-            target: Target::None,
-            samples: t.generated.len() as u64,
-        },
-        g,
-        Some(("hand-written", h)),
-    )])
 }
 
 // ---------------------------------------------------------------------------------------------

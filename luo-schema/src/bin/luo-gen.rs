@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! `luo-gen [--check] [-v] [--root DIR]`: the generator alone, built from
-//! `luo-spec` only, so it runs whatever state `generated/` is in. CI uses it
+//! `luo-spec` and `luo-schema` only (nothing generated), so it runs whatever state `generated/` is in. CI uses it
 //! for `luo gen --check`; the `luo` CLI offers the same as `luo gen`.
 
 use std::path::PathBuf;
@@ -33,5 +33,5 @@ fn main() -> ExitCode {
             }
         }
     }
-    luo_spec::commands::gen_command(&root, check, verbose, luo_spec::output::Format::Text)
+    luo_schema::commands::gen_command(&root, check, verbose, luo_schema::output::Format::Text)
 }

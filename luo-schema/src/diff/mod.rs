@@ -19,32 +19,22 @@ pub mod facts;
 pub mod matrix;
 pub mod policy;
 pub mod report;
-/// The ABI table format (moved to [`crate::abi_table`], which the renderer shares).
-pub use crate::abi_table as table;
+/// The ABI table format (moved to [`luo_spec::abi_table`], which the renderer shares).
+pub use luo_spec::abi_table as table;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::generate;
-use crate::ir::Ir;
-use crate::render::schema::{ComponentSnapshot, SNAPSHOT_VERSION, kernel_sets};
+use luo_spec::generate;
+use luo_spec::ir::Ir;
+use luo_spec::render::schema::{ComponentSnapshot, SNAPSHOT_VERSION, kernel_sets};
 
 pub use policy::{Finding, Severity};
 
 /// Where frozen snapshots of released kernels live (never written by `luo gen`).
 pub const RELEASED_DIR: &str = "schema/released";
 
-pub use crate::render::schema::{KernelSet, View};
-
-impl KernelSet {
-    /// The kernel with its view, as every output names it: `luo:7.3`, `upstream:7.3`.
-    pub fn label(&self) -> String {
-        match self.view.prefix() {
-            Some(p) => format!("{p}:{}", self.kernel),
-            None => self.kernel.clone(),
-        }
-    }
-}
+pub use luo_spec::render::schema::{KernelSet, View};
 
 /// Why an input could not be used (exit code 2).
 #[derive(Debug, thiserror::Error)]

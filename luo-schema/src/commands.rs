@@ -10,12 +10,12 @@ use std::process::ExitCode;
 
 use serde_json::json;
 
-use crate::diag::Severity;
-use crate::generate::{self, Change};
-use crate::layout::{Layouts, Target};
-use crate::model::{Origin, Scope, Spec};
 pub use crate::output::Format;
 use crate::output::Reporter;
+use luo_spec::diag::Severity;
+use luo_spec::generate::{self, Change};
+use luo_spec::layout::{Layouts, Target};
+use luo_spec::model::{Origin, Scope, Spec};
 
 /// The exit code of a command that wrote its answer, or 2 when standard output failed.
 fn written(r: io::Result<ExitCode>) -> ExitCode {
@@ -349,7 +349,7 @@ fn find_scope<'a>(spec: &'a Spec, name: &str, version: Option<&str>) -> Result<S
 
 /// `luo schema diff OLD NEW`: exit 0 compatible, 1 breaking, 2 input error.
 pub fn schema_diff_command(root: &Path, old: &str, new: &str, format: Format) -> ExitCode {
-    use crate::schema_diff::{diff_inputs, report, resolve};
+    use crate::diff::{diff_inputs, report, resolve};
     let inputs = resolve(root, old).and_then(|o| Ok((o, resolve(root, new)?)));
     let diffs = match inputs.and_then(|(o, n)| diff_inputs(&o, &n)) {
         Ok(d) => d,
@@ -370,11 +370,11 @@ pub fn schema_diff_command(root: &Path, old: &str, new: &str, format: Format) ->
 /// exit 0, or 2 on bad input.
 pub fn schema_matrix_command(
     root: &Path,
-    view: crate::schema_diff::View,
+    view: crate::diff::View,
     html: Option<&Path>,
     format: Format,
 ) -> ExitCode {
-    use crate::schema_diff::{matrix, matrix_sets};
+    use crate::diff::{matrix, matrix_sets};
     let sets = match matrix_sets(root, view) {
         Ok(s) => s,
         Err(e) => {
@@ -408,7 +408,7 @@ pub fn schema_matrix_command(
 /// `luo schema check`: the current spec against every released kernel's
 /// frozen snapshots; exit 1 on any breaking change or policy error.
 pub fn schema_check_command(root: &Path, format: Format) -> ExitCode {
-    use crate::schema_diff::{diff_sets, report, sets_from_spec, upstream_set};
+    use crate::diff::{diff_sets, report, sets_from_spec, upstream_set};
     let Some((spec, _)) = load(root, false, format) else {
         return ExitCode::from(2);
     };
@@ -458,7 +458,7 @@ pub fn schema_check_command(root: &Path, format: Format) -> ExitCode {
         kernels.push(json!({
             "kernel": kernel.name,
             "snapshots": root
-                .join(crate::schema_diff::RELEASED_DIR)
+                .join(crate::diff::RELEASED_DIR)
                 .join(&kernel.name)
                 .display()
                 .to_string(),
@@ -483,7 +483,7 @@ pub fn schema_check_command(root: &Path, format: Format) -> ExitCode {
 
 /// `luo schema freeze KERNEL`: write a released kernel's snapshots once.
 pub fn schema_freeze_command(root: &Path, kernel: &str, format: Format) -> ExitCode {
-    use crate::schema_diff::{RELEASED_DIR, sets_from_spec};
+    use crate::diff::{RELEASED_DIR, sets_from_spec};
     let dir = root.join(RELEASED_DIR).join(kernel);
     if dir.exists() {
         eprintln!(
@@ -542,7 +542,7 @@ pub fn schema_table_command(
     out_file: Option<&Path>,
     format: Format,
 ) -> ExitCode {
-    use crate::schema_diff::{sets_from_spec, table};
+    use crate::diff::{sets_from_spec, table};
     let set = match sets_from_spec(&root.join("spec"))
         .map(|s| s.into_iter().find(|s| s.kernel == kernel))
     {
@@ -594,7 +594,7 @@ pub fn check_update_command(
     new_kernel: Option<&str>,
     format: Format,
 ) -> ExitCode {
-    use crate::schema_diff::table;
+    use crate::diff::table;
     let read = |p: &Path, k: Option<&str>| -> Result<Vec<table::Entry>, String> {
         let bytes = std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
         table::from_file_for_kernel(&bytes, k).map_err(|e| format!("{}: {e}", p.display()))

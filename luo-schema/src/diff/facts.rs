@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::render::schema::{ComponentSnapshot, LayoutSnapshot, MemberSnapshot, StructSnapshot};
+use luo_spec::render::schema::{ComponentSnapshot, LayoutSnapshot, MemberSnapshot, StructSnapshot};
 
 /// The target every layout fact is stated for; other targets only feed
 /// the PAGE_SIZE and architecture facts.
@@ -594,7 +594,7 @@ fn diff_struct(o: &StructSnapshot, n: &StructSnapshot, facts: &mut Vec<Fact>) {
 }
 
 fn diff_constants(old: &ComponentSnapshot, new: &ComponentSnapshot, facts: &mut Vec<Fact>) {
-    let value = |c: &crate::render::schema::ConstSnapshot| c.values.get(PRIMARY).copied();
+    let value = |c: &luo_spec::render::schema::ConstSnapshot| c.values.get(PRIMARY).copied();
     for o in &old.constants {
         match new.constants.iter().find(|n| n.name == o.name) {
             Some(n) => {
@@ -625,7 +625,7 @@ fn diff_constants(old: &ComponentSnapshot, new: &ComponentSnapshot, facts: &mut 
 }
 
 fn diff_fdt(old: &ComponentSnapshot, new: &ComponentSnapshot, facts: &mut Vec<Fact>) {
-    let describe = |n: &crate::render::schema::FdtSnapshot| {
+    let describe = |n: &luo_spec::render::schema::FdtSnapshot| {
         format!(
             "{} ({})",
             n.name.clone().unwrap_or_else(|| n.path.clone()),
@@ -711,7 +711,7 @@ fn diff_features(old: &ComponentSnapshot, new: &ComponentSnapshot, facts: &mut V
     let (Some(of), Some(nf)) = (&old.features, &new.features) else {
         return;
     };
-    let flags = |f: &crate::render::schema::FeaturesSnapshot, bit: u32| {
+    let flags = |f: &luo_spec::render::schema::FeaturesSnapshot, bit: u32| {
         let m = 1u64.checked_shl(bit).unwrap_or(0);
         FeatureFlags {
             supported: f.supported & m != 0,

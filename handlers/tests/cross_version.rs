@@ -184,6 +184,11 @@ impl PhysRead for Mem {
         buf.copy_from_slice(src);
         Ok(())
     }
+
+    fn is_preserved(&self, phys: u64, len: usize) -> bool {
+        phys.checked_add(len as u64)
+            .is_some_and(|end| end <= self.0.len() as u64)
+    }
 }
 
 #[test]

@@ -18,6 +18,8 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use luo_schema::commands;
 use luo_schema::output::{Format, Reporter};
 
+mod boot;
+mod pipe;
 mod vmtest;
 
 #[derive(Parser)]
@@ -27,9 +29,10 @@ mod vmtest;
     about = "Declared, generated, checked Live Update Orchestrator ABIs"
 )]
 struct Cli {
-    /// Repository root (holds `spec/` and `generated/`).
-    #[arg(long, global = true, default_value = ".")]
-    root: PathBuf,
+    /// Repository root (holds `spec/` and `generated/`) [default: the current directory or
+    /// the first directory above it holding `spec/kernels/`].
+    #[arg(long, global = true)]
+    root: Option<PathBuf>,
     /// Output: `text` for people, `json` for tools (one JSON document; JSON Lines, one object
     /// per line, for `simulate`).
     #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
@@ -161,6 +164,16 @@ enum Command {
         /// Same as `--format json`.
         #[arg(long, hide = true)]
         json: bool,
+    },
+    /// Boot a kernel from a handover image and retrieve every session and file it holds, as
+    /// userspace would after a live update (the boot path; `inspect` runs the decoder).
+    /// Exit 0 all retrieved, 1 some not, 2 the image is unreadable or the boot refused.
+    Boot {
+        /// Image saved by `luo simulate --save-image`.
+        image: PathBuf,
+        /// Kernel that boots (next reads every format).
+        #[arg(long, value_enum, default_value_t = KernelArg::Next)]
+        kernel: KernelArg,
     },
     /// Run C programs as stages across live updates on the real kernel (QEMU, TCG: each stage
     /// one boot, entered by kexec_file_load + reboot(LINUX_REBOOT_CMD_KEXEC)), under the
@@ -385,10 +398,26 @@ fn usage(message: &str) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Sim(SimCommand::Serve { .. })) {
+        pipe::end_quietly_on_closed_stdout();
+    }
     let format = Format::from(cli.format);
+    // The commands that read the spec need the repository; the others do not look for it.
+    let root = || {
+        luo_spec::root::find(cli.root.as_deref()).map_err(|e| {
+            eprintln!("luo: {e}");
+            ExitCode::from(2)
+        })
+    };
     match cli.command {
-        Command::Gen { check, verbose } => commands::gen_command(&cli.root, check, verbose, format),
-        Command::Schema(cmd) => schema(&cli.root, cmd, format),
+        Command::Gen { check, verbose } => match root() {
+            Ok(r) => commands::gen_command(&r, check, verbose, format),
+            Err(code) => code,
+        },
+        Command::Schema(cmd) => match root() {
+            Ok(r) => schema(&r, cmd, format),
+            Err(code) => code,
+        },
         Command::Simulate {
             scenario,
             hugetlb_form,
@@ -447,6 +476,7 @@ fn main() -> ExitCode {
         Command::Inspect { image, json } => {
             inspect(&image, if json { Format::Json } else { format })
         }
+        Command::Boot { image, kernel } => boot::run(&image, kernel.into(), format),
         Command::Sim(cmd) => sim(cmd, format),
         Command::Vmtest {
             kernel,
@@ -466,7 +496,10 @@ fn main() -> ExitCode {
                 _ => vmtest::Mode::Kernel,
             };
             let opts = vmtest::Options {
-                root: cli.root.clone(),
+                // Programs and includes are paths of their own; the repository only supplies
+                // the default kernel image and headers, so outside one this is the cwd.
+                root: luo_spec::root::find(cli.root.as_deref())
+                    .unwrap_or_else(|_| cli.root.clone().unwrap_or_else(|| ".".into())),
                 kernel,
                 next_kernels: next_kernel,
                 mode,
@@ -492,7 +525,10 @@ fn main() -> ExitCode {
             name,
             arch,
             version,
-        } => commands::layout_command(&cli.root, &name, arch.name(), version.as_deref(), format),
+        } => match root() {
+            Ok(r) => commands::layout_command(&r, &name, arch.name(), version.as_deref(), format),
+            Err(code) => code,
+        },
         Command::Completions { shell } => {
             if format == Format::Json {
                 return usage(
@@ -565,7 +601,7 @@ fn simulate(opts: &luo_sim::simulate::Options, stage2: bool) -> ExitCode {
 
 fn inspect(image: &Path, format: Format) -> ExitCode {
     // Read here, so an unreadable path is reported with its name and the host's words.
-    let bytes = match std::fs::read(image) {
+    let bytes = match luo_core::image::read_file(image) {
         Ok(b) => b,
         Err(e) => {
             let hint = if image.is_dir() {
@@ -598,7 +634,10 @@ fn inspect(image: &Path, format: Format) -> ExitCode {
             }
         }
         Err(e) => {
-            eprintln!("luo inspect: {}: {e}", image.display());
+            eprintln!(
+                "luo inspect: {}: {e}\n  (`luo simulate --save-image FILE` writes a valid image)",
+                image.display()
+            );
             ExitCode::from(2)
         }
     }

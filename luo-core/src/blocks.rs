@@ -21,12 +21,31 @@ pub trait PhysRead {
 
     /// Whether `len` bytes at `phys` lie in memory the previous kernel preserved. The readers
     /// here check it before every dereference, so a corrupt pointer is a typed error rather
-    /// than a read of whatever the memory holds (upstream reads it). Memory that holds only
-    /// preserved pages (a saved image) need not override it.
-    fn is_preserved(&self, phys: u64, len: usize) -> bool {
-        let _ = (phys, len);
-        true
+    /// than a read of whatever the memory holds (upstream reads it), and before allocating a
+    /// buffer for a size the handover claims, so a corrupt size cannot exhaust memory. Memory
+    /// that holds only preserved pages (a saved image) answers whether it holds them all.
+    fn is_preserved(&self, phys: u64, len: usize) -> bool;
+}
+
+/// Reads `size` bytes the handover claims at `phys` into a new buffer: the size is checked
+/// against preserved memory before the buffer is allocated
+/// ([`ImageError::SizeBeyondPreserved`] otherwise).
+pub fn read_claimed<M: PhysRead + ?Sized>(
+    mem: &M,
+    phys: u64,
+    size: usize,
+    what: &'static str,
+) -> Result<Vec<u8>, ImageError> {
+    if !mem.is_preserved(phys, size) {
+        return Err(ImageError::SizeBeyondPreserved {
+            what,
+            phys,
+            size: size as u64,
+        });
     }
+    let mut b = vec![0u8; size];
+    read_preserved(mem, phys, &mut b, what)?;
+    Ok(b)
 }
 
 /// Reads `buf.len()` bytes of preserved memory at `phys`: [`ImageError::NotPreserved`]

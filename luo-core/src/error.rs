@@ -192,6 +192,23 @@ pub enum ImageError {
         /// Its address.
         phys: u64,
     },
+    /// A size read from the handover claims more memory than the previous kernel preserved
+    /// there: refused before anything of that size is allocated.
+    #[error(
+        "{what} at {phys:#x} claims {size} bytes, more than the memory preserved there: \
+         the handover is corrupt"
+    )]
+    SizeBeyondPreserved {
+        /// What claims the size.
+        what: &'static str,
+        /// Its address.
+        phys: u64,
+        /// The size it claims.
+        size: u64,
+    },
+    /// The image file could not be read.
+    #[error("cannot read the image file: {0}")]
+    File(String),
     /// The handover descriptor (environment or image file) is malformed.
     #[error("handover descriptor: {0}")]
     Descriptor(String),

@@ -28,6 +28,17 @@ use crate::mem::{BackingKind, ExtRegion, MmapBacking, REGION_BASE, REGION_SPAN, 
 /// The environment variable carrying the handover descriptor.
 pub const HANDOVER_ENV: &str = "LUO_MODEL_HANDOVER";
 
+/// Set when a kexec asks a program, before anything is frozen, whether it boots from a
+/// handover ([`probe`]); such a program answers with [`PROBE_ANSWER`] and exits
+/// ([`answer_probe`]).
+pub const PROBE_ENV: &str = "LUO_MODEL_HANDOVER_PROBE";
+
+/// The line a program that boots from handovers prints when probed.
+pub const PROBE_ANSWER: &str = "luo-handover-v1: boots from a handover";
+
+/// How long [`probe`] waits for the answer.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 const MAGIC: &str = "luo-handover-v1";
 
 static TAKEN: AtomicBool = AtomicBool::new(false);
@@ -143,6 +154,68 @@ impl Handover {
             },
         })
     }
+}
+
+/// In a program that boots from handovers, at the start of the code a kexec runs (with the
+/// arguments it runs it with): if this run is a [`probe`], prints [`PROBE_ANSWER`] and exits 0.
+/// Otherwise returns at once.
+pub fn answer_probe() {
+    if std::env::var_os(PROBE_ENV).is_some() {
+        println!("{PROBE_ANSWER}");
+        std::process::exit(0);
+    }
+}
+
+/// Whether `program`, run with `args` as a kexec would run it, boots from a handover: it is
+/// run once with [`PROBE_ENV`] set (no handover, standard input closed) and must print
+/// [`PROBE_ANSWER`] within 20 seconds. Upstream's kexec loads the next image and checks it
+/// before the reboot path freezes anything; this is the model's check, so a program that is
+/// not a luo binary (`/bin/true` would exit 0 having verified nothing) is refused while the
+/// machine can still carry on. The error says what the program did instead.
+pub fn probe(program: &Path, args: &[OsString]) -> Result<(), String> {
+    use std::io::Read;
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .env(PROBE_ENV, "1")
+        .env_remove(HANDOVER_ENV)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run it: {e}"))?;
+    let start = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if start.elapsed() < PROBE_TIMEOUT => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "it did not answer the handover probe within {} s",
+                    PROBE_TIMEOUT.as_secs()
+                ));
+            }
+            Err(e) => return Err(format!("waiting for it: {e}")),
+        }
+    };
+    let mut out = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    if status.success() && out.lines().next() == Some(PROBE_ANSWER) {
+        return Ok(());
+    }
+    Err(format!(
+        "it is not a luo binary: run as the kexec would run it, it {} without answering \
+         the handover probe ({PROBE_ENV})",
+        match status.code() {
+            Some(c) => format!("exited {c}"),
+            None => "was killed".to_owned(),
+        }
+    ))
 }
 
 struct Parsed {

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 use luo_abi::{Errno, PAGE_SIZE};
 use zerocopy::FromBytes;
@@ -19,11 +20,49 @@ use zerocopy::FromBytes;
 use crate::blocks::PhysRead;
 use crate::error::ImageError;
 use crate::kernel::Handover;
-use crate::kho::{BLOB_MAGIC, BlobHeader, BlobRange, parse_blob_entries};
-use crate::mem::ARENA_BASE;
+use crate::kho::{BLOB_MAGIC, BlobHeader, BlobRange, MemHandover, parse_blob_entries};
+use crate::mem::{
+    ARENA_BASE, Backing, BackingKind, ExtRegion, HeapBacking, REGION_BASE, REGION_SPAN,
+};
 
 const PAGE: u64 = PAGE_SIZE as u64;
 const MAGIC: &[u8; 8] = b"LUOIMG01";
+
+/// The most bytes read as an image from something that is not a regular file (1 GiB).
+pub const MAX_STREAM_IMAGE: u64 = 1 << 30;
+
+/// The bytes of an image file. A regular file is read whole (its size is the user's); a
+/// directory is `EISDIR`; anything else (a pipe, a device such as `/dev/zero`) is read up to
+/// [`MAX_STREAM_IMAGE`] bytes, so no path makes this allocate without bound.
+pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let meta = f.metadata()?;
+    if meta.is_dir() {
+        return Err(std::io::Error::from_raw_os_error(
+            rustix::io::Errno::ISDIR.raw_os_error(),
+        ));
+    }
+    let mut bytes = Vec::new();
+    if meta.is_file() {
+        f.read_to_end(&mut bytes)?;
+        return Ok(bytes);
+    }
+    (&mut f)
+        .take(MAX_STREAM_IMAGE + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_STREAM_IMAGE {
+        return Err(std::io::Error::other(format!(
+            "more than {MAX_STREAM_IMAGE} bytes from something that is not a regular file; \
+             save the image to a file first"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// The largest arena, in pages, a kernel booted from an image gets (64 GiB; its page
+/// allocator's bitmaps then take 4 MiB). The arena size is a number the image claims.
+pub const MAX_BOOT_ARENA_PAGES: u64 = 1 << 24;
 
 /// A decoded handover image.
 pub struct Image {
@@ -120,15 +159,9 @@ impl Image {
         std::fs::write(path, self.to_bytes())
     }
 
-    /// Reads an image file.
+    /// Reads an image file ([`read_file`]) and decodes it.
     pub fn load(path: &Path) -> Result<Image, ImageError> {
-        let bytes = std::fs::read(path).map_err(|e| {
-            ImageError::Host(
-                e.raw_os_error()
-                    .and_then(Errno::from_raw)
-                    .unwrap_or(Errno::EIO),
-            )
-        })?;
+        let bytes = read_file(path).map_err(|e| ImageError::File(e.to_string()))?;
         Image::from_bytes(&bytes)
     }
 
@@ -211,9 +244,103 @@ impl PhysRead for Image {
         }
         Ok(())
     }
+
+    /// The image holds every page of the range: it saved exactly the preserved arena pages.
+    fn is_preserved(&self, phys: u64, len: usize) -> bool {
+        let Some(end) = phys.checked_add(len.max(1) as u64) else {
+            return false;
+        };
+        // Stops at the first page not saved, so a huge claimed length costs no more than the
+        // pages the image holds.
+        (phys / PAGE..end.div_ceil(PAGE)).all(|p| self.pages.contains_key(&(p * PAGE)))
+    }
 }
 
 impl Handover {
+    /// The handover an image describes, for booting a kernel from a saved image (`luo boot`):
+    /// a sparse heap arena of the writing kernel's size holding every saved page at its
+    /// address, the KHO blob placed after the last of them, and an empty memfd for each region
+    /// that crossed (the image keeps no file data, so memfd contents read as zeros). Every
+    /// number taken from the image is bounded before it sizes anything.
+    pub fn from_image(img: &Image) -> Result<Handover, ImageError> {
+        for &p in img.pages.keys() {
+            if p < ARENA_BASE || !p.is_multiple_of(PAGE) {
+                return Err(ImageError::OutOfRange { phys: p, pages: 1 });
+            }
+        }
+        let too_big = |pages: Option<u64>| {
+            ImageError::Descriptor(match pages {
+                Some(n) => format!(
+                    "the image needs an arena of {n} pages, more than the \
+                     {MAX_BOOT_ARENA_PAGES} a kernel booted from an image gets"
+                ),
+                None => "the image's pages lie beyond any arena".to_owned(),
+            })
+        };
+        // Arena pages up to the last saved one, then the blob's.
+        let saved = img
+            .pages
+            .keys()
+            .map(|&p| (p - ARENA_BASE) / PAGE + 1)
+            .max()
+            .unwrap_or(0);
+        let blob_pages = (img.blob.len() as u64).div_ceil(PAGE);
+        let need = saved.checked_add(blob_pages).ok_or_else(|| too_big(None))?;
+        let arena_pages = img.arena_pages.max(need);
+        if arena_pages > MAX_BOOT_ARENA_PAGES {
+            return Err(too_big(Some(arena_pages)));
+        }
+        let blob_at = ARENA_BASE + saved * PAGE;
+        let arena = HeapBacking::new(arena_pages * PAGE);
+        let write = |phys: u64, data: &[u8]| {
+            arena
+                .write(phys - ARENA_BASE, data)
+                .map_err(|_| ImageError::Truncated {
+                    what: "image page",
+                    phys,
+                })
+        };
+        for (&p, data) in &img.pages {
+            write(p, data)?;
+        }
+        write(blob_at, &img.blob)?;
+        let mut regions = Vec::new();
+        for &base in &img.regions {
+            if base < REGION_BASE
+                || !(base - REGION_BASE).is_multiple_of(REGION_SPAN)
+                || base.checked_add(REGION_SPAN).is_none()
+                || regions.iter().any(|r: &Arc<ExtRegion>| r.base() == base)
+            {
+                return Err(ImageError::Descriptor(format!(
+                    "bad or repeated region base {base:#x}"
+                )));
+            }
+            let r = ExtRegion::create(base, "luo-image-region").map_err(ImageError::Host)?;
+            // The preserved pages in the region read as zeros (a sparse file).
+            let end = img
+                .ranges
+                .iter()
+                .filter(|x| x.phys >= base && x.phys - base < REGION_SPAN)
+                .map(|x| {
+                    let bytes = (u64::from(x.count) << x.order.min(32)).saturating_mul(PAGE);
+                    (x.phys - base).saturating_add(bytes).min(REGION_SPAN)
+                })
+                .max()
+                .unwrap_or(0);
+            rustix::fs::ftruncate(r.fd(), end)
+                .map_err(|e| ImageError::Host(crate::mem::host_err(e)))?;
+            regions.push(Arc::new(r));
+        }
+        Ok(Handover {
+            mem: MemHandover {
+                arena: Arc::new(arena),
+                arena_kind: BackingKind::Heap,
+                regions,
+                blob: blob_at,
+            },
+        })
+    }
+
     /// The subtrees the handover publishes (name → (phys, size)).
     pub fn subtrees(&self) -> Result<BTreeMap<String, (u64, usize)>, ImageError> {
         Ok(Image::from_handover(self)?.subtrees)
@@ -223,6 +350,11 @@ impl Handover {
     pub fn read_phys(&self, phys: u64, buf: &mut [u8]) -> Result<(), Errno> {
         let off = phys.checked_sub(ARENA_BASE).ok_or(Errno::EFAULT)?;
         self.mem.arena.read(off, buf)
+    }
+
+    /// Physical address of the KHO handover blob (in the arena).
+    pub fn blob(&self) -> u64 {
+        self.mem.blob
     }
 
     /// Overwrites arena memory of the handover: fault injection for tests of corrupt images.

@@ -34,6 +34,7 @@ use rustix::net::{
 };
 
 #[allow(missing_docs)]
+pub mod boot_image;
 pub mod machine;
 pub mod progress;
 mod proto;
@@ -306,7 +307,26 @@ fn raise_nofile() {
 
 fn bind_listener(path: &Path) -> Result<OwnedFd, SimError> {
     let addr = SocketAddrUnix::new(path)?;
-    if path.exists() {
+    // Only a socket is ever replaced: the path may name a user's file (`--socket ~/notes`).
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        if !t.is_socket() {
+            let kind = if t.is_dir() {
+                "a directory"
+            } else if t.is_symlink() {
+                "a symbolic link"
+            } else if t.is_file() {
+                "a regular file"
+            } else {
+                "not a socket"
+            };
+            return Err(SimError::Daemon(format!(
+                "refusing to put the socket at {}: it exists and is {kind}; remove it or give \
+                 another path with --socket",
+                path.display()
+            )));
+        }
         let probe = rustix::net::socket_with(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,
@@ -340,6 +360,8 @@ fn bind_listener(path: &Path) -> Result<OwnedFd, SimError> {
 /// Runs the daemon until killed. When started by [`kexec`]'s re-exec, boots from the handover
 /// and keeps the inherited listening socket.
 pub fn serve(opts: &ServeOptions) -> Result<(), SimError> {
+    // A daemon asked whether this program can be its next kernel: yes, before anything else.
+    luo_core::exec::answer_probe();
     raise_nofile();
     let boot = BootOptions {
         backing: BackingKind::Memfd,
@@ -428,7 +450,11 @@ pub fn serve(opts: &ServeOptions) -> Result<(), SimError> {
 impl Daemon {
     fn log(&self, args: std::fmt::Arguments<'_>) {
         if self.verbose {
-            eprintln!("[luo-sim] {args}");
+            // A closed log reader must not take the machine down: the error is dropped.
+            let _ = std::io::Write::write_fmt(
+                &mut std::io::stderr(),
+                format_args!("[luo-sim] {args}\n"),
+            );
         }
     }
 
@@ -1001,10 +1027,18 @@ impl Daemon {
         // start leaves the machine and its sessions as they were (the kernel loads the next
         // image before the reboot path runs). The default is this very binary through
         // /proc/self/exe, which still names it after a rebuild replaced the file on disk.
+        let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+        let checked = match &into {
+            // Another program must show it boots from a handover (run as the re-exec will
+            // run it): `/bin/true` would take the frozen machine with it.
+            Some(p) => check_exec(p).and_then(|()| luo_core::exec::probe(p, &args)),
+            None => Ok(()),
+        };
         let program = into.unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
-        if let Err(why) = check_exec(&program) {
+        if let Err(why) = checked.and_then(|()| check_exec(&program)) {
             let msg = format!(
-                "cannot kexec into {}: {why}; nothing was frozen, the machine carries on",
+                "cannot kexec into {}: {why}; nothing was frozen, the machine carries on \
+                 (--into takes a luo or luo-sim-daemon binary)",
                 program.display()
             );
             self.log(format_args!("{msg}"));
@@ -1032,7 +1066,6 @@ impl Daemon {
         };
         self.conns.clear();
         self.mirrors.clear();
-        let args: Vec<OsString> = std::env::args_os().skip(1).collect();
         let ok = rustix::io::fcntl_setfd(&self.listener, FdFlags::empty()).is_ok()
             && rustix::io::fcntl_setfd(&req.sock, FdFlags::empty()).is_ok();
         let e = if ok {

@@ -12,24 +12,26 @@
 //! virtual machine's files instead (guest RAM memfd, HugeTLB memfd, KVM VM, guest_memfds,
 //! iommufd, vfio-pci devices) through the same two stages, plan and reporter.
 
-mod vm;
-
-pub use vm::VmReport;
-
-use crate::progress::{self, Progress};
-
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use luo_abi::Errno;
+
+use crate::progress::{self, Progress};
+
+mod stage2;
+pub(crate) mod vm;
+
 /// How the HugeTLB pools cross (`--hugetlb-form`), re-exported for front ends.
 pub use luo_handlers::hugetlb::Form as HugetlbForm;
+pub use stage2::*;
+pub use vm::VmReport;
 
 use HugetlbForm as Form;
 
-use luo_core::{BackingKind, BootOptions, Handover, ImageError, Kernel, KernelVersion, LuoFormat};
+use luo_core::{BackingKind, BootOptions, ImageError, Kernel, KernelVersion, LuoFormat};
 
 use crate::size::Human;
 
@@ -191,6 +193,18 @@ pub enum SimError {
     /// Options that do not go together.
     #[error("{0}")]
     Usage(String),
+    /// `--next` names a program that does not run stage 2: refused before anything is frozen.
+    #[error(
+        "--next {}: {why}; nothing was preserved or frozen (give a `luo` or `luo-sim` binary, \
+         or leave out --next to kexec into this one)",
+        next.display()
+    )]
+    NotNext {
+        /// The program.
+        next: PathBuf,
+        /// What it did instead.
+        why: String,
+    },
     /// A file came back different ([`Scenario::Vm`]): what differed.
     #[error("after the live update: {0}")]
     Check(String),
@@ -361,8 +375,45 @@ impl Plan {
     /// inherited.
     fn check(&self) -> Result<(), SimError> {
         match self.scenario {
-            Scenario::Basic => Ok(()),
-            Scenario::Vm => vm::check(self),
+            Scenario::Basic => {}
+            Scenario::Vm => vm::check(self)?,
+        }
+        self.check_memory(host_available_memory())
+    }
+
+    /// The memfd data the run writes (and keeps across the kexec) must fit in the host's
+    /// available memory (`available`, when known): a size beyond it would fill memory until
+    /// the run is killed. Refused before anything is created.
+    fn check_memory(&self, available: Option<u64>) -> Result<(), SimError> {
+        let (what, total) = match self.scenario {
+            Scenario::Basic => (
+                format!(
+                    "--size {} x {} session(s) x {} file(s)",
+                    self.size, self.sessions, self.files
+                ),
+                u64::from(self.sessions)
+                    .checked_mul(u64::from(self.files))
+                    .and_then(|n| n.checked_mul(self.size)),
+            ),
+            Scenario::Vm => (
+                format!("--size {} of guest RAM", self.size),
+                Some(self.size),
+            ),
+        };
+        match (total, available) {
+            (Some(t), Some(a)) if t <= a => Ok(()),
+            (Some(_), None) => Ok(()),
+            (t, a) => Err(SimError::Usage(format!(
+                "{what} is {} of memfd data, more than {}; give a smaller --size{}",
+                t.map_or("more than 2^64 bytes".to_owned(), |t| format!("{t} bytes")),
+                a.map_or("any machine has".to_owned(), |a| format!(
+                    "this machine's available memory ({a} bytes, MemAvailable in /proc/meminfo)"
+                )),
+                match self.scenario {
+                    Scenario::Basic => " or fewer --sessions/--files",
+                    Scenario::Vm => "",
+                }
+            ))),
         }
     }
 
@@ -596,6 +647,14 @@ pub fn stage1(opts: &Options, out: &mut dyn Write) -> Result<(), SimError> {
         ));
     }
     plan.check()?;
+    // Another binary as the next stage must show it runs stage 2 before anything is
+    // preserved: `--next /bin/true` would exit 0 having verified nothing.
+    if let Some(next) = &opts.next {
+        luo_core::exec::probe(next, &plan.stage2_args).map_err(|why| SimError::NotNext {
+            next: next.clone(),
+            why,
+        })?;
+    }
     let mut rep = plan.reporter(out, 1);
     let boot = BootOptions {
         backing: BackingKind::Memfd,
@@ -616,183 +675,16 @@ pub fn stage1(opts: &Options, out: &mut dyn Write) -> Result<(), SimError> {
     reboot_and_exec(k, &plan, &mut rep)
 }
 
-/// What the last stage found.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Report {
-    /// `liveupdate_num` of the last kernel.
-    pub liveupdate_num: u64,
-    /// Sessions retrieved (in the last stage).
-    pub sessions: u32,
-    /// Files retrieved (in the last stage).
-    pub files: u32,
-    /// Bytes checked (in the last stage).
-    pub verified_bytes: u64,
-    /// Preserved pages left (beyond LUO's root) plus incoming pages never restored.
-    pub preserved_pages_left: u64,
-    /// What the `vm` scenario checked, file type by file type.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub vm: Option<vm::VmReport>,
-}
-
-fn retrieve_and_verify(k: &Kernel, p: &Plan, rep: &mut Reporter<'_>) -> Result<u64, SimError> {
-    // The data the previous stage wrote.
-    let seed = hop_seed(p.seed, p.hop - 1);
-    let (sessions, files, size) = (p.sessions, p.files, p.size);
-    let (fds, t) = timed(|| {
-        let dev = op(|| "open /dev/liveupdate".into(), k.open_dev())?;
-        let mut all = Vec::new();
-        for s in 0..sessions {
-            let sfd = op(
-                || format!("retrieve session {s}"),
-                k.retrieve_session(dev, &session_name(s)),
-            )?;
-            let mut v = Vec::new();
-            for f in 0..files {
-                v.push(op(
-                    || format!("retrieve session {s} file {f}"),
-                    k.retrieve_fd(sfd, token(s, f)),
-                )?);
-            }
-            all.push((sfd, v));
-        }
-        op(|| "close /dev/liveupdate".into(), k.close(dev))?;
-        Ok(all)
-    })?;
-    rep.phase(
-        "retrieve",
-        t,
-        &format!("{sessions} sessions, {} files", sessions * files),
-    )?;
-    let mut bar = rep.bytes(
-        "verify",
-        u64::from(sessions)
-            .saturating_mul(u64::from(files))
-            .saturating_mul(size),
-    );
-    let (verified, t) = timed(|| {
-        let mut buf = vec![0u8; 1 << 16];
-        let mut want = vec![0u8; 1 << 16];
-        let mut total = 0u64;
-        for (s, (_, v)) in fds.iter().enumerate() {
-            for (f, &fd) in v.iter().enumerate() {
-                let (s, f) = (s as u32, f as u32);
-                let mut off = 0u64;
-                loop {
-                    let n = op(|| "read".into(), k.pread(fd, off, &mut buf))?;
-                    if n == 0 {
-                        break;
-                    }
-                    fill(seed, s, f, off, &mut want[..n]);
-                    if let Some(i) = (0..n).find(|&i| buf[i] != want[i]) {
-                        return Err(SimError::Mismatch {
-                            session: s,
-                            file: f,
-                            offset: off + i as u64,
-                            got: buf[i],
-                            want: want[i],
-                        });
-                    }
-                    bar.inc(n as u64);
-                    off += n as u64;
-                }
-                if off != size {
-                    return Err(SimError::Op {
-                        what: format!("session {s} file {f}: size {off}, expected {size}"),
-                        errno: Errno::EIO,
-                    });
-                }
-                total += off;
-            }
-        }
-        Ok(total)
-    })?;
-    bar.finish();
-    rep.phase(
-        "verify",
-        t,
-        &format!("{}, every one checked", exact_bytes(verified)),
-    )?;
-    let (_, t) = timed(|| {
-        for (s, (sfd, v)) in fds.iter().enumerate() {
-            op(|| format!("finish session {s}"), k.finish_session(*sfd))?;
-            op(|| "close".into(), k.close(*sfd))?;
-            for &fd in v {
-                op(|| "close".into(), k.close(fd))?;
-            }
-        }
-        Ok(())
-    })?;
-    let st = k.stats();
-    let left = st.preserved_beyond_root() + st.kho.incoming_pages;
-    rep.phase("finish", t, &format!("{left} preserved pages left"))?;
-    if left != 0 {
-        return Err(SimError::Leak(left));
-    }
-    Ok(verified)
-}
-
-/// A later stage: boot from the inherited handover, retrieve, verify every byte, finish; then
-/// either preserve again and `execve` the next stage, or (last hop) print the report (a
-/// summary, or the last JSON Lines record) and return it.
-pub fn stage2(out: &mut dyn Write) -> Result<Report, SimError> {
-    let plan = Plan::from_env()?;
-    let mut rep = plan.reporter(out, plan.hop.saturating_add(1));
-    // How long the execve took: from the previous stage's clock reading to now.
-    if let Some(at) = std::env::var(EXEC_AT_ENV)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        let took = Duration::from_nanos(monotonic_ns().saturating_sub(at));
-        rep.phase(
-            "exec",
-            took,
-            &format!("execve {}, handover inherited", plan.next.display()),
-        )?;
-    }
-    let report = stage2_with(&plan, &mut rep)?;
-    rep.report(&report)?;
-    rep.out.flush()?;
-    Ok(report)
-}
-
-fn stage2_with(plan: &Plan, rep: &mut Reporter<'_>) -> Result<Report, SimError> {
-    let kernel = plan.kernel(plan.hop);
-    let (k, t) = timed(|| {
-        let h = Handover::from_env()?.ok_or(SimError::NoHandover(luo_core::exec::HANDOVER_ENV))?;
-        let boot = BootOptions {
-            version: kernel,
-            ..crate::machine::default_options()
-        };
-        // A format this kernel does not read is a clean error here (upstream: panic).
-        Kernel::boot(&boot, Some(h)).map_err(|e| SimError::BootAs(kernel, e))
-    })?;
-    rep.phase(
-        "boot",
-        t,
-        &format!(
-            "kernel luo:{kernel}; liveupdate_num {}; {} incoming pages",
-            k.liveupdate_num(),
-            k.stats().kho.incoming_pages
-        ),
-    )?;
-    if plan.scenario == Scenario::Vm {
-        // One hop (`Plan::check`): this is the last stage.
-        return vm::retrieve_and_verify(&k, plan, rep);
-    }
-    let verified = retrieve_and_verify(&k, plan, rep)?;
-    if plan.hop < plan.hops {
-        populate(&k, plan, rep)?;
-        // Returns only on failure.
-        reboot_and_exec(k, plan, rep)?;
-        return Err(SimError::NoHandover("a successful execve"));
-    }
-    let st = k.stats();
-    Ok(Report {
-        liveupdate_num: k.liveupdate_num(),
-        sessions: plan.sessions,
-        files: plan.sessions * plan.files,
-        verified_bytes: verified,
-        preserved_pages_left: st.preserved_beyond_root() + st.kho.incoming_pages,
-        vm: None,
-    })
+/// The host's available memory in bytes (`MemAvailable` of /proc/meminfo), if readable.
+fn host_available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
 }

@@ -9,6 +9,14 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// SIGTERM to a holder process a program left behind (no `kill` binary needed:
+/// procps is not on every machine).
+fn terminate(pid: i32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+}
+
 fn scratch(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("luo-sim-test-{}-{tag}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -129,7 +137,7 @@ fn two_stage(d: &Daemon, dir: &Path, nsess: u32, nfiles: u32) {
     assert!(report.contains("kexec done"), "{report}");
     let out = d.run_ok(&s2, &[&ns, &nf]);
     assert!(out.contains("stage2: ok"), "{out}");
-    let _ = Command::new("kill").arg(child.to_string()).status();
+    terminate(child);
 }
 
 #[test]
@@ -229,7 +237,7 @@ fn daemon_descriptors_return_to_their_starting_count() {
     let child: i32 = out.trim().parse().expect("child pid");
     let report = luo_sim::kexec(&d.socket, None).unwrap();
     assert!(report.contains("kexec done"), "{report}");
-    let _ = Command::new("kill").arg(child.to_string()).status();
+    terminate(child);
     let out = d.run_ok(&prog, &["retrieve"]);
     assert!(out.contains("retrieve: ok"), "{out}");
     // The re-exec'd daemon may hold the listener and its arena differently; its count after
@@ -309,15 +317,24 @@ fn failed_kexec_leaves_the_machine_and_its_sessions() {
         report.contains("liveupdate_num 1, 3 incoming sessions"),
         "{report}"
     );
-    let _ = Command::new("kill").arg(child.to_string()).status();
+    terminate(child);
     let out = d.run_ok(&s2, &["3", "4"]);
     assert!(out.contains("stage2: ok"), "{out}");
 
-    // Checks passed, exec failed: the machine boots from the handover in place.
+    // Checks passed, exec failed: the machine boots from the handover in place. The script
+    // answers the handover probe, then turns itself into one whose interpreter is missing,
+    // so the exec after the freeze fails.
     let out = d.run_ok(&s1, &["2", "2"]);
     let child: i32 = out.trim().parse().expect("child pid");
     let script = dir.join("script");
-    std::fs::write(&script, b"#!/nonexistent/interpreter\n").unwrap();
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho '{}'\nprintf '#!/nonexistent/interpreter\\n' > \"$0\"\n",
+            luo_core::exec::PROBE_ANSWER
+        ),
+    )
+    .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let (ret, text) = raw_kexec(&d.socket, script.as_os_str().as_encoded_bytes());
     assert!(ret < 0, "{text}");
@@ -329,7 +346,7 @@ fn failed_kexec_leaves_the_machine_and_its_sessions() {
         text.contains("liveupdate_num 2, 2 incoming sessions"),
         "{text}"
     );
-    let _ = Command::new("kill").arg(child.to_string()).status();
+    terminate(child);
     let out = d.run_ok(&s2, &["2", "2"]);
     assert!(out.contains("stage2: ok"), "{out}");
 }
@@ -348,7 +365,7 @@ fn growth_behind_the_freeze_is_undone_at_kexec() {
     let t = std::time::Instant::now();
     let report = luo_sim::kexec(&d.socket, None).unwrap();
     let took = t.elapsed();
-    let _ = Command::new("kill").arg(child.to_string()).status();
+    terminate(child);
     assert!(report.contains("kexec done"), "{report}");
     assert!(
         std::fs::read_to_string(&d.log)
@@ -387,7 +404,7 @@ fn kexec_after_the_binary_was_deleted() {
     let holder: i32 = out.trim().parse().expect("child pid");
     let report =
         luo_sim::kexec(&d.socket, None).unwrap_or_else(|e| panic!("{e}\n{}", d.log_tail()));
-    let _ = Command::new("kill").arg(holder.to_string()).status();
+    terminate(holder);
     assert!(
         report.contains("liveupdate_num 1, 2 incoming sessions"),
         "{report}"

@@ -59,6 +59,57 @@ fn intact_6_19_handover_inspects_and_boots_in_7_3() {
     assert!(b.iter().all(|&x| x == 5));
 }
 
+/// Overwrites the size of the KHO subtree entry `name` in the handover blob.
+fn patch_subtree_size(h: &Handover, name: &str, size: u64) {
+    let word = |at: u64| {
+        let mut b = [0u8; 8];
+        h.read_phys(at, &mut b).unwrap();
+        u64::from_ne_bytes(b)
+    };
+    // Blob: magic, nr_ranges, nr_subtrees, arena_pages; ranges of 16 bytes; subtrees of
+    // name[64], phys, size.
+    let blob = h.blob();
+    let (nr_ranges, nr_subtrees) = (word(blob + 8), word(blob + 16));
+    let subtrees = blob + 32 + nr_ranges * 16;
+    let entry = (0..nr_subtrees)
+        .map(|i| subtrees + i * 80)
+        .find(|&e| {
+            let mut n = [0u8; 64];
+            h.read_phys(e, &mut n).unwrap();
+            n.starts_with(name.as_bytes()) && n[name.len()] == 0
+        })
+        .expect("subtree entry");
+    h.write_phys(entry + 72, &size.to_ne_bytes()).unwrap();
+}
+
+/// A `"LUO"` subtree whose size claims more than was preserved (2^64-1 bytes, 16 TiB, 4 GiB)
+/// is a typed error when inspected and when a kernel boots from it, for
+/// both FDT kernels: nothing of the claimed size is allocated.
+#[test]
+fn subtree_size_beyond_preserved_memory_is_refused() {
+    for v in [KernelVersion::V6_19, KernelVersion::V7_0] {
+        for size in [u64::MAX, 1 << 44, 1 << 32] {
+            let h = handover(v);
+            patch_subtree_size(&h, "LUO", size);
+            assert_eq!(root(&h).1 as u64, size);
+            let e = inspect(&Image::from_handover(&h).unwrap()).unwrap_err();
+            assert!(
+                matches!(e, ImageError::SizeBeyondPreserved { what: "luo-v1 FDT", size: s, .. } if s == size),
+                "{v} inspect, size {size:#x}: {e}"
+            );
+            let e = Kernel::boot(&opts(v), Some(h)).err().expect("boot refused");
+            assert!(
+                matches!(e, ImageError::SizeBeyondPreserved { size: s, .. } if s == size),
+                "{v} boot, size {size:#x}: {e}"
+            );
+            assert!(
+                e.to_string().contains("more than the memory preserved"),
+                "{e}"
+            );
+        }
+    }
+}
+
 #[test]
 fn targeted_fdt_corruptions() {
     let boot = |h| Kernel::boot(&opts(KernelVersion::V7_3), Some(h)).err();

@@ -21,5 +21,6 @@ pub mod ir;
 pub mod layout;
 pub mod model;
 pub mod render;
+pub mod root;
 pub mod ty;
 pub mod valid;

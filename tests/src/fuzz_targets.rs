@@ -144,6 +144,21 @@ pub fn handover_image(data: &[u8]) {
     }
 }
 
+/// Booting a kernel from a saved image (`luo boot`): kernel `next` (which reads every
+/// format) boots from the memory the image describes, retrieves every session and file and
+/// finishes every session. Whatever the image holds — sizes, counts, addresses, records —
+/// this must end in a typed error or a report, never a panic, an abort or an allocation the
+/// image alone sizes; and a kernel that booted agrees with the decoder on the sessions.
+pub fn boot_image(data: &[u8]) {
+    let Ok(img) = luo_core::image::Image::from_bytes(data) else {
+        return;
+    };
+    if let Ok(report) = luo_sim::boot_image::boot_image(&img, luo_core::KernelVersion::Next) {
+        let decoded = luo_core::inspect::inspect(&img).expect("a booted image decodes");
+        assert_eq!(report.sessions.len(), decoded.sessions.len());
+    }
+}
+
 /// Physical address where [`fdt_luo`] maps its input.
 pub const FDT_MEM_BASE: u64 = 0x1000;
 
@@ -161,11 +176,20 @@ impl luo_core::blocks::PhysRead for FlatMem<'_> {
         buf.copy_from_slice(src);
         Ok(())
     }
+
+    /// All of the input is memory the previous kernel preserved; nothing else is.
+    fn is_preserved(&self, phys: u64, len: usize) -> bool {
+        phys.checked_sub(FDT_MEM_BASE)
+            .and_then(|o| o.checked_add(len as u64))
+            .is_some_and(|end| end <= self.0.len() as u64)
+    }
 }
 
 /// The 6.19/7.0 `luo-v1` handover reader. The input is physical memory at
-/// [`FDT_MEM_BASE`] whose first bytes are the `"LUO"` FDT (its length is the
-/// FDT header's `totalsize`, capped at a page): the FDT parser must not
+/// [`FDT_MEM_BASE`], all of it preserved, whose first bytes are the `"LUO"` FDT;
+/// the subtree size the reader is given is the FDT header's `totalsize`, not
+/// capped, so sizes beyond the input (up to 4 GiB) reach the reader and must be
+/// refused before anything of that size is allocated. The FDT parser must not
 /// panic, a tree it parses must write back to one that parses the same, and
 /// the LUO reader (the FDT's nodes and properties, the session area and its
 /// entries, the FLB area) must give a typed error or an image whose every
@@ -175,8 +199,7 @@ pub fn fdt_luo(data: &[u8]) {
     use luo_generated::luo::v1;
     let size = data
         .get(4..8)
-        .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
-        .min(4096);
+        .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
     if let Ok(tree) = fdt::parse(&data[..size.min(data.len())]) {
         // The writer refuses names the format forbids, which the parser lets through.
         if let Ok(again) = fdt::write(&tree) {
@@ -249,6 +272,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("abi_table", abi_table),
     ("snapshot_diff", snapshot_diff),
     ("handover_image", handover_image),
+    ("boot_image", boot_image),
     ("fdt_luo", fdt_luo),
     ("memfd_format", memfd_format),
     ("uapi", uapi),

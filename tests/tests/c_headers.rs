@@ -5,11 +5,15 @@
 //! struct and the bytes of every bitfield struct written through C; the
 //! numbers must equal what rustc computed for the generated Rust types and
 //! what the spec's layout engine computed.
+//!
+//! The i386 compiles need no 32-bit system headers (no gcc-multilib): see
+//! [`I386Sysroot`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use luo_spec::generate::load_checked;
 use luo_spec::layout::Target;
@@ -66,13 +70,145 @@ fn headers(dir: &Path) -> Vec<String> {
     out
 }
 
-fn compile(
+/// What `gcc -m32` needs to compile the generated headers, without the
+/// system's 32-bit headers.
+///
+/// The x86 uAPI headers are one set for i386, x86_64 and x32: `asm/types.h`
+/// is `asm-generic/int-ll64.h` on all three, and `asm/bitsperlong.h` and
+/// `asm/posix_types.h` choose by `__x86_64__`, `__ILP32__` and `__i386__`. So
+/// the directories a stock amd64 machine's gcc finds `linux/`, `asm/` and
+/// `asm-generic/` in serve `-m32` as well; what is missing there without
+/// gcc-multilib is only a directory that puts `asm/` on the 32-bit search
+/// path. The test assembles that sysroot at run time from links to the
+/// machine's own headers and compiles with `-nostdinc`, so gcc searches only
+/// the sysroot and its own freestanding headers (`stddef.h`, `stdbool.h`).
+/// Libc headers are not reachable this way, which the generated headers do not
+/// need: they must compile freestanding.
+struct I386Sysroot {
+    /// gcc's own headers (`gcc -m32 -print-file-name=include`).
+    gcc_include: PathBuf,
+    /// The assembled `include/` directory: links `linux`, `asm`, `asm-generic`.
+    include: PathBuf,
+}
+
+impl I386Sysroot {
+    /// The sysroot, assembled once per test process.
+    fn get() -> &'static I386Sysroot {
+        static SYSROOT: OnceLock<I386Sysroot> = OnceLock::new();
+        SYSROOT.get_or_init(|| {
+            let out = Command::new("gcc")
+                .args(["-m32", "-print-file-name=include"])
+                .output()
+                .expect("run gcc");
+            let gcc_include = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            assert!(
+                gcc_include.join("stddef.h").is_file(),
+                "gcc's own include directory {} has no stddef.h",
+                gcc_include.display()
+            );
+            let native = search_dirs(&native_verbose_compile());
+            let include = assemble(
+                "i386-sysroot",
+                &native,
+                &[
+                    ("linux", "types.h"),
+                    ("asm", "types.h"),
+                    ("asm-generic", "int-ll64.h"),
+                ],
+            );
+            I386Sysroot {
+                gcc_include,
+                include,
+            }
+        })
+    }
+
+    /// The flags of an i386 compile against `include` (the sysroot, or another
+    /// directory to show what the compile depends on).
+    fn flags(&self, include: &Path) -> Vec<String> {
+        vec![
+            "-m32".into(),
+            "-nostdinc".into(),
+            "-isystem".into(),
+            self.gcc_include.display().to_string(),
+            "-isystem".into(),
+            include.display().to_string(),
+        ]
+    }
+}
+
+/// `CARGO_TARGET_TMPDIR/<name>/include` holding a link per `(dir, probe)` to
+/// the first directory `dir` of `search` that has the file `probe`.
+fn assemble(name: &str, search: &[PathBuf], dirs: &[(&str, &str)]) -> PathBuf {
+    let include = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(name)
+        .join("include");
+    std::fs::create_dir_all(&include).expect("create the sysroot");
+    for (dir, probe) in dirs {
+        let from = search
+            .iter()
+            .map(|d| d.join(dir))
+            .find(|d| d.join(probe).is_file())
+            .unwrap_or_else(|| {
+                panic!(
+                    "the native gcc finds no {dir}/{probe} in {search:?}: install the \
+                     kernel's uAPI headers (Debian: linux-libc-dev, a dependency of libc6-dev)"
+                )
+            });
+        // Another test process may assemble the same sysroot: replace each link
+        // atomically by renaming a new one over it.
+        let tmp = include.join(format!(".{dir}.{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&from, &tmp).expect("link into the sysroot");
+        std::fs::rename(&tmp, include.join(dir)).expect("link into the sysroot");
+    }
+    include
+}
+
+/// The stderr of `gcc -v -E` on an empty C file: the native search list.
+fn native_verbose_compile() -> String {
+    let out = Command::new("gcc")
+        .args(["-v", "-E", "-x", "c", "/dev/null", "-o", "/dev/null"])
+        .output()
+        .expect("run gcc");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The `#include <...>` search list of a `gcc -v` run.
+fn search_dirs(verbose: &str) -> Vec<PathBuf> {
+    verbose
+        .lines()
+        .skip_while(|l| !l.starts_with("#include <...> search starts here:"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("End of search list."))
+        .map(|l| PathBuf::from(l.trim()))
+        .collect()
+}
+
+fn compile<S: AsRef<std::ffi::OsStr>>(
     compiler: &str,
-    args: &[&str],
+    args: &[S],
     lang: &str,
     include: &Path,
     source: &str,
 ) -> Result<(), String> {
+    compile_output(compiler, args, lang, include, source).and_then(|out| {
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    })
+}
+
+fn compile_output<S: AsRef<std::ffi::OsStr>>(
+    compiler: &str,
+    args: &[S],
+    lang: &str,
+    include: &Path,
+    source: &str,
+) -> Result<std::process::Output, String> {
     // Tests run in parallel threads of one process: every compile gets its own file.
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -89,28 +225,118 @@ fn compile(
         .arg(include)
         .arg(&src)
         .output()
-        .map_err(|e| format!("cannot run {compiler}: {e}"))?;
+        .map_err(|e| format!("cannot run {compiler}: {e}"));
     let _ = std::fs::remove_dir_all(&dir);
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    out
+}
+
+/// The i386 compile searches the sysroot and gcc's own headers and nothing
+/// else, and every header it opens comes from there: it does not depend on
+/// gcc-multilib even on a machine that has it.
+#[test]
+fn i386_compile_searches_only_the_test_sysroot() {
+    let sysroot = I386Sysroot::get();
+    let (_, dir) = include_dirs().into_iter().next().expect("a kernel");
+    let mut args = sysroot.flags(&sysroot.include);
+    args.extend(["-v".into(), "-H".into()]);
+    let src = "#include <uapi/linux/liveupdate.h>\n#include <linux/kho/abi/memfd.h>\n";
+    let out = compile_output("gcc", &args, "c", &dir, src).expect("gcc");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        search_dirs(&err),
+        [
+            dir.clone(),
+            sysroot.gcc_include.clone(),
+            sysroot.include.clone()
+        ],
+        "{err}"
+    );
+    // `-H` prints each header opened, one dot per nesting level, with the
+    // sysroot's links resolved.
+    let opened: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix('.'))
+        .map(|l| l.trim_start_matches('.').trim())
+        .collect();
+    let real = |p: PathBuf| p.canonicalize().expect("sysroot link resolves");
+    let allowed = [
+        real(dir.clone()),
+        real(sysroot.gcc_include.clone()),
+        real(sysroot.include.join("linux")),
+        real(sysroot.include.join("asm")),
+        real(sysroot.include.join("asm-generic")),
+    ];
+    for h in &opened {
+        let h = real(PathBuf::from(h));
+        assert!(
+            allowed.iter().any(|a| h.starts_with(a)),
+            "{} is outside the i386 sysroot:\n{err}",
+            h.display()
+        );
     }
+    let asm_types = real(sysroot.include.join("asm/types.h"));
+    assert!(
+        opened.iter().any(|h| real(PathBuf::from(h)) == asm_types),
+        "asm/types.h not read through the sysroot:\n{err}"
+    );
+}
+
+/// The other half of the proof: against a sysroot without `asm/` the same
+/// compile fails on a missing `asm/` header, so nothing on the system's search
+/// path (such as gcc-multilib's `/usr/include/asm`) is used in its place.
+#[test]
+fn i386_compile_fails_against_a_sysroot_without_asm() {
+    let sysroot = I386Sysroot::get();
+    let (_, dir) = include_dirs().into_iter().next().expect("a kernel");
+    let without_asm = assemble(
+        "i386-sysroot-without-asm",
+        &search_dirs(&native_verbose_compile()),
+        &[("linux", "types.h"), ("asm-generic", "int-ll64.h")],
+    );
+    let err = compile(
+        "gcc",
+        &sysroot.flags(&without_asm),
+        "c",
+        &dir,
+        "#include <uapi/linux/liveupdate.h>\n",
+    )
+    .expect_err("compiles without any asm headers");
+    assert!(
+        err.contains("asm/") && err.contains("No such file or directory"),
+        "{err}"
+    );
 }
 
 #[test]
 fn every_header_compiles_alone() {
-    let modes: [(&str, &[&str], &str); 3] = [
+    let i386 = I386Sysroot::get();
+    let strs = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let modes: [(&str, Vec<String>, &str); 3] = [
         (
             "gcc",
-            &["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic"],
+            strs(&["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic"]),
             "c",
         ),
-        ("g++", &["-std=c++17", "-Wall", "-Werror"], "c++"),
-        ("gcc", &["-m32", "-std=c11", "-Wall", "-Werror"], "c"),
+        ("g++", strs(&["-std=c++17", "-Wall", "-Werror"]), "c++"),
+        (
+            "gcc",
+            [
+                i386.flags(&i386.include),
+                strs(&["-std=c11", "-Wall", "-Werror"]),
+            ]
+            .concat(),
+            "c",
+        ),
     ];
     let mut failures = Vec::new();
     let mut count = 0;
+    // g++ is not part of a machine with only Rust and gcc: without it the C++
+    // compiles are skipped with a note rather than failed.
+    let have_cxx = Command::new("g++").arg("--version").output().is_ok();
+    if !have_cxx {
+        eprintln!("note: g++ is not installed; the C++17 compiles are skipped");
+    }
     for (kernel, dir) in include_dirs() {
         let hs = headers(&dir);
         assert!(
@@ -120,7 +346,10 @@ fn every_header_compiles_alone() {
             dir.display()
         );
         for h in hs {
-            for (cc, args, lang) in modes {
+            for (cc, args, lang) in &modes {
+                if *cc == "g++" && !have_cxx {
+                    continue;
+                }
                 count += 1;
                 if let Err(e) = compile(cc, args, lang, &dir, &format!("#include <{h}>\n")) {
                     failures.push(format!("{kernel}: {h} with {cc} {}:\n{e}", args.join(" ")));
@@ -342,14 +571,10 @@ fn khoser_pointers_read_as_upstream() {
         src,
     )
     .expect("upstream-style access compiles");
-    compile(
-        "gcc",
-        &["-m32", "-std=c11", "-Wall", "-Werror"],
-        "c",
-        &dir,
-        src,
-    )
-    .expect("and on i386");
+    let i386 = I386Sysroot::get();
+    let mut args = i386.flags(&i386.include);
+    args.extend(["-std=c11".into(), "-Wall".into(), "-Werror".into()]);
+    compile("gcc", &args, "c", &dir, src).expect("and on i386");
 }
 
 /// Upstream's kernel/liveupdate/kexec_handover.c hands `leaf->bitmap` of `struct

@@ -52,8 +52,9 @@ fn is_committed(f: &Path) -> bool {
 /// generated ABI tables (`abi_table`), the released layout snapshots alone
 /// and paired with the next release (`snapshot_diff`), real 6.19 and 7.0
 /// handovers (`fdt_luo`), a record of each memfd version (`memfd_format`) and
-/// uAPI sequences (`uapi`). `handover_image` seeds are saved simulations
-/// (`fuzz/README.md`).
+/// uAPI sequences (`uapi`), and an image of each LUO format with one small
+/// memfd (`boot_image`; the 6.19 and 7.0 ones also for `handover_image`,
+/// whose other seeds are saved simulations, `fuzz/README.md`).
 /// `cargo test -p luo-tests --test fuzz_corpus -- --ignored write_seeds`.
 #[test]
 #[ignore = "writes the seed corpora"]
@@ -178,6 +179,31 @@ fn write_seeds() {
         put("fdt_luo", tag, &mem);
     }
 
+    // handover_image: the FDT kernels' images (the fuzzer found only luo-v5 ones), so the
+    // `"LUO"` subtree's size field leads to the FDT reader; boot_image: an image of each LUO
+    // format. One session with one small memfd each.
+    for (v, tag) in [
+        (KernelVersion::V6_19, "6.19"),
+        (KernelVersion::V7_0, "7.0"),
+        (KernelVersion::V7_3, "7.3"),
+        (KernelVersion::Next, "next"),
+    ] {
+        let k = Kernel::boot(&luo_sim::machine::boot_options(v), None).expect("boot");
+        let dev = k.open_dev().expect("dev");
+        let sfd = k.create_session(dev, "s").expect("create");
+        let m = k.memfd_create("m").expect("memfd");
+        k.pwrite(m, 0, b"seed").expect("write");
+        k.preserve_fd(sfd, m, 1).expect("preserve");
+        let h = k.kexec().expect("kexec");
+        let img = luo_core::image::Image::from_handover(&h)
+            .expect("image")
+            .to_bytes();
+        if matches!(v, KernelVersion::V6_19 | KernelVersion::V7_0) {
+            put("handover_image", tag, &img);
+        }
+        put("boot_image", tag, &img);
+    }
+
     // memfd_format: a record of each version.
     let s = Ser {
         pos: 3,
@@ -214,6 +240,56 @@ fn write_seeds() {
         "close",
         &[0, 1, 0, 1, 0, 3, 9, 6, 0, 2, 3, 0, 9, 1, 10, 10],
     );
+}
+
+/// A deterministic sweep of the `boot_image` seeds (an image of each LUO format): every
+/// 8-byte word of the KHO blob (range addresses, orders and counts, subtree addresses and
+/// sizes) set to values no preserved memory can back, then bytes of the lowest saved page
+/// flipped, each run through the decoder and the boot path as the fuzz targets run them.
+/// The subtree size set to 2^64-1 or 2^44 is the case that used to abort.
+#[test]
+fn blob_words_and_page_bytes_swept_through_decoder_and_boot() {
+    use luo_tests::fuzz_targets::{boot_image, handover_image};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/boot_image");
+    let mut seeds: Vec<_> = std::fs::read_dir(&dir)
+        .expect("boot_image corpus")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("seed-"))
+        })
+        .collect();
+    seeds.sort();
+    assert!(seeds.len() >= 3, "{seeds:?}");
+    let mut runs = 0;
+    for seed in &seeds {
+        let bytes = std::fs::read(seed).expect("seed");
+        // Image header: magic, arena_pages, blob_len, nr_regions, nr_pages; then the blob.
+        let blob_len = u64::from_ne_bytes(bytes[16..24].try_into().expect("8")) as usize;
+        let blob = 40..40 + blob_len;
+        for at in blob.clone().step_by(8).skip(1) {
+            for v in [u64::MAX, 1 << 44, 1 << 32, 0] {
+                let mut b = bytes.clone();
+                b[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+                handover_image(&b);
+                boot_image(&b);
+                runs += 1;
+            }
+        }
+        // The saved pages follow the blob and the region bases: flip the first 256 bytes of
+        // the lowest saved page one by one.
+        let nr_regions = u64::from_ne_bytes(bytes[24..32].try_into().expect("8")) as usize;
+        let page = blob.end + 8 * nr_regions + 8;
+        for at in page..page + 256 {
+            let mut b = bytes.clone();
+            b[at] ^= 0xa5;
+            handover_image(&b);
+            boot_image(&b);
+            runs += 1;
+        }
+    }
+    assert!(runs > 1000, "{runs} runs");
 }
 
 /// The `.{ext}` files of `dir`, sorted.

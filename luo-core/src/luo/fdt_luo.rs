@@ -17,7 +17,7 @@ use luo_generated::luo::v1_flb::{
     luo_flb_header_ser, luo_flb_ser,
 };
 
-use crate::blocks::{PhysRead, read_obj, read_preserved};
+use crate::blocks::{PhysRead, read_claimed, read_obj};
 use crate::error::ImageError;
 use crate::fdt::{self, Node};
 use crate::luo::{Incoming, SessionImage};
@@ -55,9 +55,10 @@ pub fn build(
     fdt::write(&root)
 }
 
+/// The FDT the `"LUO"` subtree entry points at. Its size comes from the handover (the KHO
+/// subtree entry), so it is bounded by the memory preserved there before it is allocated.
 fn load<M: PhysRead + ?Sized>(mem: &M, root: u64, size: usize) -> Result<Node, ImageError> {
-    let mut b = vec![0u8; size];
-    read_preserved(mem, root, &mut b, "luo-v1 FDT")?;
+    let b = read_claimed(mem, root, size, "luo-v1 FDT")?;
     let t = fdt::parse(&b).map_err(|e| bad(e.to_string()))?;
     match t.prop_as_str("compatible") {
         Some(c) if c == LUO_FDT_COMPATIBLE => Ok(t),

@@ -215,23 +215,73 @@ pub fn current_set(spec_dir: &Path, name: &str) -> Result<KernelSet, InputError>
     Ok(set)
 }
 
-/// Export `spec/` at a git revision into a temporary directory.
-fn spec_at_revision(root: &Path, rev: &str) -> Result<PathBuf, InputError> {
+/// A temporary directory, removed when dropped: on every path out of the code that made it.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A new, empty directory under the system's temporary directory.
+    fn new(tag: &str) -> std::io::Result<TempDir> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("luo-{tag}-{}-{n}", std::process::id()));
+        // `create_dir`, not `create_dir_all`: a directory already there (or a link planted in
+        // its place) is an error rather than something to write into.
+        std::fs::create_dir(&dir)?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Resolves `rev` to a commit of the repository at `root`. The revision comes from the
+/// command line: one starting with `-` is refused (git would read it as an option, such as
+/// `--output=FILE`), and `--end-of-options` makes sure git reads whatever else it is as a
+/// revision only.
+fn commit_of(root: &Path, rev: &str) -> Result<String, InputError> {
     let git_err = |error: String| InputError::Git {
         rev: rev.into(),
         error,
     };
-    let dir = std::env::temp_dir().join(format!(
-        "luo-spec-{}-{}",
-        std::process::id(),
-        rev.replace(['/', ':'], "_")
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| git_err(e.to_string()))?;
+    if rev.is_empty() || rev.starts_with('-') || rev.contains(['\0', '\n']) {
+        return Err(git_err(
+            "not a revision (empty, or starting with `-`); give a commit, branch or tag, \
+             e.g. `git:HEAD~1`"
+                .into(),
+        ));
+    }
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["rev-parse", "--verify", "--quiet", "--end-of-options"])
+        .arg(format!("{rev}^{{commit}}"))
+        .output()
+        .map_err(|e| git_err(format!("cannot run git: {e}")))?;
+    let hash = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if !out.status.success() || hash.is_empty() || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(git_err(format!(
+            "no such commit in {} (`git log --oneline` lists them)",
+            root.display()
+        )));
+    }
+    Ok(hash)
+}
+
+/// Exports `spec/` at a git revision into a temporary directory (removed when the returned
+/// value is dropped); the spec is at `<dir>/spec`.
+fn spec_at_revision(root: &Path, rev: &str) -> Result<TempDir, InputError> {
+    let git_err = |error: String| InputError::Git {
+        rev: rev.into(),
+        error,
+    };
+    let commit = commit_of(root, rev)?;
     let archive = std::process::Command::new("git")
         .arg("-C")
         .arg(root)
-        .args(["archive", "--format=tar", rev, "spec"])
+        .args(["archive", "--format=tar", &commit, "--", "spec"])
         .output()
         .map_err(|e| git_err(e.to_string()))?;
     if !archive.status.success() {
@@ -239,10 +289,11 @@ fn spec_at_revision(root: &Path, rev: &str) -> Result<PathBuf, InputError> {
             String::from_utf8_lossy(&archive.stderr).trim().to_string(),
         ));
     }
+    let dir = TempDir::new("spec").map_err(|e| git_err(e.to_string()))?;
     let mut tar = std::process::Command::new("tar")
         .arg("-x")
         .arg("-C")
-        .arg(&dir)
+        .arg(&dir.0)
         .stdin(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| git_err(e.to_string()))?;
@@ -256,7 +307,7 @@ fn spec_at_revision(root: &Path, rev: &str) -> Result<PathBuf, InputError> {
     if !status.success() {
         return Err(git_err("tar failed".into()));
     }
-    Ok(dir.join("spec"))
+    Ok(dir)
 }
 
 /// What a diff argument names.
@@ -285,12 +336,12 @@ pub fn resolve(root: &Path, arg: &str) -> Result<Input, InputError> {
         let (rev, kernel) = rest
             .split_once(':')
             .map_or((rest, None), |(r, k)| (r, Some(k)));
-        let spec_dir = spec_at_revision(root, rev)?;
+        let tmp = spec_at_revision(root, rev)?;
+        let spec_dir = tmp.0.join("spec");
         let result = match kernel {
             None => current_set(&spec_dir, &format!("git:{rev}")),
-            Some(k) => pick(sets_from_spec(&spec_dir)?, k),
+            Some(k) => sets_from_spec(&spec_dir).and_then(|sets| pick(sets, k)),
         };
-        let _ = std::fs::remove_dir_all(spec_dir.parent().unwrap_or(&spec_dir));
         return result.map(Input::Kernel);
     }
     if let Some(k) = arg

@@ -589,8 +589,9 @@ fn radix_leaf_bitmap_is_unsigned_long_words() {
                { addr[nr / (8 * sizeof(long))] |= 1UL << (nr % (8 * sizeof(long))); }\n\
                void f(struct kho_radix_leaf *leaf) { set(3, leaf->bitmap); }\n\
                _Static_assert(sizeof(struct kho_radix_leaf) == PAGE_SIZE, \"a page\");\n";
-    for flags in [&["-std=c11"][..], &["-m32", "-std=c11"][..]] {
-        let flags = [flags, &["-Wall", "-Werror=incompatible-pointer-types"][..]].concat();
+    let i386 = I386Sysroot::get();
+    for mut flags in [Vec::new(), i386.flags(&i386.include)] {
+        flags.extend(["-std=c11", "-Wall", "-Werror=incompatible-pointer-types"].map(String::from));
         compile("gcc", &flags, "c", &dir, src).unwrap_or_else(|e| panic!("{flags:?}: {e}"));
     }
 }

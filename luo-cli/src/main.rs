@@ -613,8 +613,7 @@ fn inspect(image: &Path, format: Format) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match luo_core::image::Image::from_bytes(&bytes)
-        .and_then(|img| luo_core::inspect::inspect(&img))
+    match luo_core::image::Image::from_bytes(&bytes).and_then(|img| luo_sim::inspect::inspect(&img))
     {
         Ok(report) => {
             let mut out = Reporter::stdout(format);

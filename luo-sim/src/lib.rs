@@ -35,6 +35,7 @@ use rustix::net::{
 
 #[allow(missing_docs)]
 pub mod boot_image;
+pub mod inspect;
 pub mod machine;
 pub mod progress;
 mod proto;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
 //! Which kernel a bzImage is: the version string its x86 boot-protocol setup header points to,
 //! so a run that kexecs into another image can check each stage booted the image meant for it.
 //!

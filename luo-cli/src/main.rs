@@ -186,6 +186,12 @@ enum Command {
         /// target/realkernel/bzImage-7.2 as tests/kernel/build.sh writes it].
         #[arg(long)]
         kernel: Option<PathBuf>,
+        /// Kernel image the stages after the first boot into (repeatable: the first one is
+        /// kexec'd for stage 2, the second for stage 3, and so on; the last one given serves every
+        /// later stage), so a live update crosses two different kernels [default: --kernel].
+        /// Every stage checks it booted the image meant for it.
+        #[arg(long, value_name = "PATH", conflicts_with = "sim")]
+        next_kernel: Vec<PathBuf>,
         /// Only the simulator (no QEMU needed).
         #[arg(long, conflicts_with = "diff")]
         sim: bool,
@@ -478,6 +484,7 @@ fn main() -> ExitCode {
         Command::Sim(cmd) => sim(cmd, format),
         Command::Vmtest {
             kernel,
+            next_kernel,
             sim,
             diff,
             stages,
@@ -498,6 +505,7 @@ fn main() -> ExitCode {
                 root: luo_spec::root::find(cli.root.as_deref())
                     .unwrap_or_else(|_| cli.root.clone().unwrap_or_else(|| ".".into())),
                 kernel,
+                next_kernels: next_kernel,
                 mode,
                 stages,
                 programs,
@@ -609,8 +617,7 @@ fn inspect(image: &Path, format: Format) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match luo_core::image::Image::from_bytes(&bytes)
-        .and_then(|img| luo_core::inspect::inspect(&img))
+    match luo_core::image::Image::from_bytes(&bytes).and_then(|img| luo_sim::inspect::inspect(&img))
     {
         Ok(report) => {
             let mut out = Reporter::stdout(format);

@@ -12,19 +12,6 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read_dir") {
-        let p = e.expect("entry").path();
-        let dest = to.join(p.file_name().expect("name"));
-        if p.is_dir() {
-            copy_dir(&p, &dest);
-        } else {
-            std::fs::copy(&p, &dest).expect("copy");
-        }
-    }
-}
-
 struct Daemon(Child);
 
 impl Drop for Daemon {
@@ -73,7 +60,7 @@ fn sim_kexec_and_gen_print_json() {
 
     // `luo gen` into a scratch root holding a copy of the spec: every file added.
     let scratch = dir.join("root");
-    copy_dir(&root().join("spec"), &scratch.join("spec"));
+    luo_testing::copy_dir(&root().join("spec"), &scratch.join("spec"));
     std::fs::copy(root().join("Cargo.toml"), scratch.join("Cargo.toml")).expect("Cargo.toml");
     let v = json(&["--root", scratch.to_str().expect("utf8"), "gen"]);
     // Every generated file is new there (spec/spec.schema.json came with the copy).

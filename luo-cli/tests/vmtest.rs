@@ -183,6 +183,55 @@ fn missing_kernel_names_the_path_and_the_next_step() {
     assert_eq!(o.status.code(), Some(2), "{err}");
 }
 
+/// `--next-kernel`: each stage checks it runs on the image planned for it. A copy of the kernel
+/// whose boot-header version string was altered is not the kernel that runs after the kexec
+/// (its code still reports the original version), so stage 2 is refused; an unknown image is a
+/// setup error naming it.
+#[test]
+fn next_kernel_stage_runs_on_the_planned_image() {
+    let o = luo(&["--next-kernel", "/nonexistent/bzImage", SUITE[2]]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    if !err.contains("qemu-system-x86_64 is not in PATH") {
+        assert!(err.contains("/nonexistent/bzImage"), "{err}");
+        assert_eq!(o.status.code(), Some(2), "{err}");
+    }
+    if !have_machine() {
+        return;
+    }
+    let kernel = root().join("../shared/realkernel/bzImage-7.2.13");
+    let mut img = std::fs::read(&kernel).expect("kernel image");
+    // The setup header's kernel_version pointer (x86 boot protocol, offset 0x20e).
+    let at = u16::from_le_bytes([img[0x20e], img[0x20f]]) as usize + 0x200;
+    let end = at + img[at..].iter().position(|&c| c == 0).expect("terminated");
+    let digit = (at..end)
+        .rev()
+        .find(|&i| img[i].is_ascii_digit())
+        .expect("a digit");
+    img[digit] = if img[digit] == b'9' {
+        b'0'
+    } else {
+        img[digit] + 1
+    };
+    let copy = std::env::temp_dir().join(format!("luo-vmtest-altered-{}", std::process::id()));
+    std::fs::write(&copy, &img).expect("write the altered copy");
+    let o = luo(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--next-kernel",
+        copy.to_str().unwrap(),
+        SUITE[2],
+    ]);
+    let _ = std::fs::remove_file(&copy);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("stopped early: stage 2 ran on Linux 7.2.13")
+            && out.contains(&*copy.to_string_lossy()),
+        "{out}"
+    );
+    assert!(out.contains("booted: stage 1 Linux 7.2.13"), "{out}");
+}
+
 /// `--format json`: one JSON document with every program run, whatever the mode.
 #[test]
 fn json_output_is_one_document() {

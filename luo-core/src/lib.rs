@@ -53,7 +53,8 @@
 //!   paths directly.
 //! * [`capi`]: the `extern "C"` API of `linux/liveupdate.h`, KHO calls for C handlers and a
 //!   model driver for C programs (`tests/c/luo_model.h`).
-//! * [`image`] and [`inspect`]: `luo inspect` ([`memfd_record`]: its view of memfd records).
+//! * [`image`]: a handover saved to a file (`luo inspect` and `luo boot` read it; the viewer
+//!   lives in the machine layer, `luo-sim`).
 //!
 //! The core registers no handler: a kernel gets its handlers from the initcalls it boots with
 //! ([`BootOptions::initcalls`]); the machine layer (`luo-sim`: simulated machines, `luo
@@ -66,7 +67,6 @@ pub mod exec;
 pub mod fdt;
 pub mod file;
 pub mod image;
-pub mod inspect;
 pub mod kernel;
 pub use kernel::rust_host;
 pub mod kho;
@@ -74,7 +74,6 @@ mod lock_order;
 pub mod luo;
 pub use luo::{depend, fdt_luo, global};
 pub mod mem;
-pub mod memfd_record;
 pub mod static_desc;
 pub mod uapi;
 pub mod util;

@@ -90,6 +90,29 @@ impl<W: Write> Reporter<W> {
     }
 }
 
+/// `YYYY-MM-DD` of a day count since 1970-01-01 (the proleptic Gregorian calendar; the
+/// days-from-civil inverse of Howard Hinnant's date algorithms).
+pub fn civil_date(days: u64) -> String {
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// Today's UTC date, `YYYY-MM-DD` (what reports say they describe).
+pub fn today() -> String {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400);
+    civil_date(days)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -149,7 +149,7 @@ pub fn boot_image(img: &Image, version: KernelVersion) -> Result<BootReport, Boo
     let k =
         Kernel::boot(&crate::machine::boot_options(version), Some(handover)).map_err(refused)?;
     // The kernel read the image at boot; the decoder lists what it holds, by the same code.
-    let listing = luo_core::inspect::inspect(img).map_err(refused)?;
+    let listing = crate::inspect::inspect(img).map_err(refused)?;
     // Kernel next also runs the vm scenario's handlers, with HugeTLB in the form the image
     // was written with; they must be registered before the first open deserializes.
     let _vm = if version == KernelVersion::Next {

@@ -37,6 +37,7 @@ use rustix::net::{
 
 #[allow(missing_docs)]
 pub mod boot_image;
+pub mod inspect;
 pub mod machine;
 pub mod progress;
 mod proto;

@@ -16,9 +16,9 @@
 use std::collections::BTreeMap;
 
 use luo_core::image::Image;
-use luo_core::inspect::inspect;
 use luo_core::kho::KhoViolation;
 use luo_core::{Handover, Kernel};
+use luo_sim::inspect::inspect;
 use luo_testing as testing;
 
 const SESSIONS: u64 = 3;

@@ -4,8 +4,8 @@
 
 use luo_abi::Errno;
 use luo_core::image::Image;
-use luo_core::inspect::inspect;
 use luo_core::{Handover, ImageError, Kernel};
+use luo_sim::inspect::inspect;
 use luo_testing as testing;
 
 /// A handover with 3 sessions (2 test files and a memfd each) and the test FLB.

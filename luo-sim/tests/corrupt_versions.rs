@@ -4,8 +4,8 @@
 //! panics at boot on a bad LUO FDT (`luo_restore_fail`).
 
 use luo_core::image::Image;
-use luo_core::inspect::inspect;
 use luo_core::{BootOptions, Handover, ImageError, Kernel, KernelVersion};
+use luo_sim::inspect::inspect;
 
 fn opts(v: KernelVersion) -> BootOptions {
     BootOptions {

@@ -324,6 +324,11 @@ pub struct Field {
     /// address and the kernel pointer (same bytes as `u64`).
     #[serde(default)]
     pub khoser: bool,
+    /// For a `u64` array: render it as upstream's `DECLARE_BITMAP(name, 64 * len)`, an array
+    /// of `unsigned long` words holding the same bits (the same bytes on the little-endian
+    /// targets KHO runs on), so kernel code can pass it to `set_bit()` and friends.
+    #[serde(default)]
+    pub bitmap: bool,
     /// Value a migration from the previous version gives this member when
     /// the old version does not have it (constant expression).
     #[serde(default)]

@@ -426,3 +426,18 @@ impl FileHandler for TestDepHandler {
         }
     }
 }
+
+/// Copies the directory tree `from` to `to` (for tests that run a command on a scratch copy of
+/// the repository's spec). Panics on any error: a test fixture.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir") {
+        let p = e.expect("entry").path();
+        let dest = to.join(p.file_name().expect("name"));
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).expect("copy");
+        }
+    }
+}

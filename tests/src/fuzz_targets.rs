@@ -129,10 +129,10 @@ pub fn handover_image(data: &[u8]) {
     let Ok(img) = luo_core::image::Image::from_bytes(data) else {
         return;
     };
-    let first = luo_core::inspect::inspect(&img);
+    let first = luo_sim::inspect::inspect(&img);
     let again =
         luo_core::image::Image::from_bytes(&img.to_bytes()).expect("a decoded image re-encodes");
-    let second = luo_core::inspect::inspect(&again);
+    let second = luo_sim::inspect::inspect(&again);
     match (first, second) {
         (Ok(a), Ok(b)) => assert_eq!(a.to_json(), b.to_json()),
         (Err(_), Err(_)) => {}
@@ -154,7 +154,7 @@ pub fn boot_image(data: &[u8]) {
         return;
     };
     if let Ok(report) = luo_sim::boot_image::boot_image(&img, luo_core::KernelVersion::Next) {
-        let decoded = luo_core::inspect::inspect(&img).expect("a booted image decodes");
+        let decoded = luo_sim::inspect::inspect(&img).expect("a booted image decodes");
         assert_eq!(report.sessions.len(), decoded.sessions.len());
     }
 }
@@ -230,38 +230,34 @@ pub fn fdt_luo(data: &[u8]) {
 /// The memfd handover record of every version: the first byte picks the
 /// version (`memfd-v1`, `memfd-v2`, next), the rest is the record. Decoding
 /// never panics; a record that decodes re-encodes to one that decodes to
-/// the same values, and a short or long record is refused.
+/// the same values, and a short record is refused. The decoder is the memfd
+/// handler's own (what RETRIEVE_FD accepts).
 pub fn memfd_format(data: &[u8]) {
-    use luo_core::memfd_record::{Format, Next, Ser, V1, V2};
+    use luo_handlers::memfd::{RecordView, Version, decode, encode, record_size};
     use zerocopy::IntoBytes;
-    fn check<F: Format>(b: &[u8]) {
-        let r = F::decode(b);
-        if b.len() != F::SIZE {
-            assert!(r.is_err(), "a {}-byte record accepted", b.len());
-        }
-        let Ok(s) = r else { return };
-        let key = |s: &Ser| {
-            (
-                s.pos,
-                s.size,
-                s.seals,
-                s.nr_folios,
-                s.folios.as_bytes().to_vec(),
-            )
-        };
-        let enc = F::encode(&s);
-        assert_eq!(enc.len(), F::SIZE);
-        let back = F::decode(&enc).expect("a re-encoded record decodes");
-        assert_eq!(key(&back), key(&s), "{} round trip", F::COMPAT);
-    }
+    let key = |s: &RecordView| {
+        (
+            s.pos,
+            s.size,
+            s.seals,
+            s.nr_folios,
+            s.folios.as_bytes().to_vec(),
+        )
+    };
     let Some((&v, rest)) = data.split_first() else {
         return;
     };
-    match v % 3 {
-        0 => check::<V1>(rest),
-        1 => check::<V2>(rest),
-        _ => check::<Next>(rest),
+    let version = [Version::V1, Version::V2, Version::Next][usize::from(v % 3)];
+    let size = record_size(version);
+    let r = decode(version, rest);
+    if rest.len() < size {
+        assert!(r.is_err(), "a {}-byte record accepted", rest.len());
     }
+    let Ok(s) = r else { return };
+    let enc = encode(version, &s).expect("a decoded record re-encodes");
+    assert_eq!(enc.len(), size);
+    let back = decode(version, &enc).expect("a re-encoded record decodes");
+    assert_eq!(key(&back), key(&s), "{} round trip", version.compatible());
 }
 
 /// Every target by name, for the corpus replay.

@@ -1391,3 +1391,25 @@ fn renamed_definition_is_one_finding_with_its_places() {
     assert_eq!(diags.count(Severity::Error), 1, "{text}");
     assert!(text.contains("did you mean `blok`"), "{text}");
 }
+
+/// `bitmap` renders `DECLARE_BITMAP(name, 64 * len)`: only a `u64` array has the words it
+/// counts.
+#[test]
+fn bitmap_on_a_non_array() {
+    let diags = bad(
+        "bitmap_on_a_non_array",
+        &format!(
+            r#"{KHO}
+[[struct]]
+name = "demo_ser"
+fields = [
+    {{ name = "words", type = "u64", len = "2", bitmap = true }},
+    {{ name = "one", type = "u64", bitmap = true }},
+    {{ name = "small", type = "u32", len = "2", bitmap = true }},
+]
+"#
+        ),
+        "bitmap",
+    );
+    assert_eq!(count(&diags, "bitmap"), 2, "the u64 array is fine");
+}

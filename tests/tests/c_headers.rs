@@ -577,6 +577,25 @@ fn khoser_pointers_read_as_upstream() {
     compile("gcc", &args, "c", &dir, src).expect("and on i386");
 }
 
+/// Upstream's kernel/liveupdate/kexec_handover.c hands `leaf->bitmap` of `struct
+/// kho_radix_leaf` to `__set_bit()`, whose argument is `unsigned long *`: the member must be
+/// upstream's `DECLARE_BITMAP` (a `u64` array makes the kernel build fail with
+/// -Werror=incompatible-pointer-types), and still one page on every target.
+#[test]
+fn radix_leaf_bitmap_is_unsigned_long_words() {
+    let dir = root().join("generated/include");
+    let src = "#include <linux/kho/abi/kexec_handover.h>\n\
+               static void set(unsigned long nr, volatile unsigned long *addr)\n\
+               { addr[nr / (8 * sizeof(long))] |= 1UL << (nr % (8 * sizeof(long))); }\n\
+               void f(struct kho_radix_leaf *leaf) { set(3, leaf->bitmap); }\n\
+               _Static_assert(sizeof(struct kho_radix_leaf) == PAGE_SIZE, \"a page\");\n";
+    let i386 = I386Sysroot::get();
+    for mut flags in [Vec::new(), i386.flags(&i386.include)] {
+        flags.extend(["-std=c11", "-Wall", "-Werror=incompatible-pointer-types"].map(String::from));
+        compile("gcc", &flags, "c", &dir, src).unwrap_or_else(|e| panic!("{flags:?}: {e}"));
+    }
+}
+
 /// The generated `linux/kho/abi/luo.h` drops into the 7.2 tree: it defines upstream's test
 /// FLB macro (lib/tests/liveupdate.c needs `LIVEUPDATE_TEST_FLB_COMPATIBLE(i)` under
 /// `CONFIG_LIVEUPDATE_TEST`) and none of the macros upstream keeps in a .c file

@@ -108,26 +108,13 @@ fn every_command_prints_one_json_document() {
     // freeze writes under --root: a scratch root with a copy of the spec.
     let tmp = std::env::temp_dir().join(format!("luo-output-freeze-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    copy_dir(&root().join("spec"), &tmp.join("spec"));
+    luo_testing::copy_dir(&root().join("spec"), &tmp.join("spec"));
     std::fs::copy(root().join("Cargo.toml"), tmp.join("Cargo.toml")).expect("Cargo.toml");
     let tmp_s = tmp.to_str().expect("utf8");
     let (code, v) = json_doc(&["--root", tmp_s, "schema", "freeze", "next"]);
     assert_eq!(code, 0, "{v}");
     assert!(v["components"].as_array().is_some_and(|c| !c.is_empty()));
     let _ = std::fs::remove_dir_all(&tmp);
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read_dir") {
-        let p = e.expect("entry").path();
-        let dest = to.join(p.file_name().expect("name"));
-        if p.is_dir() {
-            copy_dir(&p, &dest);
-        } else {
-            std::fs::copy(&p, &dest).expect("copy");
-        }
-    }
 }
 
 /// `luo simulate --format json | jq -c .` parses: JSON Lines, every record an `event`, the
@@ -401,7 +388,7 @@ fn matrix_html_in_a_real_browser() {
 fn spec_errors_as_json() {
     let tmp = std::env::temp_dir().join(format!("luo-output-badspec-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    copy_dir(&root().join("spec"), &tmp.join("spec"));
+    luo_testing::copy_dir(&root().join("spec"), &tmp.join("spec"));
     std::fs::copy(root().join("Cargo.toml"), tmp.join("Cargo.toml")).expect("Cargo.toml");
     let memfd = tmp.join("spec/memfd.toml");
     let text = std::fs::read_to_string(&memfd).expect("memfd.toml");

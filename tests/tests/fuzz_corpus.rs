@@ -59,8 +59,8 @@ fn is_committed(f: &Path) -> bool {
 #[test]
 #[ignore = "writes the seed corpora"]
 fn write_seeds() {
-    use luo_core::memfd_record::{Format, Next, Ser, V1, V2};
     use luo_core::{BootOptions, Kernel, KernelVersion};
+    use luo_handlers::memfd::{RecordView, Version, encode};
     use luo_tests::fuzz_targets::FDT_MEM_BASE;
     use zerocopy::FromZeros;
 
@@ -205,7 +205,7 @@ fn write_seeds() {
     }
 
     // memfd_format: a record of each version.
-    let s = Ser {
+    let s = RecordView {
         pos: 3,
         size: 3 * 4096 + 5,
         seals: 0x6,
@@ -213,9 +213,9 @@ fn write_seeds() {
         folios: luo_generated::kho::kho_vmalloc::new_zeroed(),
     };
     for (v, bytes) in [
-        (0u8, V1::encode(&s)),
-        (1, V2::encode(&s)),
-        (2, Next::encode(&s)),
+        (0u8, encode(Version::V1, &s).expect("v1")),
+        (1, encode(Version::V2, &s).expect("v2")),
+        (2, encode(Version::Next, &s).expect("next")),
     ] {
         put(
             "memfd_format",

@@ -226,8 +226,9 @@ unsafe impl luo_abi::abi::AbiType for kho_radix_node {
 }
 
 /// struct kho_radix_leaf - The last level of the radix tree: a page of bits,
-/// one per key. Upstream declares it with DECLARE_BITMAP (unsigned long
-/// words); on the 64-bit targets KHO runs on that is the same page of u64.
+/// one per key. Declared, as upstream does, with DECLARE_BITMAP (unsigned long
+/// words, which kernel code hands to set_bit()); on the little-endian targets KHO
+/// runs on that is the same page of bits as the u64 words laid out here.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct kho_radix_leaf {

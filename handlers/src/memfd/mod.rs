@@ -29,9 +29,11 @@ use crate::folio_array::FolioArray;
 use crate::test_flb::TestFlbs;
 
 mod preserve;
+mod record;
 mod retrieve;
 
 use preserve::*;
+pub use record::{RecordView, decode, encode, record_size};
 use retrieve::*;
 
 const PAGE: u64 = PAGE_SIZE as u64;

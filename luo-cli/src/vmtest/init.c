@@ -5,7 +5,10 @@
  * The stage this boot plays comes from `luo_vmtest_stage=N` on /proc/cmdline (1 on a cold
  * boot). /vmtest/plan lists what to run, one program per line:
  *     STAGE <TAB> PATH [<TAB> ARG]...
- * plus one line `stages <TAB> N`. Each program of this stage runs in turn with its stdout and
+ * plus one line `stages <TAB> N` and, for a stage that boots another image than the first,
+ * `kernel <TAB> STAGE <TAB> PATH`. At the start of each stage the running kernel is reported:
+ *     @@luo-vmtest kernel STAGE RELEASE VERSION     (uname -r, uname -v)
+ * Each program of this stage runs in turn with its stdout and
  * stderr sent to files (not pipes: a program may leave a child behind that holds its session fds
  * across the kexec, as upstream's selftests do, and such a child must not keep a pipe open); when
  * the program itself has exited, the files are copied to the results port (/dev/ttyS1, a serial
@@ -14,7 +17,7 @@
  *     o <line>          (stdout)
  *     e <line>          (stderr)
  *     @@luo-vmtest status STAGE IDX exit CODE | signal SIG | spawn ERRNO
- * Then, below the last stage, the next boot is loaded with kexec_file_load (this kernel, an
+ * Then, below the last stage, the next boot is loaded with kexec_file_load (its image, an
  * initramfs packed here from the running root, the command line with the stage bumped) and
  * entered with reboot(LINUX_REBOOT_CMD_KEXEC); children still alive hold their sessions over it.
  * After the last stage: `@@luo-vmtest done` and a restart, which ends QEMU (-no-reboot).
@@ -31,6 +34,7 @@
 #include <sys/reboot.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
@@ -239,7 +243,7 @@ static void cpio_tree(struct cpio *c, const char *dir)
 	closedir(d);
 }
 
-static void kexec_next(const char *cmdline, int stage)
+static void kexec_next(const char *cmdline, int stage, const char *image)
 {
 	struct cpio c = { .fd = open("/tmp/next.cpio", O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600) };
 	if (c.fd < 0)
@@ -266,9 +270,9 @@ static void kexec_next(const char *cmdline, int stage)
 	if (n < sizeof(next))
 		snprintf(next + n, sizeof(next) - n, "luo_vmtest_stage=%d", stage + 1);
 
-	int k = open("/vmtest/kernel", O_RDONLY | O_CLOEXEC);
+	int k = open(image, O_RDONLY | O_CLOEXEC);
 	if (k < 0)
-		fail("open /vmtest/kernel");
+		fail("open the next stage's kernel image");
 	/* kexec_file_load refuses a file open for writing (ETXTBSY): reopen the archive. */
 	close(c.fd);
 	int initrd = open("/tmp/next.cpio", O_RDONLY | O_CLOEXEC);
@@ -312,7 +316,11 @@ int main(void)
 		fail("read /vmtest/plan");
 
 	out(MARK " stage %d\n", stage);
+	struct utsname u;
+	if (uname(&u) == 0)
+		out(MARK " kernel %d %s %s\n", stage, u.release, u.version);
 	int stages = 1, idx = 0;
+	const char *next_image = "/vmtest/kernel";
 	for (char *line = strtok(plan, "\n"); line; line = strtok(NULL, "\n")) {
 		char *argv[MAX_ARGS + 1];
 		int argc = 0;
@@ -327,6 +335,11 @@ int main(void)
 			stages = atoi(argv[1]);
 			continue;
 		}
+		if (argc == 3 && !strcmp(argv[0], "kernel")) {
+			if (atoi(argv[1]) == stage + 1)
+				next_image = argv[2];
+			continue;
+		}
 		if (argc < 2)
 			continue;
 		int s = atoi(argv[0]);
@@ -335,7 +348,7 @@ int main(void)
 			run(stage, idx, argv + 1);
 	}
 	if (stage < stages)
-		kexec_next(cmdline, stage);
+		kexec_next(cmdline, stage, next_image);
 	out(MARK " done\n");
 	halt_machine();
 	return 0;

@@ -14,6 +14,7 @@
 //! `$LUO_VMTEST_STAGE`. Every program runs in every stage, in the order given.
 
 mod cpio;
+mod image;
 mod real;
 mod sim;
 
@@ -58,6 +59,9 @@ pub struct Options {
     pub root: PathBuf,
     /// The kernel image (default: [`default_kernel`]).
     pub kernel: Option<PathBuf>,
+    /// Images for stage 2, 3, ... (the last one for every later stage); empty: `kernel` for
+    /// every stage.
+    pub next_kernels: Vec<PathBuf>,
     /// Kernel, simulator or both.
     pub mode: Mode,
     /// Stages (boots) each program runs in.
@@ -129,6 +133,9 @@ pub struct RunResult {
     pub stage_secs: Vec<f64>,
     /// Seconds from starting QEMU to the first stage's /init (the kernel only).
     pub boot_secs: Option<f64>,
+    /// The kernel each stage ran on, as the guest's `uname` gave it: stage, release, version
+    /// (the kernel only).
+    pub kernels: Vec<(u32, String, String)>,
 }
 
 /// The work directory: a fresh temporary one removed on drop, or `--keep DIR`.
@@ -409,6 +416,19 @@ pub fn diff(kernel: &RunResult, sim: &RunResult, ignore: &[String]) -> (String, 
     (s, count)
 }
 
+/// One `booted:` line per stage: the kernel the guest reported and the image planned for it.
+fn booted(setup: &real::Setup, r: &RunResult) -> String {
+    let mut s = String::new();
+    for ((stage, release, version), img) in r.kernels.iter().zip(setup.stage_images()) {
+        let _ = writeln!(
+            s,
+            "booted: stage {stage} Linux {release} {version} ({})",
+            img.path.display()
+        );
+    }
+    s
+}
+
 fn timing(r: &RunResult) -> String {
     let stages = r
         .stage_secs
@@ -447,11 +467,17 @@ pub fn run(opts: &Options) -> Result<bool, VmError> {
         None
     };
     let ok_run = |r: &RunResult| r.error.is_none() && r.runs.iter().all(|p| p.status == "exit 0");
+    // With --next-kernel, which image each stage ran on (checked against the image's own
+    // version string by the kernel run).
+    let booted = match (&kernel_setup, &kernel) {
+        (Some(setup), Some(k)) if !opts.next_kernels.is_empty() => booted(setup, k),
+        _ => String::new(),
+    };
     let mut out = Reporter::stdout(opts.format);
     let shown = match (kernel, simulated) {
         (Some(k), Some(s)) => {
             let (text, n) = diff(&k, &s, &opts.ignore);
-            out.text(text)
+            out.text(format!("{text}{booted}"))
                 .and_then(|()| {
                     out.line(format_args!(
                         "{n} differing lines ({} program runs; kernel: {}; sim: {})",
@@ -474,7 +500,7 @@ pub fn run(opts: &Options) -> Result<bool, VmError> {
             } else {
                 "sim"
             };
-            out.text(show(&r, title))
+            out.text(format!("{}{booted}", show(&r, title)))
                 .and_then(|()| out.line(format_args!("time: {}", timing(&r))))
                 .and_then(|()| {
                     out.json(&serde_json::json!({

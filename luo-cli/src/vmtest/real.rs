@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::cpio::Cpio;
+use super::image::{self, Image};
 use super::{Options, ProgRun, Program, RunResult, VmError, bail, run_cmd};
 
 use luo_schema::output::Format;
@@ -30,10 +31,13 @@ pub(crate) fn default_kernels(root: &Path) -> [PathBuf; 2] {
 /// travel on ttyS1 anyway.
 const CMDLINE: &str = "console=ttyS0 panic=-1 kho=on liveupdate=on loglevel=4";
 
-/// Where QEMU and the kernel are.
+/// Where QEMU and the kernels are.
 pub struct Setup {
     qemu: PathBuf,
-    kernel: PathBuf,
+    /// The distinct images; QEMU boots the first.
+    images: Vec<Image>,
+    /// Per stage (stage 1 first), the index in `images` of the kernel it runs on.
+    stage_image: Vec<usize>,
 }
 
 fn find_in_path(name: &str) -> Option<PathBuf> {
@@ -67,7 +71,17 @@ impl Setup {
                 names.join(", ")
             );
         };
-        Ok(Setup { qemu, kernel })
+        let (images, stage_image) = image::plan(&kernel, &opts.next_kernels, opts.stages)?;
+        Ok(Setup {
+            qemu,
+            images,
+            stage_image,
+        })
+    }
+
+    /// Per stage, the image it boots (for the report).
+    pub fn stage_images(&self) -> impl Iterator<Item = &Image> {
+        self.stage_image.iter().map(|&i| &self.images[i])
     }
 
     /// Boots the kernel and runs every stage; the result of each program.
@@ -90,9 +104,23 @@ impl Setup {
             cpio.dir(d);
         }
         cpio.file("init", 0o755, &read(&init)?);
-        cpio.file("vmtest/kernel", 0o644, &read(&self.kernel)?);
-        // One plan line per (stage, program), in the order the guest runs them.
+        // The image each kexec loads: /vmtest/kernel (the one QEMU booted) unless a plan line
+        // `kernel <TAB> STAGE <TAB> PATH` names another for that stage.
         let mut plan = format!("stages\t{}\n", opts.stages);
+        for (i, img) in self.images.iter().enumerate() {
+            let name = if i == 0 {
+                "vmtest/kernel".to_owned()
+            } else {
+                format!("vmtest/kernel.{i}")
+            };
+            cpio.file(&name, 0o644, &read(&img.path)?);
+        }
+        for (stage, &i) in self.stage_image.iter().enumerate().skip(1) {
+            if i != 0 {
+                plan.push_str(&format!("kernel\t{}\t/vmtest/kernel.{i}\n", stage + 1));
+            }
+        }
+        // One plan line per (stage, program), in the order the guest runs them.
         let mut order = Vec::new();
         for stage in 1..=opts.stages {
             for p in progs {
@@ -129,7 +157,7 @@ impl Setup {
             .arg("-serial")
             .arg(format!("file:{}", results.display()))
             .arg("-kernel")
-            .arg(&self.kernel)
+            .arg(&self.images[0].path)
             .arg("-initrd")
             .arg(&initrd)
             .arg("-append")
@@ -175,6 +203,9 @@ impl Setup {
             let _ = e.read_to_string(&mut qemu_err);
         }
         let mut r = parser.finish();
+        if r.error.is_none() {
+            r.error = self.check_kernels(&r.kernels);
+        }
         if r.error.is_none() && !parser.done {
             let tail = std::fs::read_to_string(&console).unwrap_or_default();
             let tail: Vec<&str> = tail.lines().rev().take(15).collect();
@@ -191,6 +222,33 @@ impl Setup {
     }
 }
 
+impl Setup {
+    /// Whether every stage ran on the image meant for it (`ran`: per stage, the `uname`
+    /// release and version the guest reported); the first mismatch, described.
+    fn check_kernels(&self, ran: &[(u32, String, String)]) -> Option<String> {
+        for (stage, release, version) in ran {
+            let Some(img) = usize::try_from(*stage)
+                .ok()
+                .and_then(|s| self.stage_image.get(s.wrapping_sub(1)))
+                .map(|&i| &self.images[i])
+            else {
+                return Some(format!(
+                    "the guest reported stage {stage}, which was not planned"
+                ));
+            };
+            if img.is_running(release, version) == Some(false) {
+                return Some(format!(
+                    "stage {stage} ran on Linux {release} {version}, not on {} ({}): the kexec \
+                     loaded another image than planned",
+                    img.path.display(),
+                    img.ident.as_deref().unwrap_or_default()
+                ));
+            }
+        }
+        None
+    }
+}
+
 /// Reads the results port's log as it grows.
 struct Parser {
     order: Vec<(u32, String)>,
@@ -201,6 +259,7 @@ struct Parser {
     done: bool,
     start: Instant,
     marks: Vec<Instant>,
+    kernels: Vec<(u32, String, String)>,
 }
 
 impl Parser {
@@ -214,6 +273,7 @@ impl Parser {
             done: false,
             start,
             marks: Vec::new(),
+            kernels: Vec::new(),
         }
     }
 
@@ -253,6 +313,12 @@ impl Parser {
         let w: Vec<&str> = m.split(' ').collect();
         match w.as_slice() {
             ["stage", _] => self.marks.push(Instant::now()),
+            // `uname -r` and `uname -v` (which has spaces) of the running kernel.
+            ["kernel", s, release, version @ ..] => self.kernels.push((
+                s.parse().unwrap_or(0),
+                (*release).to_owned(),
+                version.join(" "),
+            )),
             ["run", s, idx] => {
                 let idx: usize = idx.parse().unwrap_or(0);
                 let (stage, name) = self
@@ -292,6 +358,7 @@ impl Parser {
             runs: std::mem::take(&mut self.runs),
             error: self.error.take(),
             stage_secs: secs,
+            kernels: std::mem::take(&mut self.kernels),
             boot_secs: self
                 .marks
                 .first()

@@ -139,26 +139,11 @@ impl About {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() / 86_400);
         About {
-            date: civil_date(days),
+            date: crate::output::civil_date(days),
             build,
             luo: env!("CARGO_PKG_VERSION").into(),
         }
     }
-}
-
-/// `YYYY-MM-DD` of a day count since 1970-01-01 (the proleptic Gregorian calendar; the
-/// days-from-civil inverse of Howard Hinnant's date algorithms).
-fn civil_date(days: u64) -> String {
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
 }
 
 /// The verdict for A → B.
@@ -512,8 +497,8 @@ pub fn render_html(sets: &[KernelSet], m: &[Vec<Cell>], about: &About) -> String
 mod tests {
     #[test]
     fn civil_dates() {
-        assert_eq!(super::civil_date(0), "1970-01-01");
-        assert_eq!(super::civil_date(11_016), "2000-02-29");
-        assert_eq!(super::civil_date(20_795), "2026-12-08");
+        assert_eq!(crate::output::civil_date(0), "1970-01-01");
+        assert_eq!(crate::output::civil_date(11_016), "2000-02-29");
+        assert_eq!(crate::output::civil_date(20_795), "2026-12-08");
     }
 }

@@ -117,7 +117,7 @@ fn main() -> ExitCode {
                 return usage();
             };
             let report = luo_core::image::Image::load(std::path::Path::new(path))
-                .and_then(|img| luo_core::inspect::inspect(&img));
+                .and_then(|img| luo_sim::inspect::inspect(&img));
             match report {
                 Ok(r) if json => {
                     println!("{}", r.to_json());

@@ -392,6 +392,7 @@ pub(super) fn lower_struct(file: FileId, s: ast::Struct, diags: &mut Diagnostics
             dir: f.dir.as_ref().map(|d| (d.value, d.span.clone())),
             feature: f.feature.as_ref().map(Named::from),
             khoser: f.khoser,
+            bitmap: f.bitmap,
             default: f
                 .default
                 .as_ref()

@@ -276,6 +276,8 @@ pub struct Field {
     pub feature: Option<Named>,
     /// Render as `DECLARE_KHOSER_PTR`.
     pub khoser: bool,
+    /// Render as `DECLARE_BITMAP`.
+    pub bitmap: bool,
     /// Default for migrations.
     pub default: Option<(Expr, Span)>,
     /// C spelling override.

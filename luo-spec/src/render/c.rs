@@ -373,8 +373,14 @@ fn struct_view(s: &Struct, abi: AbiKind) -> StructView {
                     }
                     _ => declarator(&base, &f.ty, &f.name, abi),
                 };
-                if let Some((len, _)) = &f.len {
-                    decl.push_str(&format!("[{}]", len.to_c()));
+                match &f.len {
+                    // Upstream's bitmap: unsigned long words holding 64 bits per u64 of the
+                    // layout (the validator allows `bitmap` on u64 arrays only).
+                    Some((len, _)) if f.bitmap => {
+                        decl = format!("DECLARE_BITMAP({}, 64 * ({}))", f.name, len.to_c());
+                    }
+                    Some((len, _)) => decl.push_str(&format!("[{}]", len.to_c())),
+                    None => {}
                 }
                 if let Some((bits, _)) = &f.bits {
                     // Bit-fields wider than int are a GCC extension in ISO C.

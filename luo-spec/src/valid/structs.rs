@@ -240,6 +240,27 @@ pub(super) fn check_struct(
                 )
                 .with_label("not a physical address");
         }
+        if f.bitmap && !(f.ty == Ty::Prim(Prim::U64) && f.len.is_some() && f.bits.is_none()) {
+            diags
+                .error(
+                    "bitmap",
+                    file,
+                    f.ty_span.clone(),
+                    format!(
+                        "`bitmap` applies to `u64` arrays (`len` words of 64 bits); `{}.{}` is \
+                         `{}`{}",
+                        s.name,
+                        f.name,
+                        f.ty,
+                        if f.len.is_none() {
+                            " without `len`"
+                        } else {
+                            ""
+                        }
+                    ),
+                )
+                .with_label("not an array of u64 words");
+        }
         if let Some((default, span)) = &f.default {
             check_expr(scope, layouts, default, span, file, diags);
         }

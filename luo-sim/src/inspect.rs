@@ -8,13 +8,14 @@ use luo_generated::luo::luo_file_ser;
 use luo_generated::luo::v5::{LUO_FILES_PER_BLOCK, LUO_KHO_ENTRY_NAME};
 use serde::Serialize;
 
-use crate::blocks::{PhysRead, read_chain};
-use crate::error::ImageError;
-use crate::image::Image;
-use crate::luo::global::{EXT_SUBTREE, read_ext};
-use crate::luo::read_incoming;
-use crate::mem::{ARENA_BASE, REGION_BASE};
-use crate::util::lossy;
+use luo_core::blocks::{PhysRead, read_chain};
+use luo_core::error::ImageError;
+use luo_core::image::Image;
+use luo_core::luo::global::{EXT_SUBTREE, read_ext};
+use luo_core::luo::read_incoming;
+use luo_core::mem::{ARENA_BASE, REGION_BASE};
+use luo_core::util::lossy;
+use luo_handlers::memfd::{RecordView, Version, decode, record_size};
 
 /// A decoded image.
 #[derive(Clone, Debug, Serialize)]
@@ -110,20 +111,13 @@ pub struct PreservedReport {
     pub regions: usize,
 }
 
-/// Decodes a memfd's `memfd_luo_ser` of any version (`memfd-v1`, `memfd-v2`, `memfd`).
-fn decode_memfd(img: &Image, compatible: &str, data: u64) -> Option<crate::memfd_record::Ser> {
-    use crate::memfd_record::{Format, Next, V1, V2};
-    fn read<F: Format>(img: &Image, data: u64) -> Option<crate::memfd_record::Ser> {
-        let mut b = vec![0u8; F::SIZE];
-        img.read_phys(data, &mut b).ok()?;
-        F::decode(&b).ok()
-    }
-    match compatible {
-        c if c == V1::COMPAT => read::<V1>(img, data),
-        c if c == V2::COMPAT => read::<V2>(img, data),
-        c if c == Next::COMPAT => read::<Next>(img, data),
-        _ => None,
-    }
+/// Decodes a memfd's `memfd_luo_ser` of any version (`memfd-v1`, `memfd-v2`, `memfd`) with
+/// the memfd handler's own decoder, so the viewer shows what RETRIEVE_FD would accept.
+fn decode_memfd(img: &Image, compatible: &str, data: u64) -> Option<RecordView> {
+    let version = Version::from_compatible(compatible)?;
+    let mut b = vec![0u8; record_size(version)];
+    img.read_phys(data, &mut b).ok()?;
+    decode(version, &b).ok()
 }
 
 /// Decodes `img`.
@@ -142,7 +136,7 @@ pub fn inspect(img: &Image) -> Result<Report, ImageError> {
                         phys: s.files,
                     })?;
             }
-            crate::blocks::Chain {
+            luo_core::blocks::Chain {
                 blocks: vec![s.files],
                 entries,
             }
@@ -208,15 +202,15 @@ pub fn inspect(img: &Image) -> Result<Report, ImageError> {
         }
     }
     let format = match luo {
-        Some((root, size)) => Some(match crate::luo::detect_format(img, root, size)? {
-            crate::LuoFormat::V1 | crate::LuoFormat::V1Flb => {
-                match crate::luo::fdt_luo::flavour(img, root, size)? {
-                    crate::LuoFormat::V1Flb => "luo-v1+flb",
+        Some((root, size)) => Some(match luo_core::luo::detect_format(img, root, size)? {
+            luo_core::LuoFormat::V1 | luo_core::LuoFormat::V1Flb => {
+                match luo_core::luo::fdt_luo::flavour(img, root, size)? {
+                    luo_core::LuoFormat::V1Flb => "luo-v1+flb",
                     _ => "luo-v1",
                 }
             }
-            crate::LuoFormat::V5 => "luo-v5",
-            crate::LuoFormat::Next => "next",
+            luo_core::LuoFormat::V5 => "luo-v5",
+            luo_core::LuoFormat::Next => "next",
         }),
         None => None,
     };

@@ -23,7 +23,6 @@ use luo_abi::handler::{
 use luo_abi::registry::Registry;
 use luo_abi::{Errno, Phys, Result};
 use luo_core::image::Image;
-use luo_core::inspect::{Report, inspect};
 use luo_core::{BootOptions, Handover, Kernel};
 use luo_derive::{
     Abi, liveupdate_flb, liveupdate_global_state, liveupdate_handler, liveupdate_subsystem,
@@ -34,6 +33,7 @@ use luo_generated::liveupdate::{liveupdate_fh_global_state_ops, liveupdate_file_
 use luo_generated::luo::luo_file_ser;
 use luo_generated::luo::v5::{luo_ser, luo_session_ser};
 use luo_generated::memfd::{next, v1, v2};
+use luo_sim::inspect::{Report, inspect};
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
 // ---------------------------------------------------------------------------------------------

@@ -4,8 +4,8 @@
  *
  * What the generated in-kernel headers (the KHO ABI headers and linux/liveupdate.h)
  * take from the kernel tree, for compiling them outside it: the kernel's
- * fixed-width types, __packed, BIT(), ALIGN(), PAGE_SIZE and PAGE_SHIFT. Inside the
- * kernel (__KERNEL__) this header is not used.
+ * fixed-width types, __packed, BIT(), ALIGN(), DECLARE_BITMAP(), PAGE_SIZE and
+ * PAGE_SHIFT. Inside the kernel (__KERNEL__) this header is not used.
  */
 #ifndef _LUO_KERNEL_COMPAT_H
 #define _LUO_KERNEL_COMPAT_H
@@ -37,6 +37,12 @@ typedef __s64 s64;
 
 #ifndef ALIGN
 #define ALIGN(x, a) (((x) + ((a) - 1)) & ~((a) - 1))
+#endif
+
+/* As the kernel's: enough unsigned long words for `bits` bits. */
+#ifndef DECLARE_BITMAP
+#define DECLARE_BITMAP(name, bits) \
+	unsigned long name[((bits) + 8 * sizeof(long) - 1) / (8 * sizeof(long))]
 #endif
 
 /* Override with -DPAGE_SIZE=16384 to check another page size. */

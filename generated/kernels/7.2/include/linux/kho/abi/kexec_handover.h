@@ -140,11 +140,12 @@ struct kho_radix_node {
  * struct kho_radix_leaf - The last level of the radix tree: a page of bits,
  * @bitmap: Preserved blocks, one bit per key.
  *
- * one per key. Upstream declares it with DECLARE_BITMAP (unsigned long
- * words); on the 64-bit targets KHO runs on that is the same page of u64.
+ * one per key. Declared, as upstream does, with DECLARE_BITMAP (unsigned long
+ * words, which kernel code hands to set_bit()); on the little-endian targets KHO
+ * runs on that is the same page of bits as the u64 words laid out here.
  */
 struct kho_radix_leaf {
-	u64 bitmap[(1 << KHO_BITMAP_SIZE_LOG2) / 64];
+	DECLARE_BITMAP(bitmap, 64 * ((1 << KHO_BITMAP_SIZE_LOG2) / 64));
 };
 
 /*

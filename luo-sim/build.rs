@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0-only OR MIT
-//! Builds the LD_PRELOAD library `libluo_sim_preload.so` from `csrc/preload.c` with the C
+//! Builds the LD_PRELOAD library `libluo_sim_preload.so` from `csrc/preload.c` and `csrc/supervise.c` with the C
 //! compiler the `cc` crate finds, and exposes its path as `LUO_SIM_PRELOAD`.
 use std::path::PathBuf;
 
 fn main() {
-    println!("cargo:rerun-if-changed=csrc/preload.c");
+    for f in ["csrc/preload.c", "csrc/supervise.c", "csrc/preload.h"] {
+        println!("cargo:rerun-if-changed={f}");
+    }
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
     let so = out.join("libluo_sim_preload.so");
     let compiler = cc::Build::new().cargo_metadata(false).get_compiler();
@@ -19,7 +21,7 @@ fn main() {
             "-o",
         ])
         .arg(&so)
-        .arg("csrc/preload.c")
+        .args(["csrc/preload.c", "csrc/supervise.c"])
         .status()
         .expect("run the C compiler");
     assert!(status.success(), "building libluo_sim_preload.so failed");

@@ -63,23 +63,27 @@ impl<R> FolioArray<R> {
     }
 }
 
-impl<R: IntoBytes + Immutable> FolioArray<R> {
-    /// Writes `records` into fresh pages and preserves them as a vmalloc area. On failure
-    /// nothing stays allocated or preserved.
-    pub fn preserve(kho: &dyn KhoService, records: &[R]) -> Result<FolioArray<R>, Errno> {
+impl<R> FolioArray<R> {
+    /// Preserves `n_pages` fresh pages as a vmalloc area, each filled by `write_page(index,
+    /// page)` first. On failure nothing stays allocated or preserved.
+    fn preserve_pages(
+        kho: &dyn KhoService,
+        n_pages: usize,
+        mut write_page: impl FnMut(usize, PhysAddr) -> Result<(), Errno>,
+    ) -> Result<FolioArray<R>, Errno> {
         let mut a = FolioArray {
             pages: Vec::new(),
             desc: None,
             _records: PhantomData,
         };
-        if records.is_empty() {
+        if n_pages == 0 {
             return Ok(a);
         }
         let r = (|| {
-            for chunk in records.as_bytes().chunks(PAGE_SIZE) {
+            for i in 0..n_pages {
                 let page = kho.alloc_folio(0)?;
                 a.pages.push(page);
-                kho.write(page, chunk)?;
+                write_page(i, page)?;
             }
             a.desc = Some(kho.preserve_vmalloc(&a.pages, 0)?);
             Ok(())
@@ -91,6 +95,18 @@ impl<R: IntoBytes + Immutable> FolioArray<R> {
                 Err(e)
             }
         }
+    }
+}
+
+impl<R: IntoBytes + Immutable> FolioArray<R> {
+    /// Writes `records` into fresh pages and preserves them as a vmalloc area. On failure
+    /// nothing stays allocated or preserved.
+    pub fn preserve(kho: &dyn KhoService, records: &[R]) -> Result<FolioArray<R>, Errno> {
+        let bytes = records.as_bytes();
+        FolioArray::preserve_pages(kho, bytes.len().div_ceil(PAGE_SIZE), |i, page| {
+            let end = bytes.len().min((i + 1) * PAGE_SIZE);
+            kho.write(page, &bytes[i * PAGE_SIZE..end])
+        })
     }
 }
 
@@ -108,33 +124,14 @@ impl<R: IntoBytes + Immutable + Copy> FolioArray<R> {
             // Records would straddle pages: cut the byte stream as `preserve` does.
             return FolioArray::preserve(kho, &items.iter().map(record).collect::<Vec<R>>());
         }
-        let mut a = FolioArray {
-            pages: Vec::new(),
-            desc: None,
-            _records: PhantomData,
-        };
-        if items.is_empty() {
-            return Ok(a);
-        }
-        let mut buf: Vec<R> = Vec::with_capacity(PAGE_SIZE / size);
-        let r = (|| {
-            for chunk in items.chunks(PAGE_SIZE / size) {
-                buf.clear();
-                buf.extend(chunk.iter().map(&record));
-                let page = kho.alloc_folio(0)?;
-                a.pages.push(page);
-                kho.write(page, buf.as_bytes())?;
-            }
-            a.desc = Some(kho.preserve_vmalloc(&a.pages, 0)?);
-            Ok(())
-        })();
-        match r {
-            Ok(()) => Ok(a),
-            Err(e) => {
-                a.unpreserve(kho);
-                Err(e)
-            }
-        }
+        let per_page = PAGE_SIZE / size;
+        let mut buf: Vec<R> = Vec::with_capacity(per_page);
+        FolioArray::preserve_pages(kho, items.len().div_ceil(per_page), |i, page| {
+            let end = items.len().min((i + 1) * per_page);
+            buf.clear();
+            buf.extend(items[i * per_page..end].iter().map(&record));
+            kho.write(page, buf.as_bytes())
+        })
     }
 }
 

@@ -483,7 +483,7 @@ pub fn schema_check_command(root: &Path, format: Format) -> ExitCode {
 
 /// `luo schema freeze KERNEL`: write a released kernel's snapshots once.
 pub fn schema_freeze_command(root: &Path, kernel: &str, format: Format) -> ExitCode {
-    use crate::diff::{RELEASED_DIR, sets_from_spec};
+    use crate::diff::{RELEASED_DIR, spec_set};
     let dir = root.join(RELEASED_DIR).join(kernel);
     if dir.exists() {
         eprintln!(
@@ -492,14 +492,8 @@ pub fn schema_freeze_command(root: &Path, kernel: &str, format: Format) -> ExitC
         );
         return ExitCode::from(2);
     }
-    let set = match sets_from_spec(&root.join("spec"))
-        .map(|s| s.into_iter().find(|s| s.kernel == kernel))
-    {
-        Ok(Some(s)) => s,
-        Ok(None) => {
-            eprintln!("error: unknown kernel `{kernel}`");
-            return ExitCode::from(2);
-        }
+    let set = match spec_set(&root.join("spec"), kernel) {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
@@ -542,15 +536,9 @@ pub fn schema_table_command(
     out_file: Option<&Path>,
     format: Format,
 ) -> ExitCode {
-    use crate::diff::{sets_from_spec, table};
-    let set = match sets_from_spec(&root.join("spec"))
-        .map(|s| s.into_iter().find(|s| s.kernel == kernel))
-    {
-        Ok(Some(s)) => s,
-        Ok(None) => {
-            eprintln!("error: unknown kernel `{kernel}`");
-            return ExitCode::from(2);
-        }
+    use crate::diff::{spec_set, table};
+    let set = match spec_set(&root.join("spec"), kernel) {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);

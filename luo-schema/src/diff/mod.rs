@@ -363,6 +363,11 @@ fn known_kernel_name(root: &Path, name: &str) -> bool {
         .is_file()
 }
 
+/// Kernel `name` of this tree's build (the `luo:` view), as `luo gen` would write it.
+pub fn spec_set(spec_dir: &Path, name: &str) -> Result<KernelSet, InputError> {
+    pick(sets_from_spec(spec_dir)?, name)
+}
+
 fn pick(sets: Vec<KernelSet>, name: &str) -> Result<KernelSet, InputError> {
     let known = sets
         .iter()
